@@ -1,0 +1,65 @@
+"""Why a request could not be computed; no HTTP knowledge here (service/errors.py maps to status codes)."""
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class: the request is well-formed JSON but cannot be computed as asked."""
+
+    slug = "not-computable"
+    title = "Request not computable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class FormulaError(EngineError):
+    """A formula uses syntax or a function outside the safe formula language."""
+
+    slug = "invalid-formula"
+    title = "Invalid formula"
+
+
+class UnknownVariable(EngineError):
+    """A formula (or `wrt`) names a variable that is not among the inputs."""
+
+    slug = "unknown-variable"
+    title = "Unknown variable"
+
+
+class ShapeError(EngineError):
+    """Input shapes do not fit together (torch cannot broadcast them, or the model needs other shapes)."""
+
+    slug = "shape-mismatch"
+    title = "Shape mismatch"
+
+
+class NonScalarOutput(EngineError):
+    """backward() needs a scalar output: the formula needs a reduction such as sum() or mean()."""
+
+    slug = "non-scalar-output"
+    title = "Non-scalar output"
+
+
+class LimitExceeded(EngineError):
+    """A configured size limit was hit; carries the limit's name and value."""
+
+    slug = "limit-exceeded"
+    title = "Limit exceeded"
+
+    def __init__(self, name: str, value: int | float, detail: str) -> None:
+        super().__init__(detail)
+        self.limit = name
+        self.value = value
+
+
+class DeadlineExceeded(EngineError):
+    """The request ran past the wall-time limit and was cut off."""
+
+    slug = "deadline-exceeded"
+    title = "Wall-time limit exceeded"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"computation exceeded the wall-time limit of {seconds:g} s")
+        self.limit = "max_wall_seconds"
+        self.value = seconds

@@ -1,0 +1,42 @@
+"""Size and time limits the engine enforces; defaults here, overrides from the environment (service/config.py)."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from .errors import DeadlineExceeded
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every limit a request can hit; names are the ones reported in 413/422/503 bodies."""
+
+    max_tensor_elements: int = 1_048_576
+    max_total_elements: int = 4_194_304
+    max_tensor_dims: int = 8
+    max_formula_length: int = 1_000
+    max_ast_nodes: int = 500
+    max_ast_depth: int = 50
+    max_numeric_elements: int = 1_000
+    max_hessian_elements: int = 100
+    max_graph_nodes: int = 5_000
+    graph_value_max_elements: int = 100
+    max_wall_seconds: float = 10.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Deadline:
+    """Wall-clock budget for one request; long loops call check() between steps."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self._end:
+            raise DeadlineExceeded(self.seconds)
+
+
+NO_DEADLINE = Deadline(float("inf"))
