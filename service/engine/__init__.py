@@ -1,0 +1,10 @@
+"""The torch side of the service: every `import torch` lives in this package, and no Flask."""
+from __future__ import annotations
+
+from .compute import compute
+from .describe import models_document
+from .errors import EngineError
+from .limits import Limits
+from .warmup import is_ready, warm_up
+
+__all__ = ["EngineError", "Limits", "compute", "is_ready", "models_document", "warm_up"]

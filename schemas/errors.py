@@ -1,0 +1,20 @@
+"""The problem+json (RFC 9457) envelope every error uses."""
+from __future__ import annotations
+
+from marshmallow import Schema, fields
+
+
+class LimitSchema(Schema):
+    name = fields.String(required=True)
+    value = fields.Float(required=True)
+
+
+class ProblemSchema(Schema):
+    type = fields.String(required=True, metadata={"description": "URI reference naming the problem, e.g. /problems/limit-exceeded"})
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String(required=True)
+    instance = fields.String(allow_none=True)
+    errors = fields.Dict(metadata={"description": "marshmallow's field -> messages map, for 400 invalid-request"})
+    limit = fields.Nested(LimitSchema, metadata={"description": "the limit hit, for limit-exceeded and deadline-exceeded"})
+    request_id = fields.String()

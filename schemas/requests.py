@@ -1,0 +1,74 @@
+"""Request schemas: what POST /v1/gradients accepts, validated before any torch work."""
+from __future__ import annotations
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from .fields import OneOfKind, Tensor
+
+MODES = ("grad", "inference")
+DTYPES = ("float32", "float64")
+INCLUDES = ("graph", "dot", "intermediates", "manual", "numeric", "hessian")
+NEURON_LOSSES = ("bce", "bce_with_logits")
+REDUCTIONS = ("mean", "sum", "none")
+NEURON_INPUTS = ("x", "y", "w", "b")
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_EXPRESSION_CHARS = 100_000  # hard cap before the configurable formula limit (413) is even checked
+
+input_name = fields.String(validate=validate.Regexp(NAME_PATTERN, error="Input names are identifiers (letters, digits, _)."))
+
+
+class NeuronModelSchema(Schema):
+    """linear -> sigmoid -> binary cross-entropy, as in the tutorial."""
+
+    kind = fields.String(required=True, validate=validate.Equal("neuron"))
+    loss = fields.String(load_default="bce", validate=validate.OneOf(NEURON_LOSSES))
+    reduction = fields.String(load_default="mean", validate=validate.OneOf(REDUCTIONS))
+    epsilon = fields.Float(
+        load_default=1e-8, validate=validate.Range(min=0, max=0.5, min_inclusive=False, max_inclusive=False)
+    )
+
+
+class ExpressionModelSchema(Schema):
+    """A catalog expression by `name`, or a free-form `formula` in the safe formula language."""
+
+    kind = fields.String(required=True, validate=validate.Equal("expression"))
+    name = fields.String(validate=validate.Length(min=1, max=64))
+    formula = fields.String(validate=validate.Length(min=1, max=MAX_EXPRESSION_CHARS))
+
+    @validates_schema
+    def exactly_one_source(self, data, **kwargs):
+        if ("name" in data) == ("formula" in data):
+            raise ValidationError("Give exactly one of `name` or `formula`.", "_schema")
+
+
+MODEL_SCHEMAS = {"neuron": NeuronModelSchema, "expression": ExpressionModelSchema}
+
+
+class GradientRequestSchema(Schema):
+    """Body of POST /v1/gradients (and of each job in /v1/batch)."""
+
+    model = OneOfKind(MODEL_SCHEMAS, required=True)
+    inputs = fields.Dict(keys=input_name, values=Tensor(), required=True)
+    wrt = fields.List(input_name, validate=validate.Length(max=64))
+    mode = fields.String(load_default="grad", validate=validate.OneOf(MODES))
+    dtype = fields.String(load_default="float32", validate=validate.OneOf(DTYPES))
+    include = fields.List(
+        fields.String(validate=validate.OneOf(INCLUDES)), load_default=lambda: ["graph"], validate=validate.Length(max=6)
+    )
+
+    @validates_schema
+    def neuron_inputs(self, data, **kwargs):
+        """A neuron needs exactly x, y, w, b; name each missing or extra input."""
+        model, inputs = data.get("model"), data.get("inputs")
+        if not model or inputs is None or model["kind"] != "neuron":
+            return
+        errors = {name: ["Missing data for required field."] for name in NEURON_INPUTS if name not in inputs}
+        errors |= {name: ["Unknown field: a neuron takes x, y, w, b."] for name in inputs if name not in NEURON_INPUTS}
+        if errors:
+            raise ValidationError({"inputs": errors})
+
+    @validates_schema
+    def wrt_unique(self, data, **kwargs):
+        wrt = data.get("wrt")
+        if wrt is not None and len(set(wrt)) != len(wrt):
+            raise ValidationError({"wrt": ["Names must be unique."]})

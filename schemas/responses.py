@@ -1,0 +1,90 @@
+"""Response schemas: they document the contract in /openapi.json and shape what the views return."""
+from __future__ import annotations
+
+from marshmallow import Schema, fields
+
+
+class TensorOut(fields.Raw):
+    """A number, a non-finite value as "NaN"/"Infinity"/"-Infinity", or a nested list of those."""
+
+
+class NodeSchema(Schema):
+    id = fields.Integer(required=True)
+    op = fields.String(required=True, metadata={"description": "autograd function name, e.g. SigmoidBackward0; AccumulateGrad for leaves"})
+    label = fields.String(allow_none=True, metadata={"description": "input name for leaves; intermediate name (z, y_pred, a subexpression) where known"})
+    shape = fields.List(fields.Integer(), allow_none=True)
+    value = TensorOut(allow_none=True, metadata={"description": "forward value of the node's output, when known and small"})
+    grad = TensorOut(allow_none=True, metadata={"description": "dL/d(node output), when known and small"})
+
+
+class EdgeSchema(Schema):
+    from_ = fields.Integer(data_key="from", attribute="from", required=True)
+    to = fields.Integer(required=True)
+
+
+class GraphSchema(Schema):
+    root = fields.Integer(allow_none=True)
+    nodes = fields.List(fields.Nested(NodeSchema), required=True)
+    edges = fields.List(fields.Nested(EdgeSchema), required=True)
+
+
+class IntermediateSchema(Schema):
+    value = TensorOut(required=True)
+    grad = TensorOut(allow_none=True)
+
+
+class NumericSchema(Schema):
+    gradients = fields.Dict(keys=fields.String(), values=TensorOut())
+    max_abs_error = TensorOut()
+    max_rel_error = TensorOut()
+
+
+class ManualSchema(Schema):
+    gradients = fields.Dict(keys=fields.String(), values=TensorOut())
+    max_abs_diff = TensorOut()
+
+
+class GradientResponseSchema(Schema):
+    """Body of a 200 from POST /v1/gradients."""
+
+    loss = TensorOut(required=True, metadata={"description": "value of the tensor backward() starts from"})
+    gradients = fields.Dict(keys=fields.String(), values=TensorOut(), allow_none=True)
+    graph = fields.Nested(GraphSchema, allow_none=True)
+    requires_grad = fields.Boolean(required=True)
+    mode = fields.String(required=True)
+    dtype = fields.String(required=True)
+    intermediates = fields.Dict(keys=fields.String(), values=fields.Nested(IntermediateSchema), allow_none=True)
+    numeric = fields.Nested(NumericSchema, allow_none=True)
+    manual = fields.Nested(ManualSchema, allow_none=True)
+    hessian = fields.Dict(keys=fields.String(), values=fields.Dict(keys=fields.String(), values=TensorOut()), allow_none=True)
+    dot = fields.String(allow_none=True)
+    warnings = fields.List(fields.String(), required=True)
+
+
+class CatalogEntrySchema(Schema):
+    name = fields.String(required=True)
+    formula = fields.String(required=True)
+    variables = fields.List(fields.String(), required=True)
+    gradient = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    description = fields.String()
+    example = fields.Dict(keys=fields.String(), values=TensorOut())
+
+
+class FunctionSchema(Schema):
+    name = fields.String(required=True)
+    arity = fields.Integer(required=True)
+    description = fields.String()
+
+
+class ModelsResponseSchema(Schema):
+    """Body of GET /v1/models: what can be posted, and within which limits."""
+
+    kinds = fields.Dict(keys=fields.String(), values=fields.Dict())
+    expressions = fields.List(fields.Nested(CatalogEntrySchema), required=True)
+    functions = fields.List(fields.Nested(FunctionSchema), required=True)
+    constants = fields.Dict(keys=fields.String(), values=fields.Float())
+    limits = fields.Dict(keys=fields.String(), values=fields.Float())
+
+
+class StatusSchema(Schema):
+    status = fields.String(required=True)

@@ -1,0 +1,36 @@
+"""Configuration: environment variables read once at start-up and converted explicitly."""
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+
+from .engine.limits import Limits
+
+
+def as_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def as_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def limits_from_env() -> Limits:
+    """Every Limits field can be overridden by its upper-case name, e.g. MAX_TENSOR_ELEMENTS=10000."""
+    cast = {int: as_int, float: as_float, "int": as_int, "float": as_float}
+    values = {f.name: cast[f.type](f.name.upper(), f.default) for f in fields(Limits)}
+    return Limits(**values)
+
+
+class Config:
+    """Production defaults; tests subclass it."""
+
+    # request limits (engine limits plus the ones enforced before the engine)
+    LIMITS = limits_from_env()
+    MAX_CONTENT_LENGTH = as_int("MAX_BODY_BYTES", 32 * 1024 * 1024)
+    MAX_BATCH_JOBS = as_int("MAX_BATCH_JOBS", 1000)
+
+    # process
+    TORCH_THREADS = as_int("TORCH_THREADS", 1)
+    WARM_UP = os.environ.get("WARM_UP", "1") != "0"
+    LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()

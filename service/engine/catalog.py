@@ -1,0 +1,176 @@
+"""Named expressions with hand-derived gradients, so autograd can be checked against the chain rule done by hand."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ShapeError, UnknownVariable
+from .formula import Formula, parse_formula
+from .limits import Limits
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One named expression; `formula` and every `gradient` are in the formula language, so clients can post them."""
+
+    name: str
+    formula: str
+    variables: tuple[str, ...]
+    gradient: dict[str, str]
+    description: str
+    example: dict[str, float | list] = field(default_factory=dict)
+
+
+_ENTRIES = (
+    CatalogEntry(
+        name="square",
+        formula="x**2",
+        variables=("x",),
+        gradient={"x": "2*x"},
+        description="x squared; the tutorial's first example (gradient 6 at x = 3)",
+        example={"x": 3.0},
+    ),
+    CatalogEntry(
+        name="sin_square",
+        formula="sin(x**2)",
+        variables=("x",),
+        gradient={"x": "cos(x**2)*2*x"},
+        description="sin of x squared: the chain rule, outer derivative cos(x**2) times inner 2*x (-5.4668 at x = 3)",
+        example={"x": 3.0},
+    ),
+    CatalogEntry(
+        name="mean_square",
+        formula="mean(x**2)",
+        variables=("x",),
+        gradient={"x": "2*x/numel(x)"},
+        description="mean of squares; each element gets 2*x/n (x = [1, 2, 3] gives [0.6667, 1.3333, 2.0])",
+        example={"x": [1.0, 2.0, 3.0]},
+    ),
+    CatalogEntry(
+        name="sum_square",
+        formula="sum(x**2)",
+        variables=("x",),
+        gradient={"x": "2*x"},
+        description="sum of squares; each element gets 2*x",
+        example={"x": [1.0, 2.0, 3.0]},
+    ),
+    CatalogEntry(
+        name="cubic",
+        formula="3*x**3 - 2*x**2 + x - 5",
+        variables=("x",),
+        gradient={"x": "9*x**2 - 4*x + 1"},
+        description="a cubic polynomial; differentiate term by term",
+        example={"x": 2.0},
+    ),
+    CatalogEntry(
+        name="exp_log",
+        formula="exp(x)*log(y)",
+        variables=("x", "y"),
+        gradient={"x": "exp(x)*log(y)", "y": "exp(x)/y"},
+        description="product of a function of x and a function of y (needs y > 0)",
+        example={"x": 1.0, "y": 2.0},
+    ),
+    CatalogEntry(
+        name="tanh",
+        formula="tanh(x)",
+        variables=("x",),
+        gradient={"x": "1 - tanh(x)**2"},
+        description="hyperbolic tangent; its derivative is 1 - tanh(x)**2",
+        example={"x": 0.5},
+    ),
+    CatalogEntry(
+        name="sigmoid",
+        formula="sigmoid(x)",
+        variables=("x",),
+        gradient={"x": "sigmoid(x)*(1 - sigmoid(x))"},
+        description="logistic sigmoid; its derivative is sigmoid(x)*(1 - sigmoid(x))",
+        example={"x": 0.5},
+    ),
+    CatalogEntry(
+        name="softplus",
+        formula="log(1 + exp(x))",
+        variables=("x",),
+        gradient={"x": "sigmoid(x)"},
+        description="softplus written out; its derivative exp(x)/(1 + exp(x)) is the sigmoid",
+        example={"x": 0.5},
+    ),
+    CatalogEntry(
+        name="product",
+        formula="x*y",
+        variables=("x", "y"),
+        gradient={"x": "y", "y": "x"},
+        description="product of two inputs; each one's gradient is the other",
+        example={"x": 2.0, "y": 3.0},
+    ),
+    CatalogEntry(
+        name="squared_error",
+        formula="mean((w*x + b - y)**2)",
+        variables=("w", "b", "x", "y"),
+        # Per-element derivatives of r**2/n with r = w*x + b - y; summing them back to each input's
+        # shape (as autograd does for broadcasting) gives 2*mean(r*x) for scalar w and 2*mean(r) for scalar b.
+        gradient={
+            "w": "2*(w*x + b - y)*x/numel(w*x + b - y)",
+            "b": "2*(w*x + b - y)/numel(w*x + b - y)",
+            "x": "2*(w*x + b - y)*w/numel(w*x + b - y)",
+            "y": "-2*(w*x + b - y)/numel(w*x + b - y)",
+        },
+        description="mean squared error of a line w*x + b against targets y (w, b scalars; x, y vectors)",
+        example={"w": 0.5, "b": -1.0, "x": [1.0, 2.0, 3.0], "y": [0.0, 1.0, 1.0]},
+    ),
+    CatalogEntry(
+        name="log_sum_exp",
+        formula="log(sum(exp(x)))",
+        variables=("x",),
+        gradient={"x": "exp(x)/sum(exp(x))"},
+        description="log-sum-exp; its gradient is the softmax of x",
+        example={"x": [1.0, 2.0, 3.0]},
+    ),
+    CatalogEntry(
+        name="quadratic_form",
+        formula="sum(a*x**2 + b*x)",
+        variables=("a", "b", "x"),
+        gradient={"x": "2*a*x + b", "a": "x**2", "b": "x"},
+        description="sum of an elementwise quadratic a*x**2 + b*x (a, b, x of the same shape)",
+        example={"a": [1.0, 2.0], "b": [0.5, -1.0], "x": [1.0, -2.0]},
+    ),
+)
+
+CATALOG: dict[str, CatalogEntry] = {entry.name: entry for entry in _ENTRIES}
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(source: str, limits: Limits) -> Formula:
+    """Gradient formulas are fixed text: parse each once per limits."""
+    return parse_formula(source, limits)
+
+
+def _to_shape(grad: torch.Tensor, shape: torch.Size, name: str) -> torch.Tensor:
+    """Fit a gradient to its input's shape: broadcast a smaller result, sum a broadcast one back (as autograd does)."""
+    if grad.shape == shape:
+        return grad.clone()
+    try:
+        target = torch.broadcast_shapes(grad.shape, shape)
+    except RuntimeError:
+        target = None
+    if target is None or (target != grad.shape and target != shape):
+        raise ShapeError(f"gradient for {name!r} has shape {list(grad.shape)}, which does not fit the input's {list(shape)}")
+    if target != shape:
+        # The input was broadcast in the forward pass: add up the contributions of its copies.
+        grad = grad.sum_to_size(shape)
+    return grad.expand(shape).clone(memory_format=torch.contiguous_format)
+
+
+def manual_gradients(
+    entry: CatalogEntry, env: dict[str, torch.Tensor], *, dtype: torch.dtype, limits: Limits
+) -> dict[str, torch.Tensor]:
+    """Evaluate the entry's hand-derived gradient formulas, each shaped like its input, as an independent check."""
+    grads: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, source in entry.gradient.items():
+            if name not in env:
+                raise UnknownVariable(f"unknown variable {name!r}; inputs are: {', '.join(env) or '(none)'}")
+            value = _parsed(source, limits).evaluate(env, dtype=dtype).detach()
+            grads[name] = _to_shape(value, env[name].shape, name)
+    return grads

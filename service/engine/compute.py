@@ -1,0 +1,198 @@
+"""One gradients request end to end: tensors in, forward, backward, and the optional extras out."""
+from __future__ import annotations
+
+import torch
+
+from .encode import encode_tree
+from .errors import LimitExceeded, NonScalarOutput, UnknownVariable
+from .expression import Expression
+from .graph import build_graph, to_dot
+from .limits import Deadline, Limits
+from .neuron import Neuron
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+GRAD_ONLY_EXTRAS = ("dot", "manual", "numeric", "hessian")
+
+
+def check_sizes(inputs: dict, limits: Limits) -> None:
+    """Reject oversized tensors before any of them is built."""
+    total = 0
+    for name, data in inputs.items():
+        if len(data.shape) > limits.max_tensor_dims:
+            raise LimitExceeded(
+                "max_tensor_dims", limits.max_tensor_dims,
+                f"input {name!r} has {len(data.shape)} dimensions; the limit is {limits.max_tensor_dims}",
+            )
+        if len(data.values) > limits.max_tensor_elements:
+            raise LimitExceeded(
+                "max_tensor_elements", limits.max_tensor_elements,
+                f"input {name!r} has {len(data.values)} elements; the limit is {limits.max_tensor_elements}",
+            )
+        total += len(data.values)
+    if total > limits.max_total_elements:
+        raise LimitExceeded(
+            "max_total_elements", limits.max_total_elements,
+            f"the inputs have {total} elements in total; the limit is {limits.max_total_elements}",
+        )
+
+
+def make_tensors(inputs: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Fresh tensors for every request, so nothing is shared or accumulated between requests."""
+    return {name: torch.tensor(data.values, dtype=dtype).reshape(data.shape) for name, data in inputs.items()}
+
+
+def build_model(spec: dict, limits: Limits, deadline: Deadline):
+    return Neuron(spec) if spec["kind"] == "neuron" else Expression(spec, limits, deadline)
+
+
+def compute(request: dict, limits: Limits) -> dict:
+    """Run a loaded GradientRequestSchema body; returns the JSON-ready response body."""
+    deadline = Deadline(limits.max_wall_seconds)
+    check_sizes(request["inputs"], limits)
+    model = build_model(request["model"], limits, deadline)
+    base = make_tensors(request["inputs"], DTYPES[request["dtype"]])
+    wrt = tuple(request.get("wrt") or model.default_wrt or base)
+    unknown = [name for name in wrt if name not in base]
+    if unknown:
+        raise UnknownVariable(f"wrt names {', '.join(map(repr, unknown))}, which are not inputs")
+    include = set(request["include"])
+    warnings: list[str] = []
+    if request["mode"] == "inference":
+        body = _inference(model, base, include, warnings)
+    else:
+        body = _grad(model, base, wrt, include, limits, deadline, warnings)
+    body.update(mode=request["mode"], dtype=request["dtype"])
+    body = encode_tree(body, warnings)
+    body["warnings"] = warnings
+    return body
+
+
+def _empty_body() -> dict:
+    return dict.fromkeys(("graph", "dot", "intermediates", "manual", "numeric", "hessian"))
+
+
+def _inference(model, base: dict, include: set, warnings: list[str]) -> dict:
+    """Forward only, with gradient tracking off as in the tutorial's torch.no_grad() block."""
+    record: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        leaves = model.prepare(base, ())
+        out = model.forward(leaves, record)
+    body = _empty_body()
+    body.update(loss=out, gradients=None, requires_grad=out.requires_grad)
+    if "intermediates" in include:
+        body["intermediates"] = {k: {"value": v, "grad": None} for k, v in record.items()}
+    warnings.extend(f"{extra} needs gradients: not computed in inference mode" for extra in GRAD_ONLY_EXTRAS if extra in include)
+    warnings.extend(model.diagnose(record))
+    return body
+
+
+def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline: Deadline, warnings: list[str]) -> dict:
+    """Forward with fresh leaves, backward from the output, then the extras the client asked for."""
+    record: dict[str, torch.Tensor] = {}
+    with torch.enable_grad():
+        leaves = model.prepare(base, wrt)
+        out = model.forward(leaves, record)
+        if out.dim() != 0 and not model.per_sample:
+            raise NonScalarOutput(
+                f"the output has shape {list(out.shape)}; backward() needs a scalar, so reduce it (sum(...) or mean(...))"
+            )
+        for t in record.values():
+            if t.grad_fn is not None:
+                t.retain_grad()
+        if out.requires_grad:
+            out.backward(torch.ones_like(out))  # per-sample losses: backward from their sum
+        deadline.check()
+    gradients = {n: leaves[n].grad if leaves[n].grad is not None else torch.zeros_like(leaves[n]) for n in wrt}
+    body = _empty_body()
+    body.update(loss=out.detach(), gradients=gradients, requires_grad=out.requires_grad)
+    if include & {"graph", "dot"}:
+        known = dict(record)
+        if not any(t is out for t in record.values()):
+            known["loss"] = out
+        graph = build_graph(out, leaves={n: leaves[n] for n in wrt}, known=known, limits=limits)
+        body["graph"] = graph if "graph" in include else None
+        body["dot"] = to_dot(graph) if "dot" in include else None
+    if "intermediates" in include:
+        body["intermediates"] = {
+            k: {"value": t.detach(), "grad": t.grad if t.retains_grad else None} for k, t in record.items()
+        }
+    if "manual" in include:
+        body["manual"] = _manual(model, leaves, wrt, gradients, warnings)
+    if "numeric" in include:
+        body["numeric"] = _numeric(model, base, wrt, gradients, limits, deadline)
+    if "hessian" in include:
+        body["hessian"] = _hessian(model, leaves, wrt, limits, deadline)
+    warnings.extend(model.diagnose(record))
+    return body
+
+
+def _max_abs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
+    diffs = [(a[n].double() - b[n].double()).abs().max() for n in a if a[n].numel()]
+    return torch.stack(diffs).max() if diffs else torch.tensor(0.0, dtype=torch.float64)
+
+
+def _manual(model, leaves: dict, wrt: tuple, gradients: dict, warnings: list[str]) -> dict | None:
+    """The closed-form gradient beside autograd's, and their largest absolute difference."""
+    with torch.no_grad():
+        manual = model.manual({k: v.detach() for k, v in leaves.items()}, wrt)
+    if manual is None:
+        warnings.append("manual: a free-form formula has no hand-derived gradient")
+        return None
+    return {"gradients": manual, "max_abs_diff": _max_abs(manual, {n: gradients[n] for n in manual})}
+
+
+def _wrt_elements(base: dict, wrt: tuple) -> int:
+    return sum(base[n].numel() for n in wrt)
+
+
+def _numeric(model, base: dict, wrt: tuple, gradients: dict, limits: Limits, deadline: Deadline) -> dict:
+    """Central finite differences in float64, one element at a time, against autograd."""
+    if _wrt_elements(base, wrt) > limits.max_numeric_elements:
+        raise LimitExceeded(
+            "max_numeric_elements", limits.max_numeric_elements,
+            f"numeric gradients need two forward passes per `wrt` element; the limit is {limits.max_numeric_elements} elements",
+        )
+    with torch.no_grad():
+        t64 = model.prepare({k: v.double() for k, v in base.items()}, ())
+        numeric = {}
+        for name in wrt:
+            x = t64[name] = t64[name].clone()
+            flat, grad = x.view(-1), torch.zeros(x.numel(), dtype=torch.float64)
+            for i in range(flat.numel()):
+                deadline.check()
+                orig = flat[i].item()
+                h = 6e-6 * max(1.0, abs(orig))  # ~ cube root of float64 epsilon, scaled
+                flat[i] = orig + h
+                up = model.forward(t64).sum()
+                flat[i] = orig - h
+                down = model.forward(t64).sum()
+                flat[i] = orig
+                grad[i] = (up - down) / (2 * h)
+            numeric[name] = grad.view(x.shape)
+    abs_err = {n: (gradients[n].double() - numeric[n]).abs() for n in wrt}
+    scale = {n: torch.maximum(gradients[n].double().abs(), numeric[n].abs()) for n in wrt}
+    rel = [torch.where(scale[n] > 0, abs_err[n] / scale[n], 0.0).max() for n in wrt if numeric[n].numel()]
+    return {
+        "gradients": numeric,
+        "max_abs_error": _max_abs(gradients, numeric),
+        "max_rel_error": torch.stack(rel).max() if rel else torch.tensor(0.0, dtype=torch.float64),
+    }
+
+
+def _hessian(model, leaves: dict, wrt: tuple, limits: Limits, deadline: Deadline) -> dict:
+    """Second derivatives d²L/(da db) for every pair of `wrt` inputs, each of shape a.shape + b.shape."""
+    if model.per_sample:
+        raise NonScalarOutput("hessian needs a scalar loss: use reduction \"mean\" or \"sum\"")
+    if _wrt_elements(leaves, wrt) > limits.max_hessian_elements:
+        raise LimitExceeded(
+            "max_hessian_elements", limits.max_hessian_elements,
+            f"the hessian has one row per `wrt` element; the limit is {limits.max_hessian_elements} elements",
+        )
+    fixed = {k: v.detach() for k, v in leaves.items()}
+
+    def loss_of(*values):
+        deadline.check()
+        return model.forward({**fixed, **dict(zip(wrt, values))})
+
+    blocks = torch.autograd.functional.hessian(loss_of, tuple(fixed[n] for n in wrt))
+    return {a: {b: blocks[i][j] for j, b in enumerate(wrt)} for i, a in enumerate(wrt)}

@@ -1,0 +1,38 @@
+"""The catalog document behind GET /v1/models, built from the engine's own tables."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from .catalog import CATALOG
+from .formula import CONSTANTS, FUNCTIONS
+from .limits import Limits
+
+MODEL_KINDS = {
+    "neuron": {
+        "description": "z = w·x + b, y_pred = sigmoid(z), L = BCE(y_pred, y)",
+        "inputs": ["x", "y", "w", "b"],
+        "default_wrt": ["w", "b"],
+        "loss": ["bce", "bce_with_logits"],
+        "reduction": ["mean", "sum", "none"],
+        "epsilon": 1e-8,
+    },
+    "expression": {
+        "description": "a catalog `name` or a free-form `formula` in the formula language",
+        "default_wrt": "every input",
+    },
+}
+
+
+def models_document(limits: Limits, extra_limits: dict) -> dict:
+    """Everything a client needs to build a valid request, in the shape of ModelsResponseSchema."""
+    expressions = [
+        {**asdict(entry), "variables": list(entry.variables)} for entry in CATALOG.values()
+    ]
+    functions = [{"name": f.name, "arity": f.arity, "description": f.description} for f in FUNCTIONS.values()]
+    return {
+        "kinds": MODEL_KINDS,
+        "expressions": expressions,
+        "functions": functions,
+        "constants": dict(CONSTANTS),
+        "limits": {**limits.as_dict(), **extra_limits},
+    }

@@ -1,0 +1,62 @@
+"""Expression models: a catalog entry or a free-form formula, differentiated with respect to its inputs."""
+from __future__ import annotations
+
+import torch
+
+from .catalog import CATALOG, manual_gradients
+from .errors import EngineError, UnknownVariable
+from .formula import parse_formula
+from .limits import NO_DEADLINE, Deadline, Limits
+
+
+class UnknownExpression(EngineError):
+    """The `name` is not in the catalog of GET /v1/models."""
+
+    slug = "unknown-expression"
+    title = "Unknown expression"
+
+
+class Expression:
+    """One instance per request; the formula is parsed (and limit-checked) once, evaluated as often as needed."""
+
+    default_wrt = None  # every input
+    per_sample = False
+
+    def __init__(self, spec: dict, limits: Limits, deadline: Deadline = NO_DEADLINE) -> None:
+        if "name" in spec:
+            self.catalog_entry = CATALOG.get(spec["name"])
+            if self.catalog_entry is None:
+                raise UnknownExpression(f"no expression named {spec['name']!r}; known: {', '.join(CATALOG)}")
+            source = self.catalog_entry.formula
+        else:
+            self.catalog_entry = None
+            source = spec["formula"]
+        self.limits, self.deadline = limits, deadline
+        self.formula = parse_formula(source, limits)
+        self.dtype = torch.float32
+
+    def prepare(self, tensors: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Check every variable has an input, then make the `wrt` inputs leaves that require grad."""
+        missing = [v for v in self.formula.variables if v not in tensors]
+        if missing:
+            raise UnknownVariable(
+                f"formula uses {', '.join(map(repr, missing))} but the inputs are: {', '.join(tensors) or 'none'}"
+            )
+        self.dtype = next(iter(tensors.values())).dtype if tensors else self.dtype
+        leaves = dict(tensors)
+        for name in wrt:
+            leaves[name] = leaves[name].detach().requires_grad_(True)
+        return leaves
+
+    def forward(self, t: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.formula.evaluate(t, dtype=self.dtype, record=record, deadline=self.deadline)
+
+    def manual(self, t: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+        """The catalog's hand-derived gradient; None for free-form formulas (there is none)."""
+        if self.catalog_entry is None:
+            return None
+        grads = manual_gradients(self.catalog_entry, t, dtype=self.dtype, limits=self.limits)
+        return {name: grads[name] for name in wrt if name in grads}
+
+    def diagnose(self, record: dict[str, torch.Tensor]) -> list[str]:
+        return []

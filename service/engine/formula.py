@@ -1,0 +1,415 @@
+"""A small, safe math language: parsed with `ast`, checked against a whitelist, evaluated with torch (never eval)."""
+from __future__ import annotations
+
+import ast
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import FormulaError, LimitExceeded, ShapeError, UnknownVariable
+from .limits import Deadline, Limits
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """One whitelisted function: how many positional arguments it takes and what torch runs for it."""
+
+    name: str
+    arity: int
+    impl: Callable[..., torch.Tensor]
+    description: str
+
+
+def _numel(x: torch.Tensor) -> torch.Tensor:
+    """Element count as a constant (no gradient flows through it), for hand-derived gradients like 2*x/numel(x)."""
+    return torch.tensor(x.numel(), dtype=x.dtype, device=x.device)
+
+
+_FUNCTION_TABLE: tuple[tuple[str, int, Callable[..., torch.Tensor], str], ...] = (
+    ("sin", 1, torch.sin, "sine, elementwise"),
+    ("cos", 1, torch.cos, "cosine, elementwise"),
+    ("tan", 1, torch.tan, "tangent, elementwise"),
+    ("asin", 1, torch.asin, "inverse sine, elementwise"),
+    ("acos", 1, torch.acos, "inverse cosine, elementwise"),
+    ("atan", 1, torch.atan, "inverse tangent, elementwise"),
+    ("sinh", 1, torch.sinh, "hyperbolic sine, elementwise"),
+    ("cosh", 1, torch.cosh, "hyperbolic cosine, elementwise"),
+    ("tanh", 1, torch.tanh, "hyperbolic tangent, elementwise"),
+    ("exp", 1, torch.exp, "e to the power x, elementwise"),
+    ("expm1", 1, torch.expm1, "exp(x) - 1, accurate near 0, elementwise"),
+    ("log", 1, torch.log, "natural logarithm, elementwise"),
+    ("log1p", 1, torch.log1p, "log(1 + x), accurate near 0, elementwise"),
+    ("log2", 1, torch.log2, "base-2 logarithm, elementwise"),
+    ("log10", 1, torch.log10, "base-10 logarithm, elementwise"),
+    ("sqrt", 1, torch.sqrt, "square root, elementwise"),
+    ("abs", 1, torch.abs, "absolute value, elementwise"),
+    ("sigmoid", 1, torch.sigmoid, "logistic function 1 / (1 + exp(-x)), elementwise"),
+    ("relu", 1, torch.relu, "max(x, 0), elementwise"),
+    ("softplus", 1, F.softplus, "log(1 + exp(x)), computed stably, elementwise"),
+    ("square", 1, torch.square, "x * x, elementwise"),
+    ("sum", 1, torch.sum, "sum of all elements (a scalar)"),
+    ("mean", 1, torch.mean, "mean of all elements (a scalar)"),
+    ("numel", 1, _numel, "number of elements, as a constant without gradient"),
+    ("maximum", 2, torch.maximum, "larger of two values, elementwise with broadcasting"),
+    ("minimum", 2, torch.minimum, "smaller of two values, elementwise with broadcasting"),
+)
+
+FUNCTIONS: dict[str, FunctionSpec] = {
+    name: FunctionSpec(name, arity, impl, description) for name, arity, impl, description in _FUNCTION_TABLE
+}
+
+# Looked up after the inputs: an input called `e` or `pi` shadows the constant.
+CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e}
+
+_BINARY_OPERATORS: dict[type[ast.operator], tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+    ast.Add: ("+", torch.add),
+    ast.Sub: ("-", torch.sub),
+    ast.Mult: ("*", torch.mul),
+    ast.Div: ("/", torch.true_divide),
+    ast.Pow: ("**", torch.pow),
+}
+
+_UNARY_OPERATORS: dict[type[ast.unaryop], tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
+    ast.USub: ("-", torch.neg),
+    ast.UAdd: ("+", torch.positive),
+}
+
+# Symbols for operators outside the language, so the error shows what the user typed.
+_OPERATOR_SYMBOLS: dict[type[ast.AST], str] = {
+    ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.LShift: "<<", ast.RShift: ">>",
+    ast.BitOr: "|", ast.BitXor: "^", ast.BitAnd: "&", ast.Invert: "~", ast.Not: "not",
+}
+
+# Plain words for syntax outside the language.
+_SYNTAX_NAMES: dict[type[ast.AST], str] = {
+    ast.Attribute: "attribute access",
+    ast.Subscript: "subscript (indexing)",
+    ast.Slice: "slice",
+    ast.IfExp: "conditional expression (if/else)",
+    ast.Lambda: "lambda",
+    ast.List: "list",
+    ast.Tuple: "tuple",
+    ast.Set: "set",
+    ast.Dict: "dict",
+    ast.ListComp: "list comprehension",
+    ast.SetComp: "set comprehension",
+    ast.DictComp: "dict comprehension",
+    ast.GeneratorExp: "generator expression",
+    ast.BoolOp: "boolean operator (and/or)",
+    ast.Compare: "comparison",
+    ast.Starred: "starred expression",
+    ast.NamedExpr: "assignment expression (:=)",
+    ast.JoinedStr: "f-string",
+    ast.FormattedValue: "f-string",
+    ast.Await: "await",
+    ast.Yield: "yield",
+    ast.YieldFrom: "yield",
+}
+
+
+def _where(node: ast.AST, shift: int) -> str:
+    """Position for messages: 1-based column, plus the line when the formula spans several."""
+    line = getattr(node, "lineno", 1)
+    column = getattr(node, "col_offset", 0) + 1 + (shift if line == 1 else 0)
+    return f"column {column}" if line == 1 else f"line {line}, column {column}"
+
+
+def _literal_number(node: ast.expr) -> float | None:
+    """A plain numeric literal (optionally signed) as a float, so `x ** 2` uses a scalar exponent."""
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return _to_float(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        inner = _literal_number(node.operand)
+        if inner is not None:
+            return -inner if isinstance(node.op, ast.USub) else inner
+    return None
+
+
+def _to_float(value: int | float) -> float:
+    """Convert a literal without ever doing big-int arithmetic; ints too large for a float become inf."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+class _Checker:
+    """Walks the whole tree iteratively (no recursion), whitelisting nodes and counting size and depth."""
+
+    def __init__(self, limits: Limits, shift: int) -> None:
+        self.limits = limits
+        self.shift = shift
+        self.node_count = 0
+        self.depth = 0
+        self.variables: list[str] = []
+        # Each handler validates one node and returns the child expressions to visit next.
+        self.nodes: dict[type[ast.AST], Callable[[ast.AST], list[ast.expr]]] = {
+            ast.Constant: self._constant,
+            ast.Name: self._name,
+            ast.BinOp: self._binop,
+            ast.UnaryOp: self._unaryop,
+            ast.Call: self._call,
+        }
+
+    def run(self, root: ast.expr) -> None:
+        stack: list[tuple[ast.expr, int]] = [(root, 1)]
+        while stack:
+            node, depth = stack.pop()
+            self.node_count += 1
+            self.depth = max(self.depth, depth)
+            if self.depth > self.limits.max_ast_depth:
+                raise LimitExceeded(
+                    "max_ast_depth", self.limits.max_ast_depth,
+                    f"formula is nested more than {self.limits.max_ast_depth} levels deep; "
+                    f"the limit is {self.limits.max_ast_depth}",
+                )
+            if self.node_count > self.limits.max_ast_nodes:
+                raise LimitExceeded(
+                    "max_ast_nodes", self.limits.max_ast_nodes,
+                    f"formula has more than {self.limits.max_ast_nodes} nodes; "
+                    f"the limit is {self.limits.max_ast_nodes}",
+                )
+            handler = self.nodes.get(type(node))
+            if handler is None:
+                raise self._unsupported(node)
+            children = handler(node)
+            # Reversed so the stack pops them left to right: `variables` keeps source order.
+            stack.extend((child, depth + 1) for child in reversed(children))
+
+    def _unsupported(self, node: ast.AST) -> FormulaError:
+        kind = type(node).__name__
+        words = _SYNTAX_NAMES.get(type(node), "this construct")
+        return FormulaError(f"unsupported syntax: {words} ({kind}) at {_where(node, self.shift)}")
+
+    def _constant(self, node: ast.Constant) -> list[ast.expr]:
+        # type() not isinstance(): bool is an int subclass and must be rejected.
+        if type(node.value) not in (int, float):
+            raise FormulaError(
+                f"unsupported constant: {node.value!r} ({type(node.value).__name__}) at {_where(node, self.shift)}; "
+                "only int and float numbers are allowed"
+            )
+        return []
+
+    def _name(self, node: ast.Name) -> list[ast.expr]:
+        if node.id not in CONSTANTS and node.id not in self.variables:
+            self.variables.append(node.id)
+        return []
+
+    def _binop(self, node: ast.BinOp) -> list[ast.expr]:
+        if type(node.op) not in _BINARY_OPERATORS:
+            raise self._bad_operator(node.op, node)
+        return [node.left, node.right]
+
+    def _unaryop(self, node: ast.UnaryOp) -> list[ast.expr]:
+        if type(node.op) not in _UNARY_OPERATORS:
+            raise self._bad_operator(node.op, node)
+        return [node.operand]
+
+    def _bad_operator(self, op: ast.AST, node: ast.AST) -> FormulaError:
+        symbol = _OPERATOR_SYMBOLS.get(type(op), "?")
+        return FormulaError(
+            f"unsupported operator: {symbol} ({type(op).__name__}) at {_where(node, self.shift)}; "
+            "allowed: + - * / ** and unary - +"
+        )
+
+    def _call(self, node: ast.Call) -> list[ast.expr]:
+        where = _where(node, self.shift)
+        if not isinstance(node.func, ast.Name):
+            raise FormulaError(
+                f"unsupported syntax: call of a computed value ({type(node.func).__name__}) at {where}; "
+                "only named functions can be called, e.g. sin(x)"
+            )
+        name = node.func.id
+        spec = FUNCTIONS.get(name)
+        if spec is None:
+            raise FormulaError(f"unknown function {name!r} at {where}; allowed: {', '.join(sorted(FUNCTIONS))}")
+        for keyword in node.keywords:
+            if keyword.arg is None:
+                raise FormulaError(f"unsupported syntax: keyword argument unpacking (**) in call of {name!r} at {where}")
+            raise FormulaError(f"function {name!r} takes no keyword arguments, got {keyword.arg}= at {where}")
+        for arg in node.args:
+            if isinstance(arg, ast.Starred):
+                raise FormulaError(f"unsupported syntax: argument unpacking (*) in call of {name!r} at {where}")
+        if len(node.args) != spec.arity:
+            plural = "argument" if spec.arity == 1 else "arguments"
+            raise FormulaError(f"function {name!r} takes {spec.arity} {plural}, got {len(node.args)} at {where}")
+        return list(node.args)
+
+
+def parse_formula(source: str, limits: Limits) -> Formula:
+    """Parse and fully validate a formula up front, so a bad construct is reported even if never evaluated."""
+    if len(source) > limits.max_formula_length:
+        raise LimitExceeded(
+            "max_formula_length", limits.max_formula_length,
+            f"formula is {len(source)} characters; the limit is {limits.max_formula_length}",
+        )
+    # Leading blanks would be an "unexpected indent"; drop them and shift reported columns back.
+    text = source.lstrip(" \t")
+    shift = len(source) - len(text)
+    depth_error = LimitExceeded(
+        "max_ast_depth", limits.max_ast_depth,
+        f"formula is too deeply nested to parse; the limit is {limits.max_ast_depth} levels",
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SyntaxWarnings are irrelevant: the checker rejects those constructs
+            tree = ast.parse(text, mode="eval")
+    except (RecursionError, MemoryError):
+        raise depth_error from None
+    except SyntaxError as exc:
+        if "too many nested" in (exc.msg or ""):
+            raise depth_error from None
+        if not text.strip():
+            raise FormulaError("invalid syntax: the formula is empty") from None
+        line = exc.lineno or 1
+        if not exc.offset:
+            where = "at the end of the formula"
+        elif line == 1:
+            where = f"at column {exc.offset + shift}"
+        else:
+            where = f"at line {line}, column {exc.offset}"
+        what = "" if exc.msg == "invalid syntax" else f": {exc.msg}"
+        raise FormulaError(f"invalid syntax{what} {where}") from None
+    except ValueError as exc:  # e.g. null bytes on some Python versions
+        raise FormulaError(f"invalid formula: {exc}") from None
+
+    checker = _Checker(limits, shift)
+    checker.run(tree.body)
+    return Formula(source, tree.body, tuple(checker.variables), checker.node_count, checker.depth, limits.max_ast_depth)
+
+
+class Formula:
+    """A validated formula; evaluate() may be called many times with different inputs."""
+
+    def __init__(
+        self, source: str, body: ast.expr, variables: tuple[str, ...], node_count: int, depth: int, max_depth: int
+    ) -> None:
+        self.source = source
+        # Names that are not CONSTANTS, in order of first appearance. At evaluate time inputs are looked up
+        # before constants, so an input named `e` or `pi` also works (it shadows the constant).
+        self.variables = variables
+        self.node_count = node_count
+        self.depth = depth
+        self._body = body
+        self._max_depth = max_depth
+        self._keys: dict[int, tuple[str, str]] = {}
+
+    def __repr__(self) -> str:
+        return f"Formula({self.source!r})"
+
+    def key(self, node: ast.expr) -> tuple[str, str]:
+        """(structural key for sharing equal subtrees, source text for `record`), cached per node."""
+        cached = self._keys.get(id(node))
+        if cached is None:
+            cached = self._keys[id(node)] = (ast.dump(node), ast.unparse(node))
+        return cached
+
+    def evaluate(
+        self,
+        env: dict[str, torch.Tensor],
+        *,
+        dtype: torch.dtype,
+        record: dict[str, torch.Tensor] | None = None,
+        deadline: Deadline | None = None,
+    ) -> torch.Tensor:
+        """Compute the formula with torch so autograd records it; equal subexpressions are computed once."""
+        for name in self.variables:
+            if name not in env:
+                inputs = ", ".join(env) or "(none)"
+                raise UnknownVariable(f"unknown variable {name!r}; inputs are: {inputs}")
+        try:
+            return _Evaluator(self, env, dtype, record, deadline).eval(self._body)
+        except RecursionError:
+            raise LimitExceeded(
+                "max_ast_depth", self._max_depth,
+                f"formula is too deeply nested to evaluate; the limit is {self._max_depth} levels",
+            ) from None
+
+
+class _Evaluator:
+    """One evaluation: a simpleeval-style dispatch table over the node types the checker allowed."""
+
+    def __init__(
+        self,
+        formula: Formula,
+        env: dict[str, torch.Tensor],
+        dtype: torch.dtype,
+        record: dict[str, torch.Tensor] | None,
+        deadline: Deadline | None,
+    ) -> None:
+        self.formula = formula
+        self.env = env
+        self.dtype = dtype
+        self.record = record
+        self.deadline = deadline
+        self.memo: dict[str, torch.Tensor] = {}
+        self.nodes: dict[type[ast.AST], Callable[[ast.AST], torch.Tensor]] = {
+            ast.Constant: self._constant,
+            ast.Name: self._name,
+            ast.BinOp: self._binop,
+            ast.UnaryOp: self._unaryop,
+            ast.Call: self._call,
+        }
+
+    def eval(self, node: ast.expr) -> torch.Tensor:
+        if self.deadline is not None:
+            self.deadline.check()
+        key, text = self.formula.key(node)
+        value = self.memo.get(key)
+        if value is None:
+            handler = self.nodes.get(type(node))
+            if handler is None:  # unreachable after the checker; kept so nothing unlisted ever runs
+                raise FormulaError(f"unsupported syntax: {type(node).__name__}")
+            value = self.memo[key] = handler(node)
+            if self.record is not None and not isinstance(node, (ast.Name, ast.Constant)):
+                self.record[text] = value
+        return value
+
+    def _constant(self, node: ast.Constant) -> torch.Tensor:
+        # A tensor before any arithmetic: 9**9**9**9 overflows to inf instead of growing a Python big int.
+        return torch.tensor(_to_float(node.value), dtype=self.dtype)
+
+    def _name(self, node: ast.Name) -> torch.Tensor:
+        if node.id in self.env:
+            return self.env[node.id]
+        if node.id in CONSTANTS:
+            return torch.tensor(CONSTANTS[node.id], dtype=self.dtype)
+        inputs = ", ".join(self.env) or "(none)"
+        raise UnknownVariable(f"unknown variable {node.id!r}; inputs are: {inputs}")
+
+    def _binop(self, node: ast.BinOp) -> torch.Tensor:
+        symbol, op = _BINARY_OPERATORS[type(node.op)]
+        left = self.eval(node.left)
+        exponent = _literal_number(node.right) if isinstance(node.op, ast.Pow) else None
+        if exponent is not None:
+            # A literal exponent stays a Python float: torch.pow(x, 2.0) is PowBackward0, as x ** 2 in PyTorch.
+            return self._apply(symbol, lambda: torch.pow(left, exponent), left)
+        right = self.eval(node.right)
+        return self._apply(symbol, lambda: op(left, right), left, right)
+
+    def _unaryop(self, node: ast.UnaryOp) -> torch.Tensor:
+        symbol, op = _UNARY_OPERATORS[type(node.op)]
+        operand = self.eval(node.operand)
+        return self._apply(f"unary {symbol}", lambda: op(operand), operand)
+
+    def _call(self, node: ast.Call) -> torch.Tensor:
+        spec = FUNCTIONS[node.func.id]
+        args = [self.eval(arg) for arg in node.args]
+        return self._apply(spec.name, lambda: spec.impl(*args), *args)
+
+    @staticmethod
+    def _apply(name: str, compute: Callable[[], torch.Tensor], *operands: torch.Tensor) -> torch.Tensor:
+        """Run one torch op; its RuntimeError (almost always a broadcasting failure) becomes a ShapeError."""
+        try:
+            return compute()
+        except RuntimeError as exc:
+            if isinstance(exc, RecursionError):
+                raise
+            shapes = " and ".join(str(list(t.shape)) for t in operands)
+            noun = "shapes" if len(operands) > 1 else "shape"
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ShapeError(f"cannot apply {name} to {noun} {shapes} ({reason})") from None

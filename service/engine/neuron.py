@@ -1,0 +1,127 @@
+"""The tutorial's neuron: z = w·x + b, y_pred = sigmoid(z), L = BCE(y_pred, y), with its chain-rule gradient."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ShapeError
+
+
+def _shape(t: torch.Tensor) -> list[int]:
+    return list(t.shape)
+
+
+class Neuron:
+    """One instance per request: `prepare` checks shapes and makes leaves, `forward` runs the tutorial's pass."""
+
+    default_wrt = ("w", "b")
+    catalog_entry = None
+
+    def __init__(self, spec: dict) -> None:
+        self.loss = spec.get("loss", "bce")
+        self.reduction = spec.get("reduction", "mean")
+        self.epsilon = spec.get("epsilon", 1e-8)
+        self.vector_w = False  # set by prepare(): w holds one weight per feature (x's last axis)
+        self.per_sample = False  # set by prepare(): reduction "none" over several samples
+
+    def _samples_shape(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Size:
+        """Shape of z: every element of x is a sample for a scalar w; the last axis holds features for a vector w."""
+        if b.dim() != 0:
+            raise ShapeError(f"b must be a scalar, got shape {_shape(b)}")
+        if w.dim() == 0:
+            return x.shape
+        if w.dim() != 1:
+            raise ShapeError(f"w must be a scalar or a vector of feature weights, got shape {_shape(w)}")
+        if x.dim() == 0 or x.shape[-1] != w.shape[0]:
+            raise ShapeError(f"x has shape {_shape(x)} but w has {w.shape[0]} features: x's last axis must match w")
+        return x.shape[:-1]
+
+    def prepare(self, tensors: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Make the leaves; for per-sample gradients w and b get one independent copy per sample."""
+        zshape = self._samples_shape(tensors["x"], tensors["w"], tensors["b"])
+        if tensors["y"].shape != zshape:
+            raise ShapeError(
+                f"y has shape {_shape(tensors['y'])} but the model makes one prediction per sample, shape {list(zshape)}"
+            )
+        self.vector_w = tensors["w"].dim() == 1
+        self.per_sample = self.reduction == "none" and len(zshape) > 0
+        leaves = dict(tensors)
+        if self.per_sample:
+            leaves["w"] = tensors["w"].expand(*zshape, *tensors["w"].shape).clone()
+            leaves["b"] = tensors["b"].expand(zshape).clone()
+        for name in wrt:
+            leaves[name] = leaves[name].detach().requires_grad_(True)
+        return leaves
+
+    def _linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (x * w).sum(-1) + b if self.vector_w else w * x + b
+
+    def forward(self, t: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Linear -> sigmoid -> BCE, reduced unless the loss is already a scalar (as in the tutorial)."""
+        z = self._linear(t["x"], t["w"], t["b"])
+        y_pred = torch.sigmoid(z)
+        y = t["y"]
+        if self.loss == "bce_with_logits":
+            losses = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+        else:  # the tutorial's clamped formula
+            p = torch.clamp(y_pred, self.epsilon, 1 - self.epsilon)
+            losses = -(y * torch.log(p) + (1 - y) * torch.log(1 - p))
+        if losses.dim() == 0 or self.reduction == "none":
+            loss = losses
+        elif self.reduction == "sum":
+            loss = losses.sum()
+        else:
+            loss = losses.mean()
+        if record is not None:
+            record.update(z=z, y_pred=y_pred)
+        return loss
+
+    def chain_rule(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The tutorial's factors per sample, before reduction: dL/dy_pred, dy_pred/dz, dz/dw, dz/db."""
+        z = self._linear(t["x"], t["w"], t["b"])
+        y_pred = torch.sigmoid(z)
+        dy_pred_dz = y_pred * (1 - y_pred)
+        return {
+            "dL/dy_pred": (y_pred - t["y"]) / dy_pred_dz,
+            "dy_pred/dz": dy_pred_dz,
+            "dz/dw": t["x"],
+            "dz/db": torch.ones_like(z),
+        }
+
+    def manual(self, t: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Closed-form gradients by the chain rule on prepared tensors (unclamped: differs where the clamp bites)."""
+        x, y, w = t["x"], t["y"], t["w"]
+        z = self._linear(x, w, t["b"])
+        # dL/dy_pred * dy_pred/dz simplifies to y_pred - y, which stays finite where y_pred is 0 or 1
+        scale = 1.0 / z.numel() if (self.reduction == "mean" and not self.per_sample and z.dim() > 0) else 1.0
+        dl_dz = (torch.sigmoid(z) - y) * scale
+        dl_dz_f = dl_dz.unsqueeze(-1) if self.vector_w else dl_dz
+        each_w = dl_dz_f * x  # per sample: dL_i/dw = dL_i/dz_i * x_i
+        reduce_w = not self.per_sample and z.dim() > 0
+        grads = {
+            "w": (each_w.sum(dim=tuple(range(z.dim()))) if self.vector_w else each_w.sum()) if reduce_w else each_w,
+            "b": dl_dz.sum() if reduce_w else dl_dz,
+            "x": dl_dz_f * w,
+            "y": -z * scale,  # dL/dy = -(log y_pred - log(1 - y_pred)) = -z
+        }
+        return {name: grads[name] for name in wrt}
+
+    def diagnose(self, record: dict[str, torch.Tensor]) -> list[str]:
+        """Warn where the tutorial's clamp bites, or cannot help (float32 rounds 1 - 1e-8 to 1.0)."""
+        if self.loss != "bce":
+            return []
+        p = record["y_pred"].detach()
+        warnings = []
+        clamped = int(((p < self.epsilon) | (p > 1 - self.epsilon)).sum())
+        if clamped:
+            warnings.append(
+                f"clamping hit: y_pred outside [epsilon, 1 - epsilon] for {clamped} of {p.numel()} sample(s); "
+                "autograd's gradient through the clamp is 0 there"
+            )
+        top = torch.tensor(1 - self.epsilon, dtype=p.dtype)
+        if top == 1 and bool((p == 1).any()):
+            warnings.append(
+                f"y_pred rounds to 1.0 in {str(p.dtype).removeprefix('torch.')}, where 1 - epsilon == 1.0 too, so the clamp cannot keep "
+                "log(1 - y_pred) finite; use loss \"bce_with_logits\" or dtype \"float64\""
+            )
+        return warnings

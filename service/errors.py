@@ -1,0 +1,126 @@
+"""One problem+json (RFC 9457) envelope for every error: HTTP errors, validation errors, engine errors, crashes."""
+from __future__ import annotations
+
+import logging
+
+import orjson
+from flask import Flask, Response, request
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from .engine.errors import (
+    DeadlineExceeded,
+    EngineError,
+    FormulaError,
+    LimitExceeded,
+)
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "/problems/"
+log = logging.getLogger(__name__)
+
+# engine errors carry no HTTP status; this is the one place that assigns them
+STATUS_BY_ERROR: list[tuple[type[EngineError], int]] = [
+    (FormulaError, 400),
+    (LimitExceeded, 413),
+    (DeadlineExceeded, 503),
+    (EngineError, 422),
+]
+
+
+class ServiceError(Exception):
+    """An error raised by the HTTP layer itself, with its status and problem type."""
+
+    status = 400
+    slug = "bad-request"
+    title = "Bad Request"
+
+    def __init__(self, detail: str, **extra) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class MalformedJSON(ServiceError):
+    """The body is not RFC 8259 JSON."""
+
+    slug = "malformed-json"
+    title = "Malformed JSON"
+
+
+class UnsupportedMediaType(ServiceError):
+    """The body is not sent as application/json."""
+
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported Media Type"
+
+
+class BodyTooLarge(ServiceError):
+    """A JSON document larger than a request may carry (e.g. too many batch jobs)."""
+
+    status = 413
+    slug = "limit-exceeded"
+    title = "Limit exceeded"
+
+
+def problem(status: int, title: str, detail: str | None = None, slug: str | None = None, **extra) -> dict:
+    """The RFC 9457 body; `type` is a relative URI naming the problem, documented in the README."""
+    body = {
+        "type": PROBLEM_BASE + slug if slug else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail or title,
+        "instance": request.path if request else None,
+    }
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
+def problem_response(body: dict, headers: dict | None = None) -> Response:
+    resp = Response(orjson.dumps(body), status=body["status"], mimetype=PROBLEM_JSON)
+    resp.headers.update(headers or {})
+    return resp
+
+
+def engine_problem(err: EngineError) -> dict:
+    """The problem body for an engine error (also used per job inside /v1/batch)."""
+    status = next(code for cls, code in STATUS_BY_ERROR if isinstance(err, cls))
+    extra = {"limit": {"name": err.limit, "value": err.value}} if hasattr(err, "limit") else {}
+    return problem(status, err.title, err.detail, err.slug, **extra)
+
+
+def validation_problem(err: ValidationError) -> dict:
+    return problem(400, "Invalid request", "The request body does not match the schema; see `errors`.", "invalid-request", errors=err.messages)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map every exception to problem+json; unexpected ones become a 500 without internals."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException):
+        headers = {k: v for k, v in err.get_headers() if k.lower() != "content-type"}
+        extra = {}
+        if err.code == 413:
+            extra = {"limit": {"name": "max_body_bytes", "value": app.config["MAX_CONTENT_LENGTH"]}}
+            return problem_response(problem(413, "Limit exceeded", f"The request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes.", "limit-exceeded", **extra), headers)
+        return problem_response(problem(err.code or 500, err.name, err.description), headers)
+
+    @app.errorhandler(ValidationError)
+    def invalid(err: ValidationError):
+        return problem_response(validation_problem(err))
+
+    @app.errorhandler(ServiceError)
+    def service_error(err: ServiceError):
+        return problem_response(problem(err.status, err.title, err.detail, err.slug, **err.extra))
+
+    @app.errorhandler(EngineError)
+    def engine_error(err: EngineError):
+        body = engine_problem(err)
+        headers = {"Retry-After": "1"} if body["status"] == 503 else None
+        return problem_response(body, headers)
+
+    @app.errorhandler(Exception)
+    def crash(err: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(problem(500, "Internal Server Error", "The server failed to compute this request."))
