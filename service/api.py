@@ -37,23 +37,24 @@ def read_json():
 def gradients():
     """Run a forward and backward pass.
     ---
-    summary: Loss, gradients and autograd graph for a neuron or an expression
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema: GradientRequest
-    responses:
-      200:
-        description: The forward value, the gradients and the requested extras
+    post:
+      summary: Loss, gradients and autograd graph for a neuron or an expression
+      requestBody:
+        required: true
         content:
           application/json:
-            schema: GradientResponse
-      400: {$ref: '#/components/responses/BadRequest'}
-      413: {$ref: '#/components/responses/TooLarge'}
-      415: {$ref: '#/components/responses/UnsupportedMediaType'}
-      422: {$ref: '#/components/responses/NotComputable'}
-      503: {$ref: '#/components/responses/Unavailable'}
+            schema: GradientRequestSchema
+      responses:
+        200:
+          description: The forward value, the gradients and the requested extras
+          content:
+            application/json:
+              schema: GradientResponseSchema
+        400: {$ref: '#/components/responses/BadRequest'}
+        413: {$ref: '#/components/responses/TooLarge'}
+        415: {$ref: '#/components/responses/UnsupportedMediaType'}
+        422: {$ref: '#/components/responses/NotComputable'}
+        503: {$ref: '#/components/responses/Unavailable'}
     """
     spec = gradient_request.load(read_json())
     return gradient_response.dump(engine.compute(spec, current_app.config["LIMITS"]))
@@ -63,13 +64,14 @@ def gradients():
 def models():
     """The catalog of models, named expressions, formula functions and limits.
     ---
-    summary: What can be posted to /v1/gradients
-    responses:
-      200:
-        description: Model kinds, named expressions with hand-derived gradients, formula functions, limits
-        content:
-          application/json:
-            schema: ModelsResponse
+    get:
+      summary: What can be posted to /v1/gradients
+      responses:
+        200:
+          description: Model kinds, named expressions with hand-derived gradients, formula functions, limits
+          content:
+            application/json:
+              schema: ModelsResponseSchema
     """
     config = current_app.config
     extra = {"max_body_bytes": config["MAX_CONTENT_LENGTH"], "max_batch_jobs": config["MAX_BATCH_JOBS"]}
@@ -80,13 +82,14 @@ def models():
 def healthz():
     """Liveness: the process answers.
     ---
-    summary: Liveness probe
-    responses:
-      200:
-        description: Alive
-        content:
-          application/json:
-            schema: Status
+    get:
+      summary: Liveness probe
+      responses:
+        200:
+          description: Alive
+          content:
+            application/json:
+              schema: StatusSchema
     """
     return {"status": "ok"}
 
@@ -95,14 +98,15 @@ def healthz():
 def readyz():
     """Readiness: torch is imported and one forward/backward pass has run in this worker.
     ---
-    summary: Readiness probe
-    responses:
-      200:
-        description: Ready to compute
-        content:
-          application/json:
-            schema: Status
-      503: {$ref: '#/components/responses/Unavailable'}
+    get:
+      summary: Readiness probe
+      responses:
+        200:
+          description: Ready to compute
+          content:
+            application/json:
+              schema: StatusSchema
+        503: {$ref: '#/components/responses/Unavailable'}
     """
     if not engine.is_ready():
         raise NotReady("torch is not warmed up yet.")

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import logging
 
-import orjson
 from flask import Flask, Response, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from .jsonio import dumps_bytes
 from .engine.errors import (
     DeadlineExceeded,
     EngineError,
@@ -78,7 +78,7 @@ def problem(status: int, title: str, detail: str | None = None, slug: str | None
 
 
 def problem_response(body: dict, headers: dict | None = None) -> Response:
-    resp = Response(orjson.dumps(body), status=body["status"], mimetype=PROBLEM_JSON)
+    resp = Response(dumps_bytes(body), status=body["status"], mimetype=PROBLEM_JSON)
     resp.headers.update(headers or {})
     return resp
 

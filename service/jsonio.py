@@ -7,7 +7,7 @@ import numpy as np
 import orjson
 from flask.json.provider import JSONProvider
 
-OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS  # marshmallow keys list errors by index
 
 
 class NonFiniteInJSON(ValueError):
