@@ -17,7 +17,7 @@ def encode_tensor(t: torch.Tensor, warnings: list[str], where: str):
     if finite.all():
         return arr[()] if arr.ndim == 0 else arr
     bad = int(arr.size - finite.sum())
-    warnings.append(f"{where}: {bad} of {arr.size} value(s) not finite (sent as \"NaN\"/\"Infinity\"/\"-Infinity\")")
+    warnings.append(f"{where}: {bad} of {arr.size} value(s) not finite")
     out = arr.astype(object)
     out[np.isnan(arr)] = "NaN"
     out[arr == np.inf] = "Infinity"

