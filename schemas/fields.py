@@ -80,6 +80,6 @@ class OneOfKind(fields.Field):
         if not isinstance(value, dict):
             raise ValidationError("Not a valid object.")
         kind = value.get("kind")
-        if kind not in self.schemas:
+        if not isinstance(kind, str) or kind not in self.schemas:
             raise ValidationError({"kind": [f"Must be one of: {', '.join(self.schemas)}."]})
         return self.schemas[kind].load(value)
