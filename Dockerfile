@@ -1,0 +1,58 @@
+# Gradient service image: gunicorn + Flask + CPU-only torch, running as a non-root user, ready for a
+# read-only root filesystem (only /tmp needs to be writable).
+#
+# Python packages come either from an index or from a pre-built wheelhouse in .run/wheelhouse/:
+#   registry build (PyPI's Linux torch wheel is the CUDA build, so point pip at an index with CPU wheels):
+#     docker build --build-arg PIP_EXTRA_INDEX_URL=<index with CPU torch wheels> -t gradsvc .
+#   offline build (what scripts/image-test.sh does; no network inside the build):
+#     podman build --pull=never --network none --format docker --build-arg PIP_NO_INDEX=1 -t gradsvc .
+
+FROM python:3.11-slim AS build
+# pip reads these from the environment: PIP_NO_INDEX=1 installs from the wheelhouse only.
+ARG PIP_NO_INDEX=0
+ARG PIP_EXTRA_INDEX_URL=""
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /build
+# The wheelhouse glob may match nothing (registry build); pip then uses its index.
+COPY pyproject.toml .run/wheelhouse* ./
+# Dependencies straight from pyproject.toml (one source of truth) into a venv the final stage copies.
+RUN python3 -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > requirements.txt \
+    && python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --find-links /build -r requirements.txt \
+    && /opt/venv/bin/python -c "import torch; assert not torch.version.cuda, 'CUDA torch: use a CPU wheel index'" \
+    && rm -rf /opt/venv/lib/python3.11/site-packages/torch/test /opt/venv/lib/python3.11/site-packages/torch/include
+# (torch/test holds C++ test binaries, torch/include the headers for compiling extensions: ~120 MB unused here.)
+
+FROM python:3.11-slim
+# Fixed numeric ids: Kubernetes can only verify runAsNonRoot for a numeric USER.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-log-init --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin app
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY deploy/gunicorn.conf.py deploy/gunicorn.conf.py
+COPY schemas/ schemas/
+COPY service/ service/
+# Byte-compile now: at run time the root filesystem may be read-only.
+RUN /opt/venv/bin/python -m compileall -q /app/service /app/schemas
+
+# HOST/PORT are read by deploy/gunicorn.conf.py.  WEB_CONCURRENCY is fixed here because os.cpu_count()
+# in a container is the host's count; each worker holds its own torch (hundreds of MB).
+# TORCH_THREADS=1: one intra-op thread per worker, the workers are the parallelism.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOST=0.0.0.0 \
+    PORT=8000 \
+    WEB_CONCURRENCY=2 \
+    TORCH_THREADS=1 \
+    OMP_NUM_THREADS=1 \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
+
+USER 10001:10001
+EXPOSE 8000
+# No curl in the slim image: the standard library does it (urlopen raises on non-2xx -> exit 1).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=4)"]
+CMD ["gunicorn", "-c", "deploy/gunicorn.conf.py", "service.wsgi:app"]

@@ -1,0 +1,98 @@
+"""gunicorn settings for the gradient service; every value can be overridden from the environment.
+
+Run: ``gunicorn -c deploy/gunicorn.conf.py service.wsgi:app``.  gunicorn binds to HOST:PORT here;
+TORCH_THREADS, LOG_LEVEL, the limits, API keys etc. are read by the app itself.
+"""
+import os
+import shutil
+
+
+def _int(name, default):
+    """Integer from the environment, with a clear error instead of a traceback deep in gunicorn."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"gunicorn.conf.py: {name}={raw!r} is not an integer") from None
+
+
+def _bool(name, default=False):
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"gunicorn.conf.py: {name}={raw!r} is not a boolean (1/0, true/false)")
+
+
+# --- socket -----------------------------------------------------------------------------------------
+# Loopback by default (behind the gateway); the container image sets HOST=0.0.0.0.
+bind = [f"{os.environ.get('HOST', '127.0.0.1')}:{_int('PORT', 8000)}"]
+
+# --- workers ----------------------------------------------------------------------------------------
+# One sync worker per core: every request is CPU-bound torch work, so threads or async buy nothing and
+# torch's own intra-op threads are pinned by the app (TORCH_THREADS, default 1).  In a container
+# os.cpu_count() is the *host's* count, so the k8s/compose manifests set WEB_CONCURRENCY explicitly.
+workers = _int("WEB_CONCURRENCY", os.cpu_count() or 1)
+worker_class = "sync"
+threads = 1
+
+# A hard kill for a stuck worker; the app's own MAX_WALL_SECONDS (default 10 s) should answer long before.
+timeout = _int("GUNICORN_TIMEOUT", 60)
+# On SIGTERM give in-flight requests this long; k8s terminationGracePeriodSeconds is larger.
+graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
+# Only used by gthread/async workers: the sync worker closes every connection after one response
+# (which is fine behind nginx, which buffers and keeps its own client connections alive).
+keepalive = _int("GUNICORN_KEEPALIVE", 5)
+
+# Recycle workers now and then so slow leaks (allocator fragmentation in torch) cannot grow forever;
+# the jitter keeps all workers from restarting at once.
+max_requests = _int("GUNICORN_MAX_REQUESTS", 1000)
+max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 100)
+
+# Preloading imports the app (and torch) once in the master and shares the pages with the workers.
+# Off until PSS is measured both ways: gunicorn#2478 reports a hang in torch kernels after fork when
+# torch ran ops in the master.  If turned on, the master must import torch but run no torch op.
+preload_app = _bool("GUNICORN_PRELOAD", False)
+
+# --- logging ----------------------------------------------------------------------------------------
+# stdout/stderr only; the container runtime / journald collects them.
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", os.environ.get("LOG_LEVEL", "info")).lower()
+# Request id from the gateway (X-Request-ID) next to the usual combined-log fields.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" rid=%({x-request-id}i)s %(M)sms'
+
+# --- gunicorn 27 control socket -----------------------------------------------------------------------
+# gunicorn >= 25.1 opens ~/.gunicorn/gunicorn.ctl by default: several gunicorns on one host share that
+# path, and a container user without a writable home logs "Permission denied".  Nothing here uses it.
+control_socket_disable = True
+
+
+# --- Prometheus multiprocess mode -------------------------------------------------------------------
+def on_starting(server):
+    """Start every master with an empty PROMETHEUS_MULTIPROC_DIR: stale *.db files from a previous run
+    would otherwise be summed into the new counters."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return
+    os.makedirs(path, exist_ok=True)
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+    server.log.info("Prometheus multiprocess dir %s emptied", path)
+
+
+def child_exit(server, worker):
+    """Tell prometheus_client a worker is gone, so its live gauges stop being reported."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from prometheus_client import multiprocess  # imported lazily: only needed in multiprocess mode
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Build the real Dockerfile without a Docker engine or registry (podman + runc, a debootstrapped base image
+# tagged as python:3.11-slim, Python packages from a host-built wheelhouse, --network none), run it on a
+# free 127.0.0.1 port with a read-only root filesystem, and check it: /readyz, the tutorial neuron,
+# non-root user, HEALTHCHECK.  All traffic stays on 127.0.0.1; every wait is bounded.
+#
+# Env: IMAGE (localhost/gradsvc:test), KEEP_IMAGE=1 (default) keeps the image for reuse,
+#      READY_TIMEOUT (seconds, 180), CONTAINERS_CONF (deploy/containers.conf).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+IMAGE=${IMAGE:-localhost/gradsvc:test}
+READY_TIMEOUT=${READY_TIMEOUT:-180}
+KEEP_IMAGE=${KEEP_IMAGE:-1}
+PY=${PY:-$ROOT/.venv/bin/python}
+WHEELHOUSE=.run/wheelhouse
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/deploy/containers.conf}
+
+log() { printf '[image-test] %s\n' "$*" >&2; }
+fail() { log "FAIL: $*"; exit 1; }
+now() { date +%s; }
+
+# --- tools --------------------------------------------------------------------------------------------
+missing=()
+for tool in podman buildah runc debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || fail "missing ${missing[*]}; install them (apt-get install -y ${missing[*]})"
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
+        || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; }
+fi
+[ -x "$PY" ] || fail "no $PY (run make install first)"
+[ -f service/wsgi.py ] || fail "service/wsgi.py does not exist yet"
+
+# --- base image (cached) --------------------------------------------------------------------------------
+t0=$(now)
+"$ROOT/scripts/build-base-image.sh"
+t_base=$(( $(now) - t0 ))
+
+# --- wheelhouse: the app's dependencies as wheels for the image's Python (cp311, glibc) -------------
+t0=$(now)
+mkdir -p "$WHEELHOUSE"
+"$PY" -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+    > .run/image-requirements.txt
+log "pip wheel -> $WHEELHOUSE (pip's own configuration decides where packages come from)"
+"$PY" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$WHEELHOUSE" -r .run/image-requirements.txt >&2
+t_wheels=$(( $(now) - t0 ))
+
+# --- build --------------------------------------------------------------------------------------------
+t0=$(now)
+log "podman build $IMAGE (--network none --pull=never)"
+old_id=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
+podman build --pull=never --network none --format docker --build-arg PIP_NO_INDEX=1 \
+    -f Dockerfile -t "$IMAGE" . >&2
+t_build=$(( $(now) - t0 ))
+size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
+# The previous build of this tag would stay behind as an untagged ~1 GB image: remove just that one.
+if [ -n "$old_id" ] && [ "$old_id" != "$(podman image inspect --format '{{.Id}}' "$IMAGE")" ]; then
+    podman rmi "$old_id" >/dev/null 2>&1 || true
+fi
+
+# --- run ----------------------------------------------------------------------------------------------
+PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+NAME=gradsvc-image-test-$$
+cleanup() {
+    podman rm -f --time 5 "$NAME" >/dev/null 2>&1 || true
+    if [ "$KEEP_IMAGE" != 1 ]; then podman rmi -f "$IMAGE" >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+log "podman run $NAME on 127.0.0.1:$PORT (host network, read-only root, tmpfs /tmp)"
+t0=$(now)
+podman run -d --name "$NAME" --network host --read-only --tmpfs /tmp:rw,size=64m,mode=1777 \
+    -e HOST=127.0.0.1 -e PORT="$PORT" -e WEB_CONCURRENCY=2 "$IMAGE" >/dev/null
+
+BASE=http://127.0.0.1:$PORT
+ready=0
+for _ in $(seq "$READY_TIMEOUT"); do
+    if "$PY" -c "import urllib.request, sys; urllib.request.urlopen('$BASE/readyz', timeout=2)" 2>/dev/null; then
+        ready=1; break
+    fi
+    [ "$(podman inspect --format '{{.State.Running}}' "$NAME")" = true ] || break
+    sleep 1
+done
+t_ready=$(( $(now) - t0 ))
+if [ "$ready" != 1 ]; then
+    podman logs "$NAME" 2>&1 | tail -n 40 >&2
+    fail "/readyz not 200 within ${READY_TIMEOUT}s"
+fi
+
+# The tutorial neuron: x=6.7, y=0, w=1, b=0 -> loss = -log(1 - sigmoid(6.7)) = 6.7012...
+BASE="$BASE" "$PY" - <<'PY' || fail "neuron check"
+import json, os, urllib.request
+req = urllib.request.Request(
+    os.environ["BASE"] + "/v1/gradients",
+    data=json.dumps({"model": {"kind": "neuron"}, "inputs": {"x": 6.7, "y": 0, "w": 1, "b": 0}}).encode(),
+    headers={"Content-Type": "application/json", "X-Request-ID": "image-test"},
+)
+with urllib.request.urlopen(req, timeout=10) as resp:
+    body = json.load(resp)
+loss = body["loss"]
+assert abs(loss - 6.7012) < 1e-3, f"loss {loss!r} is not ~6.7012"
+print(f"[image-test] neuron loss={loss:.6f} gradients={body['gradients']}")
+PY
+
+uid=$(podman exec "$NAME" id -u)
+[ "$uid" != 0 ] || fail "container runs as root"
+user=$(podman image inspect --format '{{.Config.User}}' "$IMAGE")
+podman healthcheck run "$NAME" >/dev/null || fail "HEALTHCHECK failed"
+if podman logs "$NAME" 2>&1 | grep -E "Traceback|Control server error|Permission denied" >&2; then
+    fail "errors in the container log"
+fi
+
+log "PASS"
+log "timings: base image ${t_base}s, wheelhouse ${t_wheels}s, image build ${t_build}s, start->ready ${t_ready}s"
+log "image $IMAGE size $(( size / 1000000 )) MB; runs as uid $uid (USER $user); healthcheck ok"
