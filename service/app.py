@@ -9,10 +9,11 @@ from . import engine
 from .api import bp
 from .config import Config
 from .errors import register_error_handlers
+from .grading import bp as grading_bp
 from .jsonio import StrictJSONProvider
 from .openapi import build_spec, document_for
 
-DOCUMENTED_VIEWS = ["api.gradients", "api.models", "api.healthz", "api.readyz"]
+DOCUMENTED_VIEWS = ["api.gradients", "api.models", "api.healthz", "api.readyz", "grading.check", "grading.batch"]
 
 
 def configure_logging(level: str) -> None:
@@ -34,6 +35,7 @@ def create_app(config: type[Config] | None = None) -> Flask:
     app.config.from_object(config)
     app.json = StrictJSONProvider(app)
     app.register_blueprint(bp)
+    app.register_blueprint(grading_bp)
     register_error_handlers(app)
 
     spec = build_spec(app, DOCUMENTED_VIEWS)

@@ -1,0 +1,244 @@
+"""Schemas for grading: POST /v1/check (answers graded against autograd) and POST /v1/batch."""
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from .errors import ProblemSchema
+from .fields import NON_FINITE, Tensor
+from .fields import OneOfKind
+from .requests import MODEL_SCHEMAS, NAME_PATTERN, NEURON_INPUTS, input_name
+from .responses import TensorOut
+
+DEFAULT_RTOL = 1e-4
+DEFAULT_ATOL = 1e-6
+MAX_POINTS = 100
+FORMATS = ("json", "gradescope", "prairielearn")
+VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
+# a check is named after the submission field it grades
+CHECK_NAME_PATTERN = (
+    r"^(loss|gradients\.[A-Za-z_][A-Za-z0-9_]{0,63}|gradient_formulas\.[A-Za-z_][A-Za-z0-9_]{0,63}|intermediates\..{1,200})$"
+)
+_NUMBER_TYPES = (int, float)
+
+
+class Answer(Tensor):
+    """A submitted value: a number, "NaN"/"Infinity"/"-Infinity", or nested lists of those (shape is graded, not validated)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        stack = [value]
+        while stack:  # iterative: deep nesting cannot overflow the stack
+            item = stack.pop()
+            if isinstance(item, list):
+                stack.extend(item)
+            elif isinstance(item, bool) or not (isinstance(item, _NUMBER_TYPES) or item in NON_FINITE):
+                kind = "boolean" if isinstance(item, bool) else type(item).__name__
+                raise ValidationError(f"Answers are numbers, \"NaN\"/\"Infinity\"/\"-Infinity\" or lists of those, got {kind}.")
+        return value
+
+
+tolerance = {"validate": validate.Range(min=0, max=1e6)}
+
+
+class SubmissionSchema(Schema):
+    """The student's answers: numbers to compare with autograd, and/or derivative formulas to evaluate."""
+
+    loss = Answer(metadata={"description": "forward value; with several points, a list with one value per point"})
+    gradients = fields.Dict(keys=input_name, values=Answer(), metadata={"description": "input name -> dL/d(input)"})
+    intermediates = fields.Dict(
+        keys=fields.String(validate=validate.Length(min=1, max=200)), values=Answer(),
+        metadata={"description": "neuron: z, y_pred; formulas: a subexpression's source text, e.g. \"x ** 2\""},
+    )
+    gradient_formulas = fields.Dict(
+        keys=input_name, values=fields.String(validate=validate.Length(min=1)),
+        metadata={"description": "input name -> derivative formula in the formula language, evaluated at every point"},
+    )
+
+
+class CheckOptionsSchema(Schema):
+    """Per-check settings: points, tolerances overriding the request's, and Gradescope visibility."""
+
+    points = fields.Float(load_default=1.0, validate=validate.Range(min=0, max=1e6))
+    rtol = fields.Float(**tolerance)
+    atol = fields.Float(**tolerance)
+    title = fields.String(validate=validate.Length(min=1, max=200), metadata={"description": "display name of the test"})
+    visibility = fields.String(load_default="visible", validate=validate.OneOf(VISIBILITIES))
+
+
+class CheckRequestSchema(Schema):
+    """Body of POST /v1/check: a model, where to evaluate it, the submission, and tolerances."""
+
+    model = OneOfKind(MODEL_SCHEMAS, required=True)
+    inputs = fields.Dict(keys=input_name, values=Tensor(), metadata={"description": "one point; with `domain`, the fixed inputs (and shapes) of every drawn point"})
+    points = fields.List(
+        fields.Dict(keys=input_name, values=Tensor()), validate=validate.Length(min=1, max=MAX_POINTS),
+        metadata={"description": "several points, each an `inputs` object"},
+    )
+    domain = fields.Dict(
+        keys=input_name,
+        values=fields.List(fields.Float(validate=validate.Range(min=-1e100, max=1e100)), validate=validate.Length(equal=2)),
+        metadata={"description": "input name -> [lo, hi]: draw n_points points uniformly (seeded, deterministic)"},
+    )
+    seed = fields.Integer(validate=validate.Range(min=0, max=2**63 - 1), metadata={"description": "with `domain`; default 0"})
+    n_points = fields.Integer(validate=validate.Range(min=1, max=MAX_POINTS), metadata={"description": "with `domain`; default 5"})
+    submission = fields.Nested(SubmissionSchema, required=True)
+    rtol = fields.Float(load_default=DEFAULT_RTOL, **tolerance)
+    atol = fields.Float(load_default=DEFAULT_ATOL, **tolerance)
+    checks = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(CHECK_NAME_PATTERN, error="Check names are loss, gradients.<input>, intermediates.<name> or gradient_formulas.<input>.")),
+        values=fields.Nested(CheckOptionsSchema),
+        metadata={"description": "the graded checks and their points; absent: every answer in the submission, 1 point each"},
+    )
+
+    @validates_schema
+    def where(self, data, **kwargs):
+        """Exactly one of `inputs`, `points`, `domain` (or `inputs` with `domain`); seed/n_points only with domain."""
+        has = {key: key in data for key in ("inputs", "points", "domain")}
+        if has["points"] and (has["inputs"] or has["domain"]):
+            raise ValidationError("Give `points`, or `inputs` and/or `domain`, not both.", "points")
+        if not any(has.values()):
+            raise ValidationError("Give `inputs` (one point), `points` or `domain`.", "inputs")
+        for key in ("seed", "n_points"):
+            if key in data and not has["domain"]:
+                raise ValidationError(f"`{key}` is only used with `domain`.", key)
+        bad = [name for name, (lo, hi) in data.get("domain", {}).items() if lo > hi]
+        if bad:
+            raise ValidationError({name: ["lo must not be greater than hi."] for name in bad}, "domain")
+
+    @validates_schema
+    def neuron_inputs(self, data, **kwargs):
+        """A neuron needs exactly x, y, w, b at every point."""
+        model = data.get("model")
+        if not model or model["kind"] != "neuron":
+            return
+        groups = [("points", i, p) for i, p in enumerate(data.get("points", []))]
+        if "points" not in data:
+            groups = [("inputs", None, {**data.get("inputs", {}), **data.get("domain", {})})]
+        for field, index, names in groups:
+            errors = {name: ["Missing data for required field."] for name in NEURON_INPUTS if name not in names}
+            errors |= {name: ["Unknown field: a neuron takes x, y, w, b."] for name in names if name not in NEURON_INPUTS}
+            if errors:
+                raise ValidationError({field: {index: errors} if index is not None else errors})
+
+    @validates_schema
+    def something_to_grade(self, data, **kwargs):
+        submission = data.get("submission")
+        if submission is not None and not submission and not data.get("checks"):
+            raise ValidationError("Nothing to grade: give answers in `submission` (or list `checks`).", "submission")
+
+
+class CheckQuerySchema(Schema):
+    """Query string of POST /v1/check."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    format = fields.String(
+        load_default="json", validate=validate.OneOf(FORMATS),
+        metadata={"description": "json (default), gradescope (a results.json body) or prairielearn (an external grader result)"},
+    )
+
+
+# --- responses ----------------------------------------------------------------------------------
+
+class CheckResultSchema(Schema):
+    """One graded check. `expected` is autograd's reference, `actual` the submission's value."""
+
+    name = fields.String(required=True, metadata={"description": "loss, gradients.w, intermediates.z, gradient_formulas.x, ..."})
+    title = fields.String(required=True, metadata={"description": "human name, e.g. dL/dw"})
+    kind = fields.String(required=True, validate=validate.OneOf(("loss", "gradient", "intermediate", "gradient_formula")))
+    expected = TensorOut(allow_none=True, metadata={"description": "autograd's value (float64); with several points, a list per point"})
+    actual = TensorOut(allow_none=True, metadata={"description": "the submitted value, or the formula's value at each point"})
+    formula = fields.String(allow_none=True, metadata={"description": "the submitted formula, for gradient_formula checks"})
+    abs_error = fields.Float(allow_none=True, metadata={"description": "max |actual - expected|; null when missing, mis-shaped or not finite"})
+    rel_error = fields.Float(allow_none=True, metadata={"description": "max |actual - expected| / |expected| over non-zero expected values"})
+    rtol = fields.Float(required=True)
+    atol = fields.Float(required=True)
+    passed = fields.Boolean(required=True)
+    points = fields.Float(required=True)
+    max_points = fields.Float(required=True)
+    message = fields.String(required=True, metadata={"description": "feedback: what is off, where, and by how much"})
+    worst_point = fields.Integer(allow_none=True, metadata={"description": "index of the point with the largest error"})
+    chain_rule = fields.Dict(
+        keys=fields.String(), values=TensorOut(), allow_none=True,
+        metadata={"description": "neuron dL/dw, dL/db: the tutorial's factors at worst_point (per sample, before reduction)"},
+    )
+    visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
+
+
+class CheckResponseSchema(Schema):
+    """Body of a 200 from POST /v1/check (default format)."""
+
+    score = fields.Float(required=True)
+    max_score = fields.Float(required=True)
+    passed = fields.Boolean(required=True, metadata={"description": "every check passed"})
+    rtol = fields.Float(required=True, metadata={"description": "the request's default relative tolerance"})
+    atol = fields.Float(required=True, metadata={"description": "the request's default absolute tolerance"})
+    tolerance_rule = fields.String(required=True)
+    n_points = fields.Integer(required=True)
+    points = fields.List(fields.Dict(keys=fields.String(), values=TensorOut()), required=True, metadata={"description": "the points graded (drawn ones included)"})
+    checks = fields.List(fields.Nested(CheckResultSchema), required=True)
+    summary = fields.String(required=True)
+    warnings = fields.List(fields.String(), required=True)
+
+
+class GradescopeTestSchema(Schema):
+    name = fields.String(required=True)
+    score = fields.Float(required=True)
+    max_score = fields.Float(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(("passed", "failed")))
+    output = fields.String(required=True)
+    visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
+    number = fields.String()
+
+
+class GradescopeResultsSchema(Schema):
+    """A Gradescope autograder results.json body (gradescope-autograders.readthedocs.io, "Output format")."""
+
+    score = fields.Float(required=True)
+    output = fields.String(required=True)
+    visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
+    stdout_visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
+    extra_data = fields.Dict(metadata={"description": "max_score and the tolerances"})
+    tests = fields.List(fields.Nested(GradescopeTestSchema), required=True)
+
+
+class PrairieLearnTestSchema(Schema):
+    name = fields.String(required=True)
+    description = fields.String()
+    points = fields.Float(required=True)
+    max_points = fields.Float(required=True)
+    message = fields.String(required=True)
+    output = fields.String(required=True)
+
+
+class PrairieLearnResultsSchema(Schema):
+    """A PrairieLearn external grader result (docs/externalGrading.md, "Grading results"): score in [0, 1]."""
+
+    gradable = fields.Boolean(required=True)
+    succeeded = fields.Boolean(required=True)
+    score = fields.Float(required=True, validate=validate.Range(min=0, max=1))
+    format_errors = fields.List(fields.String(), required=True)
+    message = fields.String(required=True)
+    output = fields.String(required=True)
+    tests = fields.List(fields.Nested(PrairieLearnTestSchema), required=True)
+
+
+class BatchRequestSchema(Schema):
+    """Body of POST /v1/batch. A job that is exactly `{"check": {...}}` is a check; any other job is a gradients request."""
+
+    jobs = fields.List(
+        fields.Raw(), required=True,
+        metadata={"description": "each a POST /v1/gradients body, or {\"check\": <POST /v1/check body>}; an invalid job gets an `error` in its place"},
+    )
+
+
+class BatchErrorSchema(Schema):
+    """A failed job's place in `results`."""
+
+    error = fields.Nested(ProblemSchema, required=True)
+
+
+__all__ = [
+    "BatchErrorSchema", "BatchRequestSchema", "CheckQuerySchema", "CheckRequestSchema", "CheckResponseSchema",
+    "GradescopeResultsSchema", "PrairieLearnResultsSchema", "NAME_PATTERN",
+]
