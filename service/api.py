@@ -8,6 +8,7 @@ from schemas import GradientRequestSchema, GradientResponseSchema, ModelsRespons
 
 from . import engine
 from .errors import MalformedJSON, ServiceError, UnsupportedMediaType
+from .observability import compute_timer
 
 bp = Blueprint("api", __name__)
 gradient_request = GradientRequestSchema()
@@ -57,7 +58,9 @@ def gradients():
         503: {$ref: '#/components/responses/Unavailable'}
     """
     spec = gradient_request.load(read_json())
-    return gradient_response.dump(engine.compute(spec, current_app.config["LIMITS"]))
+    with compute_timer(spec["model"]["kind"]):
+        result = engine.compute(spec, current_app.config["LIMITS"])
+    return gradient_response.dump(result)
 
 
 @bp.get("/v1/models")

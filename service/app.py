@@ -4,25 +4,34 @@ from __future__ import annotations
 import logging.config
 
 from flask import Flask, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import engine
 from .api import bp
+from .auth import init_auth
 from .config import Config
 from .errors import register_error_handlers
 from .grading import bp as grading_bp
 from .jsonio import StrictJSONProvider
+from .observability import init_observability
 from .openapi import build_spec, document_for
 
-DOCUMENTED_VIEWS = ["api.gradients", "api.models", "api.healthz", "api.readyz", "grading.check", "grading.batch"]
+DOCUMENTED_VIEWS = ["api.gradients", "api.models", "api.healthz", "api.readyz", "metrics", "grading.check", "grading.batch"]
 
 
 def configure_logging(level: str) -> None:
-    """Log to stdout once, before the app exists, so gunicorn's and ours interleave in one stream."""
+    """JSON lines to stdout, each with the request id; configured before the app exists."""
     logging.config.dictConfig({
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-        "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "plain"}},
+        "formatters": {"json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        }},
+        "filters": {"request_id": {"()": "service.observability.RequestIdFilter"}},
+        "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout",
+                                "formatter": "json", "filters": ["request_id"]}},
         "root": {"level": level, "handlers": ["stdout"]},
     })
 
@@ -34,6 +43,11 @@ def create_app(config: type[Config] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_object(config)
     app.json = StrictJSONProvider(app)
+    if app.config["TRUSTED_PROXY_HOPS"]:
+        hops = app.config["TRUSTED_PROXY_HOPS"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)
+    init_observability(app)  # first: every later hook and error already has a request id
+    init_auth(app)
     app.register_blueprint(bp)
     app.register_blueprint(grading_bp)
     register_error_handlers(app)

@@ -30,6 +30,11 @@ class Config:
     MAX_CONTENT_LENGTH = as_int("MAX_BODY_BYTES", 32 * 1024 * 1024)
     MAX_BATCH_JOBS = as_int("MAX_BATCH_JOBS", 1000)
 
+    # behind a gateway / security
+    TRUSTED_PROXY_HOPS = as_int("TRUSTED_PROXY_HOPS", 0)  # X-Forwarded-* headers trusted from this many proxies
+    API_KEYS = os.environ.get("API_KEYS", "")  # comma-separated; empty (and no file) = no authentication
+    API_KEYS_FILE = os.environ.get("API_KEYS_FILE", "")  # one key per line, e.g. a mounted secret
+
     # process
     TORCH_THREADS = as_int("TORCH_THREADS", 1)
     WARM_UP = os.environ.get("WARM_UP", "1") != "0"

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, request
+from flask import Flask, Response, has_request_context, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from .jsonio import dumps_bytes
+from .observability import request_id
 from .engine.errors import (
     DeadlineExceeded,
     EngineError,
@@ -35,9 +36,10 @@ class ServiceError(Exception):
     slug = "bad-request"
     title = "Bad Request"
 
-    def __init__(self, detail: str, **extra) -> None:
+    def __init__(self, detail: str, headers: dict | None = None, **extra) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or {}
         self.extra = extra
 
 
@@ -71,9 +73,9 @@ def problem(status: int, title: str, detail: str | None = None, slug: str | None
         "title": title,
         "status": status,
         "detail": detail or title,
-        "instance": request.path if request else None,
+        "instance": request.path if has_request_context() else None,
     }
-    body.update({k: v for k, v in extra.items() if v is not None})
+    body.update({k: v for k, v in {**extra, "request_id": request_id()}.items() if v is not None})
     return body
 
 
@@ -112,7 +114,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ServiceError)
     def service_error(err: ServiceError):
-        return problem_response(problem(err.status, err.title, err.detail, err.slug, **err.extra))
+        return problem_response(problem(err.status, err.title, err.detail, err.slug, **err.extra), err.headers)
 
     @app.errorhandler(EngineError)
     def engine_error(err: EngineError):
