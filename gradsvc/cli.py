@@ -1,0 +1,132 @@
+"""`gradsvc`: compute, check and batch from the command line, with exit codes an autograder can branch on.
+
+Exit codes:
+  0  success; for `check`/`batch`: every check passed and no job failed
+  1  the service answered, but a check failed (or, for `batch`, a job failed or a check in it failed)
+  2  usage or input error: bad arguments, unreadable/invalid JSON file, or the service answered 4xx
+  3  service unavailable: connection refused/timed out or 502/503/504, still after every retry
+  4  server error: 500 (or another non-retryable 5xx) or an answer that is not JSON
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .client import DEFAULT_URL, Client, ClientError, ServerError, ServiceUnavailable
+
+OK, CHECKS_FAILED, USAGE, UNAVAILABLE, SERVER_ERROR = 0, 1, 2, 3, 4
+
+
+class InputError(Exception):
+    """A file that cannot be read or parsed."""
+
+
+def _read(path: str) -> str:
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror}") from None
+
+
+def read_json(path: str):
+    try:
+        return json.loads(_read(path))
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path} is not valid JSON: {err}") from None
+
+
+def read_jobs(path: str) -> list:
+    """A JSON object {"jobs": [...]}, a JSON array of jobs, or JSON Lines (one job per line)."""
+    text = _read(path)
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict) and isinstance(whole.get("jobs"), list):
+        return whole["jobs"]
+    if isinstance(whole, list):
+        return whole
+    jobs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                jobs.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path}:{number} is not valid JSON: {err}") from None
+    return jobs
+
+
+def check_passed(body: dict, fmt: str) -> bool:
+    if fmt == "gradescope":
+        return all(t.get("status") == "passed" for t in body.get("tests", []))
+    if fmt == "prairielearn":
+        return all(t.get("points") == t.get("max_points") for t in body.get("tests", []))
+    return bool(body.get("passed"))
+
+
+def emit(obj, pretty: bool) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2 if pretty else None) + "\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gradsvc", description="Client for the gradient service.", epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--url", default=os.environ.get("GRADSVC_URL", DEFAULT_URL), help="service base URL (env GRADSVC_URL)")
+    p.add_argument("--api-key", default=os.environ.get("GRADSVC_API_KEY"), help="sent as Authorization: Bearer (env GRADSVC_API_KEY)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per attempt (default 30)")
+    p.add_argument("--retries", type=int, default=5, help="retries on connection errors and 502/503/504 (default 5)")
+    p.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds, doubled each time, capped at 8 (default 0.5)")
+    p.add_argument("--pretty", action="store_true", help="indent the JSON output")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compute", help="POST /v1/gradients with a JSON spec file")
+    c.add_argument("spec", help="JSON file (- for stdin)")
+    k = sub.add_parser("check", help="POST /v1/check with a JSON check request; prints the result")
+    k.add_argument("submission", help="JSON check request file (- for stdin)")
+    k.add_argument("--format", choices=("json", "gradescope", "prairielearn"), default="json")
+    b = sub.add_parser("batch", help="POST /v1/batch with JSON Lines jobs; prints one result per line")
+    b.add_argument("jobs", help="JSONL file (one job per line), a JSON array, or {\"jobs\": [...]} (- for stdin)")
+    b.add_argument("--chunk-size", type=int, default=500, help="jobs per request (default 500)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)  # exits 2 on usage errors
+    client = Client(args.url, args.api_key, timeout=args.timeout, retries=args.retries, backoff=args.backoff)
+    try:
+        if args.command == "compute":
+            emit(client.compute(read_json(args.spec)), args.pretty)
+            return OK
+        if args.command == "check":
+            body = client.check(read_json(args.submission), format=args.format)
+            emit(body, args.pretty)
+            return OK if check_passed(body, args.format) else CHECKS_FAILED
+        jobs = read_jobs(args.jobs)
+        status = OK
+        size = max(1, args.chunk_size)
+        for start in range(0, len(jobs), size):
+            for result in client.batch(jobs[start:start + size]):
+                sys.stdout.write(json.dumps(result) + "\n")
+                if "error" in result or result.get("passed") is False:
+                    status = CHECKS_FAILED
+        return status
+    except InputError as err:
+        print(f"gradsvc: {err}", file=sys.stderr)
+        return USAGE
+    except ServiceUnavailable as err:
+        print(f"gradsvc: {err}", file=sys.stderr)
+        return UNAVAILABLE
+    except ServerError as err:
+        print(f"gradsvc: server error: {err}", file=sys.stderr)
+        return SERVER_ERROR
+    except ClientError as err:
+        print(f"gradsvc: request refused: {err}", file=sys.stderr)
+        if err.problem.get("errors"):
+            print(json.dumps(err.problem["errors"], indent=2), file=sys.stderr)
+        return USAGE

@@ -1,0 +1,113 @@
+"""HTTP client for the gradient service: timeouts, bounded retries with exponential backoff, typed errors."""
+from __future__ import annotations
+
+import os
+import time
+
+import requests
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+class GradsvcError(Exception):
+    """Base class for everything the client raises."""
+
+
+class ServiceUnavailable(GradsvcError):
+    """No answer (connection refused, timeout) or 502/503/504, still after every retry."""
+
+
+class ClientError(GradsvcError):
+    """The service refused the request (4xx): `status` and the problem+json body in `problem`."""
+
+    def __init__(self, status: int, problem: dict) -> None:
+        super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}".strip())
+        self.status = status
+        self.problem = problem
+
+
+class ServerError(ClientError):
+    """The service failed (500 or another 5xx that retrying does not help), or answered something that is not JSON."""
+
+
+class Client:
+    """One service endpoint. `retries` extra attempts after the first, waiting backoff * 2**n (capped) in between.
+
+    >>> Client("http://127.0.0.1:8000").check({...}, format="gradescope")
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        session: requests.Session | None = None,
+        sleep=time.sleep,
+    ) -> None:
+        self.url = (url or os.environ.get("GRADSVC_URL") or DEFAULT_URL).rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("GRADSVC_API_KEY")
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.session = session or requests.Session()
+        self._sleep = sleep
+
+    # the endpoints ----------------------------------------------------------------------------------
+
+    def compute(self, spec: dict) -> dict:
+        """POST /v1/gradients."""
+        return self.post("/v1/gradients", spec)
+
+    def check(self, request: dict, format: str = "json") -> dict:
+        """POST /v1/check; format "json", "gradescope" or "prairielearn"."""
+        return self.post("/v1/check", request, params={"format": format} if format != "json" else None)
+
+    def batch(self, jobs: list) -> list:
+        """POST /v1/batch; the results in job order (each a response or {"error": problem})."""
+        return self.post("/v1/batch", {"jobs": jobs})["results"]
+
+    # transport ---------------------------------------------------------------------------------------
+
+    def delay(self, attempt: int, response: requests.Response | None = None) -> float:
+        """Exponential backoff, or the server's Retry-After when it is shorter than the cap."""
+        wait = min(self.max_backoff, self.backoff * 2**attempt)
+        retry_after = response.headers.get("Retry-After") if response is not None else None
+        if retry_after and retry_after.isdigit():
+            wait = min(self.max_backoff, max(wait, float(retry_after)))
+        return wait
+
+    def post(self, path: str, body, params: dict | None = None) -> dict:
+        headers = {"Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        last = "no attempt made"
+        for attempt in range(self.retries + 1):
+            response = None
+            try:
+                response = self.session.post(self.url + path, json=body, params=params, headers=headers, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as err:
+                last = f"{type(err).__name__}: {err}"
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    return self._decode(response)
+                last = f"HTTP {response.status_code}"
+            if attempt < self.retries:
+                self._sleep(self.delay(attempt, response))
+        raise ServiceUnavailable(f"{self.url}{path}: unavailable after {self.retries + 1} attempt(s) ({last})")
+
+    @staticmethod
+    def _decode(response: requests.Response) -> dict:
+        try:
+            body = response.json()
+        except ValueError:
+            raise ServerError(response.status_code, {"title": "Not JSON", "detail": response.text[:200]}) from None
+        if response.status_code >= 500:
+            raise ServerError(response.status_code, body if isinstance(body, dict) else {})
+        if response.status_code >= 400:
+            raise ClientError(response.status_code, body if isinstance(body, dict) else {})
+        return body
