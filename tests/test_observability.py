@@ -1,0 +1,121 @@
+"""Request ids, structured logs, metrics summed across gunicorn workers, and optional API-key auth."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import requests
+
+from conftest import TUTORIAL_NEURON, GunicornServer, TestConfig
+from service import create_app
+
+
+def test_request_id_is_echoed(client):
+    r = client.post("/v1/gradients", json=TUTORIAL_NEURON, headers={"X-Request-ID": "abc-123"})
+    assert r.headers["X-Request-ID"] == "abc-123"
+
+
+def test_request_id_is_generated_when_missing_or_unsafe(client):
+    made = client.get("/healthz").headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", made)
+    replaced = client.get("/healthz", headers={"X-Request-ID": "bad id with spaces; and more"}).headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", replaced)
+
+
+def test_problem_bodies_carry_the_request_id(client):
+    r = client.get("/nope", headers={"X-Request-ID": "rid-404"})
+    assert r.json["request_id"] == "rid-404" and r.headers["X-Request-ID"] == "rid-404"
+    r = client.post("/v1/gradients", json={"model": {"kind": "x"}}, headers={"X-Request-ID": "rid-400"})
+    assert r.json["request_id"] == "rid-400"
+
+
+def test_proxy_headers_trusted_only_when_configured():
+    class BehindGateway(TestConfig):
+        TRUSTED_PROXY_HOPS = 1
+
+    headers = {"X-Forwarded-Prefix": "/grad", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.test"}
+    trusted = create_app(BehindGateway).test_client().get("/openapi.json", headers=headers).json
+    assert trusted["servers"] == [{"url": "/grad"}]
+    direct = create_app(TestConfig).test_client().get("/openapi.json", headers=headers).json
+    assert direct["servers"] == [{"url": "/"}]
+
+
+class KeyedConfig(TestConfig):
+    API_KEYS = "alpha, beta"
+
+
+@pytest.fixture(scope="module")
+def keyed_client(tmp_path_factory):
+    return create_app(KeyedConfig).test_client()
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    ({}, 401), ({"Authorization": "Bearer wrong"}, 401), ({"Authorization": "Basic alpha"}, 401),
+    ({"Authorization": "Bearer alpha"}, 200), ({"Authorization": "bearer beta"}, 200),
+])
+def test_api_keys_guard_v1(keyed_client, headers, status):
+    r = keyed_client.post("/v1/gradients", json=TUTORIAL_NEURON, headers=headers)
+    assert r.status_code == status
+    if status == 401:
+        assert r.mimetype == "application/problem+json" and r.json["type"] == "/problems/unauthorized"
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_health_and_metrics_stay_open_with_keys(keyed_client):
+    assert keyed_client.get("/healthz").status_code == 200
+    assert keyed_client.get("/readyz").status_code == 200
+    assert keyed_client.get("/metrics").status_code == 200
+    assert keyed_client.get("/v1/models").status_code == 401
+
+
+def test_api_keys_from_a_secret_file(tmp_path):
+    secret = tmp_path / "keys"
+    secret.write_text("# one key per line\ngamma\n\n")
+
+    class FileKeys(TestConfig):
+        API_KEYS_FILE = str(secret)
+
+    client = create_app(FileKeys).test_client()
+    assert client.get("/v1/models", headers={"Authorization": "Bearer gamma"}).status_code == 200
+    assert client.get("/v1/models").status_code == 401
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not (line.startswith(name + "{") or line.startswith(name + " ")):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line[: line.find("}") + 1]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.live
+def test_metrics_add_up_across_workers_and_logs_are_json(tmp_path):
+    """2 workers, multiprocess mode: after N requests every scrape (whichever worker answers) counts N."""
+    server = GunicornServer(workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "LOG_LEVEL": "INFO"},
+                            log_path=tmp_path / "server.log").start()
+    try:
+        n = 24
+        with requests.Session() as s:
+            for i in range(n):
+                r = s.post(server.url + "/v1/gradients", json=TUTORIAL_NEURON, headers={"X-Request-ID": f"m-{i}"}, timeout=10)
+                assert r.status_code == 200
+            s.post(server.url + "/v1/gradients", json={"model": {"kind": "nope"}, "inputs": {}}, timeout=10)
+            scrapes = [s.get(server.url + "/metrics", timeout=10).text for _ in range(4)]
+        for text in scrapes:
+            assert metric(text, "gradsvc_http_requests_total", route="/v1/gradients", status="200") == n
+            assert metric(text, "gradsvc_http_requests_total", route="/v1/gradients", status="400") == 1
+            assert metric(text, "gradsvc_http_request_duration_seconds_count", route="/v1/gradients", status="200") == n
+            assert metric(text, "gradsvc_compute_seconds_count", kind="neuron") == n
+            assert metric(text, "gradsvc_requests_in_flight") == 1  # the scrape itself
+    finally:
+        server.stop()
+    lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("logger") == "gradsvc.access"]
+    assert {f"m-{i}" for i in range(24)} <= {line["request_id"] for line in access}
+    sample = next(line for line in access if line["request_id"] == "m-0")
+    assert sample["status"] == 200 and sample["route"] == "/v1/gradients" and sample["duration_ms"] > 0
