@@ -1,0 +1,292 @@
+"""POST /v1/check: verdicts against float64 autograd, tolerances, feedback, and the Gradescope/PrairieLearn formats."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+PROBLEM = "application/problem+json"
+NEURON = {"model": {"kind": "neuron", "loss": "bce"}, "inputs": {"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0}}
+SIN = {"model": {"kind": "expression", "name": "sin_square"}}
+MEAN = {"model": {"kind": "expression", "formula": "mean(x**2)"}, "inputs": {"x": [1.0, 2.0, 3.0]}}
+VISIBILITIES = {"visible", "hidden", "after_due_date", "after_published"}
+
+
+def check(client, body, fmt=None):
+    response = client.post("/v1/check" + (f"?format={fmt}" if fmt else ""), json=body)
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def by_name(result):
+    return {c["name"]: c for c in result["checks"]}
+
+
+# --- structural validators: what each platform documents ---------------------------------------------
+
+def assert_number(value):
+    assert isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_gradescope(body):
+    """gradescope-autograders.readthedocs.io/en/latest/specs/ "Output format"."""
+    allowed = {"score", "execution_time", "output", "output_format", "test_output_format", "test_name_format",
+               "visibility", "stdout_visibility", "extra_data", "tests", "leaderboard"}
+    assert set(body) <= allowed, set(body) - allowed
+    assert_number(body["score"])
+    assert isinstance(body["output"], str)
+    assert body["visibility"] in VISIBILITIES and body["stdout_visibility"] in VISIBILITIES
+    assert isinstance(body["tests"], list) and body["tests"]
+    for test in body["tests"]:
+        assert set(test) <= {"score", "max_score", "status", "name", "name_format", "number", "output",
+                             "output_format", "tags", "visibility", "extra_data"}
+        assert isinstance(test["name"], str) and test["name"]
+        assert_number(test["score"]), assert_number(test["max_score"])
+        assert 0 <= test["score"] <= test["max_score"]
+        assert test["status"] in {"passed", "failed"}
+        assert (test["status"] == "passed") == (test["score"] == test["max_score"])
+        assert isinstance(test["output"], str) and test["visibility"] in VISIBILITIES
+    assert body["score"] == pytest.approx(sum(t["score"] for t in body["tests"]))
+
+
+def validate_prairielearn(body):
+    """PrairieLearn docs/externalGrading.md "Grading results"."""
+    assert body["gradable"] is True and body["succeeded"] is True
+    assert_number(body["score"])
+    assert 0.0 <= body["score"] <= 1.0
+    assert isinstance(body["format_errors"], list)
+    assert isinstance(body["message"], str) and isinstance(body["output"], str)
+    for test in body["tests"]:
+        assert isinstance(test["name"], str)
+        assert_number(test["points"]), assert_number(test["max_points"])
+        assert 0 <= test["points"] <= test["max_points"]
+        assert isinstance(test["message"], str) and isinstance(test["output"], str)
+    total = sum(t["max_points"] for t in body["tests"])
+    assert body["score"] == pytest.approx(sum(t["points"] for t in body["tests"]) / total)
+
+
+# --- right, wrong, partial, missing --------------------------------------------------------------------
+
+def test_tutorial_answers_rounded_to_4_decimals_pass(client):
+    body = {**NEURON, "submission": {"loss": 6.7012, "gradients": {"w": 6.6918, "b": 0.9988},
+                                     "intermediates": {"z": 6.7, "y_pred": 0.9988}}}
+    result = check(client, body)
+    assert result["passed"] is True and result["score"] == result["max_score"] == 5
+    assert result["rtol"] == 1e-4 and result["atol"] == 1e-6  # documented defaults, echoed
+    w = by_name(result)["gradients.w"]
+    assert w["expected"] == pytest.approx(6.691763, abs=1e-6) and w["actual"] == 6.6918
+    assert w["abs_error"] == pytest.approx(abs(6.6918 - w["expected"]))
+    assert w["rel_error"] == pytest.approx(w["abs_error"] / w["expected"])
+    assert result["points"] == [{"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0}]
+
+
+def test_partially_right_neuron_names_the_partial_and_the_chain_rule(client):
+    result = check(client, {**NEURON, "submission": {"gradients": {"w": 6.5, "b": 0.9988}}})
+    assert result["score"] == 1 and result["max_score"] == 2 and result["passed"] is False
+    w = by_name(result)["gradients.w"]
+    assert w["passed"] is False and w["points"] == 0
+    assert "dL/dw is off" in w["message"] and "you gave 6.5" in w["message"] and "6.69176" in w["message"]
+    assert "dL/dy_pred" in w["message"] and "dy_pred/dz" in w["message"] and "dz/dw" in w["message"]
+    chain = w["chain_rule"]
+    assert set(chain) == {"dL/dy_pred", "dy_pred/dz", "dz/dw"}
+    assert chain["dz/dw"] == 6.7
+    assert chain["dL/dy_pred"] * chain["dy_pred/dz"] * chain["dz/dw"] == pytest.approx(w["expected"])
+    assert by_name(result)["gradients.b"]["passed"] is True
+
+
+def test_wrong_shape_and_missing_answers_are_failed_checks(client):
+    body = {**MEAN, "submission": {"gradients": {"x": [0.6667, 1.3333]}},
+            "checks": {"gradients.x": {"points": 2}, "loss": {"points": 1}}}
+    result = check(client, body)
+    checks = by_name(result)
+    assert result["score"] == 0 and result["max_score"] == 3
+    assert "expected shape [3], got [2]" in checks["gradients.x"]["message"]
+    assert checks["loss"]["actual"] is None and "no answer given" in checks["loss"]["message"]
+    assert checks["loss"]["expected"] == pytest.approx(14 / 3)
+
+
+def test_ragged_answer_and_unknown_names_fail_with_messages(client):
+    body = {**MEAN, "submission": {"gradients": {"x": [[1], 2, 3], "q": 1.0}, "intermediates": {"nope": 1.0}}}
+    checks = by_name(check(client, body))
+    assert "rectangular" in checks["gradients.x"]["message"]
+    assert "no gradient named 'q'" in checks["gradients.q"]["message"]
+    assert "no intermediate named 'nope'" in checks["intermediates.nope"]["message"]
+    assert not any(c["passed"] for c in checks.values())
+
+
+def test_vector_gradient_says_which_element_is_off(client):
+    result = check(client, {**MEAN, "submission": {"gradients": {"x": [0.6667, 1.5, 2.0]}}})
+    message = result["checks"][0]["message"]
+    assert "x[1] is off" in message and "1 of 3 elements" in message
+
+
+def test_checks_config_sets_points_and_ignores_extra_answers(client):
+    body = {**NEURON, "submission": {"gradients": {"w": 6.6918, "b": 0.9988}, "loss": 1.0},
+            "checks": {"gradients.w": {"points": 3, "visibility": "hidden", "title": "w"}}}
+    result = check(client, body)
+    assert [c["name"] for c in result["checks"]] == ["gradients.w"]
+    assert result["score"] == 3 and result["checks"][0]["visibility"] == "hidden"
+    assert any("loss" in w and "not graded" in w for w in result["warnings"])
+
+
+# --- formulas at several points ------------------------------------------------------------------------
+
+def test_formula_over_a_seeded_domain_is_deterministic(client):
+    body = {**SIN, "domain": {"x": [-3, 3]}, "seed": 7, "n_points": 6, "submission": {"gradient_formulas": {"x": "cos(x**2)*2*x"}}}
+    first, second = check(client, body), check(client, body)
+    assert first == second and first["passed"] and first["n_points"] == 6
+    xs = [p["x"] for p in first["points"]]
+    assert len(set(xs)) == 6 and all(-3 <= x <= 3 for x in xs)
+    other = check(client, {**body, "seed": 8})
+    assert [p["x"] for p in other["points"]] != xs
+    c = first["checks"][0]
+    assert c["expected"] == pytest.approx([math.cos(x * x) * 2 * x for x in xs], rel=1e-12)
+
+
+def test_wrong_formula_reports_the_point(client):
+    body = {**SIN, "points": [{"x": 3.0}, {"x": 0.0}], "submission": {"gradient_formulas": {"x": "cos(x**2)"}}}
+    c = check(client, body)["checks"][0]
+    assert c["passed"] is False and c["worst_point"] == 0
+    assert "at point 0 (x=3)" in c["message"] and "autograd gives -5.46678" in c["message"]
+    assert "wrong at 2 of 2 points" in c["message"]
+
+
+@pytest.mark.parametrize(("formula", "words"), [
+    ("cos(x**2)*2*", "invalid syntax"),
+    ("__import__('os')", "unknown function"),
+    ("cos(z)", "unknown variable"),
+    ("x" * 2000, "too large"),
+])
+def test_bad_formulas_are_failed_checks_not_errors(client, formula, words):
+    c = check(client, {**SIN, "inputs": {"x": 3.0}, "submission": {"gradient_formulas": {"x": formula}}})["checks"][0]
+    assert c["passed"] is False and words in c["message"] and c["formula"] == formula
+
+
+def test_constant_formula_broadcasts_to_the_gradient_shape(client):
+    body = {"model": {"kind": "expression", "formula": "sum(2*x)"}, "inputs": {"x": [1.0, 5.0]},
+            "submission": {"gradient_formulas": {"x": "2"}}}
+    assert check(client, body)["passed"] is True
+
+
+def test_neuron_formulas_on_a_domain_with_fixed_label(client):
+    body = {"model": {"kind": "neuron"}, "inputs": {"x": 0.0, "y": 1.0, "w": 0.0, "b": 0.0},
+            "domain": {"x": [-4, 4], "w": [-2, 2], "b": [-1, 1]}, "n_points": 5,
+            "submission": {"gradient_formulas": {"w": "(sigmoid(w*x+b) - y)*x", "b": "sigmoid(w*x+b)"}}}
+    result = check(client, body)
+    checks = by_name(result)
+    assert checks["gradient_formulas.w"]["passed"] is True
+    assert checks["gradient_formulas.b"]["passed"] is False and "dz/db" in checks["gradient_formulas.b"]["message"]
+    assert all(p["y"] == 1.0 for p in result["points"])
+
+
+def test_numbers_at_several_points_are_lists_per_point(client):
+    body = {**SIN, "points": [{"x": 3.0}, {"x": 1.0}], "submission": {"gradients": {"x": [-5.4668, 1.0806]}}}
+    assert check(client, body)["passed"] is True
+    body["submission"] = {"gradients": {"x": -5.4668}}
+    assert "one value per point" in check(client, body)["checks"][0]["message"]
+
+
+# --- tolerance edges ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("offset", "passed"), [(0.99, True), (1.01, False), (-0.99, True), (-1.01, False)])
+def test_tolerance_edges(client, offset, passed):
+    # d/dx x**2 at x = 1 is exactly 2; allowed |error| = atol + rtol * 2
+    rtol, atol = 1e-3, 1e-4
+    answer = 2.0 + offset * (atol + rtol * 2.0)
+    body = {"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": 1.0},
+            "submission": {"gradients": {"x": answer}}, "rtol": rtol, "atol": atol}
+    c = check(client, body)["checks"][0]
+    assert c["passed"] is passed and c["rtol"] == rtol and c["atol"] == atol
+
+
+def test_per_check_tolerance_overrides_the_request(client):
+    body = {"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": 1.0}, "submission": {"gradients": {"x": 2.1}},
+            "checks": {"gradients.x": {"atol": 0.2}}}
+    c = check(client, body)["checks"][0]
+    assert c["passed"] is True and c["atol"] == 0.2 and c["rtol"] == 1e-4
+
+
+def test_non_finite_answers(client):
+    body = {"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": 1.0}, "submission": {"gradients": {"x": "NaN"}}}
+    c = check(client, body)["checks"][0]
+    assert c["passed"] is False and c["abs_error"] is None and c["actual"] == "NaN"
+
+
+# --- formats -------------------------------------------------------------------------------------------
+
+PARTIAL = {**NEURON, "submission": {"loss": 6.7012, "gradients": {"w": 6.5, "b": 0.9988}},
+           "checks": {"loss": {"points": 1}, "gradients.w": {"points": 2}, "gradients.b": {"points": 2, "visibility": "after_due_date"}}}
+
+
+def test_gradescope_format(client):
+    body = check(client, PARTIAL, "gradescope")
+    validate_gradescope(body)
+    assert body["score"] == 3 and body["extra_data"]["max_score"] == 5
+    statuses = {t["name"]: t["status"] for t in body["tests"]}
+    assert statuses == {"the loss L (loss)": "passed", "dL/dw (gradients.w)": "failed", "dL/db (gradients.b)": "passed"}
+    assert body["tests"][2]["visibility"] == "after_due_date"
+    assert "chain rule" in body["tests"][1]["output"]
+
+
+def test_prairielearn_format(client):
+    body = check(client, PARTIAL, "prairielearn")
+    validate_prairielearn(body)
+    assert body["score"] == pytest.approx(0.6)
+
+
+def test_all_right_in_every_format(client):
+    right = {**PARTIAL, "submission": {"loss": 6.7012, "gradients": {"w": 6.6918, "b": 0.9988}}}
+    assert check(client, right)["passed"] is True
+    validate_gradescope(gs := check(client, right, "gradescope"))
+    assert gs["score"] == 5
+    validate_prairielearn(pl := check(client, right, "prairielearn"))
+    assert pl["score"] == 1.0
+
+
+# --- malformed requests are problems --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("body", "status", "field"), [
+    ({**NEURON}, 400, "submission"),
+    ({**NEURON, "submission": {}}, 400, "submission"),
+    ({**NEURON, "submission": {"gradients": {"w": True}}}, 400, "submission"),
+    ({**NEURON, "submission": {"gradients": {"w": "six"}}}, 400, "submission"),
+    ({**NEURON, "submission": {"loss": 1}, "rtol": -1}, 400, "rtol"),
+    ({**NEURON, "submission": {"loss": 1}, "bogus": 1}, 400, "bogus"),
+    ({**NEURON, "submission": {"loss": 1}, "points": [NEURON["inputs"]]}, 400, "points"),
+    ({**SIN, "submission": {"loss": 1}}, 400, "inputs"),
+    ({**SIN, "inputs": {"x": 1.0}, "seed": 3, "submission": {"loss": 1}}, 400, "seed"),
+    ({**SIN, "domain": {"x": [2, 1]}, "submission": {"loss": 1}}, 400, "domain"),
+    ({"model": {"kind": "neuron"}, "inputs": {"x": 1.0}, "submission": {"loss": 1}}, 400, "inputs"),
+    ({**NEURON, "submission": {"loss": 1}, "checks": {"gradient.w": {}}}, 400, "checks"),
+    ({"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": [1.0, 2.0]}, "submission": {"loss": 1}}, 422, None),
+    ({"model": {"kind": "expression", "formula": "x*y"}, "inputs": {"x": 1.0}, "submission": {"loss": 1}}, 422, None),
+    ({"model": {"kind": "expression", "formula": "sum(x**2)"}, "inputs": {"x": [0.0] * 10}, "domain": {"x": [0, 1]},
+      "n_points": 100, "submission": {"loss": 1}}, 200, None),
+])
+def test_malformed_requests(client, body, status, field):
+    response = client.post("/v1/check", json=body)
+    assert response.status_code == status, response.json
+    if status != 200:
+        assert response.mimetype == PROBLEM
+        if field:
+            assert field in response.json["errors"]
+
+
+def test_unknown_format_is_400(client):
+    response = client.post("/v1/check?format=moodle", json={**NEURON, "submission": {"loss": 1}})
+    assert response.status_code == 400 and "format" in response.json["errors"]
+
+
+def test_points_over_the_element_limit_are_413():
+    from conftest import TestConfig
+    from service import create_app
+    from service.engine.limits import Limits
+
+    class TinyConfig(TestConfig):
+        LIMITS = Limits(max_total_elements=50)
+
+    tiny = create_app(TinyConfig).test_client()
+    body = {"model": {"kind": "expression", "formula": "sum(x)"}, "inputs": {"x": [0.0] * 10}, "domain": {"x": [0, 1]},
+            "n_points": 6, "submission": {"loss": 1}}
+    response = tiny.post("/v1/check", json=body)
+    assert response.status_code == 413 and response.json["limit"] == {"name": "max_total_elements", "value": 50}
