@@ -60,8 +60,9 @@ max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 100)
 preload_app = _bool("GUNICORN_PRELOAD", False)
 
 # --- logging ----------------------------------------------------------------------------------------
-# stdout/stderr only; the container runtime / journald collects them.
-accesslog = "-"
+# stdout/stderr only; the container runtime / journald collects them.  The app writes its own JSON line
+# per request too: GUNICORN_ACCESSLOG=off drops gunicorn's plain-text access line if one is enough.
+accesslog = None if os.environ.get("GUNICORN_ACCESSLOG", "-").strip().lower() in ("off", "none", "0", "") else "-"
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", os.environ.get("LOG_LEVEL", "info")).lower()
 # Request id from the gateway (X-Request-ID) next to the usual combined-log fields.

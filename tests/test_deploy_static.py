@@ -240,7 +240,7 @@ keys = ["bind", "workers", "worker_class", "threads", "timeout", "graceful_timeo
         "max_requests", "max_requests_jitter", "accesslog", "errorlog", "preload_app", "control_socket_disable"]
 print(json.dumps({k: ns[k] for k in keys} | {"hooks": sorted(k for k in ("on_starting", "child_exit") if callable(ns.get(k)))}))
 """
-GUNICORN_ENV = ("HOST", "PORT", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "GUNICORN_PRELOAD", "GUNICORN_MAX_REQUESTS",
+GUNICORN_ENV = ("HOST", "PORT", "GUNICORN_ACCESSLOG", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "GUNICORN_PRELOAD", "GUNICORN_MAX_REQUESTS",
                 "GUNICORN_MAX_REQUESTS_JITTER", "GUNICORN_GRACEFUL_TIMEOUT", "GUNICORN_KEEPALIVE",
                 "PROMETHEUS_MULTIPROC_DIR")
 
@@ -272,6 +272,7 @@ def test_gunicorn_conf_env_overrides():
     assert s["bind"] == ["0.0.0.0:9001"]
     assert (s["workers"], s["timeout"], s["preload_app"]) == (3, 15, True)
     assert (s["max_requests"], s["max_requests_jitter"]) == (50, 5)
+    assert gunicorn_settings(GUNICORN_ACCESSLOG="off")["accesslog"] is None
 
 
 def test_gunicorn_conf_rejects_garbage():
