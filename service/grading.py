@@ -6,7 +6,7 @@ import logging
 from flask import Blueprint, current_app, request
 from marshmallow import ValidationError
 
-from schemas import GradientRequestSchema
+from schemas import GradientRequestSchema, GradientResponseSchema
 from schemas.grading import (
     BatchRequestSchema,
     CheckQuerySchema,
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 check_request = CheckRequestSchema()
 check_query = CheckQuerySchema()
 gradient_request = GradientRequestSchema()
+gradient_response = GradientResponseSchema()
 batch_request = BatchRequestSchema()
 RESPONSES = {
     "json": CheckResponseSchema(),
@@ -140,11 +141,11 @@ def run_jobs(jobs: list, limits) -> list[dict]:
     deadline = Deadline(limits.max_wall_seconds)  # the batch as a whole gets one wall-time budget
     outputs = engine.compute_many([spec for _, spec in gradient_jobs], limits, deadline)
     for (i, _), out in zip(gradient_jobs, outputs):
-        results[i] = _problem_for(out, i) if isinstance(out, Exception) else out
+        results[i] = _problem_for(out, i) if isinstance(out, Exception) else gradient_response.dump(out)
     for i, spec in check_jobs:
         try:
             deadline.check()
-            results[i] = engine.grade(spec, limits)
+            results[i] = RESPONSES["json"].dump(engine.grade(spec, limits))
         except Exception as err:  # noqa: BLE001 - one job's failure must not take the others down
             results[i] = _problem_for(err, i)
     return results

@@ -1,0 +1,150 @@
+"""POST /v1/batch: order, per-job errors, check jobs, the job limit, and vectorized == one by one."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from conftest import TUTORIAL_NEURON
+
+import service.engine.grading as grading_engine
+
+CHECK = {"model": {"kind": "expression", "name": "square"}, "inputs": {"x": 3.0}, "submission": {"gradients": {"x": 6.0}}}
+
+
+def batch(client, jobs):
+    response = client.post("/v1/batch", json={"jobs": jobs})
+    assert response.status_code == 200, response.json
+    return response.json["results"]
+
+
+def test_order_kept_and_errors_in_place(client):
+    jobs = [
+        {"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": 3.0}},
+        {"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": [1.0, 2.0]}},  # 422: not scalar
+        {"check": CHECK},
+        {"model": {"kind": "expression", "formula": "x**2"}},  # 400: no inputs
+        "not an object",
+        {"check": {**CHECK, "rtol": -1}},  # 400 inside the check
+        {"check": {**CHECK, "submission": {"gradients": {"x": 5.0}}}},
+        TUTORIAL_NEURON,
+    ]
+    results = batch(client, jobs)
+    assert len(results) == len(jobs)
+    assert results[0]["gradients"]["x"] == 6.0
+    assert results[1]["error"]["status"] == 422 and results[1]["error"]["type"] == "/problems/non-scalar-output"
+    assert results[2]["passed"] is True and results[2]["score"] == 1
+    assert results[3]["error"]["status"] == 400 and "inputs" in results[3]["error"]["errors"]
+    assert results[4]["error"]["status"] == 400
+    assert "rtol" in results[5]["error"]["errors"]["check"]
+    assert results[6]["passed"] is False and "you gave 5" in results[6]["checks"][0]["message"]
+    assert round(results[7]["gradients"]["w"], 4) == 6.6918
+
+
+def test_each_result_equals_its_single_request(client):
+    jobs = [{"model": {"kind": "expression", "name": "sin_square"}, "inputs": {"x": 3.0}}, {"check": CHECK}]
+    results = batch(client, jobs)
+    assert results[0] == client.post("/v1/gradients", json=jobs[0]).json
+    assert results[1] == client.post("/v1/check", json=CHECK).json
+
+
+def test_empty_batch(client):
+    assert batch(client, []) == []
+
+
+@pytest.mark.parametrize(("body", "status"), [({}, 400), ({"jobs": {}}, 400), ({"jobs": [], "x": 1}, 400)])
+def test_malformed_batch(client, body, status):
+    assert client.post("/v1/batch", json=body).status_code == status
+
+
+def test_job_limit_is_413(app, client):
+    limit = app.config["MAX_BATCH_JOBS"]
+    response = client.post("/v1/batch", json={"jobs": [{}] * (limit + 1)})
+    assert response.status_code == 413 and response.mimetype == "application/problem+json"
+    assert response.json["limit"] == {"name": "max_batch_jobs", "value": limit}
+
+
+# --- vectorized neuron jobs ---------------------------------------------------------------------------
+
+def _value(rnd, shape):
+    if not shape:
+        return rnd.uniform(-8, 8)
+    return [_value(rnd, shape[1:]) for _ in range(shape[0])]
+
+
+def neuron_job(rnd, x_shape, w_shape, dtype, reduction, include, mode="grad", wrt=None):
+    y_shape = x_shape[:-1] if w_shape else x_shape
+    job = {
+        "model": {"kind": "neuron", "reduction": reduction},
+        "inputs": {"x": _value(rnd, x_shape), "w": _value(rnd, w_shape), "b": _value(rnd, ()),
+                   "y": [float(rnd.random() > 0.5) for _ in range(y_shape[0])] if y_shape else float(rnd.random() > 0.5)},
+        "dtype": dtype, "include": include, "mode": mode,
+    }
+    if wrt:
+        job["wrt"] = wrt
+    return job
+
+
+CASES = [
+    ((), (), "float32", "mean", [], "grad", None),
+    ((), (), "float64", "mean", ["intermediates"], "grad", ["x", "y", "w", "b"]),
+    ((3,), (), "float32", "sum", ["intermediates"], "grad", None),
+    ((40,), (), "float32", "mean", [], "grad", None),  # long enough for torch's SIMD path
+    ((5,), (5,), "float64", "none", ["intermediates"], "grad", None),
+    ((37, 20), (20,), "float32", "mean", ["intermediates"], "grad", ["x", "w", "b"]),
+    ((4, 3), (3,), "float64", "sum", ["intermediates"], "inference", None),
+]
+
+
+@pytest.fixture()
+def count_vectorized(monkeypatch):
+    calls = []
+    original = grading_engine.vectorized_neuron
+
+    def counting(jobs, limits):
+        calls.append(len(jobs))
+        return original(jobs, limits)
+
+    monkeypatch.setattr(grading_engine, "vectorized_neuron", counting)
+    return calls
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}-{c[2]}-{c[3]}-{c[5]}")
+def test_vectorized_equals_one_by_one(client, count_vectorized, case):
+    rnd = random.Random(str(case))
+    jobs = [neuron_job(rnd, *case) for _ in range(24)]
+    vectorized = client.post("/v1/batch", json={"jobs": jobs}).get_data()
+    assert count_vectorized == [24]  # one pass for the whole group
+    one_by_one = b",".join(client.post("/v1/gradients", json=job).get_data() for job in jobs)
+    assert vectorized == b'{"results":[' + one_by_one + b"]}"  # byte for byte
+
+
+def test_mixed_batch_groups_only_homogeneous_jobs(client, count_vectorized):
+    rnd = random.Random(1)
+    a = [neuron_job(rnd, (), (), "float32", "mean", []) for _ in range(3)]
+    b = [neuron_job(rnd, (4, 2), (2,), "float64", "mean", []) for _ in range(2)]
+    lone = neuron_job(rnd, (2,), (), "float32", "mean", [])
+    graph = {**neuron_job(rnd, (), (), "float32", "mean", ["graph"])}
+    logits = {**neuron_job(rnd, (), (), "float32", "mean", []), "model": {"kind": "neuron", "loss": "bce_with_logits"}}
+    jobs = [a[0], b[0], lone, a[1], graph, b[1], logits, a[2]]
+    results = batch(client, jobs)
+    assert sorted(count_vectorized) == [2, 3]
+    assert results == [client.post("/v1/gradients", json=job).json for job in jobs]
+
+
+def test_vectorized_group_with_bad_shapes_reports_each_job(client, count_vectorized):
+    bad = {"model": {"kind": "neuron"}, "inputs": {"x": [1.0, 2.0], "y": 0.0, "w": 1.0, "b": 0.0}, "include": []}
+    results = batch(client, [bad, bad])
+    assert [r["error"]["status"] for r in results] == [422, 422]
+
+
+def test_vectorized_path_really_replaces_one_by_one(client, monkeypatch):
+    rnd = random.Random(2)
+    jobs = [neuron_job(rnd, (), (), "float32", "mean", []) for _ in range(4)]
+    expected = [client.post("/v1/gradients", json=job).json for job in jobs]
+
+    def no_single(*args, **kwargs):
+        raise AssertionError("one-by-one path used")
+
+    monkeypatch.setattr(grading_engine, "compute", no_single)
+    assert batch(client, jobs) == expected
