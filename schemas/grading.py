@@ -4,8 +4,7 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from .errors import ProblemSchema
-from .fields import NON_FINITE, Tensor
-from .fields import OneOfKind
+from .fields import NON_FINITE, OneOfKind, Tensor
 from .requests import MODEL_SCHEMAS, NAME_PATTERN, NEURON_INPUTS, input_name
 from .responses import TensorOut
 
@@ -227,7 +226,7 @@ class BatchRequestSchema(Schema):
     """Body of POST /v1/batch. A job that is exactly `{"check": {...}}` is a check; any other job is a gradients request."""
 
     jobs = fields.List(
-        fields.Raw(), required=True,
+        fields.Raw(allow_none=True), required=True,
         metadata={"description": "each a POST /v1/gradients body, or {\"check\": <POST /v1/check body>}; an invalid job gets an `error` in its place"},
     )
 

@@ -25,6 +25,7 @@ def test_order_kept_and_errors_in_place(client):
         {"check": CHECK},
         {"model": {"kind": "expression", "formula": "x**2"}},  # 400: no inputs
         "not an object",
+        None,
         {"check": {**CHECK, "rtol": -1}},  # 400 inside the check
         {"check": {**CHECK, "submission": {"gradients": {"x": 5.0}}}},
         TUTORIAL_NEURON,
@@ -36,9 +37,10 @@ def test_order_kept_and_errors_in_place(client):
     assert results[2]["passed"] is True and results[2]["score"] == 1
     assert results[3]["error"]["status"] == 400 and "inputs" in results[3]["error"]["errors"]
     assert results[4]["error"]["status"] == 400
-    assert "rtol" in results[5]["error"]["errors"]["check"]
-    assert results[6]["passed"] is False and "you gave 5" in results[6]["checks"][0]["message"]
-    assert round(results[7]["gradients"]["w"], 4) == 6.6918
+    assert results[5]["error"]["status"] == 400
+    assert "rtol" in results[6]["error"]["errors"]["check"]
+    assert results[7]["passed"] is False and "you gave 5" in results[7]["checks"][0]["message"]
+    assert round(results[8]["gradients"]["w"], 4) == 6.6918
 
 
 def test_each_result_equals_its_single_request(client):
