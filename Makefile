@@ -3,9 +3,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+GATEWAY_PORT ?= 8080
 export HOST PORT
 
-.PHONY: install run test test-fast bench image-test clean
+.PHONY: install run test test-fast gateway image-base image-test k8s-validate clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +23,19 @@ test: install  ## the whole suite, as CI runs it
 
 test-fast: install  ## everything but the slow live/gateway/fuzz tests
 	$(VENV)/bin/pytest -m "not slow"
+
+gateway: install  ## nginx gateway on 127.0.0.1:$(GATEWAY_PORT) -> $(HOST):$(PORT), foreground
+	GATEWAY_PORT=$(GATEWAY_PORT) GATEWAY_UPSTREAMS=$(HOST):$(PORT) $(PY) deploy/nginx/render.py --prefix-dir .run/nginx/
+	nginx -p $(CURDIR)/.run/nginx/ -c $(CURDIR)/.run/nginx/nginx.conf -e stderr -g 'daemon off;'
+
+image-base:  ## local stand-in for python:3.11-slim (debootstrap + podman import; cached)
+	scripts/build-base-image.sh
+
+image-test: install  ## build the Dockerfile offline with podman, run it, check /readyz + the tutorial neuron
+	scripts/image-test.sh
+
+k8s-validate: install  ## strict schema check of deploy/k8s
+	$(VENV)/bin/kubernetes-validate --strict $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .run

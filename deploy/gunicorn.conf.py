@@ -55,9 +55,18 @@ max_requests = _int("GUNICORN_MAX_REQUESTS", 1000)
 max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 100)
 
 # Preloading imports the app (and torch) once in the master and shares the pages with the workers.
-# Off until PSS is measured both ways: gunicorn#2478 reports a hang in torch kernels after fork when
-# torch ran ops in the master.  If turned on, the master must import torch but run no torch op.
-preload_app = _bool("GUNICORN_PRELOAD", False)
+# Measured here (2 workers, after 200 requests, PSS from /proc/PID/smaps_rollup, two rounds each):
+#   preload off: master 13-15 MiB + workers 2 x 202-216 MiB = 417-448 MiB
+#   preload on:  master 101-112 MiB + workers 2 x 126-129 MiB = 353-370 MiB  (-15 %), and a respawned
+#   worker needs no torch import.  gunicorn#2478 reports a hang in torch kernels after fork when torch
+#   ran ops (and started its thread pool) in the master; so the master runs none: it stays at one
+#   thread (tests/test_live.py checks), and the warm-up pass runs in each worker.  GUNICORN_PRELOAD=0
+#   turns it off.
+preload_app = _bool("GUNICORN_PRELOAD", True)
+if preload_app:
+    # The master imports the app (and torch) but must run no torch op: create_app() skips its warm-up
+    # pass and every worker runs it after the fork (post_fork below), so /readyz reports per worker.
+    os.environ["WARM_UP"] = "0"
 
 # --- logging ----------------------------------------------------------------------------------------
 # stdout/stderr only; the container runtime / journald collects them.  The app writes its own JSON line
@@ -75,9 +84,10 @@ control_socket_disable = True
 
 
 # --- Prometheus multiprocess mode -------------------------------------------------------------------
-def on_starting(server):
+def _empty_multiproc_dir() -> None:
     """Start every master with an empty PROMETHEUS_MULTIPROC_DIR: stale *.db files from a previous run
-    would otherwise be summed into the new counters."""
+    would otherwise be summed into the new counters.  Runs when the master loads this file, before the
+    preloaded app creates its metrics there (an on_starting hook would run after that)."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path:
         return
@@ -87,7 +97,9 @@ def on_starting(server):
             shutil.rmtree(entry.path)
         else:
             os.unlink(entry.path)
-    server.log.info("Prometheus multiprocess dir %s emptied", path)
+
+
+_empty_multiproc_dir()
 
 
 def child_exit(server, worker):
@@ -97,3 +109,11 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess  # imported lazily: only needed in multiprocess mode
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_fork(server, worker):
+    """With preload_app, warm torch up in each worker, never in the master (gunicorn#2478)."""
+    if preload_app:
+        from service import engine
+
+        engine.warm_up(_int("TORCH_THREADS", 1))

@@ -29,7 +29,7 @@ class Answer(Tensor):
             item = stack.pop()
             if isinstance(item, list):
                 stack.extend(item)
-            elif isinstance(item, bool) or not (isinstance(item, _NUMBER_TYPES) or item in NON_FINITE):
+            elif isinstance(item, bool) or not (isinstance(item, _NUMBER_TYPES) or (isinstance(item, str) and item in NON_FINITE)):
                 kind = "boolean" if isinstance(item, bool) else type(item).__name__
                 raise ValidationError(f"Answers are numbers, \"NaN\"/\"Infinity\"/\"-Infinity\" or lists of those, got {kind}.")
         return value

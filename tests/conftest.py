@@ -22,6 +22,7 @@ TUTORIAL_NEURON = {"model": {"kind": "neuron", "loss": "bce"}, "inputs": {"x": 6
 class TestConfig(Config):
     __test__ = False  # a config, not a test class
     TESTING = True
+    LOG_LEVEL = "WARNING"  # the in-process app's access log would drown pytest's output
 
 
 @pytest.fixture(scope="session")

@@ -238,7 +238,7 @@ import json, runpy
 ns = runpy.run_path("deploy/gunicorn.conf.py")
 keys = ["bind", "workers", "worker_class", "threads", "timeout", "graceful_timeout", "keepalive",
         "max_requests", "max_requests_jitter", "accesslog", "errorlog", "preload_app", "control_socket_disable"]
-print(json.dumps({k: ns[k] for k in keys} | {"hooks": sorted(k for k in ("on_starting", "child_exit") if callable(ns.get(k)))}))
+print(json.dumps({k: ns[k] for k in keys} | {"hooks": sorted(k for k in ("on_starting", "child_exit", "post_fork") if callable(ns.get(k)))}))
 """
 GUNICORN_ENV = ("HOST", "PORT", "GUNICORN_ACCESSLOG", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "GUNICORN_PRELOAD", "GUNICORN_MAX_REQUESTS",
                 "GUNICORN_MAX_REQUESTS_JITTER", "GUNICORN_GRACEFUL_TIMEOUT", "GUNICORN_KEEPALIVE",
@@ -260,17 +260,17 @@ def test_gunicorn_conf_defaults():
     assert (s["worker_class"], s["threads"], s["timeout"], s["graceful_timeout"]) == ("sync", 1, 60, 30)
     assert (s["max_requests"], s["max_requests_jitter"]) == (1000, 100)
     assert (s["accesslog"], s["errorlog"]) == ("-", "-")
-    assert s["preload_app"] is False
+    assert s["preload_app"] is True  # measured: -15 % PSS; the master runs no torch op (test_live.py)
     assert s["control_socket_disable"] is True
     assert s["keepalive"] > 0
-    assert s["hooks"] == ["child_exit", "on_starting"]
+    assert s["hooks"] == ["child_exit", "post_fork"]
 
 
 def test_gunicorn_conf_env_overrides():
     s = gunicorn_settings(HOST="0.0.0.0", PORT="9001", WEB_CONCURRENCY="3", GUNICORN_TIMEOUT="15",
-                          GUNICORN_PRELOAD="1", GUNICORN_MAX_REQUESTS="50", GUNICORN_MAX_REQUESTS_JITTER="5")
+                          GUNICORN_PRELOAD="0", GUNICORN_MAX_REQUESTS="50", GUNICORN_MAX_REQUESTS_JITTER="5")
     assert s["bind"] == ["0.0.0.0:9001"]
-    assert (s["workers"], s["timeout"], s["preload_app"]) == (3, 15, True)
+    assert (s["workers"], s["timeout"], s["preload_app"]) == (3, 15, False)
     assert (s["max_requests"], s["max_requests_jitter"]) == (50, 5)
     assert gunicorn_settings(GUNICORN_ACCESSLOG="off")["accesslog"] is None
 
@@ -289,19 +289,17 @@ def test_gunicorn_is_known_to_this_gunicorn():
     ns = {}
     exec(compile((DEPLOY / "gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), ns)
     ours = {k for k, v in ns.items() if not k.startswith("_") and k.islower() and not isinstance(v, type(os))
-            and (not callable(v) or k in ("on_starting", "child_exit"))}
+            and (not callable(v) or k in ("child_exit", "post_fork"))}
     assert ours - known == set(), f"unknown gunicorn settings: {ours - known}"
 
 
-def test_gunicorn_hooks_manage_the_prometheus_dir(tmp_path):
+def test_gunicorn_conf_manages_the_prometheus_dir(tmp_path):
     multiproc = tmp_path / "prom"
     (multiproc / "stale").mkdir(parents=True)
     (multiproc / "counter_123.db").write_text("x")
     code = """
 import os, runpy, types
-ns = runpy.run_path("deploy/gunicorn.conf.py")
-log = types.SimpleNamespace(info=lambda *a: None)
-ns["on_starting"](types.SimpleNamespace(log=log))
+ns = runpy.run_path("deploy/gunicorn.conf.py")  # loading the config empties the dir
 assert os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]) == []
 ns["child_exit"](None, types.SimpleNamespace(pid=123))
 """

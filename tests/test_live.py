@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -69,3 +70,12 @@ def test_concurrent_identical_requests_agree(live_server):
     with requests.Session() as session:
         bodies = {session.post(live_server.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=10).content for _ in range(20)}
     assert len(bodies) == 1
+
+
+def test_preloaded_master_runs_no_torch_op(live_server):
+    """gunicorn#2478: torch ops (and their thread pool) in a preloading master can hang forked workers."""
+    master = live_server.proc.pid
+    proc = Path(f"/proc/{master}")
+    assert len((proc / "task" / str(master) / "children").read_text().split()) == 2
+    assert "torch" in (proc / "maps").read_text()  # preloaded: the pages are shared
+    assert "Threads:\t1\n" in (proc / "status").read_text()
