@@ -1,0 +1,228 @@
+"""Through the real gateway: Debian's nginx with the repo's config in front of real gunicorn replicas.
+
+Covers the prefix, request ids, the prefixed OpenAPI server URL, the gateway's own problem+json errors
+(404, 413, 429), and two faults under bounded load: kill -9 of a worker, SIGTERM to a master.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import ROOT, TUTORIAL_NEURON, GunicornServer, free_port
+
+pytestmark = [pytest.mark.gateway, pytest.mark.live]
+PROBLEM = "application/problem+json"
+
+_spec = importlib.util.spec_from_file_location("nginx_render", ROOT / "deploy/nginx/render.py")
+nginx_render = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(nginx_render)
+
+
+class Gateway:
+    """nginx in the foreground with a config rendered from deploy/nginx/nginx.conf.template."""
+
+    def __init__(self, prefix_dir: Path, upstreams: list[str], **settings) -> None:
+        binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+        if not binary:
+            pytest.fail("nginx is not installed (.ci/run installs Debian's nginx package)")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/grad"
+        text = nginx_render.render(listen=f"127.0.0.1:{self.port}", upstreams=upstreams, **settings)
+        conf = nginx_render.write_prefix(prefix_dir, text)
+        self.proc = subprocess.Popen([binary, "-p", f"{prefix_dir}/", "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.1)
+        self.stop()
+        pytest.fail("nginx did not start")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def replica(tmp_path: Path, name: str) -> GunicornServer:
+    env = {"TRUSTED_PROXY_HOPS": "1", "GUNICORN_LOG_LEVEL": "info"}
+    return GunicornServer(workers=2, env=env, log_path=tmp_path / f"{name}.log").start()
+
+
+def upstream(server: GunicornServer) -> str:
+    return server.url.removeprefix("http://")
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory):
+    """Two gunicorn replicas of 2 sync workers each, trusting one proxy hop."""
+    tmp = tmp_path_factory.mktemp("replicas")
+    servers = [replica(tmp, "a"), replica(tmp, "b")]
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(replicas, tmp_path_factory):
+    """The gateway with a generous rate limit."""
+    gw = Gateway(tmp_path_factory.mktemp("gw") / "nginx", [upstream(s) for s in replicas], rate="1000r/s", burst=1000)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def strict_gateway(replicas, tmp_path_factory):
+    """A second gateway with a tiny rate limit and a 64 KiB body limit."""
+    gw = Gateway(tmp_path_factory.mktemp("strict") / "nginx", [upstream(s) for s in replicas],
+                 rate="2r/s", burst=2, max_body_bytes=65536)
+    yield gw
+    gw.stop()
+
+
+def test_tutorial_through_the_prefix(gateway):
+    r = requests.post(gateway.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=10)
+    assert r.status_code == 200
+    body = r.json()
+    assert [round(body["loss"], 4), round(body["gradients"]["w"], 4), round(body["gradients"]["b"], 4)] == [6.7012, 6.6918, 0.9988]
+
+
+def test_request_id_kept_or_generated(gateway):
+    kept = requests.post(gateway.url + "/v1/gradients", json=TUTORIAL_NEURON, headers={"X-Request-ID": "grader-42"}, timeout=10)
+    assert kept.headers["X-Request-ID"] == "grader-42"
+    made = requests.get(gateway.url + "/healthz", timeout=10).headers["X-Request-ID"]
+    assert len(made) == 32 and int(made, 16) >= 0
+    problem = requests.post(gateway.url + "/v1/gradients", json={"model": {"kind": "nope"}}, headers={"X-Request-ID": "grader-43"}, timeout=10)
+    assert problem.status_code == 400 and problem.json()["request_id"] == "grader-43"
+    assert problem.headers["X-Request-ID"] == "grader-43"
+
+
+def test_openapi_names_the_prefixed_server(gateway):
+    doc = requests.get(gateway.url + "/openapi.json", timeout=10).json()
+    assert doc["servers"] == [{"url": "/grad"}]
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/../metrics"])
+def test_metrics_are_not_published_through_the_gateway(gateway, path):
+    r = requests.get(gateway.url + path, timeout=10)
+    assert r.status_code == 404 and r.headers["Content-Type"] == PROBLEM
+
+
+def test_outside_the_prefix_is_a_problem_404(gateway):
+    r = requests.get(gateway.url.removesuffix("/grad") + "/v1/models", timeout=10)
+    assert r.status_code == 404 and r.headers["Content-Type"] == PROBLEM and r.json()["status"] == 404
+
+
+def test_gateway_413_is_problem_json(strict_gateway):
+    r = requests.post(strict_gateway.url + "/v1/gradients", data=b"[" + b"0," * 50_000 + b"0]",
+                      headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 413 and r.headers["Content-Type"] == PROBLEM
+    assert r.json()["limit"] == {"name": "max_body_bytes", "value": 65536}
+
+
+def test_gateway_429_is_problem_json(strict_gateway):
+    time.sleep(1.5)  # let the bucket refill after other tests
+    statuses, bodies = [], []
+    with requests.Session() as s:
+        for _ in range(12):
+            r = s.get(strict_gateway.url + "/v1/models", timeout=10)
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                bodies.append(r)
+    assert 200 in statuses and 429 in statuses
+    assert all(b.headers["Content-Type"] == PROBLEM and b.json()["status"] == 429 and b.headers["Retry-After"] for b in bodies)
+
+
+SLOW_JOB = {  # ~tens of ms of real work, so requests are in flight when the fault hits
+    "model": {"kind": "expression", "formula": "sum(sin(x)**2 * exp(-x))"},
+    "inputs": {"x": [i / 50 for i in range(200)]},
+    "include": ["numeric"], "dtype": "float64",
+}
+
+
+def load(url: str, fault, threads: int = 4, max_requests: int = 160, max_seconds: float = 40) -> list:
+    """Bounded load from `threads` clients; `fault()` runs once the load is under way."""
+    results: list = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + max_seconds
+
+    def client():
+        with requests.Session() as session:
+            while time.monotonic() < stop_at:
+                with lock:
+                    if len(results) >= max_requests:
+                        return
+                try:
+                    r = session.post(url + "/v1/gradients", json=SLOW_JOB, timeout=30)
+                    outcome = r.status_code if r.status_code != 200 or "gradients" in r.json() else "bad body"
+                except requests.RequestException as err:
+                    outcome = repr(err)
+                with lock:
+                    results.append(outcome)
+
+    pool = [threading.Thread(target=client) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    while len(results) < 20 and time.monotonic() < stop_at:
+        time.sleep(0.05)
+    fault()
+    for t in pool:
+        t.join(max_seconds + 5)
+    return results
+
+
+def workers_of(server: GunicornServer) -> list[int]:
+    master = server.proc.pid
+    return [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+
+
+def test_kill_9_of_a_worker_loses_no_request(tmp_path):
+    a, b = replica(tmp_path, "a"), replica(tmp_path, "b")
+    gw = Gateway(tmp_path / "nginx", [upstream(a), upstream(b)], rate="1000r/s", burst=1000)
+    try:
+        victim = workers_of(a)[0]
+        results = load(gw.url, lambda: os.kill(victim, signal.SIGKILL))
+        assert len(results) >= 60
+        assert results == [200] * len(results), [r for r in results if r != 200][:5]
+        deadline = time.monotonic() + 20
+        while (len(workers_of(a)) < 2 or victim in workers_of(a)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert victim not in workers_of(a) and len(workers_of(a)) == 2  # gunicorn replaced it
+    finally:
+        gw.stop()
+        a.stop()
+        b.stop()
+
+
+def test_sigterm_to_a_master_completes_in_flight_requests(tmp_path):
+    a, b = replica(tmp_path, "a"), replica(tmp_path, "b")
+    gw = Gateway(tmp_path / "nginx", [upstream(a), upstream(b)], rate="1000r/s", burst=1000)
+    try:
+        results = load(gw.url, lambda: a.proc.send_signal(signal.SIGTERM))
+        assert len(results) >= 60
+        assert results == [200] * len(results), [r for r in results if r != 200][:5]
+        assert a.proc.wait(40) == 0  # a graceful exit, within graceful_timeout
+        log = (tmp_path / "a.log").read_text()
+        assert "Handling signal: term" in log and "Shutting down: Master" in log
+        after_term = log.split("Handling signal: term", 1)[1]
+        assert '"POST /v1/gradients HTTP/1.1" 200' in after_term  # requests in flight at SIGTERM were answered
+    finally:
+        gw.stop()
+        a.stop()
+        b.stop()
