@@ -369,3 +369,10 @@ def test_strict_encoder_refuses_a_stray_nan(app):
 
     with pytest.raises(NonFiniteInJSON):
         dumps_bytes({"loss": float("nan")})
+
+
+def test_broadcast_blow_up_is_refused_before_allocating(client):
+    """[n] * [n, 1] would make n*n elements: a 413 naming the limit, not gigabytes of memory."""
+    body = expression(formula="sum(x * y)", x=[0.5] * 50_000, y=[[0.5]] * 50_000)
+    r = post(client, body)
+    assert r.status_code == 413 and r.json["limit"]["name"] == "max_tensor_elements"

@@ -279,14 +279,14 @@ def parse_formula(source: str, limits: Limits) -> Formula:
 
     checker = _Checker(limits, shift)
     checker.run(tree.body)
-    return Formula(source, tree.body, tuple(checker.variables), checker.node_count, checker.depth, limits.max_ast_depth)
+    return Formula(source, tree.body, tuple(checker.variables), checker.node_count, checker.depth, limits)
 
 
 class Formula:
     """A validated formula; evaluate() may be called many times with different inputs."""
 
     def __init__(
-        self, source: str, body: ast.expr, variables: tuple[str, ...], node_count: int, depth: int, max_depth: int
+        self, source: str, body: ast.expr, variables: tuple[str, ...], node_count: int, depth: int, limits: Limits
     ) -> None:
         self.source = source
         # Names that are not CONSTANTS, in order of first appearance. At evaluate time inputs are looked up
@@ -295,7 +295,8 @@ class Formula:
         self.node_count = node_count
         self.depth = depth
         self._body = body
-        self._max_depth = max_depth
+        self._max_depth = limits.max_ast_depth
+        self.max_elements = limits.max_tensor_elements
         self._keys: dict[int, tuple[str, str]] = {}
 
     def __repr__(self) -> str:
@@ -401,10 +402,16 @@ class _Evaluator:
         args = [self.eval(arg) for arg in node.args]
         return self._apply(spec.name, lambda: spec.impl(*args), *args)
 
-    @staticmethod
-    def _apply(name: str, compute: Callable[[], torch.Tensor], *operands: torch.Tensor) -> torch.Tensor:
+    def _apply(self, name: str, compute: Callable[[], torch.Tensor], *operands: torch.Tensor) -> torch.Tensor:
         """Run one torch op; its RuntimeError (almost always a broadcasting failure) becomes a ShapeError."""
         try:
+            if len(operands) > 1:  # broadcasting [n] with [n, 1] makes n*n elements: refuse before allocating
+                numel = math.prod(torch.broadcast_shapes(*(t.shape for t in operands)))
+                if numel > self.formula.max_elements:
+                    raise LimitExceeded(
+                        "max_tensor_elements", self.formula.max_elements,
+                        f"{name} would broadcast to {numel} elements; the limit is {self.formula.max_elements}",
+                    )
             return compute()
         except RuntimeError as exc:
             if isinstance(exc, RecursionError):
