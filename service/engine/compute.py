@@ -100,7 +100,9 @@ def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline:
             if t.grad_fn is not None:
                 t.retain_grad()
         if out.requires_grad:
-            out.backward(torch.ones_like(out))  # per-sample losses: backward from their sum
+            # per-sample losses: backward from their sum.  Never backward(gradient=...): torch then imports
+            # sympy (~0.5 s and ~30 MiB in each worker, on its first request) only to compare two shapes.
+            (out if out.dim() == 0 else out.sum()).backward()
         deadline.check()
     gradients = {n: leaves[n].grad if leaves[n].grad is not None else torch.zeros_like(leaves[n]) for n in wrt}
     body = _empty_body()
