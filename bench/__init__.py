@@ -1,0 +1,1 @@
+"""Benchmarks of the service against a bare Flask endpoint and a naive Flask+torch handler (python -m bench)."""
