@@ -242,7 +242,7 @@ def report(results: dict) -> str:
             [f"/v1/batch, {b['n_jobs']} mixed jobs (2 connections)", f"{b['batch_mixed_jobs_per_s']:.0f}", f"{b['mixed/single']:.2f}x"],
             [f"/v1/batch, {b['n_jobs']} neuron jobs (2 connections)", f"{b['batch_neuron_jobs_per_s']:.0f}", f"{b['neuron/single']:.2f}x"],
         ]))
-    if "memory" in results:
+    if "memory" in results and "modes" in results["memory"]:
         m = results["memory"]
         out.append(f"\n### Memory (PSS, MiB, master + 2 workers) and start-up ({m['rounds']} rounds; medians)\n")
         rows = []
@@ -252,9 +252,9 @@ def report(results: dict) -> str:
                          f"{v['pss_after_big']['total']:.0f}", f"{v['cold_start_s']:.2f}", f"{v['worker_restart_s']:.2f}"])
         out.append(fmt_table(["gunicorn", "idle", "after load", "master + workers", "after 100k-sample requests",
                               "cold start s", "worker restart->ready s"], rows))
-        if "baselines" in m:
-            out.append("\nPSS of the throughput servers after their load: " + ", ".join(
-                f"{t} {v['total']:.0f} MiB" for t, v in m["baselines"].items()))
+    if "baselines" in results.get("memory", {}):
+        out.append("\nPSS of the throughput servers after their load (MiB, master + 2 workers): " + ", ".join(
+            f"{t} {v['total']:.0f}" for t, v in results["memory"]["baselines"].items()))
     return "\n".join(out)
 
 
