@@ -149,11 +149,41 @@ def batch(server: Server, n_jobs: int, rounds: int, seconds: float) -> dict:
     }
 
 
+def recycling(rounds: int, seconds: float, log_dir: Path) -> dict:
+    """The deploy config recycles a worker every 1000 +- 100 requests: its cost, against GUNICORN_MAX_REQUESTS=0."""
+    body = workloads.neuron_body()
+    servers = {}
+    try:
+        for app in ("service", "naive"):
+            for mode, env in (("default", {}), ("no recycling", {"GUNICORN_MAX_REQUESTS": "0"})):
+                servers[app, mode] = Server(app, env=env, log_dir=log_dir).start()
+        for s in servers.values():
+            s.wait_workers(2)
+            wrk.run(s.url, "/v1/gradients", [body], 4, 1)
+        runs: dict = {f"{a} / {m}": [] for a, m in servers}
+        keys = list(servers)
+        for r in range(rounds):
+            for key in keys[r % 4:] + keys[:r % 4]:
+                res = wrk.run(servers[key].url, "/v1/gradients", [body], 8, seconds)
+                runs[f"{key[0]} / {key[1]}"].append(res)
+                log(f"  round {r + 1} {key[0]:<8} {key[1]:<13} {res['rps']:8.1f} req/s  p99 {res['p99_ms']:7.1f} ms")
+    finally:
+        for s in servers.values():
+            s.stop()
+    out = {k: {"rps": median([x["rps"] for x in v]), "p99_ms": median([x["p99_ms"] for x in v])} for k, v in runs.items()}
+    for app in ("service", "naive"):
+        a, b = runs[f"{app} / no recycling"], runs[f"{app} / default"]
+        out[f"{app}: no recycling / default"] = median([x["rps"] / y["rps"] for x, y in zip(a, b)])
+    n = len(runs["service / default"])
+    out["service/naive, no recycling"] = median([runs["service / no recycling"][i]["rps"] / runs["naive / no recycling"][i]["rps"] for i in range(n)])
+    return {"rounds": rounds, "seconds": seconds, "runs": runs, "summary": out}
+
+
 def memory_and_startup(rounds: int, seconds: float, log_dir: Path, preload_modes: tuple[str, ...]) -> dict:
     """PSS (master + 2 workers) after load, cold start, and a worker's restart-to-ready, for each preload mode."""
     result: dict = {}
     neuron = workloads.neuron_body()
-    big = workloads.per_sample_body(100_000)
+    big = workloads.per_sample_body(1_000_000)
     for mode in preload_modes:
         env = {"GUNICORN_PRELOAD": mode}
         rows = {"cold_start_s": [], "worker_restart_s": [], "pss_idle": [], "pss_after_load": [], "pss_after_big": []}
@@ -167,7 +197,7 @@ def memory_and_startup(rounds: int, seconds: float, log_dir: Path, preload_modes
                 wrk.run(srv.url, "/v1/gradients", [neuron], 8, seconds)
                 rows["pss_after_load"].append(srv.pss_mib())
                 session = requests.Session()
-                for _ in range(6):  # both workers see a 100,000-sample request
+                for _ in range(4):  # both workers see a 1,000,000-sample request
                     timed_post(session, srv.url + "/v1/gradients", big)
                 rows["pss_after_big"].append(srv.pss_mib())
             finally:
@@ -193,7 +223,7 @@ def memory_and_startup(rounds: int, seconds: float, log_dir: Path, preload_modes
                 one.stop()
             log(f"  preload={mode} round {r + 1}: cold start {rows['cold_start_s'][-1]:.2f} s, worker restart "
                 f"{rows['worker_restart_s'][-1]:.2f} s, PSS idle {rows['pss_idle'][-1]['total']:.0f} / after load "
-                f"{rows['pss_after_load'][-1]['total']:.0f} / after 100k-sample requests {rows['pss_after_big'][-1]['total']:.0f} MiB")
+                f"{rows['pss_after_load'][-1]['total']:.0f} / after 1M-sample requests {rows['pss_after_big'][-1]['total']:.0f} MiB")
         result[mode] = {
             "raw": rows,
             "cold_start_s": median(rows["cold_start_s"]),
@@ -242,6 +272,11 @@ def report(results: dict) -> str:
             [f"/v1/batch, {b['n_jobs']} mixed jobs (2 connections)", f"{b['batch_mixed_jobs_per_s']:.0f}", f"{b['mixed/single']:.2f}x"],
             [f"/v1/batch, {b['n_jobs']} neuron jobs (2 connections)", f"{b['batch_neuron_jobs_per_s']:.0f}", f"{b['neuron/single']:.2f}x"],
         ]))
+    if "recycling" in results:
+        rc = results["recycling"]["summary"]
+        out.append(f"\n### Worker recycling (max_requests 1000 +- 100) at 8 connections ({results['recycling']['rounds']} rounds; medians)\n")
+        out.append(fmt_table(["server", "req/s", "p99 ms"], [[k, f"{v['rps']:.0f}", f"{v['p99_ms']:.1f}"] for k, v in rc.items() if isinstance(v, dict)]))
+        out.append("\n" + ", ".join(f"{k}: {v:.2f}x" for k, v in rc.items() if not isinstance(v, dict)))
     if "memory" in results and "modes" in results["memory"]:
         m = results["memory"]
         out.append(f"\n### Memory (PSS, MiB, master + 2 workers) and start-up ({m['rounds']} rounds; medians)\n")
@@ -250,7 +285,7 @@ def report(results: dict) -> str:
             rows.append([f"preload={mode}", f"{v['pss_idle']['total']:.0f}", f"{v['pss_after_load']['total']:.0f}",
                          f"{v['pss_after_load']['master']:.0f} + {v['pss_after_load'].get('worker1', 0):.0f} + {v['pss_after_load'].get('worker2', 0):.0f}",
                          f"{v['pss_after_big']['total']:.0f}", f"{v['cold_start_s']:.2f}", f"{v['worker_restart_s']:.2f}"])
-        out.append(fmt_table(["gunicorn", "idle", "after load", "master + workers", "after 100k-sample requests",
+        out.append(fmt_table(["gunicorn", "idle", "after load", "master + workers", "after 1M-sample requests",
                               "cold start s", "worker restart->ready s"], rows))
     if "baselines" in results.get("memory", {}):
         out.append("\nPSS of the throughput servers after their load (MiB, master + 2 workers): " + ", ".join(
@@ -272,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="interleaved rounds per measurement (default 5, quick 1)")
     p.add_argument("--seconds", type=float, help="seconds per wrk run (default 3, quick 1)")
     p.add_argument("--concurrency", help="comma-separated wrk connections (default 1,2,4,8,16,32; quick 8)")
-    p.add_argument("--sections", default="throughput,samples,batch,memory", help="any of throughput,samples,batch,memory")
+    p.add_argument("--sections", default="throughput,samples,batch,recycle,memory",
+                   help="any of throughput,samples,batch,recycle,memory (default: all)")
     p.add_argument("--jobs", type=int, default=1000, help="jobs in one /v1/batch (default 1000)")
     p.add_argument("--json", default=str(ROOT / "bench" / "results.json"), help="where to write the raw results ('' for nowhere)")
     p.add_argument("--plots", action="store_true", help="draw docs/throughput.png and docs/cost_per_sample.png")
@@ -315,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s in servers.values():
             s.stop()
+    if "recycle" in sections:
+        r = max(1, min(rounds, 3))
+        log(f"worker recycling: {r} rounds")
+        results["recycling"] = recycling(r, seconds, log_dir)
     if "memory" in sections:
         r = 1 if args.quick else 3
         log(f"memory and start-up: {r} rounds")

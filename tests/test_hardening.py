@@ -233,3 +233,23 @@ def test_long_request_is_cut_off_and_the_worker_recovers(tmp_path):
     finally:
         server.stop()
     assert "WORKER TIMEOUT" not in (tmp_path / "gunicorn.log").read_text()
+
+
+# --- large inputs go through numpy (faster), with the same values as torch.tensor ---------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_conversion_of_large_inputs_equals_torch_tensor(dtype):
+    import random  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    from service.engine.compute import DTYPES, NUMPY_FROM, _tensor  # noqa: PLC0415
+
+    rng = random.Random(7)
+    specials = [0, -0.0, 1, 2**24 + 1, 2**53 + 1, 2**63, 2**64 - 1, -(2**63), 1e-45, 3.4028235e38, 3.5e38, 1e308,
+                float("nan"), float("inf"), float("-inf"), 0.1, 1 / 3]
+    values = [rng.choice((rng.uniform(-1e6, 1e6), rng.randrange(-10**6, 10**6), rng.choice(specials))) for _ in range(NUMPY_FROM * 2)]
+    fast = _tensor(values, (2, NUMPY_FROM), DTYPES[dtype])
+    slow = torch.tensor(values, dtype=DTYPES[dtype]).reshape(2, NUMPY_FROM)
+    assert fast.dtype == slow.dtype and fast.shape == slow.shape
+    assert torch.equal(fast.nan_to_num(), slow.nan_to_num()) and torch.equal(fast.isnan(), slow.isnan())
