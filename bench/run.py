@@ -195,10 +195,12 @@ def memory_and_startup(rounds: int, seconds: float, log_dir: Path, preload_modes
                 srv.wait_workers(2)
                 rows["pss_idle"].append(srv.pss_mib())
                 wrk.run(srv.url, "/v1/gradients", [neuron], 8, seconds)
+                srv.wait_workers(2)  # quiescent: not while a recycled worker is finalizing (it un-shares pages)
                 rows["pss_after_load"].append(srv.pss_mib())
                 session = requests.Session()
                 for _ in range(4):  # both workers see a 1,000,000-sample request
                     timed_post(session, srv.url + "/v1/gradients", big)
+                srv.wait_workers(2)
                 rows["pss_after_big"].append(srv.pss_mib())
             finally:
                 srv.stop()
