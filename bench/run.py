@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", default="throughput,samples,batch,recycle,memory",
                    help="any of throughput,samples,batch,recycle,memory (default: all)")
     p.add_argument("--jobs", type=int, default=1000, help="jobs in one /v1/batch (default 1000)")
-    p.add_argument("--json", default=str(ROOT / "bench" / "results.json"), help="where to write the raw results ('' for nowhere)")
+    p.add_argument("--json", help="where to write the raw results (default bench/results.json; --quick: nowhere)")
     p.add_argument("--plots", action="store_true", help="draw docs/throughput.png and docs/cost_per_sample.png")
     args = p.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 5)
@@ -368,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n(machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; python {results['machine']['python']}, "
           f"torch {results['machine']['torch']}; load average {results['machine']['loadavg_start'][0]:.1f} at start, "
           f"{results['machine']['loadavg_end'][0]:.1f} at end; {results['wall_seconds']:.0f} s)")
+    if args.json is None and not args.quick:
+        args.json = str(ROOT / "bench" / "results.json")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     if args.plots:
