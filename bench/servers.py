@@ -17,10 +17,8 @@ APPS = {
     "naive": "bench.baselines.naive:app",
     "bare": "bench.baselines.bare:app",
 }
-# The deploy config's post_fork hook warms torch up in every worker when preloading; the bare baseline has no
-# torch, so with preload each of its (max_requests) worker restarts would import torch (~2 s).  Without preload
-# it is a plain Flask app under the same config, which is what "the framework's ceiling" means.
-APP_ENV = {"bare": {"GUNICORN_PRELOAD": "0"}}
+# Every app runs under the deploy config unchanged (its post_fork hook warms torch up only in our app).
+APP_ENV: dict[str, dict[str, str]] = {}
 
 
 def free_port() -> int:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hmac
-import os
 from pathlib import Path
 
 from flask import Flask, request

@@ -15,7 +15,7 @@ import requests
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, TUTORIAL_NEURON, GunicornServer
+from conftest import TUTORIAL_NEURON, GunicornServer
 from service.api import RESPONSE_KEYS, gradient_response
 from service.engine import compute
 from service.engine.catalog import CATALOG

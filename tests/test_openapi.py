@@ -1,7 +1,6 @@
 """The OpenAPI document is generated, valid, and true: schemathesis fuzzes every operation against it."""
 from __future__ import annotations
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate

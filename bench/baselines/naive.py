@@ -2,12 +2,6 @@
 import torch
 from flask import Flask, jsonify, request
 
-import service.engine  # noqa: F401 - not used: see below
-
-# (Not part of the handler.) The deploy config's post_fork hook imports service.engine in every worker when
-# preloading, to warm torch up; importing it here, in the preloading master, keeps that import (~0.3 s) out
-# of every max_requests worker restart of this baseline, as it is for the service.
-
 torch.set_num_threads(1)  # as the service does: two sync workers on two cores must not oversubscribe
 app = Flask(__name__)
 

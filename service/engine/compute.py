@@ -101,8 +101,12 @@ def _inference(model, base: dict, include: set, warnings: list[str]) -> dict:
     return body
 
 
-def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline: Deadline, warnings: list[str]) -> dict:
-    """Forward with fresh leaves, backward from the output, then the extras the client asked for."""
+def forward_backward(model, base: dict, wrt: tuple) -> tuple[dict, torch.Tensor, dict, dict]:
+    """Fresh leaves, the forward pass (intermediates recorded, their grads retained), backward from the output.
+
+    Returns (leaves, output, recorded intermediates, gradients by `wrt` name; zeros where the output
+    does not depend on an input).
+    """
     record: dict[str, torch.Tensor] = {}
     with torch.enable_grad():
         leaves = model.prepare(base, wrt)
@@ -118,8 +122,14 @@ def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline:
             # per-sample losses: backward from their sum.  Never backward(gradient=...): torch then imports
             # sympy (~0.5 s and ~30 MiB in each worker, on its first request) only to compare two shapes.
             (out if out.dim() == 0 else out.sum()).backward()
-        deadline.check()
     gradients = {n: leaves[n].grad if leaves[n].grad is not None else torch.zeros_like(leaves[n]) for n in wrt}
+    return leaves, out, record, gradients
+
+
+def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline: Deadline, warnings: list[str]) -> dict:
+    """Forward with fresh leaves, backward from the output, then the extras the client asked for."""
+    leaves, out, record, gradients = forward_backward(model, base, wrt)
+    deadline.check()
     body = _empty_body()
     body.update(loss=out.detach(), gradients=gradients, requires_grad=out.requires_grad)
     if include & {"graph", "dot"}:

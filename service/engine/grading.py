@@ -7,9 +7,9 @@ import torch
 
 from schemas.fields import NON_FINITE, parse_tensor
 
-from .compute import DTYPES, build_model, check_sizes, compute
+from .compute import DTYPES, build_model, check_sizes, compute, forward_backward
 from .encode import encode_tree
-from .errors import EngineError, LimitExceeded, NonScalarOutput
+from .errors import EngineError, LimitExceeded
 from .formula import parse_formula
 from .limits import Deadline, Limits
 from .neuron import Neuron
@@ -63,23 +63,12 @@ def make_points(request: dict, limits: Limits) -> list[dict[str, torch.Tensor]]:
 
 def reference(model, point: dict[str, torch.Tensor], deadline: Deadline) -> dict:
     """Autograd at one point, every input a leaf: loss, gradients, intermediates, and the neuron's chain-rule factors."""
-    record: dict[str, torch.Tensor] = {}
-    with torch.enable_grad():
-        leaves = model.prepare(point, tuple(point))
-        out = model.forward(leaves, record)
-        if out.dim() != 0 and not model.per_sample:
-            raise NonScalarOutput(
-                f"the output has shape {list(out.shape)}; backward() needs a scalar, so reduce it (sum(...) or mean(...))"
-            )
-        for t in record.values():
-            if t.grad_fn is not None:
-                t.retain_grad()
-        (out if out.dim() == 0 else out.sum()).backward()  # not backward(gradient=...): that imports sympy (compute.py)
-        deadline.check()
+    leaves, out, record, gradients = forward_backward(model, point, tuple(point))
+    deadline.check()
     detached = {k: v.detach() for k, v in leaves.items()}
     return {
         "loss": out.detach(),
-        "gradients": {n: leaves[n].grad if leaves[n].grad is not None else torch.zeros_like(leaves[n]) for n in point},
+        "gradients": gradients,
         "intermediates": {k: t.detach() for k, t in record.items()},
         "chain_rule": model.chain_rule(detached) if isinstance(model, Neuron) else None,
         "warnings": model.diagnose(record),
