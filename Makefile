@@ -6,7 +6,7 @@ PORT   ?= 8000
 GATEWAY_PORT ?= 8080
 export HOST PORT
 
-.PHONY: install run test test-fast gateway image-base image-test k8s-validate clean
+.PHONY: install run test test-fast bench gateway image-base image-test k8s-validate clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,9 @@ test: install  ## the whole suite, as CI runs it
 
 test-fast: install  ## everything but the slow live/gateway/fuzz tests
 	$(VENV)/bin/pytest -m "not slow"
+
+bench: install  ## service vs bare Flask vs a naive handler under the deploy config (~8 min); BENCH_ARGS=--quick for ~1 min
+	$(PY) -m bench $(BENCH_ARGS)
 
 gateway: install  ## nginx gateway on 127.0.0.1:$(GATEWAY_PORT) -> $(HOST):$(PORT), foreground
 	GATEWAY_PORT=$(GATEWAY_PORT) GATEWAY_UPSTREAMS=$(HOST):$(PORT) $(PY) deploy/nginx/render.py --prefix-dir .run/nginx/
