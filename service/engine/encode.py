@@ -31,12 +31,18 @@ class _SlowPath(Exception):
     """A value the fast walk does not handle (non-finite, unusual dtype): the full walk names its path."""
 
 
-_FAST_DTYPES = (torch.float32, torch.float64)
+# dtype -> numpy scalar type: a 0-d tensor becomes the numpy scalar tensor.numpy()[()] would give (orjson
+# writes a float32 with its own shortest repr, 6.701176, not the double's 6.701176166534424), built from
+# .item(), which is exact, needs no detach and is ~2x faster than going through a numpy array
+_FAST_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+_PLAIN = frozenset((int, str, bool, type(None)))  # most of a graph's leaves: returned as they are, checked first
 
 
 def _encode_finite(obj):
     """encode_tree() for the common case, without building a path per key (~4x faster on a graph)."""
     kind = type(obj)
+    if kind in _PLAIN:
+        return obj
     if kind is dict:
         return {k: _encode_finite(v) for k, v in obj.items()}
     if kind is list or kind is tuple:
@@ -46,15 +52,15 @@ def _encode_finite(obj):
             return obj
         raise _SlowPath
     if isinstance(obj, torch.Tensor):
-        if obj.dtype not in _FAST_DTYPES or obj.device.type != "cpu":
+        scalar = _FAST_DTYPES.get(obj.dtype)
+        if scalar is None or not obj.is_cpu:
             raise _SlowPath
-        t = obj.detach() if obj.requires_grad else obj
-        if t.dim() == 0:
-            value = t.numpy()[()]
+        if obj.dim() == 0:
+            value = obj.item()
             if math.isfinite(value):
-                return value
+                return scalar(value)
             raise _SlowPath
-        arr = t.contiguous().numpy()
+        arr = (obj.detach() if obj.requires_grad else obj).contiguous().numpy()
         if np.isfinite(arr).all():
             return arr
         raise _SlowPath

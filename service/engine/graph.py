@@ -38,8 +38,10 @@ def build_graph(
     * Edges run forward, ``{"from": input_side, "to": consumer}``, one per input slot: ``x * x``
       gives two identical edges from ``x`` to ``MulBackward0`` (the op really has two inputs).
       Edges are listed by consumer id, then slot.
-    * ``value``/``grad`` are detached clones (or None when unknown); both are None for tensors
-      with more than ``limits.graph_value_max_elements`` elements, while ``shape`` is kept.
+    * ``value``/``grad`` are detached views of the live tensors, not copies (or None when unknown):
+      they are only read, to encode the response, after every computation of the request is done.
+      Both are None for tensors with more than ``limits.graph_value_max_elements`` elements, while
+      ``shape`` is kept.
     * The root always has a value (``output``) and, unless a retained grad says otherwise,
       grad = ones (dL/dL = 1; assumes backward() ran on ``output`` without a custom gradient).
     * If ``output`` has no ``grad_fn``: a leaf requiring grad becomes a single ``AccumulateGrad``
@@ -100,7 +102,7 @@ def build_graph(
         if tensor is not None:
             node["shape"] = list(tensor.shape)
             if _small(tensor, limits):
-                node["value"] = tensor.detach().clone()
+                node["value"] = tensor.detach()
                 node["grad"] = _grad(tensor)
                 if node["grad"] is None and fn is root_fn:
                     node["grad"] = torch.ones_like(tensor)  # dL/dL = 1
@@ -128,7 +130,7 @@ def _leaf_node(
         "op": op,
         "label": label,
         "shape": list(variable.shape),
-        "value": variable.detach().clone() if small else None,
+        "value": variable.detach() if small else None,
         "grad": _grad(variable) if small else None,
     }
 
@@ -143,7 +145,9 @@ def _grad(tensor: torch.Tensor) -> torch.Tensor | None:
     if not (tensor.is_leaf or tensor.retains_grad):
         return None
     grad = tensor.grad
-    return None if grad is None else grad.detach().clone()
+    if grad is None or not grad.requires_grad:  # a plain backward() leaves grads without history
+        return grad
+    return grad.detach()
 
 
 def to_dot(graph: dict) -> str:

@@ -1,6 +1,8 @@
 """The tutorial's neuron: z = w·x + b, y_pred = sigmoid(z), L = BCE(y_pred, y), with its chain-rule gradient."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -111,17 +113,37 @@ class Neuron:
         if self.loss != "bce":
             return []
         p = record["y_pred"].detach()
+        n = p.numel()
+        if n == 0:
+            return []
+        low, high = _clamp_bounds(self.epsilon, p.dtype)
+        # one reduction to Python numbers (exact: float32 and float64 values are doubles); the elementwise
+        # count only when the clamp bites or a NaN makes min/max say nothing
+        if n == 1:
+            lo = hi = p.item()
+        else:
+            lo, hi = torch.aminmax(p)
+            lo, hi = lo.item(), hi.item()
+        if lo >= low and hi <= high:  # False for NaN
+            clamped = 0
+        else:
+            clamped = int(((p < self.epsilon) | (p > 1 - self.epsilon)).sum())
         warnings = []
-        clamped = int(((p < self.epsilon) | (p > 1 - self.epsilon)).sum())
         if clamped:
             warnings.append(
-                f"clamping hit: y_pred outside [epsilon, 1 - epsilon] for {clamped} of {p.numel()} sample(s); "
+                f"clamping hit: y_pred outside [epsilon, 1 - epsilon] for {clamped} of {n} sample(s); "
                 "autograd's gradient through the clamp is 0 there"
             )
-        top = torch.tensor(1 - self.epsilon, dtype=p.dtype)
-        if top == 1 and bool((p == 1).any()):
+        if high == 1 and (hi == 1 if hi <= 1 else bool((p == 1).any())):  # hi is NaN or > 1: look
             warnings.append(
                 f"y_pred rounds to 1.0 in {str(p.dtype).removeprefix('torch.')}, where 1 - epsilon == 1.0 too, so the clamp cannot keep "
                 "log(1 - y_pred) finite; use loss \"bce_with_logits\" or dtype \"float64\""
             )
         return warnings
+
+
+@functools.lru_cache(maxsize=64)
+def _clamp_bounds(epsilon: float, dtype: torch.dtype) -> tuple[float, float]:
+    """epsilon and 1 - epsilon rounded to `dtype`, as a comparison with a tensor of that dtype sees them."""
+    low, high = torch.tensor([epsilon, 1 - epsilon], dtype=dtype).tolist()
+    return low, high
