@@ -149,13 +149,16 @@ def batch(server: Server, n_jobs: int, rounds: int, seconds: float) -> dict:
     }
 
 
+OLD_RECYCLING = {"GUNICORN_MAX_REQUESTS": "1000", "GUNICORN_MAX_REQUESTS_JITTER": "100"}  # the deploy config before 20000
+
+
 def recycling(rounds: int, seconds: float, log_dir: Path) -> dict:
-    """The deploy config recycles a worker every 1000 +- 100 requests: its cost, against GUNICORN_MAX_REQUESTS=0."""
+    """Worker recycling: the deploy default (20000 +- 2000 requests) against the old 1000 +- 100."""
     body = workloads.neuron_body()
     servers = {}
     try:
         for app in ("service", "naive"):
-            for mode, env in (("default", {}), ("no recycling", {"GUNICORN_MAX_REQUESTS": "0"})):
+            for mode, env in (("default", {}), ("max_requests 1000", OLD_RECYCLING)):
                 servers[app, mode] = Server(app, env=env, log_dir=log_dir).start()
         for s in servers.values():
             s.wait_workers(2)
@@ -172,10 +175,11 @@ def recycling(rounds: int, seconds: float, log_dir: Path) -> dict:
             s.stop()
     out = {k: {"rps": median([x["rps"] for x in v]), "p99_ms": median([x["p99_ms"] for x in v])} for k, v in runs.items()}
     for app in ("service", "naive"):
-        a, b = runs[f"{app} / no recycling"], runs[f"{app} / default"]
-        out[f"{app}: no recycling / default"] = median([x["rps"] / y["rps"] for x, y in zip(a, b)])
+        a, b = runs[f"{app} / default"], runs[f"{app} / max_requests 1000"]
+        out[f"{app}: default / max_requests 1000"] = median([x["rps"] / y["rps"] for x, y in zip(a, b)])
     n = len(runs["service / default"])
-    out["service/naive, no recycling"] = median([runs["service / no recycling"][i]["rps"] / runs["naive / no recycling"][i]["rps"] for i in range(n)])
+    out["service/naive, default"] = median([runs["service / default"][i]["rps"] / runs["naive / default"][i]["rps"] for i in range(n)])
+    out["service/naive, max_requests 1000"] = median([runs["service / max_requests 1000"][i]["rps"] / runs["naive / max_requests 1000"][i]["rps"] for i in range(n)])
     return {"rounds": rounds, "seconds": seconds, "runs": runs, "summary": out}
 
 
@@ -276,7 +280,7 @@ def report(results: dict) -> str:
         ]))
     if "recycling" in results:
         rc = results["recycling"]["summary"]
-        out.append(f"\n### Worker recycling (max_requests 1000 +- 100) at 8 connections ({results['recycling']['rounds']} rounds; medians)\n")
+        out.append(f"\n### Worker recycling: default (20000 +- 2000) vs max_requests 1000 +- 100 at 8 connections ({results['recycling']['rounds']} rounds; medians)\n")
         out.append(fmt_table(["server", "req/s", "p99 ms"], [[k, f"{v['rps']:.0f}", f"{v['p99_ms']:.1f}"] for k, v in rc.items() if isinstance(v, dict)]))
         out.append("\n" + ", ".join(f"{k}: {v:.2f}x" for k, v in rc.items() if not isinstance(v, dict)))
     if "memory" in results and "modes" in results["memory"]:
