@@ -376,3 +376,8 @@ def test_broadcast_blow_up_is_refused_before_allocating(client):
     body = expression(formula="sum(x * y)", x=[0.5] * 50_000, y=[[0.5]] * 50_000)
     r = post(client, body)
     assert r.status_code == 413 and r.json["limit"]["name"] == "max_tensor_elements"
+
+
+def test_finite_neighbours_of_a_non_finite_value_keep_float32_digits(client):
+    body = post(client, {**expression(formula="x * 1", x=[0.1, "Infinity"]), "mode": "inference"}).json
+    assert body["loss"] == [0.1, "Infinity"]

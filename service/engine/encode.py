@@ -20,7 +20,8 @@ def encode_tensor(t: torch.Tensor, warnings: list[str], where: str):
         return arr[()] if arr.ndim == 0 else arr
     bad = int(arr.size - finite.sum())
     warnings.append(f"{where}: {bad} of {arr.size} value(s) not finite")
-    out = arr.astype(object)
+    out = np.empty(arr.shape, dtype=object)
+    out.flat[:] = list(arr.flat)  # numpy scalars, so float32 values still print as float32 (0.1, not 0.10000000149…)
     out[np.isnan(arr)] = "NaN"
     out[arr == np.inf] = "Infinity"
     out[arr == -np.inf] = "-Infinity"
