@@ -17,6 +17,7 @@ from schemas.grading import (
 )
 
 from .api import read_json
+from .engine import batch as batch_engine
 from .engine import grading as engine
 from .engine.errors import EngineError
 from .engine.limits import Deadline
@@ -139,7 +140,7 @@ def run_jobs(jobs: list, limits) -> list[dict]:
         except ValidationError as err:
             results[i] = {"error": validation_problem(ValidationError({"check": err.messages} if is_check else err.messages))}
     deadline = Deadline(limits.max_wall_seconds)  # the batch as a whole gets one wall-time budget
-    outputs = engine.compute_many([spec for _, spec in gradient_jobs], limits, deadline)
+    outputs = batch_engine.compute_many([spec for _, spec in gradient_jobs], limits, deadline)
     for (i, _), out in zip(gradient_jobs, outputs):
         results[i] = _problem_for(out, i) if isinstance(out, Exception) else gradient_response.dump(out)
     for i, spec in check_jobs:

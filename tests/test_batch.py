@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TUTORIAL_NEURON
 
-import service.engine.grading as grading_engine
+import service.engine.batch as batch_engine
 
 CHECK = {"model": {"kind": "expression", "name": "square"}, "inputs": {"x": 3.0}, "submission": {"gradients": {"x": 6.0}}}
 
@@ -101,13 +101,13 @@ CASES = [
 @pytest.fixture()
 def count_vectorized(monkeypatch):
     calls = []
-    original = grading_engine.vectorized_neuron
+    original = batch_engine.vectorized_neuron
 
     def counting(jobs, limits):
         calls.append(len(jobs))
         return original(jobs, limits)
 
-    monkeypatch.setattr(grading_engine, "vectorized_neuron", counting)
+    monkeypatch.setattr(batch_engine, "vectorized_neuron", counting)
     return calls
 
 
@@ -148,5 +148,5 @@ def test_vectorized_path_really_replaces_one_by_one(client, monkeypatch):
     def no_single(*args, **kwargs):
         raise AssertionError("one-by-one path used")
 
-    monkeypatch.setattr(grading_engine, "compute", no_single)
+    monkeypatch.setattr(batch_engine, "compute", no_single)
     assert batch(client, jobs) == expected
