@@ -22,6 +22,7 @@ from .engine import grading as engine
 from .engine.errors import EngineError
 from .engine.limits import Deadline
 from .errors import BodyTooLarge, engine_problem, problem, validation_problem
+from .observability import compute_timer
 
 bp = Blueprint("grading", __name__)
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ def check():
     """
     fmt = check_query.load(request.args)["format"]
     spec = check_request.load(read_json())
-    result = engine.grade(spec, current_app.config["LIMITS"])
+    with compute_timer(spec["model"]["kind"]):
+        result = engine.grade(spec, current_app.config["LIMITS"])
     return RESPONSES[fmt].dump(FORMATTERS[fmt](result))
 
 
@@ -122,7 +124,9 @@ def batch():
     limit = current_app.config["MAX_BATCH_JOBS"]
     if len(jobs) > limit:
         raise BodyTooLarge(f"The batch has {len(jobs)} jobs; the limit is {limit}.", limit={"name": "max_batch_jobs", "value": limit})
-    return {"results": run_jobs(jobs, current_app.config["LIMITS"])}
+    with compute_timer("batch"):
+        results = run_jobs(jobs, current_app.config["LIMITS"])
+    return {"results": results}
 
 
 def run_jobs(jobs: list, limits) -> list[dict]:

@@ -119,3 +119,16 @@ def test_metrics_add_up_across_workers_and_logs_are_json(tmp_path):
     assert {f"m-{i}" for i in range(24)} <= {line["request_id"] for line in access}
     sample = next(line for line in access if line["request_id"] == "m-0")
     assert sample["status"] == 200 and sample["route"] == "/v1/gradients" and sample["duration_ms"] > 0
+
+
+def test_check_and_batch_are_timed_by_kind(client):
+    from prometheus_client import REGISTRY
+
+    def count(kind):
+        return REGISTRY.get_sample_value("gradsvc_compute_seconds_count", {"kind": kind}) or 0.0
+
+    before_batch, before_neuron = count("batch"), count("neuron")
+    assert client.post("/v1/batch", json={"jobs": [TUTORIAL_NEURON]}).status_code == 200
+    assert client.post("/v1/check", json={**TUTORIAL_NEURON, "submission": {"loss": 6.7012}}).status_code == 200
+    assert count("batch") == before_batch + 1
+    assert count("neuron") == before_neuron + 1
