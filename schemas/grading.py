@@ -5,7 +5,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from .errors import ProblemSchema
 from .fields import NON_FINITE, OneOfKind, Tensor
-from .requests import MODEL_SCHEMAS, NAME_PATTERN, NEURON_INPUTS, input_name
+from .requests import MODEL_SCHEMAS, NAME_PATTERN, input_name, neuron_input_errors
 from .responses import TensorOut
 
 DEFAULT_RTOL = 1e-4
@@ -113,8 +113,7 @@ class CheckRequestSchema(Schema):
         if "points" not in data:
             groups = [("inputs", None, {**data.get("inputs", {}), **data.get("domain", {})})]
         for field, index, names in groups:
-            errors = {name: ["Missing data for required field."] for name in NEURON_INPUTS if name not in names}
-            errors |= {name: ["Unknown field: a neuron takes x, y, w, b."] for name in names if name not in NEURON_INPUTS}
+            errors = neuron_input_errors(names)
             if errors:
                 raise ValidationError({field: {index: errors} if index is not None else errors})
 

@@ -13,6 +13,13 @@ REDUCTIONS = ("mean", "sum", "none")
 NEURON_INPUTS = ("x", "y", "w", "b")
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 
+def neuron_input_errors(names) -> dict:
+    """A neuron takes exactly x, y, w, b: one message per missing or extra input name."""
+    errors = {name: ["Missing data for required field."] for name in NEURON_INPUTS if name not in names}
+    errors |= {name: ["Unknown field: a neuron takes x, y, w, b."] for name in names if name not in NEURON_INPUTS}
+    return errors
+
+
 input_name = fields.String(validate=validate.Regexp(NAME_PATTERN, error="Input names are identifiers (letters, digits, _)."))
 
 
@@ -61,8 +68,7 @@ class GradientRequestSchema(Schema):
         model, inputs = data.get("model"), data.get("inputs")
         if not model or inputs is None or model["kind"] != "neuron":
             return
-        errors = {name: ["Missing data for required field."] for name in NEURON_INPUTS if name not in inputs}
-        errors |= {name: ["Unknown field: a neuron takes x, y, w, b."] for name in inputs if name not in NEURON_INPUTS}
+        errors = neuron_input_errors(inputs)
         if errors:
             raise ValidationError({"inputs": errors})
 

@@ -6,8 +6,6 @@ import math
 import numpy as np
 import torch
 
-NON_FINITE_NAMES = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-
 
 def encode_tensor(t: torch.Tensor, warnings: list[str], where: str):
     """A tensor as a numpy array/scalar; if any value is non-finite, a list with "NaN"/"Infinity" strings and a warning."""
