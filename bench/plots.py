@@ -15,6 +15,17 @@ from .servers import ROOT  # noqa: E402
 COLORS = {"service": "tab:green", "naive": "tab:orange", "bare": "tab:gray"}
 
 
+def _finish(fig, ax, title: str, note: str, path: Path) -> str:
+    """Title, legend, the machine note at the bottom; save as PNG and close."""
+    ax.set_title(title, fontsize=11)
+    ax.legend(fontsize=8)
+    fig.text(0.01, 0.01, note, fontsize=7, color="dimgray")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
+
+
 def draw(results: dict, out_dir: Path) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -38,16 +49,10 @@ def draw(results: dict, out_dir: Path) -> list[str]:
         ax.set_xticks(conns, [str(c) for c in conns])
         ax.set_xlabel("wrk connections")
         ax.set_ylabel("requests/s (band: min-max over rounds)")
-        ax.set_title("Single neuron request: throughput against concurrency", fontsize=11)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.text(0.01, 0.01, note, fontsize=7, color="dimgray")
-        fig.tight_layout(rect=(0, 0.03, 1, 1))
-        path = out_dir / "throughput.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(str(path))
+        written.append(_finish(fig, ax, "Single neuron request: throughput against concurrency", note,
+                               out_dir / "throughput.png"))
     if "samples" in results:
         rows = results["samples"]["summary"]
         labels = [k for k in rows[0] if k != "n"]
@@ -65,15 +70,9 @@ def draw(results: dict, out_dir: Path) -> list[str]:
         ax.set_yscale("log")
         ax.set_xlabel("samples in one request")
         ax.set_ylabel("microseconds per sample (end to end)")
-        ax.set_title("Cost per sample against batch size (one request at a time)", fontsize=11)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-        fig.text(0.01, 0.01, note, fontsize=7, color="dimgray")
-        fig.tight_layout(rect=(0, 0.03, 1, 1))
-        path = out_dir / "cost_per_sample.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(str(path))
+        written.append(_finish(fig, ax, "Cost per sample against batch size (one request at a time)", note,
+                               out_dir / "cost_per_sample.png"))
     return written
 
 
