@@ -1,13 +1,13 @@
 """HTTP views: each one loads the body, calls the engine, and returns the result; errors are mapped centrally."""
 from __future__ import annotations
 
-import orjson
 from flask import Blueprint, current_app, request
 
 from schemas import GradientRequestSchema, GradientResponseSchema, ModelsResponseSchema
 
 from . import engine
-from .errors import MalformedJSON, ServiceError, UnsupportedMediaType
+from .bodies import read_json
+from .errors import ServiceError
 from .observability import compute_timer
 
 bp = Blueprint("api", __name__)
@@ -26,16 +26,6 @@ class NotReady(ServiceError):
     status = 503
     slug = "not-ready"
     title = "Service Unavailable"
-
-
-def read_json():
-    """The request body parsed as strict RFC 8259 JSON (no NaN literals, nesting at most 1024 deep)."""
-    if not request.is_json:
-        raise UnsupportedMediaType(f"Send the body as application/json, not {request.mimetype or 'no Content-Type'}.")
-    try:
-        return orjson.loads(request.get_data(cache=False))
-    except orjson.JSONDecodeError as err:
-        raise MalformedJSON(f"The body is not valid JSON: {err}.") from None
 
 
 @bp.post("/v1/gradients")
