@@ -7,6 +7,9 @@ import os
 import shutil
 import sys
 
+from gunicorn import glogging
+from pythonjsonlogger.json import JsonFormatter
+
 
 def _int(name, default):
     """Integer from the environment, with a clear error instead of a traceback deep in gunicorn."""
@@ -80,6 +83,30 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", os.environ.get("LOG_LEVEL", "info")).lower()
 # Request id from the gateway (X-Request-ID) next to the usual combined-log fields.
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" rid=%({x-request-id}i)s %(M)sms'
+
+
+# gunicorn's own lines (start-up, worker boot and exit, "Worker failed to boot", the optional access line) in
+# the app's JSON format (service/logformat.py; tests/test_edge_config.py checks the two agree).  A logger
+# class rather than logconfig_dict: any logconfig_dict turns gunicorn's access line on unconditionally.
+_JSON_FORMATTER = {
+    "fmt": "%(levelname)s %(name)s %(message)s %(process)d",
+    "rename_fields": {"levelname": "level", "name": "logger", "process": "pid"},
+    "timestamp": "time",
+}
+
+
+class JsonLogger(glogging.Logger):
+    """gunicorn's Logger with every handler it sets up writing JSON lines."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        formatter = JsonFormatter(**_JSON_FORMATTER)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(formatter)
+
+
+logger_class = JsonLogger
 
 # --- gunicorn 27 control socket -----------------------------------------------------------------------
 # gunicorn >= 25.1 opens ~/.gunicorn/gunicorn.ctl by default: several gunicorns on one host share that
