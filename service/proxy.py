@@ -9,8 +9,9 @@ import re
 
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-# One or more path segments of unreserved characters (what deploy/nginx/render.py accepts for its prefix).
-PREFIX_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+# One or more path segments of unreserved characters (what deploy/nginx/render.py accepts for its prefix),
+# none of them "." or "..".
+PREFIX_PATH = re.compile(r"^(/(?!\.\.?(?:/|$))[A-Za-z0-9._~-]+)+$")
 
 
 class PathOnlyPrefix:
