@@ -10,9 +10,11 @@ from . import engine
 from .api import bp
 from .auth import init_auth
 from .config import Config
+from .deadline import init_deadline
 from .errors import register_error_handlers
 from .grading import bp as grading_bp
 from .jsonio import StrictJSONProvider
+from .memory import init_memory
 from .observability import init_observability
 from .openapi import build_spec, document_for
 
@@ -59,6 +61,8 @@ def create_app(config: type[Config] | None = None) -> Flask:
         """The OpenAPI 3 document, with `servers` set to the prefix the request came through."""
         return document_for(spec, request.script_root)
 
+    init_deadline(app)  # outermost but one: the deadline covers the body read, hooks, views and encoding
+    init_memory(app)  # outermost: memory is given back after the response, outside the deadline
     if app.config["WARM_UP"]:
         engine.warm_up(app.config["TORCH_THREADS"])
     return app

@@ -39,3 +39,6 @@ class Config:
     TORCH_THREADS = as_int("TORCH_THREADS", 1)
     WARM_UP = os.environ.get("WARM_UP", "1") != "0"
     LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+    # a worker still over this RSS after a request (and after giving memory back) exits and gunicorn starts a
+    # fresh one; 768 MiB fits the deploy's 2 GiB pod: two workers plus the master, with headroom for one request
+    MAX_WORKER_RSS_MB = as_float("MAX_WORKER_RSS_MB", 768)

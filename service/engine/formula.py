@@ -331,6 +331,16 @@ class Formula:
             ) from None
 
 
+def broadcast_shape(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """torch's broadcasting rule, without torch.broadcast_shapes: that imports sympy on its first call
+    (~1.5 s and ~60 MiB per worker).  Shapes that do not broadcast are left for torch to report."""
+    out: list[int] = []
+    for dims in zip(*(((1,) * (max(map(len, shapes)) - len(s)) + tuple(s)) for s in shapes)):
+        sizes = {d for d in dims if d != 1}
+        out.append(max(sizes) if sizes else 1)
+    return tuple(out)
+
+
 class _Evaluator:
     """One evaluation: a simpleeval-style dispatch table over the node types the checker allowed."""
 
@@ -348,13 +358,6 @@ class _Evaluator:
         self.record = record
         self.deadline = deadline
         self.memo: dict[str, torch.Tensor] = {}
-        self.nodes: dict[type[ast.AST], Callable[[ast.AST], torch.Tensor]] = {
-            ast.Constant: self._constant,
-            ast.Name: self._name,
-            ast.BinOp: self._binop,
-            ast.UnaryOp: self._unaryop,
-            ast.Call: self._call,
-        }
 
     def eval(self, node: ast.expr) -> torch.Tensor:
         if self.deadline is not None:
@@ -362,10 +365,10 @@ class _Evaluator:
         key, text = self.formula.key(node)
         value = self.memo.get(key)
         if value is None:
-            handler = self.nodes.get(type(node))
+            handler = self.HANDLERS.get(type(node))
             if handler is None:  # unreachable after the checker; kept so nothing unlisted ever runs
                 raise FormulaError(f"unsupported syntax: {type(node).__name__}")
-            value = self.memo[key] = handler(node)
+            value = self.memo[key] = handler(self, node)
             if self.record is not None and not isinstance(node, (ast.Name, ast.Constant)):
                 self.record[text] = value
         return value
@@ -402,11 +405,22 @@ class _Evaluator:
         args = [self.eval(arg) for arg in node.args]
         return self._apply(spec.name, lambda: spec.impl(*args), *args)
 
+    # node type -> plain function, not a per-instance table of bound methods: that table would make each
+    # evaluation a reference cycle (evaluator -> table -> method -> evaluator) holding every memoized
+    # tensor until a full GC; without it the tensors go as soon as the request drops its results.
+    HANDLERS: dict[type[ast.AST], Callable[[_Evaluator, ast.AST], torch.Tensor]] = {
+        ast.Constant: _constant,
+        ast.Name: _name,
+        ast.BinOp: _binop,
+        ast.UnaryOp: _unaryop,
+        ast.Call: _call,
+    }
+
     def _apply(self, name: str, compute: Callable[[], torch.Tensor], *operands: torch.Tensor) -> torch.Tensor:
         """Run one torch op; its RuntimeError (almost always a broadcasting failure) becomes a ShapeError."""
         try:
             if len(operands) > 1:  # broadcasting [n] with [n, 1] makes n*n elements: refuse before allocating
-                numel = math.prod(torch.broadcast_shapes(*(t.shape for t in operands)))
+                numel = math.prod(broadcast_shape(*(t.shape for t in operands)))
                 if numel > self.formula.max_elements:
                     raise LimitExceeded(
                         "max_tensor_elements", self.formula.max_elements,

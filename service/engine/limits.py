@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
+from .deadline import check_request
 from .errors import DeadlineExceeded
 
 
@@ -28,13 +29,18 @@ class Limits:
 
 
 class Deadline:
-    """Wall-clock budget for one request; long loops call check() between steps."""
+    """Wall-clock budget for one piece of work; long loops call check() between steps.
+
+    check() also ends the work when the enclosing request's deadline (engine/deadline.py) has passed,
+    so every job of a batch and every point of a check share the request's one budget.
+    """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._end = time.monotonic() + seconds
 
     def check(self) -> None:
+        check_request()
         if time.monotonic() > self._end:
             raise DeadlineExceeded(self.seconds)
 

@@ -1,15 +1,72 @@
-"""Readiness: torch imported and one forward/backward pass run in this process."""
+"""Readiness: every path a request can take has run once in this process before /readyz says ready.
+
+The first request of each kind used to pay for lazy work: torch's first autograd pass, the first
+broadcasting op, the first double backward, marshmallow's first load of each schema.  Running one small
+request of each kind here (gradients for a neuron, a catalog expression and a broadcasting formula with
+every extra, a check in each format, a batch with a vectorized group) makes the first real request as fast
+as the hundredth and imports every library up front (tests/test_deadline.py checks sys.modules).
+"""
 from __future__ import annotations
 
 import torch
 
+from schemas import GradientRequestSchema, GradientResponseSchema
+from schemas.grading import BatchRequestSchema, CheckRequestSchema, CheckResponseSchema
+
+from .batch import compute_many
+from .compute import compute
+from .describe import models_document
+from .errors import EngineError
+from .grading import grade, to_gradescope, to_prairielearn
+from .limits import Limits
+
 _ready = False
+
+EVERY_EXTRA = ["graph", "dot", "intermediates", "manual", "numeric", "hessian"]
+NEURON = {"model": {"kind": "neuron", "loss": "bce"}, "inputs": {"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0}}
+GRADIENTS = [
+    {**NEURON, "include": EVERY_EXTRA},
+    {"model": {"kind": "neuron", "reduction": "none"},
+     "inputs": {"x": [[1.0, 2.0], [3.0, 4.0]], "y": [0.0, 1.0], "w": [0.5, -0.5], "b": 0.0}},
+    {"model": {"kind": "expression", "name": "sin_square"}, "inputs": {"x": 0.5}, "include": EVERY_EXTRA},
+    {"model": {"kind": "expression", "formula": "sum(sin(x * y) + maximum(x, y) / (1 + exp(-x)) - x ** 2 + sqrt(y))"},
+     "inputs": {"x": [[1.0], [2.0]], "y": [[0.5, 1.5, 2.5]]}, "include": EVERY_EXTRA, "dtype": "float64"},
+    {"model": {"kind": "expression", "formula": "x * y"}, "inputs": {"x": [1.0, 2.0], "y": [[1.0], [2.0]]},
+     "mode": "inference", "include": ["intermediates"]},
+]
+CHECKS = [
+    {**NEURON, "submission": {"loss": 6.7, "gradients": {"w": 6.69, "b": 1.0}, "intermediates": {"z": 6.7}}},
+    {"model": {"kind": "expression", "formula": "sum(x * y)"}, "inputs": {"x": [1.0, 2.0], "y": 3.0},
+     "domain": {"y": [-1.0, 1.0]}, "n_points": 2,
+     "submission": {"gradient_formulas": {"x": "y + 0 * x", "y": "sum(x) +"}}},
+]
+FAILING = [  # the error paths: a shape mismatch and a formula error
+    {"model": {"kind": "expression", "formula": "sum(x * y)"}, "inputs": {"x": [1.0, 2.0], "y": [1.0, 2.0, 3.0]}},
+    {"model": {"kind": "expression", "formula": "sum(x"}, "inputs": {"x": 1.0}},
+]
 
 
 def warm_up(threads: int = 1) -> None:
-    """Set torch's intra-op threads and run the tutorial's x**2 once, so the first request is not the slow one."""
+    """Set torch's intra-op threads and run one request of every kind, so the first real one is not the slow one."""
     global _ready
     torch.set_num_threads(threads)
+    limits = Limits()
+    gradient_request, gradient_response = GradientRequestSchema(), GradientResponseSchema()
+    for body in GRADIENTS:
+        gradient_response.dump(compute(gradient_request.load(body), limits))
+    for body in FAILING:
+        try:
+            compute(gradient_request.load(body), limits)
+        except EngineError:
+            pass
+    check_request, check_response = CheckRequestSchema(), CheckResponseSchema()
+    for body in CHECKS:
+        result = grade(check_request.load(body), limits)
+        check_response.dump(result)
+        to_gradescope(result), to_prairielearn(result)
+    jobs = BatchRequestSchema().load({"jobs": [NEURON, NEURON, GRADIENTS[3]]})["jobs"]
+    compute_many([gradient_request.load(job) for job in jobs], limits)
+    models_document(limits, {})
     x = torch.tensor(3.0, requires_grad=True)
     (x**2).backward()
     _ready = x.grad is not None and float(x.grad) == 6.0
