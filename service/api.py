@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import orjson
 from flask import Blueprint, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from schemas import GradientRequestSchema, GradientResponseSchema, ModelsResponseSchema
 
 from . import engine
+from .engine import cost
 from .errors import MalformedJSON, ServiceError, UnsupportedMediaType
 from .observability import compute_timer
 
@@ -33,9 +35,25 @@ def read_json():
     if not request.is_json:
         raise UnsupportedMediaType(f"Send the body as application/json, not {request.mimetype or 'no Content-Type'}.")
     try:
-        return orjson.loads(request.get_data(cache=False))
+        return orjson.loads(read_body())
     except orjson.JSONDecodeError as err:
         raise MalformedJSON(f"The body is not valid JSON: {err}.") from None
+
+
+def read_body() -> bytes:
+    """The body, at most MAX_BODY_BYTES of it; a longer chunked body is a 413, not silently cut.
+
+    With a Content-Length werkzeug refuses an over-long body itself. A chunked body has none: werkzeug then
+    stops reading at the limit without a word, so the app reads one byte more from the server's
+    (de-chunking) stream and counts.
+    """
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None or not request.environ.get("wsgi.input_terminated") or limit is None:
+        return request.get_data(cache=False)
+    data = request.environ["wsgi.input"].read(limit + 1)
+    if len(data) > limit:
+        raise RequestEntityTooLarge()
+    return data
 
 
 @bp.post("/v1/gradients")
@@ -61,7 +79,9 @@ def gradients():
         422: {$ref: '#/components/responses/NotComputable'}
         503: {$ref: '#/components/responses/Unavailable'}
     """
-    spec = gradient_request.load(read_json())
+    body = read_json()
+    cost.check_raw(body, current_app.config["LIMITS"])
+    spec = gradient_request.load(body)
     with compute_timer(spec["model"]["kind"]):
         result = engine.compute(spec, current_app.config["LIMITS"])
     return {key: result[key] for key in RESPONSE_KEYS if key in result}
@@ -81,7 +101,7 @@ def models():
               schema: ModelsResponseSchema
     """
     config = current_app.config
-    extra = {"max_body_bytes": config["MAX_CONTENT_LENGTH"], "max_batch_jobs": config["MAX_BATCH_JOBS"]}
+    extra = {"max_body_bytes": config["MAX_CONTENT_LENGTH"]}
     return models_response.dump(engine.models_document(config["LIMITS"], extra))
 
 

@@ -28,7 +28,7 @@ class Config:
     # request limits (engine limits plus the ones enforced before the engine)
     LIMITS = limits_from_env()
     MAX_CONTENT_LENGTH = as_int("MAX_BODY_BYTES", 32 * 1024 * 1024)
-    MAX_BATCH_JOBS = as_int("MAX_BATCH_JOBS", 1000)
+    MAX_BATCH_JOBS = LIMITS.max_batch_jobs  # one of the Limits, read from MAX_BATCH_JOBS
 
     # behind a gateway / security
     TRUSTED_PROXY_HOPS = as_int("TRUSTED_PROXY_HOPS", 0)  # X-Forwarded-* headers trusted from this many proxies

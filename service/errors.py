@@ -58,14 +58,6 @@ class UnsupportedMediaType(ServiceError):
     title = "Unsupported Media Type"
 
 
-class BodyTooLarge(ServiceError):
-    """A JSON document larger than a request may carry (e.g. too many batch jobs)."""
-
-    status = 413
-    slug = "limit-exceeded"
-    title = "Limit exceeded"
-
-
 def problem(status: int, title: str, detail: str | None = None, slug: str | None = None, **extra) -> dict:
     """The RFC 9457 body; `type` is a relative URI naming the problem, documented in the README."""
     body = {
@@ -88,7 +80,12 @@ def problem_response(body: dict, headers: dict | None = None) -> Response:
 def engine_problem(err: EngineError) -> dict:
     """The problem body for an engine error (also used per job inside /v1/batch)."""
     status = next(code for cls, code in STATUS_BY_ERROR if isinstance(err, cls))
-    extra = {"limit": {"name": err.limit, "value": err.value}} if hasattr(err, "limit") else {}
+    extra = {}
+    if hasattr(err, "limit"):
+        extra["limit"] = {"name": err.limit, "value": err.value}
+        if getattr(err, "estimate", None) is not None:
+            extra["limit"].update(estimate=err.estimate, breakdown=err.breakdown)
+        extra["hint"] = getattr(err, "hint", None)
     return problem(status, err.title, err.detail, err.slug, **extra)
 
 

@@ -18,10 +18,12 @@ from schemas.grading import (
 
 from .api import read_json
 from .engine import batch as batch_engine
+from .engine.compute import estimate_cost
+from .engine import cost
 from .engine import grading as engine
 from .engine.errors import EngineError
 from .engine.limits import Deadline
-from .errors import BodyTooLarge, engine_problem, problem, validation_problem
+from .errors import engine_problem, problem, validation_problem
 from .observability import compute_timer
 
 bp = Blueprint("grading", __name__)
@@ -77,7 +79,9 @@ def check():
         503: {$ref: '#/components/responses/Unavailable'}
     """
     fmt = check_query.load(request.args)["format"]
-    spec = check_request.load(read_json())
+    body = read_json()
+    cost.check_raw(body, current_app.config["LIMITS"])
+    spec = check_request.load(body)
     with compute_timer(spec["model"]["kind"]):
         result = engine.grade(spec, current_app.config["LIMITS"])
     return RESPONSES[fmt].dump(FORMATTERS[fmt](result))
@@ -120,12 +124,13 @@ def batch():
         413: {$ref: '#/components/responses/TooLarge'}
         415: {$ref: '#/components/responses/UnsupportedMediaType'}
     """
-    jobs = batch_request.load(read_json())["jobs"]
-    limit = current_app.config["MAX_BATCH_JOBS"]
-    if len(jobs) > limit:
-        raise BodyTooLarge(f"The batch has {len(jobs)} jobs; the limit is {limit}.", limit={"name": "max_batch_jobs", "value": limit})
+    body, limits = read_json(), current_app.config["LIMITS"]
+    if isinstance(body, dict) and isinstance(body.get("jobs"), list):
+        cost.require(limits, "max_batch_jobs", len(body["jobs"]), f"the batch has {len(body['jobs'])} jobs",
+                     cost.HINTS["jobs"])
+    jobs = batch_request.load(body)["jobs"]
     with compute_timer("batch"):
-        results = run_jobs(jobs, current_app.config["LIMITS"])
+        results = run_jobs(jobs, limits)
     return {"results": results}
 
 
@@ -137,12 +142,16 @@ def run_jobs(jobs: list, limits) -> list[dict]:
     for i, job in enumerate(jobs):
         is_check = isinstance(job, dict) and set(job) == {"check"}
         try:
+            cost.check_raw(job["check"] if is_check else job, limits)
             if is_check:
                 check_jobs.append((i, check_request.load(job["check"])))
             else:
                 gradient_jobs.append((i, gradient_request.load(job)))
         except ValidationError as err:
             results[i] = {"error": validation_problem(ValidationError({"check": err.messages} if is_check else err.messages))}
+        except EngineError as err:
+            results[i] = {"error": engine_problem(err)}
+    gradient_jobs, check_jobs = _within_budget(gradient_jobs, check_jobs, results, limits)
     deadline = Deadline(limits.max_wall_seconds)  # the batch as a whole gets one wall-time budget
     outputs = batch_engine.compute_many([spec for _, spec in gradient_jobs], limits, deadline)
     for (i, _), out in zip(gradient_jobs, outputs):
@@ -154,6 +163,22 @@ def run_jobs(jobs: list, limits) -> list[dict]:
         except Exception as err:  # noqa: BLE001 - one job's failure must not take the others down
             results[i] = _problem_for(err, i)
     return results
+
+
+def _within_budget(gradient_jobs: list, check_jobs: list, results: list, limits) -> tuple[list, list]:
+    """The jobs the cost model accepts one by one (the others get their problem in place), if together
+    they fit the request budget; else the whole batch is a 413."""
+    costs, kept = [], ([], [])
+    for jobs, estimate, out in ((gradient_jobs, estimate_cost, kept[0]),
+                                (check_jobs, engine.estimate, kept[1])):
+        for i, spec in jobs:
+            try:
+                costs.append(estimate(spec, limits))
+                out.append((i, spec))
+            except EngineError as err:
+                results[i] = {"error": engine_problem(err)}
+    cost.batch_require(costs, limits)
+    return kept
 
 
 def _problem_for(err: Exception, index: int) -> dict:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .compute import DTYPES, check_sizes, compute
+from . import cost
+from .compute import DTYPES, compute
 from .encode import encode_tree
 from .limits import Deadline, Limits
 from .neuron import Neuron
@@ -115,7 +116,7 @@ def vectorized_neuron(jobs: list[dict], limits: Limits) -> list[dict]:
     """One forward/backward pass over K homogeneous neuron jobs stacked on a new leading axis."""
     deadline = Deadline(limits.max_wall_seconds)
     first = jobs[0]
-    check_sizes(first["inputs"], limits)
+    cost.check_inputs(first["inputs"], limits)
     k, dtype = len(jobs), DTYPES[first["dtype"]]
     neuron = Neuron(first["model"])
     # validate shapes exactly as the single path does (identical shapes: once is enough)

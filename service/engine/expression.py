@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from .catalog import CATALOG, manual_gradients
+from .catalog import CATALOG, manual_gradients, parsed
 from .errors import EngineError, UnknownVariable
-from .formula import parse_formula
+from .formula import Formula, parse_formula
 from .limits import NO_DEADLINE, Deadline, Limits
 
 
@@ -57,6 +57,12 @@ class Expression:
             return None
         grads = manual_gradients(self.catalog_entry, t, dtype=self.dtype, limits=self.limits)
         return {name: grads[name] for name in wrt if name in grads}
+
+    def manual_formulas(self) -> list[tuple[str, Formula]]:
+        """(input name, parsed hand-derived gradient) of a catalog entry, for the cost model; none for a formula."""
+        if self.catalog_entry is None:
+            return []
+        return [(name, parsed(source, self.limits)) for name, source in self.catalog_entry.gradient.items()]
 
     def diagnose(self, record: dict[str, torch.Tensor]) -> list[str]:
         return []

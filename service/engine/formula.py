@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import cost
 from .errors import FormulaError, LimitExceeded, ShapeError, UnknownVariable
 from .limits import Deadline, Limits
 
@@ -161,18 +162,10 @@ class _Checker:
             node, depth = stack.pop()
             self.node_count += 1
             self.depth = max(self.depth, depth)
-            if self.depth > self.limits.max_ast_depth:
-                raise LimitExceeded(
-                    "max_ast_depth", self.limits.max_ast_depth,
-                    f"formula is nested more than {self.limits.max_ast_depth} levels deep; "
-                    f"the limit is {self.limits.max_ast_depth}",
-                )
-            if self.node_count > self.limits.max_ast_nodes:
-                raise LimitExceeded(
-                    "max_ast_nodes", self.limits.max_ast_nodes,
-                    f"formula has more than {self.limits.max_ast_nodes} nodes; "
-                    f"the limit is {self.limits.max_ast_nodes}",
-                )
+            cost.require(self.limits, "max_ast_depth", self.depth,
+                         f"formula is nested more than {self.limits.max_ast_depth} levels deep")
+            cost.require(self.limits, "max_ast_nodes", self.node_count,
+                         f"formula has more than {self.limits.max_ast_nodes} nodes")
             handler = self.nodes.get(type(node))
             if handler is None:
                 raise self._unsupported(node)
@@ -192,6 +185,10 @@ class _Checker:
                 f"unsupported constant: {node.value!r} ({type(node.value).__name__}) at {_where(node, self.shift)}; "
                 "only int and float numbers are allowed"
             )
+        if type(node.value) is int and node.value.bit_length() > 1024:
+            # beyond any float (a 3600-digit hex literal): inf, as evaluation would make it; and as an int its
+            # text (for labels and memo keys) would pass Python's 4300-digit limit on int-to-str conversion
+            node.value = math.inf
         return []
 
     def _name(self, node: ast.Name) -> list[ast.expr]:
@@ -242,11 +239,7 @@ class _Checker:
 
 def parse_formula(source: str, limits: Limits) -> Formula:
     """Parse and fully validate a formula up front, so a bad construct is reported even if never evaluated."""
-    if len(source) > limits.max_formula_length:
-        raise LimitExceeded(
-            "max_formula_length", limits.max_formula_length,
-            f"formula is {len(source)} characters; the limit is {limits.max_formula_length}",
-        )
+    cost.require(limits, "max_formula_length", len(source), f"formula is {len(source)} characters")
     # Leading blanks would be an "unexpected indent"; drop them and shift reported columns back.
     text = source.lstrip(" \t")
     shift = len(source) - len(text)
@@ -294,7 +287,7 @@ class Formula:
         self.variables = variables
         self.node_count = node_count
         self.depth = depth
-        self._body = body
+        self.body = body
         self._max_depth = limits.max_ast_depth
         self.max_elements = limits.max_tensor_elements
         self._keys: dict[int, tuple[str, str]] = {}
@@ -323,7 +316,7 @@ class Formula:
                 inputs = ", ".join(env) or "(none)"
                 raise UnknownVariable(f"unknown variable {name!r}; inputs are: {inputs}")
         try:
-            return _Evaluator(self, env, dtype, record, deadline).eval(self._body)
+            return _Evaluator(self, env, dtype, record, deadline).eval(self.body)
         except RecursionError:
             raise LimitExceeded(
                 "max_ast_depth", self._max_depth,

@@ -7,7 +7,8 @@ import torch
 
 from schemas.fields import NON_FINITE, parse_tensor
 
-from .compute import build_model, check_sizes, forward_backward
+from . import cost
+from .compute import build_model, forward_backward
 from .encode import encode_tree
 from .errors import EngineError, LimitExceeded
 from .formula import parse_formula
@@ -28,34 +29,24 @@ def _tensor(data) -> torch.Tensor:
 
 
 def make_points(request: dict, limits: Limits) -> list[dict[str, torch.Tensor]]:
-    """The points to grade at, as float64 tensors: `inputs`, `points`, or `domain` draws (seeded, deterministic)."""
+    """The points to grade at, as float64 tensors: `inputs`, `points`, or `domain` draws (seeded, deterministic).
+
+    Sizes were checked by the cost model (cost.domain_points) before this is called."""
     if "points" in request:
-        for point in request["points"]:
-            check_sizes(point, limits)
-        points = [{name: _tensor(data) for name, data in point.items()} for point in request["points"]]
-    else:
-        base = request.get("inputs", {})
-        check_sizes(base, limits)
-        fixed = {name: _tensor(data) for name, data in base.items()}
-        domain = request.get("domain")
-        if not domain:
-            return [fixed]
-        n = request.get("n_points", 5)
-        generator = torch.Generator().manual_seed(request.get("seed", 0))
-        points = []
-        for _ in range(n):
-            point = dict(fixed)
-            for name in sorted(domain):  # sorted: the draw order does not depend on the JSON key order
-                lo, hi = domain[name]
-                shape = fixed[name].shape if name in fixed else ()
-                point[name] = lo + (hi - lo) * torch.rand(shape, generator=generator, dtype=torch.float64)
-            points.append({name: point[name] for name in sorted(point)})
-    total = sum(t.numel() for point in points for t in point.values())
-    if total > limits.max_total_elements:
-        raise LimitExceeded(
-            "max_total_elements", limits.max_total_elements,
-            f"the points have {total} elements in total; the limit is {limits.max_total_elements}",
-        )
+        return [{name: _tensor(data) for name, data in point.items()} for point in request["points"]]
+    fixed = {name: _tensor(data) for name, data in request.get("inputs", {}).items()}
+    domain = request.get("domain")
+    if not domain:
+        return [fixed]
+    generator = torch.Generator().manual_seed(request.get("seed", 0))
+    points = []
+    for _ in range(request.get("n_points", 5)):
+        point = dict(fixed)
+        for name in sorted(domain):  # sorted: the draw order does not depend on the JSON key order
+            lo, hi = domain[name]
+            shape = fixed[name].shape if name in fixed else ()
+            point[name] = lo + (hi - lo) * torch.rand(shape, generator=generator, dtype=torch.float64)
+        points.append({name: point[name] for name in sorted(point)})
     return points
 
 
@@ -124,8 +115,11 @@ class Grader:
     def __init__(self, request: dict, limits: Limits) -> None:
         self.request, self.limits = request, limits
         self.deadline = Deadline(limits.max_wall_seconds)
-        self.points = make_points(request, limits)
         self.model = build_model(request["model"], limits, self.deadline)
+        self.shapes = cost.domain_points(request, limits)
+        self.budget = cost.check_estimate(request, self.model, self.shapes, limits)
+        self.budget.require(limits)  # the reference at every point and the response; formulas are charged below
+        self.points = make_points(request, limits)
         self.is_neuron = isinstance(self.model, Neuron)
         self.refs = [reference(self.model, p, self.deadline) for p in self.points]
         self.multi = "inputs" not in request or "domain" in request or "points" in request
@@ -245,6 +239,9 @@ class Grader:
         """Evaluate the submitted formula at every point with the safe evaluator; errors become messages."""
         try:
             formula = parse_formula(source, self.limits)
+            charge = cost.formula_estimate(formula, self.shapes, tuple(expected[0].shape), self.limits)
+            charge.require(self.limits, spent=self.budget.total, hint="a simpler formula")
+            self.budget.parts.update(charge.parts)
             out = []
             for i, point in enumerate(self.points):
                 with torch.no_grad():
@@ -344,6 +341,14 @@ def _unravel(index: int, shape: torch.Size) -> list[int]:
         out.append(index % size)
         index //= size
     return out[::-1]
+
+
+def estimate(request: dict, limits: Limits) -> int:
+    """The cost model's bytes for a check request (a LimitExceeded when it alone is over the budget)."""
+    model = build_model(request["model"], limits, Deadline(limits.max_wall_seconds))
+    budget = cost.check_estimate(request, model, cost.domain_points(request, limits), limits)
+    budget.require(limits)
+    return budget.total
 
 
 def grade(request: dict, limits: Limits) -> dict:
