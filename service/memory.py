@@ -2,16 +2,15 @@
 
 torch frees a request's tensors into glibc malloc, which keeps the pages: after one 4 GB request a worker
 stayed 4 GB big.  So (measured in docs/PERFORMANCE.md, "Bounded cost"):
-- glibc is told to serve large buffers with mmap and give them back on free (mallopt below);
 - after a request that left the worker more than TRIM_ABOVE_MIB over its idle size, a full GC collects any
-  reference cycle still holding tensors and malloc_trim(0) returns the free heap pages;
+  reference cycle still holding tensors and malloc_trim(0) returns the free heap pages (fixed mmap/trim
+  thresholds via mallopt did not help: most tensors are below any sensible mmap threshold);
 - if the worker is still over MAX_WORKER_RSS_MB after that, it finishes the request and exits, and gunicorn
   starts a fresh one (uWSGI's reload-on-rss), logged and counted in gradsvc_worker_recycles_total.
 """
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import logging
 import os
@@ -22,38 +21,21 @@ from .observability import WORKER_RECYCLES
 
 log = logging.getLogger(__name__)
 
-# mallopt parameters from glibc's <malloc.h>
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-M_ARENA_MAX = -8
-MMAP_THRESHOLD_BYTES = 1 << 20  # buffers >= 1 MiB come from mmap and go back to the OS when freed
-TRIM_THRESHOLD_BYTES = 16 << 20  # free memory at the top of the heap beyond 16 MiB is returned at once
-ARENA_MAX = 2  # the sync worker is single-threaded; fewer arenas, less memory held per idle arena
 TRIM_ABOVE_MIB = 64  # a request that leaves the worker this far over its idle RSS triggers gc + malloc_trim
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _libc():
     """glibc, or None (musl, macOS): then only the RSS ceiling applies."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc-only symbols: AttributeError elsewhere
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - a glibc-only symbol: AttributeError elsewhere
     except (OSError, AttributeError):
         return None
     return libc
 
 
 LIBC = _libc()
-
-
-def tune_malloc() -> None:
-    """Fixed mmap/trim thresholds (this also stops glibc from raising the mmap threshold after each big free)."""
-    if LIBC is None:
-        return
-    LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-    LIBC.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
-    LIBC.mallopt(M_ARENA_MAX, ARENA_MAX)
 
 
 def rss_mib() -> float:
@@ -113,9 +95,8 @@ GUARD: MemoryGuard | None = None
 
 
 def init_memory(app) -> None:
-    """Tune malloc and guard every request; call after init_deadline so the guard runs outside the deadline."""
+    """Guard every request; call after init_deadline so the guard runs outside the deadline."""
     global GUARD
-    tune_malloc()
     GUARD = MemoryGuard(app.config["MAX_WORKER_RSS_MB"])
     app.wsgi_app = MemoryMiddleware(app.wsgi_app, GUARD)
 
