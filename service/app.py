@@ -62,7 +62,7 @@ def create_app(config: type[Config] | None = None) -> Flask:
         return document_for(spec, request.script_root)
 
     init_deadline(app)  # outermost but one: the deadline covers the body read, hooks, views and encoding
-    init_memory(app)  # outermost: memory is given back after the response, outside the deadline
     if app.config["WARM_UP"]:
         engine.warm_up(app.config["TORCH_THREADS"])
+    init_memory(app)  # outermost: memory is given back after the response, outside the deadline
     return app

@@ -47,11 +47,18 @@ def rss_mib() -> float:
         return 0.0
 
 
-def give_back() -> None:
-    """Collect reference cycles, then hand free malloc pages back to the OS."""
-    gc.collect()
+def trim() -> None:
+    """Hand free malloc pages (anywhere in the heap, not only at its top) back to the OS."""
     if LIBC is not None:
         LIBC.malloc_trim(0)
+
+
+def freeze_startup_objects() -> None:
+    """Move everything alive now (torch, the app, the warm-up's caches) out of the GC's reach: a later full
+    collection then walks only a request's own objects (~1 ms instead of ~100 ms), and the collector never
+    writes to pages a preloading master shares with its workers (Python's gc.freeze() docs)."""
+    gc.collect()
+    gc.freeze()
 
 
 class MemoryGuard:
@@ -65,14 +72,22 @@ class MemoryGuard:
     def watch_worker(self, worker) -> None:
         """Called by gunicorn's post_worker_init hook: this process is a worker that may be recycled."""
         self.worker = worker
+        freeze_startup_objects()  # again: the worker's warm-up ran after the master froze its objects
         self.idle_mib = rss_mib()
+        if self.idle_mib > self.ceiling_mib:
+            log.error("idle worker RSS %.0f MiB is over MAX_WORKER_RSS_MB=%.0f: every request will recycle it",
+                      self.idle_mib, self.ceiling_mib)
 
     def after_request(self) -> None:
         rss = rss_mib()
-        if rss <= self.idle_mib + TRIM_ABOVE_MIB:
+        if rss <= self.idle_mib + TRIM_ABOVE_MIB and rss <= self.ceiling_mib:
             return
-        give_back()
+        trim()
         rss = rss_mib()
+        if rss > self.idle_mib + TRIM_ABOVE_MIB:  # tensors still held: by a reference cycle, if by anything
+            gc.collect()
+            trim()
+            rss = rss_mib()
         if rss > self.ceiling_mib and self.worker is not None and self.worker.alive:
             log.warning("worker RSS %.0f MiB stays over MAX_WORKER_RSS_MB=%.0f after a request: exiting for a fresh one",
                         rss, self.ceiling_mib, extra={"rss_mib": round(rss), "pid": os.getpid()})
@@ -99,6 +114,7 @@ def init_memory(app) -> None:
     global GUARD
     GUARD = MemoryGuard(app.config["MAX_WORKER_RSS_MB"])
     app.wsgi_app = MemoryMiddleware(app.wsgi_app, GUARD)
+    freeze_startup_objects()
 
 
 def watch_worker(worker) -> None:
