@@ -194,10 +194,19 @@ def _hessian(model, leaves: dict, wrt: tuple, deadline: Deadline) -> dict:
     if model.per_sample:
         raise NonScalarOutput("hessian needs a scalar loss: use reduction \"mean\" or \"sum\"")
     fixed = {k: v.detach() for k, v in leaves.items()}
+    # torch's hessian cannot stack zero rows: an empty input's blocks are empty, computed without it
+    full = tuple(n for n in wrt if fixed[n].numel())
 
     def loss_of(*values):
         deadline.check()
-        return model.forward({**fixed, **dict(zip(wrt, values))})
+        return model.forward({**fixed, **dict(zip(full, values))})
 
-    blocks = torch.autograd.functional.hessian(loss_of, tuple(fixed[n] for n in wrt))
-    return {a: {b: blocks[i][j] for j, b in enumerate(wrt)} for i, a in enumerate(wrt)}
+    blocks = torch.autograd.functional.hessian(loss_of, tuple(fixed[n] for n in full)) if full else ()
+    index = {name: i for i, name in enumerate(full)}
+
+    def block(a: str, b: str) -> torch.Tensor:
+        if a in index and b in index:
+            return blocks[index[a]][index[b]]
+        return fixed[a].new_zeros(fixed[a].shape + fixed[b].shape)
+
+    return {a: {b: block(a, b) for b in wrt} for a in wrt}

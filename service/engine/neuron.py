@@ -95,7 +95,8 @@ class Neuron:
         x, y, w = t["x"], t["y"], t["w"]
         z = self._linear(x, w, t["b"])
         # dL/dy_pred * dy_pred/dz simplifies to y_pred - y, which stays finite where y_pred is 0 or 1
-        scale = 1.0 / z.numel() if (self.reduction == "mean" and not self.per_sample and z.dim() > 0) else 1.0
+        # the mean over no samples: autograd's gradient is an empty sum, 0; so is this one (and no 1 / 0)
+        scale = 1.0 / max(z.numel(), 1) if (self.reduction == "mean" and not self.per_sample and z.dim() > 0) else 1.0
         dl_dz = (torch.sigmoid(z) - y) * scale
         dl_dz_f = dl_dz.unsqueeze(-1) if self.vector_w else dl_dz
         each_w = dl_dz_f * x  # per sample: dL_i/dw = dL_i/dz_i * x_i
