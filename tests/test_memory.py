@@ -121,6 +121,12 @@ BATTERY: list[tuple[str, str, dict]] = [
         {"check": {"model": {"kind": "expression", "formula": MINUS_12}, "points": [{"x": column(500), "y": row(1000)}] * 2,
                    "submission": {"gradient_formulas": {"x": TRIG_4}}}},
     ] * 4}),
+    # just under the cost budget: these run, and must still give their memory back
+    ("minus-chains-in-budget", "/v1/gradients", expression(MINUS_12, {"x": column(100), "y": row(300)}, wrt=["x"])),
+    ("trig-hessian-in-budget", "/v1/gradients",
+     expression(TRIG_4, {"x": column(10), "y": row(2000)}, wrt=["x"], include=["hessian"])),
+    ("operators-numeric-in-budget", "/v1/gradients",
+     expression(OPERATORS, {"x": column(200), "y": 0.5}, wrt=["x"], include=["numeric", "intermediates"])),
     ("many-mid-jobs", "/v1/batch",
      {"jobs": [expression(MINUS_12, {"x": column(100), "y": row(300)}, include=["intermediates"])] * 200}),
 ]
