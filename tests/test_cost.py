@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -74,6 +75,14 @@ def test_unary_minus_terms_over_an_outer_product(client):
     body = {**expression(source, x=column(1000), y=row(1000)), "wrt": ["x"]}
     problem = assert_budget_413(post(client, "/v1/gradients", body), part="backward")
     assert problem["limit"]["estimate"] > 4 * 2**30  # ~410 distinct [1000, 1000] float32 tensors, twice
+
+
+def test_the_413_in_docs_limits_md(client):
+    text = (Path(__file__).parent.parent / "docs" / "limits.md").read_text()
+    documented = orjson.loads(text.split("```json", 1)[1].split("```", 1)[0].replace('"...'+'"', '"x"'))
+    body = {**expression(unary_terms(), x=column(1000, 0.5), y=row(1000, 0.25)), "wrt": ["x"]}
+    answer = post(client, "/v1/gradients", body).json
+    assert {**answer, "request_id": "x"} == documented
 
 
 def test_unary_minus_terms_with_intermediates(client):
@@ -195,14 +204,16 @@ def test_costly_variants_are_413(client, body):
 
 
 def test_a_single_broadcast_over_max_tensor_elements_names_the_operator(client):
-    problem = assert_budget_413(post(client, "/v1/gradients", expression("sum(maximum(x, y))", x=column(2000), y=row(2000))),
-                                "max_tensor_elements")
+    body = expression("sum(maximum(x, y))", x=column(2000), y=row(2000))
+    problem = assert_budget_413(post(client, "/v1/gradients", body), "max_tensor_elements")
     assert problem["detail"].startswith("maximum would broadcast to 4000000 elements")
 
 
 def test_numeric_and_hessian_limits_keep_their_names(client):
-    assert_budget_413(post(client, "/v1/gradients", expression("sum(x)", ["numeric"], x=[0.0] * 2000)), "max_numeric_elements")
-    assert_budget_413(post(client, "/v1/gradients", expression("sum(x)", ["hessian"], x=[0.0] * 200)), "max_hessian_elements")
+    numeric = expression("sum(x)", ["numeric"], x=[0.0] * 2000)
+    hessian = expression("sum(x)", ["hessian"], x=[0.0] * 200)
+    assert_budget_413(post(client, "/v1/gradients", numeric), "max_numeric_elements")
+    assert_budget_413(post(client, "/v1/gradients", hessian), "max_hessian_elements")
 
 
 @pytest.mark.parametrize("body, name", [
@@ -303,7 +314,8 @@ def test_huge_hex_literal_is_infinity(app):
 
 def _post_chunked(app, payload: bytes):
     """POST as a server hands a chunked body to the app: de-chunked, no CONTENT_LENGTH, input terminated."""
-    environ = EnvironBuilder(path="/v1/gradients", method="POST", data=payload, content_type="application/json").get_environ()
+    builder = EnvironBuilder(path="/v1/gradients", method="POST", data=payload, content_type="application/json")
+    environ = builder.get_environ()
     del environ["CONTENT_LENGTH"]
     environ["wsgi.input_terminated"] = True
     body, status, headers = run_wsgi_app(app, environ, buffered=True)
@@ -366,7 +378,8 @@ def test_a_thousand_job_batch(client):
 def test_live_hostile_battery_then_the_tutorial_neuron(live_server):
     url, headers = live_server.url, {"Content-Type": "application/json"}
     bodies = [
-        ("/v1/gradients", {**expression(unary_terms(), x=column(1000), y=row(1000)), "wrt": ["x"]}, "max_request_bytes"),
+        ("/v1/gradients", {**expression(unary_terms(), x=column(1000), y=row(1000)), "wrt": ["x"]},
+         "max_request_bytes"),
         ("/v1/gradients", expression("sum(x)", x=[[]] * 3_000_000), "max_tensor_elements"),
         ("/v1/gradients", {**expression(trig_chains(4, 11), ["hessian"], x=column(100), y=row(6000)), "wrt": ["x"]},
          "max_request_bytes"),
@@ -380,7 +393,8 @@ def test_live_hostile_battery_then_the_tutorial_neuron(live_server):
         assert response.status_code == 413 and response.headers["Content-Type"] == PROBLEM, response.text[:300]
         assert response.json()["limit"]["name"] == name
         assert elapsed < LIMITS.max_wall_seconds + 1
-    neuron = requests.post(url + "/v1/gradients", data=orjson.dumps(TUTORIAL_NEURON), headers=headers, timeout=10).json()
+    neuron = requests.post(url + "/v1/gradients", data=orjson.dumps(TUTORIAL_NEURON), headers=headers, timeout=10)
+    neuron = neuron.json()
     assert (round(neuron["loss"], 4), round(neuron["gradients"]["w"], 4), round(neuron["gradients"]["b"], 4)) == (
         6.7012, 6.6918, 0.9988)
 

@@ -91,12 +91,14 @@ def _check_raw_inputs(inputs, limits: Limits, where: str) -> None:
             "send only the inputs the model uses")
     for name, value in inputs.items():
         if isinstance(value, list):
-            require(limits, "max_tensor_elements", len(value), f"input {name!r} has {len(value)} items at its top level")
+            require(limits, "max_tensor_elements", len(value),
+                    f"input {name!r} has {len(value)} items at its top level")
 
 
 def check_inputs(inputs: dict, limits: Limits, what: str = "the inputs") -> None:
     """Dimensions, elements (and nested lists) per tensor, and elements in total: before any tensor is built."""
-    require(limits, "max_inputs", len(inputs), f"{what} have {len(inputs)} names", "send only the inputs the model uses")
+    require(limits, "max_inputs", len(inputs), f"{what} have {len(inputs)} names",
+            "send only the inputs the model uses")
     total = 0
     for name, data in inputs.items():
         require(limits, "max_tensor_dims", len(data.shape), f"input {name!r} has {len(data.shape)} dimensions")
@@ -189,7 +191,8 @@ def _node(node: ast.expr, keys: tuple, shapes_in: list[Shape], inputs: dict[str,
 def _symbol(node: ast.expr) -> str:
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         return node.func.id
-    return {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}.get(type(getattr(node, "op", None)), "?")
+    symbols = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
+    return symbols.get(type(getattr(node, "op", None)), "?")
 
 
 def neuron_pass(spec: dict, shapes: dict[str, Shape]) -> Pass:
@@ -226,7 +229,8 @@ class Estimate:
             top = ", ".join(f"{part} {_mib(n)}" for part, n in self.parts.most_common(3) if n)
             raise LimitExceeded(
                 "max_request_bytes", limits.max_request_bytes,
-                f"this request would allocate about {_mib(total)} ({top}); the budget is {_mib(limits.max_request_bytes)}",
+                f"this request would allocate about {_mib(total)} ({top}); "
+                f"the budget is {_mib(limits.max_request_bytes)}",
                 estimate=total, hint=hint or self.hint(), breakdown=dict(self.parts),
             )
 
@@ -236,7 +240,7 @@ class Estimate:
 
 
 HINTS = {
-    "forward": "use smaller inputs (broadcasting [n,1] with [1,m] makes n*m elements per operation) or a smaller formula",
+    "forward": "use smaller inputs ([n,1] with [1,m] broadcasts to n*m elements per operation) or a smaller formula",
     "backward": "use smaller inputs or a smaller formula, or mode \"inference\" if you need no gradients",
     "intermediates": "drop \"intermediates\" from `include`, or use smaller inputs",
     "numeric": "drop \"numeric\" from `include`, or take fewer `wrt` elements",
