@@ -290,16 +290,38 @@ class Formula:
         self.body = body
         self._max_depth = limits.max_ast_depth
         self.max_elements = limits.max_tensor_elements
-        self._keys: dict[int, tuple[str, str]] = {}
+        self._keys: dict[int, int] = {}  # id(node) -> number of its subtree's structure
+        self._structures: dict[tuple, int] = {}  # structure -> number; equal subtrees get the same one
+        self._texts: dict[int, str] = {}
 
     def __repr__(self) -> str:
         return f"Formula({self.source!r})"
 
-    def key(self, node: ast.expr) -> tuple[str, str]:
-        """(structural key for sharing equal subtrees, source text for `record`), cached per node."""
+    def key(self, node: ast.expr) -> int:
+        """A number for the node's subtree, equal for equal subtrees (so they are computed once), built from
+        the children's numbers: linear in the formula's size, where ast.dump per node was quadratic."""
         cached = self._keys.get(id(node))
         if cached is None:
-            cached = self._keys[id(node)] = (ast.dump(node), ast.unparse(node))
+            if isinstance(node, ast.Constant):
+                structure: tuple = ("constant", repr(node.value))
+            elif isinstance(node, ast.Name):
+                structure = ("name", node.id)
+            elif isinstance(node, ast.BinOp):
+                structure = ("binary", type(node.op).__name__, self.key(node.left), self.key(node.right))
+            elif isinstance(node, ast.UnaryOp):
+                structure = ("unary", type(node.op).__name__, self.key(node.operand))
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                structure = ("call", node.func.id, *(self.key(arg) for arg in node.args))
+            else:  # nothing else passes the checker; never shared
+                structure = ("other", id(node))
+            cached = self._keys[id(node)] = self._structures.setdefault(structure, len(self._structures))
+        return cached
+
+    def text(self, node: ast.expr) -> str:
+        """The node's source text, the name of its intermediate in `record`; cached per node."""
+        cached = self._texts.get(id(node))
+        if cached is None:
+            cached = self._texts[id(node)] = ast.unparse(node)
         return cached
 
     def evaluate(
@@ -350,12 +372,12 @@ class _Evaluator:
         self.dtype = dtype
         self.record = record
         self.deadline = deadline
-        self.memo: dict[str, torch.Tensor] = {}
+        self.memo: dict[int, torch.Tensor] = {}
 
     def eval(self, node: ast.expr) -> torch.Tensor:
         if self.deadline is not None:
             self.deadline.check()
-        key, text = self.formula.key(node)
+        key = self.formula.key(node)
         value = self.memo.get(key)
         if value is None:
             handler = self.HANDLERS.get(type(node))
@@ -363,7 +385,7 @@ class _Evaluator:
                 raise FormulaError(f"unsupported syntax: {type(node).__name__}")
             value = self.memo[key] = handler(self, node)
             if self.record is not None and not isinstance(node, (ast.Name, ast.Constant)):
-                self.record[text] = value
+                self.record[self.formula.text(node)] = value
         return value
 
     def _constant(self, node: ast.Constant) -> torch.Tensor:
