@@ -19,8 +19,8 @@ FORMULA = orjson.dumps({
     "model": {"kind": "expression", "formula": "sum(sin(x * y) + maximum(x, y) / (1 + exp(-x)) - x ** 2)"},
     "inputs": {"x": [[0.5], [1.5], [2.5]], "y": [[0.25, 0.75, 1.25, 1.75]]},
 })
-FORMULAS = [orjson.dumps({"model": {"kind": "expression", "formula": f}, "inputs": {"x": [[1.0], [2.0]], "y": [0.5, 1.5, 2.5]},
-                          "include": ["graph", "intermediates"]})
+FORMULAS = [orjson.dumps({"model": {"kind": "expression", "formula": f},
+                          "inputs": {"x": [[1.0], [2.0]], "y": [0.5, 1.5, 2.5]}, "include": ["graph", "intermediates"]})
             for f in ("sum(x * y + sin(x))", "mean(exp(-x * y) * cos(y))", "sum(maximum(x, y) ** 2 / (1 + y))")]
 
 
@@ -96,7 +96,8 @@ def report(result: dict) -> str:
         "| measurement | value |", "|---|---|",
         f"| first formula request on a fresh worker | {f['first_ms_median']:.1f} ms (rounds: "
         f"{', '.join(f'{v:.1f}' for v in f['first_ms'])}) |",
-        f"| the same request, median of the next 100 | {f['steady_ms_median']:.1f} ms (first/steady {f['first/steady']:.2f}x) |",
+        f"| the same request, median of the next 100 | {f['steady_ms_median']:.1f} ms "
+        f"(first/steady {f['first/steady']:.2f}x) |",
         f"| PSS idle, MiB (master + workers) | {parts(p['idle'])} |",
         f"| PSS after mixed formula + neuron load | {parts(p['after_mixed_load'])} |",
         f"| PSS after 1,000,000-sample requests | {parts(p['after_1m_samples'])} |",
@@ -107,4 +108,5 @@ if __name__ == "__main__":
     import sys
     import tempfile
 
-    print(report(measure(int(sys.argv[1]) if len(sys.argv) > 1 else 3, 3.0, Path(tempfile.mkdtemp(prefix="gradsvc-bench-")))))
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    print(report(measure(rounds, 3.0, Path(tempfile.mkdtemp(prefix="gradsvc-bench-")))))

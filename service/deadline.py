@@ -39,7 +39,8 @@ class DeadlineMiddleware:
             with request_deadline(self.seconds):
                 return self.app(environ, start)
         except DeadlineInterrupt as stop:
-            log.warning("wall-time limit hit outside a view on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            log.warning("wall-time limit hit outside a view on %s %s",
+                        environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
             return self._deadline_response(environ, start_response, stop, replace=bool(started))
 
     def _deadline_response(self, environ, start_response, stop: DeadlineInterrupt, replace: bool):

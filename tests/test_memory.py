@@ -118,7 +118,8 @@ BATTERY: list[tuple[str, str, dict]] = [
     ("batch-of-hostile-jobs", "/v1/batch", {"jobs": [
         expression(MINUS_12, {"x": column(1000), "y": row(1000)}, wrt=["x"]),
         expression(TRIG_4, {"x": column(100), "y": row(6000)}, wrt=["x"], include=["hessian"]),
-        {"check": {"model": {"kind": "expression", "formula": MINUS_12}, "points": [{"x": column(500), "y": row(1000)}] * 2,
+        {"check": {"model": {"kind": "expression", "formula": MINUS_12},
+                   "points": [{"x": column(500), "y": row(1000)}] * 2,
                    "submission": {"gradient_formulas": {"x": TRIG_4}}}},
     ] * 4}),
     # just under the cost budget: these run, and must still give their memory back

@@ -24,7 +24,8 @@ neuron = {"model": {"kind": "neuron", "loss": "bce"}, "inputs": {"x": 6.7, "y": 
 broadcast = {"model": {"kind": "expression", "formula": "sum(x * y + maximum(x, y) / (1 + exp(-x)))"},
              "inputs": {"x": [[1.0], [2.0]], "y": [[0.5, 1.5, 2.5]]}, "include": ["graph", "dot", "numeric", "hessian"]}
 check = {"model": {"kind": "expression", "formula": "sum(x * y)"}, "inputs": {"x": [1.0, 2.0], "y": 3.0},
-         "domain": {"y": [-1.0, 1.0]}, "n_points": 3, "submission": {"gradient_formulas": {"x": "y"}, "gradients": {"y": 3.0}}}
+         "domain": {"y": [-1.0, 1.0]}, "n_points": 3,
+         "submission": {"gradient_formulas": {"x": "y"}, "gradients": {"y": 3.0}}}
 requests = [
     ("get", "/v1/models", None),
     ("post", "/v1/gradients", neuron),
