@@ -90,7 +90,8 @@ class MemoryGuard:
             rss = rss_mib()
         if rss > self.ceiling_mib and self.worker is not None and self.worker.alive:
             log.warning("worker RSS %.0f MiB stays over MAX_WORKER_RSS_MB=%.0f after a request: "
-                        "exiting for a fresh one", rss, self.ceiling_mib, extra={"rss_mib": round(rss), "pid": os.getpid()})
+                        "exiting for a fresh one", rss, self.ceiling_mib,
+                        extra={"rss_mib": round(rss), "pid": os.getpid()})
             WORKER_RECYCLES.labels("rss").inc()
             self.worker.alive = False  # the sync worker finishes this response, then leaves its loop
 
