@@ -238,7 +238,7 @@ import json, runpy
 ns = runpy.run_path("deploy/gunicorn.conf.py")
 keys = ["bind", "workers", "worker_class", "threads", "timeout", "graceful_timeout", "keepalive",
         "max_requests", "max_requests_jitter", "accesslog", "errorlog", "preload_app", "control_socket_disable"]
-print(json.dumps({k: ns[k] for k in keys} | {"hooks": sorted(k for k in ("on_starting", "child_exit", "post_fork") if callable(ns.get(k)))}))
+print(json.dumps({k: ns[k] for k in keys} | {"hooks": sorted(k for k in ("on_starting", "child_exit", "post_fork", "post_worker_init") if callable(ns.get(k)))}))
 """
 GUNICORN_ENV = ("HOST", "PORT", "GUNICORN_ACCESSLOG", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "GUNICORN_PRELOAD", "GUNICORN_MAX_REQUESTS",
                 "GUNICORN_MAX_REQUESTS_JITTER", "GUNICORN_GRACEFUL_TIMEOUT", "GUNICORN_KEEPALIVE",
@@ -263,14 +263,14 @@ def test_gunicorn_conf_defaults():
     assert s["preload_app"] is True  # measured: -15 % PSS; the master runs no torch op (test_live.py)
     assert s["control_socket_disable"] is True
     assert s["keepalive"] > 0
-    assert s["hooks"] == ["child_exit", "post_fork"]
+    assert s["hooks"] == ["child_exit", "post_fork", "post_worker_init"]
 
 
 def test_gunicorn_conf_env_overrides():
-    s = gunicorn_settings(HOST="0.0.0.0", PORT="9001", WEB_CONCURRENCY="3", GUNICORN_TIMEOUT="15",
+    s = gunicorn_settings(HOST="0.0.0.0", PORT="9001", WEB_CONCURRENCY="3", GUNICORN_TIMEOUT="25",
                           GUNICORN_PRELOAD="0", GUNICORN_MAX_REQUESTS="50", GUNICORN_MAX_REQUESTS_JITTER="5")
     assert s["bind"] == ["0.0.0.0:9001"]
-    assert (s["workers"], s["timeout"], s["preload_app"]) == (3, 15, False)
+    assert (s["workers"], s["timeout"], s["preload_app"]) == (3, 25, False)
     assert (s["max_requests"], s["max_requests_jitter"]) == (50, 5)
     assert gunicorn_settings(GUNICORN_ACCESSLOG="-")["accesslog"] == "-"
 
