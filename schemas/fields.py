@@ -59,6 +59,16 @@ def parse_tensor(value: Any) -> TensorData:
         return TensorData(_as_numbers(level), tuple(shape))
 
 
+def refuse_long_lists(data, caps: dict[str, int]) -> None:
+    """validate.Length's 400 for a list over its cap, before marshmallow deserializes every item of it."""
+    if not isinstance(data, dict):
+        return
+    errors = {key: [f"Longer than maximum length {cap}."] for key, cap in caps.items()
+              if isinstance(data.get(key), list) and len(data[key]) > cap}
+    if errors:
+        raise ValidationError(errors)
+
+
 class Tensor(fields.Field):
     """A number or a rectangular nested list of numbers; non-finite values as "NaN"/"Infinity"/"-Infinity"."""
 

@@ -1,10 +1,10 @@
 """Schemas for grading: POST /v1/check (answers graded against autograd) and POST /v1/batch."""
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from .errors import ProblemSchema
-from .fields import NON_FINITE, OneOfKind, Tensor
+from .fields import NON_FINITE, OneOfKind, Tensor, refuse_long_lists
 from .requests import MODEL_SCHEMAS, NAME_PATTERN, input_name, neuron_input_errors
 from .responses import TensorOut
 
@@ -87,6 +87,11 @@ class CheckRequestSchema(Schema):
         values=fields.Nested(CheckOptionsSchema),
         metadata={"description": "the graded checks and their points; absent: every answer in the submission, 1 point each"},
     )
+
+    @pre_load
+    def cap_points(self, data, **kwargs):
+        refuse_long_lists(data, {"points": MAX_POINTS})
+        return data
 
     @validates_schema
     def where(self, data, **kwargs):

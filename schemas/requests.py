@@ -1,9 +1,9 @@
 """Request schemas: what POST /v1/gradients accepts, validated before any torch work."""
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
-from .fields import OneOfKind, Tensor
+from .fields import OneOfKind, Tensor, refuse_long_lists
 
 MODES = ("grad", "inference")
 DTYPES = ("float32", "float64")
@@ -12,6 +12,7 @@ NEURON_LOSSES = ("bce", "bce_with_logits")
 REDUCTIONS = ("mean", "sum", "none")
 NEURON_INPUTS = ("x", "y", "w", "b")
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_WRT = 64
 
 def neuron_input_errors(names) -> dict:
     """A neuron takes exactly x, y, w, b: one message per missing or extra input name."""
@@ -55,12 +56,17 @@ class GradientRequestSchema(Schema):
 
     model = OneOfKind(MODEL_SCHEMAS, required=True)
     inputs = fields.Dict(keys=input_name, values=Tensor(), required=True)
-    wrt = fields.List(input_name, validate=validate.Length(min=1, max=64))
+    wrt = fields.List(input_name, validate=validate.Length(min=1, max=MAX_WRT))
     mode = fields.String(load_default="grad", validate=validate.OneOf(MODES))
     dtype = fields.String(load_default="float32", validate=validate.OneOf(DTYPES))
     include = fields.List(
         fields.String(validate=validate.OneOf(INCLUDES)), load_default=lambda: ["graph"], validate=validate.Length(max=6)
     )
+
+    @pre_load
+    def cap_lists(self, data, **kwargs):
+        refuse_long_lists(data, {"wrt": MAX_WRT, "include": len(INCLUDES)})
+        return data
 
     @validates_schema
     def neuron_inputs(self, data, **kwargs):

@@ -216,16 +216,24 @@ def test_numeric_and_hessian_limits_keep_their_names(client):
     assert_budget_413(post(client, "/v1/gradients", hessian), "max_hessian_elements")
 
 
-@pytest.mark.parametrize("body, name", [
-    ({"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 1}, "wrt": ["x"] * 200}, "max_inputs"),
-    ({"model": {"kind": "expression", "formula": "sum(x)"}, "points": [{"x": 1}] * 5000, "submission": {"loss": 1}},
-     "max_points"),
-    ({"model": {"kind": "expression", "formula": "sum(x)"}, "inputs": {"x": 1},
-      "submission": {"gradients": {f"g{i}": 1 for i in range(5000)}}}, "max_inputs"),
+def test_counts_are_refused_before_the_schema_walks_them(client):
+    body = {"model": {"kind": "expression", "formula": "sum(x)"}, "inputs": {"x": 1},
+            "submission": {"gradients": {f"g{i}": 1 for i in range(5000)}}}
+    assert_budget_413(post(client, "/v1/check", body), "max_inputs")
+
+
+@pytest.mark.parametrize("path, body, field, cap", [
+    ("/v1/gradients", {"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 1}, "wrt": ["x"] * 10**6},
+     "wrt", 64),
+    ("/v1/gradients", {"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 1},
+                       "include": ["graph"] * 10**6}, "include", 6),
+    ("/v1/check", {"model": {"kind": "expression", "formula": "sum(x)"}, "points": [{"x": 1}] * 10**6,
+                   "submission": {"loss": 1}}, "points", 100),
 ])
-def test_counts_are_refused_before_the_schema_walks_them(client, body, name):
-    path = "/v1/check" if "submission" in body else "/v1/gradients"
-    assert_budget_413(post(client, path, body), name)
+def test_lists_the_schema_caps_are_its_400_before_any_item_loads(client, path, body, field, cap):
+    response = post(client, path, body)
+    assert response.status_code == 400 and response.json["type"] == "/problems/invalid-request"
+    assert response.json["errors"] == {field: [f"Longer than maximum length {cap}."]}
 
 
 def test_batch_job_count_is_refused_before_the_jobs_load(client):
@@ -237,7 +245,7 @@ def test_batch_job_count_is_refused_before_the_jobs_load(client):
 
 def test_models_reports_the_budget_and_the_caps(client):
     limits = client.get("/v1/models").json["limits"]
-    for name in ("max_request_bytes", "max_inputs", "max_points", "max_batch_jobs", "max_body_bytes"):
+    for name in ("max_request_bytes", "max_inputs", "max_batch_jobs", "max_body_bytes"):
         assert limits[name] == getattr(LIMITS, name, limits[name]) and limits[name] > 0
 
 

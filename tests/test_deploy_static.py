@@ -135,7 +135,7 @@ def test_deployment_is_locked_down_and_probed():
     limits = {"MAX_BODY_BYTES", "MAX_TENSOR_ELEMENTS", "MAX_TOTAL_ELEMENTS", "MAX_TENSOR_DIMS",
               "MAX_FORMULA_LENGTH", "MAX_AST_NODES", "MAX_AST_DEPTH", "MAX_NUMERIC_ELEMENTS",
               "MAX_HESSIAN_ELEMENTS", "MAX_GRAPH_NODES", "GRAPH_VALUE_MAX_ELEMENTS", "MAX_WALL_SECONDS",
-              "MAX_BATCH_JOBS", "MAX_REQUEST_BYTES", "MAX_INPUTS", "MAX_POINTS"}
+              "MAX_BATCH_JOBS", "MAX_REQUEST_BYTES", "MAX_INPUTS"}
     assert limits <= set(docs["ConfigMap"]["data"])
     assert docs["HorizontalPodAutoscaler"]["apiVersion"] == "autoscaling/v2"
     selector = docs["Deployment"]["spec"]["selector"]["matchLabels"]

@@ -205,7 +205,9 @@ def _workers(server: GunicornServer) -> set[int]:
 @pytest.mark.live
 @pytest.mark.slow
 def test_long_request_is_cut_off_and_the_worker_recovers(tmp_path):
-    server = GunicornServer(env={"MAX_WALL_SECONDS": "0.2", "MAX_NUMERIC_ELEMENTS": "100000"},
+    # a request the cost model lets through (a raised budget) that runs past the wall time
+    server = GunicornServer(env={"MAX_WALL_SECONDS": "0.2", "MAX_NUMERIC_ELEMENTS": "100000",
+                                 "MAX_REQUEST_BYTES": str(2**40)},
                             log_path=tmp_path / "gunicorn.log").start()
     try:
         deadline = time.monotonic() + 30

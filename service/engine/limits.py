@@ -25,8 +25,7 @@ class Limits:
     max_wall_seconds: float = 10.0
     # the cost model's budget (engine/cost.py, docs/limits.md): bytes a request may allocate over its life
     max_request_bytes: int = 256 * 2**20
-    max_inputs: int = 128  # named inputs per request or point (also caps wrt, include and submission sections)
-    max_points: int = 100  # points of one /v1/check
+    max_inputs: int = 128  # named inputs of a request or a point (and answers per submission section)
     max_batch_jobs: int = 1000
 
     def as_dict(self) -> dict:
