@@ -123,6 +123,7 @@ def batch():
         400: {$ref: '#/components/responses/BadRequest'}
         413: {$ref: '#/components/responses/TooLarge'}
         415: {$ref: '#/components/responses/UnsupportedMediaType'}
+        503: {$ref: '#/components/responses/Unavailable'}
     """
     body, limits = read_json(), current_app.config["LIMITS"]
     if isinstance(body, dict) and isinstance(body.get("jobs"), list):
