@@ -5,13 +5,22 @@ import math
 
 import numpy as np
 import orjson
+from flask import request
 from flask.json.provider import JSONProvider
+
+from .errors import MalformedJSON, NonFiniteInJSON, UnsupportedMediaType
 
 OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS  # marshmallow keys list errors by index
 
 
-class NonFiniteInJSON(ValueError):
-    """A NaN or infinity got past the encoder (engine/encode.py); orjson would silently write null."""
+def read_json():
+    """The request body parsed as strict RFC 8259 JSON (no NaN literals, nesting at most 1024 deep)."""
+    if not request.is_json:
+        raise UnsupportedMediaType(f"Send the body as application/json, not {request.mimetype or 'no Content-Type'}.")
+    try:
+        return orjson.loads(request.get_data(cache=False))
+    except orjson.JSONDecodeError as err:
+        raise MalformedJSON(f"The body is not valid JSON: {err}.") from None
 
 
 def assert_finite(obj, where: str = "body") -> None:

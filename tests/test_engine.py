@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.fields import parse_tensor
+from service.engine.values import parse_tensor
 from service.engine import Limits, compute
 from service.engine.neuron import Neuron
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import TUTORIAL_NEURON, GunicornServer
-from service.api import RESPONSE_KEYS, gradient_response
+from service.views.gradients import RESPONSE_KEYS, gradient_response
 from service.engine import compute
 from service.engine.catalog import CATALOG
 from service.engine.errors import EngineError

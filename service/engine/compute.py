@@ -9,6 +9,7 @@ from .errors import LimitExceeded, NonScalarOutput, UnknownVariable
 from .expression import Expression
 from .graph import build_graph, to_dot
 from .limits import Deadline, Limits
+from .model import Model
 from .neuron import Neuron
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -56,8 +57,17 @@ def make_tensors(inputs: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {name: _tensor(data.values, data.shape, dtype) for name, data in inputs.items()}
 
 
-def build_model(spec: dict, limits: Limits, deadline: Deadline):
-    return Neuron(spec) if spec["kind"] == "neuron" else Expression(spec, limits, deadline)
+MODEL_KINDS: dict[str, type[Model]] = {"neuron": Neuron, "expression": Expression}
+
+
+def build_model(spec: dict, limits: Limits, deadline: Deadline) -> Model:
+    """The model object for a loaded `model` spec, picked by its `kind`."""
+    return MODEL_KINDS[spec["kind"]](spec, limits, deadline)
+
+
+def wrt_of(request: dict, model: Model, inputs) -> tuple[str, ...]:
+    """The names to differentiate with respect to: the request's `wrt`, else the model's default, else every input."""
+    return tuple(request.get("wrt") or model.default_wrt or inputs)
 
 
 def compute(request: dict, limits: Limits) -> dict:
@@ -66,7 +76,7 @@ def compute(request: dict, limits: Limits) -> dict:
     check_sizes(request["inputs"], limits)
     model = build_model(request["model"], limits, deadline)
     base = make_tensors(request["inputs"], DTYPES[request["dtype"]])
-    wrt = tuple(request.get("wrt") or model.default_wrt or base)
+    wrt = wrt_of(request, model, base)
     unknown = [name for name in wrt if name not in base]
     if unknown:
         raise UnknownVariable(f"wrt names {', '.join(map(repr, unknown))}, which are not inputs")
@@ -82,7 +92,8 @@ def compute(request: dict, limits: Limits) -> dict:
     return body
 
 
-def _empty_body() -> dict:
+def empty_body() -> dict:
+    """A response body with every extra null; the computation fills in what was asked for."""
     return dict.fromkeys(("graph", "dot", "intermediates", "manual", "numeric", "hessian"))
 
 
@@ -92,7 +103,7 @@ def _inference(model, base: dict, include: set, warnings: list[str]) -> dict:
     with torch.no_grad():
         leaves = model.prepare(base, ())
         out = model.forward(leaves, record)
-    body = _empty_body()
+    body = empty_body()
     body.update(loss=out, gradients=None, requires_grad=out.requires_grad)
     if "intermediates" in include:
         body["intermediates"] = {k: {"value": v, "grad": None} for k, v in record.items()}
@@ -130,7 +141,7 @@ def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline:
     """Forward with fresh leaves, backward from the output, then the extras the client asked for."""
     leaves, out, record, gradients = forward_backward(model, base, wrt)
     deadline.check()
-    body = _empty_body()
+    body = empty_body()
     body.update(loss=out.detach(), gradients=gradients, requires_grad=out.requires_grad)
     if include & {"graph", "dot"}:
         known = dict(record)

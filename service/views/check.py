@@ -1,14 +1,9 @@
-"""Grading views: POST /v1/check grades a submission against autograd; POST /v1/batch runs many jobs."""
+"""POST /v1/check: grade a submission against autograd, answered as JSON, Gradescope or PrairieLearn."""
 from __future__ import annotations
 
-import logging
-
 from flask import Blueprint, current_app, request
-from marshmallow import ValidationError
 
-from schemas import GradientRequestSchema, GradientResponseSchema
 from schemas.grading import (
-    BatchRequestSchema,
     CheckQuerySchema,
     CheckRequestSchema,
     CheckResponseSchema,
@@ -16,27 +11,19 @@ from schemas.grading import (
     PrairieLearnResultsSchema,
 )
 
-from .api import read_json
-from .engine import batch as batch_engine
-from .engine import grading as engine
-from .engine.errors import EngineError
-from .engine.limits import Deadline
-from .errors import BodyTooLarge, engine_problem, problem, validation_problem
-from .observability import compute_timer
+from ..engine.check import grade
+from ..jsonio import read_json
+from ..observability import compute_timer
+from ..platforms import FORMATTERS
 
-bp = Blueprint("grading", __name__)
-log = logging.getLogger(__name__)
+bp = Blueprint("check", __name__)
 check_request = CheckRequestSchema()
 check_query = CheckQuerySchema()
-gradient_request = GradientRequestSchema()
-gradient_response = GradientResponseSchema()
-batch_request = BatchRequestSchema()
 RESPONSES = {
     "json": CheckResponseSchema(),
     "gradescope": GradescopeResultsSchema(),
     "prairielearn": PrairieLearnResultsSchema(),
 }
-FORMATTERS = {"json": lambda r: r, "gradescope": engine.to_gradescope, "prairielearn": engine.to_prairielearn}
 
 
 @bp.post("/v1/check")
@@ -79,90 +66,5 @@ def check():
     fmt = check_query.load(request.args)["format"]
     spec = check_request.load(read_json())
     with compute_timer(spec["model"]["kind"]):
-        result = engine.grade(spec, current_app.config["LIMITS"])
+        result = grade(spec, current_app.config["LIMITS"])
     return RESPONSES[fmt].dump(FORMATTERS[fmt](result))
-
-
-@bp.post("/v1/batch")
-def batch():
-    """Run many gradients and check jobs; each job's result or problem in its place.
-    ---
-    post:
-      summary: Many /v1/gradients and /v1/check jobs in one request, results in job order
-      description: |
-        A job that is an object with the single key `check` is a check request; any other job is a
-        gradients request. A job that fails gives `{"error": <problem>}` in its place; the others still
-        run. More than MAX_BATCH_JOBS jobs is a 413. Neuron gradients jobs with the same settings and
-        shapes (include at most `intermediates`, loss `bce`) run as one vectorized torch pass with results
-        identical to running them one by one.
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: BatchRequestSchema
-      responses:
-        200:
-          description: One result per job, in job order
-          content:
-            application/json:
-              schema:
-                type: object
-                required: [results]
-                properties:
-                  results:
-                    type: array
-                    items:
-                      oneOf:
-                        - GradientResponseSchema
-                        - CheckResponseSchema
-                        - BatchErrorSchema
-        400: {$ref: '#/components/responses/BadRequest'}
-        413: {$ref: '#/components/responses/TooLarge'}
-        415: {$ref: '#/components/responses/UnsupportedMediaType'}
-    """
-    jobs = batch_request.load(read_json())["jobs"]
-    limit = current_app.config["MAX_BATCH_JOBS"]
-    if len(jobs) > limit:
-        raise BodyTooLarge(f"The batch has {len(jobs)} jobs; the limit is {limit}.", limit={"name": "max_batch_jobs", "value": limit})
-    with compute_timer("batch"):
-        results = run_jobs(jobs, current_app.config["LIMITS"])
-    return {"results": results}
-
-
-def run_jobs(jobs: list, limits) -> list[dict]:
-    """Validate each job, run the gradients jobs (vectorized where possible) and the checks, in order."""
-    results: list[dict | None] = [None] * len(jobs)
-    gradient_jobs: list[tuple[int, dict]] = []
-    check_jobs: list[tuple[int, dict]] = []
-    for i, job in enumerate(jobs):
-        is_check = isinstance(job, dict) and set(job) == {"check"}
-        try:
-            if is_check:
-                check_jobs.append((i, check_request.load(job["check"])))
-            else:
-                gradient_jobs.append((i, gradient_request.load(job)))
-        except ValidationError as err:
-            results[i] = {"error": validation_problem(ValidationError({"check": err.messages} if is_check else err.messages))}
-    deadline = Deadline(limits.max_wall_seconds)  # the batch as a whole gets one wall-time budget
-    outputs = batch_engine.compute_many([spec for _, spec in gradient_jobs], limits, deadline)
-    for (i, _), out in zip(gradient_jobs, outputs):
-        results[i] = _problem_for(out, i) if isinstance(out, Exception) else gradient_response.dump(out)
-    for i, spec in check_jobs:
-        try:
-            deadline.check()
-            results[i] = RESPONSES["json"].dump(engine.grade(spec, limits))
-        except Exception as err:  # noqa: BLE001 - one job's failure must not take the others down
-            results[i] = _problem_for(err, i)
-    return results
-
-
-def _problem_for(err: Exception, index: int) -> dict:
-    """A failed job's `error`: the engine error's problem, or a 500 without internals for a bug."""
-    if isinstance(err, EngineError):
-        return {"error": engine_problem(err)}
-    log.error("batch job %d failed", index, exc_info=err)
-    return {"error": _crash()}
-
-
-def _crash() -> dict:
-    return problem(500, "Internal Server Error", "The server failed to compute this job.")

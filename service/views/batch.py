@@ -1,0 +1,113 @@
+"""POST /v1/batch: many gradients and check jobs in one request, each job's result or problem in its place."""
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, current_app
+from marshmallow import ValidationError
+
+from schemas import GradientRequestSchema, GradientResponseSchema
+from schemas.grading import BatchRequestSchema, CheckRequestSchema, CheckResponseSchema
+
+from ..engine.batch import compute_many
+from ..engine.check import grade
+from ..engine.errors import EngineError
+from ..engine.limits import Deadline
+from ..errors import BodyTooLarge, engine_problem, problem, validation_problem
+from ..jsonio import read_json
+from ..observability import compute_timer
+
+bp = Blueprint("batch", __name__)
+log = logging.getLogger(__name__)
+batch_request = BatchRequestSchema()
+gradient_request = GradientRequestSchema()
+gradient_response = GradientResponseSchema()
+check_request = CheckRequestSchema()
+check_response = CheckResponseSchema()
+
+
+@bp.post("/v1/batch")
+def batch():
+    """Run many gradients and check jobs; each job's result or problem in its place.
+    ---
+    post:
+      summary: Many /v1/gradients and /v1/check jobs in one request, results in job order
+      description: |
+        A job that is an object with the single key `check` is a check request; any other job is a
+        gradients request. A job that fails gives `{"error": <problem>}` in its place; the others still
+        run. More than MAX_BATCH_JOBS jobs is a 413. Neuron gradients jobs with the same settings and
+        shapes (include at most `intermediates`, loss `bce`) run as one vectorized torch pass with results
+        identical to running them one by one.
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: BatchRequestSchema
+      responses:
+        200:
+          description: One result per job, in job order
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [results]
+                properties:
+                  results:
+                    type: array
+                    items:
+                      oneOf:
+                        - GradientResponseSchema
+                        - CheckResponseSchema
+                        - BatchErrorSchema
+        400: {$ref: '#/components/responses/BadRequest'}
+        413: {$ref: '#/components/responses/TooLarge'}
+        415: {$ref: '#/components/responses/UnsupportedMediaType'}
+    """
+    jobs = batch_request.load(read_json())["jobs"]
+    limit = current_app.config["MAX_BATCH_JOBS"]
+    if len(jobs) > limit:
+        raise BodyTooLarge(f"The batch has {len(jobs)} jobs; the limit is {limit}.",
+                           limit={"name": "max_batch_jobs", "value": limit})
+    with compute_timer("batch"):
+        results = run_jobs(jobs, current_app.config["LIMITS"])
+    return {"results": results}
+
+
+def run_jobs(jobs: list, limits) -> list[dict]:
+    """Validate each job, run the gradients jobs (vectorized where possible) and the checks, in order."""
+    results: list[dict | None] = [None] * len(jobs)
+    gradient_jobs: list[tuple[int, dict]] = []
+    check_jobs: list[tuple[int, dict]] = []
+    for i, job in enumerate(jobs):
+        is_check = isinstance(job, dict) and set(job) == {"check"}
+        try:
+            if is_check:
+                check_jobs.append((i, check_request.load(job["check"])))
+            else:
+                gradient_jobs.append((i, gradient_request.load(job)))
+        except ValidationError as err:
+            messages = {"check": err.messages} if is_check else err.messages
+            results[i] = {"error": validation_problem(ValidationError(messages))}
+    deadline = Deadline(limits.max_wall_seconds)  # the batch as a whole gets one wall-time budget
+    outputs = compute_many([spec for _, spec in gradient_jobs], limits, deadline)
+    for (i, _), out in zip(gradient_jobs, outputs):
+        results[i] = _problem_for(out, i) if isinstance(out, Exception) else gradient_response.dump(out)
+    for i, spec in check_jobs:
+        try:
+            deadline.check()
+            results[i] = check_response.dump(grade(spec, limits))
+        except Exception as err:  # noqa: BLE001 - one job's failure must not take the others down
+            results[i] = _problem_for(err, i)
+    return results
+
+
+def _problem_for(err: Exception, index: int) -> dict:
+    """A failed job's `error`: the engine error's problem, or a 500 without internals for a bug."""
+    if isinstance(err, EngineError):
+        return {"error": engine_problem(err)}
+    log.error("batch job %d failed", index, exc_info=err)
+    return {"error": _crash()}
+
+
+def _crash() -> dict:
+    return problem(500, "Internal Server Error", "The server failed to compute this job.")
