@@ -30,6 +30,7 @@ RUN groupadd --system --gid 10001 app \
        --shell /usr/sbin/nologin app
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
+COPY pyproject.toml ./
 COPY deploy/gunicorn.conf.py deploy/gunicorn.conf.py
 COPY schemas/ schemas/
 COPY service/ service/

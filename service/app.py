@@ -15,9 +15,6 @@ from .observability import init_observability
 from .openapi import build_spec
 from .views import BLUEPRINTS
 
-DOCUMENTED_VIEWS = ["gradients.gradients", "meta.models", "meta.healthz", "meta.readyz", "meta.metrics", "check.check",
-                    "batch.batch"]
-
 
 def configure_logging(level: str) -> None:
     """JSON lines to stdout, each with the request id; configured before the app exists."""
@@ -51,7 +48,7 @@ def create_app(config: type[Config] | None = None) -> Flask:
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     register_error_handlers(app)
-    app.extensions["openapi"] = build_spec(app, DOCUMENTED_VIEWS)  # served by views/meta.py
+    app.extensions["openapi"] = build_spec(app)  # served by views/meta.py
     if app.config["WARM_UP"]:
         warm_up(app.config["TORCH_THREADS"])
     return app

@@ -7,7 +7,7 @@ from flask import Blueprint, current_app
 from marshmallow import ValidationError
 
 from schemas import GradientRequestSchema, GradientResponseSchema
-from schemas.grading import BatchRequestSchema, CheckRequestSchema, CheckResponseSchema
+from schemas.grading import BatchErrorSchema, BatchRequestSchema, CheckRequestSchema, CheckResponseSchema
 
 from ..engine.batch import compute_many
 from ..engine.check import grade
@@ -16,6 +16,7 @@ from ..engine.limits import Deadline
 from ..errors import BodyTooLarge, engine_problem, problem, validation_problem
 from ..jsonio import read_json
 from ..observability import compute_timer
+from ..openapi import operation
 
 bp = Blueprint("batch", __name__)
 log = logging.getLogger(__name__)
@@ -26,43 +27,27 @@ check_request = CheckRequestSchema()
 check_response = CheckResponseSchema()
 
 
+BATCH_RESPONSE = {
+    "type": "object",
+    "required": ["results"],
+    "properties": {"results": {"type": "array", "items": {
+        "oneOf": [GradientResponseSchema, CheckResponseSchema, BatchErrorSchema]}}},
+}
+
+
 @bp.post("/v1/batch")
+@operation(
+    "Many /v1/gradients and /v1/check jobs in one request, results in job order", BATCH_RESPONSE,
+    ok="One result per job, in job order", body=BatchRequestSchema, errors=(400, 413, 415),
+    description="""A job that is an object with the single key `check` is a check request; any other job is a
+gradients request. A job that fails gives `{"error": <problem>}` in its place; the others still
+run. More than MAX_BATCH_JOBS jobs is a 413. Neuron gradients jobs with the same settings and
+shapes (include at most `intermediates`, loss `bce`) run as one vectorized torch pass with results
+identical to running them one by one.
+""",
+)
 def batch():
-    """Run many gradients and check jobs; each job's result or problem in its place.
-    ---
-    post:
-      summary: Many /v1/gradients and /v1/check jobs in one request, results in job order
-      description: |
-        A job that is an object with the single key `check` is a check request; any other job is a
-        gradients request. A job that fails gives `{"error": <problem>}` in its place; the others still
-        run. More than MAX_BATCH_JOBS jobs is a 413. Neuron gradients jobs with the same settings and
-        shapes (include at most `intermediates`, loss `bce`) run as one vectorized torch pass with results
-        identical to running them one by one.
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: BatchRequestSchema
-      responses:
-        200:
-          description: One result per job, in job order
-          content:
-            application/json:
-              schema:
-                type: object
-                required: [results]
-                properties:
-                  results:
-                    type: array
-                    items:
-                      oneOf:
-                        - GradientResponseSchema
-                        - CheckResponseSchema
-                        - BatchErrorSchema
-        400: {$ref: '#/components/responses/BadRequest'}
-        413: {$ref: '#/components/responses/TooLarge'}
-        415: {$ref: '#/components/responses/UnsupportedMediaType'}
-    """
+    """Run many gradients and check jobs; each job's result or problem in its place."""
     jobs = batch_request.load(read_json())["jobs"]
     limit = current_app.config["MAX_BATCH_JOBS"]
     if len(jobs) > limit:

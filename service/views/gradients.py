@@ -8,6 +8,7 @@ from schemas import GradientRequestSchema, GradientResponseSchema
 from ..engine.compute import compute
 from ..jsonio import read_json
 from ..observability import compute_timer
+from ..openapi import operation
 
 bp = Blueprint("gradients", __name__)
 gradient_request = GradientRequestSchema()
@@ -19,28 +20,11 @@ RESPONSE_KEYS = tuple(field.data_key or name for name, field in gradient_respons
 
 
 @bp.post("/v1/gradients")
+@operation("Loss, gradients and autograd graph for a neuron or an expression", GradientResponseSchema,
+           ok="The forward value, the gradients and the requested extras", body=GradientRequestSchema,
+           errors=(400, 413, 415, 422, 503))
 def gradients():
-    """Run a forward and backward pass.
-    ---
-    post:
-      summary: Loss, gradients and autograd graph for a neuron or an expression
-      requestBody:
-        required: true
-        content:
-          application/json:
-            schema: GradientRequestSchema
-      responses:
-        200:
-          description: The forward value, the gradients and the requested extras
-          content:
-            application/json:
-              schema: GradientResponseSchema
-        400: {$ref: '#/components/responses/BadRequest'}
-        413: {$ref: '#/components/responses/TooLarge'}
-        415: {$ref: '#/components/responses/UnsupportedMediaType'}
-        422: {$ref: '#/components/responses/NotComputable'}
-        503: {$ref: '#/components/responses/Unavailable'}
-    """
+    """Run a forward and backward pass."""
     spec = gradient_request.load(read_json())
     with compute_timer(spec["model"]["kind"]):
         result = compute(spec, current_app.config["LIMITS"])

@@ -3,84 +3,49 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, request
 
-from schemas import ModelsResponseSchema
+from schemas import ModelsResponseSchema, StatusSchema
 
 from ..engine.describe import models_document
 from ..engine.warmup import is_ready
 from ..errors import NotReady
 from ..observability import metrics_response
-from ..openapi import document_for
+from ..openapi import document_for, operation
 
 bp = Blueprint("meta", __name__)
 models_response = ModelsResponseSchema()
 
 
 @bp.get("/v1/models")
+@operation("What can be posted to /v1/gradients", ModelsResponseSchema,
+           ok="Model kinds, named expressions with hand-derived gradients, formula functions, limits")
 def models():
-    """The catalog of models, named expressions, formula functions and limits.
-    ---
-    get:
-      summary: What can be posted to /v1/gradients
-      responses:
-        200:
-          description: Model kinds, named expressions with hand-derived gradients, formula functions, limits
-          content:
-            application/json:
-              schema: ModelsResponseSchema
-    """
+    """The catalog of models, named expressions, formula functions and limits."""
     config = current_app.config
     extra = {"max_body_bytes": config["MAX_CONTENT_LENGTH"], "max_batch_jobs": config["MAX_BATCH_JOBS"]}
     return models_response.dump(models_document(config["LIMITS"], extra))
 
 
 @bp.get("/healthz")
+@operation("Liveness probe", StatusSchema, ok="Alive")
 def healthz():
-    """Liveness: the process answers.
-    ---
-    get:
-      summary: Liveness probe
-      responses:
-        200:
-          description: Alive
-          content:
-            application/json:
-              schema: StatusSchema
-    """
+    """Liveness: the process answers."""
     return {"status": "ok"}
 
 
 @bp.get("/readyz")
+@operation("Readiness probe", StatusSchema, ok="Ready to compute", errors=(503,))
 def readyz():
-    """Readiness: torch is imported and one forward/backward pass has run in this worker.
-    ---
-    get:
-      summary: Readiness probe
-      responses:
-        200:
-          description: Ready to compute
-          content:
-            application/json:
-              schema: StatusSchema
-        503: {$ref: '#/components/responses/Unavailable'}
-    """
+    """Readiness: torch is imported and one forward/backward pass has run in this worker."""
     if not is_ready():
         raise NotReady("torch is not warmed up yet.")
     return {"status": "ready"}
 
 
 @bp.get("/metrics")
+@operation("Prometheus text format, summed over all gunicorn workers", {"type": "string"},
+           ok="Metrics in Prometheus text exposition format", media_type="text/plain")
 def metrics():
-    """Prometheus metrics: requests, latency, compute time, in-flight.
-    ---
-    get:
-      summary: Prometheus text format, summed over all gunicorn workers
-      responses:
-        200:
-          description: Metrics in Prometheus text exposition format
-          content:
-            text/plain:
-              schema: {type: string}
-    """
+    """Prometheus metrics: requests, latency, compute time, in-flight."""
     return metrics_response()
 
 
