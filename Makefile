@@ -13,7 +13,7 @@ PYTHON_FITS := import sys; lo, hi = (tuple(map(int, c.strip("<>= ").split(".")))
 PYTHON ?= $(firstword $(foreach p,$(PYTHON_CANDIDATES),$(shell command -v $(p) >/dev/null 2>&1 && \
 	$(p) -c '$(PYTHON_FITS)' '$(REQUIRES_PYTHON)' 2>/dev/null && echo $(p))))
 
-.PHONY: install run test test-fast bench gateway image-base image-test k8s-validate clean
+.PHONY: install run test test-fast lint bench gateway image-base image-test k8s-validate clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || test -n "$(PYTHON)" || { echo "make: needs Python $(REQUIRES_PYTHON) (pyproject.toml requires-python);\
@@ -32,6 +32,10 @@ test: install  ## the whole suite, as CI runs it
 
 test-fast: install  ## everything but the slow live/gateway/fuzz tests
 	$(VENV)/bin/pytest -m "not slow"
+
+lint: install  ## ruff: lint rules and formatting (configured in pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: install  ## service vs bare Flask vs a naive handler under the deploy config (~8 min); BENCH_ARGS=--quick for ~1 min
 	$(PY) -m bench $(BENCH_ARGS)

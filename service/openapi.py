@@ -7,11 +7,10 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 
-from service import __version__ as VERSION
-
 from schemas.errors import ProblemSchema
 from schemas.fields import OneOfKind, Tensor
 from schemas.responses import TensorOut
+from service import __version__ as VERSION
 
 SCALAR = {"oneOf": [{"type": "number"}, {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}]}
 # tensors nest as deep as max_tensor_dims; the document spells out a bounded, non-recursive shape

@@ -3,6 +3,7 @@
 Presentation only: each formatter turns the JSON check response (engine/check.py) into a platform's shape, and
 schemas/grading.py documents that shape. A new platform is one function here, one schema, one FORMATS entry.
 """
+
 from __future__ import annotations
 
 

@@ -50,7 +50,7 @@ def compute_many(jobs: list[dict], limits: Limits, deadline: Deadline | None = N
             bodies = vectorized_neuron([jobs[i] for i in indices], limits)
         except Exception:  # a shape or limit problem: the one-by-one path reports it per job
             continue
-        for i, body in zip(indices, bodies):
+        for i, body in zip(indices, bodies, strict=True):
             results[i] = body
     for i, job in enumerate(jobs):
         if results[i] is None:

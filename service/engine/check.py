@@ -13,7 +13,10 @@ from .limits import Deadline, Limits
 from .neuron import Neuron
 from .values import parse_tensor
 
-TOLERANCE_RULE = "passed when |actual - expected| <= atol + rtol * |expected| at every element of every point (expected = autograd, float64)"
+TOLERANCE_RULE = (
+    "passed when |actual - expected| <= atol + rtol * |expected| at every element of every point"
+    " (expected = autograd, float64)"
+)
 KIND_BY_SECTION = {"loss": "loss", "gradients": "gradient", "intermediates": "intermediate", "gradient_formulas": "gradient_formula"}
 SECTIONS = ("loss", "gradients", "intermediates", "gradient_formulas")
 # the chain-rule factors the tutorial multiplies for each neuron parameter
@@ -188,7 +191,8 @@ class Grader:
         expected = [self.expected(name, i) for i in range(len(self.points))]
         if any(e is None for e in expected):
             known = self._known(section)
-            result["message"] = f"{name}: there is no {section[:-1] if section != 'loss' else 'loss'} named {key!r} to grade; known: {known}"
+            what = section[:-1] if section != "loss" else "loss"
+            result["message"] = f"{name}: there is no {what} named {key!r} to grade; known: {known}"
             return result
         result["expected"] = expected if self.multi else expected[0]
         answer = _answer(self.request["submission"], name)
@@ -228,7 +232,7 @@ class Grader:
                 return None, f"expected a list with one value per point ({len(expected)} points), got {got}"
             values = answer
         out = []
-        for i, (value, e) in enumerate(zip(values, expected)):
+        for i, (value, e) in enumerate(zip(values, expected, strict=True)):
             try:
                 data = parse_tensor(value)
             except ValueError as err:  # ragged or mixed lists
@@ -251,7 +255,8 @@ class Grader:
                 try:
                     value = torch.broadcast_to(value, e.shape).clone()
                 except RuntimeError:
-                    return None, f"your formula {source!r} gives shape {list(value.shape)}{self._at(i)}, but the gradient has shape {list(e.shape)}"
+                    return None, (f"your formula {source!r} gives shape {list(value.shape)}{self._at(i)}, "
+                                  f"but the gradient has shape {list(e.shape)}")
                 out.append(value)
             return out, None
         except DeadlineExceeded:
@@ -266,10 +271,14 @@ class Grader:
 
     def _compare(self, result: dict, expected, actual, rtol: float, atol: float, section: str, key: str) -> None:
         """Fill in the errors, the verdict and the message of a check whose answers have the right shapes."""
-        closeness = [torch.isclose(a, e, rtol=rtol, atol=atol, equal_nan=True) for e, a in zip(expected, actual)]
+        pairs = zip(expected, actual, strict=True)
+        closeness = [torch.isclose(a, e, rtol=rtol, atol=atol, equal_nan=True) for e, a in pairs]
         failed_at = next((i for i, close in enumerate(closeness) if not bool(close.all())), None)
         per_point, result["abs_error"], result["rel_error"] = _errors(expected, actual, closeness)
-        worst = failed_at if failed_at is not None else max(range(len(per_point)), key=per_point.__getitem__, default=None)
+        if failed_at is None:
+            worst = max(range(len(per_point)), key=per_point.__getitem__, default=None)
+        else:
+            worst = failed_at
         result["worst_point"] = worst
         if self.is_neuron and key in CHAIN_FACTORS and section in ("gradients", "gradient_formulas"):
             factors = self.refs[worst if worst is not None else 0]["chain_rule"]
@@ -313,7 +322,8 @@ class Grader:
         reduction = self.model.reduction
         samples = self.refs[i]["intermediates"]["z"].numel()
         if samples > 1 and not self.model.per_sample:
-            text += f", per sample, then {'averaged' if reduction == 'mean' else 'summed'} over the {samples} samples (reduction {reduction!r})"
+            how = "averaged" if reduction == "mean" else "summed"
+            text += f", per sample, then {how} over the {samples} samples (reduction {reduction!r})"
         return text
 
 
@@ -321,7 +331,7 @@ def _errors(expected, actual, closeness) -> tuple[list[float], float | None, flo
     """Per point the largest |actual - expected| over elements finite in both; the largest absolute and relative
     error overall, None where no finite number describes it (an element that is off is non-finite)."""
     per_point, rel_max, describable = [], None, True
-    for e, a, close in zip(expected, actual, closeness):
+    for e, a, close in zip(expected, actual, closeness, strict=True):
         diff = (a - e).abs()
         both = torch.isfinite(a) & torch.isfinite(e)
         describable = describable and not bool((~close & ~both).any())

@@ -230,7 +230,7 @@ def _hessian(model, leaves: dict, wrt: tuple, limits: Limits, deadline: Deadline
 
     def loss_of(*values):
         deadline.check()
-        return model.forward({**fixed, **dict(zip(wrt, values))})
+        return model.forward({**fixed, **dict(zip(wrt, values, strict=True))})
 
     blocks = torch.autograd.functional.hessian(loss_of, tuple(fixed[n] for n in wrt))
     return {a: {b: blocks[i][j] for j, b in enumerate(wrt)} for i, a in enumerate(wrt)}

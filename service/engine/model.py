@@ -1,4 +1,5 @@
 """What a model kind provides: the one interface compute(), the grader and the batch runner rely on."""
+
 from __future__ import annotations
 
 from typing import Protocol

@@ -150,7 +150,8 @@ class Neuron:
             )
         if high == 1 and (hi == 1 if hi <= 1 else bool((p == 1).any())):  # hi is NaN or > 1: look
             warnings.append(
-                f"y_pred rounds to 1.0 in {str(p.dtype).removeprefix('torch.')}, where 1 - epsilon == 1.0 too, so the clamp cannot keep "
+                f"y_pred rounds to 1.0 in {str(p.dtype).removeprefix('torch.')}, where 1 - epsilon == 1.0 too, "
+                "so the clamp cannot keep "
                 "log(1 - y_pred) finite; use loss \"bce_with_logits\" or dtype \"float64\""
             )
         return warnings

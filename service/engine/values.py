@@ -3,6 +3,7 @@
 Plain Python (no torch, no marshmallow): the request schemas validate with it, and the grader parses a
 submitted answer with it, where a ragged list is a failed check rather than a 400.
 """
+
 from __future__ import annotations
 
 from itertools import chain
@@ -29,7 +30,7 @@ def _as_numbers(level: list) -> list:
             out.append(NON_FINITE[item])
         else:
             kind = "boolean" if isinstance(item, bool) else type(item).__name__
-            raise ValueError(f"Tensor elements must be numbers (or \"NaN\", \"Infinity\", \"-Infinity\"), got {kind}.")
+            raise ValueError(f'Tensor elements must be numbers (or "NaN", "Infinity", "-Infinity"), got {kind}.')
     return out
 
 

@@ -1,4 +1,5 @@
 """POST /v1/batch: many gradients and check jobs in one request, each job's result or problem in its place."""
+
 from __future__ import annotations
 
 import logging
@@ -30,15 +31,22 @@ check_response = CheckResponseSchema()
 BATCH_RESPONSE = {
     "type": "object",
     "required": ["results"],
-    "properties": {"results": {"type": "array", "items": {
-        "oneOf": [GradientResponseSchema, CheckResponseSchema, BatchErrorSchema]}}},
+    "properties": {
+        "results": {
+            "type": "array",
+            "items": {"oneOf": [GradientResponseSchema, CheckResponseSchema, BatchErrorSchema]},
+        }
+    },
 }
 
 
 @bp.post("/v1/batch")
 @operation(
-    "Many /v1/gradients and /v1/check jobs in one request, results in job order", BATCH_RESPONSE,
-    ok="One result per job, in job order", body=BatchRequestSchema, errors=(400, 413, 415),
+    "Many /v1/gradients and /v1/check jobs in one request, results in job order",
+    BATCH_RESPONSE,
+    ok="One result per job, in job order",
+    body=BatchRequestSchema,
+    errors=(400, 413, 415),
     description="""A job that is an object with the single key `check` is a check request; any other job is a
 gradients request. A job that fails gives `{"error": <problem>}` in its place; the others still
 run. More than MAX_BATCH_JOBS jobs is a 413. Neuron gradients jobs with the same settings and
@@ -51,8 +59,9 @@ def batch():
     jobs = batch_request.load(read_json())["jobs"]
     limit = current_app.config["MAX_BATCH_JOBS"]
     if len(jobs) > limit:
-        raise BodyTooLarge(f"The batch has {len(jobs)} jobs; the limit is {limit}.",
-                           limit={"name": "max_batch_jobs", "value": limit})
+        raise BodyTooLarge(
+            f"The batch has {len(jobs)} jobs; the limit is {limit}.", limit={"name": "max_batch_jobs", "value": limit}
+        )
     with compute_timer("batch"):
         results = run_jobs(jobs, current_app.config["LIMITS"])
     return {"results": results}
@@ -75,7 +84,7 @@ def run_jobs(jobs: list, limits) -> list[dict]:
             results[i] = {"error": validation_problem(ValidationError(messages))}
     deadline = Deadline(limits.max_wall_seconds)  # the batch as a whole gets one wall-time budget
     outputs = compute_many([spec for _, spec in gradient_jobs], limits, deadline)
-    for (i, _), out in zip(gradient_jobs, outputs):
+    for (i, _), out in zip(gradient_jobs, outputs, strict=True):
         results[i] = _problem_for(out, i) if isinstance(out, Exception) else gradient_response.dump(out)
     for i, spec in check_jobs:
         try:

@@ -1,4 +1,5 @@
 """About the service rather than a computation: liveness, readiness, the model catalog, metrics, OpenAPI."""
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, request
@@ -16,8 +17,11 @@ models_response = ModelsResponseSchema()
 
 
 @bp.get("/v1/models")
-@operation("What can be posted to /v1/gradients", ModelsResponseSchema,
-           ok="Model kinds, named expressions with hand-derived gradients, formula functions, limits")
+@operation(
+    "What can be posted to /v1/gradients",
+    ModelsResponseSchema,
+    ok="Model kinds, named expressions with hand-derived gradients, formula functions, limits",
+)
 def models():
     """The catalog of models, named expressions, formula functions and limits."""
     config = current_app.config
@@ -42,8 +46,12 @@ def readyz():
 
 
 @bp.get("/metrics")
-@operation("Prometheus text format, summed over all gunicorn workers", {"type": "string"},
-           ok="Metrics in Prometheus text exposition format", media_type="text/plain")
+@operation(
+    "Prometheus text format, summed over all gunicorn workers",
+    {"type": "string"},
+    ok="Metrics in Prometheus text exposition format",
+    media_type="text/plain",
+)
 def metrics():
     """Prometheus metrics: requests, latency, compute time, in-flight."""
     return metrics_response()
