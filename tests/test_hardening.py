@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import TUTORIAL_NEURON, GunicornServer
-from service.views.gradients import RESPONSE_KEYS, gradient_response
+from schemas import GradientRequestSchema
 from service.engine import compute
 from service.engine.catalog import CATALOG
 from service.engine.errors import EngineError
 from service.engine.limits import Limits
 from service.jsonio import dumps_bytes
-from schemas import GradientRequestSchema
+from service.views.gradients import RESPONSE_KEYS, gradient_response
 
 LIMITS = Limits()
 request_schema = GradientRequestSchema()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 import tomllib
 
-from conftest import ROOT
-
 import service
+from conftest import ROOT
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
