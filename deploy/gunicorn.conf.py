@@ -60,7 +60,7 @@ keepalive = _int("GUNICORN_KEEPALIVE", 5)
 
 # Recycle workers now and then so slow leaks (allocator fragmentation in torch) cannot grow forever;
 # the jitter keeps all workers from restarting at once.  Not too often: at 1000 +- 100 both workers
-# restarted every ~2 s under load and throughput fell by a third (docs/PERFORMANCE.md); the 60 s soak at
+# restarted every ~2 s under load and throughput fell by a third (docs/performance.md); the 60 s soak at
 # 32 connections (13,000 requests, tests/test_soak.py) shows no leak that would need more.
 max_requests = _int("GUNICORN_MAX_REQUESTS", 20000)
 max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 2000)
@@ -132,6 +132,6 @@ def post_worker_init(worker):
 
 def post_fork(server, worker):
     """With preload_app, warm torch up in each worker, never in the master (gunicorn#2478)."""
-    engine = sys.modules.get("service.engine")  # only our app (the bench's baselines use this file too)
-    if preload_app and engine is not None:
-        engine.warm_up(_int("TORCH_THREADS", 1))
+    warmup = sys.modules.get("service.warmup")  # only our app (the bench's baselines use this file too)
+    if preload_app and warmup is not None:
+        warmup.warm_up(_int("TORCH_THREADS", 1))

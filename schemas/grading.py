@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
+from service.engine.values import NON_FINITE
+
 from .errors import ProblemSchema
-from .fields import NON_FINITE, OneOfKind, Tensor, refuse_long_lists
-from .requests import MODEL_SCHEMAS, NAME_PATTERN, input_name, neuron_input_errors
+from .fields import OneOfKind, Tensor, refuse_long_lists
+from .requests import MODEL_SCHEMAS, input_name, neuron_input_errors
 from .responses import TensorOut
 
 DEFAULT_RTOL = 1e-4
@@ -243,5 +245,5 @@ class BatchErrorSchema(Schema):
 
 __all__ = [
     "BatchErrorSchema", "BatchRequestSchema", "CheckQuerySchema", "CheckRequestSchema", "CheckResponseSchema",
-    "GradescopeResultsSchema", "PrairieLearnResultsSchema", "NAME_PATTERN",
+    "GradescopeResultsSchema", "PrairieLearnResultsSchema",
 ]

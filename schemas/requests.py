@@ -3,16 +3,17 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
+from service.engine.neuron import DEFAULT_EPSILON, LOSSES, REDUCTIONS
+from service.engine.neuron import INPUTS as NEURON_INPUTS
+
 from .fields import OneOfKind, Tensor, refuse_long_lists
 
 MODES = ("grad", "inference")
 DTYPES = ("float32", "float64")
 INCLUDES = ("graph", "dot", "intermediates", "manual", "numeric", "hessian")
-NEURON_LOSSES = ("bce", "bce_with_logits")
-REDUCTIONS = ("mean", "sum", "none")
-NEURON_INPUTS = ("x", "y", "w", "b")
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 MAX_WRT = 64
+
 
 def neuron_input_errors(names) -> dict:
     """A neuron takes exactly x, y, w, b: one message per missing or extra input name."""
@@ -28,10 +29,10 @@ class NeuronModelSchema(Schema):
     """linear -> sigmoid -> binary cross-entropy, as in the tutorial."""
 
     kind = fields.String(required=True, validate=validate.Equal("neuron"))
-    loss = fields.String(load_default="bce", validate=validate.OneOf(NEURON_LOSSES))
-    reduction = fields.String(load_default="mean", validate=validate.OneOf(REDUCTIONS))
+    loss = fields.String(load_default=LOSSES[0], validate=validate.OneOf(LOSSES))
+    reduction = fields.String(load_default=REDUCTIONS[0], validate=validate.OneOf(REDUCTIONS))
     epsilon = fields.Float(
-        load_default=1e-8, validate=validate.Range(min=0, max=0.5, min_inclusive=False, max_inclusive=False)
+        load_default=DEFAULT_EPSILON, validate=validate.Range(min=0, max=0.5, min_inclusive=False, max_inclusive=False)
     )
 
 

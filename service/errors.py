@@ -3,18 +3,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, has_request_context, request
+from flask import Flask, Response, current_app, has_request_context, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from .jsonio import dumps_bytes
+from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded
 from .observability import request_id
-from .engine.errors import (
-    DeadlineExceeded,
-    EngineError,
-    FormulaError,
-    LimitExceeded,
-)
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "/problems/"
@@ -58,6 +52,34 @@ class UnsupportedMediaType(ServiceError):
     title = "Unsupported Media Type"
 
 
+class BodyTooLarge(ServiceError):
+    """A JSON document larger than a request may carry (e.g. too many batch jobs)."""
+
+    status = 413
+    slug = "limit-exceeded"
+    title = "Limit exceeded"
+
+
+class Unauthorized(ServiceError):
+    """Missing or wrong API key."""
+
+    status = 401
+    slug = "unauthorized"
+    title = "Unauthorized"
+
+
+class NotReady(ServiceError):
+    """torch is not warmed up in this worker yet."""
+
+    status = 503
+    slug = "not-ready"
+    title = "Service Unavailable"
+
+
+class NonFiniteInJSON(ValueError):
+    """A NaN or infinity got past the encoder (engine/encode.py); orjson would silently write null. A bug: a 500."""
+
+
 def problem(status: int, title: str, detail: str | None = None, slug: str | None = None, **extra) -> dict:
     """The RFC 9457 body; `type` is a relative URI naming the problem, documented in the README."""
     body = {
@@ -72,7 +94,7 @@ def problem(status: int, title: str, detail: str | None = None, slug: str | None
 
 
 def problem_response(body: dict, headers: dict | None = None) -> Response:
-    resp = Response(dumps_bytes(body), status=body["status"], mimetype=PROBLEM_JSON)
+    resp = Response(current_app.json.dumps(body), status=body["status"], mimetype=PROBLEM_JSON)
     resp.headers.update(headers or {})
     return resp
 

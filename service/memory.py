@@ -1,7 +1,7 @@
 """Memory handed back after every request, and a worker replaced when its RSS stays over a ceiling.
 
 torch frees a request's tensors into glibc malloc, which keeps the pages: after one 4 GB request a worker
-stayed 4 GB big.  So (measured in docs/PERFORMANCE.md, "Bounded cost"):
+stayed 4 GB big.  So (measured in docs/performance.md, "Bounded cost"):
 - after a request that left the worker more than TRIM_ABOVE_MIB over its idle size, a full GC collects any
   reference cycle still holding tensors and malloc_trim(0) returns the free heap pages (fixed mmap/trim
   thresholds via mallopt did not help: most tensors are below any sensible mmap threshold);

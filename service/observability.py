@@ -103,18 +103,3 @@ def init_observability(app: Flask) -> None:
     def end_request(exc):
         if g.pop("in_flight", False):
             IN_FLIGHT.dec()
-
-    @app.get("/metrics")
-    def metrics():
-        """Prometheus metrics: requests, latency, compute time, in-flight.
-        ---
-        get:
-          summary: Prometheus text format, summed over all gunicorn workers
-          responses:
-            200:
-              description: Metrics in Prometheus text exposition format
-              content:
-                text/plain:
-                  schema: {type: string}
-        """
-        return metrics_response()

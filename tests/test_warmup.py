@@ -12,6 +12,7 @@ import sys
 from conftest import ROOT
 
 SCRIPT = r"""
+import encodings.idna  # werkzeug's test client (not the app) encodes the host name with IDNA
 import json, sys
 from service import create_app
 from service.config import Config

@@ -10,6 +10,7 @@ from .errors import NonScalarOutput, UnknownVariable
 from .expression import Expression
 from .graph import build_graph, to_dot
 from .limits import Deadline, Limits
+from .model import Model
 from .neuron import Neuron
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -35,15 +36,24 @@ def make_tensors(inputs: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {name: _tensor(data.values, data.shape, dtype) for name, data in inputs.items()}
 
 
-def build_model(spec: dict, limits: Limits, deadline: Deadline):
-    return Neuron(spec) if spec["kind"] == "neuron" else Expression(spec, limits, deadline)
+MODEL_KINDS: dict[str, type[Model]] = {"neuron": Neuron, "expression": Expression}
+
+
+def build_model(spec: dict, limits: Limits, deadline: Deadline) -> Model:
+    """The model object for a loaded `model` spec, picked by its `kind`."""
+    return MODEL_KINDS[spec["kind"]](spec, limits, deadline)
+
+
+def wrt_of(request: dict, model: Model, inputs) -> tuple[str, ...]:
+    """The names to differentiate with respect to: the request's `wrt`, else the model's default, else every input."""
+    return tuple(request.get("wrt") or model.default_wrt or inputs)
 
 
 def estimate(request: dict, limits: Limits, deadline: Deadline) -> tuple:
     """(model, wrt, bytes) once the cost model has accepted the request: nothing is allocated before this."""
     cost.check_inputs(request["inputs"], limits)
     model = build_model(request["model"], limits, deadline)
-    wrt = tuple(request.get("wrt") or model.default_wrt or request["inputs"])
+    wrt = wrt_of(request, model, request["inputs"])
     estimate = cost.gradients_estimate(request, model, wrt, limits)
     estimate.require(limits)
     return model, wrt, estimate.total
@@ -74,7 +84,8 @@ def compute(request: dict, limits: Limits) -> dict:
     return body
 
 
-def _empty_body() -> dict:
+def empty_body() -> dict:
+    """A response body with every extra null; the computation fills in what was asked for."""
     return dict.fromkeys(("graph", "dot", "intermediates", "manual", "numeric", "hessian"))
 
 
@@ -84,7 +95,7 @@ def _inference(model, base: dict, include: set, warnings: list[str]) -> dict:
     with torch.no_grad():
         leaves = model.prepare(base, ())
         out = model.forward(leaves, record)
-    body = _empty_body()
+    body = empty_body()
     body.update(loss=out, gradients=None, requires_grad=out.requires_grad)
     if "intermediates" in include:
         body["intermediates"] = {k: {"value": v, "grad": None} for k, v in record.items()}
@@ -122,7 +133,7 @@ def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline:
     """Forward with fresh leaves, backward from the output, then the extras the client asked for."""
     leaves, out, record, gradients = forward_backward(model, base, wrt)
     deadline.check()
-    body = _empty_body()
+    body = empty_body()
     body.update(loss=out.detach(), gradients=gradients, requires_grad=out.requires_grad)
     if include & {"graph", "dot"}:
         known = dict(record)
@@ -199,7 +210,7 @@ def _hessian(model, leaves: dict, wrt: tuple, deadline: Deadline) -> dict:
 
     def loss_of(*values):
         deadline.check()
-        return model.forward({**fixed, **dict(zip(full, values))})
+        return model.forward({**fixed, **dict(zip(full, values, strict=True))})
 
     blocks = torch.autograd.functional.hessian(loss_of, tuple(fixed[n] for n in full)) if full else ()
     index = {name: i for i, name in enumerate(full)}

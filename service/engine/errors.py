@@ -20,6 +20,13 @@ class FormulaError(EngineError):
     title = "Invalid formula"
 
 
+class UnknownExpression(EngineError):
+    """The `name` is not in the catalog of GET /v1/models."""
+
+    slug = "unknown-expression"
+    title = "Unknown expression"
+
+
 class UnknownVariable(EngineError):
     """A formula (or `wrt`) names a variable that is not among the inputs."""
 

@@ -4,21 +4,15 @@ from __future__ import annotations
 import torch
 
 from .catalog import CATALOG, manual_gradients, parsed
-from .errors import EngineError, UnknownVariable
+from .errors import UnknownExpression, UnknownVariable
 from .formula import Formula, parse_formula
 from .limits import NO_DEADLINE, Deadline, Limits
-
-
-class UnknownExpression(EngineError):
-    """The `name` is not in the catalog of GET /v1/models."""
-
-    slug = "unknown-expression"
-    title = "Unknown expression"
 
 
 class Expression:
     """One instance per request; the formula is parsed (and limit-checked) once, evaluated as often as needed."""
 
+    inputs = None  # the formula's variables
     default_wrt = None  # every input
     per_sample = False
 

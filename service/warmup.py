@@ -1,4 +1,4 @@
-"""Readiness: every path a request can take has run once in this process before /readyz says ready.
+"""Readiness (service level: it loads requests through the schemas as a view would): every path a request can take has run once in this process before /readyz says ready.
 
 The first request of each kind used to pay for lazy work: torch's first autograd pass, the first
 broadcasting op, the first double backward, marshmallow's first load of each schema.  Running one small
@@ -8,17 +8,17 @@ as the hundredth and imports every library up front (tests/test_deadline.py chec
 """
 from __future__ import annotations
 
-import torch
-
 from schemas import GradientRequestSchema, GradientResponseSchema
 from schemas.grading import BatchRequestSchema, CheckRequestSchema, CheckResponseSchema
 
-from .batch import compute_many
-from .compute import compute
-from .describe import models_document
-from .errors import EngineError
-from .grading import grade, to_gradescope, to_prairielearn
-from .limits import Limits
+from .engine.batch import compute_many
+from .engine.check import grade
+from .engine.compute import compute
+from .engine.describe import models_document
+from .engine.errors import EngineError
+from .engine.limits import Limits
+from .engine.runtime import autograd_works, set_threads
+from .platforms import to_gradescope, to_prairielearn
 
 _ready = False
 
@@ -49,7 +49,7 @@ FAILING = [  # the error paths: a shape mismatch and a formula error
 def warm_up(threads: int = 1) -> None:
     """Set torch's intra-op threads and run one request of every kind, so the first real one is not the slow one."""
     global _ready
-    torch.set_num_threads(threads)
+    set_threads(threads)
     limits = Limits()
     gradient_request, gradient_response = GradientRequestSchema(), GradientResponseSchema()
     for body in GRADIENTS:
@@ -67,9 +67,7 @@ def warm_up(threads: int = 1) -> None:
     jobs = BatchRequestSchema().load({"jobs": [NEURON, NEURON, GRADIENTS[3]]})["jobs"]
     compute_many([gradient_request.load(job) for job in jobs], limits)
     models_document(limits, {})
-    x = torch.tensor(3.0, requires_grad=True)
-    (x**2).backward()
-    _ready = x.grad is not None and float(x.grad) == 6.0
+    _ready = autograd_works()
 
 
 def is_ready() -> bool:
