@@ -3,11 +3,15 @@
 Run: ``gunicorn -c deploy/gunicorn.conf.py service.wsgi:app``.  gunicorn binds to HOST:PORT here;
 TORCH_THREADS, LOG_LEVEL, the limits, API keys etc. are read by the app itself.
 """
+import json
+import logging
+import math
 import os
 import shutil
 import sys
+import uuid
 
-from gunicorn import glogging
+from gunicorn import glogging, util
 from pythonjsonlogger.json import JsonFormatter
 
 
@@ -45,8 +49,26 @@ workers = _int("WEB_CONCURRENCY", os.cpu_count() or 1)
 worker_class = "sync"
 threads = 1
 
-# A hard kill for a stuck worker; the app's own MAX_WALL_SECONDS (default 10 s) should answer long before.
-timeout = _int("GUNICORN_TIMEOUT", 60)
+# A hard kill for a stuck worker, never the way a request ends: the app interrupts every request at
+# MAX_WALL_SECONDS (default 10 s, service/deadline.py) and answers a 503 problem.  The sync worker's
+# heartbeat stops while it serves a request, so the timeout must cover MAX_WALL_SECONDS plus writing the
+# answer: the default is max(60, 3 x MAX_WALL_SECONDS), and a GUNICORN_TIMEOUT that leaves less than
+# MAX_WALL_SECONDS + 10 s is refused.
+def _wall_seconds(default=10.0):
+    """MAX_WALL_SECONDS as the app reads it; a malformed value falls back here and the app, loading next,
+    refuses to start with its own one-line error (service/config.py)."""
+    try:
+        value = float(os.environ.get("MAX_WALL_SECONDS", "").strip() or default)
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value >= 0 else default
+
+
+_wall = _wall_seconds()
+timeout = _int("GUNICORN_TIMEOUT", max(60, int(3 * _wall)))
+if timeout < _wall + 10:
+    raise SystemExit(f"gunicorn.conf.py: GUNICORN_TIMEOUT={timeout} must be at least MAX_WALL_SECONDS + 10 s "
+                     f"({_wall:g} + 10): gunicorn would kill workers before the app answers 503")
 # On SIGTERM give in-flight requests this long; k8s terminationGracePeriodSeconds is larger.
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
 # Only used by gthread/async workers: the sync worker closes every connection after one response
@@ -55,7 +77,7 @@ keepalive = _int("GUNICORN_KEEPALIVE", 5)
 
 # Recycle workers now and then so slow leaks (allocator fragmentation in torch) cannot grow forever;
 # the jitter keeps all workers from restarting at once.  Not too often: at 1000 +- 100 both workers
-# restarted every ~2 s under load and throughput fell by a third (docs/PERFORMANCE.md); the 60 s soak at
+# restarted every ~2 s under load and throughput fell by a third (docs/performance.md); the 60 s soak at
 # 32 connections (13,000 requests, tests/test_soak.py) shows no leak that would need more.
 max_requests = _int("GUNICORN_MAX_REQUESTS", 20000)
 max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 2000)
@@ -108,6 +130,26 @@ class JsonLogger(glogging.Logger):
 
 logger_class = JsonLogger
 
+
+# gunicorn's own error answers -- a request line, method or header it refuses, too many header fields, a crash
+# outside the app -- are HTML pages by default.  They become problem+json like the app's (and the gateway's):
+# nginx cannot replace them selectively, because proxy_intercept_errors acts on the status alone and the app
+# answers 400 and 413 with problems of its own (docs/edge.md).  The request was never parsed, so its id is a
+# new one, written to gunicorn's log line beside the status.
+def write_problem(sock, status_int, reason, mesg):
+    """Drop-in for gunicorn.util.write_error: the same status line, a problem+json body."""
+    request_id = uuid.uuid4().hex
+    body = json.dumps({"type": "about:blank", "title": reason, "status": status_int, "detail": mesg or reason,
+                       "instance": None, "request_id": request_id}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n\r\n")
+    logging.getLogger("gunicorn.error").info("answered %d %s", status_int, reason,
+                                                extra={"request_id": request_id})
+    util.write_nonblock(sock, head.encode("latin1") + body)
+
+
+util.write_error = write_problem  # the workers call it through the module, so this replaces every use
+
 # --- gunicorn 27 control socket -----------------------------------------------------------------------
 # gunicorn >= 25.1 opens ~/.gunicorn/gunicorn.ctl by default: several gunicorns on one host share that
 # path, and a container user without a writable home logs "Permission denied".  Nothing here uses it.
@@ -142,8 +184,15 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
+def post_worker_init(worker):
+    """The app is loaded in this worker: let its memory guard recycle the worker (service/memory.py)."""
+    memory = sys.modules.get("service.memory")  # only our app
+    if memory is not None:
+        memory.watch_worker(worker)
+
+
 def post_fork(server, worker):
     """With preload_app, warm torch up in each worker, never in the master (gunicorn#2478)."""
-    engine = sys.modules.get("service.engine")  # only our app (the bench's baselines use this file too)
-    if preload_app and engine is not None:
-        engine.warm_up(_int("TORCH_THREADS", 1))
+    warmup = sys.modules.get("service.warmup")  # only our app (the bench's baselines use this file too)
+    if preload_app and warmup is not None:
+        warmup.warm_up(_int("TORCH_THREADS", 1))

@@ -8,16 +8,7 @@ from pathlib import Path
 from flask import Flask, request
 
 from .config import ConfigError
-from .errors import ServiceError
-
-
-class Unauthorized(ServiceError):
-    """Missing or wrong API key."""
-
-    status = 401
-    slug = "unauthorized"
-    title = "Unauthorized"
-
+from .errors import Unauthorized
 
 # RFC 6750 b64token: what a client can send after "Bearer " without quoting. Rules out whitespace and "#",
 # which a key file would otherwise turn silently into a different (shorter) key.

@@ -68,10 +68,19 @@ def limits_from_env() -> Limits:
     return Limits(**values)
 
 
+def zero_limits(config) -> list[str]:
+    """A limit of 0 refuses every request (or, for the RSS ceiling, recycles the worker after each one)."""
+    values = {f.name.upper(): getattr(config.LIMITS, f.name) for f in fields(Limits)}
+    values.update(MAX_BODY_BYTES=config.MAX_CONTENT_LENGTH, MAX_WORKER_RSS_MB=config.MAX_WORKER_RSS_MB)
+    return [f"{name}=0 must be positive" for name, value in values.items() if value == 0]
+
+
 def check_config(config) -> None:
     """Raise one ConfigError naming every bad environment value (only for configs read from the environment)."""
-    if ENV_ERRORS and getattr(config, "FROM_ENVIRONMENT", False):
-        raise ConfigError("; ".join(ENV_ERRORS))
+    if getattr(config, "FROM_ENVIRONMENT", False):
+        errors = ENV_ERRORS + zero_limits(config)
+        if errors:
+            raise ConfigError("; ".join(errors))
     if config.TRUSTED_PROXY_HOPS:
         logging.getLogger("gradsvc.config").warning(
             "TRUSTED_PROXY_HOPS=%d: X-Forwarded-For/Proto/Host/Prefix are trusted; the app port must be "
@@ -86,7 +95,7 @@ class Config:
     # request limits (engine limits plus the ones enforced before the engine)
     LIMITS = limits_from_env()
     MAX_CONTENT_LENGTH = as_int("MAX_BODY_BYTES", 32 * 1024 * 1024)
-    MAX_BATCH_JOBS = as_int("MAX_BATCH_JOBS", 1000)
+    MAX_BATCH_JOBS = LIMITS.max_batch_jobs  # one of the Limits, read from MAX_BATCH_JOBS
 
     # behind a gateway / security
     TRUSTED_PROXY_HOPS = as_int("TRUSTED_PROXY_HOPS", 0)  # X-Forwarded-* headers trusted from this many proxies
@@ -97,3 +106,6 @@ class Config:
     TORCH_THREADS = as_int("TORCH_THREADS", 1)
     WARM_UP = os.environ.get("WARM_UP", "1") != "0"
     LOG_LEVEL = as_log_level("LOG_LEVEL", "INFO")
+    # a worker still over this RSS after a request (and after giving memory back) exits and gunicorn starts a
+    # fresh one; 768 MiB fits the deploy's 2 GiB pod: two workers plus the master, with headroom for one request
+    MAX_WORKER_RSS_MB = as_float("MAX_WORKER_RSS_MB", 768)

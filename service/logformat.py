@@ -3,6 +3,7 @@
 Each line: time (ISO 8601, UTC, with its zone), level, logger, message, pid (the gunicorn worker or master)
 and request_id ("-" outside a request), plus any `extra` fields such as the access line's.
 """
+
 from __future__ import annotations
 
 JSON_FORMATTER = {

@@ -3,6 +3,7 @@
 Unknown methods fold into `other` and paths that match no route into `unmatched`; a 405 on a known path is
 labelled with that route (werkzeug raises before it sets request.url_rule).
 """
+
 from __future__ import annotations
 
 from flask import current_app, request

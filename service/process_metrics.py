@@ -4,6 +4,7 @@ The default process collector reads only the process that answers the scrape; wi
 each worker writes its own resident set size (a `liveall` gauge: one series per live pid, dropped by the
 child_exit hook when the worker goes), refreshed at most once a second after a request.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,10 +14,15 @@ from importlib import metadata
 
 from prometheus_client import Gauge
 
-RSS = Gauge("gradsvc_process_resident_memory_bytes", "Resident memory of this gunicorn worker",
-            multiprocess_mode="liveall")
-BUILD_INFO = Gauge("gradsvc_build_info", "Always 1; the labels say what is running",
-                   ["version", "torch", "python"], multiprocess_mode="max")
+RSS = Gauge(
+    "gradsvc_process_resident_memory_bytes", "Resident memory of this gunicorn worker", multiprocess_mode="liveall"
+)
+BUILD_INFO = Gauge(
+    "gradsvc_build_info",
+    "Always 1; the labels say what is running",
+    ["version", "torch", "python"],
+    multiprocess_mode="max",
+)
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 REFRESH_SECONDS = 1.0
 _last_update = 0.0

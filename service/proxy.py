@@ -3,6 +3,7 @@
 werkzeug's ProxyFix copies X-Forwarded-Prefix into SCRIPT_NAME unchecked, and /openapi.json names it as the
 server URL: `X-Forwarded-Prefix: https://evil.example` would point a client's generated code elsewhere.
 """
+
 from __future__ import annotations
 
 import re

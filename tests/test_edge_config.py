@@ -1,5 +1,6 @@
 """Configuration that fails closed (real gunicorn refusing to start), bounded metric labels, strict bodies,
 and the JSON log format shared by the app and gunicorn."""
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,23 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 def start_gunicorn(env: dict, tmp_path, preload: str = "1") -> subprocess.CompletedProcess:
     """Run the real server with `env`; it must exit on its own within 60 s."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("API_KEYS", "MAX_", "TRUSTED_", "LOG_LEVEL"))}
-    full = {**clean, "HOST": "127.0.0.1", "PORT": str(free_port()), "WEB_CONCURRENCY": "1",
-            "GUNICORN_PRELOAD": preload, **env}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "service.wsgi:app"],
-                            cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    full = {
+        **clean,
+        "HOST": "127.0.0.1",
+        "PORT": str(free_port()),
+        "WEB_CONCURRENCY": "1",
+        "GUNICORN_PRELOAD": preload,
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "service.wsgi:app"],
+        cwd=ROOT,
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -55,6 +68,10 @@ MISCONFIGURATIONS = [
     ({"MAX_WALL_SECONDS": "nan"}, "MAX_WALL_SECONDS='nan' must be a finite"),
     ({"MAX_TENSOR_ELEMENTS": "-5"}, "must not be negative"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD' is not one of"),
+    ({"MAX_REQUEST_BYTES": "256MiB"}, "MAX_REQUEST_BYTES='256MiB' is not an integer"),
+    ({"MAX_INPUTS": "0"}, "MAX_INPUTS=0 must be positive"),
+    ({"MAX_WORKER_RSS_MB": "0"}, "MAX_WORKER_RSS_MB=0 must be positive"),
+    ({"MAX_WORKER_RSS_MB": "inf"}, "MAX_WORKER_RSS_MB='inf' must be a finite"),
 ]
 
 
@@ -90,8 +107,17 @@ def test_trusted_proxy_hops_warns_at_start_up(capsys):
     assert warnings and warnings[0]["level"] == "WARNING" and "only through the gateway" in warnings[0]["message"]
 
 
-@pytest.mark.parametrize("prefix", ["https://evil.example", "//evil.example", "/grad, https://evil.example",
-                                    "/grad/../x", "/grad?x=1", "javascript:alert(1)"])
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "https://evil.example",
+        "//evil.example",
+        "/grad, https://evil.example",
+        "/grad/../x",
+        "/grad?x=1",
+        "javascript:alert(1)",
+    ],
+)
 def test_forwarded_prefix_must_be_a_path(prefix):
     class BehindGateway(TestConfig):
         TRUSTED_PROXY_HOPS = 1
@@ -103,28 +129,37 @@ def test_forwarded_prefix_must_be_a_path(prefix):
 
 # --- bodies ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("headers", "detail"), [
-    ({"Content-Encoding": "gzip"}, "Content-Encoding 'gzip'"),
-    ({"Content-Encoding": "br"}, "Content-Encoding 'br'"),
-    ({"Content-Type": "application/json; charset=utf-16"}, "charset 'utf-16'"),
-    ({"Content-Type": "application/json; charset=latin-1"}, "charset 'latin-1'"),
-])
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        ({"Content-Encoding": "gzip"}, "Content-Encoding 'gzip'"),
+        ({"Content-Encoding": "br"}, "Content-Encoding 'br'"),
+        ({"Content-Type": "application/json; charset=utf-16"}, "charset 'utf-16'"),
+        ({"Content-Type": "application/json; charset=latin-1"}, "charset 'latin-1'"),
+    ],
+)
 def test_encodings_other_than_identity_utf8_are_415(client, headers, detail):
     r = client.post("/v1/gradients", json=TUTORIAL_NEURON, headers=headers)
     assert r.status_code == 415 and r.mimetype == "application/problem+json"
     assert detail in r.json["detail"] and r.json["type"] == "/problems/unsupported-media-type"
 
 
-@pytest.mark.parametrize("headers", [{"Content-Encoding": "identity"}, {"Content-Type": "application/json; charset=UTF-8"}])
+@pytest.mark.parametrize(
+    "headers", [{"Content-Encoding": "identity"}, {"Content-Type": "application/json; charset=UTF-8"}]
+)
 def test_identity_and_utf8_are_accepted(client, headers):
     assert client.post("/v1/gradients", json=TUTORIAL_NEURON, headers=headers).status_code == 200
 
 
-@pytest.mark.parametrize(("body", "key"), [
-    (b'{"model": {"kind": "neuron", "loss": "bce", "loss": "bce_with_logits"}, "inputs": {}}', "loss"),
-    (b'{"model": {"kind": "neuron"}, "inputs": {"x": 1, "y": 0, "w": 1, "b": 0}, "inputs" : {}}', "inputs"),
-    (b'{"jobs": [{"model": {"kind": "neuron"}, "inputs": {"x": [[1, {"a": 1, "a": 2}]]}}]}', "a"),
-])
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        (b'{"model": {"kind": "neuron", "loss": "bce", "loss": "bce_with_logits"}, "inputs": {}}', "loss"),
+        (b'{"model": {"kind": "neuron"}, "inputs": {"x": 1, "y": 0, "w": 1, "b": 0}, "inputs" : {}}', "inputs"),
+        (b'{"jobs": [{"model": {"kind": "neuron"}, "inputs": {"x": [[1, {"a": 1, "a": 2}]]}}]}', "a"),
+    ],
+)
 def test_duplicate_keys_are_400_naming_the_key(client, body, key):
     path = "/v1/batch" if b"jobs" in body else "/v1/gradients"
     r = client.post(path, data=body, headers=JSON_HEADERS)
@@ -135,7 +170,8 @@ def test_duplicate_keys_are_400_naming_the_key(client, body, key):
 def test_strings_that_look_like_keys_are_not_duplicates(client):
     body = b'{"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 2}, "wrt": ["x"]}'
     assert client.post("/v1/gradients", data=body, headers=JSON_HEADERS).status_code == 200
-    from service.bodies import KEY_END, kept_keys
+    from service.jsonio import KEY_END, kept_keys
+
     tricky = b'{"a": "\\":", "b": {"c": 1}}'  # an escaped quote before a colon, inside a string
     assert len(KEY_END.findall(tricky)) > kept_keys(json.loads(tricky))  # takes the exact path ...
     r = client.post("/v1/gradients", data=tricky, headers=JSON_HEADERS)
@@ -143,6 +179,7 @@ def test_strings_that_look_like_keys_are_not_duplicates(client):
 
 
 # --- metrics --------------------------------------------------------------------------------------------
+
 
 def test_metrics_content_type_is_prometheus_text(client):
     r = client.get("/metrics")
@@ -209,6 +246,7 @@ def test_random_methods_and_paths_keep_metric_series_bounded(tmp_path):
 
 # --- logs -----------------------------------------------------------------------------------------------
 
+
 def test_gunicorn_and_app_share_the_json_log_format():
     ns: dict = {}
     exec(compile((ROOT / "deploy" / "gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), ns)
@@ -218,8 +256,9 @@ def test_gunicorn_and_app_share_the_json_log_format():
 
 @pytest.mark.live
 def test_log_lines_are_json_with_iso_time_and_pid(tmp_path):
-    server = GunicornServer(workers=1, env={"LOG_LEVEL": "INFO", "GUNICORN_LOG_LEVEL": "info"},
-                            log_path=tmp_path / "server.log").start()
+    server = GunicornServer(
+        workers=1, env={"LOG_LEVEL": "INFO", "GUNICORN_LOG_LEVEL": "info"}, log_path=tmp_path / "server.log"
+    ).start()
     try:
         requests.get(server.url + "/healthz", headers={"X-Request-ID": "log-1"}, timeout=10)
         workers = server.worker_pids()

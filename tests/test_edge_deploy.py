@@ -1,6 +1,7 @@
 """The gateway in every deployment: Kubernetes gets the nginx gateway rendered from the same template as
 `make gateway` and compose, NetworkPolicies that keep clients off the app port, an Ingress to the gateway,
 and a ServiceMonitor (a CRD, checked against a vendored minimal schema: kubernetes-validate has no CRDs)."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from test_deploy_static import DEPLOY, K8S, K8S_VERSION, load_render, nginx_t, require_module
+from test_deploy_static import K8S, K8S_VERSION, load_render, nginx_t, require_module
 
 SERVICEMONITOR_SCHEMA = {  # the fields we use, from monitoring.coreos.com/v1 ServiceMonitor (prometheus-operator)
     "type": "object",
@@ -21,14 +21,25 @@ SERVICEMONITOR_SCHEMA = {  # the fields we use, from monitoring.coreos.com/v1 Se
         "kind": {"const": "ServiceMonitor"},
         "metadata": {"type": "object", "required": ["name"]},
         "spec": {
-            "type": "object", "required": ["selector", "endpoints"], "additionalProperties": False,
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "additionalProperties": False,
             "properties": {
                 "selector": {"type": "object", "properties": {"matchLabels": {"type": "object"}}},
-                "endpoints": {"type": "array", "minItems": 1, "items": {
-                    "type": "object", "additionalProperties": False,
-                    "properties": {"port": {"type": "string"}, "path": {"type": "string"},
-                                   "interval": {"type": "string", "pattern": "^[0-9]+[smh]$"},
-                                   "scrapeTimeout": {"type": "string", "pattern": "^[0-9]+[smh]$"}}}},
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {"type": "string", "pattern": "^[0-9]+[smh]$"},
+                            "scrapeTimeout": {"type": "string", "pattern": "^[0-9]+[smh]$"},
+                        },
+                    },
+                },
             },
         },
     },
@@ -47,8 +58,9 @@ def by_kind(name: str) -> dict:
 def test_k8s_gateway_conf_is_rendered_from_the_template():
     render = load_render()
     assert render.K8S_CONF == K8S / "gateway" / "nginx.conf"
-    assert render.K8S_CONF.read_text() == render.render(**render.K8S_SETTINGS), \
+    assert render.K8S_CONF.read_text() == render.render(**render.K8S_SETTINGS), (
         "run: python deploy/nginx/render.py --k8s"
+    )
 
 
 def test_k8s_gateway_conf_passes_nginx_t(tmp_path):
@@ -70,8 +82,12 @@ def test_kustomization_generates_the_gateway_configmap_from_the_rendered_file():
     deployment = by_kind("gateway.yaml")["Deployment"]
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["config"]["configMap"]["name"] == generator["name"]
-    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]},
-                 "data": {"nginx.conf": (K8S / "gateway" / "nginx.conf").read_text()}}
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": generator["name"]},
+        "data": {"nginx.conf": (K8S / "gateway" / "nginx.conf").read_text()},
+    }
     kubernetes_validate.validate(configmap, K8S_VERSION, strict=True)
 
 
@@ -85,8 +101,9 @@ def test_kustomize_build_passes_strict_validation(tmp_path):
     rendered = tmp_path / "all.yaml"
     rendered.write_text(proc.stdout)
     validate = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent))
-    proc = subprocess.run([validate, "--strict", "-k", K8S_VERSION, str(rendered)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [validate, "--strict", "-k", K8S_VERSION, str(rendered)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "configmap/gradsvc-gateway-nginx-" in proc.stdout and "networkpolicy/" in proc.stdout
 

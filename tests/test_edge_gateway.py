@@ -1,6 +1,7 @@
 """The edge through real nginx and gunicorn: slow clients and idle-connection floods from one client address
 do not slow another, limit_conn per client, no retry after a timeout, validated request ids, and gunicorn's
 HTML error pages replaced by problem+json.  Two clients = two loopback addresses (127.0.0.1, 127.0.0.2)."""
+
 from __future__ import annotations
 
 import http.client
@@ -11,9 +12,9 @@ import time
 
 import pytest
 import requests
+from test_gateway import PROBLEM, Gateway, replica, upstream
 
 from conftest import TUTORIAL_NEURON, free_port
-from test_gateway import PROBLEM, Gateway, replica, upstream
 
 pytestmark = [pytest.mark.gateway, pytest.mark.live]
 OTHER_CLIENT = "127.0.0.2"
@@ -21,16 +22,16 @@ OTHER_CLIENT = "127.0.0.2"
 
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
-    server = replica(tmp_path_factory.mktemp("edge"), "app")
-    yield server
-    server.stop()
+    with replica(tmp_path_factory.mktemp("edge"), "app") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def gateway(app_server, tmp_path_factory):
-    gw = Gateway(tmp_path_factory.mktemp("edge-gw") / "nginx", [upstream(app_server)], rate="1000r/s", burst=1000)
-    yield gw
-    gw.stop()
+    with Gateway(
+        tmp_path_factory.mktemp("edge-gw") / "nginx", [upstream(app_server)], rate="1000r/s", burst=1000
+    ) as gw:
+        yield gw
 
 
 def connect_from(address: str, port: int) -> socket.socket:
@@ -96,8 +97,12 @@ def test_slow_and_idle_clients_do_not_slow_another_client(gateway):
         with requests.Session() as s:
             for i in range(200):
                 start = time.perf_counter()
-                r = s.post(gateway.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=10,
-                           headers={"X-Request-ID": f"fast-{i}"})
+                r = s.post(
+                    gateway.url + "/v1/gradients",
+                    json=TUTORIAL_NEURON,
+                    timeout=10,
+                    headers={"X-Request-ID": f"fast-{i}"},
+                )
                 latencies.append(time.perf_counter() - start)
                 statuses.append(r.status_code)
         alive = sum(1 for sock in slow.idle_socks if sock.fileno() != -1)
@@ -105,8 +110,10 @@ def test_slow_and_idle_clients_do_not_slow_another_client(gateway):
         slow.close()
     latencies.sort()
     p99 = latencies[int(0.99 * len(latencies)) - 1]
-    print(f"200 requests beside 4 slowloris + 300 idle: p50 {latencies[100] * 1000:.1f} ms, "
-          f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+    print(
+        f"200 requests beside 4 slowloris + 300 idle: p50 {latencies[100] * 1000:.1f} ms, "
+        f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms"
+    )
     assert statuses == [200] * 200, [s for s in statuses if s != 200][:5]
     assert p99 < 1.0
     assert alive == 300
@@ -160,25 +167,100 @@ def test_invalid_request_id_is_replaced_and_logged_as_answered(gateway, app_serv
 
 
 def test_gateway_problems_carry_request_id_and_instance(gateway):
-    r = requests.get(gateway.url.removesuffix("/grad") + "/elsewhere?q=1", headers={"X-Request-ID": "gw-404"}, timeout=10)
+    r = requests.get(
+        gateway.url.removesuffix("/grad") + "/elsewhere?q=1", headers={"X-Request-ID": "gw-404"}, timeout=10
+    )
     assert r.status_code == 404 and r.headers["Content-Type"] == PROBLEM
     assert r.json()["request_id"] == "gw-404" and r.json()["instance"] == "/elsewhere"
+
+
+def raw_exchange(port: int, head: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send bytes no HTTP library would send; return the status line, the headers and the body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + b"\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        data = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (chunk := sock.recv(65536)):
+            data += chunk
+    head_text, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head_text.decode("latin1").split("\r\n")
+    return status, {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}, body
+
+
+@pytest.mark.parametrize(
+    "head, status",
+    [
+        (b"GET /grad/v1/mo dels HTTP/1.1", 400),  # a malformed request line: nginx refuses it itself
+        (b"AB /grad/v1/models HTTP/1.1", 405),  # a method gunicorn would refuse (< 3 characters)
+        (b"ABCDEFGHIJKLMNOPQRSTUVWXYZ /grad/healthz HTTP/1.1", 405),  # ... or > 20 characters
+        (b"GET /grad/v1/models HTTP/1.1\r\nX-Odd: a\x01b", 400),  # nginx forwards it, gunicorn refuses it
+        (b"GET /grad/v1/models HTTP/9.9", 505),
+        (b"POST /grad/v1/gradients HTTP/1.1\r\nTransfer-Encoding: gzip, chunked", 501),
+    ],
+)
+def test_no_html_reaches_a_client_through_the_gateway(gateway, head, status):
+    line, headers, body = raw_exchange(gateway.port, head)
+    assert line.split()[1] == str(status) and headers["content-type"] == PROBLEM, (line, body[:200])
+    problem = json.loads(body)
+    assert problem["status"] == status and len(problem["request_id"]) == 32 and b"<html" not in body
+
+
+def test_gunicorn_answers_its_own_errors_as_problems(app_server):
+    """Direct to gunicorn (as `make run` serves): its refusals are problem+json too, with a logged id."""
+    line, headers, body = raw_exchange(app_server.port, b"AB / HTTP/1.1")
+    problem = json.loads(body)
+    assert line.startswith("HTTP/1.1 400") and headers["content-type"] == PROBLEM
+    assert problem["status"] == 400 and "Invalid HTTP method" in problem["detail"]
+    assert headers["x-request-id"] == problem["request_id"]
+    time.sleep(0.3)
+    assert f'"request_id": "{problem["request_id"]}"' in app_server.log_path.read_text()
+
+
+def test_a_chunked_body_over_the_limit_is_a_gateway_problem(app_server, tmp_path):
+    """A chunked body has no Content-Length to check up front; nginx counts it in the proxy location."""
+    gw = gateway_with(app_server, tmp_path, max_body_bytes=1000)
+    try:
+        chunks = (b" " * 1000 for _ in range(5))
+        r = requests.post(
+            gw.url + "/v1/gradients",
+            data=chunks,
+            timeout=10,
+            headers={"Content-Type": "application/json", "X-Request-ID": "chunked-1"},
+        )
+        assert r.status_code == 413 and r.headers["Content-Type"] == PROBLEM
+        problem = r.json()
+        assert problem["limit"] == {"name": "max_body_bytes", "value": 1000}
+        assert problem["request_id"] == "chunked-1" and problem["instance"] == "/grad/v1/gradients"
+    finally:
+        gw.stop()
 
 
 def test_gunicorn_html_errors_become_problems_but_app_problems_pass(gateway):
     headers = {f"X-Extra-{i}": "v" for i in range(120)}  # > gunicorn's limit_request_fields (100)
     r = requests.get(gateway.url + "/healthz", headers={**headers, "X-Request-ID": "many-headers"}, timeout=10)
     assert r.status_code == 431 and r.headers["Content-Type"] == PROBLEM
-    assert r.json()["request_id"] == "many-headers" and "<html>" not in r.text
+    # gunicorn refused the request before reading its id: the problem carries the id gunicorn logged
+    assert len(r.json()["request_id"]) == 32 and "<html>" not in r.text
     long_uri = requests.get(gateway.url + "/" + "a" * 5000, timeout=10)
     assert long_uri.status_code == 414 and long_uri.headers["Content-Type"] == PROBLEM
     # the app's own problems are not intercepted: its detail survives
-    app_400 = requests.post(gateway.url + "/v1/gradients", data=b'{"a": 1, "a": 2}',
-                            headers={"Content-Type": "application/json"}, timeout=10)
+    app_400 = requests.post(
+        gateway.url + "/v1/gradients",
+        data=b'{"a": 1, "a": 2}',
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
     assert app_400.status_code == 400 and "The key 'a' appears more than once" in app_400.json()["detail"]
-    app_415 = requests.post(gateway.url + "/v1/gradients", json=TUTORIAL_NEURON,
-                            headers={"Content-Encoding": "gzip"}, timeout=10)
+    app_415 = requests.post(
+        gateway.url + "/v1/gradients", json=TUTORIAL_NEURON, headers={"Content-Encoding": "gzip"}, timeout=10
+    )
     assert app_415.status_code == 415 and "Content-Encoding 'gzip'" in app_415.json()["detail"]
+    app_413 = requests.post(
+        gateway.url + "/v1/gradients",
+        timeout=10,
+        json={"model": {"kind": "expression", "formula": "sum(x)"}, "inputs": {"x": [0] * 200}, "include": ["hessian"]},
+    )
+    assert app_413.status_code == 413 and app_413.json()["limit"]["name"] == "max_hessian_elements"
     app_404 = requests.get(gateway.url + "/v1/nothing", timeout=10)
     assert app_404.status_code == 404 and "requested URL was not found" in app_404.json()["detail"]
 
@@ -191,7 +273,7 @@ class Blackhole:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.sock.settimeout(0.2)
-        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self.accepted: list[socket.socket] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
@@ -218,7 +300,9 @@ def test_a_post_is_not_retried_after_a_timeout(tmp_path):
     gw = None
     try:
         gw = Gateway(tmp_path / "nginx", [h.address for h in holes], read_timeout="1s")
-        r = requests.post(gw.url + "/v1/gradients", json=TUTORIAL_NEURON, headers={"X-Request-ID": "slow-1"}, timeout=20)
+        r = requests.post(
+            gw.url + "/v1/gradients", json=TUTORIAL_NEURON, headers={"X-Request-ID": "slow-1"}, timeout=20
+        )
         assert r.status_code == 504 and r.headers["Content-Type"] == PROBLEM and r.json()["request_id"] == "slow-1"
         time.sleep(0.3)
         assert sum(len(h.accepted) for h in holes) == 1  # one replica tried, not both
@@ -232,8 +316,9 @@ def test_a_post_is_not_retried_after_a_timeout(tmp_path):
 def test_a_post_is_retried_when_the_connection_is_refused(app_server, tmp_path):
     gw = Gateway(tmp_path / "nginx", [f"127.0.0.1:{free_port()}", upstream(app_server)], rate="1000r/s", burst=1000)
     try:
-        statuses = [requests.post(gw.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=10).status_code
-                    for _ in range(4)]
+        statuses = [
+            requests.post(gw.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=10).status_code for _ in range(4)
+        ]
         assert statuses == [200] * 4
     finally:
         gw.stop()
