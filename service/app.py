@@ -4,18 +4,19 @@ from __future__ import annotations
 import logging.config
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .auth import init_auth
-from .config import Config
+from .config import Config, check_config
 from .deadline import init_deadline
-from .warmup import warm_up
 from .errors import register_error_handlers
 from .jsonio import StrictJSONProvider
+from .logformat import JSON_FORMATTER
 from .memory import init_memory
 from .observability import init_observability
 from .openapi import build_spec
+from .proxy import trust_proxies
 from .views import BLUEPRINTS
+from .warmup import warm_up
 
 
 def configure_logging(level: str) -> None:
@@ -23,11 +24,7 @@ def configure_logging(level: str) -> None:
     logging.config.dictConfig({
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {
-            "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
-        }},
+        "formatters": {"json": {**JSON_FORMATTER, "fmt": JSON_FORMATTER["fmt"] + " %(request_id)s"}},
         "filters": {"request_id": {"()": "service.observability.RequestIdFilter"}},
         "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout",
                                 "formatter": "json", "filters": ["request_id"]}},
@@ -42,9 +39,9 @@ def create_app(config: type[Config] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_object(config)
     app.json = StrictJSONProvider(app)
+    check_config(config)
     if app.config["TRUSTED_PROXY_HOPS"]:
-        hops = app.config["TRUSTED_PROXY_HOPS"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)
+        app.wsgi_app = trust_proxies(app.wsgi_app, app.config["TRUSTED_PROXY_HOPS"])
     init_observability(app)  # first: every later hook and error already has a request id
     init_auth(app)
     for blueprint in BLUEPRINTS:

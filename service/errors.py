@@ -44,6 +44,10 @@ class MalformedJSON(ServiceError):
     title = "Malformed JSON"
 
 
+class DuplicateKey(MalformedJSON):
+    """The same key twice in one object: which value was meant is a guess, so the request is refused."""
+
+
 class UnsupportedMediaType(ServiceError):
     """The body is not sent as application/json."""
 

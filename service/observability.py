@@ -10,15 +10,17 @@ from contextlib import contextmanager
 
 from flask import Flask, Response, g, has_request_context, request
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
     multiprocess,
 )
+from prometheus_client.exposition import choose_encoder
+
+from .metric_labels import method_label, route_label
+from .process_metrics import update_process_memory
 
 REQUEST_ID_HEADER = "X-Request-ID"
 VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -68,8 +70,8 @@ def metrics_response() -> Response:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
-                    headers={"Content-Type": CONTENT_TYPE_LATEST})
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encoder(registry), content_type=content_type)
 
 
 def init_observability(app: Flask) -> None:
@@ -88,8 +90,8 @@ def init_observability(app: Flask) -> None:
         rid = g.get("request_id") or uuid.uuid4().hex  # a request rejected before before_request ran
         response.headers[REQUEST_ID_HEADER] = rid
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        route = route_label()
+        REQUESTS.labels(route, method_label(request.method), str(response.status_code)).inc()
         LATENCY.labels(route, str(response.status_code)).observe(elapsed)
         access_log.info(
             "request",
@@ -97,6 +99,7 @@ def init_observability(app: Flask) -> None:
                    "duration_ms": round(elapsed * 1000, 3), "bytes": response.calculate_content_length(),
                    "remote_addr": request.remote_addr},
         )
+        update_process_memory()
         return response
 
     @app.teardown_request
