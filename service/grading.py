@@ -16,6 +16,7 @@ from schemas.grading import (
     PrairieLearnResultsSchema,
 )
 
+from . import platforms
 from .api import read_json
 from .engine import batch as batch_engine
 from .engine import grading as engine
@@ -36,7 +37,7 @@ RESPONSES = {
     "gradescope": GradescopeResultsSchema(),
     "prairielearn": PrairieLearnResultsSchema(),
 }
-FORMATTERS = {"json": lambda r: r, "gradescope": engine.to_gradescope, "prairielearn": engine.to_prairielearn}
+FORMATTERS = {"json": lambda r: r, "gradescope": platforms.to_gradescope, "prairielearn": platforms.to_prairielearn}
 
 
 @bp.post("/v1/check")
