@@ -16,7 +16,7 @@ from .jsonio import StrictJSONProvider
 from .observability import init_observability
 from .openapi import build_spec, document_for
 
-DOCUMENTED_VIEWS = ["api.gradients", "api.models", "api.healthz", "api.readyz", "metrics", "grading.check", "grading.batch"]
+DOCUMENTED_VIEWS = ["api.gradients", "api.models", "api.healthz", "api.readyz", "metrics", "grading.check", "grading.grade", "grading.batch"]
 
 
 def configure_logging(level: str) -> None:

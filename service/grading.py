@@ -12,11 +12,11 @@ from schemas.grading import (
     CheckQuerySchema,
     CheckRequestSchema,
     CheckResponseSchema,
-    GradescopeResultsSchema,
-    PrairieLearnResultsSchema,
 )
+from schemas.platforms import PLATFORM_RESPONSES
+from schemas.problems import GradeQuerySchema, GradeRequestSchema
 
-from . import platforms
+from . import platforms, problems
 from .api import read_json
 from .engine import batch as batch_engine
 from .engine import grading as engine
@@ -32,12 +32,12 @@ check_query = CheckQuerySchema()
 gradient_request = GradientRequestSchema()
 gradient_response = GradientResponseSchema()
 batch_request = BatchRequestSchema()
-RESPONSES = {
-    "json": CheckResponseSchema(),
-    "gradescope": GradescopeResultsSchema(),
-    "prairielearn": PrairieLearnResultsSchema(),
-}
-FORMATTERS = {"json": lambda r: r, "gradescope": platforms.to_gradescope, "prairielearn": platforms.to_prairielearn}
+RESPONSES = {"json": CheckResponseSchema(), "gradescope": PLATFORM_RESPONSES["gradescope"],
+             "prairielearn": PLATFORM_RESPONSES["prairielearn"]}
+FORMATTERS = {"json": lambda r: r, "gradescope": lambda r: platforms.to_gradescope(platforms.from_check(r)),
+              "prairielearn": lambda r: platforms.to_prairielearn(platforms.from_check(r))}
+grade_request = GradeRequestSchema()
+grade_query = GradeQuerySchema()
 
 
 @bp.post("/v1/check")
@@ -82,6 +82,53 @@ def check():
     with compute_timer(spec["model"]["kind"]):
         result = engine.grade(spec, current_app.config["LIMITS"])
     return RESPONSES[fmt].dump(FORMATTERS[fmt](result))
+
+
+@bp.post("/v1/grade")
+def grade():
+    """Grade a student's answers against an instructor's problem file, in a platform's results format.
+    ---
+    post:
+      summary: Grade answers against a problem file; the answer is the platform's results document
+      description: |
+        `problem` is the instructor's problem file (YAML or JSON, sent as JSON); a problem file that does
+        not validate or cannot be computed is a 400/422 `/problems/invalid-problem` problem with
+        `party: instructor` (never a student's score). `answers` may be anything: a missing, mistyped or
+        mis-shaped answer, or an unparsable formula, is a failed check with a message (PrairieLearn: not
+        gradable, no attempt charged, unless the problem says `format_errors: failed_test`). Checks that
+        are `hidden`, or `after_due_date` / `after_published` and not in `released`, are neither shown nor
+        counted in what the student reads; Gradescope gets them with their visibility.
+      parameters:
+        - in: query
+          schema: GradeQuerySchema
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: GradeRequestSchema
+      responses:
+        200:
+          description: The platform's results document
+          content:
+            application/json:
+              schema:
+                oneOf:
+                  - GradedResultSchema
+                  - GradescopeResultsSchema
+                  - PrairieLearnResultsSchema
+                  - AutolabResultsSchema
+                  - CodeRunnerResultsSchema
+        400: {$ref: '#/components/responses/BadRequest'}
+        413: {$ref: '#/components/responses/TooLarge'}
+        415: {$ref: '#/components/responses/UnsupportedMediaType'}
+        422: {$ref: '#/components/responses/NotComputable'}
+        503: {$ref: '#/components/responses/Unavailable'}
+    """
+    fmt = grade_query.load(request.args)["format"]
+    body = grade_request.load(read_json())
+    with compute_timer("grade"):
+        result = problems.grade_file(body, current_app.config["LIMITS"])
+    return PLATFORM_RESPONSES[fmt].dump(platforms.render(fmt, result))
 
 
 @bp.post("/v1/batch")
