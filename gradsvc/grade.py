@@ -73,7 +73,9 @@ def problem_keys(problem) -> list[str]:
     """The problem keys, as far as the file says (Autolab's fallback scores name them)."""
     if isinstance(problem, dict) and isinstance(problem.get("problems"), list):
         return [p["key"] for p in problem["problems"] if isinstance(p, dict) and isinstance(p.get("key"), str)]
-    return ["problem"] if isinstance(problem, dict) and "model" in problem else []
+    if isinstance(problem, dict) and {"model", "checks", "key"} & set(problem):
+        return [problem.get("key", "problem")] if isinstance(problem.get("key", "problem"), str) else []
+    return []
 
 
 def render(platform: str, doc: dict) -> str:

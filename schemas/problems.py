@@ -66,8 +66,8 @@ class ProblemFileSchema(Schema):
 
     @pre_load
     def single_problem(self, data, **kwargs):
-        """A file with a `model` at the top level is one problem."""
-        if isinstance(data, dict) and "model" in data and "problems" not in data:
+        """A file without `problems` but with a problem's fields (model, checks, ...) is one problem."""
+        if isinstance(data, dict) and "problems" not in data and {"model", "checks", "key"} & set(data):
             return {"problems": [data]}
         return data
 

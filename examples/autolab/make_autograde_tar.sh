@@ -3,7 +3,7 @@
 # gradsvc.env (GRADSVC_URL=..., GRADSVC_API_KEY=...) if you created one. Upload it with autograde-Makefile.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-repo="$(cd "$here/../.." && pwd)"
+repo="${GRADSVC_REPO:-$(cd "$here/../.." && pwd)}"  # where gradsvc/ is
 out="${1:-$here/autograde.tar}"
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
