@@ -99,7 +99,8 @@ class Client:
                 break
             made += 1
             try:
-                response = self.session.post(self.url + path, json=body, params=params, headers=headers, timeout=timeout)
+                response = self.session.post(
+                    self.url + path, json=body, params=params, headers=headers, timeout=timeout)
             except (requests.ConnectionError, requests.Timeout) as err:
                 last = f"{type(err).__name__}: {err}"
             else:

@@ -18,7 +18,7 @@ class GradescopeTestSchema(Schema):
     output_format = fields.String(required=True, metadata={"description": "md"})
     tags = fields.List(fields.String(), required=True)
     visibility = visibility
-    extra_data = fields.Dict(required=True, metadata={"description": "the check's id, problem, expected, actual, errors"})
+    extra_data = fields.Dict(required=True, metadata={"description": "the check's id, problem, expected, actual"})
 
 
 class GradescopeResultsSchema(Schema):
@@ -57,10 +57,10 @@ class PrairieLearnResultsSchema(Schema):
 
 
 class AutolabResultsSchema(Schema):
-    """Autolab (docs/lab.md, docs/features/formatted-feedback.md): print `feedback`, then `autoresult` as the last line."""
+    """Autolab (docs/lab.md, docs/features/formatted-feedback.md): print `feedback`, then `autoresult`, last."""
 
-    feedback = fields.Dict(required=True, metadata={"description": "{\"_presentation\": \"semantic\", \"stages\": [...], ...}"})
-    autoresult = fields.Dict(required=True, metadata={"description": "{\"scores\": {problem key: score}, \"scoreboard\": [total, ...]}"})
+    feedback = fields.Dict(required=True, metadata={"description": 'the semantic feedback: {"_presentation": ...}'})
+    autoresult = fields.Dict(required=True, metadata={"description": '{"scores": {key: score}, "scoreboard": [...]}'})
 
 
 class CodeRunnerResultsSchema(Schema):
@@ -69,7 +69,7 @@ class CodeRunnerResultsSchema(Schema):
     fraction = fields.Float(required=True, validate=validate.Range(min=0, max=1))
     testresults = fields.List(
         fields.List(fields.Raw()), required=True,
-        metadata={"description": "header row [iscorrect, Test, Expected, Got, Message, ishidden], then one row per check"},
+        metadata={"description": "a header row (iscorrect, Test, Expected, Got, Message, ishidden), a row per check"},
     )
     prologuehtml = fields.String(required=True)
     epiloguehtml = fields.String(required=True)

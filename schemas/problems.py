@@ -62,7 +62,8 @@ class ProblemFileSchema(Schema):
 
     title = fields.String(validate=validate.Length(min=1, max=500))
     format_errors = format_errors
-    problems = fields.List(fields.Nested(ProblemSchema), required=True, validate=validate.Length(min=1, max=MAX_PROBLEMS))
+    problems = fields.List(
+        fields.Nested(ProblemSchema), required=True, validate=validate.Length(min=1, max=MAX_PROBLEMS))
 
     @pre_load
     def single_problem(self, data, **kwargs):
@@ -84,7 +85,7 @@ class ProblemFileSchema(Schema):
 
 
 class GradeRequestSchema(Schema):
-    """Body of POST /v1/grade: the instructor's problem file and the student's answers (any JSON: checked per answer)."""
+    """Body of POST /v1/grade: the instructor's problem file and the student's answers (any JSON, read per answer)."""
 
     problem = fields.Raw(required=True, metadata={"description": "a problem file (ProblemFileSchema), parsed to JSON"})
     answers = fields.Raw(

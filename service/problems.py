@@ -44,7 +44,8 @@ def load_problem_file(data) -> dict:
     try:
         return problem_file_schema.load(data)
     except ValidationError as err:
-        raise InvalidProblem(400, "The problem file does not match the schema; see `errors`.", {"problem": err.messages}) from None
+        detail = "The problem file does not match the schema; see `errors`."
+        raise InvalidProblem(400, detail, {"problem": err.messages}) from None
 
 
 def grade_file(body: dict, limits: Limits) -> dict:
@@ -67,7 +68,7 @@ def grade_file(body: dict, limits: Limits) -> dict:
         "max_score": max_score,
         "passed": all(c["passed"] for c in checks),
         "format_errors": [c["message"] for c in checks if c["format_error"]],
-        "not_gradable": any(c["format_error"] and p["format_errors"] == "not_gradable" for p in problems for c in p["checks"]),
+        "not_gradable": any(c["format_error"] for p in problems if p["format_errors"] == "not_gradable" for c in p["checks"]),
         "released": body.get("released", []),
         "execution_time": time.monotonic() - start,
         "problems": problems,
@@ -95,7 +96,8 @@ def _grade_problem(index: int, problem: dict, answers: dict, unreadable: str | N
                 submission["loss"] = value
             else:
                 submission.setdefault(section, {})[field] = value
-    request = {k: problem[k] for k in ("model", "inputs", "points", "domain", "seed", "n_points", "rtol", "atol") if k in problem}
+    copied = ("model", "inputs", "points", "domain", "seed", "n_points", "rtol", "atol")
+    request = {k: problem[k] for k in copied if k in problem}
     if problem["seed_from_variant"] and "domain" in problem and body.get("variant_seed") is not None:
         request["seed"] = body["variant_seed"] % 2**63  # every PrairieLearn variant is graded at its own points
     request["checks"] = {name: {k: v for k, v in options.items() if k not in ("tags", "answer")}
@@ -172,4 +174,5 @@ def _read_answer(name: str, value, limits: Limits):
 
 
 def _json_type(value) -> str:
-    return {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null"}.get(type(value), "a number")
+    names = {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null"}
+    return names.get(type(value), "a number")

@@ -146,3 +146,18 @@ def test_problem_lint(live_server, files):
     (files / "broken.yaml").write_text("problems: [")
     broken, _ = gradsvc("problem", "lint", str(files / "broken.yaml"))
     assert broken.returncode == 2 and "not valid YAML" in broken.stderr
+
+
+@pytest.mark.live
+def test_readme_recipe_writes_a_valid_results_file(live_server, tmp_path):
+    """The README's `gradsvc problem lint` and `gradsvc grade` lines, run as written (with --url and --out moved)."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    lines = [line.split("#")[0].split() for line in text.splitlines() if line.startswith("gradsvc ")]
+    assert [argv[:2] for argv in lines] == [["gradsvc", "problem"], ["gradsvc", "grade"]]
+    for argv in lines:
+        argv = [str(tmp_path / "results.json") if a == "results.json" else a for a in argv[1:]]
+        proc, _ = gradsvc(*argv, "--url", live_server.url)
+        assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    validate_gradescope(results)
+    assert results["score"] == 10
