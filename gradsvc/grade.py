@@ -5,6 +5,7 @@ atomically (temp file + rename). When nothing can be graded — service unreacha
 that does not parse or that the service rejects as the instructor's — a fallback document says so
 (gradsvc/fallback.py). Retries stop in time for the whole run to end by --deadline; a SIGALRM is the backstop.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,9 +1,10 @@
 """Response schemas of the platform formats (service/platforms.py): what /v1/check and /v1/grade answer."""
+
 from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from .grading import CheckResultSchema, VISIBILITIES
+from .grading import VISIBILITIES, CheckResultSchema
 
 visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
 
@@ -68,7 +69,8 @@ class CodeRunnerResultsSchema(Schema):
 
     fraction = fields.Float(required=True, validate=validate.Range(min=0, max=1))
     testresults = fields.List(
-        fields.List(fields.Raw()), required=True,
+        fields.List(fields.Raw()),
+        required=True,
         metadata={"description": "a header row (iscorrect, Test, Expected, Got, Message, ishidden), a row per check"},
     )
     prologuehtml = fields.String(required=True)

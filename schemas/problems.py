@@ -5,11 +5,13 @@ A problem file (YAML or JSON) holds one problem, or several under `problems`; ea
 tolerances, a `visibility`, `tags`, and optionally the platform's `answer` name. Errors found here are the
 instructor's, never the student's: the service answers `/problems/invalid-problem`.
 """
+
 from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
-from .grading import CHECK_NAME_PATTERN, CheckOptionsSchema, CheckRequestSchema, VISIBILITIES
+from .fields import refuse_long_lists
+from .grading import CHECK_NAME_PATTERN, VISIBILITIES, CheckOptionsSchema, CheckRequestSchema
 
 PLATFORMS = ("json", "gradescope", "prairielearn", "autolab", "coderunner")
 FORMAT_ERROR_POLICIES = ("not_gradable", "failed_test")
@@ -20,8 +22,10 @@ CHECK_NAME_ERROR = "Check names are loss, gradients.<input>, intermediates.<name
 RELEASABLE = tuple(v for v in VISIBILITIES if v.startswith("after_"))
 format_errors = fields.String(
     validate=validate.OneOf(FORMAT_ERROR_POLICIES),
-    metadata={"description": "PrairieLearn: a mistyped answer or unparsable formula makes the submission "
-                             "not gradable (no attempt charged; default) or a failed test"},
+    metadata={
+        "description": "PrairieLearn: a mistyped answer or unparsable formula makes the submission "
+        "not gradable (no attempt charged; default) or a failed test"
+    },
 )
 
 
@@ -49,11 +53,14 @@ class ProblemSchema(CheckRequestSchema):
     title = fields.String(validate=validate.Length(min=1, max=500))
     checks = fields.Dict(
         keys=fields.String(validate=validate.Regexp(CHECK_NAME_PATTERN, error=CHECK_NAME_ERROR)),
-        values=fields.Nested(ProblemCheckSchema), required=True, validate=validate.Length(min=1, max=100),
+        values=fields.Nested(ProblemCheckSchema),
+        required=True,
+        validate=validate.Length(min=1, max=100),
         metadata={"description": "check name (loss, gradients.w, gradient_formulas.x, intermediates.z) -> options"},
     )
     seed_from_variant = fields.Boolean(
-        load_default=False, metadata={"description": "with `domain`: PrairieLearn's variant seed draws the points"})
+        load_default=False, metadata={"description": "with `domain`: PrairieLearn's variant seed draws the points"}
+    )
     format_errors = format_errors
 
 
@@ -63,13 +70,16 @@ class ProblemFileSchema(Schema):
     title = fields.String(validate=validate.Length(min=1, max=500))
     format_errors = format_errors
     problems = fields.List(
-        fields.Nested(ProblemSchema), required=True, validate=validate.Length(min=1, max=MAX_PROBLEMS))
+        fields.Nested(ProblemSchema), required=True, validate=validate.Length(min=1, max=MAX_PROBLEMS)
+    )
 
     @pre_load
     def single_problem(self, data, **kwargs):
-        """A file without `problems` but with a problem's fields (model, checks, ...) is one problem."""
+        """A file without `problems` but with a problem's fields (model, checks, ...) is one problem; a list of
+        problems over MAX_PROBLEMS is refused before any of them loads."""
         if isinstance(data, dict) and "problems" not in data and {"model", "checks", "key"} & set(data):
             return {"problems": [data]}
+        refuse_long_lists(data, {"problems": MAX_PROBLEMS})
         return data
 
     @validates_schema
@@ -89,21 +99,28 @@ class GradeRequestSchema(Schema):
 
     problem = fields.Raw(required=True, metadata={"description": "a problem file (ProblemFileSchema), parsed to JSON"})
     answers = fields.Raw(
-        required=True, allow_none=True,
-        metadata={"description": "{problem key: {loss, gradients, gradient_formulas, intermediates}} and/or "
-                                 "{answer name: value}; anything else is graded as unreadable answers"},
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "{problem key: {loss, gradients, gradient_formulas, intermediates}} and/or "
+            "{answer name: value}; anything else is graded as unreadable answers"
+        },
     )
     answers_error = fields.String(
         validate=validate.Length(max=2000),
         metadata={"description": "why the client could not read the answers file; every check fails with it"},
     )
     released = fields.List(
-        fields.String(validate=validate.OneOf(RELEASABLE)), load_default=list,
-        metadata={"description": "visibilities already released (after the due date, after publishing): shown now "
-                                 "on platforms without their own visibility (all but Gradescope)"},
+        fields.String(validate=validate.OneOf(RELEASABLE)),
+        load_default=list,
+        metadata={
+            "description": "visibilities already released (after the due date, after publishing): shown now "
+            "on platforms without their own visibility (all but Gradescope)"
+        },
     )
     variant_seed = fields.Integer(
-        validate=validate.Range(min=0), metadata={"description": "PrairieLearn's variant seed (seed_from_variant)"})
+        validate=validate.Range(min=0), metadata={"description": "PrairieLearn's variant seed (seed_from_variant)"}
+    )
 
 
 class GradeQuerySchema(Schema):

@@ -1,11 +1,13 @@
 """Platform formats of a graded result: Gradescope, PrairieLearn, Autolab, Moodle CodeRunner, and plain JSON.
 
-Every renderer takes the platform-neutral result of service/problems.py (or a /v1/check result wrapped by
-`from_check`) and honours visibility: a check that is `hidden`, or `after_due_date` / `after_published` before it
-is released, is neither shown nor counted in what the student reads. Gradescope gets every test with its own
+Presentation only. Every renderer takes the platform-neutral result of service/problems.py (or a /v1/check result
+wrapped by `from_check`) and honours visibility: a check that is `hidden`, or `after_due_date` / `after_published`
+before it is released, is neither shown nor counted in what the student reads. Gradescope gets every test with its own
 `visibility` (Gradescope hides them itself) but an always-visible summary that counts only `visible` tests.
 Each platform's documented format is cited at its renderer; tests/platform_specs.py validates against them.
+A new platform is one renderer here, one response schema in schemas/platforms.py, one RENDERERS entry.
 """
+
 from __future__ import annotations
 
 import html
@@ -19,18 +21,37 @@ def from_check(result: dict) -> dict:
     """A POST /v1/check result as a one-problem platform-neutral result."""
     order = {"visible": 0, "after_published": 1, "after_due_date": 2, "hidden": 3}
     checks = sorted(result["checks"], key=lambda c: order[c["visibility"]])
-    checks = [{**c, "problem": None, "tags": [], "answer": None, "format_error": False, "number": f"1.{i}"}
-              for i, c in enumerate(checks, 1)]
+    checks = [
+        {**c, "problem": None, "tags": [], "answer": None, "format_error": False, "number": f"1.{i}"}
+        for i, c in enumerate(checks, 1)
+    ]
     return {
-        "graded": True, "title": "", "score": result["score"], "max_score": result["max_score"],
-        "passed": result["passed"], "format_errors": [], "not_gradable": False, "released": [],
-        "execution_time": None, "warnings": result["warnings"],
-        "problems": [{"key": "", "title": "", "score": result["score"], "max_score": result["max_score"],
-                      "format_errors": "failed_test", "tolerance_rule": result["tolerance_rule"], "checks": checks}],
+        "graded": True,
+        "title": "",
+        "score": result["score"],
+        "max_score": result["max_score"],
+        "passed": result["passed"],
+        "format_errors": [],
+        "not_gradable": False,
+        "released": [],
+        "execution_time": None,
+        "warnings": result["warnings"],
+        "problems": [
+            {
+                "key": "",
+                "title": "",
+                "score": result["score"],
+                "max_score": result["max_score"],
+                "format_errors": "failed_test",
+                "tolerance_rule": result["tolerance_rule"],
+                "checks": checks,
+            }
+        ],
     }
 
 
 # --- shared helpers ---------------------------------------------------------------------------------
+
 
 def _checks(result: dict) -> list[tuple[dict, dict]]:
     return [(problem, check) for problem in result["problems"] for check in problem["checks"]]
@@ -56,9 +77,16 @@ def _summary(pairs: list[tuple[dict, dict]]) -> str:
 def _extra_data(problem: dict, check: dict) -> dict:
     """Stored for staff: the ids behind the readable name, and the numbers the verdict rests on."""
     return {
-        "id": check["name"], "problem": problem["key"], "kind": check["kind"], "expected": check["expected"],
-        "actual": check["actual"], "formula": check["formula"], "abs_error": check["abs_error"],
-        "rel_error": check["rel_error"], "rtol": check["rtol"], "atol": check["atol"],
+        "id": check["name"],
+        "problem": problem["key"],
+        "kind": check["kind"],
+        "expected": check["expected"],
+        "actual": check["actual"],
+        "formula": check["formula"],
+        "abs_error": check["abs_error"],
+        "rel_error": check["rel_error"],
+        "rtol": check["rtol"],
+        "atol": check["atol"],
         "format_error": check["format_error"],
     }
 
@@ -90,6 +118,7 @@ def _fraction(score: float, max_score: float, passed: bool) -> float:
 
 
 # --- Gradescope: autograder_samples docs/specs.md, "Output format" --------------------------------------
+
 
 def to_gradescope(result: dict) -> dict:
     """results.json: top-level score, markdown output counting only always-visible tests, one test per check."""
@@ -128,14 +157,19 @@ def to_gradescope(result: dict) -> dict:
 
 # --- PrairieLearn: docs/externalGrading.md "Grading results"; apps/prairielearn/src/lib/externalGraderCommon.ts
 
+
 def to_prairielearn(result: dict) -> dict:
     """The external grader result: score in [0, 1], tests a student may see; format errors -> not gradable."""
     if result["not_gradable"]:
         return {
-            "gradable": False, "succeeded": True, "score": 0.0, "format_errors": result["format_errors"],
+            "gradable": False,
+            "succeeded": True,
+            "score": 0.0,
+            "format_errors": result["format_errors"],
             "message": "Your answer could not be read, so it was not graded and this attempt does not count. "
-                       "Fix the format and submit again.",
-            "output": "\n".join(result["format_errors"]), "tests": [],
+            "Fix the format and submit again.",
+            "output": "\n".join(result["format_errors"]),
+            "tests": [],
         }
     shown = [(p, c) for p, c in _checks(result) if _shown(c, result)]
     return {
@@ -160,6 +194,7 @@ def to_prairielearn(result: dict) -> dict:
 
 
 # --- Autolab: docs/lab.md "Writing Autograders", docs/features/formatted-feedback.md, scoreboards.md ------
+
 
 def to_autolab(result: dict) -> dict:
     """Two stdout lines: the semantic feedback (checks a student may see) and, last, the autoresult."""
@@ -195,8 +230,16 @@ def to_coderunner(result: dict) -> dict:
     for p, c in pairs:
         expected = "" if c["expected"] is None else _short(c["expected"])
         got = c["formula"] if c["formula"] is not None else ("" if c["actual"] is None else _short(c["actual"]))
-        rows.append([bool(c["passed"]), f"{c['number']} {display_name(result, p, c)}", expected, got, c["message"],
-                     not _shown(c, result)])
+        rows.append(
+            [
+                bool(c["passed"]),
+                f"{c['number']} {display_name(result, p, c)}",
+                expected,
+                got,
+                c["message"],
+                not _shown(c, result),
+            ]
+        )
     return {
         "fraction": _fraction(result["score"], result["max_score"], result["passed"]),
         "testresults": rows,
@@ -208,12 +251,14 @@ def to_coderunner(result: dict) -> dict:
 
 def _short(value) -> str:
     """A table cell: numbers to 6 significant digits, lists as [a, b], at most 200 characters."""
+
     def fmt(v) -> str:
         if hasattr(v, "tolist"):
             v = v.tolist()
         if isinstance(v, list):
             return "[" + ", ".join(fmt(x) for x in v) + "]"
         return f"{v:.6g}" if isinstance(v, float) else str(v)
+
     text = fmt(value)
     return text if len(text) <= 200 else text[:197] + "..."
 
@@ -228,4 +273,13 @@ RENDERERS = {
 
 
 def render(platform: str, result: dict) -> dict:
+    """A POST /v1/grade result (service/problems.py) in the platform's format."""
     return RENDERERS[platform](result)
+
+
+# POST /v1/check's formats: its result is one problem (from_check), rendered like /v1/grade's
+FORMATTERS = {
+    "json": lambda result: result,
+    "gradescope": lambda result: to_gradescope(from_check(result)),
+    "prairielearn": lambda result: to_prairielearn(from_check(result)),
+}

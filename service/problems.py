@@ -5,6 +5,7 @@ instructor's), reads each answer on its own (a missing, mistyped or mis-shaped a
 is a failed check with a message, never an HTTP error), grades every problem with the engine and returns one
 platform-neutral result that service/platforms.py renders for Gradescope, PrairieLearn, Autolab or CodeRunner.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,30 +14,27 @@ import time
 from marshmallow import ValidationError
 
 from schemas.grading import Answer
-from schemas.problems import ProblemFileSchema
+from schemas.problems import MAX_PROBLEMS, ProblemFileSchema
 
-from .engine import grading as engine
-from .engine.errors import DeadlineExceeded, EngineError, FormulaError
+from .engine import cost
+from .engine.check import Grader, estimate
+from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded
 from .engine.formula import parse_formula
 from .engine.limits import Limits
-from .errors import ServiceError
+from .errors import InvalidProblem
 
 problem_file_schema = ProblemFileSchema()
 answer_field = Answer()
 # the order tests are numbered and listed in: what a student sees now first, so hidden ones leave no gaps
 VISIBILITY_ORDER = {"visible": 0, "after_published": 1, "after_due_date": 2, "hidden": 3}
+COPIED = ("model", "inputs", "points", "domain", "seed", "n_points", "rtol", "atol")
 
 
-class InvalidProblem(ServiceError):
-    """The instructor's problem file is wrong: never the student's fault, never a student's score."""
-
-    slug = "invalid-problem"
-    title = "Invalid problem file"
-
-    def __init__(self, status: int, detail: str, errors: dict) -> None:
-        super().__init__(f"{detail} This is an error in the problem file (course staff), not in the answers.",
-                         errors=errors, party="instructor")
-        self.status = status
+def check_raw(problem_file, limits: Limits) -> None:
+    """The cost model's counts (cost.check_raw) of every problem in the raw JSON, before the schema loads any."""
+    problems = problem_file.get("problems") if isinstance(problem_file, dict) else None
+    for problem in problems[:MAX_PROBLEMS] if isinstance(problems, list) else [problem_file]:
+        cost.check_raw(problem, limits)
 
 
 def load_problem_file(data) -> dict:
@@ -55,10 +53,15 @@ def grade_file(body: dict, limits: Limits) -> dict:
     answers, unreadable = body["answers"], body.get("answers_error")
     if unreadable is None and not isinstance(answers, dict):
         unreadable = f"the answers must be a JSON object keyed by problem, got {_json_type(answers)}"
-    problems = [
-        _grade_problem(i, problem, answers if unreadable is None else {}, unreadable, body, problem_file, limits)
-        for i, problem in enumerate(problem_file["problems"])
-    ]
+    requests = [_request(problem, body) for problem in problem_file["problems"]]
+    _charge(problem_file["problems"], requests, limits)
+    problems, spent = [], 0
+    for i, (problem, request) in enumerate(zip(problem_file["problems"], requests, strict=True)):
+        graded, used = _grade_problem(
+            i, problem, request, answers if unreadable is None else {}, unreadable, problem_file, limits, spent
+        )
+        problems.append(graded)
+        spent += used
     checks = [c for p in problems for c in p["checks"]]
     score, max_score = sum(p["score"] for p in problems), sum(p["max_score"] for p in problems)
     return {
@@ -68,7 +71,9 @@ def grade_file(body: dict, limits: Limits) -> dict:
         "max_score": max_score,
         "passed": all(c["passed"] for c in checks),
         "format_errors": [c["message"] for c in checks if c["format_error"]],
-        "not_gradable": any(c["format_error"] for p in problems if p["format_errors"] == "not_gradable" for c in p["checks"]),
+        "not_gradable": any(
+            c["format_error"] for p in problems if p["format_errors"] == "not_gradable" for c in p["checks"]
+        ),
         "released": body.get("released", []),
         "execution_time": time.monotonic() - start,
         "problems": problems,
@@ -76,8 +81,51 @@ def grade_file(body: dict, limits: Limits) -> dict:
     }
 
 
-def _grade_problem(index: int, problem: dict, answers: dict, unreadable: str | None, body: dict, problem_file: dict,
-                   limits: Limits) -> dict:
+def _request(problem: dict, body: dict) -> dict:
+    """The problem's /v1/check request, without the submission."""
+    request = {k: problem[k] for k in COPIED if k in problem}
+    if problem["seed_from_variant"] and "domain" in problem and body.get("variant_seed") is not None:
+        request["seed"] = body["variant_seed"] % 2**63  # every PrairieLearn variant is graded at its own points
+    request["checks"] = {
+        name: {k: v for k, v in options.items() if k not in ("tags", "answer")}
+        for name, options in problem["checks"].items()
+    }
+    return request
+
+
+def _charge(problems: list[dict], requests: list[dict], limits: Limits) -> None:
+    """The cost model's estimate of every problem, summed against the one request budget, before any is graded."""
+    costs = []
+    for index, (problem, request) in enumerate(zip(problems, requests, strict=True)):
+        try:
+            costs.append(estimate(request, limits))
+        except LimitExceeded:
+            raise
+        except EngineError as err:
+            raise _uncomputable(index, problem, err) from None
+    cost.batch_require(costs, limits, "problems", "the problem file's")
+
+
+def _uncomputable(index: int, problem: dict, err: EngineError) -> InvalidProblem:
+    """The model, the points or a check cannot be computed: the problem file is wrong."""
+    return InvalidProblem(
+        422,
+        f"Problem {problem['key']!r} cannot be computed: {err.detail}.",
+        {"problem": {"problems": {index: {"model": [err.detail]}}}},
+    )
+
+
+def _grade_problem(
+    index: int,
+    problem: dict,
+    request: dict,
+    answers: dict,
+    unreadable: str | None,
+    problem_file: dict,
+    limits: Limits,
+    spent: int,
+) -> tuple[dict, int]:
+    """The graded problem, and the bytes the cost model charged for it."""
     key = problem["key"]
     submission, format_errors = {}, {}
     for name, options in problem["checks"].items():
@@ -96,30 +144,33 @@ def _grade_problem(index: int, problem: dict, answers: dict, unreadable: str | N
                 submission["loss"] = value
             else:
                 submission.setdefault(section, {})[field] = value
-    copied = ("model", "inputs", "points", "domain", "seed", "n_points", "rtol", "atol")
-    request = {k: problem[k] for k in copied if k in problem}
-    if problem["seed_from_variant"] and "domain" in problem and body.get("variant_seed") is not None:
-        request["seed"] = body["variant_seed"] % 2**63  # every PrairieLearn variant is graded at its own points
-    request["checks"] = {name: {k: v for k, v in options.items() if k not in ("tags", "answer")}
-                         for name, options in problem["checks"].items()}
-    request["submission"] = submission
     try:
-        result = engine.grade(request, limits)
-    except DeadlineExceeded:
-        raise
-    except EngineError as err:  # the model, the points or a check cannot be computed: the problem file is wrong
-        raise InvalidProblem(422, f"Problem {key!r} cannot be computed: {err.detail}.",
-                             {"problem": {"problems": {index: {"model": [err.detail]}}}}) from None
+        grader = Grader({**request, "submission": submission}, limits, spent)
+        result = grader.run()
+    except (DeadlineExceeded, LimitExceeded):
+        raise  # the request's wall time or budget, not the problem file
+    except EngineError as err:
+        raise _uncomputable(index, problem, err) from None
     checks = []
     for check in result["checks"]:
         options = problem["checks"][check["name"]]
         if check["expected"] is None:
-            raise InvalidProblem(422, f"Problem {key!r}: {check['message']}.",
-                                 {"problem": {"problems": {index: {"checks": {check["name"]: [check["message"]]}}}}})
+            raise InvalidProblem(
+                422,
+                f"Problem {key!r}: {check['message']}.",
+                {"problem": {"problems": {index: {"checks": {check["name"]: [check["message"]]}}}}},
+            )
         check.update(problem=key, tags=options.get("tags", []), answer=options.get("answer"), format_error=False)
         if check["name"] in format_errors:
-            check.update(passed=False, points=0.0, abs_error=None, rel_error=None, actual=None,
-                         message=f"{check['title']}: {format_errors[check['name']]}", format_error=True)
+            check.update(
+                passed=False,
+                points=0.0,
+                abs_error=None,
+                rel_error=None,
+                actual=None,
+                message=f"{check['title']}: {format_errors[check['name']]}",
+                format_error=True,
+            )
         checks.append(check)
     checks.sort(key=lambda c: VISIBILITY_ORDER[c["visibility"]])
     for number, check in enumerate(checks, 1):
@@ -133,7 +184,7 @@ def _grade_problem(index: int, problem: dict, answers: dict, unreadable: str | N
         "tolerance_rule": result["tolerance_rule"],
         "checks": checks,
         "warnings": result["warnings"],
-    }
+    }, grader.budget.total
 
 
 def _find_answer(answers: dict, key: str, name: str, options: dict, single: bool):

@@ -3,6 +3,7 @@
 Each raises AssertionError naming what is wrong; `student_view` returns the text a student can see, for the
 "nothing reveals a hidden check" assertions.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,19 @@ def validate_gradescope(doc) -> None:
     after_published, visible), `extra_data`, and `tests` with score, max_score, status (passed/failed), name,
     number, output, tags, visibility, extra_data."""
     assert isinstance(doc, dict), "results.json must be a JSON object"
-    allowed = {"score", "execution_time", "output", "output_format", "test_output_format", "test_name_format",
-               "visibility", "stdout_visibility", "extra_data", "tests", "leaderboard"}
+    allowed = {
+        "score",
+        "execution_time",
+        "output",
+        "output_format",
+        "test_output_format",
+        "test_name_format",
+        "visibility",
+        "stdout_visibility",
+        "extra_data",
+        "tests",
+        "leaderboard",
+    }
     assert set(doc) <= allowed, f"unknown top-level keys {set(doc) - allowed}"
     tests = doc.get("tests", [])
     assert "score" in doc or (tests and all("score" in t for t in tests)), "no score anywhere"
@@ -43,8 +55,20 @@ def validate_gradescope(doc) -> None:
     numbers = [t["number"] for t in tests if "number" in t]
     assert len(numbers) == len(set(numbers)), f"test numbers repeat: {numbers}"
     for test in tests:
-        assert set(test) <= {"score", "max_score", "status", "name", "name_format", "number", "output",
-                             "output_format", "tags", "visibility", "extra_data", "execution_time"}, set(test)
+        assert set(test) <= {
+            "score",
+            "max_score",
+            "status",
+            "name",
+            "name_format",
+            "number",
+            "output",
+            "output_format",
+            "tags",
+            "visibility",
+            "extra_data",
+            "execution_time",
+        }, set(test)
         assert isinstance(test.get("name", ""), str)
         for key in ("score", "max_score"):
             if key in test:
@@ -116,8 +140,18 @@ def validate_autolab(stdout: str) -> tuple[dict | None, dict]:
     return feedback, autoresult
 
 
-CODERUNNER_FIELDS = {"fraction", "prologuehtml", "testresults", "epiloguehtml", "feedbackhtml", "columnformats",
-                     "showdifferences", "showoutputonly", "graderstate", "instructorhtml"}
+CODERUNNER_FIELDS = {
+    "fraction",
+    "prologuehtml",
+    "testresults",
+    "epiloguehtml",
+    "feedbackhtml",
+    "columnformats",
+    "showdifferences",
+    "showoutputonly",
+    "graderstate",
+    "instructorhtml",
+}
 
 
 def validate_coderunner(stdout: str) -> dict:
@@ -151,8 +185,11 @@ def student_view(platform: str, doc) -> str:
     """Everything a student can read, as one string (hidden rows, staff-only fields and extra_data left out)."""
     if platform == "gradescope":
         parts = [doc.get("output", "")]
-        parts += [f"{t.get('name', '')} {t.get('number', '')} {t.get('output', '')} {t.get('score')}"
-                  for t in doc.get("tests", []) if t.get("visibility", "visible") == "visible"]
+        parts += [
+            f"{t.get('name', '')} {t.get('number', '')} {t.get('output', '')} {t.get('score')}"
+            for t in doc.get("tests", [])
+            if t.get("visibility", "visible") == "visible"
+        ]
         return "\n".join(parts)
     if platform == "prairielearn":
         return json.dumps({k: v for k, v in doc.items()})

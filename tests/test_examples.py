@@ -14,8 +14,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
-
-from conftest import ROOT, free_port
 from platform_specs import (
     student_view,
     validate_autolab,
@@ -23,6 +21,8 @@ from platform_specs import (
     validate_gradescope,
     validate_prairielearn,
 )
+
+from conftest import ROOT, free_port, require_binary
 
 pytestmark = [pytest.mark.live]
 EXAMPLES = ROOT / "examples"
@@ -99,9 +99,10 @@ def test_gradescope_right_partial_wrong(live_server, tmp_path):
     assert results["score"] == 10 and results["extra_data"]["max_score"] == 10
     assert [t["number"] for t in results["tests"]] == ["1.1", "1.2", "1.3", "2.1", "3.1"]
     assert [t["name"] for t in results["tests"]][:3] == ["neuron: loss L", "neuron: dL/dw", "neuron: dL/db"]
-    assert results["tests"][2]["visibility"] == "after_due_date" and results["tests"][1]["tags"] == ["neuron", "chain-rule"]
-    partial = {"neuron": {"loss": 6.7012, "gradients": {"w": 6.5}}, "sin_square": {"gradient_formulas": {"x": "cos(x**2)"}},
-               "mean_square": RIGHT["mean_square"]}
+    assert results["tests"][2]["visibility"] == "after_due_date"
+    assert results["tests"][1]["tags"] == ["neuron", "chain-rule"]
+    partial = {"neuron": {"loss": 6.7012, "gradients": {"w": 6.5}},
+               "sin_square": {"gradient_formulas": {"x": "cos(x**2)"}}, "mean_square": RIGHT["mean_square"]}
     results, _, _ = gradescope(tmp_path / "partial", live_server.url, partial)
     assert results["score"] == 3
     tests = {t["number"]: t for t in results["tests"]}
@@ -152,7 +153,8 @@ def prairielearn(tmp_path, url, answers, seed=7, problem=None):
     grader = root / "serverFilesCourse" / "gradsvc_grader"
     shutil.copytree(EXAMPLES / "prairielearn", grader, ignore=shutil.ignore_patterns("question"))
     shutil.copytree(ROOT / "gradsvc", grader / "gradsvc", ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "data" / "data.json").write_text(json.dumps({"submitted_answers": answers, "variant_seed": seed, "params": {}}))
+    data = {"submitted_answers": answers, "variant_seed": seed, "params": {}}
+    (root / "data" / "data.json").write_text(json.dumps(data))
     proc, took = run(["bash", str(grader / "run.sh")], url, GRADE_ROOT=str(root), PYTHONPATH="")
     assert proc.returncode == 0, proc.stderr  # PrairieLearn reads results.json only after exit 0
     results = json.loads((root / "results" / "results.json").read_text())
@@ -183,7 +185,8 @@ def test_prairielearn_format_errors_are_not_gradable_and_missing_answers_fail(li
     assert "no answer given" in results["tests"][1]["message"]
     problem = json.loads((EXAMPLES / "prairielearn" / "question" / "tests" / "problem.json").read_text())
     problem["format_errors"] = "failed_test"  # the per-problem switch: charge the attempt instead
-    results, _ = prairielearn(tmp_path / "charged", live_server.url, {"dLdw": "(", "dLdb": "1"}, problem=json.dumps(problem))
+    results, _ = prairielearn(tmp_path / "charged", live_server.url, {"dLdw": "(", "dLdb": "1"},
+                              problem=json.dumps(problem))
     assert results["gradable"] is True and "cannot be read" in results["tests"][0]["message"]
 
 
@@ -220,13 +223,13 @@ def autolab(tmp_path, url, handin, problem_text=None):
 
 
 def test_autolab_right_partial_malformed(live_server, tmp_path):
-    if not shutil.which("make"):
-        pytest.skip("make not installed (Debian package make)")
+    require_binary("make", package="make")
     answers = json.loads((EXAMPLES / "autolab" / "answers.json").read_text())
     feedback, autoresult, _, _ = autolab(tmp_path / "right", live_server.url, answers)
     assert autoresult == {"scores": {"neuron": 5, "sin_square": 3}, "scoreboard": [8, 5, 3]}
     assert all(row["passed"] for stage in feedback["stages"] for row in feedback[stage].values())
-    partial = {"neuron": {"loss": 6.7012, "gradients": {"w": "six", "b": 0.9988}}, "sin_square": {"gradient_formulas": {"x": "cos(x**2"}}}
+    partial = {"neuron": {"loss": 6.7012, "gradients": {"w": "six", "b": 0.9988}},
+               "sin_square": {"gradient_formulas": {"x": "cos(x**2"}}}
     feedback, autoresult, _, _ = autolab(tmp_path / "partial", live_server.url, partial)
     assert autoresult["scores"] == {"neuron": 3, "sin_square": 0}
     hints = [row.get("hint", "") for stage in feedback["stages"] for row in feedback[stage].values()]
@@ -236,8 +239,7 @@ def test_autolab_right_partial_malformed(live_server, tmp_path):
 
 
 def test_autolab_down_slow_typo(live_server, tmp_path, slow_url):
-    if not shutil.which("make"):
-        pytest.skip("make not installed (Debian package make)")
+    require_binary("make", package="make")
     answers = json.loads((EXAMPLES / "autolab" / "answers.json").read_text())
     for name, url in [("down", f"http://127.0.0.1:{free_port()}"), ("slow", slow_url)]:
         feedback, autoresult, _, took = autolab(tmp_path / name, url, answers)
@@ -268,7 +270,8 @@ def coderunner(tmp_path, url, student_answer: str, problem_text=None):
 def test_coderunner_right_partial_malformed(live_server, tmp_path):
     doc, _ = coderunner(tmp_path / "right", live_server.url, json.dumps(NEURON_FORMULAS))
     assert doc["fraction"] == 1.0 and [r[0] for r in doc["testresults"][1:]] == [True, True]
-    doc, _ = coderunner(tmp_path / "partial", live_server.url, json.dumps({**NEURON_FORMULAS, "dLdb": "sigmoid(w*x+b)"}))
+    partial = json.dumps({**NEURON_FORMULAS, "dLdb": "sigmoid(w*x+b)"})
+    doc, _ = coderunner(tmp_path / "partial", live_server.url, partial)
     assert doc["fraction"] == pytest.approx(2 / 3) and "2 checks" in doc["prologuehtml"]
     doc, _ = coderunner(tmp_path / "unparsable", live_server.url, json.dumps({"dLdw": "x*(", "dLdb": 2}))
     assert doc["fraction"] == 0 and "cannot be read" in doc["testresults"][1][4]
@@ -308,7 +311,8 @@ def test_github_classroom_workflow_runs_gradsvc_check(live_server, tmp_path):
 
 HIDDEN_PROBLEM = {
     "problems": [{
-        "key": "mean_square", "model": {"kind": "expression", "formula": "mean(x**2)"}, "inputs": {"x": [1.0, 2.0, 3.0]},
+        "key": "mean_square", "model": {"kind": "expression", "formula": "mean(x**2)"},
+        "inputs": {"x": [1.0, 2.0, 3.0]},
         "checks": {
             "gradients.x": {"points": 2, "title": "d mean(x**2) / dx"},
             "loss": {"points": 3, "title": "SECRET-loss-check", "visibility": "hidden"},

@@ -1,5 +1,6 @@
 """POST /v1/grade (problem files, instructor errors apart from student errors) and the `gradsvc grade` and
 `gradsvc problem lint` commands: deadline, fallback documents, options before or after the command."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ import sys
 import time
 
 import pytest
+from platform_specs import validate_gradescope, validate_prairielearn
 
 from conftest import ROOT, free_port
-from platform_specs import validate_gradescope, validate_prairielearn
 
 PROBLEM = {
     "title": "Neuron",
@@ -33,19 +34,24 @@ def test_one_problem_file_graded_in_every_format(client):
         assert response.status_code == 200, response.json
     doc = grade(client, {"problem": PROBLEM, "answers": {"neuron": RIGHT}}, "gradescope").json
     validate_gradescope(doc)
-    assert doc["score"] == 3 and doc["tests"][1]["tags"] == ["neuron", "chain-rule"] and doc["tests"][1]["name"] == "dL/dw"
+    assert (
+        doc["score"] == 3 and doc["tests"][1]["tags"] == ["neuron", "chain-rule"] and doc["tests"][1]["name"] == "dL/dw"
+    )
     assert doc["tests"][1]["extra_data"]["id"] == "gradients.w" and doc["execution_time"] >= 0
 
 
-@pytest.mark.parametrize(("problem", "status", "where"), [
-    ({**PROBLEM, "checks": {"gradient.w": {"points": 1}}}, 400, "checks"),  # the typo of the issue
-    ({**PROBLEM, "checks": {}}, 400, "checks"),
-    ({key: v for key, v in PROBLEM.items() if key != "model"}, 400, "model"),
-    ({"problems": [PROBLEM, PROBLEM]}, 400, "problems"),  # repeated keys
-    ({**PROBLEM, "checks": {"gradients.q": {"points": 1}}}, 422, "checks"),  # no input q
-    ({**PROBLEM, "model": {"kind": "expression", "formula": "sin(q)"}, "inputs": {"x": 1.0}}, 422, "model"),
-    ("not a problem file", 400, "problem"),
-])
+@pytest.mark.parametrize(
+    ("problem", "status", "where"),
+    [
+        ({**PROBLEM, "checks": {"gradient.w": {"points": 1}}}, 400, "checks"),  # the typo of the issue
+        ({**PROBLEM, "checks": {}}, 400, "checks"),
+        ({key: v for key, v in PROBLEM.items() if key != "model"}, 400, "model"),
+        ({"problems": [PROBLEM, PROBLEM]}, 400, "problems"),  # repeated keys
+        ({**PROBLEM, "checks": {"gradients.q": {"points": 1}}}, 422, "checks"),  # no input q
+        ({**PROBLEM, "model": {"kind": "expression", "formula": "sin(q)"}, "inputs": {"x": 1.0}}, 422, "model"),
+        ("not a problem file", 400, "problem"),
+    ],
+)
 def test_instructor_errors_are_invalid_problem(client, problem, status, where):
     response = grade(client, {"problem": problem, "answers": RIGHT}, "gradescope")
     assert response.status_code == status
@@ -54,13 +60,16 @@ def test_instructor_errors_are_invalid_problem(client, problem, status, where):
     assert where in json.dumps(body["errors"]) and "course staff" in body["detail"]
 
 
-@pytest.mark.parametrize(("answers", "fragment", "gradable"), [
-    ({"loss": "six", "gradients": {"w": 6.6918}}, "'six' is not a number", False),
-    ({"loss": True, "gradients": {"w": 6.6918}}, "boolean", False),
-    ("just text", "must be a JSON object", False),
-    (None, "must be a JSON object", False),
-    ({"loss": [[1], 2], "gradients": {"w": 6.6918}}, "rectangular", True),  # misshaped: graded, and wrong
-])
+@pytest.mark.parametrize(
+    ("answers", "fragment", "gradable"),
+    [
+        ({"loss": "six", "gradients": {"w": 6.6918}}, "'six' is not a number", False),
+        ({"loss": True, "gradients": {"w": 6.6918}}, "boolean", False),
+        ("just text", "must be a JSON object", False),
+        (None, "must be a JSON object", False),
+        ({"loss": [[1], 2], "gradients": {"w": 6.6918}}, "rectangular", True),  # misshaped: graded, and wrong
+    ],
+)
 def test_student_errors_are_failed_checks_not_http_errors(client, answers, fragment, gradable):
     result = grade(client, {"problem": PROBLEM, "answers": answers}).json
     assert result["graded"] is True and not result["passed"]
@@ -72,7 +81,9 @@ def test_student_errors_are_failed_checks_not_http_errors(client, answers, fragm
 
 
 def test_misshaped_answer_is_graded_wrong_not_a_format_error(client):
-    pl = grade(client, {"problem": PROBLEM, "answers": {"loss": [1.0, 2.0], "gradients": {"w": 6.6918}}}, "prairielearn").json
+    pl = grade(
+        client, {"problem": PROBLEM, "answers": {"loss": [1.0, 2.0], "gradients": {"w": 6.6918}}}, "prairielearn"
+    ).json
     assert pl["gradable"] is True and pl["score"] == pytest.approx(2 / 3)
     assert "wrong shape" in pl["tests"][0]["message"]
 
@@ -83,19 +94,35 @@ def test_released_visibility_is_shown_and_variant_seed_moves_the_points(client):
     before = grade(client, {"problem": problem, "answers": answers}, "prairielearn").json
     after = grade(client, {"problem": problem, "answers": answers, "released": ["after_due_date"]}, "prairielearn").json
     assert len(before["tests"]) == 2 and len(after["tests"]) == 3 and before["score"] == after["score"] == 1.0
-    domain = {**PROBLEM, "domain": {"x": [-2, 2]}, "n_points": 3, "seed_from_variant": True,
-              "checks": {"gradient_formulas.w": {"points": 1}}}
-    points = [grade(client, {"problem": domain, "answers": {"gradient_formulas": {"w": "x"}}, "variant_seed": s}).json
-              ["problems"][0]["checks"][0]["expected"] for s in (1, 2)]
+    domain = {
+        **PROBLEM,
+        "domain": {"x": [-2, 2]},
+        "n_points": 3,
+        "seed_from_variant": True,
+        "checks": {"gradient_formulas.w": {"points": 1}},
+    }
+    points = [
+        grade(client, {"problem": domain, "answers": {"gradient_formulas": {"w": "x"}}, "variant_seed": s}).json[
+            "problems"
+        ][0]["checks"][0]["expected"]
+        for s in (1, 2)
+    ]
     assert points[0] != points[1]
 
 
 # --- the command line ------------------------------------------------------------------------------
 
+
 def gradsvc(*args, timeout=60):
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "gradsvc", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradsvc", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     return proc, time.monotonic() - start
 
 
@@ -108,9 +135,23 @@ def files(tmp_path):
 
 @pytest.mark.parametrize("deadline", [2, 5])
 def test_grade_against_an_unreachable_address_ends_within_the_deadline(files, deadline):
-    proc, took = gradsvc("grade", "--platform", "prairielearn", "--problem", str(files / "problem.yaml"),
-                         "--answers", str(files / "answers.json"), "--out", str(files / "out" / "results.json"),
-                         "--url", f"http://127.0.0.1:{free_port()}", "--deadline", str(deadline), "--retries", "50")
+    proc, took = gradsvc(
+        "grade",
+        "--platform",
+        "prairielearn",
+        "--problem",
+        str(files / "problem.yaml"),
+        "--answers",
+        str(files / "answers.json"),
+        "--out",
+        str(files / "out" / "results.json"),
+        "--url",
+        f"http://127.0.0.1:{free_port()}",
+        "--deadline",
+        str(deadline),
+        "--retries",
+        "50",
+    )
     assert proc.returncode == 0, proc.stderr
     assert took < deadline + 1, took
     results = json.loads((files / "out" / "results.json").read_text())
@@ -121,13 +162,22 @@ def test_grade_against_an_unreachable_address_ends_within_the_deadline(files, de
 
 @pytest.mark.live
 def test_options_before_or_after_the_command(live_server, files):
-    common = ["--platform", "gradescope", "--problem", str(files / "problem.yaml"), "--answers", str(files / "answers.json")]
+    common = [
+        "--platform",
+        "gradescope",
+        "--problem",
+        str(files / "problem.yaml"),
+        "--answers",
+        str(files / "answers.json"),
+    ]
     before, _ = gradsvc("--url", live_server.url, "--retries", "1", "grade", *common, "--out", str(files / "a.json"))
     after, _ = gradsvc("grade", *common, "--out", str(files / "b.json"), "--url", live_server.url, "--retries", "1")
     assert before.returncode == after.returncode == 0, (before.stderr, after.stderr)
     a, b = (json.loads((files / name).read_text()) for name in ("a.json", "b.json"))
     assert a["score"] == b["score"] == 3
-    proc, _ = gradsvc("check", str(files / "answers.json"), "--retries", "0", "--url", f"http://127.0.0.1:{free_port()}")
+    proc, _ = gradsvc(
+        "check", str(files / "answers.json"), "--retries", "0", "--url", f"http://127.0.0.1:{free_port()}"
+    )
     assert proc.returncode == 3  # `check` took --retries after its argument too (and found nothing there)
 
 
@@ -149,9 +199,9 @@ def test_problem_lint(live_server, files):
 
 
 @pytest.mark.live
-def test_readme_recipe_writes_a_valid_results_file(live_server, tmp_path):
-    """The README's `gradsvc problem lint` and `gradsvc grade` lines, run as written (with --url and --out moved)."""
-    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+def test_grading_recipe_writes_a_valid_results_file(live_server, tmp_path):
+    """docs/grading.md's `gradsvc problem lint` and `gradsvc grade` lines, run as written (--url and --out moved)."""
+    text = (ROOT / "docs" / "grading.md").read_text().replace("\\\n", " ")
     lines = [line.split("#")[0].split() for line in text.splitlines() if line.startswith("gradsvc ")]
     assert [argv[:2] for argv in lines] == [["gradsvc", "problem"], ["gradsvc", "grade"]]
     for argv in lines:

@@ -16,13 +16,33 @@ if os.path.exists("gradsvc.env"):
         if sep and not key.startswith("#"):
             env.setdefault(key, value)
 subprocess.run(
-    [sys.executable, "-m", "gradsvc", "grade", "--platform", "coderunner", "--problem", "problem.json",
-     "--answers", "answers.json", "--out", "result.json", "--deadline", env.get("GRADSVC_DEADLINE", "20")],
-    stdout=subprocess.DEVNULL, env=env, check=False,
+    [
+        sys.executable,
+        "-m",
+        "gradsvc",
+        "grade",
+        "--platform",
+        "coderunner",
+        "--problem",
+        "problem.json",
+        "--answers",
+        "answers.json",
+        "--out",
+        "result.json",
+        "--deadline",
+        env.get("GRADSVC_DEADLINE", "20"),
+    ],
+    stdout=subprocess.DEVNULL,
+    env=env,
+    check=False,
 )
 try:
     with open("result.json", encoding="utf-8") as f:
         print(f.read())
 except OSError:  # gradsvc itself could not run: still an answer CodeRunner accepts, with the reason for staff
-    print('{"fraction": 0.0, "prologuehtml": "<p><b>Not graded: the grader could not run. Contact course staff.</b></p>", '
-          '"epiloguehtml": "", "instructorhtml": "<p>gradsvc is not installed on the Jobe server or failed to start.</p>"}')
+    print(
+        '{"fraction": 0.0, '
+        '"prologuehtml": "<p><b>Not graded: the grader could not run. Contact course staff.</b></p>", '
+        '"epiloguehtml": "", '
+        '"instructorhtml": "<p>gradsvc is not installed on the Jobe server or failed to start.</p>"}'
+    )
