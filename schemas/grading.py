@@ -186,48 +186,6 @@ class CheckResponseSchema(Schema):
     warnings = fields.List(fields.String(), required=True)
 
 
-class GradescopeTestSchema(Schema):
-    name = fields.String(required=True)
-    score = fields.Float(required=True)
-    max_score = fields.Float(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(("passed", "failed")))
-    output = fields.String(required=True)
-    visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
-    number = fields.String()
-
-
-class GradescopeResultsSchema(Schema):
-    """A Gradescope autograder results.json body (gradescope-autograders.readthedocs.io, "Output format")."""
-
-    score = fields.Float(required=True)
-    output = fields.String(required=True)
-    visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
-    stdout_visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
-    extra_data = fields.Dict(metadata={"description": "max_score and the tolerances"})
-    tests = fields.List(fields.Nested(GradescopeTestSchema), required=True)
-
-
-class PrairieLearnTestSchema(Schema):
-    name = fields.String(required=True)
-    description = fields.String()
-    points = fields.Float(required=True)
-    max_points = fields.Float(required=True)
-    message = fields.String(required=True)
-    output = fields.String(required=True)
-
-
-class PrairieLearnResultsSchema(Schema):
-    """A PrairieLearn external grader result (docs/externalGrading.md, "Grading results"): score in [0, 1]."""
-
-    gradable = fields.Boolean(required=True)
-    succeeded = fields.Boolean(required=True)
-    score = fields.Float(required=True, validate=validate.Range(min=0, max=1))
-    format_errors = fields.List(fields.String(), required=True)
-    message = fields.String(required=True)
-    output = fields.String(required=True)
-    tests = fields.List(fields.Nested(PrairieLearnTestSchema), required=True)
-
-
 class BatchRequestSchema(Schema):
     """Body of POST /v1/batch. A job that is exactly `{"check": {...}}` is a check; any other job is a gradients request."""
 
@@ -245,5 +203,4 @@ class BatchErrorSchema(Schema):
 
 __all__ = [
     "BatchErrorSchema", "BatchRequestSchema", "CheckQuerySchema", "CheckRequestSchema", "CheckResponseSchema",
-    "GradescopeResultsSchema", "PrairieLearnResultsSchema",
 ]

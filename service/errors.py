@@ -80,6 +80,18 @@ class NotReady(ServiceError):
     title = "Service Unavailable"
 
 
+class InvalidProblem(ServiceError):
+    """The instructor's problem file is wrong: never the student's fault, never a student's score."""
+
+    slug = "invalid-problem"
+    title = "Invalid problem file"
+
+    def __init__(self, status: int, detail: str, errors: dict) -> None:
+        super().__init__(f"{detail} This is an error in the problem file (course staff), not in the answers.",
+                         errors=errors, party="instructor")
+        self.status = status
+
+
 class NonFiniteInJSON(ValueError):
     """A NaN or infinity got past the encoder (engine/encode.py); orjson would silently write null. A bug: a 500."""
 

@@ -3,13 +3,15 @@
 The first request of each kind used to pay for lazy work: torch's first autograd pass, the first
 broadcasting op, the first double backward, marshmallow's first load of each schema.  Running one small
 request of each kind here (gradients for a neuron, a catalog expression and a broadcasting formula with
-every extra, a check in each format, a batch with a vectorized group) makes the first real request as fast
-as the hundredth and imports every library up front (tests/test_deadline.py checks sys.modules).
+every extra, a check in each format, a problem file graded in every platform's format, a batch with a
+vectorized group) makes the first real request as fast as the hundredth and imports every library up front (tests/test_deadline.py checks sys.modules).
 """
 from __future__ import annotations
 
 from schemas import GradientRequestSchema, GradientResponseSchema
 from schemas.grading import BatchRequestSchema, CheckRequestSchema, CheckResponseSchema
+from schemas.platforms import PLATFORM_RESPONSES
+from schemas.problems import GradeRequestSchema
 
 from .engine.batch import compute_many
 from .engine.check import grade
@@ -18,7 +20,8 @@ from .engine.describe import models_document
 from .engine.errors import EngineError
 from .engine.limits import Limits
 from .engine.runtime import autograd_works, set_threads
-from .platforms import to_gradescope, to_prairielearn
+from .platforms import FORMATTERS, RENDERERS, render
+from .problems import grade_file
 
 _ready = False
 
@@ -40,6 +43,16 @@ CHECKS = [
      "domain": {"y": [-1.0, 1.0]}, "n_points": 2,
      "submission": {"gradient_formulas": {"x": "y + 0 * x", "y": "sum(x) +"}}},
 ]
+GRADE = {  # a problem file of two problems; answers with a number typed as text and an unparsable formula
+    "problem": {"problems": [
+        {"key": "neuron", **NEURON, "checks": {"loss": {}, "gradients.w": {"visibility": "hidden"}}},
+        {"key": "f", "model": {"kind": "expression", "formula": "sum(x * y)"}, "inputs": {"x": [1.0, 2.0], "y": 3.0},
+         "domain": {"y": [-1.0, 1.0]}, "n_points": 2, "seed_from_variant": True,
+         "checks": {"gradient_formulas.x": {"answer": "dx", "tags": ["formula"]}, "gradients.y": {}}},
+    ]},
+    "answers": {"neuron": {"loss": "6.7", "gradients": {"w": [1.0]}}, "dx": "y +", "f": {"gradients": {"y": 3.0}}},
+    "variant_seed": 7,
+}
 FAILING = [  # the error paths: a shape mismatch and a formula error
     {"model": {"kind": "expression", "formula": "sum(x * y)"}, "inputs": {"x": [1.0, 2.0], "y": [1.0, 2.0, 3.0]}},
     {"model": {"kind": "expression", "formula": "sum(x"}, "inputs": {"x": 1.0}},
@@ -63,7 +76,11 @@ def warm_up(threads: int = 1) -> None:
     for body in CHECKS:
         result = grade(check_request.load(body), limits)
         check_response.dump(result)
-        to_gradescope(result), to_prairielearn(result)
+        for fmt, formatter in FORMATTERS.items():
+            (check_response if fmt == "json" else PLATFORM_RESPONSES[fmt]).dump(formatter(result))
+    graded = grade_file(GradeRequestSchema().load(GRADE), limits)
+    for platform in RENDERERS:
+        PLATFORM_RESPONSES[platform].dump(render(platform, graded))
     jobs = BatchRequestSchema().load({"jobs": [NEURON, NEURON, GRADIENTS[3]]})["jobs"]
     compute_many([gradient_request.load(job) for job in jobs], limits)
     models_document(limits, {})

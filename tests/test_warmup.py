@@ -27,6 +27,11 @@ broadcast = {"model": {"kind": "expression", "formula": "sum(x * y + maximum(x, 
 check = {"model": {"kind": "expression", "formula": "sum(x * y)"}, "inputs": {"x": [1.0, 2.0], "y": 3.0},
          "domain": {"y": [-1.0, 1.0]}, "n_points": 3,
          "submission": {"gradient_formulas": {"x": "y"}, "gradients": {"y": 3.0}}}
+grade = {"problem": {"title": "t", "problems": [
+             {"key": "n", **neuron, "checks": {"loss": {}, "gradients.b": {"visibility": "after_due_date"}}},
+             {"key": "e", **{k: v for k, v in check.items() if k != "submission"},
+              "checks": {"gradient_formulas.x": {"answer": "dx"}, "gradients.y": {"visibility": "hidden"}}}]},
+         "answers": {"n": {"loss": 6.7012, "gradients": {"b": "0.99"}}, "dx": "sin(", "e": {"gradients": {"y": [3.0]}}}}
 requests = [
     ("get", "/v1/models", None),
     ("post", "/v1/gradients", neuron),
@@ -38,6 +43,8 @@ requests = [
     ("post", "/v1/check?format=gradescope", check),
     ("post", "/v1/check?format=prairielearn", check),
     ("post", "/v1/batch", {"jobs": [neuron, neuron, broadcast, {"check": check}]}),
+    *[("post", f"/v1/grade?format={fmt}", grade)
+      for fmt in ("json", "gradescope", "prairielearn", "autolab", "coderunner")],
     ("post", "/v1/gradients", {"model": {"kind": "expression", "formula": "sum(x * y)"},
                                "inputs": {"x": [1.0, 2.0], "y": [1.0, 2.0, 3.0]}}),
     ("post", "/v1/gradients", {"model": {"kind": "expression", "formula": "sum(x"}, "inputs": {"x": 1.0}}),
@@ -55,5 +62,5 @@ def test_no_request_imports_a_module_after_warm_up():
     out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["statuses"] == [200] * 9 + [422, 400]  # the last two: the shape and formula error paths
+    assert result["statuses"] == [200] * 14 + [422, 400]  # the last two: the shape and formula error paths
     assert result["new"] == [], f"imported lazily on a request: {result['new']}"

@@ -112,15 +112,16 @@ def _describe_point(point: dict[str, torch.Tensor]) -> str:
 
 
 class Grader:
-    """Grades one check request: references at every point, then each check against them."""
+    """Grades one check request: references at every point, then each check against them. `spent`: bytes the
+    request already used (the earlier problems of a /v1/grade problem file), charged against the same budget."""
 
-    def __init__(self, request: dict, limits: Limits) -> None:
-        self.request, self.limits = request, limits
+    def __init__(self, request: dict, limits: Limits, spent: int = 0) -> None:
+        self.request, self.limits, self.spent = request, limits, spent
         self.deadline = Deadline(limits.max_wall_seconds)
         self.model = build_model(request["model"], limits, self.deadline)
         self.shapes = cost.domain_points(request, limits)
         self.budget = cost.check_estimate(request, self.model, self.shapes, limits)
-        self.budget.require(limits)  # the reference at every point and the response; formulas are charged below
+        self.budget.require(limits, spent)  # the references at every point and the response; formulas below
         self.points = make_points(request, limits)
         self.is_neuron = isinstance(self.model, Neuron)
         self.refs = [reference(self.model, p, self.deadline) for p in self.points]
@@ -242,7 +243,7 @@ class Grader:
         try:
             formula = parse_formula(source, self.limits)
             charge = cost.formula_estimate(formula, self.shapes, tuple(expected[0].shape), self.limits)
-            charge.require(self.limits, spent=self.budget.total, hint="a simpler formula")
+            charge.require(self.limits, spent=self.spent + self.budget.total, hint="a simpler formula")
             self.budget.parts.update(charge.parts)
             out = []
             for i, point in enumerate(self.points):

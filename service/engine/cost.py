@@ -246,6 +246,7 @@ HINTS = {
     "response": "use smaller inputs, or fewer extras in `include`",
     "points": "use fewer points or smaller inputs",
     "jobs": "split the batch into smaller batches",
+    "problems": "split the problem file, or grade at fewer points or smaller inputs",
 }
 
 
@@ -348,13 +349,14 @@ def formula_estimate(formula, points: list[dict[str, Shape]], target: Shape, lim
     return estimate
 
 
-def batch_require(estimates: list[int], limits: Limits) -> None:
-    """The jobs of one batch share one budget: each may fit and the sum still be too much."""
+def batch_require(estimates: list[int], limits: Limits, part: str = "jobs", what: str = "the batch's") -> None:
+    """The jobs of one batch (or the problems of one problem file) share one budget: each may fit and the sum
+    still be too much."""
     total = sum(estimates)
     if total > limits.max_request_bytes:
         raise LimitExceeded(
             "max_request_bytes", limits.max_request_bytes,
-            f"the batch's {len(estimates)} jobs would allocate about {_mib(total)} together; "
+            f"{what} {len(estimates)} {part} would allocate about {_mib(total)} together; "
             f"the budget is {_mib(limits.max_request_bytes)}",
-            estimate=total, hint=HINTS["jobs"], breakdown={"jobs": total},
+            estimate=total, hint=HINTS[part], breakdown={part: total},
         )

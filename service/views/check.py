@@ -3,13 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, request
 
-from schemas.grading import (
-    CheckQuerySchema,
-    CheckRequestSchema,
-    CheckResponseSchema,
-    GradescopeResultsSchema,
-    PrairieLearnResultsSchema,
-)
+from schemas.grading import CheckQuerySchema, CheckRequestSchema, CheckResponseSchema
+from schemas.platforms import GradescopeResultsSchema, PrairieLearnResultsSchema
 
 from ..engine import cost
 from ..engine.check import grade
