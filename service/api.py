@@ -1,14 +1,17 @@
 """HTTP views: each one loads the body, calls the engine, and returns the result; errors are mapped centrally."""
 from __future__ import annotations
 
+import time
+
 import orjson
-from flask import Blueprint, current_app, request
+from flask import Blueprint, Response, current_app, request
 
 from schemas import GradientRequestSchema, GradientResponseSchema, ModelsResponseSchema
 
 from . import engine
 from .errors import MalformedJSON, ServiceError, UnsupportedMediaType
 from .observability import compute_timer
+from .render_svg import SVG, SVG_CSP, render_svg
 
 bp = Blueprint("api", __name__)
 gradient_request = GradientRequestSchema()
@@ -55,15 +58,30 @@ def gradients():
           content:
             application/json:
               schema: GradientResponseSchema
+            image/svg+xml:
+              schema: {type: string, description: "with Accept image/svg+xml: the graph drawn by Graphviz"}
         400: {$ref: '#/components/responses/BadRequest'}
         413: {$ref: '#/components/responses/TooLarge'}
         415: {$ref: '#/components/responses/UnsupportedMediaType'}
         422: {$ref: '#/components/responses/NotComputable'}
+        501:
+          description: Accept image/svg+xml, but Graphviz is not installed on this server
+          content:
+            application/problem+json:
+              schema: ProblemSchema
         503: {$ref: '#/components/responses/Unavailable'}
     """
+    started = time.monotonic()
     spec = gradient_request.load(read_json())
+    picture = request.accept_mimetypes.best_match(["application/json", SVG]) == SVG
+    if picture and "graph" not in spec["include"]:
+        spec["include"] = [*spec["include"], "graph"]
+    limits = current_app.config["LIMITS"]
     with compute_timer(spec["model"]["kind"]):
-        result = engine.compute(spec, current_app.config["LIMITS"])
+        result = engine.compute(spec, limits)
+    if picture:  # docs/playground.md
+        svg = render_svg(result["graph"], limits, limits.max_wall_seconds - (time.monotonic() - started))
+        return Response(svg, mimetype=SVG, headers={"Content-Security-Policy": SVG_CSP, "Vary": "Accept"})
     return {key: result[key] for key in RESPONSE_KEYS if key in result}
 
 

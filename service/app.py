@@ -15,6 +15,7 @@ from .grading import bp as grading_bp
 from .jsonio import StrictJSONProvider
 from .observability import init_observability
 from .openapi import build_spec, document_for
+from .playground import bp as playground_bp
 
 DOCUMENTED_VIEWS = ["api.gradients", "api.models", "api.healthz", "api.readyz", "metrics", "grading.check", "grading.batch"]
 
@@ -40,7 +41,7 @@ def create_app(config: type[Config] | None = None) -> Flask:
     """Build a configured app; the default config reads the environment."""
     config = config or Config
     configure_logging(config.LOG_LEVEL)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the playground blueprint serves its own assets
     app.config.from_object(config)
     app.json = StrictJSONProvider(app)
     if app.config["TRUSTED_PROXY_HOPS"]:
@@ -50,6 +51,7 @@ def create_app(config: type[Config] | None = None) -> Flask:
     init_auth(app)
     app.register_blueprint(bp)
     app.register_blueprint(grading_bp)
+    app.register_blueprint(playground_bp)
     register_error_handlers(app)
 
     spec = build_spec(app, DOCUMENTED_VIEWS)
