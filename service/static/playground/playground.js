@@ -13,14 +13,16 @@ const state = { catalog: [], graph: null, seq: 0, timer: null };
 
 // ---------- formatting ---------------------------------------------------------------------------------------------
 
-/** A number as a person reads it: 4 decimals (trailing zeros dropped), a real minus sign, exponent when tiny or huge. */
+/** A number as a person reads it: 4 decimals from 1 up, 4 significant digits below 1, an exponent when tiny or huge,
+ *  trailing zeros dropped, a real minus sign.  The exact JSON value is on hover and in the node panel. */
 function fmt(value) {
   if (Array.isArray(value)) return "[" + value.map(fmt).join(", ") + "]";
   if (typeof value !== "number") return String(value);  // "NaN", "Infinity", "-Infinity" as the JSON spells them
   const abs = Math.abs(value);
   let text;
   if (abs === 0) text = "0";
-  else if (abs >= 1e-3 && abs < 1e6) text = value.toFixed(4).replace(/\.?0+$/, "");
+  else if (abs >= 1 && abs < 1e6) text = value.toFixed(4).replace(/\.?0+$/, "");
+  else if (abs >= 1e-4 && abs < 1) text = value.toPrecision(4).replace(/\.?0+$/, "");
   else text = value.toExponential(3);
   return text.replace("-", MINUS);
 }
@@ -113,7 +115,7 @@ function currentInputsText() {
 /** Input names of a formula: identifiers that are not followed by "(" (a function) and not the constants pi, e. */
 function formulaVariables(formula) {
   const names = [];
-  for (const m of formula.matchAll(/(?<![\w.])([A-Za-z_]\w*)(?!\s*\()/g)) {
+  for (const m of formula.matchAll(/(?<![\w.])([A-Za-z_]\w*)(?!\w)(?!\s*\()/g)) {
     if (!["pi", "e"].includes(m[1]) && !names.includes(m[1])) names.push(m[1]);
   }
   return names;
@@ -288,6 +290,9 @@ function showResult(body) {
 
 function nodeName(node) { return node.label ?? `${node.op}#${node.id}`; }
 
+/** A node's name inside ∂a/∂b: parenthesized unless it is a plain identifier. */
+function symbol(node) { const name = nodeName(node); return /^\w+$/.test(name) ? name : `(${name})`; }
+
 function showGraph(svgText, graph, note) {
   const box = $("#graph");
   state.graph = graph;
@@ -338,16 +343,18 @@ function chainRule(graph, id) {
   const node = byId.get(id);
   const scalar = (n) => typeof n.grad === "number";
   if (!scalar(node)) return null;
-  const known = pathToRoot(graph, id).map((i) => byId.get(i)).filter(scalar);
+  const path = pathToRoot(graph, id);
+  const known = path.map((i) => byId.get(i)).filter(scalar);
   if (known.length < 2) return null;
   const top = known[known.length - 1];
   const factors = [];
   for (let i = known.length - 1; i > 0; i--) {
     const upper = known[i], lower = known[i - 1];
     if (upper.grad === 0) return null;
-    factors.push({ name: `∂${nodeName(upper)}/∂${nodeName(lower)}`, value: lower.grad / upper.grad });
+    factors.push({ name: `∂${symbol(upper)}/∂${symbol(lower)}`, value: lower.grad / upper.grad });
   }
-  return { node, top, factors, branches: graph.edges.filter((e) => e.from === top.id).length };
+  const end = byId.get(path[path.length - 1]);
+  return { node, top, factors, branch: end, branches: graph.edges.filter((e) => e.from === end.id).length };
 }
 
 function fact(list, term, value, title) {
@@ -388,16 +395,16 @@ function showNode(id) {
   else if (!chain) {
     p.textContent = node.grad === null
       ? "This node's gradient is not kept (only named tensors keep theirs); click a named node."
-      : `dL/d${nodeName(node)} = ${fmt(node.grad)}: it feeds ${uses.length} operations, and its gradient is the sum over them.`;
+      : `dL/d${symbol(node)} = ${fmt(node.grad)}: it is used by ${uses.length} operations, and its gradient is the sum over them.`;
   } else {
     for (const i of pathToRoot(graph, id)) document.getElementById("node-" + i)?.classList.add("on-path");
-    const start = chain.top.id === graph.root ? "dL/dL" : `dL/d${nodeName(chain.top)}`;
+    const start = chain.top.id === graph.root ? "dL/dL" : `dL/d${symbol(chain.top)}`;
     const symbols = [start, ...chain.factors.map((f) => f.name)].join(" × ");
     const values = [fmt(chain.top.grad), ...chain.factors.map((f) => fmt(f.value))].join(" × ");
-    p.textContent = `dL/d${nodeName(node)} = ${symbols}\n          = ${values}\n          = ${fmt(node.grad)}`;
+    p.textContent = `dL/d${symbol(node)} = ${symbols}\n    = ${values}\n    = ${fmt(node.grad)}`;
     if (chain.top.id !== graph.root) {
-      p.textContent += `\n(${nodeName(chain.top)} feeds ${chain.branches} operations; its gradient ${fmt(chain.top.grad)} is ` +
-        "the sum over those branches, read from the graph.)";
+      p.textContent += `\n(Towards the loss the path forks at ${nodeName(chain.branch)}, used by ${chain.branches} operations, so ` +
+        `dL/d${symbol(chain.top)} = ${fmt(chain.top.grad)} is the sum over those branches, read from the graph.)`;
     }
   }
   chainBox.append(p);
@@ -539,7 +546,13 @@ function selectTab(which, save = true) {
     tab.tabIndex = on ? 0 : -1;
     $("#panel-" + t).hidden = !on;
   }
+  $("fieldset.options").hidden = which === "check";  // v1/check grades against autograd in float64, grad mode
   if (save) saveUrl();
+}
+
+function setFit(on) {
+  $("#fit").setAttribute("aria-pressed", String(on));
+  $("#graph").classList.toggle("fit", on);
 }
 
 async function loadCatalog() {
@@ -561,6 +574,8 @@ async function main() {
   $("#name").addEventListener("change", () => { syncInputs(); compute(); });
   $("#formula").addEventListener("input", () => { syncInputs(); scheduleCompute(); });
   for (const id of ["#loss", "#reduction", "#mode", "#dtype"]) $(id).addEventListener("change", compute);
+  setFit(window.innerWidth >= 900);   // whole graph on a laptop or projector; actual size (scrolling) on a phone
+  $("#fit").addEventListener("click", () => setFit($("#fit").getAttribute("aria-pressed") !== "true"));
   $("#copy").addEventListener("click", async () => {
     $("#curl").select();
     try { await navigator.clipboard.writeText($("#curl").value); } catch (err) { document.execCommand("copy"); }
