@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
 import requests
 
-from conftest import TUTORIAL_NEURON
+from conftest import ROOT, TUTORIAL_NEURON
 from service.engine.errors import DeadlineExceeded, LimitExceeded
 from service.engine.limits import Limits
 from service.render_svg import number_text, render_svg, to_dot
@@ -140,3 +141,16 @@ def test_openapi_documents_the_picture(client):
     doc = client.get("/openapi.json").json
     answers = doc["paths"]["/v1/gradients"]["post"]["responses"]
     assert SVG in answers["200"]["content"] and "501" in answers
+
+
+@needs_dot
+@pytest.mark.skipif(shutil.which("curl") is None, reason="install Debian package curl")
+def test_documented_curl_writes_the_picture(live_server, tmp_path):
+    doc = (ROOT / "docs" / "playground.md").read_text()
+    commands = [line.removeprefix("$ ") for line in doc.splitlines() if line.startswith("$ curl")]
+    assert len(commands) == 1 and "Accept: image/svg+xml" in commands[0]
+    command = commands[0].replace("localhost:8000", live_server.url)
+    subprocess.run(["bash", "-c", command], cwd=tmp_path, check=True, timeout=30)
+    svg = (tmp_path / "graph.svg").read_bytes()
+    assert svg == picture(live_server.url, TUTORIAL_NEURON).content
+    assert "grad 6.691762" in [line for _, lines in node_texts(svg).values() for line in lines]
