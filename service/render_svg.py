@@ -90,10 +90,11 @@ def to_dot(graph: dict) -> str:
         '  edge [color="#6b7280", arrowsize=0.7];',
     ]
     if not graph["nodes"]:
-        lines.append('  empty [shape=plaintext, label="no autograd graph: the output does not depend on any wrt input"];')
+        lines.append('  empty [shape=plaintext, label="no autograd graph: the output depends on no wrt input"];')
     for node in graph["nodes"]:
         kind = node_kind(node, graph["root"])
-        lines.append(f'  n{node["id"]} [id="node-{node["id"]}", class="{kind}", {STYLES[kind]}, label={_quote(node_label(node))}];')
+        attributes = f'id="node-{node["id"]}", class="{kind}", {STYLES[kind]}, label={_quote(node_label(node))}'
+        lines.append(f'  n{node["id"]} [{attributes}];')
     for i, edge in enumerate(graph["edges"]):
         lines.append(f'  n{edge["from"]} -> n{edge["to"]} [id="edge-{i}"];')
     lines.append("}")

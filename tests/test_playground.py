@@ -130,7 +130,8 @@ def test_formula_url_opens_computed_and_edits_recompute(page_at):
 
     element(page, "input-x").fill("2")  # d/dx sin(x**2) = 2x cos(x**2): -2.6146 at 2
     expected = f"{2 * 2 * math.cos(4):.4f}".replace("-", "\u2212")
-    page.wait_for_function("t => document.querySelector('#gradients tr[data-input=x] td')?.textContent === t", arg=expected)
+    page.wait_for_function("t => document.querySelector('#gradients tr[data-input=x] td')?.textContent === t",
+                           arg=expected)
     assert "grad -2.614574" in svg_node_text(page, "x")
     assert page.url.endswith("?formula=sin%28x**2%29&x=2")
 
@@ -185,7 +186,8 @@ def test_check_tab_grades_with_the_services_messages(page_at, live_server):
     page.locator(".verdict").first.wait_for()
     command = shlex.split(page.locator("#curl").input_value())
     assert command[2].endswith("/v1/check")
-    direct = requests.post(command[2], data=command[-1], headers={"Content-Type": "application/json"}, timeout=10).json()
+    direct = requests.post(command[2], data=command[-1], headers={"Content-Type": "application/json"}, timeout=10)
+    direct = direct.json()
     shown = page.locator(".verdict .message").all_inner_texts()
     assert shown == [check["message"] for check in direct["checks"]]
     assert [c["passed"] for c in direct["checks"]] == [False, True, True]

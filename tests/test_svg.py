@@ -30,7 +30,8 @@ def node_texts(svg: bytes) -> dict[int, tuple[str, list[str]]]:
     nodes = {}
     for g in root.iter("{http://www.w3.org/2000/svg}g"):
         if g.get("id", "").startswith("node-"):
-            nodes[int(g.get("id").removeprefix("node-"))] = (g.get("class"), [t.text for t in g.findall("svg:text", NS)])
+            lines = [t.text for t in g.findall("svg:text", NS)]
+            nodes[int(g.get("id").removeprefix("node-"))] = (g.get("class"), lines)
     return nodes
 
 
@@ -49,7 +50,8 @@ def test_tutorial_neuron_as_svg_carries_the_json_numbers(live_server):
         if node["value"] is not None:
             assert "value " + number_text(node["value"]) in lines
             assert "grad " + number_text(node["grad"]) in lines
-        assert cls.split()[-1] == ("root" if node["id"] == graph["root"] else "leaf" if node["op"] == "AccumulateGrad" else "op")
+        kind = "root" if node["id"] == graph["root"] else "leaf" if node["op"] == "AccumulateGrad" else "op"
+        assert cls.split()[-1] == kind
     by_label = {lines[1]: lines for _, lines in nodes.values() if len(lines) > 1}
     assert "grad 6.691762" in by_label["w"] and "grad 0.9987705" in by_label["b"]  # the tutorial's 6.6918 / 0.9988
     assert "value 6.701176" in by_label["loss"]
@@ -131,8 +133,9 @@ def test_node_limit_and_deadline():
 
 @needs_dot
 def test_dot_is_cut_off_at_the_remaining_budget():
-    chain = {"root": 0, "nodes": [{"id": i, "op": "MulBackward0", "label": None, "shape": None, "value": None, "grad": None}
-                                  for i in range(400)], "edges": [{"from": i + 1, "to": i} for i in range(399)]}
+    blank = {"op": "MulBackward0", "label": None, "shape": None, "value": None, "grad": None}
+    chain = {"root": 0, "nodes": [{"id": i, **blank} for i in range(400)],
+             "edges": [{"from": i + 1, "to": i} for i in range(399)]}
     with pytest.raises(DeadlineExceeded):
         render_svg(chain, Limits(), 0.001)  # spawning dot alone takes longer
 

@@ -147,7 +147,8 @@ function endpoint(path) { return new URL(path, document.baseURI).href; }
 function shellQuote(text) { return "'" + text.replace(/'/g, "'\\''") + "'"; }
 
 function showCurl(path, body) {
-  $("#curl").value = `curl -s ${shellQuote(endpoint(path))} -H 'Content-Type: application/json' -d ${shellQuote(JSON.stringify(body))}`;
+  $("#curl").value = `curl -s ${shellQuote(endpoint(path))} -H 'Content-Type: application/json' ` +
+    `-d ${shellQuote(JSON.stringify(body))}`;
 }
 
 async function post(path, body, accept) {
@@ -252,7 +253,7 @@ async function compute() {
     return;
   }
   showResult(answer.json);
-  if (!wantPicture) showGraph(null, null, "Inference mode runs without gradient tracking, so there is no graph to draw.");
+  if (!wantPicture) showGraph(null, null, "Inference mode runs without gradient tracking: no graph to draw.");
   else if (picture.ok) showGraph(picture.text, answer.json.graph);
   else showGraph(null, null, picture.json ? `${picture.json.title}: ${picture.json.detail}` : `HTTP ${picture.status}`);
 }
@@ -336,8 +337,8 @@ function pathToRoot(graph, id) {
   return path;
 }
 
-/** The chain rule as a product: dL/d(node) = dL/d(top) × Π ∂(next)/∂(previous), with each local derivative read off
- *  the graph as the ratio of the two known gradients (scalars only, single-consumer links only). */
+/** The chain rule as a product: dL/d(node) = dL/d(top) × Π ∂(next)/∂(previous), with each local derivative
+ *  read off the graph as the ratio of the two known gradients (scalars only, single-consumer links only). */
 function chainRule(graph, id) {
   const byId = new Map(graph.nodes.map((n) => [n.id, n]));
   const node = byId.get(id);
@@ -395,7 +396,8 @@ function showNode(id) {
   else if (!chain) {
     p.textContent = node.grad === null
       ? "This node's gradient is not kept (only named tensors keep theirs); click a named node."
-      : `dL/d${symbol(node)} = ${fmt(node.grad)}: it is used by ${uses.length} operations, and its gradient is the sum over them.`;
+      : `dL/d${symbol(node)} = ${fmt(node.grad)}: it is used by ${uses.length} operations, ` +
+        "and its gradient is the sum over them.";
   } else {
     for (const i of pathToRoot(graph, id)) document.getElementById("node-" + i)?.classList.add("on-path");
     const start = chain.top.id === graph.root ? "dL/dL" : `dL/d${symbol(chain.top)}`;
@@ -403,7 +405,8 @@ function showNode(id) {
     const values = [fmt(chain.top.grad), ...chain.factors.map((f) => fmt(f.value))].join(" × ");
     p.textContent = `dL/d${symbol(node)} = ${symbols}\n    = ${values}\n    = ${fmt(node.grad)}`;
     if (chain.top.id !== graph.root) {
-      p.textContent += `\n(Towards the loss the path forks at ${nodeName(chain.branch)}, used by ${chain.branches} operations, so ` +
+      p.textContent += `\n(Towards the loss the path forks at ${nodeName(chain.branch)}, ` +
+        `used by ${chain.branches} operations, so ` +
         `dL/d${symbol(chain.top)} = ${fmt(chain.top.grad)} is the sum over those branches, read from the graph.)`;
     }
   }
@@ -439,7 +442,8 @@ function renderAnswerFields() {
   for (const input of box.querySelectorAll("input")) old[input.id] = input.value;
   box.replaceChildren();
   for (const name of wrtNames()) {
-    box.append(answerField(`answer-grad-${name}`, `dL/d${name} (a number)`, `err-submission.gradients.${name}`, "e.g. 6.6918"));
+    box.append(answerField(`answer-grad-${name}`, `dL/d${name} (a number)`, `err-submission.gradients.${name}`,
+      "e.g. 6.6918"));
     box.append(answerField(`answer-formula-${name}`, `dL/d${name} as a formula`,
       `err-submission.gradient_formulas.${name}`, "e.g. 2*x"));
   }
