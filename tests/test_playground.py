@@ -1,29 +1,39 @@
 """The playground page in a real browser: Debian's chromium driven by Playwright against the live gunicorn server.
 
 Every test records every request the page makes and fails if one leaves the server's origin. The screenshots in
-docs/img/ are taken here (docs/playground.md shows them).
+docs/img/ are taken here (docs/playground.md shows them): into a temporary directory on an ordinary run, so the
+suite leaves the tree clean (the curl box shows the server's random port), and into docs/img/ only with
+GRADSVC_UPDATE_SCREENSHOTS=1 (CONTRIBUTING.md).
 """
+
 from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
-import shutil
 import subprocess
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import requests
+from playwright.sync_api import sync_playwright
 
-from conftest import ROOT
+from conftest import ROOT, require_binary
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
-CHROMIUM = Path("/usr/bin/chromium")
 # Quiet flags: without them chromium contacts outside hosts (updates, sync, field trials) on its own.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-IMG = ROOT / "docs" / "img"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+UPDATE_SCREENSHOTS = os.environ.get("GRADSVC_UPDATE_SCREENSHOTS") == "1"
 NEURON_URL = "/?model=neuron&x=6.7&y=0&w=1&b=0"
 FORMULA_URL = "/?formula=sin(x**2)&x=3"
 TIMEOUT_MS = 20_000
@@ -31,11 +41,9 @@ TIMEOUT_MS = 20_000
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("install Debian package chromium")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="install the dev extras (pip playwright)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    chromium = require_binary("chromium", package="chromium")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
             yield browser
         finally:
@@ -62,8 +70,7 @@ class Page:
 
     def check_origin(self) -> None:
         host = urlsplit(self.origin)
-        outside = [u for u in self.requests if not u.startswith("data:")
-                   and urlsplit(u)[:2] != host[:2]]
+        outside = [u for u in self.requests if not u.startswith("data:") and urlsplit(u)[:2] != host[:2]]
         assert outside == [], f"requests left the origin: {outside}"
         assert self.errors == []
 
@@ -85,6 +92,12 @@ def page_at(browser, live_server):
             p.context.close()
 
 
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory):
+    """Where screenshots go: docs/img/ with GRADSVC_UPDATE_SCREENSHOTS=1, else a temporary directory."""
+    return ROOT / "docs" / "img" if UPDATE_SCREENSHOTS else tmp_path_factory.mktemp("screenshots")
+
+
 def element(page, element_id: str):
     """Ids such as err-model.formula contain a dot, which a CSS #id selector would read as a class."""
     return page.locator(f'[id="{element_id}"]')
@@ -96,15 +109,17 @@ def gradient_cell(page, name: str):
 
 def svg_node_text(page, label: str) -> str:
     """The text of the graph node whose second line (the label) is `label`."""
-    nodes = page.evaluate("[...document.querySelectorAll('#graph g.node')]"
-                          ".map(g => [...g.querySelectorAll('text')].map(t => t.textContent))")
+    nodes = page.evaluate(
+        "[...document.querySelectorAll('#graph g.node')]"
+        ".map(g => [...g.querySelectorAll('text')].map(t => t.textContent))"
+    )
     for lines in nodes:
         if len(lines) > 1 and lines[1] == label:
             return "\n".join(lines)
     raise AssertionError(f"no node labelled {label!r}")
 
 
-def test_neuron_url_opens_computed(page_at):
+def test_neuron_url_opens_computed(page_at, screenshots):
     p = page_at()
     page = p.open(NEURON_URL)
     assert page.locator("#loss-value").inner_text() == "6.7012"
@@ -115,10 +130,10 @@ def test_neuron_url_opens_computed(page_at):
     chain = page.locator("#node-chain").inner_text()
     assert "dL/dw = dL/dy_pred × ∂y_pred/∂z × ∂z/∂w" in chain
     assert "= 813.3619 × 0.001228 × 6.7" in chain and chain.count("6.6918") == 1
-    page.screenshot(path=IMG / "playground-neuron.png", full_page=True)
+    page.screenshot(path=screenshots / "playground-neuron.png", full_page=True)
 
 
-def test_formula_url_opens_computed_and_edits_recompute(page_at):
+def test_formula_url_opens_computed_and_edits_recompute(page_at, screenshots):
     p = page_at()
     page = p.open(FORMULA_URL)
     assert gradient_cell(page, "x").inner_text() == "\u22125.4668"
@@ -126,27 +141,31 @@ def test_formula_url_opens_computed_and_edits_recompute(page_at):
     assert "grad -5.4667816" in svg_node_text(page, "x")
     page.locator("#node-2").click()  # x: SinBackward0 is node 0, PowBackward0 node 1
     assert "= 1 × \u22120.9111 × 6" in page.locator("#node-chain").inner_text()
-    page.screenshot(path=IMG / "playground-formula.png", full_page=True)
+    page.screenshot(path=screenshots / "playground-formula.png", full_page=True)
 
     element(page, "input-x").fill("2")  # d/dx sin(x**2) = 2x cos(x**2): -2.6146 at 2
     expected = f"{2 * 2 * math.cos(4):.4f}".replace("-", "\u2212")
-    page.wait_for_function("t => document.querySelector('#gradients tr[data-input=x] td')?.textContent === t",
-                           arg=expected)
+    page.wait_for_function(
+        "t => document.querySelector('#gradients tr[data-input=x] td')?.textContent === t", arg=expected
+    )
     assert "grad -2.614574" in svg_node_text(page, "x")
     assert page.url.endswith("?formula=sin%28x**2%29&x=2")
 
 
-def test_invalid_formula_shows_the_detail_next_to_the_field(page_at, live_server):
+def test_invalid_formula_shows_the_detail_next_to_the_field(page_at, screenshots, live_server):
     p = page_at()
     page = p.open(FORMULA_URL)
     page.locator("#formula").fill("sin(x**")
     slot = element(page, "err-model.formula")
     slot.wait_for(state="visible")
-    problem = requests.post(live_server.url + "/v1/gradients", timeout=10,
-                            json={"model": {"kind": "expression", "formula": "sin(x**"}, "inputs": {"x": 3}}).json()
+    problem = requests.post(
+        live_server.url + "/v1/gradients",
+        timeout=10,
+        json={"model": {"kind": "expression", "formula": "sin(x**"}, "inputs": {"x": 3}},
+    ).json()
     assert slot.inner_text() == problem["detail"]
     assert page.locator("#formula").get_attribute("aria-invalid") == "true"
-    page.screenshot(path=IMG / "playground-error.png", full_page=True)
+    page.screenshot(path=screenshots / "playground-error.png", full_page=True)
 
 
 def test_validation_errors_name_their_field(page_at):
@@ -158,9 +177,9 @@ def test_validation_errors_name_their_field(page_at):
     assert element(page, "err-general").inner_text() == ""
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="install Debian package curl")
 @pytest.mark.parametrize("path", [NEURON_URL, FORMULA_URL])
 def test_curl_box_repeats_the_pages_request(page_at, path):
+    require_binary("curl", package="curl")
     page = page_at().open(path)
     command = page.locator("#curl").input_value()
     done = subprocess.run(shlex.split(command), capture_output=True, timeout=30, check=True)
@@ -176,7 +195,7 @@ def page_number(value: float) -> str:
     return text.rstrip("0").rstrip(".").replace("-", "\u2212")
 
 
-def test_check_tab_grades_with_the_services_messages(page_at, live_server):
+def test_check_tab_grades_with_the_services_messages(page_at, screenshots, live_server):
     page = page_at().open(NEURON_URL)
     page.locator("#tab-check").click()
     element(page, "answer-grad-w").fill("6.5")
@@ -194,7 +213,7 @@ def test_check_tab_grades_with_the_services_messages(page_at, live_server):
     assert "chain rule: dL/dw = dL/dy_pred" in shown[0]
     assert page.locator(".score").inner_text().startswith("Score 2 / 3")
     assert "tab=check" in page.url
-    page.screenshot(path=IMG / "playground-check.png", full_page=True)
+    page.screenshot(path=screenshots / "playground-check.png", full_page=True)
 
 
 def test_keyboard_only(page_at):
