@@ -31,6 +31,13 @@ ARG VERSION
 LABEL org.opencontainers.image.title="gradsvc" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="MIT"
+# Graphviz's `dot` draws the graph for Accept: image/svg+xml (~150 MB installed, measured in docs/playground.md).
+# Skipped when the base already has it: the offline test build (scripts/build-base-image.sh) bakes it in.
+# Not version-pinned: Debian stable only ships security fixes of the same upstream version.
+# hadolint ignore=DL3008
+RUN command -v dot >/dev/null || { apt-get update \
+        && apt-get install -y --no-install-recommends graphviz \
+        && rm -rf /var/lib/apt/lists/*; }
 # Fixed numeric ids: Kubernetes can only verify runAsNonRoot for a numeric USER.
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-log-init --no-create-home --home-dir /nonexistent \

@@ -36,7 +36,7 @@ def create_app(config: type[Config] | None = None) -> Flask:
     """Build a configured app; the default config reads the environment."""
     config = config or Config
     configure_logging(config.LOG_LEVEL)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the playground blueprint serves its own assets
     app.config.from_object(config)
     app.json = StrictJSONProvider(app)
     check_config(config)

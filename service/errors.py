@@ -92,6 +92,30 @@ class InvalidProblem(ServiceError):
         self.status = status
 
 
+class NoGraph(ServiceError):
+    """An SVG picture was asked for, but inference mode builds no autograd graph to draw."""
+
+    status = 422
+    slug = "no-graph"
+    title = "No autograd graph"
+
+
+class GraphvizMissing(ServiceError):
+    """The `dot` binary is not installed, so no picture can be drawn (JSON answers still work)."""
+
+    status = 501
+    slug = "graphviz-not-installed"
+    title = "Graphviz is not installed"
+
+
+class GraphvizFailed(ServiceError):
+    """`dot` ran but did not produce a picture: a bug in the DOT text we wrote, so a 500."""
+
+    status = 500
+    slug = "graphviz-failed"
+    title = "Graphviz failed"
+
+
 class NonFiniteInJSON(ValueError):
     """A NaN or infinity got past the encoder (engine/encode.py); orjson would silently write null. A bug: a 500."""
 

@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, require_binary
 
 SCRIPT = r"""
 import encodings.idna  # werkzeug's test client (not the app) encodes the host name with IDNA
@@ -49,18 +49,27 @@ requests = [
                                "inputs": {"x": [1.0, 2.0], "y": [1.0, 2.0, 3.0]}}),
     ("post", "/v1/gradients", {"model": {"kind": "expression", "formula": "sum(x"}, "inputs": {"x": 1.0}}),
 ]
+requests += [  # the picture (needs Graphviz: skipped without it) and the playground page with its assets
+    ("post", "/v1/gradients", neuron, {"Accept": "image/svg+xml"}),
+    ("get", "/?formula=sin(x**2)&x=3", None),
+    ("get", "/playground/playground.js", None),
+    ("get", "/playground/playground.css", None),
+]
 before = set(sys.modules)
 statuses = []
-for method, path, body in requests:
-    response = getattr(client, method)(path, json=body) if body is not None else getattr(client, method)(path)
+for method, path, body, *headers in requests:
+    kwargs = {"json": body} if body is not None else {}
+    response = getattr(client, method)(path, headers=headers[0] if headers else None, **kwargs)
     statuses.append(response.status_code)
 print(json.dumps({"statuses": statuses, "new": sorted(set(sys.modules) - before)}))
 """
 
 
 def test_no_request_imports_a_module_after_warm_up():
+    require_binary("dot", package="graphviz")
     out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["statuses"] == [200] * 14 + [422, 400]  # the last two: the shape and formula error paths
+    # 422, 400: the shape and formula error paths; then the picture, the page, its script and stylesheet
+    assert result["statuses"] == [200] * 14 + [422, 400] + [200] * 4
     assert result["new"] == [], f"imported lazily on a request: {result['new']}"
