@@ -4,10 +4,11 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from .fields import OneOfKind, Tensor
+from .network import NetworkModelSchema
 
 MODES = ("grad", "inference")
 DTYPES = ("float32", "float64")
-INCLUDES = ("graph", "dot", "intermediates", "manual", "numeric", "hessian")
+INCLUDES = ("graph", "dot", "intermediates", "manual", "numeric", "hessian", "jacobian")
 NEURON_LOSSES = ("bce", "bce_with_logits")
 REDUCTIONS = ("mean", "sum", "none")
 NEURON_INPUTS = ("x", "y", "w", "b")
@@ -47,7 +48,8 @@ class ExpressionModelSchema(Schema):
             raise ValidationError("Give exactly one of `name` or `formula`.", "_schema")
 
 
-MODEL_SCHEMAS = {"neuron": NeuronModelSchema, "expression": ExpressionModelSchema}
+MODEL_SCHEMAS = {"neuron": NeuronModelSchema, "expression": ExpressionModelSchema, "network": NetworkModelSchema}
+upstream_gradient = {"metadata": {"description": "upstream gradient of a non-scalar output: `gradients` is then dout·J"}}
 
 
 class GradientRequestSchema(Schema):
@@ -59,7 +61,12 @@ class GradientRequestSchema(Schema):
     mode = fields.String(load_default="grad", validate=validate.OneOf(MODES))
     dtype = fields.String(load_default="float32", validate=validate.OneOf(DTYPES))
     include = fields.List(
-        fields.String(validate=validate.OneOf(INCLUDES)), load_default=lambda: ["graph"], validate=validate.Length(max=6)
+        fields.String(validate=validate.OneOf(INCLUDES)), load_default=lambda: ["graph"], validate=validate.Length(max=7)
+    )
+    dout = Tensor(**upstream_gradient)
+    tangents = fields.Dict(
+        keys=input_name, values=Tensor(), validate=validate.Length(min=1, max=64),
+        metadata={"description": "input name -> direction: `jvp` is J·v, how the output moves along it"},
     )
 
     @validates_schema

@@ -16,7 +16,8 @@ gradient_response = GradientResponseSchema()
 # engine.compute() already returns this schema's shape (every key, JSON-ready values, nested keys in schema
 # order), so dumping it through marshmallow is an identity that cost ~25 % of a small request (docs/PERFORMANCE.md);
 # the view only puts the top-level keys in the schema's order. tests/test_hardening.py checks the two agree.
-RESPONSE_KEYS = tuple(field.data_key or name for name, field in gradient_response.dump_fields.items())
+RESPONSE_KEYS = tuple(f.data_key or n for n, f in gradient_response.dump_fields.items() if not f.metadata.get("optional"))
+OPTIONAL_KEYS = tuple(f.data_key or n for n, f in gradient_response.dump_fields.items() if f.metadata.get("optional"))
 models_response = ModelsResponseSchema()
 
 
@@ -64,7 +65,7 @@ def gradients():
     spec = gradient_request.load(read_json())
     with compute_timer(spec["model"]["kind"]):
         result = engine.compute(spec, current_app.config["LIMITS"])
-    return {key: result[key] for key in RESPONSE_KEYS if key in result}
+    return {key: result[key] for key in RESPONSE_KEYS + OPTIONAL_KEYS if key in result}
 
 
 @bp.get("/v1/models")

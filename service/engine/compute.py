@@ -8,7 +8,9 @@ from .encode import encode_tree
 from .errors import LimitExceeded, NonScalarOutput, UnknownVariable
 from .expression import Expression
 from .graph import build_graph, to_dot
+from .jacobian import jacobian, jvp, upstream
 from .limits import Deadline, Limits
+from .network import Network
 from .neuron import Neuron
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -57,6 +59,8 @@ def make_tensors(inputs: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
 
 
 def build_model(spec: dict, limits: Limits, deadline: Deadline):
+    if spec["kind"] == "network":
+        return Network(spec, limits)
     return Neuron(spec) if spec["kind"] == "neuron" else Expression(spec, limits, deadline)
 
 
@@ -64,18 +68,30 @@ def compute(request: dict, limits: Limits) -> dict:
     """Run a loaded GradientRequestSchema body; returns the JSON-ready response body."""
     deadline = Deadline(limits.max_wall_seconds)
     check_sizes(request["inputs"], limits)
-    model = build_model(request["model"], limits, deadline)
+    raw = build_model(request["model"], limits, deadline)
     base = make_tensors(request["inputs"], DTYPES[request["dtype"]])
+    if isinstance(raw, Network):
+        base = raw.complete(base)  # generated X and parameters join the inputs
+    model = upstream(raw, request, DTYPES[request["dtype"]], limits)  # with `dout`: gradients are dout·J
     wrt = tuple(request.get("wrt") or model.default_wrt or base)
     unknown = [name for name in wrt if name not in base]
     if unknown:
         raise UnknownVariable(f"wrt names {', '.join(map(repr, unknown))}, which are not inputs")
     include = set(request["include"])
     warnings: list[str] = []
+    derivatives = "jacobian" in include or request.get("tangents")
     if request["mode"] == "inference":
         body = _inference(model, base, include, warnings)
     else:
-        body = _grad(model, base, wrt, include, limits, deadline, warnings)
+        try:
+            body = _grad(model, base, wrt, include, limits, deadline, warnings)
+        except NonScalarOutput:
+            if not derivatives or model is not raw:
+                raise
+            body = _inference(model, base, include - set(GRAD_ONLY_EXTRAS), warnings)
+            warnings.append("gradients need a scalar output: send `dout` for the vector-Jacobian product")
+        if derivatives:
+            body.update(_derivatives(raw, base, wrt, request, limits, deadline))
     body.update(mode=request["mode"], dtype=request["dtype"])
     body = encode_tree(body, warnings)
     body["warnings"] = warnings
@@ -132,6 +148,9 @@ def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline:
     deadline.check()
     body = _empty_body()
     body.update(loss=out.detach(), gradients=gradients, requires_grad=out.requires_grad)
+    unused = [n for n in wrt if leaves[n].grad is None]
+    if unused:  # explicit: the output does not depend on these inputs at all (docs/networks.md)
+        body["independent"] = unused
     if include & {"graph", "dot"}:
         known = dict(record)
         if not any(t is out for t in record.values()):
@@ -153,6 +172,19 @@ def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline:
     return body
 
 
+def _derivatives(model, base: dict, wrt: tuple, request: dict, limits: Limits, deadline: Deadline) -> dict:
+    """`jacobian` (include) and `jvp` (tangents) of the raw output, and the inputs it does not depend on."""
+    body, unused = {}, []
+    if "jacobian" in request["include"]:
+        body["jacobian"], unused = jacobian(model, base, wrt, limits, deadline)
+    if request.get("tangents"):
+        body["jvp"], more = jvp(model, base, request["tangents"], wrt, limits)
+        unused += [n for n in more if n not in unused]
+    if unused:
+        body["independent"] = unused
+    return body
+
+
 def _max_abs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
     diffs = [(a[n].double() - b[n].double()).abs().max() for n in a if a[n].numel()]
     return torch.stack(diffs).max() if diffs else torch.tensor(0.0, dtype=torch.float64)
@@ -163,7 +195,7 @@ def _manual(model, leaves: dict, wrt: tuple, gradients: dict, warnings: list[str
     with torch.no_grad():
         manual = model.manual({k: v.detach() for k, v in leaves.items()}, wrt)
     if manual is None:
-        warnings.append("manual: a free-form formula has no hand-derived gradient")
+        warnings.append(f"manual: {getattr(model, 'no_manual', 'a free-form formula has no hand-derived gradient')}")
         return None
     return {"gradients": manual, "max_abs_diff": _max_abs(manual, {n: gradients[n] for n in manual})}
 
