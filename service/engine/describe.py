@@ -4,8 +4,10 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from .catalog import CATALOG
+from .fixtures import FIXTURES
 from .formula import CONSTANTS, FUNCTIONS
 from .limits import Limits
+from .network import INIT_SCHEMES, L2_FORMS, LAYER_TYPES, LAYOUTS, LOSSES, REDUCTIONS
 
 MODEL_KINDS = {
     "neuron": {
@@ -19,6 +21,17 @@ MODEL_KINDS = {
     "expression": {
         "description": "a catalog `name` or a free-form `formula` in the formula language",
         "default_wrt": "every input",
+    },
+    "network": {
+        "description": "layers on X, a loss against y and L2, in a course's layout (docs/networks.md)",
+        "inputs": ["X", "y", "W<l>", "b<l>", "gamma<l>", "beta<l>"],
+        "default_wrt": "every parameter, then X",
+        "layouts": {name: layout.description for name, layout in LAYOUTS.items()},
+        "layers": list(LAYER_TYPES),
+        "loss": list(LOSSES),
+        "reduction": list(REDUCTIONS),
+        "l2_forms": {name: text for name, (text, _) in L2_FORMS.items()},
+        "init": list(INIT_SCHEMES),
     },
 }
 
@@ -35,4 +48,5 @@ def models_document(limits: Limits, extra_limits: dict) -> dict:
         "functions": functions,
         "constants": dict(CONSTANTS),
         "limits": {**limits.as_dict(), **extra_limits},
+        "networks": [dict(fixture) for fixture in FIXTURES],
     }

@@ -7,11 +7,14 @@ import torch
 
 from schemas.fields import NON_FINITE, parse_tensor
 
+from . import diagnose_bugs, tolerance
 from .compute import build_model, check_sizes, forward_backward
 from .encode import encode_tree
 from .errors import EngineError, LimitExceeded
 from .formula import parse_formula
+from .jacobian import upstream
 from .limits import Deadline, Limits
+from .network import Network
 from .neuron import Neuron
 
 TOLERANCE_RULE = "passed when |actual - expected| <= atol + rtol * |expected| at every element of every point (expected = autograd, float64)"
@@ -63,13 +66,16 @@ def make_points(request: dict, limits: Limits) -> list[dict[str, torch.Tensor]]:
 
 def reference(model, point: dict[str, torch.Tensor], deadline: Deadline) -> dict:
     """Autograd at one point, every input a leaf: loss, gradients, intermediates, and the neuron's chain-rule factors."""
-    leaves, out, record, gradients = forward_backward(model, point, tuple(point))
+    leaves, out, record, gradients = forward_backward(model, point, getattr(model, "check_wrt", None) or tuple(point))
     deadline.check()
     detached = {k: v.detach() for k, v in leaves.items()}
+    intermediates = {k: t.detach() for k, t in record.items()}
+    if hasattr(model, "intermediate_gradients"):  # networks: dZ1, dA1, ... for checks on the backward pass
+        intermediates.update(model.intermediate_gradients(record))
     return {
         "loss": out.detach(),
         "gradients": gradients,
-        "intermediates": {k: t.detach() for k, t in record.items()},
+        "intermediates": intermediates,
         "chain_rule": model.chain_rule(detached) if isinstance(model, Neuron) else None,
         "warnings": model.diagnose(record),
     }
@@ -126,6 +132,9 @@ class Grader:
         self.deadline = Deadline(limits.max_wall_seconds)
         self.points = make_points(request, limits)
         self.model = build_model(request["model"], limits, self.deadline)
+        if isinstance(self.model, Network):  # generated X and parameters join every point
+            self.points = [self.model.complete(p) for p in self.points]
+        self.model = upstream(self.model, request, torch.float64, limits)  # layer checks: dout·J
         self.is_neuron = isinstance(self.model, Neuron)
         self.refs = [reference(self.model, p, self.deadline) for p in self.points]
         self.multi = "inputs" not in request or "domain" in request or "points" in request
@@ -135,9 +144,9 @@ class Grader:
 
     def title(self, name: str) -> str:
         section, _, key = name.partition(".")
-        f = "L" if self.is_neuron else "f"
+        f = "L" if not hasattr(self.model, "formula") else "f"
         if section == "loss":
-            return "the loss L" if self.is_neuron else f"f = {self.model.formula.source}"
+            return "the loss L" if not hasattr(self.model, "formula") else f"f = {self.model.formula.source}"
         if section in ("gradients", "gradient_formulas"):
             return f"d{f}/d{key}" + (" (formula)" if section == "gradient_formulas" else "")
         return f"intermediate {key}"
@@ -155,6 +164,11 @@ class Grader:
         plan, ignored = plan_checks(self.request)
         self.warnings += ignored
         checks = [self.check(name, options) for name, options in plan]
+        first_wrong = diagnose_bugs.first_wrong_layer(self, checks)
+        for c in checks if first_wrong else ():
+            if c["kind"] == "gradient" and not c["passed"]:
+                c["message"] += f"; {first_wrong['message']}"
+        profile = tolerance.resolve({}, self.request, self.request["rtol"], self.request["atol"])
         score = sum(c["points"] for c in checks)
         max_score = sum(c["max_points"] for c in checks)
         passed = sum(c["passed"] for c in checks)
@@ -164,12 +178,14 @@ class Grader:
             "passed": passed == len(checks),
             "rtol": self.request["rtol"],
             "atol": self.request["atol"],
-            "tolerance_rule": TOLERANCE_RULE,
+            "tolerance_rule": tolerance.rule(profile) if profile else TOLERANCE_RULE,
             "n_points": len(self.points),
             "points": self.points,
             "checks": checks,
             "summary": f"{passed} of {len(checks)} checks passed; score {score:g} of {max_score:g}",
         }
+        if first_wrong:
+            body["first_wrong"] = first_wrong
         body = encode_tree(body, self.warnings)
         body["warnings"] = self.warnings
         return body
@@ -204,11 +220,25 @@ class Grader:
             actual, problem = self._numbers(answer, expected)
         if problem:
             result["message"] = f"{result['title']}: {problem}"
+            self._diagnose(result, name, answer, expected)
             return result
         if section == "gradient_formulas":
             result["actual"] = actual if self.multi else actual[0]
-        self._compare(result, expected, actual, rtol, atol, section, key)
+        profile = tolerance.resolve(options, self.request, rtol, atol)
+        if profile is None:
+            self._compare(result, expected, actual, rtol, atol, section, key)
+        else:
+            tolerance.apply(result, expected, actual, profile, self._at)
+        if not result["passed"]:
+            self._diagnose(result, name, answer, expected)
         return result
+
+    def _diagnose(self, result: dict, name: str, answer, expected: list[torch.Tensor]) -> None:
+        """Name the classic mistake a wrong gradient matches (diagnose_bugs.py)."""
+        mistake = diagnose_bugs.diagnose(self, name, answer, expected)
+        if mistake:
+            result["diagnosis"] = mistake
+            result["message"] += f"; likely mistake: {mistake}"
 
     def _known(self, section: str) -> str:
         ref = self.refs[0]
