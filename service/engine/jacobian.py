@@ -91,7 +91,7 @@ def jacobian(model, base: dict, wrt: tuple[str, ...], limits: Limits, deadline: 
 
 
 def jvp(model, base: dict, tangents: dict, wrt: tuple[str, ...], limits: Limits) -> tuple[torch.Tensor, list[str]]:
-    """J·v: how the output moves when the inputs move along `tangents` (forward mode, torch.func.jvp)."""
+    """J·v: how the output moves when the inputs move along `tangents`."""
     unknown = [n for n in tangents if n not in base]
     if unknown:
         raise UnknownVariable(f"tangents name {', '.join(map(repr, unknown))}, which are not inputs")
@@ -106,7 +106,9 @@ def jvp(model, base: dict, tangents: dict, wrt: tuple[str, ...], limits: Limits)
     def output(*values):
         return model.forward({**fixed, **dict(zip(names, values))})
 
-    _, tangent_out = torch.func.jvp(output, tuple(fixed[n] for n in names), vectors)
+    # reverse over reverse (torch.autograd.functional's double-backward trick): forward-mode AD would load torch's
+    # TorchScript decompositions on first use, seconds of start-up per worker for one request kind
+    _, tangent_out = torch.autograd.functional.jvp(output, tuple(fixed[n] for n in names), vectors)
     with torch.enable_grad():
         leaves = model.prepare(base, names)
         unused = independent(model.forward(leaves), leaves, names)
