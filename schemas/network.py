@@ -17,7 +17,7 @@ PROFILES = ("rel_error", "norm_ratio", "allclose", "round_atol", "exact")
 TENSOR_NAME = r"^(X|y|[Wb][1-9][0-9]{0,2}|gamma[0-9]{1,3}|beta[0-9]{1,3})$"
 MAX_LAYERS = 64
 MAX_FEATURES = 1_000_000
-SEED = {"validate": validate.Range(min=0, max=2**32 - 1), "metadata": {"description": "numpy's legacy seeds are < 2**32"}}
+SEED = {"validate": validate.Range(min=0, max=2**32 - 1), "metadata": {"description": "numpy's seeds are < 2**32"}}
 finite = {"validate": validate.Range(min=-1e100, max=1e100)}
 # which optional fields each layer type takes
 LAYER_FIELDS = {
@@ -120,7 +120,7 @@ class ToleranceSchema(Schema):
 
     profile = fields.String(
         required=True, validate=validate.OneOf(PROFILES),
-        metadata={"description": "rel_error (CS231n), norm_ratio (deeplearning.ai), allclose, round_atol (MyTorch), exact"},
+        metadata={"description": "rel_error (CS231n), norm_ratio (dlai), allclose, round_atol (MyTorch), exact"},
     )
     threshold = fields.Float(
         validate=validate.Range(min=0, max=1e6),

@@ -16,8 +16,9 @@ gradient_response = GradientResponseSchema()
 # engine.compute() already returns this schema's shape (every key, JSON-ready values, nested keys in schema
 # order), so dumping it through marshmallow is an identity that cost ~25 % of a small request (docs/PERFORMANCE.md);
 # the view only puts the top-level keys in the schema's order. tests/test_hardening.py checks the two agree.
-RESPONSE_KEYS = tuple(f.data_key or n for n, f in gradient_response.dump_fields.items() if not f.metadata.get("optional"))
-OPTIONAL_KEYS = tuple(f.data_key or n for n, f in gradient_response.dump_fields.items() if f.metadata.get("optional"))
+_KEYS = [(f.data_key or name, f.metadata.get("optional", False)) for name, f in gradient_response.dump_fields.items()]
+RESPONSE_KEYS = tuple(key for key, optional in _KEYS if not optional)
+OPTIONAL_KEYS = tuple(key for key, optional in _KEYS if optional)  # jacobian, jvp, independent: only when asked
 models_response = ModelsResponseSchema()
 
 

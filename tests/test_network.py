@@ -2,6 +2,12 @@
 profiles and the diagnosis of classic backprop mistakes — in process and against the live gunicorn server."""
 from __future__ import annotations
 
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 import requests
@@ -478,3 +484,37 @@ def test_layer_check_on_gradescope_live(live_server):
     assert tests["dL/dW1 (gradients.W1)"]["status"] == "passed"
     failed = tests["dL/db1 (gradients.b1)"]
     assert failed["status"] == "failed" and "wrong shape" in failed["output"]
+
+
+# --- docs/networks.md: its console examples, run against the live server -------------------------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "networks.md"
+
+
+def doc_examples() -> list[tuple[str, str]]:
+    found = []
+    for block in re.findall(r"```console\n(.*?)```", DOC.read_text(), re.S):
+        command, _, output = block.partition("\n")
+        assert command.startswith("$ curl "), command
+        found.append((command[2:], output.strip()))
+    return found
+
+
+def test_doc_has_examples():
+    assert len(doc_examples()) >= 3
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(("command", "expected"), doc_examples(), ids=lambda v: v[:60] if v.startswith("curl") else "")
+def test_doc_example(live_server, command, expected):
+    argv = [arg.replace("localhost:8000", live_server.url.removeprefix("http://")) for arg in shlex.split(command)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+    assert json.loads(out) == json.loads(expected)
+
+
+def test_doc_model_block_is_the_published_toy(client):
+    """The model shown at the top of docs/networks.md loads and reproduces CS231n's 1.30378789133."""
+    model = json.loads(re.search(r"```json\n(.*?)```", DOC.read_text(), re.S).group(1))
+    body = {"model": model, "inputs": {"y": [0, 1, 2, 2, 1]}, "dtype": "float64", "include": []}
+    code, out = post(client, "/v1/gradients", body)
+    assert code == 200 and abs(out["loss"] - 1.30378789133) < 1e-10

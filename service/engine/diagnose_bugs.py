@@ -47,7 +47,9 @@ def _variant_gradient(grader, variant: Variant, key: str) -> list[torch.Tensor]:
 
 def candidates(grader, key: str, expected: list[torch.Tensor]):
     """(mistake, its wrong gradients) in the order they are tried; computed only when reached."""
-    yield "the sign is flipped (a gradient ascent step, or a - where the chain rule has a +)", lambda: [-e for e in expected]
+    yield "the sign is flipped (a gradient ascent step, or a - where the chain rule has a +)", lambda: [
+        -e for e in expected
+    ]
     if all(e.dim() == 2 and e.shape[0] > 1 and e.shape[1] > 1 for e in expected):
         yield "it is transposed (check the layout: which axis is in, which is out)", lambda: [e.t() for e in expected]
     model = _raw(grader.model)
@@ -55,14 +57,17 @@ def candidates(grader, key: str, expected: list[torch.Tensor]):
         return
     reg = model.l2.get("reg", 0.0)
     if model.loss.get("reduction", "mean") == "mean":
-        yield "the 1/N of the mean over samples is missing", lambda: _variant_gradient(grader, Variant(data_reduction="sum"), key)
+        yield "the 1/N of the mean over samples is missing", lambda: _variant_gradient(
+            grader, Variant(data_reduction="sum"), key
+        )
     if reg > 0 and key.startswith("W"):
         yield (
             "the L2 term's gradient is twice too large (d/dW of reg*ΣW² is 2*reg*W; of 0.5*reg*ΣW², reg*W)",
             lambda: _variant_gradient(grader, Variant(l2_scale=2.0), key),
         )
-        yield "the L2 term's gradient is half what it should be (d/dW of reg*ΣW² is 2*reg*W)", lambda: _variant_gradient(
-            grader, Variant(l2_scale=0.5), key
+        yield (
+            "the L2 term's gradient is half what it should be (d/dW of reg*ΣW² is 2*reg*W)",
+            lambda: _variant_gradient(grader, Variant(l2_scale=0.5), key),
         )
     if reg > 0 and key.startswith("b") and not model.l2.get("include_biases"):
         yield "the biases are regularised: the L2 term covers the weights only", lambda: _variant_gradient(
@@ -116,7 +121,8 @@ def first_wrong_layer(grader, checks: list[dict]) -> dict | None:
     if not isinstance(model, Network):
         return None
     graded = {c["name"].partition(".")[2]: c for c in checks if c["kind"] == "intermediate" and c["expected"] is not None}
-    wrong = [n for n in model.intermediate_order(list(grader.refs[0]["intermediates"])) if n in graded and not graded[n]["passed"]]
+    order = model.intermediate_order(list(grader.refs[0]["intermediates"]))
+    wrong = [n for n in order if n in graded and not graded[n]["passed"]]
     if not wrong:
         return None
     first = wrong[0]
@@ -126,5 +132,6 @@ def first_wrong_layer(grader, checks: list[dict]) -> dict | None:
     return {
         "intermediate": first,
         "layer": layer,
-        "message": f"the {where} pass first goes wrong at {first} (layer {layer}); the intermediates before it are right",
+        "message": f"the {where} pass first goes wrong at {first} (layer {layer}); "
+        "the intermediates before it are right",
     }

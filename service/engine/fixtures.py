@@ -84,7 +84,8 @@ FIXTURES = (
     {
         "name": "dlai_compute_cost",
         "course": "deeplearning.ai, Building your Deep Neural Network: Step by Step (compute_cost test)",
-        "description": "cross-entropy cost -1/m Σ (Y log AL + (1-Y) log(1-AL)) for Y = [[1, 1, 0]], AL = [[.8, .9, .4]]; "
+        "description": "cross-entropy cost -1/m Σ (Y log AL + (1-Y) log(1-AL)) for Y = [[1, 1, 0]], "
+        "AL = [[.8, .9, .4]]; "
         "no layers, so X is AL and dX is dAL/m",
         "request": {
             "model": {"kind": "network", "layout": "dlai", "layers": [], "loss": {"type": "bce"}},

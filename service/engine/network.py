@@ -60,7 +60,7 @@ LAYOUTS = {
     for layout in (
         Layout("cs231n", 0, False, False, "vector", "X (N, D), W (D, H), b (H,): X·W + b"),
         Layout("torch", 0, True, False, "vector", "X (N, D), W (H, D), b (H,): X·Wᵀ + b, as torch.nn.Linear"),
-        Layout("mytorch", 0, True, True, "row", "CMU 11-785 MyTorch: A (N, C0), W (C1, C0), b (C1, 1): A·Wᵀ + 1·bᵀ"),
+        Layout("mytorch", 0, True, True, "row", "MyTorch: A (N, C0), W (C1, C0), b (C1, 1): A·Wᵀ + 1·bᵀ"),
         Layout("dlai", 1, True, True, "column", "deeplearning.ai: X (n_x, m), W (n_l, n_l-1), b (n_l, 1): W·A + b"),
     )
 }
@@ -178,7 +178,8 @@ class Network:
         elif self.loss["type"] != "none":
             raise UnknownVariable(f"loss {self.loss['type']!r} needs targets: give `y` in the inputs")
         default = self.spec.get("init")
-        stream = np.random.RandomState(default.get("seed", 0)) if default and default["scheme"] == "numpy_legacy" else None
+        legacy = default is not None and default["scheme"] == "numpy_legacy"
+        stream = np.random.RandomState(default.get("seed", 0)) if legacy else None
         for p in self.params:
             if p.name in given:
                 if tuple(given[p.name].shape) != p.shape:
@@ -346,7 +347,10 @@ class Network:
         labels = kind in LABEL_LOSSES and tuple(y.shape) != tuple(out.shape)
         if kind == "softmax_cross_entropy":
             logp = torch.log_softmax(scores, dim=1)
-            per = -logp.gather(1, y.reshape(-1, 1).long()).reshape(-1) if labels else -(self.layout.samples_first(y) * logp).sum(1)
+            if labels:
+                per = -logp.gather(1, y.reshape(-1, 1).long()).reshape(-1)
+            else:
+                per = -(self.layout.samples_first(y) * logp).sum(1)
         elif kind == "hinge":
             idx = y.reshape(-1, 1).long()
             margins = torch.clamp(scores - scores.gather(1, idx) + self.loss.get("margin", 1.0), min=0)
