@@ -6,6 +6,7 @@
 #     docker build --build-arg PIP_EXTRA_INDEX_URL=<index with CPU torch wheels> -t gradsvc .
 #   offline build (what scripts/image-test.sh does; no network inside the build):
 #     podman build --pull=never --network none --format docker --build-arg PIP_NO_INDEX=1 -t gradsvc .
+#   (both with --build-arg VERSION=<pyproject.toml's version>, see the label below)
 
 FROM python:3.11-slim AS build
 # pip reads these from the environment: PIP_NO_INDEX=1 installs from the wheelhouse only.
@@ -24,12 +25,19 @@ RUN python3 -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb')
 # (torch/test holds C++ test binaries, torch/include the headers for compiling extensions: ~120 MB unused here.)
 
 FROM python:3.11-slim
+# The version label comes from pyproject.toml (the one version source): build with
+#   --build-arg VERSION="$(python3 -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])")"
+ARG VERSION
+LABEL org.opencontainers.image.title="gradsvc" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="MIT"
 # Fixed numeric ids: Kubernetes can only verify runAsNonRoot for a numeric USER.
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-log-init --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin app
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
+COPY pyproject.toml ./
 COPY deploy/gunicorn.conf.py deploy/gunicorn.conf.py
 COPY schemas/ schemas/
 COPY service/ service/

@@ -1,19 +1,14 @@
 """Schemas for coursework networks (model kind "network") and the tolerance profiles of POST /v1/check."""
+
 from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from service.engine.network import ACTIVATIONS, INIT_SCHEMES, L2_FORMS, LAYER_TYPES, LAYOUTS, LOSSES, REDUCTIONS
+from service.engine.tolerance import DEFAULTS as PROFILES
+
 from .fields import Tensor
 
-# the engine's tables (service/engine/network.py) carry these same names; tests/test_network.py checks they agree
-LAYOUTS = ("cs231n", "torch", "mytorch", "dlai")
-ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "softmax")
-LAYER_TYPES = ("linear", "batchnorm", "dropout", *ACTIVATIONS)
-LOSSES = ("softmax_cross_entropy", "hinge", "bce", "bce_with_logits", "mse", "none")
-REDUCTIONS = ("mean", "sum", "mean_elements")
-L2_FORMS = ("sum_sq", "half_sum_sq", "over_2m")
-INIT_SCHEMES = ("numpy_legacy", "zeros", "ones", "constant", "linspace")
-PROFILES = ("rel_error", "norm_ratio", "allclose", "round_atol", "exact")
 TENSOR_NAME = r"^(X|y|[Wb][1-9][0-9]{0,2}|gamma[0-9]{1,3}|beta[0-9]{1,3})$"
 MAX_LAYERS = 64
 MAX_FEATURES = 1_000_000
@@ -66,7 +61,8 @@ class LayerSchema(Schema):
 class LossSchema(Schema):
     type = fields.String(required=True, validate=validate.OneOf(LOSSES))
     reduction = fields.String(
-        load_default="mean", validate=validate.OneOf(REDUCTIONS),
+        load_default="mean",
+        validate=validate.OneOf(REDUCTIONS),
         metadata={"description": "mean over samples (default), sum, or mean over every element (torch's mse/bce)"},
     )
     margin = fields.Float(validate=validate.Range(min=0, max=1e6), metadata={"description": "hinge; default 1"})
@@ -75,7 +71,8 @@ class LossSchema(Schema):
 class L2Schema(Schema):
     reg = fields.Float(required=True, validate=validate.Range(min=0, max=1e6))
     form = fields.String(
-        required=True, validate=validate.OneOf(L2_FORMS),
+        required=True,
+        validate=validate.OneOf(tuple(L2_FORMS)),
         metadata={"description": "sum_sq: reg*ΣW²; half_sum_sq: 0.5*reg*ΣW²; over_2m: reg/(2m)*ΣW²"},
     )
     include_biases = fields.Boolean(load_default=False)
@@ -92,7 +89,8 @@ class InitSchema(Schema):
     start = fields.Float(**finite)
     stop = fields.Float(**finite)
     shape = fields.List(
-        fields.Integer(validate=validate.Range(min=0, max=MAX_FEATURES)), validate=validate.Length(min=1, max=2),
+        fields.Integer(validate=validate.Range(min=0, max=MAX_FEATURES)),
+        validate=validate.Length(min=1, max=2),
         metadata={"description": "needed for X and y (a parameter's shape follows from the layers)"},
     )
     transpose = fields.Boolean(metadata={"description": "linspace: fill the reversed shape, then transpose"})
@@ -102,14 +100,15 @@ class NetworkModelSchema(Schema):
     """An ordered list of layers on X, a loss against y, L2, in a course's layout (docs/networks.md)."""
 
     kind = fields.String(required=True, validate=validate.Equal("network"))
-    layout = fields.String(required=True, validate=validate.OneOf(LAYOUTS))
+    layout = fields.String(required=True, validate=validate.OneOf(tuple(LAYOUTS)))
     layers = fields.List(fields.Nested(LayerSchema), required=True, validate=validate.Length(max=MAX_LAYERS))
     loss = fields.Nested(LossSchema, required=True)
     l2 = fields.Nested(L2Schema)
     init = fields.Nested(InitSchema, metadata={"description": "for every parameter not given; weights in layer order"})
     generate = fields.Dict(
         keys=fields.String(validate=validate.Regexp(TENSOR_NAME, error="X, y, W<l>, b<l>, gamma<l> or beta<l>.")),
-        values=fields.Nested(InitSchema), validate=validate.Length(max=2 * MAX_LAYERS + 2),
+        values=fields.Nested(InitSchema),
+        validate=validate.Length(max=2 * MAX_LAYERS + 2),
         metadata={"description": "tensor name -> how to make it (e.g. X from a seed, as a course's fixture does)"},
     )
     dropout_seed = fields.Integer(**SEED)
@@ -119,7 +118,8 @@ class ToleranceSchema(Schema):
     """How a check compares, named after the course that uses the rule."""
 
     profile = fields.String(
-        required=True, validate=validate.OneOf(PROFILES),
+        required=True,
+        validate=validate.OneOf(tuple(PROFILES)),
         metadata={"description": "rel_error (CS231n), norm_ratio (dlai), allclose, round_atol (MyTorch), exact"},
     )
     threshold = fields.Float(

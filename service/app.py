@@ -3,20 +3,19 @@ from __future__ import annotations
 
 import logging.config
 
-from flask import Flask, request
+from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import engine
-from .api import bp
 from .auth import init_auth
 from .config import Config
+from .deadline import init_deadline
+from .warmup import warm_up
 from .errors import register_error_handlers
-from .grading import bp as grading_bp
 from .jsonio import StrictJSONProvider
+from .memory import init_memory
 from .observability import init_observability
-from .openapi import build_spec, document_for
-
-DOCUMENTED_VIEWS = ["api.gradients", "api.models", "api.healthz", "api.readyz", "metrics", "grading.check", "grading.batch"]
+from .openapi import build_spec
+from .views import BLUEPRINTS
 
 
 def configure_logging(level: str) -> None:
@@ -48,17 +47,12 @@ def create_app(config: type[Config] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)
     init_observability(app)  # first: every later hook and error already has a request id
     init_auth(app)
-    app.register_blueprint(bp)
-    app.register_blueprint(grading_bp)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
     register_error_handlers(app)
-
-    spec = build_spec(app, DOCUMENTED_VIEWS)
-
-    @app.get("/openapi.json")
-    def openapi():
-        """The OpenAPI 3 document, with `servers` set to the prefix the request came through."""
-        return document_for(spec, request.script_root)
-
+    app.extensions["openapi"] = build_spec(app)  # served by views/meta.py
+    init_deadline(app)  # outermost but one: the deadline covers the body read, hooks, views and encoding
     if app.config["WARM_UP"]:
-        engine.warm_up(app.config["TORCH_THREADS"])
+        warm_up(app.config["TORCH_THREADS"])
+    init_memory(app)  # outermost: memory is given back after the response, outside the deadline
     return app

@@ -1,5 +1,6 @@
 """Coursework networks: published fixtures, gradients in every layout against torch.func, Jacobians, tolerance
 profiles and the diagnosis of classic backprop mistakes — in process and against the live gunicorn server."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import schemas.network as names
 from service.engine import network
 from service.engine.fixtures import FIXTURES
 
@@ -96,19 +96,12 @@ def test_published_fixtures_live(live_server):
                 assert body["gradients"] == value
     models = requests.get(live_server.url + "/v1/models", timeout=10).json()
     assert [n["name"] for n in models["networks"]] == [f["name"] for f in FIXTURES]
-    assert set(models["kinds"]["network"]["layouts"]) == set(names.LAYOUTS)
-
-
-def test_schema_names_match_the_engine():
-    assert names.LAYOUTS == tuple(network.LAYOUTS)
-    assert names.LAYER_TYPES == network.LAYER_TYPES
-    assert names.LOSSES == network.LOSSES
-    assert names.REDUCTIONS == network.REDUCTIONS
-    assert names.L2_FORMS == tuple(network.L2_FORMS)
-    assert names.INIT_SCHEMES == network.INIT_SCHEMES
+    assert set(models["kinds"]["network"]["layouts"]) == set(network.LAYOUTS)
+    assert models["limits"]["max_jacobian_elements"] > 0
 
 
 # --- every layout against torch.func ------------------------------------------------------------------
+
 
 def reference_loss(params: dict, x, y, layers, loss: dict, l2: dict):
     """An independent samples-first (CS231n-shaped) network: W (in, out), b (out,)."""
@@ -171,7 +164,7 @@ def random_networks(draw):
 def test_gradients_equal_torch_func_in_every_layout(client, net):
     n, d, widths, acts, loss, l2, seed, layout = net
     gen = torch.Generator().manual_seed(seed)
-    layers = [{"type": "linear", "out_features": w, "activation": a} for w, a in zip(widths, acts)]
+    layers = [{"type": "linear", "out_features": w, "activation": a} for w, a in zip(widths, acts, strict=True)]
     params, fan_in = {}, d
     for i, w in enumerate(widths, 1):
         params[f"W{i}"] = torch.randn(fan_in, w, generator=gen, dtype=torch.float64)
@@ -187,7 +180,9 @@ def test_gradients_equal_torch_func_in_every_layout(client, net):
     inputs = {k: to_layout(layout, k, v).tolist() for k, v in {**params, "X": x}.items()}
     body = {
         "model": {"kind": "network", "layout": layout, "layers": layers, "loss": loss, "l2": l2},
-        "inputs": {**inputs, "y": y_sent.tolist()}, "dtype": "float64", "include": ["numeric"],
+        "inputs": {**inputs, "y": y_sent.tolist()},
+        "dtype": "float64",
+        "include": ["numeric"],
     }
     status, out = post(client, "/v1/gradients", body)
     assert status == 200, out
@@ -205,64 +200,102 @@ def test_batchnorm_and_dropout_equal_torch(client):
     """Train-mode batchnorm (biased and unbiased variance) and seeded inverted dropout against torch.func."""
     gen = torch.Generator().manual_seed(3)
     x, w, b = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in ((5, 3), (3, 4), (4,)))
-    gamma, beta = torch.rand(4, generator=gen, dtype=torch.float64) + 0.5, torch.randn(4, generator=gen, dtype=torch.float64)
+    gamma, beta = (
+        torch.rand(4, generator=gen, dtype=torch.float64) + 0.5,
+        torch.randn(4, generator=gen, dtype=torch.float64),
+    )
     y = torch.tensor([0, 1, 3, 2, 1.0])
     mask = torch.from_numpy(np.random.RandomState(7).rand(5, 4) < 0.6).double() / 0.6
     for variance, correction in (("biased", 0), ("unbiased", 1)):
-        def loss_of(w, b, gamma, beta, x):
+
+        def loss_of(w, b, gamma, beta, x, correction=correction):
             z = x @ w + b
             zhat = (z - z.mean(0)) / torch.sqrt(z.var(0, correction=correction) + 1e-5)
             a = torch.relu(gamma * zhat + beta) * mask
             return -torch.log_softmax(a, 1)[torch.arange(5), y.long()].mean()
 
         body = {
-            "model": {"kind": "network", "layout": "cs231n", "loss": {"type": "softmax_cross_entropy"}, "layers": [
-                {"type": "linear", "out_features": 4}, {"type": "batchnorm", "variance": variance},
-                {"type": "relu"}, {"type": "dropout", "keep_prob": 0.6, "seed": 7}]},
-            "inputs": {"X": x.tolist(), "y": y.tolist(), "W1": w.tolist(), "b1": b.tolist(),
-                       "gamma1": gamma.tolist(), "beta1": beta.tolist()},
-            "dtype": "float64", "include": ["intermediates"],
+            "model": {
+                "kind": "network",
+                "layout": "cs231n",
+                "loss": {"type": "softmax_cross_entropy"},
+                "layers": [
+                    {"type": "linear", "out_features": 4},
+                    {"type": "batchnorm", "variance": variance},
+                    {"type": "relu"},
+                    {"type": "dropout", "keep_prob": 0.6, "seed": 7},
+                ],
+            },
+            "inputs": {
+                "X": x.tolist(),
+                "y": y.tolist(),
+                "W1": w.tolist(),
+                "b1": b.tolist(),
+                "gamma1": gamma.tolist(),
+                "beta1": beta.tolist(),
+            },
+            "dtype": "float64",
+            "include": ["intermediates"],
         }
         status, out = post(client, "/v1/gradients", body)
         assert status == 200, out
         grads = torch.func.grad(loss_of, argnums=(0, 1, 2, 3, 4))(w, b, gamma, beta, x)
-        for name, g in zip(("W1", "b1", "gamma1", "beta1", "X"), grads):
+        for name, g in zip(("W1", "b1", "gamma1", "beta1", "X"), grads, strict=True):
             assert torch.allclose(torch.tensor(out["gradients"][name], dtype=torch.float64), g, atol=1e-12), name
         assert list(out["intermediates"]) == ["Z1", "BN1", "A1", "D1"]
 
 
 # --- Jacobians, VJPs, JVPs ----------------------------------------------------------------------------
 
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch.func.jvp's first use
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.integers(1, 4), st.integers(1, 3), st.integers(1, 3), st.sampled_from(sorted(network.LAYOUTS)), st.integers(0, 999))
+@given(
+    st.integers(1, 4),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.sampled_from(sorted(network.LAYOUTS)),
+    st.integers(0, 999),
+)
 def test_jacobian_vjp_jvp_equal_torch_func(client, n, d, h, layout, seed):
     gen = torch.Generator().manual_seed(seed)
     w, b, x = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in ((d, h), (h,), (n, d)))
-    dout, tangent = torch.randn(n, h, generator=gen, dtype=torch.float64), torch.randn(d, h, generator=gen, dtype=torch.float64)
+    dout, tangent = (
+        torch.randn(n, h, generator=gen, dtype=torch.float64),
+        torch.randn(d, h, generator=gen, dtype=torch.float64),
+    )
 
     def out_of(w, b, x):
         return torch.tanh(x @ w + b)
 
     sent = {"W1": to_layout(layout, "W1", w), "b1": to_layout(layout, "b1", b), "X": to_layout(layout, "X", x)}
     body = {
-        "model": {"kind": "network", "layout": layout, "loss": {"type": "none"},
-                  "layers": [{"type": "linear", "out_features": h, "activation": "tanh"}]},
-        "inputs": {k: v.tolist() for k, v in sent.items()}, "dtype": "float64", "include": ["jacobian"],
+        "model": {
+            "kind": "network",
+            "layout": layout,
+            "loss": {"type": "none"},
+            "layers": [{"type": "linear", "out_features": h, "activation": "tanh"}],
+        },
+        "inputs": {k: v.tolist() for k, v in sent.items()},
+        "dtype": "float64",
+        "include": ["jacobian"],
         "tangents": {"W1": to_layout(layout, "W1", tangent).tolist()},
     }
     status, out = post(client, "/v1/gradients", body)
     assert status == 200, out
     assert out["gradients"] is None and out["warnings"][-1].startswith("gradients need a scalar output")
+
     # the service works in the layout; the reference in samples-first shapes: compare through the same views
     def in_layout(wl, bl, xl):
         result = out_of(wl if layout == "cs231n" else wl.t(), bl.reshape(-1), xl.t() if layout == "dlai" else xl)
         return result.t() if layout == "dlai" else result
 
     jac = torch.func.jacrev(in_layout, argnums=(0, 1, 2))(sent["W1"], sent["b1"], sent["X"])
-    for name, j in zip(("W1", "b1", "X"), jac):
+    for name, j in zip(("W1", "b1", "X"), jac, strict=True):
         assert torch.allclose(torch.tensor(out["jacobian"][name], dtype=torch.float64), j, atol=1e-12), name
-    _, jvp_out = torch.func.jvp(lambda wl: in_layout(wl, sent["b1"], sent["X"]), (sent["W1"],), (to_layout(layout, "W1", tangent),))
+    _, jvp_out = torch.func.jvp(
+        lambda wl: in_layout(wl, sent["b1"], sent["X"]), (sent["W1"],), (to_layout(layout, "W1", tangent),)
+    )
     assert torch.allclose(torch.tensor(out["jvp"], dtype=torch.float64), jvp_out, atol=1e-12)
 
     upstream = to_layout(layout, "X", dout) if layout == "dlai" else dout
@@ -271,53 +304,96 @@ def test_jacobian_vjp_jvp_equal_torch_func(client, n, d, h, layout, seed):
     status, out = post(client, "/v1/gradients", body)
     assert status == 200, out
     _, pullback = torch.func.vjp(in_layout, sent["W1"], sent["b1"], sent["X"])
-    for name, g in zip(("W1", "b1", "X"), pullback(upstream)):
+    for name, g in zip(("W1", "b1", "X"), pullback(upstream), strict=True):
         assert torch.allclose(torch.tensor(out["gradients"][name], dtype=torch.float64), g, atol=1e-12), name
 
 
 def test_jacobian_of_a_formula_and_the_independence_flag(client):
-    body = {"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": [1.0, 2.0], "y": 3.0},
-            "wrt": ["x", "y"], "include": ["jacobian"], "dtype": "float64"}
+    body = {
+        "model": {"kind": "expression", "formula": "x**2"},
+        "inputs": {"x": [1.0, 2.0], "y": 3.0},
+        "wrt": ["x", "y"],
+        "include": ["jacobian"],
+        "dtype": "float64",
+    }
     status, out = post(client, "/v1/gradients", body)
     assert status == 200, out
     assert out["jacobian"] == {"x": [[2.0, 0.0], [0.0, 4.0]], "y": [0.0, 0.0]}
     assert out["independent"] == ["y"]
-    status, out = post(client, "/v1/gradients", {**body, "model": {"kind": "expression", "formula": "sum(x**2)"}, "include": []})
+    status, out = post(
+        client, "/v1/gradients", {**body, "model": {"kind": "expression", "formula": "sum(x**2)"}, "include": []}
+    )
     assert out["gradients"]["y"] == 0.0 and out["independent"] == ["y"]
-    status, out = post(client, "/v1/gradients", {**body, "model": {"kind": "expression", "formula": "sum(x**2) + y*0"}, "include": []})
+    status, out = post(
+        client, "/v1/gradients", {**body, "model": {"kind": "expression", "formula": "sum(x**2) + y*0"}, "include": []}
+    )
     assert "independent" not in out  # y is in the graph: its zero gradient is computed, not structural
 
 
 def test_jacobian_cap_is_a_413_that_suggests_dout(client):
-    body = {"model": {"kind": "network", "layout": "torch", "loss": {"type": "none"},
-                      "layers": [{"type": "linear", "out_features": 200}], "init": {"scheme": "zeros"}},
-            "inputs": {"X": [[0.0] * 100] * 60}, "include": ["jacobian"]}
+    body = {
+        "model": {
+            "kind": "network",
+            "layout": "torch",
+            "loss": {"type": "none"},
+            "layers": [{"type": "linear", "out_features": 200}],
+            "init": {"scheme": "zeros"},
+        },
+        "inputs": {"X": [[0.0] * 100] * 60},
+        "include": ["jacobian"],
+    }
     status, out = post(client, "/v1/gradients", body)
     assert status == 413, out
-    assert out["limit"]["name"] == "max_jacobian_elements" and "dout" in out["detail"]
+    assert out["limit"]["name"] == "max_jacobian_elements" and "dout" in out["hint"]
+    assert out["limit"]["estimate"] == 60 * 200 * (200 * 100 + 200 + 60 * 100)  # output x (W1, b1, X) elements
 
 
 # --- bad input ----------------------------------------------------------------------------------------
 
-TOY = {"kind": "network", "layout": "cs231n", "loss": {"type": "softmax_cross_entropy"},
-       "layers": [{"type": "linear", "out_features": 3, "activation": "relu"}, {"type": "linear", "out_features": 2}]}
+TOY = {
+    "kind": "network",
+    "layout": "cs231n",
+    "loss": {"type": "softmax_cross_entropy"},
+    "layers": [{"type": "linear", "out_features": 3, "activation": "relu"}, {"type": "linear", "out_features": 2}],
+}
 
 
-@pytest.mark.parametrize(("model", "inputs", "status", "needle"), [
-    ({**TOY, "layout": "keras"}, {"X": [[1.0]], "y": [0]}, 400, "layout"),
-    ({**TOY, "layers": [{"type": "linear"}]}, {"X": [[1.0]], "y": [0]}, 400, "out_features"),
-    ({**TOY, "layers": [{"type": "relu", "eps": 1}]}, {"X": [[1.0]], "y": [0]}, 400, "does not take eps"),
-    (TOY, {"X": [[1.0, 2.0]], "y": [0]}, 422, "W1"),
-    ({**TOY, "init": {"scheme": "zeros"}}, {"X": [[1.0, 2.0]], "y": [0], "W1": [[1.0, 2.0, 3.0]]}, 422, "layout"),
-    ({**TOY, "init": {"scheme": "zeros"}}, {"X": [[1.0, 2.0]], "y": [2]}, 422, "class labels"),
-    ({**TOY, "init": {"scheme": "zeros"}}, {"X": [[1.0, 2.0]], "y": [0], "Q": 1.0}, 422, "no input 'Q'"),
-    ({**TOY, "init": {"scheme": "zeros"}, "layers": [{"type": "linear", "out_features": 1_000_000}] * 9},
-     {"X": [[1.0] * 64] * 64, "y": [0] * 64}, 413, "max_total_elements"),
-])
+@pytest.mark.parametrize(
+    ("model", "inputs", "status", "needle"),
+    [
+        ({**TOY, "layout": "keras"}, {"X": [[1.0]], "y": [0]}, 400, "layout"),
+        ({**TOY, "layers": [{"type": "linear"}]}, {"X": [[1.0]], "y": [0]}, 400, "out_features"),
+        ({**TOY, "layers": [{"type": "relu", "eps": 1}]}, {"X": [[1.0]], "y": [0]}, 400, "does not take eps"),
+        (TOY, {"X": [[1.0, 2.0]], "y": [0]}, 422, "W1"),
+        ({**TOY, "init": {"scheme": "zeros"}}, {"X": [[1.0, 2.0]], "y": [0], "W1": [[1.0, 2.0, 3.0]]}, 422, "layout"),
+        ({**TOY, "init": {"scheme": "zeros"}}, {"X": [[1.0, 2.0]], "y": [2]}, 422, "class labels"),
+        ({**TOY, "init": {"scheme": "zeros"}}, {"X": [[1.0, 2.0]], "y": [0], "Q": 1.0}, 422, "no input 'Q'"),
+        (
+            {**TOY, "init": {"scheme": "zeros"}, "layers": [{"type": "linear", "out_features": 1_000_000}] * 9},
+            {"X": [[1.0] * 64] * 64, "y": [0] * 64},
+            413,
+            "max_tensor_elements",
+        ),
+    ],
+)
 def test_bad_networks_are_problems(client, model, inputs, status, needle):
     code, out = post(client, "/v1/gradients", {"model": model, "inputs": inputs})
     assert code == status, out
     assert needle in str(out)
+
+
+def test_a_network_over_the_budget_is_a_413_before_anything_is_built(client):
+    """Every tensor fits max_tensor_elements, but 20 layers of 1000 x 1000 do not fit the request budget."""
+    model = {
+        **TOY,
+        "layers": [{"type": "linear", "out_features": 1000, "activation": "relu"}] * 20,
+        "init": {"scheme": "zeros"},
+        "generate": {"X": {"scheme": "zeros", "shape": [1000, 1000]}},
+    }
+    code, out = post(client, "/v1/gradients", {"model": model, "inputs": {"y": [0] * 1000}})
+    assert code == 413, out
+    assert out["limit"]["name"] == "max_request_bytes"
+    assert out["limit"]["estimate"] > out["limit"]["value"] and out["hint"]
 
 
 def test_dout_shape_mismatch_is_a_422(client):
@@ -328,33 +404,51 @@ def test_dout_shape_mismatch_is_a_422(client):
 
 # --- grading: tolerance profiles ------------------------------------------------------------------------
 
+
 def toy_check(client, submission, **extra):
-    body = {"model": {**TOY, "l2": {"reg": 0.1, "form": "sum_sq"}, "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.5}},
-            "inputs": {"X": [[1.0, 2.0], [3.0, -1.0], [0.5, 0.2], [-1.0, 0.4]], "y": [0, 1, 1, 0]},
-            "submission": submission, **extra}
+    body = {
+        "model": {
+            **TOY,
+            "l2": {"reg": 0.1, "form": "sum_sq"},
+            "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.5},
+        },
+        "inputs": {"X": [[1.0, 2.0], [3.0, -1.0], [0.5, 0.2], [-1.0, 0.4]], "y": [0, 1, 1, 0]},
+        "submission": submission,
+        **extra,
+    }
     code, out = post(client, "/v1/check", body)
     assert code == 200, out
     return out
 
 
 def reference_toy(client):
-    body = {"model": {**TOY, "l2": {"reg": 0.1, "form": "sum_sq"}, "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.5}},
-            "inputs": {"X": [[1.0, 2.0], [3.0, -1.0], [0.5, 0.2], [-1.0, 0.4]], "y": [0, 1, 1, 0]},
-            "dtype": "float64", "include": ["intermediates"]}
+    body = {
+        "model": {
+            **TOY,
+            "l2": {"reg": 0.1, "form": "sum_sq"},
+            "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.5},
+        },
+        "inputs": {"X": [[1.0, 2.0], [3.0, -1.0], [0.5, 0.2], [-1.0, 0.4]], "y": [0, 1, 1, 0]},
+        "dtype": "float64",
+        "include": ["intermediates"],
+    }
     return post(client, "/v1/gradients", body)[1]
 
 
-@pytest.mark.parametrize(("profile", "noise", "passed"), [
-    ({"profile": "rel_error", "threshold": 1e-7}, 1e-9, True),
-    ({"profile": "rel_error", "threshold": 1e-7}, 1e-5, False),
-    ({"profile": "norm_ratio"}, 1e-9, True),
-    ({"profile": "norm_ratio"}, 1e-4, False),
-    ({"profile": "allclose", "rtol": 1e-3, "atol": 0}, 1e-5, True),
-    ({"profile": "round_atol"}, 1e-6, True),
-    ({"profile": "round_atol"}, 1e-2, False),
-    ({"profile": "exact"}, 0.0, True),
-    ({"profile": "exact"}, 1e-15, False),
-])
+@pytest.mark.parametrize(
+    ("profile", "noise", "passed"),
+    [
+        ({"profile": "rel_error", "threshold": 1e-7}, 1e-9, True),
+        ({"profile": "rel_error", "threshold": 1e-7}, 1e-5, False),
+        ({"profile": "norm_ratio"}, 1e-9, True),
+        ({"profile": "norm_ratio"}, 1e-4, False),
+        ({"profile": "allclose", "rtol": 1e-3, "atol": 0}, 1e-5, True),
+        ({"profile": "round_atol"}, 1e-6, True),
+        ({"profile": "round_atol"}, 1e-2, False),
+        ({"profile": "exact"}, 0.0, True),
+        ({"profile": "exact"}, 1e-15, False),
+    ],
+)
 def test_tolerance_profiles(client, profile, noise, passed):
     ref = reference_toy(client)
     answer = (np.array(ref["gradients"]["W2"]) * (1 + noise)).tolist()
@@ -363,8 +457,13 @@ def test_tolerance_profiles(client, profile, noise, passed):
     assert check["passed"] is passed, check["message"]
     assert check["tolerance"]["profile"] == profile["profile"]
     assert (check["tolerance"]["value"] <= check["tolerance"]["threshold"]) is passed
-    source = {"rel_error": "CS231n", "norm_ratio": "deeplearning.ai", "allclose": "allclose", "round_atol": "MyTorch",
-              "exact": "exact"}[profile["profile"]]
+    source = {
+        "rel_error": "CS231n",
+        "norm_ratio": "deeplearning.ai",
+        "allclose": "allclose",
+        "round_atol": "MyTorch",
+        "exact": "exact",
+    }[profile["profile"]]
     assert source in out["tolerance_rule"]
 
 
@@ -380,14 +479,18 @@ def test_partial_credit_by_fraction_of_elements(client):
     ref = np.array(reference_toy(client)["gradients"]["W1"])
     answer = ref.copy()
     answer[0, 0] += 1.0  # one of six elements wrong
-    out = toy_check(client, {"gradients": {"W1": answer.tolist()}},
-                    checks={"gradients.W1": {"points": 6, "tolerance": {"profile": "rel_error", "partial_credit": True}}})
+    out = toy_check(
+        client,
+        {"gradients": {"W1": answer.tolist()}},
+        checks={"gradients.W1": {"points": 6, "tolerance": {"profile": "rel_error", "partial_credit": True}}},
+    )
     check = out["checks"][0]
     assert not check["passed"] and check["points"] == pytest.approx(5.0)
     assert check["tolerance"]["fraction_within"] == pytest.approx(5 / 6)
 
 
 # --- grading: diagnosis of classic mistakes --------------------------------------------------------------
+
 
 def numpy_backprop(x, y, p, reg, bug=None):
     """CS231n's two-layer backward pass by hand, with one classic mistake planted when asked."""
@@ -432,15 +535,27 @@ def test_each_planted_bug_is_named(client, bug):
     rng = np.random.RandomState(5)
     x, y = rng.randn(5, 3), np.array([0, 1, 2, 1, 0])
     p = {"W1": rng.randn(3, 4), "b1": rng.randn(4), "W2": rng.randn(4, 3), "b2": rng.randn(3)}
-    model = {"kind": "network", "layout": "cs231n", "loss": {"type": "softmax_cross_entropy"},
-             "l2": {"reg": 0.3, "form": "sum_sq"},
-             "layers": [{"type": "linear", "out_features": 4, "activation": "relu"}, {"type": "linear", "out_features": 3}]}
+    model = {
+        "kind": "network",
+        "layout": "cs231n",
+        "loss": {"type": "softmax_cross_entropy"},
+        "l2": {"reg": 0.3, "form": "sum_sq"},
+        "layers": [{"type": "linear", "out_features": 4, "activation": "relu"}, {"type": "linear", "out_features": 3}],
+    }
     inputs = {"X": x.tolist(), "y": y.tolist(), **{k: v.tolist() for k, v in p.items()}}
     right = numpy_backprop(x, y, p, 0.3)
     key, needle = BUGS[bug]
     wrong = numpy_backprop(x, y, p, 0.3, bug)[key]
-    code, out = post(client, "/v1/check", {"model": model, "inputs": inputs, "tolerance": {"profile": "rel_error"},
-                                           "submission": {"gradients": {key: wrong.tolist(), "W2": right["W2"].tolist()}}})
+    code, out = post(
+        client,
+        "/v1/check",
+        {
+            "model": model,
+            "inputs": inputs,
+            "tolerance": {"profile": "rel_error"},
+            "submission": {"gradients": {key: wrong.tolist(), "W2": right["W2"].tolist()}},
+        },
+    )
     assert code == 200, out
     checks = {c["name"]: c for c in out["checks"]}
     assert checks["gradients.W2"]["passed"]  # the hand-written backprop is right where no bug was planted
@@ -455,7 +570,9 @@ def test_first_wrong_layer_from_intermediates(client):
     inter |= {f"d{k}": v["grad"] for k, v in ref["intermediates"].items()}
     inter["A1"] = (np.array(inter["A1"]) + 0.5).tolist()  # the ReLU output is wrong; Z1 is right
     inter["dZ2"] = (np.array(inter["dZ2"]) * 2).tolist()
-    out = toy_check(client, {"intermediates": inter, "gradients": {"W1": (np.array(ref["gradients"]["W1"]) * 3).tolist()}})
+    out = toy_check(
+        client, {"intermediates": inter, "gradients": {"W1": (np.array(ref["gradients"]["W1"]) * 3).tolist()}}
+    )
     assert out["first_wrong"]["intermediate"] == "A1" and out["first_wrong"]["layer"] == 1
     w1 = next(c for c in out["checks"] if c["name"] == "gradients.W1")
     assert "first goes wrong at A1 (layer 1)" in w1["message"]
@@ -463,21 +580,30 @@ def test_first_wrong_layer_from_intermediates(client):
 
 def test_backward_layer_named_when_forward_is_right(client):
     ref = reference_toy(client)
-    inter = {"Z1": ref["intermediates"]["Z1"]["value"], "dZ2": ref["intermediates"]["Z2"]["grad"],
-             "dA1": (np.array(ref["intermediates"]["A1"]["grad"]) - 1).tolist()}
+    inter = {
+        "Z1": ref["intermediates"]["Z1"]["value"],
+        "dZ2": ref["intermediates"]["Z2"]["grad"],
+        "dA1": (np.array(ref["intermediates"]["A1"]["grad"]) - 1).tolist(),
+    }
     out = toy_check(client, {"intermediates": inter})
-    assert out["first_wrong"] == {"intermediate": "dA1", "layer": 1,
-                                  "message": "the backward pass first goes wrong at dA1 (layer 1); "
-                                             "the intermediates before it are right"}
+    assert out["first_wrong"] == {
+        "intermediate": "dA1",
+        "layer": 1,
+        "message": "the backward pass first goes wrong at dA1 (layer 1); the intermediates before it are right",
+    }
 
 
 @pytest.mark.live
 def test_layer_check_on_gradescope_live(live_server):
     """MyTorch's linear backward as a Gradescope test: the layer check with `dout` and round_atol."""
     fixture = FIXTURE["mytorch_linear_toy"]["request"]
-    body = {"model": fixture["model"], "inputs": fixture["inputs"], "dout": fixture["dout"],
-            "tolerance": {"profile": "round_atol"},
-            "submission": {"gradients": {"W1": [[28, 30], [24, 30], [20, 30]], "b1": [[2, 6, 10]]}}}
+    body = {
+        "model": fixture["model"],
+        "inputs": fixture["inputs"],
+        "dout": fixture["dout"],
+        "tolerance": {"profile": "round_atol"},
+        "submission": {"gradients": {"W1": [[28, 30], [24, 30], [20, 30]], "b1": [[2, 6, 10]]}},
+    }
     response = requests.post(live_server.url + "/v1/check?format=gradescope", json=body, timeout=30)
     assert response.status_code == 200, response.text
     tests = {t["name"]: t for t in response.json()["tests"]}

@@ -3,20 +3,21 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from . import network
 from .catalog import CATALOG
 from .fixtures import FIXTURES
 from .formula import CONSTANTS, FUNCTIONS
 from .limits import Limits
-from .network import INIT_SCHEMES, L2_FORMS, LAYER_TYPES, LAYOUTS, LOSSES, REDUCTIONS
+from .neuron import DEFAULT_EPSILON, LOSSES, REDUCTIONS, Neuron
 
 MODEL_KINDS = {
     "neuron": {
         "description": "z = w·x + b, y_pred = sigmoid(z), L = BCE(y_pred, y)",
-        "inputs": ["x", "y", "w", "b"],
-        "default_wrt": ["w", "b"],
-        "loss": ["bce", "bce_with_logits"],
-        "reduction": ["mean", "sum", "none"],
-        "epsilon": 1e-8,
+        "inputs": list(Neuron.inputs),
+        "default_wrt": list(Neuron.default_wrt),
+        "loss": list(LOSSES),
+        "reduction": list(REDUCTIONS),
+        "epsilon": DEFAULT_EPSILON,
     },
     "expression": {
         "description": "a catalog `name` or a free-form `formula` in the formula language",
@@ -26,12 +27,12 @@ MODEL_KINDS = {
         "description": "layers on X, a loss against y and L2, in a course's layout (docs/networks.md)",
         "inputs": ["X", "y", "W<l>", "b<l>", "gamma<l>", "beta<l>"],
         "default_wrt": "every parameter, then X",
-        "layouts": {name: layout.description for name, layout in LAYOUTS.items()},
-        "layers": list(LAYER_TYPES),
-        "loss": list(LOSSES),
-        "reduction": list(REDUCTIONS),
-        "l2_forms": {name: text for name, (text, _) in L2_FORMS.items()},
-        "init": list(INIT_SCHEMES),
+        "layouts": {name: layout.description for name, layout in network.LAYOUTS.items()},
+        "layers": list(network.LAYER_TYPES),
+        "loss": list(network.LOSSES),
+        "reduction": list(network.REDUCTIONS),
+        "l2_forms": {name: text for name, (text, _) in network.L2_FORMS.items()},
+        "init": list(network.INIT_SCHEMES),
     },
 }
 

@@ -3,16 +3,16 @@
 A wrong answer is compared with references computed for each classic mistake (the network re-run with the
 mistake built in, or a simple transform of the right answer). The first one the answer matches is named.
 """
+
 from __future__ import annotations
 
 import re
 
 import torch
 
-from schemas.fields import NON_FINITE, parse_tensor
-
 from .compute import forward_backward
 from .network import Network, Variant
+from .values import parse_tensor
 
 MATCH = {"rtol": 1e-6, "atol": 1e-9}
 
@@ -29,16 +29,16 @@ def _parse(answer, n_points: int, multi: bool) -> list[torch.Tensor] | None:
     for value in values:
         try:
             data = parse_tensor(value)
-        except Exception:  # noqa: BLE001 - marshmallow's ValidationError: an unreadable answer has no diagnosis
+        except ValueError:  # a ragged or mixed list: an unreadable answer has no diagnosis
             return None
-        out.append(torch.tensor([NON_FINITE.get(v, v) for v in data.values], dtype=torch.float64).reshape(data.shape))
+        out.append(torch.tensor(data.values, dtype=torch.float64).reshape(data.shape))
     return out
 
 
 def _variant_gradient(grader, variant: Variant, key: str) -> list[torch.Tensor]:
     """`key`'s gradient at every point for the network with the mistake built in."""
     model = grader.model
-    wrong = Network(_raw(model).spec, grader.limits, variant)
+    wrong = Network(_raw(model).spec, variant=variant)
     wrong.params = _raw(model).params
     if model is not _raw(model):
         wrong = type(model)(wrong, model.dout)
@@ -47,9 +47,10 @@ def _variant_gradient(grader, variant: Variant, key: str) -> list[torch.Tensor]:
 
 def candidates(grader, key: str, expected: list[torch.Tensor]):
     """(mistake, its wrong gradients) in the order they are tried; computed only when reached."""
-    yield "the sign is flipped (a gradient ascent step, or a - where the chain rule has a +)", lambda: [
-        -e for e in expected
-    ]
+    yield (
+        "the sign is flipped (a gradient ascent step, or a - where the chain rule has a +)",
+        lambda: [-e for e in expected],
+    )
     if all(e.dim() == 2 and e.shape[0] > 1 and e.shape[1] > 1 for e in expected):
         yield "it is transposed (check the layout: which axis is in, which is out)", lambda: [e.t() for e in expected]
     model = _raw(grader.model)
@@ -57,8 +58,9 @@ def candidates(grader, key: str, expected: list[torch.Tensor]):
         return
     reg = model.l2.get("reg", 0.0)
     if model.loss.get("reduction", "mean") == "mean":
-        yield "the 1/N of the mean over samples is missing", lambda: _variant_gradient(
-            grader, Variant(data_reduction="sum"), key
+        yield (
+            "the 1/N of the mean over samples is missing",
+            lambda: _variant_gradient(grader, Variant(data_reduction="sum"), key),
         )
     if reg > 0 and key.startswith("W"):
         yield (
@@ -70,8 +72,9 @@ def candidates(grader, key: str, expected: list[torch.Tensor]):
             lambda: _variant_gradient(grader, Variant(l2_scale=0.5), key),
         )
     if reg > 0 and key.startswith("b") and not model.l2.get("include_biases"):
-        yield "the biases are regularised: the L2 term covers the weights only", lambda: _variant_gradient(
-            grader, Variant(l2_biases=True), key
+        yield (
+            "the biases are regularised: the L2 term covers the weights only",
+            lambda: _variant_gradient(grader, Variant(l2_biases=True), key),
         )
     block = key[1:]
     dz = [ref["intermediates"].get(f"dZ{block}") for ref in grader.refs]
@@ -106,10 +109,11 @@ def diagnose(grader, name: str, answer, expected: list[torch.Tensor]) -> str | N
         return None
     for mistake, make in candidates(grader, key, expected):
         wrong = make()
-        if any(w.shape == e.shape and bool(torch.allclose(w, e, **MATCH)) for w, e in zip(wrong, expected)):
+        pairs = zip(wrong, expected, strict=True)
+        if any(w.shape == e.shape and bool(torch.allclose(w, e, **MATCH)) for w, e in pairs):
             continue  # this mistake makes no difference here: it cannot be told apart
         flatten = "wrong axis" in mistake
-        if all(_same(a, w, flatten) for a, w in zip(actual, wrong)):
+        if all(_same(a, w, flatten) for a, w in zip(actual, wrong, strict=True)):
             return mistake
     return None
 
@@ -120,7 +124,9 @@ def first_wrong_layer(grader, checks: list[dict]) -> dict | None:
     model = _raw(grader.model)
     if not isinstance(model, Network):
         return None
-    graded = {c["name"].partition(".")[2]: c for c in checks if c["kind"] == "intermediate" and c["expected"] is not None}
+    graded = {
+        c["name"].partition(".")[2]: c for c in checks if c["kind"] == "intermediate" and c["expected"] is not None
+    }
     order = model.intermediate_order(list(grader.refs[0]["intermediates"]))
     wrong = [n for n in order if n in graded and not graded[n]["passed"]]
     if not wrong:

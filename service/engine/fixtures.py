@@ -3,6 +3,7 @@
 Each entry's `request` reproduces a course's own test case (inputs, seeds, initialisation order, L2 form) and
 `expected` holds the value the course prints; tests/test_network.py posts every request and compares.
 """
+
 from __future__ import annotations
 
 _CS231N_NEW_TOY = {
@@ -34,8 +35,10 @@ FIXTURES = (
             "model": {
                 "kind": "network",
                 "layout": "cs231n",
-                "layers": [{"type": "linear", "out_features": 10, "activation": "relu"},
-                           {"type": "linear", "out_features": 3}],
+                "layers": [
+                    {"type": "linear", "out_features": 10, "activation": "relu"},
+                    {"type": "linear", "out_features": 3},
+                ],
                 "loss": {"type": "softmax_cross_entropy"},
                 "l2": {"reg": 0.05, "form": "sum_sq"},
                 "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.1},
@@ -67,17 +70,27 @@ FIXTURES = (
         "course": "CMU 11-785 HW1P1 MyTorch (the Linear layer's toy test)",
         "description": "Z = A·Wᵀ + 1·bᵀ; backward from the given dLdZ gives dLdA, dLdW, dLdb (A is X here)",
         "request": {
-            "model": {"kind": "network", "layout": "mytorch", "layers": [{"type": "linear", "out_features": 3}],
-                      "loss": {"type": "none"}},
-            "inputs": {"X": [[-4, -3], [-2, -1], [0, 1], [2, 3]], "W1": [[-2, -1], [0, 1], [2, 3]],
-                       "b1": [[-1], [0], [1]]},
+            "model": {
+                "kind": "network",
+                "layout": "mytorch",
+                "layers": [{"type": "linear", "out_features": 3}],
+                "loss": {"type": "none"},
+            },
+            "inputs": {
+                "X": [[-4, -3], [-2, -1], [0, 1], [2, 3]],
+                "W1": [[-2, -1], [0, 1], [2, 3]],
+                "b1": [[-1], [0], [1]],
+            },
             "dout": [[-4, -3, -2], [-1, 0, 1], [2, 3, 4], [5, 6, 7]],
             "dtype": "float64",
             "include": ["intermediates"],
         },
         "expected": {
-            "gradients": {"W1": [[28, 30], [24, 30], [20, 30]], "b1": [[2], [6], [10]],
-                          "X": [[4, -5], [4, 4], [4, 13], [4, 22]]},
+            "gradients": {
+                "W1": [[28, 30], [24, 30], [20, 30]],
+                "b1": [[2], [6], [10]],
+                "X": [[4, -5], [4, 4], [4, 13], [4, 22]],
+            },
             "intermediates": {"Z1": [[10, -3, -16], [4, -1, -6], [-2, 1, 4], [-8, 3, 14]]},
         },
     },

@@ -4,20 +4,17 @@ The layer checks of backprop courses give an upstream gradient `dout` and ask fo
 affine_backward, MyTorch's Linear.backward). That is the gradient of sum(dout * output), so `WithUpstream`
 turns any model into a scalar one and every existing extra (graph, numeric, hessian) works unchanged.
 """
+
 from __future__ import annotations
 
 import torch
 
-from .errors import LimitExceeded, ShapeError, UnknownVariable
-from .limits import Deadline, Limits
+from .errors import ShapeError, UnknownVariable
+from .limits import Deadline
 
 
-def as_tensor(data, dtype: torch.dtype, limits: Limits, what: str) -> torch.Tensor:
-    if len(data.values) > limits.max_tensor_elements:
-        raise LimitExceeded(
-            "max_tensor_elements", limits.max_tensor_elements,
-            f"{what} has {len(data.values)} elements; the limit is {limits.max_tensor_elements}",
-        )
+def as_tensor(data, dtype: torch.dtype) -> torch.Tensor:
+    """A `dout` or tangent literal (its size was checked by the cost model, engine/cost.py)."""
     return torch.tensor(data.values, dtype=dtype).reshape(data.shape)
 
 
@@ -41,11 +38,11 @@ class WithUpstream:
         return (out * self.dout.to(out.dtype)).sum()
 
 
-def upstream(model, request: dict, dtype: torch.dtype, limits: Limits):
+def upstream(model, request: dict, dtype: torch.dtype):
     """The model, contracted with the request's `dout` when there is one."""
     if request.get("dout") is None:
         return model
-    return WithUpstream(model, as_tensor(request["dout"], dtype, limits, "dout"))
+    return WithUpstream(model, as_tensor(request["dout"], dtype))
 
 
 def independent(out: torch.Tensor, leaves: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> list[str]:
@@ -54,23 +51,15 @@ def independent(out: torch.Tensor, leaves: dict[str, torch.Tensor], wrt: tuple[s
     if not out.requires_grad:
         return list(wrt)
     grads = torch.autograd.grad(out.sum(), [leaves[n] for n in wrt], retain_graph=True, allow_unused=True)
-    return [n for n, g in zip(wrt, grads) if g is None]
+    return [n for n, g in zip(wrt, grads, strict=True) if g is None]
 
 
-def jacobian(model, base: dict, wrt: tuple[str, ...], limits: Limits, deadline: Deadline) -> tuple[dict, list[str]]:
+def jacobian(model, base: dict, wrt: tuple[str, ...], deadline: Deadline) -> tuple[dict, list[str]]:
     """d(output)/d(input) for every `wrt` input, each of shape output.shape + input.shape, one reverse pass
-    per output element; the cap answers 413 and points to `dout` (one pass for dout·J)."""
+    per output element (the cost model caps its size at max_jacobian_elements and suggests `dout`)."""
     with torch.enable_grad():
         leaves = model.prepare(base, wrt)
         out = model.forward(leaves)
-        size = out.numel() * sum(leaves[n].numel() for n in wrt)
-        if size > limits.max_jacobian_elements:
-            raise LimitExceeded(
-                "max_jacobian_elements", limits.max_jacobian_elements,
-                f"the Jacobian has {out.numel()} output x {size // max(out.numel(), 1)} input elements = {size}; "
-                f"the limit is {limits.max_jacobian_elements}. Send `dout` (the upstream gradient) instead: "
-                "`gradients` is then the vector-Jacobian product dout·J, one backward pass",
-            )
         unused = independent(out, leaves, wrt)
         used = [n for n in wrt if n not in unused]
         rows = {n: [] for n in used}
@@ -78,7 +67,7 @@ def jacobian(model, base: dict, wrt: tuple[str, ...], limits: Limits, deadline: 
         for i in range(flat.numel()):
             deadline.check()
             grads = torch.autograd.grad(flat[i], [leaves[n] for n in used], retain_graph=True, allow_unused=True)
-            for n, g in zip(used, grads):
+            for n, g in zip(used, grads, strict=True):
                 rows[n].append(torch.zeros_like(leaves[n]) if g is None else g)
     result = {}
     for n in wrt:
@@ -90,21 +79,21 @@ def jacobian(model, base: dict, wrt: tuple[str, ...], limits: Limits, deadline: 
     return result, unused
 
 
-def jvp(model, base: dict, tangents: dict, wrt: tuple[str, ...], limits: Limits) -> tuple[torch.Tensor, list[str]]:
+def jvp(model, base: dict, tangents: dict) -> tuple[torch.Tensor, list[str]]:
     """J·v: how the output moves when the inputs move along `tangents`."""
     unknown = [n for n in tangents if n not in base]
     if unknown:
         raise UnknownVariable(f"tangents name {', '.join(map(repr, unknown))}, which are not inputs")
     names = tuple(tangents)
     dtype = base[names[0]].dtype
-    vectors = tuple(as_tensor(tangents[n], dtype, limits, f"tangent {n}") for n in names)
-    for n, v in zip(names, vectors):
+    vectors = tuple(as_tensor(tangents[n], dtype) for n in names)
+    for n, v in zip(names, vectors, strict=True):
         if v.shape != base[n].shape:
             raise ShapeError(f"tangent {n} has shape {list(v.shape)}, but {n} has shape {list(base[n].shape)}")
     fixed = model.prepare(base, ())
 
     def output(*values):
-        return model.forward({**fixed, **dict(zip(names, values))})
+        return model.forward({**fixed, **dict(zip(names, values, strict=True))})
 
     # reverse over reverse (torch.autograd.functional's double-backward trick): forward-mode AD would load torch's
     # TorchScript decompositions on first use, seconds of start-up per worker for one request kind

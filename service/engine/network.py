@@ -6,6 +6,7 @@ deeplearning.ai (n_l, n_{l-1}) with X as (n_x, m)), so gradients come back named
 student writes them. Layers compute on the samples-first view and hand back the course's orientation,
 so every recorded intermediate lies on the path to the loss and autograd fills in its gradient.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import LimitExceeded, ShapeError, UnknownVariable
-from .limits import Limits
+from .errors import ShapeError, UnknownVariable
+from .limits import Deadline, Limits
+
+Shape = tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -123,14 +126,18 @@ class Network:
     per_sample = False
     no_manual = "a network's gradients come from autograd only; compare them with `numeric`"
 
-    def __init__(self, spec: dict, limits: Limits, variant: Variant = Variant()) -> None:
-        self.spec, self.limits, self.variant = spec, limits, variant
+    inputs = None  # X, y and the parameters the layers imply
+    default_wrt: tuple[str, ...] | None = None  # set by shapes(): every parameter, then X
+
+    def __init__(
+        self, spec: dict, limits: Limits | None = None, deadline: Deadline | None = None, variant: Variant = Variant()
+    ) -> None:
+        self.spec, self.variant = spec, variant
         self.layout = LAYOUTS[spec["layout"]]
         self.layers = spec["layers"]
         self.loss = spec["loss"]
         self.l2 = spec.get("l2") or {"reg": 0.0, "form": "sum_sq", "include_biases": False}
         self.params: list[Param] = []
-        self.default_wrt: tuple[str, ...] = ()
         self.check_wrt: tuple[str, ...] = ()
 
     # --- shapes and tensors -----------------------------------------------------------------------
@@ -154,17 +161,14 @@ class Network:
                 params.append(Param(f"beta{block}", self.layout.norm_shape(features), "beta"))
         return params
 
-    def complete(self, given: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The inputs plus generated X and parameters, shape-checked; sets default_wrt (parameters, then X)."""
-        dtype = next(iter(given.values())).dtype if given else torch.float64
+    def shapes(self, given: dict[str, Shape]) -> dict[str, Shape]:
+        """Every tensor's shape from the request's input shapes alone (X and parameters may be generated), checked
+        against the layers before anything is allocated; sets the parameters and default_wrt (parameters, then X)."""
         generated = self.spec.get("generate", {})
         both = sorted(set(generated) & set(given))
         if both:
             raise ShapeError(f"{', '.join(both)} given both in `inputs` and in `model.generate`; give each once")
-        x_shape = tuple(given["X"].shape) if "X" in given else self._generated_shape("X")
-        shapes = {name: tuple(t.shape) for name, t in given.items()}
-        shapes.setdefault("X", x_shape)
-        check_cost(self.spec, shapes, self.limits)
+        x_shape = tuple(given["X"]) if "X" in given else self._generated_shape("X")
         self.params = self.plan(x_shape)
         known = {"X", "y", *(p.name for p in self.params)}
         unknown = sorted(set(given) - known) + sorted(set(generated) - known)
@@ -172,34 +176,51 @@ class Network:
             raise UnknownVariable(
                 f"the network has no input {', '.join(map(repr, unknown))}; its inputs are {', '.join(sorted(known))}"
             )
-        tensors = {"X": given["X"] if "X" in given else self._make(generated["X"], x_shape, dtype)}
+        shapes = {"X": x_shape}
         if "y" in given or "y" in generated:
-            tensors["y"] = given["y"] if "y" in given else self._make(generated["y"], self._generated_shape("y"), dtype)
+            shapes["y"] = tuple(given["y"]) if "y" in given else self._generated_shape("y")
         elif self.loss["type"] != "none":
             raise UnknownVariable(f"loss {self.loss['type']!r} needs targets: give `y` in the inputs")
+        for p in self.params:
+            if p.name in given and tuple(given[p.name]) != p.shape:
+                raise ShapeError(
+                    f"{p.name} has shape {list(given[p.name])}, but in the {self.layout.name} layout it is "
+                    f"{list(p.shape)} ({self.layout.description})"
+                )
+            if p.name in generated and tuple(generated[p.name].get("shape", p.shape)) != p.shape:
+                raise ShapeError(
+                    f"`generate` asks for {p.name} of shape {generated[p.name]['shape']}, "
+                    f"but in the {self.layout.name} layout it is {list(p.shape)}"
+                )
+            if p.name not in given and p.name not in generated and self.spec.get("init") is None:
+                raise UnknownVariable(
+                    f"parameter {p.name} (shape {list(p.shape)}) is missing: give it in `inputs`, "
+                    "`model.generate`, or set `model.init`"
+                )
+            shapes[p.name] = p.shape
+        self.default_wrt = self.check_wrt = (*(p.name for p in self.params), "X")
+        return shapes
+
+    def complete(self, given: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The inputs plus generated X, y and parameters (shapes() has checked them and the cost model priced
+        them); the targets' values are checked here."""
+        self.shapes({name: tuple(t.shape) for name, t in given.items()})
+        dtype = next(iter(given.values())).dtype if given else torch.float64
+        generated = self.spec.get("generate", {})
+        tensors = {"X": given["X"] if "X" in given else self._make(generated["X"], self._generated_shape("X"), dtype)}
+        if "y" in given or "y" in generated:
+            tensors["y"] = given["y"] if "y" in given else self._make(generated["y"], self._generated_shape("y"), dtype)
         default = self.spec.get("init")
         legacy = default is not None and default["scheme"] == "numpy_legacy"
         stream = np.random.RandomState(default.get("seed", 0)) if legacy else None
         for p in self.params:
             if p.name in given:
-                if tuple(given[p.name].shape) != p.shape:
-                    raise ShapeError(
-                        f"{p.name} has shape {list(given[p.name].shape)}, but in the {self.layout.name} layout it is "
-                        f"{list(p.shape)} ({self.layout.description})"
-                    )
                 tensors[p.name] = given[p.name]
             elif p.name in generated:
                 tensors[p.name] = self._make(generated[p.name], p.shape, dtype)
-            elif default is not None:
-                tensors[p.name] = self._default_param(p, default, stream, dtype)
             else:
-                raise UnknownVariable(
-                    f"parameter {p.name} (shape {list(p.shape)}) is missing: give it in `inputs`, "
-                    "`model.generate`, or set `model.init`"
-                )
+                tensors[p.name] = self._default_param(p, default, stream, dtype)
         self._check_targets(tensors)
-        self.default_wrt = (*(p.name for p in self.params), "X")
-        self.check_wrt = self.default_wrt
         return tensors
 
     def _generated_shape(self, name: str) -> tuple[int, ...]:
@@ -396,34 +417,3 @@ class Network:
         """Forward values in layer order, then their gradients in backward order: the order mistakes propagate."""
         forward = [n for n in names if not n.startswith("d")]
         return forward + [f"d{n}" for n in reversed(forward) if f"d{n}" in names]
-
-
-# --- cost ---------------------------------------------------------------------------------------------
-
-def network_cost(spec: dict, input_shapes: dict[str, tuple[int, ...]]) -> int:
-    """Elements a network request allocates, estimated from the spec and the input shapes before any tensor is
-    built: the parameters, and per layer its output, its gradient and what autograd saves (about 4x the output)."""
-    x_shape = input_shapes.get("X") or tuple(spec.get("generate", {}).get("X", {}).get("shape", ()))
-    if len(x_shape) != 2:
-        return sum(math.prod(s) for s in input_shapes.values())
-    layout = LAYOUTS[spec["layout"]]
-    samples, features = x_shape[layout.samples_axis], x_shape[1 - layout.samples_axis]
-    total = 2 * samples * features
-    for layer in spec["layers"]:
-        if layer["type"] == "linear":
-            out = layer["out_features"]
-            total += 2 * (features + 1) * out + 4 * samples * out
-            features = out
-        else:
-            total += 4 * samples * features + 2 * features
-    return total + sum(math.prod(s) for name, s in input_shapes.items() if name != "X")
-
-
-def check_cost(spec: dict, shapes: dict[str, tuple[int, ...]], limits: Limits) -> None:
-    estimate = network_cost(spec, shapes)
-    if estimate > limits.max_total_elements:
-        raise LimitExceeded(
-            "max_total_elements", limits.max_total_elements,
-            f"this network needs about {estimate} tensor elements (parameters, activations and their gradients); "
-            f"the limit is {limits.max_total_elements}",
-        )

@@ -3,6 +3,7 @@
 Each profile has a whole-tensor metric (reported with the verdict) and a per-element rule (for partial credit:
 the fraction of elements within tolerance). Values are float64; expected is autograd's reference.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ def limit_of(profile: dict) -> float:
 def judge(profile: dict, expected: list[torch.Tensor], actual: list[torch.Tensor]) -> Verdict:
     """The verdict over every point: it passes when every point passes (norm_ratio: per tensor, else per element)."""
     metrics, oks = [], []
-    for e, a in zip(expected, actual):
+    for e, a in zip(expected, actual, strict=True):
         score, ok = _elementwise(profile, a, e)
         oks.append(ok | (torch.isnan(a) & torch.isnan(e)))
         metrics.append(_metric(profile, a, e, score))
@@ -103,8 +104,12 @@ def judge(profile: dict, expected: list[torch.Tensor], actual: list[torch.Tensor
     worst = failing[0] if failing else max(range(len(metrics)), key=metrics.__getitem__)
     within, total = sum(int(ok.sum()) for ok in oks), sum(ok.numel() for ok in oks)
     return Verdict(
-        passed=not failing, metric=metrics[worst], fraction=within / total if total else 1.0,
-        worst_point=worst, bad_elements=total - within, elements=total,
+        passed=not failing,
+        metric=metrics[worst],
+        fraction=within / total if total else 1.0,
+        worst_point=worst,
+        bad_elements=total - within,
+        elements=total,
     )
 
 
@@ -113,15 +118,19 @@ def apply(result: dict, expected: list[torch.Tensor], actual: list[torch.Tensor]
     verdict = judge(profile, expected, actual)
     e, a = expected[verdict.worst_point], actual[verdict.worst_point]
     finite = bool(torch.isfinite(a).all() and torch.isfinite(e).all())
-    diffs = [(x - y).abs() for x, y in zip(actual, expected) if x.numel()]
-    result["abs_error"] = max((d.max().item() for d in diffs), default=0.0) if finite else None
-    rel = [(d / torch.clamp(y.abs() + x.abs(), min=1e-8)).max().item() for d, x, y in zip(diffs, actual, expected)]
+    pairs = [(x, y) for x, y in zip(actual, expected, strict=True) if x.numel()]  # empty tensors have no error
+    result["abs_error"] = max(((x - y).abs().max().item() for x, y in pairs), default=0.0) if finite else None
+    rel = [((x - y).abs() / torch.clamp(y.abs() + x.abs(), min=1e-8)).max().item() for x, y in pairs]
     result["rel_error"] = max(rel, default=0.0) if finite else None
     result["worst_point"] = verdict.worst_point
     limit = limit_of(profile)
     result["tolerance"] = {
-        "profile": profile["profile"], "metric": METRICS[profile["profile"]], "value": verdict.metric,
-        "threshold": limit, "fraction_within": verdict.fraction, "rule": rule(profile),
+        "profile": profile["profile"],
+        "metric": METRICS[profile["profile"]],
+        "value": verdict.metric,
+        "threshold": limit,
+        "fraction_within": verdict.fraction,
+        "rule": rule(profile),
         "partial_credit": profile.get("partial_credit", False),
     }
     title, name = result["title"], METRICS[profile["profile"]]

@@ -5,19 +5,20 @@ import math
 
 import torch
 
-from schemas.fields import NON_FINITE, parse_tensor
-
-from . import diagnose_bugs, tolerance
-from .compute import build_model, check_sizes, forward_backward
+from . import cost, diagnose_bugs, tolerance
+from .compute import build_model, forward_backward
 from .encode import encode_tree
-from .errors import EngineError, LimitExceeded
+from .errors import DeadlineExceeded, EngineError, LimitExceeded
 from .formula import parse_formula
 from .jacobian import upstream
 from .limits import Deadline, Limits
-from .network import Network
 from .neuron import Neuron
+from .values import parse_tensor
 
-TOLERANCE_RULE = "passed when |actual - expected| <= atol + rtol * |expected| at every element of every point (expected = autograd, float64)"
+TOLERANCE_RULE = (
+    "passed when |actual - expected| <= atol + rtol * |expected| at every element of every point"
+    " (expected = autograd, float64)"
+)
 KIND_BY_SECTION = {"loss": "loss", "gradients": "gradient", "intermediates": "intermediate", "gradient_formulas": "gradient_formula"}
 SECTIONS = ("loss", "gradients", "intermediates", "gradient_formulas")
 # the chain-rule factors the tutorial multiplies for each neuron parameter
@@ -31,34 +32,24 @@ def _tensor(data) -> torch.Tensor:
 
 
 def make_points(request: dict, limits: Limits) -> list[dict[str, torch.Tensor]]:
-    """The points to grade at, as float64 tensors: `inputs`, `points`, or `domain` draws (seeded, deterministic)."""
+    """The points to grade at, as float64 tensors: `inputs`, `points`, or `domain` draws (seeded, deterministic).
+
+    Sizes were checked by the cost model (cost.domain_points) before this is called."""
     if "points" in request:
-        for point in request["points"]:
-            check_sizes(point, limits)
-        points = [{name: _tensor(data) for name, data in point.items()} for point in request["points"]]
-    else:
-        base = request.get("inputs", {})
-        check_sizes(base, limits)
-        fixed = {name: _tensor(data) for name, data in base.items()}
-        domain = request.get("domain")
-        if not domain:
-            return [fixed]
-        n = request.get("n_points", 5)
-        generator = torch.Generator().manual_seed(request.get("seed", 0))
-        points = []
-        for _ in range(n):
-            point = dict(fixed)
-            for name in sorted(domain):  # sorted: the draw order does not depend on the JSON key order
-                lo, hi = domain[name]
-                shape = fixed[name].shape if name in fixed else ()
-                point[name] = lo + (hi - lo) * torch.rand(shape, generator=generator, dtype=torch.float64)
-            points.append({name: point[name] for name in sorted(point)})
-    total = sum(t.numel() for point in points for t in point.values())
-    if total > limits.max_total_elements:
-        raise LimitExceeded(
-            "max_total_elements", limits.max_total_elements,
-            f"the points have {total} elements in total; the limit is {limits.max_total_elements}",
-        )
+        return [{name: _tensor(data) for name, data in point.items()} for point in request["points"]]
+    fixed = {name: _tensor(data) for name, data in request.get("inputs", {}).items()}
+    domain = request.get("domain")
+    if not domain:
+        return [fixed]
+    generator = torch.Generator().manual_seed(request.get("seed", 0))
+    points = []
+    for _ in range(request.get("n_points", 5)):
+        point = dict(fixed)
+        for name in sorted(domain):  # sorted: the draw order does not depend on the JSON key order
+            lo, hi = domain[name]
+            shape = fixed[name].shape if name in fixed else ()
+            point[name] = lo + (hi - lo) * torch.rand(shape, generator=generator, dtype=torch.float64)
+        points.append({name: point[name] for name in sorted(point)})
     return points
 
 
@@ -131,11 +122,12 @@ class Grader:
     def __init__(self, request: dict, limits: Limits) -> None:
         self.request, self.limits = request, limits
         self.deadline = Deadline(limits.max_wall_seconds)
-        self.points = make_points(request, limits)
         self.model = build_model(request["model"], limits, self.deadline)
-        if isinstance(self.model, Network):  # generated X and parameters join every point
-            self.points = [self.model.complete(p) for p in self.points]
-        self.model = upstream(self.model, request, torch.float64, limits)  # layer checks: dout·J
+        self.shapes = [self.model.shapes(s) for s in cost.domain_points(request, limits)]
+        self.budget = cost.check_estimate(request, self.model, self.shapes, limits)
+        self.budget.require(limits)  # the reference at every point and the response; formulas are charged below
+        self.points = [self.model.complete(p) for p in make_points(request, limits)]
+        self.model = upstream(self.model, request, torch.float64)  # layer checks: dout·J
         self.is_neuron = isinstance(self.model, Neuron)
         self.refs = [reference(self.model, p, self.deadline) for p in self.points]
         self.multi = "inputs" not in request or "domain" in request or "points" in request
@@ -206,7 +198,8 @@ class Grader:
         expected = [self.expected(name, i) for i in range(len(self.points))]
         if any(e is None for e in expected):
             known = self._known(section)
-            result["message"] = f"{name}: there is no {section[:-1] if section != 'loss' else 'loss'} named {key!r} to grade; known: {known}"
+            what = section[:-1] if section != "loss" else "loss"
+            result["message"] = f"{name}: there is no {what} named {key!r} to grade; known: {known}"
             return result
         result["expected"] = expected if self.multi else expected[0]
         answer = _answer(self.request["submission"], name)
@@ -235,7 +228,14 @@ class Grader:
         return result
 
     def _diagnose(self, result: dict, name: str, answer, expected: list[torch.Tensor]) -> None:
-        """Name the classic mistake a wrong gradient matches (diagnose_bugs.py)."""
+        """Name the classic mistake a wrong gradient matches (diagnose_bugs.py); a network re-runs with each
+        mistake built in, charged to the request's budget: without budget left, the verdict stands undiagnosed."""
+        charge = cost.diagnosis_estimate(self.request, self.shapes, self.limits)
+        try:
+            charge.require(self.limits, spent=self.budget.total)
+        except LimitExceeded:
+            return
+        self.budget.parts.update(charge.parts)
         mistake = diagnose_bugs.diagnose(self, name, answer, expected)
         if mistake:
             result["diagnosis"] = mistake
@@ -260,13 +260,12 @@ class Grader:
                 return None, f"expected a list with one value per point ({len(expected)} points), got {got}"
             values = answer
         out = []
-        for i, (value, e) in enumerate(zip(values, expected)):
+        for i, (value, e) in enumerate(zip(values, expected, strict=True)):
             try:
                 data = parse_tensor(value)
-            except Exception as err:  # marshmallow's ValidationError: ragged or mixed lists
-                msg = err.messages[0] if hasattr(err, "messages") and isinstance(err.messages, list) else str(err)
-                return None, f"the answer{self._at(i)} is not a number or a rectangular list: {msg}"
-            t = torch.tensor([NON_FINITE.get(v, v) for v in data.values], dtype=torch.float64).reshape(data.shape)
+            except ValueError as err:  # ragged or mixed lists
+                return None, f"the answer{self._at(i)} is not a number or a rectangular list: {err}"
+            t = _tensor(data)
             if t.shape != e.shape:
                 return None, f"wrong shape{self._at(i)}: expected shape {list(e.shape)}, got {list(t.shape)}"
             out.append(t)
@@ -276,6 +275,9 @@ class Grader:
         """Evaluate the submitted formula at every point with the safe evaluator; errors become messages."""
         try:
             formula = parse_formula(source, self.limits)
+            charge = cost.formula_estimate(formula, self.shapes, tuple(expected[0].shape), self.limits)
+            charge.require(self.limits, spent=self.budget.total, hint="a simpler formula")
+            self.budget.parts.update(charge.parts)
             out = []
             for i, point in enumerate(self.points):
                 with torch.no_grad():
@@ -284,75 +286,61 @@ class Grader:
                 try:
                     value = torch.broadcast_to(value, e.shape).clone()
                 except RuntimeError:
-                    return None, f"your formula {source!r} gives shape {list(value.shape)}{self._at(i)}, but the gradient has shape {list(e.shape)}"
+                    return None, (f"your formula {source!r} gives shape {list(value.shape)}{self._at(i)}, "
+                                  f"but the gradient has shape {list(e.shape)}")
                 out.append(value)
             return out, None
+        except DeadlineExceeded:
+            raise  # the whole request is out of time, not this answer wrong
         except LimitExceeded as err:
-            if err.limit == "max_wall_seconds":
-                raise
             return None, f"your formula {source!r} is too large: {err.detail}"
         except EngineError as err:
-            if err.slug == "deadline-exceeded":
-                raise
             return None, f"your formula {source!r} could not be evaluated: {err.detail}"
 
     def _at(self, i: int) -> str:
         return f" at point {i} ({_describe_point(self.points[i])})" if self.multi else ""
 
     def _compare(self, result: dict, expected, actual, rtol: float, atol: float, section: str, key: str) -> None:
-        abs_max, rel_max, finite, failed_at, errors = 0.0, None, True, None, []
-        for i, (e, a) in enumerate(zip(expected, actual)):
-            close = torch.isclose(a, e, rtol=rtol, atol=atol, equal_nan=True)
-            diff = (a - e).abs()
-            both = torch.isfinite(a) & torch.isfinite(e)
-            if bool((~close & ~both).any()):
-                finite = False
-            if not bool(close.all()) and failed_at is None:
-                failed_at = i
-            errors.append(diff[both].max().item() if both.any() else 0.0)
-            if both.any():
-                abs_max = max(abs_max, errors[-1])
-                nz = both & (e != 0)
-                if nz.any():
-                    r = (diff[nz] / e[nz].abs()).max().item()
-                    rel_max = r if rel_max is None else max(rel_max, r)
-        worst = failed_at if failed_at is not None else max(range(len(errors)), key=errors.__getitem__, default=None)
-        result["abs_error"] = abs_max if finite and math.isfinite(abs_max) else None
-        result["rel_error"] = rel_max if finite and rel_max is not None and math.isfinite(rel_max) else None
-        result["worst_point"] = worst
-        i = worst if worst is not None else 0
-        if self.is_neuron and key in CHAIN_FACTORS and section in ("gradients", "gradient_formulas"):
-            factors = self.refs[i]["chain_rule"]
-            result["chain_rule"] = {name: factors[name] for name in CHAIN_FACTORS[key]}
-        title, n = result["title"], len(expected)
+        """Fill in the errors, the verdict and the message of a check whose answers have the right shapes."""
+        pairs = zip(expected, actual, strict=True)
+        closeness = [torch.isclose(a, e, rtol=rtol, atol=atol, equal_nan=True) for e, a in pairs]
+        failed_at = next((i for i, close in enumerate(closeness) if not bool(close.all())), None)
+        per_point, result["abs_error"], result["rel_error"] = _errors(expected, actual, closeness)
         if failed_at is None:
-            result.update(passed=True, points=result["max_points"])
-            where = f" at all {n} points (max abs error" if self.multi else " (abs error"
-            result["message"] = f"{title} is correct{where} {abs_max:.3g})"
-            return
-        e, a = expected[failed_at], actual[failed_at]
-        close = torch.isclose(a, e, rtol=rtol, atol=atol, equal_nan=True)
-        bad = (~close).reshape(-1)
-        diff = torch.where(torch.isnan(a - e), torch.tensor(float("inf"), dtype=torch.float64), (a - e).abs()).reshape(-1)
-        diff = torch.where(bad, diff, torch.tensor(-1.0, dtype=torch.float64))
-        j = int(diff.argmax())
-        ev, av = e.reshape(-1)[j].item(), a.reshape(-1)[j].item()
-        elem = f"[{', '.join(map(str, _unravel(j, e.shape)))}]" if e.dim() else ""
-        n_bad = int(bad.sum())
-        allowed = atol + rtol * abs(ev)
-        what = f"your formula gives {av:.6g}" if section == "gradient_formulas" else f"you gave {av:.6g}"
-        msg = f"{title}{elem} is off{self._at(failed_at)}: {what}, autograd gives {ev:.6g}"
-        if math.isfinite(av) and math.isfinite(ev):
-            rel = f", {abs(av - ev) / abs(ev):.3g} relative" if ev else ""
-            msg += f" (off by {av - ev:+.3g}{rel}; allowed {allowed:.3g} = atol {atol:g} + rtol {rtol:g} * |expected|)"
+            worst = max(range(len(per_point)), key=per_point.__getitem__, default=None)
+        else:
+            worst = failed_at
+        result["worst_point"] = worst
+        if self.is_neuron and key in CHAIN_FACTORS and section in ("gradients", "gradient_formulas"):
+            factors = self.refs[worst if worst is not None else 0]["chain_rule"]
+            result["chain_rule"] = {name: factors[name] for name in CHAIN_FACTORS[key]}
+        if failed_at is None:
+            where = f" at all {len(expected)} points (max abs error" if self.multi else " (abs error"
+            result.update(passed=True, points=result["max_points"],
+                          message=f"{result['title']} is correct{where} {max(per_point, default=0.0):.3g})")
+        else:
+            result["message"] = self._failure(result, expected, actual, closeness, failed_at, section, key)
+
+    def _failure(self, result: dict, expected, actual, closeness, failed_at: int, section: str, key: str) -> str:
+        """What is off at the first failing point: the worst element, by how much, and how widespread it is."""
+        e, a, close = expected[failed_at], actual[failed_at], closeness[failed_at]
+        index, want, got = _worst_element(e, a, close)
+        element = f"[{', '.join(map(str, _unravel(index, e.shape)))}]" if e.dim() else ""
+        what = f"your formula gives {got:.6g}" if section == "gradient_formulas" else f"you gave {got:.6g}"
+        message = f"{result['title']}{element} is off{self._at(failed_at)}: {what}, autograd gives {want:.6g}"
+        if math.isfinite(got) and math.isfinite(want):
+            rtol, atol = result["rtol"], result["atol"]
+            relative = f", {abs(got - want) / abs(want):.3g} relative" if want else ""
+            message += (f" (off by {got - want:+.3g}{relative}; allowed {atol + rtol * abs(want):.3g}"
+                        f" = atol {atol:g} + rtol {rtol:g} * |expected|)")
         if e.numel() > 1:
-            msg += f"; {n_bad} of {e.numel()} elements are off"
+            message += f"; {int((~close).sum())} of {e.numel()} elements are off"
         if self.multi:
-            bad_points = sum(not bool(torch.isclose(a2, e2, rtol=rtol, atol=atol, equal_nan=True).all()) for e2, a2 in zip(expected, actual))
-            msg += f"; wrong at {bad_points} of {n} points"
+            wrong = sum(not bool(c.all()) for c in closeness)
+            message += f"; wrong at {wrong} of {len(expected)} points"
         if result["chain_rule"] is not None:
-            msg += "; " + self._chain_text(key, failed_at)
-        result["message"] = msg
+            message += "; " + self._chain_text(key, failed_at)
+        return message
 
     def _chain_text(self, key: str, i: int) -> str:
         factors = self.refs[i]["chain_rule"]
@@ -365,8 +353,37 @@ class Grader:
         reduction = self.model.reduction
         samples = self.refs[i]["intermediates"]["z"].numel()
         if samples > 1 and not self.model.per_sample:
-            text += f", per sample, then {'averaged' if reduction == 'mean' else 'summed'} over the {samples} samples (reduction {reduction!r})"
+            how = "averaged" if reduction == "mean" else "summed"
+            text += f", per sample, then {how} over the {samples} samples (reduction {reduction!r})"
         return text
+
+
+def _errors(expected, actual, closeness) -> tuple[list[float], float | None, float | None]:
+    """Per point the largest |actual - expected| over elements finite in both; the largest absolute and relative
+    error overall, None where no finite number describes it (an element that is off is non-finite)."""
+    per_point, rel_max, describable = [], None, True
+    for e, a, close in zip(expected, actual, closeness, strict=True):
+        diff = (a - e).abs()
+        both = torch.isfinite(a) & torch.isfinite(e)
+        describable = describable and not bool((~close & ~both).any())
+        per_point.append(diff[both].max().item() if both.any() else 0.0)
+        nonzero = both & (e != 0)
+        if nonzero.any():
+            rel = (diff[nonzero] / e[nonzero].abs()).max().item()
+            rel_max = rel if rel_max is None else max(rel_max, rel)
+    abs_max = max(per_point, default=0.0)
+    abs_error = abs_max if describable and math.isfinite(abs_max) else None
+    rel_error = rel_max if describable and rel_max is not None and math.isfinite(rel_max) else None
+    return per_point, abs_error, rel_error
+
+
+def _worst_element(expected: torch.Tensor, actual: torch.Tensor, close: torch.Tensor) -> tuple[int, float, float]:
+    """(flat index, expected, actual) of the element that is off by the most; NaN counts as off by infinity."""
+    diff = (actual - expected).abs()
+    diff = torch.where(torch.isnan(actual - expected), torch.tensor(float("inf"), dtype=torch.float64), diff)
+    diff = torch.where(close, torch.tensor(-1.0, dtype=torch.float64), diff).reshape(-1)
+    index = int(diff.argmax())
+    return index, expected.reshape(-1)[index].item(), actual.reshape(-1)[index].item()
 
 
 def _unravel(index: int, shape: torch.Size) -> list[int]:
@@ -377,75 +394,15 @@ def _unravel(index: int, shape: torch.Size) -> list[int]:
     return out[::-1]
 
 
+def estimate(request: dict, limits: Limits) -> int:
+    """The cost model's bytes for a check request (a LimitExceeded when it alone is over the budget)."""
+    model = build_model(request["model"], limits, Deadline(limits.max_wall_seconds))
+    points = [model.shapes(s) for s in cost.domain_points(request, limits)]
+    budget = cost.check_estimate(request, model, points, limits)
+    budget.require(limits)
+    return budget.total
+
+
 def grade(request: dict, limits: Limits) -> dict:
     """Run a loaded CheckRequestSchema body; returns the JSON-ready check response."""
     return Grader(request, limits).run()
-
-
-# --- platform formats ---------------------------------------------------------------------------
-
-def _test_output(check: dict) -> str:
-    lines = [check["message"]]
-    if check["formula"] is not None:
-        lines.append(f"your formula: {check['formula']}")
-    if "tolerance" in check:
-        lines.append(f"tolerance: {check['tolerance']['rule']}")
-    else:
-        lines.append(f"tolerance: atol {check['atol']:g}, rtol {check['rtol']:g}")
-    return "\n".join(lines)
-
-
-def _overall_output(result: dict) -> str:
-    lines = [result["summary"], f"Tolerance: {result['tolerance_rule']}."]
-    lines += [f"warning: {w}" for w in result["warnings"]]
-    return "\n".join(lines)
-
-
-def to_gradescope(result: dict) -> dict:
-    """A Gradescope results.json body: top-level score, output and visibilities, one test per check."""
-    return {
-        "score": result["score"],
-        "output": _overall_output(result),
-        "visibility": "visible",
-        "stdout_visibility": "hidden",
-        "extra_data": {"max_score": result["max_score"], "rtol": result["rtol"], "atol": result["atol"]},
-        "tests": [
-            {
-                "name": c["title"] if c["title"] == c["name"] else f"{c['title']} ({c['name']})",
-                "number": str(i + 1),
-                "score": c["points"],
-                "max_score": c["max_points"],
-                "status": "passed" if c["passed"] else "failed",
-                "output": _test_output(c),
-                "visibility": c["visibility"],
-            }
-            for i, c in enumerate(result["checks"])
-        ],
-    }
-
-
-def to_prairielearn(result: dict) -> dict:
-    """A PrairieLearn external grader result: score as a fraction in [0, 1], one test per check."""
-    if result["max_score"] > 0:
-        score = min(1.0, max(0.0, result["score"] / result["max_score"]))
-    else:
-        score = 1.0 if result["passed"] else 0.0
-    return {
-        "gradable": True,
-        "succeeded": True,
-        "score": score,
-        "format_errors": [],
-        "message": result["summary"],
-        "output": _overall_output(result),
-        "tests": [
-            {
-                "name": c["title"],
-                "description": c["name"],
-                "points": c["points"],
-                "max_points": c["max_points"],
-                "message": c["message"],
-                "output": _test_output(c),
-            }
-            for c in result["checks"]
-        ],
-    }
