@@ -63,6 +63,15 @@ class GradientResponseSchema(Schema):
     hessian = fields.Dict(keys=fields.String(), values=fields.Dict(keys=fields.String(), values=TensorOut()), allow_none=True)
     dot = fields.String(allow_none=True)
     warnings = fields.List(fields.String(), required=True)
+    # only in answers that asked for them (docs/networks.md), so the other answers keep their exact shape
+    jacobian = fields.Dict(
+        keys=fields.String(), values=TensorOut(),
+        metadata={"optional": True, "description": "include jacobian: d(output)/d(input), shape output + input"},
+    )
+    jvp = TensorOut(metadata={"optional": True, "description": "with `tangents`: J·v, the output's shape"})
+    independent = fields.List(
+        fields.String(), metadata={"optional": True, "description": "`wrt` inputs the output does not depend on at all"}
+    )
 
 
 class CatalogEntrySchema(Schema):
@@ -98,6 +107,7 @@ class ModelsResponseSchema(Schema):
     functions = fields.List(fields.Nested(FunctionSchema), required=True)
     constants = fields.Dict(keys=fields.String(), values=fields.Float())
     limits = fields.Nested(LimitsSchema, required=True)
+    networks = fields.List(fields.Dict(), metadata={"description": "published course fixtures, each a request to start from"})
 
 
 class StatusSchema(Schema):

@@ -95,11 +95,18 @@ def _md(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
+def _tolerance(check: dict) -> str:
+    """The rule the answer was held to: a named profile's (engine/tolerance.py), else atol/rtol."""
+    if "tolerance" in check:
+        return check["tolerance"]["rule"]
+    return f"atol {check['atol']:g}, rtol {check['rtol']:g}"
+
+
 def _test_output_md(check: dict) -> str:
     lines = [_md(check["message"])]
     if check["formula"] is not None:
         lines.append(f"Your formula: `{check['formula'].replace('`', '')}`")
-    lines.append(f"Tolerance: atol {check['atol']:g}, rtol {check['rtol']:g}")
+    lines.append(f"Tolerance: {_md(_tolerance(check))}")
     return "\n\n".join(lines)
 
 
@@ -107,7 +114,7 @@ def _test_output_text(check: dict) -> str:
     lines = [check["message"]]
     if check["formula"] is not None:
         lines.append(f"your formula: {check['formula']}")
-    lines.append(f"tolerance: atol {check['atol']:g}, rtol {check['rtol']:g}")
+    lines.append(f"tolerance: {_tolerance(check)}")
     return "\n".join(lines)
 
 

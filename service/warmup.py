@@ -37,11 +37,30 @@ GRADIENTS = [
     {"model": {"kind": "expression", "formula": "x * y"}, "inputs": {"x": [1.0, 2.0], "y": [[1.0], [2.0]]},
      "mode": "inference", "include": ["intermediates"]},
 ]
+# networks: a two-layer net with every extra, a layer check's `dout`, a Jacobian and a `jvp` (double backward)
+NETWORK = {"kind": "network", "layout": "cs231n", "loss": {"type": "softmax_cross_entropy"},
+           "layers": [{"type": "linear", "out_features": 3, "activation": "relu"}, {"type": "batchnorm"},
+                      {"type": "dropout", "keep_prob": 0.5, "seed": 0}, {"type": "linear", "out_features": 2}],
+           "l2": {"reg": 0.1, "form": "half_sum_sq"}, "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.1},
+           "generate": {"X": {"scheme": "numpy_legacy", "seed": 1, "shape": [3, 2]}}}
+LAYER = {"kind": "network", "layout": "mytorch", "layers": [{"type": "linear", "out_features": 2}],
+         "loss": {"type": "none"}}
+LAYER_INPUTS = {"X": [[1.0, 2.0]], "W1": [[1.0, 0.0], [0.0, 1.0]], "b1": [[0.0], [1.0]]}
+GRADIENTS += [
+    {"model": NETWORK, "inputs": {"y": [0, 1, 1]}, "include": EVERY_EXTRA, "dtype": "float64"},
+    {"model": LAYER, "inputs": LAYER_INPUTS, "dout": [[1.0, -1.0]], "include": ["intermediates"]},
+    {"model": LAYER, "inputs": LAYER_INPUTS, "include": ["jacobian"], "tangents": {"X": [[1.0, 0.0]]}},
+]
 CHECKS = [
     {**NEURON, "submission": {"loss": 6.7, "gradients": {"w": 6.69, "b": 1.0}, "intermediates": {"z": 6.7}}},
     {"model": {"kind": "expression", "formula": "sum(x * y)"}, "inputs": {"x": [1.0, 2.0], "y": 3.0},
      "domain": {"y": [-1.0, 1.0]}, "n_points": 2,
      "submission": {"gradient_formulas": {"x": "y + 0 * x", "y": "sum(x) +"}}},
+    {"model": NETWORK, "inputs": {"y": [0, 1, 1]}, "tolerance": {"profile": "rel_error", "partial_credit": True},
+     "submission": {"loss": 1.0, "gradients": {"W1": [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], "W2": [[1.0, 2.0]]},
+                    "intermediates": {"Z1": [[0.0] * 3] * 3, "dA1": [[0.0] * 3] * 3}}},
+    {"model": LAYER, "inputs": LAYER_INPUTS, "dout": [[1.0, -1.0]],
+     "submission": {"gradients": {"W1": [[1.0, 2.0], [-1.0, -2.0]]}}},
 ]
 GRADE = {  # a problem file of two problems; answers with a number typed as text and an unparsable formula
     "problem": {"problems": [

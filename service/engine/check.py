@@ -5,11 +5,12 @@ import math
 
 import torch
 
-from . import cost
+from . import cost, diagnose_bugs, tolerance
 from .compute import build_model, forward_backward
 from .encode import encode_tree
 from .errors import DeadlineExceeded, EngineError, LimitExceeded
 from .formula import parse_formula
+from .jacobian import upstream
 from .limits import Deadline, Limits
 from .neuron import Neuron
 from .values import parse_tensor
@@ -56,13 +57,17 @@ def make_points(request: dict, limits: Limits) -> list[dict[str, torch.Tensor]]:
 
 def reference(model, point: dict[str, torch.Tensor], deadline: Deadline) -> dict:
     """Autograd at one point, every input a leaf: loss, gradients, intermediates, and the neuron's chain-rule factors."""
-    leaves, out, record, gradients = forward_backward(model, point, tuple(point))
+    wrt = getattr(model, "check_wrt", None) or tuple(point)  # networks: parameters and X, never the labels
+    leaves, out, record, gradients = forward_backward(model, point, wrt)
     deadline.check()
     detached = {k: v.detach() for k, v in leaves.items()}
+    intermediates = {k: t.detach() for k, t in record.items()}
+    if hasattr(model, "intermediate_gradients"):  # networks: dZ1, dA1, ... for checks on the backward pass
+        intermediates.update(model.intermediate_gradients(record))
     return {
         "loss": out.detach(),
         "gradients": gradients,
-        "intermediates": {k: t.detach() for k, t in record.items()},
+        "intermediates": intermediates,
         "chain_rule": model.chain_rule(detached) if isinstance(model, Neuron) else None,
         "warnings": model.diagnose(record),
     }
@@ -119,10 +124,11 @@ class Grader:
         self.request, self.limits, self.spent = request, limits, spent
         self.deadline = Deadline(limits.max_wall_seconds)
         self.model = build_model(request["model"], limits, self.deadline)
-        self.shapes = cost.domain_points(request, limits)
+        self.shapes = [self.model.shapes(s) for s in cost.domain_points(request, limits)]
         self.budget = cost.check_estimate(request, self.model, self.shapes, limits)
         self.budget.require(limits, spent)  # the references at every point and the response; formulas below
-        self.points = make_points(request, limits)
+        self.points = [self.model.complete(p) for p in make_points(request, limits)]
+        self.model = upstream(self.model, request, torch.float64)  # layer checks: dout·J
         self.is_neuron = isinstance(self.model, Neuron)
         self.refs = [reference(self.model, p, self.deadline) for p in self.points]
         self.multi = "inputs" not in request or "domain" in request or "points" in request
@@ -132,9 +138,9 @@ class Grader:
 
     def title(self, name: str) -> str:
         section, _, key = name.partition(".")
-        f = "L" if self.is_neuron else "f"
+        f = "L" if not hasattr(self.model, "formula") else "f"
         if section == "loss":
-            return "the loss L" if self.is_neuron else f"f = {self.model.formula.source}"
+            return "the loss L" if not hasattr(self.model, "formula") else f"f = {self.model.formula.source}"
         if section in ("gradients", "gradient_formulas"):
             return f"d{f}/d{key}" + (" (formula)" if section == "gradient_formulas" else "")
         return f"intermediate {key}"
@@ -152,6 +158,11 @@ class Grader:
         plan, ignored = plan_checks(self.request)
         self.warnings += ignored
         checks = [self.check(name, options) for name, options in plan]
+        first_wrong = diagnose_bugs.first_wrong_layer(self, checks)
+        for c in checks if first_wrong else ():
+            if c["kind"] == "gradient" and not c["passed"]:
+                c["message"] += f"; {first_wrong['message']}"
+        profile = tolerance.resolve({}, self.request, self.request["rtol"], self.request["atol"])
         score = sum(c["points"] for c in checks)
         max_score = sum(c["max_points"] for c in checks)
         passed = sum(c["passed"] for c in checks)
@@ -161,12 +172,14 @@ class Grader:
             "passed": passed == len(checks),
             "rtol": self.request["rtol"],
             "atol": self.request["atol"],
-            "tolerance_rule": TOLERANCE_RULE,
+            "tolerance_rule": tolerance.rule(profile) if profile else TOLERANCE_RULE,
             "n_points": len(self.points),
             "points": self.points,
             "checks": checks,
             "summary": f"{passed} of {len(checks)} checks passed; score {score:g} of {max_score:g}",
         }
+        if first_wrong:
+            body["first_wrong"] = first_wrong
         body = encode_tree(body, self.warnings)
         body["warnings"] = self.warnings
         return body
@@ -202,11 +215,32 @@ class Grader:
             actual, problem = self._numbers(answer, expected)
         if problem:
             result["message"] = f"{result['title']}: {problem}"
+            self._diagnose(result, name, answer, expected)
             return result
         if section == "gradient_formulas":
             result["actual"] = actual if self.multi else actual[0]
-        self._compare(result, expected, actual, rtol, atol, section, key)
+        profile = tolerance.resolve(options, self.request, rtol, atol)
+        if profile is None:
+            self._compare(result, expected, actual, rtol, atol, section, key)
+        else:
+            tolerance.apply(result, expected, actual, profile, self._at)
+        if not result["passed"]:
+            self._diagnose(result, name, answer, expected)
         return result
+
+    def _diagnose(self, result: dict, name: str, answer, expected: list[torch.Tensor]) -> None:
+        """Name the classic mistake a wrong gradient matches (diagnose_bugs.py); a network re-runs with each
+        mistake built in, charged to the request's budget: without budget left, the verdict stands undiagnosed."""
+        charge = cost.diagnosis_estimate(self.request, self.shapes, self.limits)
+        try:
+            charge.require(self.limits, spent=self.budget.total)
+        except LimitExceeded:
+            return
+        self.budget.parts.update(charge.parts)
+        mistake = diagnose_bugs.diagnose(self, name, answer, expected)
+        if mistake:
+            result["diagnosis"] = mistake
+            result["message"] += f"; likely mistake: {mistake}"
 
     def _known(self, section: str) -> str:
         ref = self.refs[0]
@@ -364,7 +398,8 @@ def _unravel(index: int, shape: torch.Size) -> list[int]:
 def estimate(request: dict, limits: Limits) -> int:
     """The cost model's bytes for a check request (a LimitExceeded when it alone is over the budget)."""
     model = build_model(request["model"], limits, Deadline(limits.max_wall_seconds))
-    budget = cost.check_estimate(request, model, cost.domain_points(request, limits), limits)
+    points = [model.shapes(s) for s in cost.domain_points(request, limits)]
+    budget = cost.check_estimate(request, model, points, limits)
     budget.require(limits)
     return budget.total
 

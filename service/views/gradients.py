@@ -18,12 +18,14 @@ gradient_response = GradientResponseSchema()
 # compute() already returns this schema's shape (every key, JSON-ready values, nested keys in schema order), so
 # dumping it through marshmallow is an identity that cost ~25 % of a small request (docs/performance.md); the
 # view only puts the top-level keys in the schema's order. tests/test_hardening.py checks the two agree.
-RESPONSE_KEYS = tuple(field.data_key or name for name, field in gradient_response.dump_fields.items())
+_KEYS = [(f.data_key or name, f.metadata.get("optional", False)) for name, f in gradient_response.dump_fields.items()]
+RESPONSE_KEYS = tuple(key for key, optional in _KEYS if not optional)
+OPTIONAL_KEYS = tuple(key for key, optional in _KEYS if optional)  # jacobian, jvp, independent: only when asked
 PICTURE = {"type": "string", "description": "With `Accept: image/svg+xml`: the autograd graph drawn by Graphviz"}
 
 
 @bp.post("/v1/gradients")
-@operation("Loss, gradients and autograd graph for a neuron or an expression", GradientResponseSchema,
+@operation("Loss, gradients and autograd graph for a neuron, an expression or a network", GradientResponseSchema,
            ok="The forward value, the gradients and the requested extras", body=GradientRequestSchema,
            alternatives={SVG: PICTURE}, errors=(400, 413, 415, 422, 501, 503))
 def gradients():
@@ -39,4 +41,4 @@ def gradients():
     if picture:
         svg = render_svg(result["graph"], current_app.config["LIMITS"])
         return Response(svg, mimetype=SVG, headers={"Content-Security-Policy": SVG_CSP, "Vary": "Accept"})
-    return {key: result[key] for key in RESPONSE_KEYS if key in result}, {"Vary": "Accept"}
+    return {key: result[key] for key in RESPONSE_KEYS + OPTIONAL_KEYS if key in result}, {"Vary": "Accept"}
