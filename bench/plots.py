@@ -26,6 +26,11 @@ def _finish(fig, ax, title: str, note: str, path: Path) -> str:
     return str(path)
 
 
+def _runs_at(runs_by_conns: dict, conns: int) -> list[dict]:
+    """The runs at one connection count; results read back from JSON have str keys, fresh ones int keys."""
+    return runs_by_conns.get(conns) or runs_by_conns[str(conns)]
+
+
 def draw(results: dict, out_dir: Path) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -38,9 +43,8 @@ def draw(results: dict, out_dir: Path) -> list[str]:
         conns = [r["c"] for r in rows]
         for target in ("service", "naive", "bare"):
             med = [r[f"{target}_rps"] for r in rows]
-            at = lambda c: runs[target].get(c) or runs[target][str(c)]  # noqa: E731 - JSON turns int keys into str
-            lo = [min(x["rps"] for x in at(c)) for c in conns]
-            hi = [max(x["rps"] for x in at(c)) for c in conns]
+            lo = [min(x["rps"] for x in _runs_at(runs[target], c)) for c in conns]
+            hi = [max(x["rps"] for x in _runs_at(runs[target], c)) for c in conns]
             ax.plot(conns, med, marker="o", color=COLORS[target], label={
                 "service": "service (neuron, graph included)", "naive": "naive Flask+torch handler",
                 "bare": "bare Flask, constant JSON"}[target])

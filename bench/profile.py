@@ -2,12 +2,18 @@
 
     python -m bench.profile [raw-output-file]      # needs ptrace rights on the worker (our own child)
 """
-import collections, os, re, subprocess, sys, threading, time
-from pathlib import Path
+import collections
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 from . import workloads, wrk
 from .servers import ROOT, Server
+
 os.chdir(ROOT)
 out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/gradsvc-py-spy.txt"
 srv = Server("service", log_dir=None).start()
@@ -17,9 +23,16 @@ try:
     pid = srv.worker_pids()[0]
     res = {}
     t = threading.Thread(target=lambda: res.update(wrk.run(srv.url, "/v1/gradients", [workloads.neuron_body()], 8, 13)))
-    t.start(); time.sleep(1.5)
-    subprocess.run([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d", "10", "-r", "200", "-f", "raw", "-o", out, "--nonblocking"],
-                   check=True, timeout=60, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t.start()
+    time.sleep(1.5)
+    py_spy = str(Path(sys.executable).parent / "py-spy")
+    subprocess.run(
+        [py_spy, "record", "-p", str(pid), "-d", "10", "-r", "200", "-f", "raw", "-o", out, "--nonblocking"],
+        check=True,
+        timeout=60,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     t.join(60)
     print("wrk during profile:", round(res.get("rps", 0)), "req/s")
 finally:
@@ -37,13 +50,16 @@ RULES = [  # first match wins, checked against the whole stack
     ("Flask dispatch, request/response objects, rest of the app", r"(flask/|service/)"),
     ("gunicorn + werkzeug outside Flask (accept, parse, headers, write, close)", r"(gunicorn/|werkzeug/)"),
 ]
-counts = collections.Counter(); total = 0
+counts = collections.Counter()
+total = 0
 for line in open(out):
     stack, _, n = line.rstrip().rpartition(" ")
-    n = int(n); total += n
+    n = int(n)
+    total += n
     for name, rx in RULES:
         if re.search(rx, stack):
-            counts[name] += n; break
+            counts[name] += n
+            break
     else:
         counts["other"] += n
 for name, n in counts.most_common():

@@ -45,11 +45,12 @@ def run(url: str, path: str, bodies: list[bytes], connections: int, seconds: flo
         script = f.name
     try:
         threads = min(2, connections)
-        cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={timeout}s", "-s", script, url]
+        duration = f"-d{max(1, round(seconds))}s"
+        cmd = ["wrk", f"-t{threads}", f"-c{connections}", duration, f"--timeout={timeout}s", "-s", script, url]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + timeout + 30)
     finally:
         Path(script).unlink(missing_ok=True)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("JSON:")), None)
+    line = next((out for out in proc.stdout.splitlines() if out.startswith("JSON:")), None)
     if line is None:
         raise RuntimeError(f"wrk gave no summary (rc {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-500:]}")
     raw = json.loads(line[5:])

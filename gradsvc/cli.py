@@ -86,11 +86,24 @@ def connection_options(defaults: bool) -> argparse.ArgumentParser:
     def default(value):
         return value if defaults else argparse.SUPPRESS
 
-    p.add_argument("--url", default=default(os.environ.get("GRADSVC_URL", DEFAULT_URL)), help="service base URL (env GRADSVC_URL)")
-    p.add_argument("--api-key", default=default(os.environ.get("GRADSVC_API_KEY")), help="sent as Authorization: Bearer (env GRADSVC_API_KEY)")
+    p.add_argument(
+        "--url", default=default(os.environ.get("GRADSVC_URL", DEFAULT_URL)), help="service base URL (env GRADSVC_URL)"
+    )
+    p.add_argument(
+        "--api-key",
+        default=default(os.environ.get("GRADSVC_API_KEY")),
+        help="sent as Authorization: Bearer (env GRADSVC_API_KEY)",
+    )
     p.add_argument("--timeout", type=float, default=default(30.0), help="seconds per attempt (default 30)")
-    p.add_argument("--retries", type=int, default=default(5), help="retries on connection errors and 502/503/504 (default 5)")
-    p.add_argument("--backoff", type=float, default=default(0.5), help="first retry delay in seconds, doubled each time, capped at 8 (default 0.5)")
+    p.add_argument(
+        "--retries", type=int, default=default(5), help="retries on connection errors and 502/503/504 (default 5)"
+    )
+    p.add_argument(
+        "--backoff",
+        type=float,
+        default=default(0.5),
+        help="first retry delay in seconds, doubled each time, capped at 8 (default 0.5)",
+    )
     p.add_argument("--pretty", action="store_true", default=default(False), help="indent the JSON output")
     return p
 

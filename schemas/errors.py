@@ -10,12 +10,18 @@ class LimitSchema(Schema):
 
 
 class ProblemSchema(Schema):
-    type = fields.String(required=True, metadata={"description": "URI reference naming the problem, e.g. /problems/limit-exceeded"})
+    type = fields.String(
+        required=True, metadata={"description": "URI reference naming the problem, e.g. /problems/limit-exceeded"}
+    )
     title = fields.String(required=True)
     status = fields.Integer(required=True)
     detail = fields.String(required=True)
     instance = fields.String(allow_none=True)
     errors = fields.Dict(metadata={"description": "marshmallow's field -> messages map, for 400 invalid-request"})
-    limit = fields.Nested(LimitSchema, metadata={"description": "the limit hit, for limit-exceeded and deadline-exceeded"})
+    limit = fields.Nested(
+        LimitSchema, metadata={"description": "the limit hit, for limit-exceeded and deadline-exceeded"}
+    )
     request_id = fields.String()
-    party = fields.String(metadata={"description": "whose error: \"instructor\" for /problems/invalid-problem (the problem file)"})
+    party = fields.String(
+        metadata={"description": 'whose error: "instructor" for /problems/invalid-problem (the problem file)'}
+    )

@@ -18,13 +18,17 @@ FORMATS = ("json", "gradescope", "prairielearn")
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
 # a check is named after the submission field it grades
 CHECK_NAME_PATTERN = (
-    r"^(loss|gradients\.[A-Za-z_][A-Za-z0-9_]{0,63}|gradient_formulas\.[A-Za-z_][A-Za-z0-9_]{0,63}|intermediates\..{1,200})$"
+    r"^(loss|gradients\.[A-Za-z_][A-Za-z0-9_]{0,63}|gradient_formulas\.[A-Za-z_][A-Za-z0-9_]{0,63}"
+    r"|intermediates\..{1,200})$"
 )
 _NUMBER_TYPES = (int, float)
 
 
 class Answer(Tensor):
-    """A submitted value: a number, "NaN"/"Infinity"/"-Infinity", or nested lists of those (shape is graded, not validated)."""
+    """A submitted value: a number, "NaN"/"Infinity"/"-Infinity", or nested lists of those.
+
+    The shape is graded, not validated.
+    """
 
     def _deserialize(self, value, attr, data, **kwargs):
         stack = [value]
@@ -32,9 +36,13 @@ class Answer(Tensor):
             item = stack.pop()
             if isinstance(item, list):
                 stack.extend(item)
-            elif isinstance(item, bool) or not (isinstance(item, _NUMBER_TYPES) or (isinstance(item, str) and item in NON_FINITE)):
+            elif isinstance(item, bool) or not (
+                isinstance(item, _NUMBER_TYPES) or (isinstance(item, str) and item in NON_FINITE)
+            ):
                 kind = "boolean" if isinstance(item, bool) else type(item).__name__
-                raise ValidationError(f"Answers are numbers, \"NaN\"/\"Infinity\"/\"-Infinity\" or lists of those, got {kind}.")
+                raise ValidationError(
+                    f'Answers are numbers, "NaN"/"Infinity"/"-Infinity" or lists of those, got {kind}.'
+                )
         return value
 
 
@@ -62,7 +70,9 @@ class CheckOptionsSchema(Schema):
     points = fields.Float(load_default=1.0, validate=validate.Range(min=0, max=1e6))
     rtol = fields.Float(**tolerance)
     atol = fields.Float(**tolerance)
-    title = fields.String(validate=validate.Length(min=1, max=200), metadata={"description": "display name of the test"})
+    title = fields.String(
+        validate=validate.Length(min=1, max=200), metadata={"description": "display name of the test"}
+    )
     visibility = fields.String(load_default="visible", validate=validate.OneOf(VISIBILITIES))
     tolerance = fields.Nested(ToleranceSchema, metadata={"description": "this check's tolerance profile"})
 
@@ -71,27 +81,44 @@ class CheckRequestSchema(Schema):
     """Body of POST /v1/check: a model, where to evaluate it, the submission, and tolerances."""
 
     model = OneOfKind(MODEL_SCHEMAS, required=True)
-    inputs = fields.Dict(keys=input_name, values=Tensor(), metadata={"description": "one point; with `domain`, the fixed inputs (and shapes) of every drawn point"})
+    inputs = fields.Dict(
+        keys=input_name,
+        values=Tensor(),
+        metadata={"description": "one point; with `domain`, the fixed inputs (and shapes) of every drawn point"},
+    )
     points = fields.List(
         fields.Dict(keys=input_name, values=Tensor()), validate=validate.Length(min=1, max=MAX_POINTS),
         metadata={"description": "several points, each an `inputs` object"},
     )
     domain = fields.Dict(
         keys=input_name,
-        values=fields.List(fields.Float(validate=validate.Range(min=-1e100, max=1e100)), validate=validate.Length(equal=2)),
+        values=fields.List(
+            fields.Float(validate=validate.Range(min=-1e100, max=1e100)), validate=validate.Length(equal=2)
+        ),
         metadata={"description": "input name -> [lo, hi]: draw n_points points uniformly (seeded, deterministic)"},
     )
-    seed = fields.Integer(validate=validate.Range(min=0, max=2**63 - 1), metadata={"description": "with `domain`; default 0"})
-    n_points = fields.Integer(validate=validate.Range(min=1, max=MAX_POINTS), metadata={"description": "with `domain`; default 5"})
+    seed = fields.Integer(
+        validate=validate.Range(min=0, max=2**63 - 1), metadata={"description": "with `domain`; default 0"}
+    )
+    n_points = fields.Integer(
+        validate=validate.Range(min=1, max=MAX_POINTS), metadata={"description": "with `domain`; default 5"}
+    )
     submission = fields.Nested(SubmissionSchema, required=True)
     rtol = fields.Float(load_default=DEFAULT_RTOL, **tolerance)
     atol = fields.Float(load_default=DEFAULT_ATOL, **tolerance)
     tolerance = fields.Nested(ToleranceSchema, metadata={"description": "a named rule instead of rtol/atol"})
     dout = Tensor(metadata={"description": "upstream gradient of a non-scalar output: gradients are dout·J"})
     checks = fields.Dict(
-        keys=fields.String(validate=validate.Regexp(CHECK_NAME_PATTERN, error="Check names are loss, gradients.<input>, intermediates.<name> or gradient_formulas.<input>.")),
+        keys=fields.String(
+            validate=validate.Regexp(
+                CHECK_NAME_PATTERN,
+                error="Check names are loss, gradients.<input>, intermediates.<name> or gradient_formulas.<input>.",
+            )
+        ),
         values=fields.Nested(CheckOptionsSchema),
-        metadata={"description": "the graded checks and their points; absent: every answer in the submission, 1 point each"},
+        metadata={
+            "description": "the graded checks and their points; absent: every answer in the submission, 1 point each"
+        },
     )
 
     @pre_load
@@ -142,8 +169,12 @@ class CheckQuerySchema(Schema):
         unknown = EXCLUDE
 
     format = fields.String(
-        load_default="json", validate=validate.OneOf(FORMATS),
-        metadata={"description": "json (default), gradescope (a results.json body) or prairielearn (an external grader result)"},
+        load_default="json",
+        validate=validate.OneOf(FORMATS),
+        metadata={
+            "description": "json (default), gradescope (a results.json body) "
+            "or prairielearn (an external grader result)"
+        },
     )
 
 
@@ -152,14 +183,29 @@ class CheckQuerySchema(Schema):
 class CheckResultSchema(Schema):
     """One graded check. `expected` is autograd's reference, `actual` the submission's value."""
 
-    name = fields.String(required=True, metadata={"description": "loss, gradients.w, intermediates.z, gradient_formulas.x, ..."})
+    name = fields.String(
+        required=True, metadata={"description": "loss, gradients.w, intermediates.z, gradient_formulas.x, ..."}
+    )
     title = fields.String(required=True, metadata={"description": "human name, e.g. dL/dw"})
-    kind = fields.String(required=True, validate=validate.OneOf(("loss", "gradient", "intermediate", "gradient_formula")))
-    expected = TensorOut(allow_none=True, metadata={"description": "autograd's value (float64); with several points, a list per point"})
-    actual = TensorOut(allow_none=True, metadata={"description": "the submitted value, or the formula's value at each point"})
-    formula = fields.String(allow_none=True, metadata={"description": "the submitted formula, for gradient_formula checks"})
-    abs_error = fields.Float(allow_none=True, metadata={"description": "max |actual - expected|; null when missing, mis-shaped or not finite"})
-    rel_error = fields.Float(allow_none=True, metadata={"description": "max |actual - expected| / |expected| over non-zero expected values"})
+    kind = fields.String(
+        required=True, validate=validate.OneOf(("loss", "gradient", "intermediate", "gradient_formula"))
+    )
+    expected = TensorOut(
+        allow_none=True, metadata={"description": "autograd's value (float64); with several points, a list per point"}
+    )
+    actual = TensorOut(
+        allow_none=True, metadata={"description": "the submitted value, or the formula's value at each point"}
+    )
+    formula = fields.String(
+        allow_none=True, metadata={"description": "the submitted formula, for gradient_formula checks"}
+    )
+    abs_error = fields.Float(
+        allow_none=True,
+        metadata={"description": "max |actual - expected|; null when missing, mis-shaped or not finite"},
+    )
+    rel_error = fields.Float(
+        allow_none=True, metadata={"description": "max |actual - expected| / |expected| over non-zero expected values"}
+    )
     rtol = fields.Float(required=True)
     atol = fields.Float(required=True)
     passed = fields.Boolean(required=True)
@@ -168,8 +214,12 @@ class CheckResultSchema(Schema):
     message = fields.String(required=True, metadata={"description": "feedback: what is off, where, and by how much"})
     worst_point = fields.Integer(allow_none=True, metadata={"description": "index of the point with the largest error"})
     chain_rule = fields.Dict(
-        keys=fields.String(), values=TensorOut(), allow_none=True,
-        metadata={"description": "neuron dL/dw, dL/db: the tutorial's factors at worst_point (per sample, before reduction)"},
+        keys=fields.String(),
+        values=TensorOut(),
+        allow_none=True,
+        metadata={
+            "description": "neuron dL/dw, dL/db: the tutorial's factors at worst_point (per sample, before reduction)"
+        },
     )
     visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
     tolerance = fields.Dict(metadata={"description": "with a profile: its metric, value, threshold, fraction_within"})
@@ -186,7 +236,11 @@ class CheckResponseSchema(Schema):
     atol = fields.Float(required=True, metadata={"description": "the request's default absolute tolerance"})
     tolerance_rule = fields.String(required=True)
     n_points = fields.Integer(required=True)
-    points = fields.List(fields.Dict(keys=fields.String(), values=TensorOut()), required=True, metadata={"description": "the points graded (drawn ones included)"})
+    points = fields.List(
+        fields.Dict(keys=fields.String(), values=TensorOut()),
+        required=True,
+        metadata={"description": "the points graded (drawn ones included)"},
+    )
     checks = fields.List(fields.Nested(CheckResultSchema), required=True)
     summary = fields.String(required=True)
     warnings = fields.List(fields.String(), required=True)
@@ -194,11 +248,18 @@ class CheckResponseSchema(Schema):
 
 
 class BatchRequestSchema(Schema):
-    """Body of POST /v1/batch. A job that is exactly `{"check": {...}}` is a check; any other job is a gradients request."""
+    """Body of POST /v1/batch.
+
+    A job that is exactly `{"check": {...}}` is a check; any other job is a gradients request.
+    """
 
     jobs = fields.List(
-        fields.Raw(allow_none=True), required=True,
-        metadata={"description": "each a POST /v1/gradients body, or {\"check\": <POST /v1/check body>}; an invalid job gets an `error` in its place"},
+        fields.Raw(allow_none=True),
+        required=True,
+        metadata={
+            "description": 'each a POST /v1/gradients body, or {"check": <POST /v1/check body>}; '
+            "an invalid job gets an `error` in its place"
+        },
     )
 
 

@@ -23,7 +23,9 @@ def neuron_input_errors(names) -> dict:
     return errors
 
 
-input_name = fields.String(validate=validate.Regexp(NAME_PATTERN, error="Input names are identifiers (letters, digits, _)."))
+input_name = fields.String(
+    validate=validate.Regexp(NAME_PATTERN, error="Input names are identifiers (letters, digits, _).")
+)
 
 
 class NeuronModelSchema(Schema):

@@ -14,10 +14,18 @@ class TensorOut(fields.Raw):
 
 class NodeSchema(Schema):
     id = fields.Integer(required=True)
-    op = fields.String(required=True, metadata={"description": "autograd function name, e.g. SigmoidBackward0; AccumulateGrad for leaves"})
-    label = fields.String(allow_none=True, metadata={"description": "input name for leaves; intermediate name (z, y_pred, a subexpression) where known"})
+    op = fields.String(
+        required=True,
+        metadata={"description": "autograd function name, e.g. SigmoidBackward0; AccumulateGrad for leaves"},
+    )
+    label = fields.String(
+        allow_none=True,
+        metadata={"description": "input name for leaves; intermediate name (z, y_pred, a subexpression) where known"},
+    )
     shape = fields.List(fields.Integer(), allow_none=True)
-    value = TensorOut(allow_none=True, metadata={"description": "forward value of the node's output, when known and small"})
+    value = TensorOut(
+        allow_none=True, metadata={"description": "forward value of the node's output, when known and small"}
+    )
     grad = TensorOut(allow_none=True, metadata={"description": "dL/d(node output), when known and small"})
 
 
@@ -60,7 +68,9 @@ class GradientResponseSchema(Schema):
     intermediates = fields.Dict(keys=fields.String(), values=fields.Nested(IntermediateSchema), allow_none=True)
     numeric = fields.Nested(NumericSchema, allow_none=True)
     manual = fields.Nested(ManualSchema, allow_none=True)
-    hessian = fields.Dict(keys=fields.String(), values=fields.Dict(keys=fields.String(), values=TensorOut()), allow_none=True)
+    hessian = fields.Dict(
+        keys=fields.String(), values=fields.Dict(keys=fields.String(), values=TensorOut()), allow_none=True
+    )
     dot = fields.String(allow_none=True)
     warnings = fields.List(fields.String(), required=True)
     # only in answers that asked for them (docs/networks.md), so the other answers keep their exact shape
@@ -107,7 +117,9 @@ class ModelsResponseSchema(Schema):
     functions = fields.List(fields.Nested(FunctionSchema), required=True)
     constants = fields.Dict(keys=fields.String(), values=fields.Float())
     limits = fields.Nested(LimitsSchema, required=True)
-    networks = fields.List(fields.Dict(), metadata={"description": "published course fixtures, each a request to start from"})
+    networks = fields.List(
+        fields.Dict(), metadata={"description": "published course fixtures, each a request to start from"}
+    )
 
 
 class StatusSchema(Schema):

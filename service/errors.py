@@ -152,7 +152,13 @@ def engine_problem(err: EngineError) -> dict:
 
 
 def validation_problem(err: ValidationError) -> dict:
-    return problem(400, "Invalid request", "The request body does not match the schema; see `errors`.", "invalid-request", errors=err.messages)
+    return problem(
+        400,
+        "Invalid request",
+        "The request body does not match the schema; see `errors`.",
+        "invalid-request",
+        errors=err.messages,
+    )
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -164,7 +170,16 @@ def register_error_handlers(app: Flask) -> None:
         extra = {}
         if err.code == 413:
             extra = {"limit": {"name": "max_body_bytes", "value": app.config["MAX_CONTENT_LENGTH"]}}
-            return problem_response(problem(413, "Limit exceeded", f"The request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes.", "limit-exceeded", **extra), headers)
+            return problem_response(
+                problem(
+                    413,
+                    "Limit exceeded",
+                    f"The request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes.",
+                    "limit-exceeded",
+                    **extra,
+                ),
+                headers,
+            )
         return problem_response(problem(err.code or 500, err.name, err.description), headers)
 
     @app.errorhandler(ValidationError)

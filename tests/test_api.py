@@ -161,9 +161,12 @@ def test_free_form_formula_has_no_manual(client):
 
 
 def test_hessian_of_cubic(client):
-    body = post(client, {**expression(formula="x**3 + x*y", x=2.0, y=1.0), "include": ["hessian"], "dtype": "float64"}).json
+    body = post(
+        client, {**expression(formula="x**3 + x*y", x=2.0, y=1.0), "include": ["hessian"], "dtype": "float64"}
+    ).json
     h = body["hessian"]
-    assert h["x"]["x"] == pytest.approx(12.0) and h["x"]["y"] == pytest.approx(1.0) and h["y"]["y"] == pytest.approx(0.0)
+    assert h["x"]["x"] == pytest.approx(12.0) and h["x"]["y"] == pytest.approx(1.0)
+    assert h["y"]["y"] == pytest.approx(0.0)
 
 
 def test_hessian_needs_scalar_loss(client):
@@ -220,7 +223,9 @@ def test_models_catalog(client):
     body = client.get("/v1/models").json
     names = {e["name"] for e in body["expressions"]}
     assert {"square", "sin_square", "mean_square"} <= names
-    assert {"sin", "cos", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "abs", "sum", "mean"} <= {f["name"] for f in body["functions"]}
+    assert {"sin", "cos", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "abs", "sum", "mean"} <= {
+        f["name"] for f in body["functions"]
+    }
     assert body["limits"]["max_tensor_elements"] > 0 and "max_body_bytes" in body["limits"]
     # counts stay integers on the wire (marshmallow's Float would make 1048576 into 1048576.0)
     assert type(body["limits"]["max_tensor_elements"]) is int and type(body["limits"]["max_body_bytes"]) is int
@@ -230,10 +235,25 @@ def test_models_catalog(client):
 def test_catalog_formulas_post_back(client):
     """Every catalog formula and gradient is written in the formula language a client can post."""
     for entry in client.get("/v1/models").json["expressions"]:
-        by_text = post(client, {"model": {"kind": "expression", "formula": entry["formula"]}, "inputs": entry["example"], "dtype": "float64"})
+        by_text = post(
+            client,
+            {
+                "model": {"kind": "expression", "formula": entry["formula"]},
+                "inputs": entry["example"],
+                "dtype": "float64",
+            },
+        )
         assert by_text.status_code == 200, (entry["name"], by_text.json)
         for var, grad_formula in entry["gradient"].items():
-            r = post(client, {"model": {"kind": "expression", "formula": grad_formula}, "inputs": entry["example"], "mode": "inference", "dtype": "float64"})
+            r = post(
+                client,
+                {
+                    "model": {"kind": "expression", "formula": grad_formula},
+                    "inputs": entry["example"],
+                    "mode": "inference",
+                    "dtype": "float64",
+                },
+            )
             assert r.status_code == 200, (entry["name"], var, r.json)
 
 
@@ -253,20 +273,62 @@ ERROR_MATRIX = [
     ("missing model", {"inputs": {"x": 1}}, 400, "invalid-request", ("errors", "model")),
     ("missing inputs", {"model": {"kind": "neuron"}}, 400, "invalid-request", ("errors", "inputs")),
     ("unknown top field", {**TUTORIAL_NEURON, "extra": 1}, 400, "invalid-request", ("errors", "extra")),
-    ("unknown model field", {"model": {"kind": "neuron", "bogus": 1}, "inputs": TUTORIAL_NEURON["inputs"]}, 400, "invalid-request", ("errors", "model", "bogus")),
-    ("neuron input missing", {"model": {"kind": "neuron"}, "inputs": {"x": 1, "y": 0, "w": 1}}, 400, "invalid-request", ("errors", "inputs", "b")),
-    ("neuron input extra", {"model": {"kind": "neuron"}, "inputs": {**TUTORIAL_NEURON["inputs"], "q": 1}}, 400, "invalid-request", ("errors", "inputs", "q")),
+    (
+        "unknown model field",
+        {"model": {"kind": "neuron", "bogus": 1}, "inputs": TUTORIAL_NEURON["inputs"]},
+        400,
+        "invalid-request",
+        ("errors", "model", "bogus"),
+    ),
+    (
+        "neuron input missing",
+        {"model": {"kind": "neuron"}, "inputs": {"x": 1, "y": 0, "w": 1}},
+        400,
+        "invalid-request",
+        ("errors", "inputs", "b"),
+    ),
+    (
+        "neuron input extra",
+        {"model": {"kind": "neuron"}, "inputs": {**TUTORIAL_NEURON["inputs"], "q": 1}},
+        400,
+        "invalid-request",
+        ("errors", "inputs", "q"),
+    ),
     ("bad mode", {**TUTORIAL_NEURON, "mode": "train"}, 400, "invalid-request", ("errors", "mode")),
     ("bad dtype", {**TUTORIAL_NEURON, "dtype": "float16"}, 400, "invalid-request", ("errors", "dtype")),
     ("bad include", {**TUTORIAL_NEURON, "include": ["everything"]}, 400, "invalid-request", ("errors", "include")),
-    ("bad reduction", {"model": {"kind": "neuron", "reduction": "max"}, "inputs": TUTORIAL_NEURON["inputs"]}, 400, "invalid-request", ("errors", "model", "reduction")),
-    ("bad epsilon", {"model": {"kind": "neuron", "epsilon": 0.9}, "inputs": TUTORIAL_NEURON["inputs"]}, 400, "invalid-request", ("errors", "model", "epsilon")),
+    (
+        "bad reduction",
+        {"model": {"kind": "neuron", "reduction": "max"}, "inputs": TUTORIAL_NEURON["inputs"]},
+        400,
+        "invalid-request",
+        ("errors", "model", "reduction"),
+    ),
+    (
+        "bad epsilon",
+        {"model": {"kind": "neuron", "epsilon": 0.9}, "inputs": TUTORIAL_NEURON["inputs"]},
+        400,
+        "invalid-request",
+        ("errors", "model", "epsilon"),
+    ),
     ("ragged tensor", expression(formula="sum(x)", x=[[1, 2], [3]]), 400, "invalid-request", ("errors", "inputs", "x")),
     ("string element", expression(formula="sum(x)", x=[1, "2"]), 400, "invalid-request", ("errors", "inputs", "x")),
     ("boolean element", expression(formula="sum(x)", x=[True]), 400, "invalid-request", ("errors", "inputs", "x")),
     ("null tensor", expression(formula="sum(x)", x=None), 400, "invalid-request", ("errors", "inputs", "x")),
-    ("bad input name", {"model": {"kind": "expression", "formula": "1"}, "inputs": {"1x": 1}}, 400, "invalid-request", ("errors", "inputs")),
-    ("name and formula", {"model": {"kind": "expression", "name": "square", "formula": "x"}, "inputs": {"x": 1}}, 400, "invalid-request", ("errors", "model")),
+    (
+        "bad input name",
+        {"model": {"kind": "expression", "formula": "1"}, "inputs": {"1x": 1}},
+        400,
+        "invalid-request",
+        ("errors", "inputs"),
+    ),
+    (
+        "name and formula",
+        {"model": {"kind": "expression", "name": "square", "formula": "x"}, "inputs": {"x": 1}},
+        400,
+        "invalid-request",
+        ("errors", "model"),
+    ),
     ("duplicate wrt", {**TUTORIAL_NEURON, "wrt": ["w", "w"]}, 400, "invalid-request", ("errors", "wrt")),
     ("empty wrt", {**TUTORIAL_NEURON, "wrt": []}, 400, "invalid-request", ("errors", "wrt")),
     ("body is a list", [1, 2], 400, "invalid-request", ("errors",)),
@@ -279,19 +341,51 @@ ERROR_MATRIX = [
     ("unknown catalog name", expression(name="nonesuch", x=1), 422, "unknown-expression", ("detail",)),
     ("non-scalar output", expression(formula="x**2", x=[1, 2]), 422, "non-scalar-output", ("detail",)),
     ("broadcast mismatch", expression(formula="sum(x*y)", x=[1, 2], y=[1, 2, 3]), 422, "shape-mismatch", ("detail",)),
-    ("neuron w vs x", {"model": {"kind": "neuron"}, "inputs": {"x": [1, 2], "y": 0, "w": [1, 2, 3], "b": 0}}, 422, "shape-mismatch", ("detail",)),
-    ("neuron y vs samples", {"model": {"kind": "neuron"}, "inputs": {"x": [[1, 2]], "y": [0, 1], "w": [1, 2], "b": 0}}, 422, "shape-mismatch", ("detail",)),
-    ("neuron b vector", {"model": {"kind": "neuron"}, "inputs": {"x": 1, "y": 0, "w": 1, "b": [0, 0]}}, 422, "shape-mismatch", ("detail",)),
+    (
+        "neuron w vs x",
+        {"model": {"kind": "neuron"}, "inputs": {"x": [1, 2], "y": 0, "w": [1, 2, 3], "b": 0}},
+        422,
+        "shape-mismatch",
+        ("detail",),
+    ),
+    (
+        "neuron y vs samples",
+        {"model": {"kind": "neuron"}, "inputs": {"x": [[1, 2]], "y": [0, 1], "w": [1, 2], "b": 0}},
+        422,
+        "shape-mismatch",
+        ("detail",),
+    ),
+    (
+        "neuron b vector",
+        {"model": {"kind": "neuron"}, "inputs": {"x": 1, "y": 0, "w": 1, "b": [0, 0]}},
+        422,
+        "shape-mismatch",
+        ("detail",),
+    ),
     ("formula too long", expression(formula="x+" * 1000 + "x", x=1), 413, "limit-exceeded", ("limit", "name")),
     ("unary chain", expression(formula="+" * 200_000 + "x", x=1), 413, "limit-exceeded", ("limit", "name")),
     ("too many dims", expression(formula="sum(x)", x=[[[[[[[[[1]]]]]]]]]), 413, "limit-exceeded", ("limit", "name")),
     ("too many elements", expression(formula="sum(x)", x=[0] * 3_000_000), 413, "limit-exceeded", ("limit", "name")),
-    ("numeric too big", {**expression(formula="sum(x)", x=[0.0] * 2000), "include": ["numeric"]}, 413, "limit-exceeded", ("limit", "name")),
-    ("hessian too big", {**expression(formula="sum(x)", x=[0.0] * 200), "include": ["hessian"]}, 413, "limit-exceeded", ("limit", "name")),
+    (
+        "numeric too big",
+        {**expression(formula="sum(x)", x=[0.0] * 2000), "include": ["numeric"]},
+        413,
+        "limit-exceeded",
+        ("limit", "name"),
+    ),
+    (
+        "hessian too big",
+        {**expression(formula="sum(x)", x=[0.0] * 200), "include": ["hessian"]},
+        413,
+        "limit-exceeded",
+        ("limit", "name"),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("body", "status", "kind", "where"), [row[1:] for row in ERROR_MATRIX], ids=[row[0] for row in ERROR_MATRIX])
+@pytest.mark.parametrize(
+    ("body", "status", "kind", "where"), [row[1:] for row in ERROR_MATRIX], ids=[row[0] for row in ERROR_MATRIX]
+)
 def test_error_matrix(client, body, status, kind, where):
     r = post(client, body)
     assert r.status_code == status, r.json

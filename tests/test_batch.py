@@ -5,11 +5,14 @@ import random
 
 import pytest
 
+import service.engine.batch as batch_engine
 from conftest import TUTORIAL_NEURON
 
-import service.engine.batch as batch_engine
-
-CHECK = {"model": {"kind": "expression", "name": "square"}, "inputs": {"x": 3.0}, "submission": {"gradients": {"x": 6.0}}}
+CHECK = {
+    "model": {"kind": "expression", "name": "square"},
+    "inputs": {"x": 3.0},
+    "submission": {"gradients": {"x": 6.0}},
+}
 
 
 def batch(client, jobs):
@@ -78,9 +81,15 @@ def neuron_job(rnd, x_shape, w_shape, dtype, reduction, include, mode="grad", wr
     y_shape = x_shape[:-1] if w_shape else x_shape
     job = {
         "model": {"kind": "neuron", "reduction": reduction},
-        "inputs": {"x": _value(rnd, x_shape), "w": _value(rnd, w_shape), "b": _value(rnd, ()),
-                   "y": [float(rnd.random() > 0.5) for _ in range(y_shape[0])] if y_shape else float(rnd.random() > 0.5)},
-        "dtype": dtype, "include": include, "mode": mode,
+        "inputs": {
+            "x": _value(rnd, x_shape),
+            "w": _value(rnd, w_shape),
+            "b": _value(rnd, ()),
+            "y": [float(rnd.random() > 0.5) for _ in range(y_shape[0])] if y_shape else float(rnd.random() > 0.5),
+        },
+        "dtype": dtype,
+        "include": include,
+        "mode": mode,
     }
     if wrt:
         job["wrt"] = wrt

@@ -27,7 +27,7 @@ def autograd_gradients(entry: CatalogEntry, point: dict) -> dict[str, torch.Tens
     env = tensors(point, requires_grad=True)
     out = parse_formula(entry.formula, LIMITS).evaluate(env, dtype=F64)
     grads = torch.autograd.grad(out, [env[name] for name in entry.variables])
-    return dict(zip(entry.variables, grads))
+    return dict(zip(entry.variables, grads, strict=True))
 
 
 def check_point(entry: CatalogEntry, point: dict) -> None:
@@ -43,7 +43,7 @@ def check_point(entry: CatalogEntry, point: dict) -> None:
     inputs = tuple(tensors(point, requires_grad=True)[name] for name in entry.variables)
 
     def run(*leaves: torch.Tensor) -> torch.Tensor:
-        return formula.evaluate(dict(zip(entry.variables, leaves)), dtype=F64)
+        return formula.evaluate(dict(zip(entry.variables, leaves, strict=True)), dtype=F64)
 
     assert torch.autograd.gradcheck(run, inputs)
 

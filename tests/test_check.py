@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from platform_specs import validate_gradescope, validate_prairielearn
 
 PROBLEM = "application/problem+json"
@@ -90,7 +89,13 @@ def test_checks_config_sets_points_and_ignores_extra_answers(client):
 # --- formulas at several points ------------------------------------------------------------------------
 
 def test_formula_over_a_seeded_domain_is_deterministic(client):
-    body = {**SIN, "domain": {"x": [-3, 3]}, "seed": 7, "n_points": 6, "submission": {"gradient_formulas": {"x": "cos(x**2)*2*x"}}}
+    body = {
+        **SIN,
+        "domain": {"x": [-3, 3]},
+        "seed": 7,
+        "n_points": 6,
+        "submission": {"gradient_formulas": {"x": "cos(x**2)*2*x"}},
+    }
     first, second = check(client, body), check(client, body)
     assert first == second and first["passed"] and first["n_points"] == 6
     xs = [p["x"] for p in first["points"]]
@@ -158,22 +163,37 @@ def test_tolerance_edges(client, offset, passed):
 
 
 def test_per_check_tolerance_overrides_the_request(client):
-    body = {"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": 1.0}, "submission": {"gradients": {"x": 2.1}},
-            "checks": {"gradients.x": {"atol": 0.2}}}
+    body = {
+        "model": {"kind": "expression", "formula": "x**2"},
+        "inputs": {"x": 1.0},
+        "submission": {"gradients": {"x": 2.1}},
+        "checks": {"gradients.x": {"atol": 0.2}},
+    }
     c = check(client, body)["checks"][0]
     assert c["passed"] is True and c["atol"] == 0.2 and c["rtol"] == 1e-4
 
 
 def test_non_finite_answers(client):
-    body = {"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": 1.0}, "submission": {"gradients": {"x": "NaN"}}}
+    body = {
+        "model": {"kind": "expression", "formula": "x**2"},
+        "inputs": {"x": 1.0},
+        "submission": {"gradients": {"x": "NaN"}},
+    }
     c = check(client, body)["checks"][0]
     assert c["passed"] is False and c["abs_error"] is None and c["actual"] == "NaN"
 
 
 # --- formats -------------------------------------------------------------------------------------------
 
-PARTIAL = {**NEURON, "submission": {"loss": 6.7012, "gradients": {"w": 6.5, "b": 0.9988}},
-           "checks": {"loss": {"points": 1}, "gradients.w": {"points": 2}, "gradients.b": {"points": 2, "visibility": "after_due_date"}}}
+PARTIAL = {
+    **NEURON,
+    "submission": {"loss": 6.7012, "gradients": {"w": 6.5, "b": 0.9988}},
+    "checks": {
+        "loss": {"points": 1},
+        "gradients.w": {"points": 2},
+        "gradients.b": {"points": 2, "visibility": "after_due_date"},
+    },
+}
 
 
 def test_gradescope_format(client):
@@ -207,7 +227,7 @@ def test_all_right_in_every_format(client):
 
 # --- malformed requests are problems --------------------------------------------------------------------
 
-@pytest.mark.parametrize(("body", "status", "field"), [
+MALFORMED = [  # body, status, the field `errors` names
     ({**NEURON}, 400, "submission"),
     ({**NEURON, "submission": {}}, 400, "submission"),
     ({**NEURON, "submission": {"gradients": {"w": True}}}, 400, "submission"),
@@ -220,11 +240,27 @@ def test_all_right_in_every_format(client):
     ({**SIN, "domain": {"x": [2, 1]}, "submission": {"loss": 1}}, 400, "domain"),
     ({"model": {"kind": "neuron"}, "inputs": {"x": 1.0}, "submission": {"loss": 1}}, 400, "inputs"),
     ({**NEURON, "submission": {"loss": 1}, "checks": {"gradient.w": {}}}, 400, "checks"),
-    ({"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": [1.0, 2.0]}, "submission": {"loss": 1}}, 422, None),
+    (
+        {"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": [1.0, 2.0]}, "submission": {"loss": 1}},
+        422,
+        None,
+    ),
     ({"model": {"kind": "expression", "formula": "x*y"}, "inputs": {"x": 1.0}, "submission": {"loss": 1}}, 422, None),
-    ({"model": {"kind": "expression", "formula": "sum(x**2)"}, "inputs": {"x": [0.0] * 10}, "domain": {"x": [0, 1]},
-      "n_points": 100, "submission": {"loss": 1}}, 200, None),
-])
+    (
+        {
+            "model": {"kind": "expression", "formula": "sum(x**2)"},
+            "inputs": {"x": [0.0] * 10},
+            "domain": {"x": [0, 1]},
+            "n_points": 100,
+            "submission": {"loss": 1},
+        },
+        200,
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "field"), MALFORMED)
 def test_malformed_requests(client, body, status, field):
     response = client.post("/v1/check", json=body)
     assert response.status_code == status, response.json

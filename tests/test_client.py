@@ -15,7 +15,11 @@ from gradsvc import Client, ClientError, ServiceUnavailable
 from gradsvc.cli import read_jobs
 
 pytestmark = [pytest.mark.live]
-CHECK = {"model": {"kind": "expression", "name": "square"}, "inputs": {"x": 3.0}, "submission": {"gradients": {"x": 6.0}}}
+CHECK = {
+    "model": {"kind": "expression", "name": "square"},
+    "inputs": {"x": 3.0},
+    "submission": {"gradients": {"x": 6.0}},
+}
 
 
 def gradsvc(*args, url, timeout=60, **env):
@@ -104,7 +108,9 @@ def test_client_retries_502_503_504_and_connection_errors_with_backoff():
     sleeps = []
     session = FakeSession([requests.ConnectionError("refused"), FakeResponse(503, headers={"Retry-After": "1"}),
                            FakeResponse(502), FakeResponse(504), FakeResponse(200, {"ok": True})])
-    client = Client("http://svc", api_key="k", retries=4, backoff=0.5, max_backoff=3, session=session, sleep=sleeps.append)
+    client = Client(
+        "http://svc", api_key="k", retries=4, backoff=0.5, max_backoff=3, session=session, sleep=sleeps.append
+    )
     assert client.compute({}) == {"ok": True}
     assert sleeps == [0.5, 1.0, 2.0, 3.0]  # doubled, Retry-After respected, capped
     assert session.calls[0][1]["headers"]["Authorization"] == "Bearer k"
@@ -135,9 +141,26 @@ def test_cli_survives_a_server_restart(tmp_path, files):
     server.start()
     server.stop()
     cli = subprocess.Popen(
-        [sys.executable, "-m", "gradsvc", "--url", server.url, "--retries", "12", "--backoff", "0.25", "--timeout", "10",
-         "check", files("check.json", CHECK)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [
+            sys.executable,
+            "-m",
+            "gradsvc",
+            "--url",
+            server.url,
+            "--retries",
+            "12",
+            "--backoff",
+            "0.25",
+            "--timeout",
+            "10",
+            "check",
+            files("check.json", CHECK),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
         time.sleep(0.5)

@@ -11,10 +11,9 @@ import pytest
 import requests
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
+from conftest import TUTORIAL_NEURON
 from service.engine import cost
 from service.engine.limits import Limits
-
-from conftest import TUTORIAL_NEURON
 
 PROBLEM = "application/problem+json"
 LIMITS = Limits()
@@ -351,9 +350,9 @@ def test_hessian_of_an_empty_input(client):
 
 
 def test_huge_hex_literal_is_infinity(app):
+    from schemas import GradientRequestSchema  # noqa: PLC0415
     from service.config import limits_from_env  # noqa: PLC0415
     from service.engine.compute import compute  # noqa: PLC0415
-    from schemas import GradientRequestSchema  # noqa: PLC0415
 
     roomy = Limits(max_formula_length=10_000)
     body = GradientRequestSchema().load(expression("x + 0x" + "f" * 3600, ["graph", "intermediates"], x=1.0))

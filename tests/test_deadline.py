@@ -17,11 +17,9 @@ import pytest
 import requests
 import torch
 
-from service.engine.deadline import DeadlineInterrupt, request_deadline
-from service.engine.errors import DeadlineExceeded
-from service.engine.limits import Deadline
-
 from conftest import ROOT, TUTORIAL_NEURON, GunicornServer
+from service.engine.deadline import DeadlineInterrupt, request_deadline
+from service.engine.limits import Deadline
 
 WALL = 2.0
 SLACK = 1.0  # the bound: MAX_WALL_SECONDS + 1 s

@@ -34,7 +34,11 @@ def tutorial_manual(x, y, w, b):
 
 def test_tutorial_scalar_neuron():
     body = compute(request({"kind": "neuron"}, {"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0}, dtype="float32"), LIMITS)
-    assert (round(float(body["loss"]), 4), round(float(body["gradients"]["w"]), 4), round(float(body["gradients"]["b"]), 4)) == (6.7012, 6.6918, 0.9988)
+    assert (
+        round(float(body["loss"]), 4),
+        round(float(body["gradients"]["w"]), 4),
+        round(float(body["gradients"]["b"]), 4),
+    ) == (6.7012, 6.6918, 0.9988)
 
 
 @settings(max_examples=40, deadline=None)
@@ -69,8 +73,12 @@ def test_neuron_gradcheck():
     """torch's own gradcheck over the neuron's forward, in float64, for a batch with shared w and b."""
     neuron = Neuron({"loss": "bce", "reduction": "mean"})
     g = torch.Generator().manual_seed(0)
-    base = {"x": torch.randn(4, 3, generator=g, dtype=torch.float64), "y": torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=torch.float64),
-            "w": torch.randn(3, generator=g, dtype=torch.float64), "b": torch.tensor(0.1, dtype=torch.float64)}
+    base = {
+        "x": torch.randn(4, 3, generator=g, dtype=torch.float64),
+        "y": torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=torch.float64),
+        "w": torch.randn(3, generator=g, dtype=torch.float64),
+        "b": torch.tensor(0.1, dtype=torch.float64),
+    }
     leaves = neuron.prepare(base, ("w", "b"))
     assert torch.autograd.gradcheck(lambda w, b: neuron.forward({**leaves, "w": w, "b": b}), (leaves["w"], leaves["b"]))
 

@@ -38,8 +38,12 @@ class Gateway:
         self.prefix = prefix_dir
         text = nginx_render.render(listen=f"127.0.0.1:{self.port}", upstreams=upstreams, **settings)
         conf = nginx_render.write_prefix(prefix_dir, text)
-        self.proc = subprocess.Popen([binary, "-p", f"{prefix_dir}/", "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [binary, "-p", f"{prefix_dir}/", "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         EXTRA_GROUPS.add(self.proc.pid)
         try:
             self._wait_ready()
@@ -113,15 +117,26 @@ def test_tutorial_through_the_prefix(gateway):
     r = requests.post(gateway.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=10)
     assert r.status_code == 200
     body = r.json()
-    assert [round(body["loss"], 4), round(body["gradients"]["w"], 4), round(body["gradients"]["b"], 4)] == [6.7012, 6.6918, 0.9988]
+    assert [round(body["loss"], 4), round(body["gradients"]["w"], 4), round(body["gradients"]["b"], 4)] == [
+        6.7012,
+        6.6918,
+        0.9988,
+    ]
 
 
 def test_request_id_kept_or_generated(gateway):
-    kept = requests.post(gateway.url + "/v1/gradients", json=TUTORIAL_NEURON, headers={"X-Request-ID": "grader-42"}, timeout=10)
+    kept = requests.post(
+        gateway.url + "/v1/gradients", json=TUTORIAL_NEURON, headers={"X-Request-ID": "grader-42"}, timeout=10
+    )
     assert kept.headers["X-Request-ID"] == "grader-42"
     made = requests.get(gateway.url + "/healthz", timeout=10).headers["X-Request-ID"]
     assert len(made) == 32 and int(made, 16) >= 0
-    problem = requests.post(gateway.url + "/v1/gradients", json={"model": {"kind": "nope"}}, headers={"X-Request-ID": "grader-43"}, timeout=10)
+    problem = requests.post(
+        gateway.url + "/v1/gradients",
+        json={"model": {"kind": "nope"}},
+        headers={"X-Request-ID": "grader-43"},
+        timeout=10,
+    )
     assert problem.status_code == 400 and problem.json()["request_id"] == "grader-43"
     assert problem.headers["X-Request-ID"] == "grader-43"
 
@@ -159,7 +174,9 @@ def test_gateway_429_is_problem_json(strict_gateway):
             if r.status_code == 429:
                 bodies.append(r)
     assert 200 in statuses and 429 in statuses
-    assert all(b.headers["Content-Type"] == PROBLEM and b.json()["status"] == 429 and b.headers["Retry-After"] for b in bodies)
+    assert all(
+        b.headers["Content-Type"] == PROBLEM and b.json()["status"] == 429 and b.headers["Retry-After"] for b in bodies
+    )
 
 
 SLOW_JOB = {  # ~tens of ms of real work, so requests are in flight when the fault hits
@@ -237,4 +254,6 @@ def test_sigterm_to_a_master_completes_in_flight_requests(tmp_path):
         assert "Handling signal: term" in log and "Shutting down: Master" in log
         after_term = log.split("Handling signal: term", 1)[1]
         answered = [json.loads(line) for line in after_term.splitlines() if line.startswith("{")]
-        assert any(line.get("route") == "/v1/gradients" and line.get("status") == 200 for line in answered)  # in flight at SIGTERM
+        assert any(
+            line.get("route") == "/v1/gradients" and line.get("status") == 200 for line in answered
+        )  # in flight at SIGTERM

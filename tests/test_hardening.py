@@ -61,7 +61,9 @@ def test_schemathesis_cli_finds_nothing(live_server, tmp_path):
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, tail
     selected = re.search(r"Selected: (\d+)/(\d+)", proc.stdout)
-    assert selected and selected[1] == selected[2] and f"Tested: {selected[1]}" in proc.stdout, tail  # every operation ran
+    assert selected and selected[1] == selected[2] and f"Tested: {selected[1]}" in proc.stdout, (
+        tail
+    )  # every operation ran
     assert "Failures:" not in proc.stdout, tail
 
 
@@ -158,7 +160,9 @@ def test_catalog_autograd_equals_hand_derived_and_finite_differences(name, data)
     for var, example in entry.example.items():
         shape_len = len(example) if isinstance(example, list) else None
         value = st.floats(0.2, 2.5).map(lambda v: round(v, 3))
-        inputs[var] = data.draw(st.lists(value, min_size=shape_len, max_size=shape_len) if shape_len else value, label=var)
+        inputs[var] = data.draw(
+            st.lists(value, min_size=shape_len, max_size=shape_len) if shape_len else value, label=var
+        )
     if name == "quadratic_form":  # keep the example's shapes (a matrix and a vector)
         inputs = entry.example
     body = run({"model": {"kind": "expression", "name": name}, "inputs": inputs, "dtype": "float64",
@@ -179,13 +183,32 @@ def _largest(gradients: dict) -> float:
 FAST_PATH_BODIES = [
     TUTORIAL_NEURON,
     {**TUTORIAL_NEURON, "include": ["graph", "dot", "intermediates", "manual", "numeric", "hessian"]},
-    {"model": {"kind": "neuron", "reduction": "none"}, "inputs": {"x": [[1, 2], [3, 4]], "y": [0, 1], "w": [0.5, -0.5], "b": 0},
-     "include": ["graph", "intermediates", "manual", "numeric"]},
-    {"model": {"kind": "neuron", "loss": "bce_with_logits"}, "inputs": {"x": [1, 2, 3], "y": [0, 1, 1], "w": 0.3, "b": 0.1}},
+    {
+        "model": {"kind": "neuron", "reduction": "none"},
+        "inputs": {"x": [[1, 2], [3, 4]], "y": [0, 1], "w": [0.5, -0.5], "b": 0},
+        "include": ["graph", "intermediates", "manual", "numeric"],
+    },
+    {
+        "model": {"kind": "neuron", "loss": "bce_with_logits"},
+        "inputs": {"x": [1, 2, 3], "y": [0, 1, 1], "w": 0.3, "b": 0.1},
+    },
     {"model": {"kind": "neuron"}, "inputs": {"x": 20, "y": 0, "w": 1, "b": 0}, "include": ["graph", "intermediates"]},
-    {"model": {"kind": "expression", "formula": "sum(x * x) + log(y)"}, "inputs": {"x": [1, "NaN"], "y": -1}, "include": ["graph", "dot"]},
-    {"model": {"kind": "expression", "name": "sin_square"}, "inputs": {"x": 3}, "include": ["manual", "hessian", "graph"]},
-    {"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": [1, 2]}, "mode": "inference", "include": ["intermediates", "numeric"]},
+    {
+        "model": {"kind": "expression", "formula": "sum(x * x) + log(y)"},
+        "inputs": {"x": [1, "NaN"], "y": -1},
+        "include": ["graph", "dot"],
+    },
+    {
+        "model": {"kind": "expression", "name": "sin_square"},
+        "inputs": {"x": 3},
+        "include": ["manual", "hessian", "graph"],
+    },
+    {
+        "model": {"kind": "expression", "formula": "x**2"},
+        "inputs": {"x": [1, 2]},
+        "mode": "inference",
+        "include": ["intermediates", "numeric"],
+    },
     {"model": {"kind": "expression", "formula": "9**9**9**9"}, "inputs": {}, "dtype": "float64"},
 ]
 
@@ -253,7 +276,10 @@ def test_numpy_conversion_of_large_inputs_equals_torch_tensor(dtype):
     rng = random.Random(7)
     specials = [0, -0.0, 1, 2**24 + 1, 2**53 + 1, 2**63, 2**64 - 1, -(2**63), 1e-45, 3.4028235e38, 3.5e38, 1e308,
                 float("nan"), float("inf"), float("-inf"), 0.1, 1 / 3]
-    values = [rng.choice((rng.uniform(-1e6, 1e6), rng.randrange(-10**6, 10**6), rng.choice(specials))) for _ in range(NUMPY_FROM * 2)]
+    values = [
+        rng.choice((rng.uniform(-1e6, 1e6), rng.randrange(-(10**6), 10**6), rng.choice(specials)))
+        for _ in range(NUMPY_FROM * 2)
+    ]
     fast = _tensor(values, (2, NUMPY_FROM), DTYPES[dtype])
     slow = torch.tensor(values, dtype=DTYPES[dtype]).reshape(2, NUMPY_FROM)
     assert fast.dtype == slow.dtype and fast.shape == slow.shape

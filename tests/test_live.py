@@ -16,14 +16,23 @@ pytestmark = pytest.mark.live
 def post(url, body=None, data=None, headers=None, timeout=30):
     if body is not None:
         data = json.dumps(body)
-    return requests.post(url + "/v1/gradients", data=data, headers={"Content-Type": "application/json", **(headers or {})}, timeout=timeout)
+    return requests.post(
+        url + "/v1/gradients",
+        data=data,
+        headers={"Content-Type": "application/json", **(headers or {})},
+        timeout=timeout,
+    )
 
 
 def test_tutorial_neuron_over_http(live_server):
     r = post(live_server.url, TUTORIAL_NEURON)
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
     body = r.json()
-    assert [round(body["loss"], 4), round(body["gradients"]["w"], 4), round(body["gradients"]["b"], 4)] == [6.7012, 6.6918, 0.9988]
+    assert [round(body["loss"], 4), round(body["gradients"]["w"], 4), round(body["gradients"]["b"], 4)] == [
+        6.7012,
+        6.6918,
+        0.9988,
+    ]
 
 
 def test_health_ready_openapi(live_server):
@@ -38,9 +47,17 @@ HOSTILE = [
     ("unary chain", {"model": {"kind": "expression", "formula": "+" * 200_000 + "x"}, "inputs": {"x": 1}}, {413}),
     ("deep nesting", None, {400}),
     ("3M elements", {"model": {"kind": "expression", "formula": "sum(x)"}, "inputs": {"x": [0] * 3_000_000}}, {413}),
-    ("dunder", {"model": {"kind": "expression", "formula": "().__class__.__bases__[0].__subclasses__()"}, "inputs": {}}, {400}),
+    (
+        "dunder",
+        {"model": {"kind": "expression", "formula": "().__class__.__bases__[0].__subclasses__()"}, "inputs": {}},
+        {400},
+    ),
     ("huge exponent", {"model": {"kind": "expression", "formula": "sum(x ** 1e308)"}, "inputs": {"x": [2.0]}}, {200}),
-    ("nested parens", {"model": {"kind": "expression", "formula": "(" * 500 + "x" + ")" * 500}, "inputs": {"x": 1}}, {413}),
+    (
+        "nested parens",
+        {"model": {"kind": "expression", "formula": "(" * 500 + "x" + ")" * 500}, "inputs": {"x": 1}},
+        {413},
+    ),
 ]
 
 
@@ -68,7 +85,9 @@ def test_non_finite_result_is_valid_json(live_server):
 def test_concurrent_identical_requests_agree(live_server):
     """Fresh tensors per request: the same body gives the same bytes from either worker, however often."""
     with requests.Session() as session:
-        bodies = {session.post(live_server.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=10).content for _ in range(20)}
+        bodies = {
+            session.post(live_server.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=10).content for _ in range(20)
+        }
     assert len(bodies) == 1
 
 

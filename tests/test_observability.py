@@ -102,7 +102,9 @@ def test_metrics_add_up_across_workers_and_logs_are_json(tmp_path):
         n = 24
         with requests.Session() as s:
             for i in range(n):
-                r = s.post(server.url + "/v1/gradients", json=TUTORIAL_NEURON, headers={"X-Request-ID": f"m-{i}"}, timeout=10)
+                r = s.post(
+                    server.url + "/v1/gradients", json=TUTORIAL_NEURON, headers={"X-Request-ID": f"m-{i}"}, timeout=10
+                )
                 assert r.status_code == 200
             s.post(server.url + "/v1/gradients", json={"model": {"kind": "nope"}, "inputs": {}}, timeout=10)
             scrapes = [s.get(server.url + "/metrics", timeout=10).text for _ in range(4)]

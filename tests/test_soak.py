@@ -26,32 +26,43 @@ def _body(obj) -> bytes:
     return orjson.dumps(obj)
 
 
+def _expression(formula: str, inputs: dict, **extra) -> bytes:
+    return _body({"model": {"kind": "expression", "formula": formula}, "inputs": inputs, **extra})
+
+
+PER_SAMPLE_NEURON = {
+    "model": {"kind": "neuron", "reduction": "none"},
+    "inputs": {"x": [[1, 2], [3, 4], [5, 6]], "y": [0, 1, 1], "w": [0.1, 0.2], "b": 0},
+    "include": ["graph", "intermediates", "manual"],
+}
+NAN_LITERAL = b'{"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": NaN}}'
+DEEP_NESTING = (
+    b'{"model":{"kind":"expression","formula":"sum(x)"},"inputs":{"x":' + b"[" * 5000 + b"1" + b"]" * 5000 + b"}}"
+)
+MIXED_BATCH = {"jobs": [TUTORIAL_NEURON] * 20 + [{"model": {"kind": "nope"}, "inputs": {}}]}
+NON_FINITE = ["NaN", "Infinity", "-Infinity", 1]
+# non-scalar output: exp(-y) is a vector
+VECTOR_FORMULA = _expression("sin(x**2) + exp(-y)", {"x": 3, "y": [1, 2]}, include=["graph", "numeric"])
+SCALAR_FORMULA = _expression("mean(sin(x**2) + exp(-x))", {"x": [1, 2, 3]}, include=["graph", "dot", "hessian"])
+
 # (name, weight, method, path, body bytes, headers, allowed statuses)
 MIX = [
     ("neuron", 20, "POST", "/v1/gradients", _body(TUTORIAL_NEURON), JSON, {200}),
-    ("neuron per-sample", 5, "POST", "/v1/gradients",
-     _body({"model": {"kind": "neuron", "reduction": "none"}, "inputs": {"x": [[1, 2], [3, 4], [5, 6]], "y": [0, 1, 1], "w": [0.1, 0.2], "b": 0},
-            "include": ["graph", "intermediates", "manual"]}), JSON, {200}),
-    ("formula", 10, "POST", "/v1/gradients",
-     _body({"model": {"kind": "expression", "formula": "sin(x**2) + exp(-y)"}, "inputs": {"x": 3, "y": [1, 2]}, "include": ["graph", "numeric"]}),
-     JSON, {422}),  # non-scalar output: exp(-y) is a vector
-    ("formula scalar", 10, "POST", "/v1/gradients",
-     _body({"model": {"kind": "expression", "formula": "mean(sin(x**2) + exp(-x))"}, "inputs": {"x": [1, 2, 3]}, "include": ["graph", "dot", "hessian"]}),
-     JSON, {200}),
-    ("batch", 3, "POST", "/v1/batch", _body({"jobs": [TUTORIAL_NEURON] * 20 + [{"model": {"kind": "nope"}, "inputs": {}}]}), JSON, {200}),
+    ("neuron per-sample", 5, "POST", "/v1/gradients", _body(PER_SAMPLE_NEURON), JSON, {200}),
+    ("formula", 10, "POST", "/v1/gradients", VECTOR_FORMULA, JSON, {422}),
+    ("formula scalar", 10, "POST", "/v1/gradients", SCALAR_FORMULA, JSON, {200}),
+    ("batch", 3, "POST", "/v1/batch", _body(MIXED_BATCH), JSON, {200}),
     ("models", 3, "GET", "/v1/models", None, {}, {200}),
     ("malformed json", 5, "POST", "/v1/gradients", b'{"model": {"kind": "neuron"}, "inputs": ', JSON, {400}),
-    ("NaN literal", 3, "POST", "/v1/gradients", b'{"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": NaN}}', JSON, {400}),
-    ("huge formula", 5, "POST", "/v1/gradients", _body({"model": {"kind": "expression", "formula": "x+" * 20_000 + "x"}, "inputs": {"x": 1}}), JSON, {413}),
-    ("deep nesting", 5, "POST", "/v1/gradients",
-     ('{"model":{"kind":"expression","formula":"sum(x)"},"inputs":{"x":' + "[" * 5000 + "1" + "]" * 5000 + "}}").encode(), JSON, {400}),
-    ("deep formula", 3, "POST", "/v1/gradients", _body({"model": {"kind": "expression", "formula": "(" * 400 + "x" + ")" * 400}, "inputs": {"x": 1}}), JSON, {413}),
+    ("NaN literal", 3, "POST", "/v1/gradients", NAN_LITERAL, JSON, {400}),
+    ("huge formula", 5, "POST", "/v1/gradients", _expression("x+" * 20_000 + "x", {"x": 1}), JSON, {413}),
+    ("deep nesting", 5, "POST", "/v1/gradients", DEEP_NESTING, JSON, {400}),
+    ("deep formula", 3, "POST", "/v1/gradients", _expression("(" * 400 + "x" + ")" * 400, {"x": 1}), JSON, {413}),
     ("wrong content type", 5, "POST", "/v1/gradients", _body(TUTORIAL_NEURON), {"Content-Type": "text/plain"}, {415}),
-    ("3M elements", 1, "POST", "/v1/gradients", _body({"model": {"kind": "expression", "formula": "sum(x)"}, "inputs": {"x": [0] * 3_000_000}}), JSON, {413}),
-    ("power tower", 5, "POST", "/v1/gradients", _body({"model": {"kind": "expression", "formula": "9**9**9**9"}, "inputs": {}}), JSON, {200}),
-    ("non-finite inputs", 5, "POST", "/v1/gradients",
-     _body({"model": {"kind": "expression", "formula": "sum(x * 2)"}, "inputs": {"x": ["NaN", "Infinity", "-Infinity", 1]}}), JSON, {200}),
-    ("dunder", 3, "POST", "/v1/gradients", _body({"model": {"kind": "expression", "formula": "x.__class__"}, "inputs": {"x": 1}}), JSON, {400}),
+    ("3M elements", 1, "POST", "/v1/gradients", _expression("sum(x)", {"x": [0] * 3_000_000}), JSON, {413}),
+    ("power tower", 5, "POST", "/v1/gradients", _expression("9**9**9**9", {}), JSON, {200}),
+    ("non-finite inputs", 5, "POST", "/v1/gradients", _expression("sum(x * 2)", {"x": NON_FINITE}), JSON, {200}),
+    ("dunder", 3, "POST", "/v1/gradients", _expression("x.__class__", {"x": 1}), JSON, {400}),
     ("unknown field", 3, "POST", "/v1/gradients", _body({**TUTORIAL_NEURON, "evil": True}), JSON, {400}),
     ("not found", 2, "GET", "/nope", None, {}, {404}),
     ("wrong method", 2, "DELETE", "/v1/gradients", None, {}, {405}),
@@ -122,7 +133,8 @@ def test_soak_mixed_valid_and_hostile(tmp_path, record_property):
         growth = {pid: after.get(pid, 0.0) - before[pid] for pid in workers}
         summary = {name: counts[name, True] for name, *_ in MIX}
         print(f"\nsoak: {total} requests in {SECONDS} s over {CONNECTIONS} connections; by kind: {summary}")
-        print("worker PSS before/after (MiB): " + ", ".join(f"{pid}: {before[pid]:.1f} -> {after.get(pid, 0):.1f}" for pid in workers))
+        pss = ", ".join(f"{pid}: {before[pid]:.1f} -> {after.get(pid, 0):.1f}" for pid in workers)
+        print("worker PSS before/after (MiB): " + pss)
         record_property("soak_requests", total)
         record_property("worker_pss_growth_mib", {str(k): round(v, 1) for k, v in growth.items()})
 

@@ -123,7 +123,9 @@ def vectorized_neuron(jobs: list[dict], limits: Limits) -> list[dict]:
     one = {n: torch.tensor(d.values, dtype=dtype).reshape(d.shape) for n, d in first["inputs"].items()}
     neuron.prepare(one, ())
     stacked = {
-        name: torch.tensor([job["inputs"][name].values for job in jobs], dtype=dtype).reshape(k, *first["inputs"][name].shape)
+        name: torch.tensor([job["inputs"][name].values for job in jobs], dtype=dtype).reshape(
+            k, *first["inputs"][name].shape
+        )
         for name in ("x", "y", "w", "b")
     }
     wrt = wrt_of(first, neuron, ())

@@ -155,7 +155,9 @@ def _to_shape(grad: torch.Tensor, shape: torch.Size, name: str) -> torch.Tensor:
     except RuntimeError:
         target = None
     if target is None or (target != grad.shape and target != shape):
-        raise ShapeError(f"gradient for {name!r} has shape {list(grad.shape)}, which does not fit the input's {list(shape)}")
+        raise ShapeError(
+            f"gradient for {name!r} has shape {list(grad.shape)}, which does not fit the input's {list(shape)}"
+        )
     if target != shape:
         # The input was broadcast in the forward pass: add up the contributions of its copies.
         grad = grad.sum_to_size(shape)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .encode import encode_tree
 from . import cost
+from .encode import encode_tree
 from .errors import NonScalarOutput, UnknownVariable
 from .expression import Expression
 from .graph import build_graph, to_dot
@@ -112,7 +112,9 @@ def _inference(model, base: dict, include: set, warnings: list[str]) -> dict:
     body.update(loss=out, gradients=None, requires_grad=out.requires_grad)
     if "intermediates" in include:
         body["intermediates"] = {k: {"value": v, "grad": None} for k, v in record.items()}
-    warnings.extend(f"{extra} needs gradients: not computed in inference mode" for extra in GRAD_ONLY_EXTRAS if extra in include)
+    warnings.extend(
+        f"{extra} needs gradients: not computed in inference mode" for extra in GRAD_ONLY_EXTRAS if extra in include
+    )
     warnings.extend(model.diagnose(record))
     return body
 
@@ -129,7 +131,8 @@ def forward_backward(model, base: dict, wrt: tuple) -> tuple[dict, torch.Tensor,
         out = model.forward(leaves, record)
         if out.dim() != 0 and not model.per_sample:
             raise NonScalarOutput(
-                f"the output has shape {list(out.shape)}; backward() needs a scalar, so reduce it (sum(...) or mean(...))"
+                f"the output has shape {list(out.shape)}; backward() needs a scalar, "
+                "so reduce it (sum(...) or mean(...))"
             )
         for t in record.values():
             if t.grad_fn is not None:

@@ -51,7 +51,7 @@ def broadcast(*shapes: Shape) -> Shape | None:
     """NumPy/torch broadcasting of shapes; None when they do not broadcast (evaluation reports the error)."""
     ndim = max(map(len, shapes))
     out = []
-    for sizes in zip(*(((1,) * (ndim - len(s))) + tuple(s) for s in shapes)):
+    for sizes in zip(*(((1,) * (ndim - len(s))) + tuple(s) for s in shapes), strict=True):  # all padded to ndim
         big = {n for n in sizes if n != 1}
         if len(big) > 1:
             return None
@@ -79,7 +79,9 @@ def check_raw(body, limits: Limits) -> None:
     _check_raw_inputs(body.get("domain"), limits, "domain")
     _check_raw_inputs(body.get("tangents"), limits, "tangents")
     if isinstance(body.get("dout"), list):
-        require(limits, "max_tensor_elements", len(body["dout"]), f"`dout` has {len(body['dout'])} items at its top level")
+        require(
+            limits, "max_tensor_elements", len(body["dout"]), f"`dout` has {len(body['dout'])} items at its top level"
+        )
     submission = body.get("submission")
     if isinstance(submission, dict):
         for key, value in submission.items():

@@ -8,7 +8,10 @@ import torch
 
 
 def encode_tensor(t: torch.Tensor, warnings: list[str], where: str):
-    """A tensor as a numpy array/scalar; if any value is non-finite, a list with "NaN"/"Infinity" strings and a warning."""
+    """A tensor as a numpy array/scalar.
+
+    If any value is non-finite: a list with "NaN"/"Infinity" strings instead, and a warning.
+    """
     arr = t.detach().cpu()
     if not arr.is_floating_point():
         arr = arr.double()

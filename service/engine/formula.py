@@ -226,7 +226,9 @@ class _Checker:
             raise FormulaError(f"unknown function {name!r} at {where}; allowed: {', '.join(sorted(FUNCTIONS))}")
         for keyword in node.keywords:
             if keyword.arg is None:
-                raise FormulaError(f"unsupported syntax: keyword argument unpacking (**) in call of {name!r} at {where}")
+                raise FormulaError(
+                    f"unsupported syntax: keyword argument unpacking (**) in call of {name!r} at {where}"
+                )
             raise FormulaError(f"function {name!r} takes no keyword arguments, got {keyword.arg}= at {where}")
         for arg in node.args:
             if isinstance(arg, ast.Starred):
@@ -350,7 +352,8 @@ def broadcast_shape(*shapes: tuple[int, ...]) -> tuple[int, ...]:
     """torch's broadcasting rule, without torch.broadcast_shapes: that imports sympy on its first call
     (~1.5 s and ~60 MiB per worker).  Shapes that do not broadcast are left for torch to report."""
     out: list[int] = []
-    for dims in zip(*(((1,) * (max(map(len, shapes)) - len(s)) + tuple(s)) for s in shapes)):
+    ndim = max(map(len, shapes), default=0)
+    for dims in zip(*(((1,) * (ndim - len(s)) + tuple(s)) for s in shapes), strict=True):  # all padded to ndim
         sizes = {d for d in dims if d != 1}
         out.append(max(sizes) if sizes else 1)
     return tuple(out)

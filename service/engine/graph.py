@@ -199,9 +199,9 @@ def _scalar_text(value: Any) -> str | None:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, (int, float)):
-        return "%.4g" % value if math.isfinite(value) else str(float(value))
+        return f"{value:.4g}" if math.isfinite(value) else str(float(value))
     if isinstance(value, complex):
-        return "%.4g%+.4gj" % (value.real, value.imag)
+        return f"{value.real:.4g}{value.imag:+.4g}j"
     if isinstance(value, str):
         return value  # JSON encoders spell non-finite floats as "NaN", "Infinity", ...
     return None

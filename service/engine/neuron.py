@@ -55,7 +55,8 @@ class Neuron:
         zshape = self._samples_shape(tensors["x"], tensors["w"], tensors["b"])
         if tensors["y"].shape != zshape:
             raise ShapeError(
-                f"y has shape {_shape(tensors['y'])} but the model makes one prediction per sample, shape {list(zshape)}"
+                f"y has shape {_shape(tensors['y'])} "
+                f"but the model makes one prediction per sample, shape {list(zshape)}"
             )
         self.vector_w = tensors["w"].dim() == 1
         self.per_sample = self.reduction == "none" and len(zshape) > 0
