@@ -8,6 +8,7 @@ from schemas import GradientRequestSchema, GradientResponseSchema, ModelsRespons
 
 from . import engine
 from .errors import MalformedJSON, ServiceError, UnsupportedMediaType
+from .jsonio import Encoded
 from .observability import compute_timer
 
 bp = Blueprint("api", __name__)
@@ -64,7 +65,7 @@ def gradients():
     spec = gradient_request.load(read_json())
     with compute_timer(spec["model"]["kind"]):
         result = engine.compute(spec, current_app.config["LIMITS"])
-    return {key: result[key] for key in RESPONSE_KEYS if key in result}
+    return Encoded((key, result[key]) for key in RESPONSE_KEYS if key in result)
 
 
 @bp.get("/v1/models")

@@ -13,7 +13,8 @@ from .config import Config
 from .errors import register_error_handlers
 from .grading import bp as grading_bp
 from .jsonio import StrictJSONProvider
-from .observability import init_observability
+from .engine import refcache
+from .observability import init_observability, watch_reference_cache
 from .openapi import build_spec, document_for
 
 DOCUMENTED_VIEWS = ["api.gradients", "api.models", "api.healthz", "api.readyz", "metrics", "grading.check", "grading.batch"]
@@ -47,6 +48,7 @@ def create_app(config: type[Config] | None = None) -> Flask:
         hops = app.config["TRUSTED_PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)
     init_observability(app)  # first: every later hook and error already has a request id
+    watch_reference_cache(refcache.configure(app.config["REFERENCE_CACHE_ENTRIES"], app.config["REFERENCE_CACHE_BYTES"]))
     init_auth(app)
     app.register_blueprint(bp)
     app.register_blueprint(grading_bp)

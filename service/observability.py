@@ -4,10 +4,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
-import uuid
 from contextlib import contextmanager
 
+import orjson
 from flask import Flask, Response, g, has_request_context, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,6 +35,11 @@ COMPUTE = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 IN_FLIGHT = Gauge("gradsvc_requests_in_flight", "Requests being answered", multiprocess_mode="livesum")
+REFCACHE_LOOKUPS = Counter("gradsvc_reference_cache_lookups_total", "Grading reference cache lookups", ["result"])
+REFCACHE_EVICTIONS = Counter("gradsvc_reference_cache_evictions_total", "Grading references evicted (LRU)")
+REFCACHE_ENTRIES = Gauge("gradsvc_reference_cache_entries", "Grading references cached", multiprocess_mode="livesum")
+REFCACHE_BYTES = Gauge("gradsvc_reference_cache_bytes", "Estimated bytes held by cached references",
+                       multiprocess_mode="livesum")
 
 
 class RequestIdFilter(logging.Filter):
@@ -42,6 +48,52 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = g.get("request_id", "-") if has_request_context() else "-"
         return True
+
+
+class AccessLog:
+    """One JSON line per request, encoded with orjson and written straight to stdout.
+
+    The line has the fields of the logging formatter's lines (time, level, logger, message, request_id),
+    then the request's; building it without a LogRecord, a filter and python-json-logger's generic
+    formatter cut ~8 % of a small request's time (docs/PERFORMANCE.md, "Real workload").
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self._second, self._stamp = -1, ""
+
+    def _asctime(self, now: float) -> str:
+        """logging's default asctime, "2026-11-27 06:39:00,092", with the strftime done once per second."""
+        second = int(now)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._stamp},{int((now - second) * 1000):03d}"
+
+    def write(self, rid: str, fields: dict) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        line = {"time": self._asctime(time.time()), "level": "INFO", "logger": self.logger.name, "message": "request",
+                "request_id": rid, **fields}
+        try:
+            sys.stdout.write(orjson.dumps(line).decode() + "\n")
+            sys.stdout.flush()
+        except (OSError, ValueError):  # stdout closed: as logging does, never fail the request for its log line
+            pass
+
+
+class RequestMetrics:
+    """Counter and histogram children per (route, method, status), resolved once instead of per request."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, str, int], tuple] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        children = self._children.get((route, method, status))
+        if children is None:  # a few dozen combinations at most: routes are the app's rules
+            children = REQUESTS.labels(route, method, str(status)), LATENCY.labels(route, str(status))
+            self._children[route, method, status] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def request_id() -> str | None:
@@ -58,6 +110,24 @@ def compute_timer(kind: str):
         COMPUTE.labels(kind).observe(time.perf_counter() - start)
 
 
+def watch_reference_cache(cache) -> None:
+    """Count the reference cache's hits and misses, and export its size (engine/refcache.py knows no Prometheus)."""
+    hit, miss = REFCACHE_LOOKUPS.labels("hit"), REFCACHE_LOOKUPS.labels("miss")
+
+    def on_event(event: str, cache) -> None:
+        if event == "hit":
+            hit.inc()
+        elif event == "miss":
+            miss.inc()
+        else:  # store, evict, clear
+            if event == "evict":
+                REFCACHE_EVICTIONS.inc()
+            REFCACHE_ENTRIES.set(len(cache))
+            REFCACHE_BYTES.set(cache.nbytes)
+
+    cache.listener = on_event
+
+
 def metrics_response() -> Response:
     """Prometheus text format; in multiprocess mode the workers' files are summed on every scrape."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -72,28 +142,28 @@ def metrics_response() -> Response:
 def init_observability(app: Flask) -> None:
     """Accept or make a request id, echo it, count and time the request, log one JSON line for it."""
 
+    access = AccessLog(access_log)
+    request_metrics = RequestMetrics()
+
     @app.before_request
     def start_request():
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = incoming if VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = incoming if VALID_REQUEST_ID.match(incoming) else os.urandom(16).hex()
         g.started = time.perf_counter()
         IN_FLIGHT.inc()
         g.in_flight = True
 
     @app.after_request
     def finish_request(response: Response) -> Response:
-        rid = g.get("request_id") or uuid.uuid4().hex  # a request rejected before before_request ran
+        rid = g.get("request_id") or os.urandom(16).hex()  # a request rejected before before_request ran
         response.headers[REQUEST_ID_HEADER] = rid
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        LATENCY.labels(route, str(response.status_code)).observe(elapsed)
-        access_log.info(
-            "request",
-            extra={"method": request.method, "path": request.path, "route": route, "status": response.status_code,
-                   "duration_ms": round(elapsed * 1000, 3), "bytes": response.calculate_content_length(),
-                   "remote_addr": request.remote_addr},
-        )
+        status = response.status_code
+        request_metrics.observe(route, request.method, status, elapsed)
+        access.write(rid, {"method": request.method, "path": request.path, "route": route, "status": status,
+                           "duration_ms": round(elapsed * 1000, 3), "bytes": response.calculate_content_length(),
+                           "remote_addr": request.remote_addr})
         return response
 
     @app.teardown_request
