@@ -1,0 +1,164 @@
+"""The grading reference cache (service/engine/refcache.py) and the lean check response: a cached check is
+byte-for-byte an uncached one, the cache stays within its bounds, and its hits and misses are in /metrics."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import requests
+import torch
+
+from schemas.grading import CheckResponseSchema, CheckRequestSchema
+from service.engine import grading, refcache
+from service.engine.limits import Limits
+from service.grading import check_body
+from service.jsonio import dumps_bytes
+
+from conftest import GunicornServer
+
+NEURON = {"model": {"kind": "neuron"}, "inputs": {"x": 6.7, "y": 0, "w": 1, "b": 0}}
+
+
+def students(n: int, seed: int = 0) -> list[dict]:
+    """n different answers to the tutorial neuron, some right, some off, some non-finite or mis-shaped."""
+    rng = random.Random(seed)
+    picks = [6.7012, 6.6918, 0.9988, 7.0, -1.0, "NaN", "Infinity", [6.69], 0.0]
+    return [{**NEURON, "submission": {"loss": rng.choice(picks), "gradients": {"w": rng.choice(picks), "b": rng.choice(picks)}}}
+            for _ in range(n)]
+
+
+PROBLEMS = [  # several kinds of problem, each with right and wrong answers, at one or many points
+    {**NEURON, "submission": {"loss": 6.7012, "gradients": {"w": 6.69, "b": 0.9988}, "intermediates": {"z": 6.7}}},
+    {"model": {"kind": "neuron", "reduction": "sum"}, "points": [{"x": [1.0, 2.0], "y": [0, 1], "w": 0.5, "b": 0.1}] * 2,
+     "submission": {"gradients": {"w": [1.0, 2.0]}, "gradient_formulas": {"b": "x"}}},
+    {"model": {"kind": "expression", "name": "sin_square"}, "domain": {"x": [-2, 2]}, "n_points": 4, "seed": 7,
+     "submission": {"gradient_formulas": {"x": "2*x*cos(x**2)"}, "loss": [0.1, 0.2, 0.3, 0.4]}},
+    {"model": {"kind": "expression", "formula": "sum(x**2) + y"}, "inputs": {"x": [1.0, "Infinity"], "y": 2.0},
+     "submission": {"gradients": {"x": [2.0, "Infinity"], "y": 1.0}}, "checks": {"gradients.x": {"points": 3}, "loss": {}}},
+]
+
+
+@pytest.fixture()
+def fresh_cache():
+    """The module-level cache, emptied before and restored after (other tests' apps configured it)."""
+    old = refcache.CACHE.max_entries, refcache.CACHE.max_bytes
+    refcache.configure(1024, 32 * 1024 * 1024)
+    yield refcache.CACHE
+    refcache.configure(*old)
+
+
+def grade_bytes(body: dict) -> bytes:
+    return dumps_bytes(check_body(grading.grade(CheckRequestSchema().load(body), Limits())))
+
+
+@pytest.mark.parametrize("body", PROBLEMS + students(20), ids=lambda b: b["model"].get("name") or b["model"]["kind"])
+def test_cached_check_is_byte_identical_to_uncached(fresh_cache, body):
+    fresh_cache.clear()
+    first = grade_bytes(body)  # miss: computed, then kept
+    assert len(fresh_cache) == 1
+    second = grade_bytes(body)  # hit
+    refcache.configure(0, 0)
+    uncached = grade_bytes(body)
+    assert first == second == uncached
+
+
+@pytest.mark.parametrize("body", PROBLEMS + students(10, seed=1))
+def test_check_body_is_marshmallows_dump(fresh_cache, body):
+    result = grading.grade(CheckRequestSchema().load(body), Limits())
+    assert dumps_bytes(check_body(result)) == dumps_bytes(CheckResponseSchema().dump(result))
+
+
+def test_one_entry_per_problem_whatever_the_answers_or_the_way_points_are_given(fresh_cache):
+    for body in students(30):
+        grade_bytes(body)
+    assert len(fresh_cache) == 1  # 30 students, one problem
+    grade_bytes({"model": {"kind": "neuron"}, "points": [NEURON["inputs"]], "submission": {"loss": 6.7}})
+    grade_bytes({**NEURON, "inputs": {"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0}, "submission": {"loss": 6.7}})
+    assert len(fresh_cache) == 1  # the same point, given as `points` or with floats
+    grade_bytes({**NEURON, "model": {"kind": "neuron", "epsilon": 1e-7}, "submission": {"loss": 6.7}})
+    grade_bytes({**NEURON, "inputs": {"x": 6.7, "y": 0, "w": 1, "b": -0.0}, "submission": {"loss": 6.7}})
+    assert len(fresh_cache) == 3  # a different epsilon, and b = -0.0 (its bits differ), are other problems
+
+
+def test_key_tells_every_non_finite_value_apart():
+    limits = Limits()
+    keys = {refcache.problem_key({"kind": "neuron"}, [{"x": torch.tensor(v, dtype=torch.float64)}], limits)
+            for v in (float("nan"), float("inf"), float("-inf"), 0.0, -0.0)}
+    assert len(keys) == 5
+
+
+def test_bounded_by_entries_and_bytes_least_recently_used_first():
+    cache = refcache.ReferenceCache(max_entries=2, max_bytes=10**9)
+    events = []
+    cache.listener = lambda event, c: events.append(event)
+    refs = [{"loss": torch.zeros(())}]
+    key = lambda i: ("m", Limits(), bytes([i]))  # noqa: E731
+    cache.put(key(1), None, refs)
+    cache.put(key(2), None, refs)
+    assert cache.get(key(1)) is not None  # 1 is now the most recently used
+    cache.put(key(3), None, refs)
+    assert cache.get(key(2)) is None and cache.get(key(1)) is not None and len(cache) == 2
+    assert events.count("evict") == 1 and events.count("hit") == 2 and events.count("miss") == 1
+
+    one = refcache.reference_nbytes(key(1), [{"loss": torch.zeros(1000, dtype=torch.float64)}])
+    small = refcache.ReferenceCache(max_entries=100, max_bytes=2 * one + 10)
+    for i in range(5):
+        small.put(key(i), None, [{"loss": torch.zeros(1000, dtype=torch.float64)}])
+    assert len(small) == 2 and small.nbytes <= small.max_bytes
+    small.put(key(9), None, [{"loss": torch.zeros(10**6)}])  # larger than the whole budget: not kept
+    assert small.get(key(9)) is None and len(small) == 2
+
+
+def metric(text: str, name: str, **labels) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(name + ("{" + want + "}" if want else " ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_live_cached_uncached_and_batch_give_the_same_bytes(live_server, tmp_path):
+    """Against real gunicorns: the same body twice (miss, then hit in whichever worker), a server with the cache
+    off (REFERENCE_CACHE_ENTRIES=0), and /v1/batch jobs sharing the problem, all byte-identical."""
+    bodies = PROBLEMS + students(12, seed=2)
+    off = GunicornServer(env={"REFERENCE_CACHE_ENTRIES": "0", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}).start()
+    try:
+        with requests.Session() as s:
+            def post(url, body, path="/v1/check"):
+                r = s.post(url + path, data=json.dumps(body), headers={"Content-Type": "application/json"}, timeout=30)
+                assert r.status_code == 200, r.text
+                return r.content
+
+            for body in bodies:
+                cached = [post(live_server.url, body) for _ in range(3)]  # 2 workers: at least one hit
+                assert cached[0] == cached[1] == cached[2] == post(off.url, body)
+            batch = json.loads(post(live_server.url, {"jobs": [{"check": b} for b in bodies]}, "/v1/batch"))
+            batch_off = json.loads(post(off.url, {"jobs": [{"check": b} for b in bodies]}, "/v1/batch"))
+            assert batch == batch_off
+            assert batch["results"] == [json.loads(post(off.url, b)) for b in bodies]
+            scrape = s.get(off.url + "/metrics", timeout=10).text
+        assert metric(scrape, "gradsvc_reference_cache_lookups_total", result="hit") == 0
+        assert metric(scrape, "gradsvc_reference_cache_entries") == 0
+    finally:
+        off.stop()
+
+
+def test_hits_and_misses_are_in_metrics(tmp_path):
+    server = GunicornServer(workers=1, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}).start()
+    try:
+        with requests.Session() as s:
+            def lookups():
+                text = s.get(server.url + "/metrics", timeout=10).text
+                return {r: metric(text, "gradsvc_reference_cache_lookups_total", result=r) for r in ("hit", "miss")}, text
+
+            before, _ = lookups()  # the warm-up may have graded (and cached) something already
+            for body in students(5, seed=3):
+                assert s.post(server.url + "/v1/check", json=body, timeout=30).status_code == 200
+            after, text = lookups()
+        hits, misses = after["hit"] - before["hit"], after["miss"] - before["miss"]
+        assert hits + misses == 5 and misses <= 1  # one problem: computed at most once
+        assert metric(text, "gradsvc_reference_cache_entries") >= 1
+        assert metric(text, "gradsvc_reference_cache_bytes") > 0
+    finally:
+        server.stop()
