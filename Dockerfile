@@ -29,13 +29,15 @@ RUN python3 -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb')
 
 FROM python:3.11-slim AS runtime
 # Fixed numeric ids: Kubernetes can only verify runAsNonRoot for a numeric USER.
-# Then drop what a server never reads: docs, man pages, translations, apt lists and caches, Python's
+# Then drop what a server never reads: docs, man pages, translations, apt lists and caches, glibc's iconv
+# modules (Python has its own codecs), perl (only dpkg's maintainer scripts use it), Python's
 # lib2to3/idlelib/ensurepip/pydoc data (the globs cover Debian's /usr/lib and the official image's /usr/local).
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-log-init --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin app \
     && rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/* /usr/share/locale/* /usr/share/python-wheels \
        /var/lib/apt/lists/* /var/cache/apt/* /var/cache/debconf/*-old /var/log/* \
+       /usr/lib/x86_64-linux-gnu/gconv /usr/bin/perl* /usr/lib/x86_64-linux-gnu/perl-base /usr/share/perl5 \
        /usr/lib/python3*/lib2to3 /usr/lib/python3*/idlelib /usr/lib/python3*/ensurepip /usr/lib/python3*/pydoc_data \
        /usr/local/lib/python3*/lib2to3 /usr/local/lib/python3*/idlelib /usr/local/lib/python3*/ensurepip \
        /usr/local/lib/python3*/pydoc_data /usr/local/lib/python3*/test

@@ -8,6 +8,8 @@
 #   networkx                   used by torch.compile's partitioner only (the service runs eager mode)
 #   pip, setuptools, wheel     installers: nothing is installed at run time
 #   *.pyi                      type stubs
+#   byte code of torch._inductor, torch._dynamo, torch.onnx, torchgen: torch.compile and export machinery the
+#                              service never imports (if something did, Python would compile it in memory)
 #   symbol tables of torch/lib/*.so (strip --strip-unneeded: ~90 MB of libtorch_cpu.so); the dynamic
 #                              symbols the loader needs stay
 # The image's test (scripts/image-test.sh) runs the live test suite inside the pruned image.
@@ -39,6 +41,9 @@ removed "pip setuptools wheel" pip pip-*.dist-info setuptools setuptools-*.dist-
     _distutils_hack distutils-precedence.pth
 # shellcheck disable=SC2046
 removed "torch/**/*.pyi" $(find torch -name '*.pyi')
+# shellcheck disable=SC2046
+removed "__pycache__ of torch._inductor, torch._dynamo, torch.onnx, torchgen" \
+    $(find torch/_inductor torch/_dynamo torch/onnx torchgen -type d -name __pycache__ 2>/dev/null)
 size=$(du -smc torch/lib/*.so* | tail -n 1 | cut -f1)
 strip --strip-unneeded torch/lib/*.so*
 echo "  $(( size - $(du -smc torch/lib/*.so* | tail -n 1 | cut -f1) )) MB  symbol tables of torch/lib/*.so (strip --strip-unneeded)"
