@@ -62,5 +62,5 @@ def report(result: dict) -> str:
     if "skipped" in result:
         return f"\n### Image\n\nskipped: {result['skipped']}"
     times = ", ".join(f"{t:.2f}" for t in result["start_to_ready_s"])
-    return (f"\n### Image\n\n{result['image']}: {result['size_mb']:.0f} MB; container start (podman run) to /readyz 200: "
-            f"median {result['start_to_ready_median_s']:.2f} s ({times})")
+    return (f"\n### Image\n\n{result['image']}: {result['size_mb']:.0f} MB; "
+            f"container start (podman run) to /readyz 200: median {result['start_to_ready_median_s']:.2f} s ({times})")

@@ -52,7 +52,8 @@ def run(rounds: int, seconds: float, log_dir: Path, n_students: int = 1000) -> d
         ("check: service /v1/check", "service", "/v1/check", check_bodies, CONNECTIONS, 1),
         ("check: service /v1/check, cache off", "service, cache off", "/v1/check", check_bodies, CONNECTIONS, 1),
         ("check: service /v1/batch x100", "service", "/v1/batch", batch_bodies, 2, CHECKS_PER_BATCH),
-        ("check: service /v1/batch x100, cache off", "service, cache off", "/v1/batch", batch_bodies, 2, CHECKS_PER_BATCH),
+        ("check: service /v1/batch x100, cache off", "service, cache off", "/v1/batch", batch_bodies, 2,
+         CHECKS_PER_BATCH),
         ("check: naive grading handler", "naive grading, gunicorn -w 2", "/v1/check", check_bodies, CONNECTIONS, 1),
         ("gradients: service", "service", "/v1/gradients", neuron, CONNECTIONS, 1),
         ("gradients: naive, gunicorn -w 2", "naive, gunicorn -w 2", "/v1/gradients", neuron, CONNECTIONS, 1),
@@ -91,16 +92,17 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     out = {label: {"per_s": median([x["per_s"] for x in v]), "p50_ms": median([x["p50_ms"] for x in v]),
                    "p99_ms": median([x["p99_ms"] for x in v]),
                    "errors": sum(x["socket_errors"] + x["non_2xx"] for x in v)} for label, v in runs.items()}
+    naive_w2, naive_deploy = "gradients: naive, gunicorn -w 2", "gradients: naive, deploy config"
     ratios = {
         "/v1/check vs naive grading": ratio("check: service /v1/check", naive_check),
         "/v1/check cache off vs naive grading": ratio("check: service /v1/check, cache off", naive_check),
         "/v1/batch x100 vs naive grading": ratio("check: service /v1/batch x100", naive_check),
         "/v1/batch x100 cache off vs naive grading": ratio("check: service /v1/batch x100, cache off", naive_check),
-        "gradients vs naive -w 2": ratio("gradients: service", "gradients: naive, gunicorn -w 2"),
-        "gradients vs naive deploy config": ratio("gradients: service", "gradients: naive, deploy config"),
-        "naive deploy config vs naive -w 2": ratio("gradients: naive, deploy config", "gradients: naive, gunicorn -w 2"),
-        "gradients p99 vs naive -w 2 p99": ratio("gradients: service", "gradients: naive, gunicorn -w 2", "p99_ms"),
-        "gradients p99 vs naive deploy config p99": ratio("gradients: service", "gradients: naive, deploy config", "p99_ms"),
+        "gradients vs naive -w 2": ratio("gradients: service", naive_w2),
+        "gradients vs naive deploy config": ratio("gradients: service", naive_deploy),
+        "naive deploy config vs naive -w 2": ratio(naive_deploy, naive_w2),
+        "gradients p99 vs naive -w 2 p99": ratio("gradients: service", naive_w2, "p99_ms"),
+        "gradients p99 vs naive deploy config p99": ratio("gradients: service", naive_deploy, "p99_ms"),
     }
     return {"servers": out, "ratios": ratios}
 
@@ -109,8 +111,9 @@ def report(result: dict, fmt_table) -> str:
     s = result["summary"]
     lines = [f"### Real workload: {result['n_students']} students' answers to one problem, single neuron requests "
              f"({result['rounds']} interleaved rounds x {result['seconds']} s; medians)\n"]
-    lines.append(fmt_table(["workload", "checks or requests /s", "p50 ms", "p99 ms", "errors"], [
-        [label, f"{v['per_s']:.0f}", f"{v['p50_ms']:.1f}", f"{v['p99_ms']:.1f}", v["errors"]] for label, v in s["servers"].items()]))
+    rows = [[label, f"{v['per_s']:.0f}", f"{v['p50_ms']:.1f}", f"{v['p99_ms']:.1f}", v["errors"]]
+            for label, v in s["servers"].items()]
+    lines.append(fmt_table(["workload", "checks or requests /s", "p50 ms", "p99 ms", "errors"], rows))
     lines.append("")
     lines.append(fmt_table(["ratio (median of per-round ratios)", "value"],
                            [[k, f"{v:.2f}x"] for k, v in s["ratios"].items()]))

@@ -46,5 +46,6 @@ removed "__pycache__ of torch._inductor, torch._dynamo, torch.onnx, torchgen" \
     $(find torch/_inductor torch/_dynamo torch/onnx torchgen -type d -name __pycache__ 2>/dev/null)
 size=$(du -smc torch/lib/*.so* | tail -n 1 | cut -f1)
 strip --strip-unneeded torch/lib/*.so*
-echo "  $(( size - $(du -smc torch/lib/*.so* | tail -n 1 | cut -f1) )) MB  symbol tables of torch/lib/*.so (strip --strip-unneeded)"
+saved=$(( size - $(du -smc torch/lib/*.so* | tail -n 1 | cut -f1) ))
+echo "  $saved MB  symbol tables of torch/lib/*.so (strip --strip-unneeded)"
 echo "prune-venv: $before MB -> $(du -sm "$VENV" | cut -f1) MB"

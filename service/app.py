@@ -48,7 +48,8 @@ def create_app(config: type[Config] | None = None) -> Flask:
         hops = app.config["TRUSTED_PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)
     init_observability(app)  # first: every later hook and error already has a request id
-    watch_reference_cache(refcache.configure(app.config["REFERENCE_CACHE_ENTRIES"], app.config["REFERENCE_CACHE_BYTES"]))
+    cache = refcache.configure(app.config["REFERENCE_CACHE_ENTRIES"], app.config["REFERENCE_CACHE_BYTES"])
+    watch_reference_cache(cache)
     init_auth(app)
     app.register_blueprint(bp)
     app.register_blueprint(grading_bp)

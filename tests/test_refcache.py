@@ -24,18 +24,21 @@ def students(n: int, seed: int = 0) -> list[dict]:
     """n different answers to the tutorial neuron, some right, some off, some non-finite or mis-shaped."""
     rng = random.Random(seed)
     picks = [6.7012, 6.6918, 0.9988, 7.0, -1.0, "NaN", "Infinity", [6.69], 0.0]
-    return [{**NEURON, "submission": {"loss": rng.choice(picks), "gradients": {"w": rng.choice(picks), "b": rng.choice(picks)}}}
+    return [{**NEURON, "submission": {"loss": rng.choice(picks),
+                                      "gradients": {"w": rng.choice(picks), "b": rng.choice(picks)}}}
             for _ in range(n)]
 
 
 PROBLEMS = [  # several kinds of problem, each with right and wrong answers, at one or many points
     {**NEURON, "submission": {"loss": 6.7012, "gradients": {"w": 6.69, "b": 0.9988}, "intermediates": {"z": 6.7}}},
-    {"model": {"kind": "neuron", "reduction": "sum"}, "points": [{"x": [1.0, 2.0], "y": [0, 1], "w": 0.5, "b": 0.1}] * 2,
+    {"model": {"kind": "neuron", "reduction": "sum"},
+     "points": [{"x": [1.0, 2.0], "y": [0, 1], "w": 0.5, "b": 0.1}] * 2,
      "submission": {"gradients": {"w": [1.0, 2.0]}, "gradient_formulas": {"b": "x"}}},
     {"model": {"kind": "expression", "name": "sin_square"}, "domain": {"x": [-2, 2]}, "n_points": 4, "seed": 7,
      "submission": {"gradient_formulas": {"x": "2*x*cos(x**2)"}, "loss": [0.1, 0.2, 0.3, 0.4]}},
     {"model": {"kind": "expression", "formula": "sum(x**2) + y"}, "inputs": {"x": [1.0, "Infinity"], "y": 2.0},
-     "submission": {"gradients": {"x": [2.0, "Infinity"], "y": 1.0}}, "checks": {"gradients.x": {"points": 3}, "loss": {}}},
+     "submission": {"gradients": {"x": [2.0, "Infinity"], "y": 1.0}},
+     "checks": {"gradients.x": {"points": 3}, "loss": {}}},
 ]
 
 
@@ -122,7 +125,8 @@ def test_live_cached_uncached_and_batch_give_the_same_bytes(live_server, tmp_pat
     """Against real gunicorns: the same body twice (miss, then hit in whichever worker), a server with the cache
     off (REFERENCE_CACHE_ENTRIES=0), and /v1/batch jobs sharing the problem, all byte-identical."""
     bodies = PROBLEMS + students(12, seed=2)
-    off = GunicornServer(env={"REFERENCE_CACHE_ENTRIES": "0", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}).start()
+    off = GunicornServer(env={"REFERENCE_CACHE_ENTRIES": "0", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")})
+    off.start()
     try:
         with requests.Session() as s:
             def post(url, body, path="/v1/check"):
@@ -150,7 +154,8 @@ def test_hits_and_misses_are_in_metrics(tmp_path):
         with requests.Session() as s:
             def lookups():
                 text = s.get(server.url + "/metrics", timeout=10).text
-                return {r: metric(text, "gradsvc_reference_cache_lookups_total", result=r) for r in ("hit", "miss")}, text
+                counts = {r: metric(text, "gradsvc_reference_cache_lookups_total", result=r) for r in ("hit", "miss")}
+                return counts, text
 
             before, _ = lookups()  # the warm-up may have graded (and cached) something already
             for body in students(5, seed=3):
