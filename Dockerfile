@@ -6,6 +6,7 @@
 #     docker build --build-arg PIP_EXTRA_INDEX_URL=<index with CPU torch wheels> -t gradsvc .
 #   offline build (what scripts/image-test.sh does; no network inside the build):
 #     podman build --pull=never --network none --format docker --build-arg PIP_NO_INDEX=1 -t gradsvc .
+#   (both with --build-arg VERSION=<pyproject.toml's version>, see the label below)
 
 # Three stages: `build` installs the dependencies into /opt/venv and prunes what the service never loads
 # (scripts/prune-venv.sh prints each item and its size); `runtime` is the slim base with a user and without
@@ -29,19 +30,22 @@ RUN python3 -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb')
 
 FROM python:3.11-slim AS runtime
 # Fixed numeric ids: Kubernetes can only verify runAsNonRoot for a numeric USER.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-log-init --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin app
+# System packages the service runs go here, in their own step BEFORE the pruning below (apt needs its lists,
+# dpkg its perl), e.g.:  RUN apt-get update && apt-get install -y --no-install-recommends <package>
 # Then drop what a server never reads: docs, man pages, translations, apt lists and caches, glibc's iconv
 # modules (Python has its own codecs), perl (only dpkg's maintainer scripts use it), Python's
 # lib2to3/idlelib/ensurepip/pydoc data (the globs cover Debian's /usr/lib and the official image's /usr/local).
-RUN groupadd --system --gid 10001 app \
-    && useradd --system --uid 10001 --gid app --no-log-init --no-create-home --home-dir /nonexistent \
-       --shell /usr/sbin/nologin app \
-    && rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/* /usr/share/locale/* /usr/share/python-wheels \
+RUN rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/* /usr/share/locale/* /usr/share/python-wheels \
        /var/lib/apt/lists/* /var/cache/apt/* /var/cache/debconf/*-old /var/log/* \
        /usr/lib/x86_64-linux-gnu/gconv /usr/bin/perl* /usr/lib/x86_64-linux-gnu/perl-base /usr/share/perl5 \
        /usr/lib/python3*/lib2to3 /usr/lib/python3*/idlelib /usr/lib/python3*/ensurepip /usr/lib/python3*/pydoc_data \
        /usr/local/lib/python3*/lib2to3 /usr/local/lib/python3*/idlelib /usr/local/lib/python3*/ensurepip \
        /usr/local/lib/python3*/pydoc_data /usr/local/lib/python3*/test
 WORKDIR /app
+COPY pyproject.toml ./
 COPY deploy/gunicorn.conf.py deploy/gunicorn.conf.py
 COPY schemas/ schemas/
 COPY service/ service/
@@ -53,6 +57,12 @@ FROM scratch
 # hadolint ignore=DL3067
 COPY --from=runtime / /
 WORKDIR /app
+# The version label comes from pyproject.toml (the one version source): build with
+#   --build-arg VERSION="$(python3 -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])")"
+ARG VERSION
+LABEL org.opencontainers.image.title="gradsvc" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="MIT"
 
 # HOST/PORT are read by deploy/gunicorn.conf.py.  WEB_CONCURRENCY is fixed here because os.cpu_count()
 # in a container is the host's count; each worker holds its own torch (hundreds of MB).

@@ -5,11 +5,20 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 GATEWAY_PORT ?= 8080
 export HOST PORT
+# The first of these interpreters whose version pyproject.toml's requires-python (">=A.B,<C.D") admits.
+PYTHON_CANDIDATES ?= python3.11 python3.12 python3.13 python3
+REQUIRES_PYTHON := $(shell sed -n 's/^requires-python = "\(.*\)"/\1/p' pyproject.toml)
+PYTHON_FITS := import sys; lo, hi = (tuple(map(int, c.strip("<>= ").split("."))) for c in sys.argv[1].split(",")); \
+	sys.exit(not lo <= sys.version_info[:2] < hi)
+PYTHON ?= $(firstword $(foreach p,$(PYTHON_CANDIDATES),$(shell command -v $(p) >/dev/null 2>&1 && \
+	$(p) -c '$(PYTHON_FITS)' '$(REQUIRES_PYTHON)' 2>/dev/null && echo $(p))))
 
-.PHONY: install run test test-fast bench gateway image-base image-test k8s-validate clean
+.PHONY: install run test test-fast lint bench gateway image-base image-test k8s-validate clean
 
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(PY) || test -n "$(PYTHON)" || { echo "make: needs Python $(REQUIRES_PYTHON) (pyproject.toml requires-python);\
+	 none of $(PYTHON_CANDIDATES) fits: install one, or run make PYTHON=/path/to/python" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
@@ -23,6 +32,10 @@ test: install  ## the whole suite, as CI runs it
 
 test-fast: install  ## everything but the slow live/gateway/fuzz tests
 	$(VENV)/bin/pytest -m "not slow"
+
+lint: install  ## ruff: lint rules and formatting (configured in pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: install  ## service vs bare Flask vs a naive handler under the deploy config (~8 min); BENCH_ARGS=--quick for ~1 min
 	$(PY) -m bench $(BENCH_ARGS)

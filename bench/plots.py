@@ -1,4 +1,4 @@
-"""The two plots of docs/PERFORMANCE.md, drawn from a bench/results.json (python -m bench.plots [results.json])."""
+"""The two plots of docs/performance.md, drawn from a bench/results.json (python -m bench.plots [results.json])."""
 from __future__ import annotations
 
 import json

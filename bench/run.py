@@ -25,7 +25,7 @@ from pathlib import Path
 import orjson
 import requests
 
-from . import image, realworkload, workloads, wrk
+from . import bounded, image, realworkload, workloads, wrk
 from .servers import ROOT, Server
 
 TARGETS = ("service", "naive", "bare")
@@ -297,6 +297,8 @@ def report(results: dict) -> str:
         out.append("\n" + realworkload.report(results["real"], fmt_table))
     if "image" in results:
         out.append(image.report(results["image"]))
+    if "bounded" in results:
+        out.append(bounded.report(results["bounded"]))
     if "baselines" in results.get("memory", {}):
         out.append("\nPSS of the throughput servers after their load (MiB, master + 2 workers): " + ", ".join(
             f"{t} {v['total']:.0f}" for t, v in results["memory"]["baselines"].items()))
@@ -317,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="interleaved rounds per measurement (default 5, quick 1)")
     p.add_argument("--seconds", type=float, help="seconds per wrk run (default 3, quick 1)")
     p.add_argument("--concurrency", help="comma-separated wrk connections (default 1,2,4,8,16,32; quick 8)")
-    p.add_argument("--sections", default="throughput,samples,batch,recycle,memory,real,image",
-                   help="any of throughput,samples,batch,recycle,memory,real,image (default: all)")
+    p.add_argument("--sections", default="throughput,samples,batch,recycle,memory,bounded,real,image",
+                   help="any of throughput,samples,batch,recycle,memory,bounded,real,image (default: all)")
     p.add_argument("--jobs", type=int, default=1000, help="jobs in one /v1/batch (default 1000)")
     p.add_argument("--json", help="where to write the raw results (default bench/results.json; --quick: nowhere)")
     p.add_argument("--plots", action="store_true", help="draw docs/throughput.png and docs/cost_per_sample.png")
@@ -375,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         r = 1 if args.quick else 3
         log(f"memory and start-up: {r} rounds")
         results.setdefault("memory", {}).update(rounds=r, modes=memory_and_startup(r, seconds, log_dir, ("1", "0")))
+    if "bounded" in sections:
+        r = 1 if args.quick else 3
+        log(f"bounded cost: {r} rounds")
+        results["bounded"] = bounded.measure(r, seconds, log_dir)
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["wall_seconds"] = time.monotonic() - started
     text = report(results)

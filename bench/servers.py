@@ -20,6 +20,9 @@ APPS = {
 }
 # Every app runs under the deploy config unchanged (its post_fork hook warms torch up only in our app).
 APP_ENV: dict[str, dict[str, str]] = {}
+# Process groups of every gunicorn started here (each master leads its own group): the test suite checks at
+# the end of the run that none of them is still alive (tests/conftest.py).
+STARTED_GROUPS: set[int] = set()
 
 
 def free_port() -> int:
@@ -56,6 +59,7 @@ class Server:
                 [sys.executable, "-m", "gunicorn", *config, self.target],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
+            STARTED_GROUPS.add(self.proc.pid)
         finally:
             if self.log_path:
                 log.close()
@@ -76,8 +80,13 @@ class Server:
         raise RuntimeError(f"{self.name}: not ready within {timeout}s")
 
     def start(self, timeout: float = 60) -> Server:
-        self.spawn()
-        self.wait_ready(timeout)
+        """Spawn and wait for /readyz; if that fails (or is interrupted), nothing is left running."""
+        try:
+            self.spawn()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def worker_pids(self) -> list[int]:
@@ -106,13 +115,20 @@ class Server:
         return out
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        """SIGTERM to the whole process group (master and workers), SIGKILL after 30 s; also after the master died."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
+        try:  # workers orphaned by a master that died (e.g. kill -9) are still in its group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def __enter__(self) -> Server:
         return self.start()

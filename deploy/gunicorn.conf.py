@@ -42,8 +42,16 @@ workers = _int("WEB_CONCURRENCY", os.cpu_count() or 1)
 worker_class = "sync"
 threads = 1
 
-# A hard kill for a stuck worker; the app's own MAX_WALL_SECONDS (default 10 s) should answer long before.
-timeout = _int("GUNICORN_TIMEOUT", 60)
+# A hard kill for a stuck worker, never the way a request ends: the app interrupts every request at
+# MAX_WALL_SECONDS (default 10 s, service/deadline.py) and answers a 503 problem.  The sync worker's
+# heartbeat stops while it serves a request, so the timeout must cover MAX_WALL_SECONDS plus writing the
+# answer: the default is max(60, 3 x MAX_WALL_SECONDS), and a GUNICORN_TIMEOUT that leaves less than
+# MAX_WALL_SECONDS + 10 s is refused.
+_wall = float(os.environ.get("MAX_WALL_SECONDS", "").strip() or 10)
+timeout = _int("GUNICORN_TIMEOUT", max(60, int(3 * _wall)))
+if timeout < _wall + 10:
+    raise SystemExit(f"gunicorn.conf.py: GUNICORN_TIMEOUT={timeout} must be at least MAX_WALL_SECONDS + 10 s "
+                     f"({_wall:g} + 10): gunicorn would kill workers before the app answers 503")
 # On SIGTERM give in-flight requests this long; k8s terminationGracePeriodSeconds is larger.
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
 # Only used by gthread/async workers: the sync worker closes every connection after one response
@@ -52,7 +60,7 @@ keepalive = _int("GUNICORN_KEEPALIVE", 5)
 
 # Recycle workers now and then so slow leaks (allocator fragmentation in torch) cannot grow forever;
 # the jitter keeps all workers from restarting at once.  Not too often: at 1000 +- 100 both workers
-# restarted every ~2 s under load and throughput fell by a third (docs/PERFORMANCE.md); the 60 s soak at
+# restarted every ~2 s under load and throughput fell by a third (docs/performance.md); the 60 s soak at
 # 32 connections (13,000 requests, tests/test_soak.py) shows no leak that would need more.
 max_requests = _int("GUNICORN_MAX_REQUESTS", 20000)
 max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 2000)
@@ -115,8 +123,15 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
+def post_worker_init(worker):
+    """The app is loaded in this worker: let its memory guard recycle the worker (service/memory.py)."""
+    memory = sys.modules.get("service.memory")  # only our app
+    if memory is not None:
+        memory.watch_worker(worker)
+
+
 def post_fork(server, worker):
     """With preload_app, warm torch up in each worker, never in the master (gunicorn#2478)."""
-    engine = sys.modules.get("service.engine")  # only our app (the bench's baselines use this file too)
-    if preload_app and engine is not None:
-        engine.warm_up(_int("TORCH_THREADS", 1))
+    warmup = sys.modules.get("service.warmup")  # only our app (the bench's baselines use this file too)
+    if preload_app and warmup is not None:
+        warmup.warm_up(_int("TORCH_THREADS", 1))

@@ -18,8 +18,8 @@ class ServiceUnavailable(GradsvcError):
     """No answer (connection refused, timeout) or 502/503/504, still after every retry."""
 
 
-class ClientError(GradsvcError):
-    """The service refused the request (4xx): `status` and the problem+json body in `problem`."""
+class ProblemError(GradsvcError):
+    """The service answered with an error: `status` and the problem+json body in `problem`."""
 
     def __init__(self, status: int, problem: dict) -> None:
         super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}".strip())
@@ -27,7 +27,11 @@ class ClientError(GradsvcError):
         self.problem = problem
 
 
-class ServerError(ClientError):
+class ClientError(ProblemError):
+    """The service refused the request (4xx): fix the request, retrying will not help."""
+
+
+class ServerError(ProblemError):
     """The service failed (500 or another 5xx that retrying does not help), or answered something that is not JSON."""
 
 

@@ -1,11 +1,13 @@
 """Schemas for grading: POST /v1/check (answers graded against autograd) and POST /v1/batch."""
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
+
+from service.engine.values import NON_FINITE
 
 from .errors import ProblemSchema
-from .fields import NON_FINITE, OneOfKind, Tensor
-from .requests import MODEL_SCHEMAS, NAME_PATTERN, input_name, neuron_input_errors
+from .fields import OneOfKind, Tensor, refuse_long_lists
+from .requests import MODEL_SCHEMAS, input_name, neuron_input_errors
 from .responses import TensorOut
 
 DEFAULT_RTOL = 1e-4
@@ -87,6 +89,11 @@ class CheckRequestSchema(Schema):
         values=fields.Nested(CheckOptionsSchema),
         metadata={"description": "the graded checks and their points; absent: every answer in the submission, 1 point each"},
     )
+
+    @pre_load
+    def cap_points(self, data, **kwargs):
+        refuse_long_lists(data, {"points": MAX_POINTS})
+        return data
 
     @validates_schema
     def where(self, data, **kwargs):
@@ -238,5 +245,5 @@ class BatchErrorSchema(Schema):
 
 __all__ = [
     "BatchErrorSchema", "BatchRequestSchema", "CheckQuerySchema", "CheckRequestSchema", "CheckResponseSchema",
-    "GradescopeResultsSchema", "PrairieLearnResultsSchema", "NAME_PATTERN",
+    "GradescopeResultsSchema", "PrairieLearnResultsSchema",
 ]

@@ -1,17 +1,19 @@
 """Request schemas: what POST /v1/gradients accepts, validated before any torch work."""
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
-from .fields import OneOfKind, Tensor
+from service.engine.neuron import DEFAULT_EPSILON, LOSSES, REDUCTIONS
+from service.engine.neuron import INPUTS as NEURON_INPUTS
+
+from .fields import OneOfKind, Tensor, refuse_long_lists
 
 MODES = ("grad", "inference")
 DTYPES = ("float32", "float64")
 INCLUDES = ("graph", "dot", "intermediates", "manual", "numeric", "hessian")
-NEURON_LOSSES = ("bce", "bce_with_logits")
-REDUCTIONS = ("mean", "sum", "none")
-NEURON_INPUTS = ("x", "y", "w", "b")
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_WRT = 64
+
 
 def neuron_input_errors(names) -> dict:
     """A neuron takes exactly x, y, w, b: one message per missing or extra input name."""
@@ -27,10 +29,10 @@ class NeuronModelSchema(Schema):
     """linear -> sigmoid -> binary cross-entropy, as in the tutorial."""
 
     kind = fields.String(required=True, validate=validate.Equal("neuron"))
-    loss = fields.String(load_default="bce", validate=validate.OneOf(NEURON_LOSSES))
-    reduction = fields.String(load_default="mean", validate=validate.OneOf(REDUCTIONS))
+    loss = fields.String(load_default=LOSSES[0], validate=validate.OneOf(LOSSES))
+    reduction = fields.String(load_default=REDUCTIONS[0], validate=validate.OneOf(REDUCTIONS))
     epsilon = fields.Float(
-        load_default=1e-8, validate=validate.Range(min=0, max=0.5, min_inclusive=False, max_inclusive=False)
+        load_default=DEFAULT_EPSILON, validate=validate.Range(min=0, max=0.5, min_inclusive=False, max_inclusive=False)
     )
 
 
@@ -55,12 +57,17 @@ class GradientRequestSchema(Schema):
 
     model = OneOfKind(MODEL_SCHEMAS, required=True)
     inputs = fields.Dict(keys=input_name, values=Tensor(), required=True)
-    wrt = fields.List(input_name, validate=validate.Length(min=1, max=64))
+    wrt = fields.List(input_name, validate=validate.Length(min=1, max=MAX_WRT))
     mode = fields.String(load_default="grad", validate=validate.OneOf(MODES))
     dtype = fields.String(load_default="float32", validate=validate.OneOf(DTYPES))
     include = fields.List(
         fields.String(validate=validate.OneOf(INCLUDES)), load_default=lambda: ["graph"], validate=validate.Length(max=6)
     )
+
+    @pre_load
+    def cap_lists(self, data, **kwargs):
+        refuse_long_lists(data, {"wrt": MAX_WRT, "include": len(INCLUDES)})
+        return data
 
     @validates_schema
     def neuron_inputs(self, data, **kwargs):

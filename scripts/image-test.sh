@@ -52,9 +52,12 @@ t_wheels=$(( $(now) - t0 ))
 t0=$(now)
 log "podman build $IMAGE (--network none --pull=never)"
 old_id=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
+version=$("$PY" -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])")
 # --layers=false: no intermediate image per step or stage is kept (they were ~1.25 GB of dangling images)
 podman build --pull=never --network none --format docker --layers=false --build-arg PIP_NO_INDEX=1 \
-    -f Dockerfile -t "$IMAGE" . 2>&1 | tee .run/image-build.log >&2
+    --build-arg VERSION="$version" -f Dockerfile -t "$IMAGE" . 2>&1 | tee .run/image-build.log >&2
+label=$(podman image inspect --format '{{ index .Config.Labels "org.opencontainers.image.version" }}' "$IMAGE")
+[ "$label" = "$version" ] || { log "image label version '$label' != pyproject.toml's '$version'"; exit 1; }
 t_build=$(( $(now) - t0 ))
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 # The previous build of this tag would stay behind as an untagged ~1 GB image: remove just that one.

@@ -3,21 +3,20 @@ from __future__ import annotations
 
 import logging.config
 
-from flask import Flask, request
+from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import engine
-from .api import bp
 from .auth import init_auth
 from .config import Config
-from .errors import register_error_handlers
-from .grading import bp as grading_bp
-from .jsonio import StrictJSONProvider
+from .deadline import init_deadline
 from .engine import refcache
+from .errors import register_error_handlers
+from .jsonio import StrictJSONProvider
+from .memory import init_memory
 from .observability import init_observability, watch_reference_cache
-from .openapi import build_spec, document_for
-
-DOCUMENTED_VIEWS = ["api.gradients", "api.models", "api.healthz", "api.readyz", "metrics", "grading.check", "grading.batch"]
+from .openapi import build_spec
+from .views import BLUEPRINTS
+from .warmup import warm_up
 
 
 def configure_logging(level: str) -> None:
@@ -51,17 +50,12 @@ def create_app(config: type[Config] | None = None) -> Flask:
     cache = refcache.configure(app.config["REFERENCE_CACHE_ENTRIES"], app.config["REFERENCE_CACHE_BYTES"])
     watch_reference_cache(cache)
     init_auth(app)
-    app.register_blueprint(bp)
-    app.register_blueprint(grading_bp)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
     register_error_handlers(app)
-
-    spec = build_spec(app, DOCUMENTED_VIEWS)
-
-    @app.get("/openapi.json")
-    def openapi():
-        """The OpenAPI 3 document, with `servers` set to the prefix the request came through."""
-        return document_for(spec, request.script_root)
-
+    app.extensions["openapi"] = build_spec(app)  # served by views/meta.py
+    init_deadline(app)  # outermost but one: the deadline covers the body read, hooks, views and encoding
     if app.config["WARM_UP"]:
-        engine.warm_up(app.config["TORCH_THREADS"])
+        warm_up(app.config["TORCH_THREADS"])
+    init_memory(app)  # outermost: memory is given back after the response, outside the deadline
     return app

@@ -6,15 +6,7 @@ from pathlib import Path
 
 from flask import Flask, request
 
-from .errors import ServiceError
-
-
-class Unauthorized(ServiceError):
-    """Missing or wrong API key."""
-
-    status = 401
-    slug = "unauthorized"
-    title = "Unauthorized"
+from .errors import Unauthorized
 
 
 def load_api_keys(keys: str, keys_file: str) -> tuple[str, ...]:

@@ -28,7 +28,7 @@ class Config:
     # request limits (engine limits plus the ones enforced before the engine)
     LIMITS = limits_from_env()
     MAX_CONTENT_LENGTH = as_int("MAX_BODY_BYTES", 32 * 1024 * 1024)
-    MAX_BATCH_JOBS = as_int("MAX_BATCH_JOBS", 1000)
+    MAX_BATCH_JOBS = LIMITS.max_batch_jobs  # one of the Limits, read from MAX_BATCH_JOBS
 
     # behind a gateway / security
     TRUSTED_PROXY_HOPS = as_int("TRUSTED_PROXY_HOPS", 0)  # X-Forwarded-* headers trusted from this many proxies
@@ -43,3 +43,6 @@ class Config:
     TORCH_THREADS = as_int("TORCH_THREADS", 1)
     WARM_UP = os.environ.get("WARM_UP", "1") != "0"
     LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+    # a worker still over this RSS after a request (and after giving memory back) exits and gunicorn starts a
+    # fresh one; 768 MiB fits the deploy's 2 GiB pod: two workers plus the master, with headroom for one request
+    MAX_WORKER_RSS_MB = as_float("MAX_WORKER_RSS_MB", 768)

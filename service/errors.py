@@ -3,18 +3,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, has_request_context, request
+from flask import Flask, Response, current_app, has_request_context, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from .jsonio import dumps_bytes
+from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded
 from .observability import request_id
-from .engine.errors import (
-    DeadlineExceeded,
-    EngineError,
-    FormulaError,
-    LimitExceeded,
-)
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "/problems/"
@@ -66,6 +60,26 @@ class BodyTooLarge(ServiceError):
     title = "Limit exceeded"
 
 
+class Unauthorized(ServiceError):
+    """Missing or wrong API key."""
+
+    status = 401
+    slug = "unauthorized"
+    title = "Unauthorized"
+
+
+class NotReady(ServiceError):
+    """torch is not warmed up in this worker yet."""
+
+    status = 503
+    slug = "not-ready"
+    title = "Service Unavailable"
+
+
+class NonFiniteInJSON(ValueError):
+    """A NaN or infinity got past the encoder (engine/encode.py); orjson would silently write null. A bug: a 500."""
+
+
 def problem(status: int, title: str, detail: str | None = None, slug: str | None = None, **extra) -> dict:
     """The RFC 9457 body; `type` is a relative URI naming the problem, documented in the README."""
     body = {
@@ -80,7 +94,7 @@ def problem(status: int, title: str, detail: str | None = None, slug: str | None
 
 
 def problem_response(body: dict, headers: dict | None = None) -> Response:
-    resp = Response(dumps_bytes(body), status=body["status"], mimetype=PROBLEM_JSON)
+    resp = Response(current_app.json.dumps(body), status=body["status"], mimetype=PROBLEM_JSON)
     resp.headers.update(headers or {})
     return resp
 
@@ -88,7 +102,12 @@ def problem_response(body: dict, headers: dict | None = None) -> Response:
 def engine_problem(err: EngineError) -> dict:
     """The problem body for an engine error (also used per job inside /v1/batch)."""
     status = next(code for cls, code in STATUS_BY_ERROR if isinstance(err, cls))
-    extra = {"limit": {"name": err.limit, "value": err.value}} if hasattr(err, "limit") else {}
+    extra = {}
+    if hasattr(err, "limit"):
+        extra["limit"] = {"name": err.limit, "value": err.value}
+        if getattr(err, "estimate", None) is not None:
+            extra["limit"].update(estimate=err.estimate, breakdown=err.breakdown)
+        extra["hint"] = getattr(err, "hint", None)
     return problem(status, err.title, err.detail, err.slug, **extra)
 
 

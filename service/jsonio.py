@@ -5,13 +5,39 @@ import math
 
 import numpy as np
 import orjson
+from flask import current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 from flask.json.provider import JSONProvider
+
+from .errors import MalformedJSON, NonFiniteInJSON, UnsupportedMediaType
 
 OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS  # marshmallow keys list errors by index
 
 
-class NonFiniteInJSON(ValueError):
-    """A NaN or infinity got past the encoder (engine/encode.py); orjson would silently write null."""
+def read_json():
+    """The request body parsed as strict RFC 8259 JSON (no NaN literals, nesting at most 1024 deep)."""
+    if not request.is_json:
+        raise UnsupportedMediaType(f"Send the body as application/json, not {request.mimetype or 'no Content-Type'}.")
+    try:
+        return orjson.loads(read_body())
+    except orjson.JSONDecodeError as err:
+        raise MalformedJSON(f"The body is not valid JSON: {err}.") from None
+
+
+def read_body() -> bytes:
+    """The body, at most MAX_BODY_BYTES of it; a longer chunked body is a 413, not silently cut.
+
+    With a Content-Length werkzeug refuses an over-long body itself. A chunked body has none: werkzeug then
+    stops reading at the limit without a word, so the app reads one byte more from the server's
+    (de-chunking) stream and counts.
+    """
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None or not request.environ.get("wsgi.input_terminated") or limit is None:
+        return request.get_data(cache=False)
+    data = request.environ["wsgi.input"].read(limit + 1)
+    if len(data) > limit:
+        raise RequestEntityTooLarge()
+    return data
 
 
 def assert_finite(obj, where: str = "body") -> None:

@@ -34,6 +34,9 @@ COMPUTE = Histogram(
     "gradsvc_compute_seconds", "Time in the torch engine, by model kind", ["kind"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+WORKER_RECYCLES = Counter(
+    "gradsvc_worker_recycles_total", "Workers that exited for a fresh one after a request (reason: rss)", ["reason"],
+)
 IN_FLIGHT = Gauge("gradsvc_requests_in_flight", "Requests being answered", multiprocess_mode="livesum")
 REFCACHE_LOOKUPS = Counter("gradsvc_reference_cache_lookups_total", "Grading reference cache lookups", ["result"])
 REFCACHE_EVICTIONS = Counter("gradsvc_reference_cache_evictions_total", "Grading references evicted (LRU)")
@@ -55,7 +58,7 @@ class AccessLog:
 
     The line has the fields of the logging formatter's lines (time, level, logger, message, request_id),
     then the request's; building it without a LogRecord, a filter and python-json-logger's generic
-    formatter cut ~8 % of a small request's time (docs/PERFORMANCE.md, "Real workload").
+    formatter cut ~8 % of a small request's time (docs/performance.md, "Real workload").
     """
 
     def __init__(self, logger: logging.Logger) -> None:
@@ -170,18 +173,3 @@ def init_observability(app: Flask) -> None:
     def end_request(exc):
         if g.pop("in_flight", False):
             IN_FLIGHT.dec()
-
-    @app.get("/metrics")
-    def metrics():
-        """Prometheus metrics: requests, latency, compute time, in-flight.
-        ---
-        get:
-          summary: Prometheus text format, summed over all gunicorn workers
-          responses:
-            200:
-              description: Metrics in Prometheus text exposition format
-              content:
-                text/plain:
-                  schema: {type: string}
-        """
-        return metrics_response()

@@ -1,14 +1,25 @@
-"""Shared fixtures: an app from the factory, its test client, and a real gunicorn server on a free port."""
+"""Shared fixtures: an app from the factory, its test client, and a real gunicorn server on a free port.
+
+Also the two rules every test here follows: a test that needs a system binary skips with the Debian package
+to install (`require_binary`) unless GRADSVC_REQUIRE_ALL=1 (set by .ci/run) makes that a failure, and the
+run fails if any process a test started is still alive when it ends (`pytest_sessionfinish`).
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
-from bench.servers import ROOT, Server, free_port  # noqa: F401 - ROOT and free_port are re-exported for tests
+from bench.servers import ROOT, STARTED_GROUPS, Server, free_port  # noqa: F401 - ROOT, free_port re-exported for tests
 from service import create_app
 from service.config import Config
+
+REQUIRE_ALL = os.environ.get("GRADSVC_REQUIRE_ALL") == "1"
+# the process groups tests start outside bench.servers (nginx); checked with STARTED_GROUPS at the end
+EXTRA_GROUPS: set[int] = set()
 
 TUTORIAL_NEURON = {"model": {"kind": "neuron", "loss": "bce"}, "inputs": {"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0}}
 
@@ -52,5 +63,71 @@ def live_server(tmp_path_factory):
         yield ExternalServer(os.environ["GRADSVC_LIVE_URL"])
         return
     server = GunicornServer(log_path=tmp_path_factory.mktemp("gunicorn") / "server.log").start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# --- system binaries ---------------------------------------------------------------------------------
+
+
+def require_binary(name: str, package: str) -> str:
+    """The path of a system binary; without it the test skips naming the Debian package (CI: a failure)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    reason = f"`{name}` not on PATH (Debian package: {package})"
+    if REQUIRE_ALL:
+        pytest.fail(f"{reason} (GRADSVC_REQUIRE_ALL=1: CI runs every test)", pytrace=False)
+    pytest.skip(reason)
+
+
+# --- nothing left running ----------------------------------------------------------------------------
+
+
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, process group, command name) of every process on the machine, from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, _, tail = (entry / "stat").read_text().rpartition(")")
+            fields = tail.split()
+            if fields[0] != "Z":  # a zombie has exited; only its parent's wait() is missing
+                found[int(entry.name)] = (int(fields[1]), int(fields[2]), head.partition("(")[2])
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def leftover_processes() -> dict[int, str]:
+    """Processes the tests started that are still alive: descendants of pytest, and members of their groups."""
+    procs = _processes()
+    groups = STARTED_GROUPS | EXTRA_GROUPS
+    me = os.getpid()
+    left = {}
+    for pid, (_, pgid, name) in procs.items():
+        ancestor, hops = procs.get(pid, (0,))[0], 0
+        while ancestor not in (0, 1, me) and hops < 64:
+            ancestor, hops = procs.get(ancestor, (0,))[0], hops + 1
+        if pid != me and (ancestor == me or pgid in groups):
+            left[pid] = name
+    return left
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own sessionfinish has torn down the session fixtures
+def pytest_sessionfinish(session):
+    left = leftover_processes()
+    if not left:
+        return
+    listing = ", ".join(f"{pid} ({name})" for pid, name in sorted(left.items()))
+    session.config.get_terminal_writer().line(f"\nERROR: processes started by the tests are still running: {listing}",
+                                              red=True)
+    for pid in left:  # report, then clean up, so the machine is not left with them either
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

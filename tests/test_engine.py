@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.fields import parse_tensor
 from service.engine import Limits, compute
 from service.engine.neuron import Neuron
+from service.engine.values import parse_tensor
 
 LIMITS = Limits()
 finite = st.floats(min_value=-3, max_value=3, allow_nan=False)  # |z| <= 12: the clamp stays idle

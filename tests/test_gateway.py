@@ -8,17 +8,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import ROOT, TUTORIAL_NEURON, GunicornServer, free_port
+from conftest import EXTRA_GROUPS, ROOT, TUTORIAL_NEURON, GunicornServer, free_port, require_binary
 
 pytestmark = [pytest.mark.gateway, pytest.mark.live]
 PROBLEM = "application/problem+json"
@@ -32,15 +32,21 @@ class Gateway:
     """nginx in the foreground with a config rendered from deploy/nginx/nginx.conf.template."""
 
     def __init__(self, prefix_dir: Path, upstreams: list[str], **settings) -> None:
-        binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
-        if not binary:
-            pytest.fail("nginx is not installed (.ci/run installs Debian's nginx package)")
+        binary = require_binary("nginx", package="nginx")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/grad"
         text = nginx_render.render(listen=f"127.0.0.1:{self.port}", upstreams=upstreams, **settings)
         conf = nginx_render.write_prefix(prefix_dir, text)
         self.proc = subprocess.Popen([binary, "-p", f"{prefix_dir}/", "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        EXTRA_GROUPS.add(self.proc.pid)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
@@ -48,7 +54,6 @@ class Gateway:
                     return
             except requests.RequestException:
                 time.sleep(0.1)
-        self.stop()
         pytest.fail("nginx did not start")
 
     def stop(self) -> None:
@@ -60,10 +65,17 @@ class Gateway:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
 
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
 
 def replica(tmp_path: Path, name: str) -> GunicornServer:
+    """A replica, not started yet: `with` (or ExitStack.enter_context) starts it and always stops it."""
     env = {"TRUSTED_PROXY_HOPS": "1", "GUNICORN_LOG_LEVEL": "info", "LOG_LEVEL": "INFO"}
-    return GunicornServer(workers=2, env=env, log_path=tmp_path / f"{name}.log").start()
+    return GunicornServer(workers=2, env=env, log_path=tmp_path / f"{name}.log")
 
 
 def upstream(server: GunicornServer) -> str:
@@ -73,28 +85,26 @@ def upstream(server: GunicornServer) -> str:
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory):
     """Two gunicorn replicas of 2 sync workers each, trusting one proxy hop."""
+    require_binary("nginx", package="nginx")  # before starting replicas nobody could use
     tmp = tmp_path_factory.mktemp("replicas")
-    servers = [replica(tmp, "a"), replica(tmp, "b")]
-    yield servers
-    for s in servers:
-        s.stop()
+    with ExitStack() as stack:  # a replica that started is stopped even if the next one fails to start
+        yield [stack.enter_context(replica(tmp, name)) for name in ("a", "b")]
 
 
 @pytest.fixture(scope="module")
 def gateway(replicas, tmp_path_factory):
     """The gateway with a generous rate limit."""
-    gw = Gateway(tmp_path_factory.mktemp("gw") / "nginx", [upstream(s) for s in replicas], rate="1000r/s", burst=1000)
-    yield gw
-    gw.stop()
+    with Gateway(tmp_path_factory.mktemp("gw") / "nginx", [upstream(s) for s in replicas], rate="1000r/s",
+                 burst=1000) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="module")
 def strict_gateway(replicas, tmp_path_factory):
     """A second gateway with a tiny rate limit and a 64 KiB body limit."""
-    gw = Gateway(tmp_path_factory.mktemp("strict") / "nginx", [upstream(s) for s in replicas],
-                 rate="2r/s", burst=2, max_body_bytes=65536)
-    yield gw
-    gw.stop()
+    with Gateway(tmp_path_factory.mktemp("strict") / "nginx", [upstream(s) for s in replicas],
+                 rate="2r/s", burst=2, max_body_bytes=65536) as gw:
+        yield gw
 
 
 def test_tutorial_through_the_prefix(gateway):
@@ -193,10 +203,17 @@ def workers_of(server: GunicornServer) -> list[int]:
     return [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
 
 
+def replicas_behind_a_gateway(stack: ExitStack, tmp_path: Path) -> tuple[GunicornServer, GunicornServer, Gateway]:
+    """Two fresh replicas and a gateway, each stopped by `stack` even if a later one fails to start."""
+    require_binary("nginx", package="nginx")
+    a, b = (stack.enter_context(replica(tmp_path, name)) for name in ("a", "b"))
+    gw = stack.enter_context(Gateway(tmp_path / "nginx", [upstream(a), upstream(b)], rate="1000r/s", burst=1000))
+    return a, b, gw
+
+
 def test_kill_9_of_a_worker_loses_no_request(tmp_path):
-    a, b = replica(tmp_path, "a"), replica(tmp_path, "b")
-    gw = Gateway(tmp_path / "nginx", [upstream(a), upstream(b)], rate="1000r/s", burst=1000)
-    try:
+    with ExitStack() as stack:
+        a, _, gw = replicas_behind_a_gateway(stack, tmp_path)
         victim = workers_of(a)[0]
         results = load(gw.url, lambda: os.kill(victim, signal.SIGKILL))
         assert len(results) >= 60
@@ -205,16 +222,11 @@ def test_kill_9_of_a_worker_loses_no_request(tmp_path):
         while (len(workers_of(a)) < 2 or victim in workers_of(a)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert victim not in workers_of(a) and len(workers_of(a)) == 2  # gunicorn replaced it
-    finally:
-        gw.stop()
-        a.stop()
-        b.stop()
 
 
 def test_sigterm_to_a_master_completes_in_flight_requests(tmp_path):
-    a, b = replica(tmp_path, "a"), replica(tmp_path, "b")
-    gw = Gateway(tmp_path / "nginx", [upstream(a), upstream(b)], rate="1000r/s", burst=1000)
-    try:
+    with ExitStack() as stack:
+        a, _, gw = replicas_behind_a_gateway(stack, tmp_path)
         results = load(gw.url, lambda: a.proc.send_signal(signal.SIGTERM))
         assert len(results) >= 60
         assert results == [200] * len(results), [r for r in results if r != 200][:5]
@@ -224,7 +236,3 @@ def test_sigterm_to_a_master_completes_in_flight_requests(tmp_path):
         after_term = log.split("Handling signal: term", 1)[1]
         answered = [json.loads(line) for line in after_term.splitlines() if line.startswith("{")]
         assert any(line.get("route") == "/v1/gradients" and line.get("status") == 200 for line in answered)  # in flight at SIGTERM
-    finally:
-        gw.stop()
-        a.stop()
-        b.stop()

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 from collections import deque
 
 import pytest
 import torch
 
+from conftest import require_binary
 from service.engine.errors import LimitExceeded
 from service.engine.graph import build_graph, to_dot
 from service.engine.limits import Limits
@@ -93,9 +93,7 @@ def assert_well_formed(graph: dict) -> None:
 
 
 def run_dot(text: str) -> subprocess.CompletedProcess:
-    dot = shutil.which("dot")
-    if dot is None:
-        pytest.fail("graphviz `dot` binary not found on PATH: install graphviz (apt-get install graphviz)")
+    dot = require_binary("dot", package="graphviz")
     return subprocess.run([dot, "-Tsvg"], input=text, capture_output=True, text=True, timeout=30)
 
 

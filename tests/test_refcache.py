@@ -9,13 +9,12 @@ import pytest
 import requests
 import torch
 
-from schemas.grading import CheckResponseSchema, CheckRequestSchema
-from service.engine import grading, refcache
-from service.engine.limits import Limits
-from service.grading import check_body
-from service.jsonio import dumps_bytes
-
 from conftest import GunicornServer
+from schemas.grading import CheckRequestSchema, CheckResponseSchema
+from service.engine import check, refcache
+from service.engine.limits import Limits
+from service.jsonio import dumps_bytes
+from service.views.check import check_body
 
 NEURON = {"model": {"kind": "neuron"}, "inputs": {"x": 6.7, "y": 0, "w": 1, "b": 0}}
 
@@ -52,7 +51,7 @@ def fresh_cache():
 
 
 def grade_bytes(body: dict) -> bytes:
-    return dumps_bytes(check_body(grading.grade(CheckRequestSchema().load(body), Limits())))
+    return dumps_bytes(check_body(check.grade(CheckRequestSchema().load(body), Limits())))
 
 
 @pytest.mark.parametrize("body", PROBLEMS + students(20), ids=lambda b: b["model"].get("name") or b["model"]["kind"])
@@ -68,7 +67,7 @@ def test_cached_check_is_byte_identical_to_uncached(fresh_cache, body):
 
 @pytest.mark.parametrize("body", PROBLEMS + students(10, seed=1))
 def test_check_body_is_marshmallows_dump(fresh_cache, body):
-    result = grading.grade(CheckRequestSchema().load(body), Limits())
+    result = check.grade(CheckRequestSchema().load(body), Limits())
     assert dumps_bytes(check_body(result)) == dumps_bytes(CheckResponseSchema().dump(result))
 
 
@@ -97,19 +96,19 @@ def test_bounded_by_entries_and_bytes_least_recently_used_first():
     cache.listener = lambda event, c: events.append(event)
     refs = [{"loss": torch.zeros(())}]
     key = lambda i: ("m", Limits(), bytes([i]))  # noqa: E731
-    cache.put(key(1), None, refs)
-    cache.put(key(2), None, refs)
+    cache.put(key(1), refs)
+    cache.put(key(2), refs)
     assert cache.get(key(1)) is not None  # 1 is now the most recently used
-    cache.put(key(3), None, refs)
+    cache.put(key(3), refs)
     assert cache.get(key(2)) is None and cache.get(key(1)) is not None and len(cache) == 2
     assert events.count("evict") == 1 and events.count("hit") == 2 and events.count("miss") == 1
 
     one = refcache.reference_nbytes(key(1), [{"loss": torch.zeros(1000, dtype=torch.float64)}])
     small = refcache.ReferenceCache(max_entries=100, max_bytes=2 * one + 10)
     for i in range(5):
-        small.put(key(i), None, [{"loss": torch.zeros(1000, dtype=torch.float64)}])
+        small.put(key(i), [{"loss": torch.zeros(1000, dtype=torch.float64)}])
     assert len(small) == 2 and small.nbytes <= small.max_bytes
-    small.put(key(9), None, [{"loss": torch.zeros(10**6)}])  # larger than the whole budget: not kept
+    small.put(key(9), [{"loss": torch.zeros(10**6)}])  # larger than the whole budget: not kept
     assert small.get(key(9)) is None and len(small) == 2
 
 

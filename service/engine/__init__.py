@@ -5,6 +5,5 @@ from .compute import compute
 from .describe import models_document
 from .errors import EngineError
 from .limits import Limits
-from .warmup import is_ready, warm_up
 
-__all__ = ["EngineError", "Limits", "compute", "is_ready", "models_document", "warm_up"]
+__all__ = ["EngineError", "Limits", "compute", "models_document"]

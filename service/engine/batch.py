@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .compute import DTYPES, check_sizes, compute
+from . import cost
+from .compute import DTYPES, compute, empty_body, wrt_of
 from .encode import encode_tree
 from .limits import Deadline, Limits
 from .neuron import Neuron
@@ -24,7 +25,7 @@ def vector_key(job: dict):
     samples = x_dims - 1 if w_dims == 1 else x_dims
     if model["reduction"] == "none" and samples > 0:
         return None  # per-sample leaves: one by one
-    wrt = tuple(job.get("wrt") or ("w", "b"))
+    wrt = wrt_of(job, Neuron, ())
     return (model["loss"], model["reduction"], model["epsilon"], job["dtype"], job["mode"], wrt,
             tuple(sorted(job["include"])), shapes)
 
@@ -50,7 +51,7 @@ def compute_many(jobs: list[dict], limits: Limits, deadline: Deadline | None = N
             bodies = vectorized_neuron([jobs[i] for i in indices], limits)
         except Exception:  # a shape or limit problem: the one-by-one path reports it per job
             continue
-        for i, body in zip(indices, bodies):
+        for i, body in zip(indices, bodies, strict=True):
             results[i] = body
     for i, job in enumerate(jobs):
         if results[i] is None:
@@ -115,7 +116,7 @@ def vectorized_neuron(jobs: list[dict], limits: Limits) -> list[dict]:
     """One forward/backward pass over K homogeneous neuron jobs stacked on a new leading axis."""
     deadline = Deadline(limits.max_wall_seconds)
     first = jobs[0]
-    check_sizes(first["inputs"], limits)
+    cost.check_inputs(first["inputs"], limits)
     k, dtype = len(jobs), DTYPES[first["dtype"]]
     neuron = Neuron(first["model"])
     # validate shapes exactly as the single path does (identical shapes: once is enough)
@@ -125,7 +126,7 @@ def vectorized_neuron(jobs: list[dict], limits: Limits) -> list[dict]:
         name: torch.tensor([job["inputs"][name].values for job in jobs], dtype=dtype).reshape(k, *first["inputs"][name].shape)
         for name in ("x", "y", "w", "b")
     }
-    wrt = tuple(first.get("wrt") or ("w", "b"))
+    wrt = wrt_of(first, neuron, ())
     grad_mode = first["mode"] == "grad"
     leaves = dict(stacked)
     for name in wrt if grad_mode else ():
@@ -133,21 +134,12 @@ def vectorized_neuron(jobs: list[dict], limits: Limits) -> list[dict]:
     x, y, w, b = leaves["x"], leaves["y"], leaves["w"], leaves["b"]
     zdims = x.dim() - 1 - (1 if neuron.vector_w else 0)  # sample axes per job
     with torch.enable_grad() if grad_mode else torch.no_grad():
-        bb = b.reshape(k, *([1] * zdims))
-        if neuron.vector_w:
-            ww = w.reshape(k, *([1] * zdims), w.shape[-1])
-            z = (x * ww).sum(-1) + bb
-        else:
-            z = w.reshape(k, *([1] * zdims)) * x + bb
-        y_pred = _RowSigmoid.apply(z, k)
-        p = torch.clamp(y_pred, neuron.epsilon, 1 - neuron.epsilon)
-        losses = -(y * _RowLog.apply(p, k) + (1 - y) * _RowLog.apply(1 - p, k))
-        if zdims == 0 or neuron.reduction == "none":
-            loss = losses
-        elif neuron.reduction == "sum":
-            loss = losses.reshape(k, -1).sum(-1)
-        else:
-            loss = losses.reshape(k, -1).mean(-1)
+        # each job's w and b broadcast over that job's samples only
+        ww = w.reshape(k, *([1] * zdims), *w.shape[1:])
+        z = neuron.linear(x, ww, b.reshape(k, *([1] * zdims)))
+        y_pred, losses = neuron.clamped_bce(z, y, sigmoid=lambda t: _RowSigmoid.apply(t, k),
+                                            log=lambda t: _RowLog.apply(t, k))
+        loss = neuron.reduce(losses, jobs=k)
         if grad_mode:
             z.retain_grad()
             y_pred.retain_grad()
@@ -156,7 +148,7 @@ def vectorized_neuron(jobs: list[dict], limits: Limits) -> list[dict]:
     bodies = []
     for i in range(k):
         warnings: list[str] = []
-        body = dict.fromkeys(("graph", "dot", "intermediates", "manual", "numeric", "hessian"))
+        body = empty_body()
         gradients = {n: leaves[n].grad[i] for n in wrt} if grad_mode else None
         body.update(loss=loss[i].detach(), gradients=gradients, requires_grad=bool(grad_mode and loss.requires_grad))
         if "intermediates" in first["include"]:

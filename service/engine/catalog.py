@@ -141,7 +141,7 @@ CATALOG: dict[str, CatalogEntry] = {entry.name: entry for entry in _ENTRIES}
 
 
 @functools.lru_cache(maxsize=256)
-def _parsed(source: str, limits: Limits) -> Formula:
+def parsed(source: str, limits: Limits) -> Formula:
     """Gradient formulas are fixed text: parse each once per limits."""
     return parse_formula(source, limits)
 
@@ -171,6 +171,6 @@ def manual_gradients(
         for name, source in entry.gradient.items():
             if name not in env:
                 raise UnknownVariable(f"unknown variable {name!r}; inputs are: {', '.join(env) or '(none)'}")
-            value = _parsed(source, limits).evaluate(env, dtype=dtype).detach()
+            value = parsed(source, limits).evaluate(env, dtype=dtype).detach()
             grads[name] = _to_shape(value, env[name].shape, name)
     return grads

@@ -5,36 +5,16 @@ import numpy as np
 import torch
 
 from .encode import encode_tree
-from .errors import LimitExceeded, NonScalarOutput, UnknownVariable
+from . import cost
+from .errors import NonScalarOutput, UnknownVariable
 from .expression import Expression
 from .graph import build_graph, to_dot
 from .limits import Deadline, Limits
+from .model import Model
 from .neuron import Neuron
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 GRAD_ONLY_EXTRAS = ("dot", "manual", "numeric", "hessian")
-
-
-def check_sizes(inputs: dict, limits: Limits) -> None:
-    """Reject oversized tensors before any of them is built."""
-    total = 0
-    for name, data in inputs.items():
-        if len(data.shape) > limits.max_tensor_dims:
-            raise LimitExceeded(
-                "max_tensor_dims", limits.max_tensor_dims,
-                f"input {name!r} has {len(data.shape)} dimensions; the limit is {limits.max_tensor_dims}",
-            )
-        if len(data.values) > limits.max_tensor_elements:
-            raise LimitExceeded(
-                "max_tensor_elements", limits.max_tensor_elements,
-                f"input {name!r} has {len(data.values)} elements; the limit is {limits.max_tensor_elements}",
-            )
-        total += len(data.values)
-    if total > limits.max_total_elements:
-        raise LimitExceeded(
-            "max_total_elements", limits.max_total_elements,
-            f"the inputs have {total} elements in total; the limit is {limits.max_total_elements}",
-        )
 
 
 NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
@@ -56,17 +36,39 @@ def make_tensors(inputs: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {name: _tensor(data.values, data.shape, dtype) for name, data in inputs.items()}
 
 
-def build_model(spec: dict, limits: Limits, deadline: Deadline):
-    return Neuron(spec) if spec["kind"] == "neuron" else Expression(spec, limits, deadline)
+MODEL_KINDS: dict[str, type[Model]] = {"neuron": Neuron, "expression": Expression}
+
+
+def build_model(spec: dict, limits: Limits, deadline: Deadline) -> Model:
+    """The model object for a loaded `model` spec, picked by its `kind`."""
+    return MODEL_KINDS[spec["kind"]](spec, limits, deadline)
+
+
+def wrt_of(request: dict, model: Model, inputs) -> tuple[str, ...]:
+    """The names to differentiate with respect to: the request's `wrt`, else the model's default, else every input."""
+    return tuple(request.get("wrt") or model.default_wrt or inputs)
+
+
+def estimate(request: dict, limits: Limits, deadline: Deadline) -> tuple:
+    """(model, wrt, bytes) once the cost model has accepted the request: nothing is allocated before this."""
+    cost.check_inputs(request["inputs"], limits)
+    model = build_model(request["model"], limits, deadline)
+    wrt = wrt_of(request, model, request["inputs"])
+    estimate = cost.gradients_estimate(request, model, wrt, limits)
+    estimate.require(limits)
+    return model, wrt, estimate.total
+
+
+def estimate_cost(request: dict, limits: Limits) -> int:
+    """The cost model's bytes for a gradients request (a LimitExceeded when it is over the budget)."""
+    return estimate(request, limits, Deadline(limits.max_wall_seconds))[2]
 
 
 def compute(request: dict, limits: Limits) -> dict:
     """Run a loaded GradientRequestSchema body; returns the JSON-ready response body."""
     deadline = Deadline(limits.max_wall_seconds)
-    check_sizes(request["inputs"], limits)
-    model = build_model(request["model"], limits, deadline)
+    model, wrt, _ = estimate(request, limits, deadline)
     base = make_tensors(request["inputs"], DTYPES[request["dtype"]])
-    wrt = tuple(request.get("wrt") or model.default_wrt or base)
     unknown = [name for name in wrt if name not in base]
     if unknown:
         raise UnknownVariable(f"wrt names {', '.join(map(repr, unknown))}, which are not inputs")
@@ -82,7 +84,8 @@ def compute(request: dict, limits: Limits) -> dict:
     return body
 
 
-def _empty_body() -> dict:
+def empty_body() -> dict:
+    """A response body with every extra null; the computation fills in what was asked for."""
     return dict.fromkeys(("graph", "dot", "intermediates", "manual", "numeric", "hessian"))
 
 
@@ -92,7 +95,7 @@ def _inference(model, base: dict, include: set, warnings: list[str]) -> dict:
     with torch.no_grad():
         leaves = model.prepare(base, ())
         out = model.forward(leaves, record)
-    body = _empty_body()
+    body = empty_body()
     body.update(loss=out, gradients=None, requires_grad=out.requires_grad)
     if "intermediates" in include:
         body["intermediates"] = {k: {"value": v, "grad": None} for k, v in record.items()}
@@ -130,7 +133,7 @@ def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline:
     """Forward with fresh leaves, backward from the output, then the extras the client asked for."""
     leaves, out, record, gradients = forward_backward(model, base, wrt)
     deadline.check()
-    body = _empty_body()
+    body = empty_body()
     body.update(loss=out.detach(), gradients=gradients, requires_grad=out.requires_grad)
     if include & {"graph", "dot"}:
         known = dict(record)
@@ -146,9 +149,9 @@ def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline:
     if "manual" in include:
         body["manual"] = _manual(model, leaves, wrt, gradients, warnings)
     if "numeric" in include:
-        body["numeric"] = _numeric(model, base, wrt, gradients, limits, deadline)
+        body["numeric"] = _numeric(model, base, wrt, gradients, deadline)
     if "hessian" in include:
-        body["hessian"] = _hessian(model, leaves, wrt, limits, deadline)
+        body["hessian"] = _hessian(model, leaves, wrt, deadline)
     warnings.extend(model.diagnose(record))
     return body
 
@@ -168,17 +171,8 @@ def _manual(model, leaves: dict, wrt: tuple, gradients: dict, warnings: list[str
     return {"gradients": manual, "max_abs_diff": _max_abs(manual, {n: gradients[n] for n in manual})}
 
 
-def _wrt_elements(base: dict, wrt: tuple) -> int:
-    return sum(base[n].numel() for n in wrt)
-
-
-def _numeric(model, base: dict, wrt: tuple, gradients: dict, limits: Limits, deadline: Deadline) -> dict:
+def _numeric(model, base: dict, wrt: tuple, gradients: dict, deadline: Deadline) -> dict:
     """Central finite differences in float64, one element at a time, against autograd."""
-    if _wrt_elements(base, wrt) > limits.max_numeric_elements:
-        raise LimitExceeded(
-            "max_numeric_elements", limits.max_numeric_elements,
-            f"numeric gradients need two forward passes per `wrt` element; the limit is {limits.max_numeric_elements} elements",
-        )
     with torch.no_grad():
         t64 = model.prepare({k: v.double() for k, v in base.items()}, ())
         numeric = {}
@@ -206,20 +200,24 @@ def _numeric(model, base: dict, wrt: tuple, gradients: dict, limits: Limits, dea
     }
 
 
-def _hessian(model, leaves: dict, wrt: tuple, limits: Limits, deadline: Deadline) -> dict:
+def _hessian(model, leaves: dict, wrt: tuple, deadline: Deadline) -> dict:
     """Second derivatives d²L/(da db) for every pair of `wrt` inputs, each of shape a.shape + b.shape."""
     if model.per_sample:
         raise NonScalarOutput("hessian needs a scalar loss: use reduction \"mean\" or \"sum\"")
-    if _wrt_elements(leaves, wrt) > limits.max_hessian_elements:
-        raise LimitExceeded(
-            "max_hessian_elements", limits.max_hessian_elements,
-            f"the hessian has one row per `wrt` element; the limit is {limits.max_hessian_elements} elements",
-        )
     fixed = {k: v.detach() for k, v in leaves.items()}
+    # torch's hessian cannot stack zero rows: an empty input's blocks are empty, computed without it
+    full = tuple(n for n in wrt if fixed[n].numel())
 
     def loss_of(*values):
         deadline.check()
-        return model.forward({**fixed, **dict(zip(wrt, values))})
+        return model.forward({**fixed, **dict(zip(full, values, strict=True))})
 
-    blocks = torch.autograd.functional.hessian(loss_of, tuple(fixed[n] for n in wrt))
-    return {a: {b: blocks[i][j] for j, b in enumerate(wrt)} for i, a in enumerate(wrt)}
+    blocks = torch.autograd.functional.hessian(loss_of, tuple(fixed[n] for n in full)) if full else ()
+    index = {name: i for i, name in enumerate(full)}
+
+    def block(a: str, b: str) -> torch.Tensor:
+        if a in index and b in index:
+            return blocks[index[a]][index[b]]
+        return fixed[a].new_zeros(fixed[a].shape + fixed[b].shape)
+
+    return {a: {b: block(a, b) for b in wrt} for a in wrt}

@@ -6,15 +6,16 @@ from dataclasses import asdict
 from .catalog import CATALOG
 from .formula import CONSTANTS, FUNCTIONS
 from .limits import Limits
+from .neuron import DEFAULT_EPSILON, LOSSES, REDUCTIONS, Neuron
 
 MODEL_KINDS = {
     "neuron": {
         "description": "z = w·x + b, y_pred = sigmoid(z), L = BCE(y_pred, y)",
-        "inputs": ["x", "y", "w", "b"],
-        "default_wrt": ["w", "b"],
-        "loss": ["bce", "bce_with_logits"],
-        "reduction": ["mean", "sum", "none"],
-        "epsilon": 1e-8,
+        "inputs": list(Neuron.inputs),
+        "default_wrt": list(Neuron.default_wrt),
+        "loss": list(LOSSES),
+        "reduction": list(REDUCTIONS),
+        "epsilon": DEFAULT_EPSILON,
     },
     "expression": {
         "description": "a catalog `name` or a free-form `formula` in the formula language",

@@ -20,6 +20,13 @@ class FormulaError(EngineError):
     title = "Invalid formula"
 
 
+class UnknownExpression(EngineError):
+    """The `name` is not in the catalog of GET /v1/models."""
+
+    slug = "unknown-expression"
+    title = "Unknown expression"
+
+
 class UnknownVariable(EngineError):
     """A formula (or `wrt`) names a variable that is not among the inputs."""
 
@@ -47,10 +54,16 @@ class LimitExceeded(EngineError):
     slug = "limit-exceeded"
     title = "Limit exceeded"
 
-    def __init__(self, name: str, value: int | float, detail: str) -> None:
+    def __init__(
+        self, name: str, value: int | float, detail: str, *,
+        estimate: int | None = None, hint: str | None = None, breakdown: dict | None = None,
+    ) -> None:
         super().__init__(detail)
         self.limit = name
         self.value = value
+        self.estimate = estimate  # the cost model's figure, for the request budget
+        self.breakdown = breakdown  # that figure by part (forward, backward, numeric, ...)
+        self.hint = hint  # what to reduce
 
 
 class DeadlineExceeded(EngineError):

@@ -3,22 +3,16 @@ from __future__ import annotations
 
 import torch
 
-from .catalog import CATALOG, manual_gradients
-from .errors import EngineError, UnknownVariable
-from .formula import parse_formula
+from .catalog import CATALOG, manual_gradients, parsed
+from .errors import UnknownExpression, UnknownVariable
+from .formula import Formula, parse_formula
 from .limits import NO_DEADLINE, Deadline, Limits
-
-
-class UnknownExpression(EngineError):
-    """The `name` is not in the catalog of GET /v1/models."""
-
-    slug = "unknown-expression"
-    title = "Unknown expression"
 
 
 class Expression:
     """One instance per request; the formula is parsed (and limit-checked) once, evaluated as often as needed."""
 
+    inputs = None  # the formula's variables
     default_wrt = None  # every input
     per_sample = False
 
@@ -57,6 +51,12 @@ class Expression:
             return None
         grads = manual_gradients(self.catalog_entry, t, dtype=self.dtype, limits=self.limits)
         return {name: grads[name] for name in wrt if name in grads}
+
+    def manual_formulas(self) -> list[tuple[str, Formula]]:
+        """(input name, parsed hand-derived gradient) of a catalog entry, for the cost model; none for a formula."""
+        if self.catalog_entry is None:
+            return []
+        return [(name, parsed(source, self.limits)) for name, source in self.catalog_entry.gradient.items()]
 
     def diagnose(self, record: dict[str, torch.Tensor]) -> list[str]:
         return []

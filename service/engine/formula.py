@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import cost
 from .errors import FormulaError, LimitExceeded, ShapeError, UnknownVariable
 from .limits import Deadline, Limits
 
@@ -161,18 +162,10 @@ class _Checker:
             node, depth = stack.pop()
             self.node_count += 1
             self.depth = max(self.depth, depth)
-            if self.depth > self.limits.max_ast_depth:
-                raise LimitExceeded(
-                    "max_ast_depth", self.limits.max_ast_depth,
-                    f"formula is nested more than {self.limits.max_ast_depth} levels deep; "
-                    f"the limit is {self.limits.max_ast_depth}",
-                )
-            if self.node_count > self.limits.max_ast_nodes:
-                raise LimitExceeded(
-                    "max_ast_nodes", self.limits.max_ast_nodes,
-                    f"formula has more than {self.limits.max_ast_nodes} nodes; "
-                    f"the limit is {self.limits.max_ast_nodes}",
-                )
+            cost.require(self.limits, "max_ast_depth", self.depth,
+                         f"formula is nested more than {self.limits.max_ast_depth} levels deep")
+            cost.require(self.limits, "max_ast_nodes", self.node_count,
+                         f"formula has more than {self.limits.max_ast_nodes} nodes")
             handler = self.nodes.get(type(node))
             if handler is None:
                 raise self._unsupported(node)
@@ -192,6 +185,10 @@ class _Checker:
                 f"unsupported constant: {node.value!r} ({type(node.value).__name__}) at {_where(node, self.shift)}; "
                 "only int and float numbers are allowed"
             )
+        if type(node.value) is int and node.value.bit_length() > 1024:
+            # beyond any float (a 3600-digit hex literal): inf, as evaluation would make it; and as an int its
+            # text (for labels and memo keys) would pass Python's 4300-digit limit on int-to-str conversion
+            node.value = math.inf
         return []
 
     def _name(self, node: ast.Name) -> list[ast.expr]:
@@ -242,11 +239,7 @@ class _Checker:
 
 def parse_formula(source: str, limits: Limits) -> Formula:
     """Parse and fully validate a formula up front, so a bad construct is reported even if never evaluated."""
-    if len(source) > limits.max_formula_length:
-        raise LimitExceeded(
-            "max_formula_length", limits.max_formula_length,
-            f"formula is {len(source)} characters; the limit is {limits.max_formula_length}",
-        )
+    cost.require(limits, "max_formula_length", len(source), f"formula is {len(source)} characters")
     # Leading blanks would be an "unexpected indent"; drop them and shift reported columns back.
     text = source.lstrip(" \t")
     shift = len(source) - len(text)
@@ -294,19 +287,41 @@ class Formula:
         self.variables = variables
         self.node_count = node_count
         self.depth = depth
-        self._body = body
+        self.body = body
         self._max_depth = limits.max_ast_depth
         self.max_elements = limits.max_tensor_elements
-        self._keys: dict[int, tuple[str, str]] = {}
+        self._keys: dict[int, int] = {}  # id(node) -> number of its subtree's structure
+        self._structures: dict[tuple, int] = {}  # structure -> number; equal subtrees get the same one
+        self._texts: dict[int, str] = {}
 
     def __repr__(self) -> str:
         return f"Formula({self.source!r})"
 
-    def key(self, node: ast.expr) -> tuple[str, str]:
-        """(structural key for sharing equal subtrees, source text for `record`), cached per node."""
+    def key(self, node: ast.expr) -> int:
+        """A number for the node's subtree, equal for equal subtrees (so they are computed once), built from
+        the children's numbers: linear in the formula's size, where ast.dump per node was quadratic."""
         cached = self._keys.get(id(node))
         if cached is None:
-            cached = self._keys[id(node)] = (ast.dump(node), ast.unparse(node))
+            if isinstance(node, ast.Constant):
+                structure: tuple = ("constant", repr(node.value))
+            elif isinstance(node, ast.Name):
+                structure = ("name", node.id)
+            elif isinstance(node, ast.BinOp):
+                structure = ("binary", type(node.op).__name__, self.key(node.left), self.key(node.right))
+            elif isinstance(node, ast.UnaryOp):
+                structure = ("unary", type(node.op).__name__, self.key(node.operand))
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                structure = ("call", node.func.id, *(self.key(arg) for arg in node.args))
+            else:  # nothing else passes the checker; never shared
+                structure = ("other", id(node))
+            cached = self._keys[id(node)] = self._structures.setdefault(structure, len(self._structures))
+        return cached
+
+    def text(self, node: ast.expr) -> str:
+        """The node's source text, the name of its intermediate in `record`; cached per node."""
+        cached = self._texts.get(id(node))
+        if cached is None:
+            cached = self._texts[id(node)] = ast.unparse(node)
         return cached
 
     def evaluate(
@@ -323,12 +338,22 @@ class Formula:
                 inputs = ", ".join(env) or "(none)"
                 raise UnknownVariable(f"unknown variable {name!r}; inputs are: {inputs}")
         try:
-            return _Evaluator(self, env, dtype, record, deadline).eval(self._body)
+            return _Evaluator(self, env, dtype, record, deadline).eval(self.body)
         except RecursionError:
             raise LimitExceeded(
                 "max_ast_depth", self._max_depth,
                 f"formula is too deeply nested to evaluate; the limit is {self._max_depth} levels",
             ) from None
+
+
+def broadcast_shape(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """torch's broadcasting rule, without torch.broadcast_shapes: that imports sympy on its first call
+    (~1.5 s and ~60 MiB per worker).  Shapes that do not broadcast are left for torch to report."""
+    out: list[int] = []
+    for dims in zip(*(((1,) * (max(map(len, shapes)) - len(s)) + tuple(s)) for s in shapes)):
+        sizes = {d for d in dims if d != 1}
+        out.append(max(sizes) if sizes else 1)
+    return tuple(out)
 
 
 class _Evaluator:
@@ -347,27 +372,20 @@ class _Evaluator:
         self.dtype = dtype
         self.record = record
         self.deadline = deadline
-        self.memo: dict[str, torch.Tensor] = {}
-        self.nodes: dict[type[ast.AST], Callable[[ast.AST], torch.Tensor]] = {
-            ast.Constant: self._constant,
-            ast.Name: self._name,
-            ast.BinOp: self._binop,
-            ast.UnaryOp: self._unaryop,
-            ast.Call: self._call,
-        }
+        self.memo: dict[int, torch.Tensor] = {}
 
     def eval(self, node: ast.expr) -> torch.Tensor:
         if self.deadline is not None:
             self.deadline.check()
-        key, text = self.formula.key(node)
+        key = self.formula.key(node)
         value = self.memo.get(key)
         if value is None:
-            handler = self.nodes.get(type(node))
+            handler = self.HANDLERS.get(type(node))
             if handler is None:  # unreachable after the checker; kept so nothing unlisted ever runs
                 raise FormulaError(f"unsupported syntax: {type(node).__name__}")
-            value = self.memo[key] = handler(node)
+            value = self.memo[key] = handler(self, node)
             if self.record is not None and not isinstance(node, (ast.Name, ast.Constant)):
-                self.record[text] = value
+                self.record[self.formula.text(node)] = value
         return value
 
     def _constant(self, node: ast.Constant) -> torch.Tensor:
@@ -402,11 +420,22 @@ class _Evaluator:
         args = [self.eval(arg) for arg in node.args]
         return self._apply(spec.name, lambda: spec.impl(*args), *args)
 
+    # node type -> plain function, not a per-instance table of bound methods: that table would make each
+    # evaluation a reference cycle (evaluator -> table -> method -> evaluator) holding every memoized
+    # tensor until a full GC; without it the tensors go as soon as the request drops its results.
+    HANDLERS: dict[type[ast.AST], Callable[[_Evaluator, ast.AST], torch.Tensor]] = {
+        ast.Constant: _constant,
+        ast.Name: _name,
+        ast.BinOp: _binop,
+        ast.UnaryOp: _unaryop,
+        ast.Call: _call,
+    }
+
     def _apply(self, name: str, compute: Callable[[], torch.Tensor], *operands: torch.Tensor) -> torch.Tensor:
         """Run one torch op; its RuntimeError (almost always a broadcasting failure) becomes a ShapeError."""
         try:
             if len(operands) > 1:  # broadcasting [n] with [n, 1] makes n*n elements: refuse before allocating
-                numel = math.prod(torch.broadcast_shapes(*(t.shape for t in operands)))
+                numel = math.prod(broadcast_shape(*(t.shape for t in operands)))
                 if numel > self.formula.max_elements:
                     raise LimitExceeded(
                         "max_tensor_elements", self.formula.max_elements,

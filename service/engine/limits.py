@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
+from .deadline import check_request
 from .errors import DeadlineExceeded
 
 
@@ -22,19 +23,28 @@ class Limits:
     max_graph_nodes: int = 5_000
     graph_value_max_elements: int = 100
     max_wall_seconds: float = 10.0
+    # the cost model's budget (engine/cost.py, docs/limits.md): bytes a request may allocate over its life
+    max_request_bytes: int = 256 * 2**20
+    max_inputs: int = 128  # named inputs of a request or a point (and answers per submission section)
+    max_batch_jobs: int = 1000
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 class Deadline:
-    """Wall-clock budget for one request; long loops call check() between steps."""
+    """Wall-clock budget for one piece of work; long loops call check() between steps.
+
+    check() also ends the work when the enclosing request's deadline (engine/deadline.py) has passed,
+    so every job of a batch and every point of a check share the request's one budget.
+    """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._end = time.monotonic() + seconds
 
     def check(self) -> None:
+        check_request()
         if time.monotonic() > self._end:
             raise DeadlineExceeded(self.seconds)
 

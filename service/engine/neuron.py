@@ -8,6 +8,11 @@ import torch.nn.functional as F
 
 from .errors import ShapeError
 
+INPUTS = ("x", "y", "w", "b")
+LOSSES = ("bce", "bce_with_logits")
+REDUCTIONS = ("mean", "sum", "none")
+DEFAULT_EPSILON = 1e-8  # the tutorial's clamp
+
 
 def _shape(t: torch.Tensor) -> list[int]:
     return list(t.shape)
@@ -16,13 +21,13 @@ def _shape(t: torch.Tensor) -> list[int]:
 class Neuron:
     """One instance per request: `prepare` checks shapes and makes leaves, `forward` runs the tutorial's pass."""
 
+    inputs = INPUTS
     default_wrt = ("w", "b")
-    catalog_entry = None
 
-    def __init__(self, spec: dict) -> None:
-        self.loss = spec.get("loss", "bce")
-        self.reduction = spec.get("reduction", "mean")
-        self.epsilon = spec.get("epsilon", 1e-8)
+    def __init__(self, spec: dict, limits=None, deadline=None) -> None:
+        self.loss = spec.get("loss", LOSSES[0])
+        self.reduction = spec.get("reduction", REDUCTIONS[0])
+        self.epsilon = spec.get("epsilon", DEFAULT_EPSILON)
         self.vector_w = False  # set by prepare(): w holds one weight per feature (x's last axis)
         self.per_sample = False  # set by prepare(): reduction "none" over several samples
 
@@ -55,32 +60,41 @@ class Neuron:
             leaves[name] = leaves[name].detach().requires_grad_(True)
         return leaves
 
-    def _linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """z = w·x + b: over x's last axis for a vector w, elementwise for a scalar one."""
         return (x * w).sum(-1) + b if self.vector_w else w * x + b
+
+    def clamped_bce(self, z: torch.Tensor, y: torch.Tensor, sigmoid=torch.sigmoid, log=torch.log):
+        """(y_pred, per-sample losses) by the tutorial's clamped formula; the batch runner passes its own
+        bit-exact sigmoid and log (engine/batch.py), so the two paths share this one definition."""
+        y_pred = sigmoid(z)
+        p = torch.clamp(y_pred, self.epsilon, 1 - self.epsilon)
+        return y_pred, -(y * log(p) + (1 - y) * log(1 - p))
+
+    def reduce(self, losses: torch.Tensor, jobs: int | None = None) -> torch.Tensor:
+        """Mean or sum over the samples (each job's own, when `jobs` are stacked on a leading axis); the losses
+        as they are for reduction "none" or a single sample (as in the tutorial)."""
+        if self.reduction == "none" or losses.dim() == (0 if jobs is None else 1):
+            return losses
+        if jobs is not None:
+            losses = losses.reshape(jobs, -1)
+            return losses.sum(-1) if self.reduction == "sum" else losses.mean(-1)
+        return losses.sum() if self.reduction == "sum" else losses.mean()
 
     def forward(self, t: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Linear -> sigmoid -> BCE, reduced unless the loss is already a scalar (as in the tutorial)."""
-        z = self._linear(t["x"], t["w"], t["b"])
-        y_pred = torch.sigmoid(z)
-        y = t["y"]
+        z = self.linear(t["x"], t["w"], t["b"])
         if self.loss == "bce_with_logits":
-            losses = F.binary_cross_entropy_with_logits(z, y, reduction="none")
-        else:  # the tutorial's clamped formula
-            p = torch.clamp(y_pred, self.epsilon, 1 - self.epsilon)
-            losses = -(y * torch.log(p) + (1 - y) * torch.log(1 - p))
-        if losses.dim() == 0 or self.reduction == "none":
-            loss = losses
-        elif self.reduction == "sum":
-            loss = losses.sum()
+            y_pred, losses = torch.sigmoid(z), F.binary_cross_entropy_with_logits(z, t["y"], reduction="none")
         else:
-            loss = losses.mean()
+            y_pred, losses = self.clamped_bce(z, t["y"])
         if record is not None:
             record.update(z=z, y_pred=y_pred)
-        return loss
+        return self.reduce(losses)
 
     def chain_rule(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The tutorial's factors per sample, before reduction: dL/dy_pred, dy_pred/dz, dz/dw, dz/db."""
-        z = self._linear(t["x"], t["w"], t["b"])
+        z = self.linear(t["x"], t["w"], t["b"])
         y_pred = torch.sigmoid(z)
         dy_pred_dz = y_pred * (1 - y_pred)
         return {
@@ -93,9 +107,10 @@ class Neuron:
     def manual(self, t: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Closed-form gradients by the chain rule on prepared tensors (unclamped: differs where the clamp bites)."""
         x, y, w = t["x"], t["y"], t["w"]
-        z = self._linear(x, w, t["b"])
+        z = self.linear(x, w, t["b"])
         # dL/dy_pred * dy_pred/dz simplifies to y_pred - y, which stays finite where y_pred is 0 or 1
-        scale = 1.0 / z.numel() if (self.reduction == "mean" and not self.per_sample and z.dim() > 0) else 1.0
+        # the mean over no samples: autograd's gradient is an empty sum, 0; so is this one (and no 1 / 0)
+        scale = 1.0 / max(z.numel(), 1) if (self.reduction == "mean" and not self.per_sample and z.dim() > 0) else 1.0
         dl_dz = (torch.sigmoid(z) - y) * scale
         dl_dz_f = dl_dz.unsqueeze(-1) if self.vector_w else dl_dz
         each_w = dl_dz_f * x  # per sample: dL_i/dw = dL_i/dz_i * x_i
@@ -136,7 +151,8 @@ class Neuron:
             )
         if high == 1 and (hi == 1 if hi <= 1 else bool((p == 1).any())):  # hi is NaN or > 1: look
             warnings.append(
-                f"y_pred rounds to 1.0 in {str(p.dtype).removeprefix('torch.')}, where 1 - epsilon == 1.0 too, so the clamp cannot keep "
+                f"y_pred rounds to 1.0 in {str(p.dtype).removeprefix('torch.')}, where 1 - epsilon == 1.0 too, "
+                "so the clamp cannot keep "
                 "log(1 - y_pred) finite; use loss \"bce_with_logits\" or dtype \"float64\""
             )
         return warnings

@@ -29,9 +29,8 @@ DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Reference:
-    """One problem's references. `model` is kept for its description only (titles, reduction): never run again."""
+    """One problem's references, one dict per point (read only: graders never modify them)."""
 
-    model: object
     refs: tuple[dict, ...]
     nbytes: int
 
@@ -89,7 +88,7 @@ class ReferenceCache:
         self._notify("hit" if entry is not None else "miss")
         return entry
 
-    def put(self, key: tuple, model, refs: list[dict]) -> None:
+    def put(self, key: tuple, refs: list[dict]) -> None:
         nbytes = reference_nbytes(key, refs)
         if nbytes > self.max_bytes:
             return  # one huge problem would evict everything else
@@ -98,7 +97,7 @@ class ReferenceCache:
             old = self._entries.pop(key, None)
             if old is not None:
                 self.nbytes -= old.nbytes
-            self._entries[key] = Reference(model, tuple(refs), nbytes)
+            self._entries[key] = Reference(tuple(refs), nbytes)
             self.nbytes += nbytes
             while len(self._entries) > self.max_entries or self.nbytes > self.max_bytes:
                 _, dropped = self._entries.popitem(last=False)
@@ -130,14 +129,17 @@ def configure(max_entries: int, max_bytes: int) -> ReferenceCache:
 
 
 def references(model_spec: dict, points: list[dict[str, torch.Tensor]], limits: Limits,
-               compute: Callable[[], tuple[object, list[dict]]]) -> tuple[object, list[dict]]:
-    """(model, refs) for a problem: from the cache, or from compute() (then kept, if the cache is on)."""
+               compute: Callable[[], list[dict]]) -> list[dict]:
+    """A problem's references: from the cache, or from compute() (then kept, if the cache is on).
+
+    The caller has already built the model and passed the cost model's check for this request: a cached
+    reference saves the autograd work, never a limit."""
     if not CACHE.enabled:
         return compute()
     key = problem_key(model_spec, points, limits)
     entry = CACHE.get(key)
     if entry is not None:
-        return entry.model, list(entry.refs)
-    model, refs = compute()
-    CACHE.put(key, model, refs)
-    return model, refs
+        return list(entry.refs)
+    refs = compute()
+    CACHE.put(key, refs)
+    return refs

@@ -6,17 +6,19 @@ import math
 import numpy as np
 import torch
 
-from schemas.fields import NON_FINITE, parse_tensor
-
-from . import refcache
-from .compute import build_model, check_sizes, forward_backward
+from . import cost, refcache
+from .compute import build_model, forward_backward
 from .encode import encode_tree
-from .errors import EngineError, LimitExceeded
+from .errors import DeadlineExceeded, EngineError, LimitExceeded
 from .formula import parse_formula
 from .limits import Deadline, Limits
 from .neuron import Neuron
+from .values import parse_tensor
 
-TOLERANCE_RULE = "passed when |actual - expected| <= atol + rtol * |expected| at every element of every point (expected = autograd, float64)"
+TOLERANCE_RULE = (
+    "passed when |actual - expected| <= atol + rtol * |expected| at every element of every point"
+    " (expected = autograd, float64)"
+)
 KIND_BY_SECTION = {"loss": "loss", "gradients": "gradient", "intermediates": "intermediate", "gradient_formulas": "gradient_formula"}
 SECTIONS = ("loss", "gradients", "intermediates", "gradient_formulas")
 # the chain-rule factors the tutorial multiplies for each neuron parameter
@@ -30,34 +32,24 @@ def _tensor(data) -> torch.Tensor:
 
 
 def make_points(request: dict, limits: Limits) -> list[dict[str, torch.Tensor]]:
-    """The points to grade at, as float64 tensors: `inputs`, `points`, or `domain` draws (seeded, deterministic)."""
+    """The points to grade at, as float64 tensors: `inputs`, `points`, or `domain` draws (seeded, deterministic).
+
+    Sizes were checked by the cost model (cost.domain_points) before this is called."""
     if "points" in request:
-        for point in request["points"]:
-            check_sizes(point, limits)
-        points = [{name: _tensor(data) for name, data in point.items()} for point in request["points"]]
-    else:
-        base = request.get("inputs", {})
-        check_sizes(base, limits)
-        fixed = {name: _tensor(data) for name, data in base.items()}
-        domain = request.get("domain")
-        if not domain:
-            return [fixed]
-        n = request.get("n_points", 5)
-        generator = torch.Generator().manual_seed(request.get("seed", 0))
-        points = []
-        for _ in range(n):
-            point = dict(fixed)
-            for name in sorted(domain):  # sorted: the draw order does not depend on the JSON key order
-                lo, hi = domain[name]
-                shape = fixed[name].shape if name in fixed else ()
-                point[name] = lo + (hi - lo) * torch.rand(shape, generator=generator, dtype=torch.float64)
-            points.append({name: point[name] for name in sorted(point)})
-    total = sum(t.numel() for point in points for t in point.values())
-    if total > limits.max_total_elements:
-        raise LimitExceeded(
-            "max_total_elements", limits.max_total_elements,
-            f"the points have {total} elements in total; the limit is {limits.max_total_elements}",
-        )
+        return [{name: _tensor(data) for name, data in point.items()} for point in request["points"]]
+    fixed = {name: _tensor(data) for name, data in request.get("inputs", {}).items()}
+    domain = request.get("domain")
+    if not domain:
+        return [fixed]
+    generator = torch.Generator().manual_seed(request.get("seed", 0))
+    points = []
+    for _ in range(request.get("n_points", 5)):
+        point = dict(fixed)
+        for name in sorted(domain):  # sorted: the draw order does not depend on the JSON key order
+            lo, hi = domain[name]
+            shape = fixed[name].shape if name in fixed else ()
+            point[name] = lo + (hi - lo) * torch.rand(shape, generator=generator, dtype=torch.float64)
+        points.append({name: point[name] for name in sorted(point)})
     return points
 
 
@@ -126,18 +118,21 @@ class Grader:
     def __init__(self, request: dict, limits: Limits) -> None:
         self.request, self.limits = request, limits
         self.deadline = Deadline(limits.max_wall_seconds)
+        self.model = build_model(request["model"], limits, self.deadline)
+        self.shapes = cost.domain_points(request, limits)
+        self.budget = cost.check_estimate(request, self.model, self.shapes, limits)
+        self.budget.require(limits)  # the reference at every point and the response; formulas are charged below
         self.points = make_points(request, limits)
-        self.model, self.refs = refcache.references(request["model"], self.points, limits, self._references)
         self.is_neuron = isinstance(self.model, Neuron)
+        self.refs = refcache.references(request["model"], self.points, limits, self._references)
         self.multi = "inputs" not in request or "domain" in request or "points" in request
         self.warnings: list[str] = []
         for ref in self.refs:
             self.warnings += [w for w in ref["warnings"] if w not in self.warnings]
 
-    def _references(self) -> tuple[object, list[dict]]:
-        """The model and its autograd reference at every point (what refcache keeps per problem)."""
-        model = build_model(self.request["model"], self.limits, self.deadline)
-        return model, [reference(model, p, self.deadline) for p in self.points]
+    def _references(self) -> list[dict]:
+        """The autograd reference at every point: what refcache keeps per problem."""
+        return [reference(self.model, p, self.deadline) for p in self.points]
 
     def title(self, name: str) -> str:
         section, _, key = name.partition(".")
@@ -195,7 +190,8 @@ class Grader:
         expected = [self.expected(name, i) for i in range(len(self.points))]
         if any(e is None for e in expected):
             known = self._known(section)
-            result["message"] = f"{name}: there is no {section[:-1] if section != 'loss' else 'loss'} named {key!r} to grade; known: {known}"
+            what = section[:-1] if section != "loss" else "loss"
+            result["message"] = f"{name}: there is no {what} named {key!r} to grade; known: {known}"
             return result
         result["expected"] = expected if self.multi else expected[0]
         answer = _answer(self.request["submission"], name)
@@ -235,13 +231,12 @@ class Grader:
                 return None, f"expected a list with one value per point ({len(expected)} points), got {got}"
             values = answer
         out = []
-        for i, (value, e) in enumerate(zip(values, expected)):
+        for i, (value, e) in enumerate(zip(values, expected, strict=True)):
             try:
                 data = parse_tensor(value)
-            except Exception as err:  # marshmallow's ValidationError: ragged or mixed lists
-                msg = err.messages[0] if hasattr(err, "messages") and isinstance(err.messages, list) else str(err)
-                return None, f"the answer{self._at(i)} is not a number or a rectangular list: {msg}"
-            t = torch.tensor([NON_FINITE.get(v, v) for v in data.values], dtype=torch.float64).reshape(data.shape)
+            except ValueError as err:  # ragged or mixed lists
+                return None, f"the answer{self._at(i)} is not a number or a rectangular list: {err}"
+            t = _tensor(data)
             if t.shape != e.shape:
                 return None, f"wrong shape{self._at(i)}: expected shape {list(e.shape)}, got {list(t.shape)}"
             out.append(t)
@@ -251,6 +246,9 @@ class Grader:
         """Evaluate the submitted formula at every point with the safe evaluator; errors become messages."""
         try:
             formula = parse_formula(source, self.limits)
+            charge = cost.formula_estimate(formula, self.shapes, tuple(expected[0].shape), self.limits)
+            charge.require(self.limits, spent=self.budget.total, hint="a simpler formula")
+            self.budget.parts.update(charge.parts)
             out = []
             for i, point in enumerate(self.points):
                 with torch.no_grad():
@@ -259,79 +257,63 @@ class Grader:
                 try:
                     value = torch.broadcast_to(value, e.shape).clone()
                 except RuntimeError:
-                    return None, f"your formula {source!r} gives shape {list(value.shape)}{self._at(i)}, but the gradient has shape {list(e.shape)}"
+                    return None, (f"your formula {source!r} gives shape {list(value.shape)}{self._at(i)}, "
+                                  f"but the gradient has shape {list(e.shape)}")
                 out.append(value)
             return out, None
+        except DeadlineExceeded:
+            raise  # the whole request is out of time, not this answer wrong
         except LimitExceeded as err:
-            if err.limit == "max_wall_seconds":
-                raise
             return None, f"your formula {source!r} is too large: {err.detail}"
         except EngineError as err:
-            if err.slug == "deadline-exceeded":
-                raise
             return None, f"your formula {source!r} could not be evaluated: {err.detail}"
 
     def _at(self, i: int) -> str:
         return f" at point {i} ({_describe_point(self.points[i])})" if self.multi else ""
 
     def _compare(self, result: dict, expected, actual, rtol: float, atol: float, section: str, key: str) -> None:
+        """Fill in the errors, the verdict and the message of a check whose answers have the right shapes."""
         # numpy views of the float64 tensors: the same IEEE arithmetic as torch's, at a fraction of the per-op cost
         expected = [e.detach().numpy() for e in expected]
         actual = [a.detach().numpy() for a in actual]
-        abs_max, rel_max, finite, failed_at, errors = 0.0, None, True, None, []
-        with np.errstate(all="ignore"):  # inf - inf is nan and 1e308 / 1e-9 is inf here, as in torch: no warnings
-            for i, (e, a) in enumerate(zip(expected, actual)):
-                close = _isclose(a, e, rtol, atol)
-                diff = np.abs(a - e)
-                both = np.isfinite(a) & np.isfinite(e)
-                if (~close & ~both).any():
-                    finite = False
-                if not close.all() and failed_at is None:
-                    failed_at = i
-                errors.append(float(diff[both].max()) if both.any() else 0.0)
-                if both.any():
-                    abs_max = max(abs_max, errors[-1])
-                    nz = both & (e != 0)
-                    if nz.any():
-                        r = float((diff[nz] / np.abs(e[nz])).max())
-                        rel_max = r if rel_max is None else max(rel_max, r)
-        worst = failed_at if failed_at is not None else max(range(len(errors)), key=errors.__getitem__, default=None)
-        result["abs_error"] = abs_max if finite and math.isfinite(abs_max) else None
-        result["rel_error"] = rel_max if finite and rel_max is not None and math.isfinite(rel_max) else None
-        result["worst_point"] = worst
-        i = worst if worst is not None else 0
-        if self.is_neuron and key in CHAIN_FACTORS and section in ("gradients", "gradient_formulas"):
-            factors = self.refs[i]["chain_rule"]
-            result["chain_rule"] = {name: factors[name] for name in CHAIN_FACTORS[key]}
-        title, n = result["title"], len(expected)
+        closeness = [_isclose(a, e, rtol, atol) for e, a in zip(expected, actual, strict=True)]
+        failed_at = next((i for i, close in enumerate(closeness) if not close.all()), None)
+        per_point, result["abs_error"], result["rel_error"] = _errors(expected, actual, closeness)
         if failed_at is None:
-            result.update(passed=True, points=result["max_points"])
-            where = f" at all {n} points (max abs error" if self.multi else " (abs error"
-            result["message"] = f"{title} is correct{where} {abs_max:.3g})"
-            return
-        e, a = expected[failed_at], actual[failed_at]
-        bad = ~_isclose(a, e, rtol, atol).reshape(-1)
-        with np.errstate(invalid="ignore"):
-            diff = a - e
-        diff = np.where(np.isnan(diff), np.inf, np.abs(diff)).reshape(-1)
-        j = int(np.where(bad, diff, -1.0).argmax())
-        ev, av = float(e.reshape(-1)[j]), float(a.reshape(-1)[j])
-        elem = f"[{', '.join(map(str, _unravel(j, e.shape)))}]" if e.ndim else ""
-        n_bad = int(bad.sum())
-        allowed = atol + rtol * abs(ev)
-        what = f"your formula gives {av:.6g}" if section == "gradient_formulas" else f"you gave {av:.6g}"
-        msg = f"{title}{elem} is off{self._at(failed_at)}: {what}, autograd gives {ev:.6g}"
-        if math.isfinite(av) and math.isfinite(ev):
-            rel = f", {abs(av - ev) / abs(ev):.3g} relative" if ev else ""
-            msg += f" (off by {av - ev:+.3g}{rel}; allowed {allowed:.3g} = atol {atol:g} + rtol {rtol:g} * |expected|)"
+            worst = max(range(len(per_point)), key=per_point.__getitem__, default=None)
+        else:
+            worst = failed_at
+        result["worst_point"] = worst
+        if self.is_neuron and key in CHAIN_FACTORS and section in ("gradients", "gradient_formulas"):
+            factors = self.refs[worst if worst is not None else 0]["chain_rule"]
+            result["chain_rule"] = {name: factors[name] for name in CHAIN_FACTORS[key]}
+        if failed_at is None:
+            where = f" at all {len(expected)} points (max abs error" if self.multi else " (abs error"
+            result.update(passed=True, points=result["max_points"],
+                          message=f"{result['title']} is correct{where} {max(per_point, default=0.0):.3g})")
+        else:
+            result["message"] = self._failure(result, expected, actual, closeness, failed_at, section, key)
+
+    def _failure(self, result: dict, expected, actual, closeness, failed_at: int, section: str, key: str) -> str:
+        """What is off at the first failing point: the worst element, by how much, and how widespread it is."""
+        e, a, close = expected[failed_at], actual[failed_at], closeness[failed_at]
+        index, want, got = _worst_element(e, a, close)
+        element = f"[{', '.join(map(str, _unravel(index, e.shape)))}]" if e.ndim else ""
+        what = f"your formula gives {got:.6g}" if section == "gradient_formulas" else f"you gave {got:.6g}"
+        message = f"{result['title']}{element} is off{self._at(failed_at)}: {what}, autograd gives {want:.6g}"
+        if math.isfinite(got) and math.isfinite(want):
+            rtol, atol = result["rtol"], result["atol"]
+            relative = f", {abs(got - want) / abs(want):.3g} relative" if want else ""
+            message += (f" (off by {got - want:+.3g}{relative}; allowed {atol + rtol * abs(want):.3g}"
+                        f" = atol {atol:g} + rtol {rtol:g} * |expected|)")
         if e.size > 1:
-            msg += f"; {n_bad} of {e.size} elements are off"
+            message += f"; {int((~close).sum())} of {e.size} elements are off"
         if self.multi:
-            bad_points = sum(not _isclose(a2, e2, rtol, atol).all() for e2, a2 in zip(expected, actual))
-            msg += f"; wrong at {bad_points} of {n} points"
+            wrong = sum(not c.all() for c in closeness)
+            message += f"; wrong at {wrong} of {len(expected)} points"
         if result["chain_rule"] is not None:
-            msg += "; " + self._chain_text(key, failed_at)
-        result["message"] = msg
+            message += "; " + self._chain_text(key, failed_at)
+        return message
 
     def _chain_text(self, key: str, i: int) -> str:
         factors = self.refs[i]["chain_rule"]
@@ -344,7 +326,8 @@ class Grader:
         reduction = self.model.reduction
         samples = self.refs[i]["intermediates"]["z"].numel()
         if samples > 1 and not self.model.per_sample:
-            text += f", per sample, then {'averaged' if reduction == 'mean' else 'summed'} over the {samples} samples (reduction {reduction!r})"
+            how = "averaged" if reduction == "mean" else "summed"
+            text += f", per sample, then {how} over the {samples} samples (reduction {reduction!r})"
         return text
 
 
@@ -355,6 +338,35 @@ def _isclose(a: np.ndarray, e: np.ndarray, rtol: float, atol: float) -> np.ndarr
         return (a == e) | (np.isnan(a) & np.isnan(e)) | (np.isfinite(err) & (err <= atol + np.abs(rtol * e)))
 
 
+def _errors(expected, actual, closeness) -> tuple[list[float], float | None, float | None]:
+    """Per point the largest |actual - expected| over elements finite in both; the largest absolute and relative
+    error overall, None where no finite number describes it (an element that is off is non-finite)."""
+    per_point, rel_max, describable = [], None, True
+    with np.errstate(all="ignore"):  # inf - inf is nan and 1e308 / 1e-9 is inf here, as in torch: no warnings
+        for e, a, close in zip(expected, actual, closeness, strict=True):
+            diff = np.abs(a - e)
+            both = np.isfinite(a) & np.isfinite(e)
+            describable = describable and not (~close & ~both).any()
+            per_point.append(float(diff[both].max()) if both.any() else 0.0)
+            nonzero = both & (e != 0)
+            if nonzero.any():
+                rel = float((diff[nonzero] / np.abs(e[nonzero])).max())
+                rel_max = rel if rel_max is None else max(rel_max, rel)
+    abs_max = max(per_point, default=0.0)
+    abs_error = abs_max if describable and math.isfinite(abs_max) else None
+    rel_error = rel_max if describable and rel_max is not None and math.isfinite(rel_max) else None
+    return per_point, abs_error, rel_error
+
+
+def _worst_element(expected: np.ndarray, actual: np.ndarray, close: np.ndarray) -> tuple[int, float, float]:
+    """(flat index, expected, actual) of the element that is off by the most; NaN counts as off by infinity."""
+    with np.errstate(invalid="ignore"):
+        diff = actual - expected
+    diff = np.where(np.isnan(diff), np.inf, np.abs(diff))
+    index = int(np.where(close, -1.0, diff).reshape(-1).argmax())
+    return index, float(expected.reshape(-1)[index]), float(actual.reshape(-1)[index])
+
+
 def _unravel(index: int, shape: tuple) -> list[int]:
     out = []
     for size in reversed(shape):
@@ -363,72 +375,14 @@ def _unravel(index: int, shape: tuple) -> list[int]:
     return out[::-1]
 
 
+def estimate(request: dict, limits: Limits) -> int:
+    """The cost model's bytes for a check request (a LimitExceeded when it alone is over the budget)."""
+    model = build_model(request["model"], limits, Deadline(limits.max_wall_seconds))
+    budget = cost.check_estimate(request, model, cost.domain_points(request, limits), limits)
+    budget.require(limits)
+    return budget.total
+
+
 def grade(request: dict, limits: Limits) -> dict:
     """Run a loaded CheckRequestSchema body; returns the JSON-ready check response."""
     return Grader(request, limits).run()
-
-
-# --- platform formats ---------------------------------------------------------------------------
-
-def _test_output(check: dict) -> str:
-    lines = [check["message"]]
-    if check["formula"] is not None:
-        lines.append(f"your formula: {check['formula']}")
-    lines.append(f"tolerance: atol {check['atol']:g}, rtol {check['rtol']:g}")
-    return "\n".join(lines)
-
-
-def _overall_output(result: dict) -> str:
-    lines = [result["summary"], f"Tolerance: {result['tolerance_rule']}."]
-    lines += [f"warning: {w}" for w in result["warnings"]]
-    return "\n".join(lines)
-
-
-def to_gradescope(result: dict) -> dict:
-    """A Gradescope results.json body: top-level score, output and visibilities, one test per check."""
-    return {
-        "score": result["score"],
-        "output": _overall_output(result),
-        "visibility": "visible",
-        "stdout_visibility": "hidden",
-        "extra_data": {"max_score": result["max_score"], "rtol": result["rtol"], "atol": result["atol"]},
-        "tests": [
-            {
-                "name": c["title"] if c["title"] == c["name"] else f"{c['title']} ({c['name']})",
-                "number": str(i + 1),
-                "score": c["points"],
-                "max_score": c["max_points"],
-                "status": "passed" if c["passed"] else "failed",
-                "output": _test_output(c),
-                "visibility": c["visibility"],
-            }
-            for i, c in enumerate(result["checks"])
-        ],
-    }
-
-
-def to_prairielearn(result: dict) -> dict:
-    """A PrairieLearn external grader result: score as a fraction in [0, 1], one test per check."""
-    if result["max_score"] > 0:
-        score = min(1.0, max(0.0, result["score"] / result["max_score"]))
-    else:
-        score = 1.0 if result["passed"] else 0.0
-    return {
-        "gradable": True,
-        "succeeded": True,
-        "score": score,
-        "format_errors": [],
-        "message": result["summary"],
-        "output": _overall_output(result),
-        "tests": [
-            {
-                "name": c["title"],
-                "description": c["name"],
-                "points": c["points"],
-                "max_points": c["max_points"],
-                "message": c["message"],
-                "output": _test_output(c),
-            }
-            for c in result["checks"]
-        ],
-    }

@@ -1,0 +1,81 @@
+"""The request's hard deadline on the HTTP side: armed around the whole WSGI call, answered as a 503 problem.
+
+From the first byte of the body read to the encoded answer, a request gets MAX_WALL_SECONDS
+(engine/deadline.py interrupts it there).  Inside a view the interrupt becomes DeadlineExceeded, so the usual
+error handler, access log and metrics answer it; anywhere else (a hook, the error handler itself) the
+middleware answers the 503 on its own.  gunicorn's worker timeout (deploy/gunicorn.conf.py) is set well
+above MAX_WALL_SECONDS, so it never is what ends a request.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from .engine.deadline import DeadlineInterrupt, request_deadline
+from .engine.errors import DeadlineExceeded
+from .jsonio import dumps_bytes
+from .observability import REQUEST_ID_HEADER, VALID_REQUEST_ID
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+
+
+class DeadlineMiddleware:
+    """WSGI middleware: the request's deadline is armed before the app reads anything and disarmed after it."""
+
+    def __init__(self, app, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    def __call__(self, environ, start_response):
+        started = []
+
+        def start(status, headers, exc_info=None):
+            started.append(status)
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        try:
+            with request_deadline(self.seconds):
+                return self.app(environ, start)
+        except DeadlineInterrupt as stop:
+            log.warning("wall-time limit hit outside a view on %s %s",
+                        environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            return self._deadline_response(environ, start_response, stop, replace=bool(started))
+
+    def _deadline_response(self, environ, start_response, stop: DeadlineInterrupt, replace: bool):
+        err = DeadlineExceeded(stop.seconds)
+        rid = environ.get("HTTP_X_REQUEST_ID", "")
+        body = {
+            "type": "/problems/" + err.slug, "title": err.title, "status": 503, "detail": err.detail,
+            "instance": environ.get("PATH_INFO"), "limit": {"name": err.limit, "value": err.value},
+        }
+        if VALID_REQUEST_ID.match(rid):
+            body["request_id"] = rid
+        payload = dumps_bytes(body)
+        headers = [("Content-Type", PROBLEM_JSON), ("Content-Length", str(len(payload))), ("Retry-After", "1")]
+        if "request_id" in body:
+            headers.append((REQUEST_ID_HEADER, rid))
+        # The app may already have called start_response: PEP 3333 allows a second call with exc_info
+        # as long as nothing was sent (the app returns before the server writes anything).
+        if replace:
+            start_response("503 Service Unavailable", headers, (type(stop), stop, stop.__traceback__))
+        else:
+            start_response("503 Service Unavailable", headers)
+        return [payload]
+
+
+def init_deadline(app: Flask) -> None:
+    """Arm MAX_WALL_SECONDS around every request; call last in create_app so the middleware is outermost."""
+    seconds = app.config["LIMITS"].max_wall_seconds
+    dispatch_view = app.dispatch_request
+
+    def dispatch_request():
+        """The view, with the interrupt turned into an ordinary engine error for the error handlers."""
+        try:
+            return dispatch_view()
+        except DeadlineInterrupt as stop:
+            raise DeadlineExceeded(stop.seconds) from None
+
+    app.dispatch_request = dispatch_request
+    app.wsgi_app = DeadlineMiddleware(app.wsgi_app, seconds)

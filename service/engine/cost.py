@@ -1,0 +1,360 @@
+"""The cost model: what a request will allocate, estimated from shapes alone before any tensor exists.
+
+Every size limit is enforced here (`require`), so a request refused for its size is refused by one path: a
+LimitExceeded (413) naming the limit. The budget `max_request_bytes` bounds the bytes a request allocates over
+its whole life (an upper bound of its peak memory and a proxy for its time); docs/limits.md explains the model.
+The arithmetic is plain Python over shapes, never torch: torch.broadcast_shapes imports sympy on first use.
+"""
+from __future__ import annotations
+
+import ast
+import math
+from collections import Counter
+from collections.abc import Iterable
+
+from .errors import LimitExceeded
+from .limits import Limits
+
+# Bytes one number costs in the response: its numpy copy and its JSON text (~12 characters), with slack.
+RESPONSE_BYTES = 24
+# One torch op costs ~5-10 µs of Python dispatch whatever its size: charged as moving 4 KiB, so a request
+# of many tiny ops (numeric differences of a 400-node formula) is bounded too.
+OP_BYTES = 4096
+# Backward allocates about as much as forward again (one gradient per node) plus the temporaries of
+# derivatives such as pow's n * x**(n-1): twice the forward elements.
+BACKWARD_FACTOR = 2
+# A double-backward pass (one Hessian row) builds and runs the derivative graph: ~4x the forward elements.
+DOUBLE_BACKWARD_FACTOR = 4
+REDUCERS = {"sum", "mean", "numel"}  # formula functions whose result is a scalar
+ITEMSIZE = {"float32": 4, "float64": 8}
+
+Shape = tuple[int, ...]
+
+
+def require(limits: Limits, name: str, amount: int | float, what: str, hint: str | None = None) -> None:
+    """Refuse the request when `amount` exceeds the limit `name`: the one place a size becomes a 413."""
+    value = getattr(limits, name)
+    if amount > value:
+        raise LimitExceeded(name, value, f"{what}; the limit is {value}", hint=hint)
+
+
+# --- shapes --------------------------------------------------------------------------------------
+
+def numel(shape: Iterable[int]) -> int:
+    return math.prod(shape)
+
+
+def broadcast(*shapes: Shape) -> Shape | None:
+    """NumPy/torch broadcasting of shapes; None when they do not broadcast (evaluation reports the error)."""
+    ndim = max(map(len, shapes))
+    out = []
+    for sizes in zip(*(((1,) * (ndim - len(s))) + tuple(s) for s in shapes)):
+        big = {n for n in sizes if n != 1}
+        if len(big) > 1:
+            return None
+        out.append(big.pop() if big else 1)
+    return tuple(out)
+
+
+def list_count(shape: Shape) -> int:
+    """How many JSON lists a tensor literal of this shape has: 3,000,000 empty lists are not free."""
+    return sum(numel(shape[:depth]) for depth in range(1, len(shape)))
+
+
+# --- inputs, before and after the schema ------------------------------------------------------------
+
+def check_raw(body, limits: Limits) -> None:
+    """Counts a schema would pay for item by item, checked on the parsed JSON before it loads (O(1) each).
+    Lists the schema caps itself (wrt, include, points) are refused by its pre_load hooks, as 400s."""
+    if not isinstance(body, dict):
+        return
+    points = body.get("points")
+    if isinstance(points, list):  # its length is the schema's (a 400 before it loads a point)
+        for i, point in enumerate(points):
+            _check_raw_inputs(point, limits, f"points[{i}]")
+    _check_raw_inputs(body.get("inputs"), limits, "inputs")
+    _check_raw_inputs(body.get("domain"), limits, "domain")
+    submission = body.get("submission")
+    if isinstance(submission, dict):
+        for key, value in submission.items():
+            if isinstance(value, dict):
+                require(limits, "max_inputs", len(value), f"`submission.{key}` has {len(value)} answers")
+
+
+def _check_raw_inputs(inputs, limits: Limits, where: str) -> None:
+    if not isinstance(inputs, dict):
+        return
+    require(limits, "max_inputs", len(inputs), f"`{where}` has {len(inputs)} named inputs",
+            "send only the inputs the model uses")
+    for name, value in inputs.items():
+        if isinstance(value, list):
+            require(limits, "max_tensor_elements", len(value),
+                    f"input {name!r} has {len(value)} items at its top level")
+
+
+def check_inputs(inputs: dict, limits: Limits, what: str = "the inputs") -> None:
+    """Dimensions, elements (and nested lists) per tensor, and elements in total: before any tensor is built."""
+    require(limits, "max_inputs", len(inputs), f"{what} have {len(inputs)} names",
+            "send only the inputs the model uses")
+    total = 0
+    for name, data in inputs.items():
+        require(limits, "max_tensor_dims", len(data.shape), f"input {name!r} has {len(data.shape)} dimensions")
+        require(limits, "max_tensor_elements", len(data.values), f"input {name!r} has {len(data.values)} elements")
+        lists = list_count(data.shape)
+        require(limits, "max_tensor_elements", lists, f"input {name!r} has {lists} nested lists")
+        total += len(data.values)
+    require(limits, "max_total_elements", total, f"{what} have {total} elements in total")
+
+
+# --- one pass of a model -------------------------------------------------------------------------
+
+class Pass:
+    """What one forward pass allocates: elements of every distinct result, torch ops, the output's shape,
+    and the elements of the recorded intermediates (formula subexpressions; the neuron's z and y_pred)."""
+
+    def __init__(self, elements: int = 0, ops: int = 0, out: Shape = (), recorded: int = 0) -> None:
+        self.elements, self.ops, self.out, self.recorded = elements, ops, out, recorded
+
+
+def _literal(node: ast.expr) -> bool:
+    """A (signed) number literal: as a `**` exponent it stays a Python float and is never evaluated."""
+    while isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        node = node.operand
+    return isinstance(node, ast.Constant)
+
+
+def formula_pass(formula, shapes: dict[str, Shape], limits: Limits) -> Pass:
+    """Walk the formula's distinct subexpressions (equal subtrees once, as the evaluator memoizes them)
+    children first, broadcasting shapes; refuse any one result over max_tensor_elements."""
+    result = Pass()
+    memo: dict[object, tuple[object, Shape]] = {}  # id(node) -> (structural key, shape)
+    seen: set = set()
+    stack: list[tuple[ast.expr, bool]] = [(formula.body, False)]
+    while stack:
+        node, ready = stack.pop()
+        if id(node) in memo:
+            continue
+        children = _children(node)
+        if not ready:
+            stack.append((node, True))
+            stack.extend((child, False) for child in reversed(children))
+            continue
+        keys = tuple(memo[id(c)][0] for c in children)
+        shapes_in = [memo[id(c)][1] for c in children]
+        key, shape = _node(node, keys, shapes_in, shapes)
+        memo[id(node)] = (key, shape)
+        if key in seen or isinstance(node, ast.Name):
+            continue  # computed once (memo) / an input: no new tensor
+        seen.add(key)
+        size = numel(shape)
+        if len(shapes_in) > 1:
+            require(limits, "max_tensor_elements", size,
+                    f"{_symbol(node)} would broadcast to {size} elements", "use inputs of smaller or matching shapes")
+        result.elements += size
+        result.ops += 1
+        if not isinstance(node, ast.Constant):
+            result.recorded += size
+    result.out = memo[id(formula.body)][1]
+    return result
+
+
+def _children(node: ast.expr) -> list[ast.expr]:
+    if isinstance(node, ast.BinOp):
+        return [node.left] if isinstance(node.op, ast.Pow) and _literal(node.right) else [node.left, node.right]
+    if isinstance(node, ast.UnaryOp):
+        return [node.operand]
+    if isinstance(node, ast.Call):
+        return list(node.args)
+    return []
+
+
+def _node(node: ast.expr, keys: tuple, shapes_in: list[Shape], inputs: dict[str, Shape]) -> tuple[object, Shape]:
+    """(structural key, result shape) of one node; a shape that does not broadcast counts as a scalar,
+    since evaluation stops there with a shape error."""
+    if isinstance(node, ast.Name):
+        return ("name", node.id), tuple(inputs.get(node.id, ()))
+    if isinstance(node, ast.Constant):
+        return ("const", type(node.value).__name__, repr(node.value) if type(node.value) is float else node.value), ()
+    if isinstance(node, ast.Call):
+        name = node.func.id if isinstance(node.func, ast.Name) else "?"
+        shape = () if name in REDUCERS else broadcast(*shapes_in) if shapes_in else ()
+        return ("call", name, keys), shape or ()
+    if isinstance(node, ast.BinOp) and len(shapes_in) == 1:  # x ** literal
+        return ("pow", ast.dump(node.right), keys), shapes_in[0]
+    op = type(node.op).__name__ if hasattr(node, "op") else "?"
+    return (op, keys), (broadcast(*shapes_in) if shapes_in else ()) or ()
+
+
+def _symbol(node: ast.expr) -> str:
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        return node.func.id
+    symbols = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
+    return symbols.get(type(getattr(node, "op", None)), "?")
+
+
+def neuron_pass(spec: dict, shapes: dict[str, Shape]) -> Pass:
+    """The tutorial's neuron: x * w, then ~12 per-sample tensors (z, sigmoid, clamp, two logs, the BCE terms)."""
+    x, w = shapes.get("x", ()), shapes.get("w", ())
+    samples = x if len(w) == 0 else x[:-1]
+    n = numel(samples)
+    per_sample = spec.get("reduction", "mean") == "none" and len(samples) > 0
+    elements = numel(x) + 12 * n + 1
+    if per_sample:  # one copy of w and b per sample
+        elements += n * numel(w) + n
+    out = tuple(samples) if per_sample else ()
+    return Pass(elements, 16, out, 2 * n)
+
+
+# --- whole requests ------------------------------------------------------------------------------
+
+class Estimate:
+    """Bytes a request will allocate, by part; `require()` refuses it when the total is over the budget."""
+
+    def __init__(self) -> None:
+        self.parts: Counter[str] = Counter()
+
+    def add(self, part: str, nbytes: int | float) -> None:
+        self.parts[part] += int(nbytes)
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def require(self, limits: Limits, spent: int = 0, hint: str | None = None) -> None:
+        total = spent + self.total
+        if total > limits.max_request_bytes:
+            top = ", ".join(f"{part} {_mib(n)}" for part, n in self.parts.most_common(3) if n)
+            raise LimitExceeded(
+                "max_request_bytes", limits.max_request_bytes,
+                f"this request would allocate about {_mib(total)} ({top}); "
+                f"the budget is {_mib(limits.max_request_bytes)}",
+                estimate=total, hint=hint or self.hint(), breakdown=dict(self.parts),
+            )
+
+    def hint(self) -> str:
+        part = self.parts.most_common(1)[0][0] if self.parts else ""
+        return HINTS.get(part, "use smaller inputs or a smaller formula")
+
+
+HINTS = {
+    "forward": "use smaller inputs ([n,1] with [1,m] broadcasts to n*m elements per operation) or a smaller formula",
+    "backward": "use smaller inputs or a smaller formula, or mode \"inference\" if you need no gradients",
+    "intermediates": "drop \"intermediates\" from `include`, or use smaller inputs",
+    "numeric": "drop \"numeric\" from `include`, or take fewer `wrt` elements",
+    "hessian": "drop \"hessian\" from `include`, or take fewer `wrt` elements",
+    "manual": "drop \"manual\" from `include`",
+    "response": "use smaller inputs, or fewer extras in `include`",
+    "points": "use fewer points or smaller inputs",
+    "jobs": "split the batch into smaller batches",
+}
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
+
+
+def model_pass(model, spec: dict, shapes: dict[str, Shape], limits: Limits) -> Pass:
+    if spec["kind"] == "neuron":
+        return neuron_pass(spec, shapes)
+    return formula_pass(model.formula, shapes, limits)
+
+
+def gradients_estimate(request: dict, model, wrt: tuple[str, ...], limits: Limits) -> Estimate:
+    """A /v1/gradients request: forward, backward and every extra in `include`, and the response."""
+    shapes = {name: data.shape for name, data in request["inputs"].items()}
+    include, size = set(request["include"]), ITEMSIZE[request["dtype"]]
+    one = model_pass(model, request["model"], shapes, limits)
+    estimate = Estimate()
+    estimate.add("forward", one.elements * size + one.ops * OP_BYTES)
+    wrt_elements = sum(numel(shapes[n]) for n in wrt if n in shapes)
+    response = numel(one.out)
+    if request["mode"] == "inference":
+        response += one.recorded if "intermediates" in include else 0
+        estimate.add("response", response * RESPONSE_BYTES)
+        return estimate
+    estimate.add("backward", BACKWARD_FACTOR * (one.elements * size + one.ops * OP_BYTES))
+    response += wrt_elements
+    if "intermediates" in include:
+        estimate.add("intermediates", 2 * one.recorded * RESPONSE_BYTES)
+    if "manual" in include:
+        estimate.add("manual", _manual_elements(model, shapes, limits) * size + wrt_elements * (size + RESPONSE_BYTES))
+    if "numeric" in include:
+        require(limits, "max_numeric_elements", wrt_elements,
+                f"numeric gradients need two forward passes per `wrt` element, and `wrt` has {wrt_elements} elements",
+                "drop \"numeric\" from `include`, or take fewer `wrt` elements")
+        passes = 2 * wrt_elements
+        estimate.add("numeric", passes * (one.elements * 8 + one.ops * OP_BYTES) + wrt_elements * 8 * 4)
+        response += wrt_elements
+    if "hessian" in include:
+        require(limits, "max_hessian_elements", wrt_elements,
+                f"the hessian has one row per `wrt` element, and `wrt` has {wrt_elements} elements",
+                "drop \"hessian\" from `include`, or take fewer `wrt` elements")
+        per_row = DOUBLE_BACKWARD_FACTOR * (one.elements * size + one.ops * OP_BYTES)
+        estimate.add("hessian", (wrt_elements + 1) * per_row + wrt_elements**2 * size)
+        response += wrt_elements**2
+    estimate.add("response", response * RESPONSE_BYTES)
+    return estimate
+
+
+def _manual_elements(model, shapes: dict[str, Shape], limits: Limits) -> int:
+    """The catalog's hand-derived gradient formulas, evaluated once each (the neuron's chain rule: ~6 tensors)."""
+    formulas = getattr(model, "manual_formulas", None)
+    if formulas is None:
+        return 6 * numel(shapes.get("x", ())) + 6
+    return sum(formula_pass(f, shapes, limits).elements + numel(shapes.get(name, ())) for name, f in formulas())
+
+
+def check_estimate(request: dict, model, points: list[dict[str, Shape]], limits: Limits) -> Estimate:
+    """A /v1/check request: autograd in float64 at every point (every input a leaf, intermediates kept),
+    the neuron's chain-rule factors, and the response that echoes every point and each check's values.
+    Submitted gradient formulas are charged as they are graded (Grader), against what is left."""
+    estimate = Estimate()
+    for shapes in points:
+        one = model_pass(model, request["model"], shapes, limits)
+        inputs = sum(numel(s) for s in shapes.values())
+        estimate.add("points", (1 + BACKWARD_FACTOR) * (one.elements * 8 + one.ops * OP_BYTES) + 3 * inputs * 8)
+        # each check's expected and actual at this point: at most the loss, every gradient and intermediate
+        estimate.add("response", (inputs + 2 * (numel(one.out) + inputs + one.recorded)) * RESPONSE_BYTES)
+    return estimate
+
+
+def domain_points(request: dict, limits: Limits) -> list[dict[str, Shape]]:
+    """The shapes of every point a check will grade at; n_points x elements is checked before any draw."""
+    if "points" in request:
+        for point in request["points"]:
+            check_inputs(point, limits, "a point's inputs")
+        total = sum(len(data.values) for point in request["points"] for data in point.values())
+        require(limits, "max_total_elements", total, f"the points have {total} elements in total", HINTS["points"])
+        return [{name: data.shape for name, data in point.items()} for point in request["points"]]
+    base = request.get("inputs", {})
+    check_inputs(base, limits)
+    shapes = {name: data.shape for name, data in base.items()}
+    domain = request.get("domain")
+    if not domain:
+        return [shapes]
+    shapes.update({name: shapes.get(name, ()) for name in domain})
+    n = request.get("n_points", 5)
+    total = n * sum(numel(s) for s in shapes.values())
+    require(limits, "max_total_elements", total, f"the points have {total} elements in total", HINTS["points"])
+    return [shapes] * n
+
+
+def formula_estimate(formula, points: list[dict[str, Shape]], target: Shape, limits: Limits) -> Estimate:
+    """A submitted derivative formula evaluated (no grad, float64) at every point, broadcast to its gradient."""
+    estimate = Estimate()
+    for shapes in points:
+        one = formula_pass(formula, shapes, limits)
+        estimate.add("formula", one.elements * 8 + one.ops * OP_BYTES + numel(target) * (8 + 2 * RESPONSE_BYTES))
+    return estimate
+
+
+def batch_require(estimates: list[int], limits: Limits) -> None:
+    """The jobs of one batch share one budget: each may fit and the sum still be too much."""
+    total = sum(estimates)
+    if total > limits.max_request_bytes:
+        raise LimitExceeded(
+            "max_request_bytes", limits.max_request_bytes,
+            f"the batch's {len(estimates)} jobs would allocate about {_mib(total)} together; "
+            f"the budget is {_mib(limits.max_request_bytes)}",
+            estimate=total, hint=HINTS["jobs"], breakdown={"jobs": total},
+        )

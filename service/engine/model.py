@@ -1,0 +1,39 @@
+"""What a model kind provides: the one interface compute(), the grader and the batch runner rely on."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from .limits import Deadline, Limits
+
+
+class Model(Protocol):
+    """A model kind (the neuron; an expression, from the catalog or a free-form formula; later a network).
+
+    One instance per request, built from the loaded `model` object of the request. Adding a kind means one class
+    with these members, an entry in compute.MODEL_KINDS, and a request schema in schemas/requests.py.
+    """
+
+    # the input names it takes (None: whatever its formula uses), and what `wrt` is when the request omits it
+    # (None: every input)
+    inputs: tuple[str, ...] | None
+    default_wrt: tuple[str, ...] | None
+    # set by prepare(): the output holds one loss per sample and backward runs from their sum
+    per_sample: bool
+
+    def __init__(self, spec: dict, limits: Limits, deadline: Deadline) -> None:
+        """Check the spec beyond what the schema can (e.g. parse a formula within the limits)."""
+
+    def prepare(self, tensors: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Check the inputs fit the model; return them with the `wrt` ones as fresh leaves requiring grad."""
+
+    def forward(self, tensors: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The output backward() starts from; named intermediates go into `record` when it is given."""
+
+    def manual(self, tensors: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+        """A hand-derived gradient to set beside autograd's, or None when the model has none."""
+
+    def diagnose(self, record: dict[str, torch.Tensor]) -> list[str]:
+        """Warnings about the forward pass (e.g. where a clamp bites)."""

@@ -1,0 +1,129 @@
+"""POST /v1/batch: many gradients and check jobs in one request, each job's result or problem in its place."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, current_app
+from marshmallow import ValidationError
+
+from schemas import GradientRequestSchema, GradientResponseSchema
+from schemas.grading import BatchErrorSchema, BatchRequestSchema, CheckRequestSchema, CheckResponseSchema
+
+from ..engine import cost
+from ..engine.batch import compute_many
+from ..engine.check import estimate as estimate_check
+from ..engine.check import grade
+from ..engine.compute import estimate_cost
+from ..engine.errors import EngineError
+from ..engine.limits import Deadline
+from ..errors import engine_problem, problem, validation_problem
+from ..jsonio import Encoded, read_json
+from ..observability import compute_timer
+from ..openapi import operation
+from .check import check_body
+from .gradients import gradient_body
+
+bp = Blueprint("batch", __name__)
+log = logging.getLogger(__name__)
+batch_request = BatchRequestSchema()
+gradient_request = GradientRequestSchema()
+check_request = CheckRequestSchema()
+
+
+BATCH_RESPONSE = {
+    "type": "object",
+    "required": ["results"],
+    "properties": {
+        "results": {
+            "type": "array",
+            "items": {"oneOf": [GradientResponseSchema, CheckResponseSchema, BatchErrorSchema]},
+        }
+    },
+}
+
+
+@bp.post("/v1/batch")
+@operation(
+    "Many /v1/gradients and /v1/check jobs in one request, results in job order",
+    BATCH_RESPONSE,
+    ok="One result per job, in job order",
+    body=BatchRequestSchema,
+    errors=(400, 413, 415, 503),
+    description="""A job that is an object with the single key `check` is a check request; any other job is a
+gradients request. A job that fails gives `{"error": <problem>}` in its place; the others still
+run. More than MAX_BATCH_JOBS jobs is a 413. Neuron gradients jobs with the same settings and
+shapes (include at most `intermediates`, loss `bce`) run as one vectorized torch pass with results
+identical to running them one by one.
+""",
+)
+def batch():
+    """Run many gradients and check jobs; each job's result or problem in its place."""
+    body, limits = read_json(), current_app.config["LIMITS"]
+    if isinstance(body, dict) and isinstance(body.get("jobs"), list):
+        cost.require(limits, "max_batch_jobs", len(body["jobs"]), f"the batch has {len(body['jobs'])} jobs",
+                     cost.HINTS["jobs"])
+    jobs = batch_request.load(body)["jobs"]
+    with compute_timer("batch"):
+        results = run_jobs(jobs, limits)
+    # every result is an encoded engine body or a problem (strings and the configured limits): no second walk
+    return Encoded(results=results)
+
+
+def run_jobs(jobs: list, limits) -> list[dict]:
+    """Validate each job, run the gradients jobs (vectorized where possible) and the checks, in order."""
+    results: list[dict | None] = [None] * len(jobs)
+    gradient_jobs: list[tuple[int, dict]] = []
+    check_jobs: list[tuple[int, dict]] = []
+    for i, job in enumerate(jobs):
+        is_check = isinstance(job, dict) and set(job) == {"check"}
+        try:
+            cost.check_raw(job["check"] if is_check else job, limits)
+            if is_check:
+                check_jobs.append((i, check_request.load(job["check"])))
+            else:
+                gradient_jobs.append((i, gradient_request.load(job)))
+        except ValidationError as err:
+            messages = {"check": err.messages} if is_check else err.messages
+            results[i] = {"error": validation_problem(ValidationError(messages))}
+        except EngineError as err:
+            results[i] = {"error": engine_problem(err)}
+    gradient_jobs, check_jobs = _within_budget(gradient_jobs, check_jobs, results, limits)
+    deadline = Deadline(limits.max_wall_seconds)  # the batch as a whole gets one wall-time budget
+    outputs = compute_many([spec for _, spec in gradient_jobs], limits, deadline)
+    for (i, _), out in zip(gradient_jobs, outputs, strict=True):
+        results[i] = _problem_for(out, i) if isinstance(out, Exception) else gradient_body(out)
+    for i, spec in check_jobs:
+        try:
+            deadline.check()
+            results[i] = check_body(grade(spec, limits))
+        except Exception as err:  # noqa: BLE001 - one job's failure must not take the others down
+            results[i] = _problem_for(err, i)
+    return results
+
+
+def _within_budget(gradient_jobs: list, check_jobs: list, results: list, limits) -> tuple[list, list]:
+    """The jobs the cost model accepts one by one (the others get their problem in place), if together
+    they fit the request budget; else the whole batch is a 413."""
+    costs, kept = [], ([], [])
+    for jobs, estimate, out in ((gradient_jobs, estimate_cost, kept[0]), (check_jobs, estimate_check, kept[1])):
+        for i, spec in jobs:
+            try:
+                costs.append(estimate(spec, limits))
+                out.append((i, spec))
+            except EngineError as err:
+                results[i] = {"error": engine_problem(err)}
+    cost.batch_require(costs, limits)
+    return kept
+
+
+def _problem_for(err: Exception, index: int) -> dict:
+    """A failed job's `error`: the engine error's problem, or a 500 without internals for a bug."""
+    if isinstance(err, EngineError):
+        return {"error": engine_problem(err)}
+    log.error("batch job %d failed", index, exc_info=err)
+    return {"error": _crash()}
+
+
+def _crash() -> dict:
+    return problem(500, "Internal Server Error", "The server failed to compute this job.")

@@ -1,0 +1,74 @@
+"""Readiness (service level: it loads requests through the schemas as a view would): every path a request can take has run once in this process before /readyz says ready.
+
+The first request of each kind used to pay for lazy work: torch's first autograd pass, the first
+broadcasting op, the first double backward, marshmallow's first load of each schema.  Running one small
+request of each kind here (gradients for a neuron, a catalog expression and a broadcasting formula with
+every extra, a check in each format, a batch with a vectorized group) makes the first real request as fast
+as the hundredth and imports every library up front (tests/test_deadline.py checks sys.modules).
+"""
+from __future__ import annotations
+
+from schemas import GradientRequestSchema, GradientResponseSchema
+from schemas.grading import BatchRequestSchema, CheckRequestSchema, CheckResponseSchema
+
+from .engine.batch import compute_many
+from .engine.check import grade
+from .engine.compute import compute
+from .engine.describe import models_document
+from .engine.errors import EngineError
+from .engine.limits import Limits
+from .engine.runtime import autograd_works, set_threads
+from .platforms import to_gradescope, to_prairielearn
+
+_ready = False
+
+EVERY_EXTRA = ["graph", "dot", "intermediates", "manual", "numeric", "hessian"]
+NEURON = {"model": {"kind": "neuron", "loss": "bce"}, "inputs": {"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0}}
+GRADIENTS = [
+    {**NEURON, "include": EVERY_EXTRA},
+    {"model": {"kind": "neuron", "reduction": "none"},
+     "inputs": {"x": [[1.0, 2.0], [3.0, 4.0]], "y": [0.0, 1.0], "w": [0.5, -0.5], "b": 0.0}},
+    {"model": {"kind": "expression", "name": "sin_square"}, "inputs": {"x": 0.5}, "include": EVERY_EXTRA},
+    {"model": {"kind": "expression", "formula": "sum(sin(x * y) + maximum(x, y) / (1 + exp(-x)) - x ** 2 + sqrt(y))"},
+     "inputs": {"x": [[1.0], [2.0]], "y": [[0.5, 1.5, 2.5]]}, "include": EVERY_EXTRA, "dtype": "float64"},
+    {"model": {"kind": "expression", "formula": "x * y"}, "inputs": {"x": [1.0, 2.0], "y": [[1.0], [2.0]]},
+     "mode": "inference", "include": ["intermediates"]},
+]
+CHECKS = [
+    {**NEURON, "submission": {"loss": 6.7, "gradients": {"w": 6.69, "b": 1.0}, "intermediates": {"z": 6.7}}},
+    {"model": {"kind": "expression", "formula": "sum(x * y)"}, "inputs": {"x": [1.0, 2.0], "y": 3.0},
+     "domain": {"y": [-1.0, 1.0]}, "n_points": 2,
+     "submission": {"gradient_formulas": {"x": "y + 0 * x", "y": "sum(x) +"}}},
+]
+FAILING = [  # the error paths: a shape mismatch and a formula error
+    {"model": {"kind": "expression", "formula": "sum(x * y)"}, "inputs": {"x": [1.0, 2.0], "y": [1.0, 2.0, 3.0]}},
+    {"model": {"kind": "expression", "formula": "sum(x"}, "inputs": {"x": 1.0}},
+]
+
+
+def warm_up(threads: int = 1) -> None:
+    """Set torch's intra-op threads and run one request of every kind, so the first real one is not the slow one."""
+    global _ready
+    set_threads(threads)
+    limits = Limits()
+    gradient_request, gradient_response = GradientRequestSchema(), GradientResponseSchema()
+    for body in GRADIENTS:
+        gradient_response.dump(compute(gradient_request.load(body), limits))
+    for body in FAILING:
+        try:
+            compute(gradient_request.load(body), limits)
+        except EngineError:
+            pass
+    check_request, check_response = CheckRequestSchema(), CheckResponseSchema()
+    for body in CHECKS:
+        result = grade(check_request.load(body), limits)
+        check_response.dump(result)
+        to_gradescope(result), to_prairielearn(result)
+    jobs = BatchRequestSchema().load({"jobs": [NEURON, NEURON, GRADIENTS[3]]})["jobs"]
+    compute_many([gradient_request.load(job) for job in jobs], limits)
+    models_document(limits, {})
+    _ready = autograd_works()
+
+
+def is_ready() -> bool:
+    return _ready

@@ -1,0 +1,426 @@
+"""The cost model (service/engine/cost.py): hostile costs are a prompt 413 before anything is allocated,
+legitimate work still passes, and the 500s found with hostile input are answers now."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import requests
+from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+from service.engine import cost
+from service.engine.limits import Limits
+
+from conftest import TUTORIAL_NEURON
+
+PROBLEM = "application/problem+json"
+LIMITS = Limits()
+
+
+def post(client, path: str, body) -> object:
+    """POST pre-encoded JSON (orjson: the test client's json.dumps of millions of items is the slow part)."""
+    return client.post(path, data=orjson.dumps(body), content_type="application/json")
+
+
+def expression(formula: str, include=(), **inputs) -> dict:
+    return {"model": {"kind": "expression", "formula": formula}, "inputs": inputs, "include": list(include)}
+
+
+def column(n: int, value: float = 0.5) -> list:
+    return [[value]] * n
+
+
+def row(n: int, value: float = 0.25) -> list:
+    return [[value] * n]
+
+
+def unary_terms(terms: int = 12, minuses: int = 33, core: str = "x*y+{k}") -> str:
+    """The issue's first row: `terms` sums of `minuses` unary minus around a broadcasting core (~410 distinct nodes)."""
+    return " + ".join("sum(" + "-" * minuses + "(" + core.format(k=k) + "))" for k in range(terms))
+
+
+def trig_chains(chains: int = 4, depth: int = 11) -> str:
+    """The issue's third row: a sum of nested sin/cos chains over x*y."""
+    out = []
+    for c in range(chains):
+        inner = f"x*y+{c}"
+        for level in range(depth):
+            inner = f"{'sin' if (level + c) % 2 else 'cos'}({inner})"
+        out.append(f"sum({inner})")
+    return " + ".join(out)
+
+
+def assert_budget_413(response, name: str = "max_request_bytes", part: str | None = None) -> dict:
+    assert response.status_code == 413, response.data[:300]
+    assert response.headers["Content-Type"] == PROBLEM
+    body = response.json
+    assert body["type"] == "/problems/limit-exceeded" and body["limit"]["name"] == name
+    if name == "max_request_bytes":
+        limit = body["limit"]
+        assert limit["estimate"] > limit["value"] == LIMITS.max_request_bytes
+        assert sum(limit["breakdown"].values()) == limit["estimate"]
+        assert body["hint"] and "MiB" in body["detail"]
+        if part:
+            assert max(limit["breakdown"], key=limit["breakdown"].get) == part
+    return body
+
+
+# --- the issue's hostile rows, scaled as in the issue -------------------------------------------
+
+def test_unary_minus_terms_over_an_outer_product(client):
+    source = unary_terms()
+    body = {**expression(source, x=column(1000), y=row(1000)), "wrt": ["x"]}
+    problem = assert_budget_413(post(client, "/v1/gradients", body), part="backward")
+    assert problem["limit"]["estimate"] > 4 * 2**30  # ~410 distinct [1000, 1000] float32 tensors, twice
+
+
+def test_the_413_in_docs_limits_md(client):
+    text = (Path(__file__).parent.parent / "docs" / "limits.md").read_text()
+    documented = orjson.loads(text.split("```json", 1)[1].split("```", 1)[0].replace('"...'+'"', '"x"'))
+    body = {**expression(unary_terms(), x=column(1000, 0.5), y=row(1000, 0.25)), "wrt": ["x"]}
+    answer = post(client, "/v1/gradients", body).json
+    assert {**answer, "request_id": "x"} == documented
+
+
+def test_unary_minus_terms_with_intermediates(client):
+    body = {**expression(unary_terms(), ["intermediates"], x=column(200), y=row(1000)), "wrt": ["x"]}
+    assert_budget_413(post(client, "/v1/gradients", body), part="intermediates")
+
+
+def test_nested_trig_chains_with_a_hessian(client):
+    body = {**expression(trig_chains(4, 11), ["hessian"], x=column(100), y=row(6000)), "wrt": ["x"]}
+    assert_budget_413(post(client, "/v1/gradients", body), part="hessian")
+
+
+def test_numeric_over_a_thousand_wrt_elements_of_a_wide_graph(client):
+    body = {**expression(trig_chains(3, 10), ["numeric"], x=column(1000), y=row(200)), "wrt": ["x"]}
+    assert_budget_413(post(client, "/v1/gradients", body), part="numeric")
+
+
+def test_student_formula_of_that_shape_is_a_failed_check_not_an_allocation(client):
+    """A student's formula is graded, never run past the budget: a failed check (the instructor's request is
+    fine, so no 413), with the budget named in the message."""
+    body = {
+        "model": {"kind": "expression", "formula": "sum(x*y)"},
+        "points": [{"x": column(1000, 0.5), "y": row(1000)}, {"x": column(1000, 1.5), "y": row(1000)}],
+        "submission": {"gradient_formulas": {"x": unary_terms(), "y": "sum(x) + 0*y"}},
+    }
+    start = time.monotonic()
+    response = post(client, "/v1/check", body)
+    assert response.status_code == 200, response.data[:300]
+    checks = {c["name"]: c for c in response.json["checks"]}
+    bad = checks["gradient_formulas.x"]
+    assert not bad["passed"] and bad["actual"] is None
+    assert "too large" in bad["message"] and "budget" in bad["message"]
+    assert checks["gradient_formulas.y"]["passed"]  # the honest formula next to it is still graded
+    assert time.monotonic() - start < 30  # generous: the point is no 10 GB and no 10 s evaluation
+
+
+def test_reference_over_budget_is_a_413_for_a_check(client):
+    body = {
+        "model": {"kind": "expression", "formula": unary_terms(4, 20)},
+        "points": [{"x": column(1000), "y": row(1000)}] * 2,
+        "submission": {"loss": [0, 0]},
+    }
+    problem = assert_budget_413(post(client, "/v1/check", body))
+    assert {"points", "response"} <= set(problem["limit"]["breakdown"])
+
+
+def test_four_hundred_thousand_named_inputs(client):
+    body = expression("x*x", **{f"v{i}": 1.0 for i in range(400_000)}, x=1.0)
+    body["model"]["formula"] = "x*x"
+    problem = assert_budget_413(post(client, "/v1/gradients", body), "max_inputs")
+    assert problem["limit"]["value"] == LIMITS.max_inputs and "400001" in problem["detail"]
+
+
+def test_three_million_empty_lists(client):
+    problem = assert_budget_413(post(client, "/v1/gradients", expression("sum(x)", x=[[]] * 3_000_000)),
+                                "max_tensor_elements")
+    assert "3000000" in problem["detail"]
+
+
+def test_nested_empty_lists_count_as_elements(client):
+    """Fewer top-level items, as many lists: counted once the schema knows the shape."""
+    problem = assert_budget_413(post(client, "/v1/gradients", expression("sum(x)", x=[[[]] * 1100] * 1000)),
+                                "max_tensor_elements")
+    assert "nested lists" in problem["detail"]
+
+
+def test_domain_points_are_counted_before_they_are_drawn(client):
+    body = {"model": {"kind": "expression", "formula": "sum(x)"}, "inputs": {"x": [0.0] * 1_000_000},
+            "domain": {"x": [0, 1]}, "n_points": 100, "submission": {"loss": [0] * 100}}
+    problem = assert_budget_413(post(client, "/v1/check", body), "max_total_elements")
+    assert "100000000" in problem["detail"]
+
+
+def test_batch_of_jobs_that_fit_one_by_one_but_not_together(client):
+    job = {**expression("sum(sin(x*y) + x*y)", x=column(1000), y=row(1000)), "wrt": ["x"]}
+    one = post(client, "/v1/gradients", job)
+    assert one.status_code == 200
+    problem = assert_budget_413(post(client, "/v1/batch", {"jobs": [job] * 12}))
+    assert problem["limit"]["breakdown"] == {"jobs": problem["limit"]["estimate"]}
+    assert "12 jobs" in problem["detail"]
+
+
+def test_batch_job_over_budget_alone_gets_its_own_413_in_place(client):
+    jobs = [TUTORIAL_NEURON, expression(unary_terms(), x=column(1000), y=row(1000)),
+            {"check": {**TUTORIAL_NEURON, "submission": {"loss": 6.7012}}}]
+    response = post(client, "/v1/batch", {"jobs": jobs})
+    assert response.status_code == 200
+    first, second, third = response.json["results"]
+    assert round(first["loss"], 4) == 6.7012 and third["passed"]
+    assert second["error"]["status"] == 413 and second["error"]["limit"]["name"] == "max_request_bytes"
+
+
+# --- variants: other operators, shapes, modes, endpoints -------------------------------------------
+
+@pytest.mark.parametrize("body", [
+    pytest.param(expression(" + ".join(f"sum(maximum(x, y) * {k} / (y + {k}))" for k in range(25)),
+                            x=column(1000), y=row(1000)), id="maximum-and-division"),
+    pytest.param(expression(" + ".join(f"sum((x - y + {k}) ** 3)" for k in range(40)),
+                            x=column(1000), y=row(1000)), id="powers"),
+    pytest.param({**expression(unary_terms(12, 20), x=column(1000), y=row(1000)), "mode": "inference"},
+                 id="inference-mode"),
+    pytest.param({**expression(unary_terms(6, 10), x=column(1000), y=row(1000)), "dtype": "float64"}, id="float64"),
+    pytest.param(expression("sum(" + "+".join(f"exp(x*{k})*y" for k in range(30)) + ")", ["intermediates"],
+                            x=[[0.1] * 1000] * 500, y=[0.5] * 1000), id="wide-2d-inputs"),
+    pytest.param({**expression("sum(sin(x*y))", ["hessian"], x=[0.5] * 100, y=[[0.2]] * 5000), "wrt": ["x"]},
+                 id="hessian-small-wrt-wide-graph"),
+    pytest.param({"model": {"kind": "neuron", "reduction": "none"}, "include": ["intermediates", "manual"],
+                  "inputs": {"x": [0.5] * 1_000_000, "y": [0.0] * 1_000_000, "w": 0.1, "b": 0.0}},
+                 id="neuron-per-sample-with-extras"),
+])
+def test_costly_variants_are_413(client, body):
+    start = time.monotonic()
+    response = post(client, "/v1/gradients", body)
+    elapsed = time.monotonic() - start
+    problem = response.json
+    assert response.status_code == 413, response.data[:300]
+    assert problem["limit"]["name"] in ("max_request_bytes", "max_total_elements")
+    assert elapsed < 30  # generous; the 413 comes before any tensor
+
+
+def test_a_single_broadcast_over_max_tensor_elements_names_the_operator(client):
+    body = expression("sum(maximum(x, y))", x=column(2000), y=row(2000))
+    problem = assert_budget_413(post(client, "/v1/gradients", body), "max_tensor_elements")
+    assert problem["detail"].startswith("maximum would broadcast to 4000000 elements")
+
+
+def test_numeric_and_hessian_limits_keep_their_names(client):
+    numeric = expression("sum(x)", ["numeric"], x=[0.0] * 2000)
+    hessian = expression("sum(x)", ["hessian"], x=[0.0] * 200)
+    assert_budget_413(post(client, "/v1/gradients", numeric), "max_numeric_elements")
+    assert_budget_413(post(client, "/v1/gradients", hessian), "max_hessian_elements")
+
+
+def test_counts_are_refused_before_the_schema_walks_them(client):
+    body = {"model": {"kind": "expression", "formula": "sum(x)"}, "inputs": {"x": 1},
+            "submission": {"gradients": {f"g{i}": 1 for i in range(5000)}}}
+    assert_budget_413(post(client, "/v1/check", body), "max_inputs")
+
+
+@pytest.mark.parametrize("path, body, field, cap", [
+    ("/v1/gradients", {"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 1}, "wrt": ["x"] * 10**6},
+     "wrt", 64),
+    ("/v1/gradients", {"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 1},
+                       "include": ["graph"] * 10**6}, "include", 6),
+    ("/v1/check", {"model": {"kind": "expression", "formula": "sum(x)"}, "points": [{"x": 1}] * 10**6,
+                   "submission": {"loss": 1}}, "points", 100),
+])
+def test_lists_the_schema_caps_are_its_400_before_any_item_loads(client, path, body, field, cap):
+    response = post(client, path, body)
+    assert response.status_code == 400 and response.json["type"] == "/problems/invalid-request"
+    assert response.json["errors"] == {field: [f"Longer than maximum length {cap}."]}
+
+
+def test_batch_job_count_is_refused_before_the_jobs_load(client):
+    problem = assert_budget_413(post(client, "/v1/batch", {"jobs": [{}] * 100_000}), "max_batch_jobs")
+    assert problem["limit"]["value"] == LIMITS.max_batch_jobs
+
+
+# --- the budget is one setting, reported; the model's arithmetic ------------------------------------
+
+def test_models_reports_the_budget_and_the_caps(client):
+    limits = client.get("/v1/models").json["limits"]
+    for name in ("max_request_bytes", "max_inputs", "max_batch_jobs", "max_body_bytes"):
+        assert limits[name] == getattr(LIMITS, name, limits[name]) and limits[name] > 0
+
+
+def test_the_budget_comes_from_the_environment(monkeypatch):
+    from service.config import limits_from_env  # noqa: PLC0415
+
+    monkeypatch.setenv("MAX_REQUEST_BYTES", "12345")
+    assert limits_from_env().max_request_bytes == 12345
+
+
+def test_broadcast_matches_numpy_rules():
+    assert cost.broadcast((1000, 1), (1, 1000)) == (1000, 1000)
+    assert cost.broadcast((3,), (2, 1), ()) == (2, 3)
+    assert cost.broadcast((2,), (3,)) is None
+    assert cost.broadcast((0, 1), (1, 5)) == (0, 5)
+    assert cost.list_count((3_000_000, 0)) == 3_000_000 and cost.list_count((2, 3, 4)) == 2 + 6
+
+
+def test_formula_pass_counts_shared_subexpressions_once():
+    from service.engine.formula import parse_formula  # noqa: PLC0415
+
+    shapes = {"x": (1000, 1), "y": (1, 1000)}
+    once = cost.formula_pass(parse_formula("sum(x*y)", LIMITS), shapes, LIMITS)
+    twice = cost.formula_pass(parse_formula("sum(x*y) + sum(x*y)", LIMITS), shapes, LIMITS)
+    assert once.elements == 1_000_000 + 1 and once.out == ()
+    assert twice.elements == once.elements + 1  # the second x*y and sum are memoized; only the + is new
+    assert cost.formula_pass(parse_formula("x ** 2", LIMITS), shapes, LIMITS).out == (1000, 1)
+
+
+def test_estimate_scales_with_the_work(client):
+    small = expression("sum(sin(x*y))", x=column(100), y=row(100))
+    from schemas import GradientRequestSchema  # noqa: PLC0415
+    from service.engine.compute import estimate_cost  # noqa: PLC0415
+
+    def cost_of(body):
+        return estimate_cost(GradientRequestSchema().load(body), Limits(max_request_bytes=2**50))
+
+    base = cost_of(small)
+    assert cost_of(expression("sum(sin(x*y))", x=column(1000), y=row(100))) > 5 * base
+    assert cost_of({**small, "include": ["intermediates"]}) > base
+    assert cost_of({**small, "include": ["numeric"]}) > 100 * base
+    assert cost_of({**small, "dtype": "float64"}) > base
+
+
+# --- the 500s of the issue are answers now ---------------------------------------------------------
+
+def test_empty_neuron_batch_with_manual(client):
+    body = {"model": {"kind": "neuron"}, "inputs": {"x": [], "y": [], "w": 1, "b": 0}, "include": ["manual"]}
+    response = post(client, "/v1/gradients", body)
+    assert response.status_code == 200, response.data[:300]
+    assert response.json["gradients"] == response.json["manual"]["gradients"] == {"w": 0.0, "b": 0.0}
+    assert response.json["loss"] == "NaN"  # the mean over no samples, with its warning
+    assert response.json["warnings"]
+
+
+def test_hessian_of_an_empty_input(client):
+    response = post(client, "/v1/gradients", {**expression("sum(x) + y**2", ["hessian"], x=[], y=3.0)})
+    assert response.status_code == 200, response.data[:300]
+    hessian = response.json["hessian"]
+    assert hessian["y"]["y"] == 2.0 and hessian["x"]["x"] == [] and hessian["x"]["y"] == [] and hessian["y"]["x"] == []
+
+
+def test_huge_hex_literal_is_infinity(app):
+    from service.config import limits_from_env  # noqa: PLC0415
+    from service.engine.compute import compute  # noqa: PLC0415
+    from schemas import GradientRequestSchema  # noqa: PLC0415
+
+    roomy = Limits(max_formula_length=10_000)
+    body = GradientRequestSchema().load(expression("x + 0x" + "f" * 3600, ["graph", "intermediates"], x=1.0))
+    result = compute(body, roomy)
+    assert result["loss"] == "Infinity" and math.isinf(float("inf"))
+    assert limits_from_env().max_formula_length == LIMITS.max_formula_length
+
+
+def _post_chunked(app, payload: bytes):
+    """POST as a server hands a chunked body to the app: de-chunked, no CONTENT_LENGTH, input terminated."""
+    builder = EnvironBuilder(path="/v1/gradients", method="POST", data=payload, content_type="application/json")
+    environ = builder.get_environ()
+    del environ["CONTENT_LENGTH"]
+    environ["wsgi.input_terminated"] = True
+    body, status, headers = run_wsgi_app(app, environ, buffered=True)
+    return int(status.split()[0]), orjson.loads(b"".join(body))
+
+
+def test_chunked_body_over_the_limit_is_a_413(app):
+    """No Content-Length: werkzeug would read up to the limit and stop without a word; the app counts."""
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    payload = orjson.dumps(expression("sum(x)", x=[0.0] * (limit // 4)))
+    assert len(payload) > limit
+    status, problem = _post_chunked(app, payload)
+    assert status == 413 and problem["limit"] == {"name": "max_body_bytes", "value": limit}
+    status, body = _post_chunked(app, orjson.dumps(TUTORIAL_NEURON))
+    assert status == 200 and round(body["loss"], 4) == 6.7012
+
+
+# --- legitimate work still passes --------------------------------------------------------------------
+
+def test_a_million_per_sample_neuron_gradients(client):
+    n = 1_000_000
+    body = {"model": {"kind": "neuron", "reduction": "none"}, "include": [],
+            "inputs": {"x": [6.7] * n, "y": [0.0] * n, "w": 1.0, "b": 0.0}}
+    response = post(client, "/v1/gradients", body)
+    assert response.status_code == 200, response.data[:300]
+    grads = response.json["gradients"]
+    assert len(grads["w"]) == len(grads["b"]) == n
+    assert round(grads["w"][-1], 4) == 6.6918 and round(grads["b"][0], 4) == 0.9988
+
+
+def test_hessian_of_a_ten_by_ten_quadratic_form(client):
+    a = [float(i + 1) for i in range(10)]
+    c = [0.1 * (i - 4) for i in range(10)]
+    body = expression("0.5*sum(a*x**2) + sum(c*x)**2", ["hessian"], x=[0.3] * 10, a=a, c=c)
+    body["wrt"], body["dtype"] = ["x"], "float64"
+    response = post(client, "/v1/gradients", body)
+    assert response.status_code == 200, response.data[:300]
+    hessian = response.json["hessian"]["x"]["x"]
+    expected = [[(a[i] if i == j else 0.0) + 2 * c[i] * c[j] for j in range(10)] for i in range(10)]
+    assert all(math.isclose(hessian[i][j], expected[i][j], abs_tol=1e-9) for i in range(10) for j in range(10))
+
+
+def test_numeric_on_a_thousand_elements(client):
+    body = expression("sum(sin(x)**2 + exp(-x))", ["numeric"], x=[i / 1000 for i in range(1000)])
+    response = post(client, "/v1/gradients", body)
+    assert response.status_code == 200, response.data[:300]
+    assert response.json["numeric"]["max_abs_error"] < 1e-4
+
+
+def test_a_thousand_job_batch(client):
+    response = post(client, "/v1/batch", {"jobs": [TUTORIAL_NEURON] * 1000})
+    assert response.status_code == 200
+    results = response.json["results"]
+    assert len(results) == 1000 and all(round(r["gradients"]["w"], 4) == 6.6918 for r in results)
+
+
+# --- against the live gunicorn: fast problem+json, never HTML, and the neuron still right --------------
+
+@pytest.mark.live
+def test_live_hostile_battery_then_the_tutorial_neuron(live_server):
+    url, headers = live_server.url, {"Content-Type": "application/json"}
+    bodies = [
+        ("/v1/gradients", {**expression(unary_terms(), x=column(1000), y=row(1000)), "wrt": ["x"]},
+         "max_request_bytes"),
+        ("/v1/gradients", expression("sum(x)", x=[[]] * 3_000_000), "max_tensor_elements"),
+        ("/v1/gradients", {**expression(trig_chains(4, 11), ["hessian"], x=column(100), y=row(6000)), "wrt": ["x"]},
+         "max_request_bytes"),
+        ("/v1/batch", {"jobs": [{**expression("sum(sin(x*y) + x*y)", x=column(1000), y=row(1000)), "wrt": ["x"]}] * 12},
+         "max_request_bytes"),
+    ]
+    for path, body, name in bodies:
+        start = time.monotonic()
+        response = requests.post(url + path, data=orjson.dumps(body), headers=headers, timeout=30)
+        elapsed = time.monotonic() - start
+        assert response.status_code == 413 and response.headers["Content-Type"] == PROBLEM, response.text[:300]
+        assert response.json()["limit"]["name"] == name
+        assert elapsed < LIMITS.max_wall_seconds + 1
+    neuron = requests.post(url + "/v1/gradients", data=orjson.dumps(TUTORIAL_NEURON), headers=headers, timeout=10)
+    neuron = neuron.json()
+    assert (round(neuron["loss"], 4), round(neuron["gradients"]["w"], 4), round(neuron["gradients"]["b"], 4)) == (
+        6.7012, 6.6918, 0.9988)
+
+
+@pytest.mark.live
+def test_live_chunked_body_over_the_limit_is_a_413(live_server):
+    """gunicorn de-chunks the body for the app; more than MAX_BODY_BYTES of it is a 413, not a cut body."""
+    limit = requests.get(live_server.url + "/v1/models", timeout=10).json()["limits"]["max_body_bytes"]
+    head = b'{"model": {"kind": "expression", "formula": "sum(x)"}, "inputs": {"x": ['
+    chunk = b"0.5," * 16384
+
+    def body():  # a generator: requests sends it with Transfer-Encoding: chunked and no Content-Length
+        yield head
+        for _ in range(int(limit // len(chunk)) + 2):
+            yield chunk
+        yield b"0.5]}}"
+
+    response = requests.post(live_server.url + "/v1/gradients", data=body(),
+                             headers={"Content-Type": "application/json"}, timeout=60)
+    assert response.status_code == 413 and response.headers["Content-Type"] == PROBLEM
+    assert response.json()["limit"] == {"name": "max_body_bytes", "value": limit}

@@ -1,0 +1,217 @@
+"""The hard deadline: every request ends by MAX_WALL_SECONDS as a 503 problem, and the worker lives on.
+
+Live tests run gunicorn with MAX_WALL_SECONDS=2 and a cost budget raised far above the default, so the
+bodies below really run into the deadline instead of being refused up front (tests/test_cost.py covers that).
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+import torch
+
+from service.engine.deadline import DeadlineInterrupt, request_deadline
+from service.engine.errors import DeadlineExceeded
+from service.engine.limits import Deadline
+
+from conftest import ROOT, TUTORIAL_NEURON, GunicornServer
+
+WALL = 2.0
+SLACK = 1.0  # the issue's bound: MAX_WALL_SECONDS + 1 s
+PROBLEM = "application/problem+json"
+
+
+# --- in-process: the mechanism -------------------------------------------------------------------------
+
+def test_timer_interrupts_a_long_torch_loop_promptly():
+    x = torch.rand(256, 256)
+    start = time.monotonic()
+    with pytest.raises(DeadlineInterrupt):
+        with request_deadline(0.3):
+            for _ in range(10**7):  # minutes of matmuls without the interrupt
+                x = torch.tanh(x @ x)
+    assert time.monotonic() - start < 0.3 + SLACK
+
+
+def test_timer_interrupts_a_double_backward_loop():
+    x = torch.rand(2000, requires_grad=True)
+    start = time.monotonic()
+    with pytest.raises(DeadlineInterrupt):
+        with request_deadline(0.3):
+            for _ in range(10**6):
+                (g,) = torch.autograd.grad(torch.sin(torch.cos(x)).sum(), x, create_graph=True)
+                torch.autograd.grad(g.sum(), x)
+    assert time.monotonic() - start < 0.3 + SLACK
+
+
+def test_every_deadline_inside_a_request_ends_with_it():
+    """A batch job's or a check point's own Deadline cannot outlive the request's."""
+    with pytest.raises(DeadlineInterrupt):
+        with request_deadline(0.05):
+            job = Deadline(60)  # as compute() makes one per job
+            time.sleep(0.1)
+            job.check()
+    Deadline(60).check()  # outside a request only its own budget counts
+
+
+def test_outside_the_main_thread_the_checks_still_end_the_work():
+    """No timer signal in a thread (a threaded dev server): Deadline.check() raises at the request's end."""
+    caught: list[BaseException] = []
+
+    def work():
+        try:
+            with request_deadline(0.05):
+                time.sleep(0.1)
+                Deadline(60).check()
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            caught.append(err)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(5)
+    assert len(caught) == 1 and isinstance(caught[0], DeadlineInterrupt)
+
+
+def test_the_timer_is_disarmed_after_the_request():
+    with request_deadline(0.2):
+        pass
+    time.sleep(0.3)  # a still-armed timer would raise here
+
+
+def test_in_process_client_answers_the_deadline_as_a_problem(client, app, monkeypatch):
+    """The test client runs in the main thread: the same 503 as under gunicorn, then normal service."""
+    monkeypatch.setattr(app.wsgi_app.app, "seconds", 0.3, raising=True)  # MemoryMiddleware -> DeadlineMiddleware
+    body = {"model": {"kind": "expression", "formula": "sum(x)"}, "inputs": {"x": [1.0] * 10}, "include": ["numeric"]}
+    original = torch.Tensor.sum
+
+    def slow_sum(*args, **kwargs):
+        time.sleep(0.05)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "sum", slow_sum)  # numeric: 20 forward passes of 50 ms
+    response = client.post("/v1/gradients", json=body)
+    monkeypatch.undo()
+    assert response.status_code == 503 and response.mimetype == PROBLEM
+    assert response.json["type"] == "/problems/deadline-exceeded" and response.headers["Retry-After"]
+    assert client.post("/v1/gradients", json=TUTORIAL_NEURON).status_code == 200
+
+
+def test_gunicorn_timeout_must_leave_room_for_the_deadline():
+    def conf(**env):
+        code = "import runpy; print(runpy.run_path('deploy/gunicorn.conf.py')['timeout'])"
+        return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": "", **env}, timeout=60)
+
+    default = conf(MAX_WALL_SECONDS="10")
+    assert default.returncode == 0 and int(default.stdout.split()[-1]) >= 3 * 10
+    assert int(conf(MAX_WALL_SECONDS="40").stdout.split()[-1]) >= 120
+    refused = conf(MAX_WALL_SECONDS="30", GUNICORN_TIMEOUT="35")
+    assert refused.returncode != 0 and "MAX_WALL_SECONDS" in refused.stderr
+
+
+# --- live: hostile bodies against gunicorn --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def slow_server():
+    """One worker (so the same process must survive every body), a 2 s deadline, a huge cost budget."""
+    server = GunicornServer(workers=1, env={"MAX_WALL_SECONDS": str(WALL), "MAX_REQUEST_BYTES": str(2**36)})
+    try:
+        server.start()
+        server.wait_workers(1)
+        yield server
+    finally:
+        server.stop()
+
+
+def chain(inner: str, depth: int, start: int) -> str:
+    for i in range(depth):
+        inner = f"{('sin', 'cos')[(i + start) % 2]}({inner})"
+    return inner
+
+
+def post(server, path: str, body: dict) -> tuple[requests.Response, float]:
+    start = time.monotonic()
+    response = requests.post(server.url + path, json=body, timeout=60)
+    return response, time.monotonic() - start
+
+
+def assert_deadline_problem(response: requests.Response, elapsed: float) -> None:
+    assert elapsed < WALL + SLACK, f"took {elapsed:.2f} s"
+    assert response.status_code == 503, response.text[:300]
+    assert response.headers["Content-Type"] == PROBLEM
+    assert response.headers["Retry-After"].isdigit()
+    problem = response.json()
+    assert problem["type"] == "/problems/deadline-exceeded"
+    assert problem["limit"] == {"name": "max_wall_seconds", "value": WALL}
+
+
+def assert_same_worker_serves(server, pids: list[int]) -> None:
+    response = requests.post(server.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=10)
+    assert response.status_code == 200 and response.json()["loss"] == pytest.approx(6.7012, abs=1e-4)
+    assert server.worker_pids() == pids, "the worker was killed (gunicorn's timeout?) instead of answering"
+
+
+HESSIAN = {
+    "model": {"kind": "expression",
+              "formula": "sum(" + " + ".join(chain("x*y" if k % 2 else "x+y", 11, k) for k in range(4)) + ")"},
+    "inputs": {"x": [[0.01 * i] for i in range(100)], "y": [[0.001 * j for j in range(3000)]]},
+    "wrt": ["x"], "include": ["hessian"],
+}
+# ~400 scalar ops per job, 1000 jobs: each job is quick, the batch is not
+JOB = {"model": {"kind": "expression",
+                 "formula": "sum(" + " + ".join(f"sin(x * {i} + y) * cos(y - {i})" for i in range(28)) + ")"},
+       "inputs": {"x": [0.5] * 50, "y": 0.25}, "include": ["intermediates"]}
+LONG_CHECK = {
+    "model": {"kind": "expression", "formula": "sum(" + chain("x", 30, 0) + " * " + chain("x", 30, 1) + ")"},
+    "inputs": {"x": [0.5] * 40_000}, "domain": {"x": [-1.0, 1.0]}, "n_points": 50,
+    "submission": {"gradient_formulas": {"x": chain("x", 40, 1)}},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/gradients", HESSIAN),
+    ("/v1/batch", {"jobs": [JOB] * 1000}),
+    ("/v1/check", LONG_CHECK),
+], ids=["hessian-of-nested-chains", "long-batch", "long-check"])
+def test_long_work_ends_as_a_503_problem_and_the_worker_lives(slow_server, path, body):
+    pids = slow_server.worker_pids()
+    response, elapsed = post(slow_server, path, body)
+    assert_deadline_problem(response, elapsed)
+    assert_same_worker_serves(slow_server, pids)
+
+
+@pytest.mark.slow
+def test_slow_body_upload_ends_as_a_503_problem(slow_server):
+    """A client trickling its body: the deadline covers reading it, and the answer arrives on the connection."""
+    pids = slow_server.worker_pids()
+    head = (f"POST /v1/gradients HTTP/1.1\r\nHost: 127.0.0.1:{slow_server.port}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n").encode()
+    start = time.monotonic()
+    answer = b""
+    with socket.create_connection(("127.0.0.1", slow_server.port), timeout=10) as sock:
+        sock.sendall(head + b'{"model": {"kind": "neuron"}, "inputs": {"x": [')
+        while time.monotonic() - start < WALL + 5:
+            readable, _, _ = select.select([sock], [], [], 0.2)
+            if readable:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            elif not answer:
+                sock.sendall(b"1, ")  # a few bytes every 0.2 s: never done within the deadline
+    elapsed = time.monotonic() - start
+    status_line, _, rest = answer.partition(b"\r\n")
+    headers, _, payload = rest.partition(b"\r\n\r\n")
+    assert status_line.startswith(b"HTTP/1.1 503"), answer[:300]
+    assert elapsed < WALL + SLACK + 0.5  # + the last 0.2 s poll and the close
+    assert b"content-type: application/problem+json" in headers.lower() and b"retry-after:" in headers.lower()
+    assert b"/problems/deadline-exceeded" in payload
+    assert_same_worker_serves(slow_server, pids)
