@@ -3,8 +3,9 @@
 The first request of each kind used to pay for lazy work: torch's first autograd pass, the first
 broadcasting op, the first double backward, marshmallow's first load of each schema.  Running one small
 request of each kind here (gradients for a neuron, a catalog expression and a broadcasting formula with
-every extra, a check in each format, a batch with a vectorized group) makes the first real request as fast
-as the hundredth and imports every library up front (tests/test_deadline.py checks sys.modules).
+every extra, a check in each format, answers to one problem graded together, a batch with a vectorized
+group) makes the first real request as fast as the hundredth and imports every library up front
+(tests/test_warmup.py checks sys.modules).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from schemas import GradientRequestSchema, GradientResponseSchema
 from schemas.grading import BatchRequestSchema, CheckRequestSchema, CheckResponseSchema
 
 from .engine.batch import compute_many
-from .engine.check import grade
+from .engine.check import Problem, grade, grade_many
 from .engine.compute import compute
 from .engine.describe import models_document
 from .engine.errors import EngineError
@@ -64,6 +65,9 @@ def warm_up(threads: int = 1) -> None:
         result = grade(check_request.load(body), limits)
         check_response.dump(result)
         to_gradescope(result), to_prairielearn(result)
+        # a batch's answers to one problem, graded together (engine.check.grade_many's vectorized comparison)
+        specs = [check_request.load(body), check_request.load({**body, "rtol": 0.5})]
+        grade_many(specs, limits, Problem(specs[0], limits))
     jobs = BatchRequestSchema().load({"jobs": [NEURON, NEURON, GRADIENTS[3]]})["jobs"]
     compute_many([gradient_request.load(job) for job in jobs], limits)
     models_document(limits, {})

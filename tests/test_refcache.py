@@ -166,3 +166,55 @@ def test_hits_and_misses_are_in_metrics(tmp_path):
         assert metric(text, "gradsvc_reference_cache_bytes") > 0
     finally:
         server.stop()
+
+
+def answers_to_each_problem(n: int, seed: int = 4) -> list[list[dict]]:
+    """n different answers to each problem of PROBLEMS: values right, off, non-finite, mis-shaped, missing, and
+    per-request tolerances."""
+    rng = random.Random(seed)
+    factors = [1.0, 1.0, 1.0, 1.00001, 1.5, -1.0, 0.0]
+
+    def vary(value, formula: bool = False, inner: bool = False):
+        if formula:
+            return rng.choice([value, "2*x", "x +", "0*x + 1e308", "x*0"]) if rng.random() < 0.4 else value
+        if isinstance(value, list):
+            return [vary(v, inner=True) for v in value]
+        if rng.random() < 0.15:
+            return rng.choice(["NaN", "Infinity", "-Infinity"] + ([] if inner else [[1.0, 2.0, 3.0], None]))
+        return value * rng.choice(factors) if isinstance(value, float) else value
+
+    groups = []
+    for problem in PROBLEMS:
+        bodies = []
+        for _ in range(n):
+            body = json.loads(json.dumps(problem))
+            submission = body["submission"]
+            for section in list(submission):
+                if isinstance(submission[section], dict):
+                    for name in list(submission[section]):
+                        submission[section][name] = vary(submission[section][name], section == "gradient_formulas")
+                else:
+                    submission[section] = vary(submission[section])
+                if submission[section] is None:
+                    del submission[section]
+            for answers in submission.values():
+                for name in [k for k, v in answers.items() if v is None] if isinstance(answers, dict) else []:
+                    del answers[name]
+            if rng.random() < 0.3:
+                body["rtol"], body["atol"] = rng.choice([(1e-2, 1e-3), (0.0, 0.0), (1e-8, 0.5)])
+            bodies.append(body)
+        groups.append(bodies)
+    return groups
+
+
+def test_grade_many_gives_each_answer_what_grading_it_alone_gives(fresh_cache):
+    """A batch grades a class's answers to one problem together (one Problem, comparisons over all answers at
+    once): every answer's bytes equal grade() alone, including failures, non-finite and mis-shaped answers."""
+    verdicts = []
+    for answers in answers_to_each_problem(40):
+        bodies = [CheckRequestSchema().load(b) for b in answers]
+        together = check.grade_many(bodies, Limits(), check.Problem(bodies[0], Limits()))
+        alone = [check.grade(b, Limits()) for b in bodies]
+        assert [dumps_bytes(check_body(r)) for r in together] == [dumps_bytes(check_body(r)) for r in alone]
+        verdicts += [c["passed"] for r in alone for c in r["checks"]]
+    assert True in verdicts and False in verdicts  # both verdicts are exercised

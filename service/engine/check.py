@@ -112,27 +112,44 @@ def _describe_point(point: dict[str, torch.Tensor]) -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
 
 
-class Grader:
-    """Grades one check request: references at every point, then each check against them."""
+# the request fields that define a problem; every other field (submission, tolerances, checks) is one answer's
+PROBLEM_FIELDS = ("model", "inputs", "points", "domain", "seed", "n_points")
+
+
+class Problem:
+    """What every answer to one problem shares: the model, the cost model's estimate (checked before anything
+    is allocated), the points and their autograd references. A batch builds one per problem for all its jobs."""
 
     def __init__(self, request: dict, limits: Limits) -> None:
-        self.request, self.limits = request, limits
-        self.deadline = Deadline(limits.max_wall_seconds)
-        self.model = build_model(request["model"], limits, self.deadline)
+        deadline = Deadline(limits.max_wall_seconds)
+        self.model = build_model(request["model"], limits, deadline)
         self.shapes = cost.domain_points(request, limits)
-        self.budget = cost.check_estimate(request, self.model, self.shapes, limits)
-        self.budget.require(limits)  # the reference at every point and the response; formulas are charged below
+        self.estimate = cost.check_estimate(request, self.model, self.shapes, limits)
+        self.estimate.require(limits)  # the reference at every point and the response; formulas are charged later
         self.points = make_points(request, limits)
         self.is_neuron = isinstance(self.model, Neuron)
-        self.refs = refcache.references(request["model"], self.points, limits, self._references)
+        self.refs = refcache.references(
+            request["model"], self.points, limits, lambda: [reference(self.model, p, deadline) for p in self.points])
         self.multi = "inputs" not in request or "domain" in request or "points" in request
         self.warnings: list[str] = []
         for ref in self.refs:
             self.warnings += [w for w in ref["warnings"] if w not in self.warnings]
 
-    def _references(self) -> list[dict]:
-        """The autograd reference at every point: what refcache keeps per problem."""
-        return [reference(self.model, p, self.deadline) for p in self.points]
+
+class Grader:
+    """Grades one check request: each check against the problem's references."""
+
+    def __init__(self, request: dict, limits: Limits, problem: Problem | None = None,
+                 deferred: list | None = None) -> None:
+        self.request, self.limits = request, limits
+        self.deferred = deferred  # a list: comparisons are queued there for _compare_together(), not done here
+        self.deadline = Deadline(limits.max_wall_seconds)
+        problem = problem or Problem(request, limits)
+        self.model, self.shapes, self.points, self.refs = problem.model, problem.shapes, problem.points, problem.refs
+        self.is_neuron, self.multi = problem.is_neuron, problem.multi
+        self.budget = cost.Estimate()  # this answer's own: its formulas are charged on top of the problem's
+        self.budget.parts.update(problem.estimate.parts)
+        self.warnings = list(problem.warnings)
 
     def title(self, name: str) -> str:
         section, _, key = name.partition(".")
@@ -153,9 +170,16 @@ class Grader:
         return ref["gradients"].get(key)
 
     def run(self) -> dict:
+        return self.finish(self.grade_checks())
+
+    def grade_checks(self) -> list[dict]:
+        """Each planned check's result (its comparison queued, when deferred)."""
         plan, ignored = plan_checks(self.request)
         self.warnings += ignored
-        checks = [self.check(name, options) for name, options in plan]
+        return [self.check(name, options) for name, options in plan]
+
+    def finish(self, checks: list[dict]) -> dict:
+        """The response body around the checks' results."""
         score = sum(c["points"] for c in checks)
         max_score = sum(c["max_points"] for c in checks)
         passed = sum(c["passed"] for c in checks)
@@ -209,7 +233,10 @@ class Grader:
             return result
         if section == "gradient_formulas":
             result["actual"] = actual if self.multi else actual[0]
-        self._compare(result, expected, actual, rtol, atol, section, key)
+        if self.deferred is not None:
+            self.deferred.append((self, result, expected, actual, section, key))
+        else:
+            self._compare(result, expected, actual, rtol, atol, section, key)
         return result
 
     def _known(self, section: str) -> str:
@@ -277,8 +304,13 @@ class Grader:
         expected = [e.detach().numpy() for e in expected]
         actual = [a.detach().numpy() for a in actual]
         closeness = [_isclose(a, e, rtol, atol) for e, a in zip(expected, actual, strict=True)]
-        failed_at = next((i for i, close in enumerate(closeness) if not close.all()), None)
         per_point, result["abs_error"], result["rel_error"] = _errors(expected, actual, closeness)
+        self._verdict(result, expected, actual, closeness, per_point, section, key)
+
+    def _verdict(self, result: dict, expected, actual, closeness, per_point: list[float], section: str,
+                 key: str) -> None:
+        """Pass or fail, the worst point, the chain rule and the message, from the comparison's numbers."""
+        failed_at = next((i for i, close in enumerate(closeness) if not close.all()), None)
         if failed_at is None:
             worst = max(range(len(per_point)), key=per_point.__getitem__, default=None)
         else:
@@ -375,6 +407,76 @@ def _unravel(index: int, shape: tuple) -> list[int]:
     return out[::-1]
 
 
+def grade_many(requests: list[dict], limits: Limits, problem: Problem, before_each=None) -> list[dict | Exception]:
+    """Many answers to one problem (a batch's check jobs sharing PROBLEM_FIELDS), each result what grade() gives
+    for it alone; every check's comparison runs once for all answers (numpy over a leading answers axis).
+    A job that raises gets its exception in its place; `before_each()` (the batch's deadline) runs per job."""
+    results: list[dict | Exception | None] = [None] * len(requests)
+    graded, by_name = [], {}
+    for i, request in enumerate(requests):
+        deferred: list = []
+        try:
+            if before_each is not None:
+                before_each()
+            grader = Grader(request, limits, problem, deferred)
+            graded.append((i, grader, grader.grade_checks()))
+        except Exception as err:  # noqa: BLE001 - one job's failure must not take the others down
+            results[i] = err
+            continue
+        for item in deferred:
+            by_name.setdefault(item[1]["name"], []).append((i, *item))
+    for group in by_name.values():
+        try:
+            _compare_together([item[1:] for item in group])
+        except Exception:  # noqa: BLE001 - then one by one, so that only the answer that breaks it fails
+            for i, grader, result, expected, actual, section, key in group:
+                try:
+                    grader._compare(result, expected, actual, result["rtol"], result["atol"], section, key)
+                except Exception as err:  # noqa: BLE001
+                    results[i] = err
+    for i, grader, checks in graded:
+        if results[i] is None:
+            try:
+                results[i] = grader.finish(checks)
+            except Exception as err:  # noqa: BLE001
+                results[i] = err
+    return results
+
+
+def _compare_together(group: list) -> None:
+    """Grader._compare for many answers to the same check of one problem (same expected values), at once."""
+    expected = [e.detach().numpy() for e in group[0][2]]
+    shape = expected[0].shape
+    if len(group) == 1 or expected[0].size == 0 or any(e.shape != shape for e in expected):
+        for grader, result, exp, actual, section, key in group:
+            grader._compare(result, exp, actual, result["rtol"], result["atol"], section, key)
+        return
+    n, points, size = len(group), len(expected), expected[0].size
+    lead = (n, 1) + (1,) * len(shape)
+    e_all = np.stack(expected)  # [points, *shape]
+    a_all = np.stack([np.stack([a.detach().numpy() for a in item[3]]) for item in group])  # [answers, points, ...]
+    rtol = np.array([float(item[1]["rtol"]) for item in group]).reshape(lead)
+    atol = np.array([float(item[1]["atol"]) for item in group]).reshape(lead)
+    close = _isclose(a_all, e_all, rtol, atol)
+    with np.errstate(all="ignore"):  # as in _errors
+        diff = np.abs(a_all - e_all).reshape(n, points, size)
+        both = (np.isfinite(a_all) & np.isfinite(e_all)).reshape(n, points, size)
+        nonzero = both & (e_all != 0).reshape(1, points, size)
+        rel = np.where(nonzero, diff / np.abs(e_all).reshape(1, points, size), -np.inf).max(axis=2)
+    abs_point = np.where(both.any(axis=2), np.where(both, diff, -np.inf).max(axis=2), 0.0)
+    has_rel = nonzero.any(axis=2)
+    describable = ~(~close.reshape(n, points, size) & ~both).any(axis=(1, 2))
+    for s, (grader, result, _, _, section, key) in enumerate(group):
+        per_point = [float(x) for x in abs_point[s]]
+        abs_max = max(per_point, default=0.0)
+        rel_max = float(rel[s][has_rel[s]].max()) if has_rel[s].any() else None
+        ok = bool(describable[s])
+        result["abs_error"] = abs_max if ok and math.isfinite(abs_max) else None
+        result["rel_error"] = rel_max if ok and rel_max is not None and math.isfinite(rel_max) else None
+        actual = [a_all[s][p, ...] for p in range(points)]  # [p, ...]: 0-d arrays, not numpy scalars
+        grader._verdict(result, expected, actual, [close[s][p, ...] for p in range(points)], per_point, section, key)
+
+
 def estimate(request: dict, limits: Limits) -> int:
     """The cost model's bytes for a check request (a LimitExceeded when it alone is over the budget)."""
     model = build_model(request["model"], limits, Deadline(limits.max_wall_seconds))
@@ -383,6 +485,7 @@ def estimate(request: dict, limits: Limits) -> int:
     return budget.total
 
 
-def grade(request: dict, limits: Limits) -> dict:
-    """Run a loaded CheckRequestSchema body; returns the JSON-ready check response."""
-    return Grader(request, limits).run()
+def grade(request: dict, limits: Limits, problem: Problem | None = None) -> dict:
+    """Run a loaded CheckRequestSchema body (against `problem`, built from its PROBLEM_FIELDS, when given);
+    returns the JSON-ready check response."""
+    return Grader(request, limits, problem).run()
