@@ -4,6 +4,7 @@ Needs podman and an image built by `make image-test` (IMAGE, default localhost/g
 the section reports why it was skipped. Containers run with the host network on a free 127.0.0.1 port,
 read-only root and a tmpfs /tmp, as scripts/image-test.sh runs them; each is removed after its round.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,22 @@ def measure(rounds: int, image: str = IMAGE, timeout: float = 60) -> dict:
         url = f"http://127.0.0.1:{port}/readyz"
         start = time.monotonic()
         try:
-            run = podman("run", "-d", "--name", name, "--network", "host", "--read-only",
-                         "--tmpfs", "/tmp:rw,size=64m,mode=1777", "-e", "HOST=127.0.0.1", "-e", f"PORT={port}", image)
+            run = podman(
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                "host",
+                "--read-only",
+                "--tmpfs",
+                "/tmp:rw,size=64m,mode=1777",
+                "-e",
+                "HOST=127.0.0.1",
+                "-e",
+                f"PORT={port}",
+                image,
+            )
             if run.returncode != 0:
                 raise RuntimeError(f"podman run failed: {run.stderr[-500:]}")
             while True:
@@ -54,13 +69,19 @@ def measure(rounds: int, image: str = IMAGE, timeout: float = 60) -> dict:
         finally:
             podman("rm", "-f", "--time", "5", name)
         print(f"  image round {r + 1}: start to ready {starts[-1]:.2f} s", file=sys.stderr, flush=True)
-    return {"image": image, "size_mb": int(inspect.stdout.strip()) / 1e6, "start_to_ready_s": starts,
-            "start_to_ready_median_s": statistics.median(starts)}
+    return {
+        "image": image,
+        "size_mb": int(inspect.stdout.strip()) / 1e6,
+        "start_to_ready_s": starts,
+        "start_to_ready_median_s": statistics.median(starts),
+    }
 
 
 def report(result: dict) -> str:
     if "skipped" in result:
         return f"\n### Image\n\nskipped: {result['skipped']}"
     times = ", ".join(f"{t:.2f}" for t in result["start_to_ready_s"])
-    return (f"\n### Image\n\n{result['image']}: {result['size_mb']:.0f} MB; "
-            f"container start (podman run) to /readyz 200: median {result['start_to_ready_median_s']:.2f} s ({times})")
+    return (
+        f"\n### Image\n\n{result['image']}: {result['size_mb']:.0f} MB; "
+        f"container start (podman run) to /readyz 200: median {result['start_to_ready_median_s']:.2f} s ({times})"
+    )

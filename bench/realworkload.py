@@ -8,6 +8,7 @@
   `gunicorn -w 2` (no config) and under the deploy config.
 All servers have 2 workers; rounds are interleaved (the order rotates) and ratios are taken within a round.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -44,16 +45,24 @@ def _servers(log_dir: Path) -> dict[str, Server]:
 def run(rounds: int, seconds: float, log_dir: Path, n_students: int = 1000) -> dict:
     checks = workloads.student_checks(n_students)
     check_bodies = [orjson.dumps(c) for c in checks]
-    batch_bodies = [orjson.dumps({"jobs": [{"check": c} for c in checks[i:i + CHECKS_PER_BATCH]]})
-                    for i in range(0, len(checks), CHECKS_PER_BATCH)]
+    batch_bodies = [
+        orjson.dumps({"jobs": [{"check": c} for c in checks[i : i + CHECKS_PER_BATCH]]})
+        for i in range(0, len(checks), CHECKS_PER_BATCH)
+    ]
     neuron = [workloads.neuron_body()]
     # (label, server, path, bodies, connections, checks or jobs per request)
     steps = [
         ("check: service /v1/check", "service", "/v1/check", check_bodies, CONNECTIONS, 1),
         ("check: service /v1/check, cache off", "service, cache off", "/v1/check", check_bodies, CONNECTIONS, 1),
         ("check: service /v1/batch x100", "service", "/v1/batch", batch_bodies, 2, CHECKS_PER_BATCH),
-        ("check: service /v1/batch x100, cache off", "service, cache off", "/v1/batch", batch_bodies, 2,
-         CHECKS_PER_BATCH),
+        (
+            "check: service /v1/batch x100, cache off",
+            "service, cache off",
+            "/v1/batch",
+            batch_bodies,
+            2,
+            CHECKS_PER_BATCH,
+        ),
         ("check: naive grading handler", "naive grading, gunicorn -w 2", "/v1/check", check_bodies, CONNECTIONS, 1),
         ("gradients: service", "service", "/v1/gradients", neuron, CONNECTIONS, 1),
         ("gradients: naive, gunicorn -w 2", "naive, gunicorn -w 2", "/v1/gradients", neuron, CONNECTIONS, 1),
@@ -67,7 +76,7 @@ def run(rounds: int, seconds: float, log_dir: Path, n_students: int = 1000) -> d
         for s in servers.values():
             s.wait_ready()
             s.wait_workers(2)
-        for label, name, path, bodies, conns, _ in steps:  # warm every worker and path up; discarded
+        for _label, name, path, bodies, conns, _ in steps:  # warm every worker and path up; discarded
             wrk.run(servers[name].url, path, bodies, conns, 1, timeout=30)
         for r in range(rounds):
             k = r % len(steps)
@@ -75,8 +84,10 @@ def run(rounds: int, seconds: float, log_dir: Path, n_students: int = 1000) -> d
                 res = wrk.run(servers[name].url, path, bodies, conns, seconds, timeout=30)
                 res["per_s"] = res["rps"] * per_request
                 runs[label].append(res)
-                log(f"  round {r + 1} {label:<42} {res['per_s']:8.1f}/s  p99 {res['p99_ms']:7.1f} ms"
-                    f"  errors {res['socket_errors']}/{res['non_2xx']}")
+                log(
+                    f"  round {r + 1} {label:<42} {res['per_s']:8.1f}/s  p99 {res['p99_ms']:7.1f} ms"
+                    f"  errors {res['socket_errors']}/{res['non_2xx']}"
+                )
     finally:
         for s in servers.values():
             s.stop()
@@ -89,9 +100,15 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
         return median([runs[a][i][key] / runs[b][i][key] for i in range(n)])
 
     naive_check = "check: naive grading handler"
-    out = {label: {"per_s": median([x["per_s"] for x in v]), "p50_ms": median([x["p50_ms"] for x in v]),
-                   "p99_ms": median([x["p99_ms"] for x in v]),
-                   "errors": sum(x["socket_errors"] + x["non_2xx"] for x in v)} for label, v in runs.items()}
+    out = {
+        label: {
+            "per_s": median([x["per_s"] for x in v]),
+            "p50_ms": median([x["p50_ms"] for x in v]),
+            "p99_ms": median([x["p99_ms"] for x in v]),
+            "errors": sum(x["socket_errors"] + x["non_2xx"] for x in v),
+        }
+        for label, v in runs.items()
+    }
     naive_w2, naive_deploy = "gradients: naive, gunicorn -w 2", "gradients: naive, deploy config"
     ratios = {
         "/v1/check vs naive grading": ratio("check: service /v1/check", naive_check),
@@ -109,12 +126,17 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
 
 def report(result: dict, fmt_table) -> str:
     s = result["summary"]
-    lines = [f"### Real workload: {result['n_students']} students' answers to one problem, single neuron requests "
-             f"({result['rounds']} interleaved rounds x {result['seconds']} s; medians)\n"]
-    rows = [[label, f"{v['per_s']:.0f}", f"{v['p50_ms']:.1f}", f"{v['p99_ms']:.1f}", v["errors"]]
-            for label, v in s["servers"].items()]
+    lines = [
+        f"### Real workload: {result['n_students']} students' answers to one problem, single neuron requests "
+        f"({result['rounds']} interleaved rounds x {result['seconds']} s; medians)\n"
+    ]
+    rows = [
+        [label, f"{v['per_s']:.0f}", f"{v['p50_ms']:.1f}", f"{v['p99_ms']:.1f}", v["errors"]]
+        for label, v in s["servers"].items()
+    ]
     lines.append(fmt_table(["workload", "checks or requests /s", "p50 ms", "p99 ms", "errors"], rows))
     lines.append("")
-    lines.append(fmt_table(["ratio (median of per-round ratios)", "value"],
-                           [[k, f"{v:.2f}x"] for k, v in s["ratios"].items()]))
+    lines.append(
+        fmt_table(["ratio (median of per-round ratios)", "value"], [[k, f"{v:.2f}x"] for k, v in s["ratios"].items()])
+    )
     return "\n".join(lines)

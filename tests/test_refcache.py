@@ -1,5 +1,6 @@
 """The grading reference cache (service/engine/refcache.py) and the lean check response: a cached check is
 byte-for-byte an uncached one, the cache stays within its bounds, and its hits and misses are in /metrics."""
+
 from __future__ import annotations
 
 import json
@@ -23,21 +24,35 @@ def students(n: int, seed: int = 0) -> list[dict]:
     """n different answers to the tutorial neuron, some right, some off, some non-finite or mis-shaped."""
     rng = random.Random(seed)
     picks = [6.7012, 6.6918, 0.9988, 7.0, -1.0, "NaN", "Infinity", [6.69], 0.0]
-    return [{**NEURON, "submission": {"loss": rng.choice(picks),
-                                      "gradients": {"w": rng.choice(picks), "b": rng.choice(picks)}}}
-            for _ in range(n)]
+    return [
+        {
+            **NEURON,
+            "submission": {"loss": rng.choice(picks), "gradients": {"w": rng.choice(picks), "b": rng.choice(picks)}},
+        }
+        for _ in range(n)
+    ]
 
 
 PROBLEMS = [  # several kinds of problem, each with right and wrong answers, at one or many points
     {**NEURON, "submission": {"loss": 6.7012, "gradients": {"w": 6.69, "b": 0.9988}, "intermediates": {"z": 6.7}}},
-    {"model": {"kind": "neuron", "reduction": "sum"},
-     "points": [{"x": [1.0, 2.0], "y": [0, 1], "w": 0.5, "b": 0.1}] * 2,
-     "submission": {"gradients": {"w": [1.0, 2.0]}, "gradient_formulas": {"b": "x"}}},
-    {"model": {"kind": "expression", "name": "sin_square"}, "domain": {"x": [-2, 2]}, "n_points": 4, "seed": 7,
-     "submission": {"gradient_formulas": {"x": "2*x*cos(x**2)"}, "loss": [0.1, 0.2, 0.3, 0.4]}},
-    {"model": {"kind": "expression", "formula": "sum(x**2) + y"}, "inputs": {"x": [1.0, "Infinity"], "y": 2.0},
-     "submission": {"gradients": {"x": [2.0, "Infinity"], "y": 1.0}},
-     "checks": {"gradients.x": {"points": 3}, "loss": {}}},
+    {
+        "model": {"kind": "neuron", "reduction": "sum"},
+        "points": [{"x": [1.0, 2.0], "y": [0, 1], "w": 0.5, "b": 0.1}] * 2,
+        "submission": {"gradients": {"w": [1.0, 2.0]}, "gradient_formulas": {"b": "x"}},
+    },
+    {
+        "model": {"kind": "expression", "name": "sin_square"},
+        "domain": {"x": [-2, 2]},
+        "n_points": 4,
+        "seed": 7,
+        "submission": {"gradient_formulas": {"x": "2*x*cos(x**2)"}, "loss": [0.1, 0.2, 0.3, 0.4]},
+    },
+    {
+        "model": {"kind": "expression", "formula": "sum(x**2) + y"},
+        "inputs": {"x": [1.0, "Infinity"], "y": 2.0},
+        "submission": {"gradients": {"x": [2.0, "Infinity"], "y": 1.0}},
+        "checks": {"gradients.x": {"points": 3}, "loss": {}},
+    },
 ]
 
 
@@ -85,8 +100,10 @@ def test_one_entry_per_problem_whatever_the_answers_or_the_way_points_are_given(
 
 def test_key_tells_every_non_finite_value_apart():
     limits = Limits()
-    keys = {refcache.problem_key({"kind": "neuron"}, [{"x": torch.tensor(v, dtype=torch.float64)}], limits)
-            for v in (float("nan"), float("inf"), float("-inf"), 0.0, -0.0)}
+    keys = {
+        refcache.problem_key({"kind": "neuron"}, [{"x": torch.tensor(v, dtype=torch.float64)}], limits)
+        for v in (float("nan"), float("inf"), float("-inf"), 0.0, -0.0)
+    }
     assert len(keys) == 5
 
 
@@ -128,6 +145,7 @@ def test_live_cached_uncached_and_batch_give_the_same_bytes(live_server, tmp_pat
     off.start()
     try:
         with requests.Session() as s:
+
             def post(url, body, path="/v1/check"):
                 r = s.post(url + path, data=json.dumps(body), headers={"Content-Type": "application/json"}, timeout=30)
                 assert r.status_code == 200, r.text
@@ -151,6 +169,7 @@ def test_hits_and_misses_are_in_metrics(tmp_path):
     server = GunicornServer(workers=1, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}).start()
     try:
         with requests.Session() as s:
+
             def lookups():
                 text = s.get(server.url + "/metrics", timeout=10).text
                 counts = {r: metric(text, "gradsvc_reference_cache_lookups_total", result=r) for r in ("hit", "miss")}

@@ -3,6 +3,7 @@
 Takes the same body as /v1/check for the neuron (`inputs`, `submission` with `loss` and `gradients`) and
 answers which answers are within rtol 1e-4 / atol 1e-6 of autograd (float64), and the score.
 """
+
 import torch
 from flask import Flask, jsonify, request
 

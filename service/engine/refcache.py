@@ -9,6 +9,7 @@ spec's items in sorted order and the points' exact float64 bytes, however the po
 
 Bounded by entries and by bytes (REFERENCE_CACHE_ENTRIES, REFERENCE_CACHE_BYTES; 0 entries turns it off).
 """
+
 from __future__ import annotations
 
 import threading
@@ -128,8 +129,9 @@ def configure(max_entries: int, max_bytes: int) -> ReferenceCache:
     return CACHE
 
 
-def references(model_spec: dict, points: list[dict[str, torch.Tensor]], limits: Limits,
-               compute: Callable[[], list[dict]]) -> list[dict]:
+def references(
+    model_spec: dict, points: list[dict[str, torch.Tensor]], limits: Limits, compute: Callable[[], list[dict]]
+) -> list[dict]:
     """A problem's references: from the cache, or from compute() (then kept, if the cache is on).
 
     The caller has already built the model and passed the cost model's check for this request: a cached
