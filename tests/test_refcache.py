@@ -191,7 +191,7 @@ def answers_to_each_problem(n: int, seed: int = 4) -> list[list[dict]]:
     """n different answers to each problem of PROBLEMS: values right, off, non-finite, mis-shaped, missing, and
     per-request tolerances."""
     rng = random.Random(seed)
-    factors = [1.0, 1.0, 1.0, 1.00001, 1.5, -1.0, 0.0]
+    factors = [1.0, 1.0, 1.0, 1.00001, 1.00015, 0.9996, 1.003, 1.5, -1.0, 0.0]  # some near the tolerance
 
     def vary(value, formula: bool = False, inner: bool = False):
         if formula:
