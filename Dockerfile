@@ -34,7 +34,14 @@ RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-log-init --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin app
 # System packages the service runs go here, in their own step BEFORE the pruning below (apt needs its lists,
-# dpkg its perl), e.g.:  RUN apt-get update && apt-get install -y --no-install-recommends <package>
+# dpkg its perl).
+# Graphviz's `dot` draws the graph for Accept: image/svg+xml (~150 MB installed, measured in docs/playground.md).
+# Skipped when the base already has it: the offline test build (scripts/build-base-image.sh) bakes it in.
+# Not version-pinned: Debian stable only ships security fixes of the same upstream version.
+# hadolint ignore=DL3008
+RUN command -v dot >/dev/null || { apt-get update \
+        && apt-get install -y --no-install-recommends graphviz \
+        && rm -rf /var/lib/apt/lists/*; }
 # Then drop what a server never reads: docs, man pages, translations, apt lists and caches, glibc's iconv
 # modules (Python has its own codecs), perl (only dpkg's maintainer scripts use it), Python's
 # lib2to3/idlelib/ensurepip/pydoc data (the globs cover Debian's /usr/lib and the official image's /usr/local).

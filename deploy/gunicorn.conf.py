@@ -3,9 +3,16 @@
 Run: ``gunicorn -c deploy/gunicorn.conf.py service.wsgi:app``.  gunicorn binds to HOST:PORT here;
 TORCH_THREADS, LOG_LEVEL, the limits, API keys etc. are read by the app itself.
 """
+import json
+import logging
+import math
 import os
 import shutil
 import sys
+import uuid
+
+from gunicorn import glogging, util
+from pythonjsonlogger.json import JsonFormatter
 
 
 def _int(name, default):
@@ -47,7 +54,17 @@ threads = 1
 # heartbeat stops while it serves a request, so the timeout must cover MAX_WALL_SECONDS plus writing the
 # answer: the default is max(60, 3 x MAX_WALL_SECONDS), and a GUNICORN_TIMEOUT that leaves less than
 # MAX_WALL_SECONDS + 10 s is refused.
-_wall = float(os.environ.get("MAX_WALL_SECONDS", "").strip() or 10)
+def _wall_seconds(default=10.0):
+    """MAX_WALL_SECONDS as the app reads it; a malformed value falls back here and the app, loading next,
+    refuses to start with its own one-line error (service/config.py)."""
+    try:
+        value = float(os.environ.get("MAX_WALL_SECONDS", "").strip() or default)
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value >= 0 else default
+
+
+_wall = _wall_seconds()
 timeout = _int("GUNICORN_TIMEOUT", max(60, int(3 * _wall)))
 if timeout < _wall + 10:
     raise SystemExit(f"gunicorn.conf.py: GUNICORN_TIMEOUT={timeout} must be at least MAX_WALL_SECONDS + 10 s "
@@ -88,6 +105,50 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", os.environ.get("LOG_LEVEL", "info")).lower()
 # Request id from the gateway (X-Request-ID) next to the usual combined-log fields.
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" rid=%({x-request-id}i)s %(M)sms'
+
+
+# gunicorn's own lines (start-up, worker boot and exit, "Worker failed to boot", the optional access line) in
+# the app's JSON format (service/logformat.py; tests/test_edge_config.py checks the two agree).  A logger
+# class rather than logconfig_dict: any logconfig_dict turns gunicorn's access line on unconditionally.
+_JSON_FORMATTER = {
+    "fmt": "%(levelname)s %(name)s %(message)s %(process)d",
+    "rename_fields": {"levelname": "level", "name": "logger", "process": "pid"},
+    "timestamp": "time",
+}
+
+
+class JsonLogger(glogging.Logger):
+    """gunicorn's Logger with every handler it sets up writing JSON lines."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        formatter = JsonFormatter(**_JSON_FORMATTER)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(formatter)
+
+
+logger_class = JsonLogger
+
+
+# gunicorn's own error answers -- a request line, method or header it refuses, too many header fields, a crash
+# outside the app -- are HTML pages by default.  They become problem+json like the app's (and the gateway's):
+# nginx cannot replace them selectively, because proxy_intercept_errors acts on the status alone and the app
+# answers 400 and 413 with problems of its own (docs/edge.md).  The request was never parsed, so its id is a
+# new one, written to gunicorn's log line beside the status.
+def write_problem(sock, status_int, reason, mesg):
+    """Drop-in for gunicorn.util.write_error: the same status line, a problem+json body."""
+    request_id = uuid.uuid4().hex
+    body = json.dumps({"type": "about:blank", "title": reason, "status": status_int, "detail": mesg or reason,
+                       "instance": None, "request_id": request_id}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n\r\n")
+    logging.getLogger("gunicorn.error").info("answered %d %s", status_int, reason,
+                                                extra={"request_id": request_id})
+    util.write_nonblock(sock, head.encode("latin1") + body)
+
+
+util.write_error = write_problem  # the workers call it through the module, so this replaces every use
 
 # --- gunicorn 27 control socket -----------------------------------------------------------------------
 # gunicorn >= 25.1 opens ~/.gunicorn/gunicorn.ctl by default: several gunicorns on one host share that

@@ -1,6 +1,9 @@
-"""`gradsvc`: compute, check and batch from the command line, with exit codes an autograder can branch on.
+"""`gradsvc`: compute, check, batch and grade from the command line, with exit codes an autograder can branch on.
 
-Exit codes:
+`gradsvc grade` always exits 0 once it wrote its results document (5 if it could not write it): the document
+itself says whether anything was graded. `gradsvc problem lint`: 0 valid, 1 invalid, 2 unreadable, 3 unavailable.
+
+Exit codes of compute, check and batch:
   0  success; for `check`/`batch`: every check passed and no job failed
   1  the service answered, but a check failed (or, for `batch`, a job failed or a check in it failed)
   2  usage or input error: bad arguments, unreadable/invalid JSON file, or the service answered 4xx
@@ -14,9 +17,11 @@ import json
 import os
 import sys
 
+from . import grade as grading
 from .client import DEFAULT_URL, Client, ClientError, ServerError, ServiceUnavailable
 
 OK, CHECKS_FAILED, USAGE, UNAVAILABLE, SERVER_ERROR = 0, 1, 2, 3, 4
+INVALID_PROBLEM = 1
 
 
 class InputError(Exception):
@@ -73,32 +78,65 @@ def emit(obj, pretty: bool) -> None:
     sys.stdout.write(json.dumps(obj, indent=2 if pretty else None) + "\n")
 
 
+def connection_options(defaults: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after the command's name. The subcommands' copy has no defaults
+    (argparse.SUPPRESS), so an option given before the command is not reset by the subcommand's default."""
+    p = argparse.ArgumentParser(add_help=False)
+
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument("--url", default=default(os.environ.get("GRADSVC_URL", DEFAULT_URL)), help="service base URL (env GRADSVC_URL)")
+    p.add_argument("--api-key", default=default(os.environ.get("GRADSVC_API_KEY")), help="sent as Authorization: Bearer (env GRADSVC_API_KEY)")
+    p.add_argument("--timeout", type=float, default=default(30.0), help="seconds per attempt (default 30)")
+    p.add_argument("--retries", type=int, default=default(5), help="retries on connection errors and 502/503/504 (default 5)")
+    p.add_argument("--backoff", type=float, default=default(0.5), help="first retry delay in seconds, doubled each time, capped at 8 (default 0.5)")
+    p.add_argument("--pretty", action="store_true", default=default(False), help="indent the JSON output")
+    return p
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gradsvc", description="Client for the gradient service.", epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter, parents=[connection_options(True)],
     )
-    p.add_argument("--url", default=os.environ.get("GRADSVC_URL", DEFAULT_URL), help="service base URL (env GRADSVC_URL)")
-    p.add_argument("--api-key", default=os.environ.get("GRADSVC_API_KEY"), help="sent as Authorization: Bearer (env GRADSVC_API_KEY)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per attempt (default 30)")
-    p.add_argument("--retries", type=int, default=5, help="retries on connection errors and 502/503/504 (default 5)")
-    p.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds, doubled each time, capped at 8 (default 0.5)")
-    p.add_argument("--pretty", action="store_true", help="indent the JSON output")
+    common = [connection_options(False)]
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compute", help="POST /v1/gradients with a JSON spec file")
+    c = sub.add_parser("compute", parents=common, help="POST /v1/gradients with a JSON spec file")
     c.add_argument("spec", help="JSON file (- for stdin)")
-    k = sub.add_parser("check", help="POST /v1/check with a JSON check request; prints the result")
+    k = sub.add_parser("check", parents=common, help="POST /v1/check with a JSON check request; prints the result")
     k.add_argument("submission", help="JSON check request file (- for stdin)")
     k.add_argument("--format", choices=("json", "gradescope", "prairielearn"), default="json")
-    b = sub.add_parser("batch", help="POST /v1/batch with JSON Lines jobs; prints one result per line")
+    b = sub.add_parser("batch", parents=common, help="POST /v1/batch with JSON Lines jobs; prints one result per line")
     b.add_argument("jobs", help="JSONL file (one job per line), a JSON array, or {\"jobs\": [...]} (- for stdin)")
     b.add_argument("--chunk-size", type=int, default=500, help="jobs per request (default 500)")
+    g = sub.add_parser(
+        "grade", parents=common,
+        help="grade an answers file against a problem file; always writes a valid results document and exits 0",
+    )
+    g.add_argument("--platform", choices=grading.PLATFORMS, required=True)
+    g.add_argument("--problem", required=True, help="the instructor's problem file (.yaml/.yml or .json)")
+    g.add_argument("--answers", required=True, help="the student's answers (JSON; PrairieLearn: /grade/data/data.json)")
+    g.add_argument("--out", required=True, help="where to write the results document (atomically)")
+    g.add_argument("--deadline", type=float, default=grading.DEFAULT_DEADLINE,
+                   help=f"seconds for the whole run, retries included (default {grading.DEFAULT_DEADLINE:g})")
+    g.add_argument("--released", action="append", choices=("after_due_date", "after_published"), default=[],
+                   help="show checks with this visibility now (platforms other than Gradescope); repeatable")
+    pr = sub.add_parser("problem", parents=common, help="problem file tools")
+    lint = pr.add_subparsers(dest="action", required=True).add_parser(
+        "lint", parents=common, help="validate a problem file: schema here, then every reference on the service")
+    lint.add_argument("file", help="the problem file (.yaml/.yml or .json)")
+    lint.add_argument("--offline", action="store_true", help="check the schema only, without the service")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)  # exits 2 on usage errors
     client = Client(args.url, args.api_key, timeout=args.timeout, retries=args.retries, backoff=args.backoff)
+    if args.command == "grade":
+        return grading.run(args, client)
+    if args.command == "problem":
+        return lint_problem(args, client)
     try:
         if args.command == "compute":
             emit(client.compute(read_json(args.spec)), args.pretty)
@@ -130,3 +168,42 @@ def main(argv: list[str] | None = None) -> int:
         if err.problem.get("errors"):
             print(json.dumps(err.problem["errors"], indent=2), file=sys.stderr)
         return USAGE
+
+
+def lint_problem(args, client: Client) -> int:
+    """`gradsvc problem lint`: 0 valid, 1 invalid (each error printed), 2 unreadable, 3 service unavailable."""
+    try:
+        problem = grading.read_problem_file(args.file)
+    except grading.ProblemFileError as err:
+        print(f"gradsvc: {err}", file=sys.stderr)
+        return USAGE
+    try:
+        from marshmallow import ValidationError
+
+        from schemas.problems import ProblemFileSchema
+    except ImportError:  # a vendored client without the schemas: the service still validates
+        print("gradsvc: schema check skipped (install the gradsvc package for it)", file=sys.stderr)
+    else:
+        try:
+            loaded = ProblemFileSchema().load(problem)
+        except ValidationError as err:
+            print(f"{args.file}: invalid problem file", file=sys.stderr)
+            print(json.dumps(err.messages, indent=2), file=sys.stderr)
+            return INVALID_PROBLEM
+        n_checks = sum(len(p["checks"]) for p in loaded["problems"])
+        print(f"{args.file}: schema ok ({len(loaded['problems'])} problem(s), {n_checks} check(s))")
+    if args.offline:
+        return OK
+    try:
+        result = client.grade({"problem": problem, "answers": {}}, platform="json")
+    except ServiceUnavailable as err:
+        print(f"gradsvc: {err}", file=sys.stderr)
+        return UNAVAILABLE
+    except ClientError as err:
+        print(f"{args.file}: {err.problem.get('detail', err)}", file=sys.stderr)
+        if err.problem.get("errors"):
+            print(json.dumps(err.problem["errors"], indent=2), file=sys.stderr)
+        return INVALID_PROBLEM if err.status < 500 else SERVER_ERROR
+    for p in result["problems"]:
+        print(f"  {p['key']}: {len(p['checks'])} check(s), {p['max_score']:g} points; computed on {client.url}")
+    return OK

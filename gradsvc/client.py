@@ -71,6 +71,10 @@ class Client:
         """POST /v1/check; format "json", "gradescope" or "prairielearn"."""
         return self.post("/v1/check", request, params={"format": format} if format != "json" else None)
 
+    def grade(self, body: dict, platform: str = "json", deadline: float | None = None) -> dict:
+        """POST /v1/grade: {"problem": <problem file>, "answers": ...} -> the platform's results document."""
+        return self.post("/v1/grade", body, params={"format": platform}, deadline=deadline)
+
     def batch(self, jobs: list) -> list:
         """POST /v1/batch; the results in job order (each a response or {"error": problem})."""
         return self.post("/v1/batch", {"jobs": jobs})["results"]
@@ -85,15 +89,22 @@ class Client:
             wait = min(self.max_backoff, max(wait, float(retry_after)))
         return wait
 
-    def post(self, path: str, body, params: dict | None = None) -> dict:
+    def post(self, path: str, body, params: dict | None = None, deadline: float | None = None) -> dict:
+        """POST with retries; `deadline` (a time.monotonic() value) bounds every attempt and wait, retries included."""
         headers = {"Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        last = "no attempt made"
+        last, made = "no attempt made", 0
         for attempt in range(self.retries + 1):
             response = None
+            timeout = self.timeout if deadline is None else min(self.timeout, deadline - time.monotonic())
+            if timeout <= 0.05:
+                last = f"{last}; deadline reached"
+                break
+            made += 1
             try:
-                response = self.session.post(self.url + path, json=body, params=params, headers=headers, timeout=self.timeout)
+                response = self.session.post(
+                    self.url + path, json=body, params=params, headers=headers, timeout=timeout)
             except (requests.ConnectionError, requests.Timeout) as err:
                 last = f"{type(err).__name__}: {err}"
             else:
@@ -101,8 +112,11 @@ class Client:
                     return self._decode(response)
                 last = f"HTTP {response.status_code}"
             if attempt < self.retries:
-                self._sleep(self.delay(attempt, response))
-        raise ServiceUnavailable(f"{self.url}{path}: unavailable after {self.retries + 1} attempt(s) ({last})")
+                wait = self.delay(attempt, response)
+                if deadline is not None:
+                    wait = min(wait, max(0.0, deadline - time.monotonic()))
+                self._sleep(wait)
+        raise ServiceUnavailable(f"{self.url}{path}: unavailable after {made} attempt(s) ({last})")
 
     @staticmethod
     def _decode(response: requests.Response) -> dict:

@@ -18,3 +18,4 @@ class ProblemSchema(Schema):
     errors = fields.Dict(metadata={"description": "marshmallow's field -> messages map, for 400 invalid-request"})
     limit = fields.Nested(LimitSchema, metadata={"description": "the limit hit, for limit-exceeded and deadline-exceeded"})
     request_id = fields.String()
+    party = fields.String(metadata={"description": "whose error: \"instructor\" for /problems/invalid-problem (the problem file)"})

@@ -7,6 +7,7 @@ from service.engine.values import NON_FINITE
 
 from .errors import ProblemSchema
 from .fields import OneOfKind, Tensor, refuse_long_lists
+from .network import ToleranceSchema
 from .requests import MODEL_SCHEMAS, input_name, neuron_input_errors
 from .responses import TensorOut
 
@@ -63,6 +64,7 @@ class CheckOptionsSchema(Schema):
     atol = fields.Float(**tolerance)
     title = fields.String(validate=validate.Length(min=1, max=200), metadata={"description": "display name of the test"})
     visibility = fields.String(load_default="visible", validate=validate.OneOf(VISIBILITIES))
+    tolerance = fields.Nested(ToleranceSchema, metadata={"description": "this check's tolerance profile"})
 
 
 class CheckRequestSchema(Schema):
@@ -84,6 +86,8 @@ class CheckRequestSchema(Schema):
     submission = fields.Nested(SubmissionSchema, required=True)
     rtol = fields.Float(load_default=DEFAULT_RTOL, **tolerance)
     atol = fields.Float(load_default=DEFAULT_ATOL, **tolerance)
+    tolerance = fields.Nested(ToleranceSchema, metadata={"description": "a named rule instead of rtol/atol"})
+    dout = Tensor(metadata={"description": "upstream gradient of a non-scalar output: gradients are dout·J"})
     checks = fields.Dict(
         keys=fields.String(validate=validate.Regexp(CHECK_NAME_PATTERN, error="Check names are loss, gradients.<input>, intermediates.<name> or gradient_formulas.<input>.")),
         values=fields.Nested(CheckOptionsSchema),
@@ -168,6 +172,8 @@ class CheckResultSchema(Schema):
         metadata={"description": "neuron dL/dw, dL/db: the tutorial's factors at worst_point (per sample, before reduction)"},
     )
     visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
+    tolerance = fields.Dict(metadata={"description": "with a profile: its metric, value, threshold, fraction_within"})
+    diagnosis = fields.String(metadata={"description": "the classic mistake a wrong gradient matches"})
 
 
 class CheckResponseSchema(Schema):
@@ -184,48 +190,7 @@ class CheckResponseSchema(Schema):
     checks = fields.List(fields.Nested(CheckResultSchema), required=True)
     summary = fields.String(required=True)
     warnings = fields.List(fields.String(), required=True)
-
-
-class GradescopeTestSchema(Schema):
-    name = fields.String(required=True)
-    score = fields.Float(required=True)
-    max_score = fields.Float(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(("passed", "failed")))
-    output = fields.String(required=True)
-    visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
-    number = fields.String()
-
-
-class GradescopeResultsSchema(Schema):
-    """A Gradescope autograder results.json body (gradescope-autograders.readthedocs.io, "Output format")."""
-
-    score = fields.Float(required=True)
-    output = fields.String(required=True)
-    visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
-    stdout_visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
-    extra_data = fields.Dict(metadata={"description": "max_score and the tolerances"})
-    tests = fields.List(fields.Nested(GradescopeTestSchema), required=True)
-
-
-class PrairieLearnTestSchema(Schema):
-    name = fields.String(required=True)
-    description = fields.String()
-    points = fields.Float(required=True)
-    max_points = fields.Float(required=True)
-    message = fields.String(required=True)
-    output = fields.String(required=True)
-
-
-class PrairieLearnResultsSchema(Schema):
-    """A PrairieLearn external grader result (docs/externalGrading.md, "Grading results"): score in [0, 1]."""
-
-    gradable = fields.Boolean(required=True)
-    succeeded = fields.Boolean(required=True)
-    score = fields.Float(required=True, validate=validate.Range(min=0, max=1))
-    format_errors = fields.List(fields.String(), required=True)
-    message = fields.String(required=True)
-    output = fields.String(required=True)
-    tests = fields.List(fields.Nested(PrairieLearnTestSchema), required=True)
+    first_wrong = fields.Dict(metadata={"description": "networks: the first wrong intermediate and its layer"})
 
 
 class BatchRequestSchema(Schema):
@@ -245,5 +210,4 @@ class BatchErrorSchema(Schema):
 
 __all__ = [
     "BatchErrorSchema", "BatchRequestSchema", "CheckQuerySchema", "CheckRequestSchema", "CheckResponseSchema",
-    "GradescopeResultsSchema", "PrairieLearnResultsSchema",
 ]

@@ -7,10 +7,11 @@ from service.engine.neuron import DEFAULT_EPSILON, LOSSES, REDUCTIONS
 from service.engine.neuron import INPUTS as NEURON_INPUTS
 
 from .fields import OneOfKind, Tensor, refuse_long_lists
+from .network import NetworkModelSchema
 
 MODES = ("grad", "inference")
 DTYPES = ("float32", "float64")
-INCLUDES = ("graph", "dot", "intermediates", "manual", "numeric", "hessian")
+INCLUDES = ("graph", "dot", "intermediates", "manual", "numeric", "hessian", "jacobian")
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 MAX_WRT = 64
 
@@ -49,7 +50,10 @@ class ExpressionModelSchema(Schema):
             raise ValidationError("Give exactly one of `name` or `formula`.", "_schema")
 
 
-MODEL_SCHEMAS = {"neuron": NeuronModelSchema, "expression": ExpressionModelSchema}
+MODEL_SCHEMAS = {"neuron": NeuronModelSchema, "expression": ExpressionModelSchema, "network": NetworkModelSchema}
+upstream_gradient = {
+    "metadata": {"description": "upstream gradient of a non-scalar output: `gradients` is then dout·J"}
+}
 
 
 class GradientRequestSchema(Schema):
@@ -61,7 +65,13 @@ class GradientRequestSchema(Schema):
     mode = fields.String(load_default="grad", validate=validate.OneOf(MODES))
     dtype = fields.String(load_default="float32", validate=validate.OneOf(DTYPES))
     include = fields.List(
-        fields.String(validate=validate.OneOf(INCLUDES)), load_default=lambda: ["graph"], validate=validate.Length(max=6)
+        fields.String(validate=validate.OneOf(INCLUDES)), load_default=lambda: ["graph"],
+        validate=validate.Length(max=len(INCLUDES)),
+    )
+    dout = Tensor(**upstream_gradient)
+    tangents = fields.Dict(
+        keys=input_name, values=Tensor(), validate=validate.Length(min=1, max=64),
+        metadata={"description": "input name -> direction: `jvp` is J·v, how the output moves along it"},
     )
 
     @pre_load

@@ -1,7 +1,11 @@
 """Response schemas: they document the contract in /openapi.json and shape what the views return."""
 from __future__ import annotations
 
+from dataclasses import fields as dataclass_fields
+
 from marshmallow import Schema, fields
+
+from service.engine.limits import Limits
 
 
 class TensorOut(fields.Raw):
@@ -59,6 +63,15 @@ class GradientResponseSchema(Schema):
     hessian = fields.Dict(keys=fields.String(), values=fields.Dict(keys=fields.String(), values=TensorOut()), allow_none=True)
     dot = fields.String(allow_none=True)
     warnings = fields.List(fields.String(), required=True)
+    # only in answers that asked for them (docs/networks.md), so the other answers keep their exact shape
+    jacobian = fields.Dict(
+        keys=fields.String(), values=TensorOut(),
+        metadata={"optional": True, "description": "include jacobian: d(output)/d(input), shape output + input"},
+    )
+    jvp = TensorOut(metadata={"optional": True, "description": "with `tangents`: J·v, the output's shape"})
+    independent = fields.List(
+        fields.String(), metadata={"optional": True, "description": "`wrt` inputs the output does not depend on at all"}
+    )
 
 
 class CatalogEntrySchema(Schema):
@@ -76,6 +89,16 @@ class FunctionSchema(Schema):
     description = fields.String()
 
 
+def _limit_field(kind) -> fields.Field:
+    return fields.Float(required=True) if kind in (float, "float") else fields.Integer(required=True)
+
+
+# Every limit with its own type (a count stays an integer: 1048576, not 1048576.0), built from the Limits
+# dataclass so a new limit is documented without an edit here; max_body_bytes is enforced before the engine.
+LIMIT_FIELDS = {f.name: _limit_field(f.type) for f in dataclass_fields(Limits)}
+LimitsSchema = Schema.from_dict({**LIMIT_FIELDS, "max_body_bytes": fields.Integer(required=True)}, name="LimitsSchema")
+
+
 class ModelsResponseSchema(Schema):
     """Body of GET /v1/models: what can be posted, and within which limits."""
 
@@ -83,7 +106,8 @@ class ModelsResponseSchema(Schema):
     expressions = fields.List(fields.Nested(CatalogEntrySchema), required=True)
     functions = fields.List(fields.Nested(FunctionSchema), required=True)
     constants = fields.Dict(keys=fields.String(), values=fields.Float())
-    limits = fields.Dict(keys=fields.String(), values=fields.Float())
+    limits = fields.Nested(LimitsSchema, required=True)
+    networks = fields.List(fields.Dict(), metadata={"description": "published course fixtures, each a request to start from"})
 
 
 class StatusSchema(Schema):

@@ -13,7 +13,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BASE_TAG=${BASE_TAG:-localhost/bookworm-py:local}
+BASE_TAG=${BASE_TAG:-localhost/bookworm-py-graphviz:local}
 FROM_NAME=${FROM_NAME:-docker.io/library/python:3.11-slim}
 BUILD_TAG=${BUILD_TAG:-localhost/bookworm-py-build:local}
 BUILD_FROM_NAME=${BUILD_FROM_NAME:-docker.io/library/python:3.11}
@@ -73,7 +73,7 @@ trap 'rm -rf "$ROOTFS"' EXIT
 log "debootstrap $SUITE from $MIRROR (about 1-2 minutes)"
 start=$(date +%s)
 # python3-venv brings ensurepip, so `python3 -m venv` gives a pip (Debian's own pip is PEP 668-locked).
-debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates "$SUITE" "$ROOTFS" "$MIRROR" >&2
+debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,graphviz "$SUITE" "$ROOTFS" "$MIRROR" >&2
 rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
 
 log "podman import -> $BASE_TAG"

@@ -4,17 +4,18 @@ from __future__ import annotations
 import logging.config
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .auth import init_auth
-from .config import Config
+from .config import Config, check_config
 from .deadline import init_deadline
 from .engine import refcache
 from .errors import register_error_handlers
 from .jsonio import StrictJSONProvider
+from .logformat import JSON_FORMATTER
 from .memory import init_memory
 from .observability import init_observability, watch_reference_cache
 from .openapi import build_spec
+from .proxy import trust_proxies
 from .views import BLUEPRINTS
 from .warmup import warm_up
 
@@ -24,11 +25,7 @@ def configure_logging(level: str) -> None:
     logging.config.dictConfig({
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {
-            "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
-        }},
+        "formatters": {"json": {**JSON_FORMATTER, "fmt": JSON_FORMATTER["fmt"] + " %(request_id)s"}},
         "filters": {"request_id": {"()": "service.observability.RequestIdFilter"}},
         "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout",
                                 "formatter": "json", "filters": ["request_id"]}},
@@ -40,12 +37,12 @@ def create_app(config: type[Config] | None = None) -> Flask:
     """Build a configured app; the default config reads the environment."""
     config = config or Config
     configure_logging(config.LOG_LEVEL)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the playground blueprint serves its own assets
     app.config.from_object(config)
     app.json = StrictJSONProvider(app)
+    check_config(config)
     if app.config["TRUSTED_PROXY_HOPS"]:
-        hops = app.config["TRUSTED_PROXY_HOPS"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)
+        app.wsgi_app = trust_proxies(app.wsgi_app, app.config["TRUSTED_PROXY_HOPS"])
     init_observability(app)  # first: every later hook and error already has a request id
     cache = refcache.configure(app.config["REFERENCE_CACHE_ENTRIES"], app.config["REFERENCE_CACHE_BYTES"])
     watch_reference_cache(cache)

@@ -1,18 +1,64 @@
-"""Configuration: environment variables read once at start-up and converted explicitly."""
+"""Configuration: environment variables read once at start-up and converted explicitly.
+
+A bad value must stop the server, not fall back to a default: every conversion that fails is collected in
+ENV_ERRORS (importing this module never raises, so gunicorn's entry point can report them) and
+check_config() turns them into one ConfigError, which service/wsgi.py prints as one line before exiting.
+"""
 from __future__ import annotations
 
+import logging
+import math
 import os
 from dataclasses import fields
 
 from .engine.limits import Limits
 
+ENV_ERRORS: list[str] = []
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+class ConfigError(ValueError):
+    """A setting that would make the server run differently from what the operator asked for."""
+
 
 def as_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+    """A non-negative integer; anything else is recorded in ENV_ERRORS and the default kept meanwhile."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        ENV_ERRORS.append(f"{name}={raw!r} is not an integer")
+        return default
+    if value < 0:
+        ENV_ERRORS.append(f"{name}={raw!r} must not be negative")
+        return default
+    return value
 
 
 def as_float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+    """A finite, non-negative number; anything else is recorded in ENV_ERRORS."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        ENV_ERRORS.append(f"{name}={raw!r} is not a number")
+        return default
+    if not math.isfinite(value) or value < 0:
+        ENV_ERRORS.append(f"{name}={raw!r} must be a finite, non-negative number")
+        return default
+    return value
+
+
+def as_log_level(name: str, default: str) -> str:
+    raw = os.environ.get(name, "").strip().upper() or default
+    if raw not in LOG_LEVELS:
+        ENV_ERRORS.append(f"{name}={raw!r} is not one of {', '.join(LOG_LEVELS)}")
+        return default
+    return raw
 
 
 def limits_from_env() -> Limits:
@@ -22,8 +68,29 @@ def limits_from_env() -> Limits:
     return Limits(**values)
 
 
+def zero_limits(config) -> list[str]:
+    """A limit of 0 refuses every request (or, for the RSS ceiling, recycles the worker after each one)."""
+    values = {f.name.upper(): getattr(config.LIMITS, f.name) for f in fields(Limits)}
+    values.update(MAX_BODY_BYTES=config.MAX_CONTENT_LENGTH, MAX_WORKER_RSS_MB=config.MAX_WORKER_RSS_MB)
+    return [f"{name}=0 must be positive" for name, value in values.items() if value == 0]
+
+
+def check_config(config) -> None:
+    """Raise one ConfigError naming every bad environment value (only for configs read from the environment)."""
+    if getattr(config, "FROM_ENVIRONMENT", False):
+        errors = ENV_ERRORS + zero_limits(config)
+        if errors:
+            raise ConfigError("; ".join(errors))
+    if config.TRUSTED_PROXY_HOPS:
+        logging.getLogger("gradsvc.config").warning(
+            "TRUSTED_PROXY_HOPS=%d: X-Forwarded-For/Proto/Host/Prefix are trusted; the app port must be "
+            "reachable only through the gateway (docs/edge.md)", config.TRUSTED_PROXY_HOPS)
+
+
 class Config:
     """Production defaults; tests subclass it."""
+
+    FROM_ENVIRONMENT = True  # check_config() refuses to start when a variable below was malformed
 
     # request limits (engine limits plus the ones enforced before the engine)
     LIMITS = limits_from_env()
@@ -42,7 +109,7 @@ class Config:
     # process
     TORCH_THREADS = as_int("TORCH_THREADS", 1)
     WARM_UP = os.environ.get("WARM_UP", "1") != "0"
-    LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+    LOG_LEVEL = as_log_level("LOG_LEVEL", "INFO")
     # a worker still over this RSS after a request (and after giving memory back) exits and gunicorn starts a
     # fresh one; 768 MiB fits the deploy's 2 GiB pod: two workers plus the master, with headroom for one request
     MAX_WORKER_RSS_MB = as_float("MAX_WORKER_RSS_MB", 768)

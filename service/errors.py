@@ -44,6 +44,10 @@ class MalformedJSON(ServiceError):
     title = "Malformed JSON"
 
 
+class DuplicateKey(MalformedJSON):
+    """The same key twice in one object: which value was meant is a guess, so the request is refused."""
+
+
 class UnsupportedMediaType(ServiceError):
     """The body is not sent as application/json."""
 
@@ -74,6 +78,42 @@ class NotReady(ServiceError):
     status = 503
     slug = "not-ready"
     title = "Service Unavailable"
+
+
+class InvalidProblem(ServiceError):
+    """The instructor's problem file is wrong: never the student's fault, never a student's score."""
+
+    slug = "invalid-problem"
+    title = "Invalid problem file"
+
+    def __init__(self, status: int, detail: str, errors: dict) -> None:
+        super().__init__(f"{detail} This is an error in the problem file (course staff), not in the answers.",
+                         errors=errors, party="instructor")
+        self.status = status
+
+
+class NoGraph(ServiceError):
+    """An SVG picture was asked for, but inference mode builds no autograd graph to draw."""
+
+    status = 422
+    slug = "no-graph"
+    title = "No autograd graph"
+
+
+class GraphvizMissing(ServiceError):
+    """The `dot` binary is not installed, so no picture can be drawn (JSON answers still work)."""
+
+    status = 501
+    slug = "graphviz-not-installed"
+    title = "Graphviz is not installed"
+
+
+class GraphvizFailed(ServiceError):
+    """`dot` ran but did not produce a picture: a bug in the DOT text we wrote, so a 500."""
+
+    status = 500
+    slug = "graphviz-failed"
+    title = "Graphviz failed"
 
 
 class NonFiniteInJSON(ValueError):

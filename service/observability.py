@@ -1,25 +1,28 @@
 """Request ids, one JSON log line per request, and Prometheus metrics that add up across gunicorn workers."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import sys
 import time
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
-import orjson
 from flask import Flask, Response, g, has_request_context, request
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
     multiprocess,
 )
+from prometheus_client.exposition import choose_encoder
+
+from .metric_labels import method_label, route_label
+from .process_metrics import update_process_memory
 
 REQUEST_ID_HEADER = "X-Request-ID"
 VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -54,38 +57,34 @@ class RequestIdFilter(logging.Filter):
 
 
 class AccessLog:
-    """One JSON line per request, encoded with orjson and written straight to stdout.
+    """One JSON line per request, written straight to stdout.
 
-    The line has the fields of the logging formatter's lines (time, level, logger, message, request_id),
-    then the request's; building it without a LogRecord, a filter and python-json-logger's generic
-    formatter cut ~8 % of a small request's time (docs/performance.md, "Real workload").
+    The line is byte for byte what the logging formatter of service/logformat.py writes (json.dumps' separators
+    and ASCII escapes; level, logger, message, pid, request_id, then the request's fields, then time in ISO 8601
+    UTC with its zone), so one parser and one grep read every line; building it without a LogRecord,
+    a filter and python-json-logger's generic formatter cut ~8 % of a small request's time
+    (docs/performance.md, "Real workload").
     """
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
-        self._second, self._stamp = -1, ""
-
-    def _asctime(self, now: float) -> str:
-        """logging's default asctime, "2026-11-27 06:39:00,092", with the strftime done once per second."""
-        second = int(now)
-        if second != self._second:
-            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return f"{self._stamp},{int((now - second) * 1000):03d}"
 
     def write(self, rid: str, fields: dict) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        line = {"time": self._asctime(time.time()), "level": "INFO", "logger": self.logger.name, "message": "request",
-                "request_id": rid, **fields}
+        now = datetime.now(UTC).isoformat(timespec="microseconds")  # 2026-11-27T06:39:00.092113+00:00
+        line = {"level": "INFO", "logger": self.logger.name, "message": "request", "pid": os.getpid(),
+                "request_id": rid, **fields, "time": now}
         try:
-            sys.stdout.write(orjson.dumps(line).decode() + "\n")
+            sys.stdout.write(json.dumps(line) + "\n")
             sys.stdout.flush()
         except (OSError, ValueError):  # stdout closed: as logging does, never fail the request for its log line
             pass
 
 
 class RequestMetrics:
-    """Counter and histogram children per (route, method, status), resolved once instead of per request."""
+    """Counter and histogram children per (route, method, status), resolved once instead of per request; the
+    labels are bounded (service/metric_labels.py), so this dict is too."""
 
     def __init__(self) -> None:
         self._children: dict[tuple[str, str, int], tuple] = {}
@@ -138,8 +137,8 @@ def metrics_response() -> Response:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
-                    headers={"Content-Type": CONTENT_TYPE_LATEST})
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encoder(registry), content_type=content_type)
 
 
 def init_observability(app: Flask) -> None:
@@ -161,12 +160,13 @@ def init_observability(app: Flask) -> None:
         rid = g.get("request_id") or os.urandom(16).hex()  # a request rejected before before_request ran
         response.headers[REQUEST_ID_HEADER] = rid
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        route = request.url_rule.rule if request.url_rule else "unmatched"
+        route = route_label()
         status = response.status_code
-        request_metrics.observe(route, request.method, status, elapsed)
+        request_metrics.observe(route, method_label(request.method), status, elapsed)
         access.write(rid, {"method": request.method, "path": request.path, "route": route, "status": status,
                            "duration_ms": round(elapsed * 1000, 3), "bytes": response.calculate_content_length(),
                            "remote_addr": request.remote_addr})
+        update_process_memory()
         return response
 
     @app.teardown_request

@@ -18,12 +18,13 @@ TENSOR_VALUE = {"oneOf": [SCALAR, {"type": "array", "items": {"$ref": "#/compone
 
 # status -> the shared response component documenting it
 ERROR_COMPONENTS = {400: "BadRequest", 413: "TooLarge", 415: "UnsupportedMediaType", 422: "NotComputable",
-                    503: "Unavailable"}
+                    501: "NotImplemented", 503: "Unavailable"}
 ERROR_RESPONSES = {
     "BadRequest": "Malformed JSON, or a body that violates the schema (`errors` names each field)",
     "TooLarge": "The body or a tensor is over a limit (`limit` names it)",
     "UnsupportedMediaType": "The body is not application/json",
     "NotComputable": "Well-formed but not computable: shape mismatch, non-scalar output, unknown variable",
+    "NotImplemented": "The asked-for representation needs a program this server lacks (image/svg+xml: Graphviz)",
     "Unavailable": "Not warmed up yet, or the wall-time limit cut the computation off",
     "Unauthorized": "Missing or wrong API key",
 }
@@ -44,10 +45,11 @@ def _tensor_attributes(self, field, **kwargs) -> dict:
 
 
 def operation(summary: str, returns, *, ok: str, body=None, query=None, errors: tuple[int, ...] = (),
-              description: str | None = None, media_type: str = "application/json"):
+              description: str | None = None, media_type: str = "application/json", alternatives: dict | None = None):
     """Declare a view's OpenAPI operation: its request body, query and 200 response schemas (marshmallow classes,
-    or an OpenAPI schema dict built from them) and its error statuses. build_spec() collects it at start-up;
-    the view itself is unchanged, so declaring costs nothing per request."""
+    or an OpenAPI schema dict built from them) and its error statuses. `alternatives` maps further media types
+    the 200 can be negotiated to (Accept) to their schemas. build_spec() collects it at start-up; the view
+    itself is unchanged, so declaring costs nothing per request."""
     spec: dict = {"summary": summary}
     if description:
         spec["description"] = description
@@ -55,7 +57,9 @@ def operation(summary: str, returns, *, ok: str, body=None, query=None, errors: 
         spec["parameters"] = [{"in": "query", "schema": query}]
     if body is not None:
         spec["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    spec["responses"] = {200: {"description": ok, "content": {media_type: {"schema": returns}}}}
+    content = {media_type: {"schema": returns}}
+    content.update({other: {"schema": schema} for other, schema in (alternatives or {}).items()})
+    spec["responses"] = {200: {"description": ok, "content": content}}
     spec["responses"].update({status: {"$ref": f"#/components/responses/{ERROR_COMPONENTS[status]}"}
                               for status in errors})
 

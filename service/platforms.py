@@ -1,74 +1,292 @@
-"""Check results in the formats grading platforms read: Gradescope's results.json, PrairieLearn's grader result.
+"""Platform formats of a graded result: Gradescope, PrairieLearn, Autolab, Moodle CodeRunner, and plain JSON.
 
-Presentation only: each formatter turns the JSON check response (engine/check.py) into a platform's shape, and
-schemas/grading.py documents that shape. A new platform is one function here, one schema, one FORMATS entry.
+Presentation only. Every renderer takes the platform-neutral result of service/problems.py (or a /v1/check result
+wrapped by `from_check`) and honours visibility: a check that is `hidden`, or `after_due_date` / `after_published`
+before it is released, is neither shown nor counted in what the student reads. Gradescope gets every test with its own
+`visibility` (Gradescope hides them itself) but an always-visible summary that counts only `visible` tests.
+Each platform's documented format is cited at its renderer; tests/platform_specs.py validates against them.
+A new platform is one renderer here, one response schema in schemas/platforms.py, one RENDERERS entry.
 """
 
 from __future__ import annotations
 
+import html
+import math
+import re
 
-def _test_output(check: dict) -> str:
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
+
+
+def from_check(result: dict) -> dict:
+    """A POST /v1/check result as a one-problem platform-neutral result."""
+    order = {"visible": 0, "after_published": 1, "after_due_date": 2, "hidden": 3}
+    checks = sorted(result["checks"], key=lambda c: order[c["visibility"]])
+    checks = [
+        {**c, "problem": None, "tags": [], "answer": None, "format_error": False, "number": f"1.{i}"}
+        for i, c in enumerate(checks, 1)
+    ]
+    return {
+        "graded": True,
+        "title": "",
+        "score": result["score"],
+        "max_score": result["max_score"],
+        "passed": result["passed"],
+        "format_errors": [],
+        "not_gradable": False,
+        "released": [],
+        "execution_time": None,
+        "warnings": result["warnings"],
+        "problems": [
+            {
+                "key": "",
+                "title": "",
+                "score": result["score"],
+                "max_score": result["max_score"],
+                "format_errors": "failed_test",
+                "tolerance_rule": result["tolerance_rule"],
+                "checks": checks,
+            }
+        ],
+    }
+
+
+# --- shared helpers ---------------------------------------------------------------------------------
+
+
+def _checks(result: dict) -> list[tuple[dict, dict]]:
+    return [(problem, check) for problem in result["problems"] for check in problem["checks"]]
+
+
+def _shown(check: dict, result: dict) -> bool:
+    """Whether a student may see this check now (platforms without their own visibility rules)."""
+    return check["visibility"] == "visible" or check["visibility"] in result["released"]
+
+
+def display_name(result: dict, problem: dict, check: dict) -> str:
+    """What a student reads: the check's title, after the problem's key when there are several problems."""
+    return f"{problem['key']}: {check['title']}" if len(result["problems"]) > 1 else check["title"]
+
+
+def _summary(pairs: list[tuple[dict, dict]]) -> str:
+    passed = sum(c["passed"] for _, c in pairs)
+    points = sum(c["points"] for _, c in pairs)
+    max_points = sum(c["max_points"] for _, c in pairs)
+    return f"{passed} of {len(pairs)} checks passed ({points:g} of {max_points:g} points)"
+
+
+def _extra_data(problem: dict, check: dict) -> dict:
+    """Stored for staff: the ids behind the readable name, and the numbers the verdict rests on."""
+    return {
+        "id": check["name"],
+        "problem": problem["key"],
+        "kind": check["kind"],
+        "expected": check["expected"],
+        "actual": check["actual"],
+        "formula": check["formula"],
+        "abs_error": check["abs_error"],
+        "rel_error": check["rel_error"],
+        "rtol": check["rtol"],
+        "atol": check["atol"],
+        "format_error": check["format_error"],
+    }
+
+
+def _md(text: str) -> str:
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def _tolerance(check: dict) -> str:
+    """The rule the answer was held to: a named profile's (engine/tolerance.py), else atol/rtol."""
+    if "tolerance" in check:
+        return check["tolerance"]["rule"]
+    return f"atol {check['atol']:g}, rtol {check['rtol']:g}"
+
+
+def _test_output_md(check: dict) -> str:
+    lines = [_md(check["message"])]
+    if check["formula"] is not None:
+        lines.append(f"Your formula: `{check['formula'].replace('`', '')}`")
+    lines.append(f"Tolerance: {_md(_tolerance(check))}")
+    return "\n\n".join(lines)
+
+
+def _test_output_text(check: dict) -> str:
     lines = [check["message"]]
     if check["formula"] is not None:
         lines.append(f"your formula: {check['formula']}")
-    lines.append(f"tolerance: atol {check['atol']:g}, rtol {check['rtol']:g}")
+    lines.append(f"tolerance: {_tolerance(check)}")
     return "\n".join(lines)
 
 
-def _overall_output(result: dict) -> str:
-    lines = [result["summary"], f"Tolerance: {result['tolerance_rule']}."]
-    lines += [f"warning: {w}" for w in result["warnings"]]
-    return "\n".join(lines)
+def _fraction(score: float, max_score: float, passed: bool) -> float:
+    if max_score > 0:
+        return min(1.0, max(0.0, score / max_score))
+    return 1.0 if passed else 0.0
+
+
+# --- Gradescope: autograder_samples docs/specs.md, "Output format" --------------------------------------
 
 
 def to_gradescope(result: dict) -> dict:
-    """A Gradescope results.json body: top-level score, output and visibilities, one test per check."""
-    return {
+    """results.json: top-level score, markdown output counting only always-visible tests, one test per check."""
+    pairs = _checks(result)
+    visible = [(p, c) for p, c in pairs if c["visibility"] == "visible"]
+    lines = [f"**{_md(_summary(visible))}**" if visible else "Your submission was graded."]
+    lines += [f"Warning: {_md(w)}" for w in result["warnings"]]
+    doc = {
         "score": result["score"],
-        "output": _overall_output(result),
+        "output": "\n\n".join(lines),
+        "output_format": "md",
+        "test_output_format": "md",
         "visibility": "visible",
         "stdout_visibility": "hidden",
-        "extra_data": {"max_score": result["max_score"], "rtol": result["rtol"], "atol": result["atol"]},
+        "extra_data": {"graded": True, "max_score": result["max_score"]},
         "tests": [
             {
-                "name": c["title"] if c["title"] == c["name"] else f"{c['title']} ({c['name']})",
-                "number": str(i + 1),
+                "name": display_name(result, p, c),
+                "number": c["number"],
                 "score": c["points"],
                 "max_score": c["max_points"],
                 "status": "passed" if c["passed"] else "failed",
-                "output": _test_output(c),
+                "output": _test_output_md(c),
+                "output_format": "md",
+                "tags": [t for t in ([p["key"]] if p["key"] else []) + c["tags"]],
                 "visibility": c["visibility"],
+                "extra_data": _extra_data(p, c),
             }
-            for i, c in enumerate(result["checks"])
+            for p, c in pairs
         ],
     }
+    if result["execution_time"] is not None:
+        doc["execution_time"] = max(0, math.ceil(result["execution_time"]))
+    return doc
+
+
+# --- PrairieLearn: docs/externalGrading.md "Grading results"; apps/prairielearn/src/lib/externalGraderCommon.ts
 
 
 def to_prairielearn(result: dict) -> dict:
-    """A PrairieLearn external grader result: score as a fraction in [0, 1], one test per check."""
-    if result["max_score"] > 0:
-        score = min(1.0, max(0.0, result["score"] / result["max_score"]))
-    else:
-        score = 1.0 if result["passed"] else 0.0
+    """The external grader result: score in [0, 1], tests a student may see; format errors -> not gradable."""
+    if result["not_gradable"]:
+        return {
+            "gradable": False,
+            "succeeded": True,
+            "score": 0.0,
+            "format_errors": result["format_errors"],
+            "message": "Your answer could not be read, so it was not graded and this attempt does not count. "
+            "Fix the format and submit again.",
+            "output": "\n".join(result["format_errors"]),
+            "tests": [],
+        }
+    shown = [(p, c) for p, c in _checks(result) if _shown(c, result)]
     return {
         "gradable": True,
         "succeeded": True,
-        "score": score,
+        "score": _fraction(result["score"], result["max_score"], result["passed"]),
         "format_errors": [],
-        "message": result["summary"],
-        "output": _overall_output(result),
+        "message": _summary(shown) if shown else "Your answer was graded.",
+        "output": "\n".join(f"warning: {w}" for w in result["warnings"]),
         "tests": [
             {
-                "name": c["title"],
-                "description": c["name"],
+                "name": f"{c['number']} {display_name(result, p, c)}",
+                "description": p["title"] or c["title"],
                 "points": c["points"],
                 "max_points": c["max_points"],
                 "message": c["message"],
-                "output": _test_output(c),
+                "output": _test_output_text(c),
             }
-            for c in result["checks"]
+            for p, c in shown
         ],
     }
 
 
-FORMATTERS = {"json": lambda result: result, "gradescope": to_gradescope, "prairielearn": to_prairielearn}
+# --- Autolab: docs/lab.md "Writing Autograders", docs/features/formatted-feedback.md, scoreboards.md ------
+
+
+def to_autolab(result: dict) -> dict:
+    """Two stdout lines: the semantic feedback (checks a student may see) and, last, the autoresult."""
+    feedback = {"_presentation": "semantic", "stages": []}
+    for problem in result["problems"]:
+        stage = problem["title"] if problem["title"] not in ("_presentation", "stages") else problem["key"]
+        rows = {}
+        for check in problem["checks"]:
+            if _shown(check, result):
+                row = {"passed": bool(check["passed"])}
+                if not check["passed"]:
+                    row["hint"] = check["message"]
+                rows[f"{check['number']} {check['title']}"] = row
+        if rows:
+            feedback["stages"].append(stage)
+            feedback[stage] = rows
+    scores = {p["key"]: p["score"] for p in result["problems"]}
+    autoresult = {"scores": scores, "scoreboard": [result["score"], *scores.values()]}
+    return {"feedback": feedback, "autoresult": autoresult}
+
+
+# --- Moodle CodeRunner: combinator template grader (classes/jobrunner.php do_combinator_grading,
+# classes/combinator_grader_outcome.php) -------------------------------------------------------------------
+
+CODERUNNER_COLUMNS = ["iscorrect", "Test", "Expected", "Got", "Message", "ishidden"]
+
+
+def to_coderunner(result: dict) -> dict:
+    """fraction, a result table whose hidden rows CodeRunner shows to staff only, prologue and epilogue HTML."""
+    pairs = _checks(result)
+    shown = [(p, c) for p, c in pairs if _shown(c, result)]
+    rows = [CODERUNNER_COLUMNS]
+    for p, c in pairs:
+        expected = "" if c["expected"] is None else _short(c["expected"])
+        got = c["formula"] if c["formula"] is not None else ("" if c["actual"] is None else _short(c["actual"]))
+        rows.append(
+            [
+                bool(c["passed"]),
+                f"{c['number']} {display_name(result, p, c)}",
+                expected,
+                got,
+                c["message"],
+                not _shown(c, result),
+            ]
+        )
+    return {
+        "fraction": _fraction(result["score"], result["max_score"], result["passed"]),
+        "testresults": rows,
+        "prologuehtml": f"<p>{html.escape(_summary(shown))}</p>" if shown else "",
+        "epiloguehtml": "".join(f"<p>Warning: {html.escape(w)}</p>" for w in result["warnings"]),
+        "showdifferences": False,
+    }
+
+
+def _short(value) -> str:
+    """A table cell: numbers to 6 significant digits, lists as [a, b], at most 200 characters."""
+
+    def fmt(v) -> str:
+        if hasattr(v, "tolist"):
+            v = v.tolist()
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    text = fmt(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+RENDERERS = {
+    "json": lambda result: result,
+    "gradescope": to_gradescope,
+    "prairielearn": to_prairielearn,
+    "autolab": to_autolab,
+    "coderunner": to_coderunner,
+}
+
+
+def render(platform: str, result: dict) -> dict:
+    """A POST /v1/grade result (service/problems.py) in the platform's format."""
+    return RENDERERS[platform](result)
+
+
+# POST /v1/check's formats: its result is one problem (from_check), rendered like /v1/grade's
+FORMATTERS = {
+    "json": lambda result: result,
+    "gradescope": lambda result: to_gradescope(from_check(result)),
+    "prairielearn": lambda result: to_prairielearn(from_check(result)),
+}

@@ -222,6 +222,9 @@ def test_models_catalog(client):
     assert {"square", "sin_square", "mean_square"} <= names
     assert {"sin", "cos", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "abs", "sum", "mean"} <= {f["name"] for f in body["functions"]}
     assert body["limits"]["max_tensor_elements"] > 0 and "max_body_bytes" in body["limits"]
+    # counts stay integers on the wire (marshmallow's Float would make 1048576 into 1048576.0)
+    assert type(body["limits"]["max_tensor_elements"]) is int and type(body["limits"]["max_body_bytes"]) is int
+    assert type(body["limits"]["max_wall_seconds"]) is float
 
 
 def test_catalog_formulas_post_back(client):

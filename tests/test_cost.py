@@ -226,7 +226,7 @@ def test_counts_are_refused_before_the_schema_walks_them(client):
     ("/v1/gradients", {"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 1}, "wrt": ["x"] * 10**6},
      "wrt", 64),
     ("/v1/gradients", {"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 1},
-                       "include": ["graph"] * 10**6}, "include", 6),
+                       "include": ["graph"] * 10**6}, "include", 7),  # every INCLUDES value once
     ("/v1/check", {"model": {"kind": "expression", "formula": "sum(x)"}, "points": [{"x": 1}] * 10**6,
                    "submission": {"loss": 1}}, "points", 100),
 ])
@@ -239,6 +239,48 @@ def test_lists_the_schema_caps_are_its_400_before_any_item_loads(client, path, b
 def test_batch_job_count_is_refused_before_the_jobs_load(client):
     problem = assert_budget_413(post(client, "/v1/batch", {"jobs": [{}] * 100_000}), "max_batch_jobs")
     assert problem["limit"]["value"] == LIMITS.max_batch_jobs
+
+
+# --- POST /v1/grade: a problem file's problems share the request's one budget ----------------------------
+
+def outer_problem(key: str, formula: str, checks: dict) -> dict:
+    return {"key": key, "model": {"kind": "expression", "formula": formula},
+            "inputs": {"x": column(1000), "y": row(1000)}, "checks": checks}
+
+
+def test_problems_that_fit_one_by_one_but_not_together(client):
+    heavy = outer_problem("a", "sum(sin(x*y) + x*y)", {"loss": {}})
+    one = post(client, "/v1/grade", {"problem": heavy, "answers": {"loss": 1.0}})
+    assert one.status_code == 200, one.data[:300]
+    problems = [heavy, {**heavy, "key": "b"}]
+    problem = assert_budget_413(post(client, "/v1/grade", {"problem": {"problems": problems}, "answers": {}}))
+    assert problem["limit"]["breakdown"] == {"problems": problem["limit"]["estimate"]}
+    assert "2 problems" in problem["detail"] and "problem file" in problem["hint"]
+
+
+def test_a_formula_is_charged_against_what_the_earlier_problems_left(client):
+    """Alone the formula fits the budget (a wrong answer); after problem `a` it does not (too large)."""
+    formula = " + ".join(["sin(x*y)"] + [f"cos(x*y+{k})" for k in range(6)])
+    b = outer_problem("b", "sum(x*y)", {"gradient_formulas.x": {}})
+    answers = {"b": {"gradient_formulas": {"x": formula}}}
+    alone = post(client, "/v1/grade", {"problem": {"problems": [b]}, "answers": answers})
+    assert alone.status_code == 200, alone.data[:300]
+    assert "too large" not in alone.json["problems"][0]["checks"][0]["message"]
+    both = {"problems": [outer_problem("a", "sum(x*y)", {"loss": {}}), b]}
+    after = post(client, "/v1/grade", {"problem": both, "answers": answers})
+    assert after.status_code == 200, after.data[:300]
+    check = after.json["problems"][1]["checks"][0]
+    assert not check["passed"] and "too large" in check["message"]
+
+
+def test_problem_counts_are_refused_before_the_schema_walks_them(client):
+    many = {"model": {"kind": "expression", "formula": "sum(x)"}, "checks": {"loss": {}},
+            "inputs": {f"v{i}": 1.0 for i in range(5000)}}
+    for problem_file in (many, {"problems": [{**many, "key": "k"}]}):
+        assert_budget_413(post(client, "/v1/grade", {"problem": problem_file, "answers": {}}), "max_inputs")
+    response = post(client, "/v1/grade", {"problem": {"problems": [{}] * 100_000}, "answers": {}})
+    assert response.status_code == 400 and response.json["type"] == "/problems/invalid-problem"
+    assert response.json["errors"] == {"problem": {"problems": ["Longer than maximum length 50."]}}
 
 
 # --- the budget is one setting, reported; the model's arithmetic ------------------------------------

@@ -174,13 +174,22 @@ LONG_CHECK = {
     "submission": {"gradient_formulas": {"x": chain("x", 40, 1)}},
 }
 
+# 50 problems, each a tenth of LONG_CHECK's work (a small body): the deadline covers them together
+LONG_GRADE = {
+    "problem": {"problems": [
+        {"key": f"p{i}", **{k: LONG_CHECK[k] for k in ("model", "domain", "n_points")}, "inputs": {"x": [0.5] * 4000},
+         "checks": {"gradient_formulas.x": {}}} for i in range(50)]},
+    "answers": {f"p{i}": LONG_CHECK["submission"] for i in range(50)},
+}
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("path", "body"), [
     ("/v1/gradients", HESSIAN),
     ("/v1/batch", {"jobs": [JOB] * 1000}),
     ("/v1/check", LONG_CHECK),
-], ids=["hessian-of-nested-chains", "long-batch", "long-check"])
+    ("/v1/grade?format=prairielearn", LONG_GRADE),
+], ids=["hessian-of-nested-chains", "long-batch", "long-check", "long-problem-file"])
 def test_long_work_ends_as_a_503_problem_and_the_worker_lives(slow_server, path, body):
     pids = slow_server.worker_pids()
     response, elapsed = post(slow_server, path, body)

@@ -35,6 +35,7 @@ class Gateway:
         binary = require_binary("nginx", package="nginx")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/grad"
+        self.prefix = prefix_dir
         text = nginx_render.render(listen=f"127.0.0.1:{self.port}", upstreams=upstreams, **settings)
         conf = nginx_render.write_prefix(prefix_dir, text)
         self.proc = subprocess.Popen([binary, "-p", f"{prefix_dir}/", "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],
@@ -50,7 +51,8 @@ class Gateway:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                # nginx's own liveness: does not depend on a replica answering
+                if requests.get(f"http://127.0.0.1:{self.port}/_gateway/healthz", timeout=1).status_code == 200:
                     return
             except requests.RequestException:
                 time.sleep(0.1)

@@ -33,6 +33,14 @@ def students(n: int, seed: int = 0) -> list[dict]:
     ]
 
 
+LAYER = {  # a layer check: gradients are dout·J, so the reference depends on `dout`
+    "model": {"kind": "network", "layout": "mytorch", "layers": [{"type": "linear", "out_features": 2}],
+              "loss": {"type": "none"}},
+    "inputs": {"X": [[1.0, 2.0]], "W1": [[1.0, 0.0], [0.0, 1.0]], "b1": [[0.0], [1.0]]},
+    "dout": [[1.0, -1.0]],
+    "submission": {"gradients": {"W1": [[1.0, 2.0], [-1.0, -2.0]], "X": [[1.0, -1.0]]}},
+}
+
 PROBLEMS = [  # several kinds of problem, each with right and wrong answers, at one or many points
     {**NEURON, "submission": {"loss": 6.7012, "gradients": {"w": 6.69, "b": 0.9988}, "intermediates": {"z": 6.7}}},
     {
@@ -52,6 +60,20 @@ PROBLEMS = [  # several kinds of problem, each with right and wrong answers, at 
         "inputs": {"x": [1.0, "Infinity"], "y": 2.0},
         "submission": {"gradients": {"x": [2.0, "Infinity"], "y": 1.0}},
         "checks": {"gradients.x": {"points": 3}, "loss": {}},
+    },
+    {**NEURON, "tolerance": {"profile": "allclose"}, "submission": {"loss": 6.7012, "gradients": {"w": 6.69}}},
+    LAYER,
+    {  # generated X and parameters; a profile on one check (compared alone), diagnosis of the wrong gradient
+        "model": {
+            "kind": "network", "layout": "cs231n", "loss": {"type": "softmax_cross_entropy"},
+            "layers": [{"type": "linear", "out_features": 3, "activation": "relu"},
+                       {"type": "linear", "out_features": 2}],
+            "l2": {"reg": 0.1, "form": "half_sum_sq"}, "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.1},
+            "generate": {"X": {"scheme": "numpy_legacy", "seed": 1, "shape": [3, 2]}},
+        },
+        "inputs": {"y": [0, 1, 1]},
+        "submission": {"loss": 0.6958027388598947, "gradients": {"b2": [0.16168918, -0.16168918]}},
+        "checks": {"loss": {"tolerance": {"profile": "rel_error"}}, "gradients.b2": {}},
     },
 ]
 
@@ -96,6 +118,19 @@ def test_one_entry_per_problem_whatever_the_answers_or_the_way_points_are_given(
     grade_bytes({**NEURON, "model": {"kind": "neuron", "epsilon": 1e-7}, "submission": {"loss": 6.7}})
     grade_bytes({**NEURON, "inputs": {"x": 6.7, "y": 0, "w": 1, "b": -0.0}, "submission": {"loss": 6.7}})
     assert len(fresh_cache) == 3  # a different epsilon, and b = -0.0 (its bits differ), are other problems
+
+
+def test_a_network_problem_differs_by_dout_and_by_its_generated_tensors(fresh_cache):
+    first = grade_bytes(LAYER)
+    other = grade_bytes({**LAYER, "dout": [[2.0, 1.0]]})
+    assert len(fresh_cache) == 2 and first != other  # same model and inputs, another upstream gradient
+    assert grade_bytes(LAYER) == first and len(fresh_cache) == 2
+    net = PROBLEMS[-1]
+    grade_bytes(net)
+    reseeded = json.loads(json.dumps(net))
+    reseeded["model"]["generate"]["X"]["seed"] = 2
+    grade_bytes(reseeded)
+    assert len(fresh_cache) == 4  # another generated X: another reference
 
 
 def test_key_tells_every_non_finite_value_apart():

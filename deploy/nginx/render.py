@@ -4,12 +4,15 @@
     nginx -p "$PWD/.run/nginx/" -c "$PWD/.run/nginx/nginx.conf" -g 'daemon off;'
 
 Defaults come from the environment (GATEWAY_HOST, GATEWAY_PORT, GATEWAY_UPSTREAMS, GATEWAY_RATE,
-GATEWAY_BURST, GATEWAY_MAX_BODY_BYTES, GATEWAY_PREFIX, GATEWAY_READ_TIMEOUT), then from the options.
+GATEWAY_BURST, GATEWAY_MAX_BODY_BYTES, GATEWAY_PREFIX, GATEWAY_READ_TIMEOUT, GATEWAY_WORKER_CONNECTIONS,
+GATEWAY_CONN_PER_CLIENT, GATEWAY_REAL_IP_FROM), then from the options.  `--compose` and `--k8s` rewrite the
+committed copies for deploy/compose.yaml and deploy/k8s/ (tests check both equal a fresh render).
 Tests import render() directly.  Standard library only.
 """
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import sys
@@ -24,6 +27,18 @@ COMPOSE_SETTINGS = {
     "upstreams": ["app1:8000", "app2:8000"],
     "error_log": "stderr",
     "access_log": "/dev/stdout",
+}
+
+# The config for Kubernetes (deploy/k8s/kustomization.yaml turns it into the gateway's ConfigMap): the app's
+# Service by name, logs to the container's stdout/stderr, and the client address taken from X-Forwarded-For
+# when the connection comes from the Ingress controller (pod network; narrow it to your controller's CIDR).
+K8S_CONF = Path(__file__).resolve().parents[1] / "k8s" / "gateway" / "nginx.conf"
+K8S_SETTINGS = {
+    "listen": "0.0.0.0:8080",
+    "upstreams": ["gradsvc:80"],
+    "error_log": "stderr",
+    "access_log": "/dev/stdout",
+    "real_ip_from": ["10.0.0.0/8"],
 }
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # the app's MAX_BODY_BYTES default
@@ -52,10 +67,18 @@ def render(
     error_log: str = "logs/error.log",
     access_log: str = "logs/access.log",
     upstream_params: str = "max_fails=3 fail_timeout=10s",
+    worker_connections: int = 4096,
+    conn_per_client: int = 32,
+    real_ip_from: list[str] | tuple[str, ...] = (),
 ) -> str:
     """Return the nginx.conf text; every value is validated so nothing can inject nginx syntax."""
     if not upstreams:
         raise ValueError("at least one upstream is needed")
+    if int(worker_connections) < 64 or int(conn_per_client) < 1:
+        raise ValueError("worker_connections must be >= 64 and conn_per_client >= 1")
+    real_ip = "".join(f"    set_real_ip_from {ipaddress.ip_network(cidr.strip())};\n" for cidr in real_ip_from)
+    if real_ip:  # behind a trusted proxy (the Ingress controller): limits apply to the real client address
+        real_ip += "    real_ip_header X-Forwarded-For;\n    real_ip_recursive on;\n"
     servers = "\n".join(
         f"        server {_check(u, _HOSTPORT, 'upstream host:port')} {upstream_params};" for u in upstreams
     )
@@ -69,6 +92,10 @@ def render(
         "READ_TIMEOUT": _check(read_timeout, _TIMEOUT, "timeout (e.g. 30s)"),
         "ERROR_LOG": _check(error_log, _LOG, "error log"),
         "ACCESS_LOG": _check(access_log, _LOG, "access log"),
+        "WORKER_CONNECTIONS": str(int(worker_connections)),
+        "RLIMIT_NOFILE": str(2 * int(worker_connections)),
+        "CONN_PER_CLIENT": str(int(conn_per_client)),
+        "REAL_IP": real_ip,
     }
     text = TEMPLATE.read_text().replace(
         "-- TEMPLATE, rendered by deploy/nginx/render.py.",
@@ -98,9 +125,12 @@ def _env_settings() -> dict:
         settings["listen"] = f"{env.get('GATEWAY_HOST', '127.0.0.1')}:{env.get('GATEWAY_PORT', '8080')}"
     if env.get("GATEWAY_UPSTREAMS"):
         settings["upstreams"] = [u.strip() for u in env["GATEWAY_UPSTREAMS"].split(",") if u.strip()]
-    for key in ("rate", "burst", "max_body_bytes", "prefix", "read_timeout"):
+    for key in ("rate", "burst", "max_body_bytes", "prefix", "read_timeout", "worker_connections",
+                "conn_per_client"):
         if env.get(f"GATEWAY_{key.upper()}"):
             settings[key] = env[f"GATEWAY_{key.upper()}"]
+    if env.get("GATEWAY_REAL_IP_FROM"):
+        settings["real_ip_from"] = [c for c in env["GATEWAY_REAL_IP_FROM"].split(",") if c.strip()]
     return settings
 
 
@@ -110,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     out.add_argument("--prefix-dir", help="write DIR/nginx.conf and create DIR/logs")
     out.add_argument("-o", "--output", help="write the config to this file ('-' for stdout)")
     out.add_argument("--compose", action="store_true", help=f"(re)write {COMPOSE_CONF.name} for compose.yaml")
+    out.add_argument("--k8s", action="store_true", help="(re)write deploy/k8s/gateway/nginx.conf for kustomize")
     parser.add_argument("--listen", help="host:port to listen on (default 127.0.0.1:$GATEWAY_PORT or :8080)")
     parser.add_argument("--upstream", action="append", help="host:port of a replica (repeatable)")
     parser.add_argument("--rate", help="limit_req rate per client IP, e.g. 20r/s")
@@ -119,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--read-timeout")
     args = parser.parse_args(argv)
 
-    settings = dict(COMPOSE_SETTINGS) if args.compose else _env_settings()
+    settings = dict(COMPOSE_SETTINGS) if args.compose else dict(K8S_SETTINGS) if args.k8s else _env_settings()
     cli = {
         "listen": args.listen, "upstreams": args.upstream, "rate": args.rate, "burst": args.burst,
         "max_body_bytes": args.max_body_bytes, "prefix": args.prefix, "read_timeout": args.read_timeout,
@@ -127,12 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     settings.update({k: v for k, v in cli.items() if v is not None})
     try:
         text = render(**settings)
-    except ValueError as err:
+    except (ValueError, TypeError) as err:
         print(f"render.py: {err}", file=sys.stderr)
         return 2
-    if args.compose:
-        COMPOSE_CONF.write_text(text)
-        print(COMPOSE_CONF)
+    if args.compose or args.k8s:
+        target = COMPOSE_CONF if args.compose else K8S_CONF
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(text)
+        print(target)
     elif args.prefix_dir:
         print(write_prefix(args.prefix_dir, text))
     elif args.output and args.output != "-":

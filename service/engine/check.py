@@ -6,11 +6,12 @@ import math
 import numpy as np
 import torch
 
-from . import cost, refcache
+from . import cost, diagnose_bugs, refcache, tolerance
 from .compute import build_model, forward_backward
 from .encode import encode_tree
 from .errors import DeadlineExceeded, EngineError, LimitExceeded
 from .formula import parse_formula
+from .jacobian import upstream
 from .limits import Deadline, Limits
 from .neuron import Neuron
 from .values import parse_tensor
@@ -57,13 +58,17 @@ def make_points(request: dict, limits: Limits) -> list[dict[str, torch.Tensor]]:
 
 def reference(model, point: dict[str, torch.Tensor], deadline: Deadline) -> dict:
     """Autograd at one point, every input a leaf: loss, gradients, intermediates, and the neuron's chain-rule factors."""
-    leaves, out, record, gradients = forward_backward(model, point, tuple(point))
+    wrt = getattr(model, "check_wrt", None) or tuple(point)  # networks: parameters and X, never the labels
+    leaves, out, record, gradients = forward_backward(model, point, wrt)
     deadline.check()
     detached = {k: v.detach() for k, v in leaves.items()}
+    intermediates = {k: t.detach() for k, t in record.items()}
+    if hasattr(model, "intermediate_gradients"):  # networks: dZ1, dA1, ... for checks on the backward pass
+        intermediates.update(model.intermediate_gradients(record))
     return {
         "loss": out.detach(),
         "gradients": gradients,
-        "intermediates": {k: t.detach() for k, t in record.items()},
+        "intermediates": intermediates,
         "chain_rule": model.chain_rule(detached) if isinstance(model, Neuron) else None,
         "warnings": model.diagnose(record),
     }
@@ -112,25 +117,33 @@ def _describe_point(point: dict[str, torch.Tensor]) -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
 
 
-# the request fields that define a problem; every other field (submission, tolerances, checks) is one answer's
-PROBLEM_FIELDS = ("model", "inputs", "points", "domain", "seed", "n_points")
+# the request fields that define a problem (its references); every other field (submission, tolerances, checks)
+# is one answer's
+PROBLEM_FIELDS = ("model", "inputs", "points", "domain", "seed", "n_points", "dout")
 
 
 class Problem:
     """What every answer to one problem shares: the model, the cost model's estimate (checked before anything
-    is allocated), the points and their autograd references. A batch builds one per problem for all its jobs."""
+    is allocated), the points and their autograd references. A batch builds one per problem for all its jobs.
+    `spent`: bytes the request already used (the earlier problems of a /v1/grade problem file)."""
 
-    def __init__(self, request: dict, limits: Limits) -> None:
+    def __init__(self, request: dict, limits: Limits, spent: int = 0) -> None:
         deadline = Deadline(limits.max_wall_seconds)
         self.model = build_model(request["model"], limits, deadline)
-        self.shapes = cost.domain_points(request, limits)
+        self.shapes = [self.model.shapes(s) for s in cost.domain_points(request, limits)]
         self.estimate = cost.check_estimate(request, self.model, self.shapes, limits)
-        self.estimate.require(limits)  # the reference at every point and the response; formulas are charged later
-        self.points = make_points(request, limits)
+        self.estimate.require(limits, spent)  # the references at every point and the response; formulas later
+        self.points = [self.model.complete(p) for p in make_points(request, limits)]
+        self.model = upstream(self.model, request, torch.float64)  # layer checks: dout·J
         self.is_neuron = isinstance(self.model, Neuron)
+        dout = getattr(self.model, "dout", None)
         self.refs = refcache.references(
-            request["model"], self.points, limits, lambda: [reference(self.model, p, deadline) for p in self.points])
+            request["model"], self.points, limits, lambda: [reference(self.model, p, deadline) for p in self.points],
+            dout)
         self.multi = "inputs" not in request or "domain" in request or "points" in request
+        # naming a wrong answer's mistake costs budget for networks only (cost.diagnosis_estimate): elsewhere
+        # diagnosing after a deferred comparison charges the same as diagnosing in check order
+        self.free_diagnosis = request["model"]["kind"] != "network"
         self.warnings: list[str] = []
         for ref in self.refs:
             self.warnings += [w for w in ref["warnings"] if w not in self.warnings]
@@ -139,23 +152,26 @@ class Problem:
 class Grader:
     """Grades one check request: each check against the problem's references."""
 
-    def __init__(self, request: dict, limits: Limits, problem: Problem | None = None,
+    def __init__(self, request: dict, limits: Limits, spent: int = 0, *, problem: Problem | None = None,
                  deferred: list | None = None) -> None:
-        self.request, self.limits = request, limits
-        self.deferred = deferred  # a list: comparisons are queued there for _compare_together(), not done here
+        self.request, self.limits, self.spent = request, limits, spent
         self.deadline = Deadline(limits.max_wall_seconds)
-        problem = problem or Problem(request, limits)
+        problem = problem or Problem(request, limits, spent)
         self.model, self.shapes, self.points, self.refs = problem.model, problem.shapes, problem.points, problem.refs
         self.is_neuron, self.multi = problem.is_neuron, problem.multi
+        # a list: classic rtol/atol comparisons are queued there for _compare_together(), not done here (only where
+        # diagnosing afterwards changes nothing); their diagnosis waits in self.undiagnosed until finish()
+        self.deferred = deferred if problem.free_diagnosis else None
+        self.undiagnosed: list[tuple[dict, object, list[torch.Tensor]]] = []
         self.budget = cost.Estimate()  # this answer's own: its formulas are charged on top of the problem's
         self.budget.parts.update(problem.estimate.parts)
         self.warnings = list(problem.warnings)
 
     def title(self, name: str) -> str:
         section, _, key = name.partition(".")
-        f = "L" if self.is_neuron else "f"
+        f = "L" if not hasattr(self.model, "formula") else "f"
         if section == "loss":
-            return "the loss L" if self.is_neuron else f"f = {self.model.formula.source}"
+            return "the loss L" if not hasattr(self.model, "formula") else f"f = {self.model.formula.source}"
         if section in ("gradients", "gradient_formulas"):
             return f"d{f}/d{key}" + (" (formula)" if section == "gradient_formulas" else "")
         return f"intermediate {key}"
@@ -179,7 +195,17 @@ class Grader:
         return [self.check(name, options) for name, options in plan]
 
     def finish(self, checks: list[dict]) -> dict:
-        """The response body around the checks' results."""
+        """The response body around the checks' results, once every comparison is done: the deferred
+        comparisons' diagnoses, the first wrong layer, the score."""
+        for result, answer, expected in self.undiagnosed:
+            if not result["passed"]:
+                self._diagnose(result, result["name"], answer, expected)
+        self.undiagnosed = []
+        first_wrong = diagnose_bugs.first_wrong_layer(self, checks)
+        for c in checks if first_wrong else ():
+            if c["kind"] == "gradient" and not c["passed"]:
+                c["message"] += f"; {first_wrong['message']}"
+        profile = tolerance.resolve({}, self.request, self.request["rtol"], self.request["atol"])
         score = sum(c["points"] for c in checks)
         max_score = sum(c["max_points"] for c in checks)
         passed = sum(c["passed"] for c in checks)
@@ -189,12 +215,14 @@ class Grader:
             "passed": passed == len(checks),
             "rtol": self.request["rtol"],
             "atol": self.request["atol"],
-            "tolerance_rule": TOLERANCE_RULE,
+            "tolerance_rule": tolerance.rule(profile) if profile else TOLERANCE_RULE,
             "n_points": len(self.points),
             "points": self.points,
             "checks": checks,
             "summary": f"{passed} of {len(checks)} checks passed; score {score:g} of {max_score:g}",
         }
+        if first_wrong:
+            body["first_wrong"] = first_wrong
         body = encode_tree(body, self.warnings)
         body["warnings"] = self.warnings
         return body
@@ -230,14 +258,36 @@ class Grader:
             actual, problem = self._numbers(answer, expected)
         if problem:
             result["message"] = f"{result['title']}: {problem}"
+            self._diagnose(result, name, answer, expected)
             return result
         if section == "gradient_formulas":
             result["actual"] = actual if self.multi else actual[0]
-        if self.deferred is not None:
+        profile = tolerance.resolve(options, self.request, rtol, atol)
+        if profile is None and self.deferred is not None:  # the vectorized path knows the classic rule only
             self.deferred.append((self, result, expected, actual, section, key))
-        else:
+            self.undiagnosed.append((result, answer, expected))
+            return result
+        if profile is None:
             self._compare(result, expected, actual, rtol, atol, section, key)
+        else:
+            tolerance.apply(result, expected, actual, profile, self._at)
+        if not result["passed"]:
+            self._diagnose(result, name, answer, expected)
         return result
+
+    def _diagnose(self, result: dict, name: str, answer, expected: list[torch.Tensor]) -> None:
+        """Name the classic mistake a wrong gradient matches (diagnose_bugs.py); a network re-runs with each
+        mistake built in, charged to the request's budget: without budget left, the verdict stands undiagnosed."""
+        charge = cost.diagnosis_estimate(self.request, self.shapes, self.limits)
+        try:
+            charge.require(self.limits, spent=self.spent + self.budget.total)
+        except LimitExceeded:
+            return
+        self.budget.parts.update(charge.parts)
+        mistake = diagnose_bugs.diagnose(self, name, answer, expected)
+        if mistake:
+            result["diagnosis"] = mistake
+            result["message"] += f"; likely mistake: {mistake}"
 
     def _known(self, section: str) -> str:
         ref = self.refs[0]
@@ -274,7 +324,7 @@ class Grader:
         try:
             formula = parse_formula(source, self.limits)
             charge = cost.formula_estimate(formula, self.shapes, tuple(expected[0].shape), self.limits)
-            charge.require(self.limits, spent=self.budget.total, hint="a simpler formula")
+            charge.require(self.limits, spent=self.spent + self.budget.total, hint="a simpler formula")
             self.budget.parts.update(charge.parts)
             out = []
             for i, point in enumerate(self.points):
@@ -418,7 +468,7 @@ def grade_many(requests: list[dict], limits: Limits, problem: Problem, before_ea
         try:
             if before_each is not None:
                 before_each()
-            grader = Grader(request, limits, problem, deferred)
+            grader = Grader(request, limits, problem=problem, deferred=deferred)
             graded.append((i, grader, grader.grade_checks()))
         except Exception as err:  # noqa: BLE001 - one job's failure must not take the others down
             results[i] = err
@@ -480,7 +530,8 @@ def _compare_together(group: list) -> None:
 def estimate(request: dict, limits: Limits) -> int:
     """The cost model's bytes for a check request (a LimitExceeded when it alone is over the budget)."""
     model = build_model(request["model"], limits, Deadline(limits.max_wall_seconds))
-    budget = cost.check_estimate(request, model, cost.domain_points(request, limits), limits)
+    points = [model.shapes(s) for s in cost.domain_points(request, limits)]
+    budget = cost.check_estimate(request, model, points, limits)
     budget.require(limits)
     return budget.total
 
@@ -488,4 +539,4 @@ def estimate(request: dict, limits: Limits) -> int:
 def grade(request: dict, limits: Limits, problem: Problem | None = None) -> dict:
     """Run a loaded CheckRequestSchema body (against `problem`, built from its PROBLEM_FIELDS, when given);
     returns the JSON-ready check response."""
-    return Grader(request, limits, problem).run()
+    return Grader(request, limits, problem=problem).run()

@@ -9,8 +9,10 @@ from . import cost
 from .errors import NonScalarOutput, UnknownVariable
 from .expression import Expression
 from .graph import build_graph, to_dot
+from .jacobian import jacobian, jvp, upstream
 from .limits import Deadline, Limits
 from .model import Model
+from .network import Network
 from .neuron import Neuron
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -36,7 +38,7 @@ def make_tensors(inputs: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {name: _tensor(data.values, data.shape, dtype) for name, data in inputs.items()}
 
 
-MODEL_KINDS: dict[str, type[Model]] = {"neuron": Neuron, "expression": Expression}
+MODEL_KINDS: dict[str, type[Model]] = {"neuron": Neuron, "expression": Expression, "network": Network}
 
 
 def build_model(spec: dict, limits: Limits, deadline: Deadline) -> Model:
@@ -53,8 +55,9 @@ def estimate(request: dict, limits: Limits, deadline: Deadline) -> tuple:
     """(model, wrt, bytes) once the cost model has accepted the request: nothing is allocated before this."""
     cost.check_inputs(request["inputs"], limits)
     model = build_model(request["model"], limits, deadline)
-    wrt = wrt_of(request, model, request["inputs"])
-    estimate = cost.gradients_estimate(request, model, wrt, limits)
+    shapes = model.shapes({name: data.shape for name, data in request["inputs"].items()})
+    wrt = wrt_of(request, model, shapes)
+    estimate = cost.gradients_estimate(request, model, shapes, wrt, limits)
     estimate.require(limits)
     return model, wrt, estimate.total
 
@@ -67,17 +70,27 @@ def estimate_cost(request: dict, limits: Limits) -> int:
 def compute(request: dict, limits: Limits) -> dict:
     """Run a loaded GradientRequestSchema body; returns the JSON-ready response body."""
     deadline = Deadline(limits.max_wall_seconds)
-    model, wrt, _ = estimate(request, limits, deadline)
-    base = make_tensors(request["inputs"], DTYPES[request["dtype"]])
+    raw, wrt, _ = estimate(request, limits, deadline)
+    base = raw.complete(make_tensors(request["inputs"], DTYPES[request["dtype"]]))
+    model = upstream(raw, request, DTYPES[request["dtype"]])  # with `dout`: gradients are dout·J
     unknown = [name for name in wrt if name not in base]
     if unknown:
         raise UnknownVariable(f"wrt names {', '.join(map(repr, unknown))}, which are not inputs")
     include = set(request["include"])
     warnings: list[str] = []
+    derivatives = "jacobian" in include or request.get("tangents")
     if request["mode"] == "inference":
         body = _inference(model, base, include, warnings)
     else:
-        body = _grad(model, base, wrt, include, limits, deadline, warnings)
+        try:
+            body = _grad(model, base, wrt, include, limits, deadline, warnings)
+        except NonScalarOutput:
+            if not derivatives or model is not raw:
+                raise
+            body = _inference(model, base, include - set(GRAD_ONLY_EXTRAS), warnings)
+            warnings.append("gradients need a scalar output: send `dout` for the vector-Jacobian product")
+        if derivatives:
+            body.update(_derivatives(raw, base, wrt, request, deadline))
     body.update(mode=request["mode"], dtype=request["dtype"])
     body = encode_tree(body, warnings)
     body["warnings"] = warnings
@@ -135,6 +148,9 @@ def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline:
     deadline.check()
     body = empty_body()
     body.update(loss=out.detach(), gradients=gradients, requires_grad=out.requires_grad)
+    unused = [n for n in wrt if leaves[n].grad is None]
+    if unused:  # explicit: the output does not depend on these inputs at all (docs/networks.md)
+        body["independent"] = unused
     if include & {"graph", "dot"}:
         known = dict(record)
         if not any(t is out for t in record.values()):
@@ -156,6 +172,19 @@ def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline:
     return body
 
 
+def _derivatives(model, base: dict, wrt: tuple, request: dict, deadline: Deadline) -> dict:
+    """`jacobian` (include) and `jvp` (tangents) of the raw output, and the inputs it does not depend on."""
+    body, unused = {}, []
+    if "jacobian" in request["include"]:
+        body["jacobian"], unused = jacobian(model, base, wrt, deadline)
+    if request.get("tangents"):
+        body["jvp"], more = jvp(model, base, request["tangents"])
+        unused += [n for n in more if n not in unused]
+    if unused:
+        body["independent"] = unused
+    return body
+
+
 def _max_abs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
     diffs = [(a[n].double() - b[n].double()).abs().max() for n in a if a[n].numel()]
     return torch.stack(diffs).max() if diffs else torch.tensor(0.0, dtype=torch.float64)
@@ -166,7 +195,7 @@ def _manual(model, leaves: dict, wrt: tuple, gradients: dict, warnings: list[str
     with torch.no_grad():
         manual = model.manual({k: v.detach() for k, v in leaves.items()}, wrt)
     if manual is None:
-        warnings.append("manual: a free-form formula has no hand-derived gradient")
+        warnings.append(f"manual: {getattr(model, 'no_manual', 'a free-form formula has no hand-derived gradient')}")
         return None
     return {"gradients": manual, "max_abs_diff": _max_abs(manual, {n: gradients[n] for n in manual})}
 

@@ -25,17 +25,20 @@ OP_BYTES = 4096
 BACKWARD_FACTOR = 2
 # A double-backward pass (one Hessian row) builds and runs the derivative graph: ~4x the forward elements.
 DOUBLE_BACKWARD_FACTOR = 4
+# The network re-runs of a wrong gradient's diagnosis: 1/N, L2 x2, L2 x1/2, biases regularised, ReLU mask.
+DIAGNOSED_MISTAKES = 5
 REDUCERS = {"sum", "mean", "numel"}  # formula functions whose result is a scalar
 ITEMSIZE = {"float32": 4, "float64": 8}
 
 Shape = tuple[int, ...]
 
 
-def require(limits: Limits, name: str, amount: int | float, what: str, hint: str | None = None) -> None:
+def require(limits: Limits, name: str, amount: int | float, what: str, hint: str | None = None,
+            estimate: int | None = None) -> None:
     """Refuse the request when `amount` exceeds the limit `name`: the one place a size becomes a 413."""
     value = getattr(limits, name)
     if amount > value:
-        raise LimitExceeded(name, value, f"{what}; the limit is {value}", hint=hint)
+        raise LimitExceeded(name, value, f"{what}; the limit is {value}", hint=hint, estimate=estimate)
 
 
 # --- shapes --------------------------------------------------------------------------------------
@@ -74,6 +77,9 @@ def check_raw(body, limits: Limits) -> None:
             _check_raw_inputs(point, limits, f"points[{i}]")
     _check_raw_inputs(body.get("inputs"), limits, "inputs")
     _check_raw_inputs(body.get("domain"), limits, "domain")
+    _check_raw_inputs(body.get("tangents"), limits, "tangents")
+    if isinstance(body.get("dout"), list):
+        require(limits, "max_tensor_elements", len(body["dout"]), f"`dout` has {len(body['dout'])} items at its top level")
     submission = body.get("submission")
     if isinstance(submission, dict):
         for key, value in submission.items():
@@ -246,6 +252,11 @@ HINTS = {
     "response": "use smaller inputs, or fewer extras in `include`",
     "points": "use fewer points or smaller inputs",
     "jobs": "split the batch into smaller batches",
+    "problems": "split the problem file, or grade at fewer points or smaller inputs",
+    "jacobian": "send `dout` (the upstream gradient) instead of asking for the Jacobian: `gradients` is then the "
+    "vector-Jacobian product dout·J, one backward pass",
+    "jvp": "send fewer or smaller `tangents`, or use smaller inputs",
+    "diagnosis": "grade fewer points",
 }
 
 
@@ -253,27 +264,63 @@ def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:.1f} MiB"
 
 
+def network_pass(spec: dict, shapes: dict[str, Shape], limits: Limits) -> Pass:
+    """A coursework network (engine/network.py) over the shapes of its X, y and parameters (`Network.shapes`):
+    each layer's output and ~3 temporaries (a linear layer's product, batchnorm's statistics, the loss's
+    softmax), every one held to max_tensor_elements; the output is the loss, or the last layer's activation."""
+    x = shapes["X"]
+    samples_axis = 1 if spec["layout"] == "dlai" else 0
+    samples, features = x[samples_axis], x[1 - samples_axis]
+    result = Pass(sum(numel(s) for s in shapes.values()), 0, (), 0)
+    for name, shape in shapes.items():  # parameters and generated tensors have no input check of their own
+        require(limits, "max_tensor_elements", numel(shape), f"{name} has shape {list(shape)}, {numel(shape)} elements",
+                "use fewer features per layer, or fewer samples")
+    for layer in spec["layers"]:
+        features = layer.get("out_features", features)
+        size = samples * features
+        require(limits, "max_tensor_elements", size, f"a {layer['type']} layer's output has {size} elements",
+                "use fewer features per layer, or fewer samples")
+        result.elements += 4 * size
+        result.ops += 4
+        result.recorded += size
+    out = (samples, features) if samples_axis == 0 else (features, samples)
+    if spec["loss"]["type"] == "none":
+        result.out = out
+    else:
+        result.elements += 4 * numel(out)
+        result.ops += 8
+    return result
+
+
 def model_pass(model, spec: dict, shapes: dict[str, Shape], limits: Limits) -> Pass:
     if spec["kind"] == "neuron":
         return neuron_pass(spec, shapes)
+    if spec["kind"] == "network":
+        return network_pass(spec, shapes, limits)
     return formula_pass(model.formula, shapes, limits)
 
 
-def gradients_estimate(request: dict, model, wrt: tuple[str, ...], limits: Limits) -> Estimate:
-    """A /v1/gradients request: forward, backward and every extra in `include`, and the response."""
-    shapes = {name: data.shape for name, data in request["inputs"].items()}
+def gradients_estimate(
+    request: dict, model, shapes: dict[str, Shape], wrt: tuple[str, ...], limits: Limits
+) -> Estimate:
+    """A /v1/gradients request: forward, backward and every extra in `include`, and the response.
+    `shapes` are every tensor's (the model's `shapes()`: a network adds its generated X and parameters)."""
     include, size = set(request["include"]), ITEMSIZE[request["dtype"]]
     one = model_pass(model, request["model"], shapes, limits)
     estimate = Estimate()
     estimate.add("forward", one.elements * size + one.ops * OP_BYTES)
     wrt_elements = sum(numel(shapes[n]) for n in wrt if n in shapes)
     response = numel(one.out)
+    if request.get("dout") is not None:
+        dout = len(request["dout"].values)
+        require(limits, "max_tensor_elements", dout, f"`dout` has {dout} elements")
+        estimate.add("forward", 2 * dout * size)  # the tensor, and the product contracted with the output
     if request["mode"] == "inference":
         response += one.recorded if "intermediates" in include else 0
         estimate.add("response", response * RESPONSE_BYTES)
         return estimate
     estimate.add("backward", BACKWARD_FACTOR * (one.elements * size + one.ops * OP_BYTES))
-    response += wrt_elements
+    response += wrt_elements + _derivatives_estimate(estimate, request, one, wrt_elements, size, limits)
     if "intermediates" in include:
         estimate.add("intermediates", 2 * one.recorded * RESPONSE_BYTES)
     if "manual" in include:
@@ -296,6 +343,41 @@ def gradients_estimate(request: dict, model, wrt: tuple[str, ...], limits: Limit
     return estimate
 
 
+def _derivatives_estimate(estimate: Estimate, request: dict, one: Pass, wrt_elements: int, size: int,
+                          limits: Limits) -> int:
+    """Add `jacobian` (one backward pass per output element, output x `wrt` numbers) and `jvp` (`tangents`: a
+    double-backward pass), over the output before any `dout`; returns the numbers they add to the response."""
+    response = 0
+    pass_bytes = one.elements * size + one.ops * OP_BYTES
+    out = numel(one.out)
+    if "jacobian" in request["include"]:
+        require(limits, "max_jacobian_elements", out * wrt_elements,
+                f"the Jacobian has {out} output x {wrt_elements} `wrt` elements = {out * wrt_elements}",
+                HINTS["jacobian"], estimate=out * wrt_elements)
+        estimate.add("jacobian", (1 + BACKWARD_FACTOR) * pass_bytes + out * BACKWARD_FACTOR * pass_bytes
+                   + out * wrt_elements * size)
+        response += out * wrt_elements
+    tangents = request.get("tangents")
+    if tangents:
+        check_inputs(tangents, limits, "the tangents")
+        vectors = sum(len(t.values) for t in tangents.values())
+        estimate.add("jvp", 2 * DOUBLE_BACKWARD_FACTOR * pass_bytes + vectors * size)
+        response += out
+    return response
+
+
+def diagnosis_estimate(request: dict, points: list[dict[str, Shape]], limits: Limits) -> Estimate:
+    """Naming a wrong network gradient's mistake re-runs forward and backward at every point once per
+    mistake it tries (engine/diagnose_bugs.py); other kinds compare cheap transforms of the answer."""
+    estimate = Estimate()
+    if request["model"]["kind"] == "network":
+        for shapes in points:
+            one = network_pass(request["model"], shapes, limits)
+            rerun = (1 + BACKWARD_FACTOR) * (one.elements * 8 + one.ops * OP_BYTES)
+            estimate.add("diagnosis", DIAGNOSED_MISTAKES * rerun)
+    return estimate
+
+
 def _manual_elements(model, shapes: dict[str, Shape], limits: Limits) -> int:
     """The catalog's hand-derived gradient formulas, evaluated once each (the neuron's chain rule: ~6 tensors)."""
     formulas = getattr(model, "manual_formulas", None)
@@ -309,6 +391,9 @@ def check_estimate(request: dict, model, points: list[dict[str, Shape]], limits:
     the neuron's chain-rule factors, and the response that echoes every point and each check's values.
     Submitted gradient formulas are charged as they are graded (Grader), against what is left."""
     estimate = Estimate()
+    if request.get("dout") is not None:
+        dout = len(request["dout"].values)
+        require(limits, "max_tensor_elements", dout, f"`dout` has {dout} elements")
     for shapes in points:
         one = model_pass(model, request["model"], shapes, limits)
         inputs = sum(numel(s) for s in shapes.values())
@@ -348,13 +433,14 @@ def formula_estimate(formula, points: list[dict[str, Shape]], target: Shape, lim
     return estimate
 
 
-def batch_require(estimates: list[int], limits: Limits) -> None:
-    """The jobs of one batch share one budget: each may fit and the sum still be too much."""
+def batch_require(estimates: list[int], limits: Limits, part: str = "jobs", what: str = "the batch's") -> None:
+    """The jobs of one batch (or the problems of one problem file) share one budget: each may fit and the sum
+    still be too much."""
     total = sum(estimates)
     if total > limits.max_request_bytes:
         raise LimitExceeded(
             "max_request_bytes", limits.max_request_bytes,
-            f"the batch's {len(estimates)} jobs would allocate about {_mib(total)} together; "
+            f"{what} {len(estimates)} {part} would allocate about {_mib(total)} together; "
             f"the budget is {_mib(limits.max_request_bytes)}",
-            estimate=total, hint=HINTS["jobs"], breakdown={"jobs": total},
+            estimate=total, hint=HINTS[part], breakdown={part: total},
         )

@@ -41,6 +41,12 @@ def check_request() -> None:
         raise DeadlineInterrupt(seconds)
 
 
+def seconds_left() -> float:
+    """What is left of the current request's budget (infinite outside a request); a child process gets no more."""
+    end, _ = _REQUEST.get()
+    return end - time.monotonic()
+
+
 def can_interrupt() -> bool:
     """Timer signals reach only the main thread (gunicorn's sync worker; not a threaded dev server)."""
     return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()

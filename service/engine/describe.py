@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from . import network
 from .catalog import CATALOG
+from .fixtures import FIXTURES
 from .formula import CONSTANTS, FUNCTIONS
 from .limits import Limits
 from .neuron import DEFAULT_EPSILON, LOSSES, REDUCTIONS, Neuron
@@ -21,6 +23,17 @@ MODEL_KINDS = {
         "description": "a catalog `name` or a free-form `formula` in the formula language",
         "default_wrt": "every input",
     },
+    "network": {
+        "description": "layers on X, a loss against y and L2, in a course's layout (docs/networks.md)",
+        "inputs": ["X", "y", "W<l>", "b<l>", "gamma<l>", "beta<l>"],
+        "default_wrt": "every parameter, then X",
+        "layouts": {name: layout.description for name, layout in network.LAYOUTS.items()},
+        "layers": list(network.LAYER_TYPES),
+        "loss": list(network.LOSSES),
+        "reduction": list(network.REDUCTIONS),
+        "l2_forms": {name: text for name, (text, _) in network.L2_FORMS.items()},
+        "init": list(network.INIT_SCHEMES),
+    },
 }
 
 
@@ -36,4 +49,5 @@ def models_document(limits: Limits, extra_limits: dict) -> dict:
         "functions": functions,
         "constants": dict(CONSTANTS),
         "limits": {**limits.as_dict(), **extra_limits},
+        "networks": [dict(fixture) for fixture in FIXTURES],
     }

@@ -29,6 +29,13 @@ class Expression:
         self.formula = parse_formula(source, limits)
         self.dtype = torch.float32
 
+    def shapes(self, given: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """The inputs are every tensor: nothing is generated."""
+        return given
+
+    def complete(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return tensors
+
     def prepare(self, tensors: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Check every variable has an input, then make the `wrt` inputs leaves that require grad."""
         missing = [v for v in self.formula.variables if v not in tensors]

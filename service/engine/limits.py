@@ -20,6 +20,7 @@ class Limits:
     max_ast_depth: int = 50
     max_numeric_elements: int = 1_000
     max_hessian_elements: int = 100
+    max_jacobian_elements: int = 1_000_000  # output elements x `wrt` elements (docs/networks.md)
     max_graph_nodes: int = 5_000
     graph_value_max_elements: int = 100
     max_wall_seconds: float = 10.0

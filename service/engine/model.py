@@ -10,7 +10,7 @@ from .limits import Deadline, Limits
 
 
 class Model(Protocol):
-    """A model kind (the neuron; an expression, from the catalog or a free-form formula; later a network).
+    """A model kind (the neuron; an expression, from the catalog or a free-form formula; a network).
 
     One instance per request, built from the loaded `model` object of the request. Adding a kind means one class
     with these members, an entry in compute.MODEL_KINDS, and a request schema in schemas/requests.py.
@@ -25,6 +25,15 @@ class Model(Protocol):
 
     def __init__(self, spec: dict, limits: Limits, deadline: Deadline) -> None:
         """Check the spec beyond what the schema can (e.g. parse a formula within the limits)."""
+
+    def shapes(self, given: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """Every tensor's shape from the request's input shapes alone, before anything is allocated: the inputs,
+        plus what the model makes itself (a network's generated X and parameters). Sets what depends on them
+        (a network's default_wrt); the cost model prices these shapes."""
+
+    def complete(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The input tensors plus the ones the model makes itself (generated from seeds), once the cost model
+        has accepted the request."""
 
     def prepare(self, tensors: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Check the inputs fit the model; return them with the `wrt` ones as fresh leaves requiring grad."""

@@ -43,6 +43,13 @@ class Neuron:
             raise ShapeError(f"x has shape {_shape(x)} but w has {w.shape[0]} features: x's last axis must match w")
         return x.shape[:-1]
 
+    def shapes(self, given: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """The inputs are every tensor: nothing is generated."""
+        return given
+
+    def complete(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return tensors
+
     def prepare(self, tensors: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Make the leaves; for per-sample gradients w and b get one independent copy per sample."""
         zshape = self._samples_shape(tensors["x"], tensors["w"], tensors["b"])

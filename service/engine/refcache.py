@@ -1,7 +1,8 @@
 """Grading references cached by problem: a class's answers to one problem all need the same autograd result.
 
 The reference of a check (loss, every input's gradient, the intermediates and the neuron's chain-rule
-factors, in float64 at every point) depends only on the model, the points and the limits; never on the
+factors, in float64 at every point) depends only on the model, the points (a network's completed with its
+generated X and parameters), the upstream gradient `dout` and the limits; never on the
 submission, the tolerances or which checks are graded (every section is always computed). So it is
 computed once per problem and kept in a bounded LRU per worker process. The key is canonical: the model
 spec's items in sorted order and the points' exact float64 bytes, however the points were given
@@ -36,16 +37,32 @@ class Reference:
     nbytes: int
 
 
-def problem_key(model_spec: dict, points: list[dict[str, torch.Tensor]], limits: Limits) -> tuple:
-    """Equal keys <=> equal references: the model's settings, the limits, and each point's names, shapes and bits."""
+def _canonical(value):
+    """A dict's items sorted at every depth, so that equal specs give equal keys whatever their key order."""
+    if isinstance(value, dict):
+        return sorted((k, _canonical(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _tensor_bytes(name: str, t: torch.Tensor) -> bytes:
+    return f"{name}{t.dtype}{list(t.shape)}".encode() + t.detach().contiguous().numpy().tobytes()
+
+
+def problem_key(model_spec: dict, points: list[dict[str, torch.Tensor]], limits: Limits,
+                dout: torch.Tensor | None = None) -> tuple:
+    """Equal keys <=> equal references: the model's settings (a network's layers, `generate`, `init`), the limits,
+    each point's names, dtypes, shapes and bits, and the upstream gradient `dout` of a layer check."""
     blob = bytearray()
     for point in points:
         for name, t in point.items():
-            blob += f"{name}{list(t.shape)}".encode()
-            blob += t.contiguous().numpy().tobytes()
+            blob += _tensor_bytes(name, t)
         blob += b"|"
-    # repr keeps -0.0 apart from 0.0 and 1e-08 apart from 1.0000000000000001e-08; values are scalars and strings
-    return repr(sorted(model_spec.items())), limits, bytes(blob)
+    if dout is not None:
+        blob += _tensor_bytes("dout", dout)
+    # repr keeps -0.0 apart from 0.0 and 1e-08 apart from 1.0000000000000001e-08
+    return repr(_canonical(model_spec)), limits, bytes(blob)
 
 
 def _tensors(obj):
@@ -130,7 +147,11 @@ def configure(max_entries: int, max_bytes: int) -> ReferenceCache:
 
 
 def references(
-    model_spec: dict, points: list[dict[str, torch.Tensor]], limits: Limits, compute: Callable[[], list[dict]]
+    model_spec: dict,
+    points: list[dict[str, torch.Tensor]],
+    limits: Limits,
+    compute: Callable[[], list[dict]],
+    dout: torch.Tensor | None = None,
 ) -> list[dict]:
     """A problem's references: from the cache, or from compute() (then kept, if the cache is on).
 
@@ -138,7 +159,7 @@ def references(
     reference saves the autograd work, never a limit."""
     if not CACHE.enabled:
         return compute()
-    key = problem_key(model_spec, points, limits)
+    key = problem_key(model_spec, points, limits, dout)
     entry = CACHE.get(key)
     if entry is not None:
         return list(entry.refs)

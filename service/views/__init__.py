@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from . import batch, check, gradients, meta
+from . import batch, check, grade, gradients, meta, playground
 
-BLUEPRINTS = (gradients.bp, check.bp, batch.bp, meta.bp)
+BLUEPRINTS = (gradients.bp, check.bp, grade.bp, batch.bp, meta.bp, playground.bp)

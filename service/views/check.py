@@ -3,13 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, request
 
-from schemas.grading import (
-    CheckQuerySchema,
-    CheckRequestSchema,
-    CheckResponseSchema,
-    GradescopeResultsSchema,
-    PrairieLearnResultsSchema,
-)
+from schemas.grading import CheckQuerySchema, CheckRequestSchema, CheckResponseSchema
+from schemas.platforms import GradescopeResultsSchema, PrairieLearnResultsSchema
 
 from ..engine import cost
 from ..engine.check import grade
@@ -62,12 +57,12 @@ def check():
 
 def check_body(result: dict) -> Encoded:
     """CheckResponseSchema().dump(result), for a result of grade()."""
-    body = Encoded((key, result[key]) for key in CHECK_KEYS)
+    body = Encoded((key, result[key]) for key in CHECK_KEYS if key in result)  # first_wrong: networks only
     for key in CHECK_FLOATS:
         body[key] = float(body[key])
     checks = []
     for check in result["checks"]:
-        out = {key: check[key] for key in RESULT_KEYS}
+        out = {key: check[key] for key in RESULT_KEYS if key in check}  # tolerance, diagnosis: when they apply
         for key in RESULT_FLOATS:
             if out[key] is not None:
                 out[key] = float(out[key])

@@ -1,0 +1,134 @@
+"""Schemas for coursework networks (model kind "network") and the tolerance profiles of POST /v1/check."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from service.engine.network import ACTIVATIONS, INIT_SCHEMES, L2_FORMS, LAYER_TYPES, LAYOUTS, LOSSES, REDUCTIONS
+from service.engine.tolerance import DEFAULTS as PROFILES
+
+from .fields import Tensor
+
+TENSOR_NAME = r"^(X|y|[Wb][1-9][0-9]{0,2}|gamma[0-9]{1,3}|beta[0-9]{1,3})$"
+MAX_LAYERS = 64
+MAX_FEATURES = 1_000_000
+SEED = {"validate": validate.Range(min=0, max=2**32 - 1), "metadata": {"description": "numpy's seeds are < 2**32"}}
+finite = {"validate": validate.Range(min=-1e100, max=1e100)}
+# which optional fields each layer type takes
+LAYER_FIELDS = {
+    "linear": {"out_features", "bias", "activation", "negative_slope"},
+    "batchnorm": {"eps", "variance"},
+    "dropout": {"keep_prob", "p", "seed", "mask", "scale"},
+    "leaky_relu": {"negative_slope"},
+}
+
+
+class LayerSchema(Schema):
+    """One layer; `type` says which of the other fields apply."""
+
+    type = fields.String(required=True, validate=validate.OneOf(LAYER_TYPES))
+    out_features = fields.Integer(validate=validate.Range(min=1, max=MAX_FEATURES))
+    bias = fields.Boolean(metadata={"description": "linear: with a bias (default true)"})
+    activation = fields.String(
+        allow_none=True, validate=validate.OneOf(ACTIVATIONS), metadata={"description": "linear: applied inline"}
+    )
+    negative_slope = fields.Float(validate=validate.Range(min=0, max=1), metadata={"description": "leaky_relu; 0.01"})
+    eps = fields.Float(validate=validate.Range(min=0, max=1, min_inclusive=False), metadata={"description": "1e-5"})
+    variance = fields.String(
+        validate=validate.OneOf(("biased", "unbiased")),
+        metadata={"description": "batchnorm: divide by n (biased, default: CS231n, torch) or n - 1"},
+    )
+    keep_prob = fields.Float(
+        validate=validate.Range(min=0, max=1, min_inclusive=False), metadata={"description": "CS231n's p"}
+    )
+    p = fields.Float(validate=validate.Range(min=0, max=1, max_inclusive=False), metadata={"description": "torch's"})
+    seed = fields.Integer(**SEED)
+    mask = Tensor(metadata={"description": "dropout: the 0/1 keep mask, in the activation's shape"})
+    scale = fields.Boolean(metadata={"description": "dropout: inverted dropout, divide by keep_prob (default true)"})
+
+    @validates_schema
+    def fields_fit_type(self, data, **kwargs):
+        kind = data.get("type")
+        extra = sorted(set(data) - {"type"} - LAYER_FIELDS.get(kind, set()))
+        if extra:
+            raise ValidationError(f"A {kind} layer does not take {', '.join(extra)}.", "type")
+        if kind == "linear" and "out_features" not in data:
+            raise ValidationError("A linear layer needs out_features.", "out_features")
+        if kind == "dropout" and ("keep_prob" in data) == ("p" in data) and "mask" not in data:
+            raise ValidationError("Give exactly one of keep_prob (kept) or p (dropped), or a mask.", "keep_prob")
+
+
+class LossSchema(Schema):
+    type = fields.String(required=True, validate=validate.OneOf(LOSSES))
+    reduction = fields.String(
+        load_default="mean",
+        validate=validate.OneOf(REDUCTIONS),
+        metadata={"description": "mean over samples (default), sum, or mean over every element (torch's mse/bce)"},
+    )
+    margin = fields.Float(validate=validate.Range(min=0, max=1e6), metadata={"description": "hinge; default 1"})
+
+
+class L2Schema(Schema):
+    reg = fields.Float(required=True, validate=validate.Range(min=0, max=1e6))
+    form = fields.String(
+        required=True,
+        validate=validate.OneOf(tuple(L2_FORMS)),
+        metadata={"description": "sum_sq: reg*ΣW²; half_sum_sq: 0.5*reg*ΣW²; over_2m: reg/(2m)*ΣW²"},
+    )
+    include_biases = fields.Boolean(load_default=False)
+
+
+class InitSchema(Schema):
+    """How a tensor is made: numpy_legacy (mean + std * RandomState(seed).randn), zeros, ones, constant, linspace."""
+
+    scheme = fields.String(required=True, validate=validate.OneOf(INIT_SCHEMES))
+    seed = fields.Integer(**SEED)
+    std = fields.Float(**finite)
+    mean = fields.Float(**finite)
+    value = fields.Float(**finite)
+    start = fields.Float(**finite)
+    stop = fields.Float(**finite)
+    shape = fields.List(
+        fields.Integer(validate=validate.Range(min=0, max=MAX_FEATURES)),
+        validate=validate.Length(min=1, max=2),
+        metadata={"description": "needed for X and y (a parameter's shape follows from the layers)"},
+    )
+    transpose = fields.Boolean(metadata={"description": "linspace: fill the reversed shape, then transpose"})
+
+
+class NetworkModelSchema(Schema):
+    """An ordered list of layers on X, a loss against y, L2, in a course's layout (docs/networks.md)."""
+
+    kind = fields.String(required=True, validate=validate.Equal("network"))
+    layout = fields.String(required=True, validate=validate.OneOf(tuple(LAYOUTS)))
+    layers = fields.List(fields.Nested(LayerSchema), required=True, validate=validate.Length(max=MAX_LAYERS))
+    loss = fields.Nested(LossSchema, required=True)
+    l2 = fields.Nested(L2Schema)
+    init = fields.Nested(InitSchema, metadata={"description": "for every parameter not given; weights in layer order"})
+    generate = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(TENSOR_NAME, error="X, y, W<l>, b<l>, gamma<l> or beta<l>.")),
+        values=fields.Nested(InitSchema),
+        validate=validate.Length(max=2 * MAX_LAYERS + 2),
+        metadata={"description": "tensor name -> how to make it (e.g. X from a seed, as a course's fixture does)"},
+    )
+    dropout_seed = fields.Integer(**SEED)
+
+
+class ToleranceSchema(Schema):
+    """How a check compares, named after the course that uses the rule."""
+
+    profile = fields.String(
+        required=True,
+        validate=validate.OneOf(tuple(PROFILES)),
+        metadata={"description": "rel_error (CS231n), norm_ratio (dlai), allclose, round_atol (MyTorch), exact"},
+    )
+    threshold = fields.Float(
+        validate=validate.Range(min=0, max=1e6),
+        metadata={"description": "rel_error: 1e-7, norm_ratio: 2e-7 by default"},
+    )
+    rtol = fields.Float(validate=validate.Range(min=0, max=1e6), metadata={"description": "allclose"})
+    atol = fields.Float(validate=validate.Range(min=0, max=1e6), metadata={"description": "allclose, round_atol"})
+    decimals = fields.Integer(validate=validate.Range(min=0, max=15), metadata={"description": "round_atol; 4"})
+    partial_credit = fields.Boolean(
+        load_default=False, metadata={"description": "points times the fraction of elements within tolerance"}
+    )

@@ -1,0 +1,143 @@
+"""Name the classic backprop mistake behind a wrong gradient, and the first layer whose intermediate is wrong.
+
+A wrong answer is compared with references computed for each classic mistake (the network re-run with the
+mistake built in, or a simple transform of the right answer). The first one the answer matches is named.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .compute import forward_backward
+from .network import Network, Variant
+from .values import parse_tensor
+
+MATCH = {"rtol": 1e-6, "atol": 1e-9}
+
+
+def _raw(model):
+    return getattr(model, "inner", model)
+
+
+def _parse(answer, n_points: int, multi: bool) -> list[torch.Tensor] | None:
+    values = answer if multi else [answer]
+    if not isinstance(values, list) or len(values) != n_points:
+        return None
+    out = []
+    for value in values:
+        try:
+            data = parse_tensor(value)
+        except ValueError:  # a ragged or mixed list: an unreadable answer has no diagnosis
+            return None
+        out.append(torch.tensor(data.values, dtype=torch.float64).reshape(data.shape))
+    return out
+
+
+def _variant_gradient(grader, variant: Variant, key: str) -> list[torch.Tensor]:
+    """`key`'s gradient at every point for the network with the mistake built in."""
+    model = grader.model
+    wrong = Network(_raw(model).spec, variant=variant)
+    wrong.params = _raw(model).params
+    if model is not _raw(model):
+        wrong = type(model)(wrong, model.dout)
+    return [forward_backward(wrong, point, (key,))[3][key] for point in grader.points]
+
+
+def candidates(grader, key: str, expected: list[torch.Tensor]):
+    """(mistake, its wrong gradients) in the order they are tried; computed only when reached."""
+    yield (
+        "the sign is flipped (a gradient ascent step, or a - where the chain rule has a +)",
+        lambda: [-e for e in expected],
+    )
+    if all(e.dim() == 2 and e.shape[0] > 1 and e.shape[1] > 1 for e in expected):
+        yield "it is transposed (check the layout: which axis is in, which is out)", lambda: [e.t() for e in expected]
+    model = _raw(grader.model)
+    if not isinstance(model, Network) or model.loss["type"] == "none":
+        return
+    reg = model.l2.get("reg", 0.0)
+    if model.loss.get("reduction", "mean") == "mean":
+        yield (
+            "the 1/N of the mean over samples is missing",
+            lambda: _variant_gradient(grader, Variant(data_reduction="sum"), key),
+        )
+    if reg > 0 and key.startswith("W"):
+        yield (
+            "the L2 term's gradient is twice too large (d/dW of reg*ΣW² is 2*reg*W; of 0.5*reg*ΣW², reg*W)",
+            lambda: _variant_gradient(grader, Variant(l2_scale=2.0), key),
+        )
+        yield (
+            "the L2 term's gradient is half what it should be (d/dW of reg*ΣW² is 2*reg*W)",
+            lambda: _variant_gradient(grader, Variant(l2_scale=0.5), key),
+        )
+    if reg > 0 and key.startswith("b") and not model.l2.get("include_biases"):
+        yield (
+            "the biases are regularised: the L2 term covers the weights only",
+            lambda: _variant_gradient(grader, Variant(l2_biases=True), key),
+        )
+    block = key[1:]
+    dz = [ref["intermediates"].get(f"dZ{block}") for ref in grader.refs]
+    if key.startswith("b") and all(d is not None for d in dz):
+        axis = 1 - model.layout.samples_axis
+        yield (
+            "the bias gradient is summed over the wrong axis (over the features; sum dZ over the samples)",
+            lambda: [d.sum(axis) for d in dz],
+        )
+    if any(layer["type"] == "relu" or layer.get("activation") == "relu" for layer in model.layers):
+        yield (
+            "the ReLU mask is missing in the backward pass (multiply the upstream gradient by (Z > 0))",
+            lambda: _variant_gradient(grader, Variant(relu_mask=False), key),
+        )
+
+
+def _same(a: torch.Tensor, c: torch.Tensor, flatten: bool) -> bool:
+    if a.shape != c.shape:
+        if not (flatten and a.numel() == c.numel()):
+            return False
+        a = a.reshape(c.shape)
+    return bool(torch.allclose(a, c, **MATCH))
+
+
+def diagnose(grader, name: str, answer, expected: list[torch.Tensor]) -> str | None:
+    """The classic mistake a wrong `gradients.<key>` answer matches at every point, or None."""
+    section, _, key = name.partition(".")
+    if section != "gradients":
+        return None
+    actual = _parse(answer, len(expected), grader.multi)
+    if actual is None:
+        return None
+    for mistake, make in candidates(grader, key, expected):
+        wrong = make()
+        pairs = zip(wrong, expected, strict=True)
+        if any(w.shape == e.shape and bool(torch.allclose(w, e, **MATCH)) for w, e in pairs):
+            continue  # this mistake makes no difference here: it cannot be told apart
+        flatten = "wrong axis" in mistake
+        if all(_same(a, w, flatten) for a, w in zip(actual, wrong, strict=True)):
+            return mistake
+    return None
+
+
+def first_wrong_layer(grader, checks: list[dict]) -> dict | None:
+    """For networks: the first intermediate (forward values in layer order, then gradients backwards) that is
+    wrong, when the submission graded intermediates."""
+    model = _raw(grader.model)
+    if not isinstance(model, Network):
+        return None
+    graded = {
+        c["name"].partition(".")[2]: c for c in checks if c["kind"] == "intermediate" and c["expected"] is not None
+    }
+    order = model.intermediate_order(list(grader.refs[0]["intermediates"]))
+    wrong = [n for n in order if n in graded and not graded[n]["passed"]]
+    if not wrong:
+        return None
+    first = wrong[0]
+    digits = re.search(r"(\d+)", first)
+    layer = int(digits.group(1)) if digits else 0
+    where = "backward" if first.startswith("d") else "forward"
+    return {
+        "intermediate": first,
+        "layer": layer,
+        "message": f"the {where} pass first goes wrong at {first} (layer {layer}); "
+        "the intermediates before it are right",
+    }

@@ -1,0 +1,229 @@
+"""Grading a problem file against a student's answers: instructor errors apart, student errors as failed checks.
+
+`grade_file` validates the instructor's problem file (ProblemFileSchema; an error is InvalidProblem, the
+instructor's), reads each answer on its own (a missing, mistyped or mis-shaped answer, or an unparsable formula,
+is a failed check with a message, never an HTTP error), grades every problem with the engine and returns one
+platform-neutral result that service/platforms.py renders for Gradescope, PrairieLearn, Autolab or CodeRunner.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from marshmallow import ValidationError
+
+from schemas.grading import Answer
+from schemas.problems import MAX_PROBLEMS, ProblemFileSchema
+
+from .engine import cost
+from .engine.check import Grader, estimate
+from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded
+from .engine.formula import parse_formula
+from .engine.limits import Limits
+from .errors import InvalidProblem
+
+problem_file_schema = ProblemFileSchema()
+answer_field = Answer()
+# the order tests are numbered and listed in: what a student sees now first, so hidden ones leave no gaps
+VISIBILITY_ORDER = {"visible": 0, "after_published": 1, "after_due_date": 2, "hidden": 3}
+COPIED = ("model", "inputs", "points", "domain", "seed", "n_points", "rtol", "atol")
+
+
+def check_raw(problem_file, limits: Limits) -> None:
+    """The cost model's counts (cost.check_raw) of every problem in the raw JSON, before the schema loads any."""
+    problems = problem_file.get("problems") if isinstance(problem_file, dict) else None
+    for problem in problems[:MAX_PROBLEMS] if isinstance(problems, list) else [problem_file]:
+        cost.check_raw(problem, limits)
+
+
+def load_problem_file(data) -> dict:
+    """The validated problem file, or InvalidProblem (400) with marshmallow's messages under `problem`."""
+    try:
+        return problem_file_schema.load(data)
+    except ValidationError as err:
+        detail = "The problem file does not match the schema; see `errors`."
+        raise InvalidProblem(400, detail, {"problem": err.messages}) from None
+
+
+def grade_file(body: dict, limits: Limits) -> dict:
+    """Grade a loaded GradeRequestSchema body; returns the platform-neutral result (the `json` platform)."""
+    start = time.monotonic()
+    problem_file = load_problem_file(body["problem"])
+    answers, unreadable = body["answers"], body.get("answers_error")
+    if unreadable is None and not isinstance(answers, dict):
+        unreadable = f"the answers must be a JSON object keyed by problem, got {_json_type(answers)}"
+    requests = [_request(problem, body) for problem in problem_file["problems"]]
+    _charge(problem_file["problems"], requests, limits)
+    problems, spent = [], 0
+    for i, (problem, request) in enumerate(zip(problem_file["problems"], requests, strict=True)):
+        graded, used = _grade_problem(
+            i, problem, request, answers if unreadable is None else {}, unreadable, problem_file, limits, spent
+        )
+        problems.append(graded)
+        spent += used
+    checks = [c for p in problems for c in p["checks"]]
+    score, max_score = sum(p["score"] for p in problems), sum(p["max_score"] for p in problems)
+    return {
+        "graded": True,
+        "title": problem_file.get("title") or (problems[0]["title"] if len(problems) == 1 else ""),
+        "score": score,
+        "max_score": max_score,
+        "passed": all(c["passed"] for c in checks),
+        "format_errors": [c["message"] for c in checks if c["format_error"]],
+        "not_gradable": any(
+            c["format_error"] for p in problems if p["format_errors"] == "not_gradable" for c in p["checks"]
+        ),
+        "released": body.get("released", []),
+        "execution_time": time.monotonic() - start,
+        "problems": problems,
+        "warnings": [w for p in problems for w in p["warnings"]],
+    }
+
+
+def _request(problem: dict, body: dict) -> dict:
+    """The problem's /v1/check request, without the submission."""
+    request = {k: problem[k] for k in COPIED if k in problem}
+    if problem["seed_from_variant"] and "domain" in problem and body.get("variant_seed") is not None:
+        request["seed"] = body["variant_seed"] % 2**63  # every PrairieLearn variant is graded at its own points
+    request["checks"] = {
+        name: {k: v for k, v in options.items() if k not in ("tags", "answer")}
+        for name, options in problem["checks"].items()
+    }
+    return request
+
+
+def _charge(problems: list[dict], requests: list[dict], limits: Limits) -> None:
+    """The cost model's estimate of every problem, summed against the one request budget, before any is graded."""
+    costs = []
+    for index, (problem, request) in enumerate(zip(problems, requests, strict=True)):
+        try:
+            costs.append(estimate(request, limits))
+        except LimitExceeded:
+            raise
+        except EngineError as err:
+            raise _uncomputable(index, problem, err) from None
+    cost.batch_require(costs, limits, "problems", "the problem file's")
+
+
+def _uncomputable(index: int, problem: dict, err: EngineError) -> InvalidProblem:
+    """The model, the points or a check cannot be computed: the problem file is wrong."""
+    return InvalidProblem(
+        422,
+        f"Problem {problem['key']!r} cannot be computed: {err.detail}.",
+        {"problem": {"problems": {index: {"model": [err.detail]}}}},
+    )
+
+
+def _grade_problem(
+    index: int,
+    problem: dict,
+    request: dict,
+    answers: dict,
+    unreadable: str | None,
+    problem_file: dict,
+    limits: Limits,
+    spent: int,
+) -> tuple[dict, int]:
+    """The graded problem, and the bytes the cost model charged for it."""
+    key = problem["key"]
+    submission, format_errors = {}, {}
+    for name, options in problem["checks"].items():
+        value = _find_answer(answers, key, name, options, single=len(problem_file["problems"]) == 1)
+        if unreadable is not None:
+            format_errors[name] = f"your answers could not be read: {unreadable}"
+            continue
+        if value is None:
+            continue  # the engine reports it: "no answer given"
+        value, problem_text = _read_answer(name, value, limits)
+        if problem_text:
+            format_errors[name] = problem_text
+        else:
+            section, _, field = name.partition(".")
+            if section == "loss":
+                submission["loss"] = value
+            else:
+                submission.setdefault(section, {})[field] = value
+    try:
+        grader = Grader({**request, "submission": submission}, limits, spent)
+        result = grader.run()
+    except (DeadlineExceeded, LimitExceeded):
+        raise  # the request's wall time or budget, not the problem file
+    except EngineError as err:
+        raise _uncomputable(index, problem, err) from None
+    checks = []
+    for check in result["checks"]:
+        options = problem["checks"][check["name"]]
+        if check["expected"] is None:
+            raise InvalidProblem(
+                422,
+                f"Problem {key!r}: {check['message']}.",
+                {"problem": {"problems": {index: {"checks": {check["name"]: [check["message"]]}}}}},
+            )
+        check.update(problem=key, tags=options.get("tags", []), answer=options.get("answer"), format_error=False)
+        if check["name"] in format_errors:
+            check.update(
+                passed=False,
+                points=0.0,
+                abs_error=None,
+                rel_error=None,
+                actual=None,
+                message=f"{check['title']}: {format_errors[check['name']]}",
+                format_error=True,
+            )
+        checks.append(check)
+    checks.sort(key=lambda c: VISIBILITY_ORDER[c["visibility"]])
+    for number, check in enumerate(checks, 1):
+        check["number"] = f"{index + 1}.{number}"
+    return {
+        "key": key,
+        "title": problem.get("title", key),
+        "score": sum(c["points"] for c in checks),
+        "max_score": sum(c["max_points"] for c in checks),
+        "format_errors": problem.get("format_errors") or problem_file.get("format_errors") or "not_gradable",
+        "tolerance_rule": result["tolerance_rule"],
+        "checks": checks,
+        "warnings": result["warnings"],
+    }, grader.budget.total
+
+
+def _find_answer(answers: dict, key: str, name: str, options: dict, single: bool):
+    """The answer by its platform name (flat), else under the problem's key (or at the top level for one problem)."""
+    if options.get("answer") and options["answer"] in answers:
+        return answers[options["answer"]]
+    nested = answers.get(key)
+    if not isinstance(nested, dict):
+        nested = answers if single and key not in answers else {}
+    section, _, field = name.partition(".")
+    if section == "loss":
+        return nested.get("loss")
+    inner = nested.get(section)
+    return inner.get(field) if isinstance(inner, dict) else None
+
+
+def _read_answer(name: str, value, limits: Limits):
+    """(value, None) when the engine can grade it, or (None, why not) for a format error the student can fix."""
+    if name.startswith("gradient_formulas."):
+        if not isinstance(value, str) or not value.strip():
+            return None, f"a formula (text) is expected, got {_json_type(value)}"
+        try:
+            parse_formula(value, limits)
+        except FormulaError as err:
+            return None, f"your formula {value!r} cannot be read: {err.detail}"
+        except EngineError:
+            pass  # too long or too deep: the engine grades it as a failed check with the limit named
+        return value, None
+    if isinstance(value, str):  # a number typed into a text box
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None, f"{value[:100]!r} is not a number or a list of numbers"
+    try:
+        return answer_field.deserialize(value), None
+    except ValidationError as err:
+        return None, " ".join(err.messages) if isinstance(err.messages, list) else str(err.messages)
+
+
+def _json_type(value) -> str:
+    names = {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null"}
+    return names.get(type(value), "a number")

@@ -1,0 +1,136 @@
+"""The autograd graph as an SVG picture: DOT text from the JSON graph, laid out by Graphviz `dot` in a subprocess.
+
+Why a subprocess: Graphviz is a C program; running `dot -Tsvg` as a child keeps a crash or a runaway layout out
+of the worker, and lets the request's deadline (engine/deadline.py) end it: the child is killed and reaped
+whether the timer signal interrupts the wait or the remaining budget runs out, so no `dot` outlives its request.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+
+import orjson
+
+from .engine.deadline import seconds_left
+from .engine.errors import DeadlineExceeded, LimitExceeded
+from .engine.limits import Limits
+from .errors import GraphvizFailed, GraphvizMissing, NoGraph
+from .jsonio import OPTIONS
+
+SVG = "image/svg+xml"
+MAX_NUMBER_CHARS = 48  # a node shows at most this much of a value; tensors of up to 100 elements get an ellipsis
+# Only what the picture needs: no scripts, no outside fetches, even when the SVG is opened on its own.
+SVG_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+# The wait's own timeout ends this much after the request's: where the deadline's timer signal is armed, it is what
+# ends the wait (a 503 like any other cut-off); the timeout is the backstop where no signal can come (threads).
+TIMER_FIRST = 0.05
+STYLES = {  # class -> DOT node attributes; leaves (inputs) and the root (the loss) stand out from the operations
+    "leaf": 'shape=box, style="rounded,filled", fillcolor="#dbeafe", color="#1d4ed8"',
+    "root": 'shape=box, style="filled,bold", fillcolor="#fde68a", color="#b45309", penwidth=2',
+    "op": 'shape=box, style="filled", fillcolor="#f3f4f6", color="#4b5563"',
+}
+
+
+def number_text(value) -> str:
+    """A value exactly as the JSON answer spells it (float32 shortest repr, "NaN" for non-finite), cut short."""
+    text = value if isinstance(value, str) else orjson.dumps(value, option=OPTIONS).decode()
+    return text if len(text) <= MAX_NUMBER_CHARS else text[: MAX_NUMBER_CHARS - 1] + "…"
+
+
+def node_kind(node: dict, root) -> str:
+    if node["id"] == root:
+        return "root"
+    return "leaf" if node["op"] == "AccumulateGrad" else "op"
+
+
+def node_label(node: dict) -> str:
+    """Op on the first line, then what is known: label, shape, value (forward) and grad (dL/d node)."""
+    lines = [node["op"]]
+    if node.get("label") is not None:
+        lines.append(str(node["label"]))
+    if node.get("shape") is not None:
+        lines.append("shape " + number_text(node["shape"]))
+    if node.get("value") is not None:
+        lines.append("value " + number_text(node["value"]))
+    if node.get("grad") is not None:
+        lines.append("grad " + number_text(node["grad"]))
+    return "\n".join(lines)
+
+
+def _quote(text: str) -> str:
+    """A DOT double-quoted string; `\\l`-style escapes cannot sneak in because backslashes are doubled."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def to_dot(graph: dict) -> str:
+    """DOT text for a JSON graph (`{"root", "nodes", "edges"}`); SVG element ids are `node-<id>` and `edge-<i>`."""
+    lines = [
+        "digraph autograd {",
+        '  graph [rankdir=LR, bgcolor="white", pad=0.2, nodesep=0.3, ranksep=0.45];',
+        '  node [fontname="Helvetica,Arial,sans-serif", fontsize=11, margin="0.12,0.06"];',
+        '  edge [color="#6b7280", arrowsize=0.7];',
+    ]
+    if not graph["nodes"]:
+        lines.append('  empty [shape=plaintext, label="no autograd graph: the output depends on no wrt input"];')
+    for node in graph["nodes"]:
+        kind = node_kind(node, graph["root"])
+        attributes = f'id="node-{node["id"]}", class="{kind}", {STYLES[kind]}, label={_quote(node_label(node))}'
+        lines.append(f"  n{node['id']} [{attributes}];")
+    for i, edge in enumerate(graph["edges"]):
+        lines.append(f'  n{edge["from"]} -> n{edge["to"]} [id="edge-{i}"];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_svg(graph: dict | None, limits: Limits) -> bytes:
+    """The graph as SVG bytes, with `dot` given at most what is left of the request's wall-time budget."""
+    if graph is None:
+        raise NoGraph('Inference mode builds no autograd graph; ask for mode "grad" to get a picture.')
+    if len(graph["nodes"]) > limits.max_graph_nodes:  # build_graph already refuses these; the layout is superlinear
+        raise LimitExceeded(
+            "max_graph_nodes", limits.max_graph_nodes, f"autograd graph has more than {limits.max_graph_nodes} nodes"
+        )
+    binary = shutil.which("dot")
+    if binary is None:
+        raise GraphvizMissing(
+            "The SVG picture needs Graphviz's `dot` program, which is not installed on this server "
+            "(Debian package graphviz); ask for application/json instead."
+        )
+    budget = min(seconds_left(), limits.max_wall_seconds)
+    if budget <= 0:
+        raise DeadlineExceeded(limits.max_wall_seconds)
+    try:
+        returncode, svg = run_dot(binary, to_dot(graph).encode(), budget + TIMER_FIRST)
+    except subprocess.TimeoutExpired:  # the cooperative end (no timer signal outside the main thread)
+        raise DeadlineExceeded(limits.max_wall_seconds) from None
+    if returncode != 0 or not svg:
+        raise GraphvizFailed(f"dot exited with status {returncode} without a picture.")
+    return svg
+
+
+def run_dot(binary: str, dot_text: bytes, seconds: float) -> tuple[int, bytes]:
+    """Run `dot -Tsvg` on `dot_text` for at most `seconds` (then TimeoutExpired); (exit status, stdout).
+
+    The deadline's SIGALRM (engine/deadline.py) may raise DeadlineInterrupt at any bytecode. It is held back
+    while the child is spawned, so the interrupt cannot land between fork and `process` being known (dot
+    starts with SIGALRM blocked too, a signal it never uses); from then on, whatever ends the wait (the
+    interrupt, the timeout, any error) kills and reaps the child.
+    """
+    process = None
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        process = subprocess.Popen(
+            [binary, "-Tsvg"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending deadline fires here, inside the try
+        svg, _ = process.communicate(dot_text, timeout=seconds)
+        return process.returncode, svg
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if process is not None and process.returncode is None:
+            process.kill()
+            process.wait()
+            process.stdin.close()
+            process.stdout.close()

@@ -1,0 +1,273 @@
+"""Configuration that fails closed (real gunicorn refusing to start), bounded metric labels, strict bodies,
+and the JSON log format shared by the app and gunicorn."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from conftest import ROOT, TUTORIAL_NEURON, GunicornServer, TestConfig, free_port
+from service import create_app
+from service.logformat import JSON_FORMATTER
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def start_gunicorn(env: dict, tmp_path, preload: str = "1") -> subprocess.CompletedProcess:
+    """Run the real server with `env`; it must exit on its own within 60 s."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("API_KEYS", "MAX_", "TRUSTED_", "LOG_LEVEL"))}
+    full = {
+        **clean,
+        "HOST": "127.0.0.1",
+        "PORT": str(free_port()),
+        "WEB_CONCURRENCY": "1",
+        "GUNICORN_PRELOAD": preload,
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "service.wsgi:app"],
+        cwd=ROOT,
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        pytest.fail(f"gunicorn kept running with {env}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def key_file(tmp_path, text: str) -> str:
+    path = tmp_path / "keys"
+    path.write_text(text)
+    return str(path)
+
+
+MISCONFIGURATIONS = [
+    ({"API_KEYS": " , "}, "API_KEYS=' , ' contains no key"),
+    ({"API_KEYS": "abc def"}, "API_KEYS: a key contains characters"),
+    ({"API_KEYS": "abc#def"}, "API_KEYS: a key contains characters"),
+    ({"API_KEYS_FILE": "EMPTY"}, "contains no key"),
+    ({"API_KEYS_FILE": "HASH"}, "API_KEYS_FILE: a key contains characters"),
+    ({"API_KEYS_FILE": "/nonexistent/keys"}, "cannot be read: FileNotFoundError"),
+    ({"MAX_BODY_BYTES": "10MB"}, "MAX_BODY_BYTES='10MB' is not an integer"),
+    ({"TRUSTED_PROXY_HOPS": "one"}, "TRUSTED_PROXY_HOPS='one' is not an integer"),
+    ({"MAX_WALL_SECONDS": "nan"}, "MAX_WALL_SECONDS='nan' must be a finite"),
+    ({"MAX_TENSOR_ELEMENTS": "-5"}, "must not be negative"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD' is not one of"),
+    ({"MAX_REQUEST_BYTES": "256MiB"}, "MAX_REQUEST_BYTES='256MiB' is not an integer"),
+    ({"MAX_INPUTS": "0"}, "MAX_INPUTS=0 must be positive"),
+    ({"MAX_WORKER_RSS_MB": "0"}, "MAX_WORKER_RSS_MB=0 must be positive"),
+    ({"MAX_WORKER_RSS_MB": "inf"}, "MAX_WORKER_RSS_MB='inf' must be a finite"),
+]
+
+
+@pytest.mark.live
+@pytest.mark.slow
+@pytest.mark.parametrize(("env", "message"), MISCONFIGURATIONS, ids=[m for _, m in MISCONFIGURATIONS])
+def test_misconfiguration_refuses_to_start_with_one_line(env, message, tmp_path):
+    files = {"EMPTY": "# only a comment\n\n", "HASH": "abc#def\n"}
+    env = {k: key_file(tmp_path, files[v]) if v in files else v for k, v in env.items()}
+    proc = start_gunicorn(env, tmp_path)
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "configuration error" in line]
+    assert len(errors) == 1 and message in errors[0], proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "abc" not in errors[0] or "API_KEYS=" in errors[0] or "API_KEYS_FILE=" in errors[0]  # keys never echoed
+
+
+@pytest.mark.live
+@pytest.mark.slow
+def test_misconfiguration_stops_gunicorn_without_preload_too(tmp_path):
+    """Workers import the app: exit code 3 makes gunicorn halt instead of respawning them forever."""
+    proc = start_gunicorn({"API_KEYS": " , "}, tmp_path, preload="0")
+    assert proc.returncode == 3
+    assert sum("configuration error" in line for line in proc.stderr.splitlines()) == 1
+
+
+def test_trusted_proxy_hops_warns_at_start_up(capsys):
+    class BehindGateway(TestConfig):
+        TRUSTED_PROXY_HOPS = 1
+
+    create_app(BehindGateway)  # the app's logging writes JSON lines to stdout
+    warnings = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "TRUSTED_PROXY_HOPS" in line]
+    assert warnings and warnings[0]["level"] == "WARNING" and "only through the gateway" in warnings[0]["message"]
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "https://evil.example",
+        "//evil.example",
+        "/grad, https://evil.example",
+        "/grad/../x",
+        "/grad?x=1",
+        "javascript:alert(1)",
+    ],
+)
+def test_forwarded_prefix_must_be_a_path(prefix):
+    class BehindGateway(TestConfig):
+        TRUSTED_PROXY_HOPS = 1
+
+    client = create_app(BehindGateway).test_client()
+    assert client.get("/openapi.json", headers={"X-Forwarded-Prefix": prefix}).json["servers"] == [{"url": "/"}]
+    assert client.get("/openapi.json", headers={"X-Forwarded-Prefix": "/grad"}).json["servers"] == [{"url": "/grad"}]
+
+
+# --- bodies ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        ({"Content-Encoding": "gzip"}, "Content-Encoding 'gzip'"),
+        ({"Content-Encoding": "br"}, "Content-Encoding 'br'"),
+        ({"Content-Type": "application/json; charset=utf-16"}, "charset 'utf-16'"),
+        ({"Content-Type": "application/json; charset=latin-1"}, "charset 'latin-1'"),
+    ],
+)
+def test_encodings_other_than_identity_utf8_are_415(client, headers, detail):
+    r = client.post("/v1/gradients", json=TUTORIAL_NEURON, headers=headers)
+    assert r.status_code == 415 and r.mimetype == "application/problem+json"
+    assert detail in r.json["detail"] and r.json["type"] == "/problems/unsupported-media-type"
+
+
+@pytest.mark.parametrize(
+    "headers", [{"Content-Encoding": "identity"}, {"Content-Type": "application/json; charset=UTF-8"}]
+)
+def test_identity_and_utf8_are_accepted(client, headers):
+    assert client.post("/v1/gradients", json=TUTORIAL_NEURON, headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        (b'{"model": {"kind": "neuron", "loss": "bce", "loss": "bce_with_logits"}, "inputs": {}}', "loss"),
+        (b'{"model": {"kind": "neuron"}, "inputs": {"x": 1, "y": 0, "w": 1, "b": 0}, "inputs" : {}}', "inputs"),
+        (b'{"jobs": [{"model": {"kind": "neuron"}, "inputs": {"x": [[1, {"a": 1, "a": 2}]]}}]}', "a"),
+    ],
+)
+def test_duplicate_keys_are_400_naming_the_key(client, body, key):
+    path = "/v1/batch" if b"jobs" in body else "/v1/gradients"
+    r = client.post(path, data=body, headers=JSON_HEADERS)
+    assert r.status_code == 400 and r.json["type"] == "/problems/malformed-json"
+    assert f"The key '{key}' appears more than once" in r.json["detail"]
+
+
+def test_strings_that_look_like_keys_are_not_duplicates(client):
+    body = b'{"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 2}, "wrt": ["x"]}'
+    assert client.post("/v1/gradients", data=body, headers=JSON_HEADERS).status_code == 200
+    from service.jsonio import KEY_END, kept_keys
+
+    tricky = b'{"a": "\\":", "b": {"c": 1}}'  # an escaped quote before a colon, inside a string
+    assert len(KEY_END.findall(tricky)) > kept_keys(json.loads(tricky))  # takes the exact path ...
+    r = client.post("/v1/gradients", data=tricky, headers=JSON_HEADERS)
+    assert r.status_code == 400 and "appears more than once" not in r.json["detail"]  # ... and finds none
+
+
+# --- metrics --------------------------------------------------------------------------------------------
+
+
+def test_metrics_content_type_is_prometheus_text(client):
+    r = client.get("/metrics")
+    assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    om = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert om.headers["Content-Type"].startswith("application/openmetrics-text") and om.text.endswith("# EOF\n")
+
+
+def test_unknown_methods_and_routes_fold_into_bounded_labels(client):
+    client.open("/v1/gradients", method="M123")
+    client.open("/v1/gradients", method="DELETE")
+    client.open("/random/path/42", method="GET")
+    text = client.get("/metrics").text
+    assert 'method="other",route="/v1/gradients",status="405"' in text
+    assert 'method="DELETE",route="/v1/gradients",status="405"' in text  # 405 keeps the known route
+    assert 'method="GET",route="unmatched",status="404"' in text
+    assert "M123" not in text and "/random/path" not in text
+
+
+def test_build_info_and_worker_memory_are_exported(client):
+    client.get("/healthz")
+    text = client.get("/metrics").text
+    assert re.search(r'gradsvc_build_info\{python="3\.\d+\.\d+",torch="2\.13\.0[^"]*",version="[^"]+"\} 1\.0', text)
+    rss = float(re.search(r"^gradsvc_process_resident_memory_bytes (\S+)$", text, re.M).group(1))
+    assert rss > 10 * 2**20
+
+
+def series(text: str) -> set[str]:
+    """Distinct (metric, labels) of the service's own metrics; a histogram's buckets count once."""
+    out = set()
+    for line in text.splitlines():
+        if line.startswith("gradsvc_"):
+            name, _, rest = line.partition("{")
+            labels = re.sub(r'le="[^"]*",?', "", rest.rsplit("}", 1)[0]) if rest else ""
+            out.add(re.sub(r"_(bucket|count|sum|created)$", "", name.split(" ")[0]) + "{" + labels + "}")
+    return out
+
+
+@pytest.mark.live
+@pytest.mark.slow
+def test_random_methods_and_paths_keep_metric_series_bounded(tmp_path):
+    """5,000 requests with random methods and paths against 2 real workers in multiprocess mode."""
+    server = GunicornServer(workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}).start()
+    rng = random.Random(9)
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
+    paths = ["/v1/gradients", "/v1/models", "/healthz", "/v1/check", "/openapi.json"]
+    try:
+        start, sent = time.monotonic(), 0
+        with requests.Session() as s:
+            while sent < 5000 and time.monotonic() - start < 240:
+                method = rng.choice(methods) if rng.random() < 0.3 else f"M{sent}"
+                path = rng.choice(paths) if rng.random() < 0.3 else f"/x{sent}/{rng.randrange(10**6)}"
+                s.request(method, server.url + path, timeout=10)
+                sent += 1
+            text = s.get(server.url + "/metrics", timeout=10).text
+    finally:
+        server.stop()
+    assert sent == 5000
+    found = series(text)
+    assert len(found) < 100, sorted(found)
+    assert len(text) < 64 * 1024
+    assert not re.search(r'method="M\d+"|route="/x\d+', text)
+
+
+# --- logs -----------------------------------------------------------------------------------------------
+
+
+def test_gunicorn_and_app_share_the_json_log_format():
+    ns: dict = {}
+    exec(compile((ROOT / "deploy" / "gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), ns)
+    assert ns["_JSON_FORMATTER"] == {k: v for k, v in JSON_FORMATTER.items() if k != "()"}
+    assert ns["logger_class"].__name__ == "JsonLogger"
+
+
+@pytest.mark.live
+def test_log_lines_are_json_with_iso_time_and_pid(tmp_path):
+    server = GunicornServer(
+        workers=1, env={"LOG_LEVEL": "INFO", "GUNICORN_LOG_LEVEL": "info"}, log_path=tmp_path / "server.log"
+    ).start()
+    try:
+        requests.get(server.url + "/healthz", headers={"X-Request-ID": "log-1"}, timeout=10)
+        workers = server.worker_pids()
+    finally:
+        server.stop()
+    lines = (tmp_path / "server.log").read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line, gunicorn's included, is JSON
+    iso = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+\+00:00$")
+    assert all(iso.match(r["time"]) and isinstance(r["pid"], int) for r in records)
+    assert any(r["logger"] == "gunicorn.error" and r["message"].startswith("Starting gunicorn") for r in records)
+    access = [r for r in records if r.get("request_id") == "log-1"]
+    assert access and access[0]["pid"] in workers and access[0]["logger"] == "gradsvc.access"

@@ -1,0 +1,174 @@
+"""The gateway in every deployment: Kubernetes gets the nginx gateway rendered from the same template as
+`make gateway` and compose, NetworkPolicies that keep clients off the app port, an Ingress to the gateway,
+and a ServiceMonitor (a CRD, checked against a vendored minimal schema: kubernetes-validate has no CRDs)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_deploy_static import K8S, K8S_VERSION, load_render, nginx_t, require_module
+
+SERVICEMONITOR_SCHEMA = {  # the fields we use, from monitoring.coreos.com/v1 ServiceMonitor (prometheus-operator)
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "selector": {"type": "object", "properties": {"matchLabels": {"type": "object"}}},
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {"type": "string", "pattern": "^[0-9]+[smh]$"},
+                            "scrapeTimeout": {"type": "string", "pattern": "^[0-9]+[smh]$"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def docs_of(name: str) -> list[dict]:
+    yaml = require_module("yaml")
+    return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+
+
+def by_kind(name: str) -> dict:
+    return {d["kind"]: d for d in docs_of(name)}
+
+
+def test_k8s_gateway_conf_is_rendered_from_the_template():
+    render = load_render()
+    assert render.K8S_CONF == K8S / "gateway" / "nginx.conf"
+    assert render.K8S_CONF.read_text() == render.render(**render.K8S_SETTINGS), (
+        "run: python deploy/nginx/render.py --k8s"
+    )
+
+
+def test_k8s_gateway_conf_passes_nginx_t(tmp_path):
+    """The committed file itself, with only the upstream name (resolved by nginx at start) made local."""
+    text = (K8S / "gateway" / "nginx.conf").read_text().replace("server gradsvc:80 ", "server 127.0.0.1:9 ")
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(text)
+    proc = nginx_t(conf, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "set_real_ip_from 10.0.0.0/8;" in text and "limit_conn grad_conn_per_ip" in text
+
+
+def test_kustomization_generates_the_gateway_configmap_from_the_rendered_file():
+    yaml = require_module("yaml")
+    kubernetes_validate = require_module("kubernetes_validate")
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    (generator,) = kust["configMapGenerator"]
+    assert generator["files"] == ["nginx.conf=gateway/nginx.conf"]
+    deployment = by_kind("gateway.yaml")["Deployment"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == generator["name"]
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": generator["name"]},
+        "data": {"nginx.conf": (K8S / "gateway" / "nginx.conf").read_text()},
+    }
+    kubernetes_validate.validate(configmap, K8S_VERSION, strict=True)
+
+
+def test_kustomize_build_passes_strict_validation(tmp_path):
+    """The whole rendered kustomization (generated ConfigMap, hash-suffixed names) -- needs kubectl."""
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("kubectl not installed (Debian package kubernetes-client); the per-file checks still run")
+    proc = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rendered = tmp_path / "all.yaml"
+    rendered.write_text(proc.stdout)
+    validate = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent))
+    proc = subprocess.run(
+        [validate, "--strict", "-k", K8S_VERSION, str(rendered)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "configmap/gradsvc-gateway-nginx-" in proc.stdout and "networkpolicy/" in proc.stdout
+
+
+def test_gateway_deployment_and_service():
+    docs = by_kind("gateway.yaml")
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:3] == ["nginx", "-p", "/tmp/"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["readinessProbe"]["httpGet"]["path"] == "/_gateway/healthz"
+    assert "location = /_gateway/healthz" in (K8S / "gateway" / "nginx.conf").read_text()
+    gateway_labels = docs["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert docs["Service"]["spec"]["selector"] == gateway_labels
+    app_selector = by_kind("deployment.yaml")["Deployment"]["spec"]["selector"]["matchLabels"]
+    template_labels = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert not app_selector.items() <= template_labels.items(), "gateway pods must not join the app Service"
+    render = load_render()
+    assert render.K8S_SETTINGS["upstreams"] == ["gradsvc:80"]  # the app Service's name and port
+    assert by_kind("service.yaml")["Service"]["spec"]["ports"][0]["port"] == 80
+
+
+def test_network_policy_admits_only_the_gateway_and_the_scraper_to_the_app_port():
+    policies = {p["metadata"]["name"]: p for p in docs_of("networkpolicy.yaml")}
+    app = policies["gradsvc-app-from-gateway-only"]["spec"]
+    app_labels = by_kind("deployment.yaml")["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert app["podSelector"]["matchLabels"].items() <= app_labels.items()
+    assert app["policyTypes"] == ["Ingress"]
+    gateway_labels = by_kind("gateway.yaml")["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    sources = [rule["from"] for rule in app["ingress"]]
+    assert sources[0] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gradsvc-gateway"}}}]
+    assert sources[0][0]["podSelector"]["matchLabels"].items() <= gateway_labels.items()
+    assert all(peer.get("namespaceSelector") and peer.get("podSelector") for peer in sources[1])  # scraper only
+    assert all(rule["ports"] == [{"protocol": "TCP", "port": 8000}] for rule in app["ingress"])
+
+
+def test_ingress_routes_to_the_gateway_not_the_app():
+    ingress = by_kind("ingress.yaml")["Ingress"]
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert path["path"] == load_render().render.__defaults__[5] == "/grad"  # the gateway's prefix
+    assert path["backend"]["service"]["name"] == "gradsvc-gateway"
+
+
+def test_servicemonitor_matches_the_vendored_schema_and_the_app_service():
+    jsonschema = require_module("jsonschema")
+    yaml = require_module("yaml")
+    (monitor,) = [d for d in yaml.safe_load_all((K8S / "optional" / "servicemonitor.yaml").read_text()) if d]
+    jsonschema.validate(monitor, SERVICEMONITOR_SCHEMA)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**monitor, "spec": {**monitor["spec"], "bogus": 1}}, SERVICEMONITOR_SCHEMA)
+    service = by_kind("service.yaml")["Service"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] in [p["name"] for p in service["spec"]["ports"]]
+    annotations = by_kind("deployment.yaml")["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] == monitor["spec"]["endpoints"][0]["path"]
+
+
+def test_render_sizes_connections_and_rejects_bad_values():
+    render = load_render()
+    text = render.render(worker_connections=2000, conn_per_client=7, real_ip_from=["192.168.0.0/16"])
+    assert "worker_connections 2000;" in text and "worker_rlimit_nofile 4000;" in text
+    assert "limit_conn grad_conn_per_ip 7;" in text and "set_real_ip_from 192.168.0.0/16;" in text
+    assert "set_real_ip_from" not in render.render()
+    for bad in ({"worker_connections": 10}, {"conn_per_client": 0}, {"real_ip_from": ["10.0.0.0/8; evil"]}):
+        with pytest.raises(ValueError):
+            render.render(**bad)
+    assert "proxy_next_upstream error non_idempotent;" in text and "timeout http_" not in text

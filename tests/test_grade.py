@@ -1,0 +1,213 @@
+"""POST /v1/grade (problem files, instructor errors apart from student errors) and the `gradsvc grade` and
+`gradsvc problem lint` commands: deadline, fallback documents, options before or after the command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from platform_specs import validate_gradescope, validate_prairielearn
+
+from conftest import ROOT, free_port
+
+PROBLEM = {
+    "title": "Neuron",
+    "key": "neuron",
+    "model": {"kind": "neuron", "loss": "bce"},
+    "inputs": {"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0},
+    "checks": {"loss": {"points": 1}, "gradients.w": {"points": 2, "title": "dL/dw", "tags": ["chain-rule"]}},
+}
+RIGHT = {"loss": 6.7012, "gradients": {"w": 6.6918}}
+
+
+def grade(client, body, fmt="json"):
+    return client.post(f"/v1/grade?format={fmt}", json=body)
+
+
+def test_one_problem_file_graded_in_every_format(client):
+    for fmt in ("json", "gradescope", "prairielearn", "autolab", "coderunner"):
+        response = grade(client, {"problem": PROBLEM, "answers": RIGHT}, fmt)
+        assert response.status_code == 200, response.json
+    doc = grade(client, {"problem": PROBLEM, "answers": {"neuron": RIGHT}}, "gradescope").json
+    validate_gradescope(doc)
+    assert (
+        doc["score"] == 3 and doc["tests"][1]["tags"] == ["neuron", "chain-rule"] and doc["tests"][1]["name"] == "dL/dw"
+    )
+    assert doc["tests"][1]["extra_data"]["id"] == "gradients.w" and doc["execution_time"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("problem", "status", "where"),
+    [
+        ({**PROBLEM, "checks": {"gradient.w": {"points": 1}}}, 400, "checks"),  # the typo of the issue
+        ({**PROBLEM, "checks": {}}, 400, "checks"),
+        ({key: v for key, v in PROBLEM.items() if key != "model"}, 400, "model"),
+        ({"problems": [PROBLEM, PROBLEM]}, 400, "problems"),  # repeated keys
+        ({**PROBLEM, "checks": {"gradients.q": {"points": 1}}}, 422, "checks"),  # no input q
+        ({**PROBLEM, "model": {"kind": "expression", "formula": "sin(q)"}, "inputs": {"x": 1.0}}, 422, "model"),
+        ("not a problem file", 400, "problem"),
+    ],
+)
+def test_instructor_errors_are_invalid_problem(client, problem, status, where):
+    response = grade(client, {"problem": problem, "answers": RIGHT}, "gradescope")
+    assert response.status_code == status
+    body = response.json
+    assert body["type"] == "/problems/invalid-problem" and body["party"] == "instructor"
+    assert where in json.dumps(body["errors"]) and "course staff" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("answers", "fragment", "gradable"),
+    [
+        ({"loss": "six", "gradients": {"w": 6.6918}}, "'six' is not a number", False),
+        ({"loss": True, "gradients": {"w": 6.6918}}, "boolean", False),
+        ("just text", "must be a JSON object", False),
+        (None, "must be a JSON object", False),
+        ({"loss": [[1], 2], "gradients": {"w": 6.6918}}, "rectangular", True),  # misshaped: graded, and wrong
+    ],
+)
+def test_student_errors_are_failed_checks_not_http_errors(client, answers, fragment, gradable):
+    result = grade(client, {"problem": PROBLEM, "answers": answers}).json
+    assert result["graded"] is True and not result["passed"]
+    assert any(fragment in c["message"] for c in result["problems"][0]["checks"]), result
+    pl = grade(client, {"problem": PROBLEM, "answers": answers}, "prairielearn").json
+    validate_prairielearn(pl)
+    assert pl["gradable"] is gradable  # format errors charge no attempt by default
+    assert pl["score"] == (pytest.approx(2 / 3) if gradable else 0)
+
+
+def test_misshaped_answer_is_graded_wrong_not_a_format_error(client):
+    pl = grade(
+        client, {"problem": PROBLEM, "answers": {"loss": [1.0, 2.0], "gradients": {"w": 6.6918}}}, "prairielearn"
+    ).json
+    assert pl["gradable"] is True and pl["score"] == pytest.approx(2 / 3)
+    assert "wrong shape" in pl["tests"][0]["message"]
+
+
+def test_released_visibility_is_shown_and_variant_seed_moves_the_points(client):
+    problem = {**PROBLEM, "checks": {**PROBLEM["checks"], "gradients.b": {"points": 1, "visibility": "after_due_date"}}}
+    answers = {**RIGHT, "gradients": {"w": 6.6918, "b": 0.9988}}
+    before = grade(client, {"problem": problem, "answers": answers}, "prairielearn").json
+    after = grade(client, {"problem": problem, "answers": answers, "released": ["after_due_date"]}, "prairielearn").json
+    assert len(before["tests"]) == 2 and len(after["tests"]) == 3 and before["score"] == after["score"] == 1.0
+    domain = {
+        **PROBLEM,
+        "domain": {"x": [-2, 2]},
+        "n_points": 3,
+        "seed_from_variant": True,
+        "checks": {"gradient_formulas.w": {"points": 1}},
+    }
+    points = [
+        grade(client, {"problem": domain, "answers": {"gradient_formulas": {"w": "x"}}, "variant_seed": s}).json[
+            "problems"
+        ][0]["checks"][0]["expected"]
+        for s in (1, 2)
+    ]
+    assert points[0] != points[1]
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+def gradsvc(*args, timeout=60):
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradsvc", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    return proc, time.monotonic() - start
+
+
+@pytest.fixture()
+def files(tmp_path):
+    (tmp_path / "problem.yaml").write_text(json.dumps(PROBLEM))  # JSON is YAML
+    (tmp_path / "answers.json").write_text(json.dumps(RIGHT))
+    return tmp_path
+
+
+@pytest.mark.parametrize("deadline", [2, 5])
+def test_grade_against_an_unreachable_address_ends_within_the_deadline(files, deadline):
+    proc, took = gradsvc(
+        "grade",
+        "--platform",
+        "prairielearn",
+        "--problem",
+        str(files / "problem.yaml"),
+        "--answers",
+        str(files / "answers.json"),
+        "--out",
+        str(files / "out" / "results.json"),
+        "--url",
+        f"http://127.0.0.1:{free_port()}",
+        "--deadline",
+        str(deadline),
+        "--retries",
+        "50",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert took < deadline + 1, took
+    results = json.loads((files / "out" / "results.json").read_text())
+    validate_prairielearn(results)
+    assert results["gradable"] is False
+    assert [p.name for p in (files / "out").iterdir()] == ["results.json"]  # no temp file left behind
+
+
+@pytest.mark.live
+def test_options_before_or_after_the_command(live_server, files):
+    common = [
+        "--platform",
+        "gradescope",
+        "--problem",
+        str(files / "problem.yaml"),
+        "--answers",
+        str(files / "answers.json"),
+    ]
+    before, _ = gradsvc("--url", live_server.url, "--retries", "1", "grade", *common, "--out", str(files / "a.json"))
+    after, _ = gradsvc("grade", *common, "--out", str(files / "b.json"), "--url", live_server.url, "--retries", "1")
+    assert before.returncode == after.returncode == 0, (before.stderr, after.stderr)
+    a, b = (json.loads((files / name).read_text()) for name in ("a.json", "b.json"))
+    assert a["score"] == b["score"] == 3
+    proc, _ = gradsvc(
+        "check", str(files / "answers.json"), "--retries", "0", "--url", f"http://127.0.0.1:{free_port()}"
+    )
+    assert proc.returncode == 3  # `check` took --retries after its argument too (and found nothing there)
+
+
+@pytest.mark.live
+def test_problem_lint(live_server, files):
+    ok, _ = gradsvc("problem", "lint", str(files / "problem.yaml"), "--url", live_server.url)
+    assert ok.returncode == 0 and "schema ok" in ok.stdout and "3 points" in ok.stdout
+    (files / "typo.yaml").write_text(json.dumps({**PROBLEM, "checks": {"gradient.w": {}}}))
+    bad, _ = gradsvc("problem", "lint", str(files / "typo.yaml"), "--offline")
+    assert bad.returncode == 1 and "gradient.w" in bad.stderr
+    (files / "q.yaml").write_text(json.dumps({**PROBLEM, "checks": {"gradients.q": {}}}))
+    schema_ok, _ = gradsvc("problem", "lint", str(files / "q.yaml"), "--offline")
+    assert schema_ok.returncode == 0
+    computed, _ = gradsvc("problem", "lint", str(files / "q.yaml"), "--url", live_server.url)
+    assert computed.returncode == 1 and "'q'" in computed.stderr
+    (files / "broken.yaml").write_text("problems: [")
+    broken, _ = gradsvc("problem", "lint", str(files / "broken.yaml"))
+    assert broken.returncode == 2 and "not valid YAML" in broken.stderr
+
+
+@pytest.mark.live
+def test_grading_recipe_writes_a_valid_results_file(live_server, tmp_path):
+    """docs/grading.md's `gradsvc problem lint` and `gradsvc grade` lines, run as written (--url and --out moved)."""
+    text = (ROOT / "docs" / "grading.md").read_text().replace("\\\n", " ")
+    lines = [line.split("#")[0].split() for line in text.splitlines() if line.startswith("gradsvc ")]
+    assert [argv[:2] for argv in lines] == [["gradsvc", "problem"], ["gradsvc", "grade"]]
+    for argv in lines:
+        argv = [str(tmp_path / "results.json") if a == "results.json" else a for a in argv[1:]]
+        proc, _ = gradsvc(*argv, "--url", live_server.url)
+        assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    validate_gradescope(results)
+    assert results["score"] == 10

@@ -1,0 +1,647 @@
+"""Coursework networks: published fixtures, gradients in every layout against torch.func, Jacobians, tolerance
+profiles and the diagnosis of classic backprop mistakes — in process and against the live gunicorn server."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.engine import network
+from service.engine.fixtures import FIXTURES
+
+FIXTURE = {f["name"]: f for f in FIXTURES}
+
+
+def post(client, path, body):
+    response = client.post(path, json=body)
+    return response.status_code, response.get_json()
+
+
+# --- published values ---------------------------------------------------------------------------------
+# CS231n assignment 1: cs231n/classifiers/neural_net.py (e.g. AKSoo/CS231n-2017) initialises
+# W1 = std*randn(D, H), b1 = zeros, W2 = std*randn(H, C), b2 = zeros after np.random.seed(0); two_layer_net.ipynb
+# draws X = 10*randn(5, 4) after np.random.seed(1), y = [0, 1, 2, 2, 1], and checks net.loss(X, y, reg=0.05)
+# against correct_loss = 1.30378789133 (reg * ΣW²).
+# CS231n assignment 2: FullyConnectedNets.ipynb (e.g. AKSoo/CS231n-2017 assignment2/) sets linspace weights
+# and X = np.linspace(-5.5, 4.5, num=N*D).reshape(D, N).T, y = [0, 5, 1]; correct_loss 3.4702243556 at reg 0 and
+# 26.5948426952 at model.reg = 1.0 (0.5 * reg * ΣW² in fc_net.py), both asserted to within 1e-10.
+# CMU 11-785 HW1P1 MyTorch autograder, TestLinear (mytorch.nn.linear.Linear): A, W, b and dLdZ as in the
+# fixture; dLdW_solution [[28, 30], [24, 30], [20, 30]], dLdb_solution [[2], [6], [10]], atol 1e-4.
+# deeplearning.ai "Building your Deep Neural Network: Step by Step", public_tests.py compute_cost_test:
+# Y = [[1, 1, 0]], AL = [[.8, .9, 0.4]], expected_output 0.27977656.
+PUBLISHED = {
+    "cs231n_two_layer_toy": ("loss", 1.30378789133, 1e-10),
+    "cs231n_fc_net_toy": ("loss", 3.4702243556, 1e-10),
+    "cs231n_fc_net_toy_reg": ("loss", 26.5948426952, 1e-10),
+    "dlai_compute_cost": ("loss", 0.27977656, 1e-8),  # the course prints 8 decimals
+}
+
+
+def _cs231n_toy_numpy() -> float:
+    """The old CS231n toy net written out in numpy, as the course's solution computes it."""
+    np.random.seed(0)
+    w1, b1 = 0.1 * np.random.randn(4, 10), np.zeros(10)
+    w2, b2 = 0.1 * np.random.randn(10, 3), np.zeros(3)
+    np.random.seed(1)
+    x, y = 10 * np.random.randn(5, 4), np.array([0, 1, 2, 2, 1])
+    scores = np.maximum(0, x @ w1 + b1) @ w2 + b2
+    scores -= scores.max(axis=1, keepdims=True)
+    p = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    return -np.log(p[np.arange(5), y]).mean() + 0.05 * ((w1**2).sum() + (w2**2).sum())
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_losses(client, name):
+    field, value, tol = PUBLISHED[name]
+    status, body = post(client, "/v1/gradients", FIXTURE[name]["request"])
+    assert status == 200, body
+    assert abs(body[field] - value) < tol
+    assert FIXTURE[name]["expected"][field] == value
+
+
+def test_cs231n_toy_matches_numpy_written_out(client):
+    _, body = post(client, "/v1/gradients", FIXTURE["cs231n_two_layer_toy"]["request"])
+    assert body["loss"] == pytest.approx(_cs231n_toy_numpy(), abs=1e-13)
+
+
+def test_mytorch_linear_toy(client):
+    status, body = post(client, "/v1/gradients", FIXTURE["mytorch_linear_toy"]["request"])
+    assert status == 200, body
+    assert body["gradients"]["W1"] == [[28, 30], [24, 30], [20, 30]]
+    assert body["gradients"]["b1"] == [[2], [6], [10]]
+    assert body["gradients"]["X"] == [[4, -5], [4, 4], [4, 13], [4, 22]]  # the course's dLdA_solution
+    assert body["intermediates"]["Z1"]["value"] == [[10, -3, -16], [4, -1, -6], [-2, 1, 4], [-8, 3, 14]]
+
+
+@pytest.mark.live
+def test_published_fixtures_live(live_server):
+    for fixture in FIXTURES:
+        response = requests.post(live_server.url + "/v1/gradients", json=fixture["request"], timeout=30)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        for field, value in fixture["expected"].items():
+            if field == "loss":
+                assert abs(body["loss"] - value) < PUBLISHED.get(fixture["name"], (0, 0, 1e-12))[2]
+            elif field == "gradients":
+                assert body["gradients"] == value
+    models = requests.get(live_server.url + "/v1/models", timeout=10).json()
+    assert [n["name"] for n in models["networks"]] == [f["name"] for f in FIXTURES]
+    assert set(models["kinds"]["network"]["layouts"]) == set(network.LAYOUTS)
+    assert models["limits"]["max_jacobian_elements"] > 0
+
+
+# --- every layout against torch.func ------------------------------------------------------------------
+
+
+def reference_loss(params: dict, x, y, layers, loss: dict, l2: dict):
+    """An independent samples-first (CS231n-shaped) network: W (in, out), b (out,)."""
+    h, block = x, 0
+    for layer in layers:
+        block += 1
+        h = h @ params[f"W{block}"] + params[f"b{block}"]
+        act = layer.get("activation")
+        if act == "relu":
+            h = torch.relu(h)
+        elif act == "tanh":
+            h = torch.tanh(h)
+        elif act == "sigmoid":
+            h = torch.sigmoid(h)
+        elif act == "leaky_relu":
+            h = torch.where(h > 0, h, 0.01 * h)
+    n = x.shape[0]
+    kind = loss["type"]
+    if kind == "none":
+        return h
+    if kind == "softmax_cross_entropy":
+        per = -torch.log_softmax(h, 1)[torch.arange(n), y.long()]
+    elif kind == "hinge":
+        correct = h[torch.arange(n), y.long()].reshape(-1, 1)
+        margins = torch.clamp(h - correct + 1.0, min=0)
+        per = margins.sum(1) - 1.0  # the correct class contributes exactly the margin 1
+    else:
+        per = ((h - y) ** 2).sum(1)
+    data = per.mean() if loss.get("reduction", "mean") == "mean" else per.sum()
+    factor = {"sum_sq": 1.0, "half_sum_sq": 0.5, "over_2m": 0.5 / n}[l2["form"]]
+    return data + l2["reg"] * factor * sum((params[k] ** 2).sum() for k in params if k.startswith("W"))
+
+
+def to_layout(layout: str, name: str, t: torch.Tensor) -> torch.Tensor:
+    """A samples-first/CS231n tensor in another course's shape."""
+    if name == "X":
+        return t.t() if layout == "dlai" else t
+    if name.startswith("W"):
+        return t if layout == "cs231n" else t.t()
+    return t.reshape(-1, 1) if layout in ("mytorch", "dlai") else t
+
+
+@st.composite
+def random_networks(draw):
+    n, d = draw(st.integers(2, 4)), draw(st.integers(1, 4))
+    widths = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+    acts = [draw(st.sampled_from([None, "relu", "tanh", "sigmoid", "leaky_relu"])) for _ in widths[:-1]] + [None]
+    kind = draw(st.sampled_from(["softmax_cross_entropy", "hinge", "mse"]))
+    if kind != "mse":
+        widths[-1] = max(widths[-1], 2)
+    loss = {"type": kind, "reduction": draw(st.sampled_from(["mean", "sum"]))}
+    l2 = {"reg": draw(st.sampled_from([0.0, 0.3])), "form": draw(st.sampled_from(sorted(network.L2_FORMS)))}
+    seed = draw(st.integers(0, 2**16))
+    layout = draw(st.sampled_from(sorted(network.LAYOUTS)))
+    return n, d, widths, acts, loss, l2, seed, layout
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(random_networks())
+def test_gradients_equal_torch_func_in_every_layout(client, net):
+    n, d, widths, acts, loss, l2, seed, layout = net
+    gen = torch.Generator().manual_seed(seed)
+    layers = [{"type": "linear", "out_features": w, "activation": a} for w, a in zip(widths, acts, strict=True)]
+    params, fan_in = {}, d
+    for i, w in enumerate(widths, 1):
+        params[f"W{i}"] = torch.randn(fan_in, w, generator=gen, dtype=torch.float64)
+        params[f"b{i}"] = torch.randn(w, generator=gen, dtype=torch.float64)
+        fan_in = w
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    if loss["type"] == "mse":
+        y = torch.randn(n, widths[-1], generator=gen, dtype=torch.float64)
+        y_sent = to_layout(layout, "X", y)
+    else:
+        y = torch.randint(0, widths[-1], (n,), generator=gen).double()
+        y_sent = y
+    inputs = {k: to_layout(layout, k, v).tolist() for k, v in {**params, "X": x}.items()}
+    body = {
+        "model": {"kind": "network", "layout": layout, "layers": layers, "loss": loss, "l2": l2},
+        "inputs": {**inputs, "y": y_sent.tolist()},
+        "dtype": "float64",
+        "include": ["numeric"],
+    }
+    status, out = post(client, "/v1/gradients", body)
+    assert status == 200, out
+    grads = torch.func.grad(lambda p, xx: reference_loss(p, xx, y, layers, loss, l2), argnums=(0, 1))(params, x)
+    expected = {**{k: to_layout(layout, k, v) for k, v in grads[0].items()}, "X": to_layout(layout, "X", grads[1])}
+    assert out["loss"] == pytest.approx(reference_loss(params, x, y, layers, loss, l2).item(), rel=1e-12, abs=1e-12)
+    for name, value in expected.items():
+        got = torch.tensor(out["gradients"][name], dtype=torch.float64)
+        assert got.shape == value.shape, name
+        assert torch.allclose(got, value, rtol=1e-10, atol=1e-12), name
+    assert out["numeric"]["max_abs_error"] < 1e-6 * max(1.0, max(v.abs().max().item() for v in expected.values()))
+
+
+def test_batchnorm_and_dropout_equal_torch(client):
+    """Train-mode batchnorm (biased and unbiased variance) and seeded inverted dropout against torch.func."""
+    gen = torch.Generator().manual_seed(3)
+    x, w, b = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in ((5, 3), (3, 4), (4,)))
+    gamma, beta = (
+        torch.rand(4, generator=gen, dtype=torch.float64) + 0.5,
+        torch.randn(4, generator=gen, dtype=torch.float64),
+    )
+    y = torch.tensor([0, 1, 3, 2, 1.0])
+    mask = torch.from_numpy(np.random.RandomState(7).rand(5, 4) < 0.6).double() / 0.6
+    for variance, correction in (("biased", 0), ("unbiased", 1)):
+
+        def loss_of(w, b, gamma, beta, x, correction=correction):
+            z = x @ w + b
+            zhat = (z - z.mean(0)) / torch.sqrt(z.var(0, correction=correction) + 1e-5)
+            a = torch.relu(gamma * zhat + beta) * mask
+            return -torch.log_softmax(a, 1)[torch.arange(5), y.long()].mean()
+
+        body = {
+            "model": {
+                "kind": "network",
+                "layout": "cs231n",
+                "loss": {"type": "softmax_cross_entropy"},
+                "layers": [
+                    {"type": "linear", "out_features": 4},
+                    {"type": "batchnorm", "variance": variance},
+                    {"type": "relu"},
+                    {"type": "dropout", "keep_prob": 0.6, "seed": 7},
+                ],
+            },
+            "inputs": {
+                "X": x.tolist(),
+                "y": y.tolist(),
+                "W1": w.tolist(),
+                "b1": b.tolist(),
+                "gamma1": gamma.tolist(),
+                "beta1": beta.tolist(),
+            },
+            "dtype": "float64",
+            "include": ["intermediates"],
+        }
+        status, out = post(client, "/v1/gradients", body)
+        assert status == 200, out
+        grads = torch.func.grad(loss_of, argnums=(0, 1, 2, 3, 4))(w, b, gamma, beta, x)
+        for name, g in zip(("W1", "b1", "gamma1", "beta1", "X"), grads, strict=True):
+            assert torch.allclose(torch.tensor(out["gradients"][name], dtype=torch.float64), g, atol=1e-12), name
+        assert list(out["intermediates"]) == ["Z1", "BN1", "A1", "D1"]
+
+
+# --- Jacobians, VJPs, JVPs ----------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch.func.jvp's first use
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.integers(1, 4),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.sampled_from(sorted(network.LAYOUTS)),
+    st.integers(0, 999),
+)
+def test_jacobian_vjp_jvp_equal_torch_func(client, n, d, h, layout, seed):
+    gen = torch.Generator().manual_seed(seed)
+    w, b, x = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in ((d, h), (h,), (n, d)))
+    dout, tangent = (
+        torch.randn(n, h, generator=gen, dtype=torch.float64),
+        torch.randn(d, h, generator=gen, dtype=torch.float64),
+    )
+
+    def out_of(w, b, x):
+        return torch.tanh(x @ w + b)
+
+    sent = {"W1": to_layout(layout, "W1", w), "b1": to_layout(layout, "b1", b), "X": to_layout(layout, "X", x)}
+    body = {
+        "model": {
+            "kind": "network",
+            "layout": layout,
+            "loss": {"type": "none"},
+            "layers": [{"type": "linear", "out_features": h, "activation": "tanh"}],
+        },
+        "inputs": {k: v.tolist() for k, v in sent.items()},
+        "dtype": "float64",
+        "include": ["jacobian"],
+        "tangents": {"W1": to_layout(layout, "W1", tangent).tolist()},
+    }
+    status, out = post(client, "/v1/gradients", body)
+    assert status == 200, out
+    assert out["gradients"] is None and out["warnings"][-1].startswith("gradients need a scalar output")
+
+    # the service works in the layout; the reference in samples-first shapes: compare through the same views
+    def in_layout(wl, bl, xl):
+        result = out_of(wl if layout == "cs231n" else wl.t(), bl.reshape(-1), xl.t() if layout == "dlai" else xl)
+        return result.t() if layout == "dlai" else result
+
+    jac = torch.func.jacrev(in_layout, argnums=(0, 1, 2))(sent["W1"], sent["b1"], sent["X"])
+    for name, j in zip(("W1", "b1", "X"), jac, strict=True):
+        assert torch.allclose(torch.tensor(out["jacobian"][name], dtype=torch.float64), j, atol=1e-12), name
+    _, jvp_out = torch.func.jvp(
+        lambda wl: in_layout(wl, sent["b1"], sent["X"]), (sent["W1"],), (to_layout(layout, "W1", tangent),)
+    )
+    assert torch.allclose(torch.tensor(out["jvp"], dtype=torch.float64), jvp_out, atol=1e-12)
+
+    upstream = to_layout(layout, "X", dout) if layout == "dlai" else dout
+    body = {**body, "include": [], "dout": upstream.tolist()}
+    del body["tangents"]
+    status, out = post(client, "/v1/gradients", body)
+    assert status == 200, out
+    _, pullback = torch.func.vjp(in_layout, sent["W1"], sent["b1"], sent["X"])
+    for name, g in zip(("W1", "b1", "X"), pullback(upstream), strict=True):
+        assert torch.allclose(torch.tensor(out["gradients"][name], dtype=torch.float64), g, atol=1e-12), name
+
+
+def test_jacobian_of_a_formula_and_the_independence_flag(client):
+    body = {
+        "model": {"kind": "expression", "formula": "x**2"},
+        "inputs": {"x": [1.0, 2.0], "y": 3.0},
+        "wrt": ["x", "y"],
+        "include": ["jacobian"],
+        "dtype": "float64",
+    }
+    status, out = post(client, "/v1/gradients", body)
+    assert status == 200, out
+    assert out["jacobian"] == {"x": [[2.0, 0.0], [0.0, 4.0]], "y": [0.0, 0.0]}
+    assert out["independent"] == ["y"]
+    status, out = post(
+        client, "/v1/gradients", {**body, "model": {"kind": "expression", "formula": "sum(x**2)"}, "include": []}
+    )
+    assert out["gradients"]["y"] == 0.0 and out["independent"] == ["y"]
+    status, out = post(
+        client, "/v1/gradients", {**body, "model": {"kind": "expression", "formula": "sum(x**2) + y*0"}, "include": []}
+    )
+    assert "independent" not in out  # y is in the graph: its zero gradient is computed, not structural
+
+
+def test_jacobian_cap_is_a_413_that_suggests_dout(client):
+    body = {
+        "model": {
+            "kind": "network",
+            "layout": "torch",
+            "loss": {"type": "none"},
+            "layers": [{"type": "linear", "out_features": 200}],
+            "init": {"scheme": "zeros"},
+        },
+        "inputs": {"X": [[0.0] * 100] * 60},
+        "include": ["jacobian"],
+    }
+    status, out = post(client, "/v1/gradients", body)
+    assert status == 413, out
+    assert out["limit"]["name"] == "max_jacobian_elements" and "dout" in out["hint"]
+    assert out["limit"]["estimate"] == 60 * 200 * (200 * 100 + 200 + 60 * 100)  # output x (W1, b1, X) elements
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+TOY = {
+    "kind": "network",
+    "layout": "cs231n",
+    "loss": {"type": "softmax_cross_entropy"},
+    "layers": [{"type": "linear", "out_features": 3, "activation": "relu"}, {"type": "linear", "out_features": 2}],
+}
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "status", "needle"),
+    [
+        ({**TOY, "layout": "keras"}, {"X": [[1.0]], "y": [0]}, 400, "layout"),
+        ({**TOY, "layers": [{"type": "linear"}]}, {"X": [[1.0]], "y": [0]}, 400, "out_features"),
+        ({**TOY, "layers": [{"type": "relu", "eps": 1}]}, {"X": [[1.0]], "y": [0]}, 400, "does not take eps"),
+        (TOY, {"X": [[1.0, 2.0]], "y": [0]}, 422, "W1"),
+        ({**TOY, "init": {"scheme": "zeros"}}, {"X": [[1.0, 2.0]], "y": [0], "W1": [[1.0, 2.0, 3.0]]}, 422, "layout"),
+        ({**TOY, "init": {"scheme": "zeros"}}, {"X": [[1.0, 2.0]], "y": [2]}, 422, "class labels"),
+        ({**TOY, "init": {"scheme": "zeros"}}, {"X": [[1.0, 2.0]], "y": [0], "Q": 1.0}, 422, "no input 'Q'"),
+        (
+            {**TOY, "init": {"scheme": "zeros"}, "layers": [{"type": "linear", "out_features": 1_000_000}] * 9},
+            {"X": [[1.0] * 64] * 64, "y": [0] * 64},
+            413,
+            "max_tensor_elements",
+        ),
+    ],
+)
+def test_bad_networks_are_problems(client, model, inputs, status, needle):
+    code, out = post(client, "/v1/gradients", {"model": model, "inputs": inputs})
+    assert code == status, out
+    assert needle in str(out)
+
+
+def test_a_network_over_the_budget_is_a_413_before_anything_is_built(client):
+    """Every tensor fits max_tensor_elements, but 20 layers of 1000 x 1000 do not fit the request budget."""
+    model = {
+        **TOY,
+        "layers": [{"type": "linear", "out_features": 1000, "activation": "relu"}] * 20,
+        "init": {"scheme": "zeros"},
+        "generate": {"X": {"scheme": "zeros", "shape": [1000, 1000]}},
+    }
+    code, out = post(client, "/v1/gradients", {"model": model, "inputs": {"y": [0] * 1000}})
+    assert code == 413, out
+    assert out["limit"]["name"] == "max_request_bytes"
+    assert out["limit"]["estimate"] > out["limit"]["value"] and out["hint"]
+
+
+def test_dout_shape_mismatch_is_a_422(client):
+    body = dict(FIXTURE["mytorch_linear_toy"]["request"], dout=[[1.0, 2.0]])
+    code, out = post(client, "/v1/gradients", body)
+    assert code == 422 and "dout has shape [1, 2]" in out["detail"]
+
+
+# --- grading: tolerance profiles ------------------------------------------------------------------------
+
+
+def toy_check(client, submission, **extra):
+    body = {
+        "model": {
+            **TOY,
+            "l2": {"reg": 0.1, "form": "sum_sq"},
+            "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.5},
+        },
+        "inputs": {"X": [[1.0, 2.0], [3.0, -1.0], [0.5, 0.2], [-1.0, 0.4]], "y": [0, 1, 1, 0]},
+        "submission": submission,
+        **extra,
+    }
+    code, out = post(client, "/v1/check", body)
+    assert code == 200, out
+    return out
+
+
+def reference_toy(client):
+    body = {
+        "model": {
+            **TOY,
+            "l2": {"reg": 0.1, "form": "sum_sq"},
+            "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.5},
+        },
+        "inputs": {"X": [[1.0, 2.0], [3.0, -1.0], [0.5, 0.2], [-1.0, 0.4]], "y": [0, 1, 1, 0]},
+        "dtype": "float64",
+        "include": ["intermediates"],
+    }
+    return post(client, "/v1/gradients", body)[1]
+
+
+@pytest.mark.parametrize(
+    ("profile", "noise", "passed"),
+    [
+        ({"profile": "rel_error", "threshold": 1e-7}, 1e-9, True),
+        ({"profile": "rel_error", "threshold": 1e-7}, 1e-5, False),
+        ({"profile": "norm_ratio"}, 1e-9, True),
+        ({"profile": "norm_ratio"}, 1e-4, False),
+        ({"profile": "allclose", "rtol": 1e-3, "atol": 0}, 1e-5, True),
+        ({"profile": "round_atol"}, 1e-6, True),
+        ({"profile": "round_atol"}, 1e-2, False),
+        ({"profile": "exact"}, 0.0, True),
+        ({"profile": "exact"}, 1e-15, False),
+    ],
+)
+def test_tolerance_profiles(client, profile, noise, passed):
+    ref = reference_toy(client)
+    answer = (np.array(ref["gradients"]["W2"]) * (1 + noise)).tolist()
+    out = toy_check(client, {"gradients": {"W2": answer}}, tolerance=profile)
+    check = out["checks"][0]
+    assert check["passed"] is passed, check["message"]
+    assert check["tolerance"]["profile"] == profile["profile"]
+    assert (check["tolerance"]["value"] <= check["tolerance"]["threshold"]) is passed
+    source = {
+        "rel_error": "CS231n",
+        "norm_ratio": "deeplearning.ai",
+        "allclose": "allclose",
+        "round_atol": "MyTorch",
+        "exact": "exact",
+    }[profile["profile"]]
+    assert source in out["tolerance_rule"]
+
+
+def test_norm_ratio_value_is_deeplearning_ais_difference(client):
+    ref = np.array(reference_toy(client)["gradients"]["W1"])
+    answer = ref + 1e-3
+    out = toy_check(client, {"gradients": {"W1": answer.tolist()}}, tolerance={"profile": "norm_ratio"})
+    expected = np.linalg.norm(answer - ref) / (np.linalg.norm(answer) + np.linalg.norm(ref))
+    assert out["checks"][0]["tolerance"]["value"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_partial_credit_by_fraction_of_elements(client):
+    ref = np.array(reference_toy(client)["gradients"]["W1"])
+    answer = ref.copy()
+    answer[0, 0] += 1.0  # one of six elements wrong
+    out = toy_check(
+        client,
+        {"gradients": {"W1": answer.tolist()}},
+        checks={"gradients.W1": {"points": 6, "tolerance": {"profile": "rel_error", "partial_credit": True}}},
+    )
+    check = out["checks"][0]
+    assert not check["passed"] and check["points"] == pytest.approx(5.0)
+    assert check["tolerance"]["fraction_within"] == pytest.approx(5 / 6)
+
+
+# --- grading: diagnosis of classic mistakes --------------------------------------------------------------
+
+
+def numpy_backprop(x, y, p, reg, bug=None):
+    """CS231n's two-layer backward pass by hand, with one classic mistake planted when asked."""
+    n = x.shape[0]
+    z1 = x @ p["W1"] + p["b1"]
+    a1 = np.maximum(0, z1)
+    s = a1 @ p["W2"] + p["b2"]
+    e = np.exp(s - s.max(1, keepdims=True))
+    dscores = e / e.sum(1, keepdims=True)
+    dscores[np.arange(n), y] -= 1
+    if bug != "missing_1_over_n":
+        dscores /= n
+    l2 = {"l2_x2": 4 * reg, "l2_half": reg}.get(bug, 2 * reg)
+    g = {"W2": a1.T @ dscores + l2 * p["W2"], "b2": dscores.sum(0)}
+    da1 = dscores @ p["W2"].T
+    dz1 = da1 if bug == "relu_mask" else da1 * (z1 > 0)
+    g["W1"] = x.T @ dz1 + l2 * p["W1"]
+    g["b1"] = dz1.sum(1) if bug == "bias_axis" else dz1.sum(0)
+    if bug == "bias_reg":
+        g["b1"] = g["b1"] + 2 * reg * p["b1"]
+    if bug == "sign":
+        g["W1"] = -g["W1"]
+    if bug == "transposed":
+        g["W1"] = g["W1"].T
+    return g
+
+
+BUGS = {
+    "sign": ("W1", "sign is flipped"),
+    "transposed": ("W1", "transposed"),
+    "missing_1_over_n": ("W1", "1/N"),
+    "l2_x2": ("W1", "twice too large"),
+    "l2_half": ("W1", "half what it should be"),
+    "bias_reg": ("b1", "biases are regularised"),
+    "bias_axis": ("b1", "wrong axis"),
+    "relu_mask": ("W1", "ReLU mask is missing"),
+}
+
+
+@pytest.mark.parametrize("bug", sorted(BUGS))
+def test_each_planted_bug_is_named(client, bug):
+    rng = np.random.RandomState(5)
+    x, y = rng.randn(5, 3), np.array([0, 1, 2, 1, 0])
+    p = {"W1": rng.randn(3, 4), "b1": rng.randn(4), "W2": rng.randn(4, 3), "b2": rng.randn(3)}
+    model = {
+        "kind": "network",
+        "layout": "cs231n",
+        "loss": {"type": "softmax_cross_entropy"},
+        "l2": {"reg": 0.3, "form": "sum_sq"},
+        "layers": [{"type": "linear", "out_features": 4, "activation": "relu"}, {"type": "linear", "out_features": 3}],
+    }
+    inputs = {"X": x.tolist(), "y": y.tolist(), **{k: v.tolist() for k, v in p.items()}}
+    right = numpy_backprop(x, y, p, 0.3)
+    key, needle = BUGS[bug]
+    wrong = numpy_backprop(x, y, p, 0.3, bug)[key]
+    code, out = post(
+        client,
+        "/v1/check",
+        {
+            "model": model,
+            "inputs": inputs,
+            "tolerance": {"profile": "rel_error"},
+            "submission": {"gradients": {key: wrong.tolist(), "W2": right["W2"].tolist()}},
+        },
+    )
+    assert code == 200, out
+    checks = {c["name"]: c for c in out["checks"]}
+    assert checks["gradients.W2"]["passed"]  # the hand-written backprop is right where no bug was planted
+    check = checks[f"gradients.{key}"]
+    assert not check["passed"]
+    assert needle in check["diagnosis"] and needle in check["message"]
+
+
+def test_first_wrong_layer_from_intermediates(client):
+    ref = reference_toy(client)
+    inter = {k: v["value"] for k, v in ref["intermediates"].items()}
+    inter |= {f"d{k}": v["grad"] for k, v in ref["intermediates"].items()}
+    inter["A1"] = (np.array(inter["A1"]) + 0.5).tolist()  # the ReLU output is wrong; Z1 is right
+    inter["dZ2"] = (np.array(inter["dZ2"]) * 2).tolist()
+    out = toy_check(
+        client, {"intermediates": inter, "gradients": {"W1": (np.array(ref["gradients"]["W1"]) * 3).tolist()}}
+    )
+    assert out["first_wrong"]["intermediate"] == "A1" and out["first_wrong"]["layer"] == 1
+    w1 = next(c for c in out["checks"] if c["name"] == "gradients.W1")
+    assert "first goes wrong at A1 (layer 1)" in w1["message"]
+
+
+def test_backward_layer_named_when_forward_is_right(client):
+    ref = reference_toy(client)
+    inter = {
+        "Z1": ref["intermediates"]["Z1"]["value"],
+        "dZ2": ref["intermediates"]["Z2"]["grad"],
+        "dA1": (np.array(ref["intermediates"]["A1"]["grad"]) - 1).tolist(),
+    }
+    out = toy_check(client, {"intermediates": inter})
+    assert out["first_wrong"] == {
+        "intermediate": "dA1",
+        "layer": 1,
+        "message": "the backward pass first goes wrong at dA1 (layer 1); the intermediates before it are right",
+    }
+
+
+@pytest.mark.live
+def test_layer_check_on_gradescope_live(live_server):
+    """MyTorch's linear backward as a Gradescope test: the layer check with `dout` and round_atol."""
+    fixture = FIXTURE["mytorch_linear_toy"]["request"]
+    body = {
+        "model": fixture["model"],
+        "inputs": fixture["inputs"],
+        "dout": fixture["dout"],
+        "tolerance": {"profile": "round_atol"},
+        "submission": {"gradients": {"W1": [[28, 30], [24, 30], [20, 30]], "b1": [[2, 6, 10]]}},
+    }
+    response = requests.post(live_server.url + "/v1/check?format=gradescope", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    tests = {t["name"]: t for t in response.json()["tests"]}
+    assert tests["dL/dW1"]["status"] == "passed" and tests["dL/dW1"]["extra_data"]["id"] == "gradients.W1"
+    assert "round" in tests["dL/dW1"]["output"]  # the profile's rule, not the default atol/rtol
+    failed = tests["dL/db1"]
+    assert failed["status"] == "failed" and "wrong shape" in failed["output"]
+
+
+# --- docs/networks.md: its console examples, run against the live server -------------------------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "networks.md"
+
+
+def doc_examples() -> list[tuple[str, str]]:
+    found = []
+    for block in re.findall(r"```console\n(.*?)```", DOC.read_text(), re.S):
+        command, _, output = block.partition("\n")
+        assert command.startswith("$ curl "), command
+        found.append((command[2:], output.strip()))
+    return found
+
+
+def test_doc_has_examples():
+    assert len(doc_examples()) >= 3
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(("command", "expected"), doc_examples(), ids=lambda v: v[:60] if v.startswith("curl") else "")
+def test_doc_example(live_server, command, expected):
+    argv = [arg.replace("localhost:8000", live_server.url.removeprefix("http://")) for arg in shlex.split(command)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+    assert json.loads(out) == json.loads(expected)
+
+
+def test_doc_model_block_is_the_published_toy(client):
+    """The model shown at the top of docs/networks.md loads and reproduces CS231n's 1.30378789133."""
+    model = json.loads(re.search(r"```json\n(.*?)```", DOC.read_text(), re.S).group(1))
+    body = {"model": model, "inputs": {"y": [0, 1, 2, 2, 1]}, "dtype": "float64", "include": []}
+    code, out = post(client, "/v1/gradients", body)
+    assert code == 200 and abs(out["loss"] - 1.30378789133) < 1e-10

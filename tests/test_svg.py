@@ -1,0 +1,247 @@
+"""POST /v1/gradients with Accept: image/svg+xml: the autograd graph drawn by Graphviz, errors still problem+json."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import ROOT, TUTORIAL_NEURON, require_binary
+from service.engine.deadline import DeadlineInterrupt, request_deadline
+from service.engine.errors import DeadlineExceeded, LimitExceeded
+from service.engine.limits import Limits
+from service.render_svg import number_text, render_svg, to_dot
+
+SVG = "image/svg+xml"
+PROBLEM = "application/problem+json"
+NS = {"svg": "http://www.w3.org/2000/svg"}
+
+
+@pytest.fixture()
+def needs_dot():
+    require_binary("dot", package="graphviz")
+
+
+SIN_SQUARE = {"model": {"kind": "expression", "formula": "sin(x**2)"}, "inputs": {"x": 3}}
+
+
+def picture(url: str, body: dict, accept: str = SVG) -> requests.Response:
+    return requests.post(url + "/v1/gradients", json=body, headers={"Accept": accept}, timeout=30)
+
+
+def node_texts(svg: bytes) -> dict[int, tuple[str, list[str]]]:
+    """SVG node id -> (class, its text lines), read from the elements dot wrote for `id="node-<n>"`."""
+    root = ET.fromstring(svg)
+    nodes = {}
+    for g in root.iter("{http://www.w3.org/2000/svg}g"):
+        if g.get("id", "").startswith("node-"):
+            lines = [t.text for t in g.findall("svg:text", NS)]
+            nodes[int(g.get("id").removeprefix("node-"))] = (g.get("class"), lines)
+    return nodes
+
+
+@pytest.mark.usefixtures("needs_dot")
+def test_tutorial_neuron_as_svg_carries_the_json_numbers(live_server):
+    drawn = picture(live_server.url, TUTORIAL_NEURON)
+    assert drawn.status_code == 200
+    assert drawn.headers["Content-Type"].startswith(SVG)
+    assert "default-src 'none'" in drawn.headers["Content-Security-Policy"]
+    graph = requests.post(live_server.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=30).json()["graph"]
+    nodes = node_texts(drawn.content)
+    assert sorted(nodes) == [n["id"] for n in graph["nodes"]]
+    for node in graph["nodes"]:
+        cls, lines = nodes[node["id"]]
+        assert lines[0] == node["op"]
+        if node["value"] is not None:
+            assert "value " + number_text(node["value"]) in lines
+            assert "grad " + number_text(node["grad"]) in lines
+        kind = "root" if node["id"] == graph["root"] else "leaf" if node["op"] == "AccumulateGrad" else "op"
+        assert cls.split()[-1] == kind
+    by_label = {lines[1]: lines for _, lines in nodes.values() if len(lines) > 1}
+    assert "grad 6.691762" in by_label["w"] and "grad 0.9987705" in by_label["b"]  # the tutorial's 6.6918 / 0.9988
+    assert "value 6.701176" in by_label["loss"]
+
+
+@pytest.mark.usefixtures("needs_dot")
+def test_svg_is_deterministic_and_needs_no_include(live_server):
+    body = {**SIN_SQUARE, "include": []}  # the picture asks for the graph itself
+    first, second = picture(live_server.url, body), picture(live_server.url, body)
+    assert first.status_code == 200 and first.content == second.content
+    texts = [line for _, lines in node_texts(first.content).values() for line in lines]
+    assert "grad -5.4667816" in texts
+
+
+@pytest.mark.usefixtures("needs_dot")
+@pytest.mark.parametrize(
+    "accept, expected",
+    [
+        ("*/*", "application/json"),
+        ("application/json, image/svg+xml;q=0.5", "application/json"),
+        ("image/svg+xml", SVG),
+        ("image/*", SVG),
+        ("text/html, image/svg+xml;q=0.9, */*;q=0.1", SVG),
+    ],
+)
+def test_content_negotiation(client, accept, expected):
+    r = client.post("/v1/gradients", json=SIN_SQUARE, headers={"Accept": accept})
+    assert r.status_code == 200 and r.mimetype == expected
+
+
+@pytest.mark.parametrize(
+    "body, status, slug",
+    [
+        ({"model": {"kind": "expression", "formula": "sin(x**"}, "inputs": {"x": 3}}, 400, "invalid-formula"),
+        ({"model": {"kind": "neuron"}, "inputs": {"x": 1}}, 400, "invalid-request"),
+        ({**TUTORIAL_NEURON, "mode": "inference"}, 422, "no-graph"),
+        ({"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": [1, 2]}}, 422, "non-scalar-output"),
+    ],
+)
+def test_errors_stay_problem_json(client, body, status, slug):
+    r = client.post("/v1/gradients", json=body, headers={"Accept": SVG})
+    assert (r.status_code, r.mimetype) == (status, PROBLEM)
+    assert r.json["type"] == "/problems/" + slug
+
+
+def test_missing_graphviz_is_a_clear_501(client, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty PATH: the real lookup finds no `dot`
+    r = client.post("/v1/gradients", json=TUTORIAL_NEURON, headers={"Accept": SVG})
+    assert (r.status_code, r.mimetype) == (501, PROBLEM)
+    assert r.json["type"] == "/problems/graphviz-not-installed"
+    assert "graphviz" in r.json["detail"].lower()
+    assert client.post("/v1/gradients", json=TUTORIAL_NEURON).status_code == 200  # JSON still works
+
+
+TWO_NODES = {
+    "root": 0,
+    "nodes": [
+        {"id": 0, "op": "SinBackward0", "label": 'say "hi" \\ <b>&', "shape": [], "value": "NaN", "grad": 1.0},
+        {
+            "id": 1,
+            "op": "AccumulateGrad",
+            "label": "x",
+            "shape": [3],
+            "value": [1.0, 2.0, 3.0],
+            "grad": list(range(50)),
+        },
+    ],
+    "edges": [{"from": 1, "to": 0}],
+}
+
+
+@pytest.mark.usefixtures("needs_dot")
+def test_labels_are_escaped_and_long_tensors_cut():
+    nodes = node_texts(render_svg(TWO_NODES, Limits()))
+    assert nodes[0] == ("node root", ["SinBackward0", 'say "hi" \\ <b>&', "shape []", "value NaN", "grad 1.0"])
+    leaf = nodes[1][1]
+    assert "value [1.0,2.0,3.0]" in leaf
+    grad = next(line for line in leaf if line.startswith("grad "))
+    assert grad.endswith("…") and len(grad) == len("grad ") + 48
+
+
+def test_dot_text_names_every_node_and_edge():
+    text = to_dot(TWO_NODES)
+    assert 'id="node-0", class="root"' in text and 'id="node-1", class="leaf"' in text
+    assert 'n1 -> n0 [id="edge-0"]' in text
+    assert '\\"hi\\" \\\\ <b>&' in text
+
+
+def test_node_limit_and_a_spent_budget():
+    with pytest.raises(LimitExceeded) as err:
+        render_svg(TWO_NODES, Limits(max_graph_nodes=1))
+    assert err.value.limit == "max_graph_nodes"
+    with pytest.raises(DeadlineExceeded):
+        render_svg(TWO_NODES, Limits(max_wall_seconds=0.0))
+
+
+def slow_graph(n: int = 500) -> dict:
+    """A graph whose layout takes dot seconds: every node has three edges to earlier nodes, so many crossings."""
+    blank = {"op": "MulBackward0", "label": None, "shape": None, "value": None, "grad": None}
+    return {
+        "root": 0,
+        "nodes": [{"id": i, **blank} for i in range(n)],
+        "edges": [{"from": i, "to": (i * 7919 + j * 104729) % i} for i in range(1, n) for j in range(3)],
+    }
+
+
+def dot_children() -> set[int]:
+    """Pids of this process's `dot` children, zombies included (a zombie is a child nobody reaped)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, _, tail = stat.read_text().rpartition(")")
+        except OSError:
+            continue
+        if head.endswith("(dot") and int(tail.split()[1]) == os.getpid():
+            found.add(int(stat.parent.name))
+    return found
+
+
+def watch_dot_children(stop: threading.Event, seen: set[int]) -> None:
+    deadline = time.monotonic() + 30
+    while not stop.is_set() and time.monotonic() < deadline:
+        seen |= dot_children()
+        time.sleep(0.01)
+
+
+@pytest.mark.usefixtures("needs_dot")
+@pytest.mark.parametrize("end", ["timer signal", "remaining budget"])
+def test_the_deadline_kills_dot_mid_render(end):
+    """The request's deadline fires while dot lays out: dot is killed and reaped, not left running or a zombie.
+
+    "timer signal": the SIGALRM of engine/deadline.py interrupts the wait (gunicorn's sync worker, main thread);
+    "remaining budget": outside the main thread there is no signal, and the wait times out at the request's end.
+    """
+    seen: set[int] = set()
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_dot_children, args=(stop, seen))
+    caught: list[BaseException] = []
+
+    def render():
+        try:
+            with request_deadline(0.5):
+                render_svg(slow_graph(), Limits())
+        except BaseException as err:  # noqa: BLE001 - inspected below
+            caught.append(err)
+
+    watcher.start()
+    started = time.monotonic()
+    try:
+        if end == "timer signal":
+            render()
+        else:
+            worker = threading.Thread(target=render)
+            worker.start()
+            worker.join(30)
+    finally:
+        stop.set()
+        watcher.join(35)
+    assert len(caught) == 1
+    assert isinstance(caught[0], DeadlineInterrupt if end == "timer signal" else DeadlineExceeded)
+    assert time.monotonic() - started < 0.5 + 1.0  # the deadline plus generous slack, not dot's seconds of layout
+    assert seen, "dot never ran: the graph must be slow enough to be cut off mid-render"
+    assert not seen & dot_children(), "a dot child outlived the request's deadline"
+
+
+def test_openapi_documents_the_picture(client):
+    doc = client.get("/openapi.json").json
+    answers = doc["paths"]["/v1/gradients"]["post"]["responses"]
+    assert SVG in answers["200"]["content"] and "501" in answers
+
+
+@pytest.mark.usefixtures("needs_dot")
+def test_documented_curl_writes_the_picture(live_server, tmp_path):
+    require_binary("curl", package="curl")
+    doc = (ROOT / "docs" / "playground.md").read_text()
+    commands = [line for line in doc.splitlines() if line.startswith("curl ")]
+    assert len(commands) == 1 and "Accept: image/svg+xml" in commands[0]
+    command = commands[0].replace("localhost:8000", live_server.url)
+    subprocess.run(["bash", "-c", command], cwd=tmp_path, check=True, timeout=30)
+    svg = (tmp_path / "graph.svg").read_bytes()
+    assert svg == picture(live_server.url, TUTORIAL_NEURON).content
+    assert "grad 6.691762" in [line for _, lines in node_texts(svg).values() for line in lines]
