@@ -25,7 +25,7 @@ from pathlib import Path
 import orjson
 import requests
 
-from . import bounded, workloads, wrk
+from . import bounded, image, realworkload, workloads, wrk
 from .servers import ROOT, Server
 
 TARGETS = ("service", "naive", "bare")
@@ -293,6 +293,10 @@ def report(results: dict) -> str:
                          f"{v['pss_after_big']['total']:.0f}", f"{v['cold_start_s']:.2f}", f"{v['worker_restart_s']:.2f}"])
         out.append(fmt_table(["gunicorn", "idle", "after load", "master + workers", "after 1M-sample requests",
                               "cold start s", "worker restart->ready s"], rows))
+    if "real" in results:
+        out.append("\n" + realworkload.report(results["real"], fmt_table))
+    if "image" in results:
+        out.append(image.report(results["image"]))
     if "bounded" in results:
         out.append(bounded.report(results["bounded"]))
     if "baselines" in results.get("memory", {}):
@@ -315,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="interleaved rounds per measurement (default 5, quick 1)")
     p.add_argument("--seconds", type=float, help="seconds per wrk run (default 3, quick 1)")
     p.add_argument("--concurrency", help="comma-separated wrk connections (default 1,2,4,8,16,32; quick 8)")
-    p.add_argument("--sections", default="throughput,samples,batch,recycle,memory,bounded",
-                   help="any of throughput,samples,batch,recycle,memory,bounded (default: all)")
+    p.add_argument("--sections", default="throughput,samples,batch,recycle,memory,bounded,real,image",
+                   help="any of throughput,samples,batch,recycle,memory,bounded,real,image (default: all)")
     p.add_argument("--jobs", type=int, default=1000, help="jobs in one /v1/batch (default 1000)")
     p.add_argument("--json", help="where to write the raw results (default bench/results.json; --quick: nowhere)")
     p.add_argument("--plots", action="store_true", help="draw docs/throughput.png and docs/cost_per_sample.png")
@@ -363,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         r = max(1, min(rounds, 3))
         log(f"worker recycling: {r} rounds")
         results["recycling"] = recycling(r, seconds, log_dir)
+    if "real" in sections:
+        log(f"real workload: {rounds} rounds")
+        results["real"] = realworkload.run(rounds, seconds, log_dir)
+    if "image" in sections:
+        log("image: size and cold start")
+        results["image"] = image.measure(1 if args.quick else 5)
     if "memory" in sections:
         r = 1 if args.quick else 3
         log(f"memory and start-up: {r} rounds")

@@ -16,6 +16,7 @@ APPS = {
     "service": "service.wsgi:app",
     "naive": "bench.baselines.naive:app",
     "bare": "bench.baselines.bare:app",
+    "naive_grading": "bench.baselines.naive_grading:app",
 }
 # Every app runs under the deploy config unchanged (its post_fork hook warms torch up only in our app).
 APP_ENV: dict[str, dict[str, str]] = {}
@@ -33,8 +34,10 @@ def free_port() -> int:
 class Server:
     """One gunicorn master (deploy/gunicorn.conf.py) serving `target`; stop() kills only its own process group."""
 
-    def __init__(self, name: str, workers: int = 2, env: dict | None = None, log_dir: Path | None = None) -> None:
+    def __init__(self, name: str, workers: int = 2, env: dict | None = None, log_dir: Path | None = None,
+                 deploy_config: bool = True) -> None:
         self.name = name
+        self.deploy_config = deploy_config
         self.target = APPS[name]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -48,8 +51,12 @@ class Server:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
             self.started_at = time.monotonic()
+            # deploy_config=False: as the handler's author would run it, `gunicorn -w 2 app:app` (plus a free
+            # loopback port, and no gunicorn 27 control socket, which several gunicorns on one host would share)
+            config = ["-c", "deploy/gunicorn.conf.py"] if self.deploy_config else [
+                "-w", self.env["WEB_CONCURRENCY"], "-b", f"127.0.0.1:{self.port}", "--no-control-socket"]
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", self.target],
+                [sys.executable, "-m", "gunicorn", *config, self.target],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
             STARTED_GROUPS.add(self.proc.pid)

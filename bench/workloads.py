@@ -49,3 +49,23 @@ def mixed_jobs(n: int, seed: int = 0) -> list[dict]:
 
 def batch_body(jobs: list[dict]) -> bytes:
     return orjson.dumps({"jobs": jobs})
+
+
+def student_checks(n: int, seed: int = 0) -> list[dict]:
+    """n students' answers to the tutorial neuron problem, one /v1/check body each: most right (rounded to
+    3-6 decimals), some off in one answer, a few missing an answer; every body different."""
+    rng = random.Random(seed)
+    right = {"loss": 6.701176166534424, "w": 6.691762447357178, "b": 0.9987704753875732}
+    bodies = []
+    for i in range(n):
+        answers = {k: round(v, rng.randint(3, 6)) for k, v in right.items()}
+        r = rng.random()
+        if r < 0.2:
+            wrong = rng.choice(list(answers))
+            answers[wrong] = round(answers[wrong] * rng.uniform(0.5, 1.5), 4)
+        submission = {"loss": answers["loss"], "gradients": {"w": answers["w"], "b": answers["b"]}}
+        if r > 0.95:
+            del submission["gradients"]["b"]
+        submission["gradients"]["w"] += i * 1e-9  # every student's body is different, even the rounded-alike ones
+        bodies.append({"model": {"kind": "neuron"}, "inputs": dict(NEURON["inputs"]), "submission": submission})
+    return bodies

@@ -2,9 +2,12 @@
 # Build a local stand-in for the Dockerfile's base image (python:3.11-slim) without any container
 # registry: debootstrap Debian bookworm with python3 + venv, import it into podman, and tag it with the
 # name the Dockerfile's FROM uses, so the real Dockerfile builds unchanged with --pull=never.
-# Cached: if the image already exists only the tag is (re)applied.
+# The Dockerfile's build stage uses python:3.11 (the full image, which has binutils for strip(1)): its
+# stand-in is the same rootfs plus Debian's binutils (BUILD_TAG, tagged as BUILD_FROM_NAME).
+# Cached: if an image already exists only its tag is (re)applied.
 #
 # Env: BASE_TAG (podman name of the stand-in), FROM_NAME (name the Dockerfile's FROM resolves to),
+#      BUILD_TAG, BUILD_FROM_NAME (the same for the build stage),
 #      SUITE (bookworm), DEBIAN_MIRROR (default: the Debian mirror apt already uses on this machine),
 #      CONTAINERS_CONF (default: deploy/containers.conf).
 set -euo pipefail
@@ -12,14 +15,34 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BASE_TAG=${BASE_TAG:-localhost/bookworm-py-graphviz:local}
 FROM_NAME=${FROM_NAME:-docker.io/library/python:3.11-slim}
+BUILD_TAG=${BUILD_TAG:-localhost/bookworm-py-build:local}
+BUILD_FROM_NAME=${BUILD_FROM_NAME:-docker.io/library/python:3.11}
 SUITE=${SUITE:-bookworm}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/deploy/containers.conf}
 
 log() { printf '[build-base-image] %s\n' "$*" >&2; }
 
+# The build stage's stand-in: the base plus binutils, installed with the base's own apt (network: the mirror).
+build_stage_image() {
+    if podman image exists "$BUILD_TAG"; then
+        log "cached: $BUILD_TAG exists"
+    else
+        log "$BUILD_TAG: $BASE_TAG + binutils"
+        local name=bookworm-py-build-$$
+        podman rm -f "$name" >/dev/null 2>&1 || true
+        podman run --name "$name" --network host "$BASE_TAG" sh -c 'apt-get update -q && \
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends binutils && \
+            rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb' >&2
+        podman commit --quiet --change 'CMD ["python3"]' "$name" "$BUILD_TAG" >/dev/null
+        podman rm -f "$name" >/dev/null
+    fi
+    podman tag "$BUILD_TAG" "$BUILD_FROM_NAME"
+}
+
 if podman image exists "$BASE_TAG"; then
     log "cached: $BASE_TAG exists"
     podman tag "$BASE_TAG" "$FROM_NAME"
+    build_stage_image
     exit 0
 fi
 
@@ -57,4 +80,5 @@ log "podman import -> $BASE_TAG"
 tar -C "$ROOTFS" --numeric-owner -c . \
     | podman import --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' - "$BASE_TAG" >/dev/null
 podman tag "$BASE_TAG" "$FROM_NAME"
+build_stage_image
 log "done in $(( $(date +%s) - start )) s: $BASE_TAG tagged as $FROM_NAME"

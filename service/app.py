@@ -8,11 +8,12 @@ from flask import Flask
 from .auth import init_auth
 from .config import Config, check_config
 from .deadline import init_deadline
+from .engine import refcache
 from .errors import register_error_handlers
 from .jsonio import StrictJSONProvider
 from .logformat import JSON_FORMATTER
 from .memory import init_memory
-from .observability import init_observability
+from .observability import init_observability, watch_reference_cache
 from .openapi import build_spec
 from .proxy import trust_proxies
 from .views import BLUEPRINTS
@@ -43,6 +44,8 @@ def create_app(config: type[Config] | None = None) -> Flask:
     if app.config["TRUSTED_PROXY_HOPS"]:
         app.wsgi_app = trust_proxies(app.wsgi_app, app.config["TRUSTED_PROXY_HOPS"])
     init_observability(app)  # first: every later hook and error already has a request id
+    cache = refcache.configure(app.config["REFERENCE_CACHE_ENTRIES"], app.config["REFERENCE_CACHE_BYTES"])
+    watch_reference_cache(cache)
     init_auth(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)

@@ -102,6 +102,10 @@ class Config:
     API_KEYS = os.environ.get("API_KEYS", "")  # comma-separated; empty (and no file) = no authentication
     API_KEYS_FILE = os.environ.get("API_KEYS_FILE", "")  # one key per line, e.g. a mounted secret
 
+    # grading references cached per worker by problem (service/engine/refcache.py); 0 entries turns it off
+    REFERENCE_CACHE_ENTRIES = as_int("REFERENCE_CACHE_ENTRIES", 1024)
+    REFERENCE_CACHE_BYTES = as_int("REFERENCE_CACHE_BYTES", 32 * 1024 * 1024)
+
     # process
     TORCH_THREADS = as_int("TORCH_THREADS", 1)
     WARM_UP = os.environ.get("WARM_UP", "1") != "0"

@@ -132,8 +132,13 @@ def all_finite(obj) -> bool:
     return True
 
 
+class Encoded(dict):
+    """A body built from engine.encode_tree() output, whose walk already made every float finite (non-finite
+    ones are "NaN"/"Infinity" strings): dumps_bytes() does not walk it a second time."""
+
+
 def dumps_bytes(obj) -> bytes:
-    if not all_finite(obj):
+    if type(obj) is not Encoded and not all_finite(obj):
         assert_finite(obj)  # raises, naming the path
     return orjson.dumps(obj, option=OPTIONS)
 

@@ -3,8 +3,9 @@
 The first request of each kind used to pay for lazy work: torch's first autograd pass, the first
 broadcasting op, the first double backward, marshmallow's first load of each schema.  Running one small
 request of each kind here (gradients for a neuron, a catalog expression and a broadcasting formula with
-every extra, a check in each format, a problem file graded in every platform's format, a batch with a
-vectorized group) makes the first real request as fast as the hundredth and imports every library up front (tests/test_deadline.py checks sys.modules).
+every extra, a check in each format, answers to one problem graded together, a problem file graded in every
+platform's format, a batch with a vectorized group) makes the first real request as fast as the hundredth and
+imports every library up front (tests/test_warmup.py checks sys.modules).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from schemas.platforms import PLATFORM_RESPONSES
 from schemas.problems import GradeRequestSchema
 
 from .engine.batch import compute_many
-from .engine.check import grade
+from .engine.check import Problem, grade, grade_many
 from .engine.compute import compute
 from .engine.describe import models_document
 from .engine.errors import EngineError
@@ -97,6 +98,9 @@ def warm_up(threads: int = 1) -> None:
         check_response.dump(result)
         for fmt, formatter in FORMATTERS.items():
             (check_response if fmt == "json" else PLATFORM_RESPONSES[fmt]).dump(formatter(result))
+        # a batch's answers to one problem, graded together (engine.check.grade_many's vectorized comparison)
+        specs = [check_request.load(body), check_request.load({**body, "rtol": 0.5})]
+        grade_many(specs, limits, Problem(specs[0], limits))
     graded = grade_file(GradeRequestSchema().load(GRADE), limits)
     for platform in RENDERERS:
         PLATFORM_RESPONSES[platform].dump(render(platform, graded))

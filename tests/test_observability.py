@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
 import requests
+from pythonjsonlogger.json import JsonFormatter
 
 from conftest import TUTORIAL_NEURON, GunicornServer, TestConfig
 from service import create_app
+from service.logformat import JSON_FORMATTER
+from service.observability import AccessLog
 
 
 def test_request_id_is_echoed(client):
@@ -134,3 +138,26 @@ def test_check_and_batch_are_timed_by_kind(client):
     assert client.post("/v1/check", json={**TUTORIAL_NEURON, "submission": {"loss": 6.7012}}).status_code == 200
     assert count("batch") == before_batch + 1
     assert count("neuron") == before_neuron + 1
+
+
+def test_access_line_is_what_the_logging_formatter_writes(capsys):
+    """The access log skips logging's machinery for speed (AccessLog), yet writes the line the JSON formatter of
+    service/logformat.py would: same keys in the same order, same separators and escapes; time ISO 8601 UTC."""
+    fields = {"method": "GET", "path": "/v1/é", "route": "unmatched", "status": 404, "duration_ms": 1.5,
+              "bytes": None, "remote_addr": "127.0.0.1"}
+    logger = logging.getLogger("gradsvc.access")
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        AccessLog(logger).write("rid-1", fields)
+    finally:
+        logger.setLevel(old_level)
+    ours = capsys.readouterr().out
+    settings = {k: v for k, v in JSON_FORMATTER.items() if k != "()"}
+    formatter = JsonFormatter(**{**settings, "fmt": settings["fmt"] + " %(request_id)s"})
+    record = logger.makeRecord("gradsvc.access", logging.INFO, __file__, 1, "request", (), None,
+                               extra={**fields, "request_id": "rid-1"})
+    theirs = formatter.format(record) + "\n"
+    stamp = re.compile(r'"time": "(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00)"')
+    assert stamp.search(ours) and stamp.search(theirs)
+    assert stamp.sub('"time": "T"', ours) == stamp.sub('"time": "T"', theirs)

@@ -51,7 +51,8 @@ requests = [
     ("post", "/v1/check", {**neuron, "submission": {"loss": 6.7, "gradients": {"w": 6.69}}}),
     ("post", "/v1/check?format=gradescope", check),
     ("post", "/v1/check?format=prairielearn", check),
-    ("post", "/v1/batch", {"jobs": [neuron, neuron, broadcast, {"check": check}]}),
+    ("post", "/v1/batch", {"jobs": [neuron, neuron, broadcast, {"check": check},
+                                    {"check": {**check, "submission": {"gradients": {"y": [2.0, 3.0, 4.0]}}}}]}),
     *[("post", f"/v1/grade?format={fmt}", grade)
       for fmt in ("json", "gradescope", "prairielearn", "autolab", "coderunner")],
     ("post", "/v1/gradients", {"model": network, "inputs": {"y": [0, 1, 2, 2, 1]},

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from . import cost, diagnose_bugs, tolerance
+from . import cost, diagnose_bugs, refcache, tolerance
 from .compute import build_model, forward_backward
 from .encode import encode_tree
 from .errors import DeadlineExceeded, EngineError, LimitExceeded
@@ -116,25 +117,55 @@ def _describe_point(point: dict[str, torch.Tensor]) -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
 
 
-class Grader:
-    """Grades one check request: references at every point, then each check against them. `spent`: bytes the
-    request already used (the earlier problems of a /v1/grade problem file), charged against the same budget."""
+# the request fields that define a problem (its references); every other field (submission, tolerances, checks)
+# is one answer's
+PROBLEM_FIELDS = ("model", "inputs", "points", "domain", "seed", "n_points", "dout")
+
+
+class Problem:
+    """What every answer to one problem shares: the model, the cost model's estimate (checked before anything
+    is allocated), the points and their autograd references. A batch builds one per problem for all its jobs.
+    `spent`: bytes the request already used (the earlier problems of a /v1/grade problem file)."""
 
     def __init__(self, request: dict, limits: Limits, spent: int = 0) -> None:
-        self.request, self.limits, self.spent = request, limits, spent
-        self.deadline = Deadline(limits.max_wall_seconds)
-        self.model = build_model(request["model"], limits, self.deadline)
+        deadline = Deadline(limits.max_wall_seconds)
+        self.model = build_model(request["model"], limits, deadline)
         self.shapes = [self.model.shapes(s) for s in cost.domain_points(request, limits)]
-        self.budget = cost.check_estimate(request, self.model, self.shapes, limits)
-        self.budget.require(limits, spent)  # the references at every point and the response; formulas below
+        self.estimate = cost.check_estimate(request, self.model, self.shapes, limits)
+        self.estimate.require(limits, spent)  # the references at every point and the response; formulas later
         self.points = [self.model.complete(p) for p in make_points(request, limits)]
         self.model = upstream(self.model, request, torch.float64)  # layer checks: dout·J
         self.is_neuron = isinstance(self.model, Neuron)
-        self.refs = [reference(self.model, p, self.deadline) for p in self.points]
+        dout = getattr(self.model, "dout", None)
+        self.refs = refcache.references(
+            request["model"], self.points, limits, lambda: [reference(self.model, p, deadline) for p in self.points],
+            dout)
         self.multi = "inputs" not in request or "domain" in request or "points" in request
+        # naming a wrong answer's mistake costs budget for networks only (cost.diagnosis_estimate): elsewhere
+        # diagnosing after a deferred comparison charges the same as diagnosing in check order
+        self.free_diagnosis = request["model"]["kind"] != "network"
         self.warnings: list[str] = []
         for ref in self.refs:
             self.warnings += [w for w in ref["warnings"] if w not in self.warnings]
+
+
+class Grader:
+    """Grades one check request: each check against the problem's references."""
+
+    def __init__(self, request: dict, limits: Limits, spent: int = 0, *, problem: Problem | None = None,
+                 deferred: list | None = None) -> None:
+        self.request, self.limits, self.spent = request, limits, spent
+        self.deadline = Deadline(limits.max_wall_seconds)
+        problem = problem or Problem(request, limits, spent)
+        self.model, self.shapes, self.points, self.refs = problem.model, problem.shapes, problem.points, problem.refs
+        self.is_neuron, self.multi = problem.is_neuron, problem.multi
+        # a list: classic rtol/atol comparisons are queued there for _compare_together(), not done here (only where
+        # diagnosing afterwards changes nothing); their diagnosis waits in self.undiagnosed until finish()
+        self.deferred = deferred if problem.free_diagnosis else None
+        self.undiagnosed: list[tuple[dict, object, list[torch.Tensor]]] = []
+        self.budget = cost.Estimate()  # this answer's own: its formulas are charged on top of the problem's
+        self.budget.parts.update(problem.estimate.parts)
+        self.warnings = list(problem.warnings)
 
     def title(self, name: str) -> str:
         section, _, key = name.partition(".")
@@ -155,9 +186,21 @@ class Grader:
         return ref["gradients"].get(key)
 
     def run(self) -> dict:
+        return self.finish(self.grade_checks())
+
+    def grade_checks(self) -> list[dict]:
+        """Each planned check's result (its comparison queued, when deferred)."""
         plan, ignored = plan_checks(self.request)
         self.warnings += ignored
-        checks = [self.check(name, options) for name, options in plan]
+        return [self.check(name, options) for name, options in plan]
+
+    def finish(self, checks: list[dict]) -> dict:
+        """The response body around the checks' results, once every comparison is done: the deferred
+        comparisons' diagnoses, the first wrong layer, the score."""
+        for result, answer, expected in self.undiagnosed:
+            if not result["passed"]:
+                self._diagnose(result, result["name"], answer, expected)
+        self.undiagnosed = []
         first_wrong = diagnose_bugs.first_wrong_layer(self, checks)
         for c in checks if first_wrong else ():
             if c["kind"] == "gradient" and not c["passed"]:
@@ -220,6 +263,10 @@ class Grader:
         if section == "gradient_formulas":
             result["actual"] = actual if self.multi else actual[0]
         profile = tolerance.resolve(options, self.request, rtol, atol)
+        if profile is None and self.deferred is not None:  # the vectorized path knows the classic rule only
+            self.deferred.append((self, result, expected, actual, section, key))
+            self.undiagnosed.append((result, answer, expected))
+            return result
         if profile is None:
             self._compare(result, expected, actual, rtol, atol, section, key)
         else:
@@ -233,7 +280,7 @@ class Grader:
         mistake built in, charged to the request's budget: without budget left, the verdict stands undiagnosed."""
         charge = cost.diagnosis_estimate(self.request, self.shapes, self.limits)
         try:
-            charge.require(self.limits, spent=self.budget.total)
+            charge.require(self.limits, spent=self.spent + self.budget.total)
         except LimitExceeded:
             return
         self.budget.parts.update(charge.parts)
@@ -303,10 +350,17 @@ class Grader:
 
     def _compare(self, result: dict, expected, actual, rtol: float, atol: float, section: str, key: str) -> None:
         """Fill in the errors, the verdict and the message of a check whose answers have the right shapes."""
-        pairs = zip(expected, actual, strict=True)
-        closeness = [torch.isclose(a, e, rtol=rtol, atol=atol, equal_nan=True) for e, a in pairs]
-        failed_at = next((i for i, close in enumerate(closeness) if not bool(close.all())), None)
+        # numpy views of the float64 tensors: the same IEEE arithmetic as torch's, at a fraction of the per-op cost
+        expected = [e.detach().numpy() for e in expected]
+        actual = [a.detach().numpy() for a in actual]
+        closeness = [_isclose(a, e, rtol, atol) for e, a in zip(expected, actual, strict=True)]
         per_point, result["abs_error"], result["rel_error"] = _errors(expected, actual, closeness)
+        self._verdict(result, expected, actual, closeness, per_point, section, key)
+
+    def _verdict(self, result: dict, expected, actual, closeness, per_point: list[float], section: str,
+                 key: str) -> None:
+        """Pass or fail, the worst point, the chain rule and the message, from the comparison's numbers."""
+        failed_at = next((i for i, close in enumerate(closeness) if not close.all()), None)
         if failed_at is None:
             worst = max(range(len(per_point)), key=per_point.__getitem__, default=None)
         else:
@@ -326,7 +380,7 @@ class Grader:
         """What is off at the first failing point: the worst element, by how much, and how widespread it is."""
         e, a, close = expected[failed_at], actual[failed_at], closeness[failed_at]
         index, want, got = _worst_element(e, a, close)
-        element = f"[{', '.join(map(str, _unravel(index, e.shape)))}]" if e.dim() else ""
+        element = f"[{', '.join(map(str, _unravel(index, e.shape)))}]" if e.ndim else ""
         what = f"your formula gives {got:.6g}" if section == "gradient_formulas" else f"you gave {got:.6g}"
         message = f"{result['title']}{element} is off{self._at(failed_at)}: {what}, autograd gives {want:.6g}"
         if math.isfinite(got) and math.isfinite(want):
@@ -334,10 +388,10 @@ class Grader:
             relative = f", {abs(got - want) / abs(want):.3g} relative" if want else ""
             message += (f" (off by {got - want:+.3g}{relative}; allowed {atol + rtol * abs(want):.3g}"
                         f" = atol {atol:g} + rtol {rtol:g} * |expected|)")
-        if e.numel() > 1:
-            message += f"; {int((~close).sum())} of {e.numel()} elements are off"
+        if e.size > 1:
+            message += f"; {int((~close).sum())} of {e.size} elements are off"
         if self.multi:
-            wrong = sum(not bool(c.all()) for c in closeness)
+            wrong = sum(not c.all() for c in closeness)
             message += f"; wrong at {wrong} of {len(expected)} points"
         if result["chain_rule"] is not None:
             message += "; " + self._chain_text(key, failed_at)
@@ -359,40 +413,118 @@ class Grader:
         return text
 
 
+def _isclose(a: np.ndarray, e: np.ndarray, rtol: float, atol: float) -> np.ndarray:
+    """torch.isclose(a, e, rtol, atol, equal_nan=True) exactly (numpy's own isclose differs at infinities)."""
+    with np.errstate(all="ignore"):
+        err = np.abs(a - e)
+        return (a == e) | (np.isnan(a) & np.isnan(e)) | (np.isfinite(err) & (err <= atol + np.abs(rtol * e)))
+
+
 def _errors(expected, actual, closeness) -> tuple[list[float], float | None, float | None]:
     """Per point the largest |actual - expected| over elements finite in both; the largest absolute and relative
     error overall, None where no finite number describes it (an element that is off is non-finite)."""
     per_point, rel_max, describable = [], None, True
-    for e, a, close in zip(expected, actual, closeness, strict=True):
-        diff = (a - e).abs()
-        both = torch.isfinite(a) & torch.isfinite(e)
-        describable = describable and not bool((~close & ~both).any())
-        per_point.append(diff[both].max().item() if both.any() else 0.0)
-        nonzero = both & (e != 0)
-        if nonzero.any():
-            rel = (diff[nonzero] / e[nonzero].abs()).max().item()
-            rel_max = rel if rel_max is None else max(rel_max, rel)
+    with np.errstate(all="ignore"):  # inf - inf is nan and 1e308 / 1e-9 is inf here, as in torch: no warnings
+        for e, a, close in zip(expected, actual, closeness, strict=True):
+            diff = np.abs(a - e)
+            both = np.isfinite(a) & np.isfinite(e)
+            describable = describable and not (~close & ~both).any()
+            per_point.append(float(diff[both].max()) if both.any() else 0.0)
+            nonzero = both & (e != 0)
+            if nonzero.any():
+                rel = float((diff[nonzero] / np.abs(e[nonzero])).max())
+                rel_max = rel if rel_max is None else max(rel_max, rel)
     abs_max = max(per_point, default=0.0)
     abs_error = abs_max if describable and math.isfinite(abs_max) else None
     rel_error = rel_max if describable and rel_max is not None and math.isfinite(rel_max) else None
     return per_point, abs_error, rel_error
 
 
-def _worst_element(expected: torch.Tensor, actual: torch.Tensor, close: torch.Tensor) -> tuple[int, float, float]:
+def _worst_element(expected: np.ndarray, actual: np.ndarray, close: np.ndarray) -> tuple[int, float, float]:
     """(flat index, expected, actual) of the element that is off by the most; NaN counts as off by infinity."""
-    diff = (actual - expected).abs()
-    diff = torch.where(torch.isnan(actual - expected), torch.tensor(float("inf"), dtype=torch.float64), diff)
-    diff = torch.where(close, torch.tensor(-1.0, dtype=torch.float64), diff).reshape(-1)
-    index = int(diff.argmax())
-    return index, expected.reshape(-1)[index].item(), actual.reshape(-1)[index].item()
+    with np.errstate(invalid="ignore"):
+        diff = actual - expected
+    diff = np.where(np.isnan(diff), np.inf, np.abs(diff))
+    index = int(np.where(close, -1.0, diff).reshape(-1).argmax())
+    return index, float(expected.reshape(-1)[index]), float(actual.reshape(-1)[index])
 
 
-def _unravel(index: int, shape: torch.Size) -> list[int]:
+def _unravel(index: int, shape: tuple) -> list[int]:
     out = []
     for size in reversed(shape):
         out.append(index % size)
         index //= size
     return out[::-1]
+
+
+def grade_many(requests: list[dict], limits: Limits, problem: Problem, before_each=None) -> list[dict | Exception]:
+    """Many answers to one problem (a batch's check jobs sharing PROBLEM_FIELDS), each result what grade() gives
+    for it alone; every check's comparison runs once for all answers (numpy over a leading answers axis).
+    A job that raises gets its exception in its place; `before_each()` (the batch's deadline) runs per job."""
+    results: list[dict | Exception | None] = [None] * len(requests)
+    graded, by_name = [], {}
+    for i, request in enumerate(requests):
+        deferred: list = []
+        try:
+            if before_each is not None:
+                before_each()
+            grader = Grader(request, limits, problem=problem, deferred=deferred)
+            graded.append((i, grader, grader.grade_checks()))
+        except Exception as err:  # noqa: BLE001 - one job's failure must not take the others down
+            results[i] = err
+            continue
+        for item in deferred:
+            by_name.setdefault(item[1]["name"], []).append((i, *item))
+    for group in by_name.values():
+        try:
+            _compare_together([item[1:] for item in group])
+        except Exception:  # noqa: BLE001 - then one by one, so that only the answer that breaks it fails
+            for i, grader, result, expected, actual, section, key in group:
+                try:
+                    grader._compare(result, expected, actual, result["rtol"], result["atol"], section, key)
+                except Exception as err:  # noqa: BLE001
+                    results[i] = err
+    for i, grader, checks in graded:
+        if results[i] is None:
+            try:
+                results[i] = grader.finish(checks)
+            except Exception as err:  # noqa: BLE001
+                results[i] = err
+    return results
+
+
+def _compare_together(group: list) -> None:
+    """Grader._compare for many answers to the same check of one problem (same expected values), at once."""
+    expected = [e.detach().numpy() for e in group[0][2]]
+    shape = expected[0].shape
+    if len(group) == 1 or expected[0].size == 0 or any(e.shape != shape for e in expected):
+        for grader, result, exp, actual, section, key in group:
+            grader._compare(result, exp, actual, result["rtol"], result["atol"], section, key)
+        return
+    n, points, size = len(group), len(expected), expected[0].size
+    lead = (n, 1) + (1,) * len(shape)
+    e_all = np.stack(expected)  # [points, *shape]
+    a_all = np.stack([np.stack([a.detach().numpy() for a in item[3]]) for item in group])  # [answers, points, ...]
+    rtol = np.array([float(item[1]["rtol"]) for item in group]).reshape(lead)
+    atol = np.array([float(item[1]["atol"]) for item in group]).reshape(lead)
+    close = _isclose(a_all, e_all, rtol, atol)
+    with np.errstate(all="ignore"):  # as in _errors
+        diff = np.abs(a_all - e_all).reshape(n, points, size)
+        both = (np.isfinite(a_all) & np.isfinite(e_all)).reshape(n, points, size)
+        nonzero = both & (e_all != 0).reshape(1, points, size)
+        rel = np.where(nonzero, diff / np.abs(e_all).reshape(1, points, size), -np.inf).max(axis=2)
+    abs_point = np.where(both.any(axis=2), np.where(both, diff, -np.inf).max(axis=2), 0.0)
+    has_rel = nonzero.any(axis=2)
+    describable = ~(~close.reshape(n, points, size) & ~both).any(axis=(1, 2))
+    for s, (grader, result, _, _, section, key) in enumerate(group):
+        per_point = [float(x) for x in abs_point[s]]
+        abs_max = max(per_point, default=0.0)
+        rel_max = float(rel[s][has_rel[s]].max()) if has_rel[s].any() else None
+        ok = bool(describable[s])
+        result["abs_error"] = abs_max if ok and math.isfinite(abs_max) else None
+        result["rel_error"] = rel_max if ok and rel_max is not None and math.isfinite(rel_max) else None
+        actual = [a_all[s][p, ...] for p in range(points)]  # [p, ...]: 0-d arrays, not numpy scalars
+        grader._verdict(result, expected, actual, [close[s][p, ...] for p in range(points)], per_point, section, key)
 
 
 def estimate(request: dict, limits: Limits) -> int:
@@ -404,6 +536,7 @@ def estimate(request: dict, limits: Limits) -> int:
     return budget.total
 
 
-def grade(request: dict, limits: Limits) -> dict:
-    """Run a loaded CheckRequestSchema body; returns the JSON-ready check response."""
-    return Grader(request, limits).run()
+def grade(request: dict, limits: Limits, problem: Problem | None = None) -> dict:
+    """Run a loaded CheckRequestSchema body (against `problem`, built from its PROBLEM_FIELDS, when given);
+    returns the JSON-ready check response."""
+    return Grader(request, limits, problem=problem).run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 from flask import Blueprint, current_app
 from marshmallow import ValidationError
 
@@ -12,23 +13,23 @@ from schemas.grading import BatchErrorSchema, BatchRequestSchema, CheckRequestSc
 
 from ..engine import cost
 from ..engine.batch import compute_many
+from ..engine.check import PROBLEM_FIELDS, Problem, grade_many
 from ..engine.check import estimate as estimate_check
-from ..engine.check import grade
 from ..engine.compute import estimate_cost
 from ..engine.errors import EngineError
 from ..engine.limits import Deadline
 from ..errors import engine_problem, problem, validation_problem
-from ..jsonio import read_json
+from ..jsonio import Encoded, read_json
 from ..observability import compute_timer
 from ..openapi import operation
+from .check import check_body
+from .gradients import gradient_body
 
 bp = Blueprint("batch", __name__)
 log = logging.getLogger(__name__)
 batch_request = BatchRequestSchema()
 gradient_request = GradientRequestSchema()
-gradient_response = GradientResponseSchema()
 check_request = CheckRequestSchema()
-check_response = CheckResponseSchema()
 
 
 BATCH_RESPONSE = {
@@ -66,20 +67,26 @@ def batch():
     jobs = batch_request.load(body)["jobs"]
     with compute_timer("batch"):
         results = run_jobs(jobs, limits)
-    return {"results": results}
+    # every result is an encoded engine body or a problem (strings and the configured limits): no second walk
+    return Encoded(results=results)
 
 
 def run_jobs(jobs: list, limits) -> list[dict]:
-    """Validate each job, run the gradients jobs (vectorized where possible) and the checks, in order."""
+    """Validate each job, run the gradients jobs (vectorized where possible) and the checks, in order.
+
+    Check jobs with the same problem (PROBLEM_FIELDS: a class's answers to one exercise) share one estimate
+    and one Problem (model, points, references); each job's result is what it would be on its own."""
     results: list[dict | None] = [None] * len(jobs)
     gradient_jobs: list[tuple[int, dict]] = []
     check_jobs: list[tuple[int, dict]] = []
+    keys: dict[int, bytes] = {}
     for i, job in enumerate(jobs):
         is_check = isinstance(job, dict) and set(job) == {"check"}
         try:
             cost.check_raw(job["check"] if is_check else job, limits)
             if is_check:
                 check_jobs.append((i, check_request.load(job["check"])))
+                keys[i] = _problem_key(job["check"])
             else:
                 gradient_jobs.append((i, gradient_request.load(job)))
         except ValidationError as err:
@@ -87,33 +94,59 @@ def run_jobs(jobs: list, limits) -> list[dict]:
             results[i] = {"error": validation_problem(ValidationError(messages))}
         except EngineError as err:
             results[i] = {"error": engine_problem(err)}
-    gradient_jobs, check_jobs = _within_budget(gradient_jobs, check_jobs, results, limits)
+    gradient_jobs, check_jobs = _within_budget(gradient_jobs, check_jobs, keys, results, limits)
     deadline = Deadline(limits.max_wall_seconds)  # the batch as a whole gets one wall-time budget
     outputs = compute_many([spec for _, spec in gradient_jobs], limits, deadline)
     for (i, _), out in zip(gradient_jobs, outputs, strict=True):
-        results[i] = _problem_for(out, i) if isinstance(out, Exception) else gradient_response.dump(out)
+        results[i] = _problem_for(out, i) if isinstance(out, Exception) else gradient_body(out)
+    groups: dict[bytes, list[tuple[int, dict]]] = {}
     for i, spec in check_jobs:
+        groups.setdefault(keys[i], []).append((i, spec))
+    for group in groups.values():
         try:
             deadline.check()
-            results[i] = check_response.dump(grade(spec, limits))
-        except Exception as err:  # noqa: BLE001 - one job's failure must not take the others down
-            results[i] = _problem_for(err, i)
+            problem = Problem(group[0][1], limits)
+        except Exception as err:  # noqa: BLE001 - every job of this problem fails the same way, as it would alone
+            for i, _ in group:
+                results[i] = _problem_for(err, i)
+            continue
+        outs = grade_many([spec for _, spec in group], limits, problem, deadline.check)
+        for (i, _), out in zip(group, outs, strict=True):
+            results[i] = _problem_for(out, i) if isinstance(out, Exception) else check_body(out)
     return results
 
 
-def _within_budget(gradient_jobs: list, check_jobs: list, results: list, limits) -> tuple[list, list]:
+def _problem_key(check: dict) -> bytes:
+    """Equal keys <=> equal Problems: the raw JSON of the job's problem fields, keys sorted."""
+    return orjson.dumps({name: check[name] for name in PROBLEM_FIELDS if name in check}, option=orjson.OPT_SORT_KEYS)
+
+
+def _within_budget(gradient_jobs: list, check_jobs: list, keys: dict[int, bytes], results: list,
+                   limits) -> tuple[list, list]:
     """The jobs the cost model accepts one by one (the others get their problem in place), if together
-    they fit the request budget; else the whole batch is a 413."""
-    costs, kept = [], ([], [])
-    for jobs, estimate, out in ((gradient_jobs, estimate_cost, kept[0]), (check_jobs, estimate_check, kept[1])):
-        for i, spec in jobs:
+    they fit the request budget; else the whole batch is a 413. A check's estimate is its problem's."""
+    costs, kept_gradients, kept_checks = [], [], []
+    for i, spec in gradient_jobs:
+        try:
+            costs.append(estimate_cost(spec, limits))
+            kept_gradients.append((i, spec))
+        except EngineError as err:
+            results[i] = {"error": engine_problem(err)}
+    estimates: dict[bytes, int | EngineError] = {}
+    for i, spec in check_jobs:
+        if keys[i] not in estimates:
             try:
-                costs.append(estimate(spec, limits))
-                out.append((i, spec))
+                estimates[keys[i]] = estimate_check(spec, limits)
             except EngineError as err:
-                results[i] = {"error": engine_problem(err)}
+                estimates[keys[i]] = err
+        estimate = estimates[keys[i]]
+        if isinstance(estimate, EngineError):
+            results[i] = {"error": engine_problem(estimate)}
+        else:
+            costs.append(estimate)
+            kept_checks.append((i, spec))
     cost.batch_require(costs, limits)
-    return kept
+    return kept_gradients, kept_checks
 
 
 def _problem_for(err: Exception, index: int) -> dict:

@@ -7,7 +7,7 @@ from schemas import GradientRequestSchema, GradientResponseSchema
 
 from ..engine import cost
 from ..engine.compute import compute
-from ..jsonio import read_json
+from ..jsonio import Encoded, read_json
 from ..observability import compute_timer
 from ..openapi import operation
 from ..render_svg import SVG, SVG_CSP, render_svg
@@ -41,4 +41,11 @@ def gradients():
     if picture:
         svg = render_svg(result["graph"], current_app.config["LIMITS"])
         return Response(svg, mimetype=SVG, headers={"Content-Security-Policy": SVG_CSP, "Vary": "Accept"})
-    return {key: result[key] for key in RESPONSE_KEYS + OPTIONAL_KEYS if key in result}, {"Vary": "Accept"}
+    return gradient_body(result), {"Vary": "Accept"}
+
+
+def gradient_body(result: dict) -> Encoded:
+    """GradientResponseSchema().dump(result) for a compute() result: the keys in the schema's order (the optional
+    ones when asked for), marked as encoded (compute()'s encode_tree already made every float finite, so the JSON
+    writer does not walk it again)."""
+    return Encoded((key, result[key]) for key in RESPONSE_KEYS + OPTIONAL_KEYS if key in result)

@@ -7,10 +7,10 @@ from flask import Blueprint, current_app, request
 from schemas import ModelsResponseSchema, StatusSchema
 
 from ..engine.describe import models_document
-from ..warmup import is_ready
 from ..errors import NotReady
 from ..observability import metrics_response
 from ..openapi import document_for, operation
+from ..warmup import is_ready
 
 bp = Blueprint("meta", __name__)
 models_response = ModelsResponseSchema()
