@@ -3,6 +3,7 @@
 Ratios against baselines from the same run: the first request against the median of the next 100 of the
 same kind on the same worker; PSS after mixed load against the same server idle.  Numbers, not assertions.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -15,13 +16,22 @@ import requests
 from . import workloads, wrk
 from .servers import Server
 
-FORMULA = orjson.dumps({
-    "model": {"kind": "expression", "formula": "sum(sin(x * y) + maximum(x, y) / (1 + exp(-x)) - x ** 2)"},
-    "inputs": {"x": [[0.5], [1.5], [2.5]], "y": [[0.25, 0.75, 1.25, 1.75]]},
-})
-FORMULAS = [orjson.dumps({"model": {"kind": "expression", "formula": f},
-                          "inputs": {"x": [[1.0], [2.0]], "y": [0.5, 1.5, 2.5]}, "include": ["graph", "intermediates"]})
-            for f in ("sum(x * y + sin(x))", "mean(exp(-x * y) * cos(y))", "sum(maximum(x, y) ** 2 / (1 + y))")]
+FORMULA = orjson.dumps(
+    {
+        "model": {"kind": "expression", "formula": "sum(sin(x * y) + maximum(x, y) / (1 + exp(-x)) - x ** 2)"},
+        "inputs": {"x": [[0.5], [1.5], [2.5]], "y": [[0.25, 0.75, 1.25, 1.75]]},
+    }
+)
+FORMULAS = [
+    orjson.dumps(
+        {
+            "model": {"kind": "expression", "formula": f},
+            "inputs": {"x": [[1.0], [2.0]], "y": [0.5, 1.5, 2.5]},
+            "include": ["graph", "intermediates"],
+        }
+    )
+    for f in ("sum(x * y + sin(x))", "mean(exp(-x * y) * cos(y))", "sum(maximum(x, y) ** 2 / (1 + y))")
+]
 
 
 def _post_ms(session: requests.Session, url: str, body: bytes) -> float:
@@ -46,9 +56,13 @@ def first_formula(rounds: int, log_dir: Path) -> dict:
                 steady.append(statistics.median(_post_ms(session, server.url, FORMULA) for _ in range(100)))
         finally:
             server.stop()
-    return {"first_ms": first, "steady_ms": steady,
-            "first_ms_median": statistics.median(first), "steady_ms_median": statistics.median(steady),
-            "first/steady": statistics.median(first) / statistics.median(steady)}
+    return {
+        "first_ms": first,
+        "steady_ms": steady,
+        "first_ms_median": statistics.median(first),
+        "steady_ms_median": statistics.median(steady),
+        "first/steady": statistics.median(first) / statistics.median(steady),
+    }
 
 
 def pss_after_mixed_load(rounds: int, seconds: float, log_dir: Path) -> dict:
@@ -76,13 +90,20 @@ def pss_after_mixed_load(rounds: int, seconds: float, log_dir: Path) -> dict:
     def med(rows):
         return {part: statistics.median(r[part] for r in rows) for part in rows[0]}
 
-    return {"idle": med(idle), "after_mixed_load": med(loaded), "after_1m_samples": med(big),
-            "raw": {"idle": idle, "after_mixed_load": loaded, "after_1m_samples": big}}
+    return {
+        "idle": med(idle),
+        "after_mixed_load": med(loaded),
+        "after_1m_samples": med(big),
+        "raw": {"idle": idle, "after_mixed_load": loaded, "after_1m_samples": big},
+    }
 
 
 def measure(rounds: int, seconds: float, log_dir: Path) -> dict:
-    return {"rounds": rounds, "first_formula": first_formula(rounds, log_dir),
-            "pss": pss_after_mixed_load(rounds, seconds, log_dir)}
+    return {
+        "rounds": rounds,
+        "first_formula": first_formula(rounds, log_dir),
+        "pss": pss_after_mixed_load(rounds, seconds, log_dir),
+    }
 
 
 def report(result: dict) -> str:
@@ -91,17 +112,20 @@ def report(result: dict) -> str:
     def parts(v: dict) -> str:
         return f"{v['total']:.0f} ({v['master']:.0f} + {v.get('worker1', 0):.0f} + {v.get('worker2', 0):.0f})"
 
-    return "\n".join([
-        f"\n### Bounded cost ({result['rounds']} rounds; medians)\n",
-        "| measurement | value |", "|---|---|",
-        f"| first formula request on a fresh worker | {f['first_ms_median']:.1f} ms (rounds: "
-        f"{', '.join(f'{v:.1f}' for v in f['first_ms'])}) |",
-        f"| the same request, median of the next 100 | {f['steady_ms_median']:.1f} ms "
-        f"(first/steady {f['first/steady']:.2f}x) |",
-        f"| PSS idle, MiB (master + workers) | {parts(p['idle'])} |",
-        f"| PSS after mixed formula + neuron load | {parts(p['after_mixed_load'])} |",
-        f"| PSS after 1,000,000-sample requests | {parts(p['after_1m_samples'])} |",
-    ])
+    return "\n".join(
+        [
+            f"\n### Bounded cost ({result['rounds']} rounds; medians)\n",
+            "| measurement | value |",
+            "|---|---|",
+            f"| first formula request on a fresh worker | {f['first_ms_median']:.1f} ms (rounds: "
+            f"{', '.join(f'{v:.1f}' for v in f['first_ms'])}) |",
+            f"| the same request, median of the next 100 | {f['steady_ms_median']:.1f} ms "
+            f"(first/steady {f['first/steady']:.2f}x) |",
+            f"| PSS idle, MiB (master + workers) | {parts(p['idle'])} |",
+            f"| PSS after mixed formula + neuron load | {parts(p['after_mixed_load'])} |",
+            f"| PSS after 1,000,000-sample requests | {parts(p['after_1m_samples'])} |",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """In-process time per request (Flask test client): bare, naive, service variants; interleaved rounds, medians.
 
-    python -m bench.inprocess > /dev/null          # results on stderr (stdout gets the JSON access log); REPS, ROUNDS
+python -m bench.inprocess > /dev/null          # results on stderr (stdout gets the JSON access log); REPS, ROUNDS
 """
+
 import logging
 import os
 import statistics
@@ -40,7 +41,7 @@ reps, rounds = int(os.environ.get("REPS", 1000)), int(os.environ.get("ROUNDS", 5
 res = {k: [] for k in V}
 names = list(V)
 for r in range(rounds):
-    for k in names[r % len(names):] + names[:r % len(names)]:
+    for k in names[r % len(names) :] + names[: r % len(names)]:
         c, b, off = V[k]
         acc.disabled = off
         for _ in range(50):

@@ -1,4 +1,5 @@
 """The two plots of docs/performance.md, drawn from a bench/results.json (python -m bench.plots [results.json])."""
+
 from __future__ import annotations
 
 import json
@@ -45,9 +46,17 @@ def draw(results: dict, out_dir: Path) -> list[str]:
             med = [r[f"{target}_rps"] for r in rows]
             lo = [min(x["rps"] for x in _runs_at(runs[target], c)) for c in conns]
             hi = [max(x["rps"] for x in _runs_at(runs[target], c)) for c in conns]
-            ax.plot(conns, med, marker="o", color=COLORS[target], label={
-                "service": "service (neuron, graph included)", "naive": "naive Flask+torch handler",
-                "bare": "bare Flask, constant JSON"}[target])
+            ax.plot(
+                conns,
+                med,
+                marker="o",
+                color=COLORS[target],
+                label={
+                    "service": "service (neuron, graph included)",
+                    "naive": "naive Flask+torch handler",
+                    "bare": "bare Flask, constant JSON",
+                }[target],
+            )
             ax.fill_between(conns, lo, hi, color=COLORS[target], alpha=0.15)
         ax.set_xscale("log", base=2)
         ax.set_xticks(conns, [str(c) for c in conns])
@@ -55,8 +64,9 @@ def draw(results: dict, out_dir: Path) -> list[str]:
         ax.set_ylabel("requests/s (band: min-max over rounds)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        written.append(_finish(fig, ax, "Single neuron request: throughput against concurrency", note,
-                               out_dir / "throughput.png"))
+        written.append(
+            _finish(fig, ax, "Single neuron request: throughput against concurrency", note, out_dir / "throughput.png")
+        )
     if "samples" in results:
         rows = results["samples"]["summary"]
         labels = [k for k in rows[0] if k != "n"]
@@ -64,19 +74,37 @@ def draw(results: dict, out_dir: Path) -> list[str]:
         styles = {0: ("tab:green", "-"), 1: ("tab:green", "--"), 2: ("tab:orange", "-")}
         for i, label in enumerate(labels):
             color, line = styles.get(i, ("tab:blue", ":"))
-            ax.plot([r["n"] for r in rows], [r[label]["us_per_sample"] for r in rows], marker="o", color=color,
-                    linestyle=line, label=label)
+            ax.plot(
+                [r["n"] for r in rows],
+                [r[label]["us_per_sample"] for r in rows],
+                marker="o",
+                color=color,
+                linestyle=line,
+                label=label,
+            )
         if "throughput" in results:  # one-sample requests at full concurrency, for scale
             best = max(r["service_rps"] for r in results["throughput"]["summary"])
-            ax.axhline(1e6 / best, color="tab:green", alpha=0.4, linestyle=":",
-                       label=f"single requests, best concurrency ({best:.0f}/s)")
+            ax.axhline(
+                1e6 / best,
+                color="tab:green",
+                alpha=0.4,
+                linestyle=":",
+                label=f"single requests, best concurrency ({best:.0f}/s)",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("samples in one request")
         ax.set_ylabel("microseconds per sample (end to end)")
         ax.grid(alpha=0.3, which="both")
-        written.append(_finish(fig, ax, "Cost per sample against batch size (one request at a time)", note,
-                               out_dir / "cost_per_sample.png"))
+        written.append(
+            _finish(
+                fig,
+                ax,
+                "Cost per sample against batch size (one request at a time)",
+                note,
+                out_dir / "cost_per_sample.png",
+            )
+        )
     return written
 
 

@@ -1,7 +1,8 @@
 """py-spy one service worker under wrk load (8 connections) for 10 s; shares of its samples by category.
 
-    python -m bench.profile [raw-output-file]      # needs ptrace rights on the worker (our own child)
+python -m bench.profile [raw-output-file]      # needs ptrace rights on the worker (our own child)
 """
+
 import collections
 import os
 import re

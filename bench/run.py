@@ -9,6 +9,7 @@ the servers rotates every round) and the tables report medians and ratios taken 
     python -m bench --quick         # CI smoke: one short round of each section, ~1 minute
     python -m bench --plots         # also draw docs/throughput.png and docs/cost_per_sample.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,18 +47,21 @@ def log(msg: str) -> None:
 
 # --- sections ---------------------------------------------------------------------------------------
 
+
 def throughput(servers: dict, concurrencies: list[int], rounds: int, seconds: float) -> dict:
     """Single neuron requests (graph included, the default) at each concurrency, servers interleaved."""
     body = workloads.neuron_body()
     runs: dict = {t: {c: [] for c in concurrencies} for t in TARGETS}
     for r in range(rounds):
         for c in concurrencies:
-            order = TARGETS[r % 3:] + TARGETS[:r % 3]
+            order = TARGETS[r % 3 :] + TARGETS[: r % 3]
             for t in order:
                 res = wrk.run(servers[t].url, "/v1/gradients", [body], c, seconds)
                 runs[t][c].append(res)
-                log(f"  round {r + 1} c={c:<3} {t:<8} {res['rps']:8.1f} req/s  p99 {res['p99_ms']:7.1f} ms"
-                    f"  errors {res['socket_errors']}/{res['non_2xx']}")
+                log(
+                    f"  round {r + 1} c={c:<3} {t:<8} {res['rps']:8.1f} req/s  p99 {res['p99_ms']:7.1f} ms"
+                    f"  errors {res['socket_errors']}/{res['non_2xx']}"
+                )
     return runs
 
 
@@ -97,14 +101,19 @@ def samples(servers: dict, sizes: list[int], rounds: int) -> dict:
     session = requests.Session()
     for r in range(rounds):
         for n in sizes:
-            variants = SAMPLE_VARIANTS[r % 3:] + SAMPLE_VARIANTS[:r % 3]
+            variants = SAMPLE_VARIANTS[r % 3 :] + SAMPLE_VARIANTS[: r % 3]
             for label, server, red in variants:
                 url = servers[server].url + "/v1/gradients"
                 reps = max(1, min(50, 20_000 // n))  # small bodies: a median over several requests
                 times = [timed_post(session, url, bodies[(n, red)]) for _ in range(reps)]
                 out[label][n].append(median(times))
-            log(f"  round {r + 1} n={n:<8} " + "  ".join(f"{lbl.split(',')[0]}/{lbl.split(' ')[-1]} {out[lbl][n][-1] * 1000:8.1f} ms"
-                                                      for lbl, _, _ in SAMPLE_VARIANTS))
+            log(
+                f"  round {r + 1} n={n:<8} "
+                + "  ".join(
+                    f"{lbl.split(',')[0]}/{lbl.split(' ')[-1]} {out[lbl][n][-1] * 1000:8.1f} ms"
+                    for lbl, _, _ in SAMPLE_VARIANTS
+                )
+            )
     return out
 
 
@@ -124,18 +133,29 @@ def batch(server: Server, n_jobs: int, rounds: int, seconds: float) -> dict:
     jobs = workloads.mixed_jobs(n_jobs)
     singles = [orjson.dumps(j) for j in jobs]
     mixed = workloads.batch_body(jobs)
-    homogeneous = workloads.batch_body([j for j in workloads.mixed_jobs(n_jobs * 10 // 7 + 10) if j["model"]["kind"] == "neuron"
-                                        and not isinstance(j["inputs"]["x"], list)][:n_jobs])
+    homogeneous = workloads.batch_body(
+        [
+            j
+            for j in workloads.mixed_jobs(n_jobs * 10 // 7 + 10)
+            if j["model"]["kind"] == "neuron" and not isinstance(j["inputs"]["x"], list)
+        ][:n_jobs]
+    )
     out = {"single": [], "batch_mixed": [], "batch_neuron": []}
     for r in range(rounds):
-        steps = [("single", singles, 8, 1), ("batch_mixed", [mixed], 2, n_jobs), ("batch_neuron", [homogeneous], 2, n_jobs)]
-        for name, bodies, conns, per_request in steps[r % 3:] + steps[:r % 3]:
+        steps = [
+            ("single", singles, 8, 1),
+            ("batch_mixed", [mixed], 2, n_jobs),
+            ("batch_neuron", [homogeneous], 2, n_jobs),
+        ]
+        for name, bodies, conns, per_request in steps[r % 3 :] + steps[: r % 3]:
             path = "/v1/gradients" if name == "single" else "/v1/batch"
             res = wrk.run(server.url, path, bodies, conns, seconds, timeout=30)
             res["jobs_per_s"] = res["rps"] * per_request
             out[name].append(res)
-            log(f"  round {r + 1} {name:<13} {res['jobs_per_s']:9.1f} jobs/s  ({res['requests']} requests, "
-                f"p50 {res['p50_ms']:.1f} ms, errors {res['socket_errors']}/{res['non_2xx']})")
+            log(
+                f"  round {r + 1} {name:<13} {res['jobs_per_s']:9.1f} jobs/s  ({res['requests']} requests, "
+                f"p50 {res['p50_ms']:.1f} ms, errors {res['socket_errors']}/{res['non_2xx']})"
+            )
     n = min(len(v) for v in out.values())
     return {
         "n_jobs": n_jobs,
@@ -143,13 +163,20 @@ def batch(server: Server, n_jobs: int, rounds: int, seconds: float) -> dict:
         "single_jobs_per_s": median([x["jobs_per_s"] for x in out["single"]]),
         "batch_mixed_jobs_per_s": median([x["jobs_per_s"] for x in out["batch_mixed"]]),
         "batch_neuron_jobs_per_s": median([x["jobs_per_s"] for x in out["batch_neuron"]]),
-        "mixed/single": median([out["batch_mixed"][i]["jobs_per_s"] / out["single"][i]["jobs_per_s"] for i in range(n)]),
-        "neuron/single": median([out["batch_neuron"][i]["jobs_per_s"] / out["single"][i]["jobs_per_s"] for i in range(n)]),
+        "mixed/single": median(
+            [out["batch_mixed"][i]["jobs_per_s"] / out["single"][i]["jobs_per_s"] for i in range(n)]
+        ),
+        "neuron/single": median(
+            [out["batch_neuron"][i]["jobs_per_s"] / out["single"][i]["jobs_per_s"] for i in range(n)]
+        ),
         "batch_p50_ms": median([x["p50_ms"] for x in out["batch_mixed"]]),
     }
 
 
-OLD_RECYCLING = {"GUNICORN_MAX_REQUESTS": "1000", "GUNICORN_MAX_REQUESTS_JITTER": "100"}  # the deploy config before 20000
+OLD_RECYCLING = {
+    "GUNICORN_MAX_REQUESTS": "1000",
+    "GUNICORN_MAX_REQUESTS_JITTER": "100",
+}  # the deploy config before 20000
 
 
 def recycling(rounds: int, seconds: float, log_dir: Path) -> dict:
@@ -166,20 +193,26 @@ def recycling(rounds: int, seconds: float, log_dir: Path) -> dict:
         runs: dict = {f"{a} / {m}": [] for a, m in servers}
         keys = list(servers)
         for r in range(rounds):
-            for key in keys[r % 4:] + keys[:r % 4]:
+            for key in keys[r % 4 :] + keys[: r % 4]:
                 res = wrk.run(servers[key].url, "/v1/gradients", [body], 8, seconds)
                 runs[f"{key[0]} / {key[1]}"].append(res)
                 log(f"  round {r + 1} {key[0]:<8} {key[1]:<13} {res['rps']:8.1f} req/s  p99 {res['p99_ms']:7.1f} ms")
     finally:
         for s in servers.values():
             s.stop()
-    out = {k: {"rps": median([x["rps"] for x in v]), "p99_ms": median([x["p99_ms"] for x in v])} for k, v in runs.items()}
+    out = {
+        k: {"rps": median([x["rps"] for x in v]), "p99_ms": median([x["p99_ms"] for x in v])} for k, v in runs.items()
+    }
     for app in ("service", "naive"):
         a, b = runs[f"{app} / default"], runs[f"{app} / max_requests 1000"]
         out[f"{app}: default / max_requests 1000"] = median([x["rps"] / y["rps"] for x, y in zip(a, b)])
     n = len(runs["service / default"])
-    out["service/naive, default"] = median([runs["service / default"][i]["rps"] / runs["naive / default"][i]["rps"] for i in range(n)])
-    out["service/naive, max_requests 1000"] = median([runs["service / max_requests 1000"][i]["rps"] / runs["naive / max_requests 1000"][i]["rps"] for i in range(n)])
+    out["service/naive, default"] = median(
+        [runs["service / default"][i]["rps"] / runs["naive / default"][i]["rps"] for i in range(n)]
+    )
+    out["service/naive, max_requests 1000"] = median(
+        [runs["service / max_requests 1000"][i]["rps"] / runs["naive / max_requests 1000"][i]["rps"] for i in range(n)]
+    )
     return {"rounds": rounds, "seconds": seconds, "runs": runs, "summary": out}
 
 
@@ -227,72 +260,165 @@ def memory_and_startup(rounds: int, seconds: float, log_dir: Path, preload_modes
                 rows["worker_restart_s"].append(time.monotonic() - start)
             finally:
                 one.stop()
-            log(f"  preload={mode} round {r + 1}: cold start {rows['cold_start_s'][-1]:.2f} s, worker restart "
+            log(
+                f"  preload={mode} round {r + 1}: cold start {rows['cold_start_s'][-1]:.2f} s, worker restart "
                 f"{rows['worker_restart_s'][-1]:.2f} s, PSS idle {rows['pss_idle'][-1]['total']:.0f} / after load "
-                f"{rows['pss_after_load'][-1]['total']:.0f} / after 1M-sample requests {rows['pss_after_big'][-1]['total']:.0f} MiB")
+                f"{rows['pss_after_load'][-1]['total']:.0f} / after 1M-sample requests {rows['pss_after_big'][-1]['total']:.0f} MiB"
+            )
         result[mode] = {
             "raw": rows,
             "cold_start_s": median(rows["cold_start_s"]),
             "worker_restart_s": median(rows["worker_restart_s"]),
-            **{k: {part: median([p[part] for p in rows[k]]) for part in rows[k][0]} for k in ("pss_idle", "pss_after_load", "pss_after_big")},
+            **{
+                k: {part: median([p[part] for p in rows[k]]) for part in rows[k][0]}
+                for k in ("pss_idle", "pss_after_load", "pss_after_big")
+            },
         }
     return result
 
 
 # --- report -----------------------------------------------------------------------------------------
 
+
 def fmt_table(headers: list[str], rows: list[list]) -> str:
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     line = lambda r: "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]])
+    return "\n".join(
+        [line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]]
+    )
 
 
 def report(results: dict) -> str:
     out = []
     if "throughput" in results:
         rows = results["throughput"]["summary"]
-        out.append(f"### Single neuron request, graph included ({results['throughput']['rounds']} rounds x "
-                   f"{results['throughput']['seconds']} s per point; medians)\n")
-        out.append(fmt_table(
-            ["conns", "service req/s", "naive req/s", "bare req/s", "service/naive", "service/bare", "naive/bare",
-             "p99 service ms", "p99 naive ms", "p99 bare ms", "errors s/n/b"],
-            [[r["c"], f"{r['service_rps']:.0f}", f"{r['naive_rps']:.0f}", f"{r['bare_rps']:.0f}",
-              f"{r['service/naive']:.2f}x", f"{r['service/bare']:.2f}x", f"{r['naive/bare']:.2f}x",
-              f"{r['service_p99']:.1f}", f"{r['naive_p99']:.1f}", f"{r['bare_p99']:.1f}",
-              f"{r['service_errors']}/{r['naive_errors']}/{r['bare_errors']}"] for r in rows]))
+        out.append(
+            f"### Single neuron request, graph included ({results['throughput']['rounds']} rounds x "
+            f"{results['throughput']['seconds']} s per point; medians)\n"
+        )
+        out.append(
+            fmt_table(
+                [
+                    "conns",
+                    "service req/s",
+                    "naive req/s",
+                    "bare req/s",
+                    "service/naive",
+                    "service/bare",
+                    "naive/bare",
+                    "p99 service ms",
+                    "p99 naive ms",
+                    "p99 bare ms",
+                    "errors s/n/b",
+                ],
+                [
+                    [
+                        r["c"],
+                        f"{r['service_rps']:.0f}",
+                        f"{r['naive_rps']:.0f}",
+                        f"{r['bare_rps']:.0f}",
+                        f"{r['service/naive']:.2f}x",
+                        f"{r['service/bare']:.2f}x",
+                        f"{r['naive/bare']:.2f}x",
+                        f"{r['service_p99']:.1f}",
+                        f"{r['naive_p99']:.1f}",
+                        f"{r['bare_p99']:.1f}",
+                        f"{r['service_errors']}/{r['naive_errors']}/{r['bare_errors']}",
+                    ]
+                    for r in rows
+                ],
+            )
+        )
     if "samples" in results:
         rows = results["samples"]["summary"]
-        out.append(f"\n### Samples per request, one request at a time ({results['samples']['rounds']} rounds; medians, end to end)\n")
+        out.append(
+            f"\n### Samples per request, one request at a time ({results['samples']['rounds']} rounds; medians, end to end)\n"
+        )
         headers = ["samples"]
         for label, _, _ in SAMPLE_VARIANTS:
             headers += [f"{label}: s", "samples/s", "us/sample"]
-        out.append(fmt_table(headers, [[f"{r['n']:,}"] + sum(
-            ([f"{r[l]['seconds']:.4f}", f"{r[l]['samples_per_s']:,.0f}", f"{r[l]['us_per_sample']:.2f}"] for l, _, _ in SAMPLE_VARIANTS), [])
-            for r in rows]))
+        out.append(
+            fmt_table(
+                headers,
+                [
+                    [f"{r['n']:,}"]
+                    + sum(
+                        (
+                            [f"{r[l]['seconds']:.4f}", f"{r[l]['samples_per_s']:,.0f}", f"{r[l]['us_per_sample']:.2f}"]
+                            for l, _, _ in SAMPLE_VARIANTS
+                        ),
+                        [],
+                    )
+                    for r in rows
+                ],
+            )
+        )
     if "batch" in results:
         b = results["batch"]
-        out.append(f"\n### /v1/batch of {b['n_jobs']} jobs vs the same jobs as single requests ({b['rounds']} rounds; medians)\n")
-        out.append(fmt_table(["workload", "jobs/s", "vs single"], [
-            ["single requests (8 connections)", f"{b['single_jobs_per_s']:.0f}", "1.00x"],
-            [f"/v1/batch, {b['n_jobs']} mixed jobs (2 connections)", f"{b['batch_mixed_jobs_per_s']:.0f}", f"{b['mixed/single']:.2f}x"],
-            [f"/v1/batch, {b['n_jobs']} neuron jobs (2 connections)", f"{b['batch_neuron_jobs_per_s']:.0f}", f"{b['neuron/single']:.2f}x"],
-        ]))
+        out.append(
+            f"\n### /v1/batch of {b['n_jobs']} jobs vs the same jobs as single requests ({b['rounds']} rounds; medians)\n"
+        )
+        out.append(
+            fmt_table(
+                ["workload", "jobs/s", "vs single"],
+                [
+                    ["single requests (8 connections)", f"{b['single_jobs_per_s']:.0f}", "1.00x"],
+                    [
+                        f"/v1/batch, {b['n_jobs']} mixed jobs (2 connections)",
+                        f"{b['batch_mixed_jobs_per_s']:.0f}",
+                        f"{b['mixed/single']:.2f}x",
+                    ],
+                    [
+                        f"/v1/batch, {b['n_jobs']} neuron jobs (2 connections)",
+                        f"{b['batch_neuron_jobs_per_s']:.0f}",
+                        f"{b['neuron/single']:.2f}x",
+                    ],
+                ],
+            )
+        )
     if "recycling" in results:
         rc = results["recycling"]["summary"]
-        out.append(f"\n### Worker recycling: default (20000 +- 2000) vs max_requests 1000 +- 100 at 8 connections ({results['recycling']['rounds']} rounds; medians)\n")
-        out.append(fmt_table(["server", "req/s", "p99 ms"], [[k, f"{v['rps']:.0f}", f"{v['p99_ms']:.1f}"] for k, v in rc.items() if isinstance(v, dict)]))
+        out.append(
+            f"\n### Worker recycling: default (20000 +- 2000) vs max_requests 1000 +- 100 at 8 connections ({results['recycling']['rounds']} rounds; medians)\n"
+        )
+        out.append(
+            fmt_table(
+                ["server", "req/s", "p99 ms"],
+                [[k, f"{v['rps']:.0f}", f"{v['p99_ms']:.1f}"] for k, v in rc.items() if isinstance(v, dict)],
+            )
+        )
         out.append("\n" + ", ".join(f"{k}: {v:.2f}x" for k, v in rc.items() if not isinstance(v, dict)))
     if "memory" in results and "modes" in results["memory"]:
         m = results["memory"]
         out.append(f"\n### Memory (PSS, MiB, master + 2 workers) and start-up ({m['rounds']} rounds; medians)\n")
         rows = []
         for mode, v in m["modes"].items():
-            rows.append([f"preload={mode}", f"{v['pss_idle']['total']:.0f}", f"{v['pss_after_load']['total']:.0f}",
-                         f"{v['pss_after_load']['master']:.0f} + {v['pss_after_load'].get('worker1', 0):.0f} + {v['pss_after_load'].get('worker2', 0):.0f}",
-                         f"{v['pss_after_big']['total']:.0f}", f"{v['cold_start_s']:.2f}", f"{v['worker_restart_s']:.2f}"])
-        out.append(fmt_table(["gunicorn", "idle", "after load", "master + workers", "after 1M-sample requests",
-                              "cold start s", "worker restart->ready s"], rows))
+            rows.append(
+                [
+                    f"preload={mode}",
+                    f"{v['pss_idle']['total']:.0f}",
+                    f"{v['pss_after_load']['total']:.0f}",
+                    f"{v['pss_after_load']['master']:.0f} + {v['pss_after_load'].get('worker1', 0):.0f} + {v['pss_after_load'].get('worker2', 0):.0f}",
+                    f"{v['pss_after_big']['total']:.0f}",
+                    f"{v['cold_start_s']:.2f}",
+                    f"{v['worker_restart_s']:.2f}",
+                ]
+            )
+        out.append(
+            fmt_table(
+                [
+                    "gunicorn",
+                    "idle",
+                    "after load",
+                    "master + workers",
+                    "after 1M-sample requests",
+                    "cold start s",
+                    "worker restart->ready s",
+                ],
+                rows,
+            )
+        )
     if "real" in results:
         out.append("\n" + realworkload.report(results["real"], fmt_table))
     if "image" in results:
@@ -300,17 +426,32 @@ def report(results: dict) -> str:
     if "bounded" in results:
         out.append(bounded.report(results["bounded"]))
     if "baselines" in results.get("memory", {}):
-        out.append("\nPSS of the throughput servers after their load (MiB, master + 2 workers): " + ", ".join(
-            f"{t} {v['total']:.0f}" for t, v in results["memory"]["baselines"].items()))
+        out.append(
+            "\nPSS of the throughput servers after their load (MiB, master + 2 workers): "
+            + ", ".join(f"{t} {v['total']:.0f}" for t, v in results["memory"]["baselines"].items())
+        )
     return "\n".join(out)
 
 
 def machine() -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "?")
+    cpu = next(
+        (
+            l.split(":", 1)[1].strip()
+            for l in Path("/proc/cpuinfo").read_text().splitlines()
+            if l.startswith("model name")
+        ),
+        "?",
+    )
     import torch  # noqa: PLC0415 - only for the version string
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "kernel": platform.release(), "loadavg_start": os.getloadavg()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "kernel": platform.release(),
+        "loadavg_start": os.getloadavg(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,8 +460,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="interleaved rounds per measurement (default 5, quick 1)")
     p.add_argument("--seconds", type=float, help="seconds per wrk run (default 3, quick 1)")
     p.add_argument("--concurrency", help="comma-separated wrk connections (default 1,2,4,8,16,32; quick 8)")
-    p.add_argument("--sections", default="throughput,samples,batch,recycle,memory,bounded,real,image",
-                   help="any of throughput,samples,batch,recycle,memory,bounded,real,image (default: all)")
+    p.add_argument(
+        "--sections",
+        default="throughput,samples,batch,recycle,memory,bounded,real,image",
+        help="any of throughput,samples,batch,recycle,memory,bounded,real,image (default: all)",
+    )
     p.add_argument("--jobs", type=int, default=1000, help="jobs in one /v1/batch (default 1000)")
     p.add_argument("--json", help="where to write the raw results (default bench/results.json; --quick: nowhere)")
     p.add_argument("--plots", action="store_true", help="draw docs/throughput.png and docs/cost_per_sample.png")
@@ -346,8 +490,12 @@ def main(argv: list[str] | None = None) -> int:
         if "throughput" in sections:
             log(f"throughput: {rounds} rounds x {concurrencies} connections x {seconds} s")
             runs = throughput(servers, concurrencies, rounds, seconds)
-            results["throughput"] = {"rounds": rounds, "seconds": seconds, "runs": runs,
-                                     "summary": summarize_throughput(runs, concurrencies)}
+            results["throughput"] = {
+                "rounds": rounds,
+                "seconds": seconds,
+                "runs": runs,
+                "summary": summarize_throughput(runs, concurrencies),
+            }
             results.setdefault("memory", {})["baselines"] = {t: s.pss_mib() for t, s in servers.items()}
         if "samples" in sections:
             r = max(1, min(rounds, 3))
@@ -358,7 +506,10 @@ def main(argv: list[str] | None = None) -> int:
             r = max(1, min(rounds, 3))
             n_jobs = min(args.jobs, 200) if args.quick else args.jobs
             log(f"batch: {r} rounds, {n_jobs} jobs")
-            results["batch"] = {"rounds": r, **batch(servers["service"], n_jobs, r, max(seconds, 2.0 if args.quick else 5.0))}
+            results["batch"] = {
+                "rounds": r,
+                **batch(servers["service"], n_jobs, r, max(seconds, 2.0 if args.quick else 5.0)),
+            }
             results.setdefault("memory", {})["service_after_all"] = servers["service"].pss_mib()
     finally:
         for s in servers.values():
@@ -385,9 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     results["wall_seconds"] = time.monotonic() - started
     text = report(results)
     print(text)
-    print(f"\n(machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; python {results['machine']['python']}, "
-          f"torch {results['machine']['torch']}; load average {results['machine']['loadavg_start'][0]:.1f} at start, "
-          f"{results['machine']['loadavg_end'][0]:.1f} at end; {results['wall_seconds']:.0f} s)")
+    print(
+        f"\n(machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; python {results['machine']['python']}, "
+        f"torch {results['machine']['torch']}; load average {results['machine']['loadavg_start'][0]:.1f} at start, "
+        f"{results['machine']['loadavg_end'][0]:.1f} at end; {results['wall_seconds']:.0f} s)"
+    )
     if args.json is None and not args.quick:
         args.json = str(ROOT / "bench" / "results.json")
     if args.json:

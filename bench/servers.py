@@ -1,4 +1,5 @@
 """gunicorn servers for the benchmark: the deploy config, a free 127.0.0.1 port, own process group, PSS from /proc."""
+
 from __future__ import annotations
 
 import os
@@ -34,15 +35,27 @@ def free_port() -> int:
 class Server:
     """One gunicorn master (deploy/gunicorn.conf.py) serving `target`; stop() kills only its own process group."""
 
-    def __init__(self, name: str, workers: int = 2, env: dict | None = None, log_dir: Path | None = None,
-                 deploy_config: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        workers: int = 2,
+        env: dict | None = None,
+        log_dir: Path | None = None,
+        deploy_config: bool = True,
+    ) -> None:
         self.name = name
         self.deploy_config = deploy_config
         self.target = APPS[name]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "WEB_CONCURRENCY": str(workers),
-                    **APP_ENV.get(name, {}), **(env or {})}
+        self.env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": str(workers),
+            **APP_ENV.get(name, {}),
+            **(env or {}),
+        }
         self.log_path = (log_dir / f"{name}-{self.port}.log") if log_dir else None
         self.proc: subprocess.Popen | None = None
         self.started_at = 0.0
@@ -53,11 +66,18 @@ class Server:
             self.started_at = time.monotonic()
             # deploy_config=False: as the handler's author would run it, `gunicorn -w 2 app:app` (plus a free
             # loopback port, and no gunicorn 27 control socket, which several gunicorns on one host would share)
-            config = ["-c", "deploy/gunicorn.conf.py"] if self.deploy_config else [
-                "-w", self.env["WEB_CONCURRENCY"], "-b", f"127.0.0.1:{self.port}", "--no-control-socket"]
+            config = (
+                ["-c", "deploy/gunicorn.conf.py"]
+                if self.deploy_config
+                else ["-w", self.env["WEB_CONCURRENCY"], "-b", f"127.0.0.1:{self.port}", "--no-control-socket"]
+            )
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", *config, self.target],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             STARTED_GROUPS.add(self.proc.pid)
         finally:

@@ -1,4 +1,5 @@
 """Request bodies for the benchmark: the tutorial's neuron, per-sample batches, and a mixed /v1/batch."""
+
 from __future__ import annotations
 
 import random
@@ -17,8 +18,13 @@ def per_sample_body(n: int, reduction: str = "none", seed: int = 0) -> bytes:
     rng = random.Random(seed)
     x = [round(rng.uniform(-4, 4), 4) for _ in range(n)]
     y = [rng.randrange(2) for _ in range(n)]
-    return orjson.dumps({"model": {"kind": "neuron", "reduction": reduction},
-                         "inputs": {"x": x, "y": y, "w": 0.5, "b": -0.25}, "include": []})
+    return orjson.dumps(
+        {
+            "model": {"kind": "neuron", "reduction": reduction},
+            "inputs": {"x": x, "y": y, "w": 0.5, "b": -0.25},
+            "include": [],
+        }
+    )
 
 
 def mixed_jobs(n: int, seed: int = 0) -> list[dict]:
@@ -31,19 +37,45 @@ def mixed_jobs(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         r = i % 10
         if r < 7:
-            jobs.append({"model": {"kind": "neuron"}, "include": [],
-                         "inputs": {"x": round(rng.uniform(-5, 5), 3), "y": rng.randrange(2),
-                                    "w": round(rng.uniform(-2, 2), 3), "b": round(rng.uniform(-1, 1), 3)}})
+            jobs.append(
+                {
+                    "model": {"kind": "neuron"},
+                    "include": [],
+                    "inputs": {
+                        "x": round(rng.uniform(-5, 5), 3),
+                        "y": rng.randrange(2),
+                        "w": round(rng.uniform(-2, 2), 3),
+                        "b": round(rng.uniform(-1, 1), 3),
+                    },
+                }
+            )
         elif r == 7:
-            jobs.append({"model": {"kind": "neuron"}, "include": [],
-                         "inputs": {"x": [round(rng.uniform(-1, 1), 3) for _ in range(3)], "y": 1,
-                                    "w": [0.1, -0.2, 0.3], "b": 0.0}})
+            jobs.append(
+                {
+                    "model": {"kind": "neuron"},
+                    "include": [],
+                    "inputs": {
+                        "x": [round(rng.uniform(-1, 1), 3) for _ in range(3)],
+                        "y": 1,
+                        "w": [0.1, -0.2, 0.3],
+                        "b": 0.0,
+                    },
+                }
+            )
         elif r == 8:
-            jobs.append({"model": {"kind": "expression", "name": names[i % len(names)]},
-                         "inputs": {"x": round(rng.uniform(0.5, 2), 3)}})
+            jobs.append(
+                {
+                    "model": {"kind": "expression", "name": names[i % len(names)]},
+                    "inputs": {"x": round(rng.uniform(0.5, 2), 3)},
+                }
+            )
         else:
-            jobs.append({"model": {"kind": "expression", "formula": formulas[i % len(formulas)]},
-                         "inputs": {"x": round(rng.uniform(0.5, 2), 3), "y": round(rng.uniform(0.5, 2), 3)}})
+            jobs.append(
+                {
+                    "model": {"kind": "expression", "formula": formulas[i % len(formulas)]},
+                    "inputs": {"x": round(rng.uniform(0.5, 2), 3), "y": round(rng.uniform(0.5, 2), 3)},
+                }
+            )
     return jobs
 
 

@@ -1,4 +1,5 @@
 """Run wrk (Debian's wrk 4.1) with a generated Lua script that POSTs JSON bodies and prints a JSON summary."""
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@
 Run: ``gunicorn -c deploy/gunicorn.conf.py service.wsgi:app``.  gunicorn binds to HOST:PORT here;
 TORCH_THREADS, LOG_LEVEL, the limits, API keys etc. are read by the app itself.
 """
+
 import json
 import logging
 import math
@@ -49,6 +50,7 @@ workers = _int("WEB_CONCURRENCY", os.cpu_count() or 1)
 worker_class = "sync"
 threads = 1
 
+
 # A hard kill for a stuck worker, never the way a request ends: the app interrupts every request at
 # MAX_WALL_SECONDS (default 10 s, service/deadline.py) and answers a 503 problem.  The sync worker's
 # heartbeat stops while it serves a request, so the timeout must cover MAX_WALL_SECONDS plus writing the
@@ -67,8 +69,10 @@ def _wall_seconds(default=10.0):
 _wall = _wall_seconds()
 timeout = _int("GUNICORN_TIMEOUT", max(60, int(3 * _wall)))
 if timeout < _wall + 10:
-    raise SystemExit(f"gunicorn.conf.py: GUNICORN_TIMEOUT={timeout} must be at least MAX_WALL_SECONDS + 10 s "
-                     f"({_wall:g} + 10): gunicorn would kill workers before the app answers 503")
+    raise SystemExit(
+        f"gunicorn.conf.py: GUNICORN_TIMEOUT={timeout} must be at least MAX_WALL_SECONDS + 10 s "
+        f"({_wall:g} + 10): gunicorn would kill workers before the app answers 503"
+    )
 # On SIGTERM give in-flight requests this long; k8s terminationGracePeriodSeconds is larger.
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
 # Only used by gthread/async workers: the sync worker closes every connection after one response
@@ -139,12 +143,21 @@ logger_class = JsonLogger
 def write_problem(sock, status_int, reason, mesg):
     """Drop-in for gunicorn.util.write_error: the same status line, a problem+json body."""
     request_id = uuid.uuid4().hex
-    body = json.dumps({"type": "about:blank", "title": reason, "status": status_int, "detail": mesg or reason,
-                       "instance": None, "request_id": request_id}).encode()
-    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n"
-            f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n\r\n")
-    logging.getLogger("gunicorn.error").info("answered %d %s", status_int, reason,
-                                                extra={"request_id": request_id})
+    body = json.dumps(
+        {
+            "type": "about:blank",
+            "title": reason,
+            "status": status_int,
+            "detail": mesg or reason,
+            "instance": None,
+            "request_id": request_id,
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n"
+        f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n\r\n"
+    )
+    logging.getLogger("gunicorn.error").info("answered %d %s", status_int, reason, extra={"request_id": request_id})
     util.write_nonblock(sock, head.encode("latin1") + body)
 
 

@@ -1,4 +1,5 @@
 """`python -m gradsvc` is the `gradsvc` console script."""
+
 from .cli import main
 
 raise SystemExit(main())

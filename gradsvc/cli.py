@@ -10,6 +10,7 @@ Exit codes of compute, check and batch:
   3  service unavailable: connection refused/timed out or 502/503/504, still after every retry
   4  server error: 500 (or another non-retryable 5xx) or an answer that is not JSON
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,8 +111,11 @@ def connection_options(defaults: bool) -> argparse.ArgumentParser:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="gradsvc", description="Client for the gradient service.", epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter, parents=[connection_options(True)],
+        prog="gradsvc",
+        description="Client for the gradient service.",
+        epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[connection_options(True)],
     )
     common = [connection_options(False)]
     sub = p.add_subparsers(dest="command", required=True)
@@ -121,23 +125,34 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("submission", help="JSON check request file (- for stdin)")
     k.add_argument("--format", choices=("json", "gradescope", "prairielearn"), default="json")
     b = sub.add_parser("batch", parents=common, help="POST /v1/batch with JSON Lines jobs; prints one result per line")
-    b.add_argument("jobs", help="JSONL file (one job per line), a JSON array, or {\"jobs\": [...]} (- for stdin)")
+    b.add_argument("jobs", help='JSONL file (one job per line), a JSON array, or {"jobs": [...]} (- for stdin)')
     b.add_argument("--chunk-size", type=int, default=500, help="jobs per request (default 500)")
     g = sub.add_parser(
-        "grade", parents=common,
+        "grade",
+        parents=common,
         help="grade an answers file against a problem file; always writes a valid results document and exits 0",
     )
     g.add_argument("--platform", choices=grading.PLATFORMS, required=True)
     g.add_argument("--problem", required=True, help="the instructor's problem file (.yaml/.yml or .json)")
     g.add_argument("--answers", required=True, help="the student's answers (JSON; PrairieLearn: /grade/data/data.json)")
     g.add_argument("--out", required=True, help="where to write the results document (atomically)")
-    g.add_argument("--deadline", type=float, default=grading.DEFAULT_DEADLINE,
-                   help=f"seconds for the whole run, retries included (default {grading.DEFAULT_DEADLINE:g})")
-    g.add_argument("--released", action="append", choices=("after_due_date", "after_published"), default=[],
-                   help="show checks with this visibility now (platforms other than Gradescope); repeatable")
+    g.add_argument(
+        "--deadline",
+        type=float,
+        default=grading.DEFAULT_DEADLINE,
+        help=f"seconds for the whole run, retries included (default {grading.DEFAULT_DEADLINE:g})",
+    )
+    g.add_argument(
+        "--released",
+        action="append",
+        choices=("after_due_date", "after_published"),
+        default=[],
+        help="show checks with this visibility now (platforms other than Gradescope); repeatable",
+    )
     pr = sub.add_parser("problem", parents=common, help="problem file tools")
     lint = pr.add_subparsers(dest="action", required=True).add_parser(
-        "lint", parents=common, help="validate a problem file: schema here, then every reference on the service")
+        "lint", parents=common, help="validate a problem file: schema here, then every reference on the service"
+    )
     lint.add_argument("file", help="the problem file (.yaml/.yml or .json)")
     lint.add_argument("--offline", action="store_true", help="check the schema only, without the service")
     return p
@@ -162,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         status = OK
         size = max(1, args.chunk_size)
         for start in range(0, len(jobs), size):
-            for result in client.batch(jobs[start:start + size]):
+            for result in client.batch(jobs[start : start + size]):
                 sys.stdout.write(json.dumps(result) + "\n")
                 if "error" in result or result.get("passed") is False:
                     status = CHECKS_FAILED

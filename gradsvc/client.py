@@ -1,4 +1,5 @@
 """HTTP client for the gradient service: timeouts, bounded retries with exponential backoff, typed errors."""
+
 from __future__ import annotations
 
 import os
@@ -104,7 +105,8 @@ class Client:
             made += 1
             try:
                 response = self.session.post(
-                    self.url + path, json=body, params=params, headers=headers, timeout=timeout)
+                    self.url + path, json=body, params=params, headers=headers, timeout=timeout
+                )
             except (requests.ConnectionError, requests.Timeout) as err:
                 last = f"{type(err).__name__}: {err}"
             else:

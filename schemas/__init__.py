@@ -1,4 +1,5 @@
 """marshmallow schemas for requests, responses and errors (no torch here)."""
+
 from .errors import ProblemSchema
 from .requests import GradientRequestSchema
 from .responses import GradientResponseSchema, ModelsResponseSchema, StatusSchema

@@ -1,4 +1,5 @@
 """The problem+json (RFC 9457) envelope every error uses."""
+
 from __future__ import annotations
 
 from marshmallow import Schema, fields

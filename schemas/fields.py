@@ -1,4 +1,5 @@
 """Custom marshmallow fields: tensors as numbers or rectangular nested lists, and the model union."""
+
 from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields
@@ -10,8 +11,11 @@ def refuse_long_lists(data, caps: dict[str, int]) -> None:
     """validate.Length's 400 for a list over its cap, before marshmallow deserializes every item of it."""
     if not isinstance(data, dict):
         return
-    errors = {key: [f"Longer than maximum length {cap}."] for key, cap in caps.items()
-              if isinstance(data.get(key), list) and len(data[key]) > cap}
+    errors = {
+        key: [f"Longer than maximum length {cap}."]
+        for key, cap in caps.items()
+        if isinstance(data.get(key), list) and len(data[key]) > cap
+    }
     if errors:
         raise ValidationError(errors)
 

@@ -1,4 +1,5 @@
 """Schemas for grading: POST /v1/check (answers graded against autograd) and POST /v1/batch."""
+
 from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
@@ -55,11 +56,13 @@ class SubmissionSchema(Schema):
     loss = Answer(metadata={"description": "forward value; with several points, a list with one value per point"})
     gradients = fields.Dict(keys=input_name, values=Answer(), metadata={"description": "input name -> dL/d(input)"})
     intermediates = fields.Dict(
-        keys=fields.String(validate=validate.Length(min=1, max=200)), values=Answer(),
-        metadata={"description": "neuron: z, y_pred; formulas: a subexpression's source text, e.g. \"x ** 2\""},
+        keys=fields.String(validate=validate.Length(min=1, max=200)),
+        values=Answer(),
+        metadata={"description": 'neuron: z, y_pred; formulas: a subexpression\'s source text, e.g. "x ** 2"'},
     )
     gradient_formulas = fields.Dict(
-        keys=input_name, values=fields.String(validate=validate.Length(min=1)),
+        keys=input_name,
+        values=fields.String(validate=validate.Length(min=1)),
         metadata={"description": "input name -> derivative formula in the formula language, evaluated at every point"},
     )
 
@@ -87,7 +90,8 @@ class CheckRequestSchema(Schema):
         metadata={"description": "one point; with `domain`, the fixed inputs (and shapes) of every drawn point"},
     )
     points = fields.List(
-        fields.Dict(keys=input_name, values=Tensor()), validate=validate.Length(min=1, max=MAX_POINTS),
+        fields.Dict(keys=input_name, values=Tensor()),
+        validate=validate.Length(min=1, max=MAX_POINTS),
         metadata={"description": "several points, each an `inputs` object"},
     )
     domain = fields.Dict(
@@ -180,6 +184,7 @@ class CheckQuerySchema(Schema):
 
 # --- responses ----------------------------------------------------------------------------------
 
+
 class CheckResultSchema(Schema):
     """One graded check. `expected` is autograd's reference, `actual` the submission's value."""
 
@@ -270,5 +275,9 @@ class BatchErrorSchema(Schema):
 
 
 __all__ = [
-    "BatchErrorSchema", "BatchRequestSchema", "CheckQuerySchema", "CheckRequestSchema", "CheckResponseSchema",
+    "BatchErrorSchema",
+    "BatchRequestSchema",
+    "CheckQuerySchema",
+    "CheckRequestSchema",
+    "CheckResponseSchema",
 ]

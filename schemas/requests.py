@@ -1,4 +1,5 @@
 """Request schemas: what POST /v1/gradients accepts, validated before any torch work."""
+
 from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
@@ -67,12 +68,15 @@ class GradientRequestSchema(Schema):
     mode = fields.String(load_default="grad", validate=validate.OneOf(MODES))
     dtype = fields.String(load_default="float32", validate=validate.OneOf(DTYPES))
     include = fields.List(
-        fields.String(validate=validate.OneOf(INCLUDES)), load_default=lambda: ["graph"],
+        fields.String(validate=validate.OneOf(INCLUDES)),
+        load_default=lambda: ["graph"],
         validate=validate.Length(max=len(INCLUDES)),
     )
     dout = Tensor(**upstream_gradient)
     tangents = fields.Dict(
-        keys=input_name, values=Tensor(), validate=validate.Length(min=1, max=64),
+        keys=input_name,
+        values=Tensor(),
+        validate=validate.Length(min=1, max=64),
         metadata={"description": "input name -> direction: `jvp` is J·v, how the output moves along it"},
     )
 

@@ -1,4 +1,5 @@
 """Response schemas: they document the contract in /openapi.json and shape what the views return."""
+
 from __future__ import annotations
 
 from dataclasses import fields as dataclass_fields
@@ -75,7 +76,8 @@ class GradientResponseSchema(Schema):
     warnings = fields.List(fields.String(), required=True)
     # only in answers that asked for them (docs/networks.md), so the other answers keep their exact shape
     jacobian = fields.Dict(
-        keys=fields.String(), values=TensorOut(),
+        keys=fields.String(),
+        values=TensorOut(),
         metadata={"optional": True, "description": "include jacobian: d(output)/d(input), shape output + input"},
     )
     jvp = TensorOut(metadata={"optional": True, "description": "with `tangents`: J·v, the output's shape"})

@@ -1,4 +1,5 @@
 """Gradient service: PyTorch forward/backward passes over HTTP."""
+
 from __future__ import annotations
 
 import tomllib

@@ -1,4 +1,5 @@
 """Application factory: configuration, logging, JSON, blueprint, error handlers, OpenAPI."""
+
 from __future__ import annotations
 
 import logging.config
@@ -22,15 +23,23 @@ from .warmup import warm_up
 
 def configure_logging(level: str) -> None:
     """JSON lines to stdout, each with the request id; configured before the app exists."""
-    logging.config.dictConfig({
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {**JSON_FORMATTER, "fmt": JSON_FORMATTER["fmt"] + " %(request_id)s"}},
-        "filters": {"request_id": {"()": "service.observability.RequestIdFilter"}},
-        "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout",
-                                "formatter": "json", "filters": ["request_id"]}},
-        "root": {"level": level, "handlers": ["stdout"]},
-    })
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"json": {**JSON_FORMATTER, "fmt": JSON_FORMATTER["fmt"] + " %(request_id)s"}},
+            "filters": {"request_id": {"()": "service.observability.RequestIdFilter"}},
+            "handlers": {
+                "stdout": {
+                    "class": "logging.StreamHandler",
+                    "stream": "ext://sys.stdout",
+                    "formatter": "json",
+                    "filters": ["request_id"],
+                }
+            },
+            "root": {"level": level, "handlers": ["stdout"]},
+        }
+    )
 
 
 def create_app(config: type[Config] | None = None) -> Flask:

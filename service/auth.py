@@ -1,4 +1,5 @@
 """Optional bearer-token authentication for /v1/*: on when API keys are configured."""
+
 from __future__ import annotations
 
 import hmac
@@ -33,8 +34,10 @@ def load_api_keys(keys: str, keys_file: str) -> tuple[str, ...]:
         found += [("API_KEYS_FILE", k) for k in from_file]
     for source, key in found:
         if not KEY_SYNTAX.match(key):
-            raise ConfigError(f"{source}: a key contains characters other than A-Z a-z 0-9 . _ ~ + / - "
-                              f"(whitespace and '#' are not allowed; the key is not shown)")
+            raise ConfigError(
+                f"{source}: a key contains characters other than A-Z a-z 0-9 . _ ~ + / - "
+                f"(whitespace and '#' are not allowed; the key is not shown)"
+            )
     return tuple(key for _, key in found)
 
 
@@ -57,5 +60,7 @@ def init_auth(app: Flask) -> None:
             return  # health, readiness, metrics and the OpenAPI document stay open
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not key_matches(token.strip(), keys):
-            raise Unauthorized("Send `Authorization: Bearer <key>` with a configured API key.",
-                               headers={"WWW-Authenticate": 'Bearer realm="gradsvc"'})
+            raise Unauthorized(
+                "Send `Authorization: Bearer <key>` with a configured API key.",
+                headers={"WWW-Authenticate": 'Bearer realm="gradsvc"'},
+            )

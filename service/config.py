@@ -4,6 +4,7 @@ A bad value must stop the server, not fall back to a default: every conversion t
 ENV_ERRORS (importing this module never raises, so gunicorn's entry point can report them) and
 check_config() turns them into one ConfigError, which service/wsgi.py prints as one line before exiting.
 """
+
 from __future__ import annotations
 
 import logging
@@ -84,7 +85,9 @@ def check_config(config) -> None:
     if config.TRUSTED_PROXY_HOPS:
         logging.getLogger("gradsvc.config").warning(
             "TRUSTED_PROXY_HOPS=%d: X-Forwarded-For/Proto/Host/Prefix are trusted; the app port must be "
-            "reachable only through the gateway (docs/edge.md)", config.TRUSTED_PROXY_HOPS)
+            "reachable only through the gateway (docs/edge.md)",
+            config.TRUSTED_PROXY_HOPS,
+        )
 
 
 class Config:

@@ -6,6 +6,7 @@ error handler, access log and metrics answer it; anywhere else (a hook, the erro
 middleware answers the 503 on its own.  gunicorn's worker timeout (deploy/gunicorn.conf.py) is set well
 above MAX_WALL_SECONDS, so it never is what ends a request.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,16 +40,21 @@ class DeadlineMiddleware:
             with request_deadline(self.seconds):
                 return self.app(environ, start)
         except DeadlineInterrupt as stop:
-            log.warning("wall-time limit hit outside a view on %s %s",
-                        environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            log.warning(
+                "wall-time limit hit outside a view on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
+            )
             return self._deadline_response(environ, start_response, stop, replace=bool(started))
 
     def _deadline_response(self, environ, start_response, stop: DeadlineInterrupt, replace: bool):
         err = DeadlineExceeded(stop.seconds)
         rid = environ.get("HTTP_X_REQUEST_ID", "")
         body = {
-            "type": "/problems/" + err.slug, "title": err.title, "status": 503, "detail": err.detail,
-            "instance": environ.get("PATH_INFO"), "limit": {"name": err.limit, "value": err.value},
+            "type": "/problems/" + err.slug,
+            "title": err.title,
+            "status": 503,
+            "detail": err.detail,
+            "instance": environ.get("PATH_INFO"),
+            "limit": {"name": err.limit, "value": err.value},
         }
         if VALID_REQUEST_ID.match(rid):
             body["request_id"] = rid

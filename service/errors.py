@@ -1,4 +1,5 @@
 """One problem+json (RFC 9457) envelope for every error: HTTP errors, validation errors, engine errors, crashes."""
+
 from __future__ import annotations
 
 import logging
@@ -87,8 +88,11 @@ class InvalidProblem(ServiceError):
     title = "Invalid problem file"
 
     def __init__(self, status: int, detail: str, errors: dict) -> None:
-        super().__init__(f"{detail} This is an error in the problem file (course staff), not in the answers.",
-                         errors=errors, party="instructor")
+        super().__init__(
+            f"{detail} This is an error in the problem file (course staff), not in the answers.",
+            errors=errors,
+            party="instructor",
+        )
         self.status = status
 
 

@@ -6,6 +6,7 @@ on the keys sent; if it equals the number of keys orjson kept, nothing was dropp
 (a duplicate, or a string value that contains `":`) does the stdlib parser run again with an
 object_pairs_hook to name the key.  Measured costs are in docs/edge.md.
 """
+
 from __future__ import annotations
 
 import json

@@ -8,6 +8,7 @@ stayed 4 GB big.  So (measured in docs/performance.md, "Bounded cost"):
 - if the worker is still over MAX_WORKER_RSS_MB after that, it finishes the request and exits, and gunicorn
   starts a fresh one (uWSGI's reload-on-rss), logged and counted in gradsvc_worker_recycles_total.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -75,8 +76,11 @@ class MemoryGuard:
         freeze_startup_objects()  # again: the worker's warm-up ran after the master froze its objects
         self.idle_mib = rss_mib()
         if self.idle_mib > self.ceiling_mib:
-            log.error("idle worker RSS %.0f MiB is over MAX_WORKER_RSS_MB=%.0f: every request will recycle it",
-                      self.idle_mib, self.ceiling_mib)
+            log.error(
+                "idle worker RSS %.0f MiB is over MAX_WORKER_RSS_MB=%.0f: every request will recycle it",
+                self.idle_mib,
+                self.ceiling_mib,
+            )
 
     def after_request(self) -> None:
         rss = rss_mib()
@@ -89,9 +93,12 @@ class MemoryGuard:
             trim()
             rss = rss_mib()
         if rss > self.ceiling_mib and self.worker is not None and self.worker.alive:
-            log.warning("worker RSS %.0f MiB stays over MAX_WORKER_RSS_MB=%.0f after a request: "
-                        "exiting for a fresh one", rss, self.ceiling_mib,
-                        extra={"rss_mib": round(rss), "pid": os.getpid()})
+            log.warning(
+                "worker RSS %.0f MiB stays over MAX_WORKER_RSS_MB=%.0f after a request: exiting for a fresh one",
+                rss,
+                self.ceiling_mib,
+                extra={"rss_mib": round(rss), "pid": os.getpid()},
+            )
             WORKER_RECYCLES.labels("rss").inc()
             self.worker.alive = False  # the sync worker finishes this response, then leaves its loop
 

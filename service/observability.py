@@ -1,4 +1,5 @@
 """Request ids, one JSON log line per request, and Prometheus metrics that add up across gunicorn workers."""
+
 from __future__ import annotations
 
 import json
@@ -30,22 +31,29 @@ access_log = logging.getLogger("gradsvc.access")
 
 REQUESTS = Counter("gradsvc_http_requests_total", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram(
-    "gradsvc_http_request_duration_seconds", "Time to answer a request", ["route", "status"],
+    "gradsvc_http_request_duration_seconds",
+    "Time to answer a request",
+    ["route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 COMPUTE = Histogram(
-    "gradsvc_compute_seconds", "Time in the torch engine, by model kind", ["kind"],
+    "gradsvc_compute_seconds",
+    "Time in the torch engine, by model kind",
+    ["kind"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 WORKER_RECYCLES = Counter(
-    "gradsvc_worker_recycles_total", "Workers that exited for a fresh one after a request (reason: rss)", ["reason"],
+    "gradsvc_worker_recycles_total",
+    "Workers that exited for a fresh one after a request (reason: rss)",
+    ["reason"],
 )
 IN_FLIGHT = Gauge("gradsvc_requests_in_flight", "Requests being answered", multiprocess_mode="livesum")
 REFCACHE_LOOKUPS = Counter("gradsvc_reference_cache_lookups_total", "Grading reference cache lookups", ["result"])
 REFCACHE_EVICTIONS = Counter("gradsvc_reference_cache_evictions_total", "Grading references evicted (LRU)")
 REFCACHE_ENTRIES = Gauge("gradsvc_reference_cache_entries", "Grading references cached", multiprocess_mode="livesum")
-REFCACHE_BYTES = Gauge("gradsvc_reference_cache_bytes", "Estimated bytes held by cached references",
-                       multiprocess_mode="livesum")
+REFCACHE_BYTES = Gauge(
+    "gradsvc_reference_cache_bytes", "Estimated bytes held by cached references", multiprocess_mode="livesum"
+)
 
 
 class RequestIdFilter(logging.Filter):
@@ -73,8 +81,15 @@ class AccessLog:
         if not self.logger.isEnabledFor(logging.INFO):
             return
         now = datetime.now(UTC).isoformat(timespec="microseconds")  # 2026-11-27T06:39:00.092113+00:00
-        line = {"level": "INFO", "logger": self.logger.name, "message": "request", "pid": os.getpid(),
-                "request_id": rid, **fields, "time": now}
+        line = {
+            "level": "INFO",
+            "logger": self.logger.name,
+            "message": "request",
+            "pid": os.getpid(),
+            "request_id": rid,
+            **fields,
+            "time": now,
+        }
         try:
             sys.stdout.write(json.dumps(line) + "\n")
             sys.stdout.flush()
@@ -163,9 +178,18 @@ def init_observability(app: Flask) -> None:
         route = route_label()
         status = response.status_code
         request_metrics.observe(route, method_label(request.method), status, elapsed)
-        access.write(rid, {"method": request.method, "path": request.path, "route": route, "status": status,
-                           "duration_ms": round(elapsed * 1000, 3), "bytes": response.calculate_content_length(),
-                           "remote_addr": request.remote_addr})
+        access.write(
+            rid,
+            {
+                "method": request.method,
+                "path": request.path,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 3),
+                "bytes": response.calculate_content_length(),
+                "remote_addr": request.remote_addr,
+            },
+        )
         update_process_memory()
         return response
 

@@ -3,6 +3,7 @@
 A bad setting ends the process with one line on stderr and exit code 3, which gunicorn treats as "worker
 failed to boot" and stops instead of respawning (preloaded in the master, the master itself exits 3).
 """
+
 import sys
 
 from service.app import create_app

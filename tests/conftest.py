@@ -4,6 +4,7 @@ Also the two rules every test here follows: a test that needs a system binary sk
 to install (`require_binary`) unless GRADSVC_REQUIRE_ALL=1 (set by .ci/run) makes that a failure, and the
 run fails if any process a test started is still alive when it ends (`pytest_sessionfinish`).
 """
+
 from __future__ import annotations
 
 import os
@@ -123,8 +124,9 @@ def pytest_sessionfinish(session):
     if not left:
         return
     listing = ", ".join(f"{pid} ({name})" for pid, name in sorted(left.items()))
-    session.config.get_terminal_writer().line(f"\nERROR: processes started by the tests are still running: {listing}",
-                                              red=True)
+    session.config.get_terminal_writer().line(
+        f"\nERROR: processes started by the tests are still running: {listing}", red=True
+    )
     for pid in left:  # report, then clean up, so the machine is not left with them either
         try:
             os.kill(pid, signal.SIGKILL)

@@ -1,4 +1,5 @@
 """The HTTP contract of DESIGN.md through Flask's test client: numbers, shapes, modes, and every error status."""
+
 from __future__ import annotations
 
 import json
@@ -22,6 +23,7 @@ def expression(formula=None, name=None, **inputs):
 
 # --- the tutorial's printed numbers ---------------------------------------------------------------
 
+
 def test_tutorial_neuron(client):
     body = post(client, {**TUTORIAL_NEURON, "include": ["graph", "intermediates", "manual"]}).json
     assert round(body["loss"], 4) == 6.7012
@@ -33,11 +35,14 @@ def test_tutorial_neuron(client):
     assert body["warnings"] == []
 
 
-@pytest.mark.parametrize(("name", "x", "expected"), [
-    ("square", 3.0, 6.0),
-    ("sin_square", 3.0, -5.4668),
-    ("mean_square", [1.0, 2.0, 3.0], [0.6667, 1.3333, 2.0]),
-])
+@pytest.mark.parametrize(
+    ("name", "x", "expected"),
+    [
+        ("square", 3.0, 6.0),
+        ("sin_square", 3.0, -5.4668),
+        ("mean_square", [1.0, 2.0, 3.0], [0.6667, 1.3333, 2.0]),
+    ],
+)
 def test_tutorial_expressions(client, name, x, expected):
     body = post(client, expression(name=name, x=x)).json
     grad = body["gradients"]["x"]
@@ -148,6 +153,7 @@ def test_float64_dtype_echoed_and_more_precise(client):
 
 # --- extras ---------------------------------------------------------------------------------------
 
+
 def test_numeric_and_manual_agree_with_autograd(client):
     body = post(client, {**neuron(), "include": ["numeric", "manual"], "dtype": "float64"}).json
     assert body["numeric"]["max_abs_error"] < 1e-6
@@ -218,6 +224,7 @@ def test_non_finite_inputs_round_trip(client):
 
 
 # --- GET endpoints --------------------------------------------------------------------------------
+
 
 def test_models_catalog(client):
     body = client.get("/v1/models").json
@@ -400,16 +407,19 @@ def test_error_matrix(client, body, status, kind, where):
     assert node
 
 
-@pytest.mark.parametrize(("raw", "content_type", "status", "kind"), [
-    (b"{", "application/json", 400, "malformed-json"),
-    (b"", "application/json", 400, "malformed-json"),
-    (b'{"model": NaN}', "application/json", 400, "malformed-json"),
-    (b"1e400", "application/json", 400, "malformed-json"),
-    (DEEP.encode(), "application/json", 400, "malformed-json"),
-    (b"\xff\xfe", "application/json", 400, "malformed-json"),
-    (json.dumps(TUTORIAL_NEURON).encode(), "text/plain", 415, "unsupported-media-type"),
-    (json.dumps(TUTORIAL_NEURON).encode(), None, 415, "unsupported-media-type"),
-])
+@pytest.mark.parametrize(
+    ("raw", "content_type", "status", "kind"),
+    [
+        (b"{", "application/json", 400, "malformed-json"),
+        (b"", "application/json", 400, "malformed-json"),
+        (b'{"model": NaN}', "application/json", 400, "malformed-json"),
+        (b"1e400", "application/json", 400, "malformed-json"),
+        (DEEP.encode(), "application/json", 400, "malformed-json"),
+        (b"\xff\xfe", "application/json", 400, "malformed-json"),
+        (json.dumps(TUTORIAL_NEURON).encode(), "text/plain", 415, "unsupported-media-type"),
+        (json.dumps(TUTORIAL_NEURON).encode(), None, 415, "unsupported-media-type"),
+    ],
+)
 def test_body_errors(client, raw, content_type, status, kind):
     headers = {"Content-Type": content_type} if content_type else {}
     r = client.post("/v1/gradients", data=raw, headers=headers)
@@ -430,9 +440,15 @@ def test_body_over_limit_is_413(app):
     assert r.json["limit"] == {"name": "max_body_bytes", "value": 1000}
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [
-    ("get", "/nope", 404), ("get", "/v1/gradients", 405), ("delete", "/v1/models", 405), ("put", "/healthz", 405),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("get", "/nope", 404),
+        ("get", "/v1/gradients", 405),
+        ("delete", "/v1/models", 405),
+        ("put", "/healthz", 405),
+    ],
+)
 def test_http_errors_are_problems(client, method, path, status):
     r = getattr(client, method)(path)
     assert r.status_code == status and r.mimetype == PROBLEM

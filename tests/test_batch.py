@@ -1,4 +1,5 @@
 """POST /v1/batch: order, per-job errors, check jobs, the job limit, and vectorized == one by one."""
+
 from __future__ import annotations
 
 import random
@@ -70,6 +71,7 @@ def test_job_limit_is_413(app, client):
 
 
 # --- vectorized neuron jobs ---------------------------------------------------------------------------
+
 
 def _value(rnd, shape):
     if not shape:

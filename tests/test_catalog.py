@@ -1,4 +1,5 @@
 """The catalog's hand-derived gradients agree with autograd (and autograd with finite differences)."""
+
 from __future__ import annotations
 
 import math
@@ -69,9 +70,14 @@ POINTS: dict[str, Callable[[st.DataObject], dict]] = {
     "sigmoid": lambda d: {"x": d.draw(_scalar(-6.0, 6.0))},
     "softplus": lambda d: {"x": d.draw(_scalar(-6.0, 6.0))},
     "product": lambda d: {"x": d.draw(_scalar()), "y": d.draw(_scalar())},
-    "squared_error": lambda d: (lambda n: {
-        "w": d.draw(_scalar()), "b": d.draw(_scalar()), "x": d.draw(_vector(n)), "y": d.draw(_vector(n)),
-    })(d.draw(_SIZES)),
+    "squared_error": lambda d: (
+        lambda n: {
+            "w": d.draw(_scalar()),
+            "b": d.draw(_scalar()),
+            "x": d.draw(_vector(n)),
+            "y": d.draw(_vector(n)),
+        }
+    )(d.draw(_SIZES)),
     "log_sum_exp": lambda d: {"x": d.draw(_vector(d.draw(_SIZES), -5.0, 5.0))},
     "quadratic_form": lambda d: (lambda n: {"a": d.draw(_vector(n)), "b": d.draw(_vector(n)), "x": d.draw(_vector(n))})(
         d.draw(_SIZES)
@@ -118,7 +124,9 @@ def test_tutorial_numbers() -> None:
     assert round(manual("sin_square").item(), 4) == -5.4668
     assert [round(v, 4) for v in manual("mean_square").tolist()] == [0.6667, 1.3333, 2.0]
     assert [round(v, 4) for v in autograd_gradients(CATALOG["mean_square"], {"x": [1, 2, 3]})["x"].tolist()] == [
-        0.6667, 1.3333, 2.0,
+        0.6667,
+        1.3333,
+        2.0,
     ]
 
 

@@ -1,4 +1,5 @@
 """POST /v1/check: verdicts against float64 autograd, tolerances, feedback, and the Gradescope/PrairieLearn formats."""
+
 from __future__ import annotations
 
 import math
@@ -24,9 +25,16 @@ def by_name(result):
 
 # --- right, wrong, partial, missing --------------------------------------------------------------------
 
+
 def test_tutorial_answers_rounded_to_4_decimals_pass(client):
-    body = {**NEURON, "submission": {"loss": 6.7012, "gradients": {"w": 6.6918, "b": 0.9988},
-                                     "intermediates": {"z": 6.7, "y_pred": 0.9988}}}
+    body = {
+        **NEURON,
+        "submission": {
+            "loss": 6.7012,
+            "gradients": {"w": 6.6918, "b": 0.9988},
+            "intermediates": {"z": 6.7, "y_pred": 0.9988},
+        },
+    }
     result = check(client, body)
     assert result["passed"] is True and result["score"] == result["max_score"] == 5
     assert result["rtol"] == 1e-4 and result["atol"] == 1e-6  # documented defaults, echoed
@@ -52,8 +60,11 @@ def test_partially_right_neuron_names_the_partial_and_the_chain_rule(client):
 
 
 def test_wrong_shape_and_missing_answers_are_failed_checks(client):
-    body = {**MEAN, "submission": {"gradients": {"x": [0.6667, 1.3333]}},
-            "checks": {"gradients.x": {"points": 2}, "loss": {"points": 1}}}
+    body = {
+        **MEAN,
+        "submission": {"gradients": {"x": [0.6667, 1.3333]}},
+        "checks": {"gradients.x": {"points": 2}, "loss": {"points": 1}},
+    }
     result = check(client, body)
     checks = by_name(result)
     assert result["score"] == 0 and result["max_score"] == 3
@@ -78,8 +89,11 @@ def test_vector_gradient_says_which_element_is_off(client):
 
 
 def test_checks_config_sets_points_and_ignores_extra_answers(client):
-    body = {**NEURON, "submission": {"gradients": {"w": 6.6918, "b": 0.9988}, "loss": 1.0},
-            "checks": {"gradients.w": {"points": 3, "visibility": "hidden", "title": "w"}}}
+    body = {
+        **NEURON,
+        "submission": {"gradients": {"w": 6.6918, "b": 0.9988}, "loss": 1.0},
+        "checks": {"gradients.w": {"points": 3, "visibility": "hidden", "title": "w"}},
+    }
     result = check(client, body)
     assert [c["name"] for c in result["checks"]] == ["gradients.w"]
     assert result["score"] == 3 and result["checks"][0]["visibility"] == "hidden"
@@ -87,6 +101,7 @@ def test_checks_config_sets_points_and_ignores_extra_answers(client):
 
 
 # --- formulas at several points ------------------------------------------------------------------------
+
 
 def test_formula_over_a_seeded_domain_is_deterministic(client):
     body = {
@@ -114,27 +129,37 @@ def test_wrong_formula_reports_the_point(client):
     assert "wrong at 2 of 2 points" in c["message"]
 
 
-@pytest.mark.parametrize(("formula", "words"), [
-    ("cos(x**2)*2*", "invalid syntax"),
-    ("__import__('os')", "unknown function"),
-    ("cos(z)", "unknown variable"),
-    ("x" * 2000, "too large"),
-])
+@pytest.mark.parametrize(
+    ("formula", "words"),
+    [
+        ("cos(x**2)*2*", "invalid syntax"),
+        ("__import__('os')", "unknown function"),
+        ("cos(z)", "unknown variable"),
+        ("x" * 2000, "too large"),
+    ],
+)
 def test_bad_formulas_are_failed_checks_not_errors(client, formula, words):
     c = check(client, {**SIN, "inputs": {"x": 3.0}, "submission": {"gradient_formulas": {"x": formula}}})["checks"][0]
     assert c["passed"] is False and words in c["message"] and c["formula"] == formula
 
 
 def test_constant_formula_broadcasts_to_the_gradient_shape(client):
-    body = {"model": {"kind": "expression", "formula": "sum(2*x)"}, "inputs": {"x": [1.0, 5.0]},
-            "submission": {"gradient_formulas": {"x": "2"}}}
+    body = {
+        "model": {"kind": "expression", "formula": "sum(2*x)"},
+        "inputs": {"x": [1.0, 5.0]},
+        "submission": {"gradient_formulas": {"x": "2"}},
+    }
     assert check(client, body)["passed"] is True
 
 
 def test_neuron_formulas_on_a_domain_with_fixed_label(client):
-    body = {"model": {"kind": "neuron"}, "inputs": {"x": 0.0, "y": 1.0, "w": 0.0, "b": 0.0},
-            "domain": {"x": [-4, 4], "w": [-2, 2], "b": [-1, 1]}, "n_points": 5,
-            "submission": {"gradient_formulas": {"w": "(sigmoid(w*x+b) - y)*x", "b": "sigmoid(w*x+b)"}}}
+    body = {
+        "model": {"kind": "neuron"},
+        "inputs": {"x": 0.0, "y": 1.0, "w": 0.0, "b": 0.0},
+        "domain": {"x": [-4, 4], "w": [-2, 2], "b": [-1, 1]},
+        "n_points": 5,
+        "submission": {"gradient_formulas": {"w": "(sigmoid(w*x+b) - y)*x", "b": "sigmoid(w*x+b)"}},
+    }
     result = check(client, body)
     checks = by_name(result)
     assert checks["gradient_formulas.w"]["passed"] is True
@@ -151,13 +176,19 @@ def test_numbers_at_several_points_are_lists_per_point(client):
 
 # --- tolerance edges ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("offset", "passed"), [(0.99, True), (1.01, False), (-0.99, True), (-1.01, False)])
 def test_tolerance_edges(client, offset, passed):
     # d/dx x**2 at x = 1 is exactly 2; allowed |error| = atol + rtol * 2
     rtol, atol = 1e-3, 1e-4
     answer = 2.0 + offset * (atol + rtol * 2.0)
-    body = {"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": 1.0},
-            "submission": {"gradients": {"x": answer}}, "rtol": rtol, "atol": atol}
+    body = {
+        "model": {"kind": "expression", "formula": "x**2"},
+        "inputs": {"x": 1.0},
+        "submission": {"gradients": {"x": answer}},
+        "rtol": rtol,
+        "atol": atol,
+    }
     c = check(client, body)["checks"][0]
     assert c["passed"] is passed and c["rtol"] == rtol and c["atol"] == atol
 
@@ -284,7 +315,12 @@ def test_points_over_the_element_limit_are_413():
         LIMITS = Limits(max_total_elements=50)
 
     tiny = create_app(TinyConfig).test_client()
-    body = {"model": {"kind": "expression", "formula": "sum(x)"}, "inputs": {"x": [0.0] * 10}, "domain": {"x": [0, 1]},
-            "n_points": 6, "submission": {"loss": 1}}
+    body = {
+        "model": {"kind": "expression", "formula": "sum(x)"},
+        "inputs": {"x": [0.0] * 10},
+        "domain": {"x": [0, 1]},
+        "n_points": 6,
+        "submission": {"loss": 1},
+    }
     response = tiny.post("/v1/check", json=body)
     assert response.status_code == 413 and response.json["limit"] == {"name": "max_total_elements", "value": 50}

@@ -1,4 +1,5 @@
 """The gradsvc client and CLI against a real gunicorn: outputs, exit codes, and retries across a restart."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,12 @@ CHECK = {
 def gradsvc(*args, url, timeout=60, **env):
     """Run the console script's code as a subprocess; returns (exit code, stdout, stderr)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "gradsvc", "--url", url, "--backoff", "0.05", *args], cwd=ROOT, capture_output=True,
-        text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        [sys.executable, "-m", "gradsvc", "--url", url, "--backoff", "0.05", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
     )
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -37,6 +42,7 @@ def files(tmp_path):
         path = tmp_path / name
         path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
         return str(path)
+
     return write
 
 
@@ -76,7 +82,11 @@ def test_unreachable_service_exits_3_after_bounded_retries():
     start = time.monotonic()
     code = subprocess.run(
         [sys.executable, "-m", "gradsvc", "--url", url, "--retries", "2", "--backoff", "0.05", "batch", "-"],
-        input=json.dumps(CHECK), cwd=ROOT, capture_output=True, text=True, timeout=30,
+        input=json.dumps(CHECK),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     ).returncode
     assert code == 3 and time.monotonic() - start < 20
@@ -106,8 +116,15 @@ class FakeSession:
 
 def test_client_retries_502_503_504_and_connection_errors_with_backoff():
     sleeps = []
-    session = FakeSession([requests.ConnectionError("refused"), FakeResponse(503, headers={"Retry-After": "1"}),
-                           FakeResponse(502), FakeResponse(504), FakeResponse(200, {"ok": True})])
+    session = FakeSession(
+        [
+            requests.ConnectionError("refused"),
+            FakeResponse(503, headers={"Retry-After": "1"}),
+            FakeResponse(502),
+            FakeResponse(504),
+            FakeResponse(200, {"ok": True}),
+        ]
+    )
     client = Client(
         "http://svc", api_key="k", retries=4, backoff=0.5, max_backoff=3, session=session, sleep=sleeps.append
     )

@@ -1,5 +1,6 @@
 """The cost model (service/engine/cost.py): hostile costs are a prompt 413 before anything is allocated,
 legitimate work still passes, and the 500s found with hostile input are answers now."""
+
 from __future__ import annotations
 
 import math
@@ -69,6 +70,7 @@ def assert_budget_413(response, name: str = "max_request_bytes", part: str | Non
 
 # --- the issue's hostile rows, scaled as in the issue -------------------------------------------
 
+
 def test_unary_minus_terms_over_an_outer_product(client):
     source = unary_terms()
     body = {**expression(source, x=column(1000), y=row(1000)), "wrt": ["x"]}
@@ -78,7 +80,7 @@ def test_unary_minus_terms_over_an_outer_product(client):
 
 def test_the_413_in_docs_limits_md(client):
     text = (Path(__file__).parent.parent / "docs" / "limits.md").read_text()
-    documented = orjson.loads(text.split("```json", 1)[1].split("```", 1)[0].replace('"...'+'"', '"x"'))
+    documented = orjson.loads(text.split("```json", 1)[1].split("```", 1)[0].replace('"...' + '"', '"x"'))
     body = {**expression(unary_terms(), x=column(1000, 0.5), y=row(1000, 0.25)), "wrt": ["x"]}
     answer = post(client, "/v1/gradients", body).json
     assert {**answer, "request_id": "x"} == documented
@@ -136,21 +138,28 @@ def test_four_hundred_thousand_named_inputs(client):
 
 
 def test_three_million_empty_lists(client):
-    problem = assert_budget_413(post(client, "/v1/gradients", expression("sum(x)", x=[[]] * 3_000_000)),
-                                "max_tensor_elements")
+    problem = assert_budget_413(
+        post(client, "/v1/gradients", expression("sum(x)", x=[[]] * 3_000_000)), "max_tensor_elements"
+    )
     assert "3000000" in problem["detail"]
 
 
 def test_nested_empty_lists_count_as_elements(client):
     """Fewer top-level items, as many lists: counted once the schema knows the shape."""
-    problem = assert_budget_413(post(client, "/v1/gradients", expression("sum(x)", x=[[[]] * 1100] * 1000)),
-                                "max_tensor_elements")
+    problem = assert_budget_413(
+        post(client, "/v1/gradients", expression("sum(x)", x=[[[]] * 1100] * 1000)), "max_tensor_elements"
+    )
     assert "nested lists" in problem["detail"]
 
 
 def test_domain_points_are_counted_before_they_are_drawn(client):
-    body = {"model": {"kind": "expression", "formula": "sum(x)"}, "inputs": {"x": [0.0] * 1_000_000},
-            "domain": {"x": [0, 1]}, "n_points": 100, "submission": {"loss": [0] * 100}}
+    body = {
+        "model": {"kind": "expression", "formula": "sum(x)"},
+        "inputs": {"x": [0.0] * 1_000_000},
+        "domain": {"x": [0, 1]},
+        "n_points": 100,
+        "submission": {"loss": [0] * 100},
+    }
     problem = assert_budget_413(post(client, "/v1/check", body), "max_total_elements")
     assert "100000000" in problem["detail"]
 
@@ -165,8 +174,11 @@ def test_batch_of_jobs_that_fit_one_by_one_but_not_together(client):
 
 
 def test_batch_job_over_budget_alone_gets_its_own_413_in_place(client):
-    jobs = [TUTORIAL_NEURON, expression(unary_terms(), x=column(1000), y=row(1000)),
-            {"check": {**TUTORIAL_NEURON, "submission": {"loss": 6.7012}}}]
+    jobs = [
+        TUTORIAL_NEURON,
+        expression(unary_terms(), x=column(1000), y=row(1000)),
+        {"check": {**TUTORIAL_NEURON, "submission": {"loss": 6.7012}}},
+    ]
     response = post(client, "/v1/batch", {"jobs": jobs})
     assert response.status_code == 200
     first, second, third = response.json["results"]
@@ -176,22 +188,47 @@ def test_batch_job_over_budget_alone_gets_its_own_413_in_place(client):
 
 # --- variants: other operators, shapes, modes, endpoints -------------------------------------------
 
-@pytest.mark.parametrize("body", [
-    pytest.param(expression(" + ".join(f"sum(maximum(x, y) * {k} / (y + {k}))" for k in range(25)),
-                            x=column(1000), y=row(1000)), id="maximum-and-division"),
-    pytest.param(expression(" + ".join(f"sum((x - y + {k}) ** 3)" for k in range(40)),
-                            x=column(1000), y=row(1000)), id="powers"),
-    pytest.param({**expression(unary_terms(12, 20), x=column(1000), y=row(1000)), "mode": "inference"},
-                 id="inference-mode"),
-    pytest.param({**expression(unary_terms(6, 10), x=column(1000), y=row(1000)), "dtype": "float64"}, id="float64"),
-    pytest.param(expression("sum(" + "+".join(f"exp(x*{k})*y" for k in range(30)) + ")", ["intermediates"],
-                            x=[[0.1] * 1000] * 500, y=[0.5] * 1000), id="wide-2d-inputs"),
-    pytest.param({**expression("sum(sin(x*y))", ["hessian"], x=[0.5] * 100, y=[[0.2]] * 5000), "wrt": ["x"]},
-                 id="hessian-small-wrt-wide-graph"),
-    pytest.param({"model": {"kind": "neuron", "reduction": "none"}, "include": ["intermediates", "manual"],
-                  "inputs": {"x": [0.5] * 1_000_000, "y": [0.0] * 1_000_000, "w": 0.1, "b": 0.0}},
-                 id="neuron-per-sample-with-extras"),
-])
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(
+            expression(
+                " + ".join(f"sum(maximum(x, y) * {k} / (y + {k}))" for k in range(25)), x=column(1000), y=row(1000)
+            ),
+            id="maximum-and-division",
+        ),
+        pytest.param(
+            expression(" + ".join(f"sum((x - y + {k}) ** 3)" for k in range(40)), x=column(1000), y=row(1000)),
+            id="powers",
+        ),
+        pytest.param(
+            {**expression(unary_terms(12, 20), x=column(1000), y=row(1000)), "mode": "inference"}, id="inference-mode"
+        ),
+        pytest.param({**expression(unary_terms(6, 10), x=column(1000), y=row(1000)), "dtype": "float64"}, id="float64"),
+        pytest.param(
+            expression(
+                "sum(" + "+".join(f"exp(x*{k})*y" for k in range(30)) + ")",
+                ["intermediates"],
+                x=[[0.1] * 1000] * 500,
+                y=[0.5] * 1000,
+            ),
+            id="wide-2d-inputs",
+        ),
+        pytest.param(
+            {**expression("sum(sin(x*y))", ["hessian"], x=[0.5] * 100, y=[[0.2]] * 5000), "wrt": ["x"]},
+            id="hessian-small-wrt-wide-graph",
+        ),
+        pytest.param(
+            {
+                "model": {"kind": "neuron", "reduction": "none"},
+                "include": ["intermediates", "manual"],
+                "inputs": {"x": [0.5] * 1_000_000, "y": [0.0] * 1_000_000, "w": 0.1, "b": 0.0},
+            },
+            id="neuron-per-sample-with-extras",
+        ),
+    ],
+)
 def test_costly_variants_are_413(client, body):
     start = time.monotonic()
     response = post(client, "/v1/gradients", body)
@@ -216,19 +253,41 @@ def test_numeric_and_hessian_limits_keep_their_names(client):
 
 
 def test_counts_are_refused_before_the_schema_walks_them(client):
-    body = {"model": {"kind": "expression", "formula": "sum(x)"}, "inputs": {"x": 1},
-            "submission": {"gradients": {f"g{i}": 1 for i in range(5000)}}}
+    body = {
+        "model": {"kind": "expression", "formula": "sum(x)"},
+        "inputs": {"x": 1},
+        "submission": {"gradients": {f"g{i}": 1 for i in range(5000)}},
+    }
     assert_budget_413(post(client, "/v1/check", body), "max_inputs")
 
 
-@pytest.mark.parametrize("path, body, field, cap", [
-    ("/v1/gradients", {"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 1}, "wrt": ["x"] * 10**6},
-     "wrt", 64),
-    ("/v1/gradients", {"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 1},
-                       "include": ["graph"] * 10**6}, "include", 7),  # every INCLUDES value once
-    ("/v1/check", {"model": {"kind": "expression", "formula": "sum(x)"}, "points": [{"x": 1}] * 10**6,
-                   "submission": {"loss": 1}}, "points", 100),
-])
+@pytest.mark.parametrize(
+    "path, body, field, cap",
+    [
+        (
+            "/v1/gradients",
+            {"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 1}, "wrt": ["x"] * 10**6},
+            "wrt",
+            64,
+        ),
+        (
+            "/v1/gradients",
+            {"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 1}, "include": ["graph"] * 10**6},
+            "include",
+            7,
+        ),  # every INCLUDES value once
+        (
+            "/v1/check",
+            {
+                "model": {"kind": "expression", "formula": "sum(x)"},
+                "points": [{"x": 1}] * 10**6,
+                "submission": {"loss": 1},
+            },
+            "points",
+            100,
+        ),
+    ],
+)
 def test_lists_the_schema_caps_are_its_400_before_any_item_loads(client, path, body, field, cap):
     response = post(client, path, body)
     assert response.status_code == 400 and response.json["type"] == "/problems/invalid-request"
@@ -242,9 +301,14 @@ def test_batch_job_count_is_refused_before_the_jobs_load(client):
 
 # --- POST /v1/grade: a problem file's problems share the request's one budget ----------------------------
 
+
 def outer_problem(key: str, formula: str, checks: dict) -> dict:
-    return {"key": key, "model": {"kind": "expression", "formula": formula},
-            "inputs": {"x": column(1000), "y": row(1000)}, "checks": checks}
+    return {
+        "key": key,
+        "model": {"kind": "expression", "formula": formula},
+        "inputs": {"x": column(1000), "y": row(1000)},
+        "checks": checks,
+    }
 
 
 def test_problems_that_fit_one_by_one_but_not_together(client):
@@ -273,8 +337,11 @@ def test_a_formula_is_charged_against_what_the_earlier_problems_left(client):
 
 
 def test_problem_counts_are_refused_before_the_schema_walks_them(client):
-    many = {"model": {"kind": "expression", "formula": "sum(x)"}, "checks": {"loss": {}},
-            "inputs": {f"v{i}": 1.0 for i in range(5000)}}
+    many = {
+        "model": {"kind": "expression", "formula": "sum(x)"},
+        "checks": {"loss": {}},
+        "inputs": {f"v{i}": 1.0 for i in range(5000)},
+    }
     for problem_file in (many, {"problems": [{**many, "key": "k"}]}):
         assert_budget_413(post(client, "/v1/grade", {"problem": problem_file, "answers": {}}), "max_inputs")
     response = post(client, "/v1/grade", {"problem": {"problems": [{}] * 100_000}, "answers": {}})
@@ -283,6 +350,7 @@ def test_problem_counts_are_refused_before_the_schema_walks_them(client):
 
 
 # --- the budget is one setting, reported; the model's arithmetic ------------------------------------
+
 
 def test_models_reports_the_budget_and_the_caps(client):
     limits = client.get("/v1/models").json["limits"]
@@ -332,6 +400,7 @@ def test_estimate_scales_with_the_work(client):
 
 
 # --- the 500s of the issue are answers now ---------------------------------------------------------
+
 
 def test_empty_neuron_batch_with_manual(client):
     body = {"model": {"kind": "neuron"}, "inputs": {"x": [], "y": [], "w": 1, "b": 0}, "include": ["manual"]}
@@ -384,10 +453,14 @@ def test_chunked_body_over_the_limit_is_a_413(app):
 
 # --- legitimate work still passes --------------------------------------------------------------------
 
+
 def test_a_million_per_sample_neuron_gradients(client):
     n = 1_000_000
-    body = {"model": {"kind": "neuron", "reduction": "none"}, "include": [],
-            "inputs": {"x": [6.7] * n, "y": [0.0] * n, "w": 1.0, "b": 0.0}}
+    body = {
+        "model": {"kind": "neuron", "reduction": "none"},
+        "include": [],
+        "inputs": {"x": [6.7] * n, "y": [0.0] * n, "w": 1.0, "b": 0.0},
+    }
     response = post(client, "/v1/gradients", body)
     assert response.status_code == 200, response.data[:300]
     grads = response.json["gradients"]
@@ -423,17 +496,27 @@ def test_a_thousand_job_batch(client):
 
 # --- against the live gunicorn: fast problem+json, never HTML, and the neuron still right --------------
 
+
 @pytest.mark.live
 def test_live_hostile_battery_then_the_tutorial_neuron(live_server):
     url, headers = live_server.url, {"Content-Type": "application/json"}
     bodies = [
-        ("/v1/gradients", {**expression(unary_terms(), x=column(1000), y=row(1000)), "wrt": ["x"]},
-         "max_request_bytes"),
+        (
+            "/v1/gradients",
+            {**expression(unary_terms(), x=column(1000), y=row(1000)), "wrt": ["x"]},
+            "max_request_bytes",
+        ),
         ("/v1/gradients", expression("sum(x)", x=[[]] * 3_000_000), "max_tensor_elements"),
-        ("/v1/gradients", {**expression(trig_chains(4, 11), ["hessian"], x=column(100), y=row(6000)), "wrt": ["x"]},
-         "max_request_bytes"),
-        ("/v1/batch", {"jobs": [{**expression("sum(sin(x*y) + x*y)", x=column(1000), y=row(1000)), "wrt": ["x"]}] * 12},
-         "max_request_bytes"),
+        (
+            "/v1/gradients",
+            {**expression(trig_chains(4, 11), ["hessian"], x=column(100), y=row(6000)), "wrt": ["x"]},
+            "max_request_bytes",
+        ),
+        (
+            "/v1/batch",
+            {"jobs": [{**expression("sum(sin(x*y) + x*y)", x=column(1000), y=row(1000)), "wrt": ["x"]}] * 12},
+            "max_request_bytes",
+        ),
     ]
     for path, body, name in bodies:
         start = time.monotonic()
@@ -445,7 +528,10 @@ def test_live_hostile_battery_then_the_tutorial_neuron(live_server):
     neuron = requests.post(url + "/v1/gradients", data=orjson.dumps(TUTORIAL_NEURON), headers=headers, timeout=10)
     neuron = neuron.json()
     assert (round(neuron["loss"], 4), round(neuron["gradients"]["w"], 4), round(neuron["gradients"]["b"], 4)) == (
-        6.7012, 6.6918, 0.9988)
+        6.7012,
+        6.6918,
+        0.9988,
+    )
 
 
 @pytest.mark.live
@@ -461,7 +547,8 @@ def test_live_chunked_body_over_the_limit_is_a_413(live_server):
             yield chunk
         yield b"0.5]}}"
 
-    response = requests.post(live_server.url + "/v1/gradients", data=body(),
-                             headers={"Content-Type": "application/json"}, timeout=60)
+    response = requests.post(
+        live_server.url + "/v1/gradients", data=body(), headers={"Content-Type": "application/json"}, timeout=60
+    )
     assert response.status_code == 413 and response.headers["Content-Type"] == PROBLEM
     assert response.json()["limit"] == {"name": "max_body_bytes", "value": limit}

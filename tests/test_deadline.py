@@ -3,6 +3,7 @@
 Live tests run gunicorn with MAX_WALL_SECONDS=2 and a cost budget raised far above the default, so the
 bodies below really run into the deadline instead of being refused up front (tests/test_cost.py covers that).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,6 +28,7 @@ PROBLEM = "application/problem+json"
 
 
 # --- in-process: the mechanism -------------------------------------------------------------------------
+
 
 def test_timer_interrupts_a_long_torch_loop_promptly():
     x = torch.rand(256, 256)
@@ -104,8 +106,14 @@ def test_in_process_client_answers_the_deadline_as_a_problem(client, app, monkey
 def test_gunicorn_timeout_must_leave_room_for_the_deadline():
     def conf(**env):
         code = "import runpy; print(runpy.run_path('deploy/gunicorn.conf.py')['timeout'])"
-        return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                              env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": "", **env}, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": "", **env},
+            timeout=60,
+        )
 
     default = conf(MAX_WALL_SECONDS="10")
     assert default.returncode == 0 and int(default.stdout.split()[-1]) >= 3 * 10
@@ -115,6 +123,7 @@ def test_gunicorn_timeout_must_leave_room_for_the_deadline():
 
 
 # --- live: hostile bodies against gunicorn --------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def slow_server():
@@ -157,37 +166,59 @@ def assert_same_worker_serves(server, pids: list[int]) -> None:
 
 
 HESSIAN = {
-    "model": {"kind": "expression",
-              "formula": "sum(" + " + ".join(chain("x*y" if k % 2 else "x+y", 11, k) for k in range(4)) + ")"},
+    "model": {
+        "kind": "expression",
+        "formula": "sum(" + " + ".join(chain("x*y" if k % 2 else "x+y", 11, k) for k in range(4)) + ")",
+    },
     "inputs": {"x": [[0.01 * i] for i in range(100)], "y": [[0.001 * j for j in range(3000)]]},
-    "wrt": ["x"], "include": ["hessian"],
+    "wrt": ["x"],
+    "include": ["hessian"],
 }
 # ~400 scalar ops per job, 1000 jobs: each job is quick, the batch is not
-JOB = {"model": {"kind": "expression",
-                 "formula": "sum(" + " + ".join(f"sin(x * {i} + y) * cos(y - {i})" for i in range(28)) + ")"},
-       "inputs": {"x": [0.5] * 50, "y": 0.25}, "include": ["intermediates"]}
+JOB = {
+    "model": {
+        "kind": "expression",
+        "formula": "sum(" + " + ".join(f"sin(x * {i} + y) * cos(y - {i})" for i in range(28)) + ")",
+    },
+    "inputs": {"x": [0.5] * 50, "y": 0.25},
+    "include": ["intermediates"],
+}
 LONG_CHECK = {
     "model": {"kind": "expression", "formula": "sum(" + chain("x", 30, 0) + " * " + chain("x", 30, 1) + ")"},
-    "inputs": {"x": [0.5] * 40_000}, "domain": {"x": [-1.0, 1.0]}, "n_points": 50,
+    "inputs": {"x": [0.5] * 40_000},
+    "domain": {"x": [-1.0, 1.0]},
+    "n_points": 50,
     "submission": {"gradient_formulas": {"x": chain("x", 40, 1)}},
 }
 
 # 50 problems, each a tenth of LONG_CHECK's work (a small body): the deadline covers them together
 LONG_GRADE = {
-    "problem": {"problems": [
-        {"key": f"p{i}", **{k: LONG_CHECK[k] for k in ("model", "domain", "n_points")}, "inputs": {"x": [0.5] * 4000},
-         "checks": {"gradient_formulas.x": {}}} for i in range(50)]},
+    "problem": {
+        "problems": [
+            {
+                "key": f"p{i}",
+                **{k: LONG_CHECK[k] for k in ("model", "domain", "n_points")},
+                "inputs": {"x": [0.5] * 4000},
+                "checks": {"gradient_formulas.x": {}},
+            }
+            for i in range(50)
+        ]
+    },
     "answers": {f"p{i}": LONG_CHECK["submission"] for i in range(50)},
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("path", "body"), [
-    ("/v1/gradients", HESSIAN),
-    ("/v1/batch", {"jobs": [JOB] * 1000}),
-    ("/v1/check", LONG_CHECK),
-    ("/v1/grade?format=prairielearn", LONG_GRADE),
-], ids=["hessian-of-nested-chains", "long-batch", "long-check", "long-problem-file"])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/gradients", HESSIAN),
+        ("/v1/batch", {"jobs": [JOB] * 1000}),
+        ("/v1/check", LONG_CHECK),
+        ("/v1/grade?format=prairielearn", LONG_GRADE),
+    ],
+    ids=["hessian-of-nested-chains", "long-batch", "long-check", "long-problem-file"],
+)
 def test_long_work_ends_as_a_503_problem_and_the_worker_lives(slow_server, path, body):
     pids = slow_server.worker_pids()
     response, elapsed = post(slow_server, path, body)
@@ -199,8 +230,10 @@ def test_long_work_ends_as_a_503_problem_and_the_worker_lives(slow_server, path,
 def test_slow_body_upload_ends_as_a_503_problem(slow_server):
     """A client trickling its body: the deadline covers reading it, and the answer arrives on the connection."""
     pids = slow_server.worker_pids()
-    head = (f"POST /v1/gradients HTTP/1.1\r\nHost: 127.0.0.1:{slow_server.port}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n").encode()
+    head = (
+        f"POST /v1/gradients HTTP/1.1\r\nHost: 127.0.0.1:{slow_server.port}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    ).encode()
     start = time.monotonic()
     answer = b""
     with socket.create_connection(("127.0.0.1", slow_server.port), timeout=10) as sock:

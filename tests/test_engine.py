@@ -1,4 +1,5 @@
 """The engine without HTTP: neuron gradients against the tutorial's chain rule and gradcheck, over random points."""
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,13 @@ finite = st.floats(min_value=-3, max_value=3, allow_nan=False)  # |z| <= 12: the
 
 
 def request(model, inputs, **extra):
-    body = {"model": model, "inputs": {k: parse_tensor(v) for k, v in inputs.items()}, "mode": "grad",
-            "dtype": "float64", "include": []}
+    body = {
+        "model": model,
+        "inputs": {k: parse_tensor(v) for k, v in inputs.items()},
+        "mode": "grad",
+        "dtype": "float64",
+        "include": [],
+    }
     body.update(extra)
     return body
 
@@ -52,8 +58,11 @@ def test_scalar_neuron_matches_the_tutorials_chain_rule(x, y, w, b):
 
 @settings(max_examples=25, deadline=None)
 @given(
-    rows=st.integers(1, 5), features=st.integers(1, 4), seed=st.integers(0, 2**16),
-    reduction=st.sampled_from(["mean", "sum", "none"]), loss=st.sampled_from(["bce", "bce_with_logits"]),
+    rows=st.integers(1, 5),
+    features=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    loss=st.sampled_from(["bce", "bce_with_logits"]),
 )
 def test_batch_neuron_manual_and_numeric_agree(rows, features, seed, reduction, loss):
     g = torch.Generator().manual_seed(seed)
@@ -100,8 +109,17 @@ def test_wall_time_limit_cuts_off_long_work():
     assert err.value.limit == "max_wall_seconds"
 
 
-@pytest.mark.parametrize(("value", "shape"), [
-    (1, ()), (1.5, ()), ("NaN", ()), ([1, 2], (2,)), ([[1], [2]], (2, 1)), ([], (0,)), ([[], []], (2, 0)),
-])
+@pytest.mark.parametrize(
+    ("value", "shape"),
+    [
+        (1, ()),
+        (1.5, ()),
+        ("NaN", ()),
+        ([1, 2], (2,)),
+        ([[1], [2]], (2, 1)),
+        ([], (0,)),
+        ([[], []], (2, 0)),
+    ],
+)
 def test_parse_tensor_shapes(value, shape):
     assert parse_tensor(value).shape == shape

@@ -1,6 +1,7 @@
 """The ready-made autograders in examples/, each run in its platform's layout (a temp root) against live gunicorn,
 an unused port, a server that answers too slowly, and with an instructor's typo in the problem file. Every run must
 exit 0 where the platform needs it and leave a document valid under the platform's own spec (platform_specs.py)."""
+
 from __future__ import annotations
 
 import json
@@ -61,7 +62,11 @@ def slow_url():
 def run(argv, url, cwd=ROOT, **env):
     start = time.monotonic()
     proc = subprocess.run(
-        argv, cwd=cwd, capture_output=True, text=True, timeout=60,
+        argv,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "PYTHONPATH": str(ROOT), "GRADSVC_URL": url, "GRADSVC_DEADLINE": str(DEADLINE), **env},
     )
     return proc, time.monotonic() - start
@@ -76,6 +81,7 @@ def typo(text: str) -> str:
 
 
 # --- Gradescope ---------------------------------------------------------------------------------------
+
 
 def gradescope(tmp_path, url, submission, problem_text=None):
     root = tmp_path / "autograder"
@@ -101,25 +107,36 @@ def test_gradescope_right_partial_wrong(live_server, tmp_path):
     assert [t["name"] for t in results["tests"]][:3] == ["neuron: loss L", "neuron: dL/dw", "neuron: dL/db"]
     assert results["tests"][2]["visibility"] == "after_due_date"
     assert results["tests"][1]["tags"] == ["neuron", "chain-rule"]
-    partial = {"neuron": {"loss": 6.7012, "gradients": {"w": 6.5}},
-               "sin_square": {"gradient_formulas": {"x": "cos(x**2)"}}, "mean_square": RIGHT["mean_square"]}
+    partial = {
+        "neuron": {"loss": 6.7012, "gradients": {"w": 6.5}},
+        "sin_square": {"gradient_formulas": {"x": "cos(x**2)"}},
+        "mean_square": RIGHT["mean_square"],
+    }
     results, _, _ = gradescope(tmp_path / "partial", live_server.url, partial)
     assert results["score"] == 3
     tests = {t["number"]: t for t in results["tests"]}
     assert "chain rule" in tests["1.2"]["output"] and "no answer given" in tests["1.3"]["output"]
     assert tests["1.2"]["extra_data"]["expected"] == pytest.approx(6.6918, abs=1e-4)
     assert "1 of 2 checks passed" in results["output"].split("\n")[0] or "2 of 4" in results["output"]
-    wrong = {"neuron": {"loss": 1, "gradients": {"w": 1, "b": 1}}, "sin_square": {"gradient_formulas": {"x": "x"}},
-             "mean_square": {"gradients": {"x": [1, 1, 1]}}}
+    wrong = {
+        "neuron": {"loss": 1, "gradients": {"w": 1, "b": 1}},
+        "sin_square": {"gradient_formulas": {"x": "x"}},
+        "mean_square": {"gradients": {"x": [1, 1, 1]}},
+    }
     results, _, _ = gradescope(tmp_path / "wrong", live_server.url, wrong)
     assert results["score"] == 0 and all(t["status"] == "failed" for t in results["tests"])
 
 
-@pytest.mark.parametrize("submission", [
-    {**RIGHT, "neuron": {"loss": "six", "gradients": {"w": [1, [2]], "b": True}}},  # mistyped and misshaped
-    {**RIGHT, "sin_square": {"gradient_formulas": {"x": "cos(x**2"}}},  # unparsable formula
-    "{oops", '["a list"]', None,  # not JSON, not an object, no file
-])
+@pytest.mark.parametrize(
+    "submission",
+    [
+        {**RIGHT, "neuron": {"loss": "six", "gradients": {"w": [1, [2]], "b": True}}},  # mistyped and misshaped
+        {**RIGHT, "sin_square": {"gradient_formulas": {"x": "cos(x**2"}}},  # unparsable formula
+        "{oops",
+        '["a list"]',
+        None,  # not JSON, not an object, no file
+    ],
+)
 def test_gradescope_malformed_answers_are_failed_tests(live_server, tmp_path, submission):
     results, _, _ = gradescope(tmp_path, live_server.url, submission)
     assert len(results["tests"]) == 5 and results["score"] < 10
@@ -143,6 +160,7 @@ def test_gradescope_instructor_typo_is_a_configuration_error(live_server, tmp_pa
 
 
 # --- PrairieLearn -------------------------------------------------------------------------------------
+
 
 def prairielearn(tmp_path, url, answers, seed=7, problem=None):
     root = tmp_path / "grade"
@@ -185,8 +203,9 @@ def test_prairielearn_format_errors_are_not_gradable_and_missing_answers_fail(li
     assert "no answer given" in results["tests"][1]["message"]
     problem = json.loads((EXAMPLES / "prairielearn" / "question" / "tests" / "problem.json").read_text())
     problem["format_errors"] = "failed_test"  # the per-problem switch: charge the attempt instead
-    results, _ = prairielearn(tmp_path / "charged", live_server.url, {"dLdw": "(", "dLdb": "1"},
-                              problem=json.dumps(problem))
+    results, _ = prairielearn(
+        tmp_path / "charged", live_server.url, {"dLdw": "(", "dLdb": "1"}, problem=json.dumps(problem)
+    )
     assert results["gradable"] is True and "cannot be read" in results["tests"][0]["message"]
 
 
@@ -203,6 +222,7 @@ def test_prairielearn_down_slow_and_typo_are_not_gradable(live_server, tmp_path,
 
 # --- Autolab ------------------------------------------------------------------------------------------
 
+
 def autolab(tmp_path, url, handin, problem_text=None):
     """Autolab's steps (docs/lab.md): handin + autograde.tar + autograde-Makefile as Makefile, then `make`."""
     lab = tmp_path / "lab"
@@ -211,8 +231,13 @@ def autolab(tmp_path, url, handin, problem_text=None):
         (lab / "problem.json").write_text(problem_text)
     box = tmp_path / "box"
     box.mkdir()
-    subprocess.run(["bash", str(lab / "make_autograde_tar.sh"), str(box / "autograde.tar")], check=True,
-                   capture_output=True, timeout=30, env={**os.environ, "GRADSVC_REPO": str(ROOT)})
+    subprocess.run(
+        ["bash", str(lab / "make_autograde_tar.sh"), str(box / "autograde.tar")],
+        check=True,
+        capture_output=True,
+        timeout=30,
+        env={**os.environ, "GRADSVC_REPO": str(ROOT)},
+    )
     shutil.copy(lab / "autograde-Makefile", box / "Makefile")
     if handin is not None:
         (box / "answers.json").write_text(handin if isinstance(handin, str) else json.dumps(handin))
@@ -228,8 +253,10 @@ def test_autolab_right_partial_malformed(live_server, tmp_path):
     feedback, autoresult, _, _ = autolab(tmp_path / "right", live_server.url, answers)
     assert autoresult == {"scores": {"neuron": 5, "sin_square": 3}, "scoreboard": [8, 5, 3]}
     assert all(row["passed"] for stage in feedback["stages"] for row in feedback[stage].values())
-    partial = {"neuron": {"loss": 6.7012, "gradients": {"w": "six", "b": 0.9988}},
-               "sin_square": {"gradient_formulas": {"x": "cos(x**2"}}}
+    partial = {
+        "neuron": {"loss": 6.7012, "gradients": {"w": "six", "b": 0.9988}},
+        "sin_square": {"gradient_formulas": {"x": "cos(x**2"}},
+    }
     feedback, autoresult, _, _ = autolab(tmp_path / "partial", live_server.url, partial)
     assert autoresult["scores"] == {"neuron": 3, "sin_square": 0}
     hints = [row.get("hint", "") for stage in feedback["stages"] for row in feedback[stage].values()]
@@ -251,6 +278,7 @@ def test_autolab_down_slow_typo(live_server, tmp_path, slow_url):
 
 
 # --- CodeRunner ---------------------------------------------------------------------------------------
+
 
 def coderunner(tmp_path, url, student_answer: str, problem_text=None):
     """What Jobe runs: the combinator template with STUDENT_ANSWER substituted (Twig's e('py') escaping), in a
@@ -291,6 +319,7 @@ def test_coderunner_down_slow_typo(live_server, tmp_path, slow_url):
 
 # --- GitHub Classroom: exit-code grading --------------------------------------------------------------
 
+
 def test_github_classroom_workflow_runs_gradsvc_check(live_server, tmp_path):
     """classroom-resources/autograding-command-grader: a test passes when its command exits 0."""
     workflow = yaml.safe_load((EXAMPLES / "github-classroom" / ".github" / "workflows" / "classroom.yml").read_text())
@@ -300,8 +329,11 @@ def test_github_classroom_workflow_runs_gradsvc_check(live_server, tmp_path):
     assert "gradsvc check submission.json" in command
     template = json.loads((EXAMPLES / "github-classroom" / "submission.json").read_text())
     argv = [sys.executable, "-m", "gradsvc", "check", "submission.json", "--url", live_server.url, "--retries", "0"]
-    for submission, code in [({}, 1), ({"loss": 6.7012, "gradients": {"w": 6.6918, "b": 0.9988}}, 0),
-                             ({"loss": 6.7012, "gradients": {"w": 6.5, "b": 0.9988}}, 1)]:
+    for submission, code in [
+        ({}, 1),
+        ({"loss": 6.7012, "gradients": {"w": 6.6918, "b": 0.9988}}, 0),
+        ({"loss": 6.7012, "gradients": {"w": 6.5, "b": 0.9988}}, 1),
+    ]:
         (tmp_path / "submission.json").write_text(json.dumps({**template, "submission": submission}))
         proc, _ = run(argv, live_server.url, cwd=tmp_path)
         assert proc.returncode == code, proc.stderr
@@ -310,15 +342,18 @@ def test_github_classroom_workflow_runs_gradsvc_check(live_server, tmp_path):
 # --- hidden checks: never in what a student sees ------------------------------------------------------
 
 HIDDEN_PROBLEM = {
-    "problems": [{
-        "key": "mean_square", "model": {"kind": "expression", "formula": "mean(x**2)"},
-        "inputs": {"x": [1.0, 2.0, 3.0]},
-        "checks": {
-            "gradients.x": {"points": 2, "title": "d mean(x**2) / dx"},
-            "loss": {"points": 3, "title": "SECRET-loss-check", "visibility": "hidden"},
-            "intermediates.x ** 2": {"points": 1, "title": "LATER-square", "visibility": "after_due_date"},
-        },
-    }],
+    "problems": [
+        {
+            "key": "mean_square",
+            "model": {"kind": "expression", "formula": "mean(x**2)"},
+            "inputs": {"x": [1.0, 2.0, 3.0]},
+            "checks": {
+                "gradients.x": {"points": 2, "title": "d mean(x**2) / dx"},
+                "loss": {"points": 3, "title": "SECRET-loss-check", "visibility": "hidden"},
+                "intermediates.x ** 2": {"points": 1, "title": "LATER-square", "visibility": "after_due_date"},
+            },
+        }
+    ],
 }
 
 
@@ -327,14 +362,37 @@ def test_hidden_checks_are_not_shown(live_server, tmp_path, platform):
     problem, answers, out = tmp_path / "problem.json", tmp_path / "answers.json", tmp_path / "out" / "doc"
     problem.write_text(json.dumps(HIDDEN_PROBLEM))
     answers.write_text(json.dumps({"mean_square": {"gradients": {"x": [0.6667, 1.3333, 2.0]}, "loss": 1.0}}))
-    proc, _ = run([sys.executable, "-m", "gradsvc", "grade", "--platform", platform, "--problem", str(problem),
-                   "--answers", str(answers), "--out", str(out)], live_server.url)
+    proc, _ = run(
+        [
+            sys.executable,
+            "-m",
+            "gradsvc",
+            "grade",
+            "--platform",
+            platform,
+            "--problem",
+            str(problem),
+            "--answers",
+            str(answers),
+            "--out",
+            str(out),
+        ],
+        live_server.url,
+    )
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
-    doc = {"gradescope": lambda: json.loads(text), "prairielearn": lambda: json.loads(text),
-           "autolab": lambda: text, "coderunner": lambda: json.loads(text)}[platform]()
-    {"gradescope": validate_gradescope, "prairielearn": validate_prairielearn, "autolab": validate_autolab,
-     "coderunner": validate_coderunner}[platform](doc if platform != "coderunner" else text)
+    doc = {
+        "gradescope": lambda: json.loads(text),
+        "prairielearn": lambda: json.loads(text),
+        "autolab": lambda: text,
+        "coderunner": lambda: json.loads(text),
+    }[platform]()
+    {
+        "gradescope": validate_gradescope,
+        "prairielearn": validate_prairielearn,
+        "autolab": validate_autolab,
+        "coderunner": validate_coderunner,
+    }[platform](doc if platform != "coderunner" else text)
     seen = student_view(platform, doc)
     for secret in ("SECRET", "LATER", "4.66", "1.2 ", "1.3 ", "of 3 checks", "of 6 points", "of 2 checks"):
         assert secret not in seen, (secret, seen)

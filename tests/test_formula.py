@@ -1,4 +1,5 @@
 """The formula language: what it rejects (and how it says so), its limits, and what it computes."""
+
 from __future__ import annotations
 
 import math
@@ -245,13 +246,32 @@ def test_deadline_is_checked_between_nodes() -> None:
 
 
 _REFERENCE = {
-    "sin": torch.sin, "cos": torch.cos, "tan": torch.tan, "asin": torch.asin, "acos": torch.acos,
-    "atan": torch.atan, "sinh": torch.sinh, "cosh": torch.cosh, "tanh": torch.tanh, "exp": torch.exp,
-    "expm1": torch.expm1, "log": torch.log, "log1p": torch.log1p, "log2": torch.log2, "log10": torch.log10,
-    "sqrt": torch.sqrt, "abs": torch.abs, "sigmoid": torch.sigmoid, "relu": torch.relu, "softplus": F.softplus,
-    "square": torch.square, "sum": torch.sum, "mean": torch.mean,
+    "sin": torch.sin,
+    "cos": torch.cos,
+    "tan": torch.tan,
+    "asin": torch.asin,
+    "acos": torch.acos,
+    "atan": torch.atan,
+    "sinh": torch.sinh,
+    "cosh": torch.cosh,
+    "tanh": torch.tanh,
+    "exp": torch.exp,
+    "expm1": torch.expm1,
+    "log": torch.log,
+    "log1p": torch.log1p,
+    "log2": torch.log2,
+    "log10": torch.log10,
+    "sqrt": torch.sqrt,
+    "abs": torch.abs,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+    "softplus": F.softplus,
+    "square": torch.square,
+    "sum": torch.sum,
+    "mean": torch.mean,
     "numel": lambda t: torch.tensor(float(t.numel()), dtype=t.dtype),
-    "maximum": torch.maximum, "minimum": torch.minimum,
+    "maximum": torch.maximum,
+    "minimum": torch.minimum,
 }
 
 

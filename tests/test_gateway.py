@@ -3,6 +3,7 @@
 Covers the prefix, request ids, the prefixed OpenAPI server URL, the gateway's own problem+json errors
 (404, 413, 429), and two faults under bounded load: kill -9 of a worker, SIGTERM to a master.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -100,16 +101,22 @@ def replicas(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gateway(replicas, tmp_path_factory):
     """The gateway with a generous rate limit."""
-    with Gateway(tmp_path_factory.mktemp("gw") / "nginx", [upstream(s) for s in replicas], rate="1000r/s",
-                 burst=1000) as gw:
+    with Gateway(
+        tmp_path_factory.mktemp("gw") / "nginx", [upstream(s) for s in replicas], rate="1000r/s", burst=1000
+    ) as gw:
         yield gw
 
 
 @pytest.fixture(scope="module")
 def strict_gateway(replicas, tmp_path_factory):
     """A second gateway with a tiny rate limit and a 64 KiB body limit."""
-    with Gateway(tmp_path_factory.mktemp("strict") / "nginx", [upstream(s) for s in replicas],
-                 rate="2r/s", burst=2, max_body_bytes=65536) as gw:
+    with Gateway(
+        tmp_path_factory.mktemp("strict") / "nginx",
+        [upstream(s) for s in replicas],
+        rate="2r/s",
+        burst=2,
+        max_body_bytes=65536,
+    ) as gw:
         yield gw
 
 
@@ -158,8 +165,12 @@ def test_outside_the_prefix_is_a_problem_404(gateway):
 
 
 def test_gateway_413_is_problem_json(strict_gateway):
-    r = requests.post(strict_gateway.url + "/v1/gradients", data=b"[" + b"0," * 50_000 + b"0]",
-                      headers={"Content-Type": "application/json"}, timeout=10)
+    r = requests.post(
+        strict_gateway.url + "/v1/gradients",
+        data=b"[" + b"0," * 50_000 + b"0]",
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
     assert r.status_code == 413 and r.headers["Content-Type"] == PROBLEM
     assert r.json()["limit"] == {"name": "max_body_bytes", "value": 65536}
 
@@ -182,7 +193,8 @@ def test_gateway_429_is_problem_json(strict_gateway):
 SLOW_JOB = {  # ~tens of ms of real work, so requests are in flight when the fault hits
     "model": {"kind": "expression", "formula": "sum(sin(x)**2 * exp(-x))"},
     "inputs": {"x": [i / 50 for i in range(200)]},
-    "include": ["numeric"], "dtype": "float64",
+    "include": ["numeric"],
+    "dtype": "float64",
 }
 
 

@@ -1,4 +1,5 @@
 """Autograd graph serialization: structure, determinism, sharing, limits and DOT output."""
+
 from __future__ import annotations
 
 import json
@@ -269,7 +270,7 @@ def test_dot_accepts_encoded_values_and_escapes_labels():
     named.retain_grad()
     out = named + v.sum()
     out.backward()
-    graph = build_graph(out, leaves={'say "hi" \\ now\nplease': x, "v": v}, known={"a\"b": named}, limits=LIMITS)
+    graph = build_graph(out, leaves={'say "hi" \\ now\nplease': x, "v": v}, known={'a"b': named}, limits=LIMITS)
     encoded = plain(graph)
     text = to_dot(encoded)
     assert text == to_dot(json.loads(json.dumps(encoded)))

@@ -1,5 +1,6 @@
 """Hardening: schemathesis against a live gunicorn, autograd = finite differences on generated formulas,
 the wall-time limit cutting off a long request, and the fast response path agreeing with marshmallow."""
+
 from __future__ import annotations
 
 import json
@@ -36,6 +37,7 @@ def run(body: dict) -> dict:
 
 # --- schemathesis v4 CLI against a live gunicorn ---------------------------------------------------
 
+
 @pytest.mark.live
 @pytest.mark.slow
 def test_schemathesis_cli_finds_nothing(live_server, tmp_path):
@@ -51,11 +53,28 @@ def test_schemathesis_cli_finds_nothing(live_server, tmp_path):
     which status_code_conformance, response_schema_conformance, not_a_server_error etc. still verify.
     """
     cmd = [
-        str(SCHEMATHESIS), "run", f"{live_server.url}/openapi.json",
-        "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-        "--max-examples", "25", "--max-time", "35", "--seed", "5",
-        "--request-timeout", "20", "--generation-database", "none", "--no-color",
-        "--report", "junit", "--report-dir", str(tmp_path),
+        str(SCHEMATHESIS),
+        "run",
+        f"{live_server.url}/openapi.json",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "positive_data_acceptance",
+        "--max-examples",
+        "25",
+        "--max-time",
+        "35",
+        "--seed",
+        "5",
+        "--request-timeout",
+        "20",
+        "--generation-database",
+        "none",
+        "--no-color",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(tmp_path),
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     tail = (proc.stdout + proc.stderr)[-6000:]
@@ -69,8 +88,29 @@ def test_schemathesis_cli_finds_nothing(live_server, tmp_path):
 
 # --- autograd = finite differences on formulas generated from the grammar ----------------------------
 
-UNARY = ("sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "exp", "expm1", "log", "log1p",
-         "log2", "log10", "sqrt", "abs", "sigmoid", "relu", "softplus", "square")
+UNARY = (
+    "sin",
+    "cos",
+    "tan",
+    "asin",
+    "acos",
+    "atan",
+    "sinh",
+    "cosh",
+    "tanh",
+    "exp",
+    "expm1",
+    "log",
+    "log1p",
+    "log2",
+    "log10",
+    "sqrt",
+    "abs",
+    "sigmoid",
+    "relu",
+    "softplus",
+    "square",
+)
 BINARY_FUNCTIONS = ("maximum", "minimum")
 OPERATORS = ("+", "-", "*", "/", "**")
 
@@ -98,8 +138,15 @@ points = st.floats(-3.0, 3.0, allow_nan=False).map(lambda v: round(v, 3))
 
 
 def value_at(formula: str, inputs: dict) -> float:
-    body = run({"model": {"kind": "expression", "formula": formula}, "inputs": inputs, "mode": "inference",
-                "dtype": "float64", "include": []})
+    body = run(
+        {
+            "model": {"kind": "expression", "formula": formula},
+            "inputs": inputs,
+            "mode": "inference",
+            "dtype": "float64",
+            "include": [],
+        }
+    )
     return float(body["loss"]) if not isinstance(body["loss"], str) else math.nan
 
 
@@ -136,8 +183,14 @@ def test_generated_formula_autograd_equals_finite_differences(formula, x, y):
     assume(x != y and 0.0 not in (x, y))
     inputs = {"x": x, "y": y}
     try:
-        body = run({"model": {"kind": "expression", "formula": formula}, "inputs": inputs, "dtype": "float64",
-                    "include": ["numeric"]})
+        body = run(
+            {
+                "model": {"kind": "expression", "formula": formula},
+                "inputs": inputs,
+                "dtype": "float64",
+                "include": ["numeric"],
+            }
+        )
     except EngineError:  # e.g. a limit; the grammar stays well inside them, but a 4xx is not this test's subject
         assume(False)
     assume(not body["warnings"])  # no non-finite value anywhere
@@ -165,8 +218,14 @@ def test_catalog_autograd_equals_hand_derived_and_finite_differences(name, data)
         )
     if name == "quadratic_form":  # keep the example's shapes (a matrix and a vector)
         inputs = entry.example
-    body = run({"model": {"kind": "expression", "name": name}, "inputs": inputs, "dtype": "float64",
-                "include": ["manual", "numeric"]})
+    body = run(
+        {
+            "model": {"kind": "expression", "name": name},
+            "inputs": inputs,
+            "dtype": "float64",
+            "include": ["manual", "numeric"],
+        }
+    )
     assume(not body["warnings"])
     assert float(body["manual"]["max_abs_diff"]) <= 1e-9 * max(1.0, _largest(body["gradients"]))
     assert float(body["numeric"]["max_rel_error"]) <= 1e-5 or float(body["numeric"]["max_abs_error"]) <= 1e-7
@@ -223,6 +282,7 @@ def test_fast_response_path_is_marshmallows_dump(client, body):
 
 # --- the wall-time limit on a live gunicorn ---------------------------------------------------------
 
+
 def _workers(server: GunicornServer) -> set[int]:
     path = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
     return {int(pid) for pid in path.read_text().split()}
@@ -232,20 +292,28 @@ def _workers(server: GunicornServer) -> set[int]:
 @pytest.mark.slow
 def test_long_request_is_cut_off_and_the_worker_recovers(tmp_path):
     # a request the cost model lets through (a raised budget) that runs past the wall time
-    server = GunicornServer(env={"MAX_WALL_SECONDS": "0.2", "MAX_NUMERIC_ELEMENTS": "100000",
-                                 "MAX_REQUEST_BYTES": str(2**40)},
-                            log_path=tmp_path / "gunicorn.log").start()
+    server = GunicornServer(
+        env={"MAX_WALL_SECONDS": "0.2", "MAX_NUMERIC_ELEMENTS": "100000", "MAX_REQUEST_BYTES": str(2**40)},
+        log_path=tmp_path / "gunicorn.log",
+    ).start()
     try:
         deadline = time.monotonic() + 30
         while len(_workers(server)) < 2 and time.monotonic() < deadline:  # /readyz answered: one worker is up
             time.sleep(0.05)
         workers = _workers(server)
         assert len(workers) == 2
-        long_job = {"model": {"kind": "expression", "formula": "sum(sin(x)**2 + exp(-x))"},
-                    "inputs": {"x": [i / 1000 for i in range(20_000)]}, "include": ["numeric"]}
+        long_job = {
+            "model": {"kind": "expression", "formula": "sum(sin(x)**2 + exp(-x))"},
+            "inputs": {"x": [i / 1000 for i in range(20_000)]},
+            "include": ["numeric"],
+        }
         start = time.monotonic()
-        r = requests.post(server.url + "/v1/gradients", data=json.dumps(long_job),
-                          headers={"Content-Type": "application/json"}, timeout=30)
+        r = requests.post(
+            server.url + "/v1/gradients",
+            data=json.dumps(long_job),
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
         elapsed = time.monotonic() - start
         assert r.status_code == 503, r.text[:500]
         assert r.headers["Content-Type"] == "application/problem+json"
@@ -254,8 +322,12 @@ def test_long_request_is_cut_off_and_the_worker_recovers(tmp_path):
         assert problem["type"] == "/problems/deadline-exceeded" and problem["status"] == 503
         assert elapsed < 10  # cut off by the app's limit, not by gunicorn's worker timeout (60 s)
         for _ in range(4):  # both workers answer normally afterwards
-            ok = requests.post(server.url + "/v1/gradients", data=json.dumps(TUTORIAL_NEURON),
-                               headers={"Content-Type": "application/json"}, timeout=10)
+            ok = requests.post(
+                server.url + "/v1/gradients",
+                data=json.dumps(TUTORIAL_NEURON),
+                headers={"Content-Type": "application/json"},
+                timeout=10,
+            )
             assert ok.status_code == 200 and round(ok.json()["loss"], 4) == 6.7012
         assert _workers(server) == workers  # no worker was killed or restarted
     finally:
@@ -264,6 +336,7 @@ def test_long_request_is_cut_off_and_the_worker_recovers(tmp_path):
 
 
 # --- large inputs go through numpy (faster), with the same values as torch.tensor ---------------------
+
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_numpy_conversion_of_large_inputs_equals_torch_tensor(dtype):
@@ -274,8 +347,25 @@ def test_numpy_conversion_of_large_inputs_equals_torch_tensor(dtype):
     from service.engine.compute import DTYPES, NUMPY_FROM, _tensor  # noqa: PLC0415
 
     rng = random.Random(7)
-    specials = [0, -0.0, 1, 2**24 + 1, 2**53 + 1, 2**63, 2**64 - 1, -(2**63), 1e-45, 3.4028235e38, 3.5e38, 1e308,
-                float("nan"), float("inf"), float("-inf"), 0.1, 1 / 3]
+    specials = [
+        0,
+        -0.0,
+        1,
+        2**24 + 1,
+        2**53 + 1,
+        2**63,
+        2**64 - 1,
+        -(2**63),
+        1e-45,
+        3.4028235e38,
+        3.5e38,
+        1e308,
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        0.1,
+        1 / 3,
+    ]
     values = [
         rng.choice((rng.uniform(-1e6, 1e6), rng.randrange(-(10**6), 10**6), rng.choice(specials)))
         for _ in range(NUMPY_FROM * 2)

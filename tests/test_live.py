@@ -1,4 +1,5 @@
 """A real gunicorn (deploy config, 2 sync workers) exercised with requests, hostile input included."""
+
 from __future__ import annotations
 
 import json

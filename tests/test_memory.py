@@ -5,6 +5,7 @@ With default limits each one must end within MAX_WALL_SECONDS + 1 s as a 200 or 
 no worker may grow more than 512 MiB over its idle RSS while serving it (polled every 10 ms from a thread),
 and after the battery and 3 s idle every worker must be back within 128 MiB of its idle size.
 """
+
 from __future__ import annotations
 
 import re
@@ -95,41 +96,89 @@ def expression(formula: str, inputs: dict, **extra) -> dict:
 
 BATTERY: list[tuple[str, str, dict]] = [
     ("minus-chains-1000x1000", "/v1/gradients", expression(MINUS_12, {"x": column(1000), "y": row(1000)}, wrt=["x"])),
-    ("minus-chains-intermediates", "/v1/gradients",
-     expression(MINUS_12, {"x": column(200), "y": row(1000)}, wrt=["x"], include=["intermediates"])),
-    ("trig-chains-hessian", "/v1/gradients",
-     expression(TRIG_4, {"x": column(100), "y": row(6000)}, wrt=["x"], include=["hessian"])),
-    ("trig-chains-numeric-1000", "/v1/gradients",
-     expression(TRIG_4, {"x": column(1000), "y": row(100)}, wrt=["x"], include=["numeric"])),
-    ("operators-graph-dot", "/v1/gradients",
-     expression(OPERATORS, {"x": column(1000), "y": row(1000)}, include=["graph", "dot", "intermediates"])),
-    ("check-student-formulas", "/v1/check", {
-        "model": {"kind": "expression", "formula": MINUS_12}, "points": [{"x": column(500), "y": row(1000)}] * 2,
-        "submission": {"gradient_formulas": {"x": MINUS_12.replace("sum(", "(", 1), "y": TRIG_4}}}),
-    ("check-domain-draws", "/v1/check", {
-        "model": {"kind": "expression", "formula": "sum(x*y)"}, "inputs": {"x": [0.0] * 1_000_000, "y": 1.0},
-        "domain": {"x": [-1.0, 1.0]}, "n_points": 100, "submission": {"gradient_formulas": {"x": "y"}}}),
-    ("400k-scalar-inputs", "/v1/gradients",
-     expression("x*x", {"x": 1.0, **{f"v{i}": 0.0 for i in range(400_000)}})),
-    ("3M-empty-lists", "/v1/gradients", expression("sum(x)", {"x": [[]] * 3_000_000})),
-    ("empty-manual", "/v1/gradients",
-     {"model": {"kind": "expression", "name": "mean_square"}, "inputs": {"x": []}, "include": ["manual"]}),
-    ("empty-hessian", "/v1/gradients", expression("sum(x)", {"x": []}, include=["hessian"])),
-    ("batch-of-hostile-jobs", "/v1/batch", {"jobs": [
-        expression(MINUS_12, {"x": column(1000), "y": row(1000)}, wrt=["x"]),
+    (
+        "minus-chains-intermediates",
+        "/v1/gradients",
+        expression(MINUS_12, {"x": column(200), "y": row(1000)}, wrt=["x"], include=["intermediates"]),
+    ),
+    (
+        "trig-chains-hessian",
+        "/v1/gradients",
         expression(TRIG_4, {"x": column(100), "y": row(6000)}, wrt=["x"], include=["hessian"]),
-        {"check": {"model": {"kind": "expression", "formula": MINUS_12},
-                   "points": [{"x": column(500), "y": row(1000)}] * 2,
-                   "submission": {"gradient_formulas": {"x": TRIG_4}}}},
-    ] * 4}),
+    ),
+    (
+        "trig-chains-numeric-1000",
+        "/v1/gradients",
+        expression(TRIG_4, {"x": column(1000), "y": row(100)}, wrt=["x"], include=["numeric"]),
+    ),
+    (
+        "operators-graph-dot",
+        "/v1/gradients",
+        expression(OPERATORS, {"x": column(1000), "y": row(1000)}, include=["graph", "dot", "intermediates"]),
+    ),
+    (
+        "check-student-formulas",
+        "/v1/check",
+        {
+            "model": {"kind": "expression", "formula": MINUS_12},
+            "points": [{"x": column(500), "y": row(1000)}] * 2,
+            "submission": {"gradient_formulas": {"x": MINUS_12.replace("sum(", "(", 1), "y": TRIG_4}},
+        },
+    ),
+    (
+        "check-domain-draws",
+        "/v1/check",
+        {
+            "model": {"kind": "expression", "formula": "sum(x*y)"},
+            "inputs": {"x": [0.0] * 1_000_000, "y": 1.0},
+            "domain": {"x": [-1.0, 1.0]},
+            "n_points": 100,
+            "submission": {"gradient_formulas": {"x": "y"}},
+        },
+    ),
+    ("400k-scalar-inputs", "/v1/gradients", expression("x*x", {"x": 1.0, **{f"v{i}": 0.0 for i in range(400_000)}})),
+    ("3M-empty-lists", "/v1/gradients", expression("sum(x)", {"x": [[]] * 3_000_000})),
+    (
+        "empty-manual",
+        "/v1/gradients",
+        {"model": {"kind": "expression", "name": "mean_square"}, "inputs": {"x": []}, "include": ["manual"]},
+    ),
+    ("empty-hessian", "/v1/gradients", expression("sum(x)", {"x": []}, include=["hessian"])),
+    (
+        "batch-of-hostile-jobs",
+        "/v1/batch",
+        {
+            "jobs": [
+                expression(MINUS_12, {"x": column(1000), "y": row(1000)}, wrt=["x"]),
+                expression(TRIG_4, {"x": column(100), "y": row(6000)}, wrt=["x"], include=["hessian"]),
+                {
+                    "check": {
+                        "model": {"kind": "expression", "formula": MINUS_12},
+                        "points": [{"x": column(500), "y": row(1000)}] * 2,
+                        "submission": {"gradient_formulas": {"x": TRIG_4}},
+                    }
+                },
+            ]
+            * 4
+        },
+    ),
     # just under the cost budget: these run, and must still give their memory back
     ("minus-chains-in-budget", "/v1/gradients", expression(MINUS_12, {"x": column(100), "y": row(300)}, wrt=["x"])),
-    ("trig-hessian-in-budget", "/v1/gradients",
-     expression(TRIG_4, {"x": column(10), "y": row(2000)}, wrt=["x"], include=["hessian"])),
-    ("operators-numeric-in-budget", "/v1/gradients",
-     expression(OPERATORS, {"x": column(200), "y": 0.5}, wrt=["x"], include=["numeric", "intermediates"])),
-    ("many-mid-jobs", "/v1/batch",
-     {"jobs": [expression(MINUS_12, {"x": column(100), "y": row(300)}, include=["intermediates"])] * 200}),
+    (
+        "trig-hessian-in-budget",
+        "/v1/gradients",
+        expression(TRIG_4, {"x": column(10), "y": row(2000)}, wrt=["x"], include=["hessian"]),
+    ),
+    (
+        "operators-numeric-in-budget",
+        "/v1/gradients",
+        expression(OPERATORS, {"x": column(200), "y": 0.5}, wrt=["x"], include=["numeric", "intermediates"]),
+    ),
+    (
+        "many-mid-jobs",
+        "/v1/batch",
+        {"jobs": [expression(MINUS_12, {"x": column(100), "y": row(300)}, include=["intermediates"])] * 200},
+    ),
 ]
 
 

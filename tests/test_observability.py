@@ -1,4 +1,5 @@
 """Request ids, structured logs, metrics summed across gunicorn workers, and optional API-key auth."""
+
 from __future__ import annotations
 
 import json
@@ -54,10 +55,16 @@ def keyed_client(tmp_path_factory):
     return create_app(KeyedConfig).test_client()
 
 
-@pytest.mark.parametrize(("headers", "status"), [
-    ({}, 401), ({"Authorization": "Bearer wrong"}, 401), ({"Authorization": "Basic alpha"}, 401),
-    ({"Authorization": "Bearer alpha"}, 200), ({"Authorization": "bearer beta"}, 200),
-])
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"Authorization": "Basic alpha"}, 401),
+        ({"Authorization": "Bearer alpha"}, 200),
+        ({"Authorization": "bearer beta"}, 200),
+    ],
+)
 def test_api_keys_guard_v1(keyed_client, headers, status):
     r = keyed_client.post("/v1/gradients", json=TUTORIAL_NEURON, headers=headers)
     assert r.status_code == status
@@ -100,8 +107,11 @@ def metric(text: str, name: str, **labels) -> float:
 @pytest.mark.live
 def test_metrics_add_up_across_workers_and_logs_are_json(tmp_path):
     """2 workers, multiprocess mode: after N requests every scrape (whichever worker answers) counts N."""
-    server = GunicornServer(workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "LOG_LEVEL": "INFO"},
-                            log_path=tmp_path / "server.log").start()
+    server = GunicornServer(
+        workers=2,
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "LOG_LEVEL": "INFO"},
+        log_path=tmp_path / "server.log",
+    ).start()
     try:
         n = 24
         with requests.Session() as s:
@@ -143,8 +153,15 @@ def test_check_and_batch_are_timed_by_kind(client):
 def test_access_line_is_what_the_logging_formatter_writes(capsys):
     """The access log skips logging's machinery for speed (AccessLog), yet writes the line the JSON formatter of
     service/logformat.py would: same keys in the same order, same separators and escapes; time ISO 8601 UTC."""
-    fields = {"method": "GET", "path": "/v1/é", "route": "unmatched", "status": 404, "duration_ms": 1.5,
-              "bytes": None, "remote_addr": "127.0.0.1"}
+    fields = {
+        "method": "GET",
+        "path": "/v1/é",
+        "route": "unmatched",
+        "status": 404,
+        "duration_ms": 1.5,
+        "bytes": None,
+        "remote_addr": "127.0.0.1",
+    }
     logger = logging.getLogger("gradsvc.access")
     old_level = logger.level
     logger.setLevel(logging.INFO)
@@ -155,8 +172,9 @@ def test_access_line_is_what_the_logging_formatter_writes(capsys):
     ours = capsys.readouterr().out
     settings = {k: v for k, v in JSON_FORMATTER.items() if k != "()"}
     formatter = JsonFormatter(**{**settings, "fmt": settings["fmt"] + " %(request_id)s"})
-    record = logger.makeRecord("gradsvc.access", logging.INFO, __file__, 1, "request", (), None,
-                               extra={**fields, "request_id": "rid-1"})
+    record = logger.makeRecord(
+        "gradsvc.access", logging.INFO, __file__, 1, "request", (), None, extra={**fields, "request_id": "rid-1"}
+    )
     theirs = formatter.format(record) + "\n"
     stamp = re.compile(r'"time": "(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00)"')
     assert stamp.search(ours) and stamp.search(theirs)

@@ -1,4 +1,5 @@
 """The OpenAPI document is generated, valid, and true: schemathesis fuzzes every operation against it."""
+
 from __future__ import annotations
 
 import schemathesis

@@ -2,6 +2,7 @@
 
 Also: no document links outside the repository (a clone has nothing beside it).
 """
+
 from __future__ import annotations
 
 import json

@@ -34,8 +34,12 @@ def students(n: int, seed: int = 0) -> list[dict]:
 
 
 LAYER = {  # a layer check: gradients are dout·J, so the reference depends on `dout`
-    "model": {"kind": "network", "layout": "mytorch", "layers": [{"type": "linear", "out_features": 2}],
-              "loss": {"type": "none"}},
+    "model": {
+        "kind": "network",
+        "layout": "mytorch",
+        "layers": [{"type": "linear", "out_features": 2}],
+        "loss": {"type": "none"},
+    },
     "inputs": {"X": [[1.0, 2.0]], "W1": [[1.0, 0.0], [0.0, 1.0]], "b1": [[0.0], [1.0]]},
     "dout": [[1.0, -1.0]],
     "submission": {"gradients": {"W1": [[1.0, 2.0], [-1.0, -2.0]], "X": [[1.0, -1.0]]}},
@@ -65,10 +69,15 @@ PROBLEMS = [  # several kinds of problem, each with right and wrong answers, at 
     LAYER,
     {  # generated X and parameters; a profile on one check (compared alone), diagnosis of the wrong gradient
         "model": {
-            "kind": "network", "layout": "cs231n", "loss": {"type": "softmax_cross_entropy"},
-            "layers": [{"type": "linear", "out_features": 3, "activation": "relu"},
-                       {"type": "linear", "out_features": 2}],
-            "l2": {"reg": 0.1, "form": "half_sum_sq"}, "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.1},
+            "kind": "network",
+            "layout": "cs231n",
+            "loss": {"type": "softmax_cross_entropy"},
+            "layers": [
+                {"type": "linear", "out_features": 3, "activation": "relu"},
+                {"type": "linear", "out_features": 2},
+            ],
+            "l2": {"reg": 0.1, "form": "half_sum_sq"},
+            "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.1},
             "generate": {"X": {"scheme": "numpy_legacy", "seed": 1, "shape": [3, 2]}},
         },
         "inputs": {"y": [0, 1, 1]},

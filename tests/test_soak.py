@@ -1,4 +1,5 @@
 """Soak: a real gunicorn under 60 s of 32 concurrent connections mixing valid and hostile requests."""
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@
 Checked in a fresh interpreter (this pytest process has imported far more than a worker ever does), with
 one request of every kind through the app's real WSGI stack.
 """
+
 from __future__ import annotations
 
 import json

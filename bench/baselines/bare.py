@@ -1,4 +1,5 @@
 """The framework's ceiling: a bare Flask endpoint that answers a constant small JSON and never reads the body."""
+
 from flask import Flask
 
 app = Flask(__name__)

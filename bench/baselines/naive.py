@@ -1,4 +1,5 @@
 """What a user would write instead of the service: parse, build tensors, forward, backward, jsonify (neuron only)."""
+
 import torch
 from flask import Flask, jsonify, request
 

@@ -9,6 +9,7 @@ GATEWAY_CONN_PER_CLIENT, GATEWAY_REAL_IP_FROM), then from the options.  `--compo
 committed copies for deploy/compose.yaml and deploy/k8s/ (tests check both equal a fresh render).
 Tests import render() directly.  Standard library only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -125,8 +126,7 @@ def _env_settings() -> dict:
         settings["listen"] = f"{env.get('GATEWAY_HOST', '127.0.0.1')}:{env.get('GATEWAY_PORT', '8080')}"
     if env.get("GATEWAY_UPSTREAMS"):
         settings["upstreams"] = [u.strip() for u in env["GATEWAY_UPSTREAMS"].split(",") if u.strip()]
-    for key in ("rate", "burst", "max_body_bytes", "prefix", "read_timeout", "worker_connections",
-                "conn_per_client"):
+    for key in ("rate", "burst", "max_body_bytes", "prefix", "read_timeout", "worker_connections", "conn_per_client"):
         if env.get(f"GATEWAY_{key.upper()}"):
             settings[key] = env[f"GATEWAY_{key.upper()}"]
     if env.get("GATEWAY_REAL_IP_FROM"):
@@ -152,8 +152,13 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = dict(COMPOSE_SETTINGS) if args.compose else dict(K8S_SETTINGS) if args.k8s else _env_settings()
     cli = {
-        "listen": args.listen, "upstreams": args.upstream, "rate": args.rate, "burst": args.burst,
-        "max_body_bytes": args.max_body_bytes, "prefix": args.prefix, "read_timeout": args.read_timeout,
+        "listen": args.listen,
+        "upstreams": args.upstream,
+        "rate": args.rate,
+        "burst": args.burst,
+        "max_body_bytes": args.max_body_bytes,
+        "prefix": args.prefix,
+        "read_timeout": args.read_timeout,
     }
     settings.update({k: v for k, v in cli.items() if v is not None})
     try:

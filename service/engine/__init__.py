@@ -1,4 +1,5 @@
 """The torch side of the service: every `import torch` lives in this package, and no Flask."""
+
 from __future__ import annotations
 
 from .compute import compute

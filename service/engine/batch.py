@@ -1,4 +1,5 @@
 """Batches of gradients jobs: homogeneous neuron jobs run as one vectorized torch pass, byte-identical to one by one."""
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,16 @@ def vector_key(job: dict):
     if model["reduction"] == "none" and samples > 0:
         return None  # per-sample leaves: one by one
     wrt = wrt_of(job, Neuron, ())
-    return (model["loss"], model["reduction"], model["epsilon"], job["dtype"], job["mode"], wrt,
-            tuple(sorted(job["include"])), shapes)
+    return (
+        model["loss"],
+        model["reduction"],
+        model["epsilon"],
+        job["dtype"],
+        job["mode"],
+        wrt,
+        tuple(sorted(job["include"])),
+        shapes,
+    )
 
 
 def compute_many(jobs: list[dict], limits: Limits, deadline: Deadline | None = None) -> list[dict | Exception]:
@@ -139,8 +148,9 @@ def vectorized_neuron(jobs: list[dict], limits: Limits) -> list[dict]:
         # each job's w and b broadcast over that job's samples only
         ww = w.reshape(k, *([1] * zdims), *w.shape[1:])
         z = neuron.linear(x, ww, b.reshape(k, *([1] * zdims)))
-        y_pred, losses = neuron.clamped_bce(z, y, sigmoid=lambda t: _RowSigmoid.apply(t, k),
-                                            log=lambda t: _RowLog.apply(t, k))
+        y_pred, losses = neuron.clamped_bce(
+            z, y, sigmoid=lambda t: _RowSigmoid.apply(t, k), log=lambda t: _RowLog.apply(t, k)
+        )
         loss = neuron.reduce(losses, jobs=k)
         if grad_mode:
             z.retain_grad()

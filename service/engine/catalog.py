@@ -1,4 +1,5 @@
 """Named expressions with hand-derived gradients, so autograd can be checked against the chain rule done by hand."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Grading: a submission's numbers and derivative formulas against autograd (float64)."""
+
 from __future__ import annotations
 
 import math
@@ -20,13 +21,19 @@ TOLERANCE_RULE = (
     "passed when |actual - expected| <= atol + rtol * |expected| at every element of every point"
     " (expected = autograd, float64)"
 )
-KIND_BY_SECTION = {"loss": "loss", "gradients": "gradient", "intermediates": "intermediate", "gradient_formulas": "gradient_formula"}
+KIND_BY_SECTION = {
+    "loss": "loss",
+    "gradients": "gradient",
+    "intermediates": "intermediate",
+    "gradient_formulas": "gradient_formula",
+}
 SECTIONS = ("loss", "gradients", "intermediates", "gradient_formulas")
 # the chain-rule factors the tutorial multiplies for each neuron parameter
 CHAIN_FACTORS = {"w": ("dL/dy_pred", "dy_pred/dz", "dz/dw"), "b": ("dL/dy_pred", "dy_pred/dz", "dz/db")}
 
 
 # --- points -------------------------------------------------------------------------------------
+
 
 def _tensor(data) -> torch.Tensor:
     return torch.tensor(data.values, dtype=torch.float64).reshape(data.shape)
@@ -56,6 +63,7 @@ def make_points(request: dict, limits: Limits) -> list[dict[str, torch.Tensor]]:
 
 # --- the reference ------------------------------------------------------------------------------
 
+
 def reference(model, point: dict[str, torch.Tensor], deadline: Deadline) -> dict:
     """Autograd at one point, every input a leaf: loss, gradients, intermediates, and the neuron's chain-rule factors."""
     wrt = getattr(model, "check_wrt", None) or tuple(point)  # networks: parameters and X, never the labels
@@ -75,6 +83,7 @@ def reference(model, point: dict[str, torch.Tensor], deadline: Deadline) -> dict
 
 
 # --- checks -------------------------------------------------------------------------------------
+
 
 def plan_checks(request: dict) -> tuple[list[tuple[str, dict]], list[str]]:
     """(check name, options) in order: the request's `checks`, or every answer in the submission at 1 point each."""
@@ -138,8 +147,12 @@ class Problem:
         self.is_neuron = isinstance(self.model, Neuron)
         dout = getattr(self.model, "dout", None)
         self.refs = refcache.references(
-            request["model"], self.points, limits, lambda: [reference(self.model, p, deadline) for p in self.points],
-            dout)
+            request["model"],
+            self.points,
+            limits,
+            lambda: [reference(self.model, p, deadline) for p in self.points],
+            dout,
+        )
         self.multi = "inputs" not in request or "domain" in request or "points" in request
         # naming a wrong answer's mistake costs budget for networks only (cost.diagnosis_estimate): elsewhere
         # diagnosing after a deferred comparison charges the same as diagnosing in check order
@@ -152,8 +165,15 @@ class Problem:
 class Grader:
     """Grades one check request: each check against the problem's references."""
 
-    def __init__(self, request: dict, limits: Limits, spent: int = 0, *, problem: Problem | None = None,
-                 deferred: list | None = None) -> None:
+    def __init__(
+        self,
+        request: dict,
+        limits: Limits,
+        spent: int = 0,
+        *,
+        problem: Problem | None = None,
+        deferred: list | None = None,
+    ) -> None:
         self.request, self.limits, self.spent = request, limits, spent
         self.deadline = Deadline(limits.max_wall_seconds)
         problem = problem or Problem(request, limits, spent)
@@ -234,10 +254,23 @@ class Grader:
         rtol = options.get("rtol", self.request["rtol"])
         atol = options.get("atol", self.request["atol"])
         result = {
-            "name": name, "title": options.get("title") or self.title(name), "kind": KIND_BY_SECTION[section],
-            "expected": None, "actual": None, "formula": None, "abs_error": None, "rel_error": None,
-            "rtol": rtol, "atol": atol, "passed": False, "points": 0.0, "max_points": options["points"],
-            "message": "", "worst_point": None, "chain_rule": None, "visibility": options["visibility"],
+            "name": name,
+            "title": options.get("title") or self.title(name),
+            "kind": KIND_BY_SECTION[section],
+            "expected": None,
+            "actual": None,
+            "formula": None,
+            "abs_error": None,
+            "rel_error": None,
+            "rtol": rtol,
+            "atol": atol,
+            "passed": False,
+            "points": 0.0,
+            "max_points": options["points"],
+            "message": "",
+            "worst_point": None,
+            "chain_rule": None,
+            "visibility": options["visibility"],
         }
         expected = [self.expected(name, i) for i in range(len(self.points))]
         if any(e is None for e in expected):
@@ -334,8 +367,10 @@ class Grader:
                 try:
                     value = torch.broadcast_to(value, e.shape).clone()
                 except RuntimeError:
-                    return None, (f"your formula {source!r} gives shape {list(value.shape)}{self._at(i)}, "
-                                  f"but the gradient has shape {list(e.shape)}")
+                    return None, (
+                        f"your formula {source!r} gives shape {list(value.shape)}{self._at(i)}, "
+                        f"but the gradient has shape {list(e.shape)}"
+                    )
                 out.append(value)
             return out, None
         except DeadlineExceeded:
@@ -357,8 +392,9 @@ class Grader:
         per_point, result["abs_error"], result["rel_error"] = _errors(expected, actual, closeness)
         self._verdict(result, expected, actual, closeness, per_point, section, key)
 
-    def _verdict(self, result: dict, expected, actual, closeness, per_point: list[float], section: str,
-                 key: str) -> None:
+    def _verdict(
+        self, result: dict, expected, actual, closeness, per_point: list[float], section: str, key: str
+    ) -> None:
         """Pass or fail, the worst point, the chain rule and the message, from the comparison's numbers."""
         failed_at = next((i for i, close in enumerate(closeness) if not close.all()), None)
         if failed_at is None:
@@ -371,8 +407,11 @@ class Grader:
             result["chain_rule"] = {name: factors[name] for name in CHAIN_FACTORS[key]}
         if failed_at is None:
             where = f" at all {len(expected)} points (max abs error" if self.multi else " (abs error"
-            result.update(passed=True, points=result["max_points"],
-                          message=f"{result['title']} is correct{where} {max(per_point, default=0.0):.3g})")
+            result.update(
+                passed=True,
+                points=result["max_points"],
+                message=f"{result['title']} is correct{where} {max(per_point, default=0.0):.3g})",
+            )
         else:
             result["message"] = self._failure(result, expected, actual, closeness, failed_at, section, key)
 
@@ -386,8 +425,10 @@ class Grader:
         if math.isfinite(got) and math.isfinite(want):
             rtol, atol = result["rtol"], result["atol"]
             relative = f", {abs(got - want) / abs(want):.3g} relative" if want else ""
-            message += (f" (off by {got - want:+.3g}{relative}; allowed {atol + rtol * abs(want):.3g}"
-                        f" = atol {atol:g} + rtol {rtol:g} * |expected|)")
+            message += (
+                f" (off by {got - want:+.3g}{relative}; allowed {atol + rtol * abs(want):.3g}"
+                f" = atol {atol:g} + rtol {rtol:g} * |expected|)"
+            )
         if e.size > 1:
             message += f"; {int((~close).sum())} of {e.size} elements are off"
         if self.multi:

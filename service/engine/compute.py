@@ -1,4 +1,5 @@
 """One gradients request end to end: tensors in, forward, backward, and the optional extras out."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -235,7 +236,7 @@ def _numeric(model, base: dict, wrt: tuple, gradients: dict, deadline: Deadline)
 def _hessian(model, leaves: dict, wrt: tuple, deadline: Deadline) -> dict:
     """Second derivatives d²L/(da db) for every pair of `wrt` inputs, each of shape a.shape + b.shape."""
     if model.per_sample:
-        raise NonScalarOutput("hessian needs a scalar loss: use reduction \"mean\" or \"sum\"")
+        raise NonScalarOutput('hessian needs a scalar loss: use reduction "mean" or "sum"')
     fixed = {k: v.detach() for k, v in leaves.items()}
     # torch's hessian cannot stack zero rows: an empty input's blocks are empty, computed without it
     full = tuple(n for n in wrt if fixed[n].numel())

@@ -5,6 +5,7 @@ LimitExceeded (413) naming the limit. The budget `max_request_bytes` bounds the 
 its whole life (an upper bound of its peak memory and a proxy for its time); docs/limits.md explains the model.
 The arithmetic is plain Python over shapes, never torch: torch.broadcast_shapes imports sympy on first use.
 """
+
 from __future__ import annotations
 
 import ast
@@ -33,8 +34,9 @@ ITEMSIZE = {"float32": 4, "float64": 8}
 Shape = tuple[int, ...]
 
 
-def require(limits: Limits, name: str, amount: int | float, what: str, hint: str | None = None,
-            estimate: int | None = None) -> None:
+def require(
+    limits: Limits, name: str, amount: int | float, what: str, hint: str | None = None, estimate: int | None = None
+) -> None:
     """Refuse the request when `amount` exceeds the limit `name`: the one place a size becomes a 413."""
     value = getattr(limits, name)
     if amount > value:
@@ -42,6 +44,7 @@ def require(limits: Limits, name: str, amount: int | float, what: str, hint: str
 
 
 # --- shapes --------------------------------------------------------------------------------------
+
 
 def numel(shape: Iterable[int]) -> int:
     return math.prod(shape)
@@ -65,6 +68,7 @@ def list_count(shape: Shape) -> int:
 
 
 # --- inputs, before and after the schema ------------------------------------------------------------
+
 
 def check_raw(body, limits: Limits) -> None:
     """Counts a schema would pay for item by item, checked on the parsed JSON before it loads (O(1) each).
@@ -92,18 +96,25 @@ def check_raw(body, limits: Limits) -> None:
 def _check_raw_inputs(inputs, limits: Limits, where: str) -> None:
     if not isinstance(inputs, dict):
         return
-    require(limits, "max_inputs", len(inputs), f"`{where}` has {len(inputs)} named inputs",
-            "send only the inputs the model uses")
+    require(
+        limits,
+        "max_inputs",
+        len(inputs),
+        f"`{where}` has {len(inputs)} named inputs",
+        "send only the inputs the model uses",
+    )
     for name, value in inputs.items():
         if isinstance(value, list):
-            require(limits, "max_tensor_elements", len(value),
-                    f"input {name!r} has {len(value)} items at its top level")
+            require(
+                limits, "max_tensor_elements", len(value), f"input {name!r} has {len(value)} items at its top level"
+            )
 
 
 def check_inputs(inputs: dict, limits: Limits, what: str = "the inputs") -> None:
     """Dimensions, elements (and nested lists) per tensor, and elements in total: before any tensor is built."""
-    require(limits, "max_inputs", len(inputs), f"{what} have {len(inputs)} names",
-            "send only the inputs the model uses")
+    require(
+        limits, "max_inputs", len(inputs), f"{what} have {len(inputs)} names", "send only the inputs the model uses"
+    )
     total = 0
     for name, data in inputs.items():
         require(limits, "max_tensor_dims", len(data.shape), f"input {name!r} has {len(data.shape)} dimensions")
@@ -115,6 +126,7 @@ def check_inputs(inputs: dict, limits: Limits, what: str = "the inputs") -> None
 
 
 # --- one pass of a model -------------------------------------------------------------------------
+
 
 class Pass:
     """What one forward pass allocates: elements of every distinct result, torch ops, the output's shape,
@@ -156,8 +168,13 @@ def formula_pass(formula, shapes: dict[str, Shape], limits: Limits) -> Pass:
         seen.add(key)
         size = numel(shape)
         if len(shapes_in) > 1:
-            require(limits, "max_tensor_elements", size,
-                    f"{_symbol(node)} would broadcast to {size} elements", "use inputs of smaller or matching shapes")
+            require(
+                limits,
+                "max_tensor_elements",
+                size,
+                f"{_symbol(node)} would broadcast to {size} elements",
+                "use inputs of smaller or matching shapes",
+            )
         result.elements += size
         result.ops += 1
         if not isinstance(node, ast.Constant):
@@ -215,6 +232,7 @@ def neuron_pass(spec: dict, shapes: dict[str, Shape]) -> Pass:
 
 # --- whole requests ------------------------------------------------------------------------------
 
+
 class Estimate:
     """Bytes a request will allocate, by part; `require()` refuses it when the total is over the budget."""
 
@@ -233,10 +251,13 @@ class Estimate:
         if total > limits.max_request_bytes:
             top = ", ".join(f"{part} {_mib(n)}" for part, n in self.parts.most_common(3) if n)
             raise LimitExceeded(
-                "max_request_bytes", limits.max_request_bytes,
+                "max_request_bytes",
+                limits.max_request_bytes,
                 f"this request would allocate about {_mib(total)} ({top}); "
                 f"the budget is {_mib(limits.max_request_bytes)}",
-                estimate=total, hint=hint or self.hint(), breakdown=dict(self.parts),
+                estimate=total,
+                hint=hint or self.hint(),
+                breakdown=dict(self.parts),
             )
 
     def hint(self) -> str:
@@ -246,11 +267,11 @@ class Estimate:
 
 HINTS = {
     "forward": "use smaller inputs ([n,1] with [1,m] broadcasts to n*m elements per operation) or a smaller formula",
-    "backward": "use smaller inputs or a smaller formula, or mode \"inference\" if you need no gradients",
-    "intermediates": "drop \"intermediates\" from `include`, or use smaller inputs",
-    "numeric": "drop \"numeric\" from `include`, or take fewer `wrt` elements",
-    "hessian": "drop \"hessian\" from `include`, or take fewer `wrt` elements",
-    "manual": "drop \"manual\" from `include`",
+    "backward": 'use smaller inputs or a smaller formula, or mode "inference" if you need no gradients',
+    "intermediates": 'drop "intermediates" from `include`, or use smaller inputs',
+    "numeric": 'drop "numeric" from `include`, or take fewer `wrt` elements',
+    "hessian": 'drop "hessian" from `include`, or take fewer `wrt` elements',
+    "manual": 'drop "manual" from `include`',
     "response": "use smaller inputs, or fewer extras in `include`",
     "points": "use fewer points or smaller inputs",
     "jobs": "split the batch into smaller batches",
@@ -275,13 +296,23 @@ def network_pass(spec: dict, shapes: dict[str, Shape], limits: Limits) -> Pass:
     samples, features = x[samples_axis], x[1 - samples_axis]
     result = Pass(sum(numel(s) for s in shapes.values()), 0, (), 0)
     for name, shape in shapes.items():  # parameters and generated tensors have no input check of their own
-        require(limits, "max_tensor_elements", numel(shape), f"{name} has shape {list(shape)}, {numel(shape)} elements",
-                "use fewer features per layer, or fewer samples")
+        require(
+            limits,
+            "max_tensor_elements",
+            numel(shape),
+            f"{name} has shape {list(shape)}, {numel(shape)} elements",
+            "use fewer features per layer, or fewer samples",
+        )
     for layer in spec["layers"]:
         features = layer.get("out_features", features)
         size = samples * features
-        require(limits, "max_tensor_elements", size, f"a {layer['type']} layer's output has {size} elements",
-                "use fewer features per layer, or fewer samples")
+        require(
+            limits,
+            "max_tensor_elements",
+            size,
+            f"a {layer['type']} layer's output has {size} elements",
+            "use fewer features per layer, or fewer samples",
+        )
         result.elements += 4 * size
         result.ops += 4
         result.recorded += size
@@ -328,16 +359,24 @@ def gradients_estimate(
     if "manual" in include:
         estimate.add("manual", _manual_elements(model, shapes, limits) * size + wrt_elements * (size + RESPONSE_BYTES))
     if "numeric" in include:
-        require(limits, "max_numeric_elements", wrt_elements,
-                f"numeric gradients need two forward passes per `wrt` element, and `wrt` has {wrt_elements} elements",
-                "drop \"numeric\" from `include`, or take fewer `wrt` elements")
+        require(
+            limits,
+            "max_numeric_elements",
+            wrt_elements,
+            f"numeric gradients need two forward passes per `wrt` element, and `wrt` has {wrt_elements} elements",
+            'drop "numeric" from `include`, or take fewer `wrt` elements',
+        )
         passes = 2 * wrt_elements
         estimate.add("numeric", passes * (one.elements * 8 + one.ops * OP_BYTES) + wrt_elements * 8 * 4)
         response += wrt_elements
     if "hessian" in include:
-        require(limits, "max_hessian_elements", wrt_elements,
-                f"the hessian has one row per `wrt` element, and `wrt` has {wrt_elements} elements",
-                "drop \"hessian\" from `include`, or take fewer `wrt` elements")
+        require(
+            limits,
+            "max_hessian_elements",
+            wrt_elements,
+            f"the hessian has one row per `wrt` element, and `wrt` has {wrt_elements} elements",
+            'drop "hessian" from `include`, or take fewer `wrt` elements',
+        )
         per_row = DOUBLE_BACKWARD_FACTOR * (one.elements * size + one.ops * OP_BYTES)
         estimate.add("hessian", (wrt_elements + 1) * per_row + wrt_elements**2 * size)
         response += wrt_elements**2
@@ -345,19 +384,27 @@ def gradients_estimate(
     return estimate
 
 
-def _derivatives_estimate(estimate: Estimate, request: dict, one: Pass, wrt_elements: int, size: int,
-                          limits: Limits) -> int:
+def _derivatives_estimate(
+    estimate: Estimate, request: dict, one: Pass, wrt_elements: int, size: int, limits: Limits
+) -> int:
     """Add `jacobian` (one backward pass per output element, output x `wrt` numbers) and `jvp` (`tangents`: a
     double-backward pass), over the output before any `dout`; returns the numbers they add to the response."""
     response = 0
     pass_bytes = one.elements * size + one.ops * OP_BYTES
     out = numel(one.out)
     if "jacobian" in request["include"]:
-        require(limits, "max_jacobian_elements", out * wrt_elements,
-                f"the Jacobian has {out} output x {wrt_elements} `wrt` elements = {out * wrt_elements}",
-                HINTS["jacobian"], estimate=out * wrt_elements)
-        estimate.add("jacobian", (1 + BACKWARD_FACTOR) * pass_bytes + out * BACKWARD_FACTOR * pass_bytes
-                   + out * wrt_elements * size)
+        require(
+            limits,
+            "max_jacobian_elements",
+            out * wrt_elements,
+            f"the Jacobian has {out} output x {wrt_elements} `wrt` elements = {out * wrt_elements}",
+            HINTS["jacobian"],
+            estimate=out * wrt_elements,
+        )
+        estimate.add(
+            "jacobian",
+            (1 + BACKWARD_FACTOR) * pass_bytes + out * BACKWARD_FACTOR * pass_bytes + out * wrt_elements * size,
+        )
         response += out * wrt_elements
     tangents = request.get("tangents")
     if tangents:
@@ -441,8 +488,11 @@ def batch_require(estimates: list[int], limits: Limits, part: str = "jobs", what
     total = sum(estimates)
     if total > limits.max_request_bytes:
         raise LimitExceeded(
-            "max_request_bytes", limits.max_request_bytes,
+            "max_request_bytes",
+            limits.max_request_bytes,
             f"{what} {len(estimates)} {part} would allocate about {_mib(total)} together; "
             f"the budget is {_mib(limits.max_request_bytes)}",
-            estimate=total, hint=HINTS[part], breakdown={part: total},
+            estimate=total,
+            hint=HINTS[part],
+            breakdown={part: total},
         )

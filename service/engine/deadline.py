@@ -7,6 +7,7 @@ arms ITIMER_REAL; when it fires, the SIGALRM handler raises DeadlineInterrupt at
 Every Deadline created during the request ends no later than the request does, so a batch's jobs and a
 check's points share one budget.
 """
+
 from __future__ import annotations
 
 import math

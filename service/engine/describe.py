@@ -1,4 +1,5 @@
 """The catalog document behind GET /v1/models, built from the engine's own tables."""
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -39,9 +40,7 @@ MODEL_KINDS = {
 
 def models_document(limits: Limits, extra_limits: dict) -> dict:
     """Everything a client needs to build a valid request, in the shape of ModelsResponseSchema."""
-    expressions = [
-        {**asdict(entry), "variables": list(entry.variables)} for entry in CATALOG.values()
-    ]
+    expressions = [{**asdict(entry), "variables": list(entry.variables)} for entry in CATALOG.values()]
     functions = [{"name": f.name, "arity": f.arity, "description": f.description} for f in FUNCTIONS.values()]
     return {
         "kinds": MODEL_KINDS,

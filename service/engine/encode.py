@@ -1,4 +1,5 @@
 """Turn result tensors into JSON-ready values: numpy arrays (fast to serialize), non-finite values as strings."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Why a request could not be computed; no HTTP knowledge here (service/errors.py maps to status codes)."""
+
 from __future__ import annotations
 
 
@@ -55,8 +56,14 @@ class LimitExceeded(EngineError):
     title = "Limit exceeded"
 
     def __init__(
-        self, name: str, value: int | float, detail: str, *,
-        estimate: int | None = None, hint: str | None = None, breakdown: dict | None = None,
+        self,
+        name: str,
+        value: int | float,
+        detail: str,
+        *,
+        estimate: int | None = None,
+        hint: str | None = None,
+        breakdown: dict | None = None,
     ) -> None:
         super().__init__(detail)
         self.limit = name

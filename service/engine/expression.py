@@ -1,4 +1,5 @@
 """Expression models: a catalog entry or a free-form formula, differentiated with respect to its inputs."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """A small, safe math language: parsed with `ast`, checked against a whitelist, evaluated with torch (never eval)."""
+
 from __future__ import annotations
 
 import ast
@@ -81,8 +82,16 @@ _UNARY_OPERATORS: dict[type[ast.unaryop], tuple[str, Callable[[torch.Tensor], to
 
 # Symbols for operators outside the language, so the error shows what the user typed.
 _OPERATOR_SYMBOLS: dict[type[ast.AST], str] = {
-    ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.LShift: "<<", ast.RShift: ">>",
-    ast.BitOr: "|", ast.BitXor: "^", ast.BitAnd: "&", ast.Invert: "~", ast.Not: "not",
+    ast.FloorDiv: "//",
+    ast.Mod: "%",
+    ast.MatMult: "@",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.BitOr: "|",
+    ast.BitXor: "^",
+    ast.BitAnd: "&",
+    ast.Invert: "~",
+    ast.Not: "not",
 }
 
 # Plain words for syntax outside the language.
@@ -162,10 +171,18 @@ class _Checker:
             node, depth = stack.pop()
             self.node_count += 1
             self.depth = max(self.depth, depth)
-            cost.require(self.limits, "max_ast_depth", self.depth,
-                         f"formula is nested more than {self.limits.max_ast_depth} levels deep")
-            cost.require(self.limits, "max_ast_nodes", self.node_count,
-                         f"formula has more than {self.limits.max_ast_nodes} nodes")
+            cost.require(
+                self.limits,
+                "max_ast_depth",
+                self.depth,
+                f"formula is nested more than {self.limits.max_ast_depth} levels deep",
+            )
+            cost.require(
+                self.limits,
+                "max_ast_nodes",
+                self.node_count,
+                f"formula has more than {self.limits.max_ast_nodes} nodes",
+            )
             handler = self.nodes.get(type(node))
             if handler is None:
                 raise self._unsupported(node)
@@ -246,7 +263,8 @@ def parse_formula(source: str, limits: Limits) -> Formula:
     text = source.lstrip(" \t")
     shift = len(source) - len(text)
     depth_error = LimitExceeded(
-        "max_ast_depth", limits.max_ast_depth,
+        "max_ast_depth",
+        limits.max_ast_depth,
         f"formula is too deeply nested to parse; the limit is {limits.max_ast_depth} levels",
     )
     try:
@@ -343,7 +361,8 @@ class Formula:
             return _Evaluator(self, env, dtype, record, deadline).eval(self.body)
         except RecursionError:
             raise LimitExceeded(
-                "max_ast_depth", self._max_depth,
+                "max_ast_depth",
+                self._max_depth,
                 f"formula is too deeply nested to evaluate; the limit is {self._max_depth} levels",
             ) from None
 
@@ -441,7 +460,8 @@ class _Evaluator:
                 numel = math.prod(broadcast_shape(*(t.shape for t in operands)))
                 if numel > self.formula.max_elements:
                     raise LimitExceeded(
-                        "max_tensor_elements", self.formula.max_elements,
+                        "max_tensor_elements",
+                        self.formula.max_elements,
                         f"{name} would broadcast to {numel} elements; the limit is {self.formula.max_elements}",
                     )
             return compute()

@@ -1,4 +1,5 @@
 """Serialize an autograd graph (after backward) into deterministic JSON-ready dicts and Graphviz DOT."""
+
 from __future__ import annotations
 
 import math

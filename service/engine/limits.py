@@ -1,4 +1,5 @@
 """Size and time limits the engine enforces; defaults here, overrides from the environment (service/config.py)."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """The tutorial's neuron: z = w·x + b, y_pred = sigmoid(z), L = BCE(y_pred, y), with its chain-rule gradient."""
+
 from __future__ import annotations
 
 import functools
@@ -161,7 +162,7 @@ class Neuron:
             warnings.append(
                 f"y_pred rounds to 1.0 in {str(p.dtype).removeprefix('torch.')}, where 1 - epsilon == 1.0 too, "
                 "so the clamp cannot keep "
-                "log(1 - y_pred) finite; use loss \"bce_with_logits\" or dtype \"float64\""
+                'log(1 - y_pred) finite; use loss "bce_with_logits" or dtype "float64"'
             )
         return warnings
 

@@ -50,8 +50,9 @@ def _tensor_bytes(name: str, t: torch.Tensor) -> bytes:
     return f"{name}{t.dtype}{list(t.shape)}".encode() + t.detach().contiguous().numpy().tobytes()
 
 
-def problem_key(model_spec: dict, points: list[dict[str, torch.Tensor]], limits: Limits,
-                dout: torch.Tensor | None = None) -> tuple:
+def problem_key(
+    model_spec: dict, points: list[dict[str, torch.Tensor]], limits: Limits, dout: torch.Tensor | None = None
+) -> tuple:
     """Equal keys <=> equal references: the model's settings (a network's layers, `generate`, `init`), the limits,
     each point's names, dtypes, shapes and bits, and the upstream gradient `dout` of a layer check."""
     blob = bytearray()

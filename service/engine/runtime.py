@@ -1,4 +1,5 @@
 """torch's process-wide settings and a smoke test of autograd, for the service's warm-up."""
+
 from __future__ import annotations
 
 import torch

@@ -62,8 +62,9 @@ def batch():
     """Run many gradients and check jobs; each job's result or problem in its place."""
     body, limits = read_json(), current_app.config["LIMITS"]
     if isinstance(body, dict) and isinstance(body.get("jobs"), list):
-        cost.require(limits, "max_batch_jobs", len(body["jobs"]), f"the batch has {len(body['jobs'])} jobs",
-                     cost.HINTS["jobs"])
+        cost.require(
+            limits, "max_batch_jobs", len(body["jobs"]), f"the batch has {len(body['jobs'])} jobs", cost.HINTS["jobs"]
+        )
     jobs = batch_request.load(body)["jobs"]
     with compute_timer("batch"):
         results = run_jobs(jobs, limits)
@@ -121,8 +122,9 @@ def _problem_key(check: dict) -> bytes:
     return orjson.dumps({name: check[name] for name in PROBLEM_FIELDS if name in check}, option=orjson.OPT_SORT_KEYS)
 
 
-def _within_budget(gradient_jobs: list, check_jobs: list, keys: dict[int, bytes], results: list,
-                   limits) -> tuple[list, list]:
+def _within_budget(
+    gradient_jobs: list, check_jobs: list, keys: dict[int, bytes], results: list, limits
+) -> tuple[list, list]:
     """The jobs the cost model accepts one by one (the others get their problem in place), if together
     they fit the request budget; else the whole batch is a 413. A check's estimate is its problem's."""
     costs, kept_gradients, kept_checks = [], [], []

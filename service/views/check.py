@@ -1,4 +1,5 @@
 """POST /v1/check: grade a submission against autograd, answered as JSON, Gradescope or PrairieLearn."""
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, request
@@ -35,7 +36,9 @@ RESULT_FLOATS = ("rtol", "atol", "points", "max_points", "abs_error", "rel_error
     "Grade expected numbers and derivative formulas against autograd, at one or many points",
     {"oneOf": [CheckResponseSchema, GradescopeResultsSchema, PrairieLearnResultsSchema]},
     ok="Per-check verdicts and the score, in the requested format",
-    body=CheckRequestSchema, query=CheckQuerySchema, errors=(400, 413, 415, 422, 503),
+    body=CheckRequestSchema,
+    query=CheckQuerySchema,
+    errors=(400, 413, 415, 422, 503),
     description="""The reference is autograd in float64 at every point. A check passes when
 |actual - expected| <= atol + rtol * |expected| at every element of every point
 (defaults rtol 1e-4, atol 1e-6; per request and per check). A missing or mis-shaped

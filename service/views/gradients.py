@@ -1,4 +1,5 @@
 """POST /v1/gradients: load the request, run the engine, return the response body; errors are mapped centrally."""
+
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
@@ -25,9 +26,14 @@ PICTURE = {"type": "string", "description": "With `Accept: image/svg+xml`: the a
 
 
 @bp.post("/v1/gradients")
-@operation("Loss, gradients and autograd graph for a neuron, an expression or a network", GradientResponseSchema,
-           ok="The forward value, the gradients and the requested extras", body=GradientRequestSchema,
-           alternatives={SVG: PICTURE}, errors=(400, 413, 415, 422, 501, 503))
+@operation(
+    "Loss, gradients and autograd graph for a neuron, an expression or a network",
+    GradientResponseSchema,
+    ok="The forward value, the gradients and the requested extras",
+    body=GradientRequestSchema,
+    alternatives={SVG: PICTURE},
+    errors=(400, 413, 415, 422, 501, 503),
+)
 def gradients():
     """Run a forward and backward pass; answer JSON, or the graph as SVG when the client prefers image/svg+xml."""
     body = read_json()
