@@ -205,7 +205,7 @@ def recycling(rounds: int, seconds: float, log_dir: Path) -> dict:
     }
     for app in ("service", "naive"):
         a, b = runs[f"{app} / default"], runs[f"{app} / max_requests 1000"]
-        out[f"{app}: default / max_requests 1000"] = median([x["rps"] / y["rps"] for x, y in zip(a, b)])
+        out[f"{app}: default / max_requests 1000"] = median([x["rps"] / y["rps"] for x, y in zip(a, b, strict=True)])
     n = len(runs["service / default"])
     out["service/naive, default"] = median(
         [runs["service / default"][i]["rps"] / runs["naive / default"][i]["rps"] for i in range(n)]
@@ -263,7 +263,8 @@ def memory_and_startup(rounds: int, seconds: float, log_dir: Path, preload_modes
             log(
                 f"  preload={mode} round {r + 1}: cold start {rows['cold_start_s'][-1]:.2f} s, worker restart "
                 f"{rows['worker_restart_s'][-1]:.2f} s, PSS idle {rows['pss_idle'][-1]['total']:.0f} / after load "
-                f"{rows['pss_after_load'][-1]['total']:.0f} / after 1M-sample requests {rows['pss_after_big'][-1]['total']:.0f} MiB"
+                f"{rows['pss_after_load'][-1]['total']:.0f} / after 1M-sample requests "
+                f"{rows['pss_after_big'][-1]['total']:.0f} MiB"
             )
         result[mode] = {
             "raw": rows,
@@ -283,7 +284,7 @@ def memory_and_startup(rounds: int, seconds: float, log_dir: Path, preload_modes
 def fmt_table(headers: list[str], rows: list[list]) -> str:
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    line = lambda r: "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
     return "\n".join(
         [line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]]
     )
@@ -333,7 +334,8 @@ def report(results: dict) -> str:
     if "samples" in results:
         rows = results["samples"]["summary"]
         out.append(
-            f"\n### Samples per request, one request at a time ({results['samples']['rounds']} rounds; medians, end to end)\n"
+            f"\n### Samples per request, one request at a time ({results['samples']['rounds']} rounds; "
+            "medians, end to end)\n"
         )
         headers = ["samples"]
         for label, _, _ in SAMPLE_VARIANTS:
@@ -345,8 +347,12 @@ def report(results: dict) -> str:
                     [f"{r['n']:,}"]
                     + sum(
                         (
-                            [f"{r[l]['seconds']:.4f}", f"{r[l]['samples_per_s']:,.0f}", f"{r[l]['us_per_sample']:.2f}"]
-                            for l, _, _ in SAMPLE_VARIANTS
+                            [
+                                f"{r[label]['seconds']:.4f}",
+                                f"{r[label]['samples_per_s']:,.0f}",
+                                f"{r[label]['us_per_sample']:.2f}",
+                            ]
+                            for label, _, _ in SAMPLE_VARIANTS
                         ),
                         [],
                     )
@@ -357,7 +363,8 @@ def report(results: dict) -> str:
     if "batch" in results:
         b = results["batch"]
         out.append(
-            f"\n### /v1/batch of {b['n_jobs']} jobs vs the same jobs as single requests ({b['rounds']} rounds; medians)\n"
+            f"\n### /v1/batch of {b['n_jobs']} jobs vs the same jobs as single requests "
+            f"({b['rounds']} rounds; medians)\n"
         )
         out.append(
             fmt_table(
@@ -380,7 +387,8 @@ def report(results: dict) -> str:
     if "recycling" in results:
         rc = results["recycling"]["summary"]
         out.append(
-            f"\n### Worker recycling: default (20000 +- 2000) vs max_requests 1000 +- 100 at 8 connections ({results['recycling']['rounds']} rounds; medians)\n"
+            "\n### Worker recycling: default (20000 +- 2000) vs max_requests 1000 +- 100 at 8 connections "
+            f"({results['recycling']['rounds']} rounds; medians)\n"
         )
         out.append(
             fmt_table(
@@ -399,7 +407,8 @@ def report(results: dict) -> str:
                     f"preload={mode}",
                     f"{v['pss_idle']['total']:.0f}",
                     f"{v['pss_after_load']['total']:.0f}",
-                    f"{v['pss_after_load']['master']:.0f} + {v['pss_after_load'].get('worker1', 0):.0f} + {v['pss_after_load'].get('worker2', 0):.0f}",
+                    f"{v['pss_after_load']['master']:.0f} + {v['pss_after_load'].get('worker1', 0):.0f} + "
+                    f"{v['pss_after_load'].get('worker2', 0):.0f}",
                     f"{v['pss_after_big']['total']:.0f}",
                     f"{v['cold_start_s']:.2f}",
                     f"{v['worker_restart_s']:.2f}",
@@ -436,9 +445,9 @@ def report(results: dict) -> str:
 def machine() -> dict:
     cpu = next(
         (
-            l.split(":", 1)[1].strip()
-            for l in Path("/proc/cpuinfo").read_text().splitlines()
-            if l.startswith("model name")
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
         ),
         "?",
     )
@@ -537,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results)
     print(text)
     print(
-        f"\n(machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; python {results['machine']['python']}, "
+        f"\n(machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
+        f"python {results['machine']['python']}, "
         f"torch {results['machine']['torch']}; load average {results['machine']['loadavg_start'][0]:.1f} at start, "
         f"{results['machine']['loadavg_end'][0]:.1f} at end; {results['wall_seconds']:.0f} s)"
     )

@@ -1,4 +1,6 @@
-"""Readiness (service level: it loads requests through the schemas as a view would): every path a request can take has run once in this process before /readyz says ready.
+"""Readiness: every path a request can take has run once in this process before /readyz says ready.
+
+Service level, not engine: it loads requests through the schemas as a view would.
 
 The first request of each kind used to pay for lazy work: torch's first autograd pass, the first
 broadcasting op, the first double backward, marshmallow's first load of each schema.  Running one small

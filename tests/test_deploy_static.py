@@ -308,7 +308,8 @@ import json, runpy
 ns = runpy.run_path("deploy/gunicorn.conf.py")
 keys = ["bind", "workers", "worker_class", "threads", "timeout", "graceful_timeout", "keepalive",
         "max_requests", "max_requests_jitter", "accesslog", "errorlog", "preload_app", "control_socket_disable"]
-print(json.dumps({k: ns[k] for k in keys} | {"hooks": sorted(k for k in ("on_starting", "child_exit", "post_fork", "post_worker_init") if callable(ns.get(k)))}))
+hooks = ("on_starting", "child_exit", "post_fork", "post_worker_init")
+print(json.dumps({k: ns[k] for k in keys} | {"hooks": sorted(k for k in hooks if callable(ns.get(k)))}))
 """
 GUNICORN_ENV = (
     "HOST",

@@ -65,7 +65,7 @@ def make_points(request: dict, limits: Limits) -> list[dict[str, torch.Tensor]]:
 
 
 def reference(model, point: dict[str, torch.Tensor], deadline: Deadline) -> dict:
-    """Autograd at one point, every input a leaf: loss, gradients, intermediates, and the neuron's chain-rule factors."""
+    """Autograd at one point, every input a leaf: loss, gradients, intermediates, the neuron's chain-rule factors."""
     wrt = getattr(model, "check_wrt", None) or tuple(point)  # networks: parameters and X, never the labels
     leaves, out, record, gradients = forward_backward(model, point, wrt)
     deadline.check()
