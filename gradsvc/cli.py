@@ -192,10 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gradsvc: server error: {err}", file=sys.stderr)
         return SERVER_ERROR
     except ClientError as err:
-        print(f"gradsvc: request refused: {err}", file=sys.stderr)
-        if err.problem.get("errors"):
-            print(json.dumps(err.problem["errors"], indent=2), file=sys.stderr)
+        print_refusal(f"gradsvc: request refused: {err}", err)
         return USAGE
+
+
+def print_refusal(message: str, err: ClientError) -> None:
+    """A 4xx problem on stderr: its message, then marshmallow's field -> messages map when there is one."""
+    print(message, file=sys.stderr)
+    if err.problem.get("errors"):
+        print(json.dumps(err.problem["errors"], indent=2), file=sys.stderr)
 
 
 def lint_problem(args, client: Client) -> int:
@@ -228,9 +233,7 @@ def lint_problem(args, client: Client) -> int:
         print(f"gradsvc: {err}", file=sys.stderr)
         return UNAVAILABLE
     except ClientError as err:
-        print(f"{args.file}: {err.problem.get('detail', err)}", file=sys.stderr)
-        if err.problem.get("errors"):
-            print(json.dumps(err.problem["errors"], indent=2), file=sys.stderr)
+        print_refusal(f"{args.file}: {err.problem.get('detail', err)}", err)
         return INVALID_PROBLEM if err.status < 500 else SERVER_ERROR
     for p in result["problems"]:
         print(f"  {p['key']}: {len(p['checks'])} check(s), {p['max_score']:g} points; computed on {client.url}")
