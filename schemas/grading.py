@@ -133,6 +133,8 @@ class CheckRequestSchema(Schema):
     @validates_schema
     def where(self, data, **kwargs):
         """Exactly one of `inputs`, `points`, `domain` (or `inputs` with `domain`); seed/n_points only with domain."""
+        if "model" not in data:  # only a batch's answer part (a missing model is a field error: this never runs)
+            return
         has = {key: key in data for key in ("inputs", "points", "domain")}
         if has["points"] and (has["inputs"] or has["domain"]):
             raise ValidationError("Give `points`, or `inputs` and/or `domain`, not both.", "points")

@@ -7,6 +7,7 @@ import random
 import pytest
 
 import service.engine.batch as batch_engine
+import service.views.batch as batch_view
 from conftest import TUTORIAL_NEURON
 
 CHECK = {
@@ -161,3 +162,58 @@ def test_vectorized_path_really_replaces_one_by_one(client, monkeypatch):
 
     monkeypatch.setattr(batch_engine, "compute", no_single)
     assert batch(client, jobs) == expected
+
+
+# --- check jobs sharing a problem: its fields validated once ---------------------------------------------------
+
+
+def test_shared_problem_validation_is_byte_identical_to_per_job_loads(client, monkeypatch):
+    """Check jobs with byte-identical problem fields load them once; every result, the invalid answers' problems
+    included, is byte for byte what a full per-job load gives."""
+    neuron = {"model": {"kind": "neuron"}, "inputs": dict(TUTORIAL_NEURON["inputs"])}
+    right = {"loss": 6.701176, "gradients": {"w": 6.691762, "b": 0.998770}}
+    reordered = {"inputs": dict(reversed(list(neuron["inputs"].items()))), "model": {"kind": "neuron"}}
+    answers = [
+        {"submission": right},
+        {"submission": {"loss": 6.7, "gradients": {"w": 3.0}}, "rtol": 0.01},
+        {"submission": right, "checks": {"gradients.w": {"points": 2, "title": "dL/dw"}}},
+        {"submission": {"gradients": {"b": "NaN"}}, "tolerance": {"profile": "rel_error"}},
+        {"submission": right, "rtol": -1},  # invalid answers from here on
+        {"submission": {"loss": True}},
+        {"submission": {}},
+        {"submission": right, "checks": {"nope": {}}},
+        {"submission": right, "typo": 1},
+        {"submission": "not an object", "atol": "x"},
+        {},
+    ]
+    jobs = [{"check": {**neuron, **answer}} for answer in answers]
+    jobs += [{"check": {**reordered, **answer}} for answer in answers[:5]]  # same problem, other key order
+    jobs += [{"check": {**CHECK, "submission": {"gradients": {"x": x}}}} for x in (6.0, 5.0, "six")]
+    jobs += [  # invalid problems, with valid and invalid answers
+        {"check": {"model": {"kind": "neuron"}, "inputs": {"x": 1.0}, "submission": right}},
+        {"check": {"model": {"kind": "neuron"}, "inputs": {"x": 1.0}, "submission": {"loss": []}, "rtol": -1}},
+        {"check": {**neuron, "seed": 3, "submission": right}},
+        {"check": {**neuron, "points": [neuron["inputs"]], "submission": right}},
+        {"check": {"model": {"kind": "nope"}, "submission": right}},
+        {"check": {"inputs": {"x": 1.0}}},
+        {"check": []},
+        {"check": None},
+    ]
+    same_id = {"X-Request-ID": "shared-problem-test"}  # else each problem's request_id differs
+    fast = client.post("/v1/batch", json={"jobs": jobs}, headers=same_id)
+    monkeypatch.setattr(batch_view, "_load_check", lambda check, loaded: batch_view.check_request.load(check))
+    full = client.post("/v1/batch", json={"jobs": jobs}, headers=same_id)
+    assert fast.status_code == full.status_code == 200
+    assert fast.data == full.data
+    results = fast.json["results"]
+    assert [("error" in r) for r in results[:11]] == [False] * 4 + [True] * 7
+    assert results[11:16] == results[:5]
+
+
+def test_shared_problem_is_loaded_once(client, monkeypatch):
+    calls = []
+    load = batch_view.problem_part.load
+    monkeypatch.setattr(batch_view.problem_part, "load", lambda data: calls.append(data) or load(data))
+    results = batch(client, [{"check": {**CHECK, "submission": {"gradients": {"x": x}}}} for x in range(4, 9)])
+    assert [r["passed"] for r in results] == [x == 6 for x in range(4, 9)]
+    assert len(calls) == 1

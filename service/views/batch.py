@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 batch_request = BatchRequestSchema()
 gradient_request = GradientRequestSchema()
 check_request = CheckRequestSchema()
+# a batch's check jobs sharing a problem: its fields loaded once, each job's other fields (the answer) on their own
+problem_part = CheckRequestSchema(only=PROBLEM_FIELDS)
+answer_part = CheckRequestSchema(only=[name for name in check_request.fields if name not in PROBLEM_FIELDS])
 
 
 BATCH_RESPONSE = {
@@ -81,12 +84,13 @@ def run_jobs(jobs: list, limits) -> list[dict]:
     gradient_jobs: list[tuple[int, dict]] = []
     check_jobs: list[tuple[int, dict]] = []
     keys: dict[int, bytes] = {}
+    loaded_problems: dict[bytes, dict | None] = {}
     for i, job in enumerate(jobs):
         is_check = isinstance(job, dict) and set(job) == {"check"}
         try:
             cost.check_raw(job["check"] if is_check else job, limits)
             if is_check:
-                check_jobs.append((i, check_request.load(job["check"])))
+                check_jobs.append((i, _load_check(job["check"], loaded_problems)))
                 keys[i] = _problem_key(job["check"])
             else:
                 gradient_jobs.append((i, gradient_request.load(job)))
@@ -115,6 +119,31 @@ def run_jobs(jobs: list, limits) -> list[dict]:
         for (i, _), out in zip(group, outs, strict=True):
             results[i] = _problem_for(out, i) if isinstance(out, Exception) else check_body(out)
     return results
+
+
+def _load_check(check, loaded_problems: dict[bytes, dict | None]) -> dict:
+    """check_request.load(check), with the problem fields loaded once per byte-identical problem.
+
+    The schema's validators each read only problem fields or only answer fields, so when both parts load the
+    whole body loads to their union; when either part fails, the whole body is loaded for the same errors."""
+    if isinstance(check, dict):
+        raw = {name: check[name] for name in PROBLEM_FIELDS if name in check}
+        key = orjson.dumps(raw)  # key order included: the shared load is exactly this job's own
+        if key not in loaded_problems:
+            try:
+                loaded_problems[key] = problem_part.load(raw)
+            except ValidationError:
+                loaded_problems[key] = None
+        shared = loaded_problems[key]
+        if shared is not None:
+            try:
+                answer = answer_part.load({name: value for name, value in check.items() if name not in raw})
+            except ValidationError:
+                pass
+            else:
+                loaded = {**shared, **answer}
+                return {name: loaded[name] for name in check_request.fields if name in loaded}
+    return check_request.load(check)
 
 
 def _problem_key(check: dict) -> bytes:
