@@ -19,11 +19,11 @@ import os
 from werkzeug.wsgi import ClosingIterator
 
 from .observability import WORKER_RECYCLES
+from .process_metrics import resident_bytes
 
 log = logging.getLogger(__name__)
 
 TRIM_ABOVE_MIB = 64  # a request that leaves the worker this far over its idle RSS triggers gc + malloc_trim
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _libc():
@@ -40,12 +40,8 @@ LIBC = _libc()
 
 
 def rss_mib() -> float:
-    """Resident set size of this process, from /proc/self/statm (0 where there is no /proc)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * PAGE_BYTES / (1 << 20)
-    except OSError:
-        return 0.0
+    """Resident set size of this process in MiB (0 where there is no /proc)."""
+    return resident_bytes() / (1 << 20)
 
 
 def trim() -> None:
