@@ -73,28 +73,35 @@ function wrtNames() {
 
 // ---------- inputs editor ------------------------------------------------------------------------------------------
 
-function makeRow(name, value) {
-  const row = document.createElement("div");
-  row.className = "input-row field";
-  row.dataset.name = name;
-  row.dataset.field = "inputs." + name;
-  const id = "input-" + name;
-  const label = document.createElement("label");
-  label.htmlFor = id;
-  label.textContent = name;
+/** A labelled text input with the element its problem+json error is shown in: `<div class="field">`. */
+function textField(id, label, errorId) {
+  const div = document.createElement("div");
+  div.className = "field";
+  const l = document.createElement("label");
+  l.htmlFor = id;
+  l.textContent = label;
   const input = document.createElement("input");
   input.type = "text";
   input.id = id;
-  input.value = value;
   input.autocomplete = "off";
   input.spellcheck = false;
-  input.setAttribute("aria-describedby", "err-inputs." + name);
-  input.addEventListener("input", scheduleCompute);
+  input.setAttribute("aria-describedby", errorId);
   const error = document.createElement("p");
   error.className = "error";
-  error.id = "err-inputs." + name;
+  error.id = errorId;
   error.setAttribute("role", "alert");
-  row.append(label, input, error);
+  div.append(l, input, error);
+  return div;
+}
+
+function makeRow(name, value) {
+  const row = textField("input-" + name, name, "err-inputs." + name);
+  row.classList.add("input-row");
+  row.dataset.name = name;
+  row.dataset.field = "inputs." + name;
+  const input = row.querySelector("input");
+  input.value = value;
+  input.addEventListener("input", scheduleCompute);
   return row;
 }
 
@@ -416,23 +423,8 @@ function showNode(id) {
 // ---------- check tab ----------------------------------------------------------------------------------------------
 
 function answerField(id, label, errorId, placeholder) {
-  const div = document.createElement("div");
-  div.className = "field";
-  const l = document.createElement("label");
-  l.htmlFor = id;
-  l.textContent = label;
-  const input = document.createElement("input");
-  input.type = "text";
-  input.id = id;
-  input.autocomplete = "off";
-  input.spellcheck = false;
-  input.placeholder = placeholder;
-  input.setAttribute("aria-describedby", errorId);
-  const error = document.createElement("p");
-  error.className = "error";
-  error.id = errorId;
-  error.setAttribute("role", "alert");
-  div.append(l, input, error);
+  const div = textField(id, label, errorId);
+  div.querySelector("input").placeholder = placeholder;
   return div;
 }
 
