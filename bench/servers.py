@@ -166,11 +166,16 @@ def cpu_ticks(pid: int) -> int:
         return 0
 
 
-def pss_mib(pid: int) -> float:
+def proc_mib(pid: int, file: str, key: str) -> float | None:
+    """A `key:  N kB` line of /proc/<pid>/<file> in MiB (e.g. smaps_rollup's Pss:, status's VmRSS:); None if gone."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
     except (FileNotFoundError, ProcessLookupError):
         pass
-    return 0.0
+    return None
+
+
+def pss_mib(pid: int) -> float:
+    return proc_mib(pid, "smaps_rollup", "Pss:") or 0.0

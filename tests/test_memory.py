@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
+from bench.servers import proc_mib
 from conftest import TUTORIAL_NEURON, GunicornServer
 
 WALL = 10.0  # the default MAX_WALL_SECONDS
@@ -25,13 +25,7 @@ MAX_RESPONSE_BYTES = 100_000_000
 
 
 def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return None
+    return proc_mib(pid, "status", "VmRSS:")
 
 
 class RssWatch:
