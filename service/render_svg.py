@@ -92,15 +92,15 @@ def render_svg(graph: dict | None, limits: Limits) -> bytes:
         raise LimitExceeded(
             "max_graph_nodes", limits.max_graph_nodes, f"autograd graph has more than {limits.max_graph_nodes} nodes"
         )
+    budget = min(seconds_left(), limits.max_wall_seconds)
+    if budget <= 0:
+        raise DeadlineExceeded(limits.max_wall_seconds)
     binary = shutil.which("dot")
     if binary is None:
         raise GraphvizMissing(
             "The SVG picture needs Graphviz's `dot` program, which is not installed on this server "
             "(Debian package graphviz); ask for application/json instead."
         )
-    budget = min(seconds_left(), limits.max_wall_seconds)
-    if budget <= 0:
-        raise DeadlineExceeded(limits.max_wall_seconds)
     try:
         returncode, svg = run_dot(binary, to_dot(graph).encode(), budget + TIMER_FIRST)
     except subprocess.TimeoutExpired:  # the cooperative end (no timer signal outside the main thread)

@@ -59,6 +59,11 @@ def slow_url():
         server.server_close()
 
 
+# The harnesses call `python3`: make it this interpreter (where gradsvc's dependencies are installed), as an
+# autograder image that installed gradsvc would, not whatever python3 the machine has first on PATH.
+PATH = os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", "")))
+
+
 def run(argv, url, cwd=ROOT, **env):
     start = time.monotonic()
     proc = subprocess.run(
@@ -67,7 +72,14 @@ def run(argv, url, cwd=ROOT, **env):
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "GRADSVC_URL": url, "GRADSVC_DEADLINE": str(DEADLINE), **env},
+        env={
+            **os.environ,
+            "PATH": PATH,
+            "PYTHONPATH": str(ROOT),
+            "GRADSVC_URL": url,
+            "GRADSVC_DEADLINE": str(DEADLINE),
+            **env,
+        },
     )
     return proc, time.monotonic() - start
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_binary
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"```console\n(.*?)```", re.S)
@@ -45,6 +47,7 @@ def test_links_stay_inside_the_repository(doc):
 @pytest.mark.live
 @pytest.mark.parametrize(("command", "expected"), examples(), ids=lambda v: v[:70] if v.startswith("curl") else "")
 def test_readme_example(live_server, command, expected):
+    require_binary("curl", package="curl")
     argv = [arg.replace("localhost:8000", live_server.url.removeprefix("http://")) for arg in shlex.split(command)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
     assert json.loads(out) == json.loads(expected)
