@@ -6,6 +6,8 @@
   reference cache off (REFERENCE_CACHE_ENTRIES=0), to show what the cache buys.
 - A single /v1/gradients neuron request with the default graph against the naive handler run both ways:
   `gunicorn -w 2` (no config) and under the deploy config.
+- The service's floor (bench/baselines/floor.py: the service's app with an endpoint answering a constant):
+  floor / naive is the ceiling of every ratio above, the most a request that does no work at all could reach.
 All servers have 2 workers; rounds are interleaved (the order rotates) and ratios are taken within a round.
 """
 
@@ -39,6 +41,7 @@ def _servers(log_dir: Path) -> dict[str, Server]:
         "naive, gunicorn -w 2": Server("naive", deploy_config=False, log_dir=log_dir),
         "naive, deploy config": Server("naive", log_dir=log_dir),
         "naive grading, gunicorn -w 2": Server("naive_grading", deploy_config=False, log_dir=log_dir),
+        "service floor": Server("floor", log_dir=log_dir),
     }
 
 
@@ -67,6 +70,7 @@ def run(rounds: int, seconds: float, log_dir: Path, n_students: int = 1000) -> d
         ("gradients: service", "service", "/v1/gradients", neuron, CONNECTIONS, 1),
         ("gradients: naive, gunicorn -w 2", "naive, gunicorn -w 2", "/v1/gradients", neuron, CONNECTIONS, 1),
         ("gradients: naive, deploy config", "naive, deploy config", "/v1/gradients", neuron, CONNECTIONS, 1),
+        ("floor: service, constant answer", "service floor", "/v1/floor", neuron, CONNECTIONS, 1),
     ]
     servers = _servers(log_dir)
     runs: dict[str, list[dict]] = {label: [] for label, *_ in steps}
@@ -120,6 +124,10 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
         "naive deploy config vs naive -w 2": ratio(naive_deploy, naive_w2),
         "gradients p99 vs naive -w 2 p99": ratio("gradients: service", naive_w2, "p99_ms"),
         "gradients p99 vs naive deploy config p99": ratio("gradients: service", naive_deploy, "p99_ms"),
+        # ceilings: what any endpoint of the service could reach if its own work took no time at all
+        "ceiling: service floor vs naive grading": ratio("floor: service, constant answer", naive_check),
+        "ceiling: service floor vs naive -w 2": ratio("floor: service, constant answer", naive_w2),
+        "ceiling: service floor p99 vs naive -w 2 p99": ratio("floor: service, constant answer", naive_w2, "p99_ms"),
     }
     return {"servers": out, "ratios": ratios}
 

@@ -18,6 +18,7 @@ APPS = {
     "naive": "bench.baselines.naive:app",
     "bare": "bench.baselines.bare:app",
     "naive_grading": "bench.baselines.naive_grading:app",
+    "floor": "bench.baselines.floor:app",
 }
 # Every app runs under the deploy config unchanged (its post_fork hook warms torch up only in our app).
 APP_ENV: dict[str, dict[str, str]] = {}
