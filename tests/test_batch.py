@@ -8,7 +8,10 @@ import pytest
 
 import service.engine.batch as batch_engine
 import service.views.batch as batch_view
+import service.views.check_loading as check_loading
 from conftest import TUTORIAL_NEURON
+from service.engine import refcache
+from service.views.check_loading import check_request
 
 CHECK = {
     "model": {"kind": "expression", "name": "square"},
@@ -201,19 +204,27 @@ def test_shared_problem_validation_is_byte_identical_to_per_job_loads(client, mo
     ]
     same_id = {"X-Request-ID": "shared-problem-test"}  # else each problem's request_id differs
     fast = client.post("/v1/batch", json={"jobs": jobs}, headers=same_id)
-    monkeypatch.setattr(batch_view, "_load_check", lambda check, loaded: batch_view.check_request.load(check))
+    again = client.post("/v1/batch", json={"jobs": jobs}, headers=same_id)  # the problems kept by the first
+    monkeypatch.setattr(batch_view, "load_check", lambda check, limits, loaded: (check_request.load(check), None))
+    monkeypatch.setattr(refcache, "PROBLEMS", refcache.ReferenceCache(0, 0))
     full = client.post("/v1/batch", json={"jobs": jobs}, headers=same_id)
-    assert fast.status_code == full.status_code == 200
-    assert fast.data == full.data
+    assert fast.status_code == again.status_code == full.status_code == 200
+    assert fast.data == again.data == full.data
     results = fast.json["results"]
     assert [("error" in r) for r in results[:11]] == [False] * 4 + [True] * 7
     assert results[11:16] == results[:5]
 
 
-def test_shared_problem_is_loaded_once(client, monkeypatch):
-    calls = []
-    load = batch_view.problem_part.load
-    monkeypatch.setattr(batch_view.problem_part, "load", lambda data: calls.append(data) or load(data))
-    results = batch(client, [{"check": {**CHECK, "submission": {"gradients": {"x": x}}}} for x in range(4, 9)])
+def test_shared_problem_is_loaded_and_built_once_then_kept_across_requests(client, monkeypatch):
+    refcache.PROBLEMS.clear()
+    loads, builds = [], []
+    load, build = check_loading.problem_part.load, check_loading.Problem
+    monkeypatch.setattr(check_loading.problem_part, "load", lambda data: loads.append(data) or load(data))
+    monkeypatch.setattr(check_loading, "Problem", lambda *args: builds.append(args) or build(*args))
+    jobs = [{"check": {**CHECK, "submission": {"gradients": {"x": x}}}} for x in range(4, 9)]
+    results = batch(client, jobs)
     assert [r["passed"] for r in results] == [x == 6 for x in range(4, 9)]
-    assert len(calls) == 1
+    assert len(loads) == len(builds) == 1
+    assert batch(client, jobs) == results  # the next request (another student group): nothing loaded or built
+    assert client.post("/v1/check", json=jobs[2]["check"]).json == results[2]
+    assert len(loads) == len(builds) == 1

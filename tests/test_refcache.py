@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
+import numpy as np
 import pytest
 import requests
 import torch
@@ -15,6 +17,7 @@ from schemas.grading import CheckRequestSchema, CheckResponseSchema
 from service.engine import check, refcache
 from service.engine.limits import Limits
 from service.jsonio import dumps_bytes
+from service.views import check_loading
 from service.views.check import check_body
 
 NEURON = {"model": {"kind": "neuron"}, "inputs": {"x": 6.7, "y": 0, "w": 1, "b": 0}}
@@ -281,3 +284,60 @@ def test_grade_many_gives_each_answer_what_grading_it_alone_gives(fresh_cache):
         assert [dumps_bytes(check_body(r)) for r in together] == [dumps_bytes(check_body(r)) for r in alone]
         verdicts += [c["passed"] for r in alone for c in r["checks"]]
     assert True in verdicts and False in verdicts  # both verdicts are exercised
+
+
+# --- whole problems kept by their raw JSON (service/views/check_loading.py) ----------------------------------
+
+
+def test_a_kept_problem_gives_the_bytes_a_new_one_gives(client, fresh_cache):
+    """/v1/check with its problem kept (the second request of each body) and with nothing cached: same bytes."""
+    bodies = PROBLEMS + students(12, seed=5)
+    kept = [[client.post("/v1/check", json=b).data for _ in range(2)] for b in bodies]
+    assert len(refcache.PROBLEMS) == len({check_loading.problem_json(b) for b in bodies})
+    refcache.configure(0, 0)
+    for body, (first, second) in zip(bodies, kept, strict=True):
+        assert first == second == client.post("/v1/check", json=body).data
+
+
+def test_a_problem_kept_past_its_builders_deadline_still_grades(fresh_cache):
+    """The deadline a Problem was built under must not reach the later requests that reuse it."""
+    limits = Limits(max_wall_seconds=0.05)
+    body = {
+        "model": {"kind": "expression", "formula": "sin(x**2)"},
+        "domain": {"x": [-2, 2]},
+        "submission": {"gradient_formulas": {"x": "2*x*cos(x**2)"}},
+    }
+    spec, problem = check_loading.load_check(body, limits)
+    assert problem is None
+    check_loading.problem_for(spec, check_loading.problem_json(body), limits)
+    time.sleep(0.1)
+    spec, problem = check_loading.load_check(body, limits)
+    assert problem is not None
+    assert check.grade(spec, limits, problem)["passed"] is True
+
+
+def test_a_body_that_fails_validation_is_not_kept_and_gives_its_errors(client, fresh_cache):
+    bad_answer = {**NEURON, "submission": {"loss": True}}
+    bad_problem = {"model": {"kind": "neuron"}, "inputs": {"x": "six"}, "submission": {"loss": 1.0}}
+    for body in (bad_answer, bad_problem, bad_answer):
+        r = client.post("/v1/check", json=body)
+        assert r.status_code == 400 and r.mimetype == "application/problem+json"
+    assert "submission" in client.post("/v1/check", json=bad_answer).json["errors"]
+    assert len(refcache.PROBLEMS) == 0  # nothing valid was graded
+
+
+def test_scalar_comparison_matches_the_array_comparison():
+    """_compare_scalars (Python floats, one number per point) == _isclose + _errors (numpy) on edge values."""
+    values = [0.0, -0.0, 1.0, -1.0, 1.00001, 6.7012, 6.701176, 1e-300, 5e-324, 1e308, -1e308, 1.7e308]
+    values += [float("inf"), float("-inf"), float("nan")]
+    for rtol, atol in [(1e-4, 1e-6), (0.0, 0.0), (1e6, 1e6), (1e-8, 0.5)]:
+        for e in values:
+            for a in values:
+                for points in ([(e, a)], [(e, a), (a, e), (e, e)]):
+                    exp = [np.array(p[0]) for p in points]
+                    act = [np.array(p[1]) for p in points]
+                    close = [check._isclose(x, y, rtol, atol) for y, x in zip(exp, act, strict=True)]
+                    want = (close, *check._errors(exp, act, close))
+                    got = check._compare_scalars([p[0] for p in points], [p[1] for p in points], rtol, atol)
+                    assert [bool(c) for c in got[0]] == [bool(c) for c in want[0]], (e, a, rtol, atol)
+                    assert repr(got[1:]) == repr(want[1:]), (e, a, rtol, atol)

@@ -9,6 +9,10 @@ spec's items in sorted order and the points' exact float64 bytes, however the po
 (`inputs`, `points`, or `domain` + `seed` + `n_points`, which draw the same points every time).
 
 Bounded by entries and by bytes (REFERENCE_CACHE_ENTRIES, REFERENCE_CACHE_BYTES; 0 entries turns it off).
+
+A second LRU with the same bounds, PROBLEMS, keeps whole problems under the raw JSON of a check's problem
+fields (service/views/problems.py): a student's request that repeats the class's problem byte for byte then
+skips the problem's validation, model, points and cost estimate as well, not only autograd.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ def _tensors(obj):
 
 def reference_nbytes(key: tuple, refs) -> int:
     """What an entry keeps alive: its tensors (data + overhead) and its key."""
-    return len(key[2]) + len(key[0]) + sum(t.numel() * t.element_size() + TENSOR_OVERHEAD_BYTES for t in _tensors(refs))
+    return len(key[2]) + len(key[0]) + tensors_nbytes(refs)
 
 
 class ReferenceCache:
@@ -104,11 +108,12 @@ class ReferenceCache:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
-        self._notify("hit" if entry is not None else "miss")
+        self.notify("hit" if entry is not None else "miss")
         return entry
 
-    def put(self, key: tuple, refs: list[dict]) -> None:
-        nbytes = reference_nbytes(key, refs)
+    def put(self, key: tuple, refs, nbytes: int | None = None) -> None:
+        """Keep `refs` (a problem's references; for PROBLEMS, what the caller keeps) of `nbytes` estimated bytes."""
+        nbytes = reference_nbytes(key, refs) if nbytes is None else nbytes
         if nbytes > self.max_bytes:
             return  # one huge problem would evict everything else
         evicted = 0
@@ -123,28 +128,51 @@ class ReferenceCache:
                 self.nbytes -= dropped.nbytes
                 evicted += 1
         for _ in range(evicted):
-            self._notify("evict")
-        self._notify("store")
+            self.notify("evict")
+        self.notify("store")
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
             self.nbytes = 0
-        self._notify("clear")
+        self.notify("clear")
 
-    def _notify(self, event: str) -> None:
+    def notify(self, event: str) -> None:
         if self.listener is not None:
             self.listener(event, self)
 
 
 CACHE = ReferenceCache()
+PROBLEMS = ReferenceCache()  # whole problems by their raw JSON; no listener: a hit here counts as CACHE's hit
 
 
 def configure(max_entries: int, max_bytes: int) -> ReferenceCache:
     """Set the bounds (the app's config, read from the environment) and start empty; returns the cache."""
-    CACHE.clear()
-    CACHE.max_entries, CACHE.max_bytes = max_entries, max_bytes
+    for cache in (CACHE, PROBLEMS):
+        cache.clear()
+        cache.max_entries, cache.max_bytes = max_entries, max_bytes
     return CACHE
+
+
+def tensors_nbytes(*objs) -> int:
+    """The estimated bytes of every tensor in these dicts and lists (data + overhead each)."""
+    return sum(t.numel() * t.element_size() + TENSOR_OVERHEAD_BYTES for t in _tensors(list(objs)))
+
+
+def cached_problem(key: tuple):
+    """What PROBLEMS keeps under `key`, or None; a hit is a reference cache hit (no autograd was run)."""
+    if not PROBLEMS.enabled:
+        return None
+    entry = PROBLEMS.get(key)
+    if entry is None:
+        return None
+    CACHE.notify("hit")
+    return entry.refs
+
+
+def keep_problem(key: tuple, value: tuple, nbytes: int) -> None:
+    if PROBLEMS.enabled:
+        PROBLEMS.put(key, value, nbytes)
 
 
 def references(

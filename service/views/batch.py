@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 
-import orjson
 from flask import Blueprint, current_app
 from marshmallow import ValidationError
 
 from schemas import GradientRequestSchema, GradientResponseSchema
-from schemas.grading import BatchErrorSchema, BatchRequestSchema, CheckRequestSchema, CheckResponseSchema
+from schemas.grading import BatchErrorSchema, BatchRequestSchema, CheckResponseSchema
 
 from ..engine import cost
 from ..engine.batch import compute_many
-from ..engine.check import PROBLEM_FIELDS, Problem, grade_many
+from ..engine.check import Problem, grade_many
 from ..engine.check import estimate as estimate_check
 from ..engine.compute import estimate_cost
 from ..engine.errors import EngineError
@@ -23,16 +22,13 @@ from ..jsonio import Encoded, read_json
 from ..observability import compute_timer
 from ..openapi import operation
 from .check import check_body
+from .check_loading import load_check, problem_for, problem_json
 from .gradients import gradient_body
 
 bp = Blueprint("batch", __name__)
 log = logging.getLogger(__name__)
 batch_request = BatchRequestSchema()
 gradient_request = GradientRequestSchema()
-check_request = CheckRequestSchema()
-# a batch's check jobs sharing a problem: its fields loaded once, each job's other fields (the answer) on their own
-problem_part = CheckRequestSchema(only=PROBLEM_FIELDS)
-answer_part = CheckRequestSchema(only=[name for name in check_request.fields if name not in PROBLEM_FIELDS])
 
 
 BATCH_RESPONSE = {
@@ -85,13 +81,17 @@ def run_jobs(jobs: list, limits) -> list[dict]:
     check_jobs: list[tuple[int, dict]] = []
     keys: dict[int, bytes] = {}
     loaded_problems: dict[bytes, dict | None] = {}
+    kept: dict[bytes, Problem] = {}
     for i, job in enumerate(jobs):
         is_check = isinstance(job, dict) and set(job) == {"check"}
         try:
             cost.check_raw(job["check"] if is_check else job, limits)
             if is_check:
-                check_jobs.append((i, _load_check(job["check"], loaded_problems)))
-                keys[i] = _problem_key(job["check"])
+                spec, problem = load_check(job["check"], limits, loaded_problems)
+                check_jobs.append((i, spec))
+                keys[i] = problem_json(job["check"])
+                if problem is not None:
+                    kept[keys[i]] = problem
             else:
                 gradient_jobs.append((i, gradient_request.load(job)))
         except ValidationError as err:
@@ -107,10 +107,10 @@ def run_jobs(jobs: list, limits) -> list[dict]:
     groups: dict[bytes, list[tuple[int, dict]]] = {}
     for i, spec in check_jobs:
         groups.setdefault(keys[i], []).append((i, spec))
-    for group in groups.values():
+    for key, group in groups.items():
         try:
             deadline.check()
-            problem = Problem(group[0][1], limits)
+            problem = kept.get(key) or problem_for(group[0][1], key, limits)
         except Exception as err:  # noqa: BLE001 - every job of this problem fails the same way, as it would alone
             for i, _ in group:
                 results[i] = _problem_for(err, i)
@@ -119,36 +119,6 @@ def run_jobs(jobs: list, limits) -> list[dict]:
         for (i, _), out in zip(group, outs, strict=True):
             results[i] = _problem_for(out, i) if isinstance(out, Exception) else check_body(out)
     return results
-
-
-def _load_check(check, loaded_problems: dict[bytes, dict | None]) -> dict:
-    """check_request.load(check), with the problem fields loaded once per byte-identical problem.
-
-    The schema's validators each read only problem fields or only answer fields, so when both parts load the
-    whole body loads to their union; when either part fails, the whole body is loaded for the same errors."""
-    if isinstance(check, dict):
-        raw = {name: check[name] for name in PROBLEM_FIELDS if name in check}
-        key = orjson.dumps(raw)  # key order included: the shared load is exactly this job's own
-        if key not in loaded_problems:
-            try:
-                loaded_problems[key] = problem_part.load(raw)
-            except ValidationError:
-                loaded_problems[key] = None
-        shared = loaded_problems[key]
-        if shared is not None:
-            try:
-                answer = answer_part.load({name: value for name, value in check.items() if name not in raw})
-            except ValidationError:
-                pass
-            else:
-                loaded = {**shared, **answer}
-                return {name: loaded[name] for name in check_request.fields if name in loaded}
-    return check_request.load(check)
-
-
-def _problem_key(check: dict) -> bytes:
-    """Equal keys <=> equal Problems: the raw JSON of the job's problem fields, keys sorted."""
-    return orjson.dumps({name: check[name] for name in PROBLEM_FIELDS if name in check}, option=orjson.OPT_SORT_KEYS)
 
 
 def _within_budget(

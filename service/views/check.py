@@ -13,9 +13,9 @@ from ..jsonio import Encoded, read_json
 from ..observability import compute_timer
 from ..openapi import operation
 from ..platforms import FORMATTERS
+from .check_loading import load_check, problem_for, problem_json
 
 bp = Blueprint("check", __name__)
-check_request = CheckRequestSchema()
 check_query = CheckQuerySchema()
 RESPONSES = {
     "json": CheckResponseSchema(),
@@ -50,11 +50,11 @@ PrairieLearn external grader result.
 def check():
     """Grade a submission (numbers and/or derivative formulas) against autograd."""
     fmt = check_query.load(request.args)["format"]
-    body = read_json()
-    cost.check_raw(body, current_app.config["LIMITS"])
-    spec = check_request.load(body)
+    body, limits = read_json(), current_app.config["LIMITS"]
+    cost.check_raw(body, limits)
+    spec, problem = load_check(body, limits)
     with compute_timer(spec["model"]["kind"]):
-        result = grade(spec, current_app.config["LIMITS"])
+        result = grade(spec, limits, problem or problem_for(spec, problem_json(body), limits))
     return check_body(result) if fmt == "json" else RESPONSES[fmt].dump(FORMATTERS[fmt](result))
 
 

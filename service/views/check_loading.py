@@ -1,0 +1,73 @@
+"""Check bodies loaded, and their problem built, once per problem rather than once per student.
+
+A class's requests repeat one problem (PROBLEM_FIELDS: the model and where to evaluate it) byte for byte and
+differ in the answer. The problem part's validated fields and its Problem (model, cost estimate, points, autograd
+references) are kept per worker (engine/refcache.py PROBLEMS, with the reference cache's bounds) under the raw
+JSON of those fields, key order included (the points' order shows in the response), and the limits; a request
+then validates and grades only its answer.
+
+Exact: each of CheckRequestSchema's validators reads only problem fields or only answer fields, so the two parts
+load to what the whole body loads to; a body whose problem or answer part fails is loaded whole, for the errors
+it always gave. A Problem's model is never evaluated after the Problem is built (its references are), so the
+deadline it was built under does not reach a later request.
+"""
+
+from __future__ import annotations
+
+import orjson
+from marshmallow import ValidationError
+
+from schemas.grading import CheckRequestSchema
+
+from ..engine import refcache
+from ..engine.check import PROBLEM_FIELDS, Problem
+from ..engine.limits import Limits
+
+check_request = CheckRequestSchema()
+problem_part = CheckRequestSchema(only=PROBLEM_FIELDS)
+answer_part = CheckRequestSchema(only=[name for name in check_request.fields if name not in PROBLEM_FIELDS])
+
+
+def problem_json(check: dict) -> bytes:
+    """The raw JSON of a check body's problem fields, in the body's key order: equal bytes, equal Problems."""
+    return orjson.dumps({name: check[name] for name in PROBLEM_FIELDS if name in check})
+
+
+def load_check(check, limits: Limits, loaded: dict[bytes, dict | None] | None = None) -> tuple[dict, Problem | None]:
+    """check_request.load(check), and the Problem when one is kept for it (else None: see problem_for()).
+
+    `loaded`: a request's own memo of problem parts already loaded (a batch's jobs), by problem_json()."""
+    if not isinstance(check, dict):
+        return check_request.load(check), None
+    raw = problem_json(check)
+    kept = refcache.cached_problem((raw, limits))
+    problem = None
+    if kept is not None:
+        shared, problem = kept
+    elif loaded is not None and raw in loaded:
+        shared = loaded[raw]
+    else:
+        try:
+            shared = problem_part.load({name: check[name] for name in PROBLEM_FIELDS if name in check})
+        except ValidationError:
+            shared = None
+        if loaded is not None:
+            loaded[raw] = shared
+    if shared is not None:
+        try:
+            answer = answer_part.load({name: value for name, value in check.items() if name not in PROBLEM_FIELDS})
+        except ValidationError:
+            pass
+        else:
+            body = {**shared, **answer}
+            return {name: body[name] for name in check_request.fields if name in body}, problem
+    return check_request.load(check), None
+
+
+def problem_for(spec: dict, raw: bytes, limits: Limits) -> Problem:
+    """A new Problem for a loaded check body whose problem fields are `raw` (problem_json()), then kept."""
+    problem = Problem(spec, limits)
+    shared = {name: spec[name] for name in PROBLEM_FIELDS if name in spec}
+    nbytes = len(raw) + refcache.tensors_nbytes(problem.points, problem.refs)
+    refcache.keep_problem((raw, limits), (shared, problem), nbytes)
+    return problem
