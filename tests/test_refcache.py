@@ -15,6 +15,7 @@ import torch
 from conftest import GunicornServer
 from schemas.grading import CheckRequestSchema, CheckResponseSchema
 from service.engine import check, refcache
+from service.engine.closeness import allclose, isclose
 from service.engine.limits import Limits
 from service.jsonio import dumps_bytes
 from service.views import check_loading
@@ -327,7 +328,7 @@ def test_a_body_that_fails_validation_is_not_kept_and_gives_its_errors(client, f
 
 
 def test_scalar_comparison_matches_the_array_comparison():
-    """_compare_scalars (Python floats, one number per point) == _isclose + _errors (numpy) on edge values."""
+    """_compare_scalars (Python floats, one number per point) == isclose + _errors (numpy) on edge values."""
     values = [0.0, -0.0, 1.0, -1.0, 1.00001, 6.7012, 6.701176, 1e-300, 5e-324, 1e308, -1e308, 1.7e308]
     values += [float("inf"), float("-inf"), float("nan")]
     for rtol, atol in [(1e-4, 1e-6), (0.0, 0.0), (1e6, 1e6), (1e-8, 0.5)]:
@@ -336,8 +337,21 @@ def test_scalar_comparison_matches_the_array_comparison():
                 for points in ([(e, a)], [(e, a), (a, e), (e, e)]):
                     exp = [np.array(p[0]) for p in points]
                     act = [np.array(p[1]) for p in points]
-                    close = [check._isclose(x, y, rtol, atol) for y, x in zip(exp, act, strict=True)]
+                    close = [isclose(x, y, rtol, atol) for y, x in zip(exp, act, strict=True)]
                     want = (close, *check._errors(exp, act, close))
                     got = check._compare_scalars([p[0] for p in points], [p[1] for p in points], rtol, atol)
                     assert [bool(c) for c in got[0]] == [bool(c) for c in want[0]], (e, a, rtol, atol)
                     assert repr(got[1:]) == repr(want[1:]), (e, a, rtol, atol)
+
+
+def test_numpy_closeness_is_torchs():
+    """closeness.isclose/allclose give torch.isclose/allclose's verdicts on edge values (both equal_nan)."""
+    values = torch.tensor([0.0, -0.0, 1.0, 1.00001, 1e-300, 5e-324, 1e308, -1e308, float("inf"), float("-inf")])
+    values = torch.cat([values, torch.tensor([float("nan")])]).double()
+    a, e = values.repeat_interleave(len(values)), values.repeat(len(values))
+    for rtol, atol in [(1e-4, 1e-6), (0.0, 0.0), (1e-6, 1e-9), (1e6, 1e6)]:
+        for equal_nan in (True, False):
+            want = torch.isclose(a, e, rtol=rtol, atol=atol, equal_nan=equal_nan).numpy()
+            assert (isclose(a.numpy(), e.numpy(), rtol, atol, equal_nan) == want).all(), (rtol, atol, equal_nan)
+        for x, y in zip(a, e, strict=True):
+            assert allclose(x, y, rtol, atol) == bool(torch.allclose(x, y, rtol=rtol, atol=atol)), (x, y)

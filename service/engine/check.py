@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from . import cost, diagnose_bugs, refcache, tolerance
+from .closeness import isclose
 from .compute import build_model, forward_backward
 from .encode import encode_tree
 from .errors import DeadlineExceeded, EngineError, LimitExceeded
@@ -112,7 +113,7 @@ def _fmt(t) -> str:
     """A short human rendering of a number or small tensor."""
     if isinstance(t, torch.Tensor):
         if t.numel() == 1:
-            t = t.reshape(()).item()
+            t = t.item()
         elif t.numel() <= 6:
             return "[" + ", ".join(_fmt(v) for v in t.reshape(-1).tolist()) + "]"
         else:
@@ -288,6 +289,11 @@ class Grader:
             actual, problem = self._formula_values(answer, expected)
         else:
             result["actual"] = answer
+            if self._is_one_number(answer, expected, options, rtol, atol):
+                self._compare_number(result, expected[0].item(), float(answer), rtol, atol, section, key)
+                if not result["passed"]:
+                    self._diagnose(result, name, answer, expected)
+                return result
             actual, problem = self._numbers(answer, expected)
         if problem:
             result["message"] = f"{result['title']}: {problem}"
@@ -383,6 +389,27 @@ class Grader:
     def _at(self, i: int) -> str:
         return f" at point {i} ({_describe_point(self.points[i])})" if self.multi else ""
 
+    def _is_one_number(self, answer, expected: list[torch.Tensor], options: dict, rtol: float, atol: float) -> bool:
+        """Whether this check is the common case _compare_number() grades without tensors: one point, a scalar
+        expected, a JSON number that is exactly a double, the classic rtol/atol rule, not queued for a batch."""
+        kind = type(answer)
+        return (
+            (kind is float or (kind is int and abs(answer) <= 2**53))
+            and not self.multi
+            and self.deferred is None
+            and expected[0].dim() == 0
+            and tolerance.resolve(options, self.request, rtol, atol) is None
+        )
+
+    def _compare_number(
+        self, result: dict, expected: float, actual: float, rtol: float, atol: float, section: str, key: str
+    ) -> None:
+        """_compare() for one number at one point: the same floats as through float64 tensors, without them."""
+        closeness, per_point, result["abs_error"], result["rel_error"] = _compare_scalars(
+            [expected], [actual], rtol, atol
+        )
+        self._verdict(result, [np.array(expected)], [np.array(actual)], closeness, per_point, section, key)
+
     def _compare(self, result: dict, expected, actual, rtol: float, atol: float, section: str, key: str) -> None:
         """Fill in the errors, the verdict and the message of a check whose answers have the right shapes."""
         # numpy views of the float64 tensors: the same IEEE arithmetic as torch's, at a fraction of the per-op cost
@@ -393,7 +420,7 @@ class Grader:
                 [float(e) for e in expected], [float(a) for a in actual], rtol, atol
             )
         else:
-            closeness = [_isclose(a, e, rtol, atol) for e, a in zip(expected, actual, strict=True)]
+            closeness = [isclose(a, e, rtol, atol) for e, a in zip(expected, actual, strict=True)]
             per_point, result["abs_error"], result["rel_error"] = _errors(expected, actual, closeness)
         self._verdict(result, expected, actual, closeness, per_point, section, key)
 
@@ -459,15 +486,8 @@ class Grader:
         return text
 
 
-def _isclose(a: np.ndarray, e: np.ndarray, rtol: float, atol: float) -> np.ndarray:
-    """torch.isclose(a, e, rtol, atol, equal_nan=True) exactly (numpy's own isclose differs at infinities)."""
-    with np.errstate(all="ignore"):
-        err = np.abs(a - e)
-        return (a == e) | (np.isnan(a) & np.isnan(e)) | (np.isfinite(err) & (err <= atol + np.abs(rtol * e)))
-
-
 def _compare_scalars(expected: list[float], actual: list[float], rtol: float, atol: float):
-    """_isclose() and _errors() for one number per point, in Python floats: the same IEEE double arithmetic
+    """isclose() and _errors() for one number per point, in Python floats: the same IEEE double arithmetic
     (inf - inf is nan, overflow is inf; no exception for either), without a dozen numpy calls per number.
     Returns (closeness as numpy bools, per point |actual - expected|, abs error, rel error)."""
     closeness, per_point, rel_max, describable = [], [], None, True
@@ -509,6 +529,8 @@ def _errors(expected, actual, closeness) -> tuple[list[float], float | None, flo
 
 def _worst_element(expected: np.ndarray, actual: np.ndarray, close: np.ndarray) -> tuple[int, float, float]:
     """(flat index, expected, actual) of the element that is off by the most; NaN counts as off by infinity."""
+    if expected.ndim == 0:
+        return 0, float(expected), float(actual)
     with np.errstate(invalid="ignore"):
         diff = actual - expected
     diff = np.where(np.isnan(diff), np.inf, np.abs(diff))
@@ -574,7 +596,7 @@ def _compare_together(group: list) -> None:
     a_all = np.stack([np.stack([a.detach().numpy() for a in item[3]]) for item in group])  # [answers, points, ...]
     rtol = np.array([float(item[1]["rtol"]) for item in group]).reshape(lead)
     atol = np.array([float(item[1]["atol"]) for item in group]).reshape(lead)
-    close = _isclose(a_all, e_all, rtol, atol)
+    close = isclose(a_all, e_all, rtol, atol)
     with np.errstate(all="ignore"):  # as in _errors
         diff = np.abs(a_all - e_all).reshape(n, points, size)
         both = (np.isfinite(a_all) & np.isfinite(e_all)).reshape(n, points, size)

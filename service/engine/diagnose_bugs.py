@@ -10,6 +10,7 @@ import re
 
 import torch
 
+from .closeness import allclose
 from .compute import forward_backward
 from .network import Network, Variant
 from .values import parse_tensor
@@ -96,7 +97,7 @@ def _same(a: torch.Tensor, c: torch.Tensor, flatten: bool) -> bool:
         if not (flatten and a.numel() == c.numel()):
             return False
         a = a.reshape(c.shape)
-    return bool(torch.allclose(a, c, **MATCH))
+    return allclose(a, c, **MATCH)
 
 
 def diagnose(grader, name: str, answer, expected: list[torch.Tensor]) -> str | None:
@@ -110,7 +111,7 @@ def diagnose(grader, name: str, answer, expected: list[torch.Tensor]) -> str | N
     for mistake, make in candidates(grader, key, expected):
         wrong = make()
         pairs = zip(wrong, expected, strict=True)
-        if any(w.shape == e.shape and bool(torch.allclose(w, e, **MATCH)) for w, e in pairs):
+        if any(w.shape == e.shape and allclose(w, e, **MATCH) for w, e in pairs):
             continue  # this mistake makes no difference here: it cannot be told apart
         flatten = "wrong axis" in mistake
         if all(_same(a, w, flatten) for a, w in zip(actual, wrong, strict=True)):
