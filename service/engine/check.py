@@ -10,7 +10,7 @@ import torch
 from . import cost, diagnose_bugs, refcache, tolerance
 from .closeness import isclose
 from .compute import build_model, forward_backward
-from .encode import encode_tree
+from .encode import encode_tree, encoded_tensors
 from .errors import DeadlineExceeded, EngineError, LimitExceeded
 from .formula import parse_formula
 from .jacobian import upstream
@@ -158,6 +158,7 @@ class Problem:
         # naming a wrong answer's mistake costs budget for networks only (cost.diagnosis_estimate): elsewhere
         # diagnosing after a deferred comparison charges the same as diagnosing in check order
         self.free_diagnosis = request["model"]["kind"] != "network"
+        self.encoded = encoded_tensors(self.points, self.refs)  # what every answer's response shows of them
         self.warnings: list[str] = []
         for ref in self.refs:
             self.warnings += [w for w in ref["warnings"] if w not in self.warnings]
@@ -179,6 +180,7 @@ class Grader:
         self.deadline = Deadline(limits.max_wall_seconds)
         problem = problem or Problem(request, limits, spent)
         self.model, self.shapes, self.points, self.refs = problem.model, problem.shapes, problem.points, problem.refs
+        self.encoded = problem.encoded
         self.is_neuron, self.multi = problem.is_neuron, problem.multi
         # a list: classic rtol/atol comparisons are queued there for _compare_together(), not done here (only where
         # diagnosing afterwards changes nothing); their diagnosis waits in self.undiagnosed until finish()
@@ -244,7 +246,7 @@ class Grader:
         }
         if first_wrong:
             body["first_wrong"] = first_wrong
-        body = encode_tree(body, self.warnings)
+        body = encode_tree(body, self.warnings, known=self.encoded)
         body["warnings"] = self.warnings
         return body
 
@@ -391,12 +393,12 @@ class Grader:
 
     def _is_one_number(self, answer, expected: list[torch.Tensor], options: dict, rtol: float, atol: float) -> bool:
         """Whether this check is the common case _compare_number() grades without tensors: one point, a scalar
-        expected, a JSON number that is exactly a double, the classic rtol/atol rule, not queued for a batch."""
+        expected, a JSON number that is exactly a double, the classic rtol/atol rule (in a batch too: this is
+        cheaper than queueing it for _compare_together())."""
         kind = type(answer)
         return (
             (kind is float or (kind is int and abs(answer) <= 2**53))
             and not self.multi
-            and self.deferred is None
             and expected[0].dim() == 0
             and tolerance.resolve(options, self.request, rtol, atol) is None
         )

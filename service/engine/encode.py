@@ -41,20 +41,22 @@ _FAST_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 _PLAIN = frozenset((int, str, bool, type(None)))  # most of a graph's leaves: returned as they are, checked first
 
 
-def _encode_finite(obj):
+def _encode_finite(obj, known: dict[int, object]):
     """encode_tree() for the common case, without building a path per key (~4x faster on a graph)."""
     kind = type(obj)
     if kind in _PLAIN:
         return obj
-    if kind is dict:
-        return {k: _encode_finite(v) for k, v in obj.items()}
+    if kind is dict:  # plain leaves inline: most of a response's values, and a call each is most of the walk
+        return {k: v if type(v) in _PLAIN else _encode_finite(v, known) for k, v in obj.items()}
     if kind is list or kind is tuple:
-        return [_encode_finite(v) for v in obj]
+        return [v if type(v) in _PLAIN else _encode_finite(v, known) for v in obj]
     if kind is float:
         if math.isfinite(obj):
             return obj
         raise _SlowPath
     if isinstance(obj, torch.Tensor):
+        if id(obj) in known:
+            return known[id(obj)]
         scalar = _FAST_DTYPES.get(obj.dtype)
         if scalar is None or not obj.is_cpu:
             raise _SlowPath
@@ -72,12 +74,33 @@ def _encode_finite(obj):
     return obj
 
 
-def encode_tree(obj, warnings: list[str], where: str = ""):
-    """Walk dicts and lists, encoding every tensor (and non-finite float) in place of its path."""
+def encode_tree(obj, warnings: list[str], where: str = "", known: dict[int, object] | None = None):
+    """Walk dicts and lists, encoding every tensor (and non-finite float) in place of its path.
+
+    `known`: encoded_tensors() of tensors that many responses share (a problem's points and references)."""
     try:
-        return _encode_finite(obj)  # all finite: same values as the full walk, and no warnings to name
+        return _encode_finite(obj, known or {})  # all finite: same values as the full walk, and no warnings to name
     except _SlowPath:
         return _encode_tree(obj, warnings, where)
+
+
+def encoded_tensors(*objs) -> dict[int, object]:
+    """id(tensor) -> its encoded value, for every finite tensor in these dicts and lists, to pass as encode_tree's
+    `known` for as long as the tensors live (while they do, no other object has their id)."""
+    known: dict[int, object] = {}
+    stack = list(objs)
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif isinstance(obj, torch.Tensor):
+            try:
+                known[id(obj)] = _encode_finite(obj, known)
+            except _SlowPath:
+                pass  # a non-finite value: encode_tree's full walk names its path in each response
+    return known
 
 
 def _encode_tree(obj, warnings: list[str], where: str = ""):
