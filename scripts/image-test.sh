@@ -128,5 +128,5 @@ fi
 
 log "PASS"
 log "timings: base image ${t_base}s, wheelhouse ${t_wheels}s, image build ${t_build}s, start->ready ${t_ready}s"
-grep -E '^ +[0-9]+ MB|^prune-venv' .run/image-build.log | sed 's/^/[image-test] /' >&2 || true
+grep -E '^ +[0-9.]+ MB|^ +byte code|^prune-' .run/image-build.log | sed 's/^/[image-test] /' >&2 || true
 log "image $IMAGE size $(( size / 1000000 )) MB; runs as uid $uid (USER $user); healthcheck ok"
