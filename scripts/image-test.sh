@@ -106,6 +106,12 @@ with urllib.request.urlopen(req, timeout=10) as resp:
 loss = body["loss"]
 assert abs(loss - 6.7012) < 1e-3, f"loss {loss!r} is not ~6.7012"
 print(f"[image-test] neuron loss={loss:.6f} gradients={body['gradients']}")
+# The same graph drawn by the image's pruned Graphviz (scripts/prune-graphviz.py): an SVG with its labels.
+req.add_header("Accept", "image/svg+xml")
+with urllib.request.urlopen(req, timeout=10) as resp:
+    kind, svg = resp.headers["Content-Type"], resp.read().decode()
+assert kind.startswith("image/svg+xml") and "<svg" in svg and "</text>" in svg, (kind, svg[:300])
+print(f"[image-test] neuron graph as SVG: {len(svg)} bytes, {svg.count('</text>')} text labels")
 PY
 
 uid=$(podman exec "$NAME" id -u)
