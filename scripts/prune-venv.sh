@@ -61,14 +61,14 @@ removed "pip setuptools wheel" pip pip-*.dist-info setuptools setuptools-*.dist-
 removed "torch/**/*.pyi" $(find torch -name '*.pyi')
 removed "sympy/polys/benchmarks" sympy/polys/benchmarks
 # shellcheck disable=SC2046
-removed "torch/**/py312_*.py (Python 3.12 syntax: this Python cannot even compile them)" $(find torch -name 'py312_*.py')
+removed "torch/**/py312_*.py (Python 3.12 syntax: 3.11 cannot compile them)" $(find torch -name 'py312_*.py')
 # Byte code that never checks its source (PEP 552 unchecked-hash), instead of pip's timestamp-checked .pyc: the
 # image's layer copies shift the files' mtimes by up to a second, which made every .pyc stale, so each container
 # start compiled torch, sympy and the app from source in memory (read-only root): ~0.6 s of a 3 s start.
 "$VENV/bin/python" -m compileall -q -f -j 0 --invalidation-mode unchecked-hash .
 echo "  byte code recompiled: unchecked-hash"
 # shellcheck disable=SC2046,SC2086
-removed "byte code of $(echo $UNIMPORTED | wc -w) subpackages never imported (torch._inductor, torch.distributed.*, sympy.physics, ...)" \
+removed "byte code of $(echo $UNIMPORTED | wc -w) never-imported subpackages (torch._inductor, sympy.physics, ...)" \
     $(find $UNIMPORTED -type d -name __pycache__ 2>/dev/null)
 size=$(du -smc torch/lib/*.so* | tail -n 1 | cut -f1)
 strip --strip-unneeded torch/lib/*.so*
