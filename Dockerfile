@@ -42,6 +42,10 @@ RUN groupadd --system --gid 10001 app \
 RUN command -v dot >/dev/null || { apt-get update \
         && apt-get install -y --no-install-recommends graphviz \
         && rm -rf /var/lib/apt/lists/*; }
+# Then what `dot -Tsvg` never loads (bitmap plugins with their AV1/HEVC codecs, X11, the other programs;
+# ~47 MB); the script checks that dot still draws a labelled SVG.
+COPY scripts/prune-graphviz.py /tmp/
+RUN python3 /tmp/prune-graphviz.py && rm /tmp/prune-graphviz.py
 # Then drop what a server never reads: docs, man pages, translations, apt lists and caches, glibc's iconv
 # modules (Python has its own codecs), perl (only dpkg's maintainer scripts use it), Python's
 # lib2to3/idlelib/ensurepip/pydoc data (the globs cover Debian's /usr/lib and the official image's /usr/local).
@@ -57,8 +61,10 @@ COPY deploy/gunicorn.conf.py deploy/gunicorn.conf.py
 COPY schemas/ schemas/
 COPY service/ service/
 COPY --from=build /opt/venv /opt/venv
-# Byte-compile now: at run time the root filesystem may be read-only (the venv was compiled by pip).
-RUN /opt/venv/bin/python -m compileall -q /app/service /app/schemas
+# Byte-compile now, the app and the standard library, unchecked-hash as the venv (see the build stage): at run
+# time the root filesystem may be read-only.
+RUN python3 -m compileall -q -f -j 0 --invalidation-mode unchecked-hash /app/service /app/schemas \
+        "$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')"
 
 FROM scratch
 # hadolint ignore=DL3067
