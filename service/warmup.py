@@ -12,12 +12,6 @@ imports every library up front (tests/test_warmup.py checks sys.modules).
 
 from __future__ import annotations
 
-# torch imports sympy lazily, on the first autograd.grad given grad_outputs (torch.autograd._make_grads imports
-# torch.fx.experimental.symbolic_shapes): ~0.6 s in each worker's warm-up, after the fork.  Imported here, it is
-# imported once by the preloaded master and its pages are shared by the workers.  An import runs no torch op, so
-# the master still starts no thread pool (gunicorn#2478; tests/test_live.py counts the master's threads).
-import torch.fx.experimental.symbolic_shapes  # noqa: F401
-
 from schemas import GradientRequestSchema, GradientResponseSchema
 from schemas.grading import BatchRequestSchema, CheckRequestSchema, CheckResponseSchema
 from schemas.platforms import PLATFORM_RESPONSES

@@ -95,10 +95,29 @@ def jvp(model, base: dict, tangents: dict) -> tuple[torch.Tensor, list[str]]:
     def output(*values):
         return model.forward({**fixed, **dict(zip(names, values, strict=True))})
 
-    # reverse over reverse (torch.autograd.functional's double-backward trick): forward-mode AD would load torch's
-    # TorchScript decompositions on first use, seconds of start-up per worker for one request kind
-    _, tangent_out = torch.autograd.functional.jvp(output, tuple(fixed[n] for n in names), vectors)
+    tangent_out = _double_backward_jvp(output, tuple(fixed[n] for n in names), vectors)
     with torch.enable_grad():
         leaves = model.prepare(base, names)
         unused = independent(model.forward(leaves), leaves, names)
     return tangent_out, unused
+
+
+def _double_backward_jvp(func, inputs: tuple[torch.Tensor, ...], vectors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """J·v by reverse over reverse, the double-backward trick of torch.autograd.functional.jvp (forward-mode AD
+    would load torch's TorchScript decompositions on first use: seconds per worker for one request kind).
+
+    Every backward starts from a scalar: torch.autograd.grad given a gradient tensor imports sympy (~32 MiB and
+    ~0.6 s per process) only to compare two shapes. With u a dummy cotangent, g(u) = J^T u is the gradient of
+    sum(out * u), and J·v the gradient of sum(g(u) · v) with respect to u."""
+    with torch.enable_grad():
+        inputs = tuple(t.detach().requires_grad_(True) for t in inputs)
+        out = func(*inputs)
+        u = torch.zeros_like(out, requires_grad=True)
+        if not out.requires_grad:  # the output does not depend on the inputs at all
+            return torch.zeros_like(out)
+        grads = torch.autograd.grad((out * u).sum(), inputs, create_graph=True, allow_unused=True)
+        terms = [(g * v).sum() for g, v in zip(grads, vectors, strict=True) if g is not None]
+        if not terms:
+            return torch.zeros_like(out)
+        (tangent,) = torch.autograd.grad(sum(terms), (u,), allow_unused=True)
+    return torch.zeros_like(out) if tangent is None else tangent.detach()
