@@ -355,3 +355,16 @@ def test_numpy_closeness_is_torchs():
             assert (isclose(a.numpy(), e.numpy(), rtol, atol, equal_nan) == want).all(), (rtol, atol, equal_nan)
         for x, y in zip(a, e, strict=True):
             assert allclose(x, y, rtol, atol) == bool(torch.allclose(x, y, rtol=rtol, atol=atol)), (x, y)
+
+
+def test_kept_problems_stay_within_the_byte_bound(client, fresh_cache):
+    """Large problems are counted by their tensors and their loaded JSON: the second cache respects its bound."""
+    refcache.configure(1024, 2 * 1024 * 1024)
+    for i in range(6):  # 20,000 floats each: ~0.4 MB of JSON, ~0.3 MB of float64 tensors and references
+        body = {
+            "model": {"kind": "expression", "formula": "sum(x * x)"},
+            "inputs": {"x": [float(i + j) for j in range(20000)]},
+            "submission": {"loss": 1.0},
+        }
+        assert client.post("/v1/check", json=body).status_code == 200
+    assert 0 < len(refcache.PROBLEMS) < 6 and refcache.PROBLEMS.nbytes <= refcache.PROBLEMS.max_bytes
