@@ -622,3 +622,41 @@ def test_doc_model_block_is_the_published_toy(client):
     body = {"model": model, "inputs": {"y": [0, 1, 2, 2, 1]}, "dtype": "float64", "include": []}
     code, out = post(client, "/v1/gradients", body)
     assert code == 200 and abs(out["loss"] - 1.30378789133) < 1e-10
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch.func.jvp's first use
+@pytest.mark.parametrize(
+    ("formula", "tangents"),
+    [
+        ("sin(x) * y", {"x": [1.0, 0.5], "y": 2.0}),
+        ("x * y", {"y": 1.0}),
+        ("x * 2", {"y": 1.0}),  # the output does not depend on y: J·v is zeros
+        ("y + 0 * x", {"x": [1.0, -1.0]}),  # depends on x only through a zero factor
+    ],
+)
+def test_expression_jvp_equals_torch_func(client, formula, tangents):
+    """jacobian._double_backward_jvp (scalar backwards only, so torch never imports sympy) == torch.func.jvp."""
+    inputs = {"x": [1.0, 2.0], "y": 3.0}
+    r = client.post(
+        "/v1/gradients",
+        json={
+            "model": {"kind": "expression", "formula": formula},
+            "inputs": inputs,
+            "tangents": tangents,
+            "dtype": "float64",
+        },
+    )
+    assert r.status_code == 200, r.json
+    names = list(inputs)
+    env = {"sin": torch.sin}
+
+    def f(x, y):
+        return eval(formula, env, {"x": x, "y": y})  # noqa: S307 - the test's own four formulas
+
+    primals = tuple(torch.tensor(inputs[n], dtype=torch.float64) for n in names)
+    vectors = tuple(
+        torch.tensor(tangents.get(n, 0.0), dtype=torch.float64).expand_as(p)
+        for n, p in zip(names, primals, strict=True)
+    )
+    _, want = torch.func.jvp(f, primals, vectors)
+    assert torch.allclose(torch.tensor(r.json["jvp"], dtype=torch.float64), want, atol=1e-12)
