@@ -11,7 +11,7 @@ import service.views.batch as batch_view
 import service.views.check_loading as check_loading
 from conftest import TUTORIAL_NEURON
 from service.engine import refcache
-from service.views.check_loading import check_request
+from service.views.check_loading import check_request, problem_json
 
 CHECK = {
     "model": {"kind": "expression", "name": "square"},
@@ -205,7 +205,11 @@ def test_shared_problem_validation_is_byte_identical_to_per_job_loads(client, mo
     same_id = {"X-Request-ID": "shared-problem-test"}  # else each problem's request_id differs
     fast = client.post("/v1/batch", json={"jobs": jobs}, headers=same_id)
     again = client.post("/v1/batch", json={"jobs": jobs}, headers=same_id)  # the problems kept by the first
-    monkeypatch.setattr(batch_view, "load_check", lambda check, limits, loaded: (check_request.load(check), None))
+
+    def load_whole(check, limits, loaded):
+        return check_request.load(check), problem_json(check), None
+
+    monkeypatch.setattr(batch_view, "load_check", load_whole)
     monkeypatch.setattr(refcache, "PROBLEMS", refcache.ReferenceCache(0, 0))
     full = client.post("/v1/batch", json={"jobs": jobs}, headers=same_id)
     assert fast.status_code == again.status_code == full.status_code == 200

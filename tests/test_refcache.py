@@ -308,11 +308,11 @@ def test_a_problem_kept_past_its_builders_deadline_still_grades(fresh_cache):
         "domain": {"x": [-2, 2]},
         "submission": {"gradient_formulas": {"x": "2*x*cos(x**2)"}},
     }
-    spec, problem = check_loading.load_check(body, limits)
-    assert problem is None
-    check_loading.problem_for(spec, check_loading.problem_json(body), limits)
+    spec, raw, problem = check_loading.load_check(body, limits)
+    assert problem is None and raw == check_loading.problem_json(body)
+    check_loading.problem_for(spec, raw, limits)
     time.sleep(0.1)
-    spec, problem = check_loading.load_check(body, limits)
+    spec, _, problem = check_loading.load_check(body, limits)
     assert problem is not None
     assert check.grade(spec, limits, problem)["passed"] is True
 

@@ -11,7 +11,7 @@ spec's items in sorted order and the points' exact float64 bytes, however the po
 Bounded by entries and by bytes (REFERENCE_CACHE_ENTRIES, REFERENCE_CACHE_BYTES; 0 entries turns it off).
 
 A second LRU with the same bounds, PROBLEMS, keeps whole problems under the raw JSON of a check's problem
-fields (service/views/problems.py): a student's request that repeats the class's problem byte for byte then
+fields (service/views/check_loading.py): a student's request that repeats the class's problem byte for byte then
 skips the problem's validation, model, points and cost estimate as well, not only autograd.
 """
 

@@ -22,7 +22,7 @@ from ..jsonio import Encoded, read_json
 from ..observability import compute_timer
 from ..openapi import operation
 from .check import check_body
-from .check_loading import load_check, problem_for, problem_json
+from .check_loading import load_check, problem_for
 from .gradients import gradient_body
 
 bp = Blueprint("batch", __name__)
@@ -87,9 +87,8 @@ def run_jobs(jobs: list, limits) -> list[dict]:
         try:
             cost.check_raw(job["check"] if is_check else job, limits)
             if is_check:
-                spec, problem = load_check(job["check"], limits, loaded_problems)
+                spec, keys[i], problem = load_check(job["check"], limits, loaded_problems)
                 check_jobs.append((i, spec))
-                keys[i] = problem_json(job["check"])
                 if problem is not None:
                     kept[keys[i]] = problem
             else:

@@ -13,7 +13,7 @@ from ..jsonio import Encoded, read_json
 from ..observability import compute_timer
 from ..openapi import operation
 from ..platforms import FORMATTERS
-from .check_loading import load_check, problem_for, problem_json
+from .check_loading import load_check, problem_for
 
 bp = Blueprint("check", __name__)
 check_query = CheckQuerySchema()
@@ -52,9 +52,9 @@ def check():
     fmt = check_query.load(request.args)["format"]
     body, limits = read_json(), current_app.config["LIMITS"]
     cost.check_raw(body, limits)
-    spec, problem = load_check(body, limits)
+    spec, raw, problem = load_check(body, limits)
     with compute_timer(spec["model"]["kind"]):
-        result = grade(spec, limits, problem or problem_for(spec, problem_json(body), limits))
+        result = grade(spec, limits, problem or problem_for(spec, raw, limits))
     return check_body(result) if fmt == "json" else RESPONSES[fmt].dump(FORMATTERS[fmt](result))
 
 
