@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from . import cost, diagnose_bugs, refcache, tolerance
-from .closeness import isclose
+from .closeness import isclose, isclose_number
 from .compute import build_model, forward_backward
 from .encode import encode_tree, encoded_tensors
 from .errors import DeadlineExceeded, EngineError, LimitExceeded
@@ -495,7 +495,7 @@ def _compare_scalars(expected: list[float], actual: list[float], rtol: float, at
     closeness, per_point, rel_max, describable = [], [], None, True
     for e, a in zip(expected, actual, strict=True):
         diff = abs(a - e)
-        close = a == e or (a != a and e != e) or (math.isfinite(diff) and diff <= atol + abs(rtol * e))
+        close = isclose_number(a, e, rtol, atol)
         closeness.append(np.bool_(close))
         both = math.isfinite(a) and math.isfinite(e)
         describable = describable and (close or both)
