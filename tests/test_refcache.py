@@ -3,9 +3,11 @@ byte-for-byte an uncached one, the cache stays within its bounds, and its hits a
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -368,3 +370,28 @@ def test_kept_problems_stay_within_the_byte_bound(client, fresh_cache):
         }
         assert client.post("/v1/check", json=body).status_code == 200
     assert 0 < len(refcache.PROBLEMS) < 6 and refcache.PROBLEMS.nbytes <= refcache.PROBLEMS.max_bytes
+
+
+def test_kept_problems_hold_about_what_they_are_counted_for(client, fresh_cache):
+    """The bytes a kept problem really holds in Python objects stay near its estimate: orjson's output keeps its
+    working buffer (a 166 KB document held 4 MB), so a key kept as orjson returned it would hold 20x its count."""
+    bodies = [
+        {
+            "model": {"kind": "expression", "formula": "sum(x * x)"},
+            "inputs": {"x": [float(i) + j * 1e-3 for j in range(20000)]},
+            "submission": {"loss": 1.0},
+        }
+        for i in range(6)
+    ]
+    client.post("/v1/check", json=bodies[0])  # first request's own allocations (caches, interned objects)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for body in bodies[1:]:
+            assert client.post("/v1/check", json=body).status_code == 200
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(refcache.PROBLEMS) == 6
+    assert held < 3 * refcache.PROBLEMS.nbytes  # 5 of the 6 problems were traced; torch's tensors are not traced

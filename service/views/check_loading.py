@@ -79,5 +79,6 @@ def problem_for(spec: dict, raw: bytes, limits: Limits) -> Problem:
     # the loaded fields keep the request's number objects and lists of them alive: ~1.7x the raw JSON (measured
     # with tracemalloc on 200,000 random floats), counted as 2x
     nbytes = 2 * len(raw) + refcache.tensors_nbytes(problem.points, problem.refs)
-    refcache.keep_problem((raw, limits), (shared, problem), nbytes)
+    # a compact copy of the key: orjson's output keeps its working buffer (a 166 KB document held 4 MB)
+    refcache.keep_problem((bytes(memoryview(raw)), limits), (shared, problem), nbytes)
     return problem
