@@ -6,7 +6,7 @@ labelled with that route (werkzeug raises before it sets request.url_rule).
 
 from __future__ import annotations
 
-from flask import current_app, request
+from flask import Request, current_app
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
@@ -16,7 +16,7 @@ def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "other"
 
 
-def route_label() -> str:
+def route_label(request: Request) -> str:
     if request.url_rule is not None:
         return request.url_rule.rule
     exc = request.routing_exception

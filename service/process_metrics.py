@@ -35,13 +35,31 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def resident_bytes() -> int:
-    """RSS from /proc/self/statm (second field, in pages); 0 where /proc does not exist."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * PAGE_SIZE
-    except OSError:
-        return 0
+class _Statm:
+    """/proc/self/statm kept open and read with pread: ~2 µs a read instead of ~14 µs for open, read, close
+    (the memory guard reads it after every request).  A forked child opens its own: the master's descriptor
+    names the master's /proc entry."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        os.register_at_fork(after_in_child=self.forget)
+
+    def forget(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd = None
+
+    def resident_bytes(self) -> int:
+        """RSS from /proc/self/statm (second field, in pages); 0 where /proc does not exist."""
+        try:
+            if self.fd is None:
+                self.fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+            return int(os.pread(self.fd, 256, 0).split()[1]) * PAGE_SIZE
+        except OSError:
+            return 0
+
+
+resident_bytes = _Statm().resident_bytes
 
 
 def update_process_memory() -> None:

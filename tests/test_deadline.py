@@ -85,6 +85,20 @@ def test_the_timer_is_disarmed_after_the_request():
     time.sleep(0.3)  # a still-armed timer would raise here
 
 
+def test_an_alarm_between_requests_is_ignored():
+    """The handler stays installed between requests (set once per process); an alarm with no request running
+    must neither raise nor fall back to SIGALRM's default action, which would kill the worker."""
+    import signal
+
+    with request_deadline(5):
+        pass
+    handler = signal.getsignal(signal.SIGALRM)
+    signal.raise_signal(signal.SIGALRM)  # a Python handler runs before raise_signal returns
+    with request_deadline(5):
+        pass
+    assert signal.getsignal(signal.SIGALRM) is handler  # not set and restored around each request
+
+
 def test_in_process_client_answers_the_deadline_as_a_problem(client, app, monkeypatch):
     """The test client runs in the main thread: the same 503 as under gunicorn, then normal service."""
     monkeypatch.setattr(app.wsgi_app.app, "seconds", 0.3, raising=True)  # MemoryMiddleware -> DeadlineMiddleware

@@ -179,3 +179,46 @@ def test_access_line_is_what_the_logging_formatter_writes(capsys):
     stamp = re.compile(r'"time": "(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00)"')
     assert stamp.search(ours) and stamp.search(theirs)
     assert stamp.sub('"time": "T"', ours) == stamp.sub('"time": "T"', theirs)
+
+
+def test_resident_bytes_reads_the_calling_process_also_after_a_fork():
+    """The statm descriptor is kept open; a forked worker must read its own RSS, not its master's."""
+    import os
+
+    from service.process_metrics import resident_bytes
+
+    parent = resident_bytes()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child grows by 256 MiB and reports what resident_bytes() sees
+        try:
+            ballast = bytearray(256 << 20)
+            ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page
+            with open("/proc/self/statm", "rb") as f:
+                fresh = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            os.write(write, f"{resident_bytes()} {fresh}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child, fresh = map(int, os.read(read, 64).split())
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert abs(child - fresh) < (16 << 20)  # what a newly opened statm says in the child
+    assert child > parent + (128 << 20) > resident_bytes() + (64 << 20)
+
+
+def test_ensure_sync_passes_plain_and_unhashable_callables_through(app):
+    """App.ensure_sync remembers Flask's answer per function; a callable it cannot key is still served."""
+
+    def view():
+        return "ok"
+
+    class Unhashable:
+        __hash__ = None
+
+        def __call__(self):
+            return "ok"
+
+    unhashable = Unhashable()
+    assert app.ensure_sync(view) is view and app.ensure_sync(view) is view
+    assert app.ensure_sync(unhashable) is unhashable
