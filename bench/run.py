@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 import requests
 
-from . import bounded, image, realworkload, workloads, wrk
+from . import bounded, course, image, realworkload, workloads, wrk
 from .servers import ROOT, Server
 
 TARGETS = ("service", "naive", "bare")
@@ -431,6 +431,8 @@ def report(results: dict) -> str:
         )
     if "real" in results:
         out.append("\n" + realworkload.report(results["real"], fmt_table))
+    if "course" in results:
+        out.append("\n" + course.report(results["course"], fmt_table))
     if "image" in results:
         out.append(image.report(results["image"]))
     if "bounded" in results:
@@ -472,8 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", help="comma-separated wrk connections (default 1,2,4,8,16,32; quick 8)")
     p.add_argument(
         "--sections",
-        default="throughput,samples,batch,recycle,memory,bounded,real,image",
-        help="any of throughput,samples,batch,recycle,memory,bounded,real,image (default: all)",
+        default="throughput,samples,batch,recycle,memory,bounded,real,course,image",
+        help="any of throughput,samples,batch,recycle,memory,bounded,real,course,image (default: all)",
     )
     p.add_argument("--jobs", type=int, default=1000, help="jobs in one /v1/batch (default 1000)")
     p.add_argument("--json", help="where to write the raw results (default bench/results.json; --quick: nowhere)")
@@ -531,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     if "real" in sections:
         log(f"real workload: {rounds} rounds")
         results["real"] = realworkload.run(rounds, seconds, log_dir)
+    if "course" in sections:
+        r = 1 if args.quick else 3
+        n = 200 if args.quick else 2000
+        log(f"course: {r} rounds, {n} students")
+        results["course"] = course.run(r, seconds, log_dir, n)
     if "image" in sections:
         log("image: size and cold start")
         results["image"] = image.measure(1 if args.quick else 5)
