@@ -17,8 +17,10 @@ from __future__ import annotations
 import copy
 import random
 import re
+import shutil
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import orjson
@@ -149,7 +151,9 @@ def cache_lookups(url: str) -> dict[str, float]:
 
 
 def run(rounds: int, seconds: float, log_dir: Path, n_students: int = 2000) -> dict:
-    server = Server("service", log_dir=log_dir)
+    # metrics summed over both workers (prometheus_client's multiprocess mode, as the image runs it)
+    metrics_dir = Path(tempfile.mkdtemp(prefix="gradsvc-course-metrics-"))
+    server = Server("service", env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, log_dir=log_dir)
     runs: dict[str, list[dict]] = {}
     pss: list[dict] = []
     try:
@@ -188,6 +192,7 @@ def run(rounds: int, seconds: float, log_dir: Path, n_students: int = 2000) -> d
         lookups = cache_lookups(server.url)
     finally:
         server.stop()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     summary = {
         label: {
             "checks_per_s": statistics.median(x["per_s"] for x in v),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from math import isfinite
 
 import numpy as np
 import torch
@@ -46,10 +47,15 @@ def _encode_finite(obj, known: dict[int, object]):
     kind = type(obj)
     if kind in _PLAIN:
         return obj
-    if kind is dict:  # plain leaves inline: most of a response's values, and a call each is most of the walk
-        return {k: v if type(v) in _PLAIN else _encode_finite(v, known) for k, v in obj.items()}
+    if kind is dict:  # plain leaves and finite floats inline: most of a response's values, a call each most of the walk
+        return {
+            k: v if (t := type(v)) in _PLAIN or (t is float and isfinite(v)) else _encode_finite(v, known)
+            for k, v in obj.items()
+        }
     if kind is list or kind is tuple:
-        return [v if type(v) in _PLAIN else _encode_finite(v, known) for v in obj]
+        return [
+            v if (t := type(v)) in _PLAIN or (t is float and isfinite(v)) else _encode_finite(v, known) for v in obj
+        ]
     if kind is float:
         if math.isfinite(obj):
             return obj
