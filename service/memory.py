@@ -2,8 +2,9 @@
 
 torch frees a request's tensors into glibc malloc, which keeps the pages: after one 4 GB request a worker
 stayed 4 GB big.  So (measured in docs/performance.md, "Bounded cost"):
-- after a request that left the worker more than TRIM_ABOVE_MIB over its idle size, a full GC collects any
-  reference cycle still holding tensors and malloc_trim(0) returns the free heap pages (fixed mmap/trim
+- after a request that left the worker more than TRIM_ABOVE_MIB over its settled size (its RSS after the last
+  trim: what it holds on purpose, such as the grading caches), malloc_trim(0) returns the free heap pages and,
+  if that was not enough, a full GC collects any reference cycle still holding tensors (fixed mmap/trim
   thresholds via mallopt did not help: most tensors are below any sensible mmap threshold);
 - if the worker is still over MAX_WORKER_RSS_MB after that, it finishes the request and exits, and gunicorn
   starts a fresh one (uWSGI's reload-on-rss), logged and counted in gradsvc_worker_recycles_total.
@@ -23,7 +24,11 @@ from .process_metrics import resident_bytes
 
 log = logging.getLogger(__name__)
 
-TRIM_ABOVE_MIB = 64  # a request that leaves the worker this far over its idle RSS triggers gc + malloc_trim
+# A request that leaves the worker this far over its settled RSS triggers malloc_trim (0.1 ms), and a GC if the
+# trim was not enough.  It was 64 over the idle RSS: a worker could keep 63 MiB after a 1M-sample request, and
+# master + 2 workers then measured 365 MiB PSS instead of ~302 (docs/performance.md, "Memory, measured without
+# the benchmark's torch").
+TRIM_ABOVE_MIB = 16
 
 
 def _libc():
@@ -63,14 +68,14 @@ class MemoryGuard:
 
     def __init__(self, ceiling_mib: float) -> None:
         self.ceiling_mib = ceiling_mib
-        self.idle_mib = rss_mib()
+        self.idle_mib = self.settled_mib = rss_mib()
         self.worker = None  # the gunicorn worker, once watch_worker() attached it
 
     def watch_worker(self, worker) -> None:
         """Called by gunicorn's post_worker_init hook: this process is a worker that may be recycled."""
         self.worker = worker
         freeze_startup_objects()  # again: the worker's warm-up ran after the master froze its objects
-        self.idle_mib = rss_mib()
+        self.idle_mib = self.settled_mib = rss_mib()
         if self.idle_mib > self.ceiling_mib:
             log.error(
                 "idle worker RSS %.0f MiB is over MAX_WORKER_RSS_MB=%.0f: every request will recycle it",
@@ -80,14 +85,15 @@ class MemoryGuard:
 
     def after_request(self) -> None:
         rss = rss_mib()
-        if rss <= self.idle_mib + TRIM_ABOVE_MIB and rss <= self.ceiling_mib:
+        if rss <= self.settled_mib + TRIM_ABOVE_MIB and rss <= self.ceiling_mib:
             return
         trim()
         rss = rss_mib()
-        if rss > self.idle_mib + TRIM_ABOVE_MIB:  # tensors still held: by a reference cycle, if by anything
+        if rss > self.settled_mib + TRIM_ABOVE_MIB:  # tensors still held: by a reference cycle, if by anything
             gc.collect()
             trim()
             rss = rss_mib()
+        self.settled_mib = max(self.idle_mib, rss)  # what is left is held on purpose: the next trim starts from it
         if rss > self.ceiling_mib and self.worker is not None and self.worker.alive:
             log.warning(
                 "worker RSS %.0f MiB stays over MAX_WORKER_RSS_MB=%.0f after a request: exiting for a fresh one",

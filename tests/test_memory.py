@@ -258,3 +258,36 @@ def test_a_worker_over_its_rss_ceiling_is_replaced_and_counted(tmp_path):
         assert "MAX_WORKER_RSS_MB=50" in log.read_text()
     finally:
         server.stop()
+
+
+def test_the_guard_trims_growth_over_its_settled_size_and_settles_on_what_stays(monkeypatch):
+    """In-process, with a scripted RSS: a trim after a request that grew the worker more than TRIM_ABOVE_MIB over
+    what it held after the last trim; what a trim cannot return (caches) becomes the new settled size, so
+    later small requests trigger nothing."""
+    from service import memory
+
+    readings: list[float] = []
+    trims: list[int] = []
+    collects: list[int] = []
+    monkeypatch.setattr(memory, "rss_mib", lambda: readings.pop(0))
+    monkeypatch.setattr(memory, "trim", lambda: trims.append(1))
+    monkeypatch.setattr(memory.gc, "collect", lambda *a: collects.append(1))
+    readings.append(200.0)
+    guard = memory.MemoryGuard(ceiling_mib=768)
+    step = memory.TRIM_ABOVE_MIB
+
+    readings.append(200.0 + step - 1)  # a small request: under the threshold
+    guard.after_request()
+    assert (trims, guard.settled_mib) == ([], 200.0)
+
+    readings.extend([200.0 + 63, 202.0])  # a 1M-sample request left 63 MiB; the trim returns it
+    guard.after_request()
+    assert (len(trims), collects, guard.settled_mib) == (1, [], 202.0)
+
+    readings.extend([240.0, 230.0, 230.0])  # a kept problem: 28 MiB stay after the trim and the GC
+    guard.after_request()
+    assert (len(trims), len(collects), guard.settled_mib) == (3, 1, 230.0)
+
+    readings.append(230.0 + step - 1)  # the next small request: nothing to do
+    guard.after_request()
+    assert (len(trims), guard.settled_mib, readings) == (3, 230.0, [])
