@@ -8,7 +8,7 @@ student answers every problem: most answers right to 5-8 significant digits, ~20
 Measured, on the deploy config with 2 workers and the default caches:
 - each problem alone, one /v1/check per answer (wrk, 8 connections), and the whole set mixed in random order;
 - the whole set through /v1/batch, 100 answers to one problem per batch (2 connections, one per worker);
-- PSS of master and workers after every run, and the reference cache's hits and misses from /metrics.
+- PSS of master and workers after start and after every round, and the reference cache's hits and misses from /metrics.
 docs/operate.md ("Sizing a course") turns these rates into workers for a course's deadline night.
 """
 
@@ -18,15 +18,13 @@ import copy
 import random
 import re
 import shutil
-import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import orjson
 import requests
 
-from . import wrk
+from . import realworkload
 from .servers import Server
 
 CHECKS_PER_BATCH = 100
@@ -71,10 +69,6 @@ PROBLEM_SET: dict[str, tuple[dict, dict]] = {
     ),
 }
 FORMULA_ANSWERS = ["2*x*cos(x**2)", "cos(x**2)*2*x", "2*x*cos(x*x)", "2*x*sin(x**2)", "cos(x**2)", "2*cos(x**2)*x"]
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _numbers(template, path=()):
@@ -154,7 +148,6 @@ def run(rounds: int, seconds: float, log_dir: Path, n_students: int = 2000) -> d
     # metrics summed over both workers (prometheus_client's multiprocess mode, as the image runs it)
     metrics_dir = Path(tempfile.mkdtemp(prefix="gradsvc-course-metrics-"))
     server = Server("service", env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, log_dir=log_dir)
-    runs: dict[str, list[dict]] = {}
     pss: list[dict] = []
     try:
         server.start()
@@ -174,41 +167,24 @@ def run(rounds: int, seconds: float, log_dir: Path, n_students: int = 2000) -> d
             ("check: the whole set, mixed", "/v1/check", mixed, CONNECTIONS, 1),
             ("batch x100: the whole set", "/v1/batch", batches, 2, CHECKS_PER_BATCH),
         ]
-        runs = {label: [] for label, *_ in steps}
-        for _label, path, bs, conns, _ in steps:  # every worker sees every problem once; discarded
-            wrk.run(server.url, path, bs, conns, 1, timeout=30)
-        pss.append(server.pss_mib())
-        for r in range(rounds):
-            k = r % len(steps)
-            for label, path, bs, conns, per_request in steps[k:] + steps[:k]:
-                res = wrk.run(server.url, path, bs, conns, seconds, timeout=30)
-                res["per_s"] = res["rps"] * per_request
-                runs[label].append(res)
-                log(
-                    f"  round {r + 1} {label:<42} {res['per_s']:8.1f} checks/s  p99 {res['p99_ms']:7.1f} ms"
-                    f"  errors {res['socket_errors']}/{res['non_2xx']}"
-                )
-            pss.append(server.pss_mib())
+        pss.append(server.pss_mib())  # started, the five problems not yet asked
+        runs = realworkload.interleaved(
+            [(label, server.url, *rest) for label, *rest in steps],
+            rounds,
+            seconds,
+            lambda: pss.append(server.pss_mib()),
+        )
         lookups = cache_lookups(server.url)
     finally:
         server.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    summary = {
-        label: {
-            "checks_per_s": statistics.median(x["per_s"] for x in v),
-            "p50_ms": statistics.median(x["p50_ms"] for x in v),
-            "p99_ms": statistics.median(x["p99_ms"] for x in v),
-            "errors": sum(x["socket_errors"] + x["non_2xx"] for x in v),
-        }
-        for label, v in runs.items()
-    }
     return {
         "rounds": rounds,
         "seconds": seconds,
         "n_students": n_students,
         "problems": list(PROBLEM_SET),
         "runs": runs,
-        "summary": summary,
+        "summary": realworkload.medians(runs),
         "pss_mib": pss,
         "reference_cache_lookups": lookups,
     }
@@ -216,7 +192,7 @@ def run(rounds: int, seconds: float, log_dir: Path, n_students: int = 2000) -> d
 
 def report(result: dict, fmt_table) -> str:
     rows = [
-        [label, f"{s['checks_per_s']:,.0f}", f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}", str(s["errors"])]
+        [label, f"{s['per_s']:,.0f}", f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}", str(s["errors"])]
         for label, s in result["summary"].items()
     ]
     peak = max(p["total"] for p in result["pss_mib"])
@@ -226,7 +202,7 @@ def report(result: dict, fmt_table) -> str:
         f"### Sizing a course: {result['n_students']} students x {len(result['problems'])} problems, one 2-worker "
         f"server ({result['rounds']} interleaved rounds x {result['seconds']} s; medians)\n\n"
         + fmt_table(["workload", "checks/s", "p50 ms", "p99 ms", "errors"], rows)
-        + f"\n\nPSS master + 2 workers: {result['pss_mib'][0]['total']:.0f} MiB after the warm-up, at most "
+        + f"\n\nPSS master + 2 workers: {result['pss_mib'][0]['total']:.0f} MiB after start, at most "
         f"{peak:.0f} MiB after a round; reference cache: {hits.get('hit', 0):.0f} hits, {hits.get('miss', 0):.0f} "
         f"misses ({hits.get('hit', 0) / total:.1%} hits)\n"
     )

@@ -73,38 +73,45 @@ def run(rounds: int, seconds: float, log_dir: Path, n_students: int = 1000) -> d
         ("floor: service, constant answer", "service floor", "/v1/floor", neuron, CONNECTIONS, 1),
     ]
     servers = _servers(log_dir)
-    runs: dict[str, list[dict]] = {label: [] for label, *_ in steps}
     try:
         for s in servers.values():
             s.spawn()
         for s in servers.values():
             s.wait_ready()
             s.wait_workers(2)
-        for _label, name, path, bodies, conns, _ in steps:  # warm every worker and path up; discarded
-            wrk.run(servers[name].url, path, bodies, conns, 1, timeout=30)
-        for r in range(rounds):
-            k = r % len(steps)
-            for label, name, path, bodies, conns, per_request in steps[k:] + steps[:k]:
-                res = wrk.run(servers[name].url, path, bodies, conns, seconds, timeout=30)
-                res["per_s"] = res["rps"] * per_request
-                runs[label].append(res)
-                log(
-                    f"  round {r + 1} {label:<42} {res['per_s']:8.1f}/s  p99 {res['p99_ms']:7.1f} ms"
-                    f"  errors {res['socket_errors']}/{res['non_2xx']}"
-                )
+        urls = {label: servers[name].url for label, name, *_ in steps}
+        runs = interleaved([(label, urls[label], *rest) for label, _name, *rest in steps], rounds, seconds)
     finally:
         for s in servers.values():
             s.stop()
     return {"rounds": rounds, "seconds": seconds, "n_students": n_students, "runs": runs, "summary": summarize(runs)}
 
 
-def summarize(runs: dict[str, list[dict]]) -> dict:
-    def ratio(a: str, b: str, key: str = "per_s") -> float:
-        n = min(len(runs[a]), len(runs[b]))
-        return median([runs[a][i][key] / runs[b][i][key] for i in range(n)])
+def interleaved(steps, rounds: int, seconds: float, after_round=None) -> dict[str, list[dict]]:
+    """Each step (label, url, path, bodies, connections, checks or jobs per request) once to warm the workers up
+    (discarded), then `rounds` rounds of bounded wrk runs, the order rotating every round; after_round() after
+    each. Returns every run by label, with `per_s` (checks or jobs per second)."""
+    for _label, url, path, bodies, conns, _ in steps:
+        wrk.run(url, path, bodies, conns, 1, timeout=30)
+    runs: dict[str, list[dict]] = {label: [] for label, *_ in steps}
+    for r in range(rounds):
+        k = r % len(steps)
+        for label, url, path, bodies, conns, per_request in steps[k:] + steps[:k]:
+            res = wrk.run(url, path, bodies, conns, seconds, timeout=30)
+            res["per_s"] = res["rps"] * per_request
+            runs[label].append(res)
+            log(
+                f"  round {r + 1} {label:<42} {res['per_s']:8.1f}/s  p99 {res['p99_ms']:7.1f} ms"
+                f"  errors {res['socket_errors']}/{res['non_2xx']}"
+            )
+        if after_round is not None:
+            after_round()
+    return runs
 
-    naive_check = "check: naive grading handler"
-    out = {
+
+def medians(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per label: the median rate and latencies over the rounds, and all errors."""
+    return {
         label: {
             "per_s": median([x["per_s"] for x in v]),
             "p50_ms": median([x["p50_ms"] for x in v]),
@@ -113,6 +120,15 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
         }
         for label, v in runs.items()
     }
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    def ratio(a: str, b: str, key: str = "per_s") -> float:
+        n = min(len(runs[a]), len(runs[b]))
+        return median([runs[a][i][key] / runs[b][i][key] for i in range(n)])
+
+    naive_check = "check: naive grading handler"
+    out = medians(runs)
     naive_w2, naive_deploy = "gradients: naive, gunicorn -w 2", "gradients: naive, deploy config"
     ratios = {
         "/v1/check vs naive grading": ratio("check: service /v1/check", naive_check),
