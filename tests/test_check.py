@@ -306,6 +306,15 @@ def test_unknown_format_is_400(client):
     assert response.status_code == 400 and "format" in response.json["errors"]
 
 
+def test_no_query_string_answers_as_format_json(client):
+    """Without a query string the view skips loading it (NO_QUERY): the same bytes as an explicit ?format=json."""
+    body = {**NEURON, "submission": {"loss": 6.7012, "gradients": {"w": 6.7}}}
+    plain, explicit = client.post("/v1/check", json=body), client.post("/v1/check?format=json", json=body)
+    assert plain.status_code == explicit.status_code == 200
+    assert plain.data == explicit.data
+    assert client.post("/v1/check?format=", json=body).status_code == 400  # a query string is still validated
+
+
 def test_points_over_the_element_limit_are_413():
     from conftest import TestConfig
     from service import create_app
