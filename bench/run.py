@@ -481,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="where to write the raw results (default bench/results.json; --quick: nowhere)")
     p.add_argument("--plots", action="store_true", help="draw docs/throughput.png and docs/cost_per_sample.png")
     args = p.parse_args(argv)
+    # SIGTERM (kill, pkill, a CI timeout) as an exception, so the finally blocks stop every server started here:
+    # they lead their own process groups and would otherwise outlive the benchmark
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     rounds = args.rounds or (1 if args.quick else 5)
     seconds = args.seconds or (1.0 if args.quick else 3.0)
     concurrencies = [int(c) for c in (args.concurrency or ("8" if args.quick else "1,2,4,8,16,32")).split(",")]
