@@ -8,6 +8,9 @@ student answers every problem: most answers right to 5-8 significant digits, ~20
 Measured, on the deploy config with 2 workers and the default caches:
 - each problem alone, one /v1/check per answer (wrk, 8 connections), and the whole set mixed in random order;
 - the whole set through /v1/batch, 100 answers to one problem per batch (2 connections, one per worker);
+- the mixed set and the batches again through the repo's nginx gateway (deploy/nginx/render.py) with its
+  per-client rate limit out of the way, and the mixed set at the default limit (20 r/s per client address: an
+  autograder behind one address), counting the 429s;
 - PSS of master and workers after start and after every round, and the reference cache's hits and misses from /metrics.
 docs/operate.md ("Sizing a course") turns these rates into workers for a course's deadline night.
 """
@@ -25,10 +28,14 @@ import orjson
 import requests
 
 from . import realworkload
+from .gateway import Gateway
+from .realworkload import log
 from .servers import Server
 
 CHECKS_PER_BATCH = 100
 CONNECTIONS = 8
+UNLIMITED_RATE = "100000r/s"  # the gateway's per-client rate limit out of the way
+DEFAULT_LIMIT_LABEL = "gateway, default 20 r/s per client: mixed"
 
 NEURON = {"model": {"kind": "neuron"}, "inputs": {"x": 6.7, "y": 0, "w": 1, "b": 0}}
 # name -> (problem fields, submission template; numbers in it are replaced by each student's answers,
@@ -149,6 +156,7 @@ def run(rounds: int, seconds: float, log_dir: Path, n_students: int = 2000) -> d
     metrics_dir = Path(tempfile.mkdtemp(prefix="gradsvc-course-metrics-"))
     server = Server("service", env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, log_dir=log_dir)
     pss: list[dict] = []
+    gateways: list[Gateway] = []
     try:
         server.start()
         server.wait_workers(2)
@@ -167,15 +175,26 @@ def run(rounds: int, seconds: float, log_dir: Path, n_students: int = 2000) -> d
             ("check: the whole set, mixed", "/v1/check", mixed, CONNECTIONS, 1),
             ("batch x100: the whole set", "/v1/batch", batches, 2, CHECKS_PER_BATCH),
         ]
+        steps = [(label, server.url, *rest) for label, *rest in steps]
+        upstream = server.url.removeprefix("http://")
+        try:  # as deployed: through the nginx gateway, its per-client limit raised and at its default
+            for gateway in (Gateway(upstream, rate=UNLIMITED_RATE, burst=100_000), Gateway(upstream)):
+                gateways.append(gateway.start())
+        except RuntimeError as err:
+            log(f"  course: no gateway rows ({err})")
+        if len(gateways) == 2:
+            raised, default = gateways
+            steps += [
+                ("gateway: the whole set, mixed", raised.url, "/grad/v1/check", mixed, CONNECTIONS, 1),
+                ("gateway: batch x100, the whole set", raised.url, "/grad/v1/batch", batches, 2, CHECKS_PER_BATCH),
+                (DEFAULT_LIMIT_LABEL, default.url, "/grad/v1/check", mixed, CONNECTIONS, 1),
+            ]
         pss.append(server.pss_mib())  # started, the five problems not yet asked
-        runs = realworkload.interleaved(
-            [(label, server.url, *rest) for label, *rest in steps],
-            rounds,
-            seconds,
-            lambda: pss.append(server.pss_mib()),
-        )
+        runs = realworkload.interleaved(steps, rounds, seconds, lambda: pss.append(server.pss_mib()))
         lookups = cache_lookups(server.url)
     finally:
+        for gateway in gateways:
+            gateway.stop()
         server.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return {
@@ -196,6 +215,13 @@ def report(result: dict, fmt_table) -> str:
         for label, s in result["summary"].items()
     ]
     peak = max(p["total"] for p in result["pss_mib"])
+    limited = result["runs"].get(DEFAULT_LIMIT_LABEL)
+    refused = (
+        f"; at the gateway's default per-client limit {sum(r['non_2xx'] for r in limited)} of "
+        f"{sum(r['requests'] for r in limited)} checks from one address were answered 429"
+        if limited
+        else ""
+    )
     hits = result["reference_cache_lookups"]
     total = sum(hits.values()) or 1
     return (
@@ -204,5 +230,5 @@ def report(result: dict, fmt_table) -> str:
         + fmt_table(["workload", "checks/s", "p50 ms", "p99 ms", "errors"], rows)
         + f"\n\nPSS master + 2 workers: {result['pss_mib'][0]['total']:.0f} MiB after start, at most "
         f"{peak:.0f} MiB after a round; reference cache: {hits.get('hit', 0):.0f} hits, {hits.get('miss', 0):.0f} "
-        f"misses ({hits.get('hit', 0) / total:.1%} hits)\n"
+        f"misses ({hits.get('hit', 0) / total:.1%} hits){refused}\n"
     )

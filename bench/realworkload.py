@@ -90,7 +90,7 @@ def run(rounds: int, seconds: float, log_dir: Path, n_students: int = 1000) -> d
 def interleaved(steps, rounds: int, seconds: float, after_round=None) -> dict[str, list[dict]]:
     """Each step (label, url, path, bodies, connections, checks or jobs per request) once to warm the workers up
     (discarded), then `rounds` rounds of bounded wrk runs, the order rotating every round; after_round() after
-    each. Returns every run by label, with `per_s` (checks or jobs per second)."""
+    each. Returns every run by label, with `per_s` (checks or jobs per second answered 2xx)."""
     for _label, url, path, bodies, conns, _ in steps:
         wrk.run(url, path, bodies, conns, 1, timeout=30)
     runs: dict[str, list[dict]] = {label: [] for label, *_ in steps}
@@ -98,7 +98,8 @@ def interleaved(steps, rounds: int, seconds: float, after_round=None) -> dict[st
         k = r % len(steps)
         for label, url, path, bodies, conns, per_request in steps[k:] + steps[:k]:
             res = wrk.run(url, path, bodies, conns, seconds, timeout=30)
-            res["per_s"] = res["rps"] * per_request
+            answered = (res["requests"] - res["non_2xx"]) / res["requests"] if res["requests"] else 0.0
+            res["per_s"] = res["rps"] * answered * per_request  # a refused request (a 429) is no throughput
             runs[label].append(res)
             log(
                 f"  round {r + 1} {label:<42} {res['per_s']:8.1f}/s  p99 {res['p99_ms']:7.1f} ms"
