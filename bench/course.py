@@ -176,10 +176,10 @@ def run(rounds: int, seconds: float, log_dir: Path, n_students: int = 2000) -> d
             ("batch x100: the whole set", "/v1/batch", batches, 2, CHECKS_PER_BATCH),
         ]
         steps = [(label, server.url, *rest) for label, *rest in steps]
-        upstream = server.url.removeprefix("http://")
+        upstream = [server.url.removeprefix("http://")]
         try:  # as deployed: through the nginx gateway, its per-client limit raised and at its default
-            for gateway in (Gateway(upstream, rate=UNLIMITED_RATE, burst=100_000), Gateway(upstream)):
-                gateways.append(gateway.start())
+            gateways.append(Gateway(None, upstream, rate=UNLIMITED_RATE, burst=100_000))
+            gateways.append(Gateway(None, upstream))
         except RuntimeError as err:
             log(f"  course: no gateway rows ({err})")
         if len(gateways) == 2:

@@ -22,8 +22,8 @@ APPS = {
 }
 # Every app runs under the deploy config unchanged (its post_fork hook warms torch up only in our app).
 APP_ENV: dict[str, dict[str, str]] = {}
-# Process groups of every gunicorn started here (each master leads its own group): the test suite checks at
-# the end of the run that none of them is still alive (tests/conftest.py).
+# Process groups of every gunicorn started here and every nginx bench/gateway.py starts (each leads its own
+# group): the test suite checks at the end of the run that none of them is still alive (tests/conftest.py).
 STARTED_GROUPS: set[int] = set()
 
 

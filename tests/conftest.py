@@ -19,8 +19,6 @@ from service import create_app
 from service.config import Config
 
 REQUIRE_ALL = os.environ.get("GRADSVC_REQUIRE_ALL") == "1"
-# the process groups tests start outside bench.servers (nginx); checked with STARTED_GROUPS at the end
-EXTRA_GROUPS: set[int] = set()
 
 TUTORIAL_NEURON = {"model": {"kind": "neuron", "loss": "bce"}, "inputs": {"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0}}
 
@@ -106,7 +104,7 @@ def _processes() -> dict[int, tuple[int, int, str]]:
 def leftover_processes() -> dict[int, str]:
     """Processes the tests started that are still alive: descendants of pytest, and members of their groups."""
     procs = _processes()
-    groups = STARTED_GROUPS | EXTRA_GROUPS
+    groups = STARTED_GROUPS  # every gunicorn and nginx the tests or the bench started leads its own group
     me = os.getpid()
     left = {}
     for pid, (_, pgid, name) in procs.items():

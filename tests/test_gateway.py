@@ -6,11 +6,9 @@ Covers the prefix, request ids, the prefixed OpenAPI server URL, the gateway's o
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from contextlib import ExitStack
@@ -19,64 +17,19 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import EXTRA_GROUPS, ROOT, TUTORIAL_NEURON, GunicornServer, free_port, require_binary
+from bench import gateway as bench_gateway
+from conftest import TUTORIAL_NEURON, GunicornServer, require_binary
 
 pytestmark = [pytest.mark.gateway, pytest.mark.live]
 PROBLEM = "application/problem+json"
 
-_spec = importlib.util.spec_from_file_location("nginx_render", ROOT / "deploy/nginx/render.py")
-nginx_render = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(nginx_render)
 
-
-class Gateway:
-    """nginx in the foreground with a config rendered from deploy/nginx/nginx.conf.template."""
+class Gateway(bench_gateway.Gateway):
+    """The repo's nginx gateway (bench/gateway.py) as the tests need it: without nginx on PATH the test skips,
+    naming the Debian package (a failure under CI)."""
 
     def __init__(self, prefix_dir: Path, upstreams: list[str], **settings) -> None:
-        binary = require_binary("nginx", package="nginx")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/grad"
-        self.prefix = prefix_dir
-        text = nginx_render.render(listen=f"127.0.0.1:{self.port}", upstreams=upstreams, **settings)
-        conf = nginx_render.write_prefix(prefix_dir, text)
-        self.proc = subprocess.Popen(
-            [binary, "-p", f"{prefix_dir}/", "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        EXTRA_GROUPS.add(self.proc.pid)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                # nginx's own liveness: does not depend on a replica answering
-                if requests.get(f"http://127.0.0.1:{self.port}/_gateway/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.1)
-        pytest.fail("nginx did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-
-    def __enter__(self) -> Gateway:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        super().__init__(prefix_dir, upstreams, binary=require_binary("nginx", package="nginx"), **settings)
 
 
 def replica(tmp_path: Path, name: str) -> GunicornServer:
