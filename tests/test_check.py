@@ -307,7 +307,8 @@ def test_unknown_format_is_400(client):
 
 
 def test_no_query_string_answers_as_format_json(client):
-    """Without a query string the view skips loading it (NO_QUERY): the same bytes as an explicit ?format=json."""
+    """Without a query string the view takes its schema's defaults loaded once (views/query.py): the same bytes as
+    an explicit ?format=json."""
     body = {**NEURON, "submission": {"loss": 6.7012, "gradients": {"w": 6.7}}}
     plain, explicit = client.post("/v1/check", json=body), client.post("/v1/check?format=json", json=body)
     assert plain.status_code == explicit.status_code == 200

@@ -40,6 +40,15 @@ def test_one_problem_file_graded_in_every_format(client):
     assert doc["tests"][1]["extra_data"]["id"] == "gradients.w" and doc["execution_time"] >= 0
 
 
+def test_no_query_string_answers_as_format_json(client):
+    """Without a query string /v1/grade takes its schema's defaults loaded once (views/query.py), as ?format=json."""
+    body = {"problem": PROBLEM, "answers": RIGHT}
+    plain, explicit = client.post("/v1/grade", json=body), grade(client, body, "json")
+    assert plain.status_code == explicit.status_code == 200
+    assert plain.json.keys() == explicit.json.keys() and plain.json["score"] == explicit.json["score"] == 3
+    assert client.post("/v1/grade?format=", json=body).status_code == 400  # a query string is still validated
+
+
 @pytest.mark.parametrize(
     ("problem", "status", "where"),
     [

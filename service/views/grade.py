@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app
 
 from schemas.platforms import (
     PLATFORM_RESPONSES,
@@ -19,6 +19,7 @@ from ..observability import compute_timer
 from ..openapi import operation
 from ..platforms import render
 from ..problems import check_raw, grade_file
+from .query import load_query
 
 bp = Blueprint("grade", __name__)
 grade_request = GradeRequestSchema()
@@ -52,7 +53,7 @@ one cost budget (MAX_REQUEST_BYTES) and one deadline (MAX_WALL_SECONDS).
 )
 def grade():
     """Grade a student's answers against an instructor's problem file, in a platform's results format."""
-    fmt = grade_query.load(request.args)["format"]
+    fmt = load_query(grade_query)["format"]
     body, limits = read_json(), current_app.config["LIMITS"]
     if isinstance(body, dict):
         check_raw(body.get("problem"), limits)
