@@ -87,10 +87,11 @@ def _numbers(template, path=()):
         yield path, template
 
 
-def _set(d: dict, path: tuple, value) -> None:
+def _parent(d: dict, path: tuple) -> dict:
+    """The dict that holds the submission value at `path` (under the key path[-1])."""
     for k in path[:-1]:
         d = d[k]
-    d[path[-1]] = value
+    return d
 
 
 def expected_answers(url: str) -> dict[str, dict[tuple, object]]:
@@ -127,22 +128,14 @@ def student_bodies(expected: dict, n_students: int, seed: int = 0) -> dict[str, 
             wrong = rng.choice(paths) if paths and r < 0.2 else None
             for j, path in enumerate(paths):
                 # i * 1e-9 on the first number: no two students send the same body
-                _set(submission, path, _answer(rng, expected[name][path], path == wrong, i * 1e-9 if j == 0 else 0))
+                answer = _answer(rng, expected[name][path], path == wrong, i * 1e-9 if j == 0 else 0)
+                _parent(submission, path)[path[-1]] = answer
             if "gradient_formulas" in submission:
                 submission["gradient_formulas"]["x"] = rng.choice(FORMULA_ANSWERS) + " " * (i % 7)
-            if paths and r > 0.95:
-                _set(submission, paths[-1], None)
-                _drop_none(submission)
+            if paths and r > 0.95:  # this student left the last answer out
+                del _parent(submission, paths[-1])[paths[-1][-1]]
             out[name].append({**problem, "submission": submission})
     return out
-
-
-def _drop_none(d: dict) -> None:
-    for k in [k for k, v in d.items() if v is None]:
-        del d[k]
-    for v in d.values():
-        if isinstance(v, dict):
-            _drop_none(v)
 
 
 def cache_lookups(url: str) -> dict[str, float]:
