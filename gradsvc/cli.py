@@ -7,7 +7,7 @@ Exit codes of compute, check and batch:
   0  success; for `check`/`batch`: every check passed and no job failed
   1  the service answered, but a check failed (or, for `batch`, a job failed or a check in it failed)
   2  usage or input error: bad arguments, unreadable/invalid JSON file, or the service answered 4xx
-  3  service unavailable: connection refused/timed out or 502/503/504, still after every retry
+  3  service unavailable: connection refused/timed out, a response cut off, or 502/503/504, still after every retry
   4  server error: 500 (or another non-retryable 5xx) or an answer that is not JSON
 """
 

@@ -9,6 +9,9 @@ import requests
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = frozenset({502, 503, 504})
+# No answer, or one cut off mid-body (a worker killed while writing it: a gateway cannot retry a response whose
+# headers it has forwarded). Retrying either is safe: every computation is pure.
+RETRY_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 class GradsvcError(Exception):
@@ -16,7 +19,7 @@ class GradsvcError(Exception):
 
 
 class ServiceUnavailable(GradsvcError):
-    """No answer (connection refused, timeout) or 502/503/504, still after every retry."""
+    """No answer (connection refused, timeout, a response cut off) or 502/503/504, still after every retry."""
 
 
 class ProblemError(GradsvcError):
@@ -107,7 +110,7 @@ class Client:
                 response = self.session.post(
                     self.url + path, json=body, params=params, headers=headers, timeout=timeout
                 )
-            except (requests.ConnectionError, requests.Timeout) as err:
+            except RETRY_ERRORS as err:
                 last = f"{type(err).__name__}: {err}"
             else:
                 if response.status_code not in RETRY_STATUSES:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 import requests
@@ -142,6 +145,66 @@ def test_client_gives_up_and_does_not_retry_4xx():
     with pytest.raises(ClientError) as info:
         Client("http://svc", session=session, sleep=lambda s: None).compute({})
     assert info.value.status == 400 and info.value.problem["errors"] == {"x": ["bad"]} and len(session.calls) == 1
+
+
+@contextmanager
+def cutting_server(cut: int):
+    """A real HTTP server on 127.0.0.1 whose first `cut` responses stop after their headers (what a client behind a
+    gateway gets when the worker writing the body is killed: the gateway cannot retry a response it has begun);
+    then it answers whole. Yields (url, list of the request lines it read)."""
+    body = json.dumps({"ok": True}).encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    seen: list[str] = []
+
+    def serve():
+        for _ in range(cut + 3):  # bounded: the test makes at most cut + 1 requests
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed by the test, or nobody came
+                return
+            with conn:
+                conn.settimeout(10)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536) or b"\r\n\r\n"
+                header, _, got = data.partition(b"\r\n\r\n")
+                length = int(
+                    next(
+                        (
+                            line.split(b":")[1]
+                            for line in header.split(b"\r\n")
+                            if line.lower().startswith(b"content-length:")
+                        ),
+                        b"0",
+                    )
+                )
+                while len(got) < length:
+                    got += conn.recv(65536) or b"x" * length
+                seen.append(header.split(b"\r\n")[0].decode())
+                conn.sendall(head if len(seen) <= cut else head + body)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() still waiting (close() alone would not)
+        listener.close()
+        thread.join(15)
+
+
+def test_client_retries_a_response_cut_off_mid_body():
+    """A real connection whose response stops after the headers: retried like no answer, never a raw requests error."""
+    with cutting_server(cut=2) as (url, seen):
+        sleeps = []
+        assert Client(url, retries=2, sleep=sleeps.append).compute({}) == {"ok": True}
+    assert seen == ["POST /v1/gradients HTTP/1.1"] * 3 and sleeps == [0.5, 1.0]
+    with cutting_server(cut=2) as (url, seen):
+        with pytest.raises(ServiceUnavailable, match="2 attempt.*ChunkedEncodingError"):
+            Client(url, retries=1, sleep=lambda s: None).compute({})
+    assert len(seen) == 2
 
 
 def test_read_jobs_accepts_jsonl_arrays_and_objects(tmp_path):
