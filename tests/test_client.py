@@ -207,6 +207,12 @@ def test_client_retries_a_response_cut_off_mid_body():
     assert len(seen) == 2
 
 
+def test_cli_exits_3_when_every_response_is_cut_off(files):
+    with cutting_server(cut=2) as (url, seen):
+        code, _, err = gradsvc("--retries", "1", "check", files("check.json", CHECK), url=url)
+    assert code == 3 and "ChunkedEncodingError" in err and "Traceback" not in err and len(seen) == 2
+
+
 def test_read_jobs_accepts_jsonl_arrays_and_objects(tmp_path):
     for text in ('{"jobs": [1, 2]}', "[1, 2]", "1\n\n2\n"):
         (tmp_path / "j").write_text(text)

@@ -151,6 +151,11 @@ SLOW_JOB = {  # ~tens of ms of real work, so requests are in flight when the fau
 }
 
 
+# a response that stopped after its headers: nginx had forwarded them when the worker writing the body died, so
+# it could not retry it (the gradsvc client does: tests/test_client.py)
+CUT_OFF = "cut off mid-body"
+
+
 def load(url: str, fault, threads: int = 4, max_requests: int = 160, max_seconds: float = 40) -> list:
     """Bounded load from `threads` clients; `fault()` runs once the load is under way."""
     results: list = []
@@ -166,6 +171,8 @@ def load(url: str, fault, threads: int = 4, max_requests: int = 160, max_seconds
                 try:
                     r = session.post(url + "/v1/gradients", json=SLOW_JOB, timeout=30)
                     outcome = r.status_code if r.status_code != 200 or "gradients" in r.json() else "bad body"
+                except requests.exceptions.ChunkedEncodingError:
+                    outcome = CUT_OFF
                 except requests.RequestException as err:
                     outcome = repr(err)
                 with lock:
@@ -195,30 +202,60 @@ def replicas_behind_a_gateway(stack: ExitStack, tmp_path: Path) -> tuple[Gunicor
     return a, b, gw
 
 
-def test_kill_9_of_a_worker_loses_no_request(tmp_path):
+def test_kill_9_of_a_worker_cuts_off_at_most_the_response_being_written(tmp_path):
     with ExitStack() as stack:
         a, _, gw = replicas_behind_a_gateway(stack, tmp_path)
         victim = workers_of(a)[0]
         results = load(gw.url, lambda: os.kill(victim, signal.SIGKILL))
         assert len(results) >= 60
-        assert results == [200] * len(results), [r for r in results if r != 200][:5]
+        # killed computing: nginx retries the request on the other replica. Killed between writing the headers
+        # and the body (a window a loaded machine widens to a scheduler slice): that one response is cut off,
+        # which the client sees (Content-Length) and may retry. Never a 5xx, a refusal or a wrong body.
+        lost = [r for r in results if r != 200]
+        assert lost in ([], [CUT_OFF]), lost[:5]
         deadline = time.monotonic() + 20
         while (len(workers_of(a)) < 2 or victim in workers_of(a)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert victim not in workers_of(a) and len(workers_of(a)) == 2  # gunicorn replaced it
 
 
+# numeric differences at 1,000 points: ~0.3 s on an idle machine, so it is surely in flight 0.15 s after it was sent
+LONG_JOB = {**SLOW_JOB, "inputs": {"x": [i / 500 for i in range(1000)]}}
+LONG_ID = "long-request-in-flight-at-sigterm"
+
+
 def test_sigterm_to_a_master_completes_in_flight_requests(tmp_path):
     with ExitStack() as stack:
         a, _, gw = replicas_behind_a_gateway(stack, tmp_path)
-        results = load(gw.url, lambda: a.proc.send_signal(signal.SIGTERM))
+        long: dict = {}
+
+        def post_long():
+            headers = {"X-Request-ID": LONG_ID}
+            try:
+                long["response"] = requests.post(a.url + "/v1/gradients", json=LONG_JOB, headers=headers, timeout=30)
+            except requests.RequestException as err:
+                long["response"] = err
+
+        def term_during_a_long_request():
+            """SIGTERM while a request is surely being computed on `a` (the gateway's load alone may leave a
+            moment with none there)."""
+            long["thread"] = threading.Thread(target=post_long)
+            long["thread"].start()
+            time.sleep(0.15)  # accepted (a worker frees up within ~0.1 s even under load) and not yet done
+            a.proc.send_signal(signal.SIGTERM)
+
+        results = load(gw.url, term_during_a_long_request)
+        long["thread"].join(35)
         assert len(results) >= 60
         assert results == [200] * len(results), [r for r in results if r != 200][:5]
+        response = long["response"]
+        assert isinstance(response, requests.Response) and response.status_code == 200, response
+        assert "gradients" in response.json()
         assert a.proc.wait(40) == 0  # a graceful exit, within graceful_timeout
         log = (tmp_path / "a.log").read_text()
         assert "Handling signal: term" in log and "Shutting down: Master" in log
         after_term = log.split("Handling signal: term", 1)[1]
         answered = [json.loads(line) for line in after_term.splitlines() if line.startswith("{")]
         assert any(
-            line.get("route") == "/v1/gradients" and line.get("status") == 200 for line in answered
-        )  # in flight at SIGTERM
+            line.get("request_id") == LONG_ID and line.get("status") == 200 for line in answered
+        )  # sent before SIGTERM, answered after it
