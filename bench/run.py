@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -178,15 +179,40 @@ OLD_RECYCLING = {
     "GUNICORN_MAX_REQUESTS": "1000",
     "GUNICORN_MAX_REQUESTS_JITTER": "100",
 }  # the deploy config before 20000
+RECYCLING_MODES = {
+    "default": {},
+    "max_requests 1000": OLD_RECYCLING,
+    # a leaving worker finalizing Python, as before deploy/gunicorn.conf.py's worker_exit
+    "max_requests 1000, full exit": {**OLD_RECYCLING, "GUNICORN_FAST_EXIT": "0"},
+}
+
+
+def replacement_gaps_ms(log_path: Path | None) -> list[float]:
+    """Per worker that left: ms from its "Worker exiting" line to the next "Booting worker" line (its
+    replacement, forked once the master has reaped it)."""
+    if log_path is None or not log_path.exists():
+        return []
+    gaps, exiting = [], []
+    for line in log_path.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        message = entry.get("message", "")
+        if message.startswith("Worker exiting"):
+            exiting.append(datetime.fromisoformat(entry["time"]))
+        elif message.startswith("Booting worker") and exiting:
+            gaps.append((datetime.fromisoformat(entry["time"]) - exiting.pop(0)).total_seconds() * 1000)
+    return gaps
 
 
 def recycling(rounds: int, seconds: float, log_dir: Path) -> dict:
-    """Worker recycling: the deploy default (20000 +- 2000 requests) against the old 1000 +- 100."""
+    """Worker recycling: the deploy default (20000 +- 2000 requests) against the old 1000 +- 100, and that old
+    setting with a leaving worker's full Python exit (GUNICORN_FAST_EXIT=0)."""
     body = workloads.neuron_body()
     servers = {}
     try:
         for app in ("service", "naive"):
-            for mode, env in (("default", {}), ("max_requests 1000", OLD_RECYCLING)):
+            for mode, env in RECYCLING_MODES.items():
                 servers[app, mode] = Server(app, env=env, log_dir=log_dir).start()
         for s in servers.values():
             s.wait_workers(2)
@@ -194,27 +220,35 @@ def recycling(rounds: int, seconds: float, log_dir: Path) -> dict:
         runs: dict = {f"{a} / {m}": [] for a, m in servers}
         keys = list(servers)
         for r in range(rounds):
-            for key in keys[r % 4 :] + keys[: r % 4]:
+            for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
                 res = wrk.run(servers[key].url, "/v1/gradients", [body], 8, seconds)
                 runs[f"{key[0]} / {key[1]}"].append(res)
-                log(f"  round {r + 1} {key[0]:<8} {key[1]:<13} {res['rps']:8.1f} req/s  p99 {res['p99_ms']:7.1f} ms")
+                log(f"  round {r + 1} {key[0]:<8} {key[1]:<29} {res['rps']:8.1f} req/s  p99 {res['p99_ms']:7.1f} ms")
     finally:
         for s in servers.values():
             s.stop()
+    gaps = {f"{a} / {m}": replacement_gaps_ms(s.log_path) for (a, m), s in servers.items()}
     out = {
-        k: {"rps": median([x["rps"] for x in v]), "p99_ms": median([x["p99_ms"] for x in v])} for k, v in runs.items()
+        k: {
+            "rps": median([x["rps"] for x in v]),
+            "p99_ms": median([x["p99_ms"] for x in v]),
+            "replacement_gap_ms": median(gaps[k]) if gaps[k] else None,
+            "replacements": len(gaps[k]),
+        }
+        for k, v in runs.items()
     }
-    for app in ("service", "naive"):
-        a, b = runs[f"{app} / default"], runs[f"{app} / max_requests 1000"]
-        out[f"{app}: default / max_requests 1000"] = median([x["rps"] / y["rps"] for x, y in zip(a, b, strict=True)])
     n = len(runs["service / default"])
-    out["service/naive, default"] = median(
-        [runs["service / default"][i]["rps"] / runs["naive / default"][i]["rps"] for i in range(n)]
-    )
-    out["service/naive, max_requests 1000"] = median(
-        [runs["service / max_requests 1000"][i]["rps"] / runs["naive / max_requests 1000"][i]["rps"] for i in range(n)]
-    )
-    return {"rounds": rounds, "seconds": seconds, "runs": runs, "summary": out}
+    for app in ("service", "naive"):
+        a, b, c = (runs[f"{app} / {mode}"] for mode in RECYCLING_MODES)
+        out[f"{app}: default / max_requests 1000"] = median([x["rps"] / y["rps"] for x, y in zip(a, b, strict=True)])
+        out[f"{app}: fast exit / full exit, max_requests 1000"] = median(
+            [x["rps"] / y["rps"] for x, y in zip(b, c, strict=True)]
+        )
+    for mode in RECYCLING_MODES:
+        out[f"service/naive, {mode}"] = median(
+            [runs[f"service / {mode}"][i]["rps"] / runs[f"naive / {mode}"][i]["rps"] for i in range(n)]
+        )
+    return {"rounds": rounds, "seconds": seconds, "runs": runs, "gaps_ms": gaps, "summary": out}
 
 
 def memory_and_startup(rounds: int, seconds: float, log_dir: Path, preload_modes: tuple[str, ...]) -> dict:
@@ -393,8 +427,18 @@ def report(results: dict) -> str:
         )
         out.append(
             fmt_table(
-                ["server", "req/s", "p99 ms"],
-                [[k, f"{v['rps']:.0f}", f"{v['p99_ms']:.1f}"] for k, v in rc.items() if isinstance(v, dict)],
+                ["server", "req/s", "p99 ms", "replacement gap ms (median)", "replacements"],
+                [
+                    [
+                        k,
+                        f"{v['rps']:.0f}",
+                        f"{v['p99_ms']:.1f}",
+                        "-" if v["replacement_gap_ms"] is None else f"{v['replacement_gap_ms']:.0f}",
+                        str(v["replacements"]),
+                    ]
+                    for k, v in rc.items()
+                    if isinstance(v, dict)
+                ],
             )
         )
         out.append("\n" + ", ".join(f"{k}: {v:.2f}x" for k, v in rc.items() if not isinstance(v, dict)))

@@ -213,6 +213,24 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
+# A leaving worker (recycled by max_requests or the memory guard, or stopped by SIGTERM) skips Python's
+# finalization. The master starts the replacement only once the old worker is gone. Freeing everything torch
+# imported took ~0.2 s, and the slot stood empty all that time. GUNICORN_FAST_EXIT=0 keeps the full exit, for
+# tools that write their results at interpreter exit (coverage, profilers).
+if _bool("GUNICORN_FAST_EXIT", True):
+
+    def worker_exit(server, worker):
+        """gunicorn calls this last, in the worker, while its SystemExit propagates: leave now, with the same exit
+        status (3 and 4 make the master halt) and the logs flushed."""
+        leaving = sys.exc_info()[1]
+        if not isinstance(leaving, SystemExit) or not isinstance(leaving.code, (int, type(None))):
+            return  # anything else: Python's own exit
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(leaving.code or 0)
+
+
 def post_worker_init(worker):
     """The app is loaded in this worker: let its memory guard recycle the worker (service/memory.py)."""
     memory = sys.modules.get("service.memory")  # only our app

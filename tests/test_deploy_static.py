@@ -308,7 +308,7 @@ import json, runpy
 ns = runpy.run_path("deploy/gunicorn.conf.py")
 keys = ["bind", "workers", "worker_class", "threads", "timeout", "graceful_timeout", "keepalive",
         "max_requests", "max_requests_jitter", "accesslog", "errorlog", "preload_app", "control_socket_disable"]
-hooks = ("on_starting", "child_exit", "post_fork", "post_worker_init")
+hooks = ("on_starting", "child_exit", "post_fork", "post_worker_init", "worker_exit")
 print(json.dumps({k: ns[k] for k in keys} | {"hooks": sorted(k for k in hooks if callable(ns.get(k)))}))
 """
 GUNICORN_ENV = (
@@ -322,6 +322,7 @@ GUNICORN_ENV = (
     "GUNICORN_MAX_REQUESTS_JITTER",
     "GUNICORN_GRACEFUL_TIMEOUT",
     "GUNICORN_KEEPALIVE",
+    "GUNICORN_FAST_EXIT",
     "PROMETHEUS_MULTIPROC_DIR",
 )
 
@@ -345,7 +346,7 @@ def test_gunicorn_conf_defaults():
     assert s["preload_app"] is True  # measured: -15 % PSS; the master runs no torch op (test_live.py)
     assert s["control_socket_disable"] is True
     assert s["keepalive"] > 0
-    assert s["hooks"] == ["child_exit", "post_fork", "post_worker_init"]
+    assert s["hooks"] == ["child_exit", "post_fork", "post_worker_init", "worker_exit"]
 
 
 def test_gunicorn_conf_env_overrides():
@@ -362,6 +363,7 @@ def test_gunicorn_conf_env_overrides():
     assert (s["workers"], s["timeout"], s["preload_app"]) == (3, 25, False)
     assert (s["max_requests"], s["max_requests_jitter"]) == (50, 5)
     assert gunicorn_settings(GUNICORN_ACCESSLOG="-")["accesslog"] == "-"
+    assert "worker_exit" not in gunicorn_settings(GUNICORN_FAST_EXIT="0")["hooks"]
 
 
 def test_gunicorn_conf_rejects_garbage():

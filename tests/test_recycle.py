@@ -1,0 +1,76 @@
+"""Recycled workers leave without Python's finalization (deploy/gunicorn.conf.py worker_exit), and lose nothing.
+
+The finalization is seen through an atexit callback that a sitecustomize.py registers in the master before the
+fork, so every worker inherits it: it writes exit-<pid> when, and only when, the process finalizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import requests
+
+from conftest import TUTORIAL_NEURON, GunicornServer
+
+pytestmark = [pytest.mark.live]
+MAX_REQUESTS = 20
+SENT = 50  # two recycles of the one worker
+
+SITECUSTOMIZE = """
+import atexit, os
+atexit.register(lambda: open(os.path.join({markers!r}, f"exit-{{os.getpid()}}"), "w").close())
+"""
+
+
+def serve_through_recycles(tmp_path, **env) -> tuple[list[int], list[dict], set[int]]:
+    """One worker recycled every MAX_REQUESTS requests: (statuses, the server's JSON log lines, pids that
+    finalized)."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE.format(markers=str(markers)))
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    env = {
+        "PYTHONPATH": path,
+        "GUNICORN_MAX_REQUESTS": str(MAX_REQUESTS),
+        "GUNICORN_MAX_REQUESTS_JITTER": "0",
+        "GUNICORN_LOG_LEVEL": "info",
+        "LOG_LEVEL": "INFO",
+        **env,
+    }
+    with GunicornServer(workers=1, env=env, log_path=tmp_path / "server.log") as server, requests.Session() as s:
+        statuses = [
+            s.post(
+                server.url + "/v1/gradients", json=TUTORIAL_NEURON, headers={"X-Request-ID": f"r{i}"}, timeout=30
+            ).status_code
+            for i in range(SENT)
+        ]
+    lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.startswith("{")]
+    finalized = {int(p.name.removeprefix("exit-")) for p in markers.iterdir()}
+    return statuses, lines, finalized
+
+
+def recycled_pids(lines: list[dict]) -> list[int]:
+    return [line["pid"] for line in lines if line["message"].startswith("Autorestarting worker")]
+
+
+def test_a_recycled_worker_skips_finalization_and_loses_nothing(tmp_path):
+    statuses, lines, finalized = serve_through_recycles(tmp_path)
+    assert statuses == [200] * SENT
+    recycled = recycled_pids(lines)
+    assert len(recycled) == SENT // MAX_REQUESTS
+    assert not finalized & set(recycled)  # left without finalization
+    # every request's access line was written, each recycled worker's last one included: the logs were flushed
+    answered = [line["request_id"] for line in lines if line.get("route") == "/v1/gradients"]
+    assert sorted(answered) == sorted(f"r{i}" for i in range(SENT))
+    assert not [line for line in lines if "exited with code" in line["message"]]  # the master saw status 0
+    booted = [line["pid"] for line in lines if line["message"].startswith("Booting worker")]
+    assert len(booted) == len(recycled) + 1 and set(recycled) < set(booted)  # each one replaced
+
+
+def test_fast_exit_0_keeps_pythons_finalization(tmp_path):
+    statuses, lines, finalized = serve_through_recycles(tmp_path, GUNICORN_FAST_EXIT="0")
+    assert statuses == [200] * SENT
+    recycled = recycled_pids(lines)
+    assert len(recycled) == SENT // MAX_REQUESTS and set(recycled) <= finalized
