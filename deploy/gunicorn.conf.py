@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import uuid
 
@@ -242,4 +243,9 @@ def post_fork(server, worker):
     """With preload_app, warm torch up in each worker, never in the master (gunicorn#2478)."""
     warmup = sys.modules.get("service.warmup")  # only our app (the bench's baselines use this file too)
     if preload_app and warmup is not None:
+        # gunicorn installs the worker's signal handlers after this hook; until then the master's copies would
+        # swallow a stop signal, and the worker would warm up, serve, and be killed only at graceful_timeout
+        # (a container stopped while starting took 30 s). Remembered instead: the worker leaves once warm.
+        for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(stop, lambda *_: setattr(worker, "alive", False))
         warmup.warm_up(_int("TORCH_THREADS", 1))

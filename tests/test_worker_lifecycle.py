@@ -1,4 +1,5 @@
-"""Recycled workers leave without Python's finalization (deploy/gunicorn.conf.py worker_exit), and lose nothing.
+"""How workers leave (deploy/gunicorn.conf.py): recycled ones without Python's finalization and losing nothing
+(worker_exit); a stop signal that arrives while they warm up is not lost (post_fork).
 
 The finalization is seen through an atexit callback that a sitecustomize.py registers in the master before the
 fork, so every worker inherits it: it writes exit-<pid> when, and only when, the process finalizes.
@@ -8,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import time
 
 import pytest
 import requests
@@ -74,3 +78,27 @@ def test_fast_exit_0_keeps_pythons_finalization(tmp_path):
     assert statuses == [200] * SENT
     recycled = recycled_pids(lines)
     assert len(recycled) == SENT // MAX_REQUESTS and set(recycled) <= finalized
+
+
+def test_sigterm_while_workers_warm_up_stops_the_server_at_once(tmp_path):
+    """Before gunicorn installs a worker's own handlers (after post_fork, where the warm-up runs), a SIGTERM
+    used to be swallowed: the master then waited graceful_timeout and killed the workers."""
+    log = tmp_path / "server.log"
+    env = {"GUNICORN_LOG_LEVEL": "info", "GUNICORN_GRACEFUL_TIMEOUT": "120"}
+    server = GunicornServer(workers=2, env=env, log_path=log)
+    try:
+        server.spawn()
+        deadline = time.monotonic() + 60
+        while log.read_text().count("Booting worker") < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            code = server.proc.wait(60)  # half the graceful_timeout the bug waited for
+        except subprocess.TimeoutExpired:
+            pytest.fail("SIGTERM during the warm-up was lost: gunicorn still running 60 s later")
+    finally:
+        server.stop()
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    booted = {line["pid"] for line in lines if line["message"].startswith("Booting worker")}
+    exited = {line["pid"] for line in lines if line["message"].startswith("Worker exiting")}
+    assert code == 0 and len(booted) == 2 and exited == booted  # each left on its own, none killed
