@@ -70,6 +70,7 @@ PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); p
 NAME=gradsvc-image-test-$$
 cleanup() {
     podman rm -f --time 5 "$NAME" >/dev/null 2>&1 || true
+    podman rm -f --time 5 "$NAME-starting" >/dev/null 2>&1 || true
     if [ "$KEEP_IMAGE" != 1 ]; then podman rmi -f "$IMAGE" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
@@ -146,7 +147,24 @@ if [ "${IMAGE_LIVE_TESTS:-1}" = 1 ]; then
         --deselect tests/test_live.py::test_preloaded_master_runs_no_torch_op >&2 || fail "live tests in the image"
 fi
 
+# A container stopped while it starts (a rollout that is rolled back, a scale-down): SIGTERM once the workers
+# are booting, i.e. warming up. gunicorn installs a worker's own handlers only after the warm-up, and a stop
+# signal that arrived before used to be swallowed: `podman stop` then took GUNICORN_GRACEFUL_TIMEOUT (30 s).
+STARTING=$NAME-starting
+podman run -d --name "$STARTING" --network host --read-only --tmpfs /tmp:rw,size=64m,mode=1777 \
+    -e HOST=127.0.0.1 -e PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')" \
+    -e WEB_CONCURRENCY=2 "$IMAGE" >/dev/null
+for _ in $(seq 1 1000); do podman logs "$STARTING" 2>&1 | grep -q "Booting worker" && break; sleep 0.01; done
+t0=$(date +%s.%N)
+podman stop --time 25 "$STARTING" >/dev/null
+t_stop=$("$PY" -c "import sys, time; print(f'{time.time() - float(sys.argv[1]):.2f}')" "$t0")
+stopped_log=$(podman logs "$STARTING" 2>&1)
+podman rm -f "$STARTING" >/dev/null 2>&1 || true
+log "stopped while its workers warmed up: ${t_stop}s"
+echo "$stopped_log" | grep -q "Shutting down: Master" || { echo "$stopped_log" | tail -n 20 >&2; fail "no graceful stop"; }
+"$PY" -c "import sys; sys.exit(float(sys.argv[1]) >= 10)" "$t_stop" || fail "stop while starting took ${t_stop}s"
+
 log "PASS"
-log "timings: base image ${t_base}s, wheelhouse ${t_wheels}s, image build ${t_build}s, start->ready ${t_ready}s"
+log "timings: base image ${t_base}s, wheelhouse ${t_wheels}s, image build ${t_build}s, start->ready ${t_ready}s, stop while starting ${t_stop}s"
 grep -E '^ +[0-9.]+ MB|^ +byte code|^prune-' .run/image-build.log | sed 's/^/[image-test] /' >&2 || true
 log "image $IMAGE size $(( size / 1000000 )) MB; runs as uid $uid (USER $user); healthcheck ok"
