@@ -91,6 +91,8 @@ def test_sigterm_while_workers_warm_up_stops_the_server_at_once(tmp_path):
         deadline = time.monotonic() + 60
         while log.read_text().count("Booting worker") < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
+        # into the warm-up (~0.15 s here): past the microseconds between that log line and post_fork's handlers
+        time.sleep(0.03)
         server.proc.send_signal(signal.SIGTERM)
         try:
             code = server.proc.wait(60)  # half the graceful_timeout the bug waited for
