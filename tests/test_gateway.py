@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from contextlib import ExitStack
@@ -219,43 +220,62 @@ def test_kill_9_of_a_worker_cuts_off_at_most_the_response_being_written(tmp_path
         assert victim not in workers_of(a) and len(workers_of(a)) == 2  # gunicorn replaced it
 
 
-# numeric differences at 1,000 points: ~0.3 s on an idle machine, so it is surely in flight 0.15 s after it was sent
-LONG_JOB = {**SLOW_JOB, "inputs": {"x": [i / 500 for i in range(1000)]}}
-LONG_ID = "long-request-in-flight-at-sigterm"
+IN_FLIGHT_ID = "in-flight-at-sigterm"
+
+
+def accepted(server_port: int, client: socket.socket) -> bool:
+    """Whether a worker has accept()ed this connection: until then the kernel lists its server side in
+    /proc/net/tcp with inode 0 (a socket in the listen queue has no file yet)."""
+    client_port = client.getsockname()[1]
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+            return inode != "0"
+    return False
+
+
+def response_of(conn: socket.socket) -> tuple[int, dict]:
+    """(status, JSON body) of the one response on a `Connection: close` connection."""
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
 
 
 def test_sigterm_to_a_master_completes_in_flight_requests(tmp_path):
     with ExitStack() as stack:
         a, _, gw = replicas_behind_a_gateway(stack, tmp_path)
-        long: dict = {}
+        body = json.dumps(TUTORIAL_NEURON).encode()
+        head = (
+            f"POST /v1/gradients HTTP/1.1\r\nHost: {upstream(a)}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Request-ID: {IN_FLIGHT_ID}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        conn = stack.enter_context(socket.socket())
 
-        def post_long():
-            headers = {"X-Request-ID": LONG_ID}
-            try:
-                long["response"] = requests.post(a.url + "/v1/gradients", json=LONG_JOB, headers=headers, timeout=30)
-            except requests.RequestException as err:
-                long["response"] = err
-
-        def term_during_a_long_request():
-            """SIGTERM while a request is surely being computed on `a` (the gateway's load alone may leave a
-            moment with none there)."""
-            long["thread"] = threading.Thread(target=post_long)
-            long["thread"].start()
-            time.sleep(0.15)  # accepted (a worker frees up within ~0.1 s even under load) and not yet done
+        def term_during_a_request():
+            """SIGTERM while a request is surely in flight on `a` (the gateway's load alone may leave a moment
+            with none there): one whose body is half sent, once a worker has accepted it."""
+            conn.settimeout(30)
+            conn.connect(("127.0.0.1", a.port))
+            conn.sendall(head + body[: len(body) // 2])
+            deadline = time.monotonic() + 20
+            while not accepted(a.port, conn) and time.monotonic() < deadline:
+                time.sleep(0.005)
             a.proc.send_signal(signal.SIGTERM)
+            conn.sendall(body[len(body) // 2 :])
 
-        results = load(gw.url, term_during_a_long_request)
-        long["thread"].join(35)
+        results = load(gw.url, term_during_a_request)
         assert len(results) >= 60
         assert results == [200] * len(results), [r for r in results if r != 200][:5]
-        response = long["response"]
-        assert isinstance(response, requests.Response) and response.status_code == 200, response
-        assert "gradients" in response.json()
+        status, answer = response_of(conn)
+        assert status == 200 and round(answer["loss"], 4) == 6.7012
         assert a.proc.wait(40) == 0  # a graceful exit, within graceful_timeout
         log = (tmp_path / "a.log").read_text()
         assert "Handling signal: term" in log and "Shutting down: Master" in log
         after_term = log.split("Handling signal: term", 1)[1]
         answered = [json.loads(line) for line in after_term.splitlines() if line.startswith("{")]
         assert any(
-            line.get("request_id") == LONG_ID and line.get("status") == 200 for line in answered
-        )  # sent before SIGTERM, answered after it
+            line.get("request_id") == IN_FLIGHT_ID and line.get("status") == 200 for line in answered
+        )  # accepted before SIGTERM, answered after it
