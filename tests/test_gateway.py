@@ -264,6 +264,11 @@ def test_sigterm_to_a_master_completes_in_flight_requests(tmp_path):
             while not accepted(a.port, conn) and time.monotonic() < deadline:
                 time.sleep(0.005)
             a.proc.send_signal(signal.SIGTERM)
+            # the rest once the master has acted on the signal (it logs it, then signals its workers)
+            log = tmp_path / "a.log"
+            while "Handling signal: term" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(0.2)
             conn.sendall(body[len(body) // 2 :])
 
         results = load(gw.url, term_during_a_request)
@@ -278,4 +283,4 @@ def test_sigterm_to_a_master_completes_in_flight_requests(tmp_path):
         answered = [json.loads(line) for line in after_term.splitlines() if line.startswith("{")]
         assert any(
             line.get("request_id") == IN_FLIGHT_ID and line.get("status") == 200 for line in answered
-        )  # accepted before SIGTERM, answered after it
+        )  # accepted before SIGTERM, answered after the master acted on it
