@@ -66,7 +66,13 @@ if [ -n "$old_id" ] && [ "$old_id" != "$(podman image inspect --format '{{.Id}}'
 fi
 
 # --- run ----------------------------------------------------------------------------------------------
-PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# The image as deployed, detached: host network, read-only root, tmpfs /tmp, 2 workers on 127.0.0.1:PORT.
+run_container() {  # NAME PORT
+    podman run -d --name "$1" --network host --read-only --tmpfs /tmp:rw,size=64m,mode=1777 \
+        -e HOST=127.0.0.1 -e PORT="$2" -e WEB_CONCURRENCY=2 "$IMAGE" >/dev/null
+}
+PORT=$(free_port)
 NAME=gradsvc-image-test-$$
 cleanup() {
     podman rm -f --time 5 "$NAME" >/dev/null 2>&1 || true
@@ -76,8 +82,7 @@ cleanup() {
 trap cleanup EXIT
 log "podman run $NAME on 127.0.0.1:$PORT (host network, read-only root, tmpfs /tmp)"
 t0=$(date +%s.%N)
-podman run -d --name "$NAME" --network host --read-only --tmpfs /tmp:rw,size=64m,mode=1777 \
-    -e HOST=127.0.0.1 -e PORT="$PORT" -e WEB_CONCURRENCY=2 "$IMAGE" >/dev/null
+run_container "$NAME" "$PORT"
 
 BASE=http://127.0.0.1:$PORT
 # Poll /readyz every 20 ms (the start takes ~2 s: whole-second polling hid it), and give up early if the
@@ -151,9 +156,7 @@ fi
 # are booting, i.e. warming up. gunicorn installs a worker's own handlers only after the warm-up, and a stop
 # signal that arrived before used to be swallowed: `podman stop` then took GUNICORN_GRACEFUL_TIMEOUT (30 s).
 STARTING=$NAME-starting
-podman run -d --name "$STARTING" --network host --read-only --tmpfs /tmp:rw,size=64m,mode=1777 \
-    -e HOST=127.0.0.1 -e PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')" \
-    -e WEB_CONCURRENCY=2 "$IMAGE" >/dev/null
+run_container "$STARTING" "$(free_port)"
 for _ in $(seq 1 1000); do podman logs "$STARTING" 2>&1 | grep -q "Booting worker" && break; sleep 0.01; done
 t0=$(date +%s.%N)
 podman stop --time 25 "$STARTING" >/dev/null
