@@ -7,6 +7,7 @@ run fails if any process a test started is still alive when it ends (`pytest_ses
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,11 @@ from service.config import Config
 REQUIRE_ALL = os.environ.get("GRADSVC_REQUIRE_ALL") == "1"
 
 TUTORIAL_NEURON = {"model": {"kind": "neuron", "loss": "bce"}, "inputs": {"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0}}
+
+
+def json_log_lines(text: str) -> list[dict]:
+    """The JSON lines of a server log (gunicorn's and the app's), skipping anything else written there."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 class TestConfig(Config):

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from bench import gateway as bench_gateway
-from conftest import TUTORIAL_NEURON, GunicornServer, require_binary
+from conftest import TUTORIAL_NEURON, GunicornServer, json_log_lines, require_binary
 
 pytestmark = [pytest.mark.gateway, pytest.mark.live]
 PROBLEM = "application/problem+json"
@@ -280,7 +280,7 @@ def test_sigterm_to_a_master_completes_in_flight_requests(tmp_path):
         log = (tmp_path / "a.log").read_text()
         assert "Handling signal: term" in log and "Shutting down: Master" in log
         after_term = log.split("Handling signal: term", 1)[1]
-        answered = [json.loads(line) for line in after_term.splitlines() if line.startswith("{")]
+        answered = json_log_lines(after_term)
         assert any(
             line.get("request_id") == IN_FLIGHT_ID and line.get("status") == 200 for line in answered
         )  # accepted before SIGTERM, answered after the master acted on it

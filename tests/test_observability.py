@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 
@@ -10,7 +9,7 @@ import pytest
 import requests
 from pythonjsonlogger.json import JsonFormatter
 
-from conftest import TUTORIAL_NEURON, GunicornServer, TestConfig
+from conftest import TUTORIAL_NEURON, GunicornServer, TestConfig, json_log_lines
 from service import create_app
 from service.logformat import JSON_FORMATTER
 from service.observability import AccessLog
@@ -130,7 +129,7 @@ def test_metrics_add_up_across_workers_and_logs_are_json(tmp_path):
             assert metric(text, "gradsvc_requests_in_flight") == 1  # the scrape itself
     finally:
         server.stop()
-    lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.startswith("{")]
+    lines = json_log_lines((tmp_path / "server.log").read_text())
     access = [line for line in lines if line.get("logger") == "gradsvc.access"]
     assert {f"m-{i}" for i in range(24)} <= {line["request_id"] for line in access}
     sample = next(line for line in access if line["request_id"] == "m-0")

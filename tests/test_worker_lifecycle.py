@@ -7,7 +7,6 @@ fork, so every worker inherits it: it writes exit-<pid> when, and only when, the
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import time
 import pytest
 import requests
 
-from conftest import TUTORIAL_NEURON, GunicornServer
+from conftest import TUTORIAL_NEURON, GunicornServer, json_log_lines
 
 pytestmark = [pytest.mark.live]
 MAX_REQUESTS = 20
@@ -50,7 +49,7 @@ def serve_through_recycles(tmp_path, **env) -> tuple[list[int], list[dict], set[
             ).status_code
             for i in range(SENT)
         ]
-    lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.startswith("{")]
+    lines = json_log_lines((tmp_path / "server.log").read_text())
     finalized = {int(p.name.removeprefix("exit-")) for p in markers.iterdir()}
     return statuses, lines, finalized
 
@@ -100,7 +99,7 @@ def test_sigterm_while_workers_warm_up_stops_the_server_at_once(tmp_path):
             pytest.fail("SIGTERM during the warm-up was lost: gunicorn still running 60 s later")
     finally:
         server.stop()
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    lines = json_log_lines(log.read_text())
     booted = {line["pid"] for line in lines if line["message"].startswith("Booting worker")}
     exited = {line["pid"] for line in lines if line["message"].startswith("Worker exiting")}
     assert code == 0 and len(booted) == 2 and exited == booted  # each left on its own, none killed
