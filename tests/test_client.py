@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -153,45 +153,33 @@ def cutting_server(cut: int):
     gateway gets when the worker writing the body is killed: the gateway cannot retry a response it has begun);
     then it answers whole. Yields (url, list of the request lines it read)."""
     body = json.dumps({"ok": True}).encode()
-    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(10)
     seen: list[str] = []
 
-    def serve():
-        for _ in range(cut + 3):  # bounded: the test makes at most cut + 1 requests
-            try:
-                conn, _ = listener.accept()
-            except OSError:  # closed by the test, or nobody came
-                return
-            with conn:
-                conn.settimeout(10)
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536) or b"\r\n\r\n"
-                header, _, got = data.partition(b"\r\n\r\n")
-                length = int(
-                    next(
-                        (
-                            line.split(b":")[1]
-                            for line in header.split(b"\r\n")
-                            if line.lower().startswith(b"content-length:")
-                        ),
-                        b"0",
-                    )
-                )
-                while len(got) < length:
-                    got += conn.recv(65536) or b"x" * length
-                seen.append(header.split(b"\r\n")[0].decode())
-                conn.sendall(head if len(seen) <= cut else head + body)
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
 
-    thread = threading.Thread(target=serve, daemon=True)
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append(self.requestline)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if len(seen) > cut:
+                self.wfile.write(body)
+            self.close_connection = True
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
     finally:
-        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() still waiting (close() alone would not)
-        listener.close()
+        server.shutdown()
+        server.server_close()
         thread.join(15)
 
 
