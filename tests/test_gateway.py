@@ -6,6 +6,7 @@ Covers the prefix, request ids, the prefixed OpenAPI server URL, the gateway's o
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -235,33 +236,23 @@ def accepted(server_port: int, client: socket.socket) -> bool:
     return False
 
 
-def response_of(conn: socket.socket) -> tuple[int, dict]:
-    """(status, JSON body) of the one response on a `Connection: close` connection."""
-    data = b""
-    while chunk := conn.recv(65536):
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body)
-
-
 def test_sigterm_to_a_master_completes_in_flight_requests(tmp_path):
     with ExitStack() as stack:
         a, _, gw = replicas_behind_a_gateway(stack, tmp_path)
         body = json.dumps(TUTORIAL_NEURON).encode()
-        head = (
-            f"POST /v1/gradients HTTP/1.1\r\nHost: {upstream(a)}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nX-Request-ID: {IN_FLIGHT_ID}\r\nConnection: close\r\n\r\n"
-        ).encode()
-        conn = stack.enter_context(socket.socket())
+        conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
+        stack.callback(conn.close)
 
         def term_during_a_request():
             """SIGTERM while a request is surely in flight on `a` (the gateway's load alone may leave a moment
             with none there): one whose body is half sent, once a worker has accepted it."""
-            conn.settimeout(30)
-            conn.connect(("127.0.0.1", a.port))
-            conn.sendall(head + body[: len(body) // 2])
+            conn.putrequest("POST", "/v1/gradients")
+            conn.putheader("Content-Type", "application/json")
+            conn.putheader("Content-Length", str(len(body)))
+            conn.putheader("X-Request-ID", IN_FLIGHT_ID)
+            conn.endheaders(body[: len(body) // 2])
             deadline = time.monotonic() + 20
-            while not accepted(a.port, conn) and time.monotonic() < deadline:
+            while not accepted(a.port, conn.sock) and time.monotonic() < deadline:
                 time.sleep(0.005)
             a.proc.send_signal(signal.SIGTERM)
             # the rest once the master has acted on the signal (it logs it, then signals its workers)
@@ -269,13 +260,13 @@ def test_sigterm_to_a_master_completes_in_flight_requests(tmp_path):
             while "Handling signal: term" not in log.read_text() and time.monotonic() < deadline:
                 time.sleep(0.005)
             time.sleep(0.2)
-            conn.sendall(body[len(body) // 2 :])
+            conn.send(body[len(body) // 2 :])
 
         results = load(gw.url, term_during_a_request)
         assert len(results) >= 60
         assert results == [200] * len(results), [r for r in results if r != 200][:5]
-        status, answer = response_of(conn)
-        assert status == 200 and round(answer["loss"], 4) == 6.7012
+        response = conn.getresponse()
+        assert response.status == 200 and round(json.loads(response.read())["loss"], 4) == 6.7012
         assert a.proc.wait(40) == 0  # a graceful exit, within graceful_timeout
         log = (tmp_path / "a.log").read_text()
         assert "Handling signal: term" in log and "Shutting down: Master" in log
