@@ -6,8 +6,16 @@ from marshmallow import Schema, fields
 
 
 class LimitSchema(Schema):
-    name = fields.String(required=True)
-    value = fields.Float(required=True)
+    name = fields.String(required=True, metadata={"description": "the limit's name, as GET /v1/models lists it"})
+    value = fields.Float(required=True, metadata={"description": "the limit's configured value"})
+    estimate = fields.Integer(
+        metadata={"description": "the cost model's bytes for this request (max_request_bytes only)"}
+    )
+    breakdown = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        metadata={"description": "`estimate` by part: forward, backward, graph, numeric, hessian, ..."},
+    )
 
 
 class ProblemSchema(Schema):
@@ -22,6 +30,7 @@ class ProblemSchema(Schema):
     limit = fields.Nested(
         LimitSchema, metadata={"description": "the limit hit, for limit-exceeded and deadline-exceeded"}
     )
+    hint = fields.String(metadata={"description": "what to reduce to fit the limit, for limit-exceeded"})
     request_id = fields.String()
     party = fields.String(
         metadata={"description": 'whose error: "instructor" for /problems/invalid-problem (the problem file)'}

@@ -51,6 +51,7 @@ def key_matches(candidate: str, keys: tuple[str, ...]) -> bool:
 
 def init_auth(app: Flask) -> None:
     keys = load_api_keys(app.config["API_KEYS"], app.config["API_KEYS_FILE"])
+    app.extensions["api_keys_required"] = bool(keys)  # the OpenAPI document then declares the bearer scheme
     if not keys:
         return
 

@@ -108,11 +108,19 @@ def build_spec(app: Flask) -> dict:
         spec.components.response(
             name, {"description": description, "content": {"application/problem+json": {"schema": "Problem"}}}
         )
+    keys = app.extensions.get("api_keys_required", False)
+    if keys:
+        spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
     for rule in app.url_map.iter_rules():
         declared = getattr(app.view_functions[rule.endpoint], "openapi", None)
         if declared is not None:
             methods = sorted(rule.methods - {"HEAD", "OPTIONS"})
-            spec.path(path=rule.rule, operations={method.lower(): copy.deepcopy(declared) for method in methods})
+            operations = {method.lower(): copy.deepcopy(declared) for method in methods}
+            if keys and rule.rule.startswith("/v1/"):  # auth.py guards /v1/ only
+                for op in operations.values():
+                    op["security"] = [{"apiKey": []}]
+                    op["responses"][401] = {"$ref": "#/components/responses/Unauthorized"}
+            spec.path(path=rule.rule, operations=operations)
     return spec.to_dict()
 
 

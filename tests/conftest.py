@@ -35,6 +35,14 @@ class TestConfig(Config):
     LOG_LEVEL = "WARNING"  # the in-process app's access log would drown pytest's output
 
 
+def openapi_validator(document: dict, schema: str):
+    """A JSON Schema validator for one of the OpenAPI document's component schemas, its $refs resolved within
+    the document (what a generated client checks a body against)."""
+    import jsonschema  # schemathesis's dependency; only the tests that validate bodies need it
+
+    return jsonschema.Draft4Validator({"$ref": f"#/components/schemas/{schema}", "components": document["components"]})
+
+
 @pytest.fixture(scope="session")
 def app():
     return create_app(TestConfig)

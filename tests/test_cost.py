@@ -12,12 +12,15 @@ import pytest
 import requests
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from conftest import TUTORIAL_NEURON
+from conftest import TUTORIAL_NEURON, TestConfig, openapi_validator
+from service import create_app
 from service.engine import cost
 from service.engine.limits import Limits
 
 PROBLEM = "application/problem+json"
 LIMITS = Limits()
+# every 413 below must also be a body the OpenAPI document's Problem schema accepts (estimate, breakdown, hint)
+PROBLEM_SCHEMA = openapi_validator(create_app(TestConfig).extensions["openapi"], "Problem")
 
 
 def post(client, path: str, body) -> object:
@@ -58,6 +61,7 @@ def assert_budget_413(response, name: str = "max_request_bytes", part: str | Non
     assert response.headers["Content-Type"] == PROBLEM
     body = response.json
     assert body["type"] == "/problems/limit-exceeded" and body["limit"]["name"] == name
+    PROBLEM_SCHEMA.validate(body)
     if name == "max_request_bytes":
         limit = body["limit"]
         assert limit["estimate"] > limit["value"] == LIMITS.max_request_bytes

@@ -30,6 +30,25 @@ def test_document_follows_the_marshmallow_schemas(client):
     assert set(request["required"]) == {"model", "inputs"}
 
 
+def test_api_keys_are_declared_when_the_server_requires_them(client):
+    """With keys, every /v1/ operation names the bearer scheme and its 401; the probes and the document stay open."""
+
+    class Keyed(TestConfig):
+        API_KEYS = "alpha"
+
+    keyed = create_app(Keyed).test_client().get("/openapi.json").json
+    validate(keyed)
+    assert keyed["components"]["securitySchemes"] == {"apiKey": {"type": "http", "scheme": "bearer"}}
+    check = keyed["paths"]["/v1/check"]["post"]
+    assert check["security"] == [{"apiKey": []}]
+    assert check["responses"]["401"] == {"$ref": "#/components/responses/Unauthorized"}
+    assert "security" not in keyed["paths"]["/readyz"]["get"]
+    assert "401" not in keyed["paths"]["/openapi.json"]["get"]["responses"]
+    open_doc = client.get("/openapi.json").json
+    assert "securitySchemes" not in open_doc["components"]
+    assert "401" not in open_doc["paths"]["/v1/check"]["post"]["responses"]
+
+
 def test_servers_follow_the_gateway_prefix(client):
     doc = client.get("/openapi.json", environ_overrides={"SCRIPT_NAME": "/grad"}).json
     assert doc["servers"] == [{"url": "/grad"}]

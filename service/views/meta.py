@@ -58,6 +58,7 @@ def metrics():
 
 
 @bp.get("/openapi.json")
+@operation("This OpenAPI 3 document", {"type": "object"}, ok="The document; `servers` names the gateway prefix")
 def openapi():
     """The OpenAPI 3 document, with `servers` set to the prefix the request came through."""
     return document_for(current_app.extensions["openapi"], request.script_root)
