@@ -7,6 +7,7 @@ import copy
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
+from marshmallow import fields, validate
 
 from schemas.errors import ProblemSchema
 from schemas.fields import OneOfKind, Tensor
@@ -52,6 +53,23 @@ def _tensor_attributes(self, field, **kwargs) -> dict:
             "discriminator": {"propertyName": "kind", "mapping": {k: r["$ref"] for k, r in refs.items()}},
         }
     return {}
+
+
+def _bounds_apispec_misses(self, field, ret: dict, **kwargs) -> dict:
+    """What apispec 6 leaves out: a Range's exclusive bounds (it writes them as inclusive) and a Dict's Length,
+    which it spells minLength/maxLength, keywords that do not apply to objects (minProperties/maxProperties)."""
+    extra = {}
+    for validator in field.validators:
+        if isinstance(validator, validate.Range):
+            if validator.min is not None and not validator.min_inclusive:
+                extra["exclusiveMinimum"] = True
+            if validator.max is not None and not validator.max_inclusive:
+                extra["exclusiveMaximum"] = True
+        elif isinstance(validator, validate.Length) and isinstance(field, fields.Dict):
+            for length, properties in (("minLength", "minProperties"), ("maxLength", "maxProperties")):
+                if length in ret:
+                    extra[properties] = ret.pop(length)
+    return extra
 
 
 def operation(
@@ -102,6 +120,7 @@ def build_spec(app: Flask) -> dict:
         info={"description": "PyTorch forward and backward passes over HTTP: losses, gradients, autograd graphs."},
     )
     marshmallow.converter.add_attribute_function(_tensor_attributes)
+    marshmallow.converter.add_attribute_function(_bounds_apispec_misses)
     spec.components.schema("TensorValue", TENSOR_VALUE)
     spec.components.schema("Problem", schema=ProblemSchema)
     for name, description in ERROR_RESPONSES.items():

@@ -139,6 +139,20 @@ def test_clamp_hit_warns(client):
     assert any("clamping hit" in w for w in body["warnings"])
 
 
+@pytest.mark.parametrize("loss", ["bce", "bce_with_logits"])
+def test_targets_outside_0_1_are_computed_with_a_warning(client, loss):
+    """BCE's targets are probabilities: y = 2 still computes (a negative loss here) but says why it means nothing."""
+    inputs = {"x": 1.0, "y": 2.0, "w": 1.0, "b": 0.0}
+    body = post(client, {"model": {"kind": "neuron", "loss": loss}, "inputs": inputs}).json
+    assert body["loss"] < 0
+    assert body["warnings"] == [
+        "y outside [0, 1] for 1 of 1 sample(s): binary cross-entropy takes probabilities as targets, "
+        "so the loss is not a cross-entropy there (it can be negative)"
+    ]
+    soft = post(client, {"model": {"kind": "neuron", "loss": loss}, "inputs": {**inputs, "y": 0.25}}).json
+    assert soft["warnings"] == []  # soft labels in [0, 1] are fine
+
+
 def test_wrt_selects_leaves(client):
     body = post(client, {**TUTORIAL_NEURON, "wrt": ["x"]}).json
     assert set(body["gradients"]) == {"x"}
@@ -159,6 +173,16 @@ def test_numeric_and_manual_agree_with_autograd(client):
     assert body["numeric"]["max_abs_error"] < 1e-6
     assert body["numeric"]["max_rel_error"] < 1e-6
     assert body["manual"]["max_abs_diff"] < 1e-12
+
+
+def test_relative_error_is_nan_where_a_side_is_nan(client):
+    """log(x) at 0: autograd says Infinity, the finite difference NaN; that is no agreement, in either error."""
+    body = post(client, {**expression(formula="log(x)", x=0.0), "include": ["numeric"]}).json
+    assert body["gradients"]["x"] == "Infinity" and body["numeric"]["gradients"]["x"] == "NaN"
+    assert body["numeric"]["max_abs_error"] == "NaN" and body["numeric"]["max_rel_error"] == "NaN"
+    assert any(w.startswith("numeric.max_rel_error") for w in body["warnings"]), body["warnings"]
+    both_zero = post(client, {**expression(formula="x*0", x=1.0), "include": ["numeric"]}).json
+    assert both_zero["numeric"]["max_rel_error"] == 0.0
 
 
 def test_free_form_formula_has_no_manual(client):

@@ -136,6 +136,20 @@ def test_vectorized_equals_one_by_one(client, count_vectorized, case):
     assert vectorized == b'{"results":[' + one_by_one + b"]}"  # byte for byte
 
 
+def test_vectorized_jobs_warn_of_their_own_targets_outside_0_1(client, count_vectorized):
+    jobs = [
+        {"model": {"kind": "neuron"}, "inputs": {"x": [1.0, 2.0], "y": y, "w": 0.5, "b": 0.0}, "include": []}
+        for y in ([0.0, 1.0], [2.0, 1.0], [0.5, "NaN"], [-1.0, 3.0])
+    ]
+    vectorized = client.post("/v1/batch", json={"jobs": jobs})
+    assert count_vectorized == [4]
+    one_by_one = b",".join(client.post("/v1/gradients", json=job).get_data() for job in jobs)
+    assert vectorized.get_data() == b'{"results":[' + one_by_one + b"]}"
+    outside = [[w for w in r["warnings"] if w.startswith("y outside [0, 1]")] for r in vectorized.json["results"]]
+    assert [len(w) for w in outside] == [0, 1, 1, 1]
+    assert [w[0].split(" sample")[0] for w in outside[1:]] == [f"y outside [0, 1] for {n} of 2" for n in (1, 1, 2)]
+
+
 def test_mixed_batch_groups_only_homogeneous_jobs(client, count_vectorized):
     rnd = random.Random(1)
     a = [neuron_job(rnd, (), (), "float32", "mean", []) for _ in range(3)]

@@ -318,6 +318,7 @@ def test_jacobian_of_a_formula_and_the_independence_flag(client):
     assert status == 200, out
     assert out["jacobian"] == {"x": [[2.0, 0.0], [0.0, 4.0]], "y": [0.0, 0.0]}
     assert out["independent"] == ["y"]
+    assert out["requires_grad"] is True and out["mode"] == "grad"  # grad mode: the output does track gradients
     status, out = post(
         client, "/v1/gradients", {**body, "model": {"kind": "expression", "formula": "sum(x**2)"}, "include": []}
     )

@@ -8,7 +8,7 @@ from openapi_spec_validator import validate
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from conftest import TestConfig
+from conftest import TUTORIAL_NEURON, TestConfig
 from service import create_app
 
 app = create_app(TestConfig)
@@ -47,6 +47,23 @@ def test_api_keys_are_declared_when_the_server_requires_them(client):
     open_doc = client.get("/openapi.json").json
     assert "securitySchemes" not in open_doc["components"]
     assert "401" not in open_doc["paths"]["/v1/check"]["post"]["responses"]
+
+
+def test_bounds_are_written_as_the_schema_checks_them(client):
+    """apispec writes a Range's exclusive bounds as inclusive and a Dict's Length as string lengths: fixed up."""
+    schemas = client.get("/openapi.json").json["components"]["schemas"]
+    epsilon = schemas["NeuronModel"]["properties"]["epsilon"]
+    assert (epsilon["minimum"], epsilon["exclusiveMinimum"], epsilon["maximum"], epsilon["exclusiveMaximum"]) == (
+        0,
+        True,
+        0.5,
+        True,
+    )
+    at_the_bound = {**TUTORIAL_NEURON, "model": {"kind": "neuron", "epsilon": 0}}
+    assert client.post("/v1/gradients", json=at_the_bound).status_code == 400
+    tangents = schemas["GradientRequest"]["properties"]["tangents"]
+    assert (tangents["minProperties"], tangents["maxProperties"]) == (1, 64)
+    assert "minLength" not in tangents and "maxLength" not in tangents
 
 
 def test_servers_follow_the_gateway_prefix(client):

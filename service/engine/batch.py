@@ -168,7 +168,7 @@ def vectorized_neuron(jobs: list[dict], limits: Limits) -> list[dict]:
                 "z": {"value": z[i].detach(), "grad": z.grad[i] if grad_mode else None},
                 "y_pred": {"value": y_pred[i].detach(), "grad": y_pred.grad[i] if grad_mode else None},
             }
-        warnings.extend(neuron.diagnose({"y_pred": y_pred[i].detach()}))
+        warnings.extend(neuron.diagnose({"y_pred": y_pred[i].detach()}, targets=y[i]))
         body.update(mode=first["mode"], dtype=first["dtype"])
         body = encode_tree(body, warnings)
         body["warnings"] = warnings

@@ -88,7 +88,7 @@ def compute(request: dict, limits: Limits) -> dict:
         except NonScalarOutput:
             if not derivatives or model is not raw:
                 raise
-            body = _inference(model, base, include - set(GRAD_ONLY_EXTRAS), warnings)
+            body = _inference(model, base, include - set(GRAD_ONLY_EXTRAS), warnings, wrt)
             warnings.append("gradients need a scalar output: send `dout` for the vector-Jacobian product")
         if derivatives:
             body.update(_derivatives(raw, base, wrt, request, deadline))
@@ -103,11 +103,12 @@ def empty_body() -> dict:
     return dict.fromkeys(("graph", "dot", "intermediates", "manual", "numeric", "hessian"))
 
 
-def _inference(model, base: dict, include: set, warnings: list[str]) -> dict:
-    """Forward only, with gradient tracking off as in the tutorial's torch.no_grad() block."""
+def _inference(model, base: dict, include: set, warnings: list[str], wrt: tuple = ()) -> dict:
+    """Forward only, with gradient tracking off as in the tutorial's torch.no_grad() block; or, given `wrt` (grad
+    mode, a non-scalar output without `dout`), on with those leaves, so `requires_grad` says what autograd saw."""
     record: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        leaves = model.prepare(base, ())
+    with torch.set_grad_enabled(bool(wrt)):
+        leaves = model.prepare(base, wrt)
         out = model.forward(leaves, record)
     body = empty_body()
     body.update(loss=out, gradients=None, requires_grad=out.requires_grad)
@@ -225,7 +226,8 @@ def _numeric(model, base: dict, wrt: tuple, gradients: dict, deadline: Deadline)
             numeric[name] = grad.view(x.shape)
     abs_err = {n: (gradients[n].double() - numeric[n]).abs() for n in wrt}
     scale = {n: torch.maximum(gradients[n].double().abs(), numeric[n].abs()) for n in wrt}
-    rel = [torch.where(scale[n] > 0, abs_err[n] / scale[n], 0.0).max() for n in wrt if numeric[n].numel()]
+    # 0 where both are 0; NaN where either is (a NaN beside an infinity is no agreement), as in max_abs_error
+    rel = [torch.where(scale[n] == 0, 0.0, abs_err[n] / scale[n]).max() for n in wrt if numeric[n].numel()]
     return {
         "gradients": numeric,
         "max_abs_error": _max_abs(gradients, numeric),

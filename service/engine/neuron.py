@@ -31,6 +31,7 @@ class Neuron:
         self.epsilon = spec.get("epsilon", DEFAULT_EPSILON)
         self.vector_w = False  # set by prepare(): w holds one weight per feature (x's last axis)
         self.per_sample = False  # set by prepare(): reduction "none" over several samples
+        self.targets: torch.Tensor | None = None  # set by prepare(): y, for diagnose()
 
     def _samples_shape(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Size:
         """Shape of z: every element of x is a sample for a scalar w; the last axis holds features for a vector w."""
@@ -60,6 +61,7 @@ class Neuron:
                 f"but the model makes one prediction per sample, shape {list(zshape)}"
             )
         self.vector_w = tensors["w"].dim() == 1
+        self.targets = tensors["y"]
         self.per_sample = self.reduction == "none" and len(zshape) > 0
         leaves = dict(tensors)
         if self.per_sample:
@@ -132,14 +134,16 @@ class Neuron:
         }
         return {name: grads[name] for name in wrt}
 
-    def diagnose(self, record: dict[str, torch.Tensor]) -> list[str]:
-        """Warn where the tutorial's clamp bites, or cannot help (float32 rounds 1 - 1e-8 to 1.0)."""
+    def diagnose(self, record: dict[str, torch.Tensor], targets: torch.Tensor | None = None) -> list[str]:
+        """Warn where targets are not probabilities, and where the tutorial's clamp bites or cannot help (float32
+        rounds 1 - 1e-8 to 1.0). `targets`: y, when not the one prepare() saw (the batch runner's stacked jobs)."""
+        warnings = _outside_unit_interval(self.targets if targets is None else targets)
         if self.loss != "bce":
-            return []
+            return warnings
         p = record["y_pred"].detach()
         n = p.numel()
         if n == 0:
-            return []
+            return warnings
         low, high = _clamp_bounds(self.epsilon, p.dtype)
         # one reduction to Python numbers (exact: float32 and float64 values are doubles); the elementwise
         # count only when the clamp bites or a NaN makes min/max say nothing
@@ -152,7 +156,6 @@ class Neuron:
             clamped = 0
         else:
             clamped = int(((p < self.epsilon) | (p > 1 - self.epsilon)).sum())
-        warnings = []
         if clamped:
             warnings.append(
                 f"clamping hit: y_pred outside [epsilon, 1 - epsilon] for {clamped} of {n} sample(s); "
@@ -165,6 +168,21 @@ class Neuron:
                 'log(1 - y_pred) finite; use loss "bce_with_logits" or dtype "float64"'
             )
         return warnings
+
+
+def _outside_unit_interval(y: torch.Tensor | None) -> list[str]:
+    """Binary cross-entropy takes probabilities as targets: outside [0, 1] (or NaN) the loss can be negative and
+    means nothing, though it computes. One reduction; the elementwise count only when something is outside."""
+    if y is None or y.numel() == 0:
+        return []
+    lo, hi = (y.item(),) * 2 if y.numel() == 1 else (v.item() for v in torch.aminmax(y.detach()))
+    if lo >= 0 and hi <= 1:  # False for NaN
+        return []
+    outside = int(((y < 0) | (y > 1) | y.isnan()).sum())
+    return [
+        f"y outside [0, 1] for {outside} of {y.numel()} sample(s): binary cross-entropy takes probabilities as "
+        "targets, so the loss is not a cross-entropy there (it can be negative)"
+    ]
 
 
 @functools.lru_cache(maxsize=64)
