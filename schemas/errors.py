@@ -9,7 +9,10 @@ class LimitSchema(Schema):
     name = fields.String(required=True, metadata={"description": "the limit's name, as GET /v1/models lists it"})
     value = fields.Float(required=True, metadata={"description": "the limit's configured value"})
     estimate = fields.Integer(
-        metadata={"description": "the cost model's bytes for this request (max_request_bytes only)"}
+        metadata={
+            "description": "what the request asked for against `value`: bytes for max_request_bytes, "
+            "elements for max_jacobian_elements"
+        }
     )
     breakdown = fields.Dict(
         keys=fields.String(),

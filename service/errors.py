@@ -150,7 +150,9 @@ def engine_problem(err: EngineError) -> dict:
     if hasattr(err, "limit"):
         extra["limit"] = {"name": err.limit, "value": err.value}
         if getattr(err, "estimate", None) is not None:
-            extra["limit"].update(estimate=err.estimate, breakdown=err.breakdown)
+            extra["limit"]["estimate"] = err.estimate
+        if getattr(err, "breakdown", None) is not None:
+            extra["limit"]["breakdown"] = err.breakdown
         extra["hint"] = getattr(err, "hint", None)
     return problem(status, err.title, err.detail, err.slug, **extra)
 

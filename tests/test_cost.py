@@ -249,6 +249,41 @@ def test_a_single_broadcast_over_max_tensor_elements_names_the_operator(client):
     assert problem["detail"].startswith("maximum would broadcast to 4000000 elements")
 
 
+def per_sample_neuron(n: int, features: int = 0, **extra) -> dict:
+    """reduction "none": one copy of w and b per sample, so every `wrt` count grows with the samples."""
+    x = [[0.5] * features] * n if features else [0.5] * n
+    w = [0.1] * features if features else 0.1
+    inputs = {"x": x, "y": [1.0] * n, "w": w, "b": 0.0}
+    return {"model": {"kind": "neuron", "reduction": "none"}, "inputs": inputs, "include": [], **extra}
+
+
+@pytest.mark.parametrize(
+    ("body", "limit"),
+    [
+        (per_sample_neuron(5000, dout=[1.0] * 5000, include=["hessian"], dtype="float64"), "max_hessian_elements"),
+        (per_sample_neuron(20000, include=["numeric"]), "max_numeric_elements"),
+        (per_sample_neuron(300, features=100, include=["jacobian"]), "max_jacobian_elements"),
+    ],
+    ids=["hessian-with-dout", "numeric", "jacobian"],
+)
+def test_per_sample_neuron_extras_count_a_copy_of_w_and_b_per_sample(client, body, limit):
+    """Found by an audit: w and b were counted as given (2 elements), so a 40 KB request built a 100 M-number
+    Hessian (+1.5 GB), numeric ran 4n passes into the deadline, and the Jacobian was 9x its cap."""
+    start = time.monotonic()
+    problem = assert_budget_413(post(client, "/v1/gradients", body), limit)
+    assert time.monotonic() - start < 5, "refused before any tensor"
+    assert problem["limit"]["value"] == getattr(LIMITS, limit)
+
+
+def test_per_sample_neuron_extras_within_the_caps_still_compute(client):
+    body = per_sample_neuron(3, include=["numeric", "hessian"], dout=[1.0, 1.0, 1.0], dtype="float64")
+    response = post(client, "/v1/gradients", body)
+    assert response.status_code == 200, response.data[:300]
+    out = response.json
+    assert len(out["numeric"]["gradients"]["w"]) == 3 and out["numeric"]["max_abs_error"] < 1e-6
+    assert len(out["hessian"]["w"]["w"]) == 3 and len(out["hessian"]["w"]["w"][0]) == 3
+
+
 def test_numeric_and_hessian_limits_keep_their_names(client):
     numeric = expression("sum(x)", ["numeric"], x=[0.0] * 2000)
     hessian = expression("sum(x)", ["hessian"], x=[0.0] * 200)

@@ -217,12 +217,29 @@ def _symbol(node: ast.expr) -> str:
     return symbols.get(type(getattr(node, "op", None)), "?")
 
 
+def _neuron_samples(spec: dict, shapes: dict[str, Shape]) -> tuple[Shape, bool]:
+    """The neuron's sample shape (z's), and whether it makes per-sample leaves (reduction "none")."""
+    x, w = shapes.get("x", ()), shapes.get("w", ())
+    samples = tuple(x if len(w) == 0 else x[:-1])
+    return samples, spec.get("reduction", "mean") == "none" and len(samples) > 0
+
+
+def leaf_shapes(spec: dict, shapes: dict[str, Shape]) -> dict[str, Shape]:
+    """The shapes of the leaves gradients are taken for: a per-sample neuron gets one copy of w and b per sample
+    (Neuron.prepare), so its numeric, hessian, Jacobian and gradients grow with the samples too."""
+    if spec["kind"] != "neuron":
+        return shapes
+    samples, per_sample = _neuron_samples(spec, shapes)
+    if not per_sample:
+        return shapes
+    return {**shapes, "w": samples + tuple(shapes.get("w", ())), "b": samples + tuple(shapes.get("b", ()))}
+
+
 def neuron_pass(spec: dict, shapes: dict[str, Shape]) -> Pass:
     """The tutorial's neuron: x * w, then ~12 per-sample tensors (z, sigmoid, clamp, two logs, the BCE terms)."""
     x, w = shapes.get("x", ()), shapes.get("w", ())
-    samples = x if len(w) == 0 else x[:-1]
+    samples, per_sample = _neuron_samples(spec, shapes)
     n = numel(samples)
-    per_sample = spec.get("reduction", "mean") == "none" and len(samples) > 0
     elements = numel(x) + 12 * n + 1
     if per_sample:  # one copy of w and b per sample
         elements += n * numel(w) + n
@@ -342,7 +359,8 @@ def gradients_estimate(
     one = model_pass(model, request["model"], shapes, limits)
     estimate = Estimate()
     estimate.add("forward", one.elements * size + one.ops * OP_BYTES)
-    wrt_elements = sum(numel(shapes[n]) for n in wrt if n in shapes)
+    leaves = leaf_shapes(request["model"], shapes)
+    wrt_elements = sum(numel(leaves[n]) for n in wrt if n in leaves)
     response = numel(one.out)
     if request.get("dout") is not None:
         dout = len(request["dout"].values)
