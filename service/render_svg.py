@@ -26,6 +26,11 @@ SVG_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 # The wait's own timeout ends this much after the request's: where the deadline's timer signal is armed, it is what
 # ends the wait (a 503 like any other cut-off); the timeout is the backstop where no signal can come (threads).
 TIMER_FIRST = 0.05
+# dot's crossing minimisation is what grows without bound: a 844-node network graph took 10.6–15 s to lay out,
+# 0.9 s with mclimit=0.1 (a tenth of its default iterations), 428 nodes 0.33 → 0.11 s; graphs of up to 200 nodes
+# (every formula's: max_ast_nodes is 500, its graph is smaller) keep the default layout (docs/playground.md).
+LARGE_GRAPH_NODES = 200
+LARGE_GRAPH_LAYOUT = ", mclimit=0.1"
 STYLES = {  # class -> DOT node attributes; leaves (inputs) and the root (the loss) stand out from the operations
     "leaf": 'shape=box, style="rounded,filled", fillcolor="#dbeafe", color="#1d4ed8"',
     "root": 'shape=box, style="filled,bold", fillcolor="#fde68a", color="#b45309", penwidth=2',
@@ -66,9 +71,10 @@ def _quote(text: str) -> str:
 
 def to_dot(graph: dict) -> str:
     """DOT text for a JSON graph (`{"root", "nodes", "edges"}`); SVG element ids are `node-<id>` and `edge-<i>`."""
+    large = LARGE_GRAPH_LAYOUT if len(graph["nodes"]) > LARGE_GRAPH_NODES else ""
     lines = [
         "digraph autograd {",
-        '  graph [rankdir=LR, bgcolor="white", pad=0.2, nodesep=0.3, ranksep=0.45];',
+        f'  graph [rankdir=LR, bgcolor="white", pad=0.2, nodesep=0.3, ranksep=0.45{large}];',
         '  node [fontname="Helvetica,Arial,sans-serif", fontsize=11, margin="0.12,0.06"];',
         '  edge [color="#6b7280", arrowsize=0.7];',
     ]
@@ -84,10 +90,15 @@ def to_dot(graph: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_svg(graph: dict | None, limits: Limits) -> bytes:
+def render_svg(graph: dict | None, limits: Limits, mode: str = "grad") -> bytes:
     """The graph as SVG bytes, with `dot` given at most what is left of the request's wall-time budget."""
-    if graph is None:
+    if graph is None and mode == "inference":
         raise NoGraph('Inference mode builds no autograd graph; ask for mode "grad" to get a picture.')
+    if graph is None:  # grad mode without a backward pass: the output is not a scalar
+        raise NoGraph(
+            "The output is not a scalar, so no backward pass ran and there is no graph to draw; "
+            "reduce it (sum(...) or mean(...)) or send `dout`."
+        )
     if len(graph["nodes"]) > limits.max_graph_nodes:  # build_graph already refuses these; the layout is superlinear
         raise LimitExceeded(
             "max_graph_nodes", limits.max_graph_nodes, f"autograd graph has more than {limits.max_graph_nodes} nodes"

@@ -661,3 +661,20 @@ def test_expression_jvp_equals_torch_func(client, formula, tangents):
     )
     _, want = torch.func.jvp(f, primals, vectors)
     assert torch.allclose(torch.tensor(r.json["jvp"], dtype=torch.float64), want, atol=1e-12)
+
+
+def test_no_samples_with_the_over_2m_l2_term_is_a_422_not_a_500(client):
+    """Found by an audit: lambda / (2m) with m = 0 raised ZeroDivisionError, a 500 on /v1/gradients and /v1/check."""
+    model = {
+        "kind": "network",
+        "layout": "dlai",
+        "layers": [{"type": "linear", "out_features": 1}],
+        "loss": {"type": "bce"},
+        "l2": {"reg": 0.1, "form": "over_2m"},
+        "init": {"scheme": "zeros"},
+    }
+    body = {"model": model, "inputs": {"X": [[], []], "y": [[]]}}
+    for path, extra in (("/v1/gradients", {"include": []}), ("/v1/check", {"submission": {"loss": 0.0}})):
+        status, out = post(client, path, {**body, **extra})
+        assert status == 422, out
+        assert out["type"] == "/problems/shape-mismatch" and "m = 0" in out["detail"]

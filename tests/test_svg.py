@@ -108,6 +108,49 @@ def test_errors_stay_problem_json(client, body, status, slug):
     assert r.json["type"] == "/problems/" + slug
 
 
+def test_a_non_scalar_output_in_grad_mode_says_why_there_is_no_picture(client):
+    """With `jacobian` a non-scalar output is answered, without a graph: the 422 names the output, not inference."""
+    body = {"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": [1, 2]}, "include": ["jacobian"]}
+    r = client.post("/v1/gradients", json=body, headers={"Accept": SVG})
+    assert (r.status_code, r.mimetype, r.json["type"]) == (422, PROBLEM, "/problems/no-graph")
+    assert "not a scalar" in r.json["detail"] and "dout" in r.json["detail"] and "Inference" not in r.json["detail"]
+
+
+# The audit's network: 32 x (linear + softmax, batchnorm), hinge loss, L2 on biases too: 844 graph nodes, whose
+# default dot layout took 10.6-15 s (the request's 10 s deadline: always a 503)
+LARGE_NETWORK = {
+    "model": {
+        "kind": "network",
+        "layout": "mytorch",
+        "layers": [
+            {"type": "linear", "out_features": 3, "activation": "softmax"},
+            {"type": "batchnorm", "variance": "unbiased"},
+        ]
+        * 32,
+        "loss": {"type": "hinge"},
+        "l2": {"reg": 0.1, "form": "sum_sq", "include_biases": True},
+        "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.1},
+        "generate": {"X": {"scheme": "numpy_legacy", "seed": 1, "shape": [5, 3]}},
+    },
+    "inputs": {"y": [0, 1, 2, 0, 1]},
+}
+
+
+def test_large_graphs_get_a_bounded_layout(client):
+    graph = client.post("/v1/gradients", json=LARGE_NETWORK).json["graph"]
+    assert len(graph["nodes"]) > 800
+    assert "mclimit=0.1" in to_dot(graph).splitlines()[1]
+    small = client.post("/v1/gradients", json=SIN_SQUARE).json["graph"]
+    assert "mclimit" not in to_dot(small)  # small graphs keep dot's full crossing minimisation
+
+
+@pytest.mark.usefixtures("needs_dot")
+def test_the_largest_network_graph_is_drawn_within_the_deadline(client):
+    r = client.post("/v1/gradients", json=LARGE_NETWORK, headers={"Accept": SVG})
+    assert (r.status_code, r.mimetype) == (200, SVG), r.data[:300]
+    assert len(node_texts(r.data)) > 800
+
+
 def test_missing_graphviz_is_a_clear_501(client, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty PATH: the real lookup finds no `dot`
     r = client.post("/v1/gradients", json=TUTORIAL_NEURON, headers={"Accept": SVG})

@@ -45,7 +45,7 @@ def gradients():
     with compute_timer(spec["model"]["kind"]):
         result = compute(spec, current_app.config["LIMITS"])
     if picture:
-        svg = render_svg(result["graph"], current_app.config["LIMITS"])
+        svg = render_svg(result["graph"], current_app.config["LIMITS"], result["mode"])
         return Response(svg, mimetype=SVG, headers={"Content-Security-Policy": SVG_CSP, "Vary": "Accept"})
     return gradient_body(result), {"Vary": "Accept"}
 
