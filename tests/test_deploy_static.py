@@ -206,6 +206,50 @@ def test_committed_compose_nginx_conf_is_rendered_from_the_template():
         assert f"server {upstream} " in expected
 
 
+# --- gateway temp space -------------------------------------------------------------------------------
+
+UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
+def size_bytes(text: str) -> int:
+    """`768m` (tmpfs size=) or `768Mi` (Kubernetes quantity) in bytes."""
+    number, unit = re.fullmatch(r"(\d+)([kmg]|[KMG]i)?", str(text)).groups()
+    return int(number) * UNITS[unit or ""]
+
+
+def gateway_temp_needed(conf: str) -> tuple[int, int]:
+    """(bytes nginx can hold in its temp dirs for the large bodies it admits at once, the body limit): each body up to
+    client_max_body_size and its answer's temp file up to proxy_max_temp_file_size."""
+    large = int(re.search(r"limit_conn grad_large_bodies (\d+);", conf).group(1))
+    body = int(re.search(r"client_max_body_size (\d+);", conf).group(1))
+    answer = size_bytes(re.search(r"proxy_max_temp_file_size (\w+);", conf).group(1))
+    assert int(re.search(r"client_body_buffer_size (\d+)k;", conf).group(1)) == 64  # the map's 64 KiB threshold
+    return large * (body + answer), body
+
+
+def test_gateway_temp_space_holds_the_large_bodies_it_admits():
+    """A 20 MiB POST once got 500 "No space left on device" from a 16 MiB tmpfs; in k8s a full emptyDir evicts."""
+    yaml = require_module("yaml")
+    gateway = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["gateway"]
+    (tmpfs,) = [t for t in gateway["tmpfs"] if t.startswith("/tmp:")]
+    compose_tmp = size_bytes(re.search(r"size=(\w+)", tmpfs).group(1))
+    needed, body = gateway_temp_needed((DEPLOY / "nginx" / "nginx.compose.conf").read_text())
+    assert compose_tmp >= needed and compose_tmp >= 8 * body, (compose_tmp, needed)
+
+    (deployment,) = [d for d in yaml.safe_load_all((K8S / "gateway.yaml").read_text()) if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    volume = {v["name"]: v for v in pod["volumes"]}["tmp"]
+    k8s_tmp = size_bytes(volume["emptyDir"]["sizeLimit"])
+    needed, body = gateway_temp_needed((K8S / "gateway" / "nginx.conf").read_text())
+    assert k8s_tmp >= needed and k8s_tmp >= 8 * body, (k8s_tmp, needed)
+    (container,) = pod["containers"]
+    assert {m["mountPath"]: m["name"] for m in container["volumeMounts"]}["/tmp"] == "tmp"
+    resources = container["resources"]
+    # the kubelet evicts a pod whose emptyDirs + logs pass the sum of its containers' ephemeral-storage limits
+    assert size_bytes(resources["limits"]["ephemeral-storage"]) >= k8s_tmp + 64 * 2**20
+    assert "ephemeral-storage" in resources["requests"]
+
+
 # --- nginx --------------------------------------------------------------------------------------------
 
 
