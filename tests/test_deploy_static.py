@@ -198,6 +198,26 @@ def test_compose_has_gateway_and_two_replicas():
     assert (DEPLOY / conf).resolve() == (DEPLOY / "nginx" / "nginx.compose.conf")
 
 
+def grace_seconds(value: str) -> int:
+    minutes, seconds = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", value).groups()
+    return 60 * int(minutes or 0) + int(seconds or 0)
+
+
+def test_compose_and_k8s_gateways_match_and_outlast_the_read_timeout():
+    """Same maintained nginx image in both; a stop waits longer than proxy_read_timeout (Docker's default is 10 s)."""
+    yaml = require_module("yaml")
+    gateway = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["gateway"]
+    (deployment,) = [d for d in yaml.safe_load_all((K8S / "gateway.yaml").read_text()) if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert gateway["image"] == pod["containers"][0]["image"] == "nginx:1.28-alpine"  # stable, not a mainline branch
+    for conf, grace in (
+        (DEPLOY / "nginx" / "nginx.compose.conf", grace_seconds(gateway["stop_grace_period"])),
+        (K8S / "gateway" / "nginx.conf", pod["terminationGracePeriodSeconds"]),
+    ):
+        read_timeout = int(re.search(r"proxy_read_timeout +(\d+)s;", conf.read_text()).group(1))
+        assert grace > read_timeout, (conf.name, grace, read_timeout)
+
+
 def test_committed_compose_nginx_conf_is_rendered_from_the_template():
     render = load_render()
     expected = render.render(**render.COMPOSE_SETTINGS)
