@@ -168,6 +168,7 @@ def test_deployment_is_locked_down_and_probed():
         "MAX_WALL_SECONDS",
         "MAX_BATCH_JOBS",
         "MAX_REQUEST_BYTES",
+        "MAX_WORKER_RSS_MB",
         "MAX_INPUTS",
     }
     assert limits <= set(docs["ConfigMap"]["data"])
@@ -175,6 +176,32 @@ def test_deployment_is_locked_down_and_probed():
     selector = docs["Deployment"]["spec"]["selector"]["matchLabels"]
     assert docs["Service"]["spec"]["selector"] == selector
     assert docs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == selector
+
+
+# --- memory -------------------------------------------------------------------------------------------
+
+MASTER_MIB = 256  # gunicorn's master with the app preloaded: 235 MiB RSS measured (2 workers, after start)
+
+
+def memory_needed_mib(env: dict) -> float:
+    """A worker checks its RSS after each request (MAX_WORKER_RSS_MB), so during the next one it may add the
+    cost model's budget (MAX_REQUEST_BYTES): every worker at that peak, plus the master."""
+    per_worker = float(env["MAX_WORKER_RSS_MB"]) + int(env["MAX_REQUEST_BYTES"]) / 2**20
+    return int(env["WEB_CONCURRENCY"]) * per_worker + MASTER_MIB
+
+
+def test_memory_limits_hold_every_worker_at_its_peak():
+    """MAX_WORKER_RSS_MB 768 + 256 MiB per request x 2 workers + master passed k8s's 2Gi; compose's 1g too."""
+    yaml = require_module("yaml")
+    config = [d for d in yaml.safe_load_all((K8S / "configmap.yaml").read_text()) if d][0]["data"]
+    (deployment,) = [d for d in yaml.safe_load_all((K8S / "deployment.yaml").read_text()) if d]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    limit = size_bytes(container["resources"]["limits"]["memory"]) / 2**20
+    assert memory_needed_mib(config) <= limit, (memory_needed_mib(config), limit)
+
+    app = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["app1"]
+    limit = size_bytes(app["deploy"]["resources"]["limits"]["memory"]) / 2**20
+    assert memory_needed_mib(app["environment"]) <= limit, (memory_needed_mib(app["environment"]), limit)
 
 
 # --- compose ------------------------------------------------------------------------------------------
