@@ -168,6 +168,7 @@ def test_deployment_is_locked_down_and_probed():
         "MAX_WALL_SECONDS",
         "MAX_BATCH_JOBS",
         "MAX_REQUEST_BYTES",
+        "MAX_WORKER_RSS_MB",
         "MAX_INPUTS",
     }
     assert limits <= set(docs["ConfigMap"]["data"])
@@ -175,6 +176,39 @@ def test_deployment_is_locked_down_and_probed():
     selector = docs["Deployment"]["spec"]["selector"]["matchLabels"]
     assert docs["Service"]["spec"]["selector"] == selector
     assert docs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == selector
+
+
+# --- memory -------------------------------------------------------------------------------------------
+
+MASTER_MIB = 256  # gunicorn's master with the app preloaded: 235 MiB RSS measured (2 workers, after start)
+
+
+def memory_needed_mib(env: dict) -> float:
+    """A worker checks its RSS after each request (MAX_WORKER_RSS_MB), so during the next one it may add the
+    cost model's budget (MAX_REQUEST_BYTES): every worker at that peak, plus the master."""
+    per_worker = float(env["MAX_WORKER_RSS_MB"]) + int(env["MAX_REQUEST_BYTES"]) / 2**20
+    return int(env["WEB_CONCURRENCY"]) * per_worker + MASTER_MIB
+
+
+def test_memory_limits_hold_every_worker_at_its_peak():
+    """MAX_WORKER_RSS_MB 768 + 256 MiB per request x 2 workers + master passed k8s's 2Gi; compose's 1g too."""
+    yaml = require_module("yaml")
+    config = [d for d in yaml.safe_load_all((K8S / "configmap.yaml").read_text()) if d][0]["data"]
+    (deployment,) = [d for d in yaml.safe_load_all((K8S / "deployment.yaml").read_text()) if d]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    limit = size_bytes(container["resources"]["limits"]["memory"]) / 2**20
+    tmpfs = sum(  # memory-backed emptyDirs (the Prometheus files) count in the container's memory too
+        size_bytes(v["emptyDir"]["sizeLimit"]) / 2**20
+        for v in deployment["spec"]["template"]["spec"]["volumes"]
+        if v.get("emptyDir", {}).get("medium") == "Memory"
+    )
+    assert tmpfs > 0
+    assert memory_needed_mib(config) + tmpfs <= limit, (memory_needed_mib(config), tmpfs, limit)
+
+    app = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["app1"]
+    limit = size_bytes(app["deploy"]["resources"]["limits"]["memory"]) / 2**20
+    tmpfs = sum(size_bytes(re.search(r"size=(\w+)", t).group(1)) / 2**20 for t in app["tmpfs"])
+    assert memory_needed_mib(app["environment"]) + tmpfs <= limit, (memory_needed_mib(app["environment"]), limit)
 
 
 # --- compose ------------------------------------------------------------------------------------------
@@ -198,12 +232,76 @@ def test_compose_has_gateway_and_two_replicas():
     assert (DEPLOY / conf).resolve() == (DEPLOY / "nginx" / "nginx.compose.conf")
 
 
+def grace_seconds(value: str) -> int:
+    minutes, seconds = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", value).groups()
+    return 60 * int(minutes or 0) + int(seconds or 0)
+
+
+def test_compose_and_k8s_gateways_match_and_outlast_the_read_timeout():
+    """Same maintained nginx image in both; a stop waits longer than proxy_read_timeout (Docker's default is 10 s)."""
+    yaml = require_module("yaml")
+    gateway = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["gateway"]
+    (deployment,) = [d for d in yaml.safe_load_all((K8S / "gateway.yaml").read_text()) if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert gateway["image"] == pod["containers"][0]["image"] == "nginx:1.28-alpine"  # stable, not a mainline branch
+    for conf, grace in (
+        (DEPLOY / "nginx" / "nginx.compose.conf", grace_seconds(gateway["stop_grace_period"])),
+        (K8S / "gateway" / "nginx.conf", pod["terminationGracePeriodSeconds"]),
+    ):
+        read_timeout = int(re.search(r"proxy_read_timeout +(\d+)s;", conf.read_text()).group(1))
+        assert grace > read_timeout, (conf.name, grace, read_timeout)
+
+
 def test_committed_compose_nginx_conf_is_rendered_from_the_template():
     render = load_render()
     expected = render.render(**render.COMPOSE_SETTINGS)
     assert render.COMPOSE_CONF.read_text() == expected, "run: python deploy/nginx/render.py --compose"
     for upstream in ("app1:8000", "app2:8000"):
         assert f"server {upstream} " in expected
+
+
+# --- gateway temp space -------------------------------------------------------------------------------
+
+UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
+def size_bytes(text: str) -> int:
+    """`768m` (tmpfs size=) or `768Mi` (Kubernetes quantity) in bytes."""
+    number, unit = re.fullmatch(r"(\d+)([kmg]|[KMG]i)?", str(text)).groups()
+    return int(number) * UNITS[unit or ""]
+
+
+def gateway_temp_needed(conf: str) -> tuple[int, int]:
+    """(bytes nginx can hold in its temp dirs for the large bodies it admits at once, the body limit): each body up to
+    client_max_body_size and its answer's temp file up to proxy_max_temp_file_size."""
+    large = int(re.search(r"limit_conn grad_large_bodies (\d+);", conf).group(1))
+    body = int(re.search(r"client_max_body_size (\d+);", conf).group(1))
+    answer = size_bytes(re.search(r"proxy_max_temp_file_size (\w+);", conf).group(1))
+    assert int(re.search(r"client_body_buffer_size (\d+)k;", conf).group(1)) == 64  # the map's 64 KiB threshold
+    return large * (body + answer), body
+
+
+def test_gateway_temp_space_holds_the_large_bodies_it_admits():
+    """A 20 MiB POST once got 500 "No space left on device" from a 16 MiB tmpfs; in k8s a full emptyDir evicts."""
+    yaml = require_module("yaml")
+    gateway = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["gateway"]
+    (tmpfs,) = [t for t in gateway["tmpfs"] if t.startswith("/tmp:")]
+    compose_tmp = size_bytes(re.search(r"size=(\w+)", tmpfs).group(1))
+    needed, body = gateway_temp_needed((DEPLOY / "nginx" / "nginx.compose.conf").read_text())
+    assert compose_tmp >= needed and compose_tmp >= 8 * body, (compose_tmp, needed)
+
+    (deployment,) = [d for d in yaml.safe_load_all((K8S / "gateway.yaml").read_text()) if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    volume = {v["name"]: v for v in pod["volumes"]}["tmp"]
+    k8s_tmp = size_bytes(volume["emptyDir"]["sizeLimit"])
+    needed, body = gateway_temp_needed((K8S / "gateway" / "nginx.conf").read_text())
+    assert k8s_tmp >= needed and k8s_tmp >= 8 * body, (k8s_tmp, needed)
+    (container,) = pod["containers"]
+    assert {m["mountPath"]: m["name"] for m in container["volumeMounts"]}["/tmp"] == "tmp"
+    resources = container["resources"]
+    # the kubelet evicts a pod whose emptyDirs + logs pass the sum of its containers' ephemeral-storage limits
+    assert size_bytes(resources["limits"]["ephemeral-storage"]) >= k8s_tmp + 64 * 2**20
+    assert "ephemeral-storage" in resources["requests"]
 
 
 # --- nginx --------------------------------------------------------------------------------------------

@@ -4,13 +4,14 @@ and a ServiceMonitor (a CRD, checked against a vendored minimal schema: kubernet
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from test_deploy_static import K8S, K8S_VERSION, load_render, nginx_t, require_module
+from test_deploy_static import DEPLOY, K8S, K8S_VERSION, load_render, nginx_t, require_module
 
 SERVICEMONITOR_SCHEMA = {  # the fields we use, from monitoring.coreos.com/v1 ServiceMonitor (prometheus-operator)
     "type": "object",
@@ -61,6 +62,31 @@ def test_k8s_gateway_conf_is_rendered_from_the_template():
     assert render.K8S_CONF.read_text() == render.render(**render.K8S_SETTINGS), (
         "run: python deploy/nginx/render.py --k8s"
     )
+
+
+def render_k8s(*options: str, **env: str) -> str:
+    """`render.py --k8s -o - OPTIONS` with only these GATEWAY_* variables in the environment."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    proc = subprocess.run(
+        [sys.executable, str(DEPLOY / "nginx" / "render.py"), "--k8s", "-o", "-", *options],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_render_k8s_applies_gateway_environment():
+    """GATEWAY_* override the --k8s preset (docs/edge.md tells operators to set them); unset, the committed copy."""
+    assert render_k8s() == (K8S / "gateway" / "nginx.conf").read_text()
+    text = render_k8s(GATEWAY_REAL_IP_FROM="172.16.0.0/12", GATEWAY_RATE="50r/s", GATEWAY_PORT="9090")
+    assert "set_real_ip_from 172.16.0.0/12;" in text and "10.0.0.0/8" not in text
+    assert "rate=50r/s" in text and "listen 0.0.0.0:9090;" in text  # the preset's host stays
+    assert "server gradsvc:80 " in text  # what is not set stays the preset's
+    text = render_k8s("--conn-per-client", "5", "--worker-connections", "1000", GATEWAY_CONN_PER_CLIENT="7")
+    assert "limit_conn grad_conn_per_ip 5;" in text and "worker_connections 1000;" in text  # options beat env
 
 
 def test_k8s_gateway_conf_passes_nginx_t(tmp_path):

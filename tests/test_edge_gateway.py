@@ -152,6 +152,30 @@ def test_limit_conn_per_client(app_server, tmp_path):
         gw.stop()
 
 
+@pytest.mark.slow
+def test_large_bodies_at_once_are_limited_per_gateway(app_server, tmp_path):
+    """Bodies over 64 KiB go to nginx's temp space: at most large_bodies of them at once, from any clients."""
+    gw = gateway_with(app_server, tmp_path, large_bodies=2)
+    slow = None
+    try:
+        slow = SlowClients(gw.port, slow_headers=0, slow_bodies=2, idle=0)  # two 100,000-byte bodies in progress
+        time.sleep(0.5)
+        small = json.dumps(TUTORIAL_NEURON).encode()
+        large = small[:-1] + b" " * 70_000 + b"}"  # the same request, over 64 KiB
+        third = post_from("127.0.0.1", gw.port, large)  # another client: its per-client limit is not the reason
+        assert third.status == 429 and third.getheader("Content-Type") == PROBLEM
+        assert "2 bodies over 64 KiB at once" in json.loads(third.body)["detail"]
+        assert post_from("127.0.0.1", gw.port, small).status == 200  # small bodies are not counted
+        slow.close()
+        slow = None
+        time.sleep(0.5)
+        assert post_from("127.0.0.1", gw.port, large).status == 200
+    finally:
+        if slow:
+            slow.close()
+        gw.stop()
+
+
 def test_invalid_request_id_is_replaced_and_logged_as_answered(gateway, app_server):
     for bad in ["x" * 6000, 'a"b', "with space", "é"]:
         r = requests.get(gateway.url + "/v1/models", headers={"X-Request-ID": bad.encode("utf-8")}, timeout=10)

@@ -3,10 +3,12 @@
     python deploy/nginx/render.py --prefix-dir .run/nginx/          # writes .run/nginx/nginx.conf (+ logs/)
     nginx -p "$PWD/.run/nginx/" -c "$PWD/.run/nginx/nginx.conf" -g 'daemon off;'
 
-Defaults come from the environment (GATEWAY_HOST, GATEWAY_PORT, GATEWAY_UPSTREAMS, GATEWAY_RATE,
-GATEWAY_BURST, GATEWAY_MAX_BODY_BYTES, GATEWAY_PREFIX, GATEWAY_READ_TIMEOUT, GATEWAY_WORKER_CONNECTIONS,
-GATEWAY_CONN_PER_CLIENT, GATEWAY_REAL_IP_FROM), then from the options.  `--compose` and `--k8s` rewrite the
-committed copies for deploy/compose.yaml and deploy/k8s/ (tests check both equal a fresh render).
+Settings, each overriding the one before: render()'s defaults, or the preset of `--compose` / `--k8s`;
+then the environment (GATEWAY_HOST, GATEWAY_PORT, GATEWAY_UPSTREAMS, GATEWAY_RATE, GATEWAY_BURST,
+GATEWAY_MAX_BODY_BYTES, GATEWAY_PREFIX, GATEWAY_READ_TIMEOUT, GATEWAY_WORKER_CONNECTIONS,
+GATEWAY_CONN_PER_CLIENT, GATEWAY_LARGE_BODIES, GATEWAY_REAL_IP_FROM); then the options.  `--compose` and
+`--k8s` rewrite the committed copies for deploy/compose.yaml and deploy/k8s/ (tests check both equal a fresh
+render with no GATEWAY_* set); with `-o FILE` (or `-o -`) they write there instead.
 Tests import render() directly.  Standard library only.
 """
 
@@ -70,13 +72,14 @@ def render(
     upstream_params: str = "max_fails=3 fail_timeout=10s",
     worker_connections: int = 4096,
     conn_per_client: int = 32,
+    large_bodies: int = 8,
     real_ip_from: list[str] | tuple[str, ...] = (),
 ) -> str:
     """Return the nginx.conf text; every value is validated so nothing can inject nginx syntax."""
     if not upstreams:
         raise ValueError("at least one upstream is needed")
-    if int(worker_connections) < 64 or int(conn_per_client) < 1:
-        raise ValueError("worker_connections must be >= 64 and conn_per_client >= 1")
+    if int(worker_connections) < 64 or int(conn_per_client) < 1 or int(large_bodies) < 1:
+        raise ValueError("worker_connections must be >= 64, conn_per_client and large_bodies >= 1")
     real_ip = "".join(f"    set_real_ip_from {ipaddress.ip_network(cidr.strip())};\n" for cidr in real_ip_from)
     if real_ip:  # behind a trusted proxy (the Ingress controller): limits apply to the real client address
         real_ip += "    real_ip_header X-Forwarded-For;\n    real_ip_recursive on;\n"
@@ -96,6 +99,7 @@ def render(
         "WORKER_CONNECTIONS": str(int(worker_connections)),
         "RLIMIT_NOFILE": str(2 * int(worker_connections)),
         "CONN_PER_CLIENT": str(int(conn_per_client)),
+        "LARGE_BODIES": str(int(large_bodies)),
         "REAL_IP": real_ip,
     }
     text = TEMPLATE.read_text().replace(
@@ -119,14 +123,25 @@ def write_prefix(prefix_dir: str | os.PathLike, text: str) -> Path:
     return conf
 
 
-def _env_settings() -> dict:
+def _env_settings(listen: str = "127.0.0.1:8080") -> dict:
+    """The GATEWAY_* variables that are set; GATEWAY_HOST or GATEWAY_PORT alone keeps the other half of `listen`."""
     env = os.environ
     settings = {}
     if "GATEWAY_HOST" in env or "GATEWAY_PORT" in env:
-        settings["listen"] = f"{env.get('GATEWAY_HOST', '127.0.0.1')}:{env.get('GATEWAY_PORT', '8080')}"
+        host, port = listen.rsplit(":", 1)
+        settings["listen"] = f"{env.get('GATEWAY_HOST', host)}:{env.get('GATEWAY_PORT', port)}"
     if env.get("GATEWAY_UPSTREAMS"):
         settings["upstreams"] = [u.strip() for u in env["GATEWAY_UPSTREAMS"].split(",") if u.strip()]
-    for key in ("rate", "burst", "max_body_bytes", "prefix", "read_timeout", "worker_connections", "conn_per_client"):
+    for key in (
+        "rate",
+        "burst",
+        "max_body_bytes",
+        "prefix",
+        "read_timeout",
+        "worker_connections",
+        "conn_per_client",
+        "large_bodies",
+    ):
         if env.get(f"GATEWAY_{key.upper()}"):
             settings[key] = env[f"GATEWAY_{key.upper()}"]
     if env.get("GATEWAY_REAL_IP_FROM"):
@@ -136,11 +151,12 @@ def _env_settings() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--compose", action="store_true", help=f"(re)write {COMPOSE_CONF.name} for compose.yaml")
+    preset.add_argument("--k8s", action="store_true", help="(re)write deploy/k8s/gateway/nginx.conf for kustomize")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--prefix-dir", help="write DIR/nginx.conf and create DIR/logs")
     out.add_argument("-o", "--output", help="write the config to this file ('-' for stdout)")
-    out.add_argument("--compose", action="store_true", help=f"(re)write {COMPOSE_CONF.name} for compose.yaml")
-    out.add_argument("--k8s", action="store_true", help="(re)write deploy/k8s/gateway/nginx.conf for kustomize")
     parser.add_argument("--listen", help="host:port to listen on (default 127.0.0.1:$GATEWAY_PORT or :8080)")
     parser.add_argument("--upstream", action="append", help="host:port of a replica (repeatable)")
     parser.add_argument("--rate", help="limit_req rate per client IP, e.g. 20r/s")
@@ -148,9 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-body-bytes", type=int)
     parser.add_argument("--prefix")
     parser.add_argument("--read-timeout")
+    parser.add_argument("--worker-connections", type=int)
+    parser.add_argument("--conn-per-client", type=int, help="limit_conn per client IP")
+    parser.add_argument("--large-bodies", type=int, help="requests with a body over 64 KiB at once (429 beyond)")
+    parser.add_argument("--real-ip-from", action="append", help="CIDR of a trusted proxy in front (repeatable)")
     args = parser.parse_args(argv)
 
-    settings = dict(COMPOSE_SETTINGS) if args.compose else dict(K8S_SETTINGS) if args.k8s else _env_settings()
+    settings = dict(COMPOSE_SETTINGS) if args.compose else dict(K8S_SETTINGS) if args.k8s else {}
+    settings.update(_env_settings(settings.get("listen", "127.0.0.1:8080")))
     cli = {
         "listen": args.listen,
         "upstreams": args.upstream,
@@ -159,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         "max_body_bytes": args.max_body_bytes,
         "prefix": args.prefix,
         "read_timeout": args.read_timeout,
+        "worker_connections": args.worker_connections,
+        "conn_per_client": args.conn_per_client,
+        "large_bodies": args.large_bodies,
+        "real_ip_from": args.real_ip_from,
     }
     settings.update({k: v for k, v in cli.items() if v is not None})
     try:
@@ -166,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as err:
         print(f"render.py: {err}", file=sys.stderr)
         return 2
-    if args.compose or args.k8s:
+    if (args.compose or args.k8s) and not (args.output or args.prefix_dir):
         target = COMPOSE_CONF if args.compose else K8S_CONF
         target.parent.mkdir(exist_ok=True)
         target.write_text(text)
