@@ -7,7 +7,7 @@ Exit codes of compute, check and batch:
   0  success; for `check`/`batch`: every check passed and no job failed
   1  the service answered, but a check failed (or, for `batch`, a job failed or a check in it failed)
   2  usage or input error: bad arguments, unreadable/invalid JSON file, or the service answered 4xx
-  3  service unavailable: connection refused/timed out, a response cut off, or 502/503/504, still after every retry
+  3  service unavailable: connection refused/timed out, a response cut off, or 429/502/503/504, still after every retry
   4  server error: 500 (or another non-retryable 5xx) or an answer that is not JSON
 """
 
@@ -97,7 +97,7 @@ def connection_options(defaults: bool) -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=default(30.0), help="seconds per attempt (default 30)")
     p.add_argument(
-        "--retries", type=int, default=default(5), help="retries on connection errors and 502/503/504 (default 5)"
+        "--retries", type=int, default=default(5), help="retries on connection errors and 429/502/503/504 (default 5)"
     )
     p.add_argument(
         "--backoff",

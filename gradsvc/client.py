@@ -8,7 +8,8 @@ import time
 import requests
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-RETRY_STATUSES = frozenset({502, 503, 504})
+# 429: the gateway's rate and concurrency limits (it sends Retry-After); 502/503/504: no replica answered in time
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # No answer, or one cut off mid-body (a worker killed while writing it: a gateway cannot retry a response whose
 # headers it has forwarded). Retrying either is safe: every computation is pure.
 RETRY_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
@@ -19,7 +20,7 @@ class GradsvcError(Exception):
 
 
 class ServiceUnavailable(GradsvcError):
-    """No answer (connection refused, timeout, a response cut off) or 502/503/504, still after every retry."""
+    """No answer (connection refused, timeout, a response cut off) or 429/502/503/504, still after every retry."""
 
 
 class ProblemError(GradsvcError):

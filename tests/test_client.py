@@ -117,22 +117,23 @@ class FakeSession:
         return item
 
 
-def test_client_retries_502_503_504_and_connection_errors_with_backoff():
+def test_client_retries_429_502_503_504_and_connection_errors_with_backoff():
     sleeps = []
     session = FakeSession(
         [
             requests.ConnectionError("refused"),
             FakeResponse(503, headers={"Retry-After": "1"}),
+            FakeResponse(429, headers={"Retry-After": "1"}),  # the gateway's limits: retry after it says
             FakeResponse(502),
             FakeResponse(504),
             FakeResponse(200, {"ok": True}),
         ]
     )
     client = Client(
-        "http://svc", api_key="k", retries=4, backoff=0.5, max_backoff=3, session=session, sleep=sleeps.append
+        "http://svc", api_key="k", retries=5, backoff=0.5, max_backoff=3, session=session, sleep=sleeps.append
     )
     assert client.compute({}) == {"ok": True}
-    assert sleeps == [0.5, 1.0, 2.0, 3.0]  # doubled, Retry-After respected, capped
+    assert sleeps == [0.5, 1.0, 2.0, 3.0, 3.0]  # doubled, Retry-After respected, capped
     assert session.calls[0][1]["headers"]["Authorization"] == "Bearer k"
     assert session.calls[0][1]["timeout"] == 30.0
 
