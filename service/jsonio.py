@@ -2,14 +2,14 @@
 
 Duplicate keys: orjson (fast) cannot report them and keeps the last value.  Detection stays cheap by counting:
 every key in the raw text ends in `"` + optional whitespace + `:`, so that pattern's count is an upper bound
-on the keys sent; if it equals the number of keys orjson kept, nothing was dropped.  Only when it is larger
-(a duplicate, or a string value that contains `":`) does the stdlib parser run again with an
-object_pairs_hook to name the key.  Measured costs are in docs/edge.md.
+on the keys sent; if it equals the number of keys orjson kept, nothing was dropped.  When it is larger (a
+duplicate, or a string value that contains `":`), the keys are counted exactly on the raw bytes, without
+parsing the body again (`raw_key_count`), and compared with every key orjson kept; only a body that really has a
+duplicate has its key names decoded, to name it.  Measured costs are in docs/limits.md.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 
@@ -43,7 +43,7 @@ def read_json():
     except orjson.JSONDecodeError as err:
         raise MalformedJSON(f"The body is not valid JSON: {err}.") from None
     if len(KEY_END.findall(raw)) > kept_keys(body):
-        reject_duplicate_keys(raw)
+        reject_duplicate_keys(raw, body)
     return body
 
 
@@ -63,36 +63,90 @@ def read_body() -> bytes:
     return data
 
 
-def kept_keys(node) -> int:
+def kept_keys(node, exact: bool = False) -> int:
     """Keys in every object of the parsed body.  A list whose first item is a scalar is not walked (tensors
-    are long lists of numbers): an undercount only sends the body to the exact check, it never hides one."""
+    are long lists of numbers): an undercount only sends the body to the exact check, it never hides one.
+    With `exact`, such a list is walked too when it holds any list or object (one C-speed pass over its types)."""
     count = 0
     stack = [node]
     while stack:
         item = stack.pop()
-        if type(item) is dict:
+        kind = type(item)
+        if kind is dict:
             count += len(item)
             stack.extend(item.values())
-        elif type(item) is list and item and type(item[0]) in (dict, list):
-            stack.extend(item)
+        elif kind is list and item:
+            if type(item[0]) in CONTAINERS or (exact and not CONTAINERS.isdisjoint(set(map(type, item)))):
+                stack.extend(item)
     return count
 
 
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
-    seen: dict = {}
-    for key, value in pairs:
-        if key in seen:
-            raise DuplicateKey(f"The key {key!r} appears more than once in one object.")
-        seen[key] = value
-    return seen
+CONTAINERS = frozenset((dict, list))
+# Inside a string, a `"` is written `\"` and a backslash `\\`.  Masking both with bytes a valid body cannot hold
+# (raw control characters are not allowed in JSON text) keeps every offset, and leaves a `"` only where a string
+# starts or ends: the quotes then alternate, opening and closing.
+MASKS = ((b"\\\\", b"\x00\x00"), (b'\\"', b"\x00\x01"))
+STRING_OR_KEY = re.compile(rb'"[^"]*"(?:[ \t\r\n]*(:))?')  # group 1 is ":" for a key, b"" for a value
+EVENT = re.compile(rb'[{}]|"[ \t\r\n]*:')
+QUOTE, OPEN = ord('"'), ord("{")
 
 
-def reject_duplicate_keys(raw: bytes) -> None:
-    """The slow, exact check: the stdlib parser with a hook that sees every key of every object."""
-    try:
-        json.loads(raw, object_pairs_hook=_no_duplicates)
-    except RecursionError:
-        raise MalformedJSON("The body is nested too deeply to be checked for duplicate keys.") from None
+def masked(raw: bytes) -> bytes:
+    for escape, mask in MASKS:
+        raw = raw.replace(escape, mask)  # C speed; the same object back when there is nothing to mask
+    return raw
+
+
+def raw_key_count(raw: bytes) -> int:
+    """How many keys the raw body has, exactly: strings that merely contain `":` are not keys.  In the masked
+    text a string is `"[^"]*"`, so one regex pass (C speed) walks every string and marks the keys."""
+    return STRING_OR_KEY.findall(masked(raw)).count(b":")
+
+
+def _key_name(raw: bytes, start: int, end: int) -> str:
+    text = raw[start:end]
+    return orjson.loads(b'"' + text + b'"') if b"\\" in text else text.decode()
+
+
+def duplicate_key(raw: bytes) -> str | None:
+    """The first key that appears twice in one object, found on the raw bytes: keys and the braces outside strings
+    (an even number of quotes before them), one Python step each; numbers are skipped by the regex engine."""
+    text = masked(raw)
+    quotes = last = 0
+    stack: list[set] = []
+    keys: set = set()
+    for match in EVENT.finditer(text):
+        at = match.start()
+        quotes += text.count(b'"', last, at)
+        last = at
+        char = text[at]
+        if char == QUOTE:
+            if quotes % 2:
+                name = _key_name(raw, text.rfind(b'"', 0, at) + 1, at)
+                if name in keys:
+                    return name
+                keys.add(name)
+        elif quotes % 2 == 0:
+            if char == OPEN:
+                stack.append(keys)
+                keys = set()
+            else:
+                keys = stack.pop()
+    return None
+
+
+def reject_duplicate_keys(raw: bytes, body) -> None:
+    """The exact check: the keys of the raw text against the keys orjson kept.  Each raw key lands in one object,
+    where orjson keeps one entry per distinct key, so the counts differ exactly when some object has a key twice
+    (and orjson dropped it, with anything nested in its first value).  Only then is the key looked for, to name it."""
+    if raw_key_count(raw) == kept_keys(body, exact=True):
+        return
+    name = duplicate_key(raw)
+    raise DuplicateKey(
+        "A key appears more than once in one object."  # the counts prove one: not reached
+        if name is None
+        else f"The key {name!r} appears more than once in one object."
+    )
 
 
 def assert_finite(obj, where: str = "body") -> None:

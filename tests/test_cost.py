@@ -156,6 +156,68 @@ def test_nested_empty_lists_count_as_elements(client):
     assert "nested lists" in problem["detail"]
 
 
+class SmallLimitsConfig(TestConfig):
+    LIMITS = Limits(max_tensor_elements=1000, max_total_elements=2000)
+
+
+@pytest.fixture(scope="module")
+def small_client():
+    return create_app(SmallLimitsConfig).test_client()
+
+
+def square(n: int, value: float = 0.5) -> list:
+    return [[value] * n] * n
+
+
+NESTED_OVER_A_LIMIT = [
+    # (path, body, limit, words of the detail): every top-level length is small, the elements below are not
+    ("/v1/gradients", expression("sum(x)", x=square(40)), "max_tensor_elements", "input 'x' has 1600 elements"),
+    (
+        "/v1/gradients",
+        expression("sum(a+b+c)", a=square(30), b=square(30), c=square(30)),
+        "max_total_elements",
+        "the inputs have 2700 elements in total",
+    ),
+    (
+        "/v1/check",
+        {**expression("sum(x)"), "points": [{"x": square(30)}] * 3, "submission": {"loss": [0, 0, 0]}},
+        "max_total_elements",
+        "the points have 2700 elements in total",
+    ),
+    (
+        "/v1/gradients",
+        {**expression("x", x=square(20, 1.0)), "dout": square(40)},
+        "max_tensor_elements",
+        "`dout` has 1600 elements",
+    ),
+    ("/v1/gradients", expression("sum(x)", x=[[[0.5]] * 40] * 30), "max_tensor_elements", "1230 nested lists"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "limit", "detail"), NESTED_OVER_A_LIMIT)
+def test_nested_elements_are_refused_before_the_schema_loads_a_tensor(
+    small_client, monkeypatch, path, body, limit, detail
+):
+    """cost.check_raw counts every level of every tensor on the parsed JSON: the schema never walks one (it used
+    to load the whole body, and check_inputs refused it afterwards)."""
+    import schemas.fields
+
+    loaded = []
+    monkeypatch.setattr(schemas.fields, "parse_tensor", lambda value: loaded.append(value))
+    problem = assert_budget_413(post(small_client, path, body), limit)
+    assert detail in problem["detail"] and loaded == []
+
+
+@pytest.mark.parametrize(
+    ("x", "status"),
+    [(square(30), 200), ([[0.5] * 1000], 200), ([[1.0, 2.0], [3.0]], 400), ([[1.0], 2.0], 400), ([[], [[]]], 400)],
+)
+def test_tensors_within_the_raw_counts_reach_the_schema(small_client, x, status):
+    """At the limits a tensor still passes, and a ragged or mixed one is still the schema's 400, not a 413."""
+    r = post(small_client, "/v1/gradients", expression("sum(x)", x=x))
+    assert r.status_code == status, r.json
+
+
 def test_domain_points_are_counted_before_they_are_drawn(client):
     body = {
         "model": {"kind": "expression", "formula": "sum(x)"},

@@ -178,6 +178,104 @@ def test_strings_that_look_like_keys_are_not_duplicates(client):
     assert r.status_code == 400 and "appears more than once" not in r.json["detail"]  # ... and finds none
 
 
+def count_full_parses(monkeypatch, body: bytes) -> list:
+    """Every call of orjson's or the stdlib's parser on the whole body (a key name decoded alone is not one)."""
+    import orjson
+
+    calls = []
+    for module in (orjson, json):
+        original = module.loads
+
+        def counting(data, *args, _original=original, _name=module.__name__, **kwargs):
+            if data == body:
+                calls.append(_name)
+            return _original(data, *args, **kwargs)
+
+        monkeypatch.setattr(module, "loads", counting)
+    return calls
+
+
+COLON_IN_STRINGS = [
+    # formula comments holding `":` (the audit's big_accepted_1.json, small)
+    {"model": {"kind": "expression", "formula": 'sum(x) # ":'}, "inputs": {"x": [0.5] * 1000}},
+    {"model": {"kind": "expression", "formula": 'sum(x) # " : {"x": 1}'}, "inputs": {"x": [[0.5, 1.0]] * 500}},
+]
+
+
+@pytest.mark.parametrize("request_body", COLON_IN_STRINGS)
+def test_a_string_holding_a_key_end_does_not_parse_the_body_twice(client, monkeypatch, request_body):
+    from service.jsonio import KEY_END, kept_keys
+
+    body = json.dumps(request_body).encode()
+    assert len(KEY_END.findall(body)) > kept_keys(request_body)  # the cheap count cannot settle it ...
+    calls = count_full_parses(monkeypatch, body)
+    r = client.post("/v1/gradients", data=body, headers=JSON_HEADERS)
+    assert r.status_code == 200, r.json
+    assert calls == ["orjson"]  # ... and the exact check does not parse the body again (it used json.loads)
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        (b'{"model": {"kind": "expression", "formula": "x # \\":"}, "inputs": {"x": 1, "x" : [2, 3]}}', "x"),
+        (b'{"model": {"kind": "neuron"}, "inputs": {"x": {"a": {"b": 1}, "\\u0061": 2}}, "wrt": ["x"]}', "a"),
+        (b'{"inputs": [1, 2, {"k\\\\": "\\":", "k\\\\" : 0}], "model": {"kind": "neuron"}}', "k\\"),
+    ],
+)
+def test_duplicates_beside_key_like_strings_are_400_after_one_parse(client, monkeypatch, body, key):
+    calls = count_full_parses(monkeypatch, body)
+    r = client.post("/v1/gradients", data=body, headers=JSON_HEADERS)
+    assert r.status_code == 400 and r.json["type"] == "/problems/malformed-json"
+    assert f"The key {key!r} appears more than once" in r.json["detail"]
+    assert calls == ["orjson"]
+
+
+def test_raw_key_checks_agree_with_the_stdlib_parser():
+    """Random bodies made of the characters that matter (quotes, backslashes, colons, braces in keys and
+    strings; escaped and \\u forms of one key): the raw-bytes count and search find exactly the duplicates the
+    stdlib parser's object_pairs_hook sees."""
+    import orjson
+
+    from service.jsonio import duplicate_key, kept_keys, raw_key_count
+
+    rng = random.Random(8)
+    alphabet = ["a", "b", '"', "\\", ":", "{", "}", " ", "é", "\n", ","]
+
+    def text() -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4)))
+
+    def value(depth: int = 0) -> str:
+        r = rng.random()
+        if depth > 3 or r < 0.3:
+            return json.dumps(rng.choice([1, 2.5, text(), None, True]))
+        if r < 0.6:
+            return "[" + ",".join(value(depth + 1) for _ in range(rng.randint(0, 3))) + "]"
+        keys = [text() if rng.random() < 0.5 else rng.choice(["a", "b"]) for _ in range(rng.randint(0, 3))]
+        keys = [rng.choice([json.dumps(k), json.dumps(k, ensure_ascii=False)]) for k in keys]
+        return "{" + ",".join(k + rng.choice([":", " : ", "\n:"]) + value(depth + 1) for k in keys) + "}"
+
+    def stdlib_duplicates(raw: bytes) -> set:
+        found = set()
+
+        def hook(pairs):
+            names = [name for name, _ in pairs]
+            found.update(name for name in names if names.count(name) > 1)
+            return dict(pairs)
+
+        json.loads(raw, object_pairs_hook=hook)
+        return found
+
+    with_duplicates = 0
+    for _ in range(3000):
+        raw = value().encode()
+        expected = stdlib_duplicates(raw)
+        assert (raw_key_count(raw) > kept_keys(orjson.loads(raw), exact=True)) == bool(expected), raw
+        found = duplicate_key(raw)
+        assert (found in expected) if expected else found is None, raw
+        with_duplicates += bool(expected)
+    assert 300 < with_duplicates < 2700  # both kinds were tried
+
+
 # --- metrics --------------------------------------------------------------------------------------------
 
 

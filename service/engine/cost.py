@@ -12,6 +12,7 @@ import ast
 import math
 from collections import Counter
 from collections.abc import Iterable
+from itertools import chain
 
 from .errors import LimitExceeded
 from .limits import Limits
@@ -71,21 +72,27 @@ def list_count(shape: Shape) -> int:
 
 
 def check_raw(body, limits: Limits) -> None:
-    """Counts a schema would pay for item by item, checked on the parsed JSON before it loads (O(1) each).
+    """The sizes a schema would pay for item by item, checked on the parsed JSON before it loads: every tensor's
+    elements and nested lists, level by level (`raw_elements`), and the elements of all inputs together.
     Lists the schema caps itself (wrt, include, points) are refused by its pre_load hooks, as 400s."""
     if not isinstance(body, dict):
         return
     points = body.get("points")
     if isinstance(points, list):  # its length is the schema's (a 400 before it loads a point)
-        for i, point in enumerate(points):
-            _check_raw_inputs(point, limits, f"points[{i}]")
-    _check_raw_inputs(body.get("inputs"), limits, "inputs")
-    _check_raw_inputs(body.get("domain"), limits, "domain")
-    _check_raw_inputs(body.get("tangents"), limits, "tangents")
-    if isinstance(body.get("dout"), list):
-        require(
-            limits, "max_tensor_elements", len(body["dout"]), f"`dout` has {len(body['dout'])} items at its top level"
+        total = sum(
+            _check_raw_inputs(point, limits, f"points[{i}]", "a point's inputs") for i, point in enumerate(points)
         )
+        require(limits, "max_total_elements", total, f"the points have {total} elements in total", HINTS["points"])
+    _check_raw_inputs(body.get("inputs"), limits, "inputs", "the inputs")
+    _check_raw_inputs(body.get("domain"), limits, "domain", "the domain's inputs")
+    _check_raw_inputs(body.get("tangents"), limits, "tangents", "the tangents")
+    if "dout" in body:
+        raw_elements(body["dout"], limits, "`dout`")
+    model = body.get("model")
+    if isinstance(model, dict) and isinstance(model.get("layers"), list):
+        for i, layer in enumerate(model["layers"]):
+            if isinstance(layer, dict) and "mask" in layer:
+                raw_elements(layer["mask"], limits, f"layer {i}'s mask")
     submission = body.get("submission")
     if isinstance(submission, dict):
         for key, value in submission.items():
@@ -93,9 +100,11 @@ def check_raw(body, limits: Limits) -> None:
                 require(limits, "max_inputs", len(value), f"`submission.{key}` has {len(value)} answers")
 
 
-def _check_raw_inputs(inputs, limits: Limits, where: str) -> None:
+def _check_raw_inputs(inputs, limits: Limits, where: str, what: str) -> int:
+    """A dict of tensor literals: its names, each tensor's sizes and their total (check_inputs' limits, with its
+    messages); the total, for the points'."""
     if not isinstance(inputs, dict):
-        return
+        return 0
     require(
         limits,
         "max_inputs",
@@ -103,11 +112,30 @@ def _check_raw_inputs(inputs, limits: Limits, where: str) -> None:
         f"`{where}` has {len(inputs)} named inputs",
         "send only the inputs the model uses",
     )
-    for name, value in inputs.items():
-        if isinstance(value, list):
-            require(
-                limits, "max_tensor_elements", len(value), f"input {name!r} has {len(value)} items at its top level"
-            )
+    total = sum(raw_elements(value, limits, f"input {name!r}") for name, value in inputs.items())
+    require(limits, "max_total_elements", total, f"{what} have {total} elements in total")
+    return total
+
+
+def raw_elements(value, limits: Limits, what: str) -> int:
+    """A tensor literal's elements, counted on the parsed JSON the way values.parse_tensor will walk it: one level
+    at a time, each level's size known (a C-speed sum of lengths) and checked before it is flattened, the numbers
+    at the bottom counted and never copied.  So neither this walk nor the schema's holds more than
+    max_tensor_elements items of a level; the nested lists are counted as check_inputs counts them.  Anything
+    not rectangular stops the count where the schema will stop with its 400."""
+    if type(value) is not list:
+        return 1
+    level, lists = [value], 0
+    while True:
+        size = sum(map(len, level))  # the items one level down
+        if not level[0] or type(level[0][0]) is not list:  # numbers (or the schema's 400) at the bottom
+            require(limits, "max_tensor_elements", size, f"{what} has {size} elements")
+            return size
+        lists += size
+        require(limits, "max_tensor_elements", lists, f"{what} has {lists} nested lists")
+        level = list(chain.from_iterable(level))
+        if set(map(type, level)) != {list}:  # lists mixed with numbers: parse_tensor refuses this level
+            return 0
 
 
 def check_inputs(inputs: dict, limits: Limits, what: str = "the inputs") -> None:
