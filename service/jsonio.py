@@ -19,6 +19,7 @@ from flask import current_app, request
 from flask.json.provider import JSONProvider
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from .engine.errors import LimitExceeded
 from .errors import DuplicateKey, MalformedJSON, NonFiniteInJSON, UnsupportedMediaType
 
 KEY_END = re.compile(rb'"[ \t\r\n]*:')
@@ -38,13 +39,39 @@ def read_json():
     if charset not in UTF8:
         raise UnsupportedMediaType(f"charset {charset!r} is not supported; JSON is read as UTF-8 (RFC 8259).")
     raw = read_body()
+    keys = len(KEY_END.findall(raw))
+    require_parse_budget(raw, keys, current_app.config["LIMITS"].max_request_bytes)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as err:
         raise MalformedJSON(f"The body is not valid JSON: {err}.") from None
-    if len(KEY_END.findall(raw)) > kept_keys(body):
+    if keys > kept_keys(body):
         reject_duplicate_keys(raw, body)
     return body
+
+
+# Bytes the parsed body takes per JSON value, per list or object and per key (orjson's objects, measured with
+# tracemalloc and VmHWM, docs/limits.md): a number ~40 kept and up to ~88 while its list grows, an empty list
+# ~91, an object with one key ~290 in all.  Counted on the raw bytes (each value but a container's first follows
+# a comma; commas inside strings only overcount), so a 12 MB body of `[],` or `{"a":0},` cannot take a worker's
+# gigabyte before any limit looks at it.  A body of max_total_elements numbers (4 Mi) stays under the budget.
+PARSE_BYTES_PER_VALUE, PARSE_BYTES_PER_CONTAINER, PARSE_BYTES_PER_KEY = 56, 96, 160
+
+
+def require_parse_budget(raw: bytes, keys: int, budget: int) -> None:
+    """A 413 before orjson builds the body when its objects alone would be over the request budget."""
+    values, containers = raw.count(b",") + 1, raw.count(b"[") + raw.count(b"{")
+    estimate = PARSE_BYTES_PER_VALUE * values + PARSE_BYTES_PER_CONTAINER * containers + PARSE_BYTES_PER_KEY * keys
+    if estimate > budget:
+        raise LimitExceeded(
+            "max_request_bytes",
+            budget,
+            f"parsing this body would take about {estimate / 2**20:.1f} MiB ({values} values, {containers} lists "
+            f"and objects, {keys} keys) before any computation; the budget is {budget / 2**20:.1f} MiB",
+            estimate=estimate,
+            breakdown={"body": estimate},
+            hint="send fewer numbers, lists or objects: split the work into several requests",
+        )
 
 
 def read_body() -> bytes:

@@ -141,11 +141,34 @@ def test_four_hundred_thousand_named_inputs(client):
     assert problem["limit"]["value"] == LIMITS.max_inputs and "400001" in problem["detail"]
 
 
-def test_three_million_empty_lists(client):
-    problem = assert_budget_413(
-        post(client, "/v1/gradients", expression("sum(x)", x=[[]] * 3_000_000)), "max_tensor_elements"
+def test_three_million_empty_lists_are_refused_before_the_body_is_parsed(client):
+    """~9 MB of `[],` would take ~280 MB of Python lists (a 32 MiB body: 941 MiB) before any limit could look;
+    the `body` part is priced on the raw bytes (service/jsonio.py), before orjson builds anything."""
+    body = post(client, "/v1/gradients", expression("sum(x)", x=[[]] * 3_000_000))
+    problem = assert_budget_413(body, "max_request_bytes", part="body")
+    assert (
+        problem["detail"].startswith("parsing this body would take about")
+        and "3000005 lists and objects" in problem["detail"]
     )
-    assert "3000000" in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    "what, item",
+    [("lists", []), ("objects with a key", {"a": 0})],
+)
+def test_containers_and_keys_are_priced_before_parsing(client, what, item):
+    count = 1_800_000 if item == [] else 900_000  # ~152 and ~312 bytes each: just over the 256 MiB budget
+    body = {"jobs": [item] * count}
+    assert_budget_413(post(client, "/v1/batch", body), "max_request_bytes", part="body")
+    assert_budget_413(post(client, "/v1/batch", {"jobs": [item] * (count // 2)}), "max_batch_jobs")  # parsed
+
+
+def test_a_body_of_max_total_elements_numbers_fits_the_parse_budget():
+    from service.jsonio import KEY_END, require_parse_budget
+
+    n = LIMITS.max_tensor_elements
+    raw = orjson.dumps(expression("sum(x0)", **{f"x{i}": [0.5] * n for i in range(LIMITS.max_total_elements // n)}))
+    require_parse_budget(raw, len(KEY_END.findall(raw)), LIMITS.max_request_bytes)  # no 413
 
 
 def test_nested_empty_lists_count_as_elements(client):
@@ -381,7 +404,7 @@ def test_counts_are_refused_before_the_schema_walks_them(client):
             "/v1/check",
             {
                 "model": {"kind": "expression", "formula": "sum(x)"},
-                "points": [{"x": 1}] * 10**6,
+                "points": [{"x": 1}] * 10**5,
                 "submission": {"loss": 1},
             },
             "points",
@@ -607,7 +630,7 @@ def test_live_hostile_battery_then_the_tutorial_neuron(live_server):
             {**expression(unary_terms(), x=column(1000), y=row(1000)), "wrt": ["x"]},
             "max_request_bytes",
         ),
-        ("/v1/gradients", expression("sum(x)", x=[[]] * 3_000_000), "max_tensor_elements"),
+        ("/v1/gradients", expression("sum(x)", x=[[]] * 3_000_000), "max_request_bytes"),  # the parse budget
         (
             "/v1/gradients",
             {**expression(trig_chains(4, 11), ["hessian"], x=column(100), y=row(6000)), "wrt": ["x"]},
