@@ -124,6 +124,87 @@ def test_student_formula_of_that_shape_is_a_failed_check_not_an_allocation(clien
     assert time.monotonic() - start < 30  # generous: the point is no 10 GB and no 10 s evaluation
 
 
+def plus(parts: list[str]) -> str:
+    """A balanced sum of `parts` (a flat a+b+c+... nests one level per term, past max_ast_depth)."""
+    while len(parts) > 1:
+        parts = [f"({a}+{b})" for a, b in zip(parts[::2], parts[1::2], strict=False)] + parts[len(parts) // 2 * 2 :]
+    return parts[0]
+
+
+def sin_sum(var: str, terms: int) -> str:
+    """A balanced sum of `terms` sin(var*k): ~975 characters and ~450 nodes at 76 terms (audit finding 5)."""
+    return plus([f"sin({var}*{k})" for k in range(terms)])
+
+
+def test_forty_student_formulas_over_a_hundred_points_are_graded_not_a_503(client):
+    """Audit finding 5: the estimate of each formula ran its pass once per point (100 x 3-7 ms), so 40 of them
+    outran the 10 s deadline. Now each is graded or a failed check "too large", the others still graded."""
+    names = [f"a{i}" for i in range(40)]
+    problem = {
+        "key": "p",
+        "model": {"kind": "expression", "formula": plus(names)},
+        "domain": {name: [0, 1] for name in names},
+        "n_points": 100,
+        "checks": {f"gradient_formulas.{name}": {} for name in names},
+    }
+    answers = {"p": {"gradient_formulas": {name: sin_sum("a0", 76) for name in names}}}
+    start = time.monotonic()
+    response = post(client, "/v1/grade", {"problem": problem, "answers": answers})
+    elapsed = time.monotonic() - start
+    assert response.status_code == 200, response.data[:300]
+    checks = response.json["problems"][0]["checks"]
+    assert len(checks) == 40 and not any(c["passed"] for c in checks)
+    graded = [c for c in checks if c["actual"] is not None]
+    too_large = [c for c in checks if "is too large: this request would allocate" in c["message"]]
+    assert graded and "autograd gives 1" in graded[0]["message"]  # a wrong answer, told how it is wrong
+    assert len(graded) + len(too_large) == 40
+    assert elapsed < 5  # generous: the point is the 10 s deadline
+
+
+def test_a_hundred_student_formulas_over_a_hundred_points_in_one_check(client):
+    names = [f"a{i}" for i in range(127)]
+    body = {
+        "model": {"kind": "expression", "formula": plus(names)},
+        "domain": {name: [0, 1] for name in names},
+        "n_points": 100,
+        "submission": {"gradient_formulas": {name: sin_sum("a0", 76) for name in names}},
+    }
+    start = time.monotonic()
+    response = post(client, "/v1/check", body)
+    elapsed = time.monotonic() - start
+    assert response.status_code == 200, response.data[:300]
+    checks = response.json["checks"]
+    assert len(checks) == 127 and not any(c["passed"] for c in checks)
+    assert all(c["actual"] is not None or "is too large" in c["message"] for c in checks)
+    assert elapsed < 5
+
+
+def test_point_estimates_run_once_per_distinct_shape_set(monkeypatch):
+    """domain points share one shape set: the per-point passes run once and count n times, the same total."""
+    from service.engine.formula import parse_formula  # noqa: PLC0415
+
+    formula = parse_formula(sin_sum("x", 76), LIMITS)
+    one = {"x": (2000,)}
+    points = [one] * 99 + [{"x": (3,)}]
+    alone = cost.formula_estimate(formula, [one], (2000,), LIMITS).total
+    small = cost.formula_estimate(formula, [{"x": (3,)}], (2000,), LIMITS).total
+    passes = []
+    real = cost.formula_pass
+    monkeypatch.setattr(cost, "formula_pass", lambda *args: passes.append(args[1]) or real(*args))
+    assert cost.formula_estimate(formula, points, (2000,), LIMITS).total == 99 * alone + small
+    assert passes == [one, {"x": (3,)}]
+    model = type("Model", (), {"formula": formula})()
+    request = {"model": {"kind": "expression"}}
+    passes.clear()
+    total = cost.check_estimate(request, model, points, LIMITS).total
+    assert len(passes) == 2
+    assert (
+        total
+        == 99 * cost.check_estimate(request, model, [one], LIMITS).total
+        + cost.check_estimate(request, model, [{"x": (3,)}], LIMITS).total
+    )
+
+
 def test_reference_over_budget_is_a_413_for_a_check(client):
     body = {
         "model": {"kind": "expression", "formula": unary_terms(4, 20)},
