@@ -271,6 +271,69 @@ def test_batch_job_over_budget_alone_gets_its_own_413_in_place(client):
     assert second["error"]["status"] == 413 and second["error"]["limit"]["name"] == "max_request_bytes"
 
 
+def counting(monkeypatch, module, name: str) -> list:
+    """Record each call of module.name (then run it)."""
+    calls, real = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args: calls.append(args) or real(*args))
+    return calls
+
+
+def test_identical_jobs_refused_alone_are_estimated_once(client, monkeypatch):
+    """Audit finding 7: 1000 copies of a 500-node formula with a hessian, each a 413 alone, ran 1000 estimates
+    (4-5 s). Equal jobs share one estimate now; each still gets its 413 in its place."""
+    import service.views.batch as batch_view  # noqa: PLC0415
+
+    estimates = counting(monkeypatch, batch_view, "estimate_cost")
+    job = expression(sin_sum("x", 80), ["hessian"], x=[0.5] * 100)
+    response = post(client, "/v1/batch", {"jobs": [job] * 1000})
+    assert response.status_code == 200
+    results = response.json["results"]
+    assert len(results) == 1000 and {r["error"]["limit"]["name"] for r in results} == {"max_request_bytes"}
+    assert len(estimates) == 1
+
+
+def test_distinct_jobs_refused_alone_are_charged_their_estimates_work(client, monkeypatch):
+    """1000 distinct 500-node formulas, each a 413 alone: each estimate is charged its work, so the batch is a
+    413 once they fill the budget, after about 65 of them instead of all 1000. Short refused formulas (a class's
+    typos) cost little: 300 of them still get their own errors in place."""
+    import service.views.batch as batch_view  # noqa: PLC0415
+
+    estimates = counting(monkeypatch, batch_view, "estimate_cost")
+    jobs = [expression(sin_sum("x", 80).replace("x*0)", f"x*{k})", 1), ["hessian"], x=[0.5] * 100) for k in range(1000)]
+    problem = assert_budget_413(post(client, "/v1/batch", {"jobs": jobs}))
+    assert "of the batch's 1000 jobs" in problem["detail"] and len(estimates) < 100
+    typos = [expression(f"sin(x*{k}", x=0.5) for k in range(300)] + [TUTORIAL_NEURON]
+    response = post(client, "/v1/batch", {"jobs": typos})
+    assert response.status_code == 200
+    results = response.json["results"]
+    assert all(r["error"]["status"] == 400 for r in results[:-1]) and round(results[-1]["loss"], 4) == 6.7012
+
+
+def test_checks_are_charged_per_check():
+    assert cost.checks_estimate({"checks": {"loss": {}, "gradients.x": {}}}).parts == {"checks": 2 * cost.CHECK_BYTES}
+    submission = {"loss": 1, "gradients": {"x": 1, "y": 2}, "gradient_formulas": {"x": "1"}}
+    assert cost.checks_estimate({"submission": submission}).total == 4 * cost.CHECK_BYTES
+
+
+def test_a_batch_of_many_checks_is_refused_before_its_jobs_load(client, monkeypatch):
+    """1000 jobs of 400 misnamed checks: 400,000 results of ~4 KB (a 1.5 GB response before the names were
+    bounded), refused on the raw JSON before a job loads (it took 6 s to load them)."""
+    import service.views.batch as batch_view  # noqa: PLC0415
+
+    loads = counting(monkeypatch, batch_view, "load_check")
+    check = {
+        "model": {"kind": "expression", "formula": "sum(x)"},
+        "inputs": {"x": [1.0, 2.0]},
+        "submission": {"loss": 1},
+        "checks": {f"intermediates.q{i}": {} for i in range(400)},
+    }
+    problem = assert_budget_413(post(client, "/v1/batch", {"jobs": [{"check": check}] * 1000}))
+    assert problem["limit"]["breakdown"] == {"checks": 400_000 * cost.CHECK_BYTES}
+    assert "400000 checks" in problem["detail"] and loads == []
+    response = post(client, "/v1/batch", {"jobs": [{"check": check}] * 10})
+    assert response.status_code == 200 and len(response.json["results"][9]["checks"]) == 400
+
+
 # --- variants: other operators, shapes, modes, endpoints -------------------------------------------
 
 
