@@ -28,7 +28,8 @@ BACKWARD_FACTOR = 2
 DOUBLE_BACKWARD_FACTOR = 4
 # One check's result in a check response, apart from its numbers (counted with the points): the result object of
 # ~18 keys, its name, title and message (a misnamed check's list of known names is bounded, check.py), and their
-# JSON. Measured at ~3.3 KB of worker growth per check for 400 misnamed checks with a long message each.
+# JSON. Measured: 70 batch jobs of 400 misnamed checks (28,000, a 1.3 KB result each) grew a worker by 106 MB,
+# ~3.8 KB a check.
 CHECK_BYTES = 4096
 # The network re-runs of a wrong gradient's diagnosis: 1/N, L2 x2, L2 x1/2, biases regularised, ReLU mask.
 DIAGNOSED_MISTAKES = 5
