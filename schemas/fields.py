@@ -8,13 +8,13 @@ from service.engine.values import TensorData, parse_tensor
 
 
 def refuse_long_lists(data, caps: dict[str, int]) -> None:
-    """validate.Length's 400 for a list over its cap, before marshmallow deserializes every item of it."""
+    """validate.Length's 400 for a list (or an object) over its cap, before marshmallow deserializes every item."""
     if not isinstance(data, dict):
         return
     errors = {
         key: [f"Longer than maximum length {cap}."]
         for key, cap in caps.items()
-        if isinstance(data.get(key), list) and len(data[key]) > cap
+        if isinstance(data.get(key), (list, dict)) and len(data[key]) > cap
     }
     if errors:
         raise ValidationError(errors)

@@ -15,6 +15,9 @@ from .responses import TensorOut
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-6
 MAX_POINTS = 100
+# One check per answer a submission can carry (the loss, and MAX_INPUTS=128 answers in each of gradients,
+# gradient_formulas and intermediates: 385), rounded up; a problem file's problem allows 100 (schemas/problems.py).
+MAX_CHECKS = 400
 FORMATS = ("json", "gradescope", "prairielearn")
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
 # a check is named after the submission field it grades
@@ -120,14 +123,17 @@ class CheckRequestSchema(Schema):
             )
         ),
         values=fields.Nested(CheckOptionsSchema),
+        validate=validate.Length(max=MAX_CHECKS),
         metadata={
             "description": "the graded checks and their points; absent: every answer in the submission, 1 point each"
         },
     )
+    max_checks = MAX_CHECKS  # a problem file's problem (schemas/problems.py) has its own
 
     @pre_load
     def cap_points(self, data, **kwargs):
-        refuse_long_lists(data, {"points": MAX_POINTS})
+        """`points` and `checks` over their caps are the schema's 400 before any item of them loads."""
+        refuse_long_lists(data, {"points": MAX_POINTS, "checks": self.max_checks})
         return data
 
     @validates_schema

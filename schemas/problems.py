@@ -18,6 +18,7 @@ FORMAT_ERROR_POLICIES = ("not_gradable", "failed_test")
 KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
 ANSWER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 MAX_PROBLEMS = 50
+MAX_PROBLEM_CHECKS = 100
 CHECK_NAME_ERROR = "Check names are loss, gradients.<input>, intermediates.<name> or gradient_formulas.<input>."
 RELEASABLE = tuple(v for v in VISIBILITIES if v.startswith("after_"))
 format_errors = fields.String(
@@ -55,9 +56,10 @@ class ProblemSchema(CheckRequestSchema):
         keys=fields.String(validate=validate.Regexp(CHECK_NAME_PATTERN, error=CHECK_NAME_ERROR)),
         values=fields.Nested(ProblemCheckSchema),
         required=True,
-        validate=validate.Length(min=1, max=100),
+        validate=validate.Length(min=1, max=MAX_PROBLEM_CHECKS),
         metadata={"description": "check name (loss, gradients.w, gradient_formulas.x, intermediates.z) -> options"},
     )
+    max_checks = MAX_PROBLEM_CHECKS
     seed_from_variant = fields.Boolean(
         load_default=False, metadata={"description": "with `domain`: PrairieLearn's variant seed draws the points"}
     )

@@ -79,7 +79,40 @@ def test_ragged_answer_and_unknown_names_fail_with_messages(client):
     assert "rectangular" in checks["gradients.x"]["message"]
     assert "no gradient named 'q'" in checks["gradients.q"]["message"]
     assert "no intermediate named 'nope'" in checks["intermediates.nope"]["message"]
+    assert checks["intermediates.nope"]["message"].endswith("; known: x ** 2, mean(x ** 2)")  # all of them, if few
     assert not any(c["passed"] for c in checks.values())
+
+
+# --- misnamed checks: the list of known names is bounded, and so is the number of checks (audit finding 4) ------
+
+
+FORTY_TERMS = {
+    "model": {"kind": "expression", "formula": "sum(" + "+".join(f"sin(x*{k}.123456789)" for k in range(40)) + ")"},
+    "inputs": {"x": [1.0, 2.0]},
+}
+
+
+def test_a_misnamed_check_names_at_most_twenty_known_names(client):
+    """A 40-term sum has ~120 intermediates, ~22 KB of names: each misnamed check used to repeat them all."""
+    body = {**FORTY_TERMS, "submission": {"loss": 1.0}, "checks": {f"intermediates.q{i}": {} for i in range(400)}}
+    response = client.post("/v1/check", json=body)
+    assert response.status_code == 200
+    checks = response.json["checks"]
+    assert len(checks) == 400 and not any(c["passed"] for c in checks)
+    message = checks[0]["message"]
+    assert message.startswith("intermediates.q0: there is no intermediate named 'q0' to grade; known: x * 0.123456789")
+    assert message.endswith(" more") and len(message) < 1200
+    assert len(response.data) < 1_000_000  # was 8.9 MB: 22 KB per check
+
+
+def test_checks_over_the_cap_are_refused_before_they_load(client):
+    body = {**FORTY_TERMS, "submission": {"loss": 1.0}, "checks": {f"intermediates.q{i}": {} for i in range(15000)}}
+    response = client.post("/v1/check", json=body)
+    assert response.status_code == 400 and response.json["errors"] == {"checks": ["Longer than maximum length 400."]}
+    jobs = [{"check": body}, {"check": {**body, "checks": {"loss": {}}}}]
+    first, second = client.post("/v1/batch", json={"jobs": jobs}).json["results"]
+    assert first["error"]["status"] == 400 and first["error"]["errors"]["check"]["checks"]
+    assert second["checks"][0]["name"] == "loss"
 
 
 def test_vector_gradient_says_which_element_is_off(client):

@@ -124,6 +124,87 @@ def test_student_formula_of_that_shape_is_a_failed_check_not_an_allocation(clien
     assert time.monotonic() - start < 30  # generous: the point is no 10 GB and no 10 s evaluation
 
 
+def plus(parts: list[str]) -> str:
+    """A balanced sum of `parts` (a flat a+b+c+... nests one level per term, past max_ast_depth)."""
+    while len(parts) > 1:
+        parts = [f"({a}+{b})" for a, b in zip(parts[::2], parts[1::2], strict=False)] + parts[len(parts) // 2 * 2 :]
+    return parts[0]
+
+
+def sin_sum(var: str, terms: int) -> str:
+    """A balanced sum of `terms` sin(var*k): ~975 characters and ~450 nodes at 76 terms (audit finding 5)."""
+    return plus([f"sin({var}*{k})" for k in range(terms)])
+
+
+def test_forty_student_formulas_over_a_hundred_points_are_graded_not_a_503(client):
+    """Audit finding 5: the estimate of each formula ran its pass once per point (100 x 3-7 ms), so 40 of them
+    outran the 10 s deadline. Now each is graded or a failed check "too large", the others still graded."""
+    names = [f"a{i}" for i in range(40)]
+    problem = {
+        "key": "p",
+        "model": {"kind": "expression", "formula": plus(names)},
+        "domain": {name: [0, 1] for name in names},
+        "n_points": 100,
+        "checks": {f"gradient_formulas.{name}": {} for name in names},
+    }
+    answers = {"p": {"gradient_formulas": {name: sin_sum("a0", 76) for name in names}}}
+    start = time.monotonic()
+    response = post(client, "/v1/grade", {"problem": problem, "answers": answers})
+    elapsed = time.monotonic() - start
+    assert response.status_code == 200, response.data[:300]
+    checks = response.json["problems"][0]["checks"]
+    assert len(checks) == 40 and not any(c["passed"] for c in checks)
+    graded = [c for c in checks if c["actual"] is not None]
+    too_large = [c for c in checks if "is too large: this request would allocate" in c["message"]]
+    assert graded and "autograd gives 1" in graded[0]["message"]  # a wrong answer, told how it is wrong
+    assert len(graded) + len(too_large) == 40
+    assert elapsed < 5  # generous: the point is the 10 s deadline
+
+
+def test_a_hundred_student_formulas_over_a_hundred_points_in_one_check(client):
+    names = [f"a{i}" for i in range(127)]
+    body = {
+        "model": {"kind": "expression", "formula": plus(names)},
+        "domain": {name: [0, 1] for name in names},
+        "n_points": 100,
+        "submission": {"gradient_formulas": {name: sin_sum("a0", 76) for name in names}},
+    }
+    start = time.monotonic()
+    response = post(client, "/v1/check", body)
+    elapsed = time.monotonic() - start
+    assert response.status_code == 200, response.data[:300]
+    checks = response.json["checks"]
+    assert len(checks) == 127 and not any(c["passed"] for c in checks)
+    assert all(c["actual"] is not None or "is too large" in c["message"] for c in checks)
+    assert elapsed < 5
+
+
+def test_point_estimates_run_once_per_distinct_shape_set(monkeypatch):
+    """domain points share one shape set: the per-point passes run once and count n times, the same total."""
+    from service.engine.formula import parse_formula  # noqa: PLC0415
+
+    formula = parse_formula(sin_sum("x", 76), LIMITS)
+    one = {"x": (2000,)}
+    points = [one] * 99 + [{"x": (3,)}]
+    alone = cost.formula_estimate(formula, [one], (2000,), LIMITS).total
+    small = cost.formula_estimate(formula, [{"x": (3,)}], (2000,), LIMITS).total
+    passes = []
+    real = cost.formula_pass
+    monkeypatch.setattr(cost, "formula_pass", lambda *args: passes.append(args[1]) or real(*args))
+    assert cost.formula_estimate(formula, points, (2000,), LIMITS).total == 99 * alone + small
+    assert passes == [one, {"x": (3,)}]
+    model = type("Model", (), {"formula": formula})()
+    request = {"model": {"kind": "expression"}}
+    passes.clear()
+    total = cost.check_estimate(request, model, points, LIMITS).total
+    assert len(passes) == 2
+    assert (
+        total
+        == 99 * cost.check_estimate(request, model, [one], LIMITS).total
+        + cost.check_estimate(request, model, [{"x": (3,)}], LIMITS).total
+    )
+
+
 def test_reference_over_budget_is_a_413_for_a_check(client):
     body = {
         "model": {"kind": "expression", "formula": unary_terms(4, 20)},
@@ -273,6 +354,69 @@ def test_batch_job_over_budget_alone_gets_its_own_413_in_place(client):
     first, second, third = response.json["results"]
     assert round(first["loss"], 4) == 6.7012 and third["passed"]
     assert second["error"]["status"] == 413 and second["error"]["limit"]["name"] == "max_request_bytes"
+
+
+def counting(monkeypatch, module, name: str) -> list:
+    """Record each call of module.name (then run it)."""
+    calls, real = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args: calls.append(args) or real(*args))
+    return calls
+
+
+def test_identical_jobs_refused_alone_are_estimated_once(client, monkeypatch):
+    """Audit finding 7: 1000 copies of a 500-node formula with a hessian, each a 413 alone, ran 1000 estimates
+    (4-5 s). Equal jobs share one estimate now; each still gets its 413 in its place."""
+    import service.views.batch as batch_view  # noqa: PLC0415
+
+    estimates = counting(monkeypatch, batch_view, "estimate_cost")
+    job = expression(sin_sum("x", 80), ["hessian"], x=[0.5] * 100)
+    response = post(client, "/v1/batch", {"jobs": [job] * 1000})
+    assert response.status_code == 200
+    results = response.json["results"]
+    assert len(results) == 1000 and {r["error"]["limit"]["name"] for r in results} == {"max_request_bytes"}
+    assert len(estimates) == 1
+
+
+def test_distinct_jobs_refused_alone_are_charged_their_estimates_work(client, monkeypatch):
+    """1000 distinct 500-node formulas, each a 413 alone: each estimate is charged its work, so the batch is a
+    413 once they fill the budget, after about 65 of them instead of all 1000. Short refused formulas (a class's
+    typos) cost little: 300 of them still get their own errors in place."""
+    import service.views.batch as batch_view  # noqa: PLC0415
+
+    estimates = counting(monkeypatch, batch_view, "estimate_cost")
+    jobs = [expression(sin_sum("x", 80).replace("x*0)", f"x*{k})", 1), ["hessian"], x=[0.5] * 100) for k in range(1000)]
+    problem = assert_budget_413(post(client, "/v1/batch", {"jobs": jobs}))
+    assert "of the batch's 1000 jobs" in problem["detail"] and len(estimates) < 100
+    typos = [expression(f"sin(x*{k}", x=0.5) for k in range(300)] + [TUTORIAL_NEURON]
+    response = post(client, "/v1/batch", {"jobs": typos})
+    assert response.status_code == 200
+    results = response.json["results"]
+    assert all(r["error"]["status"] == 400 for r in results[:-1]) and round(results[-1]["loss"], 4) == 6.7012
+
+
+def test_checks_are_charged_per_check():
+    assert cost.checks_estimate({"checks": {"loss": {}, "gradients.x": {}}}).parts == {"checks": 2 * cost.CHECK_BYTES}
+    submission = {"loss": 1, "gradients": {"x": 1, "y": 2}, "gradient_formulas": {"x": "1"}}
+    assert cost.checks_estimate({"submission": submission}).total == 4 * cost.CHECK_BYTES
+
+
+def test_a_batch_of_many_checks_is_refused_before_its_jobs_load(client, monkeypatch):
+    """1000 jobs of 400 misnamed checks: 400,000 results of ~4 KB (a 1.5 GB response before the names were
+    bounded), refused on the raw JSON before a job loads (it took 6 s to load them)."""
+    import service.views.batch as batch_view  # noqa: PLC0415
+
+    loads = counting(monkeypatch, batch_view, "load_check")
+    check = {
+        "model": {"kind": "expression", "formula": "sum(x)"},
+        "inputs": {"x": [1.0, 2.0]},
+        "submission": {"loss": 1},
+        "checks": {f"intermediates.q{i}": {} for i in range(400)},
+    }
+    problem = assert_budget_413(post(client, "/v1/batch", {"jobs": [{"check": check}] * 1000}))
+    assert problem["limit"]["breakdown"] == {"checks": 400_000 * cost.CHECK_BYTES}
+    assert "400000 checks" in problem["detail"] and loads == []
+    response = post(client, "/v1/batch", {"jobs": [{"check": check}] * 10})
+    assert response.status_code == 200 and len(response.json["results"][9]["checks"]) == 400
 
 
 # --- variants: other operators, shapes, modes, endpoints -------------------------------------------

@@ -29,6 +29,10 @@ KIND_BY_SECTION = {
     "gradient_formulas": "gradient_formula",
 }
 SECTIONS = ("loss", "gradients", "intermediates", "gradient_formulas")
+# A misnamed check's message names at most this many known names, in at most this many characters, then
+# "and N more": a 40-term formula has ~22 KB of intermediate names, once per misnamed check (audit finding 4).
+KNOWN_NAMES = 20
+KNOWN_CHARS = 1000
 # the chain-rule factors the tutorial multiplies for each neuron parameter
 CHAIN_FACTORS = {"w": ("dL/dy_pred", "dy_pred/dz", "dz/dw"), "b": ("dL/dy_pred", "dy_pred/dz", "dz/db")}
 
@@ -100,6 +104,19 @@ def plan_checks(request: dict) -> tuple[list[tuple[str, dict]], list[str]]:
     ignored = [name for name in given if name not in configured]
     warnings = [f"{name}: answer not graded (not among the request's checks)" for name in ignored]
     return list(configured.items()), warnings
+
+
+def known_names(names: list[str]) -> str:
+    """The names a check could have named, for its message: the first KNOWN_NAMES that fit in KNOWN_CHARS
+    characters (the first one always), then how many more there are."""
+    shown, length = [], 0
+    for name in names[:KNOWN_NAMES]:
+        if shown and length + len(name) > KNOWN_CHARS:
+            break
+        shown.append(name if len(name) <= KNOWN_CHARS else name[:KNOWN_CHARS] + "…")
+        length += len(name) + 2
+    more = len(names) - len(shown)
+    return (", ".join(shown) + (f" and {more} more" if more else "")) or "none"
 
 
 def _answer(submission: dict, name: str):
@@ -186,8 +203,10 @@ class Grader:
         # diagnosing afterwards changes nothing); their diagnosis waits in self.undiagnosed until finish()
         self.deferred = deferred if problem.free_diagnosis else None
         self.undiagnosed: list[tuple[dict, object, list[torch.Tensor]]] = []
-        self.budget = cost.Estimate()  # this answer's own: its formulas are charged on top of the problem's
+        self.budget = cost.Estimate()  # this answer's own: its checks and formulas on top of the problem's
         self.budget.parts.update(problem.estimate.parts)
+        self.budget.parts.update(cost.checks_estimate(request).parts)
+        self.budget.require(limits, spent)
         self.warnings = list(problem.warnings)
 
     def title(self, name: str) -> str:
@@ -332,8 +351,7 @@ class Grader:
 
     def _known(self, section: str) -> str:
         ref = self.refs[0]
-        names = ref["intermediates"] if section == "intermediates" else ref["gradients"]
-        return ", ".join(names) or "none"
+        return known_names(list(ref["intermediates"] if section == "intermediates" else ref["gradients"]))
 
     @staticmethod
     def _where(name: str) -> str:
@@ -619,7 +637,8 @@ def _compare_together(group: list) -> None:
 
 
 def estimate(request: dict, limits: Limits) -> int:
-    """The cost model's bytes for a check request (a LimitExceeded when it alone is over the budget)."""
+    """The cost model's bytes for a check request's problem (a LimitExceeded when it alone is over the budget);
+    add each answer's cost.checks_estimate()."""
     model = build_model(request["model"], limits, Deadline(limits.max_wall_seconds))
     points = [model.shapes(s) for s in cost.domain_points(request, limits)]
     budget = cost.check_estimate(request, model, points, limits)

@@ -27,6 +27,11 @@ OP_BYTES = 4096
 BACKWARD_FACTOR = 2
 # A double-backward pass (one Hessian row) builds and runs the derivative graph: ~4x the forward elements.
 DOUBLE_BACKWARD_FACTOR = 4
+# One check's result in a check response, apart from its numbers (counted with the points): the result object of
+# ~18 keys, its name, title and message (a misnamed check's list of known names is bounded, check.py), and their
+# JSON. Measured: 70 batch jobs of 400 misnamed checks (28,000, a 1.3 KB result each) grew a worker by 106 MB,
+# ~3.8 KB a check.
+CHECK_BYTES = 4096
 # The network re-runs of a wrong gradient's diagnosis: 1/N, L2 x2, L2 x1/2, biases regularised, ReLU mask.
 DIAGNOSED_MISTAKES = 5
 REDUCERS = {"sum", "mean", "numel"}  # formula functions whose result is a scalar
@@ -325,6 +330,7 @@ HINTS = {
     "vector-Jacobian product dout·J, one backward pass",
     "jvp": "send fewer or smaller `tangents`, or use smaller inputs",
     "diagnosis": "grade fewer points",
+    "checks": "list fewer `checks`",
 }
 
 
@@ -461,15 +467,31 @@ def _derivatives_estimate(
     return response
 
 
+def distinct_shapes(points: list[dict[str, Shape]]) -> list[tuple[dict[str, Shape], int]]:
+    """Each distinct shape set among the points, in order of first use, with how many points have it.
+
+    A pass over shapes depends on nothing else, so the per-point estimates run once per shape set and are
+    multiplied: the same total (and the same first refusal) as point by point. `domain` points all share one
+    shape set, so n_points no longer multiplies the estimate's own work (a 500-node formula's pass is 3-7 ms)."""
+    groups: dict[tuple, list] = {}
+    for shapes in points:
+        key = tuple((name, tuple(shape)) for name, shape in shapes.items())
+        if key in groups:
+            groups[key][1] += 1
+        else:
+            groups[key] = [shapes, 1]
+    return [(shapes, count) for shapes, count in groups.values()]
+
+
 def diagnosis_estimate(request: dict, points: list[dict[str, Shape]], limits: Limits) -> Estimate:
     """Naming a wrong network gradient's mistake re-runs forward and backward at every point once per
     mistake it tries (engine/diagnose_bugs.py); other kinds compare cheap transforms of the answer."""
     estimate = Estimate()
     if request["model"]["kind"] == "network":
-        for shapes in points:
+        for shapes, count in distinct_shapes(points):
             one = network_pass(request["model"], shapes, limits)
             rerun = (1 + BACKWARD_FACTOR) * (one.elements * 8 + one.ops * OP_BYTES)
-            estimate.add("diagnosis", DIAGNOSED_MISTAKES * rerun)
+            estimate.add("diagnosis", count * DIAGNOSED_MISTAKES * rerun)
     return estimate
 
 
@@ -489,12 +511,61 @@ def check_estimate(request: dict, model, points: list[dict[str, Shape]], limits:
     if request.get("dout") is not None:
         dout = len(request["dout"].values)
         require(limits, "max_tensor_elements", dout, f"`dout` has {dout} elements")
-    for shapes in points:
+    for shapes, count in distinct_shapes(points):
         one = model_pass(model, request["model"], shapes, limits)
         inputs = sum(numel(s) for s in shapes.values())
-        estimate.add("points", (1 + BACKWARD_FACTOR) * (one.elements * 8 + one.ops * OP_BYTES) + 3 * inputs * 8)
+        points_bytes = (1 + BACKWARD_FACTOR) * (one.elements * 8 + one.ops * OP_BYTES) + 3 * inputs * 8
+        estimate.add("points", count * points_bytes)
         # each check's expected and actual at this point: at most the loss, every gradient and intermediate
-        estimate.add("response", (inputs + 2 * (numel(one.out) + inputs + one.recorded)) * RESPONSE_BYTES)
+        estimate.add("response", count * (inputs + 2 * (numel(one.out) + inputs + one.recorded)) * RESPONSE_BYTES)
+    return estimate
+
+
+# The nodes one pass visits for a model without a formula of its own: a catalog expression (the longest is ~30
+# characters), the neuron (neuron_pass's 16 ops); a network adds ~4 per layer (network_pass).
+NAMED_MODEL_NODES = 64
+
+
+def model_nodes(spec, limits: Limits) -> int:
+    """An upper bound of the nodes one pass of the cost model visits for a raw or loaded `model` spec: a formula
+    has at most one node per character (an operator, a name, a number) and at most max_ast_nodes."""
+    if not isinstance(spec, dict):
+        return NAMED_MODEL_NODES
+    formula, layers = spec.get("formula"), spec.get("layers")
+    if isinstance(formula, str):
+        return max(1, min(len(formula), limits.max_ast_nodes))
+    return NAMED_MODEL_NODES + (4 * len(layers) if isinstance(layers, list) else 0)
+
+
+def refused_estimate_bytes(spec, passes: int, limits: Limits) -> int:
+    """What a batch charges for an estimate that refused its job: the estimate's own work (parsing the formula,
+    and `passes` walks of it, one per distinct shape set: 3-7 ms for a 500-node formula), at OP_BYTES a node,
+    like the torch ops the nodes stand for (up to 2 MiB a pass at the defaults). A refused job computes nothing,
+    but a batch of them must not be free: with every estimate charged at least its work, a batch stops after
+    about max_request_bytes / OP_BYTES = 65,536 nodes of estimating."""
+    return (1 + passes) * model_nodes(spec, limits) * OP_BYTES
+
+
+def raw_checks_count(check) -> int:
+    """How many checks a check request grades (its `checks`, else its submission's answers), on the raw JSON
+    too, before it loads (0 where it will not load)."""
+    if not isinstance(check, dict):
+        return 0
+    configured = check.get("checks")
+    if isinstance(configured, dict):
+        return len(configured)
+    submission = check.get("submission")
+    if configured is not None or not isinstance(submission, dict):
+        return 0
+    sections = (submission.get(s) for s in ("gradients", "intermediates", "gradient_formulas"))
+    return ("loss" in submission) + sum(len(s) for s in sections if isinstance(s, dict))
+
+
+def checks_estimate(request: dict) -> Estimate:
+    """Each graded check's result in the response (its numbers are counted with the points): the request's
+    `checks`, or, without them, one per answer in the submission. An answer's own estimate, not its problem's."""
+    estimate = Estimate()
+    estimate.add("checks", raw_checks_count(request) * CHECK_BYTES)
     return estimate
 
 
@@ -522,22 +593,25 @@ def domain_points(request: dict, limits: Limits) -> list[dict[str, Shape]]:
 def formula_estimate(formula, points: list[dict[str, Shape]], target: Shape, limits: Limits) -> Estimate:
     """A submitted derivative formula evaluated (no grad, float64) at every point, broadcast to its gradient."""
     estimate = Estimate()
-    for shapes in points:
+    for shapes, count in distinct_shapes(points):
         one = formula_pass(formula, shapes, limits)
-        estimate.add("formula", one.elements * 8 + one.ops * OP_BYTES + numel(target) * (8 + 2 * RESPONSE_BYTES))
+        per_point = one.elements * 8 + one.ops * OP_BYTES + numel(target) * (8 + 2 * RESPONSE_BYTES)
+        estimate.add("formula", count * per_point)
     return estimate
 
 
-def batch_require(estimates: list[int], limits: Limits, part: str = "jobs", what: str = "the batch's") -> None:
+def batch_require(
+    estimates: list[int], limits: Limits, part: str = "jobs", what: str = "the batch's", of: int | None = None
+) -> None:
     """The jobs of one batch (or the problems of one problem file) share one budget: each may fit and the sum
-    still be too much."""
+    still be too much. `of`: the batch's size, when these are only its first jobs (checked as they are estimated)."""
     total = sum(estimates)
     if total > limits.max_request_bytes:
+        which = f"{what} {len(estimates)} {part}" if of is None else f"the first {len(estimates)} of {what} {of} {part}"
         raise LimitExceeded(
             "max_request_bytes",
             limits.max_request_bytes,
-            f"{what} {len(estimates)} {part} would allocate about {_mib(total)} together; "
-            f"the budget is {_mib(limits.max_request_bytes)}",
+            f"{which} would allocate about {_mib(total)} together; the budget is {_mib(limits.max_request_bytes)}",
             estimate=total,
             hint=HINTS[part],
             breakdown={part: total},

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 from flask import Blueprint, current_app
 from marshmallow import ValidationError
 
 from schemas import GradientRequestSchema, GradientResponseSchema
-from schemas.grading import BatchErrorSchema, BatchRequestSchema, CheckResponseSchema
+from schemas.grading import MAX_CHECKS, BatchErrorSchema, BatchRequestSchema, CheckResponseSchema
 
 from ..engine import cost
 from ..engine.batch import compute_many
 from ..engine.check import Problem, grade_many
 from ..engine.check import estimate as estimate_check
 from ..engine.compute import estimate_cost
-from ..engine.errors import EngineError
+from ..engine.errors import EngineError, LimitExceeded
 from ..engine.limits import Deadline
 from ..errors import engine_problem, problem, validation_problem
 from ..jsonio import Encoded, read_json
@@ -64,6 +65,7 @@ def batch():
         cost.require(
             limits, "max_batch_jobs", len(body["jobs"]), f"the batch has {len(body['jobs'])} jobs", cost.HINTS["jobs"]
         )
+        _checks_within_budget(body["jobs"], limits)
     jobs = batch_request.load(body)["jobs"]
     with compute_timer("batch"):
         results = run_jobs(jobs, limits)
@@ -120,32 +122,104 @@ def run_jobs(jobs: list, limits) -> list[dict]:
     return results
 
 
+def _checks_within_budget(jobs: list, limits) -> None:
+    """Every check job's results (cost.CHECK_BYTES each), counted on the raw JSON before any job loads: a batch
+    of 1000 jobs of 400 checks is a 413 at once rather than after loading 400,000 checks (~6 s). A job over
+    MAX_CHECKS is a 400 in its place, and counts its cap."""
+    count = sum(
+        min(cost.raw_checks_count(job["check"]), MAX_CHECKS)
+        for job in jobs
+        if isinstance(job, dict) and set(job) == {"check"}
+    )
+    estimate = count * cost.CHECK_BYTES
+    if estimate > limits.max_request_bytes:
+        raise LimitExceeded(
+            "max_request_bytes",
+            limits.max_request_bytes,
+            f"the batch's {count} checks would allocate about {estimate / 2**20:.1f} MiB for their results alone; "
+            f"the budget is {limits.max_request_bytes / 2**20:.1f} MiB",
+            estimate=estimate,
+            hint=cost.HINTS["jobs"],
+            breakdown={"checks": estimate},
+        )
+
+
+def _gradients_key(spec: dict) -> bytes:
+    """Everything a gradients job's estimate depends on (its shapes, never its values): equal keys, equal
+    estimates, so a batch estimates each distinct job once."""
+    shapes = lambda tensors: [(name, data.shape) for name, data in (tensors or {}).items()]  # noqa: E731
+    dout = spec.get("dout")
+    return orjson.dumps(
+        [
+            spec["model"],
+            shapes(spec["inputs"]),
+            spec.get("wrt"),
+            spec["mode"],
+            spec["dtype"],
+            spec["include"],
+            None if dout is None else [len(dout.values), dout.shape],
+            shapes(spec.get("tangents")),
+        ]
+    )
+
+
+def _distinct_point_shapes(spec: dict) -> int:
+    points = spec.get("points") or [spec.get("inputs", {})]
+    return len({tuple((name, data.shape) for name, data in point.items()) for point in points})
+
+
 def _within_budget(
     gradient_jobs: list, check_jobs: list, keys: dict[int, bytes], results: list, limits
 ) -> tuple[list, list]:
     """The jobs the cost model accepts one by one (the others get their problem in place), if together
-    they fit the request budget; else the whole batch is a 413. A check's estimate is its problem's."""
+    they fit the request budget; else the whole batch is a 413. A check's estimate is its problem's plus its
+    checks'. Each distinct job (gradients: _gradients_key; checks: the problem) is estimated once, and an
+    estimate that refuses its job is charged its own work (cost.refused_estimate_bytes); the running total is
+    checked after each job, so a batch stops estimating once it is over the budget."""
     costs, kept_gradients, kept_checks = [], [], []
+    total = len(gradient_jobs) + len(check_jobs)
+
+    def charge(amount: int) -> None:
+        costs.append(amount)
+        cost.batch_require(costs, limits, of=total if len(costs) < total else None)
+
+    gradient_estimates: dict[bytes, int | EngineError] = {}
     for i, spec in gradient_jobs:
-        try:
-            costs.append(estimate_cost(spec, limits))
+        key = _gradients_key(spec)
+        fresh = key not in gradient_estimates
+        if fresh:
+            try:
+                gradient_estimates[key] = estimate_cost(spec, limits)
+            except EngineError as err:
+                gradient_estimates[key] = err
+        estimate = gradient_estimates[key]
+        if isinstance(estimate, EngineError):
+            results[i] = {"error": engine_problem(estimate)}
+            charge(cost.refused_estimate_bytes(spec["model"], 1, limits) if fresh else 0)
+        else:
+            charge(estimate)
             kept_gradients.append((i, spec))
-        except EngineError as err:
-            results[i] = {"error": engine_problem(err)}
     estimates: dict[bytes, int | EngineError] = {}
     for i, spec in check_jobs:
-        if keys[i] not in estimates:
+        fresh = keys[i] not in estimates
+        if fresh:
             try:
                 estimates[keys[i]] = estimate_check(spec, limits)
             except EngineError as err:
                 estimates[keys[i]] = err
         estimate = estimates[keys[i]]
+        if not isinstance(estimate, EngineError):
+            checks = cost.checks_estimate(spec)  # this job's checks, on top of its problem's estimate
+            try:
+                checks.require(limits, estimate)
+            except EngineError as err:
+                estimate = err
         if isinstance(estimate, EngineError):
             results[i] = {"error": engine_problem(estimate)}
+            charge(cost.refused_estimate_bytes(spec["model"], _distinct_point_shapes(spec), limits) if fresh else 0)
         else:
-            costs.append(estimate)
+            charge(estimate + checks.total)
             kept_checks.append((i, spec))
-    cost.batch_require(costs, limits)
     return kept_gradients, kept_checks
 
 
