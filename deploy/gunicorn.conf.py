@@ -187,13 +187,19 @@ control_socket_disable = True
 
 
 # --- Prometheus multiprocess mode -------------------------------------------------------------------
+EMPTIED_BY = "GRADSVC_METRICS_EMPTIED_BY"  # the pid of the master that emptied the directory
+
+
 def _empty_multiproc_dir() -> None:
     """Start every master with an empty PROMETHEUS_MULTIPROC_DIR: stale *.db files from a previous run
     would otherwise be summed into the new counters.  Runs when the master loads this file, before the
-    preloaded app creates its metrics there (an on_starting hook would run after that)."""
+    preloaded app creates its metrics there (an on_starting hook would run after that).  Once per master:
+    gunicorn loads this file again on every SIGHUP, while the master and the workers still write their files,
+    and emptying then dropped every counter to zero (the marker in the environment says this master did it)."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not path:
+    if not path or os.environ.get(EMPTIED_BY) == str(os.getpid()):
         return
+    os.environ[EMPTIED_BY] = str(os.getpid())
     os.makedirs(path, exist_ok=True)
     for entry in os.scandir(path):
         if entry.is_dir(follow_symlinks=False):

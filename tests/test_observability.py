@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
+import time
 
 import pytest
 import requests
@@ -134,6 +137,40 @@ def test_metrics_add_up_across_workers_and_logs_are_json(tmp_path):
     assert {f"m-{i}" for i in range(24)} <= {line["request_id"] for line in access}
     sample = next(line for line in access if line["request_id"] == "m-0")
     assert sample["status"] == 200 and sample["route"] == "/v1/gradients" and sample["duration_ms"] > 0
+
+
+@pytest.mark.live
+def test_metrics_survive_a_sighup_reload(tmp_path):
+    """gunicorn loads its config file again on SIGHUP; the config emptied the metrics directory every time it was
+    loaded, so a reload dropped every counter to zero while the server kept serving (found by an audit)."""
+    prom = tmp_path / "prom"
+    log = tmp_path / "server.log"
+    server = GunicornServer(
+        workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(prom), "LOG_LEVEL": "INFO"}, log_path=log
+    ).start()
+    try:
+        with requests.Session() as s:
+            for _ in range(10):
+                assert s.post(server.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=10).status_code == 200
+            old_workers = set(server.worker_pids())
+            os.kill(server.proc.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # the old workers leave, two new ones are up and answer
+                workers = set(server.worker_pids())
+                if len(workers) == 2 and not workers & old_workers:
+                    if s.get(server.url + "/readyz", timeout=10).status_code == 200:
+                        break
+                time.sleep(0.2)
+            else:
+                pytest.fail("no reload within 60 s")
+            assert "Handling signal: hup" in log.read_text()
+            for _ in range(5):
+                assert s.post(server.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=10).status_code == 200
+            text = s.get(server.url + "/metrics", timeout=10).text
+        assert metric(text, "gradsvc_http_requests_total", route="/v1/gradients", status="200") == 15
+        assert metric(text, "gradsvc_build_info") == 1
+    finally:
+        server.stop()
 
 
 def test_check_and_batch_are_timed_by_kind(client):
