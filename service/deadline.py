@@ -1,10 +1,10 @@
 """The request's hard deadline on the HTTP side: armed around the whole WSGI call, answered as a 503 problem.
 
 From the first byte of the body read to the encoded answer, a request gets MAX_WALL_SECONDS
-(engine/deadline.py interrupts it there).  Inside a view the interrupt becomes DeadlineExceeded, so the usual
-error handler, access log and metrics answer it; anywhere else (a hook, the error handler itself) the
-middleware answers the 503 on its own.  gunicorn's worker timeout (deploy/gunicorn.conf.py) is set well
-above MAX_WALL_SECONDS, so it never is what ends a request.
+(engine/deadline.py interrupts it there).  Inside a view, or while its answer is encoded, the interrupt becomes
+DeadlineExceeded, so the usual error handler, access log and metrics answer it; anywhere else (a hook, the error
+handler itself) the middleware answers the 503 on its own.  gunicorn's worker timeout (deploy/gunicorn.conf.py)
+is set well above MAX_WALL_SECONDS, so it never is what ends a request.
 """
 
 from __future__ import annotations
@@ -84,4 +84,15 @@ def init_deadline(app: Flask) -> None:
             raise DeadlineExceeded(stop.seconds) from None
 
     app.dispatch_request = dispatch_request
+    make_response = app.make_response
+
+    def make_response_within_deadline(rv):
+        """Encoding the view's answer (a large one takes ~0.2 s) can be where the deadline fires: answered by the
+        error handler like a view's, so the 503 is counted, logged and carries the request id."""
+        try:
+            return make_response(rv)
+        except DeadlineInterrupt as stop:
+            return make_response(app.handle_user_exception(DeadlineExceeded(stop.seconds)))
+
+    app.make_response = make_response_within_deadline
     app.wsgi_app = DeadlineMiddleware(app.wsgi_app, seconds)

@@ -16,11 +16,12 @@ import ctypes
 import gc
 import logging
 import os
+from functools import partial
 
 from werkzeug.wsgi import ClosingIterator
 
-from .observability import WORKER_RECYCLES
-from .process_metrics import resident_bytes
+from .observability import ENVIRON_REQUEST_ID, WORKER_RECYCLES
+from .process_metrics import resident_bytes, update_process_memory
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class MemoryGuard:
         self.worker = worker
         freeze_startup_objects()  # again: the worker's warm-up ran after the master froze its objects
         self.idle_mib = self.settled_mib = rss_mib()
+        update_process_memory(force=True)  # the worker's RSS gauge, before its first request (it read 0 until then)
         if self.idle_mib > self.ceiling_mib:
             log.error(
                 "idle worker RSS %.0f MiB is over MAX_WORKER_RSS_MB=%.0f: every request will recycle it",
@@ -83,7 +85,7 @@ class MemoryGuard:
                 self.ceiling_mib,
             )
 
-    def after_request(self) -> None:
+    def after_request(self, environ: dict | None = None) -> None:
         rss = rss_mib()
         if rss <= self.settled_mib + TRIM_ABOVE_MIB and rss <= self.ceiling_mib:
             return
@@ -99,7 +101,11 @@ class MemoryGuard:
                 "worker RSS %.0f MiB stays over MAX_WORKER_RSS_MB=%.0f after a request: exiting for a fresh one",
                 rss,
                 self.ceiling_mib,
-                extra={"rss_mib": round(rss), "pid": os.getpid()},
+                extra={
+                    "rss_mib": round(rss),
+                    "pid": os.getpid(),
+                    "request_id": (environ or {}).get(ENVIRON_REQUEST_ID, "-"),  # the request that left it so big
+                },
             )
             WORKER_RECYCLES.labels("rss").inc()
             self.worker.alive = False  # the sync worker finishes this response, then leaves its loop
@@ -113,7 +119,7 @@ class MemoryMiddleware:
         self.guard = guard
 
     def __call__(self, environ, start_response):
-        return ClosingIterator(self.app(environ, start_response), self.guard.after_request)
+        return ClosingIterator(self.app(environ, start_response), partial(self.guard.after_request, environ))
 
 
 GUARD: MemoryGuard | None = None

@@ -56,11 +56,17 @@ REFCACHE_BYTES = Gauge(
 )
 
 
+ENVIRON_REQUEST_ID = "gradsvc.request_id"
+
+
 class RequestIdFilter(logging.Filter):
-    """Put the current request id on every log record (\"-\" outside a request)."""
+    """Put the current request id on every log record (\"-\" outside a request, unless the caller gave one)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        if has_request_context():
+            record.request_id = g.get("request_id", "-")
+        elif not hasattr(record, "request_id"):  # after the request, a caller may name it (`extra`)
+            record.request_id = "-"
         return True
 
 
@@ -177,6 +183,7 @@ def init_observability(app: Flask) -> None:
         req, ctx = request._get_current_object(), g._get_current_object()
         rid = ctx.get("request_id") or os.urandom(16).hex()  # a request rejected before before_request ran
         response.headers[REQUEST_ID_HEADER] = rid
+        req.environ[ENVIRON_REQUEST_ID] = rid  # for what runs after the request context is gone (the memory guard)
         now = time.perf_counter()
         elapsed = now - ctx.get("started", now)
         route = route_label(req)

@@ -62,10 +62,10 @@ class _Statm:
 resident_bytes = _Statm().resident_bytes
 
 
-def update_process_memory() -> None:
+def update_process_memory(force: bool = False) -> None:
     global _last_update
     now = time.monotonic()
-    if now - _last_update >= REFRESH_SECONDS:
+    if force or now - _last_update >= REFRESH_SECONDS:
         _last_update = now
         RSS.set(resident_bytes())
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from bench.servers import proc_mib
-from conftest import TUTORIAL_NEURON, GunicornServer
+from conftest import TUTORIAL_NEURON, GunicornServer, json_log_lines
 
 WALL = 10.0  # the default MAX_WALL_SECONDS
 PEAK_MIB = 512
@@ -246,7 +246,9 @@ def test_a_worker_over_its_rss_ceiling_is_replaced_and_counted(tmp_path):
         server.start()
         server.wait_workers(1)
         (first,) = server.worker_pids()
-        response = requests.post(server.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=10)
+        response = requests.post(
+            server.url + "/v1/gradients", json=TUTORIAL_NEURON, headers={"X-Request-ID": "big-one"}, timeout=10
+        )
         assert response.status_code == 200 and response.json()["loss"] == pytest.approx(6.7012, abs=1e-4)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and server.worker_pids() in ([], [first]):
@@ -255,7 +257,9 @@ def test_a_worker_over_its_rss_ceiling_is_replaced_and_counted(tmp_path):
         server.wait_ready()
         text = requests.get(server.url + "/metrics", timeout=10).text
         assert metric(text, "gradsvc_worker_recycles_total", reason="rss") >= 1
-        assert "MAX_WORKER_RSS_MB=50" in log.read_text()
+        recycled = [line for line in json_log_lines(log.read_text()) if "exiting for a fresh one" in line["message"]]
+        # each names the request that left its worker too big (it was "-"): the probes', and ours
+        assert "big-one" in {line["request_id"] for line in recycled} and "-" not in {r["request_id"] for r in recycled}
     finally:
         server.stop()
 

@@ -173,6 +173,20 @@ def test_metrics_survive_a_sighup_reload(tmp_path):
         server.stop()
 
 
+@pytest.mark.live
+def test_every_worker_reports_its_memory_before_its_first_request(tmp_path):
+    """The per-worker RSS gauge read 0 until the worker had answered a request (found by an audit)."""
+    server = GunicornServer(workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}).start()
+    try:
+        server.wait_workers(2)
+        workers = server.worker_pids()
+        text = requests.get(server.url + "/metrics", timeout=10).text
+        for pid in workers:
+            assert metric(text, "gradsvc_process_resident_memory_bytes", pid=str(pid)) > 50 * 2**20, pid
+    finally:
+        server.stop()
+
+
 def test_check_and_batch_are_timed_by_kind(client):
     from prometheus_client import REGISTRY
 
