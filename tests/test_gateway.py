@@ -119,6 +119,14 @@ def test_outside_the_prefix_is_a_problem_404(gateway):
     assert r.status_code == 404 and r.headers["Content-Type"] == PROBLEM and r.json()["status"] == 404
 
 
+def test_the_bare_prefix_redirects_to_the_playground(gateway):
+    """`/grad` (no slash) was a problem 404; the page and its relative URLs live at `/grad/`."""
+    r = requests.get(gateway.url, timeout=10, allow_redirects=False)
+    assert r.status_code == 301 and r.headers["Location"] == "/grad/"
+    page = requests.get(gateway.url, timeout=10)
+    assert page.status_code == 200 and page.url.endswith("/grad/") and "text/html" in page.headers["Content-Type"]
+
+
 def test_gateway_413_is_problem_json(strict_gateway):
     r = requests.post(
         strict_gateway.url + "/v1/gradients",
