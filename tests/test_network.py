@@ -678,3 +678,58 @@ def test_no_samples_with_the_over_2m_l2_term_is_a_422_not_a_500(client):
         status, out = post(client, path, {**body, **extra})
         assert status == 422, out
         assert out["type"] == "/problems/shape-mismatch" and "m = 0" in out["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": {"kind": "expression", "formula": "2*y"}, "inputs": {"x": 1.0, "y": [1.0, 2.0]}, "wrt": ["x"]},
+        {"model": {"kind": "expression", "formula": "3"}, "inputs": {"x": 1.0}},
+    ],
+    ids=["output-free-of-wrt", "constant"],
+)
+def test_jacobian_of_an_output_free_of_every_wrt_input_is_zero_blocks(client, body):
+    """Found by an audit: torch.autograd.grad was called with no inputs, a 500."""
+    status, out = post(client, "/v1/gradients", {**body, "include": ["jacobian"], "dtype": "float64"})
+    assert status == 200, out
+    assert out["independent"] == list(body.get("wrt", ["x"]))
+    assert all(value in (0.0, [0.0, 0.0]) for value in out["jacobian"].values()), out["jacobian"]
+
+
+def test_hinge_loss_over_no_samples_and_no_classes_is_answered(client):
+    """F.one_hot refuses 0 classes: X of shape [0, 0] was a 500; now the empty mean, NaN with a warning."""
+    model = {
+        "kind": "network",
+        "layout": "torch",
+        "layers": [],
+        "loss": {"type": "hinge"},
+        "generate": {"X": {"scheme": "numpy_legacy", "seed": 1, "shape": [0, 0]}},
+    }
+    status, out = post(
+        client, "/v1/gradients", {"model": model, "inputs": {"y": []}, "dtype": "float64", "include": []}
+    )
+    assert status == 200, out
+    assert out["loss"] == "NaN" and out["gradients"]["X"] == []
+
+
+def test_generated_inputs_follow_the_request_dtype(client):
+    """Every input generated: the tensors were made in float64 whatever `dtype` said (priced at 4 bytes)."""
+    model = {
+        "kind": "network",
+        "layout": "torch",
+        "layers": [{"type": "linear", "out_features": 2}],
+        "loss": {"type": "mse"},
+        "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.1},
+        "generate": {
+            "X": {"scheme": "numpy_legacy", "seed": 1, "shape": [3, 2]},
+            "y": {"scheme": "zeros", "shape": [3, 2]},
+        },
+    }
+    answers = {}
+    for dtype in ("float32", "float64"):
+        status, out = post(client, "/v1/gradients", {"model": model, "inputs": {}, "dtype": dtype, "include": []})
+        assert status == 200 and out["dtype"] == dtype, out
+        answers[dtype] = out["loss"]
+    assert answers["float32"] == pytest.approx(answers["float64"], rel=1e-6)
+    assert repr(answers["float32"]) == str(np.float32(answers["float32"]))  # a float32's digits, not a double's
+    assert repr(answers["float64"]) != str(np.float32(answers["float64"]))

@@ -160,7 +160,7 @@ class Problem:
         self.shapes = [self.model.shapes(s) for s in cost.domain_points(request, limits)]
         self.estimate = cost.check_estimate(request, self.model, self.shapes, limits)
         self.estimate.require(limits, spent)  # the references at every point and the response; formulas later
-        self.points = [self.model.complete(p) for p in make_points(request, limits)]
+        self.points = [self.model.complete(p, torch.float64) for p in make_points(request, limits)]
         self.model = upstream(self.model, request, torch.float64)  # layer checks: dout·J
         self.is_neuron = isinstance(self.model, Neuron)
         dout = getattr(self.model, "dout", None)

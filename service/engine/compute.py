@@ -72,8 +72,9 @@ def compute(request: dict, limits: Limits) -> dict:
     """Run a loaded GradientRequestSchema body; returns the JSON-ready response body."""
     deadline = Deadline(limits.max_wall_seconds)
     raw, wrt, _ = estimate(request, limits, deadline)
-    base = raw.complete(make_tensors(request["inputs"], DTYPES[request["dtype"]]))
-    model = upstream(raw, request, DTYPES[request["dtype"]])  # with `dout`: gradients are dout·J
+    dtype = DTYPES[request["dtype"]]
+    base = raw.complete(make_tensors(request["inputs"], dtype), dtype)
+    model = upstream(raw, request, dtype)  # with `dout`: gradients are dout·J
     unknown = [name for name in wrt if name not in base]
     if unknown:
         raise UnknownVariable(f"wrt names {', '.join(map(repr, unknown))}, which are not inputs")

@@ -64,7 +64,7 @@ def jacobian(model, base: dict, wrt: tuple[str, ...], deadline: Deadline) -> tup
         used = [n for n in wrt if n not in unused]
         rows = {n: [] for n in used}
         flat = out.reshape(-1)
-        for i in range(flat.numel()):
+        for i in range(flat.numel() if used else 0):  # nothing depends on wrt: zero blocks, no backward
             deadline.check()
             grads = torch.autograd.grad(flat[i], [leaves[n] for n in used], retain_graph=True, allow_unused=True)
             for n, g in zip(used, grads, strict=True):

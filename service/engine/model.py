@@ -31,9 +31,9 @@ class Model(Protocol):
         plus what the model makes itself (a network's generated X and parameters). Sets what depends on them
         (a network's default_wrt); the cost model prices these shapes."""
 
-    def complete(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The input tensors plus the ones the model makes itself (generated from seeds), once the cost model
-        has accepted the request."""
+    def complete(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The input tensors plus the ones the model makes itself (generated from seeds, in the request's
+        `dtype`), once the cost model has accepted the request."""
 
     def prepare(self, tensors: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Check the inputs fit the model; return them with the `wrt` ones as fresh leaves requiring grad."""

@@ -201,11 +201,10 @@ class Network:
         self.default_wrt = self.check_wrt = (*(p.name for p in self.params), "X")
         return shapes
 
-    def complete(self, given: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The inputs plus generated X, y and parameters (shapes() has checked them and the cost model priced
-        them); the targets' values are checked here."""
+    def complete(self, given: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The inputs plus generated X, y and parameters in `dtype` (shapes() has checked them and the cost model
+        priced them); the targets' values are checked here."""
         self.shapes({name: tuple(t.shape) for name, t in given.items()})
-        dtype = next(iter(given.values())).dtype if given else torch.float64
         generated = self.spec.get("generate", {})
         tensors = {"X": given["X"] if "X" in given else self._make(generated["X"], self._generated_shape("X"), dtype)}
         if "y" in given or "y" in generated:
@@ -375,7 +374,8 @@ class Network:
         elif kind == "hinge":
             idx = y.reshape(-1, 1).long()
             margins = torch.clamp(scores - scores.gather(1, idx) + self.loss.get("margin", 1.0), min=0)
-            per = margins.masked_fill(F.one_hot(idx.reshape(-1), scores.shape[1]).bool(), 0).sum(1)
+            correct = torch.arange(scores.shape[1]).reshape(1, -1) == idx  # one_hot, which refuses 0 classes
+            per = margins.masked_fill(correct, 0).sum(1)
         else:
             target = self.layout.samples_first(y)
             if kind == "bce":  # on probabilities, unclamped, as deeplearning.ai's compute_cost

@@ -49,7 +49,7 @@ class Neuron:
         """The inputs are every tensor: nothing is generated."""
         return given
 
-    def complete(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def complete(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
         return tensors
 
     def prepare(self, tensors: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor]:
