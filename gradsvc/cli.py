@@ -1,7 +1,10 @@
 """`gradsvc`: compute, check, batch and grade from the command line, with exit codes an autograder can branch on.
 
 `gradsvc grade` always exits 0 once it wrote its results document (5 if it could not write it): the document
-itself says whether anything was graded. `gradsvc problem lint`: 0 valid, 1 invalid, 2 unreadable, 3 unavailable.
+itself says whether anything was graded. `gradsvc problem lint`: 0 valid, 1 invalid, 2 unreadable, 3 the service
+could not check it (unavailable, or it refused the request: API key, URL), 4 server error.
+
+Numbers that overflow a double (1e400) are read as the service's "Infinity"/"-Infinity", like the Infinity literal.
 
 Exit codes of compute, check and batch:
   0  success; for `check`/`batch`: every check passed and no job failed
@@ -19,7 +22,7 @@ import os
 import sys
 
 from . import grade as grading
-from .client import DEFAULT_URL, Client, ClientError, ServerError, ServiceUnavailable
+from .client import DEFAULT_URL, Client, ClientError, RequestError, ServerError, ServiceUnavailable
 
 OK, CHECKS_FAILED, USAGE, UNAVAILABLE, SERVER_ERROR = 0, 1, 2, 3, 4
 INVALID_PROBLEM = 1
@@ -40,9 +43,10 @@ def _read(path: str) -> str:
 
 
 def read_json(path: str):
+    """A JSON file as grading.load_json reads it: 1e400 is "Infinity" (graded, and wrong), never inf."""
     try:
-        return json.loads(_read(path))
-    except json.JSONDecodeError as err:
+        return grading.load_json(_read(path))
+    except ValueError as err:  # JSONDecodeError, NestingError
         raise InputError(f"{path} is not valid JSON: {err}") from None
 
 
@@ -50,8 +54,8 @@ def read_jobs(path: str) -> list:
     """A JSON object {"jobs": [...]}, a JSON array of jobs, or JSON Lines (one job per line)."""
     text = _read(path)
     try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:
+        whole = grading.load_json(text)
+    except ValueError:
         whole = None
     if isinstance(whole, dict) and isinstance(whole.get("jobs"), list):
         return whole["jobs"]
@@ -61,8 +65,8 @@ def read_jobs(path: str) -> list:
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                jobs.append(json.loads(line))
-            except json.JSONDecodeError as err:
+                jobs.append(grading.load_json(line))
+            except ValueError as err:
                 raise InputError(f"{path}:{number} is not valid JSON: {err}") from None
     return jobs
 
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 if "error" in result or result.get("passed") is False:
                     status = CHECKS_FAILED
         return status
-    except InputError as err:
+    except (InputError, RequestError) as err:
         print(f"gradsvc: {err}", file=sys.stderr)
         return USAGE
     except ServiceUnavailable as err:
@@ -204,7 +208,8 @@ def print_refusal(message: str, err: ClientError) -> None:
 
 
 def lint_problem(args, client: Client) -> int:
-    """`gradsvc problem lint`: 0 valid, 1 invalid (each error printed), 2 unreadable, 3 service unavailable."""
+    """`gradsvc problem lint`: 0 valid, 1 invalid (each error printed), 2 unreadable, 3 the service could not check
+    it (unavailable, or it refused the request: a wrong API key or URL), 4 server error."""
     try:
         problem = grading.read_problem_file(args.file)
     except grading.ProblemFileError as err:
@@ -232,9 +237,21 @@ def lint_problem(args, client: Client) -> int:
     except ServiceUnavailable as err:
         print(f"gradsvc: {err}", file=sys.stderr)
         return UNAVAILABLE
+    except ServerError as err:
+        print(f"gradsvc: server error: {err}", file=sys.stderr)
+        return SERVER_ERROR
     except ClientError as err:
-        print_refusal(f"{args.file}: {err.problem.get('detail', err)}", err)
-        return INVALID_PROBLEM if err.status < 500 else SERVER_ERROR
+        errors = err.problem.get("errors")
+        about_the_file = str(err.problem.get("type", "")).endswith("/invalid-problem") or err.status == 413
+        if about_the_file or (isinstance(errors, dict) and set(errors) == {"problem"}):
+            print_refusal(f"{args.file}: {err.problem.get('detail', err)}", err)
+            return INVALID_PROBLEM
+        # 401/403 (API key), 404 (URL): the file may well be valid; the service could not say
+        print_refusal(f"gradsvc: {client.url} refused the request, the file was not checked: {err}", err)
+        return UNAVAILABLE
+    except RequestError as err:
+        print(f"gradsvc: {args.file}: {err}", file=sys.stderr)
+        return USAGE
     for p in result["problems"]:
         print(f"  {p['key']}: {len(p['checks'])} check(s), {p['max_score']:g} points; computed on {client.url}")
     return OK

@@ -23,6 +23,10 @@ class ServiceUnavailable(GradsvcError):
     """No answer (connection refused, timeout, a response cut off) or 429/502/503/504, still after every retry."""
 
 
+class RequestError(GradsvcError):
+    """The request cannot be sent: its body is not JSON (an overflowing number read as inf, a YAML date...)."""
+
+
 class ProblemError(GradsvcError):
     """The service answered with an error: `status` and the problem+json body in `problem`."""
 
@@ -111,6 +115,8 @@ class Client:
                 response = self.session.post(
                     self.url + path, json=body, params=params, headers=headers, timeout=timeout
                 )
+            except requests.exceptions.InvalidJSONError as err:  # before sending: retrying cannot help
+                raise RequestError(f"the request body cannot be sent as JSON: {err}") from None
             except RETRY_ERRORS as err:
                 last = f"{type(err).__name__}: {err}"
             else:

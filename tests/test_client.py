@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from conftest import ROOT, TUTORIAL_NEURON, GunicornServer, free_port
-from gradsvc import Client, ClientError, ServiceUnavailable
+from gradsvc import Client, ClientError, RequestError, ServiceUnavailable
 from gradsvc.cli import read_jobs
 
 pytestmark = [pytest.mark.live]
@@ -254,3 +254,10 @@ def test_cli_survives_a_server_restart(tmp_path, files):
             cli.wait(5)
     assert cli.returncode == 0, err
     assert json.loads(out)["passed"] is True
+
+
+def test_a_body_json_cannot_carry_is_a_request_error_not_a_raw_requests_error():
+    """inf (what Python makes of 1e400): requests' InvalidJSONError before anything is sent, and not retried."""
+    for body in ({"x": float("inf")}, {"x": [float("nan")]}):
+        with pytest.raises(RequestError, match="cannot be sent as JSON"):
+            Client(f"http://127.0.0.1:{free_port()}", retries=3, sleep=lambda s: pytest.fail("retried")).compute(body)

@@ -187,6 +187,7 @@ def prairielearn(tmp_path, url, answers, seed=7, problem=None):
     (root / "data" / "data.json").write_text(json.dumps(data))
     proc, took = run(["bash", str(grader / "run.sh")], url, GRADE_ROOT=str(root), PYTHONPATH="")
     assert proc.returncode == 0, proc.stderr  # PrairieLearn reads results.json only after exit 0
+    (root / "job.log").write_text(proc.stdout + proc.stderr)  # the grading job's log: staff see it, students not
     results = json.loads((root / "results" / "results.json").read_text())
     validate_prairielearn(results)
     return results, took
@@ -229,7 +230,8 @@ def test_prairielearn_down_slow_and_typo_are_not_gradable(live_server, tmp_path,
     text = typo((EXAMPLES / "prairielearn" / "question" / "tests" / "problem.json").read_text())
     results, _ = prairielearn(tmp_path / "typo", live_server.url, NEURON_FORMULAS, problem=text)
     assert results["gradable"] is False and "configuration error" in results["message"]
-    assert "gradient_formula.w" in results["output"]
+    assert "gradient_formula.w" not in json.dumps(results)  # staff details: in the job's log, not for students
+    assert "gradient_formula.w" in (tmp_path / "typo" / "grade" / "job.log").read_text()
 
 
 # --- Autolab ------------------------------------------------------------------------------------------

@@ -3,16 +3,28 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+import urllib.parse
 
 import pytest
-from platform_specs import validate_gradescope, validate_prairielearn
+import requests
+from platform_specs import (
+    student_view,
+    validate_autolab,
+    validate_coderunner,
+    validate_gradescope,
+    validate_prairielearn,
+)
 
 from conftest import ROOT, free_port
+from gradsvc import Client, fallback
+from gradsvc import grade as grading
+from gradsvc.cli import lint_problem
 
 PROBLEM = {
     "title": "Neuron",
@@ -220,3 +232,213 @@ def test_grading_recipe_writes_a_valid_results_file(live_server, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     validate_gradescope(results)
     assert results["score"] == 10
+
+
+# --- files that used to crash `gradsvc grade`, and one message per cause of "not graded" (audit H1, H2, M2, L4) ----
+
+DEEP = "[" * 1000 + "]" * 1000  # deeper than Python's JSON parser goes (~990): json.loads raised RecursionError
+OVERFLOW = '{"loss": 1e400, "gradients": {"w": 6.6918}}'  # valid JSON; Python reads 1e400 as inf
+
+
+def grade_files(tmp_path, platform, answers_text, problem_text=None, url=None, name="problem.yaml"):
+    (tmp_path / name).write_text(problem_text if problem_text is not None else json.dumps(PROBLEM))
+    (tmp_path / "answers.json").write_text(answers_text)
+    out = tmp_path / f"out.{platform}"
+    proc, _ = gradsvc(
+        "grade",
+        "--platform",
+        platform,
+        "--problem",
+        str(tmp_path / name),
+        "--answers",
+        str(tmp_path / "answers.json"),
+        "--out",
+        str(out),
+        "--url",
+        url or f"http://127.0.0.1:{free_port()}",
+        "--retries",
+        "0",
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    return proc, out.read_text()
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("platform", ["gradescope", "prairielearn", "autolab", "coderunner"])
+def test_deeply_nested_answers_are_a_readable_failure(live_server, tmp_path, platform):
+    _, text = grade_files(tmp_path, platform, DEEP, url=live_server.url)
+    validate = {"gradescope": validate_gradescope, "prairielearn": validate_prairielearn}
+    if platform in validate:
+        validate[platform](json.loads(text))
+    elif platform == "autolab":
+        validate_autolab(text)
+    else:
+        validate_coderunner(text)
+    assert "nested too deeply to read" in student_view(platform, text if platform == "autolab" else json.loads(text))
+
+
+@pytest.mark.live
+def test_overflowing_number_is_graded_as_infinity(live_server, tmp_path):
+    _, text = grade_files(tmp_path, "gradescope", OVERFLOW, url=live_server.url)
+    doc = json.loads(text)
+    validate_gradescope(doc)
+    loss, w = doc["tests"]
+    assert loss["status"] == "failed" and "you gave inf" in loss["output"] and w["status"] == "passed"
+    check = tmp_path / "check.json"
+    check.write_text(
+        '{"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": 1e400}, '
+        '"submission": {"gradients": {"x": 1e400}}}'
+    )
+    proc, _ = gradsvc("check", str(check), "--url", live_server.url, "--retries", "0")
+    assert "Traceback" not in proc.stderr and proc.returncode in (0, 1), proc.stderr  # graded, not a crash
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("problem.json", json.dumps(PROBLEM).replace("6.7", "1e400")),  # a JSON problem file: inf before the fix
+        ("problem.yaml", json.dumps(PROBLEM).replace("6.7", ".inf")),  # YAML's own infinity
+    ],
+)
+def test_overflowing_number_in_a_problem_file_does_not_crash_grade_or_lint(live_server, tmp_path, name, text):
+    _, out = grade_files(tmp_path, "gradescope", json.dumps(RIGHT), problem_text=text, url=live_server.url, name=name)
+    validate_gradescope(json.loads(out))
+    lint, _ = gradsvc("problem", "lint", str(tmp_path / name), "--url", live_server.url)
+    assert "Traceback" not in lint.stderr and lint.returncode in (0, 1), lint.stderr  # the service's verdict
+
+
+def test_reading_overflowing_and_deep_json():
+    assert grading.load_json("[1e400, -1e400, NaN, 1e-400, 7, 1.5]") == ["Infinity", "-Infinity", "NaN", 0.0, 7, 1.5]
+    assert grading.load_json("1" + "0" * 400) == "Infinity" and grading.load_json(str(2**70)) == float(2**70)
+    with pytest.raises(grading.NestingError):
+        grading.load_json(DEEP)
+    proc, _ = gradsvc("check", "-", "--url", f"http://127.0.0.1:{free_port()}", "--retries", "0")
+    assert proc.returncode == 2  # empty stdin: bad input, as before
+
+
+def test_deep_json_to_check_is_bad_input_exit_2(tmp_path):
+    (tmp_path / "deep.json").write_text(DEEP)
+    proc, _ = gradsvc("check", str(tmp_path / "deep.json"), "--url", f"http://127.0.0.1:{free_port()}")
+    assert proc.returncode == 2 and "nested too deeply" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_deep_or_undatable_problem_files_are_the_instructors_error(tmp_path):
+    (tmp_path / "deep.json").write_text('{"problems": ' + DEEP + "}")
+    (tmp_path / "date.yaml").write_text(json.dumps(PROBLEM)[:-1] + ', "title": 2024-01-01}')
+    for name in ("deep.json", "date.yaml"):
+        with pytest.raises(grading.ProblemFileError):
+            grading.read_problem_file(str(tmp_path / name))
+        proc, _ = gradsvc("problem", "lint", str(tmp_path / name), "--offline")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+
+
+class AppAdapter(requests.adapters.BaseAdapter):
+    """requests -> a Flask test client: the real service in-process, with a config of the test's (no port)."""
+
+    def __init__(self, app):
+        super().__init__()
+        self.app_client = app.test_client()
+
+    def send(self, request, **kwargs):
+        url = urllib.parse.urlsplit(request.url)
+        answer = self.app_client.open(
+            url.path, query_string=url.query, method=request.method, data=request.body, headers=dict(request.headers)
+        )
+        response = requests.Response()
+        response.status_code, response._content, response.url, response.request = (
+            answer.status_code,
+            answer.get_data(),
+            request.url,
+            request,
+        )
+        response.headers = requests.structures.CaseInsensitiveDict(answer.headers)
+        return response
+
+    def close(self):
+        pass
+
+
+def in_process(api_key=None, **config):
+    from conftest import TestConfig
+    from service import create_app
+
+    app = create_app(type("Config", (TestConfig,), config))
+    session = requests.Session()
+    session.mount("http://svc", AppAdapter(app))
+    return Client("http://svc", api_key=api_key, retries=0, session=session)
+
+
+def grade_in_process(tmp_path, client, platform="gradescope", answers=RIGHT, problem=PROBLEM):
+    problem_path, answers_path = tmp_path / "problem.yaml", tmp_path / "answers.json"
+    problem_path.write_text(problem if isinstance(problem, str) else json.dumps(problem))
+    answers_path.write_text(answers if isinstance(answers, str) else json.dumps(answers))
+    args = argparse.Namespace(
+        platform=platform,
+        problem=str(problem_path),
+        answers=str(answers_path),
+        out=str(tmp_path / "out" / "results"),
+        deadline=20.0,
+        released=[],
+    )
+    assert grading.run(args, client) == 0
+    text = (tmp_path / "out" / "results").read_text()
+    return text if platform == "autolab" else json.loads(text)
+
+
+def test_answers_over_the_body_limit_fail_every_check_saying_so(tmp_path):
+    client = in_process(MAX_CONTENT_LENGTH=64 * 1024)
+    big = {"loss": 6.7012, "gradients": {"w": [1.0] * 30000}}  # ~150 KB: the 413 is the student's
+    doc = grade_in_process(tmp_path, client, answers=big)
+    validate_gradescope(doc)
+    assert doc["score"] == 0 and len(doc["tests"]) == 2 and "staff can regrade" not in json.dumps(doc)
+    assert all("too large to grade" in t["output"] for t in doc["tests"])
+    pl = grade_in_process(tmp_path, client, platform="prairielearn", answers=big)
+    validate_prairielearn(pl)
+    assert pl["gradable"] is False and "too large to grade" in pl["format_errors"][0]  # no attempt charged
+    huge_problem = {**PROBLEM, "title": "x" * 100, "inputs": {**PROBLEM["inputs"], "pad": [0.0] * 30000}}
+    doc = grade_in_process(tmp_path, client, problem=huge_problem)  # the problem file alone: the instructor's
+    assert doc["extra_data"]["party"] == "instructor" and "Problem configuration error" in doc["output"]
+
+
+def test_empty_problem_file_is_the_instructors_error(tmp_path):
+    doc = grade_in_process(tmp_path, in_process(), problem="")
+    validate_gradescope(doc)
+    assert doc["extra_data"]["party"] == "instructor" and "is empty" in doc["extra_data"]["reason"]
+
+
+def test_a_refused_api_key_is_a_configuration_error_for_grade_and_lint(tmp_path):
+    keyed = {"API_KEYS": "alpha"}
+    for platform in ("gradescope", "prairielearn", "json"):
+        doc = grade_in_process(tmp_path, in_process("wrong", **keyed), platform=platform)
+        text = json.dumps(doc)
+        assert "not set up correctly" in text and "could not be reached" not in text, text
+    assert grade_in_process(tmp_path, in_process("alpha", **keyed))["score"] == 3
+    lint_args = argparse.Namespace(file=str(tmp_path / "problem.yaml"), offline=False)
+    assert lint_problem(lint_args, in_process("wrong", **keyed)) == 3  # the file is valid: not 1 (invalid)
+    assert lint_problem(lint_args, in_process("alpha", **keyed)) == 0
+
+
+def test_an_unexpected_failure_still_writes_a_document(tmp_path, monkeypatch):
+    client = in_process()
+    monkeypatch.setattr(client, "grade", lambda *a, **k: {}["boom"])
+    doc = grade_in_process(tmp_path, client, platform="prairielearn")
+    validate_prairielearn(doc)
+    assert doc["gradable"] is False and "autograder failed" in doc["message"]
+
+
+def test_fallback_documents_keep_staff_details_out_of_student_fields(tmp_path):
+    detail = "http://10.0.0.7:8000/v1/grade: unavailable after 1 attempt(s) (ConnectionError: HTTPConnectionPool)"
+    for platform in ("gradescope", "prairielearn", "autolab", "coderunner"):
+        doc = fallback.document(platform, fallback.SERVICE, detail, ["neuron", "sin"])
+        shown = grading.render(platform, doc) if platform == "autolab" else doc
+        assert "10.0.0.7" not in student_view(platform, shown) and "HTTPConnectionPool" not in student_view(
+            platform, shown
+        )
+    _, autoresult = validate_autolab(
+        grading.render("autolab", fallback.document("autolab", fallback.SERVICE, "x", ["a"]))
+    )
+    assert autoresult == {"scores": {"a": 0.0}, "scoreboard": [0.0, 0.0]}
+    broken = "problems:\n  - key: neuron\n    model: {kind: neuron\n  - key: sin_square\n"  # a YAML syntax error
+    _, autoresult = validate_autolab(grade_in_process(tmp_path, in_process(), platform="autolab", problem=broken))
+    assert autoresult["scores"] == {"neuron": 0.0, "sin_square": 0.0} and len(autoresult["scoreboard"]) == 3
