@@ -248,3 +248,106 @@ def test_under_the_gateway_prefix(page_at, live_server, tmp_path):
         assert urlsplit(page.url).path == "/grad/"
     finally:
         gateway.stop()
+
+
+# --- failures, links and odd inputs (audit findings P1-P6) -----------------------------------------------------------
+
+
+def wait_status(page, selector: str = "#status", busy: str = "computing…") -> str:
+    """The status once a request round has ended (done, failed, error N)."""
+    page.wait_for_function(
+        "([sel, busy]) => { const s = document.querySelector(sel).textContent; return s && s !== busy; }",
+        arg=[selector, busy],
+    )
+    return page.locator(selector).inner_text()
+
+
+def recompute(page, name: str, value: str) -> str:
+    element(page, f"input-{name}").fill(value)
+    element(page, f"input-{name}").press("Enter")
+    return wait_status(page)
+
+
+def assert_no_result(page) -> None:
+    """Nothing of an earlier answer is left next to the new inputs."""
+    assert page.locator("#loss-value").inner_text() == "—"
+    assert page.locator("#gradients tbody tr").count() == 0
+    assert page.locator("#graph svg").count() == 0
+
+
+def test_no_answer_clears_the_previous_result(page_at):
+    page = page_at().open(NEURON_URL)
+    page.route("**/v1/gradients", lambda route: route.abort("connectionreset"))
+    assert recompute(page, "x", "5") == "failed"
+    assert element(page, "err-general").inner_text().startswith("The service did not answer (network error")
+    assert_no_result(page)
+
+
+def test_an_answer_that_is_not_json_is_called_so(page_at):
+    page = page_at().open(NEURON_URL)
+    page.route(
+        "**/v1/gradients",
+        lambda route: route.fulfill(status=200, content_type="application/json", body="{loss: 1"),
+    )
+    assert recompute(page, "x", "5") == "failed"
+    message = element(page, "err-general").inner_text()
+    assert message.startswith("The service answered (HTTP 200), but the body is not valid JSON")
+    assert "did not answer" not in message
+    assert_no_result(page)
+
+
+def test_only_the_picture_failing_keeps_the_numbers(page_at):
+    page = page_at().open(NEURON_URL)
+
+    def no_picture(route):
+        if "svg" in route.request.headers.get("accept", ""):
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route("**/v1/gradients", no_picture)
+    assert recompute(page, "x", "5") == "done"
+    assert page.locator("#loss-value").inner_text() == "5.0067"  # -log(1 - sigmoid(5)): this request's numbers
+    assert page.locator("#graph svg").count() == 0
+    assert page.locator("#graph .hint").inner_text().startswith("No picture: The service did not answer")
+    assert element(page, "err-general").inner_text() == ""
+
+
+def test_a_hung_server_times_out_and_a_new_request_cancels_the_old(page_at):
+    p = page_at()
+    p.page.clock.install()  # the page's 30 s timeout runs on this clock; fast_forward below, no real waiting
+    page = p.open(NEURON_URL)
+    held, failed = [], []
+    page.on("requestfailed", lambda r: failed.append((r.url, r.headers.get("accept"), r.failure)))
+    page.route("**/v1/gradients", lambda route: held.append(route))  # never answered
+    for value in ("5", "4"):
+        element(page, "input-x").fill(value)
+        element(page, "input-x").press("Enter")
+    for _ in range(100):  # until both rounds reached the route (JSON + SVG each); at most 10 s
+        if len(held) == 4 and len(failed) == 2:
+            break
+        page.wait_for_timeout(100)
+    assert len(held) == 4
+    assert len([f for f in failed if f[0].endswith("/v1/gradients")]) == 2  # the first round was aborted
+    page.clock.fast_forward(31_000)
+    assert wait_status(page) == "failed"
+    assert "did not answer within 30 s" in element(page, "err-general").inner_text()
+    assert_no_result(page)
+
+
+def test_check_tab_failure_clears_the_verdicts(page_at):
+    page = page_at().open(NEURON_URL)
+    page.locator("#tab-check").click()
+    element(page, "answer-grad-w").fill("6.6918")
+    page.locator("#grade").click()
+    page.locator(".verdict").first.wait_for()
+    page.route("**/v1/check", lambda route: route.abort("connectionreset"))
+    page.locator("#grade").click()
+    assert wait_status(page, "#check-status", "grading…") == "failed"
+    assert element(page, "err-check").inner_text().startswith("The service did not answer")
+    assert page.locator("#verdicts").inner_text() == ""
+    page.unroute("**/v1/check")
+    page.route("**/v1/check", lambda route: route.fulfill(status=200, content_type="application/json", body="["))
+    page.locator("#grade").click()
+    assert wait_status(page, "#check-status", "grading…") == "failed"
+    assert "not valid JSON" in element(page, "err-check").inner_text()

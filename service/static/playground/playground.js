@@ -7,9 +7,15 @@ const NEURON_INPUTS = { x: "6.7", y: "0", w: "1", b: "0" };          // the tuto
 const RESERVED = new Set(["model", "name", "formula", "loss", "reduction", "mode", "dtype", "tab"]);
 const SVG_TYPE = "image/svg+xml";
 const MINUS = "\u2212";
+// A request still unanswered after this long is cancelled and reported (the service's own deadline,
+// MAX_WALL_SECONDS, is 10 s by default; 30 s leaves room for a queue at the workers and a slow network).
+const REQUEST_TIMEOUT_MS = 30_000;
 
 const $ = (sel) => document.querySelector(sel);
-const state = { catalog: [], graph: null, seq: 0, timer: null };
+const state = {
+  catalog: [], catalogError: null, graph: null, seq: 0, timer: null,
+  computing: null, checking: null,   // the AbortControllers of the requests in flight
+};
 
 // ---------- formatting ---------------------------------------------------------------------------------------------
 
@@ -158,13 +164,48 @@ function showCurl(path, body) {
     `-d ${shellQuote(JSON.stringify(body))}`;
 }
 
-async function post(path, body, accept) {
+/** One round of requests (a compute's JSON and SVG, or a grade): a new round aborts the `previous` one, whose
+ *  answer nobody waits for any more (on sync workers it would only queue ahead of the new one), and aborts
+ *  itself after REQUEST_TIMEOUT_MS.  finish() stops the timer. */
+function startRound(previous) {
+  previous?.abort(new DOMException("replaced by a newer request", "AbortError"));
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(new DOMException("timed out", "TimeoutError")), REQUEST_TIMEOUT_MS);
+  controller.finish = () => clearTimeout(timer);
+  return controller;
+}
+
+/** Why a request of `round` got no answer, in words a student can act on. */
+function noAnswer(err, round) {
+  if (round.signal.reason?.name === "TimeoutError") {
+    return `The service did not answer within ${REQUEST_TIMEOUT_MS / 1000} s; the request was cancelled. ` +
+      "Try again, or with smaller inputs.";
+  }
+  return `The service did not answer (network error: ${err.message}).`;
+}
+
+/** An answer that came but cannot be read as JSON, said as such (not as "no answer"). */
+function notJson(answer) {
+  return `The service answered (HTTP ${answer.status}), but the body is not ` + (answer.badJson !== undefined
+    ? `valid JSON: ${answer.badJson}` : `JSON (Content-Type: ${answer.type || "none"}).`);
+}
+
+/** POST `body`.  Resolves to {ok, status, type} with `json` (a JSON content type that parses), `badJson` (one that
+ *  does not: the parser's message) or `text`; rejects when no answer arrives (network error, abort, timeout). */
+async function post(path, body, accept, signal) {
   const response = await fetch(path, {
     method: "POST", headers: { "Content-Type": "application/json", Accept: accept }, body: JSON.stringify(body),
+    signal,
   });
+  const text = await response.text();
   const type = response.headers.get("Content-Type") || "";
-  if (type.includes("json")) return { ok: response.ok, status: response.status, json: await response.json() };
-  return { ok: response.ok, status: response.status, text: await response.text() };
+  const answer = { ok: response.ok, status: response.status, type };
+  if (!type.includes("json")) return { ...answer, text };
+  try {
+    return { ...answer, json: JSON.parse(text) };
+  } catch (err) {
+    return { ...answer, badJson: err.message };
+  }
 }
 
 function clearErrors() {
@@ -231,24 +272,28 @@ async function compute() {
   clearTimeout(state.timer);
   const body = gradientsBody();
   const seq = ++state.seq;
+  const round = state.computing = startRound(state.computing);
   saveUrl();
   showCurl("v1/gradients", body);
   setStatus("status", "computing…");
   const wantPicture = body.mode === "grad";
+  // The picture is a second request; if only it fails, the numbers are still shown (with a note for the picture).
+  const picturing = wantPicture ? post("v1/gradients", body, SVG_TYPE, round.signal).catch((err) => ({ err }))
+    : Promise.resolve(null);
   let answer, picture;
   try {
-    [answer, picture] = await Promise.all([
-      post("v1/gradients", body, "application/json"),
-      wantPicture ? post("v1/gradients", body, SVG_TYPE) : Promise.resolve(null),
-    ]);
+    answer = await post("v1/gradients", body, "application/json", round.signal);
+    picture = await picturing;
   } catch (err) {
-    if (seq !== state.seq) return;
-    clearErrors();
-    setStatus("status", "");
-    mark($("#err-general"), `The service did not answer: ${err.message}`);
+    if (seq !== state.seq) return;   // replaced by a newer request: that one reports
+    round.finish();
+    computeFailed(noAnswer(err, round));
+    round.abort();
     return;
   }
+  round.finish();
   if (seq !== state.seq) return;   // a newer request is on its way
+  if (answer.badJson !== undefined || (answer.ok && !answer.json)) { computeFailed(notJson(answer)); return; }
   clearErrors();
   setStatus("status", answer.ok ? "done" : `error ${answer.status}`);
   document.body.dataset.state = answer.ok ? "ok" : "error";
@@ -261,8 +306,20 @@ async function compute() {
   }
   showResult(answer.json);
   if (!wantPicture) showGraph(null, null, "Inference mode runs without gradient tracking: no graph to draw.");
-  else if (picture.ok) showGraph(picture.text, answer.json.graph);
-  else showGraph(null, null, picture.json ? `${picture.json.title}: ${picture.json.detail}` : `HTTP ${picture.status}`);
+  else if (picture.err) showGraph(null, null, `No picture: ${noAnswer(picture.err, round)} The numbers are this request's.`);
+  else if (picture.ok && picture.text !== undefined) showGraph(picture.text, answer.json.graph);
+  else if (picture.json) showGraph(null, null, `No picture: ${picture.json.title}: ${picture.json.detail}`);
+  else showGraph(null, null, `No picture: ${picture.badJson !== undefined ? notJson(picture) : `HTTP ${picture.status}`}`);
+}
+
+/** No usable answer: the message under the form, and no numbers or picture of earlier inputs left on screen. */
+function computeFailed(message) {
+  clearErrors();
+  setStatus("status", "failed");
+  document.body.dataset.state = "error";
+  mark($("#err-general"), message);
+  showResult(null);
+  showGraph(null, null, "No result for these inputs: see the message under the form.");
 }
 
 function showResult(body) {
@@ -458,19 +515,29 @@ function checkBody() {
 
 async function grade() {
   const body = checkBody();
+  const round = state.checking = startRound(state.checking);
   showCurl("v1/check", body);
   setStatus("check-status", "grading…");
+  const box = $("#verdicts");
+  const failed = (message) => {
+    clearErrors();
+    box.replaceChildren();   // no verdicts of an earlier answer next to the new one
+    setStatus("check-status", "failed");
+    mark($("#err-check"), message);
+  };
   let answer;
   try {
-    answer = await post("v1/check", body, "application/json");
+    answer = await post("v1/check", body, "application/json", round.signal);
   } catch (err) {
-    clearErrors();
-    setStatus("check-status", "");
-    mark($("#err-check"), `The service did not answer: ${err.message}`);
+    if (state.checking !== round) return;   // replaced by a newer request: that one reports
+    round.finish();
+    failed(noAnswer(err, round));
     return;
   }
+  round.finish();
+  if (state.checking !== round) return;
+  if (answer.badJson !== undefined || (answer.ok && !answer.json)) { failed(notJson(answer)); return; }
   clearErrors();
-  const box = $("#verdicts");
   box.replaceChildren();
   setStatus("check-status", answer.ok ? "graded" : `error ${answer.status}`);
   if (!answer.ok) { showProblem(answer.json || { title: "HTTP", detail: String(answer.status) }, "err-check"); return; }
@@ -498,7 +565,14 @@ async function grade() {
 
 // ---------- URL state ----------------------------------------------------------------------------------------------
 
-/** The page's state as a query string: ?formula=sin(x**2)&x=3 or ?model=neuron&x=6.7&y=0&w=1&b=0 (README). */
+// The longest address the page writes.  Servers refuse longer request lines (gunicorn at 4094 bytes, the gateway's
+// nginx at 4 KiB: a raw 414 on reload, the state lost), and links pass through mail, chat and LMS editors that cut
+// or refuse long ones; 2000 characters is the usual safe bound and leaves room for a gateway prefix.
+const MAX_URL_LENGTH = 2000;
+
+/** The page's state as a query string: ?formula=sin(x**2)&x=3 or ?model=neuron&x=6.7&y=0&w=1&b=0 (README).
+ *  A state whose address would be longer than MAX_URL_LENGTH is not written: the address bar keeps the last
+ *  state that fitted, and a notice says so. */
 function saveUrl() {
   const q = new URLSearchParams();
   const k = kind();
