@@ -13,7 +13,7 @@ import math
 import os
 import shlex
 import subprocess
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
@@ -351,3 +351,55 @@ def test_check_tab_failure_clears_the_verdicts(page_at):
     page.locator("#grade").click()
     assert wait_status(page, "#check-status", "grading…") == "failed"
     assert "not valid JSON" in element(page, "err-check").inner_text()
+
+
+def test_a_state_too_large_for_a_link_keeps_the_last_short_url(page_at):
+    page = page_at().open("/?formula=sum(x**2)&x=1")
+    short = page.url
+    big = "[" + ", ".join(f"{i / 7:.4f}" for i in range(700)) + "]"  # the audit's 7,680-character URL
+    assert recompute(page, "x", big) == "done"
+    assert page.url == short
+    note = page.locator("#url-note")
+    assert note.is_visible() and "too large for a link" in note.inner_text() and "curl" in note.inner_text()
+    assert page.reload().status == 200  # the kept URL reloads (the long one was a raw 414)
+    page.wait_for_selector("#graph svg g.node")
+    assert recompute(page, "x", "[1, 2]") == "done"
+    assert page.url.endswith("?formula=sum%28x**2%29&x=%5B1%2C+2%5D") and note.is_hidden()
+
+
+def test_a_link_with_an_unknown_catalog_entry_says_so_and_keeps_the_url(page_at):
+    p = page_at()
+    page = p.page
+    page.goto(p.origin + "/?name=bogus&x=1")
+    assert wait_status(page).startswith("error")
+    assert page.locator("#name-formula").inner_text().startswith("Unknown catalog entry 'bogus'")
+    assert element(page, "err-model.name").inner_text().startswith("no expression named 'bogus'")
+    assert page.url.endswith("/?name=bogus&x=1")
+    page.select_option("#name", "mean_square")  # a real choice replaces the link's value
+    assert wait_status(page) == "done"
+    assert page.locator("#name option.from-link").count() == 0 and "name=mean_square" in page.url
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "message"),
+    [
+        ("/?model=neuron&x=6.7&y=0&w=1&b=0&loss=bogus", "model.loss", "Must be one of: bce, bce_with_logits."),
+        ("/?formula=x*2&x=1&mode=bogus", "mode", "Must be one of: grad, inference."),
+    ],
+)
+def test_a_link_with_an_unknown_choice_keeps_the_url(page_at, path, field, message):
+    p = page_at()
+    p.page.goto(p.origin + path)
+    assert wait_status(p.page) == "error 400"
+    assert element(p.page, f"err-{field}").inner_text() == message
+    assert sorted(parse_qsl(urlsplit(p.page.url).query)) == sorted(parse_qsl(urlsplit(path).query))
+
+
+def test_a_catalog_that_did_not_load_is_named_and_the_link_still_computes(page_at):
+    p = page_at()
+    p.page.route("**/v1/models", lambda route: route.fulfill(status=500, content_type="application/json", body="{}"))
+    p.page.goto(p.origin + "/?name=mean_square&x=[1,2,3]")
+    assert wait_status(p.page) == "done"
+    assert p.page.locator("#name-formula").inner_text().startswith("The catalog could not be loaded (HTTP 500)")
+    assert p.page.locator("#loss-value").inner_text() == "4.6667"  # mean(x**2) from the service
+    assert p.page.url.endswith("/?name=mean_square&x=%5B1%2C2%2C3%5D")

@@ -138,8 +138,14 @@ function syncInputs(defaults = {}) {
   const k = kind();
   if (k === "neuron") setInputs(Object.keys(NEURON_INPUTS), { ...NEURON_INPUTS, ...defaults });
   else if (k === "name") {
-    const entry = state.catalog.find((e) => e.name === $("#name").value);
-    $("#name-formula").textContent = entry ? `${entry.formula} — ${entry.description}` : "";
+    const name = $("#name").value;
+    const entry = state.catalog.find((e) => e.name === name);
+    const about = $("#name-formula");
+    about.textContent = entry ? `${entry.formula} — ${entry.description}`
+      : state.catalogError ? `The catalog could not be loaded (${state.catalogError})` +
+        (name ? `: the entry '${name}' from the link is sent as it is, with the inputs from the link.` : ".")
+      : name ? `Unknown catalog entry '${name}' (from the link): pick one from the list.` : "";
+    about.classList.toggle("notice", !entry && Boolean(about.textContent));
     const example = {};
     if (entry) for (const [n, v] of Object.entries(entry.example || {})) example[n] = JSON.stringify(v);
     $("#inputs").replaceChildren();   // a catalog entry starts from its own example point
@@ -586,7 +592,35 @@ function saveUrl() {
   if ($("#mode").value !== "grad") q.set("mode", $("#mode").value);
   if ($("#dtype").value !== "float32") q.set("dtype", $("#dtype").value);
   if (!$("#panel-check").hidden) q.set("tab", "check");
-  history.replaceState(null, "", "?" + q.toString());
+  const search = "?" + q.toString();
+  const length = new URL(search, location.href).href.length;
+  const note = $("#url-note");
+  note.hidden = length <= MAX_URL_LENGTH;
+  if (length > MAX_URL_LENGTH) {
+    note.textContent = `These inputs are too large for a link: the address would be ${length} characters, and ` +
+      `the page writes at most ${MAX_URL_LENGTH} (servers refuse much longer ones, so a reload would fail). ` +
+      "The address bar keeps the last state that fitted; to share or keep this one, copy the curl command below.";
+    return;
+  }
+  note.textContent = "";
+  history.replaceState(null, "", search);
+}
+
+/** Set a select to a link's value.  One it does not offer (an unknown catalog entry, a catalog that did not load,
+ *  ?mode=bogus) is added as an option marked "(from the link; …)": the request carries it, so the service's own
+ *  message appears next to the field, and the address keeps it instead of an empty value. */
+function selectFromUrl(select, value, why) {
+  if (![...select.options].some((o) => o.value === value)) {
+    const option = new Option(`${value} (from the link; ${why})`, value);
+    option.className = "from-link";
+    select.append(option);
+  }
+  select.value = value;
+}
+
+/** Once a real choice is made, the link's unknown value leaves the list. */
+function dropLinkOptions(select) {
+  for (const option of select.querySelectorAll("option.from-link")) if (!option.selected) option.remove();
 }
 
 function loadUrl() {
@@ -597,10 +631,13 @@ function loadUrl() {
   if (q.has("formula")) { k = "formula"; $("#formula").value = q.get("formula"); }
   else if (q.has("name") || (q.has("model") && q.get("model") !== "neuron")) {
     k = "name";
-    $("#name").value = q.get("name") || q.get("model");
+    const name = q.get("name") || q.get("model");
+    selectFromUrl($("#name"), name, state.catalogError ? "the catalog could not be loaded" : "not in the catalog");
   }
   document.querySelector(`input[name=kind][value=${k}]`).checked = true;
-  for (const key of ["loss", "reduction", "mode", "dtype"]) if (q.has(key)) $("#" + key).value = q.get(key);
+  for (const key of ["loss", "reduction", "mode", "dtype"]) {
+    if (q.has(key)) selectFromUrl($("#" + key), q.get(key), "not a valid choice");
+  }
   $("#inputs").replaceChildren();
   syncInputs(values);
   selectTab(q.get("tab") === "check" ? "check" : "compute", false);
@@ -626,10 +663,13 @@ function setFit(on) {
 }
 
 async function loadCatalog() {
-  try {
+  try {   // on failure the catalog choice stays empty (with a notice); neuron and formula still work
     const response = await fetch("v1/models", { headers: { Accept: "application/json" } });
     if (response.ok) state.catalog = (await response.json()).expressions;
-  } catch (err) { /* the catalog choice stays empty; neuron and formula still work */ }
+    else state.catalogError = `HTTP ${response.status}`;
+  } catch (err) {
+    state.catalogError = err.message;
+  }
   $("#name").replaceChildren(...state.catalog.map((e) => new Option(e.name, e.name)));
 }
 
@@ -641,9 +681,11 @@ async function main() {
   for (const radio of document.querySelectorAll("input[name=kind]")) {
     radio.addEventListener("change", () => { $("#inputs").replaceChildren(); syncInputs(); compute(); });
   }
-  $("#name").addEventListener("change", () => { syncInputs(); compute(); });
+  $("#name").addEventListener("change", () => { dropLinkOptions($("#name")); syncInputs(); compute(); });
   $("#formula").addEventListener("input", () => { syncInputs(); scheduleCompute(); });
-  for (const id of ["#loss", "#reduction", "#mode", "#dtype"]) $(id).addEventListener("change", compute);
+  for (const id of ["#loss", "#reduction", "#mode", "#dtype"]) {
+    $(id).addEventListener("change", () => { dropLinkOptions($(id)); compute(); });
+  }
   setFit(window.innerWidth >= 900);   // whole graph on a laptop or projector; actual size (scrolling) on a phone
   $("#fit").addEventListener("click", () => setFit($("#fit").getAttribute("aria-pressed") !== "true"));
   $("#copy").addEventListener("click", async () => {
