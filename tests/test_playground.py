@@ -403,3 +403,32 @@ def test_a_catalog_that_did_not_load_is_named_and_the_link_still_computes(page_a
     assert p.page.locator("#name-formula").inner_text().startswith("The catalog could not be loaded (HTTP 500)")
     assert p.page.locator("#loss-value").inner_text() == "4.6667"  # mean(x**2) from the service
     assert p.page.url.endswith("/?name=mean_square&x=%5B1%2C2%2C3%5D")
+
+
+def test_an_out_of_range_number_is_sent_as_infinity(page_at):
+    p = page_at()
+    p.page.goto(p.origin + "/?formula=x*2&x=1e400")
+    assert wait_status(p.page) == "done"
+    assert p.page.locator("#loss-value").inner_text() == "Infinity"
+    assert '"x":"Infinity"' in p.page.locator("#curl").input_value()
+
+
+def test_non_ascii_names_get_a_field(page_at):
+    p = page_at()
+    p.page.goto(p.origin + "/?formula=\ufb01*x&x=3")  # the ligature fi: Python reads the name "fi" (NFKC)
+    assert wait_status(p.page) == "done"
+    assert gradient_cell(p.page, "fi").inner_text() == "3"
+    p.page.goto(p.origin + "/?formula=é*x&x=3")
+    assert wait_status(p.page) == "error 400"
+    row = p.page.locator('#inputs .input-row[data-name="é"]')
+    assert row.locator("input").is_visible()
+    assert "ASCII letters, digits and _ only" in row.locator(".notice").inner_text()
+    assert element(p.page, "err-inputs.é").inner_text() == "Input names are identifiers (letters, digits, _)."
+
+
+def test_warnings_name_graph_nodes_as_the_picture_does(page_at):
+    page = page_at().open("/?formula=sqrt(x)*y&x=0&y=1")
+    warnings = [w for w in page.locator("#warnings li").all_inner_texts() if "graph.nodes[" in w]
+    assert warnings == ["graph.nodes[2] (node 'x', AccumulateGrad).grad: 1 of 1 value(s) not finite"]
+    page.locator("#node-2").click()
+    assert "graph.nodes[2] in the JSON answer" in page.locator("#node-facts").inner_text()

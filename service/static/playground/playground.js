@@ -40,13 +40,21 @@ const exact = (value) => JSON.stringify(value);
 
 function kind() { return document.querySelector("input[name=kind]:checked").value; }
 
+/** A number JSON cannot carry (1e400 parses to Infinity, which JSON.stringify would send as null) as the string
+ *  the API reads for it: "Infinity", "-Infinity", "NaN"; lists element by element. */
+function jsonSafe(value) {
+  if (Array.isArray(value)) return value.map(jsonSafe);
+  if (typeof value !== "number" || Number.isFinite(value)) return value;
+  return Number.isNaN(value) ? "NaN" : value > 0 ? "Infinity" : "-Infinity";
+}
+
 /** An input's text as JSON when it parses as a number or list; otherwise the text itself, so the service names the
  *  problem next to the field (the page never second-guesses the API's validation). */
 function parseValue(text) {
   const t = text.trim();
   try {
     const v = JSON.parse(t);
-    if (typeof v === "number" || Array.isArray(v) || ["NaN", "Infinity", "-Infinity"].includes(v)) return v;
+    if (typeof v === "number" || Array.isArray(v) || ["NaN", "Infinity", "-Infinity"].includes(v)) return jsonSafe(v);
   } catch (err) { /* not JSON: send as typed */ }
   if (["NaN", "Infinity", "-Infinity"].includes(t)) return t;
   return t;
@@ -108,6 +116,13 @@ function makeRow(name, value) {
   const input = row.querySelector("input");
   input.value = value;
   input.addEventListener("input", scheduleCompute);
+  if (!INPUT_NAME.test(name)) {   // the formula may use it, but the service refuses it as an input name
+    const hint = document.createElement("p");
+    hint.className = "hint notice";
+    hint.textContent = `The service takes input names of ASCII letters, digits and _ only: '${name}' cannot be ` +
+      "an input; rename it in the formula.";
+    row.append(hint);
+  }
   return row;
 }
 
@@ -125,11 +140,18 @@ function currentInputsText() {
   return out;
 }
 
+// The service's formulas are Python expressions: a name is a Python identifier (Unicode XID_Start or _, then
+// XID_Continue), NFKC-normalized as Python's parser does ("ﬁ" is the name "fi"). Inputs, though, must be named
+// ^[A-Za-z_][A-Za-z0-9_]{0,63}$ (schemas/requests.py), so a non-ASCII name gets a field with a notice.
+const IDENTIFIER = /(?<![\p{XID_Continue}.])([\p{XID_Start}_]\p{XID_Continue}*)(?!\p{XID_Continue})(?!\s*\()/gu;
+const INPUT_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+
 /** Input names of a formula: identifiers that are not followed by "(" (a function) and not the constants pi, e. */
 function formulaVariables(formula) {
   const names = [];
-  for (const m of formula.matchAll(/(?<![\w.])([A-Za-z_]\w*)(?!\w)(?!\s*\()/g)) {
-    if (!["pi", "e"].includes(m[1]) && !names.includes(m[1])) names.push(m[1]);
+  for (const m of formula.matchAll(IDENTIFIER)) {
+    const name = m[1].normalize("NFKC");
+    if (!["pi", "e"].includes(name) && !names.includes(name)) names.push(name);
   }
   return names;
 }
@@ -352,9 +374,18 @@ function showResult(body) {
   }
   for (const w of body.warnings) {
     const li = document.createElement("li");
-    li.textContent = w;
+    li.textContent = nameNodes(w, body.graph);
     warnings.append(li);
   }
+}
+
+/** "graph.nodes[5].grad: …" names a node by its index in the JSON, which the picture does not show: add the node's
+ *  label and op, as the picture and the node panel show them. */
+function nameNodes(warning, graph) {
+  return warning.replace(/\bgraph\.nodes\[(\d+)\]/g, (path, id) => {
+    const node = graph?.nodes?.[Number(id)];
+    return node ? `${path} (node ${node.label === null ? "" : `'${node.label}', `}${node.op})` : path;
+  });
 }
 
 // ---------- the graph picture and the node panel -------------------------------------------------------------------
@@ -449,6 +480,7 @@ function showNode(id) {
   facts.replaceChildren();
   const inputs = graph.edges.filter((e) => e.to === id).map((e) => nodeName(graph.nodes[e.from]));
   const uses = graph.edges.filter((e) => e.from === id).map((e) => nodeName(graph.nodes[e.to]));
+  fact(facts, "node", `graph.nodes[${id}] in the JSON answer`);
   fact(facts, "kind", id === graph.root ? "root (the output backward() starts from)"
     : node.op === "AccumulateGrad" ? "leaf (an input with requires_grad=True)" : "operation");
   if (node.shape) fact(facts, "shape", JSON.stringify(node.shape));
