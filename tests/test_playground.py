@@ -13,7 +13,7 @@ import math
 import os
 import shlex
 import subprocess
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
@@ -248,3 +248,187 @@ def test_under_the_gateway_prefix(page_at, live_server, tmp_path):
         assert urlsplit(page.url).path == "/grad/"
     finally:
         gateway.stop()
+
+
+# --- failures, links and odd inputs (audit findings P1-P6) -----------------------------------------------------------
+
+
+def wait_status(page, selector: str = "#status", busy: str = "computing…") -> str:
+    """The status once a request round has ended (done, failed, error N)."""
+    page.wait_for_function(
+        "([sel, busy]) => { const s = document.querySelector(sel).textContent; return s && s !== busy; }",
+        arg=[selector, busy],
+    )
+    return page.locator(selector).inner_text()
+
+
+def recompute(page, name: str, value: str) -> str:
+    element(page, f"input-{name}").fill(value)
+    element(page, f"input-{name}").press("Enter")
+    return wait_status(page)
+
+
+def assert_no_result(page) -> None:
+    """Nothing of an earlier answer is left next to the new inputs."""
+    assert page.locator("#loss-value").inner_text() == "—"
+    assert page.locator("#gradients tbody tr").count() == 0
+    assert page.locator("#graph svg").count() == 0
+
+
+def test_no_answer_clears_the_previous_result(page_at):
+    page = page_at().open(NEURON_URL)
+    page.route("**/v1/gradients", lambda route: route.abort("connectionreset"))
+    assert recompute(page, "x", "5") == "failed"
+    assert element(page, "err-general").inner_text().startswith("The service did not answer (network error")
+    assert_no_result(page)
+
+
+def test_an_answer_that_is_not_json_is_called_so(page_at):
+    page = page_at().open(NEURON_URL)
+    page.route(
+        "**/v1/gradients",
+        lambda route: route.fulfill(status=200, content_type="application/json", body="{loss: 1"),
+    )
+    assert recompute(page, "x", "5") == "failed"
+    message = element(page, "err-general").inner_text()
+    assert message.startswith("The service answered (HTTP 200), but the body is not valid JSON")
+    assert "did not answer" not in message
+    assert_no_result(page)
+
+
+def test_only_the_picture_failing_keeps_the_numbers(page_at):
+    page = page_at().open(NEURON_URL)
+
+    def no_picture(route):
+        if "svg" in route.request.headers.get("accept", ""):
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route("**/v1/gradients", no_picture)
+    assert recompute(page, "x", "5") == "done"
+    assert page.locator("#loss-value").inner_text() == "5.0067"  # -log(1 - sigmoid(5)): this request's numbers
+    assert page.locator("#graph svg").count() == 0
+    assert page.locator("#graph .hint").inner_text().startswith("No picture: The service did not answer")
+    assert element(page, "err-general").inner_text() == ""
+
+
+def test_a_hung_server_times_out_and_a_new_request_cancels_the_old(page_at):
+    p = page_at()
+    p.page.clock.install()  # the page's 30 s timeout runs on this clock; fast_forward below, no real waiting
+    page = p.open(NEURON_URL)
+    held, failed = [], []
+    page.on("requestfailed", lambda r: failed.append((r.url, r.headers.get("accept"), r.failure)))
+    page.route("**/v1/gradients", lambda route: held.append(route))  # never answered
+    for value in ("5", "4"):
+        element(page, "input-x").fill(value)
+        element(page, "input-x").press("Enter")
+    for _ in range(100):  # until both rounds reached the route (JSON + SVG each); at most 10 s
+        if len(held) == 4 and len(failed) == 2:
+            break
+        page.wait_for_timeout(100)
+    assert len(held) == 4
+    assert len([f for f in failed if f[0].endswith("/v1/gradients")]) == 2  # the first round was aborted
+    page.clock.fast_forward(31_000)
+    assert wait_status(page) == "failed"
+    assert "did not answer within 30 s" in element(page, "err-general").inner_text()
+    assert_no_result(page)
+
+
+def test_check_tab_failure_clears_the_verdicts(page_at):
+    page = page_at().open(NEURON_URL)
+    page.locator("#tab-check").click()
+    element(page, "answer-grad-w").fill("6.6918")
+    page.locator("#grade").click()
+    page.locator(".verdict").first.wait_for()
+    page.route("**/v1/check", lambda route: route.abort("connectionreset"))
+    page.locator("#grade").click()
+    assert wait_status(page, "#check-status", "grading…") == "failed"
+    assert element(page, "err-check").inner_text().startswith("The service did not answer")
+    assert page.locator("#verdicts").inner_text() == ""
+    page.unroute("**/v1/check")
+    page.route("**/v1/check", lambda route: route.fulfill(status=200, content_type="application/json", body="["))
+    page.locator("#grade").click()
+    assert wait_status(page, "#check-status", "grading…") == "failed"
+    assert "not valid JSON" in element(page, "err-check").inner_text()
+
+
+def test_a_state_too_large_for_a_link_keeps_the_last_short_url(page_at):
+    page = page_at().open("/?formula=sum(x**2)&x=1")
+    short = page.url
+    big = "[" + ", ".join(f"{i / 7:.4f}" for i in range(700)) + "]"  # the audit's 7,680-character URL
+    assert recompute(page, "x", big) == "done"
+    assert page.url == short
+    note = page.locator("#url-note")
+    assert note.is_visible() and "too large for a link" in note.inner_text() and "curl" in note.inner_text()
+    assert page.reload().status == 200  # the kept URL reloads (the long one was a raw 414)
+    page.wait_for_selector("#graph svg g.node")
+    assert recompute(page, "x", "[1, 2]") == "done"
+    assert page.url.endswith("?formula=sum%28x**2%29&x=%5B1%2C+2%5D") and note.is_hidden()
+
+
+def test_a_link_with_an_unknown_catalog_entry_says_so_and_keeps_the_url(page_at):
+    p = page_at()
+    page = p.page
+    page.goto(p.origin + "/?name=bogus&x=1")
+    assert wait_status(page).startswith("error")
+    assert page.locator("#name-formula").inner_text().startswith("Unknown catalog entry 'bogus'")
+    assert element(page, "err-model.name").inner_text().startswith("no expression named 'bogus'")
+    assert page.url.endswith("/?name=bogus&x=1")
+    page.select_option("#name", "mean_square")  # a real choice replaces the link's value
+    assert wait_status(page) == "done"
+    assert page.locator("#name option.from-link").count() == 0 and "name=mean_square" in page.url
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "message"),
+    [
+        ("/?model=neuron&x=6.7&y=0&w=1&b=0&loss=bogus", "model.loss", "Must be one of: bce, bce_with_logits."),
+        ("/?formula=x*2&x=1&mode=bogus", "mode", "Must be one of: grad, inference."),
+    ],
+)
+def test_a_link_with_an_unknown_choice_keeps_the_url(page_at, path, field, message):
+    p = page_at()
+    p.page.goto(p.origin + path)
+    assert wait_status(p.page) == "error 400"
+    assert element(p.page, f"err-{field}").inner_text() == message
+    assert sorted(parse_qsl(urlsplit(p.page.url).query)) == sorted(parse_qsl(urlsplit(path).query))
+
+
+def test_a_catalog_that_did_not_load_is_named_and_the_link_still_computes(page_at):
+    p = page_at()
+    p.page.route("**/v1/models", lambda route: route.fulfill(status=500, content_type="application/json", body="{}"))
+    p.page.goto(p.origin + "/?name=mean_square&x=[1,2,3]")
+    assert wait_status(p.page) == "done"
+    assert p.page.locator("#name-formula").inner_text().startswith("The catalog could not be loaded (HTTP 500)")
+    assert p.page.locator("#loss-value").inner_text() == "4.6667"  # mean(x**2) from the service
+    assert p.page.url.endswith("/?name=mean_square&x=%5B1%2C2%2C3%5D")
+
+
+def test_an_out_of_range_number_is_sent_as_infinity(page_at):
+    p = page_at()
+    p.page.goto(p.origin + "/?formula=x*2&x=1e400")
+    assert wait_status(p.page) == "done"
+    assert p.page.locator("#loss-value").inner_text() == "Infinity"
+    assert '"x":"Infinity"' in p.page.locator("#curl").input_value()
+
+
+def test_non_ascii_names_get_a_field(page_at):
+    p = page_at()
+    p.page.goto(p.origin + "/?formula=\ufb01*x&x=3")  # the ligature fi: Python reads the name "fi" (NFKC)
+    assert wait_status(p.page) == "done"
+    assert gradient_cell(p.page, "fi").inner_text() == "3"
+    p.page.goto(p.origin + "/?formula=é*x&x=3")
+    assert wait_status(p.page) == "error 400"
+    row = p.page.locator('#inputs .input-row[data-name="é"]')
+    assert row.locator("input").is_visible()
+    assert "ASCII letters, digits and _ only" in row.locator(".notice").inner_text()
+    assert element(p.page, "err-inputs.é").inner_text() == "Input names are identifiers (letters, digits, _)."
+
+
+def test_warnings_name_graph_nodes_as_the_picture_does(page_at):
+    page = page_at().open("/?formula=sqrt(x)*y&x=0&y=1")
+    warnings = [w for w in page.locator("#warnings li").all_inner_texts() if "graph.nodes[" in w]
+    assert warnings == ["graph.nodes[2] (node 'x', AccumulateGrad).grad: 1 of 1 value(s) not finite"]
+    page.locator("#node-2").click()
+    assert "graph.nodes[2] in the JSON answer" in page.locator("#node-facts").inner_text()

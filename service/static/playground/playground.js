@@ -7,9 +7,15 @@ const NEURON_INPUTS = { x: "6.7", y: "0", w: "1", b: "0" };          // the tuto
 const RESERVED = new Set(["model", "name", "formula", "loss", "reduction", "mode", "dtype", "tab"]);
 const SVG_TYPE = "image/svg+xml";
 const MINUS = "\u2212";
+// A request still unanswered after this long is cancelled and reported (the service's own deadline,
+// MAX_WALL_SECONDS, is 10 s by default; 30 s leaves room for a queue at the workers and a slow network).
+const REQUEST_TIMEOUT_MS = 30_000;
 
 const $ = (sel) => document.querySelector(sel);
-const state = { catalog: [], graph: null, seq: 0, timer: null };
+const state = {
+  catalog: [], catalogError: null, graph: null, seq: 0, timer: null,
+  computing: null, checking: null,   // the AbortControllers of the requests in flight
+};
 
 // ---------- formatting ---------------------------------------------------------------------------------------------
 
@@ -34,13 +40,21 @@ const exact = (value) => JSON.stringify(value);
 
 function kind() { return document.querySelector("input[name=kind]:checked").value; }
 
+/** A number JSON cannot carry (1e400 parses to Infinity, which JSON.stringify would send as null) as the string
+ *  the API reads for it: "Infinity", "-Infinity", "NaN"; lists element by element. */
+function jsonSafe(value) {
+  if (Array.isArray(value)) return value.map(jsonSafe);
+  if (typeof value !== "number" || Number.isFinite(value)) return value;
+  return Number.isNaN(value) ? "NaN" : value > 0 ? "Infinity" : "-Infinity";
+}
+
 /** An input's text as JSON when it parses as a number or list; otherwise the text itself, so the service names the
  *  problem next to the field (the page never second-guesses the API's validation). */
 function parseValue(text) {
   const t = text.trim();
   try {
     const v = JSON.parse(t);
-    if (typeof v === "number" || Array.isArray(v) || ["NaN", "Infinity", "-Infinity"].includes(v)) return v;
+    if (typeof v === "number" || Array.isArray(v) || ["NaN", "Infinity", "-Infinity"].includes(v)) return jsonSafe(v);
   } catch (err) { /* not JSON: send as typed */ }
   if (["NaN", "Infinity", "-Infinity"].includes(t)) return t;
   return t;
@@ -102,6 +116,13 @@ function makeRow(name, value) {
   const input = row.querySelector("input");
   input.value = value;
   input.addEventListener("input", scheduleCompute);
+  if (!INPUT_NAME.test(name)) {   // the formula may use it, but the service refuses it as an input name
+    const hint = document.createElement("p");
+    hint.className = "hint notice";
+    hint.textContent = `The service takes input names of ASCII letters, digits and _ only: '${name}' cannot be ` +
+      "an input; rename it in the formula.";
+    row.append(hint);
+  }
   return row;
 }
 
@@ -119,11 +140,18 @@ function currentInputsText() {
   return out;
 }
 
+// The service's formulas are Python expressions: a name is a Python identifier (Unicode XID_Start or _, then
+// XID_Continue), NFKC-normalized as Python's parser does ("ﬁ" is the name "fi"). Inputs, though, must be named
+// ^[A-Za-z_][A-Za-z0-9_]{0,63}$ (schemas/requests.py), so a non-ASCII name gets a field with a notice.
+const IDENTIFIER = /(?<![\p{XID_Continue}.])([\p{XID_Start}_]\p{XID_Continue}*)(?!\p{XID_Continue})(?!\s*\()/gu;
+const INPUT_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+
 /** Input names of a formula: identifiers that are not followed by "(" (a function) and not the constants pi, e. */
 function formulaVariables(formula) {
   const names = [];
-  for (const m of formula.matchAll(/(?<![\w.])([A-Za-z_]\w*)(?!\w)(?!\s*\()/g)) {
-    if (!["pi", "e"].includes(m[1]) && !names.includes(m[1])) names.push(m[1]);
+  for (const m of formula.matchAll(IDENTIFIER)) {
+    const name = m[1].normalize("NFKC");
+    if (!["pi", "e"].includes(name) && !names.includes(name)) names.push(name);
   }
   return names;
 }
@@ -132,8 +160,14 @@ function syncInputs(defaults = {}) {
   const k = kind();
   if (k === "neuron") setInputs(Object.keys(NEURON_INPUTS), { ...NEURON_INPUTS, ...defaults });
   else if (k === "name") {
-    const entry = state.catalog.find((e) => e.name === $("#name").value);
-    $("#name-formula").textContent = entry ? `${entry.formula} — ${entry.description}` : "";
+    const name = $("#name").value;
+    const entry = state.catalog.find((e) => e.name === name);
+    const about = $("#name-formula");
+    about.textContent = entry ? `${entry.formula} — ${entry.description}`
+      : state.catalogError ? `The catalog could not be loaded (${state.catalogError})` +
+        (name ? `: the entry '${name}' from the link is sent as it is, with the inputs from the link.` : ".")
+      : name ? `Unknown catalog entry '${name}' (from the link): pick one from the list.` : "";
+    about.classList.toggle("notice", !entry && Boolean(about.textContent));
     const example = {};
     if (entry) for (const [n, v] of Object.entries(entry.example || {})) example[n] = JSON.stringify(v);
     $("#inputs").replaceChildren();   // a catalog entry starts from its own example point
@@ -158,13 +192,48 @@ function showCurl(path, body) {
     `-d ${shellQuote(JSON.stringify(body))}`;
 }
 
-async function post(path, body, accept) {
+/** One round of requests (a compute's JSON and SVG, or a grade): a new round aborts the `previous` one, whose
+ *  answer nobody waits for any more (on sync workers it would only queue ahead of the new one), and aborts
+ *  itself after REQUEST_TIMEOUT_MS.  finish() stops the timer. */
+function startRound(previous) {
+  previous?.abort(new DOMException("replaced by a newer request", "AbortError"));
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(new DOMException("timed out", "TimeoutError")), REQUEST_TIMEOUT_MS);
+  controller.finish = () => clearTimeout(timer);
+  return controller;
+}
+
+/** Why a request of `round` got no answer, in words a student can act on. */
+function noAnswer(err, round) {
+  if (round.signal.reason?.name === "TimeoutError") {
+    return `The service did not answer within ${REQUEST_TIMEOUT_MS / 1000} s; the request was cancelled. ` +
+      "Try again, or with smaller inputs.";
+  }
+  return `The service did not answer (network error: ${err.message}).`;
+}
+
+/** An answer that came but cannot be read as JSON, said as such (not as "no answer"). */
+function notJson(answer) {
+  return `The service answered (HTTP ${answer.status}), but the body is not ` + (answer.badJson !== undefined
+    ? `valid JSON: ${answer.badJson}` : `JSON (Content-Type: ${answer.type || "none"}).`);
+}
+
+/** POST `body`.  Resolves to {ok, status, type} with `json` (a JSON content type that parses), `badJson` (one that
+ *  does not: the parser's message) or `text`; rejects when no answer arrives (network error, abort, timeout). */
+async function post(path, body, accept, signal) {
   const response = await fetch(path, {
     method: "POST", headers: { "Content-Type": "application/json", Accept: accept }, body: JSON.stringify(body),
+    signal,
   });
+  const text = await response.text();
   const type = response.headers.get("Content-Type") || "";
-  if (type.includes("json")) return { ok: response.ok, status: response.status, json: await response.json() };
-  return { ok: response.ok, status: response.status, text: await response.text() };
+  const answer = { ok: response.ok, status: response.status, type };
+  if (!type.includes("json")) return { ...answer, text };
+  try {
+    return { ...answer, json: JSON.parse(text) };
+  } catch (err) {
+    return { ...answer, badJson: err.message };
+  }
 }
 
 function clearErrors() {
@@ -231,24 +300,28 @@ async function compute() {
   clearTimeout(state.timer);
   const body = gradientsBody();
   const seq = ++state.seq;
+  const round = state.computing = startRound(state.computing);
   saveUrl();
   showCurl("v1/gradients", body);
   setStatus("status", "computing…");
   const wantPicture = body.mode === "grad";
+  // The picture is a second request; if only it fails, the numbers are still shown (with a note for the picture).
+  const picturing = wantPicture ? post("v1/gradients", body, SVG_TYPE, round.signal).catch((err) => ({ err }))
+    : Promise.resolve(null);
   let answer, picture;
   try {
-    [answer, picture] = await Promise.all([
-      post("v1/gradients", body, "application/json"),
-      wantPicture ? post("v1/gradients", body, SVG_TYPE) : Promise.resolve(null),
-    ]);
+    answer = await post("v1/gradients", body, "application/json", round.signal);
+    picture = await picturing;
   } catch (err) {
-    if (seq !== state.seq) return;
-    clearErrors();
-    setStatus("status", "");
-    mark($("#err-general"), `The service did not answer: ${err.message}`);
+    if (seq !== state.seq) return;   // replaced by a newer request: that one reports
+    round.finish();
+    computeFailed(noAnswer(err, round));
+    round.abort();
     return;
   }
+  round.finish();
   if (seq !== state.seq) return;   // a newer request is on its way
+  if (answer.badJson !== undefined || (answer.ok && !answer.json)) { computeFailed(notJson(answer)); return; }
   clearErrors();
   setStatus("status", answer.ok ? "done" : `error ${answer.status}`);
   document.body.dataset.state = answer.ok ? "ok" : "error";
@@ -261,8 +334,20 @@ async function compute() {
   }
   showResult(answer.json);
   if (!wantPicture) showGraph(null, null, "Inference mode runs without gradient tracking: no graph to draw.");
-  else if (picture.ok) showGraph(picture.text, answer.json.graph);
-  else showGraph(null, null, picture.json ? `${picture.json.title}: ${picture.json.detail}` : `HTTP ${picture.status}`);
+  else if (picture.err) showGraph(null, null, `No picture: ${noAnswer(picture.err, round)} The numbers are this request's.`);
+  else if (picture.ok && picture.text !== undefined) showGraph(picture.text, answer.json.graph);
+  else if (picture.json) showGraph(null, null, `No picture: ${picture.json.title}: ${picture.json.detail}`);
+  else showGraph(null, null, `No picture: ${picture.badJson !== undefined ? notJson(picture) : `HTTP ${picture.status}`}`);
+}
+
+/** No usable answer: the message under the form, and no numbers or picture of earlier inputs left on screen. */
+function computeFailed(message) {
+  clearErrors();
+  setStatus("status", "failed");
+  document.body.dataset.state = "error";
+  mark($("#err-general"), message);
+  showResult(null);
+  showGraph(null, null, "No result for these inputs: see the message under the form.");
 }
 
 function showResult(body) {
@@ -289,9 +374,18 @@ function showResult(body) {
   }
   for (const w of body.warnings) {
     const li = document.createElement("li");
-    li.textContent = w;
+    li.textContent = nameNodes(w, body.graph);
     warnings.append(li);
   }
+}
+
+/** "graph.nodes[5].grad: …" names a node by its index in the JSON, which the picture does not show: add the node's
+ *  label and op, as the picture and the node panel show them. */
+function nameNodes(warning, graph) {
+  return warning.replace(/\bgraph\.nodes\[(\d+)\]/g, (path, id) => {
+    const node = graph?.nodes?.[Number(id)];
+    return node ? `${path} (node ${node.label === null ? "" : `'${node.label}', `}${node.op})` : path;
+  });
 }
 
 // ---------- the graph picture and the node panel -------------------------------------------------------------------
@@ -386,6 +480,7 @@ function showNode(id) {
   facts.replaceChildren();
   const inputs = graph.edges.filter((e) => e.to === id).map((e) => nodeName(graph.nodes[e.from]));
   const uses = graph.edges.filter((e) => e.from === id).map((e) => nodeName(graph.nodes[e.to]));
+  fact(facts, "node", `graph.nodes[${id}] in the JSON answer`);
   fact(facts, "kind", id === graph.root ? "root (the output backward() starts from)"
     : node.op === "AccumulateGrad" ? "leaf (an input with requires_grad=True)" : "operation");
   if (node.shape) fact(facts, "shape", JSON.stringify(node.shape));
@@ -458,19 +553,29 @@ function checkBody() {
 
 async function grade() {
   const body = checkBody();
+  const round = state.checking = startRound(state.checking);
   showCurl("v1/check", body);
   setStatus("check-status", "grading…");
+  const box = $("#verdicts");
+  const failed = (message) => {
+    clearErrors();
+    box.replaceChildren();   // no verdicts of an earlier answer next to the new one
+    setStatus("check-status", "failed");
+    mark($("#err-check"), message);
+  };
   let answer;
   try {
-    answer = await post("v1/check", body, "application/json");
+    answer = await post("v1/check", body, "application/json", round.signal);
   } catch (err) {
-    clearErrors();
-    setStatus("check-status", "");
-    mark($("#err-check"), `The service did not answer: ${err.message}`);
+    if (state.checking !== round) return;   // replaced by a newer request: that one reports
+    round.finish();
+    failed(noAnswer(err, round));
     return;
   }
+  round.finish();
+  if (state.checking !== round) return;
+  if (answer.badJson !== undefined || (answer.ok && !answer.json)) { failed(notJson(answer)); return; }
   clearErrors();
-  const box = $("#verdicts");
   box.replaceChildren();
   setStatus("check-status", answer.ok ? "graded" : `error ${answer.status}`);
   if (!answer.ok) { showProblem(answer.json || { title: "HTTP", detail: String(answer.status) }, "err-check"); return; }
@@ -498,7 +603,14 @@ async function grade() {
 
 // ---------- URL state ----------------------------------------------------------------------------------------------
 
-/** The page's state as a query string: ?formula=sin(x**2)&x=3 or ?model=neuron&x=6.7&y=0&w=1&b=0 (README). */
+// The longest address the page writes.  Servers refuse longer request lines (gunicorn at 4094 bytes, the gateway's
+// nginx at 4 KiB: a raw 414 on reload, the state lost), and links pass through mail, chat and LMS editors that cut
+// or refuse long ones; 2000 characters is the usual safe bound and leaves room for a gateway prefix.
+const MAX_URL_LENGTH = 2000;
+
+/** The page's state as a query string: ?formula=sin(x**2)&x=3 or ?model=neuron&x=6.7&y=0&w=1&b=0 (README).
+ *  A state whose address would be longer than MAX_URL_LENGTH is not written: the address bar keeps the last
+ *  state that fitted, and a notice says so. */
 function saveUrl() {
   const q = new URLSearchParams();
   const k = kind();
@@ -512,7 +624,35 @@ function saveUrl() {
   if ($("#mode").value !== "grad") q.set("mode", $("#mode").value);
   if ($("#dtype").value !== "float32") q.set("dtype", $("#dtype").value);
   if (!$("#panel-check").hidden) q.set("tab", "check");
-  history.replaceState(null, "", "?" + q.toString());
+  const search = "?" + q.toString();
+  const length = new URL(search, location.href).href.length;
+  const note = $("#url-note");
+  note.hidden = length <= MAX_URL_LENGTH;
+  if (length > MAX_URL_LENGTH) {
+    note.textContent = `These inputs are too large for a link: the address would be ${length} characters, and ` +
+      `the page writes at most ${MAX_URL_LENGTH} (servers refuse much longer ones, so a reload would fail). ` +
+      "The address bar keeps the last state that fitted; to share or keep this one, copy the curl command below.";
+    return;
+  }
+  note.textContent = "";
+  history.replaceState(null, "", search);
+}
+
+/** Set a select to a link's value.  One it does not offer (an unknown catalog entry, a catalog that did not load,
+ *  ?mode=bogus) is added as an option marked "(from the link; …)": the request carries it, so the service's own
+ *  message appears next to the field, and the address keeps it instead of an empty value. */
+function selectFromUrl(select, value, why) {
+  if (![...select.options].some((o) => o.value === value)) {
+    const option = new Option(`${value} (from the link; ${why})`, value);
+    option.className = "from-link";
+    select.append(option);
+  }
+  select.value = value;
+}
+
+/** Once a real choice is made, the link's unknown value leaves the list. */
+function dropLinkOptions(select) {
+  for (const option of select.querySelectorAll("option.from-link")) if (!option.selected) option.remove();
 }
 
 function loadUrl() {
@@ -523,10 +663,13 @@ function loadUrl() {
   if (q.has("formula")) { k = "formula"; $("#formula").value = q.get("formula"); }
   else if (q.has("name") || (q.has("model") && q.get("model") !== "neuron")) {
     k = "name";
-    $("#name").value = q.get("name") || q.get("model");
+    const name = q.get("name") || q.get("model");
+    selectFromUrl($("#name"), name, state.catalogError ? "the catalog could not be loaded" : "not in the catalog");
   }
   document.querySelector(`input[name=kind][value=${k}]`).checked = true;
-  for (const key of ["loss", "reduction", "mode", "dtype"]) if (q.has(key)) $("#" + key).value = q.get(key);
+  for (const key of ["loss", "reduction", "mode", "dtype"]) {
+    if (q.has(key)) selectFromUrl($("#" + key), q.get(key), "not a valid choice");
+  }
   $("#inputs").replaceChildren();
   syncInputs(values);
   selectTab(q.get("tab") === "check" ? "check" : "compute", false);
@@ -552,10 +695,13 @@ function setFit(on) {
 }
 
 async function loadCatalog() {
-  try {
+  try {   // on failure the catalog choice stays empty (with a notice); neuron and formula still work
     const response = await fetch("v1/models", { headers: { Accept: "application/json" } });
     if (response.ok) state.catalog = (await response.json()).expressions;
-  } catch (err) { /* the catalog choice stays empty; neuron and formula still work */ }
+    else state.catalogError = `HTTP ${response.status}`;
+  } catch (err) {
+    state.catalogError = err.message;
+  }
   $("#name").replaceChildren(...state.catalog.map((e) => new Option(e.name, e.name)));
 }
 
@@ -567,9 +713,11 @@ async function main() {
   for (const radio of document.querySelectorAll("input[name=kind]")) {
     radio.addEventListener("change", () => { $("#inputs").replaceChildren(); syncInputs(); compute(); });
   }
-  $("#name").addEventListener("change", () => { syncInputs(); compute(); });
+  $("#name").addEventListener("change", () => { dropLinkOptions($("#name")); syncInputs(); compute(); });
   $("#formula").addEventListener("input", () => { syncInputs(); scheduleCompute(); });
-  for (const id of ["#loss", "#reduction", "#mode", "#dtype"]) $(id).addEventListener("change", compute);
+  for (const id of ["#loss", "#reduction", "#mode", "#dtype"]) {
+    $(id).addEventListener("change", () => { dropLinkOptions($(id)); compute(); });
+  }
   setFit(window.innerWidth >= 900);   // whole graph on a laptop or projector; actual size (scrolling) on a phone
   $("#fit").addEventListener("click", () => setFit($("#fit").getAttribute("aria-pressed") !== "true"));
   $("#copy").addEventListener("click", async () => {
