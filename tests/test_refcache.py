@@ -394,4 +394,6 @@ def test_kept_problems_hold_about_what_they_are_counted_for(client, fresh_cache)
     finally:
         tracemalloc.stop()
     assert len(refcache.PROBLEMS) == 6
-    assert held < 3 * refcache.PROBLEMS.nbytes  # 5 of the 6 problems were traced; torch's tensors are not traced
+    # the Python objects of 5 of the 6 problems (torch's tensors are not traced) stay well under what the 6 are
+    # counted for; they were ~1.0x, so with the tensors the caches held ~1.5x their bound (an audit measured it)
+    assert held < 0.8 * refcache.PROBLEMS.nbytes

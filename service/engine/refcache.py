@@ -26,9 +26,9 @@ import torch
 
 from .limits import Limits
 
-# A rough per-tensor cost beyond its data (the Python object, the storage, the dict slot); counted so that
-# many tiny references cannot exceed the byte budget unnoticed.
-TENSOR_OVERHEAD_BYTES = 400
+# A per-tensor cost beyond its data (the Python object, the storage, the dict slot; ~600 bytes measured for a
+# detached tensor); counted so that many tiny references cannot exceed the byte budget unnoticed.
+TENSOR_OVERHEAD_BYTES = 600
 DEFAULT_MAX_ENTRIES = 1024
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 
