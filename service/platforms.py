@@ -76,7 +76,9 @@ def _summary(pairs: list[tuple[dict, dict]]) -> str:
 
 def _extra_data(problem: dict, check: dict) -> dict:
     """Stored for staff: the ids behind the readable name, and the numbers the verdict rests on."""
+    summary = {"actual_summary": check["actual_summary"]} if "actual_summary" in check else {}
     return {
+        **summary,
         "id": check["name"],
         "problem": problem["key"],
         "kind": check["kind"],
@@ -235,8 +237,8 @@ def to_coderunner(result: dict) -> dict:
     shown = [(p, c) for p, c in pairs if _shown(c, result)]
     rows = [CODERUNNER_COLUMNS]
     for p, c in pairs:
-        expected = "" if c["expected"] is None else _short(c["expected"])
-        got = c["formula"] if c["formula"] is not None else ("" if c["actual"] is None else _short(c["actual"]))
+        expected = _short(c["expected"], "")
+        got = c["formula"] if c["formula"] is not None else c.get("actual_summary") or _short(c["actual"], "")
         rows.append(
             [
                 bool(c["passed"]),
@@ -256,18 +258,38 @@ def to_coderunner(result: dict) -> dict:
     }
 
 
-def _short(value) -> str:
-    """A table cell: numbers to 6 significant digits, lists as [a, b], at most 200 characters."""
+def _short(value, none: str = "None", limit: int = 200) -> str:
+    """A table cell: numbers to 6 significant digits, lists as [a, b], at most `limit` characters (`none` for
+    null). Iterative, and it stops once the cell is full: a value's size or nesting costs no more than the cell."""
+    if value is None:
+        return none
+    parts: list[str] = []
+    length = 0
+    stack, first = [iter((value,))], [True]  # per open list: its items, and whether none was written yet
+    while stack and length <= limit:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+            first.pop()
+            text = "]" if stack else ""
+        else:
+            text = "" if first[-1] else ", "
+            first[-1] = False
+            if hasattr(item, "tolist"):
+                item = item.tolist()
+            if isinstance(item, list):
+                stack.append(iter(item))
+                first.append(True)
+                text += "["
+            else:
+                text += f"{item:.6g}" if isinstance(item, float) else str(item)
+        parts.append(text)
+        length += len(text)
+    text = "".join(parts)
+    return text if not stack and len(text) <= limit else text[: limit - 3] + "..."
 
-    def fmt(v) -> str:
-        if hasattr(v, "tolist"):
-            v = v.tolist()
-        if isinstance(v, list):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return f"{v:.6g}" if isinstance(v, float) else str(v)
 
-    text = fmt(value)
-    return text if len(text) <= 200 else text[:197] + "..."
+_END = object()
 
 
 RENDERERS = {

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from . import cost, diagnose_bugs, refcache, tolerance
+from . import cost, diagnose_bugs, echo, refcache, tolerance
 from .closeness import isclose, isclose_number
 from .compute import build_model, forward_backward
 from .encode import encode_tree, encoded_tensors
@@ -306,16 +306,17 @@ class Grader:
             result["message"] = f"{result['title']}: no answer given (add {self._where(name)} to the submission)"
             return result
         if section == "gradient_formulas":
-            result["formula"] = answer
+            result["formula"] = echo.clip(answer)
             actual, problem = self._formula_values(answer, expected)
         else:
-            result["actual"] = answer
             if self._is_one_number(answer, expected, options, rtol, atol):
+                result["actual"] = answer
                 self._compare_number(result, expected[0].item(), float(answer), rtol, atol, section, key)
                 if not result["passed"]:
                     self._diagnose(result, name, answer, expected)
                 return result
             actual, problem = self._numbers(answer, expected)
+            self._echo(result, answer, shaped=problem is None)
         if problem:
             result["message"] = f"{result['title']}: {problem}"
             self._diagnose(result, name, answer, expected)
@@ -349,6 +350,15 @@ class Grader:
             result["diagnosis"] = mistake
             result["message"] += f"; likely mistake: {mistake}"
 
+    def _echo(self, result: dict, answer, shaped: bool) -> None:
+        """`actual`: the answer as sent when it has the checked shape or is a small tensor literal (echo.py);
+        else `actual` stays null and `actual_summary` describes it in a bounded string."""
+        dims = self.limits.max_tensor_dims
+        if shaped or echo.echoable(answer, self.multi, dims):
+            result["actual"] = answer
+        else:
+            result["actual_summary"] = echo.summary(answer, dims + self.multi)
+
     def _known(self, section: str) -> str:
         ref = self.refs[0]
         return known_names(list(ref["intermediates"] if section == "intermediates" else ref["gradients"]))
@@ -372,9 +382,14 @@ class Grader:
                 data = parse_tensor(value)
             except ValueError as err:  # ragged or mixed lists
                 return None, f"the answer{self._at(i)} is not a number or a rectangular list: {err}"
-            t = _tensor(data)
-            if t.shape != e.shape:
-                return None, f"wrong shape{self._at(i)}: expected shape {list(e.shape)}, got {list(t.shape)}"
+            if data.shape != tuple(e.shape):
+                dims = self.limits.max_tensor_dims
+                got = list(data.shape) if len(data.shape) <= dims else f"lists nested {len(data.shape)} deep"
+                return None, f"wrong shape{self._at(i)}: expected shape {list(e.shape)}, got {got}"
+            try:
+                t = _tensor(data)
+            except OverflowError:  # an integer past float64's range, typed as text (JSON numbers stop at 64 bits)
+                return None, f"the answer{self._at(i)} has a number too large for a double (float64)"
             out.append(t)
         return out, None
 
@@ -394,7 +409,7 @@ class Grader:
                     value = torch.broadcast_to(value, e.shape).clone()
                 except RuntimeError:
                     return None, (
-                        f"your formula {source!r} gives shape {list(value.shape)}{self._at(i)}, "
+                        f"your formula {echo.clip(source)!r} gives shape {list(value.shape)}{self._at(i)}, "
                         f"but the gradient has shape {list(e.shape)}"
                     )
                 out.append(value)
@@ -402,9 +417,9 @@ class Grader:
         except DeadlineExceeded:
             raise  # the whole request is out of time, not this answer wrong
         except LimitExceeded as err:
-            return None, f"your formula {source!r} is too large: {err.detail}"
+            return None, f"your formula {echo.clip(source)!r} is too large: {err.detail}"
         except EngineError as err:
-            return None, f"your formula {source!r} could not be evaluated: {err.detail}"
+            return None, f"your formula {echo.clip(source)!r} could not be evaluated: {err.detail}"
 
     def _at(self, i: int) -> str:
         return f" at point {i} ({_describe_point(self.points[i])})" if self.multi else ""
