@@ -18,7 +18,7 @@ from schemas.problems import MAX_PROBLEMS, ProblemFileSchema
 
 from .engine import cost
 from .engine.check import Grader, estimate
-from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded
+from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded, NonFiniteReference
 from .engine.formula import parse_formula
 from .engine.limits import Limits
 from .errors import InvalidProblem
@@ -149,6 +149,12 @@ def _grade_problem(
         result = grader.run()
     except (DeadlineExceeded, LimitExceeded):
         raise  # the request's wall time or budget, not the problem file
+    except NonFiniteReference as err:  # never graded as the student's: a NaN answer would "match" a NaN
+        raise InvalidProblem(
+            422,
+            f"Problem {key!r}: {err.detail}.",
+            {"problem": {"problems": {index: {"checks": {err.check: [err.detail]}}}}},
+        ) from None
     except EngineError as err:
         raise _uncomputable(index, problem, err) from None
     checks = []

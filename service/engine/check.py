@@ -11,7 +11,7 @@ from . import cost, diagnose_bugs, echo, refcache, tolerance
 from .closeness import isclose, isclose_number
 from .compute import build_model, forward_backward
 from .encode import encode_tree, encoded_tensors
-from .errors import DeadlineExceeded, EngineError, LimitExceeded
+from .errors import DeadlineExceeded, EngineError, LimitExceeded, NonFiniteReference
 from .formula import parse_formula
 from .jacobian import upstream
 from .limits import Deadline, Limits
@@ -300,6 +300,7 @@ class Grader:
             what = section[:-1] if section != "loss" else "loss"
             result["message"] = f"{name}: there is no {what} named {key!r} to grade; known: {known}"
             return result
+        self._require_finite(name, result["title"], expected)
         result["expected"] = expected if self.multi else expected[0]
         answer = _answer(self.request["submission"], name)
         if answer is None:
@@ -349,6 +350,31 @@ class Grader:
         if mistake:
             result["diagnosis"] = mistake
             result["message"] += f"; likely mistake: {mistake}"
+
+    def _require_finite(self, name: str, title: str, expected: list[torch.Tensor]) -> None:
+        """NonFiniteReference when the reference is NaN or infinite anywhere: an error in the problem (its model
+        or points), which no answer can be graded against, with or without one. A finite tensor of the problem
+        is in `encoded` already (encoded_tensors skips non-finite ones): most checks cost a lookup per point."""
+        for i, e in enumerate(expected):
+            if id(e) in self.encoded:
+                continue
+            finite = torch.isfinite(e)
+            if bool(finite.all()):
+                continue
+            index = int((~finite).reshape(-1).nonzero()[0])
+            element = f"[{', '.join(map(str, _unravel(index, tuple(e.shape))))}]" if e.dim() else ""
+            value = e.reshape(-1)[index].item()
+            at = (
+                f" at point {i} ({_describe_point(self.points[i])})"
+                if self.multi
+                else f" at {_describe_point(self.points[i])}"
+            )
+            raise NonFiniteReference(
+                f"the reference (autograd) of check {name!r} ({title}) is {value}{element}{at}, "
+                f"at {int((~finite).sum())} of {e.numel()} element(s): no answer can be graded against it; "
+                "choose points (inputs, points or domain) where the model and its derivatives are finite",
+                name,
+            )
 
     def _echo(self, result: dict, answer, shaped: bool) -> None:
         """`actual`: the answer as sent when it has the checked shape or is a small tensor literal (echo.py);
