@@ -15,6 +15,10 @@ import math
 import re
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
+# STAFF_ONLY: a result's `warnings` (the reference's clamping, non-finite inputs, answers not among the checks)
+# name the problem's internals, by paths such as checks[3].expected that also tell where hidden checks are: they
+# go where only staff look (Gradescope's top-level extra_data, CodeRunner's instructorhtml, the json format), never
+# into text a student reads (Gradescope output, PrairieLearn output, CodeRunner epiloguehtml, Autolab).
 
 
 def from_check(result: dict) -> dict:
@@ -134,7 +138,9 @@ def to_gradescope(result: dict) -> dict:
     pairs = _checks(result)
     visible = [(p, c) for p, c in pairs if c["visibility"] == "visible"]
     lines = [f"**{_md(_summary(visible))}**" if visible else "Your submission was graded."]
-    lines += [f"Warning: {_md(w)}" for w in result["warnings"]]
+    extra = {"graded": True, "max_score": result["max_score"]}
+    if result["warnings"]:
+        extra["warnings"] = result["warnings"]  # staff's: they name the problem's internals (STAFF_ONLY)
     doc = {
         "score": result["score"],
         "output": "\n\n".join(lines),
@@ -142,7 +148,7 @@ def to_gradescope(result: dict) -> dict:
         "test_output_format": "md",
         "visibility": "visible",
         "stdout_visibility": "hidden",
-        "extra_data": {"graded": True, "max_score": result["max_score"]},
+        "extra_data": extra,
         "tests": [
             {
                 "name": display_name(result, p, c),
@@ -187,7 +193,7 @@ def to_prairielearn(result: dict) -> dict:
         "score": _fraction(result["score"], result["max_score"], result["passed"]),
         "format_errors": [],
         "message": _summary(shown) if shown else "Your answer was graded.",
-        "output": "\n".join(f"warning: {w}" for w in result["warnings"]),
+        "output": "",  # no staff-only place here for the warnings (STAFF_ONLY)
         "tests": [
             {
                 "name": f"{c['number']} {display_name(result, p, c)}",
@@ -249,13 +255,16 @@ def to_coderunner(result: dict) -> dict:
                 not _shown(c, result),
             ]
         )
-    return {
+    doc = {
         "fraction": _fraction(result["score"], result["max_score"], result["passed"]),
         "testresults": rows,
         "prologuehtml": f"<p>{html.escape(_summary(shown))}</p>" if shown else "",
-        "epiloguehtml": "".join(f"<p>Warning: {html.escape(w)}</p>" for w in result["warnings"]),
+        "epiloguehtml": "",
         "showdifferences": False,
     }
+    if result["warnings"]:  # shown to staff only (STAFF_ONLY)
+        doc["instructorhtml"] = "".join(f"<p>Warning: {html.escape(w)}</p>" for w in result["warnings"])
+    return doc
 
 
 def _short(value, none: str = "None", limit: int = 200) -> str:

@@ -276,3 +276,40 @@ def test_grading_recipe_writes_a_valid_results_file(live_server, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     validate_gradescope(results)
     assert results["score"] == 10
+
+
+LOG_DOMAIN = {
+    "key": "logdomain",
+    "model": {"kind": "expression", "formula": "log(x) + x*sqrt(y)"},
+    "domain": {"x": [0.5, 3.0], "y": [0.1, 2.0]},
+    "seed": 3,
+    "n_points": 6,
+    "checks": {"gradient_formulas.x": {"points": 2, "title": "df/dx"}, "gradient_formulas.y": {"points": 2}},
+}
+# y outside [0, 1]: a warning about the reference (the instructor's), which only staff should read
+CLAMPED = {**PROBLEM, "key": "clamped", "inputs": {**PROBLEM["inputs"], "y": 2.0}}
+NON_FINITE_ANSWERS = {  # the audit's a_nanstr.json: non-finite numbers and formulas that are NaN at every point
+    "logdomain": {"gradient_formulas": {"x": "log(-x)", "y": "x/0"}},
+    "clamped": {"loss": "NaN", "gradients": {"w": "Infinity"}},
+}
+
+
+def test_warnings_never_reach_what_a_student_reads(client):
+    """A student's own non-finite answers give no warning at all (the message says "you gave nan"); the
+    reference's warnings go where only staff look, never with an internal path into student-visible text."""
+    body = {"problem": {"problems": [LOG_DOMAIN, CLAMPED]}, "answers": NON_FINITE_ANSWERS}
+    result = grade(client, body).json
+    assert [w.split(" for ")[0] for w in result["warnings"]] == ["y outside [0, 1]"]  # no checks[0].actual[3]
+    messages = [c["message"] for p in result["problems"] for c in p["checks"]]
+    assert "your formula gives nan" in messages[0] and "you gave nan" in " ".join(messages)
+    gs = grade(client, body, "gradescope").json
+    validate_gradescope(gs)
+    assert "arning" not in gs["output"] and gs["extra_data"]["warnings"] == result["warnings"]
+    pl = grade(client, body, "prairielearn").json
+    validate_prairielearn(pl)
+    assert pl["output"] == "" and "arning" not in json.dumps(pl)
+    cr = grade(client, body, "coderunner").json
+    assert cr["epiloguehtml"] == "" and cr["instructorhtml"].startswith("<p>Warning: y outside [0, 1]")
+    for doc in (gs, pl, cr, grade(client, body, "autolab").json):
+        student_text = json.dumps(doc).replace(json.dumps(result["warnings"])[1:-1], "")
+        assert "checks[" not in student_text and "checks\\\\[" not in student_text and "not finite" not in student_text

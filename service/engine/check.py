@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ SECTIONS = ("loss", "gradients", "intermediates", "gradient_formulas")
 # "and N more": a 40-term formula has ~22 KB of intermediate names, once per misnamed check (audit finding 4).
 KNOWN_NAMES = 20
 KNOWN_CHARS = 1000
+# encode_tree's path of a check's `actual`: the student's values, never warned about
+STUDENT_VALUE = re.compile(r"checks\[\d+\]\.actual\b")
 # the chain-rule factors the tutorial multiplies for each neuron parameter
 CHAIN_FACTORS = {"w": ("dL/dy_pred", "dy_pred/dz", "dz/dw"), "b": ("dL/dy_pred", "dy_pred/dz", "dz/db")}
 
@@ -265,8 +268,11 @@ class Grader:
         }
         if first_wrong:
             body["first_wrong"] = first_wrong
-        body = encode_tree(body, self.warnings, known=self.encoded)
-        body["warnings"] = self.warnings
+        encoded: list[str] = []
+        body = encode_tree(body, encoded, known=self.encoded)
+        # a student's own non-finite answer (or formula value) is in its check's message ("you gave nan"): a
+        # warning would repeat it, by an index path that tells a student where hidden checks are
+        body["warnings"] = self.warnings + [w for w in encoded if not STUDENT_VALUE.match(w)]
         return body
 
     # one check ------------------------------------------------------------------------------------
