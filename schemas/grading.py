@@ -209,8 +209,19 @@ class CheckResultSchema(Schema):
     actual = TensorOut(
         allow_none=True, metadata={"description": "the submitted value, or the formula's value at each point"}
     )
+    actual_summary = fields.String(
+        metadata={
+            "description": "instead of `actual` (then null), when the answer is not echoed as sent: it is not a tensor"
+            " of at most max_tensor_dims dimensions, or it has neither the checked shape nor at most 100 numbers;"
+            " its first numbers, an ellipsis, the count and the shape or depth, in about 200 characters"
+        }
+    )
     formula = fields.String(
-        allow_none=True, metadata={"description": "the submitted formula, for gradient_formula checks"}
+        allow_none=True,
+        metadata={
+            "description": "the submitted formula, for gradient_formula checks; over 200 characters, its first 200,"
+            " an ellipsis and its length"
+        },
     )
     abs_error = fields.Float(
         allow_none=True,

@@ -32,7 +32,9 @@ class GradescopeResultsSchema(Schema):
     test_output_format = fields.String(required=True)
     visibility = visibility
     stdout_visibility = visibility
-    extra_data = fields.Dict(required=True, metadata={"description": "max_score, graded"})
+    extra_data = fields.Dict(
+        required=True, metadata={"description": "max_score, graded; warnings (staff only: never in `output`)"}
+    )
     tests = fields.List(fields.Nested(GradescopeTestSchema), required=True)
 
 
@@ -75,6 +77,7 @@ class CodeRunnerResultsSchema(Schema):
     )
     prologuehtml = fields.String(required=True)
     epiloguehtml = fields.String(required=True)
+    instructorhtml = fields.String(metadata={"description": "the result's warnings, shown to staff only"})
     showdifferences = fields.Boolean(required=True)
 
 

@@ -15,6 +15,10 @@ import math
 import re
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
+# STAFF_ONLY: a result's `warnings` (the reference's clamping, non-finite inputs, answers not among the checks)
+# name the problem's internals, by paths such as checks[3].expected that also tell where hidden checks are: they
+# go where only staff look (Gradescope's top-level extra_data, CodeRunner's instructorhtml, the json format), never
+# into text a student reads (Gradescope output, PrairieLearn output, CodeRunner epiloguehtml, Autolab).
 
 
 def from_check(result: dict) -> dict:
@@ -76,7 +80,9 @@ def _summary(pairs: list[tuple[dict, dict]]) -> str:
 
 def _extra_data(problem: dict, check: dict) -> dict:
     """Stored for staff: the ids behind the readable name, and the numbers the verdict rests on."""
+    summary = {"actual_summary": check["actual_summary"]} if "actual_summary" in check else {}
     return {
+        **summary,
         "id": check["name"],
         "problem": problem["key"],
         "kind": check["kind"],
@@ -132,7 +138,9 @@ def to_gradescope(result: dict) -> dict:
     pairs = _checks(result)
     visible = [(p, c) for p, c in pairs if c["visibility"] == "visible"]
     lines = [f"**{_md(_summary(visible))}**" if visible else "Your submission was graded."]
-    lines += [f"Warning: {_md(w)}" for w in result["warnings"]]
+    extra = {"graded": True, "max_score": result["max_score"]}
+    if result["warnings"]:
+        extra["warnings"] = result["warnings"]  # staff's: they name the problem's internals (STAFF_ONLY)
     doc = {
         "score": result["score"],
         "output": "\n\n".join(lines),
@@ -140,7 +148,7 @@ def to_gradescope(result: dict) -> dict:
         "test_output_format": "md",
         "visibility": "visible",
         "stdout_visibility": "hidden",
-        "extra_data": {"graded": True, "max_score": result["max_score"]},
+        "extra_data": extra,
         "tests": [
             {
                 "name": display_name(result, p, c),
@@ -185,7 +193,7 @@ def to_prairielearn(result: dict) -> dict:
         "score": _fraction(result["score"], result["max_score"], result["passed"]),
         "format_errors": [],
         "message": _summary(shown) if shown else "Your answer was graded.",
-        "output": "\n".join(f"warning: {w}" for w in result["warnings"]),
+        "output": "",  # no staff-only place here for the warnings (STAFF_ONLY)
         "tests": [
             {
                 "name": f"{c['number']} {display_name(result, p, c)}",
@@ -235,8 +243,8 @@ def to_coderunner(result: dict) -> dict:
     shown = [(p, c) for p, c in pairs if _shown(c, result)]
     rows = [CODERUNNER_COLUMNS]
     for p, c in pairs:
-        expected = "" if c["expected"] is None else _short(c["expected"])
-        got = c["formula"] if c["formula"] is not None else ("" if c["actual"] is None else _short(c["actual"]))
+        expected = _short(c["expected"], "")
+        got = c["formula"] if c["formula"] is not None else c.get("actual_summary") or _short(c["actual"], "")
         rows.append(
             [
                 bool(c["passed"]),
@@ -247,27 +255,50 @@ def to_coderunner(result: dict) -> dict:
                 not _shown(c, result),
             ]
         )
-    return {
+    doc = {
         "fraction": _fraction(result["score"], result["max_score"], result["passed"]),
         "testresults": rows,
         "prologuehtml": f"<p>{html.escape(_summary(shown))}</p>" if shown else "",
-        "epiloguehtml": "".join(f"<p>Warning: {html.escape(w)}</p>" for w in result["warnings"]),
+        "epiloguehtml": "",
         "showdifferences": False,
     }
+    if result["warnings"]:  # shown to staff only (STAFF_ONLY)
+        doc["instructorhtml"] = "".join(f"<p>Warning: {html.escape(w)}</p>" for w in result["warnings"])
+    return doc
 
 
-def _short(value) -> str:
-    """A table cell: numbers to 6 significant digits, lists as [a, b], at most 200 characters."""
+def _short(value, none: str = "None", limit: int = 200) -> str:
+    """A table cell: numbers to 6 significant digits, lists as [a, b], at most `limit` characters (`none` for
+    null). Iterative, and it stops once the cell is full: a value's size or nesting costs no more than the cell."""
+    if value is None:
+        return none
+    parts: list[str] = []
+    length = 0
+    stack, first = [iter((value,))], [True]  # per open list: its items, and whether none was written yet
+    while stack and length <= limit:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+            first.pop()
+            text = "]" if stack else ""
+        else:
+            text = "" if first[-1] else ", "
+            first[-1] = False
+            if hasattr(item, "tolist"):
+                item = item.tolist()
+            if isinstance(item, list):
+                stack.append(iter(item))
+                first.append(True)
+                text += "["
+            else:
+                text += f"{item:.6g}" if isinstance(item, float) else str(item)
+        parts.append(text)
+        length += len(text)
+    text = "".join(parts)
+    return text if not stack and len(text) <= limit else text[: limit - 3] + "..."
 
-    def fmt(v) -> str:
-        if hasattr(v, "tolist"):
-            v = v.tolist()
-        if isinstance(v, list):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return f"{v:.6g}" if isinstance(v, float) else str(v)
 
-    text = fmt(value)
-    return text if len(text) <= 200 else text[:197] + "..."
+_END = object()
 
 
 RENDERERS = {

@@ -18,7 +18,7 @@ from schemas.problems import MAX_PROBLEMS, ProblemFileSchema
 
 from .engine import cost
 from .engine.check import Grader, estimate
-from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded
+from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded, NonFiniteReference
 from .engine.formula import parse_formula
 from .engine.limits import Limits
 from .errors import InvalidProblem
@@ -149,6 +149,12 @@ def _grade_problem(
         result = grader.run()
     except (DeadlineExceeded, LimitExceeded):
         raise  # the request's wall time or budget, not the problem file
+    except NonFiniteReference as err:  # never graded as the student's: a NaN answer would "match" a NaN
+        raise InvalidProblem(
+            422,
+            f"Problem {key!r}: {err.detail}.",
+            {"problem": {"problems": {index: {"checks": {err.check: [err.detail]}}}}},
+        ) from None
     except EngineError as err:
         raise _uncomputable(index, problem, err) from None
     checks = []
@@ -162,6 +168,7 @@ def _grade_problem(
             )
         check.update(problem=key, tags=options.get("tags", []), answer=options.get("answer"), format_error=False)
         if check["name"] in format_errors:
+            check.pop("actual_summary", None)
             check.update(
                 passed=False,
                 points=0.0,
@@ -215,13 +222,20 @@ def _read_answer(name: str, value, limits: Limits):
         return value, None
     if isinstance(value, str):  # a number typed into a text box
         try:
-            value = json.loads(value)
+            value = json.loads(value, parse_int=_json_int)
         except ValueError:
             return None, f"{value[:100]!r} is not a number or a list of numbers"
     try:
         return answer_field.deserialize(value), None
     except ValidationError as err:
         return None, " ".join(err.messages) if isinstance(err.messages, list) else str(err.messages)
+
+
+def _json_int(text: str) -> int | float:
+    """An integer as orjson reads one in a request body: exact within 64 bits, a float beyond (inf past float64's
+    range), so an answer typed as text cannot carry an integer no float64 tensor and no JSON encoder takes."""
+    number = int(text)
+    return number if -(2**63) <= number < 2**64 else float(text)
 
 
 def _json_type(value) -> str:

@@ -36,6 +36,22 @@ PROBLEM = {
 RIGHT = {"loss": 6.7012, "gradients": {"w": 6.6918}}
 
 
+SQRT_ON_NEGATIVES = {
+    "key": "sqrtdom",
+    "model": {"kind": "expression", "formula": "sqrt(x)"},
+    "domain": {"x": [-1.0, 1.0]},
+    "seed": 5,
+    "n_points": 6,
+    "checks": {"gradient_formulas.x": {"points": 2, "title": "d/dx sqrt(x)"}, "loss": {"points": 1}},
+}
+EXP_OVERFLOW = {
+    "key": "f",
+    "model": {"kind": "expression", "formula": "exp(x)"},
+    "inputs": {"x": 1000.0},
+    "checks": {"gradients.x": {"points": 1}},
+}
+
+
 def grade(client, body, fmt="json"):
     return client.post(f"/v1/grade?format={fmt}", json=body)
 
@@ -71,6 +87,8 @@ def test_no_query_string_answers_as_format_json(client):
         ({**PROBLEM, "checks": {"gradients.q": {"points": 1}}}, 422, "checks"),  # no input q
         ({**PROBLEM, "model": {"kind": "expression", "formula": "sin(q)"}, "inputs": {"x": 1.0}}, 422, "model"),
         ("not a problem file", 400, "problem"),
+        (SQRT_ON_NEGATIVES, 422, "gradient_formulas.x"),  # NaN references: the audit's bad/nan_domain.yaml
+        (EXP_OVERFLOW, 422, "gradients.x"),  # an infinite reference: bad/overflow.yaml
     ],
 )
 def test_instructor_errors_are_invalid_problem(client, problem, status, where):
@@ -79,6 +97,41 @@ def test_instructor_errors_are_invalid_problem(client, problem, status, where):
     body = response.json
     assert body["type"] == "/problems/invalid-problem" and body["party"] == "instructor"
     assert where in json.dumps(body["errors"]) and "course staff" in body["detail"]
+
+
+@pytest.mark.parametrize("fmt", ["json", "gradescope", "prairielearn", "autolab", "coderunner"])
+@pytest.mark.parametrize(
+    "answers",
+    [
+        {},
+        {"gradient_formulas": {"x": "0.5/sqrt(x)"}, "loss": ["NaN"] * 6},
+        {"gradient_formulas": {"x": "0.5/sqrt(abs(x))"}},
+    ],
+)
+def test_a_non_finite_reference_is_never_a_students_score(client, answers, fmt):
+    """NaN matched NaN (a NaN answer passed), a right answer failed against NaN: now no answer is graded at all,
+    and the 422 names the problem, the check and the point."""
+    response = grade(client, {"problem": SQRT_ON_NEGATIVES, "answers": answers}, fmt)
+    assert response.status_code == 422
+    body = response.json
+    assert body["type"] == "/problems/invalid-problem" and body["party"] == "instructor"
+    assert (
+        "Problem 'sqrtdom'" in body["detail"]
+        and "'gradient_formulas.x' (d/dx sqrt(x)) is nan at point 1 (x=-0.48" in body["detail"]
+    )
+    assert body["errors"]["problem"]["problems"]["0"]["checks"]["gradient_formulas.x"]
+
+
+def test_a_non_finite_reference_in_check_and_batch_is_a_422_naming_it(client):
+    body = {**{k: SQRT_ON_NEGATIVES[k] for k in ("model", "domain")}, "submission": {"loss": [0.0] * 5}}
+    r = client.post("/v1/check?format=gradescope", json=body)
+    assert r.status_code == 422 and r.json["type"] == "/problems/non-finite-reference"
+    assert "of check 'loss' (f = sqrt(x)) is nan at point 2 (x=-0.0812341)" in r.json["detail"]
+    job = {**{k: EXP_OVERFLOW[k] for k in ("model", "inputs")}, "submission": {"gradients": {"x": "Infinity"}}}
+    results = client.post("/v1/batch", json={"jobs": [{"check": job}, {"check": {**job, "inputs": {"x": 1.0}}}]}).json
+    assert results["results"][0]["error"]["type"] == "/problems/non-finite-reference"
+    assert "is inf at x=1000" in results["results"][0]["error"]["detail"]
+    assert results["results"][1]["passed"] is False  # the other job still runs: "Infinity" is wrong at x=1
 
 
 @pytest.mark.parametrize(
@@ -214,6 +267,9 @@ def test_problem_lint(live_server, files):
     assert schema_ok.returncode == 0
     computed, _ = gradsvc("problem", "lint", str(files / "q.yaml"), "--url", live_server.url)
     assert computed.returncode == 1 and "'q'" in computed.stderr
+    (files / "nan.yaml").write_text(json.dumps(SQRT_ON_NEGATIVES))
+    nan, _ = gradsvc("problem", "lint", str(files / "nan.yaml"), "--url", live_server.url)
+    assert nan.returncode == 1 and "is nan at point 1" in nan.stderr, nan.stderr
     (files / "broken.yaml").write_text("problems: [")
     broken, _ = gradsvc("problem", "lint", str(files / "broken.yaml"))
     assert broken.returncode == 2 and "not valid YAML" in broken.stderr
@@ -442,3 +498,40 @@ def test_fallback_documents_keep_staff_details_out_of_student_fields(tmp_path):
     broken = "problems:\n  - key: neuron\n    model: {kind: neuron\n  - key: sin_square\n"  # a YAML syntax error
     _, autoresult = validate_autolab(grade_in_process(tmp_path, in_process(), platform="autolab", problem=broken))
     assert autoresult["scores"] == {"neuron": 0.0, "sin_square": 0.0} and len(autoresult["scoreboard"]) == 3
+
+
+LOG_DOMAIN = {
+    "key": "logdomain",
+    "model": {"kind": "expression", "formula": "log(x) + x*sqrt(y)"},
+    "domain": {"x": [0.5, 3.0], "y": [0.1, 2.0]},
+    "seed": 3,
+    "n_points": 6,
+    "checks": {"gradient_formulas.x": {"points": 2, "title": "df/dx"}, "gradient_formulas.y": {"points": 2}},
+}
+# y outside [0, 1]: a warning about the reference (the instructor's), which only staff should read
+CLAMPED = {**PROBLEM, "key": "clamped", "inputs": {**PROBLEM["inputs"], "y": 2.0}}
+NON_FINITE_ANSWERS = {  # the audit's a_nanstr.json: non-finite numbers and formulas that are NaN at every point
+    "logdomain": {"gradient_formulas": {"x": "log(-x)", "y": "x/0"}},
+    "clamped": {"loss": "NaN", "gradients": {"w": "Infinity"}},
+}
+
+
+def test_warnings_never_reach_what_a_student_reads(client):
+    """A student's own non-finite answers give no warning at all (the message says "you gave nan"); the
+    reference's warnings go where only staff look, never with an internal path into student-visible text."""
+    body = {"problem": {"problems": [LOG_DOMAIN, CLAMPED]}, "answers": NON_FINITE_ANSWERS}
+    result = grade(client, body).json
+    assert [w.split(" for ")[0] for w in result["warnings"]] == ["y outside [0, 1]"]  # no checks[0].actual[3]
+    messages = [c["message"] for p in result["problems"] for c in p["checks"]]
+    assert "your formula gives nan" in messages[0] and "you gave nan" in " ".join(messages)
+    gs = grade(client, body, "gradescope").json
+    validate_gradescope(gs)
+    assert "arning" not in gs["output"] and gs["extra_data"]["warnings"] == result["warnings"]
+    pl = grade(client, body, "prairielearn").json
+    validate_prairielearn(pl)
+    assert pl["output"] == "" and "arning" not in json.dumps(pl)
+    cr = grade(client, body, "coderunner").json
+    assert cr["epiloguehtml"] == "" and cr["instructorhtml"].startswith("<p>Warning: y outside [0, 1]")
+    for doc in (gs, pl, cr, grade(client, body, "autolab").json):
+        student_text = json.dumps(doc).replace(json.dumps(result["warnings"])[1:-1], "")
+        assert "checks[" not in student_text and "checks\\\\[" not in student_text and "not finite" not in student_text

@@ -18,6 +18,7 @@ from conftest import GunicornServer
 from schemas.grading import CheckRequestSchema, CheckResponseSchema
 from service.engine import check, refcache
 from service.engine.closeness import allclose, isclose
+from service.engine.errors import NonFiniteReference
 from service.engine.limits import Limits
 from service.jsonio import dumps_bytes
 from service.views import check_loading
@@ -67,9 +68,11 @@ PROBLEMS = [  # several kinds of problem, each with right and wrong answers, at 
     },
     {
         "model": {"kind": "expression", "formula": "sum(x**2) + y"},
+        # non-finite inputs and references (loss, dx) kept and shown, a finite one graded (a check of a non-finite
+        # reference is a 422: test_a_non_finite_reference_is_the_same_422_cached_or_not)
         "inputs": {"x": [1.0, "Infinity"], "y": 2.0},
         "submission": {"gradients": {"x": [2.0, "Infinity"], "y": 1.0}},
-        "checks": {"gradients.x": {"points": 3}, "loss": {}},
+        "checks": {"gradients.y": {"points": 3}},
     },
     {**NEURON, "tolerance": {"profile": "allclose"}, "submission": {"loss": 6.7012, "gradients": {"w": 6.69}}},
     LAYER,
@@ -115,6 +118,17 @@ def test_cached_check_is_byte_identical_to_uncached(fresh_cache, body):
     refcache.configure(0, 0)
     uncached = grade_bytes(body)
     assert first == second == uncached
+
+
+def test_a_non_finite_reference_is_the_same_422_cached_or_not(fresh_cache):
+    body = {**PROBLEMS[3], "checks": {"gradients.x": {}}}
+    details = []
+    for entries in (1024, 1024, 0):  # a miss, a hit, nothing kept
+        refcache.configure(entries, 32 * 1024 * 1024 if entries else 0)
+        with pytest.raises(NonFiniteReference) as err:
+            grade_bytes(body)
+        details.append(err.value.detail)
+    assert details[0] == details[1] == details[2] and "is inf[1] at x=[1, inf]" in details[0]
 
 
 @pytest.mark.parametrize("body", PROBLEMS + students(10, seed=1))

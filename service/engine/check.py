@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import torch
 
-from . import cost, diagnose_bugs, refcache, tolerance
+from . import cost, diagnose_bugs, echo, refcache, tolerance
 from .closeness import isclose, isclose_number
 from .compute import build_model, forward_backward
 from .encode import encode_tree, encoded_tensors
-from .errors import DeadlineExceeded, EngineError, LimitExceeded
+from .errors import DeadlineExceeded, EngineError, LimitExceeded, NonFiniteReference
 from .formula import parse_formula
 from .jacobian import upstream
 from .limits import Deadline, Limits
@@ -33,6 +34,8 @@ SECTIONS = ("loss", "gradients", "intermediates", "gradient_formulas")
 # "and N more": a 40-term formula has ~22 KB of intermediate names, once per misnamed check (audit finding 4).
 KNOWN_NAMES = 20
 KNOWN_CHARS = 1000
+# encode_tree's path of a check's `actual`: the student's values, never warned about
+STUDENT_VALUE = re.compile(r"checks\[\d+\]\.actual\b")
 # the chain-rule factors the tutorial multiplies for each neuron parameter
 CHAIN_FACTORS = {"w": ("dL/dy_pred", "dy_pred/dz", "dz/dw"), "b": ("dL/dy_pred", "dy_pred/dz", "dz/db")}
 
@@ -265,8 +268,11 @@ class Grader:
         }
         if first_wrong:
             body["first_wrong"] = first_wrong
-        body = encode_tree(body, self.warnings, known=self.encoded)
-        body["warnings"] = self.warnings
+        encoded: list[str] = []
+        body = encode_tree(body, encoded, known=self.encoded)
+        # a student's own non-finite answer (or formula value) is in its check's message ("you gave nan"): a
+        # warning would repeat it, by an index path that tells a student where hidden checks are
+        body["warnings"] = self.warnings + [w for w in encoded if not STUDENT_VALUE.match(w)]
         return body
 
     # one check ------------------------------------------------------------------------------------
@@ -300,22 +306,24 @@ class Grader:
             what = section[:-1] if section != "loss" else "loss"
             result["message"] = f"{name}: there is no {what} named {key!r} to grade; known: {known}"
             return result
+        self._require_finite(name, result["title"], expected)
         result["expected"] = expected if self.multi else expected[0]
         answer = _answer(self.request["submission"], name)
         if answer is None:
             result["message"] = f"{result['title']}: no answer given (add {self._where(name)} to the submission)"
             return result
         if section == "gradient_formulas":
-            result["formula"] = answer
+            result["formula"] = echo.clip(answer)
             actual, problem = self._formula_values(answer, expected)
         else:
-            result["actual"] = answer
             if self._is_one_number(answer, expected, options, rtol, atol):
+                result["actual"] = answer
                 self._compare_number(result, expected[0].item(), float(answer), rtol, atol, section, key)
                 if not result["passed"]:
                     self._diagnose(result, name, answer, expected)
                 return result
             actual, problem = self._numbers(answer, expected)
+            self._echo(result, answer, shaped=problem is None)
         if problem:
             result["message"] = f"{result['title']}: {problem}"
             self._diagnose(result, name, answer, expected)
@@ -349,6 +357,40 @@ class Grader:
             result["diagnosis"] = mistake
             result["message"] += f"; likely mistake: {mistake}"
 
+    def _require_finite(self, name: str, title: str, expected: list[torch.Tensor]) -> None:
+        """NonFiniteReference when the reference is NaN or infinite anywhere: an error in the problem (its model
+        or points), which no answer can be graded against, with or without one. A finite tensor of the problem
+        is in `encoded` already (encoded_tensors skips non-finite ones): most checks cost a lookup per point."""
+        for i, e in enumerate(expected):
+            if id(e) in self.encoded:
+                continue
+            finite = torch.isfinite(e)
+            if bool(finite.all()):
+                continue
+            index = int((~finite).reshape(-1).nonzero()[0])
+            element = f"[{', '.join(map(str, _unravel(index, tuple(e.shape))))}]" if e.dim() else ""
+            value = e.reshape(-1)[index].item()
+            at = (
+                f" at point {i} ({_describe_point(self.points[i])})"
+                if self.multi
+                else f" at {_describe_point(self.points[i])}"
+            )
+            raise NonFiniteReference(
+                f"the reference (autograd) of check {name!r} ({title}) is {value}{element}{at}, "
+                f"at {int((~finite).sum())} of {e.numel()} element(s): no answer can be graded against it; "
+                "choose points (inputs, points or domain) where the model and its derivatives are finite",
+                name,
+            )
+
+    def _echo(self, result: dict, answer, shaped: bool) -> None:
+        """`actual`: the answer as sent when it has the checked shape or is a small tensor literal (echo.py);
+        else `actual` stays null and `actual_summary` describes it in a bounded string."""
+        dims = self.limits.max_tensor_dims
+        if shaped or echo.echoable(answer, self.multi, dims):
+            result["actual"] = answer
+        else:
+            result["actual_summary"] = echo.summary(answer, dims + self.multi)
+
     def _known(self, section: str) -> str:
         ref = self.refs[0]
         return known_names(list(ref["intermediates"] if section == "intermediates" else ref["gradients"]))
@@ -372,9 +414,14 @@ class Grader:
                 data = parse_tensor(value)
             except ValueError as err:  # ragged or mixed lists
                 return None, f"the answer{self._at(i)} is not a number or a rectangular list: {err}"
-            t = _tensor(data)
-            if t.shape != e.shape:
-                return None, f"wrong shape{self._at(i)}: expected shape {list(e.shape)}, got {list(t.shape)}"
+            if data.shape != tuple(e.shape):
+                dims = self.limits.max_tensor_dims
+                got = list(data.shape) if len(data.shape) <= dims else f"lists nested {len(data.shape)} deep"
+                return None, f"wrong shape{self._at(i)}: expected shape {list(e.shape)}, got {got}"
+            try:
+                t = _tensor(data)
+            except OverflowError:  # an integer past float64's range, typed as text (JSON numbers stop at 64 bits)
+                return None, f"the answer{self._at(i)} has a number too large for a double (float64)"
             out.append(t)
         return out, None
 
@@ -394,7 +441,7 @@ class Grader:
                     value = torch.broadcast_to(value, e.shape).clone()
                 except RuntimeError:
                     return None, (
-                        f"your formula {source!r} gives shape {list(value.shape)}{self._at(i)}, "
+                        f"your formula {echo.clip(source)!r} gives shape {list(value.shape)}{self._at(i)}, "
                         f"but the gradient has shape {list(e.shape)}"
                     )
                 out.append(value)
@@ -402,9 +449,9 @@ class Grader:
         except DeadlineExceeded:
             raise  # the whole request is out of time, not this answer wrong
         except LimitExceeded as err:
-            return None, f"your formula {source!r} is too large: {err.detail}"
+            return None, f"your formula {echo.clip(source)!r} is too large: {err.detail}"
         except EngineError as err:
-            return None, f"your formula {source!r} could not be evaluated: {err.detail}"
+            return None, f"your formula {echo.clip(source)!r} could not be evaluated: {err.detail}"
 
     def _at(self, i: int) -> str:
         return f" at point {i} ({_describe_point(self.points[i])})" if self.multi else ""

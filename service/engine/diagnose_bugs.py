@@ -30,9 +30,9 @@ def _parse(answer, n_points: int, multi: bool) -> list[torch.Tensor] | None:
     for value in values:
         try:
             data = parse_tensor(value)
-        except ValueError:  # a ragged or mixed list: an unreadable answer has no diagnosis
+            out.append(torch.tensor(data.values, dtype=torch.float64).reshape(data.shape))
+        except (ValueError, OverflowError):  # ragged or mixed lists, a number past float64: no diagnosis
             return None
-        out.append(torch.tensor(data.values, dtype=torch.float64).reshape(data.shape))
     return out
 
 

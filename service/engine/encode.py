@@ -42,19 +42,31 @@ _FAST_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 _PLAIN = frozenset((int, str, bool, type(None)))  # most of a graph's leaves: returned as they are, checked first
 
 
-def _encode_finite(obj, known: dict[int, object]):
+# Deeper than this, a dict or list is not walked: the fast walk hands it to the full walk, which writes TOO_DEEP
+# in its place (an iterative walk: no recursion a client's nesting controls; orjson refuses more than 254 levels).
+# A response's own values nest ~15 deep at most (a tensor's 8 dimensions in a graph node, per point).
+MAX_DEPTH = 64
+TOO_DEEP = f"(nested deeper than {MAX_DEPTH} levels: not shown)"
+
+
+def _encode_finite(obj, known: dict[int, object], depth: int = 0):
     """encode_tree() for the common case, without building a path per key (~4x faster on a graph)."""
     kind = type(obj)
     if kind in _PLAIN:
         return obj
     if kind is dict:  # plain leaves and finite floats inline: most of a response's values, a call each most of the walk
+        if depth >= MAX_DEPTH:
+            raise _SlowPath
         return {
-            k: v if (t := type(v)) in _PLAIN or (t is float and isfinite(v)) else _encode_finite(v, known)
+            k: v if (t := type(v)) in _PLAIN or (t is float and isfinite(v)) else _encode_finite(v, known, depth + 1)
             for k, v in obj.items()
         }
     if kind is list or kind is tuple:
+        if depth >= MAX_DEPTH:
+            raise _SlowPath
         return [
-            v if (t := type(v)) in _PLAIN or (t is float and isfinite(v)) else _encode_finite(v, known) for v in obj
+            v if (t := type(v)) in _PLAIN or (t is float and isfinite(v)) else _encode_finite(v, known, depth + 1)
+            for v in obj
         ]
     if kind is float:
         if math.isfinite(obj):
@@ -110,13 +122,29 @@ def encoded_tensors(*objs) -> dict[int, object]:
 
 
 def _encode_tree(obj, warnings: list[str], where: str = ""):
-    """The full walk: every non-finite value becomes a string and a warning naming its path."""
-    if isinstance(obj, torch.Tensor):
-        return encode_tensor(obj, warnings, where)
-    if isinstance(obj, float):
-        return encode_tensor(torch.tensor(obj, dtype=torch.float64), warnings, where)
-    if isinstance(obj, dict):
-        return {k: _encode_tree(v, warnings, f"{where}.{k}" if where else str(k)) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_encode_tree(v, warnings, f"{where}[{i}]") for i, v in enumerate(obj)]
-    return obj
+    """The full walk: every non-finite value becomes a string and a warning naming its path; a dict or list
+    nested MAX_DEPTH deep becomes TOO_DEEP (and a warning). Iterative, in the order a recursive walk would go."""
+    root: list = [None]
+    stack: list = [(obj, root, 0, where, 0)]
+    while stack:
+        item, parent, key, path, depth = stack.pop()
+        if isinstance(item, torch.Tensor):
+            parent[key] = encode_tensor(item, warnings, path)
+        elif isinstance(item, float):
+            parent[key] = encode_tensor(torch.tensor(item, dtype=torch.float64), warnings, path)
+        elif isinstance(item, (dict, list, tuple)):
+            if depth >= MAX_DEPTH:
+                parent[key] = TOO_DEEP
+                warnings.append(f"{path}: nested deeper than {MAX_DEPTH} levels, not shown")
+                continue
+            if isinstance(item, dict):
+                out: dict | list = dict.fromkeys(item)
+                children = [(v, out, k, f"{path}.{k}" if path else str(k), depth + 1) for k, v in item.items()]
+            else:
+                out = [None] * len(item)
+                children = [(v, out, i, f"{path}[{i}]", depth + 1) for i, v in enumerate(item)]
+            parent[key] = out
+            stack.extend(reversed(children))
+        else:
+            parent[key] = item
+    return root[0]

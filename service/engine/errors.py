@@ -49,6 +49,18 @@ class NonScalarOutput(EngineError):
     title = "Non-scalar output"
 
 
+class NonFiniteReference(EngineError):
+    """A checked quantity's reference (autograd) is NaN or infinite at a point: nothing can be graded against it,
+    and a student must not be scored on it (a NaN answer would "match" a NaN). The request's, never the answer's."""
+
+    slug = "non-finite-reference"
+    title = "Reference not finite"
+
+    def __init__(self, detail: str, check: str) -> None:
+        super().__init__(detail)
+        self.check = check
+
+
 class LimitExceeded(EngineError):
     """A configured size limit was hit; carries the limit's name and value."""
 

@@ -1,0 +1,106 @@
+"""What a response shows of a student's answer: the answer itself when it is small, a bounded summary otherwise.
+
+A result echoes the submission (`actual`, `formula`, the message). Echoed verbatim, a 5 MB wrong-shape list made a
+15 MB Gradescope results.json, a list nested 300 deep overflowed the encoder's recursion (and orjson refuses more
+than 254 levels), and a 40 KB formula came back twice. So an answer is echoed as it was sent only when it is a
+tensor literal (rectangular, at most max_tensor_dims dimensions per point) with the checked shape (its size is
+then the problem's, not the student's choice) or with at most ECHO_VALUES numbers; anything else is summarized in
+at most ~ECHO_CHARS characters: the first numbers, an ellipsis, the true count and the shape or depth. Formulas
+are cut at ECHO_CHARS characters with their true length. Every walk here is iterative: nesting cannot overflow it.
+"""
+
+from __future__ import annotations
+
+from itertools import chain, islice
+
+ECHO_VALUES = 100  # an answer of at most this many numbers is echoed as it was sent
+ECHO_CHARS = 200  # a formula, a summary, at most about this many characters
+PREVIEW_VALUES = 10  # numbers shown at the head of a summary
+VALUE_CHARS = 24  # one number's text in a summary (a 4000-digit integer typed into a text box)
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """`text` when it is at most `limit` characters, else its head, an ellipsis and its true length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
+def shape_of(value, max_dims: int) -> tuple[int, ...] | None:
+    """The shape of a rectangular nested list (a number: ()), or None when it is ragged, mixed or nested deeper
+    than max_dims. Level by level, no recursion; stops at the first level that is off."""
+    shape: list[int] = []
+    level = [value]
+    while True:
+        if not any(isinstance(item, list) for item in level):
+            return tuple(shape)
+        if len(shape) == max_dims or not all(isinstance(item, list) for item in level):
+            return None
+        lengths = set(map(len, level))
+        if len(lengths) != 1:
+            return None
+        shape.append(lengths.pop())
+        level = list(chain.from_iterable(level))
+
+
+def _leaves(value):
+    """The non-list items of a nested list in row-major order, lazily (a stack of iterators, no recursion)."""
+    stack = [iter([value])]
+    while stack:
+        item = next(stack[-1], stack)
+        if item is stack:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
+        else:
+            yield item
+
+
+def _count(value) -> tuple[int, int]:
+    """(numbers, depth) of a nested list, level by level."""
+    count, depth, level = 0, 0, [value]
+    while level:
+        lists = [item for item in level if isinstance(item, list)]
+        count += len(level) - len(lists)
+        if lists:
+            depth += 1
+        level = list(chain.from_iterable(lists))
+    return count, depth
+
+
+def _number(value) -> str:
+    text = f"{value:.6g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= VALUE_CHARS else text[: VALUE_CHARS - 1] + "…"
+
+
+def summary(value, max_dims: int) -> str:
+    """A bounded description of an answer that is not echoed: its first numbers, how many, its shape or depth."""
+    count, depth = _count(value)
+    head = [_number(v) for v in islice(_leaves(value), PREVIEW_VALUES)]
+    preview = "[" + ", ".join(head) + (", …" if count > len(head) else "") + "]"
+    shape = shape_of(value, max_dims)
+    if shape is not None:
+        what = f"shape {list(shape)}"
+    elif depth > max_dims:
+        what = f"lists nested {depth} deep"
+    else:
+        what = f"ragged lists nested {depth} deep"
+    return clip(f"{count} value(s) in {what}: {preview}")
+
+
+def echoable(value, per_point: bool, max_dims: int) -> bool:
+    """Whether an answer (with `per_point`, a list of one answer per point) may be echoed as it was sent when its
+    shape is not the checked one: a tensor literal per point with at most ECHO_VALUES numbers in all."""
+    values = value if per_point and isinstance(value, list) else [value]
+    count = 0
+    for item in values:
+        shape = shape_of(item, max_dims)
+        if shape is None:
+            return False
+        size = 1
+        for n in shape:
+            size *= n
+        count += size
+        if count > ECHO_VALUES:
+            return False
+    return True
