@@ -342,11 +342,14 @@ def test_overflowing_number_is_graded_as_infinity(live_server, tmp_path):
     assert loss["status"] == "failed" and "you gave inf" in loss["output"] and w["status"] == "passed"
     check = tmp_path / "check.json"
     check.write_text(
-        '{"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": 1e400}, '
+        '{"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": 1.0}, '
         '"submission": {"gradients": {"x": 1e400}}}'
     )
     proc, _ = gradsvc("check", str(check), "--url", live_server.url, "--retries", "0")
-    assert "Traceback" not in proc.stderr and proc.returncode in (0, 1), proc.stderr  # graded, not a crash
+    assert "Traceback" not in proc.stderr and proc.returncode == 1, proc.stderr  # graded (a failed check), no crash
+    check.write_text(check.read_text().replace('"x": 1.0', '"x": 1e400'))  # the problem itself at infinity
+    proc, _ = gradsvc("check", str(check), "--url", live_server.url, "--retries", "0")
+    assert "Traceback" not in proc.stderr and proc.returncode == 2 and "Reference not finite" in proc.stderr
 
 
 @pytest.mark.live
