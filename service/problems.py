@@ -17,7 +17,7 @@ from schemas.grading import Answer
 from schemas.problems import MAX_PROBLEMS, ProblemFileSchema
 
 from .engine import cost
-from .engine.check import Grader, estimate
+from .engine.check import Grader, Ledger, estimate
 from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded, NonFiniteReference
 from .engine.formula import parse_formula
 from .engine.limits import Limits
@@ -54,14 +54,13 @@ def grade_file(body: dict, limits: Limits) -> dict:
     if unreadable is None and not isinstance(answers, dict):
         unreadable = f"the answers must be a JSON object keyed by problem, got {_json_type(answers)}"
     requests = [_request(problem, body) for problem in problem_file["problems"]]
-    _charge(problem_file["problems"], requests, limits)
-    problems, spent = [], 0
-    for i, (problem, request) in enumerate(zip(problem_file["problems"], requests, strict=True)):
-        graded, used = _grade_problem(
-            i, problem, request, answers if unreadable is None else {}, unreadable, problem_file, limits, spent
+    ledger = Ledger(_charge(problem_file["problems"], requests, limits))  # every problem's estimate, reserved
+    problems = [
+        _grade_problem(
+            i, problem, request, answers if unreadable is None else {}, unreadable, problem_file, limits, ledger
         )
-        problems.append(graded)
-        spent += used
+        for i, (problem, request) in enumerate(zip(problem_file["problems"], requests, strict=True))
+    ]
     checks = [c for p in problems for c in p["checks"]]
     score, max_score = sum(p["score"] for p in problems), sum(p["max_score"] for p in problems)
     return {
@@ -93,8 +92,9 @@ def _request(problem: dict, body: dict) -> dict:
     return request
 
 
-def _charge(problems: list[dict], requests: list[dict], limits: Limits) -> None:
-    """The cost model's estimate of every problem, summed against the one request budget, before any is graded."""
+def _charge(problems: list[dict], requests: list[dict], limits: Limits) -> int:
+    """The cost model's estimate of every problem, summed against the one request budget, before any is graded;
+    returns the sum (what the answers' formulas and diagnoses may not take)."""
     costs = []
     for index, (problem, request) in enumerate(zip(problems, requests, strict=True)):
         try:
@@ -104,6 +104,7 @@ def _charge(problems: list[dict], requests: list[dict], limits: Limits) -> None:
         except EngineError as err:
             raise _uncomputable(index, problem, err) from None
     cost.batch_require(costs, limits, "problems", "the problem file's")
+    return sum(costs)
 
 
 def _uncomputable(index: int, problem: dict, err: EngineError) -> InvalidProblem:
@@ -123,9 +124,9 @@ def _grade_problem(
     unreadable: str | None,
     problem_file: dict,
     limits: Limits,
-    spent: int,
-) -> tuple[dict, int]:
-    """The graded problem, and the bytes the cost model charged for it."""
+    ledger: Ledger,
+) -> dict:
+    """The graded problem; its answers' formulas and diagnoses are charged to the file's `ledger`."""
     key = problem["key"]
     submission, format_errors = {}, {}
     for name, options in problem["checks"].items():
@@ -145,7 +146,7 @@ def _grade_problem(
             else:
                 submission.setdefault(section, {})[field] = value
     try:
-        grader = Grader({**request, "submission": submission}, limits, spent)
+        grader = Grader({**request, "submission": submission}, limits, ledger=ledger)
         result = grader.run()
     except (DeadlineExceeded, LimitExceeded):
         raise  # the request's wall time or budget, not the problem file
@@ -191,7 +192,7 @@ def _grade_problem(
         "tolerance_rule": result["tolerance_rule"],
         "checks": checks,
         "warnings": result["warnings"],
-    }, grader.budget.total
+    }
 
 
 def _find_answer(answers: dict, key: str, name: str, options: dict, single: bool):

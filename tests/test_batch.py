@@ -246,3 +246,32 @@ def test_shared_problem_is_loaded_and_built_once_then_kept_across_requests(clien
     assert batch(client, jobs) == results  # the next request (another student group): nothing loaded or built
     assert client.post("/v1/check", json=jobs[2]["check"]).json == results[2]
     assert len(loads) == len(builds) == 1
+
+
+def test_students_formulas_in_a_batch_share_its_one_budget(client, monkeypatch):
+    """Found by an audit: each check job's formulas were charged against a fresh budget, so 150 jobs of a 499-node
+    formula over 100 points did 150 x ~150 MiB of work (a 503 at the deadline). Now the batch's jobs reserve their
+    problems' estimates first and the formulas share what is left: past it, a formula is a failed check."""
+    from service.engine.formula import Formula
+
+    terms = [f"x*{k}" for k in range(1, 126)]
+    while len(terms) > 1:
+        terms = [
+            f"({a}+{b})" if b else a for a, b in zip(terms[::2], terms[1::2] + [""] * (len(terms) % 2), strict=True)
+        ]
+    job = {
+        "model": {"kind": "expression", "formula": "x**2"},
+        "domain": {"x": [0, 1]},
+        "n_points": 100,
+        "submission": {"gradient_formulas": {"x": terms[0]}},
+    }
+    evaluated = []
+    evaluate = Formula.evaluate
+    monkeypatch.setattr(Formula, "evaluate", lambda self, *a, **k: evaluated.append(1) or evaluate(self, *a, **k))
+    alone = client.post("/v1/batch", json={"jobs": [{"check": job}]}).json["results"][0]
+    assert evaluated and "too large" not in alone["checks"][0]["message"]  # one fits the budget: it is graded
+    evaluated.clear()
+    results = client.post("/v1/batch", json={"jobs": [{"check": job}] * 150}).json["results"]
+    assert len(results) == 150 and all(not r["checks"][0]["passed"] for r in results)
+    assert all("is too large" in r["checks"][0]["message"] for r in results[-10:])
+    assert len(evaluated) < 100 * 10  # not 150 x 100 evaluations: the budget stops them

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -538,3 +539,43 @@ def test_warnings_never_reach_what_a_student_reads(client):
     for doc in (gs, pl, cr, grade(client, body, "autolab").json):
         student_text = json.dumps(doc).replace(json.dumps(result["warnings"])[1:-1], "")
         assert "checks[" not in student_text and "checks\\\\[" not in student_text and "not finite" not in student_text
+
+
+def balanced_sum(terms: list[str]) -> str:
+    while len(terms) > 1:
+        terms = [
+            f"({a}+{b})" if b else a for a, b in zip(terms[::2], terms[1::2] + [""] * (len(terms) % 2), strict=True)
+        ]
+    return terms[0]
+
+
+def test_a_students_formula_never_makes_the_whole_file_a_413(client):
+    """Found by an audit: the student's charges for an earlier problem were added to what the later problems had
+    already reserved, so a big formula answer to problem a turned the whole file into a 413. Now the student's
+    formula is charged against what the problems left: it fails alone, and problem b is graded."""
+    big = balanced_sum([f"x*{k}" for k in range(1, 126)])  # 499 nodes, evaluated at 100 points
+    problem = {
+        "problems": [
+            {
+                "key": "a",
+                "model": {"kind": "expression", "formula": "x**2"},
+                "domain": {"x": [0, 1]},
+                "n_points": 100,
+                "checks": {"gradient_formulas.x": {}},
+            },
+            {  # its reference reserves most of the budget
+                "key": "b",
+                "model": {"kind": "expression", "formula": "sum(sin(x)*cos(x)+exp(x))"},
+                "inputs": {"x": [0.5] * 500_000},
+                "checks": {"loss": {}},
+            },
+        ]
+    }
+    right_b = (math.sin(0.5) * math.cos(0.5) + math.exp(0.5)) * 500_000
+    for formula, a_passes in (("2*x", True), (big, False)):
+        body = {"problem": problem, "answers": {"a": {"gradient_formulas": {"x": formula}}, "b": {"loss": right_b}}}
+        response = grade(client, body)
+        assert response.status_code == 200, response.json
+        a, b = response.json["problems"]
+        assert a["checks"][0]["passed"] is a_passes, a["checks"][0]["message"]
+        assert b["checks"][0]["passed"], b["checks"][0]["message"]  # graded as if a had been answered well

@@ -154,15 +154,14 @@ PROBLEM_FIELDS = ("model", "inputs", "points", "domain", "seed", "n_points", "do
 
 class Problem:
     """What every answer to one problem shares: the model, the cost model's estimate (checked before anything
-    is allocated), the points and their autograd references. A batch builds one per problem for all its jobs.
-    `spent`: bytes the request already used (the earlier problems of a /v1/grade problem file)."""
+    is allocated), the points and their autograd references. A batch builds one per problem for all its jobs."""
 
-    def __init__(self, request: dict, limits: Limits, spent: int = 0) -> None:
+    def __init__(self, request: dict, limits: Limits) -> None:
         deadline = Deadline(limits.max_wall_seconds)
         self.model = build_model(request["model"], limits, deadline)
         self.shapes = [self.model.shapes(s) for s in cost.domain_points(request, limits)]
         self.estimate = cost.check_estimate(request, self.model, self.shapes, limits)
-        self.estimate.require(limits, spent)  # the references at every point and the response; formulas later
+        self.estimate.require(limits)  # the references at every point and the response; formulas later
         self.points = [self.model.complete(p, torch.float64) for p in make_points(request, limits)]
         self.model = upstream(self.model, request, torch.float64)  # layer checks: dout·J
         self.is_neuron = isinstance(self.model, Neuron)
@@ -184,6 +183,21 @@ class Problem:
             self.warnings += [w for w in ref["warnings"] if w not in self.warnings]
 
 
+class Ledger:
+    """What a request has charged to its one budget: the estimates of all its problems (a /v1/grade problem file's)
+    or jobs (a batch's), reserved before any is graded, then what grading the answers adds (submitted formulas,
+    diagnosed mistakes). Its graders share it, so a student's formulas in one job or problem are charged against
+    what the others left, never against a fresh budget, and never against what the others reserved."""
+
+    def __init__(self, total: int = 0) -> None:
+        self.total = total
+
+    def charge(self, estimate: cost.Estimate, limits: Limits, hint: str | None = None) -> None:
+        """Add `estimate`, or raise LimitExceeded when the budget cannot take it (the caller decides what then)."""
+        estimate.require(limits, spent=self.total, hint=hint)
+        self.total += estimate.total
+
+
 class Grader:
     """Grades one check request: each check against the problem's references."""
 
@@ -191,14 +205,16 @@ class Grader:
         self,
         request: dict,
         limits: Limits,
-        spent: int = 0,
         *,
         problem: Problem | None = None,
         deferred: list | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
-        self.request, self.limits, self.spent = request, limits, spent
+        """`ledger`: the request's, with this answer's problem estimate already in it (a problem file or a batch
+        reserves every one first); without it the answer is the request and its estimate is charged here."""
+        self.request, self.limits = request, limits
         self.deadline = Deadline(limits.max_wall_seconds)
-        problem = problem or Problem(request, limits, spent)
+        problem = problem or Problem(request, limits)
         self.model, self.shapes, self.points, self.refs = problem.model, problem.shapes, problem.points, problem.refs
         self.encoded = problem.encoded
         self.is_neuron, self.multi = problem.is_neuron, problem.multi
@@ -209,7 +225,10 @@ class Grader:
         self.budget = cost.Estimate()  # this answer's own: its checks and formulas on top of the problem's
         self.budget.parts.update(problem.estimate.parts)
         self.budget.parts.update(cost.checks_estimate(request).parts)
-        self.budget.require(limits, spent)
+        if ledger is None:
+            ledger = Ledger()
+            ledger.charge(self.budget, limits)
+        self.ledger = ledger
         self.warnings = list(problem.warnings)
 
     def title(self, name: str) -> str:
@@ -348,7 +367,7 @@ class Grader:
         mistake built in, charged to the request's budget: without budget left, the verdict stands undiagnosed."""
         charge = cost.diagnosis_estimate(self.request, self.shapes, self.limits)
         try:
-            charge.require(self.limits, spent=self.spent + self.budget.total)
+            self.ledger.charge(charge, self.limits)
         except LimitExceeded:
             return
         self.budget.parts.update(charge.parts)
@@ -430,7 +449,7 @@ class Grader:
         try:
             formula = parse_formula(source, self.limits)
             charge = cost.formula_estimate(formula, self.shapes, tuple(expected[0].shape), self.limits)
-            charge.require(self.limits, spent=self.spent + self.budget.total, hint="a simpler formula")
+            self.ledger.charge(charge, self.limits, hint="a simpler formula")
             self.budget.parts.update(charge.parts)
             out = []
             for i, point in enumerate(self.points):
@@ -613,10 +632,13 @@ def _unravel(index: int, shape: tuple) -> list[int]:
     return out[::-1]
 
 
-def grade_many(requests: list[dict], limits: Limits, problem: Problem, before_each=None) -> list[dict | Exception]:
+def grade_many(
+    requests: list[dict], limits: Limits, problem: Problem, before_each=None, ledger: Ledger | None = None
+) -> list[dict | Exception]:
     """Many answers to one problem (a batch's check jobs sharing PROBLEM_FIELDS), each result what grade() gives
     for it alone; every check's comparison runs once for all answers (numpy over a leading answers axis).
-    A job that raises gets its exception in its place; `before_each()` (the batch's deadline) runs per job."""
+    A job that raises gets its exception in its place; `before_each()` (the batch's deadline) runs per job.
+    `ledger`: the batch's, with every job's estimate reserved in it (else each answer is charged on its own)."""
     results: list[dict | Exception | None] = [None] * len(requests)
     graded, by_name = [], {}
     for i, request in enumerate(requests):
@@ -624,7 +646,7 @@ def grade_many(requests: list[dict], limits: Limits, problem: Problem, before_ea
         try:
             if before_each is not None:
                 before_each()
-            grader = Grader(request, limits, problem=problem, deferred=deferred)
+            grader = Grader(request, limits, problem=problem, deferred=deferred, ledger=ledger)
             graded.append((i, grader, grader.grade_checks()))
         except Exception as err:  # noqa: BLE001 - one job's failure must not take the others down
             results[i] = err

@@ -13,7 +13,7 @@ from schemas.grading import MAX_CHECKS, BatchErrorSchema, BatchRequestSchema, Ch
 
 from ..engine import cost
 from ..engine.batch import compute_many
-from ..engine.check import Problem, grade_many
+from ..engine.check import Ledger, Problem, grade_many
 from ..engine.check import estimate as estimate_check
 from ..engine.compute import estimate_cost
 from ..engine.errors import EngineError, LimitExceeded
@@ -100,7 +100,8 @@ def run_jobs(jobs: list, limits) -> list[dict]:
             results[i] = {"error": validation_problem(ValidationError(messages))}
         except EngineError as err:
             results[i] = {"error": engine_problem(err)}
-    gradient_jobs, check_jobs = _within_budget(gradient_jobs, check_jobs, keys, results, limits)
+    gradient_jobs, check_jobs, reserved = _within_budget(gradient_jobs, check_jobs, keys, results, limits)
+    ledger = Ledger(reserved)  # the answers' formulas and diagnoses are charged against what the jobs left
     deadline = Deadline(limits.max_wall_seconds)  # the batch as a whole gets one wall-time budget
     outputs = compute_many([spec for _, spec in gradient_jobs], limits, deadline)
     for (i, _), out in zip(gradient_jobs, outputs, strict=True):
@@ -116,7 +117,7 @@ def run_jobs(jobs: list, limits) -> list[dict]:
             for i, _ in group:
                 results[i] = _problem_for(err, i)
             continue
-        outs = grade_many([spec for _, spec in group], limits, problem, deadline.check)
+        outs = grade_many([spec for _, spec in group], limits, problem, deadline.check, ledger)
         for (i, _), out in zip(group, outs, strict=True):
             results[i] = _problem_for(out, i) if isinstance(out, Exception) else check_body(out)
     return results
@@ -170,12 +171,13 @@ def _distinct_point_shapes(spec: dict) -> int:
 
 def _within_budget(
     gradient_jobs: list, check_jobs: list, keys: dict[int, bytes], results: list, limits
-) -> tuple[list, list]:
+) -> tuple[list, list, int]:
     """The jobs the cost model accepts one by one (the others get their problem in place), if together
     they fit the request budget; else the whole batch is a 413. A check's estimate is its problem's plus its
     checks'. Each distinct job (gradients: _gradients_key; checks: the problem) is estimated once, and an
     estimate that refuses its job is charged its own work (cost.refused_estimate_bytes); the running total is
-    checked after each job, so a batch stops estimating once it is over the budget."""
+    checked after each job, so a batch stops estimating once it is over the budget. Returns the kept jobs and
+    the total charged."""
     costs, kept_gradients, kept_checks = [], [], []
     total = len(gradient_jobs) + len(check_jobs)
 
@@ -220,7 +222,7 @@ def _within_budget(
         else:
             charge(estimate + checks.total)
             kept_checks.append((i, spec))
-    return kept_gradients, kept_checks
+    return kept_gradients, kept_checks, sum(costs)
 
 
 def _problem_for(err: Exception, index: int) -> dict:
