@@ -733,3 +733,19 @@ def test_generated_inputs_follow_the_request_dtype(client):
     assert answers["float32"] == pytest.approx(answers["float64"], rel=1e-6)
     assert repr(answers["float32"]) == str(np.float32(answers["float32"]))  # a float32's digits, not a double's
     assert repr(answers["float64"]) != str(np.float32(answers["float64"]))
+
+
+@pytest.mark.parametrize(
+    ("variance", "samples", "needs"), [("biased", 0, "at least 1 sample"), ("unbiased", 1, "at least 2")]
+)
+def test_batchnorm_without_enough_samples_names_its_own_variance(client, variance, samples, needs):
+    model = {
+        "kind": "network",
+        "layout": "cs231n",
+        "layers": [{"type": "linear", "out_features": 2}, {"type": "batchnorm", "variance": variance}],
+        "loss": {"type": "none"},
+        "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.1},
+        "generate": {"X": {"scheme": "numpy_legacy", "seed": 1, "shape": [samples, 3]}},
+    }
+    status, out = post(client, "/v1/gradients", {"model": model, "inputs": {}, "include": []})
+    assert status == 422 and needs in out["detail"], out

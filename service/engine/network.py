@@ -340,7 +340,11 @@ class Network:
         mean = x.mean(0, keepdim=True)
         denominator = n - 1 if layer.get("variance", "biased") == "unbiased" else n
         if denominator < 1:
-            raise ShapeError("batchnorm with the unbiased variance needs at least 2 samples")
+            raise ShapeError(
+                "batchnorm with the unbiased variance needs at least 2 samples"
+                if layer.get("variance", "biased") == "unbiased"
+                else "batchnorm needs at least 1 sample"
+            )
         var = ((x - mean) ** 2).sum(0, keepdim=True) / denominator
         xhat = (x - mean) / torch.sqrt(var + layer.get("eps", 1e-5))
         return self.layout.own(gamma.reshape(1, -1) * xhat + beta.reshape(1, -1))
