@@ -35,6 +35,15 @@ class TestConfig(Config):
     LOG_LEVEL = "WARNING"  # the in-process app's access log would drown pytest's output
 
 
+def balanced_sum(terms: list[str]) -> str:
+    """The terms summed as a balanced tree: a long formula of few levels (x*1 ... x*125: 499 nodes, 887 chars)."""
+    while len(terms) > 1:
+        terms = [
+            f"({a}+{b})" if b else a for a, b in zip(terms[::2], terms[1::2] + [""] * (len(terms) % 2), strict=True)
+        ]
+    return terms[0]
+
+
 def openapi_validator(document: dict, schema: str):
     """A JSON Schema validator for one of the OpenAPI document's component schemas, its $refs resolved within
     the document (what a generated client checks a body against)."""

@@ -9,7 +9,7 @@ import pytest
 import service.engine.batch as batch_engine
 import service.views.batch as batch_view
 import service.views.check_loading as check_loading
-from conftest import TUTORIAL_NEURON
+from conftest import TUTORIAL_NEURON, balanced_sum
 from service.engine import refcache
 from service.views.check_loading import check_request, problem_json
 
@@ -254,16 +254,11 @@ def test_students_formulas_in_a_batch_share_its_one_budget(client, monkeypatch):
     problems' estimates first and the formulas share what is left: past it, a formula is a failed check."""
     from service.engine.formula import Formula
 
-    terms = [f"x*{k}" for k in range(1, 126)]
-    while len(terms) > 1:
-        terms = [
-            f"({a}+{b})" if b else a for a, b in zip(terms[::2], terms[1::2] + [""] * (len(terms) % 2), strict=True)
-        ]
     job = {
         "model": {"kind": "expression", "formula": "x**2"},
         "domain": {"x": [0, 1]},
         "n_points": 100,
-        "submission": {"gradient_formulas": {"x": terms[0]}},
+        "submission": {"gradient_formulas": {"x": balanced_sum([f"x*{k}" for k in range(1, 126)])}},
     }
     evaluated = []
     evaluate = Formula.evaluate

@@ -22,7 +22,7 @@ from platform_specs import (
     validate_prairielearn,
 )
 
-from conftest import ROOT, free_port
+from conftest import ROOT, balanced_sum, free_port
 from gradsvc import Client, fallback
 from gradsvc import grade as grading
 from gradsvc.cli import lint_problem
@@ -539,14 +539,6 @@ def test_warnings_never_reach_what_a_student_reads(client):
     for doc in (gs, pl, cr, grade(client, body, "autolab").json):
         student_text = json.dumps(doc).replace(json.dumps(result["warnings"])[1:-1], "")
         assert "checks[" not in student_text and "checks\\\\[" not in student_text and "not finite" not in student_text
-
-
-def balanced_sum(terms: list[str]) -> str:
-    while len(terms) > 1:
-        terms = [
-            f"({a}+{b})" if b else a for a, b in zip(terms[::2], terms[1::2] + [""] * (len(terms) % 2), strict=True)
-        ]
-    return terms[0]
 
 
 def test_a_students_formula_never_makes_the_whole_file_a_413(client):
