@@ -10,8 +10,16 @@ import re
 
 import feedback_cases as cases
 import pytest
-from platform_specs import validate_autolab, validate_coderunner, validate_gradescope, validate_prairielearn
+import yaml
+from platform_specs import (
+    student_view,
+    validate_autolab,
+    validate_coderunner,
+    validate_gradescope,
+    validate_prairielearn,
+)
 
+from conftest import ROOT
 from service.engine import feedback
 
 
@@ -284,3 +292,38 @@ def test_openapi_documents_the_option(client):
     for name in ("CheckRequest", "CheckOptions"):
         assert schemas[name]["properties"]["feedback"]["enum"] == ["expected", "error", "verdict"]
     assert schemas["CheckResult"]["properties"]["feedback"]["enum"] == ["error", "verdict"]
+
+
+@pytest.mark.parametrize("mode", ["expected", "error", "verdict"])
+def test_the_audits_replay_on_the_gradescope_example(client, mode):
+    """The audit's repro: all-zero answers to examples/gradescope/problem.yaml, then every number the student can
+    read resubmitted as each of the neuron's answers. The default hands over 3 points (loss and dL/dw; dL/db is
+    shown after the due date); "error" and "verdict" none."""
+    problem = yaml.safe_load((ROOT / "examples" / "gradescope" / "problem.yaml").read_text())
+    if mode != "expected":
+        problem["feedback"] = mode
+    zeros = {"neuron": {"loss": 0, "gradients": {"w": 0, "b": 0}}, "mean_square": {"gradients": {"x": [0, 0, 0]}}}
+    doc = client.post("/v1/grade?format=gradescope", json={"problem": problem, "answers": zeros}).json
+    assert doc["score"] == 0
+    numbers = sorted({float(n) for n in NUMBER.findall(student_view("gradescope", doc))})
+    replays = [{"neuron": {"loss": n, "gradients": {"w": n, "b": n}}} for n in numbers]
+    results = client.post(
+        "/v1/batch",
+        json={
+            "jobs": [
+                {
+                    "check": {
+                        **cases.NEURON,
+                        "submission": r["neuron"],
+                        "checks": {"loss": {"points": 1}, "gradients.w": {"points": 2}},
+                    }
+                }
+                for r in replays
+            ]
+        },
+    ).json["results"]
+    best = {
+        name: max(c["points"] for r in results for c in r["checks"] if c["name"] == name)
+        for name in ("loss", "gradients.w")
+    }
+    assert sum(best.values()) == (3 if mode == "expected" else 0), best
