@@ -327,3 +327,37 @@ def test_the_audits_replay_on_the_gradescope_example(client, mode):
         for name in ("loss", "gradients.w")
     }
     assert sum(best.values()) == (3 if mode == "expected" else 0), best
+
+
+@pytest.mark.parametrize("mode", ["error", "verdict"])
+def test_a_networks_planted_bug_is_not_diagnosed(client, mode):
+    """test_network's sign-flipped dW1, diagnosed by default: in "error" and "verdict" no diagnosis, no values."""
+    import numpy as np
+    from test_network import numpy_backprop
+
+    rng = np.random.RandomState(5)
+    x, y = rng.randn(5, 3), np.array([0, 1, 2, 1, 0])
+    p = {"W1": rng.randn(3, 4), "b1": rng.randn(4), "W2": rng.randn(4, 3), "b2": rng.randn(3)}
+    body = {
+        "model": {
+            "kind": "network",
+            "layout": "cs231n",
+            "loss": {"type": "softmax_cross_entropy"},
+            "l2": {"reg": 0.3, "form": "sum_sq"},
+            "layers": [
+                {"type": "linear", "out_features": 4, "activation": "relu"},
+                {"type": "linear", "out_features": 3},
+            ],
+        },
+        "inputs": {"X": x.tolist(), "y": y.tolist(), **{k: v.tolist() for k, v in p.items()}},
+        "submission": {"gradients": {"W1": numpy_backprop(x, y, p, 0.3, "sign")["W1"].tolist()}},
+    }
+    default = client.post("/v1/check", json=body).json["checks"][0]
+    assert "sign is flipped" in default["diagnosis"] and "likely mistake" in default["message"]
+    check = client.post("/v1/check", json={**body, "feedback": mode}).json["checks"][0]
+    assert "diagnosis" not in check and "likely mistake" not in check["message"] and check["expected"] is None
+    assert check["message"] == (
+        "dL/dW1[0, 2] is off: you gave -0.956562, off by 100% or more of the right value; 12 of 12 elements are off"
+        if mode == "error"
+        else "dL/dW1 is not correct"
+    )
