@@ -20,6 +20,13 @@ MAX_POINTS = 100
 MAX_CHECKS = 400
 FORMATS = ("json", "gradescope", "prairielearn")
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
+# what a check's feedback may say of the reference (autograd's value): service/engine/feedback.py
+FEEDBACK_MODES = ("expected", "error", "verdict")
+FEEDBACK_DESCRIPTION = (
+    "what a check's result says of the reference value: expected (default; the message, `expected` and the"
+    " chain rule state it), error (how far off, as a decade of relative error, no reference value, no sign,"
+    " no diagnosis) or verdict (correct / not correct, and format or shape errors only)"
+)
 # a check is named after the submission field it grades
 CHECK_NAME_PATTERN = (
     r"^(loss|gradients\.[A-Za-z_][A-Za-z0-9_]{0,63}|gradient_formulas\.[A-Za-z_][A-Za-z0-9_]{0,63}"
@@ -81,6 +88,9 @@ class CheckOptionsSchema(Schema):
     )
     visibility = fields.String(load_default="visible", validate=validate.OneOf(VISIBILITIES))
     tolerance = fields.Nested(ToleranceSchema, metadata={"description": "this check's tolerance profile"})
+    feedback = fields.String(
+        validate=validate.OneOf(FEEDBACK_MODES), metadata={"description": f"this check's own; {FEEDBACK_DESCRIPTION}"}
+    )
 
 
 class CheckRequestSchema(Schema):
@@ -115,6 +125,10 @@ class CheckRequestSchema(Schema):
     atol = fields.Float(load_default=DEFAULT_ATOL, **tolerance)
     tolerance = fields.Nested(ToleranceSchema, metadata={"description": "a named rule instead of rtol/atol"})
     dout = Tensor(metadata={"description": "upstream gradient of a non-scalar output: gradients are dout·J"})
+    feedback = fields.String(
+        validate=validate.OneOf(FEEDBACK_MODES),
+        metadata={"description": f"every check's, unless the check sets its own; {FEEDBACK_DESCRIPTION}"},
+    )
     checks = fields.Dict(
         keys=fields.String(
             validate=validate.Regexp(
@@ -248,6 +262,13 @@ class CheckResultSchema(Schema):
     visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
     tolerance = fields.Dict(metadata={"description": "with a profile: its metric, value, threshold, fraction_within"})
     diagnosis = fields.String(metadata={"description": "the classic mistake a wrong gradient matches"})
+    feedback = fields.String(
+        validate=validate.OneOf(FEEDBACK_MODES[1:]),
+        metadata={
+            "description": "present when not expected: then `expected` and `chain_rule` are null and so are a failed"
+            " check's abs_error, rel_error and tolerance value"
+        },
+    )
 
 
 class CheckResponseSchema(Schema):

@@ -11,7 +11,14 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from .fields import refuse_long_lists
-from .grading import CHECK_NAME_PATTERN, VISIBILITIES, CheckOptionsSchema, CheckRequestSchema
+from .grading import (
+    CHECK_NAME_PATTERN,
+    FEEDBACK_DESCRIPTION,
+    FEEDBACK_MODES,
+    VISIBILITIES,
+    CheckOptionsSchema,
+    CheckRequestSchema,
+)
 
 PLATFORMS = ("json", "gradescope", "prairielearn", "autolab", "coderunner")
 FORMAT_ERROR_POLICIES = ("not_gradable", "failed_test")
@@ -71,6 +78,10 @@ class ProblemFileSchema(Schema):
 
     title = fields.String(validate=validate.Length(min=1, max=500))
     format_errors = format_errors
+    feedback = fields.String(
+        validate=validate.OneOf(FEEDBACK_MODES),
+        metadata={"description": f"every problem's, unless the problem or check sets its own; {FEEDBACK_DESCRIPTION}"},
+    )
     problems = fields.List(
         fields.Nested(ProblemSchema), required=True, validate=validate.Length(min=1, max=MAX_PROBLEMS)
     )

@@ -19,6 +19,9 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
 # name the problem's internals, by paths such as checks[3].expected that also tell where hidden checks are: they
 # go where only staff look (Gradescope's top-level extra_data, CodeRunner's instructorhtml, the json format), never
 # into text a student reads (Gradescope output, PrairieLearn output, CodeRunner epiloguehtml, Autolab).
+# FEEDBACK: a check whose `feedback` is "error" or "verdict" reaches every renderer with its reference cleared
+# (engine/feedback.py: `expected`, `chain_rule`, a failed check's errors, the message); nothing here restores it,
+# and CodeRunner's Expected column says "(not shown)".
 
 
 def from_check(result: dict) -> dict:
@@ -81,8 +84,10 @@ def _summary(pairs: list[tuple[dict, dict]]) -> str:
 def _extra_data(problem: dict, check: dict) -> dict:
     """Stored for staff: the ids behind the readable name, and the numbers the verdict rests on."""
     summary = {"actual_summary": check["actual_summary"]} if "actual_summary" in check else {}
+    mode = {"feedback": check["feedback"]} if "feedback" in check else {}  # "error", "verdict": no reference
     return {
         **summary,
+        **mode,
         "id": check["name"],
         "problem": problem["key"],
         "kind": check["kind"],
@@ -243,7 +248,7 @@ def to_coderunner(result: dict) -> dict:
     shown = [(p, c) for p, c in pairs if _shown(c, result)]
     rows = [CODERUNNER_COLUMNS]
     for p, c in pairs:
-        expected = _short(c["expected"], "")
+        expected = "(not shown)" if "feedback" in c else _short(c["expected"], "")
         got = c["formula"] if c["formula"] is not None else c.get("actual_summary") or _short(c["actual"], "")
         rows.append(
             [

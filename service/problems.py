@@ -27,7 +27,7 @@ problem_file_schema = ProblemFileSchema()
 answer_field = Answer()
 # the order tests are numbered and listed in: what a student sees now first, so hidden ones leave no gaps
 VISIBILITY_ORDER = {"visible": 0, "after_published": 1, "after_due_date": 2, "hidden": 3}
-COPIED = ("model", "inputs", "points", "domain", "seed", "n_points", "rtol", "atol")
+COPIED = ("model", "inputs", "points", "domain", "seed", "n_points", "rtol", "atol", "feedback")
 
 
 def check_raw(problem_file, limits: Limits) -> None:
@@ -53,7 +53,7 @@ def grade_file(body: dict, limits: Limits) -> dict:
     answers, unreadable = body["answers"], body.get("answers_error")
     if unreadable is None and not isinstance(answers, dict):
         unreadable = f"the answers must be a JSON object keyed by problem, got {_json_type(answers)}"
-    requests = [_request(problem, body) for problem in problem_file["problems"]]
+    requests = [_request(problem, body, problem_file) for problem in problem_file["problems"]]
     ledger = Ledger(_charge(problem_file["problems"], requests, limits))  # every problem's estimate, reserved
     problems = [
         _grade_problem(
@@ -80,9 +80,11 @@ def grade_file(body: dict, limits: Limits) -> dict:
     }
 
 
-def _request(problem: dict, body: dict) -> dict:
+def _request(problem: dict, body: dict, problem_file: dict) -> dict:
     """The problem's /v1/check request, without the submission."""
     request = {k: problem[k] for k in COPIED if k in problem}
+    if "feedback" not in request and "feedback" in problem_file:  # the file's default
+        request["feedback"] = problem_file["feedback"]
     if problem["seed_from_variant"] and "domain" in problem and body.get("variant_seed") is not None:
         request["seed"] = body["variant_seed"] % 2**63  # every PrairieLearn variant is graded at its own points
     request["checks"] = {
@@ -161,7 +163,7 @@ def _grade_problem(
     checks = []
     for check in result["checks"]:
         options = problem["checks"][check["name"]]
-        if check["expected"] is None:
+        if check["name"] in grader.misnamed:
             raise InvalidProblem(
                 422,
                 f"Problem {key!r}: {check['message']}.",

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import torch
 
-from . import cost, diagnose_bugs, echo, refcache, tolerance
+from . import cost, diagnose_bugs, echo, feedback, refcache, tolerance
 from .closeness import isclose, isclose_number
 from .compute import build_model, forward_backward
 from .encode import encode_tree, encoded_tensors
@@ -230,6 +230,7 @@ class Grader:
             ledger.charge(self.budget, limits)
         self.ledger = ledger
         self.warnings = list(problem.warnings)
+        self.misnamed: list[str] = []  # checks naming nothing the model has (a problem file's error)
 
     def title(self, name: str) -> str:
         section, _, key = name.partition(".")
@@ -267,8 +268,10 @@ class Grader:
         self.undiagnosed = []
         first_wrong = diagnose_bugs.first_wrong_layer(self, checks)
         for c in checks if first_wrong else ():
-            if c["kind"] == "gradient" and not c["passed"]:
+            if c["kind"] == "gradient" and not c["passed"] and c.get("feedback") != "verdict":
                 c["message"] += f"; {first_wrong['message']}"
+        for c in checks:
+            feedback.redact(c)
         profile = tolerance.resolve({}, self.request, self.request["rtol"], self.request["atol"])
         score = sum(c["points"] for c in checks)
         max_score = sum(c["max_points"] for c in checks)
@@ -319,8 +322,12 @@ class Grader:
             "chain_rule": None,
             "visibility": options["visibility"],
         }
+        mode = feedback.mode(options, self.request)
+        if mode != feedback.DEFAULT:  # the default's results stay as they were, byte for byte
+            result["feedback"] = mode
         expected = [self.expected(name, i) for i in range(len(self.points))]
         if any(e is None for e in expected):
+            self.misnamed.append(name)
             known = self._known(section)
             what = section[:-1] if section != "loss" else "loss"
             result["message"] = f"{name}: there is no {what} named {key!r} to grade; known: {known}"
@@ -364,7 +371,10 @@ class Grader:
 
     def _diagnose(self, result: dict, name: str, answer, expected: list[torch.Tensor]) -> None:
         """Name the classic mistake a wrong gradient matches (diagnose_bugs.py); a network re-runs with each
-        mistake built in, charged to the request's budget: without budget left, the verdict stands undiagnosed."""
+        mistake built in, charged to the request's budget: without budget left, the verdict stands undiagnosed. Only
+        with feedback "expected": with the answer, the mistake gives the reference (feedback.py)."""
+        if result.get("feedback", feedback.DEFAULT) != feedback.DEFAULT:
+            return
         charge = cost.diagnosis_estimate(self.request, self.shapes, self.limits)
         try:
             self.ledger.charge(charge, self.limits)
@@ -530,15 +540,26 @@ class Grader:
                 points=result["max_points"],
                 message=f"{result['title']} is correct{where} {max(per_point, default=0.0):.3g})",
             )
+            if result.get("feedback") == "verdict":
+                result["message"] = f"{result['title']} is correct"
         else:
             result["message"] = self._failure(result, expected, actual, closeness, failed_at, section, key)
 
     def _failure(self, result: dict, expected, actual, closeness, failed_at: int, section: str, key: str) -> str:
-        """What is off at the first failing point: the worst element, by how much, and how widespread it is."""
+        """What is off at the first failing point: the worst element, by how much, and how widespread it is (as
+        much of it as the check's feedback mode tells: feedback.py)."""
+        mode = result.get("feedback", feedback.DEFAULT)
+        if mode == "verdict":
+            return f"{result['title']} is not correct"
         e, a, close = expected[failed_at], actual[failed_at], closeness[failed_at]
         index, want, got = _worst_element(e, a, close)
         element = f"[{', '.join(map(str, _unravel(index, e.shape)))}]" if e.ndim else ""
         what = f"your formula gives {got:.6g}" if section == "gradient_formulas" else f"you gave {got:.6g}"
+        if mode == "error":
+            message = f"{result['title']}{element} is off{self._at(failed_at)}: {what}"
+            if math.isfinite(got) and math.isfinite(want):
+                message += f", off by {feedback.band(got, want)} of the right value"
+            return message + self._spread(e, close, closeness) + self._chain_names(result, key, failed_at)
         message = f"{result['title']}{element} is off{self._at(failed_at)}: {what}, autograd gives {want:.6g}"
         if math.isfinite(got) and math.isfinite(want):
             rtol, atol = result["rtol"], result["atol"]
@@ -547,21 +568,29 @@ class Grader:
                 f" (off by {got - want:+.3g}{relative}; allowed {atol + rtol * abs(want):.3g}"
                 f" = atol {atol:g} + rtol {rtol:g} * |expected|)"
             )
-        if e.size > 1:
-            message += f"; {int((~close).sum())} of {e.size} elements are off"
-        if self.multi:
-            wrong = sum(not c.all() for c in closeness)
-            message += f"; wrong at {wrong} of {len(expected)} points"
+        message += self._spread(e, close, closeness)
         if result["chain_rule"] is not None:
             message += "; " + self._chain_text(key, failed_at)
         return message
 
-    def _chain_text(self, key: str, i: int) -> str:
+    def _spread(self, e, close, closeness) -> str:
+        """How many elements and points are off."""
+        text = f"; {int((~close).sum())} of {e.size} elements are off" if e.size > 1 else ""
+        if self.multi:
+            wrong = sum(not c.all() for c in closeness)
+            text += f"; wrong at {wrong} of {len(closeness)} points"
+        return text
+
+    def _chain_names(self, result: dict, key: str, i: int) -> str:
+        """feedback "error": the chain rule's factors by name only (their values multiply to the reference)."""
+        return "; " + self._chain_text(key, i, values=False) if result["chain_rule"] is not None else ""
+
+    def _chain_text(self, key: str, i: int, values: bool = True) -> str:
         factors = self.refs[i]["chain_rule"]
         names = CHAIN_FACTORS[key]
-        parts = " * ".join(f"{name} ({_fmt(factors[name])})" for name in names)
+        parts = " * ".join(f"{name} ({_fmt(factors[name])})" if values else name for name in names)
         text = f"chain rule: dL/d{key} = {parts}"
-        if all(factors[name].numel() == 1 for name in names):
+        if values and all(factors[name].numel() == 1 for name in names):
             product = math.prod(factors[name].item() for name in names)
             text += f" = {product:.6g}"
         reduction = self.model.reduction

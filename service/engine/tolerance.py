@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import feedback
+
 DEFAULTS = {
     "rel_error": {"threshold": 1e-7},
     "norm_ratio": {"threshold": 2e-7},
@@ -134,14 +136,28 @@ def apply(result: dict, expected: list[torch.Tensor], actual: list[torch.Tensor]
         "partial_credit": profile.get("partial_credit", False),
     }
     title, name = result["title"], METRICS[profile["profile"]]
+    mode = result.get("feedback", feedback.DEFAULT)  # what the message may say of the reference: feedback.py
     if verdict.passed:
         result.update(passed=True, points=result["max_points"])
         result["message"] = f"{title} is correct ({name} {verdict.metric:.3g}, within {limit:g})"
+        if mode == "verdict":
+            result["message"] = f"{title} is correct"
         return
     share = f"{verdict.bad_elements} of {verdict.elements} elements are outside tolerance"
-    result["message"] = f"{title} is off{at(verdict.worst_point)}: {name} {verdict.metric:.3g} > {limit:g}; {share}"
-    if e.numel() == 1:
-        result["message"] += f" (you gave {a.reshape(-1)[0].item():.6g}, autograd gives {e.reshape(-1)[0].item():.6g})"
+    if mode == "verdict":
+        result["message"] = f"{title} is not correct"
+    elif mode == "error":  # the metric's value and the answer give the reference: the metric's limit only
+        result["message"] = f"{title} is off{at(verdict.worst_point)}: {name} above {limit:g}; {share}"
+        if e.numel() == 1:
+            got, want = a.reshape(-1)[0].item(), e.reshape(-1)[0].item()
+            off = f", off by {feedback.band(got, want)} of the right value" if finite else ""
+            result["message"] += f" (you gave {got:.6g}{off})"
+    else:
+        result["message"] = f"{title} is off{at(verdict.worst_point)}: {name} {verdict.metric:.3g} > {limit:g}; {share}"
+        if e.numel() == 1:
+            result["message"] += (
+                f" (you gave {a.reshape(-1)[0].item():.6g}, autograd gives {e.reshape(-1)[0].item():.6g})"
+            )
     if profile.get("partial_credit"):
         result["points"] = result["max_points"] * verdict.fraction
         result["message"] += f"; partial credit {verdict.fraction:.0%} of {result['max_points']:g} points"
