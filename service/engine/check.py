@@ -222,12 +222,12 @@ class Grader:
         # diagnosing afterwards changes nothing); their diagnosis waits in self.undiagnosed until finish()
         self.deferred = deferred if problem.free_diagnosis else None
         self.undiagnosed: list[tuple[dict, object, list[torch.Tensor]]] = []
-        self.budget = cost.Estimate()  # this answer's own: its checks and formulas on top of the problem's
-        self.budget.parts.update(problem.estimate.parts)
-        self.budget.parts.update(cost.checks_estimate(request).parts)
-        if ledger is None:
+        if ledger is None:  # this answer is the request: its problem's estimate and its checks
+            own = cost.Estimate()
+            own.parts.update(problem.estimate.parts)
+            own.parts.update(cost.checks_estimate(request).parts)
             ledger = Ledger()
-            ledger.charge(self.budget, limits)
+            ledger.charge(own, limits)
         self.ledger = ledger
         self.warnings = list(problem.warnings)
         self.misnamed: list[str] = []  # checks naming nothing the model has (a problem file's error)
@@ -380,7 +380,6 @@ class Grader:
             self.ledger.charge(charge, self.limits)
         except LimitExceeded:
             return
-        self.budget.parts.update(charge.parts)
         mistake = diagnose_bugs.diagnose(self, name, answer, expected)
         if mistake:
             result["diagnosis"] = mistake
@@ -460,7 +459,6 @@ class Grader:
             formula = parse_formula(source, self.limits)
             charge = cost.formula_estimate(formula, self.shapes, tuple(expected[0].shape), self.limits)
             self.ledger.charge(charge, self.limits, hint="a simpler formula")
-            self.budget.parts.update(charge.parts)
             out = []
             for i, point in enumerate(self.points):
                 with torch.no_grad():
