@@ -180,10 +180,16 @@ def _within_budget(
     the total charged."""
     costs, kept_gradients, kept_checks = [], [], []
     total = len(gradient_jobs) + len(check_jobs)
+    charged = 0
 
     def charge(amount: int) -> None:
+        """Add a job's cost; batch_require (which sums them all) only once the running total is over the budget,
+        to raise its 413: once per job, the sum made a batch of n jobs O(n²)."""
+        nonlocal charged
         costs.append(amount)
-        cost.batch_require(costs, limits, of=total if len(costs) < total else None)
+        charged += amount
+        if charged > limits.max_request_bytes:
+            cost.batch_require(costs, limits, of=total if len(costs) < total else None)
 
     gradient_estimates: dict[bytes, int | EngineError] = {}
     for i, spec in gradient_jobs:
@@ -222,7 +228,7 @@ def _within_budget(
         else:
             charge(estimate + checks.total)
             kept_checks.append((i, spec))
-    return kept_gradients, kept_checks, sum(costs)
+    return kept_gradients, kept_checks, charged
 
 
 def _problem_for(err: Exception, index: int) -> dict:
