@@ -22,6 +22,7 @@ from schemas.grading import CheckRequestSchema
 from ..engine import refcache
 from ..engine.check import PROBLEM_FIELDS, Problem
 from ..engine.limits import Limits
+from ..jsonio import value_counts
 
 check_request = CheckRequestSchema()
 problem_part = CheckRequestSchema(only=PROBLEM_FIELDS)
@@ -79,7 +80,8 @@ KEPT_BYTES_PER_VALUE, KEPT_BYTES_PER_CONTAINER = 40, 64
 
 
 def loaded_bytes(raw: bytes) -> int:
-    return KEPT_BYTES_PER_VALUE * (raw.count(b",") + 1) + KEPT_BYTES_PER_CONTAINER * (raw.count(b"[") + raw.count(b"{"))
+    values, containers = value_counts(raw)
+    return KEPT_BYTES_PER_VALUE * values + KEPT_BYTES_PER_CONTAINER * containers
 
 
 def problem_for(spec: dict, raw: bytes, limits: Limits) -> Problem:
