@@ -209,9 +209,12 @@ class Grader:
         problem: Problem | None = None,
         deferred: list | None = None,
         ledger: Ledger | None = None,
+        places: dict[str, str | None] | None = None,
     ) -> None:
         """`ledger`: the request's, with this answer's problem estimate already in it (a problem file or a batch
-        reserves every one first); without it the answer is the request and its estimate is charged here."""
+        reserves every one first); without it the answer is the request and its estimate is charged here.
+        `places`: what a missing answer's message says to do, by check name, in the caller's terms (a problem
+        file's answers: a PrairieLearn input box, the problem's key); else where it goes in the submission."""
         self.request, self.limits = request, limits
         self.deadline = Deadline(limits.max_wall_seconds)
         problem = problem or Problem(request, limits)
@@ -231,6 +234,7 @@ class Grader:
         self.ledger = ledger
         self.warnings = list(problem.warnings)
         self.misnamed: list[str] = []  # checks naming nothing the model has (a problem file's error)
+        self.places = places or {}
 
     def title(self, name: str) -> str:
         section, _, key = name.partition(".")
@@ -336,7 +340,8 @@ class Grader:
         result["expected"] = expected if self.multi else expected[0]
         answer = _answer(self.request["submission"], name)
         if answer is None:
-            result["message"] = f"{result['title']}: no answer given (add {self._where(name)} to the submission)"
+            place = self.places.get(name) or f"add {self._where(name)} to the submission"
+            result["message"] = f"{result['title']}: no answer given ({place})"
             return result
         if section == "gradient_formulas":
             result["formula"] = echo.clip(answer)
