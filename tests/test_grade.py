@@ -432,6 +432,8 @@ def in_process(api_key=None, **config):
 def grade_in_process(tmp_path, client, platform="gradescope", answers=RIGHT, problem=PROBLEM):
     problem_path, answers_path = tmp_path / "problem.yaml", tmp_path / "answers.json"
     problem_path.write_text(problem if isinstance(problem, str) else json.dumps(problem))
+    if platform == "prairielearn" and not isinstance(answers, str):  # PrairieLearn's data.json
+        answers = {"submitted_answers": answers, "variant_seed": 7}
     answers_path.write_text(answers if isinstance(answers, str) else json.dumps(answers))
     args = argparse.Namespace(
         platform=platform,
@@ -660,3 +662,25 @@ def test_missing_answers_say_where_they_go(client):
     assert messages["2.1 square: df/dx"] == "df/dx: no answer given (fill in dfdx)"
     one = grade(client, {"problem": PROBLEM, "answers": {"loss": 6.7012}}).json["problems"][0]["checks"][1]
     assert one["message"] == 'dL/dw: no answer given (add "gradients": {"w": ...} to the submission)'  # as before
+
+
+@pytest.mark.parametrize("data", [None, {"variant_seed": 7, "params": {}}])
+def test_prairielearn_without_its_data_json_is_the_setup_not_the_student(tmp_path, data):
+    """A missing data.json, or one without `submitted_answers`, is not gradable and sends the student to course
+    staff (PrairieLearn writes that file: the grader's setup is wrong); the reason is for the job's log only."""
+    client = in_process()
+    answers = tmp_path / "nowhere" / "data.json"
+    if data is not None:
+        answers.parent.mkdir()
+        answers.write_text(json.dumps(data))
+    problem = tmp_path / "problem.json"
+    problem.write_text(json.dumps(PROBLEM))
+    out = tmp_path / "results.json"
+    args = argparse.Namespace(
+        platform="prairielearn", problem=str(problem), answers=str(answers), out=str(out), deadline=20.0, released=[]
+    )
+    assert grading.run(args, client) == 0
+    doc = json.loads(out.read_text())
+    validate_prairielearn(doc)
+    assert doc["gradable"] is False and "not set up correctly" in doc["message"]
+    assert "Fix the format" not in json.dumps(doc) and "data.json" not in student_view("prairielearn", doc)
