@@ -35,6 +35,11 @@ class ProblemFileError(Exception):
     """The problem file cannot be read or parsed: the instructor's error."""
 
 
+class SetupError(Exception):
+    """PrairieLearn's data.json cannot be read, or has no `submitted_answers`: PrairieLearn writes it, so the
+    grader's setup is wrong (a mount, a path), never the student's answer."""
+
+
 class NestingError(ValueError):
     """JSON nested deeper than Python's parser goes (about 990 levels; the service allows 1024)."""
 
@@ -116,22 +121,28 @@ def read_problem_file(path: str):
 
 def read_answers(path: str, platform: str) -> tuple[object, str | None, int | None]:
     """(answers, why they cannot be read or None, PrairieLearn variant seed). NaN, Infinity and numbers that
-    overflow a double (1e400) are the service's strings "NaN", "Infinity", "-Infinity": graded, and wrong."""
+    overflow a double (1e400) are the service's strings "NaN", "Infinity", "-Infinity": graded, and wrong.
+    On PrairieLearn a data.json that is missing, or has no `submitted_answers`, is a SetupError."""
     name = Path(path).name
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        return None, f"cannot read {name}: {getattr(err, 'strerror', None) or err}", None
+        why = getattr(err, "strerror", None) or err
+        if platform == "prairielearn":
+            raise SetupError(f"cannot read {path}: {why}") from None
+        return None, f"cannot read {name}: {why}", None
     try:
         answers = load_json(text)
     except NestingError:
         return None, f"{name} is nested too deeply to read (lists or objects nested hundreds of levels deep)", None
     except ValueError as err:
         return None, f"{name} is not valid JSON ({err})", None
-    if platform == "prairielearn" and isinstance(answers, dict) and "submitted_answers" in answers:
-        seed = answers.get("variant_seed")
-        return answers.get("submitted_answers") or {}, None, seed if isinstance(seed, int) and seed >= 0 else None
-    return answers, None, None
+    if platform != "prairielearn":
+        return answers, None, None
+    if not isinstance(answers, dict) or "submitted_answers" not in answers:
+        raise SetupError(f'{path} has no "submitted_answers": it is not PrairieLearn\'s data.json')
+    seed = answers.get("variant_seed")
+    return answers.get("submitted_answers") or {}, None, seed if isinstance(seed, int) and seed >= 0 else None
 
 
 def problem_keys(problem) -> list[str]:
@@ -209,7 +220,10 @@ def grade_document(args, client: Client, deadline: float) -> tuple[dict, str]:
     if problem is None:
         detail = f"{args.problem} is empty"
         return fallback.document(args.platform, fallback.INSTRUCTOR, detail, keys), f"problem file error: {detail}"
-    answers, unreadable, seed = read_answers(args.answers, args.platform)
+    try:
+        answers, unreadable, seed = read_answers(args.answers, args.platform)
+    except SetupError as err:
+        return fallback.document(args.platform, fallback.CONFIG, str(err), keys), f"configuration error: {err}"
     body = {"problem": problem, "answers": answers}
     if unreadable:
         body["answers_error"] = unreadable

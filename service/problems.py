@@ -16,8 +16,8 @@ from marshmallow import ValidationError
 from schemas.grading import Answer
 from schemas.problems import MAX_PROBLEMS, ProblemFileSchema
 
-from .engine import cost
-from .engine.check import Grader, Ledger, estimate
+from .engine import cost, echo
+from .engine.check import SECTIONS, Grader, Ledger, Problem, estimate
 from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded, NonFiniteReference
 from .engine.formula import parse_formula
 from .engine.limits import Limits
@@ -50,6 +50,7 @@ def grade_file(body: dict, limits: Limits) -> dict:
     """Grade a loaded GradeRequestSchema body; returns the platform-neutral result (the `json` platform)."""
     start = time.monotonic()
     problem_file = load_problem_file(body["problem"])
+    released = body.get("released", [])
     answers, unreadable = body["answers"], body.get("answers_error")
     if unreadable is None and not isinstance(answers, dict):
         unreadable = f"the answers must be a JSON object keyed by problem, got {_json_type(answers)}"
@@ -57,7 +58,15 @@ def grade_file(body: dict, limits: Limits) -> dict:
     ledger = Ledger(_charge(problem_file["problems"], requests, limits))  # every problem's estimate, reserved
     problems = [
         _grade_problem(
-            i, problem, request, answers if unreadable is None else {}, unreadable, problem_file, limits, ledger
+            i,
+            problem,
+            request,
+            answers if unreadable is None else {},
+            unreadable,
+            problem_file,
+            limits,
+            ledger,
+            released,
         )
         for i, (problem, request) in enumerate(zip(problem_file["problems"], requests, strict=True))
     ]
@@ -69,11 +78,11 @@ def grade_file(body: dict, limits: Limits) -> dict:
         "score": score,
         "max_score": max_score,
         "passed": all(c["passed"] for c in checks),
-        "format_errors": [c["message"] for c in checks if c["format_error"]],
+        "format_errors": list(dict.fromkeys(line for p in problems for line in p.pop("format_error_lines"))),
         "not_gradable": any(
             c["format_error"] for p in problems if p["format_errors"] == "not_gradable" for c in p["checks"]
         ),
-        "released": body.get("released", []),
+        "released": released,
         "execution_time": time.monotonic() - start,
         "problems": problems,
         "warnings": [w for p in problems for w in p["warnings"]],
@@ -127,28 +136,42 @@ def _grade_problem(
     problem_file: dict,
     limits: Limits,
     ledger: Ledger,
+    released: list[str],
 ) -> dict:
-    """The graded problem; its answers' formulas and diagnoses are charged to the file's `ledger`."""
+    """The graded problem; its answers' formulas and diagnoses are charged to the file's `ledger`. Its format errors
+    as PrairieLearn lists them (`format_error_lines`, for grade_file): a check the student is not shown (hidden,
+    not `released`) is a neutral line, and an error of what holds the answers one line, not one per check."""
     key = problem["key"]
-    submission, format_errors = {}, {}
-    for name, options in problem["checks"].items():
-        value = _find_answer(answers, key, name, options, single=len(problem_file["problems"]) == 1)
-        if unreadable is not None:
-            format_errors[name] = f"your answers could not be read: {unreadable}"
-            continue
-        if value is None:
-            continue  # the engine reports it: "no answer given"
-        value, problem_text = _read_answer(name, value, limits)
-        if problem_text:
-            format_errors[name] = problem_text
-        else:
-            section, _, field = name.partition(".")
-            if section == "loss":
-                submission["loss"] = value
-            else:
-                submission.setdefault(section, {})[field] = value
+    single = len(problem_file["problems"]) == 1
+    submission, format_errors, places = {}, {}, {}
+    # format errors of what holds the answer (the file, the problem's or a section's object), which say what they are
+    # about: one line for all the checks they hold
+    around: set[str] = set()
     try:
-        grader = Grader({**request, "submission": submission}, limits, ledger=ledger)
+        built = Problem(request, limits)
+        variables = list(built.points[0])
+        for name, options in problem["checks"].items():
+            if unreadable is not None:
+                format_errors[name] = f"your answers could not be read: {unreadable}"
+                around.add(name)
+                continue
+            value, problem_text = _find_answer(answers, key, name, options, single)
+            if problem_text is not None:
+                around.add(name)
+            elif value is None:
+                places[name] = _missing_hint(key, name, options, single)  # the engine says "no answer given"
+                continue
+            else:
+                value, problem_text = _read_answer(name, value, limits, variables)
+            if problem_text:
+                format_errors[name] = problem_text
+            else:
+                section, _, field = name.partition(".")
+                if section == "loss":
+                    submission["loss"] = value
+                else:
+                    submission.setdefault(section, {})[field] = value
+        grader = Grader({**request, "submission": submission}, limits, problem=built, ledger=ledger, places=places)
         result = grader.run()
     except (DeadlineExceeded, LimitExceeded):
         raise  # the request's wall time or budget, not the problem file
@@ -185,6 +208,20 @@ def _grade_problem(
     checks.sort(key=lambda c: VISIBILITY_ORDER[c["visibility"]])
     for number, check in enumerate(checks, 1):
         check["number"] = f"{index + 1}.{number}"
+    lines = []  # what PrairieLearn lists in format_errors
+    for check in checks:
+        name = check["name"]
+        if name not in format_errors:
+            continue
+        if name in around:
+            line = format_errors[name]  # the same for every check it holds: said once
+        elif check["visibility"] == "visible" or check["visibility"] in released:
+            line = check["message"]
+        else:  # neither the title nor the answer's name of a check the student is not shown
+            line = f"an answer graded without being shown could not be read: {format_errors[name]}"
+        line = f"{key}: {line}" if not single and name not in around else line
+        if line not in lines:
+            lines.append(line)
     return {
         "key": key,
         "title": problem.get("title", key),
@@ -194,35 +231,72 @@ def _grade_problem(
         "tolerance_rule": result["tolerance_rule"],
         "checks": checks,
         "warnings": result["warnings"],
+        "format_error_lines": lines,
     }
 
 
 def _find_answer(answers: dict, key: str, name: str, options: dict, single: bool):
-    """The answer by its platform name (flat), else under the problem's key (or at the top level for one problem)."""
+    """(the answer or None when there is none, None), or (None, a format error) when what holds it is not an object:
+    the answer by its platform name (flat), else under the problem's key (or at the top level for one problem)."""
     if options.get("answer") and options["answer"] in answers:
-        return answers[options["answer"]]
+        return answers[options["answer"]], None
     nested = answers.get(key)
+    if nested is not None and not isinstance(nested, dict) and not (single and key in SECTIONS):
+        example = '{"loss": ..., "gradients": {...}}'
+        return None, f"the answers to {key!r} must be an object such as {example}, got {_json_type(nested)}"
     if not isinstance(nested, dict):
         nested = answers if single and key not in answers else {}
     section, _, field = name.partition(".")
     if section == "loss":
-        return nested.get("loss")
+        return nested.get("loss"), None
     inner = nested.get(section)
-    return inner.get(field) if isinstance(inner, dict) else None
+    if inner is not None and not isinstance(inner, dict):
+        where = f'"{section}"' + ("" if single else f" in the answers to {key!r}")
+        return (
+            None,
+            f'{where} must be an object with one entry per name ({{"<name>": ...}}), got {_json_type(inner)}',
+        )
+    return (inner or {}).get(field), None
 
 
-def _read_answer(name: str, value, limits: Limits):
-    """(value, None) when the engine can grade it, or (None, why not) for a format error the student can fix."""
+def _missing_hint(key: str, name: str, options: dict, single: bool) -> str | None:
+    """Where a missing answer goes, in the answers' own terms: its platform name (a PrairieLearn input box), or its
+    place under the problem's key; None for one problem's nested answers (the engine's own hint says it)."""
+    if options.get("answer"):
+        return f"fill in {options['answer']}"
+    if single:
+        return None
+    section, _, field = name.partition(".")
+    where = '"loss"' if section == "loss" else f'"{section}": {{"{field}": ...}}'
+    return f"add {where} under {key!r} in your answers"
+
+
+def _read_answer(name: str, value, limits: Limits, variables: list[str]):
+    """(value, None) when the engine can grade it, or (None, why not) for a format error the student can fix.
+    `variables`: what a formula may use (the problem's inputs)."""
     if name.startswith("gradient_formulas."):
-        if not isinstance(value, str) or not value.strip():
+        names = ", ".join(variables)
+        if isinstance(value, str) and not value.strip():
+            return None, f"the formula is empty: write it in terms of {names}"
+        if not isinstance(value, str):
             return None, f"a formula (text) is expected, got {_json_type(value)}"
         try:
-            parse_formula(value, limits)
+            formula = parse_formula(value, limits)
         except FormulaError as err:
             return None, f"your formula {value!r} cannot be read: {err.detail}"
         except EngineError:
-            pass  # too long or too deep: the engine grades it as a failed check with the limit named
+            return value, None  # too long or too deep: the engine grades it as a failed check with the limit named
+        unknown = [v for v in formula.variables if v not in variables]
+        if unknown:
+            what = (
+                f"{unknown[0]!r}, which is not a variable"
+                if len(unknown) == 1
+                else (f"{', '.join(map(repr, unknown))}, which are not variables")
+            )
+            return None, f"your formula {echo.clip(value)!r} uses {what} of this problem; the variables are {names}"
         return value, None
+    if isinstance(value, str) and not value.strip():
+        return None, "the answer is empty: enter a number or a list of numbers"
     if isinstance(value, str):  # a number typed into a text box
         try:
             value = json.loads(value, parse_int=_json_int)

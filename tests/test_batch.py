@@ -270,3 +270,16 @@ def test_students_formulas_in_a_batch_share_its_one_budget(client, monkeypatch):
     assert len(results) == 150 and all(not r["checks"][0]["passed"] for r in results)
     assert all("is too large" in r["checks"][0]["message"] for r in results[-10:])
     assert len(evaluated) < 100 * 10  # not 150 x 100 evaluations: the budget stops them
+
+
+def test_deferred_comparisons_are_diagnosed_at_the_checks_tolerance(client):
+    """Check jobs of one problem compared together (the vectorized path) get the diagnosis /v1/check gives each:
+    the mistake matched at the check's rtol, the closest of two (audit L1)."""
+    from test_check import NEAR_ANTISYMMETRIC, SIGN_FLIPPED, TRANSPOSED
+
+    answers = [[[0, -1.0], [1.019, 0]], [[0, -1.019], [1.0, 0]]]
+    jobs = [{"check": {**NEAR_ANTISYMMETRIC, "submission": {"gradients": {"W": a}}}} for a in answers]
+    results = batch(client, jobs)
+    assert [r["checks"][0]["diagnosis"] for r in results] == [SIGN_FLIPPED, TRANSPOSED]
+    for job, result in zip(jobs, results, strict=True):
+        assert result == client.post("/v1/check", json=job["check"]).json

@@ -248,6 +248,54 @@ def test_non_finite_answers(client):
     assert c["passed"] is False and c["abs_error"] is None and c["actual"] == "NaN"
 
 
+# --- diagnosis at the check's own tolerance (audit L1) -------------------------------------------------------
+
+SIGN_FLIPPED = "the sign is flipped (a gradient ascent step, or a - where the chain rule has a +)"
+TRANSPOSED = "it is transposed (check the layout: which axis is in, which is out)"
+# df/dW of sum(W*M) is M; M is nearly antisymmetric, so -M and M.T are both within rtol 5% of an answer near them
+NEAR_ANTISYMMETRIC = {
+    "model": {"kind": "expression", "formula": "sum(W*M)"},
+    "inputs": {"W": [[1.0, 2.0], [3.0, 4.0]], "M": [[0.0, 1.0], [-1.02, 0.0]]},
+    "rtol": 0.05,
+}
+
+
+@pytest.mark.parametrize("tolerance", [None, {"profile": "round_atol"}, {"profile": "allclose", "rtol": 1e-3}])
+def test_a_rounded_sign_flip_is_diagnosed(client, tolerance):
+    """-6.6918 is the flipped dL/dw (6.691763...) to the grading tolerance: the mistake is named, as for the exact
+    negated value; the right value rounded the same way passes without any diagnosis."""
+    extra = {"tolerance": tolerance} if tolerance else {}
+    w = by_name(check(client, {**NEURON, **extra, "submission": {"gradients": {"w": -6.6918}}}))["gradients.w"]
+    assert not w["passed"] and w["diagnosis"] == SIGN_FLIPPED
+    assert w["message"].endswith(f"; likely mistake: {SIGN_FLIPPED}")
+    right = by_name(check(client, {**NEURON, **extra, "submission": {"gradients": {"w": 6.6918}}}))["gradients.w"]
+    assert right["passed"] and "diagnosis" not in right and "likely" not in right["message"]
+
+
+def test_a_rounded_mistake_outside_the_tolerance_is_not_diagnosed(client):
+    """-6.69 is 1.8e-3 from the flipped value, where rtol 1e-4 allows 6.7e-4: no diagnosis."""
+    w = by_name(check(client, {**NEURON, "submission": {"gradients": {"w": -6.69}}}))["gradients.w"]
+    assert not w["passed"] and "diagnosis" not in w
+
+
+def test_a_mistake_whose_values_would_pass_is_never_named(client):
+    """d(x**2)/dx at x=1e-7 is 2e-7: its negation is within atol 1e-6 of it, so "sign flipped" cannot be a mistake
+    at this tolerance, though the wrong answer -1.1e-6 is within atol of -2e-7."""
+    body = {"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": 1e-7}}
+    x = by_name(check(client, {**body, "submission": {"gradients": {"x": -1.1e-6}}}))["gradients.x"]
+    assert not x["passed"] and "diagnosis" not in x
+
+
+@pytest.mark.parametrize(
+    ("answer", "mistake"),
+    [([[0, -1.0], [1.019, 0]], SIGN_FLIPPED), ([[0, -1.019], [1.0, 0]], TRANSPOSED)],
+)
+def test_two_mistakes_within_tolerance_name_the_closest(client, answer, mistake):
+    """-M and M.T both match either answer at rtol 5%: the one nearer the answer is named, whatever the order."""
+    result = check(client, {**NEAR_ANTISYMMETRIC, "submission": {"gradients": {"W": answer}}})
+    assert by_name(result)["gradients.W"]["diagnosis"] == mistake
+
+
 # --- formats -------------------------------------------------------------------------------------------
 
 PARTIAL = {

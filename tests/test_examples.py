@@ -375,7 +375,8 @@ HIDDEN_PROBLEM = {
 def test_hidden_checks_are_not_shown(live_server, tmp_path, platform):
     problem, answers, out = tmp_path / "problem.json", tmp_path / "answers.json", tmp_path / "out" / "doc"
     problem.write_text(json.dumps(HIDDEN_PROBLEM))
-    answers.write_text(json.dumps({"mean_square": {"gradients": {"x": [0.6667, 1.3333, 2.0]}, "loss": 1.0}}))
+    answered = {"mean_square": {"gradients": {"x": [0.6667, 1.3333, 2.0]}, "loss": 1.0}}
+    answers.write_text(json.dumps({"submitted_answers": answered} if platform == "prairielearn" else answered))
     proc, _ = run(
         [
             sys.executable,

@@ -432,6 +432,8 @@ def in_process(api_key=None, **config):
 def grade_in_process(tmp_path, client, platform="gradescope", answers=RIGHT, problem=PROBLEM):
     problem_path, answers_path = tmp_path / "problem.yaml", tmp_path / "answers.json"
     problem_path.write_text(problem if isinstance(problem, str) else json.dumps(problem))
+    if platform == "prairielearn" and not isinstance(answers, str):  # PrairieLearn's data.json
+        answers = {"submitted_answers": answers, "variant_seed": 7}
     answers_path.write_text(answers if isinstance(answers, str) else json.dumps(answers))
     args = argparse.Namespace(
         platform=platform,
@@ -571,3 +573,114 @@ def test_a_students_formula_never_makes_the_whole_file_a_413(client):
         a, b = response.json["problems"]
         assert a["checks"][0]["passed"] is a_passes, a["checks"][0]["message"]
         assert b["checks"][0]["passed"], b["checks"][0]["message"]  # graded as if a had been answered well
+
+
+# --- format errors cost no attempt, consistently; hints point where the answer goes (audit L2, L3) -------------
+
+SQUARE = {
+    "key": "square",
+    "model": {"kind": "expression", "formula": "x**2*y"},
+    "inputs": {"x": 3.0, "y": 2.0},
+    "checks": {
+        "gradient_formulas.x": {"points": 1, "title": "df/dx", "answer": "dfdx"},
+        "gradients.y": {"points": 1, "title": "SECRET dy", "visibility": "hidden"},
+    },
+}
+TWO = {"problems": [PROBLEM, SQUARE]}
+TWO_RIGHT = {"neuron": RIGHT, "square": {"gradients": {"y": 9.0}}, "dfdx": "2*x*y"}
+
+
+def pl_grade(client, answers, problem=TWO):
+    doc = grade(client, {"problem": problem, "answers": answers}, "prairielearn").json
+    validate_prairielearn(doc)
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("answers", "line"),
+    [
+        (
+            {**TWO_RIGHT, "neuron": [1, 2]},
+            'the answers to \'neuron\' must be an object such as {"loss": ..., "gradients": {...}}, got a list',
+        ),
+        (
+            {**TWO_RIGHT, "neuron": {"loss": 6.7012, "gradients": "12"}},
+            '"gradients" in the answers to \'neuron\' must be an object with one entry per name ({"<name>": ...}), '
+            "got text",
+        ),
+        (
+            {**TWO_RIGHT, "dfdx": "2*x*z"},
+            "square: df/dx: your formula '2*x*z' uses 'z', which is not a variable of this problem; "
+            "the variables are x, y",
+        ),
+        (
+            {**TWO_RIGHT, "dfdx": "2*sigm(x)"},
+            "square: df/dx: your formula '2*sigm(x)' cannot be read: unknown function 'sigm'",
+        ),
+        ({**TWO_RIGHT, "dfdx": "  "}, "square: df/dx: the formula is empty: write it in terms of x, y"),
+        ({**TWO_RIGHT, "neuron": {**RIGHT, "loss": ""}}, "neuron: the loss L: the answer is empty: enter a number"),
+        (
+            {**TWO_RIGHT, "dfdx": "z*q"},
+            "square: df/dx: your formula 'z*q' uses 'z', 'q', which are not variables of this problem",
+        ),
+    ],
+)
+def test_answers_that_cannot_be_read_cost_no_attempt(client, answers, line):
+    """Answers not of the expected form (a problem's or a section's answers not an object, a formula naming what
+    the problem does not have, an empty formula) are PrairieLearn format errors: not gradable, one specific line."""
+    assert pl_grade(client, TWO_RIGHT)["score"] == 1.0
+    doc = pl_grade(client, answers)
+    assert doc["gradable"] is False and doc["score"] == 0.0
+    assert len(doc["format_errors"]) == 1 and doc["format_errors"][0].startswith(line), doc["format_errors"]
+    result = grade(client, {"problem": TWO, "answers": answers}).json  # elsewhere: a failed check saying the same
+    assert sum(c["format_error"] for p in result["problems"] for c in p["checks"]) >= 1
+
+
+def test_a_hidden_checks_format_error_does_not_name_it(client):
+    """The hidden check's title (and answer) stay out of PrairieLearn's format errors; the line says why."""
+    doc = pl_grade(client, {**TWO_RIGHT, "square": {"gradients": {"y": True}}})
+    assert doc["gradable"] is False and "SECRET" not in json.dumps(doc)
+    assert doc["format_errors"] == [
+        'square: an answer graded without being shown could not be read: Answers are numbers, "NaN"/"Infinity"/'
+        '"-Infinity" or lists of those, got boolean.'
+    ]
+    unreadable = pl_grade(client, "not an object")
+    assert unreadable["format_errors"] == [
+        "your answers could not be read: the answers must be a JSON object keyed by problem, got text"
+    ]
+
+
+def test_missing_answers_say_where_they_go(client):
+    """Several problems: the hint names the problem's key; a check with an `answer` name: that name (PrairieLearn's
+    input box), not a JSON path. Missing answers are graded (and fail): they are not format errors."""
+    doc = pl_grade(client, {"neuron": {"loss": 6.7012}, "square": {}})
+    assert doc["gradable"] is True
+    messages = {t["name"]: t["message"] for t in doc["tests"]}
+    assert messages["1.2 neuron: dL/dw"] == (
+        'dL/dw: no answer given (add "gradients": {"w": ...} under \'neuron\' in your answers)'
+    )
+    assert messages["2.1 square: df/dx"] == "df/dx: no answer given (fill in dfdx)"
+    one = grade(client, {"problem": PROBLEM, "answers": {"loss": 6.7012}}).json["problems"][0]["checks"][1]
+    assert one["message"] == 'dL/dw: no answer given (add "gradients": {"w": ...} to the submission)'  # as before
+
+
+@pytest.mark.parametrize("data", [None, {"variant_seed": 7, "params": {}}])
+def test_prairielearn_without_its_data_json_is_the_setup_not_the_student(tmp_path, data):
+    """A missing data.json, or one without `submitted_answers`, is not gradable and sends the student to course
+    staff (PrairieLearn writes that file: the grader's setup is wrong); the reason is for the job's log only."""
+    client = in_process()
+    answers = tmp_path / "nowhere" / "data.json"
+    if data is not None:
+        answers.parent.mkdir()
+        answers.write_text(json.dumps(data))
+    problem = tmp_path / "problem.json"
+    problem.write_text(json.dumps(PROBLEM))
+    out = tmp_path / "results.json"
+    args = argparse.Namespace(
+        platform="prairielearn", problem=str(problem), answers=str(answers), out=str(out), deadline=20.0, released=[]
+    )
+    assert grading.run(args, client) == 0
+    doc = json.loads(out.read_text())
+    validate_prairielearn(doc)
+    assert doc["gradable"] is False and "not set up correctly" in doc["message"]
+    assert "Fix the format" not in json.dumps(doc) and "data.json" not in student_view("prairielearn", doc)

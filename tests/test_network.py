@@ -529,8 +529,8 @@ BUGS = {
 }
 
 
-@pytest.mark.parametrize("bug", sorted(BUGS))
-def test_each_planted_bug_is_named(client, bug):
+def planted_network():
+    """(model, inputs, X, y, parameters) of the network the planted bugs are written for."""
     rng = np.random.RandomState(5)
     x, y = rng.randn(5, 3), np.array([0, 1, 2, 1, 0])
     p = {"W1": rng.randn(3, 4), "b1": rng.randn(4), "W2": rng.randn(4, 3), "b2": rng.randn(3)}
@@ -542,6 +542,12 @@ def test_each_planted_bug_is_named(client, bug):
         "layers": [{"type": "linear", "out_features": 4, "activation": "relu"}, {"type": "linear", "out_features": 3}],
     }
     inputs = {"X": x.tolist(), "y": y.tolist(), **{k: v.tolist() for k, v in p.items()}}
+    return model, inputs, x, y, p
+
+
+@pytest.mark.parametrize("bug", sorted(BUGS))
+def test_each_planted_bug_is_named(client, bug):
+    model, inputs, x, y, p = planted_network()
     right = numpy_backprop(x, y, p, 0.3)
     key, needle = BUGS[bug]
     wrong = numpy_backprop(x, y, p, 0.3, bug)[key]
@@ -561,6 +567,20 @@ def test_each_planted_bug_is_named(client, bug):
     check = checks[f"gradients.{key}"]
     assert not check["passed"]
     assert needle in check["diagnosis"] and needle in check["message"]
+
+
+@pytest.mark.parametrize("bug", sorted(BUGS))
+def test_each_planted_bug_rounded_to_6_decimals_is_named(client, bug):
+    """The same mistakes typed to 6 decimals, graded at the default rtol/atol: named as when exact (audit L1)."""
+    model, inputs, x, y, p = planted_network()
+    key, needle = BUGS[bug]
+    wrong = np.round(numpy_backprop(x, y, p, 0.3, bug)[key], 6)
+    code, out = post(
+        client, "/v1/check", {"model": model, "inputs": inputs, "submission": {"gradients": {key: wrong.tolist()}}}
+    )
+    assert code == 200, out
+    check = out["checks"][0]
+    assert not check["passed"] and needle in check["diagnosis"]
 
 
 def test_first_wrong_layer_from_intermediates(client):

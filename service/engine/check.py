@@ -209,9 +209,12 @@ class Grader:
         problem: Problem | None = None,
         deferred: list | None = None,
         ledger: Ledger | None = None,
+        places: dict[str, str | None] | None = None,
     ) -> None:
         """`ledger`: the request's, with this answer's problem estimate already in it (a problem file or a batch
-        reserves every one first); without it the answer is the request and its estimate is charged here."""
+        reserves every one first); without it the answer is the request and its estimate is charged here.
+        `places`: what a missing answer's message says to do, by check name, in the caller's terms (a problem
+        file's answers: a PrairieLearn input box, the problem's key); else where it goes in the submission."""
         self.request, self.limits = request, limits
         self.deadline = Deadline(limits.max_wall_seconds)
         problem = problem or Problem(request, limits)
@@ -231,6 +234,7 @@ class Grader:
         self.ledger = ledger
         self.warnings = list(problem.warnings)
         self.misnamed: list[str] = []  # checks naming nothing the model has (a problem file's error)
+        self.places = places or {}
 
     def title(self, name: str) -> str:
         section, _, key = name.partition(".")
@@ -336,7 +340,8 @@ class Grader:
         result["expected"] = expected if self.multi else expected[0]
         answer = _answer(self.request["submission"], name)
         if answer is None:
-            result["message"] = f"{result['title']}: no answer given (add {self._where(name)} to the submission)"
+            place = self.places.get(name) or f"add {self._where(name)} to the submission"
+            result["message"] = f"{result['title']}: no answer given ({place})"
             return result
         if section == "gradient_formulas":
             result["formula"] = echo.clip(answer)
@@ -350,13 +355,13 @@ class Grader:
                 return result
             actual, problem = self._numbers(answer, expected)
             self._echo(result, answer, shaped=problem is None)
+        profile = tolerance.resolve(options, self.request, rtol, atol)
         if problem:
             result["message"] = f"{result['title']}: {problem}"
-            self._diagnose(result, name, answer, expected)
+            self._diagnose(result, name, answer, expected, profile)
             return result
         if section == "gradient_formulas":
             result["actual"] = actual if self.multi else actual[0]
-        profile = tolerance.resolve(options, self.request, rtol, atol)
         if profile is None and self.deferred is not None:  # the vectorized path knows the classic rule only
             self.deferred.append((self, result, expected, actual, section, key))
             self.undiagnosed.append((result, answer, expected))
@@ -366,13 +371,16 @@ class Grader:
         else:
             tolerance.apply(result, expected, actual, profile, self._at)
         if not result["passed"]:
-            self._diagnose(result, name, answer, expected)
+            self._diagnose(result, name, answer, expected, profile)
         return result
 
-    def _diagnose(self, result: dict, name: str, answer, expected: list[torch.Tensor]) -> None:
-        """Name the classic mistake a wrong gradient matches (diagnose_bugs.py); a network re-runs with each
-        mistake built in, charged to the request's budget: without budget left, the verdict stands undiagnosed. Only
-        with feedback "expected": with the answer, the mistake gives the reference (feedback.py)."""
+    def _diagnose(
+        self, result: dict, name: str, answer, expected: list[torch.Tensor], profile: dict | None = None
+    ) -> None:
+        """Name the classic mistake a wrong gradient matches at the check's tolerance (its `profile`, else its
+        rtol/atol: diagnose_bugs.py); a network re-runs with each mistake built in, charged to the request's budget:
+        without budget left, the verdict stands undiagnosed. Only with feedback "expected": with the answer, the
+        mistake gives the reference (feedback.py)."""
         if result.get("feedback", feedback.DEFAULT) != feedback.DEFAULT:
             return
         charge = cost.diagnosis_estimate(self.request, self.shapes, self.limits)
@@ -380,7 +388,8 @@ class Grader:
             self.ledger.charge(charge, self.limits)
         except LimitExceeded:
             return
-        mistake = diagnose_bugs.diagnose(self, name, answer, expected)
+        rule = profile or {"rtol": result["rtol"], "atol": result["atol"]}
+        mistake = diagnose_bugs.diagnose(self, name, answer, expected, rule)
         if mistake:
             result["diagnosis"] = mistake
             result["message"] += f"; likely mistake: {mistake}"

@@ -1,7 +1,9 @@
 """Name the classic backprop mistake behind a wrong gradient, and the first layer whose intermediate is wrong.
 
 A wrong answer is compared with references computed for each classic mistake (the network re-run with the
-mistake built in, or a simple transform of the right answer). The first one the answer matches is named.
+mistake built in, or a simple transform of the right answer), at the check's own tolerance: an answer rounded
+as the grading allows still gets its mistake named (audit L1). The first mistake it matches exactly (to MATCH)
+is named; else the closest of those it matches at the check's tolerance (the first in order on a tie).
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ import re
 
 import torch
 
+from . import tolerance
 from .closeness import allclose
 from .compute import forward_backward
 from .network import Network, Variant
 from .values import parse_tensor
 
-MATCH = {"rtol": 1e-6, "atol": 1e-9}
+MATCH = {"rtol": 1e-6, "atol": 1e-9}  # "exactly": this mistake and nothing else (no closer one is looked for)
 
 
 def _raw(model):
@@ -92,31 +95,59 @@ def candidates(grader, key: str, expected: list[torch.Tensor]):
         )
 
 
-def _same(a: torch.Tensor, c: torch.Tensor, flatten: bool) -> bool:
-    if a.shape != c.shape:
-        if not (flatten and a.numel() == c.numel()):
-            return False
-        a = a.reshape(c.shape)
-    return allclose(a, c, **MATCH)
+def _shaped(actual: list[torch.Tensor], wrong: list[torch.Tensor], flatten: bool) -> list[torch.Tensor] | None:
+    """The answer in the mistake's shapes (reshaped only for a mistake that keeps the count), or None."""
+    out = []
+    for a, w in zip(actual, wrong, strict=True):
+        if a.shape != w.shape:
+            if not (flatten and a.numel() == w.numel()):
+                return None
+            a = a.reshape(w.shape)
+        out.append(a)
+    return out
 
 
-def diagnose(grader, name: str, answer, expected: list[torch.Tensor]) -> str | None:
-    """The classic mistake a wrong `gradients.<key>` answer matches at every point, or None."""
+def _within(actual: list[torch.Tensor], reference: list[torch.Tensor], rule: dict) -> bool:
+    """Whether `actual` would pass a check against `reference` under `rule`: a tolerance profile (tolerance.resolve)
+    or the classic {"rtol", "atol"}."""
+    if any(a.shape != r.shape for a, r in zip(actual, reference, strict=True)):
+        return False
+    if "profile" in rule:
+        return tolerance.judge(rule, reference, actual).passed
+    return all(allclose(a, r, rule["rtol"], rule["atol"]) for a, r in zip(actual, reference, strict=True))
+
+
+def _distance(actual: list[torch.Tensor], wrong: list[torch.Tensor]) -> float:
+    return max(((a - w).abs().max().item() for a, w in zip(actual, wrong, strict=True) if a.numel()), default=0.0)
+
+
+def diagnose(grader, name: str, answer, expected: list[torch.Tensor], rule: dict) -> str | None:
+    """The classic mistake a wrong `gradients.<key>` answer matches at every point under the check's tolerance
+    `rule`, or None. Called for failed checks only; a mistake whose values would pass the check is never named."""
     section, _, key = name.partition(".")
     if section != "gradients":
         return None
     actual = _parse(answer, len(expected), grader.multi)
     if actual is None:
         return None
+    closest: tuple[float, str] | None = None
     for mistake, make in candidates(grader, key, expected):
         wrong = make()
         pairs = zip(wrong, expected, strict=True)
         if any(w.shape == e.shape and allclose(w, e, **MATCH) for w, e in pairs):
             continue  # this mistake makes no difference here: it cannot be told apart
-        flatten = "wrong axis" in mistake
-        if all(_same(a, w, flatten) for a, w in zip(actual, wrong, strict=True)):
+        if _within(wrong, expected, rule):
+            continue  # at this tolerance the mistake's values are right: naming it would mislead
+        shaped = _shaped(actual, wrong, flatten="wrong axis" in mistake)
+        if shaped is None:
+            continue
+        if _within(shaped, wrong, MATCH):
             return mistake
-    return None
+        if _within(shaped, wrong, rule):
+            distance = _distance(shaped, wrong)
+            if closest is None or distance < closest[0]:
+                closest = (distance, mistake)
+    return closest[1] if closest else None
 
 
 def first_wrong_layer(grader, checks: list[dict]) -> dict | None:

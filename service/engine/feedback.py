@@ -11,8 +11,8 @@
   matters as much: with it, one interval. Every distance-based message is still an oracle: a student who may
   resubmit without end can bisect on the decade boundaries; "verdict" gives nothing to bisect on.
   No diagnosis: "the sign is flipped" with the student's own answer is the reference (so are "transposed",
-  "the 1/N is missing" and the others, by construction: they match the answer to 1e-6). The chain rule is named
-  without its factors' values (their product is the reference).
+  "the 1/N is missing" and the others, by construction: they match the answer to the check's tolerance). The
+  chain rule is named without its factors' values (their product is the reference).
 - "verdict": "<title> is correct" / "<title> is not correct"; format errors, missing answers and shape errors keep
   their messages (they say nothing of the values).
 
