@@ -43,9 +43,10 @@ RESULTS = [
     errors=(400, 413, 415, 422, 503),
     description="""`problem` is the instructor's problem file (YAML or JSON, sent as JSON); a problem file that does
 not validate or cannot be computed is a 400/422 `/problems/invalid-problem` problem with
-`party: instructor` (never a student's score). `answers` may be anything: a missing, mistyped or
-mis-shaped answer, or an unparsable formula, is a failed check with a message (PrairieLearn: not
-gradable, no attempt charged, unless the problem says `format_errors: failed_test`). Checks that
+`party: instructor` (never a student's score). `answers` may be anything: a missing or mis-shaped answer is a failed
+check with a message; an answer that cannot be read as one of the expected form (mistyped, an
+unparsable formula: a format error) is too, except on PrairieLearn, where it is not gradable and
+costs no attempt unless the problem says `format_errors: failed_test`. Checks that
 are `hidden`, or `after_due_date` / `after_published` and not in `released`, are neither shown nor
 counted in what the student reads; Gradescope gets them with their visibility. The problems share
 one cost budget (MAX_REQUEST_BYTES) and one deadline (MAX_WALL_SECONDS).
