@@ -243,6 +243,42 @@ def test_batchnorm_and_dropout_equal_torch(client):
         assert list(out["intermediates"]) == ["Z1", "BN1", "A1", "D1"]
 
 
+def test_seeded_dropout_mask_drawn_once_per_request(client, monkeypatch):
+    """`numeric` runs a forward pass per perturbed element; a seeded layer seeds its RandomState once per request
+    (audit F8: once per pass, ~120 us each, charged ~30 us), and its mask stays the one that seed draws."""
+    seeds: list[int] = []
+
+    class Counting(np.random.RandomState):
+        def __init__(self, seed=None):
+            seeds.append(seed)
+            super().__init__(seed)
+
+    monkeypatch.setattr(np.random, "RandomState", Counting)
+    layers = [{"type": "linear", "out_features": 3}, *({"type": "dropout", "p": 0.3, "seed": s} for s in (4, 5, 4))]
+    body = {
+        "model": {"kind": "network", "layout": "torch", "loss": {"type": "mse"}, "layers": layers},
+        "inputs": {
+            "X": [[0.5, -1.0], [2.0, 0.25]],
+            "y": [[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]],
+            "W1": [[1.0, 2.0], [-0.5, 0.25], [3.0, -1.0]],
+            "b1": [0.1, 0.2, -0.3],
+        },
+        "dtype": "float64",
+        "include": ["numeric"],
+    }
+    status, out = post(client, "/v1/gradients", body)
+    assert status == 200, out
+    assert out["numeric"]["max_abs_error"] < 1e-6
+    assert sorted(seeds) == [4, 5]  # layers 2 and 4 share (seed, shape, p): one draw serves both
+    # Every pass multiplies by the very mask a fresh RandomState(seed) gives, in the activation's dtype.
+    net = network.Network(body["model"])
+    for dtype in (torch.float32, torch.float64):
+        h = torch.ones(2, 3, dtype=dtype)
+        want = torch.from_numpy(np.random.RandomState(4).rand(2, 3) < 0.7).to(dtype) * (1.0 / 0.7)
+        for _ in range(2):
+            assert torch.equal(net._dropout_mask(layers[1], h, None), want)
+
+
 # --- Jacobians, VJPs, JVPs ----------------------------------------------------------------------------
 
 
