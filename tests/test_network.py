@@ -3,6 +3,7 @@ profiles and the diagnosis of classic backprop mistakes — in process and again
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -241,6 +242,42 @@ def test_batchnorm_and_dropout_equal_torch(client):
         for name, g in zip(("W1", "b1", "gamma1", "beta1", "X"), grads, strict=True):
             assert torch.allclose(torch.tensor(out["gradients"][name], dtype=torch.float64), g, atol=1e-12), name
         assert list(out["intermediates"]) == ["Z1", "BN1", "A1", "D1"]
+
+
+def test_seeded_dropout_mask_drawn_once_per_request(client, monkeypatch):
+    """`numeric` runs a forward pass per perturbed element; a seeded layer seeds its RandomState once per request
+    (audit F8: once per pass, ~120 us each, charged ~30 us), and its mask stays the one that seed draws."""
+    seeds: list[int] = []
+
+    class Counting(np.random.RandomState):
+        def __init__(self, seed=None):
+            seeds.append(seed)
+            super().__init__(seed)
+
+    monkeypatch.setattr(np.random, "RandomState", Counting)
+    layers = [{"type": "linear", "out_features": 3}, *({"type": "dropout", "p": 0.3, "seed": s} for s in (4, 5, 4))]
+    body = {
+        "model": {"kind": "network", "layout": "torch", "loss": {"type": "mse"}, "layers": layers},
+        "inputs": {
+            "X": [[0.5, -1.0], [2.0, 0.25]],
+            "y": [[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]],
+            "W1": [[1.0, 2.0], [-0.5, 0.25], [3.0, -1.0]],
+            "b1": [0.1, 0.2, -0.3],
+        },
+        "dtype": "float64",
+        "include": ["numeric"],
+    }
+    status, out = post(client, "/v1/gradients", body)
+    assert status == 200, out
+    assert out["numeric"]["max_abs_error"] < 1e-6
+    assert sorted(seeds) == [4, 5]  # layers 2 and 4 share (seed, shape, p): one draw serves both
+    # Every pass multiplies by the very mask a fresh RandomState(seed) gives, in the activation's dtype.
+    net = network.Network(body["model"])
+    for dtype in (torch.float32, torch.float64):
+        h = torch.ones(2, 3, dtype=dtype)
+        want = torch.from_numpy(np.random.RandomState(4).rand(2, 3) < 0.7).to(dtype) * (1.0 / 0.7)
+        for _ in range(2):
+            assert torch.equal(net._dropout_mask(layers[1], h, None), want)
 
 
 # --- Jacobians, VJPs, JVPs ----------------------------------------------------------------------------
@@ -486,6 +523,140 @@ def test_partial_credit_by_fraction_of_elements(client):
     check = out["checks"][0]
     assert not check["passed"] and check["points"] == pytest.approx(5.0)
     assert check["tolerance"]["fraction_within"] == pytest.approx(5 / 6)
+
+
+@pytest.mark.parametrize("profile", ["rel_error", "norm_ratio", "allclose", "round_atol", "exact"])
+def test_tolerance_profile_runs_no_torch_op_per_point(profile):
+    """A check is charged 4 KiB whatever its number of points: a profile's comparison makes the same torch calls
+    for 80 points as for 8 (it made ~15-20 per point: 257 checks x 80 points took 2.4 s, audit F9). Reading a
+    tensor's shape or size (metadata, no op) is left out of the count."""
+    from torch.overrides import TorchFunctionMode
+
+    from service.engine import tolerance
+
+    class Count(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.ops += getattr(func, "__name__", "") not in ("__get__", "numel", "is_contiguous")
+            return func(*args, **(kwargs or {}))
+
+    settings = {**tolerance.DEFAULTS[profile], "profile": profile, **({"rtol": 1e-5} if profile == "allclose" else {})}
+    ops = []
+    for n in (8, 80):
+        expected = [torch.full((2, 3), i + 1.0, dtype=torch.float64) for i in range(n)]
+        actual = [e * (1 + 1e-3 * (i % 2)) for i, e in enumerate(expected)]
+        result = {"title": "W", "max_points": 1.0, "passed": False, "points": 0.0}
+        with Count() as count:
+            tolerance.apply(result, expected, actual, settings, lambda i: f" at point {i}")
+        assert result["passed"] is False and result["worst_point"] == 1, result
+        ops.append(count.ops)
+    assert ops[0] == ops[1] < 30, ops
+
+
+def _torch_judge(profile, expected, actual):
+    """tolerance.judge and apply's errors as they were, point by point in torch ops (audit F9: ~15-20 ops a point)."""
+    from service.engine.tolerance import Verdict, limit_of
+
+    metrics, oks = [], []
+    for e, a in zip(expected, actual, strict=True):
+        kind, diff = profile["profile"], (a - e).abs()
+        if kind in ("rel_error", "norm_ratio"):
+            score = diff / torch.clamp(a.abs() + e.abs(), min=1e-8)
+            ok = score <= profile["threshold"]
+        elif kind == "allclose":
+            score = diff / (profile["atol"] + profile["rtol"] * e.abs())
+            ok = diff <= profile["atol"] + profile["rtol"] * e.abs()
+        elif kind == "round_atol":
+            d = profile["decimals"]
+            score = (torch.round(a, decimals=d) - torch.round(e, decimals=d)).abs()
+            ok = score <= profile["atol"]
+        else:
+            score, ok = diff, a == e
+        oks.append(ok | (torch.isnan(a) & torch.isnan(e)))
+        if a.numel() == 0:
+            metrics.append(0.0)
+        elif kind == "norm_ratio":
+            denominator = (torch.linalg.vector_norm(a) + torch.linalg.vector_norm(e)).item()
+            metrics.append(torch.linalg.vector_norm(a - e).item() / denominator if denominator else 0.0)
+        else:
+            metrics.append(score.max().item())
+    if profile["profile"] == "norm_ratio":
+        point_passed = [m <= limit_of(profile) for m in metrics]
+    else:
+        point_passed = [bool(ok.all()) for ok in oks]
+    failing = [i for i, p in enumerate(point_passed) if not p]
+    worst = failing[0] if failing else max(range(len(metrics)), key=metrics.__getitem__)
+    within, total = sum(int(ok.sum()) for ok in oks), sum(ok.numel() for ok in oks)
+    verdict = Verdict(not failing, metrics[worst], within / total if total else 1.0, worst, total - within, total)
+    e, a = expected[worst], actual[worst]
+    finite = bool(torch.isfinite(a).all() and torch.isfinite(e).all())
+    pairs = [(x, y) for x, y in zip(actual, expected, strict=True) if x.numel()]
+    abs_error = max(((x - y).abs().max().item() for x, y in pairs), default=0.0) if finite else None
+    rel = [((x - y).abs() / torch.clamp(y.abs() + x.abs(), min=1e-8)).max().item() for x, y in pairs]
+    return verdict, abs_error, max(rel, default=0.0) if finite else None
+
+
+def test_tolerance_profiles_in_numpy_match_the_per_point_torch_path():
+    """Every profile compares all points at once in numpy (audit F9): the verdict, metric, worst point, counts and
+    errors are the very floats the per-point torch path gave, for mixed shapes, empty and transposed tensors, NaN,
+    infinities, -0.0, ties, overflow and values just inside and outside each rule."""
+    from service.engine import tolerance
+
+    profiles = [
+        {"profile": "rel_error", "threshold": 1e-7},
+        {"profile": "rel_error", "threshold": 0.0, "partial_credit": True},
+        {"profile": "norm_ratio", "threshold": 2e-7},
+        {"profile": "norm_ratio", "threshold": 1e-3},
+        {"profile": "allclose", "rtol": 1e-5, "atol": 1e-8},
+        {"profile": "allclose", "rtol": 0.0, "atol": 0.0, "partial_credit": True},
+        {"profile": "round_atol", "decimals": 4, "atol": 1e-4},
+        {"profile": "round_atol", "decimals": 0, "atol": 0.0},
+        {"profile": "round_atol", "decimals": 15, "atol": 1e-4},
+        {"profile": "exact"},
+    ]
+    special = [np.nan, np.inf, -np.inf, -0.0, 0.0, 1e308, -1e308, 5e-324, 0.00005, 0.5, 2.5, 1e-9]
+    rng = np.random.RandomState(11)
+
+    def sample(shape, kind):
+        e = rng.randn(*shape) * 10.0 ** rng.randint(-12, 12)
+        if kind in ("close", "exact"):
+            a = e * (1 + rng.choice([0.0, 1e-12, 1e-8, 1e-6, 1e-3], size=shape))
+        elif kind == "special":
+            a, e = rng.choice(special, size=shape), rng.choice(special + [1.0], size=shape)
+        else:
+            a = rng.randn(*shape)
+        return torch.from_numpy(np.asarray(e, dtype=np.float64)), torch.from_numpy(np.asarray(a, dtype=np.float64))
+
+    shape_sets = [[(), (3,), (2, 3), (0,), (4, 1), (1,)]] + [
+        [shape] * 4 for shape in [(2, 2), (), (5,), (0,), (40, 30)]
+    ]
+    cases = 0
+    views = (None, "reference", "both")
+    for shapes, kind, transposed in itertools.product(shape_sets, ("close", "special", "far", "exact"), views):
+        points = [sample(shape, kind) for shape in shapes]
+        if kind == "exact":  # every point exact: ties decide the worst point
+            points = [(e, e.clone()) for e, _ in points]
+        if transposed:  # a transposed reference (a network's dlai-layout intermediate is a view), and answer
+            points = [
+                (e.t(), a.t() if transposed == "both" else a.t().contiguous()) if e.dim() == 2 else (e, a)
+                for e, a in points
+            ]
+        expected, actual = [e for e, _ in points], [a for _, a in points]
+        for profile in profiles:
+            for i in range(len(points)):  # each point alone too: a verdict shows only the worst point's metric
+                alone = _torch_judge(profile, expected[i : i + 1], actual[i : i + 1])[0]
+                assert repr(tolerance.judge(profile, expected[i : i + 1], actual[i : i + 1])) == repr(alone)
+            verdict, abs_error, rel_error = _torch_judge(profile, expected, actual)
+            assert repr(tolerance.judge(profile, expected, actual)) == repr(verdict), (shapes, kind, profile)
+            result = {"title": "W", "max_points": 1.0, "passed": False, "points": 0.0}
+            tolerance.apply(result, expected, actual, profile, lambda i: f" at point {i}")
+            assert repr((result["abs_error"], result["rel_error"])) == repr((abs_error, rel_error)), (shapes, profile)
+            assert repr(result["tolerance"]["value"]) == repr(verdict.metric)
+            cases += 1
+    assert cases == 6 * 4 * 3 * len(profiles)
 
 
 # --- grading: diagnosis of classic mistakes --------------------------------------------------------------

@@ -139,6 +139,10 @@ class Network:
         self.l2 = spec.get("l2") or {"reg": 0.0, "form": "sum_sq", "include_biases": False}
         self.params: list[Param] = []
         self.check_wrt: tuple[str, ...] = ()
+        # A seeded dropout layer's keep mask by (seed, shape, keep_prob): drawn once per request, not once per
+        # forward pass (numeric differentiation runs hundreds); seeding a RandomState costs ~120 us, far more than
+        # the layer is charged. One byte per element, within the 4 elements a layer's output is charged.
+        self._seeded_masks: dict[tuple, np.ndarray] = {}
 
     # --- shapes and tensors -----------------------------------------------------------------------
 
@@ -360,10 +364,16 @@ class Network:
             if mask.shape != h.shape:
                 raise ShapeError(f"dropout mask has shape {list(mask.shape)}, the activation {list(h.shape)}")
             return mask * scale
-        rng = np.random.RandomState(layer["seed"]) if "seed" in layer else stream
-        if rng is None:
+        if "seed" in layer:
+            key = (layer["seed"], tuple(h.shape), keep_prob)
+            keep = self._seeded_masks.get(key)
+            if keep is None:
+                keep = self._seeded_masks[key] = np.random.RandomState(layer["seed"]).rand(*h.shape) < keep_prob
+        elif stream is None:
             raise ShapeError("dropout needs a `mask`, a `seed`, or the model's `dropout_seed`")
-        return torch.from_numpy(rng.rand(*h.shape) < keep_prob).to(h.dtype) * scale
+        else:
+            keep = stream.rand(*h.shape) < keep_prob
+        return torch.from_numpy(keep).to(h.dtype) * scale
 
     def data_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         kind = self.loss["type"]
