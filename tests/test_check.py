@@ -248,6 +248,28 @@ def test_non_finite_answers(client):
     assert c["passed"] is False and c["abs_error"] is None and c["actual"] == "NaN"
 
 
+@pytest.mark.parametrize("profile", ["rel_error", "allclose", "round_atol", "norm_ratio"])
+def test_a_profile_check_with_a_non_finite_error_is_null_in_every_format(client, profile):
+    """A tolerance profile's abs_error and rel_error are null when an error at any point is not finite, as under
+    the classic rule, in every format: the worst point here is finite, so another point's infinity used to reach
+    the result, written null by JSON and "Infinity" (with a warning) by Gradescope."""
+    body = {
+        "model": {"kind": "expression", "formula": "x**2"},
+        "points": [{"x": 1.0}, {"x": 2.0}],
+        "submission": {"gradients": {"x": [5.0, "Infinity"]}, "loss": [2.0, "NaN"]},
+        "tolerance": {"profile": profile},
+    }
+    plain = check(client, body)
+    for c in plain["checks"]:
+        assert not c["passed"] and c["abs_error"] is None and c["rel_error"] is None
+    graded = client.post("/v1/check?format=gradescope", json=body).get_json()
+    assert [t["extra_data"]["abs_error"] for t in graded["tests"]] == [None, None]
+    assert [t["extra_data"]["rel_error"] for t in graded["tests"]] == [None, None]
+    assert "warnings" not in graded["extra_data"]
+    finite = {**body, "submission": {"gradients": {"x": [5.0, 4.5]}, "loss": [2.0, 4.0]}}
+    assert all(c["abs_error"] == 3.0 for c in check(client, finite)["checks"][1:])
+
+
 # --- diagnosis at the check's own tolerance (audit L1) -------------------------------------------------------
 
 SIGN_FLIPPED = "the sign is flipped (a gradient ascent step, or a - where the chain rule has a +)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from pathlib import Path
 
@@ -591,12 +592,11 @@ def _torch_judge(profile, expected, actual):
     worst = failing[0] if failing else max(range(len(metrics)), key=metrics.__getitem__)
     within, total = sum(int(ok.sum()) for ok in oks), sum(ok.numel() for ok in oks)
     verdict = Verdict(not failing, metrics[worst], within / total if total else 1.0, worst, total - within, total)
-    e, a = expected[worst], actual[worst]
-    finite = bool(torch.isfinite(a).all() and torch.isfinite(e).all())
     pairs = [(x, y) for x, y in zip(actual, expected, strict=True) if x.numel()]
-    abs_error = max(((x - y).abs().max().item() for x, y in pairs), default=0.0) if finite else None
+    abs_errors = [(x - y).abs().max().item() for x, y in pairs]
     rel = [((x - y).abs() / torch.clamp(y.abs() + x.abs(), min=1e-8)).max().item() for x, y in pairs]
-    return verdict, abs_error, max(rel, default=0.0) if finite else None
+    largest = lambda errors: max(errors, default=0.0) if all(map(math.isfinite, errors)) else None  # noqa: E731
+    return verdict, largest(abs_errors), largest(rel)
 
 
 def test_tolerance_profiles_in_numpy_match_the_per_point_torch_path():

@@ -6,6 +6,7 @@ the fraction of elements within tolerance). Values are float64; expected is auto
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,19 +151,22 @@ def _judge(profile: dict, expected: list[torch.Tensor], actual: list[torch.Tenso
     )
 
 
+def _largest(per_point: list) -> float | None:
+    """The largest of the points' errors (0 without elements); None when one is not finite, as in the classic
+    rule: null in every format (a worst point that was finite let another point's infinity through, which JSON
+    wrote as null and Gradescope as "Infinity")."""
+    errors = [x for x in per_point if x is not None]
+    return max(errors, default=0.0) if all(math.isfinite(x) for x in errors) else None
+
+
 def apply(result: dict, expected: list[torch.Tensor], actual: list[torch.Tensor], profile: dict, at) -> None:
     """Fill a check result from the profile's verdict: passed, points (partial credit), message, `tolerance`."""
     flat = _Flat(profile, expected, actual)
     verdict = _judge(profile, expected, actual, flat)
     e, a = expected[verdict.worst_point], actual[verdict.worst_point]
-    finite = bool(torch.isfinite(a).all() and torch.isfinite(e).all())
-    if finite:  # Python's max over the points with elements, in order (a NaN elsewhere counts only when it is first)
-        abs_errors = flat.per_point(np.maximum, flat.diff, None)
-        rel_errors = flat.per_point(np.maximum, flat.rel, None)
-        result["abs_error"] = max((x for x in abs_errors if x is not None), default=0.0)
-        result["rel_error"] = max((x for x in rel_errors if x is not None), default=0.0)
-    else:
-        result["abs_error"] = result["rel_error"] = None
+    finite = bool(torch.isfinite(a).all() and torch.isfinite(e).all())  # at the worst point: the message's "off by"
+    result["abs_error"] = _largest(flat.per_point(np.maximum, flat.diff, None))
+    result["rel_error"] = _largest(flat.per_point(np.maximum, flat.rel, None))
     result["worst_point"] = verdict.worst_point
     limit = limit_of(profile)
     result["tolerance"] = {
