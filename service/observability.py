@@ -151,14 +151,34 @@ def watch_reference_cache(cache) -> None:
     cache.listener = on_event
 
 
+class MultiProcessCollector(multiprocess.MultiProcessCollector):
+    """The library's collector, minus the files another process is creating at this moment: MmapedDict opens a
+    new file and only then sizes it, and a scrape that read it in between failed with struct.error (a 500, seen
+    while workers recycled every 20 requests). Such a file holds no value yet, so skipping it loses nothing."""
+
+    def __init__(self, registry: CollectorRegistry, path: str) -> None:
+        super().__init__(registry, path)
+        self.directory = path
+
+    def collect(self):
+        files = []
+        for entry in os.scandir(self.directory):
+            try:
+                if entry.name.endswith(".db") and entry.stat().st_size > 0:
+                    files.append(entry.path)
+            except FileNotFoundError:  # a dead worker's live gauge, removed by the master meanwhile
+                continue
+        return self.merge(files, accumulate=True)
+
+
 def metrics_response() -> Response:
     """Prometheus text format; in multiprocess mode the workers' files are summed on every scrape."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        registry = REGISTRY
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return Response(encoder(REGISTRY), content_type=content_type)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path)
     return Response(encoder(registry), content_type=content_type)
 
 
