@@ -22,6 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from . import metrics_compact
 from .metric_labels import method_label, route_label
 from .process_metrics import update_process_memory
 
@@ -172,14 +173,17 @@ class MultiProcessCollector(multiprocess.MultiProcessCollector):
 
 
 def metrics_response() -> Response:
-    """Prometheus text format; in multiprocess mode the workers' files are summed on every scrape."""
+    """Prometheus text format; in multiprocess mode the workers' files are summed on every scrape, under the shared
+    lock that keeps the master's compaction from swapping files mid-scrape (service/metrics_compact.py)."""
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path:
         return Response(encoder(REGISTRY), content_type=content_type)
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path)
-    return Response(encoder(registry), content_type=content_type)
+    with metrics_compact.shared_lock(path):
+        body = encoder(registry)
+    return Response(body, content_type=content_type)
 
 
 def init_observability(app: Flask) -> None:
