@@ -73,8 +73,10 @@ def dead_files(path: str, keep: Iterable[int], running: Callable[[int], bool] = 
 
 def write_merged(files: list[str], target: str) -> None:
     """One file with the values of `files` combined as a scrape combines them (sums; min/max for such gauges;
-    histogram buckets per bucket, not cumulated). The target is pre-allocated, so writing through the mmap cannot
-    fault (SIGBUS, which would kill the master) on a full tmpfs: a full volume raises OSError here instead."""
+    histogram buckets per bucket, not cumulated). Counts are whole numbers and add up exactly; float sums (a
+    histogram's _sum) are added in another order than a scrape would, which can move their last bit. The target
+    is pre-allocated, so writing through the mmap cannot fault (SIGBUS, which would kill the master) on a full
+    tmpfs: a full volume raises OSError here instead."""
     merged = [
         (metric, sample) for metric in MultiProcessCollector.merge(files, accumulate=False) for sample in metric.samples
     ]
@@ -109,7 +111,7 @@ def compact(path: str, keep: Iterable[int], log, attempts: int = 5, pause: float
     try:
         for kind, files in sorted(groups.items()):
             archive = os.path.join(path, f"{kind}_{ARCHIVE}.db")
-            sources = files + [archive] if os.path.exists(archive) else files
+            sources = [archive, *files] if os.path.exists(archive) else files
             fresh = archive + ".new"  # not *.db: no scrape reads it
             built.append((fresh, archive, files))
             write_merged(sources, fresh)
