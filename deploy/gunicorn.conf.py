@@ -212,12 +212,30 @@ _empty_multiproc_dir()
 
 
 def child_exit(server, worker):
-    """Tell prometheus_client a worker is gone, so its live gauges stop being reported."""
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    """Tell prometheus_client a worker is gone, so its live gauges stop being reported, and merge the counter,
+    histogram and max-gauge files of every dead worker into archive files (service/metrics_compact.py): they
+    piled up at ~20 KiB a recycled worker, and every scrape read all of them.
+
+    gunicorn 27's Arbiter.reap_workers pops the worker from server.WORKERS after waitpid() has reaped it, then
+    calls this hook; it runs in the master's main loop (Arbiter.run -> handle_chld; the signal handlers only
+    queue), and the replacement is forked later in that loop (manage_workers -> spawn_worker). So no process
+    forked by this master can have a dead worker's pid while its files are merged. "Dead" is every pid in the
+    directory but the master's and the live workers' (a compaction that was skipped is caught up), which no
+    process is running (one that gunicorn did not fork, e.g. after USR2, keeps its files)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
         return
     from prometheus_client import multiprocess  # imported lazily: only needed in multiprocess mode
 
     multiprocess.mark_process_dead(worker.pid)
+    try:
+        from service import metrics_compact
+
+        others = ("reexec_pid", "master_pid", "dirty_arbiter_pid")  # a USR2 child or parent, gunicorn 27's arbiter
+        keep = {os.getpid(), *server.WORKERS, *(getattr(server, name, 0) for name in others)}
+        metrics_compact.compact(path, keep, server.log)
+    except Exception:  # never take the master down (an exception here ends its main loop): the files just stay
+        server.log.exception("metrics compaction failed; the files stay until the next worker exit")
 
 
 # A leaving worker (recycled by max_requests or the memory guard, or stopped by SIGTERM) skips Python's

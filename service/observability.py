@@ -22,6 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from . import metrics_compact
 from .metric_labels import method_label, route_label
 from .process_metrics import update_process_memory
 
@@ -151,15 +152,38 @@ def watch_reference_cache(cache) -> None:
     cache.listener = on_event
 
 
+class MultiProcessCollector(multiprocess.MultiProcessCollector):
+    """The library's collector, minus the files another process is creating at this moment: MmapedDict opens a
+    new file and only then sizes it, and a scrape that read it in between failed with struct.error (a 500, seen
+    while workers recycled every 20 requests). Such a file holds no value yet, so skipping it loses nothing."""
+
+    def __init__(self, registry: CollectorRegistry, path: str) -> None:
+        super().__init__(registry, path)
+        self.directory = path
+
+    def collect(self):
+        files = []
+        for entry in os.scandir(self.directory):
+            try:
+                if entry.name.endswith(".db") and entry.stat().st_size > 0:
+                    files.append(entry.path)
+            except FileNotFoundError:  # a dead worker's live gauge, removed by the master meanwhile
+                continue
+        return self.merge(files, accumulate=True)
+
+
 def metrics_response() -> Response:
-    """Prometheus text format; in multiprocess mode the workers' files are summed on every scrape."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        registry = REGISTRY
+    """Prometheus text format; in multiprocess mode the workers' files are summed on every scrape, under the shared
+    lock that keeps the master's compaction from swapping files mid-scrape (service/metrics_compact.py)."""
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return Response(encoder(registry), content_type=content_type)
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return Response(encoder(REGISTRY), content_type=content_type)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path)
+    with metrics_compact.shared_lock(path):
+        body = encoder(registry)
+    return Response(body, content_type=content_type)
 
 
 def init_observability(app: Flask) -> None:

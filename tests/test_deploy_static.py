@@ -499,10 +499,11 @@ def test_gunicorn_conf_manages_the_prometheus_dir(tmp_path):
     (multiproc / "stale").mkdir(parents=True)
     (multiproc / "counter_123.db").write_text("x")
     code = """
-import os, runpy, types
+import logging, os, runpy, types
 ns = runpy.run_path("deploy/gunicorn.conf.py")  # loading the config empties the dir
 assert os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]) == []
-ns["child_exit"](None, types.SimpleNamespace(pid=123))
+server = types.SimpleNamespace(WORKERS={}, log=logging.getLogger("gunicorn.error"))  # what the hook uses of it
+ns["child_exit"](server, types.SimpleNamespace(pid=123))
 """
     clean = {k: v for k, v in os.environ.items() if k not in GUNICORN_ENV}
     proc = subprocess.run(
