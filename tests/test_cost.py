@@ -4,7 +4,6 @@ legitimate work still passes, and the 500s found with hostile input are answers 
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import orjson
@@ -113,15 +112,13 @@ def test_student_formula_of_that_shape_is_a_failed_check_not_an_allocation(clien
         "points": [{"x": column(1000, 0.5), "y": row(1000)}, {"x": column(1000, 1.5), "y": row(1000)}],
         "submission": {"gradient_formulas": {"x": unary_terms(), "y": "sum(x) + 0*y"}},
     }
-    start = time.monotonic()
-    response = post(client, "/v1/check", body)
+    response = post(client, "/v1/check", body)  # a 200, not the deadline's 503: no 10 s evaluation
     assert response.status_code == 200, response.data[:300]
     checks = {c["name"]: c for c in response.json["checks"]}
     bad = checks["gradient_formulas.x"]
     assert not bad["passed"] and bad["actual"] is None
     assert "too large" in bad["message"] and "budget" in bad["message"]
     assert checks["gradient_formulas.y"]["passed"]  # the honest formula next to it is still graded
-    assert time.monotonic() - start < 30  # generous: the point is no 10 GB and no 10 s evaluation
 
 
 def plus(parts: list[str]) -> str:
@@ -148,17 +145,14 @@ def test_forty_student_formulas_over_a_hundred_points_are_graded_not_a_503(clien
         "checks": {f"gradient_formulas.{name}": {} for name in names},
     }
     answers = {"p": {"gradient_formulas": {name: sin_sum("a0", 76) for name in names}}}
-    start = time.monotonic()
     response = post(client, "/v1/grade", {"problem": problem, "answers": answers})
-    elapsed = time.monotonic() - start
-    assert response.status_code == 200, response.data[:300]
+    assert response.status_code == 200, response.data[:300]  # not the 10 s deadline's 503
     checks = response.json["problems"][0]["checks"]
     assert len(checks) == 40 and not any(c["passed"] for c in checks)
     graded = [c for c in checks if c["actual"] is not None]
     too_large = [c for c in checks if "is too large: this request would allocate" in c["message"]]
     assert graded and "autograd gives 1" in graded[0]["message"]  # a wrong answer, told how it is wrong
     assert len(graded) + len(too_large) == 40
-    assert elapsed < 5  # generous: the point is the 10 s deadline
 
 
 def test_a_hundred_student_formulas_over_a_hundred_points_in_one_check(client):
@@ -169,14 +163,11 @@ def test_a_hundred_student_formulas_over_a_hundred_points_in_one_check(client):
         "n_points": 100,
         "submission": {"gradient_formulas": {name: sin_sum("a0", 76) for name in names}},
     }
-    start = time.monotonic()
     response = post(client, "/v1/check", body)
-    elapsed = time.monotonic() - start
-    assert response.status_code == 200, response.data[:300]
+    assert response.status_code == 200, response.data[:300]  # not the 10 s deadline's 503
     checks = response.json["checks"]
     assert len(checks) == 127 and not any(c["passed"] for c in checks)
     assert all(c["actual"] is not None or "is too large" in c["message"] for c in checks)
-    assert elapsed < 5
 
 
 def test_point_estimates_run_once_per_distinct_shape_set(monkeypatch):
@@ -463,13 +454,10 @@ def test_a_batch_of_many_checks_is_refused_before_its_jobs_load(client, monkeypa
     ],
 )
 def test_costly_variants_are_413(client, body):
-    start = time.monotonic()
     response = post(client, "/v1/gradients", body)
-    elapsed = time.monotonic() - start
     problem = response.json
     assert response.status_code == 413, response.data[:300]
     assert problem["limit"]["name"] in ("max_request_bytes", "max_total_elements")
-    assert elapsed < 30  # generous; the 413 comes before any tensor
 
 
 def test_a_single_broadcast_over_max_tensor_elements_names_the_operator(client):
@@ -498,9 +486,7 @@ def per_sample_neuron(n: int, features: int = 0, **extra) -> dict:
 def test_per_sample_neuron_extras_count_a_copy_of_w_and_b_per_sample(client, body, limit):
     """Found by an audit: w and b were counted as given (2 elements), so a 40 KB request built a 100 M-number
     Hessian (+1.5 GB), numeric ran 4n passes into the deadline, and the Jacobian was 9x its cap."""
-    start = time.monotonic()
     problem = assert_budget_413(post(client, "/v1/gradients", body), limit)
-    assert time.monotonic() - start < 5, "refused before any tensor"
     assert problem["limit"]["value"] == getattr(LIMITS, limit)
 
 
@@ -787,12 +773,9 @@ def test_live_hostile_battery_then_the_tutorial_neuron(live_server):
         ),
     ]
     for path, body, name in bodies:
-        start = time.monotonic()
         response = requests.post(url + path, data=orjson.dumps(body), headers=headers, timeout=30)
-        elapsed = time.monotonic() - start
         assert response.status_code == 413 and response.headers["Content-Type"] == PROBLEM, response.text[:300]
         assert response.json()["limit"]["name"] == name
-        assert elapsed < LIMITS.max_wall_seconds + 1
     neuron = requests.post(url + "/v1/gradients", data=orjson.dumps(TUTORIAL_NEURON), headers=headers, timeout=10)
     neuron = neuron.json()
     assert (round(neuron["loss"], 4), round(neuron["gradients"]["w"], 4), round(neuron["gradients"]["b"], 4)) == (
