@@ -16,7 +16,7 @@ from ..engine.batch import compute_many
 from ..engine.check import Ledger, Problem, grade_many
 from ..engine.check import estimate as estimate_check
 from ..engine.compute import estimate_cost
-from ..engine.errors import EngineError, LimitExceeded
+from ..engine.errors import EngineError
 from ..engine.limits import Deadline
 from ..errors import engine_problem, problem, validation_problem
 from ..jsonio import Encoded, read_json
@@ -132,17 +132,7 @@ def _checks_within_budget(jobs: list, limits) -> None:
         for job in jobs
         if isinstance(job, dict) and set(job) == {"check"}
     )
-    estimate = count * cost.CHECK_BYTES
-    if estimate > limits.max_request_bytes:
-        raise LimitExceeded(
-            "max_request_bytes",
-            limits.max_request_bytes,
-            f"the batch's {count} checks would allocate about {estimate / 2**20:.1f} MiB for their results alone; "
-            f"the budget is {limits.max_request_bytes / 2**20:.1f} MiB",
-            estimate=estimate,
-            hint=cost.HINTS["jobs"],
-            breakdown={"checks": estimate},
-        )
+    cost.batch_require(limits, count * cost.CHECK_BYTES, count, "checks", hint=cost.HINTS["jobs"])
 
 
 def _gradients_key(spec: dict) -> bytes:
@@ -183,13 +173,12 @@ def _within_budget(
     charged = 0
 
     def charge(amount: int) -> None:
-        """Add a job's cost; batch_require (which sums them all) only once the running total is over the budget,
-        to raise its 413: once per job, the sum made a batch of n jobs O(n²)."""
+        """Add a job's cost; batch_require raises the batch's 413 once the running total is over the budget."""
         nonlocal charged
         costs.append(amount)
         charged += amount
         if charged > limits.max_request_bytes:
-            cost.batch_require(costs, limits, of=total if len(costs) < total else None)
+            cost.batch_require(limits, charged, len(costs), of=total if len(costs) < total else None)
 
     gradient_estimates: dict[bytes, int | EngineError] = {}
     for i, spec in gradient_jobs:
