@@ -155,8 +155,9 @@ def _gradients_key(spec: dict) -> bytes:
 
 
 def _distinct_point_shapes(spec: dict) -> int:
+    """The shape sets a check's estimate walks (cost.distinct_shapes): what charging one that refused it counts."""
     points = spec.get("points") or [spec.get("inputs", {})]
-    return len({tuple((name, data.shape) for name, data in point.items()) for point in points})
+    return len(cost.distinct_shapes([{name: data.shape for name, data in point.items()} for point in points]))
 
 
 def _within_budget(
