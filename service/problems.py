@@ -114,8 +114,9 @@ def _charge(problems: list[dict], requests: list[dict], limits: Limits) -> int:
             raise
         except EngineError as err:
             raise _uncomputable(index, problem, err) from None
-    cost.batch_require(costs, limits, "problems", "the problem file's")
-    return sum(costs)
+    total = sum(costs)
+    cost.batch_require(limits, total, len(costs), "problems", "the problem file's")
+    return total
 
 
 def _uncomputable(index: int, problem: dict, err: EngineError) -> InvalidProblem:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import random
 
+import orjson
 import pytest
+import requests
 
 import service.engine.batch as batch_engine
 import service.views.batch as batch_view
 import service.views.check_loading as check_loading
 from conftest import TUTORIAL_NEURON, balanced_sum
-from service.engine import refcache
+from service.engine import cost, refcache
+from service.engine.check import estimate as estimate_check
+from service.engine.compute import estimate_cost
+from service.engine.limits import Limits
 from service.views.check_loading import check_request, problem_json
 
 CHECK = {
@@ -283,3 +288,91 @@ def test_deferred_comparisons_are_diagnosed_at_the_checks_tolerance(client):
     assert [r["checks"][0]["diagnosis"] for r in results] == [SIGN_FLIPPED, TRANSPOSED]
     for job, result in zip(jobs, results, strict=True):
         assert result == client.post("/v1/check", json=job["check"]).json
+
+
+# --- the batch's budget: jobs charged in job order as they load ------------------------------------------------
+
+BIG = {  # 34 MiB estimated: fits alone, a handful fill the budget
+    "model": {"kind": "expression", "formula": "sum(sin(x*y) + x*y)"},
+    "inputs": {"x": [[0.5]] * 1000, "y": [[0.25] * 1000]},
+    "wrt": ["x"],
+}
+
+
+def network_job(seed: int) -> dict:
+    """Audit F6's job: a 64-layer generated network (~20 KB of JSON, ~16,000 keys to load, ~3.1 MiB estimated),
+    each job distinct (its dropout_seed), as /tmp/audit2/cost/t23.py built 750 of them."""
+    init = {"scheme": "linspace", "seed": 1, "std": 1.0, "mean": 0.0, "value": 1.0, "start": 0.0, "stop": 1.0}
+    init["transpose"] = False
+    generate = {"X": {**init, "shape": [1, 1]}, "y": {**init, "shape": [1, 1]}}
+    generate.update({f"{p}{i}": dict(init) for i in range(1, 65) for p in ("W", "b")})
+    layer = {"type": "linear", "out_features": 1, "bias": True, "activation": "leaky_relu", "negative_slope": 0.1}
+    model = {
+        "kind": "network",
+        "layout": "torch",
+        "layers": [layer] * 64,
+        "loss": {"type": "mse", "reduction": "sum"},
+        "generate": generate,
+        "l2": {"reg": 0.1, "form": "sum_sq", "include_biases": True},
+        "dropout_seed": seed,
+        "init": init,
+    }
+    return {"model": model, "inputs": {}, "dtype": "float64", "include": [], "wrt": ["b1"]}
+
+
+def test_an_over_budget_batch_stops_loading_at_the_job_that_takes_it_over(client, monkeypatch):
+    """Audit F6: every job was validated before any was charged, so 750 network jobs loaded for 6 s before their
+    413 named the first 83. Jobs are loaded and charged one by one in job order now: the 413 comes after loading
+    the jobs up to the one that takes the batch over, and counts them in job order (check jobs included)."""
+    gradient_loads, check_loads = [], []
+    load, load_check = batch_view.gradient_request.load, batch_view.load_check
+    monkeypatch.setattr(batch_view.gradient_request, "load", lambda job: gradient_loads.append(1) or load(job))
+    monkeypatch.setattr(batch_view, "load_check", lambda *args: check_loads.append(1) or load_check(*args))
+    over = Limits().max_request_bytes // estimate_cost(load(BIG), Limits()) + 1  # the big job that takes it over
+    jobs = [BIG, {"check": CHECK}] * 100
+    response = client.post("/v1/batch", data=orjson.dumps({"jobs": jobs}), content_type="application/json")
+    assert response.status_code == 413 and response.mimetype == "application/problem+json"
+    assert (len(gradient_loads), len(check_loads)) == (over, over - 1)  # not (100, 100)
+    assert f"the first {2 * over - 1} of the batch's 200 jobs" in response.json["detail"]
+
+
+def test_a_batch_that_fits_reserves_every_jobs_estimate(client, monkeypatch):
+    """Charging in job order changes no sum: the ledger reserves each accepted job's estimate (a check's with its
+    checks) and each distinct refused job's estimate work, whatever the order of gradients and check jobs."""
+    reserved = []
+    ledger = batch_view.Ledger
+    monkeypatch.setattr(batch_view, "Ledger", lambda amount: reserved.append(amount) or ledger(amount))
+    refused = {"model": {"kind": "expression", "formula": "sum(x**2)"}, "inputs": {"x": [0.5] * 101}}
+    refused["include"] = ["hessian"]  # 101 rows: over max_hessian_elements, refused by its estimate
+    wrong = {"check": {**CHECK, "submission": {"gradients": {"x": 5.0}}}}
+    jobs = [{"check": CHECK}, TUTORIAL_NEURON, refused, wrong, TUTORIAL_NEURON, refused, {"model": {}}]
+    results = batch(client, jobs)
+    assert [("error" in r) for r in results] == [False, False, True, False, False, True, True]
+    assert results[2]["error"]["limit"]["name"] == results[5]["error"]["limit"]["name"] == "max_hessian_elements"
+    limits = Limits()
+    check = check_request.load(CHECK)
+    expected = (
+        2 * estimate_cost(batch_view.gradient_request.load(TUTORIAL_NEURON), limits)
+        + 2 * (estimate_check(check, limits) + cost.checks_estimate(check).total)
+        + cost.refused_estimate_bytes(refused["model"], 1, limits)  # once: the second copy shares its estimate
+    )
+    assert reserved == [expected]
+
+
+def test_live_over_budget_batch_is_a_413_naming_the_first_jobs_in_job_order(live_server):
+    """Audit F6's reproduction, smaller: 5 check jobs, then 115 network jobs of which 82 fit the budget. A
+    problem+json 413 naming the first 88 of the 120 jobs: the checks are charged in their place (the batch
+    charged all gradients jobs before any check job, and named the first 83)."""
+    jobs = [{"check": CHECK}] * 5 + [network_job(seed) for seed in range(115)]
+    response = requests.post(
+        live_server.url + "/v1/batch",
+        data=orjson.dumps({"jobs": jobs}),
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 413 and response.headers["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["limit"]["name"] == "max_request_bytes" and problem["limit"]["breakdown"] == {
+        "jobs": problem["limit"]["estimate"]
+    }
+    assert problem["detail"].startswith("the first 88 of the batch's 120 jobs would allocate about 25")

@@ -601,18 +601,24 @@ def formula_estimate(formula, points: list[dict[str, Shape]], target: Shape, lim
 
 
 def batch_require(
-    estimates: list[int], limits: Limits, part: str = "jobs", what: str = "the batch's", of: int | None = None
+    limits: Limits,
+    total: int,
+    count: int,
+    part: str = "jobs",
+    what: str = "the batch's",
+    of: int | None = None,
+    hint: str | None = None,
 ) -> None:
-    """The jobs of one batch (or the problems of one problem file) share one budget: each may fit and the sum
-    still be too much. `of`: the batch's size, when these are only its first jobs (checked as they are estimated)."""
-    total = sum(estimates)
+    """The jobs of one batch (or its checks, or the problems of one problem file) share one budget: each may fit and
+    the sum still be too much; the one place such a sum becomes a 413. `count` of them cost `total` together; `of`:
+    the batch's size, when these are only its first jobs (charged as they load)."""
     if total > limits.max_request_bytes:
-        which = f"{what} {len(estimates)} {part}" if of is None else f"the first {len(estimates)} of {what} {of} {part}"
+        which = f"{what} {count} {part}" if of is None else f"the first {count} of {what} {of} {part}"
         raise LimitExceeded(
             "max_request_bytes",
             limits.max_request_bytes,
             f"{which} would allocate about {_mib(total)} together; the budget is {_mib(limits.max_request_bytes)}",
             estimate=total,
-            hint=HINTS[part],
+            hint=hint or HINTS[part],
             breakdown={part: total},
         )
