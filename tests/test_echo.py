@@ -5,6 +5,7 @@ wrong-shape answer made a 15 MB Gradescope document, and a formula over the limi
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -91,6 +92,40 @@ def test_a_huge_wrong_shape_answer_is_summarized(client, fmt):
     assert "wrong shape" in text and "got [200000]" in text
     if fmt in ("json", "gradescope", "coderunner"):  # the formats that echo the answer
         assert "200000 value(s) in shape [200000]: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, …]" in text
+
+
+HUGE = 2_000_000  # numbers: a copy of the answer's list is 16 MB, a float64 tensor of it 16 MB
+
+
+@pytest.mark.parametrize(("path", "fmt"), [("/v1/check", "json"), ("/v1/check", "gradescope"), ("/v1/grade", "json")])
+def test_a_huge_wrong_shape_answer_is_not_made_a_tensor(client, monkeypatch, path, fmt):
+    """Audit F7: a 4.45 M-number answer to a scalar problem was flattened to read its shape and made a float64
+    tensor for the diagnosis before anyone saw that a scalar was expected. Its check reads exactly as a smaller
+    one's."""
+    view = importlib.import_module("service.views.check" if path == "/v1/check" else "service.views.grade")
+    built, tensor = [], torch.tensor
+
+    def spy(data, *args, **kwargs):
+        t = tensor(data, *args, **kwargs)
+        built.append(t.numel())
+        return t
+
+    def graded(n: int) -> dict:
+        answers = {"gradients": {"x": [0.5] * n}}
+        body = {**SQUARE, "submission": answers} if path == "/v1/check" else {"problem": PROBLEM, "answers": answers}
+        monkeypatch.setattr(view, "read_json", lambda: body)  # as parsed: no 16 MB JSON text to parse here
+        r = client.post(f"{path}?format={fmt}", json={})
+        assert r.status_code == 200, r.data[:300]
+        return the_check(fmt, r.json)
+
+    monkeypatch.setattr(torch, "tensor", spy)
+    small = graded(4321)  # over the 100 numbers echoed as sent: summarized, like the huge one
+    built.clear()
+    huge = graded(HUGE)
+    assert max(built, default=0) <= 1  # the problem's one number at most, never the answer
+    assert json.dumps(huge) == json.dumps(small).replace("4321", str(HUGE))
+    text = json.dumps(huge).replace("\\\\", "")  # Gradescope's markdown escapes
+    assert "wrong shape" in text and f"got [{HUGE}]" in text and f"{HUGE} value(s) in shape [{HUGE}]" in text
 
 
 def test_small_answers_are_echoed_as_sent_and_ragged_ones_summarized(client):

@@ -6,6 +6,7 @@ mistake built in, or a simple transform of the right answer). The first one the 
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -13,7 +14,7 @@ import torch
 from .closeness import allclose
 from .compute import forward_backward
 from .network import Network, Variant
-from .values import parse_tensor
+from .values import parse_tensor, tensor_shape
 
 MATCH = {"rtol": 1e-6, "atol": 1e-9}
 
@@ -22,18 +23,32 @@ def _raw(model):
     return getattr(model, "inner", model)
 
 
-def _parse(answer, n_points: int, multi: bool) -> list[torch.Tensor] | None:
+def _shapes(answer, n_points: int, multi: bool) -> list[tuple[int, ...]] | None:
+    """The answer's shape at each point, read off its lists; None when it is not a tensor per point."""
     values = answer if multi else [answer]
     if not isinstance(values, list) or len(values) != n_points:
         return None
+    try:
+        return [tensor_shape(value) for value in values]
+    except ValueError:  # ragged or mixed lists: no diagnosis
+        return None
+
+
+def _parse(answer, multi: bool) -> list[torch.Tensor] | None:
+    """The answer as a float64 tensor per point (its shapes are _shapes()'), or None for a number past float64."""
     out = []
-    for value in values:
+    for value in answer if multi else [answer]:
+        data = parse_tensor(value)
         try:
-            data = parse_tensor(value)
             out.append(torch.tensor(data.values, dtype=torch.float64).reshape(data.shape))
-        except (ValueError, OverflowError):  # ragged or mixed lists, a number past float64: no diagnosis
+        except OverflowError:
             return None
     return out
+
+
+def _fits(shape: tuple[int, ...], c: torch.Tensor, flatten: bool) -> bool:
+    """Whether an answer of `shape` can be _same() as `c`: only then is it built as a tensor."""
+    return shape == tuple(c.shape) or (flatten and math.prod(shape) == c.numel())
 
 
 def _variant_gradient(grader, variant: Variant, key: str) -> list[torch.Tensor]:
@@ -105,15 +120,22 @@ def diagnose(grader, name: str, answer, expected: list[torch.Tensor]) -> str | N
     section, _, key = name.partition(".")
     if section != "gradients":
         return None
-    actual = _parse(answer, len(expected), grader.multi)
-    if actual is None:
+    shapes = _shapes(answer, len(expected), grader.multi)
+    if shapes is None:
         return None
+    actual = None  # built once a mistake has the answer's shapes: a mis-shaped answer's numbers are never copied
     for mistake, make in candidates(grader, key, expected):
         wrong = make()
         pairs = zip(wrong, expected, strict=True)
         if any(w.shape == e.shape and allclose(w, e, **MATCH) for w, e in pairs):
             continue  # this mistake makes no difference here: it cannot be told apart
         flatten = "wrong axis" in mistake
+        if not all(_fits(shape, w, flatten) for shape, w in zip(shapes, wrong, strict=True)):
+            continue
+        if actual is None:
+            actual = _parse(answer, grader.multi)
+            if actual is None:
+                return None
         if all(_same(a, w, flatten) for a, w in zip(actual, wrong, strict=True)):
             return mistake
     return None
