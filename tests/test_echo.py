@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import tracemalloc
 
 import pytest
 import requests
@@ -98,10 +99,10 @@ HUGE = 2_000_000  # numbers: a copy of the answer's list is 16 MB, a float64 ten
 
 
 @pytest.mark.parametrize(("path", "fmt"), [("/v1/check", "json"), ("/v1/check", "gradescope"), ("/v1/grade", "json")])
-def test_a_huge_wrong_shape_answer_is_not_made_a_tensor(client, monkeypatch, path, fmt):
-    """Audit F7: a 4.45 M-number answer to a scalar problem was flattened to read its shape and made a float64
-    tensor for the diagnosis before anyone saw that a scalar was expected. Its check reads exactly as a smaller
-    one's."""
+def test_a_huge_wrong_shape_answer_is_neither_copied_nor_made_a_tensor(client, monkeypatch, path, fmt):
+    """Audit F7: a 4.45 M-number answer to a scalar problem was validated through a copy of its list, flattened
+    again to read its shape and to echo it, and made a float64 tensor for the diagnosis, before anyone saw that a
+    scalar was expected (+88 MiB and seconds in a worker). Its check reads exactly as a smaller one's."""
     view = importlib.import_module("service.views.check" if path == "/v1/check" else "service.views.grade")
     built, tensor = [], torch.tensor
 
@@ -110,19 +111,25 @@ def test_a_huge_wrong_shape_answer_is_not_made_a_tensor(client, monkeypatch, pat
         built.append(t.numel())
         return t
 
-    def graded(n: int) -> dict:
+    def graded(n: int) -> tuple[dict, int]:
         answers = {"gradients": {"x": [0.5] * n}}
         body = {**SQUARE, "submission": answers} if path == "/v1/check" else {"problem": PROBLEM, "answers": answers}
         monkeypatch.setattr(view, "read_json", lambda: body)  # as parsed: no 16 MB JSON text to parse here
-        r = client.post(f"{path}?format={fmt}", json={})
+        tracemalloc.start()
+        try:
+            r = client.post(f"{path}?format={fmt}", json={})
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
         assert r.status_code == 200, r.data[:300]
-        return the_check(fmt, r.json)
+        return the_check(fmt, r.json), peak
 
     monkeypatch.setattr(torch, "tensor", spy)
-    small = graded(4321)  # over the 100 numbers echoed as sent: summarized, like the huge one
+    small, _ = graded(4321)  # over the 100 numbers echoed as sent: summarized, like the huge one
     built.clear()
-    huge = graded(HUGE)
+    huge, peak = graded(HUGE)
     assert max(built, default=0) <= 1  # the problem's one number at most, never the answer
+    assert peak < 2**20, f"{peak / 2**20:.1f} MiB allocated while grading a {HUGE}-number answer"
     assert json.dumps(huge) == json.dumps(small).replace("4321", str(HUGE))
     text = json.dumps(huge).replace("\\\\", "")  # Gradescope's markdown escapes
     assert "wrong shape" in text and f"got [{HUGE}]" in text and f"{HUGE} value(s) in shape [{HUGE}]" in text

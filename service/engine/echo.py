@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from itertools import chain, islice
 
+from .values import sublists
+
 ECHO_VALUES = 100  # an answer of at most this many numbers is echoed as it was sent
 ECHO_CHARS = 200  # a formula, a summary, at most about this many characters
 PREVIEW_VALUES = 10  # numbers shown at the head of a summary
@@ -28,19 +30,21 @@ def clip(text: str, limit: int = ECHO_CHARS) -> str:
 
 def shape_of(value, max_dims: int) -> tuple[int, ...] | None:
     """The shape of a rectangular nested list (a number: ()), or None when it is ragged, mixed or nested deeper
-    than max_dims. Level by level, no recursion; stops at the first level that is off."""
+    than max_dims. Level by level, no recursion; stops at the first level that is off. Only the lists are copied,
+    never the numbers (a whole level's types are read at once)."""
     shape: list[int] = []
-    level = [value]
+    lists = [[value]]  # the lists whose items are the level looked at next
     while True:
-        if not any(isinstance(item, list) for item in level):
+        types = set(map(type, chain.from_iterable(lists)))
+        if list not in types:
             return tuple(shape)
-        if len(shape) == max_dims or not all(isinstance(item, list) for item in level):
+        if len(shape) == max_dims or types != {list}:
             return None
-        lengths = set(map(len, level))
+        lists = list(chain.from_iterable(lists))
+        lengths = set(map(len, lists))
         if len(lengths) != 1:
             return None
         shape.append(lengths.pop())
-        level = list(chain.from_iterable(level))
 
 
 def _leaves(value):
@@ -57,14 +61,13 @@ def _leaves(value):
 
 
 def _count(value) -> tuple[int, int]:
-    """(numbers, depth) of a nested list, level by level."""
-    count, depth, level = 0, 0, [value]
-    while level:
-        lists = [item for item in level if isinstance(item, list)]
-        count += len(level) - len(lists)
-        if lists:
-            depth += 1
-        level = list(chain.from_iterable(lists))
+    """(numbers, depth) of a nested list, level by level; only the lists are copied, never the numbers."""
+    count, depth, lists = 0, 0, [[value]]  # the lists whose items are the level counted next
+    while lists:
+        items = sum(map(len, lists))
+        lists = sublists(lists, set(map(type, chain.from_iterable(lists))))
+        count += items - len(lists)
+        depth += bool(lists)
     return count, depth
 
 

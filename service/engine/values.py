@@ -94,3 +94,11 @@ def tensor_shape(value: Any) -> tuple[int, ...]:
             if type(item) not in _NUMBER_TYPES and not (isinstance(item, str) and item in NON_FINITE):
                 raise _not_a_number(item)
         return tuple(shape)
+
+
+def sublists(lists: list, types: set[type]) -> list:
+    """The lists among the items of `lists`, whose types are `types` (set(map(type, ...)) of those items): the next
+    level of a walk that reads a level's types at once and never copies the numbers."""
+    if types == {list}:
+        return list(chain.from_iterable(lists))
+    return [item for item in chain.from_iterable(lists) if type(item) is list] if list in types else []
