@@ -135,6 +135,33 @@ def test_a_huge_wrong_shape_answer_is_neither_copied_nor_made_a_tensor(client, m
     assert "wrong shape" in text and f"got [{HUGE}]" in text and f"{HUGE} value(s) in shape [{HUGE}]" in text
 
 
+def test_a_wrong_shape_answer_has_its_shape_read_once(client, monkeypatch):
+    """Its shape is read once, for the wrong-shape message; whether it is echoed as sent, and whether a mistake
+    could have its shape (the diagnosis), are known from its outline (down its first items); its summary counts it
+    once. It was parsed twice (the check, the diagnosis), and its shape read twice more by the echo."""
+    from service.engine import check, diagnose_bugs, echo
+    from service.views import check as view
+
+    answer, reads = [0.5] * 10_000, []
+
+    def counted(name, read):
+        def spy(value, *args):
+            reads.extend([name] if value is answer else [])
+            return read(value, *args)
+
+        return spy
+
+    for module in (check, diagnose_bugs, echo):
+        for name in ("parse_tensor", "tensor_shape", "shape_of"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, counted(name, getattr(module, name)))
+    monkeypatch.setattr(view, "read_json", lambda: {**SQUARE, "submission": {"gradients": {"x": answer}}})
+    c = client.post("/v1/check", json={}).json["checks"][0]
+    assert c["message"] == "df/dx: wrong shape: expected shape [], got [10000]"
+    assert c["actual_summary"].startswith("10000 value(s) in shape [10000]: [0.5, ")
+    assert reads == ["tensor_shape"]
+
+
 def test_small_answers_are_echoed_as_sent_and_ragged_ones_summarized(client):
     def actual(answer: str) -> dict:
         c = post(client, "/v1/check", check_text(answer)).json["checks"][0]

@@ -14,7 +14,7 @@ import torch
 from .closeness import allclose
 from .compute import forward_backward
 from .network import Network, Variant
-from .values import parse_tensor, tensor_shape
+from .values import outline, parse_tensor
 
 MATCH = {"rtol": 1e-6, "atol": 1e-9}
 
@@ -23,31 +23,22 @@ def _raw(model):
     return getattr(model, "inner", model)
 
 
-def _shapes(answer, n_points: int, multi: bool) -> list[tuple[int, ...]] | None:
-    """The answer's shape at each point, read off its lists; None when it is not a tensor per point."""
-    values = answer if multi else [answer]
-    if not isinstance(values, list) or len(values) != n_points:
-        return None
-    try:
-        return [tensor_shape(value) for value in values]
-    except ValueError:  # ragged or mixed lists: no diagnosis
-        return None
-
-
-def _parse(answer, multi: bool) -> list[torch.Tensor] | None:
-    """The answer as a float64 tensor per point (its shapes are _shapes()'), or None for a number past float64."""
+def _parse(values: list) -> list[torch.Tensor] | None:
+    """The answer's value at each point as a float64 tensor, or None when one is not a tensor (ragged or mixed
+    lists, a number past float64). Called once their outlines fit a mistake: parse_tensor refuses a ragged level
+    before it flattens the next, so it never copies more numbers than the outline has."""
     out = []
-    for value in answer if multi else [answer]:
-        data = parse_tensor(value)
+    for value in values:
         try:
+            data = parse_tensor(value)
             out.append(torch.tensor(data.values, dtype=torch.float64).reshape(data.shape))
-        except OverflowError:
+        except (ValueError, OverflowError):
             return None
     return out
 
 
 def _fits(shape: tuple[int, ...], c: torch.Tensor, flatten: bool) -> bool:
-    """Whether an answer of `shape` can be _same() as `c`: only then is it built as a tensor."""
+    """Whether an answer of `shape` (its outline) can be _same() as `c`: only then is it built as a tensor."""
     return shape == tuple(c.shape) or (flatten and math.prod(shape) == c.numel())
 
 
@@ -120,10 +111,11 @@ def diagnose(grader, name: str, answer, expected: list[torch.Tensor]) -> str | N
     section, _, key = name.partition(".")
     if section != "gradients":
         return None
-    shapes = _shapes(answer, len(expected), grader.multi)
-    if shapes is None:
+    values = answer if grader.multi else [answer]
+    if not isinstance(values, list) or len(values) != len(expected):
         return None
-    actual = None  # built once a mistake has the answer's shapes: a mis-shaped answer's numbers are never copied
+    shapes = [outline(value) for value in values]
+    actual = None  # built once a mistake has the answer's outlines: a mis-shaped answer's numbers are never read
     for mistake, make in candidates(grader, key, expected):
         wrong = make()
         pairs = zip(wrong, expected, strict=True)
@@ -133,7 +125,7 @@ def diagnose(grader, name: str, answer, expected: list[torch.Tensor]) -> str | N
         if not all(_fits(shape, w, flatten) for shape, w in zip(shapes, wrong, strict=True)):
             continue
         if actual is None:
-            actual = _parse(answer, grader.multi)
+            actual = _parse(values)
             if actual is None:
                 return None
         if all(_same(a, w, flatten) for a, w in zip(actual, wrong, strict=True)):

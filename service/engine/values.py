@@ -102,3 +102,15 @@ def sublists(lists: list, types: set[type]) -> list:
     if types == {list}:
         return list(chain.from_iterable(lists))
     return [item for item in chain.from_iterable(lists) if type(item) is list] if list in types else []
+
+
+def outline(value: Any) -> tuple[int, ...]:
+    """The shape `value` has if it is a rectangular nested list, read down its first items: O(depth). What does not
+    fit by its outline does not fit, whatever the rest of it holds."""
+    shape = []
+    while type(value) is list:
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return tuple(shape)
