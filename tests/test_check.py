@@ -405,6 +405,25 @@ def test_malformed_requests(client, body, status, field):
             assert field in response.json["errors"]
 
 
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        (True, "boolean"),
+        (["nan"], "str"),
+        ([1, [2, [{}]]], "dict"),
+        ([[True], 1, [None, "NaN"]], "NoneType"),  # several: the first a walk from the end meets, as always
+        ([[None], 1, ["Infinity", True]], "boolean"),
+    ],
+)
+def test_an_answer_that_is_not_numbers_is_a_400_naming_what_is_in_it(client, answer, kind):
+    """The answer field reads a whole level's types at once (a list of millions of numbers, without a copy of it);
+    anything else in it is named as it was when every item was walked."""
+    response = client.post("/v1/check", json={**SIN, "inputs": {"x": 1.0}, "submission": {"gradients": {"x": answer}}})
+    assert response.status_code == 400 and response.json["errors"]["submission"]["gradients"]["x"]["value"] == [
+        f'Answers are numbers, "NaN"/"Infinity"/"-Infinity" or lists of those, got {kind}.'
+    ]
+
+
 def test_unknown_format_is_400(client):
     response = client.post("/v1/check?format=moodle", json={**NEURON, "submission": {"loss": 1}})
     assert response.status_code == 400 and "format" in response.json["errors"]

@@ -5,7 +5,9 @@ wrong-shape answer made a 15 MB Gradescope document, and a formula over the limi
 
 from __future__ import annotations
 
+import importlib
 import json
+import tracemalloc
 
 import pytest
 import requests
@@ -91,6 +93,73 @@ def test_a_huge_wrong_shape_answer_is_summarized(client, fmt):
     assert "wrong shape" in text and "got [200000]" in text
     if fmt in ("json", "gradescope", "coderunner"):  # the formats that echo the answer
         assert "200000 value(s) in shape [200000]: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, …]" in text
+
+
+HUGE = 2_000_000  # numbers: a copy of the answer's list is 16 MB, a float64 tensor of it 16 MB
+
+
+@pytest.mark.parametrize(("path", "fmt"), [("/v1/check", "json"), ("/v1/check", "gradescope"), ("/v1/grade", "json")])
+def test_a_huge_wrong_shape_answer_is_neither_copied_nor_made_a_tensor(client, monkeypatch, path, fmt):
+    """Audit F7: a 4.45 M-number answer to a scalar problem was validated through a copy of its list, flattened
+    again to read its shape and to echo it, and made a float64 tensor for the diagnosis, before anyone saw that a
+    scalar was expected (+88 MiB and seconds in a worker). Its check reads exactly as a smaller one's."""
+    view = importlib.import_module("service.views.check" if path == "/v1/check" else "service.views.grade")
+    built, tensor = [], torch.tensor
+
+    def spy(data, *args, **kwargs):
+        t = tensor(data, *args, **kwargs)
+        built.append(t.numel())
+        return t
+
+    def graded(n: int) -> tuple[dict, int]:
+        answers = {"gradients": {"x": [0.5] * n}}
+        body = {**SQUARE, "submission": answers} if path == "/v1/check" else {"problem": PROBLEM, "answers": answers}
+        monkeypatch.setattr(view, "read_json", lambda: body)  # as parsed: no 16 MB JSON text to parse here
+        tracemalloc.start()
+        try:
+            r = client.post(f"{path}?format={fmt}", json={})
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert r.status_code == 200, r.data[:300]
+        return the_check(fmt, r.json), peak
+
+    monkeypatch.setattr(torch, "tensor", spy)
+    small, _ = graded(4321)  # over the 100 numbers echoed as sent: summarized, like the huge one
+    built.clear()
+    huge, peak = graded(HUGE)
+    assert max(built, default=0) <= 1  # the problem's one number at most, never the answer
+    assert peak < 2**20, f"{peak / 2**20:.1f} MiB allocated while grading a {HUGE}-number answer"
+    assert json.dumps(huge) == json.dumps(small).replace("4321", str(HUGE))
+    text = json.dumps(huge).replace("\\\\", "")  # Gradescope's markdown escapes
+    assert "wrong shape" in text and f"got [{HUGE}]" in text and f"{HUGE} value(s) in shape [{HUGE}]" in text
+
+
+def test_a_wrong_shape_answer_has_its_shape_read_once(client, monkeypatch):
+    """Its shape is read once, for the wrong-shape message; whether it is echoed as sent, and whether a mistake
+    could have its shape (the diagnosis), are known from its outline (down its first items); its summary counts it
+    once. It was parsed twice (the check, the diagnosis), and its shape read twice more by the echo."""
+    from service.engine import check, diagnose_bugs, echo
+    from service.views import check as view
+
+    answer, reads = [0.5] * 10_000, []
+
+    def counted(name, read):
+        def spy(value, *args):
+            reads.extend([name] if value is answer else [])
+            return read(value, *args)
+
+        return spy
+
+    for module in (check, diagnose_bugs, echo):
+        for name in ("parse_tensor", "tensor_shape", "shape_of"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, counted(name, getattr(module, name)))
+    monkeypatch.setattr(view, "read_json", lambda: {**SQUARE, "submission": {"gradients": {"x": answer}}})
+    c = client.post("/v1/check", json={}).json["checks"][0]
+    assert c["message"] == "df/dx: wrong shape: expected shape [], got [10000]"
+    assert c["actual_summary"].startswith("10000 value(s) in shape [10000]: [0.5, ")
+    assert reads == ["tensor_shape"]
 
 
 def test_small_answers_are_echoed_as_sent_and_ragged_ones_summarized(client):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from service.engine import Limits, compute
 from service.engine.neuron import Neuron
-from service.engine.values import parse_tensor
+from service.engine.values import parse_tensor, tensor_shape
 
 LIMITS = Limits()
 finite = st.floats(min_value=-3, max_value=3, allow_nan=False)  # |z| <= 12: the clamp stays idle
@@ -122,4 +122,18 @@ def test_wall_time_limit_cuts_off_long_work():
     ],
 )
 def test_parse_tensor_shapes(value, shape):
-    assert parse_tensor(value).shape == shape
+    assert parse_tensor(value).shape == shape == tensor_shape(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [[[1, 2], [3]], [1, [2]], [[1], 2], [[[1]], [[2, 3]]], [1, "nan"], ["NaN", True], [[None]], [[[]], [1]], {}],
+)
+def test_tensor_shape_refuses_what_parse_tensor_refuses_with_its_message(value):
+    """The grader reads an answer's shape with tensor_shape and builds it with parse_tensor only when it fits:
+    a ragged, mixed or non-numeric answer must get the message parse_tensor gave it."""
+    with pytest.raises(ValueError) as parsed:
+        parse_tensor(value)
+    with pytest.raises(ValueError) as read:
+        tensor_shape(value)
+    assert str(read.value) == str(parsed.value)

@@ -17,7 +17,7 @@ from .formula import parse_formula
 from .jacobian import upstream
 from .limits import Deadline, Limits
 from .neuron import Neuron
-from .values import parse_tensor
+from .values import parse_tensor, tensor_shape
 
 TOLERANCE_RULE = (
     "passed when |actual - expected| <= atol + rtol * |expected| at every element of every point"
@@ -447,16 +447,16 @@ class Grader:
             values = answer
         out = []
         for i, (value, e) in enumerate(zip(values, expected, strict=True)):
-            try:
-                data = parse_tensor(value)
+            try:  # the shape first, read off the lists: a mis-shaped answer's numbers are never copied
+                shape = tensor_shape(value)
             except ValueError as err:  # ragged or mixed lists
                 return None, f"the answer{self._at(i)} is not a number or a rectangular list: {err}"
-            if data.shape != tuple(e.shape):
+            if shape != tuple(e.shape):
                 dims = self.limits.max_tensor_dims
-                got = list(data.shape) if len(data.shape) <= dims else f"lists nested {len(data.shape)} deep"
+                got = list(shape) if len(shape) <= dims else f"lists nested {len(shape)} deep"
                 return None, f"wrong shape{self._at(i)}: expected shape {list(e.shape)}, got {got}"
             try:
-                t = _tensor(data)
+                t = _tensor(parse_tensor(value))
             except OverflowError:  # an integer past float64's range, typed as text (JSON numbers stop at 64 bits)
                 return None, f"the answer{self._at(i)} has a number too large for a double (float64)"
             out.append(t)

@@ -8,6 +8,7 @@ is named; else the closest of those it matches at the check's tolerance (the fir
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -16,7 +17,7 @@ from . import tolerance
 from .closeness import allclose
 from .compute import forward_backward
 from .network import Network, Variant
-from .values import parse_tensor
+from .values import outline, parse_tensor
 
 MATCH = {"rtol": 1e-6, "atol": 1e-9}  # "exactly": this mistake and nothing else (no closer one is looked for)
 
@@ -25,18 +26,23 @@ def _raw(model):
     return getattr(model, "inner", model)
 
 
-def _parse(answer, n_points: int, multi: bool) -> list[torch.Tensor] | None:
-    values = answer if multi else [answer]
-    if not isinstance(values, list) or len(values) != n_points:
-        return None
+def _parse(values: list) -> list[torch.Tensor] | None:
+    """The answer's value at each point as a float64 tensor, or None when one is not a tensor (ragged or mixed
+    lists, a number past float64). Called once their outlines fit a mistake: parse_tensor refuses a ragged level
+    before it flattens the next, so it never copies more numbers than the outline has."""
     out = []
     for value in values:
         try:
             data = parse_tensor(value)
             out.append(torch.tensor(data.values, dtype=torch.float64).reshape(data.shape))
-        except (ValueError, OverflowError):  # ragged or mixed lists, a number past float64: no diagnosis
+        except (ValueError, OverflowError):
             return None
     return out
+
+
+def _fits(shape: tuple[int, ...], c: torch.Tensor, flatten: bool) -> bool:
+    """Whether an answer of `shape` (its outline) can be _same() as `c`: only then is it built as a tensor."""
+    return shape == tuple(c.shape) or (flatten and math.prod(shape) == c.numel())
 
 
 def _variant_gradient(grader, variant: Variant, key: str) -> list[torch.Tensor]:
@@ -127,18 +133,27 @@ def diagnose(grader, name: str, answer, expected: list[torch.Tensor], rule: dict
     section, _, key = name.partition(".")
     if section != "gradients":
         return None
-    actual = _parse(answer, len(expected), grader.multi)
-    if actual is None:
+    values = answer if grader.multi else [answer]
+    if not isinstance(values, list) or len(values) != len(expected):
         return None
+    shapes = [outline(value) for value in values]
+    actual = None  # built once a mistake has the answer's outlines: a mis-shaped answer's numbers are never read
     closest: tuple[float, str] | None = None
     for mistake, make in candidates(grader, key, expected):
         wrong = make()
         pairs = zip(wrong, expected, strict=True)
         if any(w.shape == e.shape and allclose(w, e, **MATCH) for w, e in pairs):
             continue  # this mistake makes no difference here: it cannot be told apart
+        flatten = "wrong axis" in mistake
+        if not all(_fits(shape, w, flatten) for shape, w in zip(shapes, wrong, strict=True)):
+            continue
         if _within(wrong, expected, rule):
             continue  # at this tolerance the mistake's values are right: naming it would mislead
-        shaped = _shaped(actual, wrong, flatten="wrong axis" in mistake)
+        if actual is None:
+            actual = _parse(values)
+            if actual is None:
+                return None
+        shaped = _shaped(actual, wrong, flatten)
         if shaped is None:
             continue
         if _within(shaped, wrong, MATCH):

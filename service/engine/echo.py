@@ -11,7 +11,10 @@ are cut at ECHO_CHARS characters with their true length. Every walk here is iter
 
 from __future__ import annotations
 
+import math
 from itertools import chain, islice
+
+from .values import outline, sublists
 
 ECHO_VALUES = 100  # an answer of at most this many numbers is echoed as it was sent
 ECHO_CHARS = 200  # a formula, a summary, at most about this many characters
@@ -28,19 +31,21 @@ def clip(text: str, limit: int = ECHO_CHARS) -> str:
 
 def shape_of(value, max_dims: int) -> tuple[int, ...] | None:
     """The shape of a rectangular nested list (a number: ()), or None when it is ragged, mixed or nested deeper
-    than max_dims. Level by level, no recursion; stops at the first level that is off."""
+    than max_dims. Level by level, no recursion; stops at the first level that is off. Only the lists are copied,
+    never the numbers (a whole level's types are read at once)."""
     shape: list[int] = []
-    level = [value]
+    lists = [[value]]  # the lists whose items are the level looked at next
     while True:
-        if not any(isinstance(item, list) for item in level):
+        types = set(map(type, chain.from_iterable(lists)))
+        if list not in types:
             return tuple(shape)
-        if len(shape) == max_dims or not all(isinstance(item, list) for item in level):
+        if len(shape) == max_dims or types != {list}:
             return None
-        lengths = set(map(len, level))
+        lists = list(chain.from_iterable(lists))
+        lengths = set(map(len, lists))
         if len(lengths) != 1:
             return None
         shape.append(lengths.pop())
-        level = list(chain.from_iterable(level))
 
 
 def _leaves(value):
@@ -56,16 +61,22 @@ def _leaves(value):
             yield item
 
 
-def _count(value) -> tuple[int, int]:
-    """(numbers, depth) of a nested list, level by level."""
-    count, depth, level = 0, 0, [value]
-    while level:
-        lists = [item for item in level if isinstance(item, list)]
-        count += len(level) - len(lists)
+def _walk(value) -> tuple[int, int, tuple[int, ...] | None]:
+    """(numbers, depth, shape or None when ragged or mixed) of a nested list, level by level; only the lists are
+    copied, never the numbers."""
+    count, depth, shape, lists = 0, 0, [], [[value]]  # lists: those whose items are the level counted next
+    while lists:
+        items = sum(map(len, lists))
+        types = set(map(type, chain.from_iterable(lists)))
+        lists = sublists(lists, types)
+        count += items - len(lists)
         if lists:
             depth += 1
-        level = list(chain.from_iterable(lists))
-    return count, depth
+            lengths = set(map(len, lists))
+            shape = shape if shape is not None and types == {list} and len(lengths) == 1 else None
+            if shape is not None:
+                shape.append(lengths.pop())
+    return count, depth, None if shape is None else tuple(shape)
 
 
 def _number(value) -> str:
@@ -75,11 +86,10 @@ def _number(value) -> str:
 
 def summary(value, max_dims: int) -> str:
     """A bounded description of an answer that is not echoed: its first numbers, how many, its shape or depth."""
-    count, depth = _count(value)
+    count, depth, shape = _walk(value)
     head = [_number(v) for v in islice(_leaves(value), PREVIEW_VALUES)]
     preview = "[" + ", ".join(head) + (", …" if count > len(head) else "") + "]"
-    shape = shape_of(value, max_dims)
-    if shape is not None:
+    if shape is not None and len(shape) <= max_dims:
         what = f"shape {list(shape)}"
     elif depth > max_dims:
         what = f"lists nested {depth} deep"
@@ -94,13 +104,7 @@ def echoable(value, per_point: bool, max_dims: int) -> bool:
     values = value if per_point and isinstance(value, list) else [value]
     count = 0
     for item in values:
-        shape = shape_of(item, max_dims)
-        if shape is None:
-            return False
-        size = 1
-        for n in shape:
-            size *= n
-        count += size
-        if count > ECHO_VALUES:
+        count += math.prod(outline(item))  # its size if it has a shape at all: too many is known without a walk
+        if count > ECHO_VALUES or shape_of(item, max_dims) is None:
             return False
     return True

@@ -20,6 +20,11 @@ class TensorData(NamedTuple):
     shape: tuple[int, ...]
 
 
+def _not_a_number(item: Any) -> ValueError:
+    kind = "boolean" if isinstance(item, bool) else type(item).__name__
+    return ValueError(f'Tensor elements must be numbers (or "NaN", "Infinity", "-Infinity"), got {kind}.')
+
+
 def _as_numbers(level: list) -> list:
     """Map the strings "NaN"/"Infinity"/"-Infinity" to floats; reject any other non-number."""
     out = []
@@ -29,9 +34,16 @@ def _as_numbers(level: list) -> list:
         elif isinstance(item, str) and item in NON_FINITE:
             out.append(NON_FINITE[item])
         else:
-            kind = "boolean" if isinstance(item, bool) else type(item).__name__
-            raise ValueError(f'Tensor elements must be numbers (or "NaN", "Infinity", "-Infinity"), got {kind}.')
+            raise _not_a_number(item)
     return out
+
+
+def _ragged(depth: int, lengths: set[int]) -> ValueError:
+    return ValueError(f"Tensor is not rectangular: lists at depth {depth} have lengths {sorted(lengths)[:5]}.")
+
+
+def _mixed(depth: int) -> ValueError:
+    return ValueError(f"Tensor mixes numbers and lists at depth {depth}.")
 
 
 def parse_tensor(value: Any) -> TensorData:
@@ -50,12 +62,55 @@ def parse_tensor(value: Any) -> TensorData:
         if types == {list}:
             lengths = set(map(len, level))
             if len(lengths) != 1:
-                raise ValueError(
-                    f"Tensor is not rectangular: lists at depth {len(shape) + 1} have lengths {sorted(lengths)[:5]}."
-                )
+                raise _ragged(len(shape) + 1, lengths)
             shape.append(lengths.pop())
             level = list(chain.from_iterable(level))
             continue
         if list in types:
-            raise ValueError(f"Tensor mixes numbers and lists at depth {len(shape) + 1}.")
+            raise _mixed(len(shape) + 1)
         return TensorData(_as_numbers(level), tuple(shape))
+
+
+def tensor_shape(value: Any) -> tuple[int, ...]:
+    """parse_tensor(value).shape, or the ValueError it raises, without a copy of the numbers (only of the lists
+    above them): a grader compares an answer's shape with the checked one before it builds anything that size."""
+    shape: list[int] = []
+    lists: list | None = None  # every list at depth len(shape), once the value is one
+    types = {type(value)}
+    while True:
+        if types <= _NUMBER_TYPES:  # empty too: an empty dimension has nothing below it
+            return tuple(shape)
+        if types == {list}:
+            lists = [value] if lists is None else list(chain.from_iterable(lists))
+            lengths = set(map(len, lists))
+            if len(lengths) != 1:
+                raise _ragged(len(shape) + 1, lengths)
+            shape.append(lengths.pop())
+            types = set(map(type, chain.from_iterable(lists)))
+            continue
+        if list in types:
+            raise _mixed(len(shape) + 1)
+        for item in [value] if lists is None else chain.from_iterable(lists):
+            if type(item) not in _NUMBER_TYPES and not (isinstance(item, str) and item in NON_FINITE):
+                raise _not_a_number(item)
+        return tuple(shape)
+
+
+def sublists(lists: list, types: set[type]) -> list:
+    """The lists among the items of `lists`, whose types are `types` (set(map(type, ...)) of those items): the next
+    level of a walk that reads a level's types at once and never copies the numbers."""
+    if types == {list}:
+        return list(chain.from_iterable(lists))
+    return [item for item in chain.from_iterable(lists) if type(item) is list] if list in types else []
+
+
+def outline(value: Any) -> tuple[int, ...]:
+    """The shape `value` has if it is a rectangular nested list, read down its first items: O(depth). What does not
+    fit by its outline does not fit, whatever the rest of it holds."""
+    shape = []
+    while type(value) is list:
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return tuple(shape)
