@@ -511,7 +511,8 @@ class Grader:
         closeness, per_point, result["abs_error"], result["rel_error"] = _compare_scalars(
             [expected], [actual], rtol, atol
         )
-        self._verdict(result, [np.array(expected)], [np.array(actual)], closeness, per_point, section, key)
+        failed_at = None if closeness[0] else 0
+        self._verdict(result, [np.array(expected)], [np.array(actual)], closeness, failed_at, per_point, section, key)
 
     def _compare(self, result: dict, expected, actual, rtol: float, atol: float, section: str, key: str) -> None:
         """Fill in the errors, the verdict and the message of a check whose answers have the right shapes."""
@@ -525,13 +526,21 @@ class Grader:
         else:
             closeness = [isclose(a, e, rtol, atol) for e, a in zip(expected, actual, strict=True)]
             per_point, result["abs_error"], result["rel_error"] = _errors(expected, actual, closeness)
-        self._verdict(result, expected, actual, closeness, per_point, section, key)
+        self._verdict(result, expected, actual, closeness, _first_failed(closeness), per_point, section, key)
 
     def _verdict(
-        self, result: dict, expected, actual, closeness, per_point: list[float], section: str, key: str
+        self,
+        result: dict,
+        expected,
+        actual,
+        closeness,
+        failed_at: int | None,
+        per_point: list[float],
+        section: str,
+        key: str,
     ) -> None:
-        """Pass or fail, the worst point, the chain rule and the message, from the comparison's numbers."""
-        failed_at = next((i for i, close in enumerate(closeness) if not close.all()), None)
+        """Pass or fail, the worst point, the chain rule and the message, from the comparison's numbers
+        (`failed_at`: _first_failed(closeness), which the caller may know without asking numpy)."""
         if failed_at is None:
             worst = max(range(len(per_point)), key=per_point.__getitem__, default=None)
         else:
@@ -606,6 +615,11 @@ class Grader:
             how = "averaged" if reduction == "mean" else "summed"
             text += f", per sample, then {how} over the {samples} samples (reduction {reduction!r})"
         return text
+
+
+def _first_failed(closeness: list[np.ndarray]) -> int | None:
+    """The first point where some element is not close, or None."""
+    return next((i for i, close in enumerate(closeness) if not close.all()), None)
 
 
 def _compare_scalars(expected: list[float], actual: list[float], rtol: float, atol: float):
@@ -738,7 +752,8 @@ def _compare_together(group: list) -> None:
         result["abs_error"] = abs_max if ok and math.isfinite(abs_max) else None
         result["rel_error"] = rel_max if ok and rel_max is not None and math.isfinite(rel_max) else None
         actual = [a_all[s][p, ...] for p in range(points)]  # [p, ...]: 0-d arrays, not numpy scalars
-        grader._verdict(result, expected, actual, [close[s][p, ...] for p in range(points)], per_point, section, key)
+        closeness = [close[s][p, ...] for p in range(points)]
+        grader._verdict(result, expected, actual, closeness, _first_failed(closeness), per_point, section, key)
 
 
 def estimate(request: dict, limits: Limits) -> int:
