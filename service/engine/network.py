@@ -99,11 +99,6 @@ class Param:
     role: str  # weight, bias, gamma, beta
 
 
-def _numpy_legacy(seed: int, shape: tuple[int, ...], std: float, mean: float = 0.0) -> np.ndarray:
-    """np.random.seed(seed); mean + std * np.random.randn(*shape): the generator course fixtures are written with."""
-    return mean + std * np.random.RandomState(seed).randn(*shape)
-
-
 def generate(spec: dict, shape: tuple[int, ...], rng: np.random.RandomState | None = None) -> np.ndarray:
     """One tensor from an init spec; `rng` continues a shared numpy_legacy stream (weights in layer order)."""
     scheme = spec["scheme"]
