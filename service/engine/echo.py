@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from itertools import chain, islice
 
-from .values import outline, sublists
+from .values import outline, sublists, tensor_shape
 
 ECHO_VALUES = 100  # an answer of at most this many numbers is echoed as it was sent
 ECHO_CHARS = 200  # a formula, a summary, at most about this many characters
@@ -30,22 +30,13 @@ def clip(text: str, limit: int = ECHO_CHARS) -> str:
 
 
 def shape_of(value, max_dims: int) -> tuple[int, ...] | None:
-    """The shape of a rectangular nested list (a number: ()), or None when it is ragged, mixed or nested deeper
-    than max_dims. Level by level, no recursion; stops at the first level that is off. Only the lists are copied,
-    never the numbers (a whole level's types are read at once)."""
-    shape: list[int] = []
-    lists = [[value]]  # the lists whose items are the level looked at next
-    while True:
-        types = set(map(type, chain.from_iterable(lists)))
-        if list not in types:
-            return tuple(shape)
-        if len(shape) == max_dims or types != {list}:
-            return None
-        lists = list(chain.from_iterable(lists))
-        lengths = set(map(len, lists))
-        if len(lengths) != 1:
-            return None
-        shape.append(lengths.pop())
+    """The shape of a rectangular nested list of an answer's numbers (a number: ()), or None when it is ragged,
+    mixed or nested deeper than max_dims: values.tensor_shape, which copies only the lists, never the numbers."""
+    try:
+        shape = tensor_shape(value)
+    except ValueError:
+        return None
+    return shape if len(shape) <= max_dims else None
 
 
 def _leaves(value):
