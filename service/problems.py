@@ -17,7 +17,7 @@ from schemas.grading import Answer
 from schemas.problems import MAX_PROBLEMS, ProblemFileSchema
 
 from .engine import cost, echo
-from .engine.check import SECTIONS, Grader, Ledger, Problem, estimate
+from .engine.check import SECTIONS, Grader, Ledger, Problem, answer_place, estimate
 from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded, NonFiniteReference
 from .engine.formula import parse_formula
 from .engine.limits import Limits
@@ -267,9 +267,7 @@ def _missing_hint(key: str, name: str, options: dict, single: bool) -> str | Non
         return f"fill in {options['answer']}"
     if single:
         return None
-    section, _, field = name.partition(".")
-    where = '"loss"' if section == "loss" else f'"{section}": {{"{field}": ...}}'
-    return f"add {where} under {key!r} in your answers"
+    return f"add {answer_place(name)} under {key!r} in your answers"
 
 
 def _read_answer(name: str, value, limits: Limits, variables: list[str]):

@@ -198,6 +198,12 @@ class Ledger:
         self.total += estimate.total
 
 
+def answer_place(name: str) -> str:
+    """Where a check's answer goes in a submission, as JSON: "loss", or "gradients": {"w": ...}."""
+    section, _, key = name.partition(".")
+    return '"loss"' if section == "loss" else f'"{section}": {{"{key}": ...}}'
+
+
 class Grader:
     """Grades one check request: each check against the problem's references."""
 
@@ -340,7 +346,7 @@ class Grader:
         result["expected"] = expected if self.multi else expected[0]
         answer = _answer(self.request["submission"], name)
         if answer is None:
-            place = self.places.get(name) or f"add {self._where(name)} to the submission"
+            place = self.places.get(name) or f"add {answer_place(name)} to the submission"
             result["message"] = f"{result['title']}: no answer given ({place})"
             return result
         if section == "gradient_formulas":
@@ -431,11 +437,6 @@ class Grader:
     def _known(self, section: str) -> str:
         ref = self.refs[0]
         return known_names(list(ref["intermediates"] if section == "intermediates" else ref["gradients"]))
-
-    @staticmethod
-    def _where(name: str) -> str:
-        section, _, key = name.partition(".")
-        return '"loss"' if section == "loss" else f'"{section}": {{"{key}": ...}}'
 
     def _numbers(self, answer, expected: list[torch.Tensor]) -> tuple[list[torch.Tensor] | None, str | None]:
         """The answer as one float64 tensor per point, or why it cannot be compared (a failed check, not an error)."""
