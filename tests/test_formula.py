@@ -121,10 +121,8 @@ def test_over_long_formula_is_rejected_before_parsing() -> None:
 )
 def test_pathological_nesting_is_a_prompt_limit_error(source: str) -> None:
     roomy = Limits(max_formula_length=10**6, max_ast_nodes=10**6)
-    start = time.monotonic()
     with pytest.raises(LimitExceeded) as info:
         parse_formula(source, roomy)
-    assert time.monotonic() - start < 2.0
     assert info.value.limit == "max_ast_depth"
     assert info.value.value == roomy.max_ast_depth
 
@@ -162,12 +160,15 @@ def test_node_count_skips_context_and_operator_objects() -> None:
     assert parse_formula("sin(x) * 2", LIMITS).node_count == 4  # BinOp, Call, Name, Constant
 
 
-def test_huge_power_tower_is_inf_promptly() -> None:
+def test_huge_power_tower_is_float_arithmetic_and_inf() -> None:
+    """Every step is a float tensor (9**9**9 in Python ints would be 370 million digits): inf, not a hung worker."""
     formula = parse_formula("9**9**9**9", LIMITS)
-    start = time.monotonic()
-    value = formula.evaluate({}, dtype=torch.float32)
-    assert time.monotonic() - start < 1.0
+    steps: dict[str, torch.Tensor] = {}
+    value = formula.evaluate({}, dtype=torch.float32, record=steps)
     assert math.isinf(value.item())
+    assert set(steps) == {"9 ** 9", "9 ** 9 ** 9", "9 ** 9 ** 9 ** 9"}
+    assert all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in steps.values())
+    assert steps["9 ** 9"].item() == pytest.approx(9.0**9, rel=1e-7) and math.isinf(steps["9 ** 9 ** 9"].item())
 
 
 def test_huge_integer_literal_is_inf_not_an_error() -> None:
