@@ -36,8 +36,8 @@ class ProblemFileError(Exception):
 
 
 class SetupError(Exception):
-    """PrairieLearn's data.json cannot be read, or has no `submitted_answers`: PrairieLearn writes it, so the
-    grader's setup is wrong (a mount, a path), never the student's answer."""
+    """PrairieLearn's data.json cannot be read or parsed, or has no `submitted_answers`: PrairieLearn writes it,
+    so the grader's setup is wrong (a mount, a path), never the student's answer."""
 
 
 class NestingError(ValueError):
@@ -122,7 +122,8 @@ def read_problem_file(path: str):
 def read_answers(path: str, platform: str) -> tuple[object, str | None, int | None]:
     """(answers, why they cannot be read or None, PrairieLearn variant seed). NaN, Infinity and numbers that
     overflow a double (1e400) are the service's strings "NaN", "Infinity", "-Infinity": graded, and wrong.
-    On PrairieLearn a data.json that is missing, or has no `submitted_answers`, is a SetupError."""
+    On PrairieLearn a data.json that is missing, unreadable, not JSON, nested too deeply or without
+    `submitted_answers` is a SetupError: PrairieLearn writes that file, so it is never the student's error."""
     name = Path(path).name
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -133,10 +134,14 @@ def read_answers(path: str, platform: str) -> tuple[object, str | None, int | No
         return None, f"cannot read {name}: {why}", None
     try:
         answers = load_json(text)
-    except NestingError:
-        return None, f"{name} is nested too deeply to read (lists or objects nested hundreds of levels deep)", None
     except ValueError as err:
-        return None, f"{name} is not valid JSON ({err})", None
+        if isinstance(err, NestingError):
+            why = "is nested too deeply to read (lists or objects nested hundreds of levels deep)"
+        else:
+            why = f"is not valid JSON ({err})"
+        if platform == "prairielearn":
+            raise SetupError(f"{path} {why}") from None
+        return None, f"{name} {why}", None
     if platform != "prairielearn":
         return answers, None, None
     if not isinstance(answers, dict) or "submitted_answers" not in answers:

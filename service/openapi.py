@@ -35,7 +35,21 @@ ERROR_RESPONSES = {
     "NotImplemented": "The asked-for representation needs a program this server lacks (image/svg+xml: Graphviz)",
     "Unavailable": "Not warmed up yet, or the wall-time limit cut the computation off",
     "Unauthorized": "Missing or wrong API key",
+    "NotFound": "No such path: every path the service answers is listed in this document",
+    "MethodNotAllowed": "This path does not take the method used; `Allow` lists the methods it does",
 }
+ALLOW_HEADER = {
+    "Allow": {
+        "description": "The methods this path takes, comma-separated, e.g. `GET, HEAD, OPTIONS`",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+DESCRIPTION = """PyTorch forward and backward passes over HTTP: losses, gradients, autograd graphs.
+
+Every error is `application/problem+json` (RFC 9457, schema `Problem`). A path not listed here answers 404
+(response `NotFound`); a listed path asked with a method it does not take answers 405 with an `Allow` header
+naming the methods it does (response `MethodNotAllowed`, on every operation)."""
 
 
 def _tensor_attributes(self, field, **kwargs) -> dict:
@@ -117,16 +131,17 @@ def build_spec(app: Flask) -> dict:
         version=VERSION,
         openapi_version="3.0.3",
         plugins=[marshmallow],
-        info={"description": "PyTorch forward and backward passes over HTTP: losses, gradients, autograd graphs."},
+        info={"description": DESCRIPTION},
     )
     marshmallow.converter.add_attribute_function(_tensor_attributes)
     marshmallow.converter.add_attribute_function(_bounds_apispec_misses)
     spec.components.schema("TensorValue", TENSOR_VALUE)
     spec.components.schema("Problem", schema=ProblemSchema)
     for name, description in ERROR_RESPONSES.items():
-        spec.components.response(
-            name, {"description": description, "content": {"application/problem+json": {"schema": "Problem"}}}
-        )
+        response = {"description": description, "content": {"application/problem+json": {"schema": "Problem"}}}
+        if name == "MethodNotAllowed":
+            response["headers"] = ALLOW_HEADER
+        spec.components.response(name, response)
     keys = app.extensions.get("api_keys_required", False)
     if keys:
         spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
@@ -135,6 +150,9 @@ def build_spec(app: Flask) -> dict:
         if declared is not None:
             methods = sorted(rule.methods - {"HEAD", "OPTIONS"})
             operations = {method.lower(): copy.deepcopy(declared) for method in methods}
+            # any path answers 405 to a method it lacks; 404 goes on no operation (no path takes a parameter)
+            for op in operations.values():
+                op["responses"][405] = {"$ref": "#/components/responses/MethodNotAllowed"}
             if keys and rule.rule.startswith("/v1/"):  # auth.py guards /v1/ only
                 for op in operations.values():
                     op["security"] = [{"apiKey": []}]

@@ -321,10 +321,11 @@ def grade_files(tmp_path, platform, answers_text, problem_text=None, url=None, n
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("platform", ["gradescope", "prairielearn", "autolab", "coderunner"])
+@pytest.mark.parametrize("platform", ["gradescope", "autolab", "coderunner"])
 def test_deeply_nested_answers_are_a_readable_failure(live_server, tmp_path, platform):
+    """The student's answers file (PrairieLearn's data.json is PrairieLearn's: see the setup test below)."""
     _, text = grade_files(tmp_path, platform, DEEP, url=live_server.url)
-    validate = {"gradescope": validate_gradescope, "prairielearn": validate_prairielearn}
+    validate = {"gradescope": validate_gradescope}
     if platform in validate:
         validate[platform](json.loads(text))
     elif platform == "autolab":
@@ -664,15 +665,25 @@ def test_missing_answers_say_where_they_go(client):
     assert one["message"] == 'dL/dw: no answer given (add "gradients": {"w": ...} to the submission)'  # as before
 
 
-@pytest.mark.parametrize("data", [None, {"variant_seed": 7, "params": {}}])
-def test_prairielearn_without_its_data_json_is_the_setup_not_the_student(tmp_path, data):
-    """A missing data.json, or one without `submitted_answers`, is not gradable and sends the student to course
-    staff (PrairieLearn writes that file: the grader's setup is wrong); the reason is for the job's log only."""
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (None, "No such file"),
+        (json.dumps({"variant_seed": 7, "params": {}}), 'no "submitted_answers"'),
+        ('{"submitted_answers": {"loss": 6.7', "is not valid JSON"),
+        ('{"submitted_answers": ' + DEEP + "}", "nested too deeply"),
+    ],
+    ids=["missing", "no submitted_answers", "not JSON", "too deep"],
+)
+def test_prairielearn_without_its_data_json_is_the_setup_not_the_student(tmp_path, capsys, text, reason):
+    """A data.json that is missing, not JSON, too deep or without `submitted_answers` is not gradable and sends the
+    student to course staff (PrairieLearn writes that file: the grader's setup is wrong); the reason is for the
+    job's log only."""
     client = in_process()
     answers = tmp_path / "nowhere" / "data.json"
-    if data is not None:
+    if text is not None:
         answers.parent.mkdir()
-        answers.write_text(json.dumps(data))
+        answers.write_text(text)
     problem = tmp_path / "problem.json"
     problem.write_text(json.dumps(PROBLEM))
     out = tmp_path / "results.json"
@@ -684,3 +695,17 @@ def test_prairielearn_without_its_data_json_is_the_setup_not_the_student(tmp_pat
     validate_prairielearn(doc)
     assert doc["gradable"] is False and "not set up correctly" in doc["message"]
     assert "Fix the format" not in json.dumps(doc) and "data.json" not in student_view("prairielearn", doc)
+    log = capsys.readouterr().out
+    assert "configuration error" in log and str(answers) in log and reason in log
+
+
+@pytest.mark.parametrize("platform", ["gradescope", "autolab", "coderunner", "json"])
+@pytest.mark.parametrize(("text", "reason"), [("{", "is not valid JSON"), (DEEP, "is nested too deeply to read")])
+def test_unreadable_answers_stay_the_students_elsewhere(tmp_path, platform, text, reason):
+    """Off PrairieLearn the answers file is the student's: not JSON or too deep is graded as unreadable answers."""
+    answers = tmp_path / "answers.json"
+    answers.write_text(text)
+    found, why, seed = grading.read_answers(str(answers), platform)
+    assert found is None and seed is None and why.startswith(f"answers.json {reason}")
+    with pytest.raises(grading.SetupError, match=reason):  # the same file as PrairieLearn's data.json
+        grading.read_answers(str(answers), "prairielearn")
