@@ -1,10 +1,27 @@
-"""Custom marshmallow fields: tensors as numbers or rectangular nested lists, and the model union."""
+"""Custom marshmallow fields: tensors as numbers or rectangular nested lists, the model union, and maps keyed by
+input name."""
 
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields
+from marshmallow import Schema, ValidationError, fields, validate
 
 from service.engine.values import TensorData, parse_tensor
+
+INPUT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+INPUT_NAME_ERROR = "Input names are identifiers (letters, digits, _)."
+
+
+def input_name() -> fields.String:
+    """An input's name: an identifier, as formulas and the engine name their variables."""
+    return fields.String(validate=validate.Regexp(INPUT_NAME_PATTERN, error=INPUT_NAME_ERROR))
+
+
+class InputMap(fields.Dict):
+    """A JSON object keyed by input name (inputs, points, domain, gradients, ...): one definition, so every such
+    map checks its keys alike and the OpenAPI document states the rule (`propertyNames`) for each of them."""
+
+    def __init__(self, values: fields.Field, **kwargs) -> None:
+        super().__init__(keys=input_name(), values=values, **kwargs)
 
 
 def refuse_long_lists(data, caps: dict[str, int]) -> None:
@@ -47,3 +64,12 @@ class OneOfKind(fields.Field):
         if not isinstance(kind, str) or kind not in self.schemas:
             raise ValidationError({"kind": [f"Must be one of: {', '.join(self.schemas)}."]})
         return self.schemas[kind].load(value)
+
+
+class ValidatedLater(fields.Raw):
+    """Any JSON to the request's schema: the view loads it later with one of `schemas`, and its errors then mean
+    something else (a problem file's are the instructor's). The OpenAPI document states those schemas (`oneOf`)."""
+
+    def __init__(self, *schemas: type[Schema], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.schemas = schemas

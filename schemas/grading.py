@@ -9,9 +9,9 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, vali
 from service.engine.values import NON_FINITE, sublists
 
 from .errors import ProblemSchema
-from .fields import OneOfKind, Tensor, refuse_long_lists
+from .fields import InputMap, OneOfKind, Tensor, refuse_long_lists
 from .network import ToleranceSchema
-from .requests import MODEL_SCHEMAS, input_name, neuron_input_errors
+from .requests import MODEL_SCHEMAS, NEURON_INPUT_NAMES, NEURON_MODEL, neuron_input_errors
 from .responses import TensorOut
 
 DEFAULT_RTOL = 1e-4
@@ -83,15 +83,14 @@ class SubmissionSchema(Schema):
     """The student's answers: numbers to compare with autograd, and/or derivative formulas to evaluate."""
 
     loss = Answer(metadata={"description": "forward value; with several points, a list with one value per point"})
-    gradients = fields.Dict(keys=input_name, values=Answer(), metadata={"description": "input name -> dL/d(input)"})
+    gradients = InputMap(Answer(), metadata={"description": "input name -> dL/d(input)"})
     intermediates = fields.Dict(
         keys=fields.String(validate=validate.Length(min=1, max=200)),
         values=Answer(),
         metadata={"description": 'neuron: z, y_pred; formulas: a subexpression\'s source text, e.g. "x ** 2"'},
     )
-    gradient_formulas = fields.Dict(
-        keys=input_name,
-        values=fields.String(validate=validate.Length(min=1)),
+    gradient_formulas = InputMap(
+        fields.String(validate=validate.Length(min=1)),
         metadata={"description": "input name -> derivative formula in the formula language, evaluated at every point"},
     )
 
@@ -116,22 +115,20 @@ class CheckRequestSchema(Schema):
     """Body of POST /v1/check: a model, where to evaluate it, the submission, and tolerances."""
 
     model = OneOfKind(MODEL_SCHEMAS, required=True)
-    inputs = fields.Dict(
-        keys=input_name,
-        values=Tensor(),
+    inputs = InputMap(
+        Tensor(),
         metadata={"description": "one point; with `domain`, the fixed inputs (and shapes) of every drawn point"},
     )
     points = fields.List(
-        fields.Dict(keys=input_name, values=Tensor()),
+        InputMap(Tensor()),
         validate=validate.Length(min=1, max=MAX_POINTS),
         metadata={"description": "several points, each an `inputs` object"},
     )
-    domain = fields.Dict(
-        keys=input_name,
-        values=fields.List(
-            fields.Float(validate=validate.Range(min=-1e100, max=1e100)), validate=validate.Length(equal=2)
-        ),
-        metadata={"description": "input name -> [lo, hi]: draw n_points points uniformly (seeded, deterministic)"},
+    domain = InputMap(
+        fields.List(fields.Float(validate=validate.Range(min=-1e100, max=1e100)), validate=validate.Length(equal=2)),
+        metadata={
+            "description": "input name -> [lo, hi], lo <= hi: draw n_points points uniformly (seeded, deterministic)"
+        },
     )
     seed = fields.Integer(
         validate=validate.Range(min=0, max=2**63 - 1), metadata={"description": "with `domain`; default 0"}
@@ -162,6 +159,46 @@ class CheckRequestSchema(Schema):
         },
     )
     max_checks = MAX_CHECKS  # a problem file's problem (schemas/problems.py) has its own
+    json_schema_rules = {
+        "allOf": [
+            # where: `points`, or `inputs` and/or `domain`; seed and n_points only with `domain`
+            {"not": {"required": ["points", "inputs"]}},
+            {"not": {"required": ["points", "domain"]}},
+            {"anyOf": [{"required": ["inputs"]}, {"required": ["points"]}, {"required": ["domain"]}]},
+            {"if": {"required": ["seed"]}, "then": {"required": ["domain"]}},
+            {"if": {"required": ["n_points"]}, "then": {"required": ["domain"]}},
+            # neuron_inputs: exactly x, y, w, b at every point (with `domain`: between `inputs` and `domain`)
+            {
+                "if": NEURON_MODEL,
+                "then": {
+                    "properties": {
+                        "points": {"items": NEURON_INPUT_NAMES},
+                        "inputs": {"propertyNames": NEURON_INPUT_NAMES["propertyNames"]},
+                        "domain": {"propertyNames": NEURON_INPUT_NAMES["propertyNames"]},
+                    }
+                },
+            },
+            *(
+                {
+                    "if": {**NEURON_MODEL, "not": {"required": ["points"]}},
+                    "then": {
+                        "anyOf": [
+                            {"required": [where], "properties": {where: {"required": [name]}}}
+                            for where in ("inputs", "domain")
+                        ]
+                    },
+                }
+                for name in NEURON_INPUT_NAMES["required"]
+            ),
+            # something_to_grade: answers in `submission`, or `checks` listed
+            {
+                "anyOf": [
+                    {"properties": {"submission": {"minProperties": 1}}},
+                    {"required": ["checks"], "properties": {"checks": {"minProperties": 1}}},
+                ]
+            },
+        ]
+    }
 
     @pre_load
     def cap_points(self, data, **kwargs):

@@ -23,6 +23,10 @@ LAYER_FIELDS = {
 }
 
 
+def _of_type(kind: str) -> dict:
+    return {"properties": {"type": {"const": kind}}}
+
+
 class LayerSchema(Schema):
     """One layer; `type` says which of the other fields apply."""
 
@@ -45,6 +49,24 @@ class LayerSchema(Schema):
     seed = fields.Integer(**SEED)
     mask = Tensor(metadata={"description": "dropout: the 0/1 keep mask, in the activation's shape"})
     scale = fields.Boolean(metadata={"description": "dropout: inverted dropout, divide by keep_prob (default true)"})
+    json_schema_rules = {  # fields_fit_type, for the OpenAPI document
+        "allOf": [
+            *(
+                {
+                    "if": _of_type(kind),
+                    "then": {"propertyNames": {"enum": ["type", *sorted(LAYER_FIELDS.get(kind, set()))]}},
+                }
+                for kind in LAYER_TYPES
+            ),
+            {"if": _of_type("linear"), "then": {"required": ["out_features"]}},
+            {
+                "if": _of_type("dropout"),
+                "then": {
+                    "anyOf": [{"required": ["mask"]}, {"oneOf": [{"required": ["keep_prob"]}, {"required": ["p"]}]}]
+                },
+            },
+        ]
+    }
 
     @validates_schema
     def fields_fit_type(self, data, **kwargs):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
-from .fields import refuse_long_lists
+from .fields import ValidatedLater, refuse_long_lists
 from .grading import (
     CHECK_NAME_PATTERN,
     FEEDBACK_DESCRIPTION,
@@ -83,7 +83,10 @@ class ProblemFileSchema(Schema):
         metadata={"description": f"every problem's, unless the problem or check sets its own; {FEEDBACK_DESCRIPTION}"},
     )
     problems = fields.List(
-        fields.Nested(ProblemSchema), required=True, validate=validate.Length(min=1, max=MAX_PROBLEMS)
+        fields.Nested(ProblemSchema),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_PROBLEMS),
+        metadata={"description": "each problem's `key`, and each check's `answer` name, unique across the file"},
     )
 
     @pre_load
@@ -110,7 +113,15 @@ class ProblemFileSchema(Schema):
 class GradeRequestSchema(Schema):
     """Body of POST /v1/grade: the instructor's problem file and the student's answers (any JSON, read per answer)."""
 
-    problem = fields.Raw(required=True, metadata={"description": "a problem file (ProblemFileSchema), parsed to JSON"})
+    problem = ValidatedLater(
+        ProblemFileSchema,
+        ProblemSchema,
+        required=True,
+        metadata={
+            "description": "the instructor's problem file, parsed to JSON: `problems: [...]` (ProblemFile) or one"
+            " problem at the top level (ProblemDefinition); not matching them is a 400 invalid-problem"
+        },
+    )
     answers = fields.Raw(
         required=True,
         allow_none=True,

@@ -7,14 +7,18 @@ from marshmallow import Schema, ValidationError, fields, pre_load, validate, val
 from service.engine.neuron import DEFAULT_EPSILON, LOSSES, REDUCTIONS
 from service.engine.neuron import INPUTS as NEURON_INPUTS
 
-from .fields import OneOfKind, Tensor, refuse_long_lists
+from .fields import InputMap, OneOfKind, Tensor, input_name, refuse_long_lists
 from .network import NetworkModelSchema
 
 MODES = ("grad", "inference")
 DTYPES = ("float32", "float64")
 INCLUDES = ("graph", "dot", "intermediates", "manual", "numeric", "hessian", "jacobian")
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 MAX_WRT = 64
+
+
+# JSON Schema (OpenAPI 3.1) for what the @validates_schema methods check, in each schema's `json_schema_rules`
+NEURON_MODEL = {"properties": {"model": {"properties": {"kind": {"const": "neuron"}}}}}
+NEURON_INPUT_NAMES = {"required": list(NEURON_INPUTS), "propertyNames": {"enum": list(NEURON_INPUTS)}}
 
 
 def neuron_input_errors(names) -> dict:
@@ -22,11 +26,6 @@ def neuron_input_errors(names) -> dict:
     errors = {name: ["Missing data for required field."] for name in NEURON_INPUTS if name not in names}
     errors |= {name: ["Unknown field: a neuron takes x, y, w, b."] for name in names if name not in NEURON_INPUTS}
     return errors
-
-
-input_name = fields.String(
-    validate=validate.Regexp(NAME_PATTERN, error="Input names are identifiers (letters, digits, _).")
-)
 
 
 class NeuronModelSchema(Schema):
@@ -46,6 +45,7 @@ class ExpressionModelSchema(Schema):
     kind = fields.String(required=True, validate=validate.Equal("expression"))
     name = fields.String(validate=validate.Length(min=1, max=64))
     formula = fields.String(validate=validate.Length(min=1))  # max_formula_length is a 413, checked by the engine
+    json_schema_rules = {"oneOf": [{"required": ["name"]}, {"required": ["formula"]}]}
 
     @validates_schema
     def exactly_one_source(self, data, **kwargs):
@@ -63,8 +63,8 @@ class GradientRequestSchema(Schema):
     """Body of POST /v1/gradients (and of each job in /v1/batch)."""
 
     model = OneOfKind(MODEL_SCHEMAS, required=True)
-    inputs = fields.Dict(keys=input_name, values=Tensor(), required=True)
-    wrt = fields.List(input_name, validate=validate.Length(min=1, max=MAX_WRT))
+    inputs = InputMap(Tensor(), required=True)
+    wrt = fields.List(input_name(), validate=validate.Length(min=1, max=MAX_WRT), metadata={"uniqueItems": True})
     mode = fields.String(load_default="grad", validate=validate.OneOf(MODES))
     dtype = fields.String(load_default="float32", validate=validate.OneOf(DTYPES))
     include = fields.List(
@@ -73,12 +73,13 @@ class GradientRequestSchema(Schema):
         validate=validate.Length(max=len(INCLUDES)),
     )
     dout = Tensor(**upstream_gradient)
-    tangents = fields.Dict(
-        keys=input_name,
-        values=Tensor(),
+    tangents = InputMap(
+        Tensor(),
         validate=validate.Length(min=1, max=64),
         metadata={"description": "input name -> direction: `jvp` is J·v, how the output moves along it"},
     )
+
+    json_schema_rules = {"if": NEURON_MODEL, "then": {"properties": {"inputs": NEURON_INPUT_NAMES}}}
 
     @pre_load
     def cap_lists(self, data, **kwargs):

@@ -60,6 +60,14 @@ class App(Flask):
         except TypeError:  # an unhashable callable
             return super().ensure_sync(func)
 
+    def make_default_options_response(self):
+        """OPTIONS on any path: 204 No Content with `Allow`, no body and so no Content-Type (Flask's is a 200
+        with an empty text/html body, the one non-JSON type the API would send)."""
+        response = super().make_default_options_response()
+        response.status_code = 204
+        response.headers.pop("Content-Type", None)
+        return response
+
 
 def create_app(config: type[Config] | None = None) -> Flask:
     """Build a configured app; the default config reads the environment."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 
 from apispec import APISpec
-from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow import MarshmallowPlugin, OpenAPIConverter
+from apispec.ext.marshmallow.common import resolve_schema_cls
 from flask import Flask
 from marshmallow import fields, validate
 
 from schemas.errors import ProblemSchema
-from schemas.fields import OneOfKind, Tensor
+from schemas.fields import OneOfKind, Tensor, ValidatedLater
+from schemas.problems import ProblemSchema as ProblemDefinitionSchema
 from schemas.responses import TensorOut
 from service import __version__ as VERSION
 
@@ -49,16 +51,22 @@ DESCRIPTION = """PyTorch forward and backward passes over HTTP: losses, gradient
 
 Every error is `application/problem+json` (RFC 9457, schema `Problem`). A path not listed here answers 404
 (response `NotFound`); a listed path asked with a method it does not take answers 405 with an `Allow` header
-naming the methods it does (response `MethodNotAllowed`, on every operation)."""
+naming the methods it does (response `MethodNotAllowed`, on every operation); OPTIONS on a listed path answers
+204 No Content with that `Allow` header.
+
+Request bodies are JSON Schema 2020-12 (OpenAPI 3.1): rules across fields are stated with `not`, `if`/`then`,
+`oneOf`; the few a schema cannot state (a tensor is rectangular, a formula parses, a domain's lo <= hi, unique
+problem keys) are in the fields' descriptions and answer 400 with `errors` naming the field."""
 
 
-def _tensor_attributes(self, field, **kwargs) -> dict:
-    """Custom fields: tensors reference TensorValue; the model union becomes a oneOf with a discriminator."""
+def _custom_field_attributes(self, field, **kwargs) -> dict:
+    """Custom fields: tensors reference TensorValue; the model union becomes a oneOf with a discriminator; a field
+    validated later is one of its schemas."""
     if isinstance(field, (Tensor, TensorOut)):
         return (
             {"$ref": "#/components/schemas/TensorValue"}
             if not field.allow_none
-            else {"oneOf": [{"$ref": "#/components/schemas/TensorValue"}], "nullable": True}
+            else {"anyOf": [{"$ref": "#/components/schemas/TensorValue"}, {"type": "null"}]}
         )
     if isinstance(field, OneOfKind):
         refs = {kind: self.resolve_nested_schema(schema.__class__) for kind, schema in field.schemas.items()}
@@ -66,24 +74,45 @@ def _tensor_attributes(self, field, **kwargs) -> dict:
             "oneOf": list(refs.values()),
             "discriminator": {"propertyName": "kind", "mapping": {k: r["$ref"] for k, r in refs.items()}},
         }
+    if isinstance(field, ValidatedLater):
+        return {"oneOf": [self.resolve_nested_schema(schema) for schema in field.schemas]}
     return {}
 
 
 def _bounds_apispec_misses(self, field, ret: dict, **kwargs) -> dict:
-    """What apispec 6 leaves out: a Range's exclusive bounds (it writes them as inclusive) and a Dict's Length,
-    which it spells minLength/maxLength, keywords that do not apply to objects (minProperties/maxProperties)."""
+    """What apispec 6 leaves out: a Range's exclusive bounds (it writes them as inclusive), a Dict's Length,
+    which it spells minLength/maxLength, keywords that do not apply to objects (minProperties/maxProperties),
+    and a Dict's key rule (propertyNames: the pattern or length its keys field validates)."""
     extra = {}
     for validator in field.validators:
         if isinstance(validator, validate.Range):
             if validator.min is not None and not validator.min_inclusive:
-                extra["exclusiveMinimum"] = True
+                extra["exclusiveMinimum"] = ret.pop("minimum")
             if validator.max is not None and not validator.max_inclusive:
-                extra["exclusiveMaximum"] = True
+                extra["exclusiveMaximum"] = ret.pop("maximum")
         elif isinstance(validator, validate.Length) and isinstance(field, fields.Dict):
             for length, properties in (("minLength", "minProperties"), ("maxLength", "maxProperties")):
                 if length in ret:
                     extra[properties] = ret.pop(length)
+    if isinstance(field, fields.Dict) and field.key_field is not None:
+        names = self.field2property(field.key_field)
+        if set(names) - {"type"}:
+            extra["propertyNames"] = names
     return extra
+
+
+class RulesConverter(OpenAPIConverter):
+    """apispec's converter, plus what a schema's @validates_schema methods check across fields, where JSON Schema
+    can say it: the schema class's `json_schema_rules` (a dict of keywords, e.g. `not`, `if`/`then`, `oneOf`)."""
+
+    def schema2jsonschema(self, schema):
+        jsonschema = super().schema2jsonschema(schema)
+        jsonschema.update(copy.deepcopy(getattr(resolve_schema_cls(schema), "json_schema_rules", {})))
+        return jsonschema
+
+
+class RulesPlugin(MarshmallowPlugin):
+    Converter = RulesConverter
 
 
 def operation(
@@ -125,18 +154,19 @@ def operation(
 
 def build_spec(app: Flask) -> dict:
     """Build the document once at start-up from every route whose view declared an @operation."""
-    marshmallow = MarshmallowPlugin()
+    marshmallow = RulesPlugin()
     spec = APISpec(
         title="Gradient service",
         version=VERSION,
-        openapi_version="3.0.3",
+        openapi_version="3.1.0",
         plugins=[marshmallow],
         info={"description": DESCRIPTION},
     )
-    marshmallow.converter.add_attribute_function(_tensor_attributes)
+    marshmallow.converter.add_attribute_function(_custom_field_attributes)
     marshmallow.converter.add_attribute_function(_bounds_apispec_misses)
     spec.components.schema("TensorValue", TENSOR_VALUE)
     spec.components.schema("Problem", schema=ProblemSchema)
+    spec.components.schema("ProblemDefinition", schema=ProblemDefinitionSchema)  # a problem file's; "Problem" is taken
     for name, description in ERROR_RESPONSES.items():
         response = {"description": description, "content": {"application/problem+json": {"schema": "Problem"}}}
         if name == "MethodNotAllowed":

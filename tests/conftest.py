@@ -49,7 +49,8 @@ def openapi_validator(document: dict, schema: str):
     the document (what a generated client checks a body against)."""
     import jsonschema  # schemathesis's dependency; only the tests that validate bodies need it
 
-    return jsonschema.Draft4Validator({"$ref": f"#/components/schemas/{schema}", "components": document["components"]})
+    reference = {"$ref": f"#/components/schemas/{schema}", "components": document["components"]}
+    return jsonschema.Draft202012Validator(reference)
 
 
 @pytest.fixture(scope="session")
