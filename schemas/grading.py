@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from itertools import chain
-
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
-from service.engine.values import NON_FINITE, sublists
+from service.engine.values import last_non_number
 
 from .errors import ProblemSchema
 from .fields import InputMap, OneOfKind, Tensor, refuse_long_lists
@@ -34,8 +32,8 @@ CHECK_NAME_PATTERN = (
     r"^(loss|gradients\.[A-Za-z_][A-Za-z0-9_]{0,63}|gradient_formulas\.[A-Za-z_][A-Za-z0-9_]{0,63}"
     r"|intermediates\..{1,200})$"
 )
-_NUMBER_TYPES = (int, float)
-_ANSWER_TYPES = {int, float, str, list}  # by type(): a bool is not an int here
+
+NOT_AN_ANSWER = 'Answers are numbers, "NaN"/"Infinity"/"-Infinity" or lists of those'
 
 
 class Answer(Tensor):
@@ -45,35 +43,12 @@ class Answer(Tensor):
     """
 
     def _deserialize(self, value, attr, data, **kwargs):
-        # level by level, a whole level's types at once: millions of numbers are checked without a copy of them
-        # or a Python step per number; an answer with something else in it is walked item by item (_refuse)
-        lists = [[value]]  # the lists whose items are the level checked next: at first, the answer itself
-        while lists:
-            types = set(map(type, chain.from_iterable(lists)))
-            if not types <= _ANSWER_TYPES or (str in types and not _non_finite_strings(lists)):
-                _refuse(value)
-            lists = sublists(lists, types)
+        # millions of numbers are checked by C loops, a level's types at once (values.last_non_number); something
+        # else in an answer is named by the kind of the first item a walk from its end meets, as it always was
+        bad = last_non_number(value)
+        if bad is not None:
+            raise ValidationError(f"{NOT_AN_ANSWER}, got {'boolean' if bad is bool else bad.__name__}.")
         return value
-
-
-def _non_finite_strings(lists: list) -> bool:
-    """Whether every string among the items of `lists` is "NaN", "Infinity" or "-Infinity"."""
-    return all(item in NON_FINITE for item in chain.from_iterable(lists) if type(item) is str)
-
-
-def _refuse(value) -> None:
-    """The ValidationError for an answer with something else than numbers in it, naming the kind of the first bad
-    item a walk from its end meets (as it always did)."""
-    stack = [value]
-    while stack:  # iterative: deep nesting cannot overflow the stack
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, bool) or not (
-            isinstance(item, _NUMBER_TYPES) or (isinstance(item, str) and item in NON_FINITE)
-        ):
-            kind = "boolean" if isinstance(item, bool) else type(item).__name__
-            raise ValidationError(f'Answers are numbers, "NaN"/"Infinity"/"-Infinity" or lists of those, got {kind}.')
 
 
 tolerance = {"validate": validate.Range(min=0, max=1e6)}

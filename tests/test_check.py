@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import sys
 
 import pytest
+from marshmallow import ValidationError
 from platform_specs import validate_gradescope, validate_prairielearn
+
+from schemas.grading import NOT_AN_ANSWER, Answer
+from service.engine.limits import Limits
+from service.engine.values import NON_FINITE
+from service.views import check_loading
 
 PROBLEM = "application/problem+json"
 NEURON = {"model": {"kind": "neuron", "loss": "bce"}, "inputs": {"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0}}
 SIN = {"model": {"kind": "expression", "name": "sin_square"}}
+LIMITS = Limits()
 MEAN = {"model": {"kind": "expression", "formula": "mean(x**2)"}, "inputs": {"x": [1.0, 2.0, 3.0]}}
 
 
@@ -422,6 +431,109 @@ def test_an_answer_that_is_not_numbers_is_a_400_naming_what_is_in_it(client, ans
     assert response.status_code == 400 and response.json["errors"]["submission"]["gradients"]["x"]["value"] == [
         f'Answers are numbers, "NaN"/"Infinity"/"-Infinity" or lists of those, got {kind}.'
     ]
+
+
+def _python_steps(call) -> int:
+    """Lines, calls and returns of Python code run by `call()` (sys.settrace): a count that grows with the numbers
+    of an answer only when something walks them one Python step each."""
+    steps = 0
+
+    def trace(frame, event, arg):
+        nonlocal steps
+        steps += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return steps
+
+
+def _hostile_answers(n: int = 100_000) -> dict[str, list]:
+    """An answer of n numbers with something else in it: at its start, middle or end, in a matrix, after a ragged
+    row, nested deep, a bad string among valid non-finite ones, and a bad item on every level of a comb."""
+    flat = [0.25] * n
+    cases = {}
+    for where, at in (("start", 0), ("middle", n // 2), ("end", n - 1)):
+        for bad in (True, "x", None):
+            cases[f"{type(bad).__name__} at {where}"] = flat[:at] + [bad] + flat[at + 1 :]
+    matrix = [[0.25] * 100 for _ in range(n // 100)]
+    matrix[len(matrix) // 2][50] = True
+    cases["matrix"] = matrix
+    ragged = [[0.25] * 100 for _ in range(n // 100)]
+    ragged[3] = [0.25, [None]]
+    ragged[-2][7] = {}  # the later one in row-major order, at a shallower depth than the null
+    cases["ragged"] = ragged
+    deep = [True, *flat]
+    for _ in range(200):
+        deep = [deep]
+    cases["nested 200 deep"] = deep
+    cases["strings"] = ["NaN", *flat, "Infinity", "nan", "-Infinity"]
+    comb = [0.25, True]
+    for _ in range(200):
+        comb = [0.25] * 500 + [None, comb]
+    cases["comb"] = comb
+    return cases
+
+
+def _walked_from_the_end(value) -> str:
+    """The kind named before: the first non-number a walk from the answer's end meets, one item at a time."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, bool) or not (
+            isinstance(item, (int, float)) or (isinstance(item, str) and item in NON_FINITE)
+        ):
+            return "boolean" if isinstance(item, bool) else type(item).__name__
+    raise AssertionError("no non-number in the answer")
+
+
+@pytest.mark.parametrize(("case", "answer"), _hostile_answers().items())
+def test_a_non_number_among_many_is_named_without_walking_the_numbers(case, answer):
+    """An answer of 100,000 numbers with something else in it is refused by C loops over its levels: the Python
+    steps grow with its depth, not with its numbers (they were ~6 per number: a 4 M-number answer with a `true` at
+    its start took ~5 s before its 400), and the kind named is the one a walk from the end meets, as before."""
+    field = Answer()
+    with pytest.raises(ValidationError) as refused:
+        field.deserialize(answer)
+    assert refused.value.messages == [f"{NOT_AN_ANSWER}, got {_walked_from_the_end(answer)}."]
+    depth, level = 0, [answer]  # the answer's nesting depth: the steps may grow with it (~50 a level)
+    while level:
+        depth, level = depth + 1, [item for item in itertools.chain.from_iterable(level) if isinstance(item, list)]
+    assert _python_steps(lambda: pytest.raises(ValidationError, field.deserialize, answer)) < 500 + 60 * depth
+
+
+def test_a_refused_answer_is_read_once_with_the_whole_bodys_errors(client, monkeypatch):
+    """A check body whose answer part fails (its problem part loads) raises the answer part's errors, which are
+    the whole body's: the answer is read once, as a valid one is (it was read twice: once per part, once whole)."""
+    bodies = [
+        {**SIN, "inputs": {"x": 1.0}, "submission": {"gradients": {"x": [0.5] * 1000 + [True]}}},
+        {**SIN, "inputs": {"x": 1.0}, "submission": {"loss": None, "gradients": {"x": "x"}}, "rtol": -1},
+        {**NEURON, "submission": {}},
+        {**NEURON, "submission": {"loss": [[1], 2, [True]]}, "checks": {"bogus": {}}},
+        {**NEURON, "submission": {"loss": 1}, "feedback": "all", "unknown": 1},
+    ]
+    reads = []
+    deserialize = Answer._deserialize
+    monkeypatch.setattr(
+        Answer, "_deserialize", lambda self, value, *a, **k: reads.append(1) or deserialize(self, value, *a, **k)
+    )
+    for body in bodies:
+        with pytest.raises(ValidationError) as whole:
+            check_loading.check_request.load(body)
+        reads.clear()
+        with pytest.raises(ValidationError) as loaded:
+            check_loading.load_check(body, LIMITS)
+        assert loaded.value.messages == whole.value.messages
+        submission = body["submission"]
+        answers = [submission.get("loss"), *submission.get("gradients", {}).values()]
+        assert len(reads) == sum(answer is not None for answer in answers), body
+        response = client.post("/v1/check", json=body)
+        assert response.status_code == 400 and response.json["errors"] == whole.value.messages
 
 
 def test_unknown_format_is_400(client):

@@ -11,6 +11,8 @@ import pytest
 import requests
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
+from bench.course import CHECKS_PER_BATCH, PROBLEM_SET
+from bench.workloads import student_checks
 from conftest import TUTORIAL_NEURON, TestConfig, openapi_validator
 from service import create_app
 from service.engine import cost
@@ -385,10 +387,69 @@ def test_distinct_jobs_refused_alone_are_charged_their_estimates_work(client, mo
     assert all(r["error"]["status"] == 400 for r in results[:-1]) and round(results[-1]["loss"], 4) == 6.7012
 
 
-def test_checks_are_charged_per_check():
-    assert cost.checks_estimate({"checks": {"loss": {}, "gradients.x": {}}}).parts == {"checks": 2 * cost.CHECK_BYTES}
+def test_checks_are_charged_per_check_and_point():
+    one = cost.CHECK_BYTES + cost.CHECK_POINT_BYTES  # a check's result and its comparison at one point
+    assert cost.checks_estimate({"checks": {"loss": {}, "gradients.x": {}}}).parts == {"checks": 2 * one}
     submission = {"loss": 1, "gradients": {"x": 1, "y": 2}, "gradient_formulas": {"x": "1"}}
-    assert cost.checks_estimate({"submission": submission}).total == 4 * cost.CHECK_BYTES
+    assert cost.checks_estimate({"submission": submission}).total == 4 * one
+    points = [{"x": 1.0}] * 30
+    assert cost.checks_estimate({"submission": submission, "points": points}).total == 4 * (
+        cost.CHECK_BYTES + 30 * cost.CHECK_POINT_BYTES
+    )
+    domain = {"submission": submission, "domain": {"x": [0, 1]}}
+    at = {5: domain, 80: {**domain, "n_points": 80}}  # n_points: 5 by default
+    for n, request in at.items():
+        assert cost.checks_estimate(request).total == 4 * (cost.CHECK_BYTES + n * cost.CHECK_POINT_BYTES)
+
+
+def _many_gradient_checks(n_points: int) -> dict:
+    """A check of the loss and 128 gradients at n_points points of a domain, one input of them in the formula."""
+    names = [f"v{i}" for i in range(128)]
+    submission = {"loss": [0.0] * n_points, "gradients": {name: [0.0] * n_points for name in names}}
+    return {
+        "model": {"kind": "expression", "formula": "v0*v0"},
+        "domain": {name: [-1, 1] for name in names},
+        "n_points": n_points,
+        "submission": submission,
+    }
+
+
+def test_checks_over_many_points_are_charged_their_comparisons(client, monkeypatch):
+    """A check is compared at every point (the classic rule: the answer's tensor, numpy views, the point's error:
+    ~16 µs and ~1.5 KiB kept while a batch defers its comparisons), but was charged 4 KiB whatever its points:
+    10 jobs of 129 checks over 100 points were admitted (~20 MiB) and grew a worker by 185 MiB in 2.5 s, 50 of
+    them by 715 MiB into the 10 s deadline. Charged per point now, such a batch is a 413 before any job loads, and
+    so is one request of 400 checks over 100 points; the same check at 100 points alone, and 2 such jobs, pass."""
+    import service.views.batch as batch_view  # noqa: PLC0415
+    import service.views.check as check_view  # noqa: PLC0415
+
+    loads = counting(monkeypatch, batch_view, "load_check")
+    job = {"check": _many_gradient_checks(100)}
+    problem = assert_budget_413(post(client, "/v1/batch", {"jobs": [job] * 10}))
+    assert problem["limit"]["breakdown"] == {"checks": 1290 * (cost.CHECK_BYTES + 100 * cost.CHECK_POINT_BYTES)}
+    assert "1290 checks" in problem["detail"] and loads == []
+    many = {**_many_gradient_checks(100), "checks": {f"intermediates.q{i}": {} for i in range(400)}}
+    builds = counting(monkeypatch, check_view, "problem_for")
+    refused = assert_budget_413(post(client, "/v1/check", many), part="checks")
+    assert refused["hint"] == cost.HINTS["checks"] and builds == []  # refused before its references are computed
+    alone = post(client, "/v1/check", _many_gradient_checks(100))
+    assert alone.status_code == 200 and len(alone.json["checks"]) == 129 and alone.json["n_points"] == 100
+    two = post(client, "/v1/batch", {"jobs": [job] * 2})
+    assert two.status_code == 200 and all(len(r["checks"]) == 129 for r in two.json["results"])
+
+
+def test_the_courses_checks_are_admitted(client):
+    """What a course sends (bench/workloads.py, bench/course.py): each problem of the week's set alone, and as the
+    course's batches of 100 answers to one problem, is graded, not refused."""
+    for problem, submission in PROBLEM_SET.values():
+        body = {**problem, "submission": submission}
+        assert post(client, "/v1/check", body).status_code == 200, problem
+        batch = post(client, "/v1/batch", {"jobs": [{"check": body}] * CHECKS_PER_BATCH})
+        assert batch.status_code == 200 and all("checks" in r for r in batch.json["results"]), problem
+    for body in student_checks(20):
+        assert post(client, "/v1/check", body).status_code == 200
+    batch = post(client, "/v1/batch", {"jobs": [{"check": body} for body in student_checks(CHECKS_PER_BATCH)]})
+    assert batch.status_code == 200 and all("checks" in r for r in batch.json["results"])
 
 
 def test_a_batch_of_many_checks_is_refused_before_its_jobs_load(client, monkeypatch):
@@ -404,7 +465,7 @@ def test_a_batch_of_many_checks_is_refused_before_its_jobs_load(client, monkeypa
         "checks": {f"intermediates.q{i}": {} for i in range(400)},
     }
     problem = assert_budget_413(post(client, "/v1/batch", {"jobs": [{"check": check}] * 1000}))
-    assert problem["limit"]["breakdown"] == {"checks": 400_000 * cost.CHECK_BYTES}
+    assert problem["limit"]["breakdown"] == {"checks": cost.checks_bytes(400_000, 1)}
     assert "400000 checks" in problem["detail"] and loads == []
     response = post(client, "/v1/batch", {"jobs": [{"check": check}] * 10})
     assert response.status_code == 200 and len(response.json["results"][9]["checks"]) == 400

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.engine import network
+from service.engine import network, refcache
 from service.engine.fixtures import FIXTURES
 
 FIXTURE = {f["name"]: f for f in FIXTURES}
@@ -279,6 +279,113 @@ def test_seeded_dropout_mask_drawn_once_per_request(client, monkeypatch):
         want = torch.from_numpy(np.random.RandomState(4).rand(2, 3) < 0.7).to(dtype) * (1.0 / 0.7)
         for _ in range(2):
             assert torch.equal(net._dropout_mask(layers[1], h, None), want)
+
+
+class _FreshStreamEveryPass:
+    """The model-wide dropout stream as it was: a new RandomState(dropout_seed) every forward pass, drawn in layer
+    order (the reference the kept masks must equal)."""
+
+    def __init__(self, seed, root):
+        self.stream = np.random.RandomState(seed)
+
+    @staticmethod
+    def root():
+        return None
+
+    def keep(self, shape, keep_prob):
+        return self.stream.rand(*shape) < keep_prob
+
+
+def _dropout_networks():
+    """Networks drawing from the model-wide `dropout_seed` stream: one dropout, several of one shape and different
+    keep_prob, mixed with a layer's own seed and mask, batchnorm, both layouts; each with `numeric` (a pass per
+    perturbed element) and its intermediates."""
+    x = [[0.5, -1.0, 0.25], [2.0, 0.25, -0.5], [-1.5, 1.0, 0.75], [0.1, 0.2, 0.3]]
+    init = {"init": {"scheme": "numpy_legacy", "seed": 2, "std": 0.5}}
+    torch_net = {"kind": "network", "layout": "torch", "loss": {"type": "mse"}, "dropout_seed": 11, **init}
+    cs231n = {"kind": "network", "layout": "cs231n", "loss": {"type": "softmax_cross_entropy"}, "dropout_seed": 5}
+    relu4 = {"type": "linear", "out_features": 4, "activation": "relu"}
+    bodies = [
+        (
+            {**torch_net, "layers": [relu4, {"type": "dropout", "p": 0.3}, {"type": "linear", "out_features": 2}]},
+            {"X": x, "y": [[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [1.0, 1.0]]},
+        ),
+        (
+            {
+                **torch_net,
+                "layers": [
+                    relu4,
+                    {"type": "dropout", "keep_prob": 0.8},
+                    {"type": "dropout", "p": 0.5, "seed": 3},
+                    {"type": "dropout", "keep_prob": 0.6},
+                    {"type": "linear", "out_features": 4},
+                    {"type": "dropout", "keep_prob": 0.8},
+                    {"type": "dropout", "keep_prob": 0.7, "mask": [[1, 0, 1, 1]] * 4},
+                    {"type": "linear", "out_features": 3, "activation": "tanh"},
+                    {"type": "dropout", "keep_prob": 0.9},
+                ],
+            },
+            {"X": x, "y": [[0.0, 1.0, 0.5]] * 4},
+        ),
+        (
+            {
+                **cs231n,
+                "layers": [
+                    {"type": "linear", "out_features": 5},
+                    {"type": "batchnorm"},
+                    {"type": "relu"},
+                    {"type": "dropout", "keep_prob": 0.75},
+                    {"type": "linear", "out_features": 3},
+                    {"type": "dropout", "keep_prob": 0.75, "scale": False},
+                ],
+                **init,
+            },
+            {"X": x, "y": [0, 2, 1, 2]},
+        ),
+    ]
+    return [
+        {"model": model, "inputs": inputs, "dtype": dtype, "include": ["numeric", "intermediates"]}
+        for model, inputs in bodies
+        for dtype in ("float64", "float32")
+    ]
+
+
+def test_the_model_wide_dropout_stream_is_drawn_once_per_request(client, monkeypatch):
+    """A model-wide `dropout_seed` seeded a new RandomState every forward pass (~120 us; `numeric` runs two passes
+    per element, a check's diagnosis more): its masks are now drawn once per request and kept by the shapes drawn
+    before them in the pass, and every response is byte for byte what a fresh stream every pass gives."""
+    seeds: list[int] = []
+
+    class Counting(np.random.RandomState):
+        def __init__(self, seed=None):
+            seeds.append(seed)
+            super().__init__(seed)
+
+    monkeypatch.setattr(np.random, "RandomState", Counting)
+    for cache in ("CACHE", "PROBLEMS"):  # every request computes its references: none is kept from another
+        monkeypatch.setattr(refcache, cache, refcache.ReferenceCache(0, 0))
+    for body in _dropout_networks():
+        seeds.clear()
+        kept = client.post("/v1/gradients", json=body)
+        assert kept.status_code == 200, kept.json
+        numeric = kept.json["numeric"]
+        assert numeric["max_abs_error"] < (1e-2 if body["dtype"] == "float32" else 1e-6), numeric
+        assert seeds.count(body["model"]["dropout_seed"]) == 1, seeds  # one stream, not one per pass
+        with monkeypatch.context() as fresh:
+            fresh.setattr(network, "DropoutStream", _FreshStreamEveryPass)
+            seeds.clear()
+            reference = client.post("/v1/gradients", json=body)
+            assert seeds.count(body["model"]["dropout_seed"]) > 2 * 12  # the old way: a stream per pass
+        assert kept.data == reference.data
+    # a check of such a network: its references, and its wrong answer's diagnoses (a network per variant)
+    body = _dropout_networks()[4]
+    wrong = {"gradients": {"b2": [0.0] * 3, "W2": [[0.0] * 3] * 5}}
+    check = {"model": body["model"], "inputs": body["inputs"], "submission": wrong}
+    kept = client.post("/v1/check", json=check)
+    with monkeypatch.context() as fresh:
+        fresh.setattr(network, "DropoutStream", _FreshStreamEveryPass)
+        reference = client.post("/v1/check", json=check)
+    assert kept.status_code == 200 and not kept.json["passed"] and kept.data == reference.data
 
 
 # --- Jacobians, VJPs, JVPs ----------------------------------------------------------------------------

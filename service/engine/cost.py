@@ -32,6 +32,12 @@ DOUBLE_BACKWARD_FACTOR = 4
 # JSON. Measured: 70 batch jobs of 400 misnamed checks (28,000, a 1.3 KB result each) grew a worker by 106 MB,
 # ~3.8 KB a check.
 CHECK_BYTES = 4096
+# A check at each of its points (the classic rule, or a profile's share): the answer's float64 tensor, numpy views of
+# it and of the reference, the point's error and verdict: ~6 torch calls, ~16 µs (about two ops at OP_BYTES's rate),
+# and ~1.5 KiB kept while a batch defers its comparisons to run them together. Measured (docs/limits.md): 10 jobs
+# of 129 checks over 100 points grew a worker by 185 MiB in 2.5 s; 50 such jobs, charged ~100 MiB when a check
+# cost 4 KiB whatever its points, grew it by 715 MiB and ran into the 10 s deadline.
+CHECK_POINT_BYTES = 8192
 # The network re-runs of a wrong gradient's diagnosis: 1/N, L2 x2, L2 x1/2, biases regularised, ReLU mask.
 DIAGNOSED_MISTAKES = 5
 REDUCERS = {"sum", "mean", "numel"}  # formula functions whose result is a scalar
@@ -330,7 +336,7 @@ HINTS = {
     "vector-Jacobian product dout·J, one backward pass",
     "jvp": "send fewer or smaller `tangents`, or use smaller inputs",
     "diagnosis": "grade fewer points",
-    "checks": "list fewer `checks`",
+    "checks": "list fewer `checks`, or grade at fewer points",
 }
 
 
@@ -561,11 +567,31 @@ def raw_checks_count(check) -> int:
     return ("loss" in submission) + sum(len(s) for s in sections if isinstance(s, dict))
 
 
+def raw_points_count(check) -> int:
+    """How many points a check request grades at: its `points`, else `n_points` (default 5) with a `domain`, else
+    one; on the raw JSON too, before it loads (1 where it will not load; the caller caps it at MAX_POINTS)."""
+    if not isinstance(check, dict):
+        return 1
+    points, n_points = check.get("points"), check.get("n_points", 5)
+    if isinstance(points, list):
+        return max(1, len(points))
+    if check.get("domain") and type(n_points) is int:
+        return max(1, n_points)
+    return 1
+
+
+def checks_bytes(checks: int, points: int) -> int:
+    """What `checks` checks cost over `points` points: each result (CHECK_BYTES) and its comparison at every point
+    (CHECK_POINT_BYTES)."""
+    return checks * (CHECK_BYTES + points * CHECK_POINT_BYTES)
+
+
 def checks_estimate(request: dict) -> Estimate:
-    """Each graded check's result in the response (its numbers are counted with the points): the request's
-    `checks`, or, without them, one per answer in the submission. An answer's own estimate, not its problem's."""
+    """Each graded check's result and its comparison at every point (its numbers are counted with the points):
+    the request's `checks`, or, without them, one per answer in the submission. An answer's own estimate, not its
+    problem's."""
     estimate = Estimate()
-    estimate.add("checks", raw_checks_count(request) * CHECK_BYTES)
+    estimate.add("checks", checks_bytes(raw_checks_count(request), raw_points_count(request)))
     return estimate
 
 

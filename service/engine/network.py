@@ -114,6 +114,38 @@ def generate(spec: dict, shape: tuple[int, ...], rng: np.random.RandomState | No
     return np.asarray(values, dtype=np.float64)
 
 
+
+class DropoutStream:
+    """One forward pass's draws from the model-wide `dropout_seed` stream, the keep masks a fresh
+    RandomState(dropout_seed) gives in layer order, drawn once per request (seeding costs ~120 us, and numeric
+    differentiation runs hundreds of passes). The i-th draw of a pass depends only on the shapes drawn before it,
+    so the masks are kept in a tree by those shapes: a node is (its children by the next draw's shape, its masks
+    by keep_prob). A pass whose draws are not all in the tree seeds a stream once and replays its earlier draws."""
+
+    def __init__(self, seed: int, root: tuple[dict, dict]) -> None:
+        self.seed, self.node = seed, root
+        self.shapes: list[tuple[int, ...]] = []  # drawn so far in this pass
+        self.live: np.random.RandomState | None = None  # the stream at this pass's position, once one was needed
+
+    @staticmethod
+    def root() -> tuple[dict, dict]:
+        return {}, {}
+
+    def keep(self, shape: tuple[int, ...], keep_prob: float) -> np.ndarray:
+        """The keep mask (rand < keep_prob) of this pass's next draw, of `shape`."""
+        children, _ = self.node
+        self.node = children.setdefault(shape, self.root())
+        masks = self.node[1]
+        if self.live is None and keep_prob not in masks:
+            self.live = np.random.RandomState(self.seed)
+            for drawn in self.shapes:
+                self.live.rand(*drawn)
+        self.shapes.append(shape)
+        if self.live is None:
+            return masks[keep_prob]
+        values = self.live.rand(*shape)  # keeps the live stream in step, kept or not
+        return masks.setdefault(keep_prob, values < keep_prob)
+
 class Network:
     """One instance per request: `complete` fills in generated tensors and checks shapes, `forward` runs the net."""
 
@@ -138,6 +170,10 @@ class Network:
         # forward pass (numeric differentiation runs hundreds); seeding a RandomState costs ~120 us, far more than
         # the layer is charged. One byte per element, within the 4 elements a layer's output is charged.
         self._seeded_masks: dict[tuple, np.ndarray] = {}
+        # The model-wide `dropout_seed` stream's masks, the same way: every pass draws from a fresh
+        # RandomState(dropout_seed) in layer order, so a draw depends only on the shapes drawn before it in the pass
+        # (DropoutStream keeps them in a tree of those shapes).
+        self._stream_masks = DropoutStream.root()
 
     # --- shapes and tensors -----------------------------------------------------------------------
 
@@ -294,7 +330,8 @@ class Network:
 
     def outputs(self, t: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         lay, h, block = self.layout, t["X"], 0
-        dropout_stream = np.random.RandomState(self.spec["dropout_seed"]) if "dropout_seed" in self.spec else None
+        seed = self.spec.get("dropout_seed")
+        dropout_stream = DropoutStream(seed, self._stream_masks) if seed is not None else None
         names: dict[str, int] = {}
 
         def keep(kind: str, value: torch.Tensor) -> torch.Tensor:
@@ -367,7 +404,7 @@ class Network:
         elif stream is None:
             raise ShapeError("dropout needs a `mask`, a `seed`, or the model's `dropout_seed`")
         else:
-            keep = stream.rand(*h.shape) < keep_prob
+            keep = stream.keep(tuple(h.shape), keep_prob)
         return torch.from_numpy(keep).to(h.dtype) * scale
 
     def data_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

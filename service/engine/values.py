@@ -6,7 +6,9 @@ submitted answer with it, where a ragged list is a failed check rather than a 40
 
 from __future__ import annotations
 
-from itertools import chain
+from bisect import bisect_right
+from itertools import accumulate, chain, compress, count, islice, repeat
+from operator import is_
 from typing import Any, NamedTuple
 
 NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
@@ -101,7 +103,10 @@ def sublists(lists: list, types: set[type]) -> list:
     level of a walk that reads a level's types at once and never copies the numbers."""
     if types == {list}:
         return list(chain.from_iterable(lists))
-    return [item for item in chain.from_iterable(lists) if type(item) is list] if list in types else []
+    if list not in types:
+        return []
+    kinds = map(type, chain.from_iterable(lists))  # picked out by C loops: no Python step per number
+    return list(compress(chain.from_iterable(lists), map(is_, kinds, repeat(list))))
 
 
 def outline(value: Any) -> tuple[int, ...]:
@@ -114,3 +119,64 @@ def outline(value: Any) -> tuple[int, ...]:
             break
         value = value[0]
     return tuple(shape)
+
+
+_LEAF_OR_LIST = {int, float, str, list}  # by type(): a bool is not an int here
+
+
+def _last_index(items: list, types: set[type]) -> int:
+    """The index of the last item of `items` (whose types are `types`) that is neither a number, a list nor a
+    non-finite string, or -1: C loops over the items' types (a reversed copy searched with list.index per bad
+    type), and a Python step per string only, never per number."""
+    kinds = list(map(type, items))
+    bad = types - _LEAF_OR_LIST
+    backwards = kinds[::-1] if bad else []
+    last = max((len(kinds) - 1 - backwards.index(kind) for kind in bad), default=-1)
+    if str in types:
+        at = list(compress(count(), map(is_, kinds, repeat(str))))  # where the strings are
+        finite = list(map(NON_FINITE.__contains__, map(items.__getitem__, at)))
+        if False in finite:
+            last = max(last, at[len(at) - 1 - finite[::-1].index(False)])
+    return last
+
+
+def last_non_number(value: Any) -> type | None:
+    """None when `value` is a number, "NaN"/"Infinity"/"-Infinity" or nested lists of those; else the type of its
+    last item (row-major) that is none of these: the first item a walk from its end meets. Read a level's types at
+    once, copying only the lists (millions of numbers cost C loops, not a Python step each); a level with such an
+    item has it found by _last_index, and the latest of the levels' last ones wins: the deeper is lifted to its
+    ancestor at the shallower's depth, where items are in row-major order."""
+    levels: list[list] = []  # per depth, the lists whose items are at that depth
+    found: list[tuple[int, int, type]] = []  # per depth that has one: (depth, index among the depth's items, type)
+    lists = [[value]]
+    while lists:
+        types = set(map(type, chain.from_iterable(lists)))
+        if str in types or not types <= _LEAF_OR_LIST:  # something to look at item by item, in C loops
+            items = _items(lists)
+            index = _last_index(items, types)
+            if index >= 0:
+                found.append((len(levels), index, type(items[index])))
+        levels.append(lists)
+        lists = sublists(lists, types)
+    if not found:
+        return None
+    depth, index, last = found.pop()  # the deepest, lifted to each shallower one in turn
+    while found:
+        shallower, other, kind = found.pop()
+        while depth > shallower:
+            index = _parent_index(levels, depth, index)
+            depth -= 1
+        if other > index:  # `other` is a leaf and `index` the list holding `last`: never equal
+            index, last = other, kind
+    return last
+
+
+def _items(lists: list) -> list:
+    return lists[0] if len(lists) == 1 else list(chain.from_iterable(lists))
+
+
+def _parent_index(levels: list[list], depth: int, index: int) -> int:
+    """The index among the items at depth-1 of the list that holds item `index` of depth `depth` (C loops)."""
+    k = bisect_right(list(accumulate(map(len, levels[depth]))), index)  # it is in the depth's k-th list
+    above = _items(levels[depth - 1])
+    return next(islice(compress(count(), map(isinstance, above, repeat(list))), k, None))

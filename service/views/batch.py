@@ -9,7 +9,7 @@ from flask import Blueprint, current_app
 from marshmallow import ValidationError
 
 from schemas import GradientRequestSchema, GradientResponseSchema
-from schemas.grading import MAX_CHECKS, BatchErrorSchema, BatchRequestSchema, CheckResponseSchema
+from schemas.grading import MAX_CHECKS, MAX_POINTS, BatchErrorSchema, BatchRequestSchema, CheckResponseSchema
 
 from ..engine import cost
 from ..engine.batch import compute_many
@@ -134,15 +134,17 @@ def run_jobs(jobs: list, limits) -> list[dict]:
 
 
 def _checks_within_budget(jobs: list, limits) -> None:
-    """Every check job's results (cost.CHECK_BYTES each), counted on the raw JSON before any job loads: a batch
-    of 1000 jobs of 400 checks is a 413 at once rather than after loading 400,000 checks (~6 s). A job over
-    MAX_CHECKS is a 400 in its place, and counts its cap."""
-    count = sum(
-        min(cost.raw_checks_count(job["check"]), MAX_CHECKS)
+    """Every check job's results and their comparisons at every point (cost.checks_bytes), counted on the raw JSON
+    before any job loads: a batch of 1000 jobs of 400 checks is a 413 at once rather than after loading 400,000
+    checks (~6 s). A job over MAX_CHECKS or MAX_POINTS is a 400 in its place, and counts the caps."""
+    checks = [
+        (min(cost.raw_checks_count(job["check"]), MAX_CHECKS), min(cost.raw_points_count(job["check"]), MAX_POINTS))
         for job in jobs
         if isinstance(job, dict) and set(job) == {"check"}
-    )
-    cost.batch_require(limits, count * cost.CHECK_BYTES, count, "checks", hint=cost.HINTS["jobs"])
+    ]
+    count = sum(n for n, _ in checks)
+    total = sum(cost.checks_bytes(n, points) for n, points in checks)
+    cost.batch_require(limits, total, count, "checks", hint=cost.HINTS["jobs"])
 
 
 def _gradients_key(spec: dict) -> bytes:

@@ -7,9 +7,12 @@ JSON of those fields, key order included (the points' order shows in the respons
 then validates and grades only its answer.
 
 Exact: each of CheckRequestSchema's validators reads only problem fields or only answer fields, so the two parts
-load to what the whole body loads to; a body whose problem or answer part fails is loaded whole, for the errors
-it always gave. A Problem's model is never evaluated after the Problem is built (its references are), so the
-deadline it was built under does not reach a later request.
+load to what the whole body loads to; a body whose problem part fails is loaded whole, for the errors it always
+gave. A failing answer part's errors are the whole body's then: no problem field fails, and a schema validator
+runs only when no field fails (marshmallow's default), reading fields of one part. So an answer is read once,
+valid or not (a 4 M-number answer with a `true` in it was walked twice). A Problem's model is never evaluated
+after the Problem is built (its references are), so the deadline it was built under does not reach a later
+request.
 """
 
 from __future__ import annotations
@@ -62,15 +65,12 @@ def load_check(
             shared = None
         if loaded is not None:
             loaded[raw] = shared
-    if shared is not None:
-        try:
-            answer = answer_part.load({name: value for name, value in check.items() if name not in PROBLEM_FIELDS})
-        except ValidationError:
-            pass
-        else:
-            body = {**shared, **answer}
-            return {name: body[name] for name in check_request.fields if name in body}, raw, problem
-    return check_request.load(check), raw, None
+    if shared is None:
+        return check_request.load(check), raw, None  # raises the problem part's errors, with the answer's
+    # a failing answer part raises its own errors: what the whole body raises when its problem part loads
+    answer = answer_part.load({name: value for name, value in check.items() if name not in PROBLEM_FIELDS})
+    body = {**shared, **answer}
+    return {name: body[name] for name in check_request.fields if name in body}, raw, problem
 
 
 # What the loaded fields keep alive per JSON value (a float object and its list slot, ~32-40 bytes) and per list
