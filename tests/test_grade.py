@@ -430,6 +430,16 @@ def test_a_yaml_problem_file_reads_exponents_without_a_dot_as_numbers(client, tm
     assert lint.returncode == 0 and "schema ok" in lint.stdout, lint.stderr
 
 
+def test_the_problem_file_of_the_docs_is_graded(client, tmp_path):
+    """docs/platforms.md's YAML problem file, as written (its `rtol: 1e-4` was `1.0e-4` for YAML 1.1's sake)."""
+    text = (ROOT / "docs" / "platforms.md").read_text().split("## The problem file")[1]
+    (tmp_path / "problem.yaml").write_text(text.split("```yaml\n")[1].split("```")[0])
+    problem = grading.read_problem_file(str(tmp_path / "problem.yaml"))
+    assert problem["problems"][0]["rtol"] == 1e-4 and problem["problems"][0]["checks"]["gradients.b"]["rtol"] == 1e-3
+    graded = grade(client, {"problem": problem, "answers": {"neuron": RIGHT}})
+    assert graded.status_code == 200 and graded.json["score"] == 3, graded.json
+
+
 def test_a_quoted_number_in_a_yaml_problem_file_is_the_instructors_error(client, tmp_path):
     (tmp_path / "problem.yaml").write_text(YAML_NUMBERS.replace("rtol: 1e-4", 'rtol: "1e-4"'))
     problem = grading.read_problem_file(str(tmp_path / "problem.yaml"))
