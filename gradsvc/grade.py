@@ -86,8 +86,9 @@ def _non_finite_as_strings(data):
 
 
 def read_problem_file(path: str):
-    """The problem file as JSON data: .json files as JSON, anything else as YAML (a superset of JSON).
-    Non-finite numbers are the service's strings ("Infinity", ...); anything JSON cannot carry is a ProblemFileError."""
+    """The problem file as JSON data: .json files as JSON, anything else as YAML (a superset of JSON) with
+    YAML 1.2's numbers (`rtol: 1e-4` is a float: gradsvc/yamlfile.py). Non-finite numbers are the service's
+    strings ("Infinity", ...); anything JSON cannot carry is a ProblemFileError."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -101,10 +102,12 @@ def read_problem_file(path: str):
             raise ProblemFileError(f"{path} is not valid JSON: {err}") from None
     try:
         import yaml
+
+        from .yamlfile import load_yaml
     except ImportError:
         raise ProblemFileError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use a .json file") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as err:
         raise ProblemFileError(f"{path} is not valid YAML: {err}") from None
     except RecursionError:

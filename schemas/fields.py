@@ -1,7 +1,9 @@
-"""Custom marshmallow fields: tensors as numbers or rectangular nested lists, the model union, and maps keyed by
-input name."""
+"""Custom marshmallow fields: numbers and booleans as JSON types only, tensors as numbers or rectangular nested
+lists, the model union, and maps keyed by input name."""
 
 from __future__ import annotations
+
+import numbers
 
 from marshmallow import Schema, ValidationError, fields, validate
 
@@ -9,6 +11,37 @@ from service.engine.values import TensorData, parse_tensor
 
 INPUT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 INPUT_NAME_ERROR = "Input names are identifiers (letters, digits, _)."
+
+
+class StrictFloat(fields.Float):
+    """A JSON number, never a numeric string: marshmallow's Float takes "1e-4" (and has no `strict` option), while
+    the OpenAPI document says `number`. Booleans are refused by marshmallow's Number already."""
+
+    def _validated(self, value) -> float:
+        if not isinstance(value, numbers.Real):
+            raise self.make_error("invalid", input=value)
+        return super()._validated(value)
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer: marshmallow's `strict=True` refuses "3" and 2.5 (which the lenient Integer truncates to 2).
+    It refuses 3.0 too (JSON Schema calls it an integer; send integers without a decimal point)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(strict=True, **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only, not marshmallow's truthy/falsy strings and 0/1. The sets alone cannot say it
+    (1 == True, so `1 in {True}`), hence the type check before them."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(truthy={True}, falsy={False}, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 def input_name() -> fields.String:

@@ -7,7 +7,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, vali
 from service.engine.values import last_non_number
 
 from .errors import ProblemSchema
-from .fields import InputMap, OneOfKind, Tensor, refuse_long_lists
+from .fields import InputMap, OneOfKind, StrictFloat, StrictInteger, Tensor, refuse_long_lists
 from .network import ToleranceSchema
 from .requests import MODEL_SCHEMAS, NEURON_INPUT_NAMES, NEURON_MODEL, neuron_input_errors
 from .responses import TensorOut
@@ -73,9 +73,9 @@ class SubmissionSchema(Schema):
 class CheckOptionsSchema(Schema):
     """Per-check settings: points, tolerances overriding the request's, and Gradescope visibility."""
 
-    points = fields.Float(load_default=1.0, validate=validate.Range(min=0, max=1e6))
-    rtol = fields.Float(**tolerance)
-    atol = fields.Float(**tolerance)
+    points = StrictFloat(load_default=1.0, validate=validate.Range(min=0, max=1e6))
+    rtol = StrictFloat(**tolerance)
+    atol = StrictFloat(**tolerance)
     title = fields.String(
         validate=validate.Length(min=1, max=200), metadata={"description": "display name of the test"}
     )
@@ -100,20 +100,20 @@ class CheckRequestSchema(Schema):
         metadata={"description": "several points, each an `inputs` object"},
     )
     domain = InputMap(
-        fields.List(fields.Float(validate=validate.Range(min=-1e100, max=1e100)), validate=validate.Length(equal=2)),
+        fields.List(StrictFloat(validate=validate.Range(min=-1e100, max=1e100)), validate=validate.Length(equal=2)),
         metadata={
             "description": "input name -> [lo, hi], lo <= hi: draw n_points points uniformly (seeded, deterministic)"
         },
     )
-    seed = fields.Integer(
+    seed = StrictInteger(
         validate=validate.Range(min=0, max=2**63 - 1), metadata={"description": "with `domain`; default 0"}
     )
-    n_points = fields.Integer(
+    n_points = StrictInteger(
         validate=validate.Range(min=1, max=MAX_POINTS), metadata={"description": "with `domain`; default 5"}
     )
     submission = fields.Nested(SubmissionSchema, required=True)
-    rtol = fields.Float(load_default=DEFAULT_RTOL, **tolerance)
-    atol = fields.Float(load_default=DEFAULT_ATOL, **tolerance)
+    rtol = StrictFloat(load_default=DEFAULT_RTOL, **tolerance)
+    atol = StrictFloat(load_default=DEFAULT_ATOL, **tolerance)
     tolerance = fields.Nested(ToleranceSchema, metadata={"description": "a named rule instead of rtol/atol"})
     dout = Tensor(metadata={"description": "upstream gradient of a non-scalar output: gradients are dout·J"})
     feedback = fields.String(

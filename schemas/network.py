@@ -7,7 +7,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from service.engine.network import ACTIVATIONS, INIT_SCHEMES, L2_FORMS, LAYER_TYPES, LAYOUTS, LOSSES, REDUCTIONS
 from service.engine.tolerance import DEFAULTS as PROFILES
 
-from .fields import Tensor
+from .fields import StrictBoolean, StrictFloat, StrictInteger, Tensor
 
 TENSOR_NAME = r"^(X|y|[Wb][1-9][0-9]{0,2}|gamma[0-9]{1,3}|beta[0-9]{1,3})$"
 MAX_LAYERS = 64
@@ -31,24 +31,24 @@ class LayerSchema(Schema):
     """One layer; `type` says which of the other fields apply."""
 
     type = fields.String(required=True, validate=validate.OneOf(LAYER_TYPES))
-    out_features = fields.Integer(validate=validate.Range(min=1, max=MAX_FEATURES))
-    bias = fields.Boolean(metadata={"description": "linear: with a bias (default true)"})
+    out_features = StrictInteger(validate=validate.Range(min=1, max=MAX_FEATURES))
+    bias = StrictBoolean(metadata={"description": "linear: with a bias (default true)"})
     activation = fields.String(
         allow_none=True, validate=validate.OneOf(ACTIVATIONS), metadata={"description": "linear: applied inline"}
     )
-    negative_slope = fields.Float(validate=validate.Range(min=0, max=1), metadata={"description": "leaky_relu; 0.01"})
-    eps = fields.Float(validate=validate.Range(min=0, max=1, min_inclusive=False), metadata={"description": "1e-5"})
+    negative_slope = StrictFloat(validate=validate.Range(min=0, max=1), metadata={"description": "leaky_relu; 0.01"})
+    eps = StrictFloat(validate=validate.Range(min=0, max=1, min_inclusive=False), metadata={"description": "1e-5"})
     variance = fields.String(
         validate=validate.OneOf(("biased", "unbiased")),
         metadata={"description": "batchnorm: divide by n (biased, default: CS231n, torch) or n - 1"},
     )
-    keep_prob = fields.Float(
+    keep_prob = StrictFloat(
         validate=validate.Range(min=0, max=1, min_inclusive=False), metadata={"description": "CS231n's p"}
     )
-    p = fields.Float(validate=validate.Range(min=0, max=1, max_inclusive=False), metadata={"description": "torch's"})
-    seed = fields.Integer(**SEED)
+    p = StrictFloat(validate=validate.Range(min=0, max=1, max_inclusive=False), metadata={"description": "torch's"})
+    seed = StrictInteger(**SEED)
     mask = Tensor(metadata={"description": "dropout: the 0/1 keep mask, in the activation's shape"})
-    scale = fields.Boolean(metadata={"description": "dropout: inverted dropout, divide by keep_prob (default true)"})
+    scale = StrictBoolean(metadata={"description": "dropout: inverted dropout, divide by keep_prob (default true)"})
     json_schema_rules = {  # fields_fit_type, for the OpenAPI document
         "allOf": [
             *(
@@ -87,35 +87,35 @@ class LossSchema(Schema):
         validate=validate.OneOf(REDUCTIONS),
         metadata={"description": "mean over samples (default), sum, or mean over every element (torch's mse/bce)"},
     )
-    margin = fields.Float(validate=validate.Range(min=0, max=1e6), metadata={"description": "hinge; default 1"})
+    margin = StrictFloat(validate=validate.Range(min=0, max=1e6), metadata={"description": "hinge; default 1"})
 
 
 class L2Schema(Schema):
-    reg = fields.Float(required=True, validate=validate.Range(min=0, max=1e6))
+    reg = StrictFloat(required=True, validate=validate.Range(min=0, max=1e6))
     form = fields.String(
         required=True,
         validate=validate.OneOf(tuple(L2_FORMS)),
         metadata={"description": "sum_sq: reg*ΣW²; half_sum_sq: 0.5*reg*ΣW²; over_2m: reg/(2m)*ΣW²"},
     )
-    include_biases = fields.Boolean(load_default=False)
+    include_biases = StrictBoolean(load_default=False)
 
 
 class InitSchema(Schema):
     """How a tensor is made: numpy_legacy (mean + std * RandomState(seed).randn), zeros, ones, constant, linspace."""
 
     scheme = fields.String(required=True, validate=validate.OneOf(INIT_SCHEMES))
-    seed = fields.Integer(**SEED)
-    std = fields.Float(**finite)
-    mean = fields.Float(**finite)
-    value = fields.Float(**finite)
-    start = fields.Float(**finite)
-    stop = fields.Float(**finite)
+    seed = StrictInteger(**SEED)
+    std = StrictFloat(**finite)
+    mean = StrictFloat(**finite)
+    value = StrictFloat(**finite)
+    start = StrictFloat(**finite)
+    stop = StrictFloat(**finite)
     shape = fields.List(
-        fields.Integer(validate=validate.Range(min=0, max=MAX_FEATURES)),
+        StrictInteger(validate=validate.Range(min=0, max=MAX_FEATURES)),
         validate=validate.Length(min=1, max=2),
         metadata={"description": "needed for X and y (a parameter's shape follows from the layers)"},
     )
-    transpose = fields.Boolean(metadata={"description": "linspace: fill the reversed shape, then transpose"})
+    transpose = StrictBoolean(metadata={"description": "linspace: fill the reversed shape, then transpose"})
 
 
 class NetworkModelSchema(Schema):
@@ -133,7 +133,7 @@ class NetworkModelSchema(Schema):
         validate=validate.Length(max=2 * MAX_LAYERS + 2),
         metadata={"description": "tensor name -> how to make it (e.g. X from a seed, as a course's fixture does)"},
     )
-    dropout_seed = fields.Integer(**SEED)
+    dropout_seed = StrictInteger(**SEED)
 
 
 class ToleranceSchema(Schema):
@@ -144,13 +144,13 @@ class ToleranceSchema(Schema):
         validate=validate.OneOf(tuple(PROFILES)),
         metadata={"description": "rel_error (CS231n), norm_ratio (dlai), allclose, round_atol (MyTorch), exact"},
     )
-    threshold = fields.Float(
+    threshold = StrictFloat(
         validate=validate.Range(min=0, max=1e6),
         metadata={"description": "rel_error: 1e-7, norm_ratio: 2e-7 by default"},
     )
-    rtol = fields.Float(validate=validate.Range(min=0, max=1e6), metadata={"description": "allclose"})
-    atol = fields.Float(validate=validate.Range(min=0, max=1e6), metadata={"description": "allclose, round_atol"})
-    decimals = fields.Integer(validate=validate.Range(min=0, max=15), metadata={"description": "round_atol; 4"})
-    partial_credit = fields.Boolean(
+    rtol = StrictFloat(validate=validate.Range(min=0, max=1e6), metadata={"description": "allclose"})
+    atol = StrictFloat(validate=validate.Range(min=0, max=1e6), metadata={"description": "allclose, round_atol"})
+    decimals = StrictInteger(validate=validate.Range(min=0, max=15), metadata={"description": "round_atol; 4"})
+    partial_credit = StrictBoolean(
         load_default=False, metadata={"description": "points times the fraction of elements within tolerance"}
     )

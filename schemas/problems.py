@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
-from .fields import ValidatedLater, refuse_long_lists
+from .fields import StrictBoolean, StrictInteger, ValidatedLater, refuse_long_lists
 from .grading import (
     CHECK_NAME_PATTERN,
     FEEDBACK_DESCRIPTION,
@@ -67,7 +67,7 @@ class ProblemSchema(CheckRequestSchema):
         metadata={"description": "check name (loss, gradients.w, gradient_formulas.x, intermediates.z) -> options"},
     )
     max_checks = MAX_PROBLEM_CHECKS
-    seed_from_variant = fields.Boolean(
+    seed_from_variant = StrictBoolean(
         load_default=False, metadata={"description": "with `domain`: PrairieLearn's variant seed draws the points"}
     )
     format_errors = format_errors
@@ -142,7 +142,7 @@ class GradeRequestSchema(Schema):
             "on platforms without their own visibility (all but Gradescope)"
         },
     )
-    variant_seed = fields.Integer(
+    variant_seed = StrictInteger(
         validate=validate.Range(min=0), metadata={"description": "PrairieLearn's variant seed (seed_from_variant)"}
     )
 

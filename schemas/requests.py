@@ -7,7 +7,7 @@ from marshmallow import Schema, ValidationError, fields, pre_load, validate, val
 from service.engine.neuron import DEFAULT_EPSILON, LOSSES, REDUCTIONS
 from service.engine.neuron import INPUTS as NEURON_INPUTS
 
-from .fields import InputMap, OneOfKind, Tensor, input_name, refuse_long_lists
+from .fields import InputMap, OneOfKind, StrictFloat, Tensor, input_name, refuse_long_lists
 from .network import NetworkModelSchema
 
 MODES = ("grad", "inference")
@@ -34,7 +34,7 @@ class NeuronModelSchema(Schema):
     kind = fields.String(required=True, validate=validate.Equal("neuron"))
     loss = fields.String(load_default=LOSSES[0], validate=validate.OneOf(LOSSES))
     reduction = fields.String(load_default=REDUCTIONS[0], validate=validate.OneOf(REDUCTIONS))
-    epsilon = fields.Float(
+    epsilon = StrictFloat(
         load_default=DEFAULT_EPSILON, validate=validate.Range(min=0, max=0.5, min_inclusive=False, max_inclusive=False)
     )
 

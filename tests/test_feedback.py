@@ -10,7 +10,6 @@ import re
 
 import feedback_cases as cases
 import pytest
-import yaml
 from platform_specs import (
     student_view,
     validate_autolab,
@@ -20,6 +19,7 @@ from platform_specs import (
 )
 
 from conftest import ROOT
+from gradsvc.grade import read_problem_file
 from service.engine import feedback
 
 
@@ -299,7 +299,7 @@ def test_the_audits_replay_on_the_gradescope_example(client, mode):
     """The audit's repro: all-zero answers to examples/gradescope/problem.yaml, then every number the student can
     read resubmitted as each of the neuron's answers. The default hands over 3 points (loss and dL/dw; dL/db is
     shown after the due date); "error" and "verdict" none."""
-    problem = yaml.safe_load((ROOT / "examples" / "gradescope" / "problem.yaml").read_text())
+    problem = read_problem_file(str(ROOT / "examples" / "gradescope" / "problem.yaml"))
     if mode != "expected":
         problem["feedback"] = mode
     zeros = {"neuron": {"loss": 0, "gradients": {"w": 0, "b": 0}}, "mean_square": {"gradients": {"x": [0, 0, 0]}}}

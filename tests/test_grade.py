@@ -14,6 +14,7 @@ import urllib.parse
 
 import pytest
 import requests
+import yaml
 from platform_specs import (
     student_view,
     validate_autolab,
@@ -392,6 +393,61 @@ def test_deep_or_undatable_problem_files_are_the_instructors_error(tmp_path):
             grading.read_problem_file(str(tmp_path / name))
         proc, _ = gradsvc("problem", "lint", str(tmp_path / name), "--offline")
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+
+
+# YAML 1.1 (PyYAML's) reads 1e-4, 1E5 and -2e-3 as strings; the service takes only JSON numbers there
+YAML_NUMBERS = """\
+key: numbers
+model: {kind: expression, formula: "sin(x)"}
+domain: {x: [-2e-3, 1E1]}
+seed: 3
+n_points: 4
+rtol: 1e-4
+atol: 1e-6
+checks:
+  gradient_formulas.x: {points: .5, rtol: 1E-3}
+  loss: {points: 1E5, atol: 2e-3}
+"""
+
+
+def test_a_yaml_problem_file_reads_exponents_without_a_dot_as_numbers(client, tmp_path):
+    """gradsvc/yamlfile.py: YAML 1.2's floats, so `rtol: 1e-4` reaches the service as a number (it refuses "1e-4")."""
+    assert yaml.safe_load(YAML_NUMBERS)["rtol"] == "1e-4"  # what PyYAML alone reads
+    (tmp_path / "problem.yaml").write_text(YAML_NUMBERS)
+    problem = grading.read_problem_file(str(tmp_path / "problem.yaml"))
+    assert problem["domain"] == {"x": [-0.002, 10.0]} and problem["seed"] == 3 and type(problem["seed"]) is int
+    assert (problem["rtol"], problem["atol"]) == (1e-4, 1e-6)
+    assert problem["checks"] == {
+        "gradient_formulas.x": {"points": 0.5, "rtol": 1e-3},
+        "loss": {"points": 1e5, "atol": 2e-3},
+    }
+    graded = grade(client, {"problem": problem, "answers": {"gradient_formulas": {"x": "cos(x)"}}})
+    assert graded.status_code == 200, graded.json
+    checks = {c["name"]: c for c in graded.json["problems"][0]["checks"]}
+    assert checks["gradient_formulas.x"]["rtol"] == 1e-3 and checks["gradient_formulas.x"]["points"] == 0.5
+    assert checks["loss"]["max_points"] == 1e5 and checks["loss"]["atol"] == 2e-3 and checks["loss"]["rtol"] == 1e-4
+    lint, _ = gradsvc("problem", "lint", str(tmp_path / "problem.yaml"), "--offline")
+    assert lint.returncode == 0 and "schema ok" in lint.stdout, lint.stderr
+
+
+def test_the_problem_file_of_the_docs_is_graded(client, tmp_path):
+    """docs/platforms.md's YAML problem file, as written (its `rtol: 1e-4` was `1.0e-4` for YAML 1.1's sake)."""
+    text = (ROOT / "docs" / "platforms.md").read_text().split("## The problem file")[1]
+    (tmp_path / "problem.yaml").write_text(text.split("```yaml\n")[1].split("```")[0])
+    problem = grading.read_problem_file(str(tmp_path / "problem.yaml"))
+    assert problem["problems"][0]["rtol"] == 1e-4 and problem["problems"][0]["checks"]["gradients.b"]["rtol"] == 1e-3
+    graded = grade(client, {"problem": problem, "answers": {"neuron": RIGHT}})
+    assert graded.status_code == 200 and graded.json["score"] == 3, graded.json
+
+
+def test_a_quoted_number_in_a_yaml_problem_file_is_the_instructors_error(client, tmp_path):
+    (tmp_path / "problem.yaml").write_text(YAML_NUMBERS.replace("rtol: 1e-4", 'rtol: "1e-4"'))
+    problem = grading.read_problem_file(str(tmp_path / "problem.yaml"))
+    refused = grade(client, {"problem": problem, "answers": {}})
+    assert refused.status_code == 400 and refused.json["type"] == "/problems/invalid-problem"
+    assert refused.json["errors"] == {"problem": {"problems": {"0": {"rtol": ["Not a valid number."]}}}}
+    lint, _ = gradsvc("problem", "lint", str(tmp_path / "problem.yaml"), "--offline")
+    assert lint.returncode == 1 and "Not a valid number." in lint.stderr, lint.stderr
 
 
 class AppAdapter(requests.adapters.BaseAdapter):
