@@ -24,11 +24,16 @@ class StrictFloat(fields.Float):
 
 
 class StrictInteger(fields.Integer):
-    """A JSON integer: marshmallow's `strict=True` refuses "3" and 2.5 (which the lenient Integer truncates to 2).
-    It refuses 3.0 too (JSON Schema calls it an integer; send integers without a decimal point)."""
+    """A JSON integer as JSON Schema counts them: 3 and 3.0 (what `json.dumps(3.0)` sends) are the integer 3;
+    marshmallow's `strict=True` refuses "3", true and 2.5 (which the lenient Integer truncates to 2)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(strict=True, **kwargs)
+
+    def _validated(self, value) -> int:
+        if type(value) is float and value.is_integer():  # finite and whole; inf and nan are not
+            value = int(value)
+        return super()._validated(value)
 
 
 class StrictBoolean(fields.Boolean):

@@ -46,6 +46,7 @@ CASES = [
     ("/v1/check", SIN, ("rtol",), 1e-4, "1e-4", ("rtol",), "Not a valid number."),
     ("/v1/check", SIN, ("seed",), 3, "3", ("seed",), "Not a valid integer."),
     ("/v1/check", SIN, ("seed",), 3, 2.5, ("seed",), "Not a valid integer."),  # was truncated to 2
+    ("/v1/check", SIN, ("seed",), 3.0, "Infinity", ("seed",), "Not a valid integer."),  # 3.0: JSON Schema's integer
     ("/v1/check", SIN, ("n_points",), 4, True, ("n_points",), "Not a valid integer."),
     ("/v1/check", SIN, ("domain", "x", 0), 0, "0", ("domain", "x", "value", "0"), "Not a valid number."),
     (
