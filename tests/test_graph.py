@@ -12,7 +12,7 @@ import torch
 
 from conftest import require_binary
 from service.engine.errors import LimitExceeded
-from service.engine.graph import build_graph, to_dot
+from service.engine.graph import Trace, build_graph, to_dot
 from service.engine.limits import Limits
 
 LIMITS = Limits()
@@ -278,3 +278,48 @@ def test_dot_accepts_encoded_values_and_escapes_labels():
     result = run_dot(text)
     assert result.returncode == 0, result.stderr
     assert run_dot(to_dot(graph)).returncode == 0  # raw tensors too (nan printed by %.4g rules)
+
+
+def test_trace_gives_every_node_value_and_grad():
+    """A Trace (labels where given, capture() for the rest) fills in the nodes `known` does not name; its grads
+    equal torch.autograd.grad's, and the leaves get the .grad backward() would give them."""
+    a = torch.tensor([0.5, 1.5], requires_grad=True)
+    b = torch.tensor(2.0, requires_grad=True)
+    trace = Trace(LIMITS.graph_value_max_elements)
+    with trace.capture():
+        e = a.exp()
+        s = b.sin()
+        out = (e * s).sum()
+    trace.add(("exp(a)", e), ("unused", torch.tensor(1.0)))  # a label replaces the capture's None
+    named = {"sin(b)": s}
+    s.retain_grad()
+    trace.backward(out, [a, b])
+    graph = build_graph(out, leaves={"a": a, "b": b}, known=named, limits=LIMITS, trace=trace)
+    assert_well_formed(graph)
+    labels = {n["op"]: n["label"] for n in graph["nodes"] if n["op"] != "AccumulateGrad"}
+    assert labels == {"SumBackward0": None, "MulBackward0": None, "ExpBackward0": "exp(a)", "SinBackward0": "sin(b)"}
+    a2, b2 = a.detach().requires_grad_(), b.detach().requires_grad_()
+    e2, s2 = a2.exp(), b2.sin()
+    m2 = e2 * s2
+    grads = torch.autograd.grad(m2.sum(), [e2, s2, m2])
+    expected = dict(zip(("ExpBackward0", "SinBackward0", "MulBackward0"), grads, strict=True))
+    for node in graph["nodes"]:
+        assert node["value"] is not None and node["grad"] is not None and node["shape"] is not None
+        if node["op"] in expected:
+            assert torch.allclose(node["grad"], expected[node["op"]])
+    assert torch.allclose(a.grad, s2.detach() * e2.detach())
+    assert b.grad.item() == pytest.approx((e2 * b2.cos()).sum().item())
+
+
+def test_trace_skips_gradients_of_large_tensors():
+    x = torch.randn(20, 10, requires_grad=True)
+    trace = Trace(100)
+    doubled = x * 2
+    trace.add(("2x", doubled))
+    out = doubled.sum()
+    trace.backward(out, [x])
+    graph = build_graph(out, leaves={"x": x}, known={}, limits=Limits(graph_value_max_elements=100), trace=trace)
+    (mul,) = by_op(graph, "MulBackward0")
+    assert mul["label"] == "2x" and mul["shape"] == [20, 10] and mul["value"] is None and mul["grad"] is None
+    assert trace.grads == {}  # nothing of more than 100 elements was kept
+    assert torch.equal(x.grad, torch.full((20, 10), 2.0))

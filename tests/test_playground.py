@@ -126,10 +126,10 @@ def test_neuron_url_opens_computed(page_at, screenshots):
     assert gradient_cell(page, "w").inner_text() == "6.6918"
     assert gradient_cell(page, "b").inner_text() == "0.9988"
     assert "grad 6.691762" in svg_node_text(page, "w") and "grad 0.9987705" in svg_node_text(page, "b")
-    page.locator("#node-8").click()  # w: the chain rule back from y_pred, as in the tutorial
+    page.locator("#node-8").click()  # w: the chain rule back from the clamped y_pred, every step a graph node
     chain = page.locator("#node-chain").inner_text()
-    assert "dL/dw = dL/dy_pred × ∂y_pred/∂z × ∂z/∂w" in chain
-    assert "= 813.3619 × 0.001228 × 6.7" in chain and chain.count("6.6918") == 1
+    assert "dL/dw = dL/d(clamp(y_pred)) × ∂(clamp(y_pred))/∂y_pred × ∂y_pred/∂z × ∂z/∂(w*x) × ∂(w*x)/∂w" in chain, chain
+    assert "= 813.3619 × 1 × 0.001228 × 1 × 6.7" in chain and chain.count("6.6918") == 1, chain
     page.screenshot(path=screenshots / "playground-neuron.png", full_page=True)
 
 

@@ -9,7 +9,7 @@ from . import cost
 from .encode import encode_tree
 from .errors import NonScalarOutput, UnknownVariable
 from .expression import Expression
-from .graph import build_graph, to_dot
+from .graph import Trace, build_graph, to_dot
 from .jacobian import jacobian, jvp, upstream
 from .limits import Deadline, Limits
 from .model import Model
@@ -122,8 +122,11 @@ def _inference(model, base: dict, include: set, warnings: list[str], wrt: tuple 
     return body
 
 
-def forward_backward(model, base: dict, wrt: tuple) -> tuple[dict, torch.Tensor, dict, dict]:
+def forward_backward(
+    model, base: dict, wrt: tuple, trace: Trace | None = None
+) -> tuple[dict, torch.Tensor, dict, dict]:
     """Fresh leaves, the forward pass (intermediates recorded, their grads retained), backward from the output.
+    With `trace` (the graph was asked for), every other intermediate is traced too, with its gradient when small.
 
     Returns (leaves, output, recorded intermediates, gradients by `wrt` name; zeros where the output
     does not depend on an input).
@@ -131,7 +134,7 @@ def forward_backward(model, base: dict, wrt: tuple) -> tuple[dict, torch.Tensor,
     record: dict[str, torch.Tensor] = {}
     with torch.enable_grad():
         leaves = model.prepare(base, wrt)
-        out = model.forward(leaves, record)
+        out = model.forward(leaves, record, trace)
         if out.dim() != 0 and not model.per_sample:
             raise NonScalarOutput(
                 f"the output has shape {list(out.shape)}; backward() needs a scalar, "
@@ -143,14 +146,19 @@ def forward_backward(model, base: dict, wrt: tuple) -> tuple[dict, torch.Tensor,
         if out.requires_grad:
             # per-sample losses: backward from their sum.  Never backward(gradient=...): torch then imports
             # sympy (~0.5 s and ~30 MiB in each worker, on its first request) only to compare two shapes.
-            (out if out.dim() == 0 else out.sum()).backward()
+            root = out if out.dim() == 0 else out.sum()
+            if trace is None:
+                root.backward()
+            else:
+                trace.backward(root, [leaves[n] for n in wrt])
     gradients = {n: leaves[n].grad if leaves[n].grad is not None else torch.zeros_like(leaves[n]) for n in wrt}
     return leaves, out, record, gradients
 
 
 def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline: Deadline, warnings: list[str]) -> dict:
     """Forward with fresh leaves, backward from the output, then the extras the client asked for."""
-    leaves, out, record, gradients = forward_backward(model, base, wrt)
+    trace = Trace(limits.graph_value_max_elements) if include & {"graph", "dot"} else None
+    leaves, out, record, gradients = forward_backward(model, base, wrt, trace)
     deadline.check()
     body = empty_body()
     body.update(loss=out.detach(), gradients=gradients, requires_grad=out.requires_grad)
@@ -161,7 +169,7 @@ def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline:
         known = dict(record)
         if not any(t is out for t in record.values()):
             known["loss"] = out
-        graph = build_graph(out, leaves={n: leaves[n] for n in wrt}, known=known, limits=limits)
+        graph = build_graph(out, leaves={n: leaves[n] for n in wrt}, known=known, limits=limits, trace=trace)
         body["graph"] = graph if "graph" in include else None
         body["dot"] = to_dot(graph) if "dot" in include else None
     if "intermediates" in include:

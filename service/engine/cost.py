@@ -38,6 +38,9 @@ CHECK_BYTES = 4096
 # of 129 checks over 100 points grew a worker by 185 MiB in 2.5 s; 50 such jobs, charged ~100 MiB when a check
 # cost 4 KiB whatever its points, grew it by 715 MiB and ran into the 10 s deadline.
 CHECK_POINT_BYTES = 8192
+# One autograd graph node in a response, apart from its numbers: its dict, its JSON (op, label, shape; a formula's
+# label is its subexpression's text), its ~2 edges and its DOT line.
+GRAPH_NODE_BYTES = 1024
 # The network re-runs of a wrong gradient's diagnosis: 1/N, L2 x2, L2 x1/2, biases regularised, ReLU mask.
 DIAGNOSED_MISTAKES = 5
 REDUCERS = {"sum", "mean", "numel"}  # formula functions whose result is a scalar
@@ -169,10 +172,14 @@ def check_inputs(inputs: dict, limits: Limits, what: str = "the inputs") -> None
 
 class Pass:
     """What one forward pass allocates: elements of every distinct result, torch ops, the output's shape,
-    and the elements of the recorded intermediates (formula subexpressions; the neuron's z and y_pred)."""
+    the elements of the recorded intermediates (formula subexpressions; the neuron's z and y_pred), and for the
+    autograd graph: its function nodes (an upper estimate) and the elements of the largest tensor."""
 
-    def __init__(self, elements: int = 0, ops: int = 0, out: Shape = (), recorded: int = 0) -> None:
+    def __init__(
+        self, elements: int = 0, ops: int = 0, out: Shape = (), recorded: int = 0, nodes: int = 0, largest: int = 0
+    ) -> None:
         self.elements, self.ops, self.out, self.recorded = elements, ops, out, recorded
+        self.nodes, self.largest = nodes, largest
 
 
 def _literal(node: ast.expr) -> bool:
@@ -218,6 +225,8 @@ def formula_pass(formula, shapes: dict[str, Shape], limits: Limits) -> Pass:
         result.ops += 1
         if not isinstance(node, ast.Constant):
             result.recorded += size
+            result.nodes += 1
+            result.largest = max(result.largest, size)
     result.out = memo[id(formula.body)][1]
     return result
 
@@ -283,7 +292,8 @@ def neuron_pass(spec: dict, shapes: dict[str, Shape]) -> Pass:
     if per_sample:  # one copy of w and b per sample
         elements += n * numel(w) + n
     out = tuple(samples) if per_sample else ()
-    return Pass(elements, 16, out, 2 * n)
+    largest = max(numel(x), n * max(numel(w), 1) if per_sample else n, numel(w))
+    return Pass(elements, 16, out, 2 * n, nodes=16, largest=largest)
 
 
 # --- whole requests ------------------------------------------------------------------------------
@@ -325,6 +335,7 @@ HINTS = {
     "forward": "use smaller inputs ([n,1] with [1,m] broadcasts to n*m elements per operation) or a smaller formula",
     "backward": 'use smaller inputs or a smaller formula, or mode "inference" if you need no gradients',
     "intermediates": 'drop "intermediates" from `include`, or use smaller inputs',
+    "graph": 'drop "graph" and "dot" from `include`, or use smaller inputs',
     "numeric": 'drop "numeric" from `include`, or take fewer `wrt` elements',
     "hessian": 'drop "hessian" from `include`, or take fewer `wrt` elements',
     "manual": 'drop "manual" from `include`',
@@ -351,7 +362,9 @@ def network_pass(spec: dict, shapes: dict[str, Shape], limits: Limits) -> Pass:
     x = shapes["X"]
     samples_axis = 1 if spec["layout"] == "dlai" else 0
     samples, features = x[samples_axis], x[1 - samples_axis]
-    result = Pass(sum(numel(s) for s in shapes.values()), 0, (), 0)
+    # graph nodes: a layer is up to ~14 ops (batchnorm), a parameter 3 more (its reshape, L2's square and sum)
+    largest = max(numel(s) for s in shapes.values())
+    result = Pass(sum(numel(s) for s in shapes.values()), 0, (), 0, 16 + 16 * len(spec["layers"]) + 3 * len(shapes))
     for name, shape in shapes.items():  # parameters and generated tensors have no input check of their own
         require(
             limits,
@@ -373,6 +386,8 @@ def network_pass(spec: dict, shapes: dict[str, Shape], limits: Limits) -> Pass:
         result.elements += 4 * size
         result.ops += 4
         result.recorded += size
+        largest = max(largest, size)
+    result.largest = largest
     out = (samples, features) if samples_axis == 0 else (features, samples)
     if spec["loss"]["type"] == "none":
         result.out = out
@@ -414,6 +429,8 @@ def gradients_estimate(
     response += wrt_elements + _derivatives_estimate(estimate, request, one, wrt_elements, size, limits)
     if "intermediates" in include:
         estimate.add("intermediates", 2 * one.recorded * RESPONSE_BYTES)
+    if include & {"graph", "dot"}:
+        estimate.add("graph", graph_bytes(one, len(wrt), limits))
     if "manual" in include:
         estimate.add("manual", _manual_elements(model, shapes, limits) * size + wrt_elements * (size + RESPONSE_BYTES))
     if "numeric" in include:
@@ -440,6 +457,14 @@ def gradients_estimate(
         response += wrt_elements**2
     estimate.add("response", response * RESPONSE_BYTES)
     return estimate
+
+
+def graph_bytes(one: Pass, leaves: int, limits: Limits) -> int:
+    """The autograd graph in the response: every node carries its value and gradient (each at most
+    graph_value_max_elements numbers, else shown by shape only); build_graph refuses more than max_graph_nodes."""
+    nodes = min(one.nodes + leaves, limits.max_graph_nodes)
+    numbers = 2 * min(one.largest, limits.graph_value_max_elements)
+    return nodes * (GRAPH_NODE_BYTES + numbers * RESPONSE_BYTES)
 
 
 def _derivatives_estimate(

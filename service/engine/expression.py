@@ -7,6 +7,7 @@ import torch
 from .catalog import CATALOG, manual_gradients, parsed
 from .errors import UnknownExpression, UnknownVariable
 from .formula import Formula, parse_formula
+from .graph import Trace
 from .limits import NO_DEADLINE, Deadline, Limits
 
 
@@ -50,7 +51,10 @@ class Expression:
             leaves[name] = leaves[name].detach().requires_grad_(True)
         return leaves
 
-    def forward(self, t: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, t: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None, trace: Trace | None = None
+    ) -> torch.Tensor:
+        """`trace` is not needed: every subexpression is one torch op, already in `record` by its source text."""
         return self.formula.evaluate(t, dtype=self.dtype, record=record, deadline=self.deadline)
 
     def manual(self, t: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor] | None:

@@ -6,11 +6,79 @@ import math
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from .errors import LimitExceeded
 from .limits import Limits
 
 LEAF_OP = "AccumulateGrad"
+
+
+class Trace:
+    """A forward pass's intermediate tensors, by the autograd node that made them, so every node of the graph can
+    show its forward value and dL/d(its output), not only the ones the model names in `record`.
+
+    A model adds what it computes (`add`, with a readable label where it knows one), or runs its forward inside
+    `capture()`, which adds every torch call's output unlabelled. `backward()` then runs the backward pass and
+    keeps the gradient of every traced tensor small enough to ship (`graph_value_max_elements`; larger ones
+    appear in the graph by shape only). Values are the forward tensors themselves (no copies), kept until the
+    response is encoded.
+    """
+
+    def __init__(self, max_elements: int) -> None:
+        self.max_elements = max_elements
+        self.tensors: dict[Any, tuple[str | None, torch.Tensor]] = {}  # grad_fn -> (label, its output)
+        self._small_fns: list[Any] = []  # the traced outputs of at most max_elements elements, and their grad_fn
+        self._small: list[torch.Tensor] = []
+        self.grads: dict[Any, torch.Tensor | None] = {}  # grad_fn -> dL/d(its output), after backward()
+
+    def add(self, *labelled: tuple[str | None, torch.Tensor]) -> None:
+        """Trace ops' outputs, each with its label or None (tensors without a grad_fn are not graph nodes);
+        a label replaces a missing one. Several in one call: on the neuron's hot path each call counts."""
+        for label, tensor in labelled:
+            fn = tensor.grad_fn
+            if fn is None:
+                continue
+            known = self.tensors.get(fn)
+            if known is None:
+                self.tensors[fn] = (label, tensor)
+                if tensor.numel() <= self.max_elements:
+                    self._small_fns.append(fn)
+                    self._small.append(tensor)
+            elif label is not None and known[0] is None:
+                self.tensors[fn] = (label, known[1])
+
+    def capture(self) -> _Capture:
+        """A context in which every torch function's tensor output is traced (torch.overrides.TorchFunctionMode:
+        several µs a call, so for models whose forward is many small ops, not for the neuron's hot path)."""
+        return _Capture(self)
+
+    def backward(self, root: torch.Tensor, leaves: list[torch.Tensor]) -> None:
+        """What root.backward() does for fresh `leaves` (their .grad; retain_grad() hooks run too), and the small
+        traced tensors' gradients, from one torch.autograd.grad call: it hands back the gradient reaching each
+        input as it is, where retain_grad() would clone each one (~2 µs a tensor on the neuron's hot path)."""
+        grads = torch.autograd.grad(root, leaves + self._small, allow_unused=True)
+        for leaf, grad in zip(leaves, grads, strict=False):
+            if grad is not None:  # as AccumulateGrad stores it: laid out like the leaf
+                leaf.grad = grad.contiguous()
+        self.grads = dict(zip(self._small_fns, grads[len(leaves) :], strict=True))
+
+
+class _Capture(TorchFunctionMode):
+    """Records each torch call's tensor output into a Trace. Calls made inside a Python-level torch function
+    (F.leaky_relu calling its kernel) run with the mode off, as TorchFunctionMode does: their output is the
+    outer call's, the one a graph node needs; an op with several outputs is traced by its first."""
+
+    def __init__(self, trace: Trace) -> None:
+        super().__init__()
+        self.trace = trace
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        first = result[0] if isinstance(result, (tuple, list)) and result else result
+        if isinstance(first, torch.Tensor):
+            self.trace.add((None, first))
+        return result
 
 
 def build_graph(
@@ -19,6 +87,7 @@ def build_graph(
     leaves: dict[str, torch.Tensor],
     known: dict[str, torch.Tensor],
     limits: Limits,
+    trace: Trace | None = None,
 ) -> dict:
     """Walk ``output.grad_fn`` into ``{"root", "nodes", "edges"}`` so clients can draw the chain rule.
 
@@ -29,6 +98,8 @@ def build_graph(
     :param known: label -> non-leaf tensor the caller ``retain_grad()``-ed; gives a function node
         its label, forward value and incoming gradient dL/d(node). Matched by ``grad_fn is fn``;
         on a clash the first key in dict order wins.
+    :param trace: the forward pass's other intermediates (see Trace): every function node found there gets its
+        value and grad too, and the trace's label when `known` gives none.
 
     Rules, all deterministic:
 
@@ -66,6 +137,9 @@ def build_graph(
         fn = tensor.grad_fn
         if fn is not None and fn not in labels:
             labels[fn] = (name, tensor)
+    if trace is not None:
+        for fn, labelled in trace.tensors.items():
+            labels.setdefault(fn, labelled)
 
     # depth-first pre-order with an explicit stack: deep chains must not hit the recursion limit
     ids: dict[Any, int] = {}
@@ -88,23 +162,21 @@ def build_graph(
         links.extend((child, fn) for child in children)
         stack.extend(reversed(children))  # reversed so the first input is visited first
 
+    grads = trace.grads if trace is not None else {}
     nodes = []
-    for fn in order:
-        node_id = ids[fn]
-        if type(fn).__name__ == LEAF_OP and hasattr(fn, "variable"):
-            nodes.append(_leaf_node(node_id, fn.variable, leaves, known, limits, op=type(fn).__name__))
+    for node_id, fn in enumerate(order):  # ids follow the order
+        op = type(fn).__name__
+        if op == LEAF_OP and hasattr(fn, "variable"):
+            nodes.append(_leaf_node(node_id, fn.variable, leaves, known, limits, op=op))
             continue
-        node = {"id": node_id, "op": type(fn).__name__, "label": None, "shape": None, "value": None, "grad": None}
-        tensor = None
-        if fn in labels:
-            node["label"], tensor = labels[fn]
-        elif fn is root_fn:
-            tensor = output
+        label, tensor = labels.get(fn, (None, output if fn is root_fn else None))
+        node = {"id": node_id, "op": op, "label": label, "shape": None, "value": None, "grad": None}
         if tensor is not None:
             node["shape"] = list(tensor.shape)
             if _small(tensor, limits):
                 node["value"] = tensor.detach()
-                node["grad"] = _grad(tensor)
+                grad = grads.get(fn)
+                node["grad"] = _grad(tensor) if grad is None else grad
                 if node["grad"] is None and fn is root_fn:
                     node["grad"] = torch.ones_like(tensor)  # dL/dL = 1
         nodes.append(node)

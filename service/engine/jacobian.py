@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ShapeError, UnknownVariable
+from .graph import Trace
 from .limits import Deadline
 
 
@@ -29,13 +30,18 @@ class WithUpstream:
     def __getattr__(self, name):  # everything else (default_wrt, manual, diagnose, ...) is the model's own
         return getattr(self.inner, name)
 
-    def forward(self, t: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        out = self.inner.forward(t, record)
+    def forward(
+        self, t: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None, trace: Trace | None = None
+    ) -> torch.Tensor:
+        out = self.inner.forward(t, record, trace)
         if out.shape != self.dout.shape:
             raise ShapeError(f"dout has shape {list(self.dout.shape)}, but the output has shape {list(out.shape)}")
         if record is not None and not any(v is out for v in record.values()):
             record["output"] = out
-        return (out * self.dout.to(out.dtype)).sum()
+        weighted = out * self.dout.to(out.dtype)
+        if trace is not None:
+            trace.add(("output * dout", weighted))
+        return weighted.sum()
 
 
 def upstream(model, request: dict, dtype: torch.dtype):

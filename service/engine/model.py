@@ -6,6 +6,7 @@ from typing import Protocol
 
 import torch
 
+from .graph import Trace
 from .limits import Deadline, Limits
 
 
@@ -38,8 +39,14 @@ class Model(Protocol):
     def prepare(self, tensors: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Check the inputs fit the model; return them with the `wrt` ones as fresh leaves requiring grad."""
 
-    def forward(self, tensors: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The output backward() starts from; named intermediates go into `record` when it is given."""
+    def forward(
+        self,
+        tensors: dict[str, torch.Tensor],
+        record: dict[str, torch.Tensor] | None = None,
+        trace: Trace | None = None,
+    ) -> torch.Tensor:
+        """The output backward() starts from; named intermediates go into `record` when it is given, and every
+        other intermediate on the way to the output into `trace` (for the graph's values) when it is given."""
 
     def manual(self, tensors: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
         """A hand-derived gradient to set beside autograd's, or None when the model has none."""

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ShapeError, UnknownVariable
+from .graph import Trace
 from .limits import Deadline, Limits
 
 Shape = tuple[int, ...]
@@ -321,12 +322,27 @@ class Network:
             leaves[name] = leaves[name].detach().requires_grad_(True)
         return leaves
 
-    def forward(self, t: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The layers, then the loss (plus L2); with loss "none", the last layer's output."""
+    def forward(
+        self, t: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None, trace: Trace | None = None
+    ) -> torch.Tensor:
+        """The layers, then the loss (plus L2); with loss "none", the last layer's output. With `trace`, every
+        torch op's output is traced (a network's layers, loss and L2 are dozens of small ops, none on the
+        neuron's hot path); the two terms of the loss get labels."""
+        if trace is None:
+            return self._forward(t, record)
+        with trace.capture():
+            return self._forward(t, record, trace)
+
+    def _forward(
+        self, t: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None, trace: Trace | None = None
+    ) -> torch.Tensor:
         out = self.outputs(t, record)
         if self.loss["type"] == "none":
             return out
-        return self.data_loss(out, t["y"]) + self.l2_term(t, t["X"].shape[self.layout.samples_axis])
+        data, l2 = self.data_loss(out, t["y"]), self.l2_term(t, t["X"].shape[self.layout.samples_axis])
+        if trace is not None:
+            trace.add(("data loss", data), ("L2 penalty", l2))
+        return data + l2
 
     def outputs(self, t: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         lay, h, block = self.layout, t["X"], 0

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ShapeError
+from .graph import Trace
 
 INPUTS = ("x", "y", "w", "b")
 LOSSES = ("bce", "bce_with_logits")
@@ -71,16 +72,48 @@ class Neuron:
             leaves[name] = leaves[name].detach().requires_grad_(True)
         return leaves
 
-    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
         """z = w·x + b: over x's last axis for a vector w, elementwise for a scalar one."""
-        return (x * w).sum(-1) + b if self.vector_w else w * x + b
+        if self.vector_w:
+            wx = x * w
+            total = wx.sum(-1)
+            if trace is not None:
+                trace.add(("x*w", wx), ("sum(x*w)", total))
+            return total + b
+        wx = w * x
+        if trace is not None:
+            trace.add(("w*x", wx))
+        return wx + b
 
-    def clamped_bce(self, z: torch.Tensor, y: torch.Tensor, sigmoid=torch.sigmoid, log=torch.log):
+    def clamped_bce(
+        self, z: torch.Tensor, y: torch.Tensor, sigmoid=torch.sigmoid, log=torch.log, trace: Trace | None = None
+    ):
         """(y_pred, per-sample losses) by the tutorial's clamped formula; the batch runner passes its own
-        bit-exact sigmoid and log (engine/batch.py), so the two paths share this one definition."""
+        bit-exact sigmoid and log (engine/batch.py), so the two paths share this one definition. One op a line,
+        in the formula's order (the same kernels as the one-line formula), so `trace` can name each step."""
         y_pred = sigmoid(z)
         p = torch.clamp(y_pred, self.epsilon, 1 - self.epsilon)
-        return y_pred, -(y * log(p) + (1 - y) * log(1 - p))
+        log_p = log(p)
+        positive = y * log_p
+        q = 1 - p
+        log_q = log(q)
+        one_minus_y = 1 - y  # a graph node only when y is a `wrt` input
+        negative = one_minus_y * log_q
+        total = positive + negative
+        losses = -total
+        if trace is not None:  # the tutorial writes the clamped y_pred as y_pred again: so do the labels
+            trace.add(
+                ("clamp(y_pred)", p),
+                ("log(y_pred)", log_p),
+                ("y*log(y_pred)", positive),
+                ("1 - y_pred", q),
+                ("log(1 - y_pred)", log_q),
+                ("1 - y", one_minus_y),
+                ("(1-y)*log(1 - y_pred)", negative),
+                ("y*log(y_pred) + (1-y)*log(1 - y_pred)", total),
+                ("losses", losses),  # one per sample; the reduced loss is the graph's root
+            )
+        return y_pred, losses
 
     def reduce(self, losses: torch.Tensor, jobs: int | None = None) -> torch.Tensor:
         """Mean or sum over the samples (each job's own, when `jobs` are stacked on a leading axis); the losses
@@ -92,13 +125,17 @@ class Neuron:
             return losses.sum(-1) if self.reduction == "sum" else losses.mean(-1)
         return losses.sum() if self.reduction == "sum" else losses.mean()
 
-    def forward(self, t: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, t: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None, trace: Trace | None = None
+    ) -> torch.Tensor:
         """Linear -> sigmoid -> BCE, reduced unless the loss is already a scalar (as in the tutorial)."""
-        z = self.linear(t["x"], t["w"], t["b"])
+        z = self.linear(t["x"], t["w"], t["b"], trace)
         if self.loss == "bce_with_logits":
             y_pred, losses = torch.sigmoid(z), F.binary_cross_entropy_with_logits(z, t["y"], reduction="none")
+            if trace is not None:
+                trace.add(("losses", losses))
         else:
-            y_pred, losses = self.clamped_bce(z, t["y"])
+            y_pred, losses = self.clamped_bce(z, t["y"], trace=trace)
         if record is not None:
             record.update(z=z, y_pred=y_pred)
         return self.reduce(losses)

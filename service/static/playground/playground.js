@@ -497,7 +497,7 @@ function showNode(id) {
   if (id === graph.root) p.textContent = "dL/dL = 1: backward() starts here.";
   else if (!chain) {
     p.textContent = node.grad === null
-      ? "This node's gradient is not kept (only named tensors keep theirs); click a named node."
+      ? "This node's gradient is not shown: its tensor is larger than GRAPH_VALUE_MAX_ELEMENTS."
       : `dL/d${symbol(node)} = ${fmt(node.grad)}: it is used by ${uses.length} operations, ` +
         "and its gradient is the sum over them.";
   } else {
