@@ -354,7 +354,9 @@ def test_a_batch_that_fits_reserves_every_jobs_estimate(client, monkeypatch):
     check = check_request.load(CHECK)
     expected = (
         2 * estimate_cost(batch_view.gradient_request.load(TUTORIAL_NEURON), limits)
-        + 2 * (estimate_check(check, limits) + cost.checks_estimate(check).total)
+        + estimate_check(check, limits).total  # the problem's references once, for both of its answers
+        + estimate_check(check, limits).parts["response"]
+        + 2 * cost.checks_estimate(check).total
         + cost.refused_estimate_bytes(refused["model"], 1, limits)  # once: the second copy shares its estimate
     )
     assert reserved == [expected]
