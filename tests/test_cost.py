@@ -401,6 +401,8 @@ def test_checks_are_charged_per_check_and_point():
     assert cost.checks_estimate({"checks": {"loss": {}, "gradients.x": {}}}).parts == {"checks": 2 * one}
     submission = {"loss": 1, "gradients": {"x": 1, "y": 2}, "gradient_formulas": {"x": "1"}}
     assert cost.checks_estimate({"submission": submission}).total == 4 * one
+    in_a_problem_file = cost.checks_estimate({"submission": submission}, problem_file=True).total
+    assert in_a_problem_file == 4 * (one + cost.PROBLEM_CHECK_BYTES)  # loaded and rendered in the platform's format
     points = [{"x": 1.0}] * 30
     assert cost.checks_estimate({"submission": submission, "points": points}).total == 4 * (
         cost.CHECK_BYTES + 30 * cost.CHECK_POINT_BYTES
