@@ -109,7 +109,7 @@ def _charge(problems: list[dict], requests: list[dict], limits: Limits) -> int:
     costs = []
     for index, (problem, request) in enumerate(zip(problems, requests, strict=True)):
         try:
-            costs.append(estimate(request, limits) + cost.checks_estimate(request).total)
+            costs.append(estimate(request, limits).total + cost.checks_estimate(request, problem_file=True).total)
         except LimitExceeded:
             raise
         except EngineError as err:

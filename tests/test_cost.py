@@ -15,6 +15,7 @@ from bench.course import CHECKS_PER_BATCH, PROBLEM_SET
 from bench.workloads import student_checks
 from conftest import TUTORIAL_NEURON, TestConfig, openapi_validator
 from service import create_app
+from service.engine import check as check_module
 from service.engine import cost
 from service.engine.limits import Limits
 
@@ -179,13 +180,21 @@ def test_point_estimates_run_once_per_distinct_shape_set(monkeypatch):
     formula = parse_formula(sin_sum("x", 76), LIMITS)
     one = {"x": (2000,)}
     points = [one] * 99 + [{"x": (3,)}]
-    alone = cost.formula_estimate(formula, [one], (2000,), LIMITS).total
-    small = cost.formula_estimate(formula, [{"x": (3,)}], (2000,), LIMITS).total
+    alone = cost.formula_estimate(formula, [(one, 1)], (2000,), LIMITS).total
+    small = cost.formula_estimate(formula, [({"x": (3,)}, 1)], (2000,), LIMITS).total
     passes = []
     real = cost.formula_pass
     monkeypatch.setattr(cost, "formula_pass", lambda *args: passes.append(args[1]) or real(*args))
-    assert cost.formula_estimate(formula, points, (2000,), LIMITS).total == 99 * alone + small
+    groups = cost.distinct_shapes(points)
+    assert groups == [(one, 99), ({"x": (3,)}, 1)]
+    once = cost.FORMULA_BYTES + formula.node_count * cost.OP_BYTES  # its parse and walk, whatever its points
+    total = cost.formula_estimate(formula, groups, (2000,), LIMITS).total
+    assert total == 99 * (alone - once) + (small - once) + once
     assert passes == [one, {"x": (3,)}]
+    ops = real(formula, one, LIMITS).ops * cost.OP_BYTES  # a pass's ops, the same at either shape
+    passes.clear()  # stacked (formula.stackable): its ops run once per group of points, not at each of its 99
+    stacked = cost.formula_estimate(formula, groups, (2000,), LIMITS, stacked=True).total
+    assert stacked == total - 98 * ops and len(passes) == 2
     model = type("Model", (), {"formula": formula})()
     request = {"model": {"kind": "expression"}}
     passes.clear()
@@ -392,6 +401,8 @@ def test_checks_are_charged_per_check_and_point():
     assert cost.checks_estimate({"checks": {"loss": {}, "gradients.x": {}}}).parts == {"checks": 2 * one}
     submission = {"loss": 1, "gradients": {"x": 1, "y": 2}, "gradient_formulas": {"x": "1"}}
     assert cost.checks_estimate({"submission": submission}).total == 4 * one
+    in_a_problem_file = cost.checks_estimate({"submission": submission}, problem_file=True).total
+    assert in_a_problem_file == 4 * (one + cost.PROBLEM_CHECK_BYTES)  # loaded and rendered in the platform's format
     points = [{"x": 1.0}] * 30
     assert cost.checks_estimate({"submission": submission, "points": points}).total == 4 * (
         cost.CHECK_BYTES + 30 * cost.CHECK_POINT_BYTES
@@ -448,8 +459,77 @@ def test_the_courses_checks_are_admitted(client):
         assert batch.status_code == 200 and all("checks" in r for r in batch.json["results"]), problem
     for body in student_checks(20):
         assert post(client, "/v1/check", body).status_code == 200
-    batch = post(client, "/v1/batch", {"jobs": [{"check": body} for body in student_checks(CHECKS_PER_BATCH)]})
-    assert batch.status_code == 200 and all("checks" in r for r in batch.json["results"])
+    for students in (CHECKS_PER_BATCH, 1000):
+        batch = post(client, "/v1/batch", {"jobs": [{"check": body} for body in student_checks(students)]})
+        assert batch.status_code == 200 and all("checks" in r for r in batch.json["results"]), students
+
+
+def _audit_names(n: int) -> list[str]:
+    return [f"v{i}" for i in range(n)]
+
+
+def _audit_check(inputs: int, n_points: int, formulas: bool = True) -> dict:
+    """Audit 3's check job: a sum of 128 inputs over a domain, a wrong gradient answer for each and (`formulas`) a
+    wrong formula `3*v_i` for each: 256 checks."""
+    names = _audit_names(inputs)
+    submission: dict = {"gradients": {n: [0.1] * n_points if n_points > 1 else 0.1 for n in names}}
+    checks = {f"gradients.{n}": {"points": 1} for n in names}
+    if formulas:
+        submission["gradient_formulas"] = {n: f"3*{n}" for n in names}
+        checks.update({f"gradient_formulas.{n}": {"points": 1} for n in names})
+    body = {"model": {"kind": "expression", "formula": f"sum({plus(names)})"}, "checks": checks}
+    body["submission"] = submission
+    if n_points > 1:
+        return {**body, "domain": {n: [-1, 1] for n in names}, "n_points": n_points, "seed": 1}
+    return {**body, "inputs": {n: 0.5 for n in names}}
+
+
+def test_the_audits_grading_work_is_charged_what_it_costs(client, monkeypatch):
+    """Audit 3, finding 1: grading work was charged 20-40x under its CPU time. Its three cases now: an 80 KB check
+    of 256 answers over 100 points (2.6-3.1 s) is a 413 naming the checks; a batch of 63 such jobs at 2 points
+    (9 s, both workers 503 with two at once) a 413 before any job loads; a problem file of 50 problems x 100 checks
+    (3.4-6.4 s) a 413 before any problem is graded. Each check is charged 128 µs, each of its points 32 µs, at 256
+    bytes a µs."""
+    import service.problems as problems_module  # noqa: PLC0415
+    import service.views.batch as batch_view  # noqa: PLC0415
+
+    check = _audit_check(128, 100)
+    refused = assert_budget_413(post(client, "/v1/check", check), part="checks")
+    assert refused["limit"]["breakdown"]["checks"] == cost.checks_bytes(256, 100)
+    loads = counting(monkeypatch, batch_view, "load_check")
+    batch = assert_budget_413(post(client, "/v1/batch", {"jobs": [{"check": _audit_check(128, 2)}] * 63}))
+    assert batch["limit"]["breakdown"] == {"checks": cost.checks_bytes(63 * 256, 2)} and loads == []
+    names = _audit_names(100)
+    problems = [
+        {
+            "key": f"p{p}",
+            "model": {"kind": "expression", "formula": f"sin({plus([f'{n}*{n}' for n in names])})"},
+            "domain": {n: [-1, 1] for n in names},
+            "seed": p,
+            "n_points": 1,
+            "checks": {f"gradients.{n}": {"points": 1, "title": f"d{n} " + "x" * 150} for n in names},
+        }
+        for p in range(50)
+    ]
+    answers = {f"p{p}": {"gradients": {n: [0.1] for n in names}} for p in range(50)}
+    graded = counting(monkeypatch, problems_module, "Grader")
+    grade = assert_budget_413(post(client, "/v1/grade", {"problem": {"problems": problems}, "answers": answers}))
+    assert list(grade["limit"]["breakdown"]) == ["problems"] and graded == []
+
+
+def test_a_large_point_is_described_by_its_first_inputs(client):
+    """A failed check's message named every input of its point: 128 values, ~2.3 KB in each of 256 messages. It
+    names the first 8 now, then how many there are; the formulas are evaluated once over the stacked points."""
+    response = post(client, "/v1/check", _audit_check(128, 20))
+    assert response.status_code == 200, response.data[:300]
+    checks = response.json["checks"]
+    assert len(checks) == 256 and not any(c["passed"] for c in checks)
+    formula = next(c for c in checks if c["name"] == "gradient_formulas.v5")
+    assert formula["actual"] == [3 * p["v5"] for p in response.json["points"]]
+    for c in checks:
+        point = c["message"].split(" at point 0 (", 1)[1].split(", … (128 inputs))", 1)[0]
+        assert point.startswith("v0=") and point.count("=") == check_module.POINT_INPUTS == 8
+        assert len(c["message"]) < 600
 
 
 def test_a_batch_of_many_checks_is_refused_before_its_jobs_load(client, monkeypatch):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import math
 import re
+from itertools import islice
 
 import numpy as np
 import torch
@@ -34,6 +36,8 @@ SECTIONS = ("loss", "gradients", "intermediates", "gradient_formulas")
 # "and N more": a 40-term formula has ~22 KB of intermediate names, once per misnamed check (audit finding 4).
 KNOWN_NAMES = 20
 KNOWN_CHARS = 1000
+# A message shows at most this many of a point's inputs, then how many there are.
+POINT_INPUTS = 8
 # encode_tree's path of a check's `actual`: the student's values, never warned about
 STUDENT_VALUE = re.compile(r"checks\[\d+\]\.actual\b")
 # the chain-rule factors the tutorial multiplies for each neuron parameter
@@ -144,7 +148,10 @@ def _fmt(t) -> str:
 
 
 def _describe_point(point: dict[str, torch.Tensor]) -> str:
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
+    """A point's inputs for a message: all of an ordinary point, the first POINT_INPUTS of a larger one (a 128-input
+    point is ~2.3 KB, in every failed check's message)."""
+    shown = ", ".join(f"{k}={_fmt(v)}" for k, v in islice(point.items(), POINT_INPUTS))
+    return shown if len(point) <= POINT_INPUTS else f"{shown}, … ({len(point)} inputs)"
 
 
 # the request fields that define a problem (its references); every other field (submission, tolerances, checks)
@@ -160,6 +167,7 @@ class Problem:
         deadline = Deadline(limits.max_wall_seconds)
         self.model = build_model(request["model"], limits, deadline)
         self.shapes = [self.model.shapes(s) for s in cost.domain_points(request, limits)]
+        self.shape_groups = cost.distinct_shapes(self.shapes)  # what every per-point estimate walks, once
         self.estimate = cost.check_estimate(request, self.model, self.shapes, limits)
         self.estimate.require(limits)  # the references at every point and the response; formulas later
         self.points = [self.model.complete(p, torch.float64) for p in make_points(request, limits)]
@@ -181,6 +189,27 @@ class Problem:
         self.warnings: list[str] = []
         for ref in self.refs:
             self.warnings += [w for w in ref["warnings"] if w not in self.warnings]
+        self.descriptions: dict[int, str] = {}  # point index -> _describe_point(), for every message naming it
+        self._stacks: list[tuple[list[int], dict[str, torch.Tensor]]] | None = None
+
+    def describe(self, i: int) -> str:
+        text = self.descriptions.get(i)
+        if text is None:
+            text = self.descriptions[i] = _describe_point(self.points[i])
+        return text
+
+    def stacks(self) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
+        """The points by their inputs' names and shapes, in order of first use: each group's indices and its inputs
+        stacked along a new leading dimension (built once, for every submitted formula of every answer)."""
+        if self._stacks is None:
+            groups: dict[tuple, list[int]] = {}
+            for i, point in enumerate(self.points):
+                groups.setdefault(tuple((name, tuple(t.shape)) for name, t in point.items()), []).append(i)
+            self._stacks = [
+                (indices, {name: torch.stack([self.points[i][name] for i in indices]) for name, _ in key})
+                for key, indices in groups.items()
+            ]
+        return self._stacks
 
 
 class Ledger:
@@ -224,6 +253,7 @@ class Grader:
         self.request, self.limits = request, limits
         self.deadline = Deadline(limits.max_wall_seconds)
         problem = problem or Problem(request, limits)
+        self.problem = problem
         self.model, self.shapes, self.points, self.refs = problem.model, problem.shapes, problem.points, problem.refs
         self.encoded = problem.encoded
         self.is_neuron, self.multi = problem.is_neuron, problem.multi
@@ -389,7 +419,7 @@ class Grader:
         mistake gives the reference (feedback.py)."""
         if result.get("feedback", feedback.DEFAULT) != feedback.DEFAULT:
             return
-        charge = cost.diagnosis_estimate(self.request, self.shapes, self.limits)
+        charge = cost.diagnosis_estimate(self.request, self.problem.shape_groups, self.limits)
         try:
             self.ledger.charge(charge, self.limits)
         except LimitExceeded:
@@ -413,11 +443,7 @@ class Grader:
             index = int((~finite).reshape(-1).nonzero()[0])
             element = f"[{', '.join(map(str, _unravel(index, tuple(e.shape))))}]" if e.dim() else ""
             value = e.reshape(-1)[index].item()
-            at = (
-                f" at point {i} ({_describe_point(self.points[i])})"
-                if self.multi
-                else f" at {_describe_point(self.points[i])}"
-            )
+            at = f" at point {i} ({self.problem.describe(i)})" if self.multi else f" at {self.problem.describe(i)}"
             raise NonFiniteReference(
                 f"the reference (autograd) of check {name!r} ({title}) is {value}{element}{at}, "
                 f"at {int((~finite).sum())} of {e.numel()} element(s): no answer can be graded against it; "
@@ -464,11 +490,16 @@ class Grader:
         return out, None
 
     def _formula_values(self, source: str, expected: list[torch.Tensor]):
-        """Evaluate the submitted formula at every point with the safe evaluator; errors become messages."""
+        """Evaluate the submitted formula at every point with the safe evaluator; errors become messages.
+        A stackable formula is evaluated once per group of points of the same shapes (stacked_values), else point by
+        point: the same values and the same message either way."""
         try:
             formula = parse_formula(source, self.limits)
-            charge = cost.formula_estimate(formula, self.shapes, tuple(expected[0].shape), self.limits)
+            target = tuple(expected[0].shape)
+            charge = cost.formula_estimate(formula, self.problem.shape_groups, target, self.limits, formula.stackable)
             self.ledger.charge(charge, self.limits, hint="a simpler formula")
+            if formula.stackable:
+                return self._broadcast(source, stacked_values(formula, self.problem, self.deadline), expected)
             out = []
             for i, point in enumerate(self.points):
                 with torch.no_grad():
@@ -477,10 +508,7 @@ class Grader:
                 try:
                     value = torch.broadcast_to(value, e.shape).clone()
                 except RuntimeError:
-                    return None, (
-                        f"your formula {echo.clip(source)!r} gives shape {list(value.shape)}{self._at(i)}, "
-                        f"but the gradient has shape {list(e.shape)}"
-                    )
+                    return None, self._shape_problem(source, value.shape, e.shape, i)
                 out.append(value)
             return out, None
         except DeadlineExceeded:
@@ -490,8 +518,48 @@ class Grader:
         except EngineError as err:
             return None, f"your formula {echo.clip(source)!r} could not be evaluated: {err.detail}"
 
+    def _broadcast(self, source: str, groups: list, expected: list[torch.Tensor]):
+        """stacked_values' groups broadcast to each point's gradient, as the point-by-point loop does: what it meets
+        first in point order, a value that does not broadcast (a failed check naming the point) or a group's error
+        (raised), wins. A group whose points' gradients share a shape is broadcast in one call."""
+        out: list[torch.Tensor | None] = [None] * len(self.points)
+        failed, error = None, None  # (first point, shape) of a value that does not broadcast; (first point, error)
+        for (indices, _), value in zip(self.problem.stacks(), groups, strict=True):
+            if isinstance(value, EngineError):
+                error = min(error, (indices[0], value), key=lambda e: e[0]) if error else (indices[0], value)
+                continue
+            shape = tuple(value.shape[1:])
+            target = tuple(expected[indices[0]].shape)
+            if len(shape) <= len(target) and all(tuple(expected[i].shape) == target for i in indices):
+                padded = value.reshape(len(indices), *(1,) * (len(target) - len(shape)), *shape)
+                try:
+                    out_block = torch.broadcast_to(padded, (len(indices), *target)).clone()
+                except RuntimeError:
+                    failed = min(failed or (indices[0], shape), (indices[0], shape))
+                    continue
+                for i, point in zip(indices, out_block.unbind(0), strict=True):
+                    out[i] = point
+                continue
+            for j, i in enumerate(indices):
+                try:
+                    out[i] = torch.broadcast_to(value[j], expected[i].shape).clone()
+                except RuntimeError:
+                    failed = min(failed or (i, shape), (i, shape))
+                    break
+        if failed is not None and (error is None or failed[0] < error[0]):
+            return None, self._shape_problem(source, failed[1], expected[failed[0]].shape, failed[0])
+        if error is not None:
+            raise error[1]
+        return out, None
+
+    def _shape_problem(self, source: str, shape, target, i: int) -> str:
+        return (
+            f"your formula {echo.clip(source)!r} gives shape {list(shape)}{self._at(i)}, "
+            f"but the gradient has shape {list(target)}"
+        )
+
     def _at(self, i: int) -> str:
-        return f" at point {i} ({_describe_point(self.points[i])})" if self.multi else ""
+        return f" at point {i} ({self.problem.describe(i)})" if self.multi else ""
 
     def _is_one_number(self, answer, expected: list[torch.Tensor], options: dict, rtol: float, atol: float) -> bool:
         """Whether this check is the common case _compare_number() grades without tensors: one point, a scalar
@@ -616,6 +684,45 @@ class Grader:
             how = "averaged" if reduction == "mean" else "summed"
             text += f", per sample, then {how} over the {samples} samples (reduction {reduction!r})"
         return text
+
+
+def stacked_values(formula, problem: Problem, deadline: Deadline) -> list[torch.Tensor | EngineError]:
+    """A stackable formula (formula.py) evaluated once per group of points of the same shapes (Problem.stacks): per
+    group its values, stacked along the first dimension, or the error evaluating it at the group's first point
+    raises (an error depends on the shapes and names only, never on the values: the one every point of the group
+    would raise). Each input is padded to the rank of the formula's largest input (1s after the stacked dimension,
+    where broadcasting would put them at one point), so elementwise ops broadcast as they do at one point."""
+    names = {node.id for node in ast.walk(formula.body) if isinstance(node, ast.Name)}
+    out: list[torch.Tensor | EngineError] = []
+    for indices, stack in problem.stacks():
+        used = [name for name in stack if name in names]  # with an input `e` or `pi`, if the formula names it
+        rank = max((stack[name].dim() - 1 for name in used), default=0)
+        try:
+            with torch.no_grad():
+                if any(name not in stack for name in formula.variables):  # the message lists the point's inputs
+                    formula.evaluate(problem.points[indices[0]], dtype=torch.float64, deadline=deadline)
+                env = {name: _pad(stack[name], rank) for name in used}
+                try:
+                    value = formula.evaluate(env, dtype=torch.float64, deadline=deadline, stacked=True)
+                except DeadlineExceeded:
+                    raise
+                except EngineError:  # the point's own error, in the point's own words
+                    formula.evaluate(problem.points[indices[0]], dtype=torch.float64, deadline=deadline)
+                    raise
+        except DeadlineExceeded:
+            raise
+        except EngineError as err:
+            out.append(err)
+            continue
+        if not used:  # constants only: the same value at every point
+            value = value.expand(len(indices), *value.shape)
+        out.append(value)
+    return out
+
+
+def _pad(stack: torch.Tensor, rank: int) -> torch.Tensor:
+    """Points stacked along the first dimension, each padded with leading 1s to `rank` dimensions."""
+    return stack.reshape(stack.shape[0], *(1,) * (rank + 1 - stack.dim()), *stack.shape[1:])
 
 
 def _first_failed(closeness: list[np.ndarray]) -> int | None:
@@ -757,14 +864,15 @@ def _compare_together(group: list) -> None:
         grader._verdict(result, expected, actual, closeness, _first_failed(closeness), per_point, section, key)
 
 
-def estimate(request: dict, limits: Limits) -> int:
-    """The cost model's bytes for a check request's problem (a LimitExceeded when it alone is over the budget);
-    add each answer's cost.checks_estimate()."""
+def estimate(request: dict, limits: Limits) -> cost.Estimate:
+    """The cost model's estimate for a check request's problem (a LimitExceeded when it alone is over the budget):
+    its `points` (the references, computed once for every answer to it) and each answer's `response`; add each
+    answer's cost.checks_estimate()."""
     model = build_model(request["model"], limits, Deadline(limits.max_wall_seconds))
     points = [model.shapes(s) for s in cost.domain_points(request, limits)]
     budget = cost.check_estimate(request, model, points, limits)
     budget.require(limits)
-    return budget.total
+    return budget
 
 
 def grade(request: dict, limits: Limits, problem: Problem | None = None) -> dict:

@@ -27,17 +27,29 @@ OP_BYTES = 4096
 BACKWARD_FACTOR = 2
 # A double-backward pass (one Hessian row) builds and runs the derivative graph: ~4x the forward elements.
 DOUBLE_BACKWARD_FACTOR = 4
-# One check's result in a check response, apart from its numbers (counted with the points): the result object of
-# ~18 keys, its name, title and message (a misnamed check's list of known names is bounded, check.py), and their
-# JSON. Measured: 70 batch jobs of 400 misnamed checks (28,000, a 1.3 KB result each) grew a worker by 106 MB,
-# ~3.8 KB a check.
-CHECK_BYTES = 4096
+# Grading is time more than memory: its prices are microseconds measured in-process on this 2-core machine (one
+# request, best of 3, other jobs running; docs/limits.md "Grading's prices"), at 256 bytes a microsecond, so the
+# budget buys about 1 s of grading (an op's OP_BYTES is 16 µs at this rate: ops cost their memory as well).
+MICROSECOND_BYTES = 256
+# One check, apart from its points: the result object of ~18 keys, its name, title and message, the verdict, a wrong
+# answer's diagnosis (diagnose_bugs.py) and the JSON. Measured 60-150 µs (a wrong one-point gradient of a 128-input
+# problem 144 µs, of the neuron ~125 µs with its job's share, a /v1/grade check of a 100-input problem 150-200 µs):
+# 128 µs. It was 4 KiB (~3.8 KB of memory measured, 70 batch jobs of 400 misnamed checks), ~16 µs at this rate.
+CHECK_BYTES = 128 * MICROSECOND_BYTES
 # A check at each of its points (the classic rule, or a profile's share): the answer's float64 tensor, numpy views of
-# it and of the reference, the point's error and verdict: ~6 torch calls, ~16 µs (about two ops at OP_BYTES's rate),
-# and ~1.5 KiB kept while a batch defers its comparisons to run them together. Measured (docs/limits.md): 10 jobs
-# of 129 checks over 100 points grew a worker by 185 MiB in 2.5 s; 50 such jobs, charged ~100 MiB when a check
+# it and of the reference, the point's error and verdict: ~6 torch calls, 17-31 µs measured (a wrong list answer the
+# most), and ~1.5 KiB kept while a batch defers its comparisons to run them together. Measured (docs/limits.md): 10
+# jobs of 129 checks over 100 points grew a worker by 185 MiB in 2.5 s; 50 such jobs, charged ~100 MiB when a check
 # cost 4 KiB whatever its points, grew it by 715 MiB and ran into the 10 s deadline.
-CHECK_POINT_BYTES = 8192
+CHECK_POINT_BYTES = 32 * MICROSECOND_BYTES
+# A /v1/grade problem file's check, on top of CHECK_BYTES: its options loaded by the problem file's schema, its result
+# dumped in the platform's format. Measured (a file of 40 problems x 100 one-point checks, in-process): ~300 µs a
+# check where a /v1/check's costs ~150 µs; 128 µs more.
+PROBLEM_CHECK_BYTES = 128 * MICROSECOND_BYTES
+# A submitted formula apart from its ops: parsing it, the check's message and the formula's diagnosis. Measured
+# 145 µs and ~30 µs a node at one point (parse, the cost model's walk, evaluation): 128 µs, plus OP_BYTES a node
+# (formula_estimate).
+FORMULA_BYTES = 128 * MICROSECOND_BYTES
 # One autograd graph node in a response, apart from its numbers: its dict, its JSON (op, label, shape; a formula's
 # label is its subexpression's text), its ~2 edges and its DOT line.
 GRAPH_NODE_BYTES = 1024
@@ -514,12 +526,13 @@ def distinct_shapes(points: list[dict[str, Shape]]) -> list[tuple[dict[str, Shap
     return [(shapes, count) for shapes, count in groups.values()]
 
 
-def diagnosis_estimate(request: dict, points: list[dict[str, Shape]], limits: Limits) -> Estimate:
+def diagnosis_estimate(request: dict, groups: list[tuple[dict[str, Shape], int]], limits: Limits) -> Estimate:
     """Naming a wrong network gradient's mistake re-runs forward and backward at every point once per
-    mistake it tries (engine/diagnose_bugs.py); other kinds compare cheap transforms of the answer."""
+    mistake it tries (engine/diagnose_bugs.py); other kinds compare cheap transforms of the answer.
+    `groups`: distinct_shapes() of the points, computed once per problem."""
     estimate = Estimate()
     if request["model"]["kind"] == "network":
-        for shapes, count in distinct_shapes(points):
+        for shapes, count in groups:
             one = network_pass(request["model"], shapes, limits)
             rerun = (1 + BACKWARD_FACTOR) * (one.elements * 8 + one.ops * OP_BYTES)
             estimate.add("diagnosis", count * DIAGNOSED_MISTAKES * rerun)
@@ -611,12 +624,15 @@ def checks_bytes(checks: int, points: int) -> int:
     return checks * (CHECK_BYTES + points * CHECK_POINT_BYTES)
 
 
-def checks_estimate(request: dict) -> Estimate:
+def checks_estimate(request: dict, problem_file: bool = False) -> Estimate:
     """Each graded check's result and its comparison at every point (its numbers are counted with the points):
     the request's `checks`, or, without them, one per answer in the submission. An answer's own estimate, not its
-    problem's."""
+    problem's. `problem_file`: a /v1/grade problem's checks, each loaded and rendered too (PROBLEM_CHECK_BYTES)."""
     estimate = Estimate()
-    estimate.add("checks", checks_bytes(raw_checks_count(request), raw_points_count(request)))
+    checks = raw_checks_count(request)
+    estimate.add("checks", checks_bytes(checks, raw_points_count(request)))
+    if problem_file:
+        estimate.add("checks", checks * PROBLEM_CHECK_BYTES)
     return estimate
 
 
@@ -641,13 +657,20 @@ def domain_points(request: dict, limits: Limits) -> list[dict[str, Shape]]:
     return [shapes] * n
 
 
-def formula_estimate(formula, points: list[dict[str, Shape]], target: Shape, limits: Limits) -> Estimate:
-    """A submitted derivative formula evaluated (no grad, float64) at every point, broadcast to its gradient."""
+def formula_estimate(
+    formula, groups: list[tuple[dict[str, Shape], int]], target: Shape, limits: Limits, stacked: bool = False
+) -> Estimate:
+    """A submitted derivative formula evaluated (no grad, float64) at every point, broadcast to its gradient: parsed
+    and walked once (FORMULA_BYTES, OP_BYTES a node), its ops run once per group of points when `stacked` (the
+    points of a group stacked: formula.stackable) else at every point, its elements and its values at every point.
+    `groups`: distinct_shapes() of the points, computed once per problem (not once per formula: 128 formulas over
+    100 points of 128 inputs re-grouped 1.6 M shapes, ~1 s)."""
     estimate = Estimate()
-    for shapes, count in distinct_shapes(points):
+    estimate.add("formula", FORMULA_BYTES + formula.node_count * OP_BYTES)
+    for shapes, count in groups:
         one = formula_pass(formula, shapes, limits)
-        per_point = one.elements * 8 + one.ops * OP_BYTES + numel(target) * (8 + 2 * RESPONSE_BYTES)
-        estimate.add("formula", count * per_point)
+        ops = one.ops * OP_BYTES * (1 if stacked else count)
+        estimate.add("formula", ops + count * (one.elements * 8 + numel(target) * (8 + 2 * RESPONSE_BYTES)))
     return estimate
 
 

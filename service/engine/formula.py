@@ -64,6 +64,19 @@ FUNCTIONS: dict[str, FunctionSpec] = {
     name: FunctionSpec(name, arity, impl, description) for name, arity, impl, description in _FUNCTION_TABLE
 }
 
+# What a formula may use to be evaluated at many points at once, the points stacked along a new leading dimension
+# (Formula.stackable): elementwise ops whose every element comes out bit for bit as when evaluated point by point.
+# torch computes these functions with one vectorized kernel whatever the tensor's size (ATen's vml.h maps it over
+# every element, the tail too); sigmoid, sinh, cosh, softplus and pow to other exponents run a scalar kernel on a
+# tensor's last few elements and a vectorized one on the rest, which differ in the last bit; sum, mean and numel
+# reduce over every dimension, the stacked one too. Formulas with those are evaluated point by point.
+STACKABLE_FUNCTIONS = frozenset(
+    {"sin", "cos", "tan", "asin", "acos", "atan", "tanh", "exp", "expm1", "log", "log1p", "log2", "log10"}
+    | {"sqrt", "abs", "relu", "square", "maximum", "minimum"}
+)
+# literal exponents torch's pow special-cases to exact arithmetic (x*x, x*x*x, sqrt, 1/x, ...) on every element
+STACKABLE_POWERS = frozenset({0.0, 1.0, 2.0, 3.0, 0.5, -0.5, -1.0, -2.0})
+
 # Looked up after the inputs: an input called `e` or `pi` shadows the constant.
 CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e}
 
@@ -317,6 +330,25 @@ class Formula:
     def __repr__(self) -> str:
         return f"Formula({self.source!r})"
 
+    @property
+    def stackable(self) -> bool:
+        """Whether evaluate(stacked=True) over points stacked along a new leading dimension gives, point for point,
+        the same bits as evaluating at each point (STACKABLE_FUNCTIONS, STACKABLE_POWERS)."""
+        stack = [self.body]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, ast.Call):
+                if node.func.id not in STACKABLE_FUNCTIONS:
+                    return False
+                stack.extend(node.args)
+            elif isinstance(node, ast.BinOp):
+                if isinstance(node.op, ast.Pow) and _literal_number(node.right) not in STACKABLE_POWERS:
+                    return False
+                stack.extend((node.left, node.right))
+            elif isinstance(node, ast.UnaryOp):
+                stack.append(node.operand)
+        return True
+
     def key(self, node: ast.expr) -> int:
         """A number for the node's subtree, equal for equal subtrees (so they are computed once), built from
         the children's numbers: linear in the formula's size, where ast.dump per node was quadratic."""
@@ -351,14 +383,17 @@ class Formula:
         dtype: torch.dtype,
         record: dict[str, torch.Tensor] | None = None,
         deadline: Deadline | None = None,
+        stacked: bool = False,
     ) -> torch.Tensor:
-        """Compute the formula with torch so autograd records it; equal subexpressions are computed once."""
+        """Compute the formula with torch so autograd records it; equal subexpressions are computed once.
+        `stacked`: every input holds many points along its first dimension (a stackable formula), and
+        max_tensor_elements holds for each point's elements."""
         for name in self.variables:
             if name not in env:
                 inputs = ", ".join(env) or "(none)"
                 raise UnknownVariable(f"unknown variable {name!r}; inputs are: {inputs}")
         try:
-            return _Evaluator(self, env, dtype, record, deadline).eval(self.body)
+            return _Evaluator(self, env, dtype, record, deadline, stacked).eval(self.body)
         except RecursionError:
             raise LimitExceeded(
                 "max_ast_depth",
@@ -388,8 +423,10 @@ class _Evaluator:
         dtype: torch.dtype,
         record: dict[str, torch.Tensor] | None,
         deadline: Deadline | None,
+        stacked: bool = False,
     ) -> None:
         self.formula = formula
+        self.stacked = stacked
         self.env = env
         self.dtype = dtype
         self.record = record
@@ -457,7 +494,7 @@ class _Evaluator:
         """Run one torch op; its RuntimeError (almost always a broadcasting failure) becomes a ShapeError."""
         try:
             if len(operands) > 1:  # broadcasting [n] with [n, 1] makes n*n elements: refuse before allocating
-                numel = math.prod(broadcast_shape(*(t.shape for t in operands)))
+                numel = math.prod(broadcast_shape(*(t.shape for t in operands))[self.stacked :])
                 if numel > self.formula.max_elements:
                     raise LimitExceeded(
                         "max_tensor_elements",

@@ -183,7 +183,8 @@ class _Budget:
     def __init__(self, jobs: int, limits) -> None:
         self.jobs, self.limits, self.charged = jobs, limits, 0
         self.gradient_estimates: dict[bytes, int | EngineError] = {}
-        self.check_estimates: dict[bytes, int | EngineError] = {}
+        self.check_estimates: dict[bytes, cost.Estimate | EngineError] = {}
+        self.problems_charged: set[bytes] = set()  # the problems whose references are in `charged`
 
     def gradients(self, index: int, spec: dict) -> EngineError | None:
         """Charge the loaded gradients job at `index`; its refusal, if the cost model refuses it."""
@@ -207,14 +208,17 @@ class _Budget:
         if not isinstance(estimate, EngineError):
             checks = cost.checks_estimate(spec)  # this job's checks, on top of its problem's estimate
             try:
-                checks.require(self.limits, estimate)
+                checks.require(self.limits, estimate.total)
             except EngineError as err:
                 estimate = err
         if isinstance(estimate, EngineError):
             refused = cost.refused_estimate_bytes(spec["model"], _distinct_point_shapes(spec), self.limits)
             self._charge(index, refused if fresh else 0)
             return estimate
-        self._charge(index, estimate + checks.total)
+        # the problem's references once (its jobs share one Problem: grade_many), every job its response and checks
+        shared = estimate.parts["response"] if key in self.problems_charged else estimate.total
+        self.problems_charged.add(key)
+        self._charge(index, shared + checks.total)
         return None
 
     def _charge(self, index: int, amount: int) -> None:
@@ -224,8 +228,9 @@ class _Budget:
             cost.batch_require(self.limits, self.charged, first, of=self.jobs if first < self.jobs else None)
 
 
-def _estimate(estimate, spec: dict, limits) -> int | EngineError:
-    """A job's estimate in bytes, or the EngineError that refuses it (kept, to answer its equal jobs too)."""
+def _estimate(estimate, spec: dict, limits) -> int | cost.Estimate | EngineError:
+    """A job's estimate (bytes; a check's by part), or the EngineError that refuses it (kept, to answer its equal
+    jobs too)."""
     try:
         return estimate(spec, limits)
     except EngineError as err:
