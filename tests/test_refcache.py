@@ -411,3 +411,22 @@ def test_kept_problems_hold_about_what_they_are_counted_for(client, fresh_cache)
     # the Python objects of 5 of the 6 problems (torch's tensors are not traced) stay well under what the 6 are
     # counted for; they were ~1.0x, so with the tensors the caches held ~1.5x their bound (an audit measured it)
     assert held < 0.8 * refcache.PROBLEMS.nbytes
+
+
+def test_a_kept_problem_is_counted_with_its_stacked_points(client, fresh_cache):
+    """Grading a stackable formula builds Problem.stacks(), a stacked copy of the points, after the problem is kept:
+    its count must already hold that copy, or the cache's byte bound would not bound what it holds."""
+    body = {
+        "model": {"kind": "expression", "formula": "sum(x * x)"},
+        "points": [{"x": [float(i + j) for j in range(500)]} for i in range(100)],
+        "submission": {"gradient_formulas": {"x": "2*x"}},
+    }
+    r = client.post("/v1/check", json=body)
+    assert r.status_code == 200 and r.json["passed"], r.json
+    [(key, entry)] = refcache.PROBLEMS._entries.items()
+    _, problem = entry.refs
+    assert problem._stacks is not None  # the formula was evaluated once per shape group
+    stacked = [stack for _, stack in problem._stacks]
+    held = len(key[0]) + check_loading.loaded_bytes(key[0])
+    held += refcache.tensors_nbytes(problem.points, stacked, problem.refs)
+    assert entry.nbytes >= held  # the loaded JSON's objects, the points, their stacked copy, the references, the key

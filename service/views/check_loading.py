@@ -88,7 +88,8 @@ def problem_for(spec: dict, raw: bytes, limits: Limits) -> Problem:
     """A new Problem for a loaded check body whose problem fields are `raw` (problem_json()), then kept."""
     problem = Problem(spec, limits)
     shared = _problem_fields(spec)
-    nbytes = len(raw) + loaded_bytes(raw) + refcache.tensors_nbytes(problem.points, problem.refs)
+    # the points twice: Problem.stacks(), built once a stackable formula is graded, is a stacked copy of them
+    nbytes = len(raw) + loaded_bytes(raw) + refcache.tensors_nbytes(problem.points, problem.points, problem.refs)
     # a compact copy of the key: orjson's output keeps its working buffer (a 166 KB document held 4 MB)
     refcache.keep_problem((bytes(memoryview(raw)), limits), (shared, problem), nbytes)
     return problem
