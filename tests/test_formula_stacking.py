@@ -45,6 +45,13 @@ MODELS = {
         "model": {"kind": "expression", "formula": "sum(e*x + pi)"},
         "points": [{"e": 2.0, "x": [1.0, 2.0], "pi": [0.5, 0.25]}, {"e": -1.0, "x": [3.0, 0.5], "pi": [1.0, 2.0]}],
     },
+    "function-names": {  # inputs named like the functions the formulas call: a name called is not the input
+        "model": {"kind": "expression", "formula": "x**2 + sum(exp) + sum(abs)"},
+        "points": [
+            {"x": 1.5, "exp": [[0.5, 1.0], [2.0, -1.0]], "abs": [-2.0, 0.5, 1.0]},
+            {"x": -0.5, "exp": [[1.5, -2.0], [0.25, 3.0]], "abs": [0.75, -0.5, 2.0]},
+        ],
+    },
     "special-values": {
         "model": {"kind": "expression", "formula": "sum(x*y)"},
         "points": [
@@ -78,6 +85,8 @@ FORMULAS = [
     "x*w",  # mixed-shapes: an evaluation error at point 1
     "q*x",  # an unknown variable
     "e*x + pi",
+    "2*x*exp(0) + abs(-1)",  # function-names: calls exp and abs, which are also inputs there
+    "exp*abs(x)",
 ]
 
 

@@ -692,7 +692,9 @@ def stacked_values(formula, problem: Problem, deadline: Deadline) -> list[torch.
     raises (an error depends on the shapes and names only, never on the values: the one every point of the group
     would raise). Each input is padded to the rank of the formula's largest input (1s after the stacked dimension,
     where broadcasting would put them at one point), so elementwise ops broadcast as they do at one point."""
-    names = {node.id for node in ast.walk(formula.body) if isinstance(node, ast.Name)}
+    called = {id(node.func) for node in ast.walk(formula.body) if isinstance(node, ast.Call)}
+    # the names the formula reads (an input `exp` is not the function exp(...) it may also call)
+    names = {node.id for node in ast.walk(formula.body) if isinstance(node, ast.Name) and id(node) not in called}
     out: list[torch.Tensor | EngineError] = []
     for indices, stack in problem.stacks():
         used = [name for name in stack if name in names]  # with an input `e` or `pi`, if the formula names it
