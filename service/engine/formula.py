@@ -72,8 +72,8 @@ FUNCTIONS: dict[str, FunctionSpec] = {
 # reduce over every dimension, the stacked one too. Formulas with those are evaluated point by point.
 STACKABLE_FUNCTIONS = frozenset(
     {"sin", "cos", "tan", "asin", "acos", "atan", "tanh", "exp", "expm1", "log", "log1p", "log2", "log10"}
-    | {"sqrt", "abs", "relu", "square", "maximum", "minimum"}
-)
+    | {"sqrt", "abs", "relu", "square"}
+)  # not maximum/minimum: of 0.0 and -0.0, torch's scalar kernel gives one zero and its vectorized kernel the other
 # literal exponents torch's pow special-cases to exact arithmetic (x*x, x*x*x, sqrt, 1/x, ...) on every element
 STACKABLE_POWERS = frozenset({0.0, 1.0, 2.0, 3.0, 0.5, -0.5, -1.0, -2.0})
 
