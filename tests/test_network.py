@@ -245,17 +245,23 @@ def test_batchnorm_and_dropout_equal_torch(client):
         assert list(out["intermediates"]) == ["Z1", "BN1", "A1", "D1"]
 
 
-def test_seeded_dropout_mask_drawn_once_per_request(client, monkeypatch):
-    """`numeric` runs a forward pass per perturbed element; a seeded layer seeds its RandomState once per request
-    (audit F8: once per pass, ~120 us each, charged ~30 us), and its mask stays the one that seed draws."""
-    seeds: list[int] = []
+@pytest.fixture()
+def seeds(monkeypatch) -> list:
+    """The seed of every numpy RandomState made while the test runs, in order."""
+    made: list = []
 
     class Counting(np.random.RandomState):
         def __init__(self, seed=None):
-            seeds.append(seed)
+            made.append(seed)
             super().__init__(seed)
 
     monkeypatch.setattr(np.random, "RandomState", Counting)
+    return made
+
+
+def test_seeded_dropout_mask_drawn_once_per_request(client, seeds):
+    """`numeric` runs a forward pass per perturbed element; a seeded layer seeds its RandomState once per request
+    (audit F8: once per pass, ~120 us each, charged ~30 us), and its mask stays the one that seed draws."""
     layers = [{"type": "linear", "out_features": 3}, *({"type": "dropout", "p": 0.3, "seed": s} for s in (4, 5, 4))]
     body = {
         "model": {"kind": "network", "layout": "torch", "loss": {"type": "mse"}, "layers": layers},
@@ -350,18 +356,10 @@ def _dropout_networks():
     ]
 
 
-def test_the_model_wide_dropout_stream_is_drawn_once_per_request(client, monkeypatch):
+def test_the_model_wide_dropout_stream_is_drawn_once_per_request(client, monkeypatch, seeds):
     """A model-wide `dropout_seed` seeded a new RandomState every forward pass (~120 us; `numeric` runs two passes
     per element, a check's diagnosis more): its masks are now drawn once per request and kept by the shapes drawn
     before them in the pass, and every response is byte for byte what a fresh stream every pass gives."""
-    seeds: list[int] = []
-
-    class Counting(np.random.RandomState):
-        def __init__(self, seed=None):
-            seeds.append(seed)
-            super().__init__(seed)
-
-    monkeypatch.setattr(np.random, "RandomState", Counting)
     for cache in ("CACHE", "PROBLEMS"):  # every request computes its references: none is kept from another
         monkeypatch.setattr(refcache, cache, refcache.ReferenceCache(0, 0))
     for body in _dropout_networks():
