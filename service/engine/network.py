@@ -115,7 +115,6 @@ def generate(spec: dict, shape: tuple[int, ...], rng: np.random.RandomState | No
     return np.asarray(values, dtype=np.float64)
 
 
-
 class DropoutStream:
     """One forward pass's draws from the model-wide `dropout_seed` stream, the keep masks a fresh
     RandomState(dropout_seed) gives in layer order, drawn once per request (seeding costs ~120 us, and numeric
@@ -146,6 +145,7 @@ class DropoutStream:
             return masks[keep_prob]
         values = self.live.rand(*shape)  # keeps the live stream in step, kept or not
         return masks.setdefault(keep_prob, values < keep_prob)
+
 
 class Network:
     """One instance per request: `complete` fills in generated tensors and checks shapes, `forward` runs the net."""
