@@ -496,9 +496,10 @@ class Grader:
         try:
             formula = parse_formula(source, self.limits)
             target = tuple(expected[0].shape)
-            charge = cost.formula_estimate(formula, self.problem.shape_groups, target, self.limits, formula.stackable)
+            stackable = formula.stackable  # a walk of the formula's tree: once
+            charge = cost.formula_estimate(formula, self.problem.shape_groups, target, self.limits, stackable)
             self.ledger.charge(charge, self.limits, hint="a simpler formula")
-            if formula.stackable:
+            if stackable:
                 return self._broadcast(source, stacked_values(formula, self.problem, self.deadline), expected)
             out = []
             for i, point in enumerate(self.points):
