@@ -18,7 +18,7 @@ from .errors import ClampedReference, DeadlineExceeded, EngineError, LimitExceed
 from .formula import parse_formula
 from .jacobian import upstream
 from .limits import Deadline, Limits
-from .neuron import CLAMP_FACTOR, Neuron
+from .neuron import CLAMP_FACTOR, Neuron, sample_warnings
 from .values import parse_tensor, tensor_shape
 
 TOLERANCE_RULE = (
@@ -86,12 +86,16 @@ def reference(model, point: dict[str, torch.Tensor], deadline: Deadline) -> dict
     intermediates = {k: t.detach() for k, t in record.items()}
     if hasattr(model, "intermediate_gradients"):  # networks: dZ1, dA1, ... for checks on the backward pass
         intermediates.update(model.intermediate_gradients(record))
+    neuron = isinstance(model, Neuron)
+    # a neuron's warnings count samples: its counts are kept, to be added up over every point (Problem)
+    counts = model.sample_counts(record["y_pred"]) if neuron else None
     return {
         "loss": out.detach(),
         "gradients": gradients,
         "intermediates": intermediates,
-        "chain_rule": model.chain_rule(detached) if isinstance(model, Neuron) else None,
-        "warnings": model.diagnose(record),
+        "chain_rule": model.chain_rule(detached) if neuron else None,
+        "sample_counts": counts,
+        "warnings": sample_warnings([counts]) if neuron else model.diagnose(record),
     }
 
 
@@ -188,10 +192,8 @@ class Problem:
         self.free_diagnosis = request["model"]["kind"] != "network"
         self.encoded = encoded_tensors(self.points, self.refs)  # what every answer's response shows of them
         self.warnings: list[str] = []
-        if self.is_neuron:  # its warnings count samples: over every point at once, not the first point's
-            self.warnings = self.model.diagnose_points(
-                [ref["intermediates"]["y_pred"] for ref in self.refs], [point["y"] for point in self.points]
-            )
+        if self.is_neuron:  # its warnings count samples: those of every point, not one point's
+            self.warnings = sample_warnings([ref["sample_counts"] for ref in self.refs])
         else:
             for ref in self.refs:
                 self.warnings += [w for w in ref["warnings"] if w not in self.warnings]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -189,39 +190,60 @@ class Neuron:
     def diagnose(self, record: dict[str, torch.Tensor], targets: torch.Tensor | None = None) -> list[str]:
         """Warn where targets are not probabilities, and where the tutorial's clamp bites or cannot help (float32
         rounds 1 - 1e-8 to 1.0). `targets`: y, when not the one prepare() saw (the batch runner's stacked jobs)."""
-        return self.diagnose_points([record["y_pred"]], [self.targets if targets is None else targets])
+        return sample_warnings([self.sample_counts(record["y_pred"], targets)])
 
-    def diagnose_points(self, y_preds: list[torch.Tensor], targets: list[torch.Tensor | None]) -> list[str]:
-        """diagnose() over several points at once (a check's): each warning counts the samples of every point."""
-        warnings = _outside_unit_interval(targets)
-        if self.loss != "bce":
-            return warnings
-        ps = [p.detach() for p in y_preds if p.numel()]
-        n = sum(p.numel() for p in ps)
-        if n == 0:
-            return warnings
-        low, high = _clamp_bounds(self.epsilon, ps[0].dtype)
-        clamped, rounds_to_one = 0, False
-        for p in ps:
-            # one reduction to Python numbers (exact: float32 and float64 values are doubles); the elementwise
-            # count only when the clamp bites or a NaN makes min/max say nothing
-            lo, hi = _extremes(p)
-            if not (lo >= low and hi <= high):  # True for NaN
-                clamped += int(((p < self.epsilon) | (p > 1 - self.epsilon)).sum())
-            if high == 1 and not rounds_to_one:
-                rounds_to_one = hi == 1 if hi <= 1 else bool((p == 1).any())  # hi is NaN or > 1: look
-        if clamped:
-            warnings.append(
-                f"clamping hit: y_pred outside [epsilon, 1 - epsilon] for {clamped} of {n} sample(s); "
-                "autograd's gradient through the clamp is 0 there"
-            )
-        if rounds_to_one:
-            warnings.append(
-                f"y_pred rounds to 1.0 in {str(ps[0].dtype).removeprefix('torch.')}, where 1 - epsilon == 1.0 too, "
-                "so the clamp cannot keep "
-                'log(1 - y_pred) finite; use loss "bce_with_logits" or dtype "float64"'
-            )
-        return warnings
+    def sample_counts(self, y_pred: torch.Tensor, targets: torch.Tensor | None = None) -> SampleCounts:
+        """What diagnose() warns about, counted at one point (a check keeps them with the point's reference and
+        adds every point's up: sample_warnings)."""
+        y = self.targets if targets is None else targets
+        counts = SampleCounts(targets=0 if y is None else y.numel(), outside=_outside_unit_interval(y))
+        p = y_pred.detach()
+        if self.loss != "bce" or p.numel() == 0:
+            return counts
+        low, high = _clamp_bounds(self.epsilon, p.dtype)
+        # one reduction to Python numbers (exact: float32 and float64 values are doubles); the elementwise count
+        # only when the clamp bites or a NaN makes min/max say nothing
+        lo, hi = _extremes(p)
+        clamped = 0 if lo >= low and hi <= high else int(((p < self.epsilon) | (p > 1 - self.epsilon)).sum())
+        rounds_to_one = high == 1 and (hi == 1 if hi <= 1 else bool((p == 1).any()))  # hi is NaN or > 1: look
+        dtype = str(p.dtype).removeprefix("torch.")
+        return counts._replace(samples=p.numel(), clamped=clamped, rounds_to_one=rounds_to_one, dtype=dtype)
+
+
+class SampleCounts(NamedTuple):
+    """A neuron's samples at one point: y's, how many are outside [0, 1] (or NaN); y_pred's (loss "bce" only), how
+    many the clamp bites, whether one rounds to 1.0 where 1 - epsilon does too (float32)."""
+
+    targets: int = 0
+    outside: int = 0
+    samples: int = 0
+    clamped: int = 0
+    rounds_to_one: bool = False
+    dtype: str = "float64"
+
+
+def sample_warnings(points: list[SampleCounts]) -> list[str]:
+    """diagnose()'s warnings for every point's counts at once: each counts the samples of all of them."""
+    warnings = []
+    outside = sum(c.outside for c in points)
+    if outside:
+        warnings.append(
+            f"y outside [0, 1] for {outside} of {sum(c.targets for c in points)} sample(s): binary cross-entropy "
+            "takes probabilities as targets, so the loss is not a cross-entropy there (it can be negative)"
+        )
+    clamped = sum(c.clamped for c in points)
+    if clamped:
+        warnings.append(
+            f"clamping hit: y_pred outside [epsilon, 1 - epsilon] for {clamped} of {sum(c.samples for c in points)} "
+            "sample(s); autograd's gradient through the clamp is 0 there"
+        )
+    rounds = next((c for c in points if c.rounds_to_one), None)
+    if rounds is not None:
+        warnings.append(
+            f"y_pred rounds to 1.0 in {rounds.dtype}, where 1 - epsilon == 1.0 too, so the clamp cannot keep "
+            'log(1 - y_pred) finite; use loss "bce_with_logits" or dtype "float64"'
+        )
+    return warnings
 
 
 def _extremes(t: torch.Tensor) -> tuple[float, float]:
@@ -233,22 +255,16 @@ def _extremes(t: torch.Tensor) -> tuple[float, float]:
     return lo.item(), hi.item()
 
 
-def _outside_unit_interval(ys: list[torch.Tensor | None]) -> list[str]:
-    """Binary cross-entropy takes probabilities as targets: outside [0, 1] (or NaN) the loss can be negative and
-    means nothing, though it computes. One reduction per point; the elementwise count only when something is
-    outside."""
-    ys = [y.detach() for y in ys if y is not None and y.numel()]
-    outside = 0
-    for y in ys:
-        lo, hi = _extremes(y)
-        if not (lo >= 0 and hi <= 1):  # True for NaN
-            outside += int(((y < 0) | (y > 1) | y.isnan()).sum())
-    if not outside:
-        return []
-    return [
-        f"y outside [0, 1] for {outside} of {sum(y.numel() for y in ys)} sample(s): binary cross-entropy takes "
-        "probabilities as targets, so the loss is not a cross-entropy there (it can be negative)"
-    ]
+def _outside_unit_interval(y: torch.Tensor | None) -> int:
+    """How many targets are outside [0, 1] or NaN: binary cross-entropy takes probabilities as targets, elsewhere the
+    loss can be negative and means nothing, though it computes. One reduction; the elementwise count only when
+    something is outside."""
+    if y is None or y.numel() == 0:
+        return 0
+    lo, hi = _extremes(y.detach())
+    if lo >= 0 and hi <= 1:  # False for NaN
+        return 0
+    return int(((y < 0) | (y > 1) | y.isnan()).sum())
 
 
 @functools.lru_cache(maxsize=64)
