@@ -287,7 +287,9 @@ class CheckResultSchema(Schema):
         values=TensorOut(),
         allow_none=True,
         metadata={
-            "description": "neuron dL/dw, dL/db: the tutorial's factors at worst_point (per sample, before reduction)"
+            "description": "neuron dL/dw, dL/db: the tutorial's factors at worst_point (per sample, before reduction):"
+            " dL/dy_pred, dy_pred/dz and dz/dw or dz/db; where the tutorial's clamp bites there (loss bce), also"
+            " dclamp(y_pred)/dy_pred (0 where it bites, 1 elsewhere), so that their product is autograd's"
         },
     )
     visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))

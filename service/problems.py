@@ -18,7 +18,7 @@ from schemas.problems import MAX_PROBLEMS, ProblemFileSchema
 
 from .engine import cost, echo
 from .engine.check import SECTIONS, Grader, Ledger, Problem, answer_place, estimate
-from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded, NonFiniteReference
+from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded, UngradableReference
 from .engine.formula import parse_formula
 from .engine.limits import Limits
 from .errors import InvalidProblem
@@ -172,11 +172,19 @@ def _grade_problem(
                     submission["loss"] = value
                 else:
                     submission.setdefault(section, {})[field] = value
-        grader = Grader({**request, "submission": submission}, limits, problem=built, ledger=ledger, places=places)
+        grader = Grader(
+            {**request, "submission": submission},
+            limits,
+            problem=built,
+            ledger=ledger,
+            places=places,
+            refuse_clamped=True,
+        )
         result = grader.run()
     except (DeadlineExceeded, LimitExceeded):
         raise  # the request's wall time or budget, not the problem file
-    except NonFiniteReference as err:  # never graded as the student's: a NaN answer would "match" a NaN
+    except UngradableReference as err:  # never graded as the student's: a NaN answer would "match" a NaN, and a
+        # right chain-rule answer fail where the tutorial's clamp bites
         raise InvalidProblem(
             422,
             f"Problem {key!r}: {err.detail}.",

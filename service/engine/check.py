@@ -14,11 +14,11 @@ from . import cost, diagnose_bugs, echo, feedback, refcache, tolerance
 from .closeness import isclose, isclose_number
 from .compute import build_model, forward_backward
 from .encode import encode_tree, encoded_tensors
-from .errors import DeadlineExceeded, EngineError, LimitExceeded, NonFiniteReference
+from .errors import ClampedReference, DeadlineExceeded, EngineError, LimitExceeded, NonFiniteReference
 from .formula import parse_formula
 from .jacobian import upstream
 from .limits import Deadline, Limits
-from .neuron import Neuron
+from .neuron import CLAMP_FACTOR, Neuron, sample_warnings
 from .values import parse_tensor, tensor_shape
 
 TOLERANCE_RULE = (
@@ -42,6 +42,7 @@ POINT_INPUTS = 8
 STUDENT_VALUE = re.compile(r"checks\[\d+\]\.actual\b")
 # the chain-rule factors the tutorial multiplies for each neuron parameter
 CHAIN_FACTORS = {"w": ("dL/dy_pred", "dy_pred/dz", "dz/dw"), "b": ("dL/dy_pred", "dy_pred/dz", "dz/db")}
+LOGITS = 'loss "bce_with_logits"'  # the neuron's loss without the tutorial's clamp
 
 
 # --- points -------------------------------------------------------------------------------------
@@ -85,12 +86,16 @@ def reference(model, point: dict[str, torch.Tensor], deadline: Deadline) -> dict
     intermediates = {k: t.detach() for k, t in record.items()}
     if hasattr(model, "intermediate_gradients"):  # networks: dZ1, dA1, ... for checks on the backward pass
         intermediates.update(model.intermediate_gradients(record))
+    neuron = isinstance(model, Neuron)
+    # a neuron's warnings count samples: its counts are kept, to be added up over every point (Problem)
+    counts = model.sample_counts(record["y_pred"]) if neuron else None
     return {
         "loss": out.detach(),
         "gradients": gradients,
         "intermediates": intermediates,
-        "chain_rule": model.chain_rule(detached) if isinstance(model, Neuron) else None,
-        "warnings": model.diagnose(record),
+        "chain_rule": model.chain_rule(detached) if neuron else None,
+        "sample_counts": counts,
+        "warnings": sample_warnings([counts]) if neuron else model.diagnose(record),
     }
 
 
@@ -187,8 +192,13 @@ class Problem:
         self.free_diagnosis = request["model"]["kind"] != "network"
         self.encoded = encoded_tensors(self.points, self.refs)  # what every answer's response shows of them
         self.warnings: list[str] = []
-        for ref in self.refs:
-            self.warnings += [w for w in ref["warnings"] if w not in self.warnings]
+        if self.is_neuron:  # its warnings count samples: those of every point, not one point's
+            self.warnings = sample_warnings([ref["sample_counts"] for ref in self.refs])
+        else:
+            for ref in self.refs:
+                self.warnings += [w for w in ref["warnings"] if w not in self.warnings]
+        # the points where the tutorial's clamp bites (a neuron's chain rule has its factor only there)
+        self.clamped = [i for i, ref in enumerate(self.refs) if CLAMP_FACTOR in (ref["chain_rule"] or ())]
         self.descriptions: dict[int, str] = {}  # point index -> _describe_point(), for every message naming it
         self._stacks: list[tuple[list[int], dict[str, torch.Tensor]]] | None = None
 
@@ -245,11 +255,14 @@ class Grader:
         deferred: list | None = None,
         ledger: Ledger | None = None,
         places: dict[str, str | None] | None = None,
+        refuse_clamped: bool = False,
     ) -> None:
         """`ledger`: the request's, with this answer's problem estimate already in it (a problem file or a batch
         reserves every one first); without it the answer is the request and its estimate is charged here.
         `places`: what a missing answer's message says to do, by check name, in the caller's terms (a problem
-        file's answers: a PrairieLearn input box, the problem's key); else where it goes in the submission."""
+        file's answers: a PrairieLearn input box, the problem's key); else where it goes in the submission.
+        `refuse_clamped`: a loss or gradient reference where the tutorial's clamp bites is the problem's error
+        (ClampedReference: a problem file's); else it is graded, and a failed check's message says the clamp bit."""
         self.request, self.limits = request, limits
         self.deadline = Deadline(limits.max_wall_seconds)
         problem = problem or Problem(request, limits)
@@ -271,6 +284,7 @@ class Grader:
         self.warnings = list(problem.warnings)
         self.misnamed: list[str] = []  # checks naming nothing the model has (a problem file's error)
         self.places = places or {}
+        self.refuse_clamped = refuse_clamped
 
     def title(self, name: str) -> str:
         section, _, key = name.partition(".")
@@ -373,6 +387,8 @@ class Grader:
             result["message"] = f"{name}: there is no {what} named {key!r} to grade; known: {known}"
             return result
         self._require_finite(name, result["title"], expected)
+        if self.refuse_clamped and section != "intermediates":
+            self._require_unclamped(name, result["title"])
         result["expected"] = expected if self.multi else expected[0]
         answer = _answer(self.request["submission"], name)
         if answer is None:
@@ -450,6 +466,62 @@ class Grader:
                 "choose points (inputs, points or domain) where the model and its derivatives are finite",
                 name,
             )
+
+    def _require_unclamped(self, name: str, title: str) -> None:
+        """ClampedReference when the tutorial's clamp bites at some point: there the reference of the loss and of
+        every gradient is the clamped model's (a gradient through the clamp is 0), which a right chain-rule answer
+        does not match. An error in the problem (its points, or its loss), like a non-finite reference."""
+        clamped = self.problem.clamped
+        if not clamped:
+            return
+        i = clamped[0]
+        at = f" at point {i} ({self.problem.describe(i)})" if self.multi else f" at {self.problem.describe(i)}"
+        points = f" (it bites at {len(clamped)} of {len(self.points)} points)" if self.multi else ""
+        raise ClampedReference(
+            f"the reference (autograd) of check {name!r} ({title}) is computed where the tutorial's clamp bites{at}: "
+            f"{self._clamp_bite(i)}{points}, where autograd's gradient through the clamp is 0 and the loss is the "
+            "clamped one, so a right chain-rule answer would be graded wrong; choose points (inputs, points or domain) "
+            f"where y_pred = sigmoid(z) stays within the bounds, or use {LOGITS}",
+            name,
+        )
+
+    def _clamp_bite(self, i: int) -> str:
+        """Where the clamp bites at point i: y_pred (the first sample's where it bites) against the bounds."""
+        y_pred = self.refs[i]["intermediates"]["y_pred"]
+        bites = self.model.clamped(y_pred)
+        first = int(bites.reshape(-1).nonzero()[0])
+        value = _probability(y_pred.reshape(-1)[first].item())
+        epsilon = self.model.epsilon
+        bounds = f"outside [epsilon, 1 - epsilon] = [{epsilon:g}, 1 - {epsilon:g}]"
+        if y_pred.numel() == 1:
+            return f"y_pred = {value} is {bounds}"
+        sample = f"[{', '.join(map(str, _unravel(first, tuple(y_pred.shape))))}]"
+        return f"y_pred is {bounds} at {int(bites.sum())} of {y_pred.numel()} samples (at sample {sample}: {value})"
+
+    def _clamp_note(self, section: str, key: str, i: int) -> str:
+        """A failed check's word on the clamp where it bites at point i (/v1/check grades against autograd, the
+        clamped model): what autograd does there, what the unclamped chain rule gives, and the author's way out."""
+        through = section != "loss" and key != "y"  # dL/dy does not pass the clamp: log(y_pred) is its factor
+        text = f"the tutorial's clamp bit at this point: {self._clamp_bite(i)}, so "
+        if through:
+            text += "autograd's gradient through the clamp is 0"
+        else:
+            text += (
+                "autograd's loss is the clamped one"
+                if section == "loss"
+                else "autograd differentiates the clamped loss"
+            )
+        ref, point = self.refs[i], self.points[i]
+        z, y = ref["intermediates"]["z"], point["y"]
+        if z.numel() == 1 and (section == "loss" or key in ("b", "w") and point["w"].dim() == 0):
+            if section == "loss":  # BCE on the logit, to the last digit where y_pred rounds to 0 or 1
+                softplus = torch.nn.functional.softplus
+                unclamped = y * softplus(-z) + (1 - y) * softplus(z)
+            else:  # dL/dy_pred * dy_pred/dz = y_pred - y, finite where y_pred rounds to 0 or 1
+                unclamped = (ref["intermediates"]["y_pred"] - y) * (point["x"] if key == "w" else 1.0)
+            what = "the loss is" if section == "loss" else "the chain rule gives"
+            text += f" (without the clamp {what} {unclamped.item():.6g})"
+        return f"{text}; the problem's author should choose points where the clamp does not bite, or use {LOGITS}"
 
     def _echo(self, result: dict, answer, shaped: bool) -> None:
         """`actual`: the answer as sent when it has the checked shape or is a small tensor literal (echo.py);
@@ -618,7 +690,7 @@ class Grader:
         result["worst_point"] = worst
         if self.is_neuron and key in CHAIN_FACTORS and section in ("gradients", "gradient_formulas"):
             factors = self.refs[worst if worst is not None else 0]["chain_rule"]
-            result["chain_rule"] = {name: factors[name] for name in CHAIN_FACTORS[key]}
+            result["chain_rule"] = {name: factors[name] for name in _factor_names(factors, key)}
         if failed_at is None:
             where = f" at all {len(expected)} points (max abs error" if self.multi else " (abs error"
             result.update(
@@ -657,6 +729,8 @@ class Grader:
         message += self._spread(e, close, closeness)
         if result["chain_rule"] is not None:
             message += "; " + self._chain_text(key, failed_at)
+        elif section != "intermediates" and failed_at in self.problem.clamped:
+            message += "; " + self._clamp_note(section, key, failed_at)
         return message
 
     def _spread(self, e, close, closeness) -> str:
@@ -672,19 +746,44 @@ class Grader:
         return "; " + self._chain_text(key, i, values=False) if result["chain_rule"] is not None else ""
 
     def _chain_text(self, key: str, i: int, values: bool = True) -> str:
+        """The chain rule's factors at point i, with their values and product (which is autograd's: the clamp's factor
+        is among them where it bites, with what that means); by name only, the tutorial's three (feedback "error":
+        the clamp's factor would tell that the reference is 0)."""
         factors = self.refs[i]["chain_rule"]
-        names = CHAIN_FACTORS[key]
+        names = _factor_names(factors, key) if values else CHAIN_FACTORS[key]
         parts = " * ".join(f"{name} ({_fmt(factors[name])})" if values else name for name in names)
         text = f"chain rule: dL/d{key} = {parts}"
         if values and all(factors[name].numel() == 1 for name in names):
-            product = math.prod(factors[name].item() for name in names)
-            text += f" = {product:.6g}"
+            text += f" = {_chain_product(factors, names):.6g}"
         reduction = self.model.reduction
         samples = self.refs[i]["intermediates"]["z"].numel()
         if samples > 1 and not self.model.per_sample:
             how = "averaged" if reduction == "mean" else "summed"
             text += f", per sample, then {how} over the {samples} samples (reduction {reduction!r})"
+        if values and CLAMP_FACTOR in factors:
+            text += "; " + self._clamp_note("gradients", key, i)
         return text
+
+
+def _factor_names(factors: dict, key: str) -> tuple[str, ...]:
+    """The chain rule's factors of dL/d`key` in the tutorial's order, the clamp's after dL/dy_pred where it bites."""
+    names = CHAIN_FACTORS[key]
+    return (names[0], CLAMP_FACTOR, *names[1:]) if CLAMP_FACTOR in factors else names
+
+
+def _chain_product(factors: dict, names: tuple[str, ...]) -> float:
+    """The scalar factors' product as autograd computes it: torch.clamp's backward passes 0 where the clamp bites,
+    whatever reaches it (an infinite dL/dy_pred where y_pred rounds to 1 too), so the factors before it are dropped
+    there (its 0 keeps the sign autograd gives, that of the factors after it)."""
+    values = [factors[name].item() for name in names]
+    if CLAMP_FACTOR in names and values[names.index(CLAMP_FACTOR)] == 0:
+        values = values[names.index(CLAMP_FACTOR) :]
+    return math.prod(values)
+
+
+def _probability(p: float) -> str:
+    """y_pred for a message: near 1 as 1 - its distance to 1 (0.99999999794 is "1 - 2.06115e-09")."""
+    return f"1 - {1 - p:.6g}" if 0.5 < p < 1 else f"{p:.6g}"
 
 
 def stacked_values(formula, problem: Problem, deadline: Deadline) -> list[torch.Tensor | EngineError]:

@@ -49,16 +49,30 @@ class NonScalarOutput(EngineError):
     title = "Non-scalar output"
 
 
-class NonFiniteReference(EngineError):
-    """A checked quantity's reference (autograd) is NaN or infinite at a point: nothing can be graded against it,
-    and a student must not be scored on it (a NaN answer would "match" a NaN). The request's, never the answer's."""
-
-    slug = "non-finite-reference"
-    title = "Reference not finite"
+class UngradableReference(EngineError):
+    """A checked quantity's reference (autograd) at some point is one no answer can be graded against: the
+    request's (in a problem file, the instructor's), never the answer's. `check` names the check."""
 
     def __init__(self, detail: str, check: str) -> None:
         super().__init__(detail)
         self.check = check
+
+
+class NonFiniteReference(UngradableReference):
+    """A checked quantity's reference is NaN or infinite at a point: nothing can be graded against it, and a student
+    must not be scored on it (a NaN answer would "match" a NaN)."""
+
+    slug = "non-finite-reference"
+    title = "Reference not finite"
+
+
+class ClampedReference(UngradableReference):
+    """A problem file's loss or gradient reference at a point where the tutorial's clamp bites: autograd's gradient
+    through the clamp is 0 there, so a right chain-rule answer would be graded wrong (/v1/check grades such a point
+    and says so in the message; a problem file is refused, as with a non-finite reference)."""
+
+    slug = "clamped-reference"
+    title = "Reference clamped"
 
 
 class LimitExceeded(EngineError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,9 @@ INPUTS = ("x", "y", "w", "b")
 LOSSES = ("bce", "bce_with_logits")
 REDUCTIONS = ("mean", "sum", "none")
 DEFAULT_EPSILON = 1e-8  # the tutorial's clamp
+# the clamp's own chain-rule factor, d clamp(y_pred) / d y_pred: 0 where it bites, 1 elsewhere (in a neuron's
+# chain_rule() only at a point where it bites, so that every other point's factors stay the tutorial's three)
+CLAMP_FACTOR = "dclamp(y_pred)/dy_pred"
 
 
 def _shape(t: torch.Tensor) -> list[int]:
@@ -141,16 +145,28 @@ class Neuron:
         return self.reduce(losses)
 
     def chain_rule(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The tutorial's factors per sample, before reduction: dL/dy_pred, dy_pred/dz, dz/dw, dz/db."""
+        """The tutorial's factors per sample, before reduction: dL/dy_pred, dy_pred/dz, dz/dw, dz/db; where the clamp
+        bites at some sample, also CLAMP_FACTOR (autograd's clamp passes no gradient there: the product is 0)."""
         z = self.linear(t["x"], t["w"], t["b"])
         y_pred = torch.sigmoid(z)
         dy_pred_dz = y_pred * (1 - y_pred)
-        return {
+        factors = {
             "dL/dy_pred": (y_pred - t["y"]) / dy_pred_dz,
             "dy_pred/dz": dy_pred_dz,
             "dz/dw": t["x"],
             "dz/db": torch.ones_like(z),
         }
+        bites = self.clamped(y_pred)
+        if bites is not None and bool(bites.any()):
+            factors[CLAMP_FACTOR] = (~bites).to(y_pred.dtype)
+        return factors
+
+    def clamped(self, y_pred: torch.Tensor) -> torch.Tensor | None:
+        """Where the tutorial's clamp bites (y_pred outside [epsilon, 1 - epsilon]: torch.clamp's backward passes no
+        gradient there), per sample; None without a clamp (loss "bce_with_logits")."""
+        if self.loss != "bce":
+            return None
+        return (y_pred < self.epsilon) | (y_pred > 1 - self.epsilon)
 
     def manual(self, t: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Closed-form gradients by the chain rule on prepared tensors (unclamped: differs where the clamp bites)."""
@@ -174,52 +190,81 @@ class Neuron:
     def diagnose(self, record: dict[str, torch.Tensor], targets: torch.Tensor | None = None) -> list[str]:
         """Warn where targets are not probabilities, and where the tutorial's clamp bites or cannot help (float32
         rounds 1 - 1e-8 to 1.0). `targets`: y, when not the one prepare() saw (the batch runner's stacked jobs)."""
-        warnings = _outside_unit_interval(self.targets if targets is None else targets)
-        if self.loss != "bce":
-            return warnings
-        p = record["y_pred"].detach()
-        n = p.numel()
-        if n == 0:
-            return warnings
+        return sample_warnings([self.sample_counts(record["y_pred"], targets)])
+
+    def sample_counts(self, y_pred: torch.Tensor, targets: torch.Tensor | None = None) -> SampleCounts:
+        """What diagnose() warns about, counted at one point (a check keeps them with the point's reference and
+        adds every point's up: sample_warnings)."""
+        y = self.targets if targets is None else targets
+        counts = SampleCounts(targets=0 if y is None else y.numel(), outside=_outside_unit_interval(y))
+        p = y_pred.detach()
+        if self.loss != "bce" or p.numel() == 0:
+            return counts
         low, high = _clamp_bounds(self.epsilon, p.dtype)
-        # one reduction to Python numbers (exact: float32 and float64 values are doubles); the elementwise
-        # count only when the clamp bites or a NaN makes min/max say nothing
-        if n == 1:
-            lo = hi = p.item()
-        else:
-            lo, hi = torch.aminmax(p)
-            lo, hi = lo.item(), hi.item()
-        if lo >= low and hi <= high:  # False for NaN
-            clamped = 0
-        else:
-            clamped = int(((p < self.epsilon) | (p > 1 - self.epsilon)).sum())
-        if clamped:
-            warnings.append(
-                f"clamping hit: y_pred outside [epsilon, 1 - epsilon] for {clamped} of {n} sample(s); "
-                "autograd's gradient through the clamp is 0 there"
-            )
-        if high == 1 and (hi == 1 if hi <= 1 else bool((p == 1).any())):  # hi is NaN or > 1: look
-            warnings.append(
-                f"y_pred rounds to 1.0 in {str(p.dtype).removeprefix('torch.')}, where 1 - epsilon == 1.0 too, "
-                "so the clamp cannot keep "
-                'log(1 - y_pred) finite; use loss "bce_with_logits" or dtype "float64"'
-            )
-        return warnings
+        # one reduction to Python numbers (exact: float32 and float64 values are doubles); the elementwise count
+        # only when the clamp bites or a NaN makes min/max say nothing
+        lo, hi = _extremes(p)
+        clamped = 0 if lo >= low and hi <= high else int(((p < self.epsilon) | (p > 1 - self.epsilon)).sum())
+        rounds_to_one = high == 1 and (hi == 1 if hi <= 1 else bool((p == 1).any()))  # hi is NaN or > 1: look
+        dtype = str(p.dtype).removeprefix("torch.")
+        return counts._replace(samples=p.numel(), clamped=clamped, rounds_to_one=rounds_to_one, dtype=dtype)
 
 
-def _outside_unit_interval(y: torch.Tensor | None) -> list[str]:
-    """Binary cross-entropy takes probabilities as targets: outside [0, 1] (or NaN) the loss can be negative and
-    means nothing, though it computes. One reduction; the elementwise count only when something is outside."""
+class SampleCounts(NamedTuple):
+    """A neuron's samples at one point: y's, how many are outside [0, 1] (or NaN); y_pred's (loss "bce" only), how
+    many the clamp bites, whether one rounds to 1.0 where 1 - epsilon does too (float32)."""
+
+    targets: int = 0
+    outside: int = 0
+    samples: int = 0
+    clamped: int = 0
+    rounds_to_one: bool = False
+    dtype: str = "float64"
+
+
+def sample_warnings(points: list[SampleCounts]) -> list[str]:
+    """diagnose()'s warnings for every point's counts at once: each counts the samples of all of them."""
+    warnings = []
+    outside = sum(c.outside for c in points)
+    if outside:
+        warnings.append(
+            f"y outside [0, 1] for {outside} of {sum(c.targets for c in points)} sample(s): binary cross-entropy "
+            "takes probabilities as targets, so the loss is not a cross-entropy there (it can be negative)"
+        )
+    clamped = sum(c.clamped for c in points)
+    if clamped:
+        warnings.append(
+            f"clamping hit: y_pred outside [epsilon, 1 - epsilon] for {clamped} of {sum(c.samples for c in points)} "
+            "sample(s); autograd's gradient through the clamp is 0 there"
+        )
+    rounds = next((c for c in points if c.rounds_to_one), None)
+    if rounds is not None:
+        warnings.append(
+            f"y_pred rounds to 1.0 in {rounds.dtype}, where 1 - epsilon == 1.0 too, so the clamp cannot keep "
+            'log(1 - y_pred) finite; use loss "bce_with_logits" or dtype "float64"'
+        )
+    return warnings
+
+
+def _extremes(t: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of a non-empty tensor as Python numbers, in one reduction (`.item()` for one element)."""
+    if t.numel() == 1:
+        value = t.item()
+        return value, value
+    lo, hi = torch.aminmax(t)
+    return lo.item(), hi.item()
+
+
+def _outside_unit_interval(y: torch.Tensor | None) -> int:
+    """How many targets are outside [0, 1] or NaN: binary cross-entropy takes probabilities as targets, elsewhere the
+    loss can be negative and means nothing, though it computes. One reduction; the elementwise count only when
+    something is outside."""
     if y is None or y.numel() == 0:
-        return []
-    lo, hi = (y.item(),) * 2 if y.numel() == 1 else (v.item() for v in torch.aminmax(y.detach()))
+        return 0
+    lo, hi = _extremes(y.detach())
     if lo >= 0 and hi <= 1:  # False for NaN
-        return []
-    outside = int(((y < 0) | (y > 1) | y.isnan()).sum())
-    return [
-        f"y outside [0, 1] for {outside} of {y.numel()} sample(s): binary cross-entropy takes probabilities as "
-        "targets, so the loss is not a cross-entropy there (it can be negative)"
-    ]
+        return 0
+    return int(((y < 0) | (y > 1) | y.isnan()).sum())
 
 
 @functools.lru_cache(maxsize=64)
