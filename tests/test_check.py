@@ -7,6 +7,7 @@ import math
 import sys
 
 import pytest
+import requests
 from marshmallow import ValidationError
 from platform_specs import validate_gradescope, validate_prairielearn
 
@@ -255,6 +256,31 @@ def test_non_finite_answers(client):
     }
     c = check(client, body)["checks"][0]
     assert c["passed"] is False and c["abs_error"] is None and c["actual"] == "NaN"
+
+
+@pytest.mark.parametrize("expected", [0.12344, 0.50004, 2.00004, -7.00006, 123.45674, 0.00004])
+def test_round_atol_counts_whole_units_of_the_rounding_at_every_magnitude(live_server, expected):
+    """One unit of the 4th decimal off is within atol 1e-4 whatever the magnitude, two units are not: the rounded
+    floats' difference was 1e-4 give or take an ulp, so 0.12346 vs 0.12344 failed with "0.0001 > 0.0001"."""
+
+    def graded(answer: float) -> dict:
+        body = {
+            "model": {"kind": "expression", "formula": f"{expected!r}*x"},
+            "inputs": {"x": 1.0},
+            "submission": {"gradients": {"x": answer}},
+            "checks": {"gradients.x": {"points": 1, "tolerance": {"profile": "round_atol"}}},
+        }
+        response = requests.post(live_server.url + "/v1/check", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()["checks"][0]
+
+    one_off = graded(expected + 2e-5)  # rounds one unit up: 0.1234 vs 0.1235
+    assert one_off["passed"] is True, one_off["message"]
+    assert one_off["tolerance"]["value"] == 1e-4
+    assert one_off["message"].endswith("(max |round(a) - round(e)| 0.0001, within 0.0001)")
+    two_off = graded(expected + 1.2e-4)  # 0.1234 vs 0.1236
+    assert two_off["passed"] is False and two_off["tolerance"]["value"] == 2e-4, two_off["message"]
+    assert graded(expected)["tolerance"]["value"] == 0.0
 
 
 @pytest.mark.parametrize("profile", ["rel_error", "allclose", "round_atol", "norm_ratio"])
