@@ -283,6 +283,27 @@ def test_round_atol_counts_whole_units_of_the_rounding_at_every_magnitude(live_s
     assert graded(expected)["tolerance"]["value"] == 0.0
 
 
+def test_rel_error_is_what_the_openapi_description_says_for_every_profile(live_server):
+    """CheckResult.rel_error: max |a - e| / |e| under rtol/atol, CS231n's max |a - e| / max(1e-8, |a| + |e|) with
+    any profile (the description said the first only)."""
+    document = requests.get(live_server.url + "/openapi.json", timeout=30).json()
+    description = document["components"]["schemas"]["CheckResult"]["properties"]["rel_error"]["description"]
+    assert "/ |expected| over the elements whose expected value is not zero" in description
+    assert "With any tolerance profile" in description and "max(1e-8, |actual| + |expected|)" in description
+    body = {
+        "model": {"kind": "expression", "formula": "sum(x**2)"},
+        "inputs": {"x": [1.0, 2.0]},
+        "submission": {"gradients": {"x": [2.0, 4.001]}},
+    }
+    classic = (4.001 - 4.0) / 4.0
+    cs231n = (4.001 - 4.0) / (4.001 + 4.0)
+    for profile in (None, "rel_error", "norm_ratio", "allclose", "round_atol", "exact"):
+        options = {"tolerance": {"profile": profile}} if profile else {}
+        sent = {**body, "checks": {"gradients.x": {"points": 1, **options}}}
+        result = requests.post(live_server.url + "/v1/check", json=sent, timeout=30).json()["checks"][0]
+        assert result["rel_error"] == pytest.approx(cs231n if profile else classic, rel=1e-9), profile
+
+
 @pytest.mark.parametrize("profile", ["rel_error", "allclose", "round_atol", "norm_ratio"])
 def test_a_profile_check_with_a_non_finite_error_is_null_in_every_format(client, profile):
     """A tolerance profile's abs_error and rel_error are null when an error at any point is not finite, as under
