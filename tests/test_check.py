@@ -218,6 +218,26 @@ def test_numbers_at_several_points_are_lists_per_point(client):
     assert "one value per point" in check(client, body)["checks"][0]["message"]
 
 
+def test_an_intermediate_is_found_by_any_spelling_that_parses_to_it(live_server):
+    """sin(x**2)'s intermediates are named "x ** 2" and "sin(x ** 2)"; "x**2" and "(x ** 2)" are the same
+    expressions and are graded against them (they were "no intermediate named 'x**2'"); an unparsable key is not."""
+    body = {
+        "model": {"kind": "expression", "formula": "sin(x**2)"},
+        "inputs": {"x": 3.0},
+        "submission": {"intermediates": {"x**2": 9.0, "(x ** 2)": 9.0, "sin(x**2)": math.sin(9.0), "x**": 9.0}},
+    }
+    result = requests.post(live_server.url + "/v1/check", json=body, timeout=30).json()
+    checks = by_name(result)
+    for key in ("x**2", "(x ** 2)", "sin(x**2)"):
+        assert checks[f"intermediates.{key}"]["passed"] is True, checks[f"intermediates.{key}"]["message"]
+    assert checks["intermediates.x**2"]["expected"] == 9.0
+    assert checks["intermediates.x**"]["message"] == (
+        "intermediates.x**: there is no intermediate named 'x**' to grade; known: x ** 2, sin(x ** 2)"
+    )
+    wrong = {**body, "submission": {"intermediates": {"x**2": 8.0}}}
+    assert requests.post(live_server.url + "/v1/check", json=wrong, timeout=30).json()["checks"][0]["passed"] is False
+
+
 # --- tolerance edges ----------------------------------------------------------------------------------
 
 
