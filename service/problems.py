@@ -21,6 +21,7 @@ from .engine.check import SECTIONS, Grader, Ledger, Problem, answer_place, estim
 from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded, NonFiniteReference
 from .engine.formula import parse_formula
 from .engine.limits import Limits
+from .engine.score import total
 from .errors import InvalidProblem
 
 problem_file_schema = ProblemFileSchema()
@@ -71,7 +72,7 @@ def grade_file(body: dict, limits: Limits) -> dict:
         for i, (problem, request) in enumerate(zip(problem_file["problems"], requests, strict=True))
     ]
     checks = [c for p in problems for c in p["checks"]]
-    score, max_score = sum(p["score"] for p in problems), sum(p["max_score"] for p in problems)
+    score, max_score = total(p["score"] for p in problems), total(p["max_score"] for p in problems)
     return {
         "graded": True,
         "title": problem_file.get("title") or (problems[0]["title"] if len(problems) == 1 else ""),
@@ -226,8 +227,8 @@ def _grade_problem(
     return {
         "key": key,
         "title": problem.get("title", key),
-        "score": sum(c["points"] for c in checks),
-        "max_score": sum(c["max_points"] for c in checks),
+        "score": total(c["points"] for c in checks),
+        "max_score": total(c["max_points"] for c in checks),
         "format_errors": problem.get("format_errors") or problem_file.get("format_errors") or "not_gradable",
         "tolerance_rule": result["tolerance_rule"],
         "checks": checks,

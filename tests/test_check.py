@@ -427,6 +427,58 @@ def test_prairielearn_format(client):
     assert [t["name"] for t in body["tests"]] == ["1.1 the loss L", "1.2 dL/dw"]  # ... the student sees the visible
 
 
+def test_fractional_points_add_up_as_written_in_every_format(live_server):
+    """0.1 + 0.2 points score 0.3, as a person adds them (floats added one by one gave 0.30000000000000004 in
+    JSON and Gradescope); integer points keep their bytes."""
+    answers = {"gradients": {"w": 6.6918, "b": 0.9988}}
+    body = {**NEURON, "checks": {"gradients.w": {"points": 0.1}, "gradients.b": {"points": 0.2}}, "submission": answers}
+    plain = requests.post(live_server.url + "/v1/check", json=body, timeout=30)
+    assert '"score":0.3,"max_score":0.3,' in plain.text and "0.30000000000000004" not in plain.text
+    assert plain.json()["summary"] == "2 of 2 checks passed; score 0.3 of 0.3"
+    graded = requests.post(live_server.url + "/v1/check?format=gradescope", json=body, timeout=30).json()
+    assert graded["score"] == 0.3 and graded["extra_data"]["max_score"] == 0.3
+    problem = {"key": "neuron", **body, "checks": {**body["checks"], "loss": {"points": 0.4}}}
+    del problem["submission"]
+    filed = requests.post(
+        live_server.url + "/v1/grade", json={"problem": problem, "answers": {**answers, "loss": 6.7012}}, timeout=30
+    )
+    assert filed.json()["score"] == filed.json()["max_score"] == 0.7  # 0.1 + 0.2 + 0.4: 0.7000000000000001 as floats
+    whole = {**body, "checks": {"gradients.w": {"points": 2}, "gradients.b": {"points": 1}}}
+    assert '"score":3.0,"max_score":3.0,' in requests.post(live_server.url + "/v1/check", json=whole, timeout=30).text
+
+
+def test_a_summary_beside_hidden_checks_says_they_count_without_naming_them(live_server):
+    """PrairieLearn's score counts hidden checks: its message said "2 of 2 checks passed (3 of 3 points)" beside a
+    score of 0.6; it now says other checks count, and nothing of which, how many or their points."""
+    body = {
+        **NEURON,
+        "checks": {
+            "loss": {"points": 1},
+            "gradients.w": {"points": 2, "visibility": "hidden"},
+            "gradients.b": {"points": 2, "tolerance": {"profile": "allclose", "partial_credit": True}},
+        },
+        "submission": {"loss": 6.7012, "gradients": {"w": 6.0, "b": 0.9988}},
+    }
+    graded = requests.post(live_server.url + "/v1/check?format=prairielearn", json=body, timeout=30).json()
+    assert graded["score"] == pytest.approx(0.6)
+    assert graded["message"] == (
+        "2 of 2 checks passed (3 of 3 points); other checks, not shown here, count in the score too"
+    )
+    assert [t["name"] for t in graded["tests"]] == ["1.1 the loss L", "1.2 dL/db"]
+    shown = {k: v for k, v in body["checks"].items() if k != "gradients.w"}
+    alone = requests.post(
+        live_server.url + "/v1/check?format=prairielearn", json={**body, "checks": shown}, timeout=30
+    ).json()
+    assert alone["score"] == 1.0 and alone["message"] == "2 of 2 checks passed (3 of 3 points)"
+    problem = {"key": "neuron", **{k: v for k, v in body.items() if k != "submission"}}
+    coderunner = requests.post(
+        live_server.url + "/v1/grade?format=coderunner",
+        json={"problem": problem, "answers": body["submission"]},
+        timeout=30,
+    ).json()
+    assert coderunner["fraction"] == pytest.approx(0.6) and "count in the score too" in coderunner["prologuehtml"]
+
+
 def test_all_right_in_every_format(client):
     right = {**PARTIAL, "submission": {"loss": 6.7012, "gradients": {"w": 6.6918, "b": 0.9988}}}
     assert check(client, right)["passed"] is True

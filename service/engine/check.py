@@ -19,6 +19,7 @@ from .formula import canonical_text, parse_formula
 from .jacobian import upstream
 from .limits import Deadline, Limits
 from .neuron import Neuron
+from .score import total
 from .values import parse_tensor, tensor_shape
 
 TOLERANCE_RULE = (
@@ -323,8 +324,8 @@ class Grader:
         for c in checks:
             feedback.redact(c)
         profile = tolerance.resolve({}, self.request, self.request["rtol"], self.request["atol"])
-        score = sum(c["points"] for c in checks)
-        max_score = sum(c["max_points"] for c in checks)
+        score = total(c["points"] for c in checks)
+        max_score = total(c["max_points"] for c in checks)
         passed = sum(c["passed"] for c in checks)
         body = {
             "score": score,
