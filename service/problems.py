@@ -71,6 +71,9 @@ def grade_file(body: dict, limits: Limits) -> dict:
         )
         for i, (problem, request) in enumerate(zip(problem_file["problems"], requests, strict=True))
     ]
+    misnamed = _misnamed_checks(problems)
+    if misnamed:
+        raise misnamed
     checks = [c for p in problems for c in p["checks"]]
     score, max_score = total(p["score"] for p in problems), total(p["max_score"] for p in problems)
     return {
@@ -185,15 +188,10 @@ def _grade_problem(
         ) from None
     except EngineError as err:
         raise _uncomputable(index, problem, err) from None
+    misnamed = {c["name"]: c["message"] for c in result["checks"] if c["name"] in grader.misnamed}
     checks = []
     for check in result["checks"]:
         options = problem["checks"][check["name"]]
-        if check["name"] in grader.misnamed:
-            raise InvalidProblem(
-                422,
-                f"Problem {key!r}: {check['message']}.",
-                {"problem": {"problems": {index: {"checks": {check["name"]: [check["message"]]}}}}},
-            )
         check.update(problem=key, tags=options.get("tags", []), answer=options.get("answer"), format_error=False)
         if check["name"] in format_errors:
             check.pop("actual_summary", None)
@@ -234,7 +232,19 @@ def _grade_problem(
         "checks": checks,
         "warnings": result["warnings"],
         "format_error_lines": lines,
+        "misnamed": misnamed,
     }
+
+
+def _misnamed_checks(problems: list[dict]) -> InvalidProblem | None:
+    """One 422 naming every check of the file that names nothing its model has (was: the first only)."""
+    found = [(i, p["key"], p.pop("misnamed")) for i, p in enumerate(problems)]
+    found = [(i, key, names) for i, key, names in found if names]
+    if not found:
+        return None
+    detail = " ".join(f"Problem {key!r}: {'; '.join(names.values())}." for _, key, names in found)
+    errors = {i: {"checks": {name: [message] for name, message in names.items()}} for i, _, names in found}
+    return InvalidProblem(422, detail, {"problem": {"problems": errors}})
 
 
 def _find_answer(answers: dict, key: str, name: str, options: dict, single: bool):
