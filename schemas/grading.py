@@ -273,7 +273,13 @@ class CheckResultSchema(Schema):
         metadata={"description": "max |actual - expected|; null when missing, mis-shaped or not finite"},
     )
     rel_error = fields.Float(
-        allow_none=True, metadata={"description": "max |actual - expected| / |expected| over non-zero expected values"}
+        allow_none=True,
+        metadata={
+            "description": "the largest relative error. Under rtol/atol (no `tolerance` profile): max |actual -"
+            " expected| / |expected| over the elements whose expected value is not zero. With any tolerance profile"
+            " (rel_error, norm_ratio, allclose, round_atol, exact): CS231n's max |actual - expected| / max(1e-8,"
+            " |actual| + |expected|) over every element. Null when missing, mis-shaped or not finite"
+        },
     )
     rtol = fields.Float(required=True)
     atol = fields.Float(required=True)

@@ -10,7 +10,7 @@ from .auth import init_auth
 from .config import Config, check_config
 from .deadline import init_deadline
 from .engine import refcache
-from .errors import register_error_handlers
+from .errors import register_error_handlers, sorted_allow
 from .jsonio import StrictJSONProvider
 from .logformat import JSON_FORMATTER
 from .memory import init_memory
@@ -61,10 +61,11 @@ class App(Flask):
             return super().ensure_sync(func)
 
     def make_default_options_response(self):
-        """OPTIONS on any path: 204 No Content with `Allow`, no body and so no Content-Type (Flask's is a 200
-        with an empty text/html body, the one non-JSON type the API would send)."""
+        """OPTIONS on any path: 204 No Content with `Allow` (its methods sorted, as on a 405), no body and so no
+        Content-Type (Flask's is a 200 with an empty text/html body, the one non-JSON type the API would send)."""
         response = super().make_default_options_response()
         response.status_code = 204
+        response.headers["Allow"] = sorted_allow(response.headers["Allow"])
         response.headers.pop("Content-Type", None)
         return response
 

@@ -167,12 +167,20 @@ def validation_problem(err: ValidationError) -> dict:
     )
 
 
+def sorted_allow(value: str) -> str:
+    """An `Allow` header's methods in alphabetical order: werkzeug lists them from a set, in an order that changes
+    with each process's string hashing ("OPTIONS, POST" in one worker, "POST, OPTIONS" in another)."""
+    return ", ".join(sorted({method.strip() for method in value.split(",") if method.strip()}))
+
+
 def register_error_handlers(app: Flask) -> None:
     """Map every exception to problem+json; unexpected ones become a 500 without internals."""
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
         headers = {k: v for k, v in err.get_headers() if k.lower() != "content-type"}
+        if "Allow" in headers:  # a 405
+            headers["Allow"] = sorted_allow(headers["Allow"])
         extra = {}
         if err.code == 413:
             extra = {"limit": {"name": "max_body_bytes", "value": app.config["MAX_CONTENT_LENGTH"]}}

@@ -14,6 +14,8 @@ import html
 import math
 import re
 
+from .engine.score import total
+
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
 # STAFF_ONLY: a result's `warnings` (the reference's clamping, non-finite inputs, answers not among the checks)
 # name the problem's internals, by paths such as checks[3].expected that also tell where hidden checks are: they
@@ -76,9 +78,16 @@ def display_name(result: dict, problem: dict, check: dict) -> str:
 
 def _summary(pairs: list[tuple[dict, dict]]) -> str:
     passed = sum(c["passed"] for _, c in pairs)
-    points = sum(c["points"] for _, c in pairs)
-    max_points = sum(c["max_points"] for _, c in pairs)
+    points = total(c["points"] for _, c in pairs)
+    max_points = total(c["max_points"] for _, c in pairs)
     return f"{passed} of {len(pairs)} checks passed ({points:g} of {max_points:g} points)"
+
+
+def _shown_summary(shown: list[tuple[dict, dict]], pairs: list[tuple[dict, dict]]) -> str:
+    """The summary of the checks a student sees, next to a score that counts every check: it says that others
+    count too when some are not shown (which, how many and their points stay unsaid), so the two never disagree."""
+    unseen = "; other checks, not shown here, count in the score too" if len(shown) < len(pairs) else ""
+    return _summary(shown) + unseen
 
 
 def _extra_data(problem: dict, check: dict) -> dict:
@@ -191,13 +200,14 @@ def to_prairielearn(result: dict) -> dict:
             "output": "\n".join(result["format_errors"]),
             "tests": [],
         }
-    shown = [(p, c) for p, c in _checks(result) if _shown(c, result)]
+    pairs = _checks(result)
+    shown = [(p, c) for p, c in pairs if _shown(c, result)]
     return {
         "gradable": True,
         "succeeded": True,
         "score": _fraction(result["score"], result["max_score"], result["passed"]),
         "format_errors": [],
-        "message": _summary(shown) if shown else "Your answer was graded.",
+        "message": _shown_summary(shown, pairs) if shown else "Your answer was graded.",
         "output": "",  # no staff-only place here for the warnings (STAFF_ONLY)
         "tests": [
             {
@@ -263,7 +273,7 @@ def to_coderunner(result: dict) -> dict:
     doc = {
         "fraction": _fraction(result["score"], result["max_score"], result["passed"]),
         "testresults": rows,
-        "prologuehtml": f"<p>{html.escape(_summary(shown))}</p>" if shown else "",
+        "prologuehtml": f"<p>{html.escape(_shown_summary(shown, pairs))}</p>" if shown else "",
         "epiloguehtml": "",
         "showdifferences": False,
     }

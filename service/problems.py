@@ -21,6 +21,7 @@ from .engine.check import SECTIONS, Grader, Ledger, Problem, answer_place, estim
 from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded, UngradableReference
 from .engine.formula import parse_formula
 from .engine.limits import Limits
+from .engine.score import total
 from .errors import InvalidProblem
 
 problem_file_schema = ProblemFileSchema()
@@ -70,8 +71,11 @@ def grade_file(body: dict, limits: Limits) -> dict:
         )
         for i, (problem, request) in enumerate(zip(problem_file["problems"], requests, strict=True))
     ]
+    misnamed = _misnamed_checks(problems)
+    if misnamed:
+        raise misnamed
     checks = [c for p in problems for c in p["checks"]]
-    score, max_score = sum(p["score"] for p in problems), sum(p["max_score"] for p in problems)
+    score, max_score = total(p["score"] for p in problems), total(p["max_score"] for p in problems)
     return {
         "graded": True,
         "title": problem_file.get("title") or (problems[0]["title"] if len(problems) == 1 else ""),
@@ -192,15 +196,10 @@ def _grade_problem(
         ) from None
     except EngineError as err:
         raise _uncomputable(index, problem, err) from None
+    misnamed = {c["name"]: c["message"] for c in result["checks"] if c["name"] in grader.misnamed}
     checks = []
     for check in result["checks"]:
         options = problem["checks"][check["name"]]
-        if check["name"] in grader.misnamed:
-            raise InvalidProblem(
-                422,
-                f"Problem {key!r}: {check['message']}.",
-                {"problem": {"problems": {index: {"checks": {check["name"]: [check["message"]]}}}}},
-            )
         check.update(problem=key, tags=options.get("tags", []), answer=options.get("answer"), format_error=False)
         if check["name"] in format_errors:
             check.pop("actual_summary", None)
@@ -234,14 +233,26 @@ def _grade_problem(
     return {
         "key": key,
         "title": problem.get("title", key),
-        "score": sum(c["points"] for c in checks),
-        "max_score": sum(c["max_points"] for c in checks),
+        "score": total(c["points"] for c in checks),
+        "max_score": total(c["max_points"] for c in checks),
         "format_errors": problem.get("format_errors") or problem_file.get("format_errors") or "not_gradable",
         "tolerance_rule": result["tolerance_rule"],
         "checks": checks,
         "warnings": result["warnings"],
         "format_error_lines": lines,
+        "misnamed": misnamed,
     }
+
+
+def _misnamed_checks(problems: list[dict]) -> InvalidProblem | None:
+    """One 422 naming every check of the file that names nothing its model has (was: the first only)."""
+    found = [(i, p["key"], p.pop("misnamed")) for i, p in enumerate(problems)]
+    found = [(i, key, names) for i, key, names in found if names]
+    if not found:
+        return None
+    detail = " ".join(f"Problem {key!r}: {'; '.join(names.values())}." for _, key, names in found)
+    errors = {i: {"checks": {name: [message] for name, message in names.items()}} for i, _, names in found}
+    return InvalidProblem(422, detail, {"problem": {"problems": errors}})
 
 
 def _find_answer(answers: dict, key: str, name: str, options: dict, single: bool):

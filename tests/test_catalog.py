@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 
 import pytest
+import requests
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -157,3 +158,29 @@ def test_gradient_of_an_incompatible_shape_is_a_shape_error() -> None:
     entry = CatalogEntry("bad", "sum(x)", ("x",), {"x": "y"}, "wrong by design", {"x": [1.0, 2.0]})
     with pytest.raises(ShapeError, match="gradient for 'x'"):
         manual_gradients(entry, tensors({"x": [1.0, 2.0], "y": [1.0, 2.0, 3.0]}), dtype=F64, limits=LIMITS)
+
+
+def test_every_published_gradient_map_posts_back_to_check_for_full_marks(live_server) -> None:
+    """GET /v1/models publishes each gradient "in the formula language itself, so a client can post the same
+    formula": posted back as gradient_formulas at the entry's example, by name and as a free-form formula, every
+    check passes (a formula of another shape fails), and `include: ["manual"]` agrees with autograd there."""
+    catalog = requests.get(live_server.url + "/v1/models", timeout=30).json()["expressions"]
+    assert {entry["name"] for entry in catalog} == set(CATALOG)
+    for entry in catalog:
+        for model in (
+            {"kind": "expression", "name": entry["name"]},
+            {"kind": "expression", "formula": entry["formula"]},
+        ):
+            body = {"model": model, "inputs": entry["example"], "submission": {"gradient_formulas": entry["gradient"]}}
+            result = requests.post(live_server.url + "/v1/check", json=body, timeout=60).json()
+            failed = [c["message"] for c in result["checks"] if not c["passed"]]
+            assert result["score"] == result["max_score"] == len(entry["variables"]), (entry["name"], failed)
+        body = {
+            "model": {"kind": "expression", "name": entry["name"]},
+            "inputs": entry["example"],
+            "include": ["manual"],
+            "dtype": "float64",
+        }
+        computed = requests.post(live_server.url + "/v1/gradients", json=body, timeout=60).json()
+        assert computed["manual"]["max_abs_diff"] < 1e-12, entry["name"]
+        assert set(computed["manual"]["gradients"]) == set(entry["variables"])

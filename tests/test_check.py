@@ -7,6 +7,7 @@ import math
 import sys
 
 import pytest
+import requests
 from marshmallow import ValidationError
 from platform_specs import validate_gradescope, validate_prairielearn
 
@@ -217,6 +218,26 @@ def test_numbers_at_several_points_are_lists_per_point(client):
     assert "one value per point" in check(client, body)["checks"][0]["message"]
 
 
+def test_an_intermediate_is_found_by_any_spelling_that_parses_to_it(live_server):
+    """sin(x**2)'s intermediates are named "x ** 2" and "sin(x ** 2)"; "x**2" and "(x ** 2)" are the same
+    expressions and are graded against them (they were "no intermediate named 'x**2'"); an unparsable key is not."""
+    body = {
+        "model": {"kind": "expression", "formula": "sin(x**2)"},
+        "inputs": {"x": 3.0},
+        "submission": {"intermediates": {"x**2": 9.0, "(x ** 2)": 9.0, "sin(x**2)": math.sin(9.0), "x**": 9.0}},
+    }
+    result = requests.post(live_server.url + "/v1/check", json=body, timeout=30).json()
+    checks = by_name(result)
+    for key in ("x**2", "(x ** 2)", "sin(x**2)"):
+        assert checks[f"intermediates.{key}"]["passed"] is True, checks[f"intermediates.{key}"]["message"]
+    assert checks["intermediates.x**2"]["expected"] == 9.0
+    assert checks["intermediates.x**"]["message"] == (
+        "intermediates.x**: there is no intermediate named 'x**' to grade; known: x ** 2, sin(x ** 2)"
+    )
+    wrong = {**body, "submission": {"intermediates": {"x**2": 8.0}}}
+    assert requests.post(live_server.url + "/v1/check", json=wrong, timeout=30).json()["checks"][0]["passed"] is False
+
+
 # --- tolerance edges ----------------------------------------------------------------------------------
 
 
@@ -255,6 +276,52 @@ def test_non_finite_answers(client):
     }
     c = check(client, body)["checks"][0]
     assert c["passed"] is False and c["abs_error"] is None and c["actual"] == "NaN"
+
+
+@pytest.mark.parametrize("expected", [0.12344, 0.50004, 2.00004, -7.00006, 123.45674, 0.00004])
+def test_round_atol_counts_whole_units_of_the_rounding_at_every_magnitude(live_server, expected):
+    """One unit of the 4th decimal off is within atol 1e-4 whatever the magnitude, two units are not: the rounded
+    floats' difference was 1e-4 give or take an ulp, so 0.12346 vs 0.12344 failed with "0.0001 > 0.0001"."""
+
+    def graded(answer: float) -> dict:
+        body = {
+            "model": {"kind": "expression", "formula": f"{expected!r}*x"},
+            "inputs": {"x": 1.0},
+            "submission": {"gradients": {"x": answer}},
+            "checks": {"gradients.x": {"points": 1, "tolerance": {"profile": "round_atol"}}},
+        }
+        response = requests.post(live_server.url + "/v1/check", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()["checks"][0]
+
+    one_off = graded(expected + 2e-5)  # rounds one unit up: 0.1234 vs 0.1235
+    assert one_off["passed"] is True, one_off["message"]
+    assert one_off["tolerance"]["value"] == 1e-4
+    assert one_off["message"].endswith("(max |round(a) - round(e)| 0.0001, within 0.0001)")
+    two_off = graded(expected + 1.2e-4)  # 0.1234 vs 0.1236
+    assert two_off["passed"] is False and two_off["tolerance"]["value"] == 2e-4, two_off["message"]
+    assert graded(expected)["tolerance"]["value"] == 0.0
+
+
+def test_rel_error_is_what_the_openapi_description_says_for_every_profile(live_server):
+    """CheckResult.rel_error: max |a - e| / |e| under rtol/atol, CS231n's max |a - e| / max(1e-8, |a| + |e|) with
+    any profile (the description said the first only)."""
+    document = requests.get(live_server.url + "/openapi.json", timeout=30).json()
+    description = document["components"]["schemas"]["CheckResult"]["properties"]["rel_error"]["description"]
+    assert "/ |expected| over the elements whose expected value is not zero" in description
+    assert "With any tolerance profile" in description and "max(1e-8, |actual| + |expected|)" in description
+    body = {
+        "model": {"kind": "expression", "formula": "sum(x**2)"},
+        "inputs": {"x": [1.0, 2.0]},
+        "submission": {"gradients": {"x": [2.0, 4.001]}},
+    }
+    classic = (4.001 - 4.0) / 4.0
+    cs231n = (4.001 - 4.0) / (4.001 + 4.0)
+    for profile in (None, "rel_error", "norm_ratio", "allclose", "round_atol", "exact"):
+        options = {"tolerance": {"profile": profile}} if profile else {}
+        sent = {**body, "checks": {"gradients.x": {"points": 1, **options}}}
+        result = requests.post(live_server.url + "/v1/check", json=sent, timeout=30).json()["checks"][0]
+        assert result["rel_error"] == pytest.approx(cs231n if profile else classic, rel=1e-9), profile
 
 
 @pytest.mark.parametrize("profile", ["rel_error", "allclose", "round_atol", "norm_ratio"])
@@ -358,6 +425,58 @@ def test_prairielearn_format(client):
     validate_prairielearn(body)
     assert body["score"] == pytest.approx(0.6)  # the grade counts every check ...
     assert [t["name"] for t in body["tests"]] == ["1.1 the loss L", "1.2 dL/dw"]  # ... the student sees the visible
+
+
+def test_fractional_points_add_up_as_written_in_every_format(live_server):
+    """0.1 + 0.2 points score 0.3, as a person adds them (floats added one by one gave 0.30000000000000004 in
+    JSON and Gradescope); integer points keep their bytes."""
+    answers = {"gradients": {"w": 6.6918, "b": 0.9988}}
+    body = {**NEURON, "checks": {"gradients.w": {"points": 0.1}, "gradients.b": {"points": 0.2}}, "submission": answers}
+    plain = requests.post(live_server.url + "/v1/check", json=body, timeout=30)
+    assert '"score":0.3,"max_score":0.3,' in plain.text and "0.30000000000000004" not in plain.text
+    assert plain.json()["summary"] == "2 of 2 checks passed; score 0.3 of 0.3"
+    graded = requests.post(live_server.url + "/v1/check?format=gradescope", json=body, timeout=30).json()
+    assert graded["score"] == 0.3 and graded["extra_data"]["max_score"] == 0.3
+    problem = {"key": "neuron", **body, "checks": {**body["checks"], "loss": {"points": 0.4}}}
+    del problem["submission"]
+    filed = requests.post(
+        live_server.url + "/v1/grade", json={"problem": problem, "answers": {**answers, "loss": 6.7012}}, timeout=30
+    )
+    assert filed.json()["score"] == filed.json()["max_score"] == 0.7  # 0.1 + 0.2 + 0.4: 0.7000000000000001 as floats
+    whole = {**body, "checks": {"gradients.w": {"points": 2}, "gradients.b": {"points": 1}}}
+    assert '"score":3.0,"max_score":3.0,' in requests.post(live_server.url + "/v1/check", json=whole, timeout=30).text
+
+
+def test_a_summary_beside_hidden_checks_says_they_count_without_naming_them(live_server):
+    """PrairieLearn's score counts hidden checks: its message said "2 of 2 checks passed (3 of 3 points)" beside a
+    score of 0.6; it now says other checks count, and nothing of which, how many or their points."""
+    body = {
+        **NEURON,
+        "checks": {
+            "loss": {"points": 1},
+            "gradients.w": {"points": 2, "visibility": "hidden"},
+            "gradients.b": {"points": 2, "tolerance": {"profile": "allclose", "partial_credit": True}},
+        },
+        "submission": {"loss": 6.7012, "gradients": {"w": 6.0, "b": 0.9988}},
+    }
+    graded = requests.post(live_server.url + "/v1/check?format=prairielearn", json=body, timeout=30).json()
+    assert graded["score"] == pytest.approx(0.6)
+    assert graded["message"] == (
+        "2 of 2 checks passed (3 of 3 points); other checks, not shown here, count in the score too"
+    )
+    assert [t["name"] for t in graded["tests"]] == ["1.1 the loss L", "1.2 dL/db"]
+    shown = {k: v for k, v in body["checks"].items() if k != "gradients.w"}
+    alone = requests.post(
+        live_server.url + "/v1/check?format=prairielearn", json={**body, "checks": shown}, timeout=30
+    ).json()
+    assert alone["score"] == 1.0 and alone["message"] == "2 of 2 checks passed (3 of 3 points)"
+    problem = {"key": "neuron", **{k: v for k, v in body.items() if k != "submission"}}
+    coderunner = requests.post(
+        live_server.url + "/v1/grade?format=coderunner",
+        json={"problem": problem, "answers": body["submission"]},
+        timeout=30,
+    ).json()
+    assert coderunner["fraction"] == pytest.approx(0.6) and "count in the score too" in coderunner["prologuehtml"]
 
 
 def test_all_right_in_every_format(client):

@@ -101,6 +101,36 @@ def test_instructor_errors_are_invalid_problem(client, problem, status, where):
     assert where in json.dumps(body["errors"]) and "course staff" in body["detail"]
 
 
+def test_every_misnamed_check_of_the_file_is_named_in_one_422(live_server):
+    """Three misnamed checks in two problems: one 422 names them all (it named the first and stopped there), and a
+    file with one misnamed check gets the message it always got."""
+    typos = {**PROBLEM, "checks": {"gradients.w": {"points": 2}, "gradients.bb": {"points": 1}, "intermediates.zz": {}}}
+    second = {**PROBLEM, "key": "again", "checks": {"loss": {"points": 1}, "gradients.ww": {"points": 1}}}
+    response = requests.post(
+        live_server.url + "/v1/grade", json={"problem": {"problems": [typos, second]}, "answers": {}}, timeout=30
+    )
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["type"] == "/problems/invalid-problem" and body["party"] == "instructor"
+    assert body["detail"] == (
+        "Problem 'neuron': gradients.bb: there is no gradient named 'bb' to grade; known: x, y, w, b; "
+        "intermediates.zz: there is no intermediate named 'zz' to grade; known: z, y_pred. "
+        "Problem 'again': gradients.ww: there is no gradient named 'ww' to grade; known: x, y, w, b. "
+        "This is an error in the problem file (course staff), not in the answers."
+    )
+    problems = body["errors"]["problem"]["problems"]
+    assert {i: sorted(p["checks"]) for i, p in problems.items()} == {
+        "0": ["gradients.bb", "intermediates.zz"],
+        "1": ["gradients.ww"],
+    }
+    one = requests.post(
+        live_server.url + "/v1/grade",
+        json={"problem": {**PROBLEM, "checks": {"gradients.q": {"points": 1}}}, "answers": {}},
+        timeout=30,
+    ).json()
+    assert one["detail"].startswith("Problem 'neuron': gradients.q: there is no gradient named 'q' to grade; known: ")
+
+
 @pytest.mark.parametrize("fmt", ["json", "gradescope", "prairielearn", "autolab", "coderunner"])
 @pytest.mark.parametrize(
     "answers",

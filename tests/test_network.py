@@ -675,10 +675,11 @@ def _torch_judge(profile, expected, actual):
         elif kind == "allclose":
             score = diff / (profile["atol"] + profile["rtol"] * e.abs())
             ok = diff <= profile["atol"] + profile["rtol"] * e.abs()
-        elif kind == "round_atol":
-            d = profile["decimals"]
-            score = (torch.round(a, decimals=d) - torch.round(e, decimals=d)).abs()
-            ok = score <= profile["atol"]
+        elif kind == "round_atol":  # in whole units of 10**-decimals
+            scale = 10.0 ** profile["decimals"]
+            units = torch.where(a == e, 0.0, (torch.round(a * scale) - torch.round(e * scale)).abs())
+            score, allowed = units / scale, profile["atol"] * scale
+            ok = units <= allowed + 1e-9 * max(1.0, allowed)
         else:
             score, ok = diff, a == e
         oks.append(ok | (torch.isnan(a) & torch.isnan(e)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import requests
 import schemathesis
@@ -11,7 +13,7 @@ from openapi_spec_validator import validate
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from conftest import TUTORIAL_NEURON, TestConfig
+from conftest import ROOT, TUTORIAL_NEURON, GunicornServer, TestConfig
 from service import create_app
 
 app = create_app(TestConfig)
@@ -262,6 +264,25 @@ def test_live_options_is_no_content_with_allow(live_server):
         assert "Content-Type" not in answer.headers, (path, answer.headers)
         allowed = {method.strip() for method in answer.headers["Allow"].split(",")}
         assert allowed - {"HEAD", "OPTIONS"} == {method.upper() for method in item}, path
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("hash_seed", ["1", "2"])
+def test_allow_lists_its_methods_in_the_documented_order_in_every_process(hash_seed):
+    """werkzeug lists a path's methods from a set, in an order set by the process's string hashing: under one
+    PYTHONHASHSEED "OPTIONS, POST" (as docs/api.md shows), under another "POST, OPTIONS". Sorted, they are the
+    documented header in every worker, on OPTIONS and on a 405 alike."""
+    api_md = (ROOT / "docs" / "api.md").read_text()
+    documented = re.search(r"OPTIONS /v1/gradients HTTP/1.1\n\nHTTP/1.1 204 NO CONTENT\nAllow: (.+)\n", api_md)
+    assert documented, "docs/api.md's OPTIONS example"
+    server = GunicornServer(workers=1, env={"PYTHONHASHSEED": hash_seed, "WARM_UP": "0"})
+    try:
+        server.start()
+        assert requests.options(server.url + "/v1/gradients", timeout=10).headers["Allow"] == documented[1]
+        assert requests.get(server.url + "/v1/check", timeout=10).headers["Allow"] == "OPTIONS, POST"
+        assert requests.options(server.url + "/healthz", timeout=10).headers["Allow"] == "GET, HEAD, OPTIONS"
+    finally:
+        server.stop()
 
 
 @schema.parametrize()

@@ -110,11 +110,12 @@ _ENTRIES = (
         name="squared_error",
         formula="mean((w*x + b - y)**2)",
         variables=("w", "b", "x", "y"),
-        # Per-element derivatives of r**2/n with r = w*x + b - y; summing them back to each input's
-        # shape (as autograd does for broadcasting) gives 2*mean(r*x) for scalar w and 2*mean(r) for scalar b.
+        # With r = w*x + b - y: each element of x and y gets its own 2*r/n term; the scalars w and b were broadcast
+        # over every element, so theirs add up, to 2*mean(r*x) and 2*mean(r): formulas of the gradient's shape, so a
+        # client can post them back to /v1/check (tests/test_catalog.py).
         gradient={
-            "w": "2*(w*x + b - y)*x/numel(w*x + b - y)",
-            "b": "2*(w*x + b - y)/numel(w*x + b - y)",
+            "w": "2*mean((w*x + b - y)*x)",
+            "b": "2*mean(w*x + b - y)",
             "x": "2*(w*x + b - y)*w/numel(w*x + b - y)",
             "y": "-2*(w*x + b - y)/numel(w*x + b - y)",
         },

@@ -15,10 +15,11 @@ from .closeness import isclose, isclose_number
 from .compute import build_model, forward_backward
 from .encode import encode_tree, encoded_tensors
 from .errors import ClampedReference, DeadlineExceeded, EngineError, LimitExceeded, NonFiniteReference
-from .formula import parse_formula
+from .formula import canonical_text, parse_formula
 from .jacobian import upstream
 from .limits import Deadline, Limits
 from .neuron import CLAMP_FACTOR, Neuron, sample_warnings
+from .score import total
 from .values import parse_tensor, tensor_shape
 
 TOLERANCE_RULE = (
@@ -283,6 +284,7 @@ class Grader:
         self.ledger = ledger
         self.warnings = list(problem.warnings)
         self.misnamed: list[str] = []  # checks naming nothing the model has (a problem file's error)
+        self._spellings: dict[str, str] = {}  # a submitted intermediate's key -> its name in the references
         self.places = places or {}
         self.refuse_clamped = refuse_clamped
 
@@ -301,8 +303,17 @@ class Grader:
         if section == "loss":
             return ref["loss"]
         if section == "intermediates":
-            return ref["intermediates"].get(key)
+            return ref["intermediates"].get(self._intermediate_name(key))
         return ref["gradients"].get(key)
+
+    def _intermediate_name(self, key: str) -> str:
+        """The name the references give the intermediate `key` spells: `key` itself, else its canonical text
+        ("x**2" for sin(x**2)'s "x ** 2"); an unparsable key stays as sent (the check says no such intermediate)."""
+        if key in self.refs[0]["intermediates"]:
+            return key
+        if key not in self._spellings:
+            self._spellings[key] = canonical_text(key, self.limits) or key
+        return self._spellings[key]
 
     def run(self) -> dict:
         return self.finish(self.grade_checks())
@@ -327,8 +338,8 @@ class Grader:
         for c in checks:
             feedback.redact(c)
         profile = tolerance.resolve({}, self.request, self.request["rtol"], self.request["atol"])
-        score = sum(c["points"] for c in checks)
-        max_score = sum(c["max_points"] for c in checks)
+        score = total(c["points"] for c in checks)
+        max_score = total(c["max_points"] for c in checks)
         passed = sum(c["passed"] for c in checks)
         body = {
             "score": score,

@@ -308,6 +308,15 @@ def parse_formula(source: str, limits: Limits) -> Formula:
     return Formula(source, tree.body, tuple(checker.variables), checker.node_count, checker.depth, limits)
 
 
+def canonical_text(source: str, limits: Limits) -> str | None:
+    """The text a formula's subexpression is named by in `record` (Formula.text: ast.unparse), for any spelling of
+    it that parses to the same expression ("x**2", "(x ** 2)": "x ** 2"); None when `source` is not a formula."""
+    try:
+        return ast.unparse(parse_formula(source, limits).body)
+    except (FormulaError, LimitExceeded):
+        return None
+
+
 class Formula:
     """A validated formula; evaluate() may be called many times with different inputs."""
 

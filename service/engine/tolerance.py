@@ -25,7 +25,8 @@ RULES = {
     "rel_error": "max |a - e| / max(1e-8, |a| + |e|) <= {threshold:g} (CS231n's rel_error)",
     "norm_ratio": "||a - e|| / (||a|| + ||e||) <= {threshold:g} (deeplearning.ai's gradient check)",
     "allclose": "|a - e| <= {atol:g} + {rtol:g} * |e| at every element (numpy/torch allclose)",
-    "round_atol": "|round(a, {decimals}) - round(e, {decimals})| <= {atol:g} at every element (MyTorch)",
+    "round_atol": "|round(a, {decimals}) - round(e, {decimals})| <= {atol:g} at every element, counted in whole units"
+    " of 10**-{decimals} (MyTorch)",
     "exact": "a == e at every element (backprop ninja's exact)",
 }
 METRICS = {
@@ -92,9 +93,13 @@ def _elementwise(profile: dict, a: np.ndarray, e: np.ndarray, diff: np.ndarray, 
         bound = profile["atol"] + profile["rtol"] * np.abs(e)
         return diff / bound, diff <= bound
     if kind == "round_atol":
-        d = profile["decimals"]
-        score = np.abs(np.round(a, d) - np.round(e, d))  # x * 10**d, rint, / 10**d: as torch.round(x, decimals=d)
-        return score, score <= profile["atol"]
+        # In whole units of the rounding, 10**-decimals: rint(x * 10**d) as torch.round(x, decimals=d) takes it, and
+        # the difference of two such integers is exact. The difference of the rounded floats was one unit give or
+        # take an ulp (0.12346 vs 0.12344: 0.00010000000000000286 > 1e-4, failed; 0.50006 vs 0.50004 passed).
+        scale = 10.0 ** profile["decimals"]
+        units = np.where(a == e, 0.0, np.abs(np.rint(a * scale) - np.rint(e * scale)))
+        allowed = profile["atol"] * scale  # atol in units (1e-4 at 4 decimals: 1), read to a billionth of a unit
+        return units / scale, units <= allowed + 1e-9 * max(1.0, allowed)
     return diff, a == e
 
 
