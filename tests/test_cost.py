@@ -187,9 +187,8 @@ def test_point_estimates_run_once_per_distinct_shape_set(monkeypatch):
     monkeypatch.setattr(cost, "formula_pass", lambda *args: passes.append(args[1]) or real(*args))
     groups = cost.distinct_shapes(points)
     assert groups == [(one, 99), ({"x": (3,)}, 1)]
-    once = cost.FORMULA_BYTES + formula.node_count * cost.OP_BYTES  # its parse and walk, whatever its points
-    total = cost.formula_estimate(formula, groups, (2000,), LIMITS).total
-    assert total == 99 * (alone - once) + (small - once) + once
+    total = cost.formula_estimate(formula, groups, (2000,), LIMITS).total  # its parse is formula_parse_bytes()
+    assert total == 99 * alone + small
     assert passes == [one, {"x": (3,)}]
     ops = real(formula, one, LIMITS).ops * cost.OP_BYTES  # a pass's ops, the same at either shape
     passes.clear()  # stacked (formula.stackable): its ops run once per group of points, not at each of its 99
