@@ -187,9 +187,8 @@ def test_point_estimates_run_once_per_distinct_shape_set(monkeypatch):
     monkeypatch.setattr(cost, "formula_pass", lambda *args: passes.append(args[1]) or real(*args))
     groups = cost.distinct_shapes(points)
     assert groups == [(one, 99), ({"x": (3,)}, 1)]
-    once = cost.FORMULA_BYTES + formula.node_count * cost.OP_BYTES  # its parse and walk, whatever its points
-    total = cost.formula_estimate(formula, groups, (2000,), LIMITS).total
-    assert total == 99 * (alone - once) + (small - once) + once
+    total = cost.formula_estimate(formula, groups, (2000,), LIMITS).total  # its parse is formula_parse_bytes()
+    assert total == 99 * alone + small
     assert passes == [one, {"x": (3,)}]
     ops = real(formula, one, LIMITS).ops * cost.OP_BYTES  # a pass's ops, the same at either shape
     passes.clear()  # stacked (formula.stackable): its ops run once per group of points, not at each of its 99
@@ -944,3 +943,118 @@ def test_live_chunked_body_over_the_limit_is_a_413(live_server):
     )
     assert response.status_code == 413 and response.headers["Content-Type"] == PROBLEM
     assert response.json()["limit"] == {"name": "max_body_bytes", "value": limit}
+
+
+# --- an estimate's own work is charged (audit 5a: F1, F4) ---------------------------------------------------------
+
+
+def walk_jobs(jobs: int, points: int = 100) -> dict:
+    """A batch of `jobs` check jobs of one problem (sum(v) at `points` points of different shapes: one shape group
+    each), each answered by its own ~500-node formula (audit 5a's WB_walk_batch files, smaller)."""
+    points_ = [{"v": [0.5] * (p + 1)} for p in range(points)]
+    formulas = [plus([f"v*{1000 + j}"] + [f"v*{k}" for k in range(2, 126)]) for j in range(jobs)]  # 499 nodes
+    check = {"model": {"kind": "expression", "formula": "sum(v)"}, "points": points_}
+    check["checks"] = {"gradient_formulas.v": {}}
+    return {"jobs": [{"check": {**check, "submission": {"gradient_formulas": {"v": f}}}} for f in formulas]}
+
+
+def charged_already(message: str) -> float:
+    """The MiB a cheap refusal says the request has charged (Ledger.closed)."""
+    return float(message.split("MiB of which is charged already")[0].rsplit(", ", 1)[1])
+
+
+def test_refused_formulas_pay_their_walks_and_later_ones_are_not_estimated(client, monkeypatch):
+    """Audit 5a F1: a formula's estimate walked it once per group of points (100 groups: 100 walks) and, refused,
+    charged nothing: 20 jobs of distinct formulas took 5.9 s charged 0.7 s, 50 jobs ran into the deadline. The walk
+    is charged before it runs now, and kept; once the budget cannot take even a formula's fixed price, later formulas
+    are refused without being parsed or walked."""
+    from service.engine import formula as formula_module  # noqa: PLC0415
+
+    parsed = counting(monkeypatch, check_module, "parse_formula")
+    walked = counting(monkeypatch, cost, "formula_walk")
+    response = post(client, "/v1/batch", walk_jobs(20))
+    assert response.status_code == 200, response.data[:300]
+    checks = [r["checks"][0] for r in response.json["results"]]
+    assert len(checks) == 20 and not any(c["passed"] for c in checks)
+    closed = [c["message"] for c in checks if "charged already" in c["message"]]
+    assert closed and len(parsed) == 20 - len(closed) and 0 < len(walked) <= len(parsed)
+    one = formula_module.parse_formula(walk_jobs(1)["jobs"][0]["check"]["submission"]["gradient_formulas"]["v"], LIMITS)
+    walk = cost.walk_estimate(one.node_count, 100, "formula").total
+    assert walk == one.node_count * 100 * cost.WALK_NODE_BYTES  # 1 µs a node a group of points
+    assert charged_already(closed[0]) * 2**20 >= len(walked) * walk + len(parsed) * cost.formula_parse_bytes(one)
+
+
+def test_one_formula_checked_many_times_is_walked_once(client, monkeypatch):
+    """Audit 5a's WC file, smaller: the same formula for every input of a 32-input problem at 50 points of different
+    shapes was walked 32 x 50 times; once per problem now (Problem.formula_passes), whatever it then costs."""
+    names = [f"b{i}" for i in range(31)]
+    points = [dict({"a": [0.5] * (10 + p)}, **{b: 0.5 for b in names}) for p in range(50)]
+    formula = plus([f"a*{k}" for k in range(1, 60)])
+    body = {
+        "model": {"kind": "expression", "formula": plus(["sum(a)", *names])},
+        "points": points,
+        "submission": {"gradient_formulas": {n: formula for n in ["a", *names]}},
+    }
+    walked = counting(monkeypatch, cost, "formula_walk")
+    response = post(client, "/v1/check", body)
+    assert response.status_code == 200, response.data[:300]
+    assert len(response.json["checks"]) == 32 and len(walked) == 1
+
+
+def diagnosed_network(layers: int, points: int, checks: int) -> dict:
+    """Audit 5a's D_diag files: a network of `layers` softmax layers at `points` points of different shapes (one
+    shape group each), with `checks` wrong one-number answers (gradients, then intermediates)."""
+    model = {
+        "kind": "network",
+        "layout": "dlai",
+        "layers": [{"type": "linear", "out_features": 3, "activation": "softmax"}] * layers,
+        "loss": {"type": "hinge", "reduction": "mean"},
+        "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.1},
+    }
+    points_ = [
+        {"X": [[0.1 * (i - j) for j in range(k + 1)] for i in range(4)], "y": [0] * (k + 1)} for k in range(points)
+    ]
+    names = [f"gradients.{p}{i}" for p in ("W", "b") for i in range(1, layers + 1)]
+    names += [f"intermediates.{p}{i}" for i in range(1, layers + 1) for p in ("Z", "A", "dZ", "dA")]
+    submission: dict = {"gradients": {}, "intermediates": {}}
+    for name in names[:checks]:
+        section, key = name.split(".")
+        submission[section][key] = 0
+    return {"model": model, "points": points_, "checks": {n: {} for n in names[:checks]}, "submission": submission}
+
+
+def test_a_networks_diagnosis_is_estimated_once_per_problem(client, monkeypatch):
+    """Audit 5a F4: naming a wrong network gradient's mistake estimated its re-runs for every failed check (256 wrong
+    answers over 40 points of different shapes: 10,240 network passes, 86 % of 2.8 s). Once per problem now, its walk
+    charged first; each failed check is still charged the re-runs it does."""
+    passes = counting(monkeypatch, cost, "network_pass")
+    response = post(client, "/v1/check", diagnosed_network(8, 10, 16))
+    assert response.status_code == 200, response.data[:300]
+    assert len(response.json["checks"]) == 16 and not any(c["passed"] for c in response.json["checks"])
+    assert len(passes) == 2 * 10  # the problem's estimate, and the diagnosis's once (was 10 + 16 x 10)
+
+
+def test_a_checks_budget_is_checked_with_its_problem_before_the_references(client, monkeypatch):
+    """Audit 5a's D_diag_60 file: the problem (241 MiB) and the checks (128 MiB) each fit, together not; the 413
+    came after the references at 60 points were computed (1.6-2.5 s). Now before any reference."""
+    references = counting(monkeypatch, check_module, "reference")
+    refused = assert_budget_413(post(client, "/v1/check", diagnosed_network(64, 60, 256)))
+    assert references == []
+    breakdown = refused["limit"]["breakdown"]
+    assert breakdown["checks"] == cost.checks_bytes(256, 60) < LIMITS.max_request_bytes
+    assert breakdown["points"] + breakdown["response"] < LIMITS.max_request_bytes  # each fits alone
+
+
+@pytest.mark.live
+def test_live_batch_of_refused_formulas_ends_within_its_price(live_server):
+    """Audit 5a's WB_walk_batch_50jobs (1.4 MB, a 503 at the 10 s deadline) against gunicorn: a 200 whose later
+    formulas are refused without an estimate, then the tutorial neuron, right."""
+    url, headers = live_server.url, {"Content-Type": "application/json"}
+    response = requests.post(url + "/v1/batch", data=orjson.dumps(walk_jobs(50)), headers=headers, timeout=60)
+    assert response.status_code == 200, response.text[:300]
+    messages = [r["checks"][0]["message"] for r in response.json()["results"]]
+    assert all("is too large: this request would allocate" in m for m in messages[1:])
+    assert sum("charged already" in m for m in messages) > 25
+    assert max(map(charged_already, [m for m in messages if "charged already" in m])) < 2 * 256
+    neuron = requests.post(url + "/v1/gradients", data=orjson.dumps(TUTORIAL_NEURON), headers=headers, timeout=10)
+    assert round(neuron.json()["gradients"]["w"], 4) == 6.6918

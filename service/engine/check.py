@@ -160,6 +160,9 @@ def _describe_point(point: dict[str, torch.Tensor]) -> str:
     return shown if len(point) <= POINT_INPUTS else f"{shown}, … ({len(point)} inputs)"
 
 
+# submitted formulas whose cost-model walks a Problem keeps (Problem.formula_passes): a batch's or a file's answers to
+# one problem mostly repeat a few; the Problem may be kept across requests, so they are bounded
+KEPT_WALKS = 64
 # the request fields that define a problem (its references); every other field (submission, tolerances, checks)
 # is one answer's
 PROBLEM_FIELDS = ("model", "inputs", "points", "domain", "seed", "n_points", "dout")
@@ -169,13 +172,19 @@ class Problem:
     """What every answer to one problem shares: the model, the cost model's estimate (checked before anything
     is allocated), the points and their autograd references. A batch builds one per problem for all its jobs."""
 
-    def __init__(self, request: dict, limits: Limits) -> None:
+    def __init__(self, request: dict, limits: Limits, answer: cost.Estimate | None = None) -> None:
+        """`answer`: the checks of the one answer this problem is built for (a /v1/check), which must fit with it
+        before the references are computed (they were computed first: 1.8 s, then the 413)."""
         deadline = Deadline(limits.max_wall_seconds)
+        self.spec, self.limits = {"model": request["model"]}, limits  # not its submission: a Problem may be kept
         self.model = build_model(request["model"], limits, deadline)
         self.shapes = [self.model.shapes(s) for s in cost.domain_points(request, limits)]
         self.shape_groups = cost.distinct_shapes(self.shapes)  # what every per-point estimate walks, once
         self.estimate = cost.check_estimate(request, self.model, self.shapes, limits)
-        self.estimate.require(limits)  # the references at every point and the response; formulas later
+        own = cost.Estimate()
+        own.parts.update(self.estimate.parts)
+        own.parts.update(answer.parts if answer is not None else {})
+        own.require(limits)  # the references at every point, the response (and the answer's checks); formulas later
         self.points = [self.model.complete(p, torch.float64) for p in make_points(request, limits)]
         self.model = upstream(self.model, request, torch.float64)  # layer checks: dout·J
         self.is_neuron = isinstance(self.model, Neuron)
@@ -202,6 +211,39 @@ class Problem:
         self.clamped = [i for i, ref in enumerate(self.refs) if CLAMP_FACTOR in (ref["chain_rule"] or ())]
         self.descriptions: dict[int, str] = {}  # point index -> _describe_point(), for every message naming it
         self._stacks: list[tuple[list[int], dict[str, torch.Tensor]]] | None = None
+        # the cost model's shape-only estimates of its answers, computed once (kept: bounded, the problem may be)
+        self._walks: dict[str, list[cost.Pass] | LimitExceeded] = {}  # formula source -> cost.formula_walk()
+        self._diagnosis: cost.Estimate | None = None
+
+    def formula_passes(self, formula, ledger: Ledger) -> list[cost.Pass]:
+        """cost.formula_walk() of a submitted formula over the shape groups, walked once per formula (128 checks
+        of one formula: one walk), its walk charged to `ledger` first: refused (LimitExceeded), it is not walked;
+        walked, it stays charged whether or not the formula's estimate then fits. A walk that refuses the formula
+        (a broadcast over max_tensor_elements) refuses it again without walking."""
+        walked = self._walks.get(formula.source)
+        if walked is None:
+            walk = cost.walk_estimate(formula.node_count, len(self.shape_groups), "formula")
+            ledger.charge(walk, self.limits, hint="a simpler formula")
+            try:
+                walked = cost.formula_walk(formula, self.shape_groups, self.limits)
+            except LimitExceeded as err:
+                walked = err
+            if len(self._walks) >= KEPT_WALKS:
+                self._walks.pop(next(iter(self._walks)))
+            self._walks[formula.source] = walked
+        if isinstance(walked, LimitExceeded):
+            raise walked
+        return walked
+
+    def diagnosis(self, ledger: Ledger) -> cost.Estimate:
+        """cost.diagnosis_estimate(): what naming one wrong answer's mistake re-runs, the same for every check of
+        the problem, so estimated once (it was once per failed check: 256 wrong answers over 40 points of a 64-layer
+        network walked it 10,240 times); its walk charged to `ledger` first, as formula_passes()'."""
+        if self._diagnosis is None:
+            walk = cost.diagnosis_walk(self.spec, self.shape_groups, self.limits)
+            ledger.charge(walk, self.limits)
+            self._diagnosis = cost.diagnosis_estimate(self.spec, self.shape_groups, self.limits)
+        return self._diagnosis
 
     def describe(self, i: int) -> str:
         text = self.descriptions.get(i)
@@ -226,8 +268,9 @@ class Problem:
 class Ledger:
     """What a request has charged to its one budget: the estimates of all its problems (a /v1/grade problem file's)
     or jobs (a batch's), reserved before any is graded, then what grading the answers adds (submitted formulas,
-    diagnosed mistakes). Its graders share it, so a student's formulas in one job or problem are charged against
-    what the others left, never against a fresh budget, and never against what the others reserved."""
+    diagnosed mistakes) and what estimating them cost (charged whether or not what it estimated then fits). Its
+    graders share it, so a student's formulas in one job or problem are charged against what the others left, never
+    against a fresh budget, and never against what the others reserved."""
 
     def __init__(self, total: int = 0) -> None:
         self.total = total
@@ -236,6 +279,25 @@ class Ledger:
         """Add `estimate`, or raise LimitExceeded when the budget cannot take it (the caller decides what then)."""
         estimate.require(limits, spent=self.total, hint=hint)
         self.total += estimate.total
+
+    def spend(self, nbytes: int) -> None:
+        """Charge work already done (an estimate's own), whether or not what it estimated then fits: the total may
+        pass the budget, and then every later charge is refused."""
+        self.total += nbytes
+
+    def closed(self, floor: int, limits: Limits) -> LimitExceeded | None:
+        """The refusal of anything that costs at least `floor` once the budget cannot take even that, before it is
+        estimated (a formula is not parsed: that is work too); else None."""
+        budget = limits.max_request_bytes
+        if self.total + floor <= budget:
+            return None
+        return LimitExceeded(
+            "max_request_bytes",
+            budget,
+            f"this request would allocate more than its budget of {budget / 2**20:.1f} MiB, "
+            f"{self.total / 2**20:.1f} MiB of which is charged already",
+            estimate=self.total + floor,
+        )
 
 
 def answer_place(name: str) -> str:
@@ -446,11 +508,11 @@ class Grader:
         mistake gives the reference (feedback.py)."""
         if result.get("feedback", feedback.DEFAULT) != feedback.DEFAULT:
             return
-        charge = cost.diagnosis_estimate(self.request, self.problem.shape_groups, self.limits)
-        try:
-            self.ledger.charge(charge, self.limits)
-        except LimitExceeded:
-            return
+        if not self.problem.free_diagnosis:  # its estimate is the problem's, computed once: a refusal costs nothing
+            try:
+                self.ledger.charge(self.problem.diagnosis(self.ledger), self.limits)
+            except LimitExceeded:
+                return
         rule = profile or {"rtol": result["rtol"], "atol": result["atol"]}
         mistake = diagnose_bugs.diagnose(self, name, answer, expected, rule)
         if mistake:
@@ -577,10 +639,15 @@ class Grader:
         A stackable formula is evaluated once per group of points of the same shapes (stacked_values), else point by
         point: the same values and the same message either way."""
         try:
+            closed = self.ledger.closed(cost.formula_parse_bytes(None), self.limits)  # no budget left: not parsed
+            if closed is not None:
+                raise closed
             formula = parse_formula(source, self.limits)
+            self.ledger.spend(cost.formula_parse_bytes(formula))  # done, whatever follows
             target = tuple(expected[0].shape)
             stackable = formula.stackable  # a walk of the formula's tree: once
-            charge = cost.formula_estimate(formula, self.problem.shape_groups, target, self.limits, stackable)
+            passes = self.problem.formula_passes(formula, self.ledger)
+            charge = cost.formula_estimate(formula, self.problem.shape_groups, target, self.limits, stackable, passes)
             self.ledger.charge(charge, self.limits, hint="a simpler formula")
             if stackable:
                 return self._broadcast(source, stacked_values(formula, self.problem, self.deadline), expected)

@@ -50,6 +50,11 @@ PROBLEM_CHECK_BYTES = 128 * MICROSECOND_BYTES
 # 145 µs and ~30 µs a node at one point (parse, the cost model's walk, evaluation): 128 µs, plus OP_BYTES a node
 # (formula_estimate).
 FORMULA_BYTES = 128 * MICROSECOND_BYTES
+# The cost model's own walk over one set of shapes, a node at a time (formula_pass over its formula_plan; a network's
+# model_nodes in network_pass): measured 0.4-0.75 µs a node (a 499-node formula: 0.2 ms at one set, 37 ms over 100
+# sets of different shapes, where walking its tree was 2.8 ms a set; a 64-layer network 72 µs a set): 1 µs. Charged
+# before the walk and kept whether or not the estimate it computes then fits (formula_walk, network_walk).
+WALK_NODE_BYTES = 1 * MICROSECOND_BYTES
 # One autograd graph node in a response, apart from its numbers: its dict, its JSON (op, label, shape; a formula's
 # label is its subexpression's text), its ~2 edges and its DOT line.
 GRAPH_NODE_BYTES = 1024
@@ -203,10 +208,72 @@ def _literal(node: ast.expr) -> bool:
 
 def formula_pass(formula, shapes: dict[str, Shape], limits: Limits) -> Pass:
     """Walk the formula's distinct subexpressions (equal subtrees once, as the evaluator memoizes them)
-    children first, broadcasting shapes; refuse any one result over max_tensor_elements."""
+    children first, broadcasting shapes; refuse any one result over max_tensor_elements. The walk's order and
+    its distinct nodes depend on the tree only (formula_plan, built once per formula): per set of shapes only
+    the shapes are computed (~1 µs a node, where walking the tree was ~5.6 µs)."""
     result = Pass()
-    memo: dict[object, tuple[object, Shape]] = {}  # id(node) -> (structural key, shape)
-    seen: set = set()
+    out: list[Shape] = []  # slot -> its shape at these inputs
+    for kind, arg, children, node in formula_plan(formula):
+        if kind == _NAME:
+            out.append(tuple(shapes.get(arg, ())))
+            continue
+        if kind == _SAME:  # x ** literal
+            shape = out[children[0]]
+        elif kind == _SCALAR:  # a constant, or a reducer
+            shape = ()
+        elif len(children) == 1:
+            shape = out[children[0]]
+        elif children:
+            shape = _broadcast2(out[children[0]], out[children[1]]) if len(children) == 2 else None
+            if shape is None:
+                shape = broadcast(*(out[c] for c in children)) or ()
+            size = numel(shape)
+            if size > limits.max_tensor_elements:
+                require(
+                    limits,
+                    "max_tensor_elements",
+                    size,
+                    f"{_symbol(node)} would broadcast to {size} elements",
+                    "use inputs of smaller or matching shapes",
+                )
+        else:
+            shape = ()
+        out.append(shape)
+        size = numel(shape)
+        result.elements += size
+        result.ops += 1
+        if kind != _SCALAR or arg:  # every node but a constant
+            result.recorded += size
+            result.nodes += 1
+            result.largest = max(result.largest, size)
+    result.out = out[-1]
+    return result
+
+
+def _broadcast2(a: Shape, b: Shape) -> Shape | None:
+    """broadcast(a, b) for the common cases, equal shapes or a scalar; None for the general rule."""
+    if a == b or not b:
+        return a
+    if not a:
+        return b
+    return None
+
+
+# what a step of formula_plan computes: an input's shape, a scalar (constant or reducer), its one child's shape
+# (`x ** literal`), or its children broadcast
+_NAME, _SCALAR, _SAME, _BROADCAST = range(4)
+
+
+def formula_plan(formula) -> list[tuple[int, object, tuple[int, ...], ast.expr]]:
+    """The steps of formula_pass, built once per formula (kept on it): each distinct subexpression, children first in
+    the order the walk completes them, as (kind, name or whether it is a reducer, its children's slots, its node).
+    A step's slot is its index; equal subtrees (structurally, as the evaluator memoizes them) share one."""
+    plan = getattr(formula, "cost_plan", None)
+    if plan is not None:
+        return plan
+    plan = []
+    slots: dict[object, int] = {}  # structural key -> slot
+    memo: dict[int, int] = {}  # id(node) -> slot
     stack: list[tuple[ast.expr, bool]] = [(formula.body, False)]
     while stack:
         node, ready = stack.pop()
@@ -217,30 +284,32 @@ def formula_pass(formula, shapes: dict[str, Shape], limits: Limits) -> Pass:
             stack.append((node, True))
             stack.extend((child, False) for child in reversed(children))
             continue
-        keys = tuple(memo[id(c)][0] for c in children)
-        shapes_in = [memo[id(c)][1] for c in children]
-        key, shape = _node(node, keys, shapes_in, shapes)
-        memo[id(node)] = (key, shape)
-        if key in seen or isinstance(node, ast.Name):
-            continue  # computed once (memo) / an input: no new tensor
-        seen.add(key)
-        size = numel(shape)
-        if len(shapes_in) > 1:
-            require(
-                limits,
-                "max_tensor_elements",
-                size,
-                f"{_symbol(node)} would broadcast to {size} elements",
-                "use inputs of smaller or matching shapes",
-            )
-        result.elements += size
-        result.ops += 1
-        if not isinstance(node, ast.Constant):
-            result.recorded += size
-            result.nodes += 1
-            result.largest = max(result.largest, size)
-    result.out = memo[id(formula.body)][1]
-    return result
+        inner = tuple(memo[id(c)] for c in children)
+        key, step = _step(node, inner)
+        slot = slots.get(key)
+        if slot is None:
+            slot = slots[key] = len(plan)
+            plan.append(step)
+        memo[id(node)] = slot
+    formula.cost_plan = plan
+    return plan
+
+
+def _step(node: ast.expr, children: tuple[int, ...]) -> tuple[object, tuple]:
+    """(structural key, plan step) of one node whose children have the slots `children`."""
+    if isinstance(node, ast.Name):
+        return ("name", node.id), (_NAME, node.id, (), node)
+    if isinstance(node, ast.Constant):
+        value = repr(node.value) if type(node.value) is float else node.value
+        return ("const", type(node.value).__name__, value), (_SCALAR, False, (), node)
+    if isinstance(node, ast.Call):
+        name = node.func.id if isinstance(node.func, ast.Name) else "?"
+        kind = _SCALAR if name in REDUCERS else _BROADCAST
+        return ("call", name, children), (kind, True, children, node)
+    if isinstance(node, ast.BinOp) and len(children) == 1:  # x ** literal
+        return ("pow", ast.dump(node.right), children), (_SAME, True, children, node)
+    op = type(node.op).__name__ if hasattr(node, "op") else "?"
+    return (op, children), (_BROADCAST, True, children, node)
 
 
 def _children(node: ast.expr) -> list[ast.expr]:
@@ -251,23 +320,6 @@ def _children(node: ast.expr) -> list[ast.expr]:
     if isinstance(node, ast.Call):
         return list(node.args)
     return []
-
-
-def _node(node: ast.expr, keys: tuple, shapes_in: list[Shape], inputs: dict[str, Shape]) -> tuple[object, Shape]:
-    """(structural key, result shape) of one node; a shape that does not broadcast counts as a scalar,
-    since evaluation stops there with a shape error."""
-    if isinstance(node, ast.Name):
-        return ("name", node.id), tuple(inputs.get(node.id, ()))
-    if isinstance(node, ast.Constant):
-        return ("const", type(node.value).__name__, repr(node.value) if type(node.value) is float else node.value), ()
-    if isinstance(node, ast.Call):
-        name = node.func.id if isinstance(node.func, ast.Name) else "?"
-        shape = () if name in REDUCERS else broadcast(*shapes_in) if shapes_in else ()
-        return ("call", name, keys), shape or ()
-    if isinstance(node, ast.BinOp) and len(shapes_in) == 1:  # x ** literal
-        return ("pow", ast.dump(node.right), keys), shapes_in[0]
-    op = type(node.op).__name__ if hasattr(node, "op") else "?"
-    return (op, keys), (broadcast(*shapes_in) if shapes_in else ()) or ()
 
 
 def _symbol(node: ast.expr) -> str:
@@ -378,23 +430,25 @@ def network_pass(spec: dict, shapes: dict[str, Shape], limits: Limits) -> Pass:
     largest = max(numel(s) for s in shapes.values())
     result = Pass(sum(numel(s) for s in shapes.values()), 0, (), 0, 16 + 16 * len(spec["layers"]) + 3 * len(shapes))
     for name, shape in shapes.items():  # parameters and generated tensors have no input check of their own
-        require(
-            limits,
-            "max_tensor_elements",
-            numel(shape),
-            f"{name} has shape {list(shape)}, {numel(shape)} elements",
-            "use fewer features per layer, or fewer samples",
-        )
+        if numel(shape) > limits.max_tensor_elements:  # the message only then: this walk is charged by the node
+            require(
+                limits,
+                "max_tensor_elements",
+                numel(shape),
+                f"{name} has shape {list(shape)}, {numel(shape)} elements",
+                "use fewer features per layer, or fewer samples",
+            )
     for layer in spec["layers"]:
         features = layer.get("out_features", features)
         size = samples * features
-        require(
-            limits,
-            "max_tensor_elements",
-            size,
-            f"a {layer['type']} layer's output has {size} elements",
-            "use fewer features per layer, or fewer samples",
-        )
+        if size > limits.max_tensor_elements:
+            require(
+                limits,
+                "max_tensor_elements",
+                size,
+                f"a {layer['type']} layer's output has {size} elements",
+                "use fewer features per layer, or fewer samples",
+            )
         result.elements += 4 * size
         result.ops += 4
         result.recorded += size
@@ -524,6 +578,21 @@ def distinct_shapes(points: list[dict[str, Shape]]) -> list[tuple[dict[str, Shap
         else:
             groups[key] = [shapes, 1]
     return [(shapes, count) for shapes, count in groups.values()]
+
+
+def walk_estimate(nodes: int, groups: int, part: str) -> Estimate:
+    """The cost model's walk of `nodes` nodes over `groups` sets of shapes (WALK_NODE_BYTES a node), as `part`:
+    what an estimate costs to compute, charged before it is computed and kept whether or not it then fits."""
+    estimate = Estimate()
+    estimate.add(part, nodes * groups * WALK_NODE_BYTES)
+    return estimate
+
+
+def diagnosis_walk(request: dict, groups: list, limits: Limits) -> Estimate:
+    """What diagnosis_estimate's walk costs: a network's pass (model_nodes) at each set of shapes; nothing else."""
+    if request["model"]["kind"] != "network":
+        return Estimate()
+    return walk_estimate(model_nodes(request["model"], limits), len(groups), "diagnosis")
 
 
 def diagnosis_estimate(request: dict, groups: list[tuple[dict[str, Shape], int]], limits: Limits) -> Estimate:
@@ -657,18 +726,35 @@ def domain_points(request: dict, limits: Limits) -> list[dict[str, Shape]]:
     return [shapes] * n
 
 
+def formula_parse_bytes(formula) -> int:
+    """A parsed formula's own cost apart from its walk and its ops: FORMULA_BYTES, and OP_BYTES a node (None: the
+    least any formula costs, one node)."""
+    return FORMULA_BYTES + (1 if formula is None else formula.node_count) * OP_BYTES
+
+
+def formula_walk(formula, groups: list[tuple[dict[str, Shape], int]], limits: Limits) -> list[Pass]:
+    """formula_pass at each group of points (distinct_shapes()): what formula_estimate needs of the shapes, to reuse
+    for every check of the same formula (Problem.formula_passes). Its cost: walk_estimate(formula.node_count, ...)."""
+    return [formula_pass(formula, shapes, limits) for shapes, _ in groups]
+
+
 def formula_estimate(
-    formula, groups: list[tuple[dict[str, Shape], int]], target: Shape, limits: Limits, stacked: bool = False
+    formula,
+    groups: list[tuple[dict[str, Shape], int]],
+    target: Shape,
+    limits: Limits,
+    stacked: bool = False,
+    passes: list[Pass] | None = None,
 ) -> Estimate:
-    """A submitted derivative formula evaluated (no grad, float64) at every point, broadcast to its gradient: parsed
-    and walked once (FORMULA_BYTES, OP_BYTES a node), its ops run once per group of points when `stacked` (the
-    points of a group stacked: formula.stackable) else at every point, its elements and its values at every point.
+    """A submitted derivative formula evaluated (no grad, float64) at every point, broadcast to its gradient: its ops
+    run once per group of points when `stacked` (the points of a group stacked: formula.stackable) else at every
+    point, its elements and its values at every point. Its parse is formula_parse_bytes(), its walk walk_estimate().
     `groups`: distinct_shapes() of the points, computed once per problem (not once per formula: 128 formulas over
-    100 points of 128 inputs re-grouped 1.6 M shapes, ~1 s)."""
+    100 points of 128 inputs re-grouped 1.6 M shapes, ~1 s); `passes`: formula_walk() over them, when known."""
     estimate = Estimate()
-    estimate.add("formula", FORMULA_BYTES + formula.node_count * OP_BYTES)
-    for shapes, count in groups:
-        one = formula_pass(formula, shapes, limits)
+    if passes is None:
+        passes = formula_walk(formula, groups, limits)
+    for (_, count), one in zip(groups, passes, strict=True):
         ops = one.ops * OP_BYTES * (1 if stacked else count)
         estimate.add("formula", ops + count * (one.elements * 8 + numel(target) * (8 + 2 * RESPONSE_BYTES)))
     return estimate

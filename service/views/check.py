@@ -54,9 +54,10 @@ def check():
     body, limits = read_json(), current_app.config["LIMITS"]
     cost.check_raw(body, limits)
     spec, raw, problem = load_check(body, limits)
-    cost.checks_estimate(spec).require(limits)  # checks alone over the budget: a 413 before their problem is built
+    checks = cost.checks_estimate(spec)
+    checks.require(limits)  # checks alone over the budget: a 413 before their problem is built
     with compute_timer(spec["model"]["kind"]):
-        result = grade(spec, limits, problem or problem_for(spec, raw, limits))
+        result = grade(spec, limits, problem or problem_for(spec, raw, limits, checks))
     return check_body(result) if fmt == "json" else RESPONSES[fmt].dump(FORMATTERS[fmt](result))
 
 

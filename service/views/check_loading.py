@@ -22,7 +22,7 @@ from marshmallow import ValidationError
 
 from schemas.grading import CheckRequestSchema
 
-from ..engine import refcache
+from ..engine import cost, refcache
 from ..engine.check import PROBLEM_FIELDS, Problem
 from ..engine.limits import Limits
 from ..jsonio import value_counts
@@ -84,9 +84,10 @@ def loaded_bytes(raw: bytes) -> int:
     return KEPT_BYTES_PER_VALUE * values + KEPT_BYTES_PER_CONTAINER * containers
 
 
-def problem_for(spec: dict, raw: bytes, limits: Limits) -> Problem:
-    """A new Problem for a loaded check body whose problem fields are `raw` (problem_json()), then kept."""
-    problem = Problem(spec, limits)
+def problem_for(spec: dict, raw: bytes, limits: Limits, answer: cost.Estimate | None = None) -> Problem:
+    """A new Problem for a loaded check body whose problem fields are `raw` (problem_json()), then kept. `answer`:
+    the checks of the one answer it is built for, charged with it (Problem)."""
+    problem = Problem(spec, limits, answer)
     shared = _problem_fields(spec)
     # the points twice: Problem.stacks(), built once a stackable formula is graded, is a stacked copy of them
     nbytes = len(raw) + loaded_bytes(raw) + refcache.tensors_nbytes(problem.points, problem.points, problem.refs)
