@@ -9,7 +9,9 @@ from service.engine.tolerance import DEFAULTS as PROFILES
 
 from .fields import StrictBoolean, StrictFloat, StrictInteger, Tensor
 
-TENSOR_NAME = r"^(X|y|[Wb][1-9][0-9]{0,2}|gamma[0-9]{1,3}|beta[0-9]{1,3})$"
+# gamma<l>_<k>: the k-th batchnorm layer of block l, k >= 2 (docs/networks.md)
+TENSOR_NAME = r"^(X|y|[Wb][1-9][0-9]{0,2}|(gamma|beta)[0-9]{1,3}(_[1-9][0-9]?)?)$"
+TENSOR_NAME_ERROR = "X, y, W<l>, b<l>, gamma<l>, beta<l>, gamma<l>_<k> or beta<l>_<k>."
 MAX_LAYERS = 64
 MAX_FEATURES = 1_000_000
 SEED = {"validate": validate.Range(min=0, max=2**32 - 1), "metadata": {"description": "numpy's seeds are < 2**32"}}
@@ -128,7 +130,7 @@ class NetworkModelSchema(Schema):
     l2 = fields.Nested(L2Schema)
     init = fields.Nested(InitSchema, metadata={"description": "for every parameter not given; weights in layer order"})
     generate = fields.Dict(
-        keys=fields.String(validate=validate.Regexp(TENSOR_NAME, error="X, y, W<l>, b<l>, gamma<l> or beta<l>.")),
+        keys=fields.String(validate=validate.Regexp(TENSOR_NAME, error=TENSOR_NAME_ERROR)),
         values=fields.Nested(InitSchema),
         validate=validate.Length(max=2 * MAX_LAYERS + 2),
         metadata={"description": "tensor name -> how to make it (e.g. X from a seed, as a course's fixture does)"},

@@ -13,6 +13,7 @@ import subprocess
 
 import orjson
 
+from .engine.cost import HINTS
 from .engine.deadline import seconds_left
 from .engine.errors import DeadlineExceeded, LimitExceeded
 from .engine.limits import Limits
@@ -26,11 +27,14 @@ SVG_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 # The wait's own timeout ends this much after the request's: where the deadline's timer signal is armed, it is what
 # ends the wait (a 503 like any other cut-off); the timeout is the backstop where no signal can come (threads).
 TIMER_FIRST = 0.05
-# dot's crossing minimisation is what grows without bound: a 844-node network graph took 10.6–15 s to lay out,
-# 0.9 s with mclimit=0.1 (a tenth of its default iterations), 428 nodes 0.33 → 0.11 s; graphs of up to 200 nodes
-# (every formula's: max_ast_nodes is 500, its graph is smaller) keep the default layout (docs/playground.md).
-LARGE_GRAPH_NODES = 200
-LARGE_GRAPH_LAYOUT = ", mclimit=0.1"
+# What dot's time grows with is its layout graph: the nodes plus one virtual node per rank an edge crosses (a 64-layer
+# network's L2 terms all meet at the loss, so a 717-node graph lays out 21,265), measured in bench/svg_layout.py
+# (docs/playground.md). Above LARGE_LAYOUT_NODES of them dot gets a tenth of its crossing minimisation (mclimit),
+# nslimit bounds the network simplex that places nodes along the ranks (nslimit x the nodes iterations: unbounded, it
+# took 22 s of that 717-node graph's 28) and edges are straight lines (routing its 845 edges' splines took 0.36 s):
+# 0.3 s in all. `max_svg_layout_nodes` (a 413 before dot starts) keeps the worst shape measured within ~0.7 s CPU.
+LARGE_LAYOUT_NODES = 2_000
+LARGE_GRAPH_LAYOUT = ", mclimit=0.1, nslimit=0.2, splines=line"
 STYLES = {  # class -> DOT node attributes; leaves (inputs) and the root (the loss) stand out from the operations
     "leaf": 'shape=box, style="rounded,filled", fillcolor="#dbeafe", color="#1d4ed8"',
     "root": 'shape=box, style="filled,bold", fillcolor="#fde68a", color="#b45309", penwidth=2',
@@ -69,9 +73,42 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def to_dot(graph: dict) -> str:
-    """DOT text for a JSON graph (`{"root", "nodes", "edges"}`); SVG element ids are `node-<id>` and `edge-<i>`."""
-    large = LARGE_GRAPH_LAYOUT if len(graph["nodes"]) > LARGE_GRAPH_NODES else ""
+def layout_nodes(graph: dict) -> int:
+    """The nodes dot lays out: the graph's, plus a virtual node on every rank an edge crosses. An upper bound: dot ranks
+    the nodes to minimise the edges' total length, so any ranking's total bounds it; the smaller of two is taken, every
+    node as early as its inputs allow, or as late as its consumers allow (the root last): O(nodes + edges)."""
+    ids = [node["id"] for node in graph["nodes"]]
+    pairs = [(edge["from"], edge["to"]) for edge in graph["edges"]]
+    early, late = _ranks(ids, pairs), _ranks(ids, [(b, a) for a, b in pairs])
+    crossed = min(sum(early[b] - early[a] - 1 for a, b in pairs), sum(late[a] - late[b] - 1 for a, b in pairs))
+    return len(ids) + max(crossed, 0)
+
+
+def _ranks(ids: list, pairs: list[tuple]) -> dict:
+    """Longest-path ranks along `pairs` (Kahn's order; the autograd graph has no cycles): a node one past its
+    latest predecessor."""
+    successors: dict = {i: [] for i in ids}
+    waiting = dict.fromkeys(ids, 0)
+    for a, b in pairs:
+        successors[a].append(b)
+        waiting[b] += 1
+    rank = dict.fromkeys(ids, 0)
+    ready = [i for i in ids if waiting[i] == 0]
+    while ready:
+        a = ready.pop()
+        for b in successors[a]:
+            rank[b] = max(rank[b], rank[a] + 1)
+            waiting[b] -= 1
+            if waiting[b] == 0:
+                ready.append(b)
+    return rank
+
+
+def to_dot(graph: dict, layout: int | None = None) -> str:
+    """DOT text for a JSON graph (`{"root", "nodes", "edges"}`); SVG element ids are `node-<id>` and `edge-<i>`.
+    `layout`: its layout_nodes(), when known."""
+    layout = layout_nodes(graph) if layout is None else layout
+    large = LARGE_GRAPH_LAYOUT if layout > LARGE_LAYOUT_NODES else ""
     lines = [
         "digraph autograd {",
         f'  graph [rankdir=LR, bgcolor="white", pad=0.2, nodesep=0.3, ranksep=0.45{large}];',
@@ -103,6 +140,16 @@ def render_svg(graph: dict | None, limits: Limits, mode: str = "grad") -> bytes:
         raise LimitExceeded(
             "max_graph_nodes", limits.max_graph_nodes, f"autograd graph has more than {limits.max_graph_nodes} nodes"
         )
+    layout = layout_nodes(graph)
+    if layout > limits.max_svg_layout_nodes:
+        raise LimitExceeded(
+            "max_svg_layout_nodes",
+            limits.max_svg_layout_nodes,
+            f"the picture would lay out {layout} nodes ({len(graph['nodes'])} graph nodes, the rest one per rank an "
+            f"edge crosses); the limit is {limits.max_svg_layout_nodes}",
+            hint=HINTS["svg"],
+            estimate=layout,
+        )
     budget = min(seconds_left(), limits.max_wall_seconds)
     if budget <= 0:
         raise DeadlineExceeded(limits.max_wall_seconds)
@@ -113,7 +160,7 @@ def render_svg(graph: dict | None, limits: Limits, mode: str = "grad") -> bytes:
             "(Debian package graphviz); ask for application/json instead."
         )
     try:
-        returncode, svg = run_dot(binary, to_dot(graph).encode(), budget + TIMER_FIRST)
+        returncode, svg = run_dot(binary, to_dot(graph, layout).encode(), budget + TIMER_FIRST)
     except subprocess.TimeoutExpired:  # the cooperative end (no timer signal outside the main thread)
         raise DeadlineExceeded(limits.max_wall_seconds) from None
     if returncode != 0 or not svg:

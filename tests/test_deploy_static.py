@@ -164,6 +164,7 @@ def test_deployment_is_locked_down_and_probed():
         "MAX_NUMERIC_ELEMENTS",
         "MAX_HESSIAN_ELEMENTS",
         "MAX_GRAPH_NODES",
+        "MAX_SVG_LAYOUT_NODES",
         "GRAPH_VALUE_MAX_ELEMENTS",
         "MAX_WALL_SECONDS",
         "MAX_BATCH_JOBS",

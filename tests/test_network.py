@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import requests
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -243,6 +244,77 @@ def test_batchnorm_and_dropout_equal_torch(client):
         for name, g in zip(("W1", "b1", "gamma1", "beta1", "X"), grads, strict=True):
             assert torch.allclose(torch.tensor(out["gradients"][name], dtype=torch.float64), g, atol=1e-12), name
         assert list(out["intermediates"]) == ["Z1", "BN1", "A1", "D1"]
+
+
+def test_each_batchnorm_layer_owns_its_gamma_and_beta(client):
+    """Two batchnorms after one linear layer are two torch.nn.BatchNorm1d: gamma1/beta1 and gamma1_2/beta1_2, each
+    its own leaf (they once shared gamma1, which numeric and the Hessian silently perturbed together)."""
+    gen = torch.Generator().manual_seed(5)
+    x, w1, w2 = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in ((6, 3), (3, 4), (4, 2)))
+    norms = [torch.rand(f, generator=gen, dtype=torch.float64) + 0.5 for f in (4, 4, 2)]
+    shifts = [torch.randn(f, generator=gen, dtype=torch.float64) for f in (4, 4, 2)]
+    y = torch.tensor([0, 1, 1, 0, 1, 0.0])
+    names = ["W1", "gamma1", "beta1", "gamma1_2", "beta1_2", "W2", "gamma2", "beta2", "X"]
+    values = [w1, norms[0], shifts[0], norms[1], shifts[1], w2, norms[2], shifts[2], x]
+
+    def loss_of(w1, g1, b1, g12, b12, w2, g2, b2, x):
+        torch_bn = [torch.nn.BatchNorm1d(f, dtype=torch.float64) for f in (4, 4, 2)]
+        for bn, g, b in zip(torch_bn, (g1, g12, g2), (b1, b12, b2), strict=True):
+            del bn.weight, bn.bias
+            bn.weight, bn.bias = g, b
+        h = torch.relu(torch_bn[1](torch_bn[0](x @ w1)))
+        return F.cross_entropy(torch_bn[2](h @ w2), y.long())
+
+    body = {
+        "model": {
+            "kind": "network",
+            "layout": "cs231n",
+            "loss": {"type": "softmax_cross_entropy"},
+            "layers": [
+                {"type": "linear", "out_features": 4, "bias": False},
+                {"type": "batchnorm"},
+                {"type": "batchnorm"},
+                {"type": "relu"},
+                {"type": "linear", "out_features": 2, "bias": False},
+                {"type": "batchnorm"},
+            ],
+        },
+        "inputs": {"y": y.tolist(), **{n: v.tolist() for n, v in zip(names, values, strict=True)}},
+        "dtype": "float64",
+        "include": ["intermediates", "numeric"],
+    }
+    status, out = post(client, "/v1/gradients", body)
+    assert status == 200, out
+    assert list(out["gradients"]) == names
+    assert list(out["intermediates"]) == ["Z1", "BN1", "BN1_2", "A1", "Z2", "BN2"]
+    grads = torch.func.grad(loss_of, argnums=tuple(range(9)))(*values)
+    for name, g in zip(names, grads, strict=True):
+        assert torch.allclose(torch.tensor(out["gradients"][name], dtype=torch.float64), g, atol=1e-10), name
+    assert out["numeric"]["max_abs_error"] < 1e-6
+
+
+def test_two_batchnorms_in_a_block_give_a_jacobian_by_distinct_names(client):
+    """The audit's 370-byte request (a linear layer, two batchnorms, loss none, the Jacobian) was a 500: the default
+    `wrt` named gamma1 and beta1 twice. Its Jacobian has one block per distinct parameter."""
+    body = {
+        "model": {
+            "kind": "network",
+            "layout": "cs231n",
+            "layers": [{"type": "linear", "out_features": 2}, {"type": "batchnorm"}, {"type": "batchnorm"}],
+            "loss": {"type": "none"},
+            "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.1},
+            "generate": {"X": {"scheme": "numpy_legacy", "seed": 1, "shape": [3, 2]}},
+        },
+        "inputs": {},
+        "include": ["jacobian"],
+        "dtype": "float64",
+    }
+    status, out = post(client, "/v1/gradients", body)
+    assert status == 200, out
+    assert list(out["jacobian"]) == ["W1", "b1", "gamma1", "beta1", "gamma1_2", "beta1_2", "X"]
+    assert np.array(out["jacobian"]["gamma1_2"]).shape == (3, 2, 2)
+    status, out = post(client, "/v1/gradients", {**body, "inputs": {"gamma1_3": [1.0, 1.0]}})
+    assert status == 422 and "gamma1_2" in out["detail"], out
 
 
 @pytest.fixture()

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, TUTORIAL_NEURON, require_binary
+from conftest import ROOT, TUTORIAL_NEURON, TestConfig, require_binary
+from service import create_app
+from service.engine import cost
 from service.engine.deadline import DeadlineInterrupt, request_deadline
 from service.engine.errors import DeadlineExceeded, LimitExceeded
 from service.engine.limits import Limits
-from service.render_svg import number_text, render_svg, to_dot
+from service.render_svg import LARGE_GRAPH_LAYOUT, LARGE_LAYOUT_NODES, layout_nodes, number_text, render_svg, to_dot
 
 SVG = "image/svg+xml"
 PROBLEM = "application/problem+json"
@@ -116,39 +118,99 @@ def test_a_non_scalar_output_in_grad_mode_says_why_there_is_no_picture(client):
     assert "not a scalar" in r.json["detail"] and "dout" in r.json["detail"] and "Inference" not in r.json["detail"]
 
 
-# The audit's network: 32 x (linear + softmax, batchnorm), hinge loss, L2 on biases too: 844 graph nodes, whose
-# default dot layout took 10.6-15 s (the request's 10 s deadline: always a 503)
-LARGE_NETWORK = {
-    "model": {
+def network(layers: list[dict], l2: bool = True) -> dict:
+    """The audits' networks (bench/svg_layout.py): deeplearning.ai's layout, the hinge loss, L2 on the biases too, so
+    every parameter has an edge from its layer to the loss."""
+    model = {
         "kind": "network",
-        "layout": "mytorch",
-        "layers": [
-            {"type": "linear", "out_features": 3, "activation": "softmax"},
-            {"type": "batchnorm", "variance": "unbiased"},
-        ]
-        * 32,
+        "layout": "dlai",
+        "layers": layers,
         "loss": {"type": "hinge"},
-        "l2": {"reg": 0.1, "form": "sum_sq", "include_biases": True},
         "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.1},
-        "generate": {"X": {"scheme": "numpy_legacy", "seed": 1, "shape": [5, 3]}},
-    },
-    "inputs": {"y": [0, 1, 2, 0, 1]},
-}
+        "generate": {"X": {"scheme": "numpy_legacy", "seed": 1, "std": 10, "shape": [4, 5]}},
+    }
+    if l2:
+        model["l2"] = {"reg": 0.05, "form": "over_2m", "include_biases": True}
+    return {"model": model, "inputs": {"y": [0, 1, 2, 0, 1]}}
 
 
-def test_large_graphs_get_a_bounded_layout(client):
-    graph = client.post("/v1/gradients", json=LARGE_NETWORK).json["graph"]
-    assert len(graph["nodes"]) > 800
-    assert "mclimit=0.1" in to_dot(graph).splitlines()[1]
+SOFTMAX = {"type": "linear", "out_features": 3, "activation": "softmax"}
+# audit 5a's S_B: 717 graph nodes, whose L2 edges cross ~21,000 ranks; dot's default layout took 10.5-28 s
+SOFTMAX_64 = network([SOFTMAX] * 64)
+# audit 5a's S_A: 63 batchnorm layers after one linear layer, 1,092 nodes (each layer has its own gamma and beta)
+BATCHNORM_BLOCK = network([{"type": "linear", "out_features": 3}] + [{"type": "batchnorm"}] * 63)
+
+
+def test_layout_nodes_count_the_ranks_an_edge_crosses():
+    """A chain 0 <- 1 <- 2 <- 3 and a leaf 4 feeding 2 and 0: beside 3, its edge to 0 crosses the 2 ranks between,
+    so dot lays out 5 + 2 nodes; the chain alone, 4."""
+    chain = [{"from": i + 1, "to": i} for i in range(3)]
+    nodes = [{"id": i} for i in range(5)]
+    assert layout_nodes({"nodes": nodes[:4], "edges": chain}) == 4
+    leaf = [{"from": 4, "to": 0}, {"from": 4, "to": 2}]
+    assert layout_nodes({"nodes": nodes, "edges": chain + leaf}) == 7
+    assert layout_nodes({"nodes": [], "edges": []}) == 0
+
+
+def test_large_layouts_get_bounded_options(client):
+    graph = client.post("/v1/gradients", json=network([SOFTMAX] * 32)).json["graph"]
+    assert LARGE_LAYOUT_NODES < layout_nodes(graph) <= Limits().max_svg_layout_nodes
+    assert LARGE_GRAPH_LAYOUT in to_dot(graph).splitlines()[1]
     small = client.post("/v1/gradients", json=SIN_SQUARE).json["graph"]
-    assert "mclimit" not in to_dot(small)  # small graphs keep dot's full crossing minimisation
+    assert "mclimit" not in to_dot(small)  # small graphs keep dot's full layout
 
 
 @pytest.mark.usefixtures("needs_dot")
-def test_the_largest_network_graph_is_drawn_within_the_deadline(client):
-    r = client.post("/v1/gradients", json=LARGE_NETWORK, headers={"Accept": SVG})
-    assert (r.status_code, r.mimetype) == (200, SVG), r.data[:300]
-    assert len(node_texts(r.data)) > 800
+def test_a_layout_over_the_cap_is_a_413_before_dot_starts(client):
+    """The refusal comes from counting, not from a cut-off dot: no dot child runs while the request is answered."""
+    seen: set[int] = set()
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_dot_children, args=(stop, seen))
+    watcher.start()
+    try:
+        r = client.post("/v1/gradients", json=SOFTMAX_64, headers={"Accept": SVG})
+    finally:
+        stop.set()
+        watcher.join(35)
+    assert (r.status_code, r.mimetype) == (413, PROBLEM), r.data[:300]
+    limit = r.json["limit"]
+    assert limit["name"] == "max_svg_layout_nodes" and limit["estimate"] > limit["value"] == 12_000
+    assert "application/json" in r.json["hint"] and "fewer layers" in r.json["hint"]
+    assert not seen, "dot ran for a picture refused by its size"
+    assert client.post("/v1/gradients", json=SOFTMAX_64).status_code == 200  # the JSON graph is still answered
+
+
+@pytest.mark.usefixtures("needs_dot")
+def test_audit_networks_live_refused_fast_or_drawn(live_server):
+    """On gunicorn: S_B (a 64-layer softmax chain with L2) is a 413 naming the cap, within the deadline's slack rather
+    than after it (it was a 503 at 10 s); the 63-batchnorm block (1,092 nodes, 3,370 laid out) and a 16-layer
+    network are drawn."""
+    started = time.monotonic()
+    r = picture(live_server.url, SOFTMAX_64)
+    assert (r.status_code, r.headers["Content-Type"]) == (413, PROBLEM)
+    assert r.json()["limit"]["name"] == "max_svg_layout_nodes"
+    assert time.monotonic() - started < Limits().max_wall_seconds / 2
+    for body, nodes in ((BATCHNORM_BLOCK, 1000), (network([SOFTMAX] * 16), 150)):
+        r = picture(live_server.url, body)
+        assert (r.status_code, r.headers["Content-Type"].split(";")[0]) == (200, SVG), r.text[:300]
+        assert len(node_texts(r.content)) > nodes
+
+
+class SmallBudget(TestConfig):
+    LIMITS = Limits(max_request_bytes=8 * 2**20)
+
+
+def test_the_picture_is_charged_by_the_cost_model():
+    """dot's start and its share per node (cost.svg_bytes) are in the estimate: a network whose JSON graph fits an
+    8 MiB budget is refused as a picture, the `svg` part named."""
+    small = create_app(SmallBudget).test_client()
+    body = network([{"type": "linear", "out_features": 3, "activation": "relu"}] * 16, l2=False)
+    assert small.post("/v1/gradients", json=body).status_code == 200
+    r = small.post("/v1/gradients", json=body, headers={"Accept": SVG})
+    assert (r.status_code, r.mimetype) == (413, PROBLEM)
+    assert max(r.json["limit"]["breakdown"], key=r.json["limit"]["breakdown"].get) == "svg"
+    assert r.json["limit"]["breakdown"]["svg"] >= cost.SVG_START_BYTES
+    assert "application/json" in r.json["hint"]
 
 
 def test_missing_graphviz_is_a_clear_501(client, monkeypatch, tmp_path):
@@ -202,8 +264,9 @@ def test_node_limit_and_a_spent_budget():
         render_svg(TWO_NODES, Limits(max_wall_seconds=0.0))
 
 
-def slow_graph(n: int = 500) -> dict:
-    """A graph whose layout takes dot seconds: every node has three edges to earlier nodes, so many crossings."""
+def slow_graph(n: int = 1000) -> dict:
+    """A graph whose layout takes dot seconds (~15,000 layout nodes: 3.3 s of CPU measured, over the cap): every node
+    has three edges to earlier nodes, so many crossings."""
     blank = {"op": "MulBackward0", "label": None, "shape": None, "value": None, "grad": None}
     return {
         "root": 0,
@@ -248,7 +311,7 @@ def test_the_deadline_kills_dot_mid_render(end):
     def render():
         try:
             with request_deadline(0.5):
-                render_svg(slow_graph(), Limits())
+                render_svg(slow_graph(), Limits(max_svg_layout_nodes=10**6))
         except BaseException as err:  # noqa: BLE001 - inspected below
             caught.append(err)
 

@@ -48,8 +48,10 @@ def build_model(spec: dict, limits: Limits, deadline: Deadline) -> Model:
 
 
 def wrt_of(request: dict, model: Model, inputs) -> tuple[str, ...]:
-    """The names to differentiate with respect to: the request's `wrt`, else the model's default, else every input."""
-    return tuple(request.get("wrt") or model.default_wrt or inputs)
+    """The names to differentiate with respect to: the request's `wrt`, else the model's default, else every input;
+    each once (the schema refuses a duplicate in `wrt`; a default never has one, and the Jacobian and the gradients
+    are keyed by name)."""
+    return tuple(dict.fromkeys(request.get("wrt") or model.default_wrt or inputs))
 
 
 def estimate(request: dict, limits: Limits, deadline: Deadline) -> tuple:

@@ -58,6 +58,12 @@ WALK_NODE_BYTES = 1 * MICROSECOND_BYTES
 # One autograd graph node in a response, apart from its numbers: its dict, its JSON (op, label, shape; a formula's
 # label is its subexpression's text), its ~2 edges and its DOT line.
 GRAPH_NODE_BYTES = 1024
+# The graph drawn as SVG (`Accept: image/svg+xml`): Graphviz's `dot` in a subprocess, measured by bench/svg_layout.py
+# (CPU seconds, docs/playground.md): starting it (fonts, plugins) 20-70 ms, and 0.25-0.33 ms a graph node for the
+# networks max_svg_layout_nodes admits (a 445-node 48-layer chain 0.14 s, a 1,092-node batchnorm block 0.27 s). Its
+# superlinear part (the edges' rank crossings) is capped in render_svg.py before dot starts, not priced here.
+SVG_START_BYTES = 64_000 * MICROSECOND_BYTES
+SVG_NODE_BYTES = 256 * MICROSECOND_BYTES
 # The network re-runs of a wrong gradient's diagnosis: 1/N, L2 x2, L2 x1/2, biases regularised, ReLU mask.
 DIAGNOSED_MISTAKES = 5
 REDUCERS = {"sum", "mean", "numel"}  # formula functions whose result is a scalar
@@ -400,6 +406,8 @@ HINTS = {
     "backward": 'use smaller inputs or a smaller formula, or mode "inference" if you need no gradients',
     "intermediates": 'drop "intermediates" from `include`, or use smaller inputs',
     "graph": 'drop "graph" and "dot" from `include`, or use smaller inputs',
+    "svg": 'ask for application/json with `include: ["graph"]` or `["dot"]` (the same graph, to draw with your own '
+    "Graphviz), or use fewer layers or a smaller formula",
     "numeric": 'drop "numeric" from `include`, or take fewer `wrt` elements',
     "hessian": 'drop "hessian" from `include`, or take fewer `wrt` elements',
     "manual": 'drop "manual" from `include`',
@@ -497,6 +505,8 @@ def gradients_estimate(
         estimate.add("intermediates", 2 * one.recorded * RESPONSE_BYTES)
     if include & {"graph", "dot"}:
         estimate.add("graph", graph_bytes(one, len(wrt), limits))
+    if request.get("picture"):
+        estimate.add("svg", svg_bytes(one, len(wrt), limits))
     if "manual" in include:
         estimate.add("manual", _manual_elements(model, shapes, limits) * size + wrt_elements * (size + RESPONSE_BYTES))
     if "numeric" in include:
@@ -531,6 +541,12 @@ def graph_bytes(one: Pass, leaves: int, limits: Limits) -> int:
     nodes = min(one.nodes + leaves, limits.max_graph_nodes)
     numbers = 2 * min(one.largest, limits.graph_value_max_elements)
     return nodes * (GRAPH_NODE_BYTES + numbers * RESPONSE_BYTES)
+
+
+def svg_bytes(one: Pass, leaves: int, limits: Limits) -> int:
+    """The graph laid out and drawn by `dot` (a request for image/svg+xml): its start and every node's share, on the
+    graph_bytes() count of nodes."""
+    return SVG_START_BYTES + min(one.nodes + leaves, limits.max_graph_nodes) * SVG_NODE_BYTES
 
 
 def _derivatives_estimate(

@@ -26,7 +26,7 @@ MODEL_KINDS = {
     },
     "network": {
         "description": "layers on X, a loss against y and L2, in a course's layout (docs/networks.md)",
-        "inputs": ["X", "y", "W<l>", "b<l>", "gamma<l>", "beta<l>"],
+        "inputs": ["X", "y", "W<l>", "b<l>", "gamma<l>", "beta<l>", "gamma<l>_<k>", "beta<l>_<k>"],
         "default_wrt": "every parameter, then X",
         "layouts": {name: layout.description for name, layout in network.LAYOUTS.items()},
         "layers": list(network.LAYER_TYPES),

@@ -23,6 +23,7 @@ class Limits:
     max_hessian_elements: int = 100
     max_jacobian_elements: int = 1_000_000  # output elements x `wrt` elements (docs/networks.md)
     max_graph_nodes: int = 5_000
+    max_svg_layout_nodes: int = 12_000  # an SVG picture's nodes plus its edges' rank crossings (docs/playground.md)
     graph_value_max_elements: int = 100
     max_wall_seconds: float = 10.0
     # the cost model's budget (engine/cost.py, docs/limits.md): bytes a request may allocate over its life

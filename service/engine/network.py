@@ -10,6 +10,7 @@ so every recorded intermediate lies on the path to the loss and autograd fills i
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,6 +116,21 @@ def generate(spec: dict, shape: tuple[int, ...], rng: np.random.RandomState | No
     return np.asarray(values, dtype=np.float64)
 
 
+def norm_names(layers: list[dict]) -> list[tuple[str, str]]:
+    """(gamma, beta) names of each batchnorm layer, in order: `gamma<l>`/`beta<l>` for the first in block l (after
+    the l-th linear layer), `gamma<l>_2`/`beta<l>_2` for a second, as its output is `BN<l>_2`: each layer owns its
+    parameters, as each torch.nn.BatchNorm1d does."""
+    names, block, seen = [], 0, Counter()
+    for layer in layers:
+        if layer["type"] == "linear":
+            block += 1
+        elif layer["type"] == "batchnorm":
+            seen[block] += 1
+            suffix = f"{block}" if seen[block] == 1 else f"{block}_{seen[block]}"
+            names.append((f"gamma{suffix}", f"beta{suffix}"))
+    return names
+
+
 class DropoutStream:
     """One forward pass's draws from the model-wide `dropout_seed` stream, the keep masks a fresh
     RandomState(dropout_seed) gives in layer order, drawn once per request (seeding costs ~120 us, and numeric
@@ -166,6 +182,7 @@ class Network:
         self.loss = spec["loss"]
         self.l2 = spec.get("l2") or {"reg": 0.0, "form": "sum_sq", "include_biases": False}
         self.params: list[Param] = []
+        self.norm_names = norm_names(self.layers)
         self.check_wrt: tuple[str, ...] = ()
         # A seeded dropout layer's keep mask by (seed, shape, keep_prob): drawn once per request, not once per
         # forward pass (numeric differentiation runs hundreds); seeding a RandomState costs ~120 us, far more than
@@ -183,7 +200,7 @@ class Network:
         if len(x_shape) != 2:
             raise ShapeError(f"X must be a matrix (samples and features), got shape {list(x_shape)}")
         features = x_shape[1 - self.layout.samples_axis]
-        params, block = [], 0
+        params, block, norms = [], 0, iter(self.norm_names)
         for layer in self.layers:
             if layer["type"] == "linear":
                 block += 1
@@ -193,8 +210,9 @@ class Network:
                     params.append(Param(f"b{block}", self.layout.bias_shape(out), "bias"))
                 features = out
             elif layer["type"] == "batchnorm":
-                params.append(Param(f"gamma{block}", self.layout.norm_shape(features), "gamma"))
-                params.append(Param(f"beta{block}", self.layout.norm_shape(features), "beta"))
+                gamma, beta = next(norms)
+                params.append(Param(gamma, self.layout.norm_shape(features), "gamma"))
+                params.append(Param(beta, self.layout.norm_shape(features), "beta"))
         return params
 
     def shapes(self, given: dict[str, Shape]) -> dict[str, Shape]:
@@ -345,7 +363,7 @@ class Network:
         return data + l2
 
     def outputs(self, t: dict[str, torch.Tensor], record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        lay, h, block = self.layout, t["X"], 0
+        lay, h, block, norms = self.layout, t["X"], 0, iter(self.norm_names)
         seed = self.spec.get("dropout_seed")
         dropout_stream = DropoutStream(seed, self._stream_masks) if seed is not None else None
         names: dict[str, int] = {}
@@ -365,7 +383,8 @@ class Network:
                 if layer.get("activation"):
                     h = keep("A", self._activate(layer["activation"], h, layer))
             elif kind == "batchnorm":
-                h = keep("BN", self._batchnorm(h, t[f"gamma{block}"], t[f"beta{block}"], layer))
+                gamma, beta = next(norms)
+                h = keep("BN", self._batchnorm(h, t[gamma], t[beta], layer))
             elif kind == "dropout":
                 h = keep("D", h * self._dropout_mask(layer, h, dropout_stream))
             else:

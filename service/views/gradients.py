@@ -40,8 +40,10 @@ def gradients():
     cost.check_raw(body, current_app.config["LIMITS"])
     spec = gradient_request.load(body)
     picture = request.accept_mimetypes.best_match(["application/json", SVG]) == SVG  # docs/playground.md
-    if picture and "graph" not in spec["include"]:
-        spec["include"] = [*spec["include"], "graph"]
+    if picture:  # the graph is built for the picture, and `dot` is priced (engine/cost.py svg_bytes)
+        spec["picture"] = True
+        if "graph" not in spec["include"]:
+            spec["include"] = [*spec["include"], "graph"]
     with compute_timer(spec["model"]["kind"]):
         result = compute(spec, current_app.config["LIMITS"])
     if picture:
