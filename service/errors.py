@@ -45,6 +45,21 @@ class MalformedJSON(ServiceError):
     title = "Malformed JSON"
 
 
+class IncompleteBody(ServiceError):
+    """The body's framing broke: shorter than its Content-Length, or a malformed chunked encoding."""
+
+    slug = "incomplete-body"
+    title = "Incomplete Body"
+
+
+class BodyTimeout(ServiceError):
+    """The body did not arrive within the request's wall-time limit (a client that stalls, not a computation)."""
+
+    status = 408
+    slug = "body-timeout"
+    title = "Request Timeout"
+
+
 class DuplicateKey(MalformedJSON):
     """The same key twice in one object: which value was meant is a guess, so the request is refused."""
 

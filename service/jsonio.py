@@ -17,10 +17,11 @@ import numpy as np
 import orjson
 from flask import current_app, request
 from flask.json.provider import JSONProvider
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from .engine.deadline import DeadlineInterrupt
 from .engine.errors import LimitExceeded
-from .errors import DuplicateKey, MalformedJSON, NonFiniteInJSON, UnsupportedMediaType
+from .errors import BodyTimeout, DuplicateKey, IncompleteBody, MalformedJSON, NonFiniteInJSON, UnsupportedMediaType
 
 KEY_END = re.compile(rb'"[ \t\r\n]*:')
 UTF8 = ("utf-8", "utf8")
@@ -85,14 +86,30 @@ def read_body() -> bytes:
 
     With a Content-Length werkzeug refuses an over-long body itself. A chunked body has none: werkzeug then
     stops reading at the limit without a word, so the app reads one byte more from the server's
-    (de-chunking) stream and counts.
+    (de-chunking) stream and counts. A body that breaks off is a 400, never parsed: the server's stream returns
+    what arrived of a Content-Length body when the client closes early, and raises its own exceptions for a
+    malformed chunked encoding (gunicorn's InvalidChunkSize, NoMoreData, ...), which would be a 500. A body that
+    stalls until the request's deadline is a 408: the client's delay, not a computation over its time.
     """
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if request.content_length is not None or not request.environ.get("wsgi.input_terminated") or limit is None:
-        return request.get_data(cache=False)
-    data = request.environ["wsgi.input"].read(limit + 1)
-    if len(data) > limit:
-        raise RequestEntityTooLarge()
+    length = request.content_length
+    try:
+        if length is not None or not request.environ.get("wsgi.input_terminated") or limit is None:
+            data = request.get_data(cache=False)
+        else:
+            data = request.environ["wsgi.input"].read(limit + 1)
+            if len(data) > limit:
+                raise RequestEntityTooLarge()
+    except HTTPException:
+        raise
+    except DeadlineInterrupt as stop:
+        raise BodyTimeout(
+            f"The request body did not arrive within the wall-time limit ({stop.seconds:g} s); send it whole."
+        ) from None
+    except Exception as err:  # the server's stream, on the client's framing: any failure to read is the client's
+        raise IncompleteBody(f"The request body could not be read ({type(err).__name__}): send a valid body.") from None
+    if length is not None and len(data) < length:
+        raise IncompleteBody(f"The body ended after {len(data)} of the {length} bytes its Content-Length announced.")
     return data
 
 

@@ -30,13 +30,15 @@ ERROR_COMPONENTS = {
     503: "Unavailable",
 }
 ERROR_RESPONSES = {
-    "BadRequest": "Malformed JSON, or a body that violates the schema (`errors` names each field)",
+    "BadRequest": "Malformed JSON, a body that violates the schema (`errors` names each field), or a body that broke "
+    "off (shorter than its Content-Length, or a malformed chunked encoding)",
     "TooLarge": "The body or a tensor is over a limit (`limit` names it)",
     "UnsupportedMediaType": "The body is not application/json",
     "NotComputable": "Well-formed but not computable: shape mismatch, non-scalar output, unknown variable",
     "NotImplemented": "The asked-for representation needs a program this server lacks (image/svg+xml: Graphviz)",
     "Unavailable": "Not warmed up yet, or the wall-time limit cut the computation off",
     "Unauthorized": "Missing or wrong API key",
+    "RequestTimeout": "The body did not arrive within the wall-time limit (a client that stalls)",
     "NotFound": "No such path: every path the service answers is listed in this document",
     "MethodNotAllowed": "This path does not take the method used; `Allow` lists the methods it does",
 }
@@ -183,6 +185,8 @@ def build_spec(app: Flask) -> dict:
             # any path answers 405 to a method it lacks; 404 goes on no operation (no path takes a parameter)
             for op in operations.values():
                 op["responses"][405] = {"$ref": "#/components/responses/MethodNotAllowed"}
+                if "requestBody" in op:  # jsonio.read_body: a body that stalls until the deadline
+                    op["responses"][408] = {"$ref": "#/components/responses/RequestTimeout"}
             if keys and rule.rule.startswith("/v1/"):  # auth.py guards /v1/ only
                 for op in operations.values():
                     op["security"] = [{"apiKey": []}]
