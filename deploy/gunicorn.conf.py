@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
 import uuid
@@ -49,6 +48,8 @@ bind = [f"{os.environ.get('HOST', '127.0.0.1')}:{_int('PORT', 8000)}"]
 # torch's own intra-op threads are pinned by the app (TORCH_THREADS, default 1).  In a container
 # os.cpu_count() is the *host's* count, so the k8s/compose manifests set WEB_CONCURRENCY explicitly.
 workers = _int("WEB_CONCURRENCY", os.cpu_count() or 1)
+if workers < 1:  # gunicorn would listen with no worker to answer: every request would hang
+    raise SystemExit(f"gunicorn.conf.py: WEB_CONCURRENCY={workers} must be at least 1 (one worker per core)")
 worker_class = "sync"
 threads = 1
 
@@ -195,17 +196,28 @@ def _empty_multiproc_dir() -> None:
     would otherwise be summed into the new counters.  Runs when the master loads this file, before the
     preloaded app creates its metrics there (an on_starting hook would run after that).  Once per master:
     gunicorn loads this file again on every SIGHUP, while the master and the workers still write their files,
-    and emptying then dropped every counter to zero (the marker in the environment says this master did it)."""
+    and emptying then dropped every counter to zero (the marker in the environment says this master did it).
+    Only the service's own files go (prometheus_client's *.db, the compaction's lock and *.db.new): a directory
+    holding anything else is refused, not emptied (pointed at /tmp or a home directory, it deleted everything)."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path or os.environ.get(EMPTIED_BY) == str(os.getpid()):
         return
-    os.environ[EMPTIED_BY] = str(os.getpid())
     os.makedirs(path, exist_ok=True)
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
+    entries = list(os.scandir(path))
+    foreign = sorted(e.name for e in entries if not (e.is_file(follow_symlinks=False) and _metrics_file(e.name)))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise SystemExit(
+            f"gunicorn.conf.py: PROMETHEUS_MULTIPROC_DIR={path!r} holds files the service did not write ({shown}); "
+            "it is emptied at every start: give the metrics a directory of their own"
+        )
+    os.environ[EMPTIED_BY] = str(os.getpid())
+    for entry in entries:
+        os.unlink(entry.path)
+
+
+def _metrics_file(name: str) -> bool:
+    return name.endswith((".db", ".db.new")) or name == "compact.lock"
 
 
 _empty_multiproc_dir()

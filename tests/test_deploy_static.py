@@ -497,8 +497,9 @@ def test_gunicorn_is_known_to_this_gunicorn():
 
 def test_gunicorn_conf_manages_the_prometheus_dir(tmp_path):
     multiproc = tmp_path / "prom"
-    (multiproc / "stale").mkdir(parents=True)
-    (multiproc / "counter_123.db").write_text("x")
+    multiproc.mkdir()
+    for name in ("counter_123.db", "histogram_archive.db.new", "compact.lock"):  # a previous run's, all the service's
+        (multiproc / name).write_text("x")
     code = """
 import logging, os, runpy, types
 ns = runpy.run_path("deploy/gunicorn.conf.py")  # loading the config empties the dir
@@ -517,3 +518,32 @@ ns["child_exit"](server, types.SimpleNamespace(pid=123))
     )
     assert proc.returncode == 0, proc.stderr
     assert multiproc.is_dir() and list(multiproc.iterdir()) == []
+
+
+def _load_gunicorn_conf(env: dict) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in GUNICORN_ENV}
+    code = 'import runpy; runpy.run_path("deploy/gunicorn.conf.py")'
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, env={**clean, **env}
+    )
+
+
+def test_gunicorn_conf_refuses_a_prometheus_dir_holding_other_files(tmp_path):
+    """It empties the directory at every start: pointed at /tmp or a home directory, it deleted everything there."""
+    (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "subdir").mkdir()
+    (tmp_path / "subdir" / "file").write_text("keep me too")
+    (tmp_path / "counter_1.db").write_text("x")
+    proc = _load_gunicorn_conf({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert proc.returncode != 0
+    assert "holds files the service did not write (notes.txt, subdir)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_1.db", "notes.txt", "subdir"]
+    assert (tmp_path / "subdir" / "file").read_text() == "keep me too"
+
+
+def test_gunicorn_conf_refuses_zero_workers():
+    """gunicorn would listen with no worker: every request hung."""
+    proc = _load_gunicorn_conf({"WEB_CONCURRENCY": "0"})
+    assert proc.returncode != 0
+    assert "WEB_CONCURRENCY=0 must be at least 1" in proc.stderr and "Traceback" not in proc.stderr
