@@ -80,6 +80,8 @@ LABEL org.opencontainers.image.title="gradsvc" \
 # HOST/PORT are read by deploy/gunicorn.conf.py.  WEB_CONCURRENCY is fixed here because os.cpu_count()
 # in a container is the host's count; each worker holds its own torch (hundreds of MB).
 # TORCH_THREADS=1: one intra-op thread per worker, the workers are the parallelism.
+# MAX_WORKER_RSS_MB=512: 2 workers x (512 + MAX_REQUEST_BYTES 256 MiB) + the master fit a 2 GiB container
+# (`docker run -m 2g`; the app's own default, 768, needs 2.3 GiB: docs/operate.md "Sizing a course").
 # (FROM scratch inherits no ENV: PATH and LANG are the base image's values.)
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8 \
@@ -89,6 +91,7 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     HOST=0.0.0.0 \
     PORT=8000 \
     WEB_CONCURRENCY=2 \
+    MAX_WORKER_RSS_MB=512 \
     TORCH_THREADS=1 \
     OMP_NUM_THREADS=1 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus

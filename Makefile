@@ -37,7 +37,7 @@ lint: install  ## ruff: lint rules and formatting (configured in pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-bench: install  ## service vs bare Flask vs a naive handler under the deploy config (~8 min); BENCH_ARGS=--quick for ~1 min
+bench: install  ## service vs bare Flask vs a naive handler under the deploy config (~8 min); BENCH_ARGS=--quick for ~2-3 min
 	$(PY) -m bench $(BENCH_ARGS)
 
 gateway: install  ## nginx gateway on 127.0.0.1:$(GATEWAY_PORT) -> $(HOST):$(PORT), foreground

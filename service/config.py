@@ -114,5 +114,6 @@ class Config:
     WARM_UP = os.environ.get("WARM_UP", "1") != "0"
     LOG_LEVEL = as_log_level("LOG_LEVEL", "INFO")
     # a worker still over this RSS after a request (and after giving memory back) exits and gunicorn starts a
-    # fresh one; 768 MiB fits the deploy's 2 GiB pod: two workers plus the master, with headroom for one request
+    # fresh one. 768 MiB suits a host without a memory limit; the image and the manifests set 512 so that 2 workers,
+    # each with one request's budget on top, and the master fit 2 GiB (docs/operate.md, "Sizing a course")
     MAX_WORKER_RSS_MB = as_float("MAX_WORKER_RSS_MB", 768)

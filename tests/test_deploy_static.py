@@ -212,6 +212,14 @@ def test_memory_limits_hold_every_worker_at_its_peak():
     assert memory_needed_mib(app["environment"]) + tmpfs <= limit, (memory_needed_mib(app["environment"]), limit)
 
 
+def test_the_image_defaults_fit_a_2_gib_container():
+    """`docker run -m 2g` with the image's own environment: WEB_CONCURRENCY=2 and the app's MAX_WORKER_RSS_MB
+    default of 768 needed 2304 MiB; the image sets 512."""
+    env = dict(re.findall(r"\b([A-Z_]+)=(\S+?)(?=\s|\\|$)", (ROOT / "Dockerfile").read_text().split("\nENV PATH=")[1]))
+    env.setdefault("MAX_REQUEST_BYTES", str(256 * 2**20))  # the app's default
+    assert memory_needed_mib(env) <= 2048, memory_needed_mib(env)
+
+
 # --- compose ------------------------------------------------------------------------------------------
 
 
