@@ -293,8 +293,13 @@ class Ledger:
         self.spellings: dict[str, str] = {}  # a submitted intermediate's key -> canonical_text(key), or the key
 
     def charge(self, estimate: cost.Estimate, limits: Limits, hint: str | None = None) -> None:
-        """Add `estimate`, or raise LimitExceeded when the budget cannot take it (the caller decides what then)."""
-        estimate.require(limits, spent=self.total, hint=hint)
+        """Add `estimate`, or raise LimitExceeded when the budget cannot take it (the caller decides what then); its
+        breakdown counts what the ledger holds already, so that it adds up to the estimate (a 413's `limit`)."""
+        try:
+            estimate.require(limits, spent=self.total, hint=hint)
+        except LimitExceeded as err:
+            err.breakdown = {"charged already": self.total, **(err.breakdown or {})}
+            raise
         self.total += estimate.total
 
     def spend(self, nbytes: int) -> None:
