@@ -185,6 +185,8 @@ def _grade_problem(
             refuse_clamped=True,
         )
         result = grader.run()
+        if grader.refused is not None:  # an author's intermediate key the budget left no room to read: the 413
+            raise grader.refused
     except (DeadlineExceeded, LimitExceeded):
         raise  # the request's wall time or budget, not the problem file
     except UngradableReference as err:  # never graded as the student's: a NaN answer would "match" a NaN, and a

@@ -3,6 +3,7 @@ legitimate work still passes, and the 500s found with hostile input are answers 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -1056,5 +1057,100 @@ def test_live_batch_of_refused_formulas_ends_within_its_price(live_server):
     assert all("is too large: this request would allocate" in m for m in messages[1:])
     assert sum("charged already" in m for m in messages) > 25
     assert max(map(charged_already, [m for m in messages if "charged already" in m])) < 2 * 256
+    neuron = requests.post(url + "/v1/gradients", data=orjson.dumps(TUTORIAL_NEURON), headers=headers, timeout=10)
+    assert round(neuron.json()["gradients"]["w"], 4) == 6.6918
+
+
+# --- an intermediate's key is read as a formula at a price (audit 6a F1) --------------------------------------------
+
+
+def sum_key(n: int) -> str:
+    """A ~190-character sum of 29 products, no intermediate's spelling (audit 6a's 200-character keys)."""
+    return plus([f"x*{n}"] + [f"x*{k}" for k in range(2, 30)])
+
+
+def key_jobs(jobs: int, keys: int = 128, same: bool = False) -> dict:
+    """Audit 6a's I3 files: `jobs` check jobs of sin(x), each answering `keys` intermediates under such keys (the
+    same ones in every job if `same`, else distinct across the batch)."""
+    check = {"model": {"kind": "expression", "formula": "sin(x)"}, "inputs": {"x": 0.5}}
+    answers = [{sum_key(k if same else j * keys + k): 0.0 for k in range(keys)} for j in range(jobs)]
+    return {"jobs": [{"check": {**check, "submission": {"intermediates": a}}} for a in answers]}
+
+
+def test_intermediate_keys_are_parsed_at_a_price_until_the_budget_refuses(client, monkeypatch):
+    """Audit 6a F1: each key that is not an intermediate's name was parsed and unparsed (~0.9 ms a 200-character
+    key) at a check's price: 50 jobs of 128 distinct keys took 5.8 s, three at once 503s. Each parse is charged first
+    now; once the budget cannot take one, the key is a failed check that says so, not parsed."""
+    parsed = counting(monkeypatch, check_module, "canonical_text")
+    response = post(client, "/v1/batch", key_jobs(20))
+    assert response.status_code == 200, response.data[:300]
+    checks = [c for r in response.json["results"] for c in r["checks"]]
+    refused = [c for c in checks if "over the budget: this request would allocate" in c["message"]]
+    assert len(checks) == 20 * 128 and not any(c["passed"] for c in checks)
+    assert refused and len(parsed) + len(refused) == len(checks)  # each key parsed once, or refused unparsed
+    price = cost.intermediate_key_estimate(sum_key(0)).total
+    assert price == cost.INTERMEDIATE_KEY_BYTES + len(sum_key(0)) * cost.INTERMEDIATE_KEY_CHAR_BYTES
+    assert len(parsed) * price <= LIMITS.max_request_bytes - cost.checks_bytes(len(checks), 1)
+    read = next(c["message"] for c in checks if c not in refused)
+    assert read.endswith("to grade; known: sin(x)")  # as before: no intermediate of that name
+
+
+def test_a_classs_repeated_keys_are_parsed_once_per_request(client, monkeypatch):
+    """Audit 6a's samekeys file: the same 128 keys in 50 jobs were parsed 6,400 times; once per request now."""
+    parsed = counting(monkeypatch, check_module, "canonical_text")
+    response = post(client, "/v1/batch", key_jobs(20, same=True))
+    assert response.status_code == 200, response.data[:300]
+    messages = [c["message"] for r in response.json["results"] for c in r["checks"]]
+    assert len(messages) == 20 * 128 and not any("over the budget" in m for m in messages)
+    assert len(parsed) == 128
+
+
+def test_a_key_that_cannot_name_an_intermediate_is_not_parsed(monkeypatch):
+    """Sound cheap refusals, before any charge: the references of x have no intermediates to name; a key longer than
+    a formula may be (max_formula_length, 20 here) is no formula. Each is a failed check, as when parsed."""
+    short = type("ShortFormulas", (TestConfig,), {"LIMITS": dataclasses.replace(LIMITS, max_formula_length=20)})
+    client = create_app(short).test_client()
+    parsed = counting(monkeypatch, check_module, "canonical_text")
+
+    def check(formula: str, key: str) -> str:
+        body = {"model": {"kind": "expression", "formula": formula}, "inputs": {"x": 0.5}}
+        response = post(client, "/v1/check", {**body, "submission": {"intermediates": {key: 0.0}}})
+        assert response.status_code == 200, response.data[:300]
+        return response.json["checks"][0]["message"]
+
+    for formula, key in (("x", "x ** 1"), ("sin(x)", "(" * 10 + "x" + ")" * 10)):
+        assert check(formula, key).startswith(f"intermediates.{key}: there is no intermediate named")
+    assert parsed == []
+    assert check("sin(x)", "(x)").startswith("intermediates.(x): there is no intermediate named") and len(parsed) == 1
+
+
+def test_a_problem_files_intermediate_keys_over_the_budget_are_its_413(client, monkeypatch):
+    """A problem file's keys are its author's: one the budget leaves no room to read is the request's 413 (before:
+    2,000 keys parsed in 2.7 s, then a 422 blaming the file for intermediates it might have named)."""
+    parsed = counting(monkeypatch, check_module, "canonical_text")
+    model = {"model": {"kind": "expression", "formula": "sin(x)"}, "inputs": {"x": 0.5}}
+    problems = [
+        {"key": f"p{p}", **model, "checks": {f"intermediates.{sum_key(100 * p + k)}": {} for k in range(100)}}
+        for p in range(20)
+    ]
+    refused = assert_budget_413(post(client, "/v1/grade", {"problem": {"problems": problems}, "answers": {}}))
+    prices = {cost.intermediate_key_estimate(sum_key(n)).total for n in range(2000)}
+    assert set(refused["limit"]["breakdown"]) == {"charged already", "intermediate keys"}
+    assert refused["limit"]["breakdown"]["intermediate keys"] in prices
+    assert refused["hint"] == cost.HINTS["intermediate keys"]
+    assert 0 < len(parsed) < 2000
+
+
+@pytest.mark.live
+def test_live_batch_of_unknown_intermediate_keys_ends_within_its_price(live_server):
+    """Audit 6a's I3_batch50x128_flat200_distinct file against gunicorn (5.8 s alone, 503s three at once): a 200 whose
+    keys past the budget are failed checks that say so, then the tutorial neuron, right."""
+    url, headers = live_server.url, {"Content-Type": "application/json"}
+    response = requests.post(url + "/v1/batch", data=orjson.dumps(key_jobs(50)), headers=headers, timeout=60)
+    assert response.status_code == 200, response.text[:300]
+    messages = [c["message"] for r in response.json()["results"] for c in r["checks"]]
+    refused = [m for m in messages if "over the budget: this request would allocate" in m]
+    price = cost.intermediate_key_estimate(sum_key(0)).total
+    assert len(messages) == 50 * 128 and len(messages) - len(refused) <= LIMITS.max_request_bytes // price
     neuron = requests.post(url + "/v1/gradients", data=orjson.dumps(TUTORIAL_NEURON), headers=headers, timeout=10)
     assert round(neuron.json()["gradients"]["w"], 4) == 6.6918

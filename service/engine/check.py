@@ -215,6 +215,21 @@ class Problem:
         self._walks: dict[str, list[cost.Pass] | LimitExceeded] = {}  # formula source -> cost.formula_walk()
         self._diagnosis: cost.Estimate | None = None
 
+    def intermediate_name(self, key: str, ledger: Ledger) -> str:
+        """The name the references give the intermediate `key` spells: `key` itself, else its canonical text
+        ("x**2" for sin(x**2)'s "x ** 2"); an unparsable key stays as sent (the check says no such intermediate).
+        Parsed once per request (a class's answers in a batch repeat their keys: Ledger.spellings), charged to
+        `ledger` first: refused (LimitExceeded), it is not parsed. A key that cannot name one is not parsed: longer
+        than a formula may be (canonical_text would refuse it), or the references have no intermediates."""
+        names = self.refs[0]["intermediates"]
+        if key in names or not names or len(key) > self.limits.max_formula_length:
+            return key
+        text = ledger.spellings.get(key)
+        if text is None:
+            ledger.charge(cost.intermediate_key_estimate(key), self.limits)
+            text = ledger.spellings[key] = canonical_text(key, self.limits) or key
+        return text
+
     def formula_passes(self, formula, ledger: Ledger) -> list[cost.Pass]:
         """cost.formula_walk() of a submitted formula over the shape groups, walked once per formula (128 checks
         of one formula: one walk), its walk charged to `ledger` first: refused (LimitExceeded), it is not walked;
@@ -270,14 +285,21 @@ class Ledger:
     or jobs (a batch's), reserved before any is graded, then what grading the answers adds (submitted formulas,
     diagnosed mistakes) and what estimating them cost (charged whether or not what it estimated then fits). Its
     graders share it, so a student's formulas in one job or problem are charged against what the others left, never
-    against a fresh budget, and never against what the others reserved."""
+    against a fresh budget, and never against what the others reserved. It keeps what that work found that
+    the answers share: `spellings`, each intermediate's key read as a formula once (Problem.intermediate_name)."""
 
     def __init__(self, total: int = 0) -> None:
         self.total = total
+        self.spellings: dict[str, str] = {}  # a submitted intermediate's key -> canonical_text(key), or the key
 
     def charge(self, estimate: cost.Estimate, limits: Limits, hint: str | None = None) -> None:
-        """Add `estimate`, or raise LimitExceeded when the budget cannot take it (the caller decides what then)."""
-        estimate.require(limits, spent=self.total, hint=hint)
+        """Add `estimate`, or raise LimitExceeded when the budget cannot take it (the caller decides what then); its
+        breakdown counts what the ledger holds already, so that it adds up to the estimate (a 413's `limit`)."""
+        try:
+            estimate.require(limits, spent=self.total, hint=hint)
+        except LimitExceeded as err:
+            err.breakdown = {"charged already": self.total, **(err.breakdown or {})}
+            raise
         self.total += estimate.total
 
     def spend(self, nbytes: int) -> None:
@@ -346,7 +368,7 @@ class Grader:
         self.ledger = ledger
         self.warnings = list(problem.warnings)
         self.misnamed: list[str] = []  # checks naming nothing the model has (a problem file's error)
-        self._spellings: dict[str, str] = {}  # a submitted intermediate's key -> its name in the references
+        self.refused: LimitExceeded | None = None  # the first intermediate's key the budget left no room to parse
         self.places = places or {}
         self.refuse_clamped = refuse_clamped
 
@@ -360,22 +382,15 @@ class Grader:
         return f"intermediate {key}"
 
     def expected(self, name: str, i: int) -> torch.Tensor | None:
+        """The reference the check `name` compares with at point `i`, or None: nothing of that name. LimitExceeded:
+        an intermediate's key the request's budget left no room to read (Problem.intermediate_name)."""
         section, _, key = name.partition(".")
         ref = self.refs[i]
         if section == "loss":
             return ref["loss"]
         if section == "intermediates":
-            return ref["intermediates"].get(self._intermediate_name(key))
+            return ref["intermediates"].get(self.problem.intermediate_name(key, self.ledger))
         return ref["gradients"].get(key)
-
-    def _intermediate_name(self, key: str) -> str:
-        """The name the references give the intermediate `key` spells: `key` itself, else its canonical text
-        ("x**2" for sin(x**2)'s "x ** 2"); an unparsable key stays as sent (the check says no such intermediate)."""
-        if key in self.refs[0]["intermediates"]:
-            return key
-        if key not in self._spellings:
-            self._spellings[key] = canonical_text(key, self.limits) or key
-        return self._spellings[key]
 
     def run(self) -> dict:
         return self.finish(self.grade_checks())
@@ -452,12 +467,20 @@ class Grader:
         mode = feedback.mode(options, self.request)
         if mode != feedback.DEFAULT:  # the default's results stay as they were, byte for byte
             result["feedback"] = mode
-        expected = [self.expected(name, i) for i in range(len(self.points))]
+        refused = None
+        try:
+            expected = [self.expected(name, i) for i in range(len(self.points))]
+        except LimitExceeded as err:  # an intermediate's key the budget left no room to parse: not parsed
+            expected, refused = [None], err
         if any(e is None for e in expected):
-            self.misnamed.append(name)
             known = self._known(section)
             what = section[:-1] if section != "loss" else "loss"
             result["message"] = f"{name}: there is no {what} named {key!r} to grade; known: {known}"
+            if refused is None:
+                self.misnamed.append(name)
+            else:  # maybe another spelling of one: the budget is the reason it was not read
+                result["message"] += f"; not read as another spelling of one, over the budget: {refused.detail}"
+                self.refused = self.refused or refused
             return result
         self._require_finite(name, result["title"], expected)
         if self.refuse_clamped and section != "intermediates":

@@ -55,6 +55,13 @@ FORMULA_BYTES = 128 * MICROSECOND_BYTES
 # sets of different shapes, where walking its tree was 2.8 ms a set; a 64-layer network 72 µs a set): 1 µs. Charged
 # before the walk and kept whether or not the estimate it computes then fits (formula_walk, network_walk).
 WALK_NODE_BYTES = 1 * MICROSECOND_BYTES
+# A submitted intermediate's key that is not one of the references' names, parsed and unparsed to the text they are
+# named by (formula.canonical_text: "x**2" is sin(x**2)'s "x ** 2"), charged before it is parsed. Measured in-process
+# (best of 5): 17-30 µs for a 1-3 character key, ~6-7 µs a character up to ~50 characters (a chain of 45 x+x: 0.5 ms,
+# 46 signs: 0.32 ms), 3-5 µs a character above (a 200-character sum of products: 0.93 ms, a 797-character balanced
+# product: 2.4 ms): 16 µs, plus 8 µs a character. A class's keys are parsed once per problem (Problem.spellings).
+INTERMEDIATE_KEY_BYTES = 16 * MICROSECOND_BYTES
+INTERMEDIATE_KEY_CHAR_BYTES = 8 * MICROSECOND_BYTES
 # One autograd graph node in a response, apart from its numbers: its dict, its JSON (op, label, shape; a formula's
 # label is its subexpression's text), its ~2 edges and its DOT line.
 GRAPH_NODE_BYTES = 1024
@@ -420,6 +427,7 @@ HINTS = {
     "jvp": "send fewer or smaller `tangents`, or use smaller inputs",
     "diagnosis": "grade fewer points",
     "checks": "list fewer `checks`, or grade at fewer points",
+    "intermediate keys": "name intermediates as the references do (a failed check lists them), or send fewer",
 }
 
 
@@ -746,6 +754,13 @@ def formula_parse_bytes(formula) -> int:
     """A parsed formula's own cost apart from its walk and its ops: FORMULA_BYTES, and OP_BYTES a node (None: the
     least any formula costs, one node)."""
     return FORMULA_BYTES + (1 if formula is None else formula.node_count) * OP_BYTES
+
+
+def intermediate_key_estimate(key: str) -> Estimate:
+    """What reading a submitted intermediate's `key` as a formula costs (canonical_text): charged before it runs."""
+    estimate = Estimate()
+    estimate.add("intermediate keys", INTERMEDIATE_KEY_BYTES + len(key) * INTERMEDIATE_KEY_CHAR_BYTES)
+    return estimate
 
 
 def formula_walk(formula, groups: list[tuple[dict[str, Shape], int]], limits: Limits) -> list[Pass]:
