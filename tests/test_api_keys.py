@@ -9,9 +9,8 @@ import time
 import pytest
 import requests
 
-from service import auth, create_app
-
 from conftest import GunicornServer, TestConfig, json_log_lines
+from service import auth, create_app
 
 
 def bearer(key: str) -> dict:

@@ -5,11 +5,12 @@
 
 Settings, each overriding the one before: render()'s defaults, or the preset of `--compose` / `--k8s`
 (`--k8s` takes MAX_WALL_SECONDS and MAX_BODY_BYTES from deploy/k8s/configmap.yaml); then the app's own
-MAX_WALL_SECONDS and MAX_BODY_BYTES from the environment, from which the read timeout (max(30 s, MAX_WALL_SECONDS
-+ 10 s)) and the body limit (= MAX_BODY_BYTES) follow; then the gateway's environment (GATEWAY_HOST, GATEWAY_PORT, GATEWAY_UPSTREAMS, GATEWAY_RATE, GATEWAY_BURST,
-GATEWAY_MAX_BODY_BYTES, GATEWAY_PREFIX, GATEWAY_READ_TIMEOUT, GATEWAY_WORKER_CONNECTIONS,
-GATEWAY_CONN_PER_CLIENT, GATEWAY_LARGE_BODIES, GATEWAY_REAL_IP_FROM); then the options.  A read timeout below
-MAX_WALL_SECONDS (the app's default 10 s when unset) is refused: nginx would answer 504 while the work goes on.  `--compose` and
+MAX_WALL_SECONDS and MAX_BODY_BYTES from the environment, from which the read timeout (max(30 s,
+MAX_WALL_SECONDS + 10 s)) and the body limit (= MAX_BODY_BYTES) follow; then the gateway's environment
+(GATEWAY_HOST, GATEWAY_PORT, GATEWAY_UPSTREAMS, GATEWAY_RATE, GATEWAY_BURST, GATEWAY_MAX_BODY_BYTES,
+GATEWAY_PREFIX, GATEWAY_READ_TIMEOUT, GATEWAY_WORKER_CONNECTIONS, GATEWAY_CONN_PER_CLIENT,
+GATEWAY_LARGE_BODIES, GATEWAY_REAL_IP_FROM); then the options.  A read timeout below MAX_WALL_SECONDS (the
+app's default 10 s when unset) is refused: nginx would answer 504 while the work goes on.  `--compose` and
 `--k8s` rewrite the committed copies for deploy/compose.yaml and deploy/k8s/ (tests check both equal a fresh
 render with no GATEWAY_* set); with `-o FILE` (or `-o -`) they write there instead.
 Tests import render() directly.  Standard library only.
