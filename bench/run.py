@@ -112,8 +112,7 @@ def samples(servers: dict, sizes: list[int], rounds: int) -> dict:
             log(
                 f"  round {r + 1} n={n:<8} "
                 + "  ".join(
-                    f"{lbl.split(',')[0]}/{lbl.split(' ')[-1]} {out[lbl][n][-1] * 1000:8.1f} ms"
-                    for lbl, _, _ in SAMPLE_VARIANTS
+                    f"{srv}/{rd:<5} {out[lbl][n][-1] * 1000:8.1f} ms" for lbl, srv, rd in SAMPLE_VARIANTS
                 )
             )
     return out
