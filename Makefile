@@ -4,6 +4,9 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 GATEWAY_PORT ?= 8080
+GATEWAY_DIR  ?= .run/nginx
+# `make run` sums metrics over its workers (without it each /metrics scrape shows one worker's counters)
+PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/.run/prometheus
 export HOST PORT
 # The first of these interpreters whose version pyproject.toml's requires-python (">=A.B,<C.D") admits.
 PYTHON_CANDIDATES ?= python3.11 python3.12 python3.13 python3
@@ -24,8 +27,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-run: install  ## serve in the foreground on $HOST:$PORT
-	$(VENV)/bin/gunicorn -c deploy/gunicorn.conf.py service.wsgi:app
+run: install  ## serve in the foreground on $HOST:$PORT (behind make gateway: TRUSTED_PROXY_HOPS=1)
+	mkdir -p $(PROMETHEUS_MULTIPROC_DIR)
+	PROMETHEUS_MULTIPROC_DIR=$(PROMETHEUS_MULTIPROC_DIR) \
+	  $(VENV)/bin/gunicorn -c deploy/gunicorn.conf.py service.wsgi:app
 
 test: install  ## the whole suite, as CI runs it
 	$(VENV)/bin/pytest
@@ -40,9 +45,12 @@ lint: install  ## ruff: lint rules and formatting (configured in pyproject.toml)
 bench: install  ## service vs bare Flask vs a naive handler under the deploy config (~8 min); BENCH_ARGS=--quick for ~2-3 min
 	$(PY) -m bench $(BENCH_ARGS)
 
-gateway: install  ## nginx gateway on 127.0.0.1:$(GATEWAY_PORT) -> $(HOST):$(PORT), foreground
-	GATEWAY_PORT=$(GATEWAY_PORT) GATEWAY_UPSTREAMS=$(HOST):$(PORT) $(PY) deploy/nginx/render.py --prefix-dir .run/nginx/
-	nginx -p $(CURDIR)/.run/nginx/ -c $(CURDIR)/.run/nginx/nginx.conf -e stderr -g 'daemon off;'
+gateway: install  ## nginx on 127.0.0.1:$(GATEWAY_PORT) -> $(HOST):$(PORT), foreground (app: TRUSTED_PROXY_HOPS=1)
+	GATEWAY_PORT=$(GATEWAY_PORT) GATEWAY_UPSTREAMS=$(HOST):$(PORT) \
+	  $(PY) deploy/nginx/render.py --prefix-dir $(GATEWAY_DIR)/
+	@echo "make gateway: API at http://127.0.0.1:$(GATEWAY_PORT)/grad/ -> $(HOST):$(PORT); run the app with" \
+	  "'make run TRUSTED_PROXY_HOPS=1', or it sees every client as 127.0.0.1 and its OpenAPI servers as /" >&2
+	nginx -p $(abspath $(GATEWAY_DIR))/ -c $(abspath $(GATEWAY_DIR))/nginx.conf -e stderr -g 'daemon off;'
 
 image-base:  ## local stand-in for python:3.11-slim (debootstrap + podman import; cached)
 	scripts/build-base-image.sh

@@ -111,10 +111,7 @@ def samples(servers: dict, sizes: list[int], rounds: int) -> dict:
                 out[label][n].append(median(times))
             log(
                 f"  round {r + 1} n={n:<8} "
-                + "  ".join(
-                    f"{lbl.split(',')[0]}/{lbl.split(' ')[-1]} {out[lbl][n][-1] * 1000:8.1f} ms"
-                    for lbl, _, _ in SAMPLE_VARIANTS
-                )
+                + "  ".join(f"{srv}/{rd:<5} {out[lbl][n][-1] * 1000:8.1f} ms" for lbl, srv, rd in SAMPLE_VARIANTS)
             )
     return out
 

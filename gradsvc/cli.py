@@ -207,9 +207,21 @@ def print_refusal(message: str, err: ClientError) -> None:
         print(json.dumps(err.problem["errors"], indent=2), file=sys.stderr)
 
 
+def as_in_the_file(problem, messages):
+    """Field errors named as the file has them: a one-problem file is loaded as `problems: [it]`, so its errors
+    come back under problems -> 0, a path that is not in the file."""
+    single = isinstance(problem, dict) and "problems" not in problem
+    if single and isinstance(messages, dict) and set(messages) == {"problems"}:
+        inner = messages["problems"]
+        if isinstance(inner, dict) and len(inner) == 1 and str(next(iter(inner))) == "0":
+            return next(iter(inner.values()))
+    return messages
+
+
 def lint_problem(args, client: Client) -> int:
     """`gradsvc problem lint`: 0 valid, 1 invalid (each error printed), 2 unreadable, 3 the service could not check
-    it (unavailable, or it refused the request: a wrong API key or URL), 4 server error."""
+    it (unavailable, or it refused the request: a wrong API key or URL), 4 server error.  Says "ok" on stdout
+    only when every step passed (the local schema check, then the service computing every problem)."""
     try:
         problem = grading.read_problem_file(args.file)
     except grading.ProblemFileError as err:
@@ -221,16 +233,18 @@ def lint_problem(args, client: Client) -> int:
         from schemas.problems import ProblemFileSchema
     except ImportError:  # a vendored client without the schemas: the service still validates
         print("gradsvc: schema check skipped (install the gradsvc package for it)", file=sys.stderr)
+        summary = "schema not checked here"
     else:
         try:
             loaded = ProblemFileSchema().load(problem)
         except ValidationError as err:
             print(f"{args.file}: invalid problem file", file=sys.stderr)
-            print(json.dumps(err.messages, indent=2), file=sys.stderr)
+            print(json.dumps(as_in_the_file(problem, err.messages), indent=2), file=sys.stderr)
             return INVALID_PROBLEM
         n_checks = sum(len(p["checks"]) for p in loaded["problems"])
-        print(f"{args.file}: schema ok ({len(loaded['problems'])} problem(s), {n_checks} check(s))")
+        summary = f"schema ok, {len(loaded['problems'])} problem(s), {n_checks} check(s)"
     if args.offline:
+        print(f"{args.file}: {summary} (--offline: nothing computed)")
         return OK
     try:
         result = client.grade({"problem": problem, "answers": {}}, platform="json")
@@ -244,7 +258,11 @@ def lint_problem(args, client: Client) -> int:
         errors = err.problem.get("errors")
         about_the_file = str(err.problem.get("type", "")).endswith("/invalid-problem") or err.status == 413
         if about_the_file or (isinstance(errors, dict) and set(errors) == {"problem"}):
-            print_refusal(f"{args.file}: {err.problem.get('detail', err)}", err)
+            print(f"{args.file}: {err.problem.get('detail', err)}", file=sys.stderr)
+            if isinstance(errors, dict) and set(errors) == {"problem"}:
+                print(json.dumps(as_in_the_file(problem, errors["problem"]), indent=2), file=sys.stderr)
+            elif errors:
+                print(json.dumps(errors, indent=2), file=sys.stderr)
             return INVALID_PROBLEM
         # 401/403 (API key), 404 (URL): the file may well be valid; the service could not say
         print_refusal(f"gradsvc: {client.url} refused the request, the file was not checked: {err}", err)
@@ -252,6 +270,7 @@ def lint_problem(args, client: Client) -> int:
     except RequestError as err:
         print(f"gradsvc: {args.file}: {err}", file=sys.stderr)
         return USAGE
+    print(f"{args.file}: ok ({summary}; every problem computed on {client.url})")
     for p in result["problems"]:
-        print(f"  {p['key']}: {len(p['checks'])} check(s), {p['max_score']:g} points; computed on {client.url}")
+        print(f"  {p['key']}: {len(p['checks'])} check(s), {p['max_score']:g} points")
     return OK

@@ -5,6 +5,7 @@ and a ServiceMonitor (a CRD, checked against a vendored minimal schema: kubernet
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,23 +60,100 @@ def by_kind(name: str) -> dict:
 def test_k8s_gateway_conf_is_rendered_from_the_template():
     render = load_render()
     assert render.K8S_CONF == K8S / "gateway" / "nginx.conf"
-    assert render.K8S_CONF.read_text() == render.render(**render.K8S_SETTINGS), (
+    assert render.K8S_CONF.read_text() == render.render(**render.K8S_SETTINGS, **render.k8s_app_settings()), (
         "run: python deploy/nginx/render.py --k8s"
     )
 
 
-def render_k8s(*options: str, **env: str) -> str:
-    """`render.py --k8s -o - OPTIONS` with only these GATEWAY_* variables in the environment."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    proc = subprocess.run(
-        [sys.executable, str(DEPLOY / "nginx" / "render.py"), "--k8s", "-o", "-", *options],
+APP_SETTINGS = ("MAX_WALL_SECONDS", "MAX_BODY_BYTES")
+
+
+def run_render(*options: str, **env: str) -> subprocess.CompletedProcess:
+    """`render.py -o - OPTIONS` with only these GATEWAY_* / MAX_WALL_SECONDS / MAX_BODY_BYTES in the environment."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") and k not in APP_SETTINGS}
+    return subprocess.run(
+        [sys.executable, str(DEPLOY / "nginx" / "render.py"), "-o", "-", *options],
         env={**clean, **env},
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def render_k8s(*options: str, **env: str) -> str:
+    proc = run_render("--k8s", *options, **env)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def directive(text: str, name: str) -> str:
+    (value,) = re.findall(rf"^\s*{name}\s+(\S+);", text, re.M)
+    return value
+
+
+def test_gateway_defaults_follow_the_apps_deadline_and_body_limit(tmp_path):
+    """A course raising MAX_WALL_SECONDS above 30 s got the gateway's 504 while the work went on (and the client's
+    retry ran it again); the body limit followed only the app's default."""
+    default = run_render()
+    assert default.returncode == 0, default.stderr
+    assert directive(default.stdout, "proxy_read_timeout") == "30s"
+    assert directive(default.stdout, "client_max_body_size") == "33554432"
+
+    raised = run_render(MAX_WALL_SECONDS="45", MAX_BODY_BYTES="1000")
+    assert raised.returncode == 0, raised.stderr
+    assert directive(raised.stdout, "proxy_read_timeout") == "55s"  # MAX_WALL_SECONDS + 10 s
+    assert directive(raised.stdout, "client_max_body_size") == "1000"
+    assert '"limit":{"name":"max_body_bytes","value":1000}' in raised.stdout  # the gateway's 413 problem says so
+    (tmp_path / "logs").mkdir()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(raised.stdout)
+    checked = nginx_t(conf, tmp_path)
+    assert checked.returncode == 0, checked.stderr
+
+    explicit = run_render(
+        MAX_WALL_SECONDS="45", MAX_BODY_BYTES="1000", GATEWAY_READ_TIMEOUT="2m", GATEWAY_MAX_BODY_BYTES="500"
+    )
+    assert directive(explicit.stdout, "proxy_read_timeout") == "2m"
+    assert directive(explicit.stdout, "client_max_body_size") == "500"
+    assert directive(run_render(MAX_WALL_SECONDS="2.5").stdout, "proxy_read_timeout") == "30s"  # never below 30 s
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MAX_WALL_SECONDS": "45", "GATEWAY_READ_TIMEOUT": "40s"}, "read timeout 40s (GATEWAY_READ_TIMEOUT"),
+        ({"GATEWAY_READ_TIMEOUT": "5000ms"}, "is below MAX_WALL_SECONDS=10"),  # unset: the app's default deadline
+        ({"MAX_WALL_SECONDS": "ten"}, "MAX_WALL_SECONDS='ten' is not a number"),
+        ({"MAX_BODY_BYTES": "32MB"}, "MAX_BODY_BYTES='32MB' must be a positive integer"),
+    ],
+)
+def test_render_refuses_a_read_timeout_below_the_deadline_in_one_line(env, message):
+    proc = run_render(**env)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1 and message in proc.stderr, proc.stderr
+
+
+def test_k8s_render_takes_the_apps_settings_from_its_configmap(tmp_path):
+    render = load_render()
+    configmap = tmp_path / "configmap.yaml"
+    configmap.write_text(
+        (K8S / "configmap.yaml").read_text().replace('MAX_WALL_SECONDS: "10"', 'MAX_WALL_SECONDS: "90"')
+    )
+    assert render.k8s_app_settings(configmap) == {"max_wall_seconds": 90.0, "max_body_bytes": 33554432}
+    text = render.render(**render.K8S_SETTINGS, **render.k8s_app_settings(configmap))
+    assert directive(text, "proxy_read_timeout") == "100s"
+
+    committed = (K8S / "gateway" / "nginx.conf").read_text()
+    app = render.k8s_app_settings()
+    read_timeout = render.timeout_seconds(directive(committed, "proxy_read_timeout"))
+    body = int(directive(committed, "client_max_body_size"))
+    assert read_timeout >= app["max_wall_seconds"] + 10 and body == app["max_body_bytes"]
+    # The Ingress controller in front must let the gateway answer: a larger body limit (so the gateway's
+    # problem+json 413 answers, not ingress-nginx's HTML page) and a longer read timeout (its default is 60 s).
+    annotations = by_kind("ingress.yaml")["Ingress"]["metadata"]["annotations"]
+    ingress_body = annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert ingress_body.endswith("m") and int(ingress_body[:-1]) * 2**20 > body
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > read_timeout
 
 
 def test_render_k8s_applies_gateway_environment():

@@ -112,6 +112,9 @@ def test_openapi_names_the_prefixed_server(gateway):
 def test_metrics_are_not_published_through_the_gateway(gateway, path):
     r = requests.get(gateway.url + path, timeout=10)
     assert r.status_code == 404 and r.headers["Content-Type"] == PROBLEM
+    if path == "/metrics":  # not "the API lives under /grad/": the path asked is under it
+        assert r.json()["detail"].startswith("Metrics are not published through the gateway"), r.json()
+        assert r.json()["instance"] == "/grad/metrics" and r.json()["request_id"] == r.headers["X-Request-ID"]
 
 
 def test_outside_the_prefix_is_a_problem_404(gateway):

@@ -299,6 +299,12 @@ def test_problem_lint(live_server, files):
     assert schema_ok.returncode == 0
     computed, _ = gradsvc("problem", "lint", str(files / "q.yaml"), "--url", live_server.url)
     assert computed.returncode == 1 and "'q'" in computed.stderr
+    assert computed.stdout == ""  # "schema ok" came first, then the failure: only a lint that passes says ok
+    assert '"gradients.q"' in computed.stderr and '"problems"' not in computed.stderr  # named as in the file
+    (files / "rtol.yaml").write_text(json.dumps({**PROBLEM, "rtol": -1}))
+    rtol, _ = gradsvc("problem", "lint", str(files / "rtol.yaml"), "--offline")
+    assert rtol.returncode == 1 and rtol.stdout == ""
+    assert json.loads(rtol.stderr.split("\n", 1)[1])["rtol"][0].startswith("Must be greater than"), rtol.stderr
     (files / "nan.yaml").write_text(json.dumps(SQRT_ON_NEGATIVES))
     nan, _ = gradsvc("problem", "lint", str(files / "nan.yaml"), "--url", live_server.url)
     assert nan.returncode == 1 and "is nan at point 1" in nan.stderr, nan.stderr

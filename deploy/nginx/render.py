@@ -3,10 +3,14 @@
     python deploy/nginx/render.py --prefix-dir .run/nginx/          # writes .run/nginx/nginx.conf (+ logs/)
     nginx -p "$PWD/.run/nginx/" -c "$PWD/.run/nginx/nginx.conf" -g 'daemon off;'
 
-Settings, each overriding the one before: render()'s defaults, or the preset of `--compose` / `--k8s`;
-then the environment (GATEWAY_HOST, GATEWAY_PORT, GATEWAY_UPSTREAMS, GATEWAY_RATE, GATEWAY_BURST,
-GATEWAY_MAX_BODY_BYTES, GATEWAY_PREFIX, GATEWAY_READ_TIMEOUT, GATEWAY_WORKER_CONNECTIONS,
-GATEWAY_CONN_PER_CLIENT, GATEWAY_LARGE_BODIES, GATEWAY_REAL_IP_FROM); then the options.  `--compose` and
+Settings, each overriding the one before: render()'s defaults, or the preset of `--compose` / `--k8s`
+(`--k8s` takes MAX_WALL_SECONDS and MAX_BODY_BYTES from deploy/k8s/configmap.yaml); then the app's own
+MAX_WALL_SECONDS and MAX_BODY_BYTES from the environment, from which the read timeout (max(30 s,
+MAX_WALL_SECONDS + 10 s)) and the body limit (= MAX_BODY_BYTES) follow; then the gateway's environment
+(GATEWAY_HOST, GATEWAY_PORT, GATEWAY_UPSTREAMS, GATEWAY_RATE, GATEWAY_BURST, GATEWAY_MAX_BODY_BYTES,
+GATEWAY_PREFIX, GATEWAY_READ_TIMEOUT, GATEWAY_WORKER_CONNECTIONS, GATEWAY_CONN_PER_CLIENT,
+GATEWAY_LARGE_BODIES, GATEWAY_REAL_IP_FROM); then the options.  A read timeout below MAX_WALL_SECONDS (the
+app's default 10 s when unset) is refused: nginx would answer 504 while the work goes on.  `--compose` and
 `--k8s` rewrite the committed copies for deploy/compose.yaml and deploy/k8s/ (tests check both equal a fresh
 render with no GATEWAY_* set); with `-o FILE` (or `-o -`) they write there instead.
 Tests import render() directly.  Standard library only.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import re
 import sys
@@ -44,7 +49,14 @@ K8S_SETTINGS = {
     "real_ip_from": ["10.0.0.0/8"],
 }
 
+K8S_APP_CONFIG = K8S_CONF.parents[1] / "configmap.yaml"  # the app's settings in Kubernetes
+
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # the app's MAX_BODY_BYTES default
+DEFAULT_MAX_WALL_SECONDS = 10.0  # the app's MAX_WALL_SECONDS default
+# nginx's proxy_read_timeout must outlast the app's deadline (after which the app answers 503 itself) plus the
+# time a request waits in gunicorn's backlog and the answer takes to start; never below the historical 30 s.
+READ_TIMEOUT_MARGIN_SECONDS = 10
+MIN_READ_TIMEOUT_SECONDS = 30
 
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
 _RATE = re.compile(r"^\d+r/[sm]$")
@@ -59,6 +71,18 @@ def _check(value: str, pattern: re.Pattern, what: str) -> str:
     return value
 
 
+def timeout_seconds(value: str) -> float:
+    """An nginx time (`30`, `30s`, `500ms`, `2m`) in seconds."""
+    number, unit = re.fullmatch(r"(\d+)(ms|s|m)?", _check(value, _TIMEOUT, "timeout (e.g. 30s)")).groups()
+    return int(number) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[unit]
+
+
+def default_read_timeout(max_wall_seconds: float | None) -> str:
+    """max(30 s, MAX_WALL_SECONDS + 10 s), in whole seconds."""
+    wall = DEFAULT_MAX_WALL_SECONDS if max_wall_seconds is None else float(max_wall_seconds)
+    return f"{max(MIN_READ_TIMEOUT_SECONDS, math.ceil(wall) + READ_TIMEOUT_MARGIN_SECONDS)}s"
+
+
 def render(
     listen: str = "127.0.0.1:8080",
     upstreams: list[str] | tuple[str, ...] = ("127.0.0.1:8000",),
@@ -66,7 +90,8 @@ def render(
     burst: int = 40,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     prefix: str = "/grad",
-    read_timeout: str = "30s",
+    read_timeout: str | None = None,
+    max_wall_seconds: float | None = None,
     error_log: str = "logs/error.log",
     access_log: str = "logs/access.log",
     upstream_params: str = "max_fails=3 fail_timeout=10s",
@@ -75,7 +100,16 @@ def render(
     large_bodies: int = 8,
     real_ip_from: list[str] | tuple[str, ...] = (),
 ) -> str:
-    """Return the nginx.conf text; every value is validated so nothing can inject nginx syntax."""
+    """Return the nginx.conf text; every value is validated so nothing can inject nginx syntax.  read_timeout
+    defaults to default_read_timeout(max_wall_seconds); given with max_wall_seconds, it must not be shorter."""
+    if read_timeout is None:
+        read_timeout = default_read_timeout(max_wall_seconds)
+    elif max_wall_seconds is not None and timeout_seconds(read_timeout) < float(max_wall_seconds):
+        raise ValueError(
+            f"read timeout {read_timeout} (GATEWAY_READ_TIMEOUT / --read-timeout) is below MAX_WALL_SECONDS="
+            f"{max_wall_seconds:g}: nginx would answer 504 while the app still computes; raise it, or leave it "
+            f"unset for max(30s, MAX_WALL_SECONDS + 10s) = {default_read_timeout(max_wall_seconds)}"
+        )
     if not upstreams:
         raise ValueError("at least one upstream is needed")
     if int(worker_connections) < 64 or int(conn_per_client) < 1 or int(large_bodies) < 1:
@@ -121,6 +155,32 @@ def write_prefix(prefix_dir: str | os.PathLike, text: str) -> Path:
     conf = root / "nginx.conf"
     conf.write_text(text)
     return conf
+
+
+def _app_settings(source: dict, where: str) -> dict:
+    """The app's MAX_WALL_SECONDS and MAX_BODY_BYTES, where set: the gateway's defaults follow them."""
+    settings = {}
+    raw = str(source.get("MAX_WALL_SECONDS", "")).strip()
+    if raw:
+        try:
+            wall = float(raw)
+        except ValueError:
+            raise ValueError(f"{where}MAX_WALL_SECONDS={raw!r} is not a number") from None
+        if not math.isfinite(wall) or wall <= 0:
+            raise ValueError(f"{where}MAX_WALL_SECONDS={raw!r} must be a finite, positive number")
+        settings["max_wall_seconds"] = wall
+    raw = str(source.get("MAX_BODY_BYTES", "")).strip()
+    if raw:
+        if not raw.isdigit() or int(raw) == 0:
+            raise ValueError(f"{where}MAX_BODY_BYTES={raw!r} must be a positive integer")
+        settings["max_body_bytes"] = int(raw)
+    return settings
+
+
+def k8s_app_settings(configmap: Path = K8S_APP_CONFIG) -> dict:
+    """MAX_WALL_SECONDS / MAX_BODY_BYTES from the app's ConfigMap (flat `KEY: "value"` lines; no YAML parser)."""
+    found = dict(re.findall(r'^\s+(MAX_WALL_SECONDS|MAX_BODY_BYTES):\s*"?([^"\s#]*)"?', configmap.read_text(), re.M))
+    return _app_settings(found, f"{configmap.name}: ")
 
 
 def _env_settings(listen: str = "127.0.0.1:8080") -> dict:
@@ -170,8 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-ip-from", action="append", help="CIDR of a trusted proxy in front (repeatable)")
     args = parser.parse_args(argv)
 
-    settings = dict(COMPOSE_SETTINGS) if args.compose else dict(K8S_SETTINGS) if args.k8s else {}
-    settings.update(_env_settings(settings.get("listen", "127.0.0.1:8080")))
+    try:
+        settings = dict(COMPOSE_SETTINGS) if args.compose else dict(K8S_SETTINGS) if args.k8s else {}
+        settings.update(k8s_app_settings() if args.k8s else {})
+        settings.update(_app_settings(os.environ, ""))
+        settings.setdefault("max_wall_seconds", DEFAULT_MAX_WALL_SECONDS)  # the app's deadline bounds the timeout
+        settings.update(_env_settings(settings.get("listen", "127.0.0.1:8080")))
+    except ValueError as err:
+        print(f"render.py: {err}", file=sys.stderr)
+        return 2
     cli = {
         "listen": args.listen,
         "upstreams": args.upstream,
