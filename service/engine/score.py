@@ -12,5 +12,7 @@ def total(points: Iterable[float]) -> float:
     that very sum, so such scores are byte for byte what they were."""
     points = list(points)
     added = sum(points)
+    if all(float(p).is_integer() for p in points) and abs(added) < 2**53:  # whole points: every sum is exact
+        return added
     exact = float(sum((Decimal(repr(float(p))) for p in points), Decimal(0)))
     return added if added == exact else exact
