@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from bench.svg_layout import network  # the audits' networks, measured there
 from conftest import ROOT, TUTORIAL_NEURON, TestConfig, require_binary
 from service import create_app
 from service.engine import cost
@@ -116,22 +117,6 @@ def test_a_non_scalar_output_in_grad_mode_says_why_there_is_no_picture(client):
     r = client.post("/v1/gradients", json=body, headers={"Accept": SVG})
     assert (r.status_code, r.mimetype, r.json["type"]) == (422, PROBLEM, "/problems/no-graph")
     assert "not a scalar" in r.json["detail"] and "dout" in r.json["detail"] and "Inference" not in r.json["detail"]
-
-
-def network(layers: list[dict], l2: bool = True) -> dict:
-    """The audits' networks (bench/svg_layout.py): deeplearning.ai's layout, the hinge loss, L2 on the biases too, so
-    every parameter has an edge from its layer to the loss."""
-    model = {
-        "kind": "network",
-        "layout": "dlai",
-        "layers": layers,
-        "loss": {"type": "hinge"},
-        "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.1},
-        "generate": {"X": {"scheme": "numpy_legacy", "seed": 1, "std": 10, "shape": [4, 5]}},
-    }
-    if l2:
-        model["l2"] = {"reg": 0.05, "form": "over_2m", "include_biases": True}
-    return {"model": model, "inputs": {"y": [0, 1, 2, 0, 1]}}
 
 
 SOFTMAX = {"type": "linear", "out_features": 3, "activation": "softmax"}
