@@ -181,10 +181,8 @@ class Problem:
         self.shapes = [self.model.shapes(s) for s in cost.domain_points(request, limits)]
         self.shape_groups = cost.distinct_shapes(self.shapes)  # what every per-point estimate walks, once
         self.estimate = cost.check_estimate(request, self.model, self.shapes, limits)
-        own = cost.Estimate()
-        own.parts.update(self.estimate.parts)
-        own.parts.update(answer.parts if answer is not None else {})
-        own.require(limits)  # the references at every point, the response (and the answer's checks); formulas later
+        # the references at every point, the response (and the answer's checks); formulas later
+        self.estimate.plus(answer).require(limits)
         self.points = [self.model.complete(p, torch.float64) for p in make_points(request, limits)]
         self.model = upstream(self.model, request, torch.float64)  # layer checks: dout·J
         self.is_neuron = isinstance(self.model, Neuron)
@@ -341,13 +339,15 @@ class Grader:
         ledger: Ledger | None = None,
         places: dict[str, str | None] | None = None,
         refuse_clamped: bool = False,
+        checks: cost.Estimate | None = None,
     ) -> None:
         """`ledger`: the request's, with this answer's problem estimate already in it (a problem file or a batch
         reserves every one first); without it the answer is the request and its estimate is charged here.
         `places`: what a missing answer's message says to do, by check name, in the caller's terms (a problem
         file's answers: a PrairieLearn input box, the problem's key); else where it goes in the submission.
         `refuse_clamped`: a loss or gradient reference where the tutorial's clamp bites is the problem's error
-        (ClampedReference: a problem file's); else it is graded, and a failed check's message says the clamp bit."""
+        (ClampedReference: a problem file's); else it is graded, and a failed check's message says the clamp bit.
+        `checks`: cost.checks_estimate(request), when the caller has it already (a /v1/check's view)."""
         self.request, self.limits = request, limits
         self.deadline = Deadline(limits.max_wall_seconds)
         problem = problem or Problem(request, limits)
@@ -360,11 +360,8 @@ class Grader:
         self.deferred = deferred if problem.free_diagnosis else None
         self.undiagnosed: list[tuple[dict, object, list[torch.Tensor]]] = []
         if ledger is None:  # this answer is the request: its problem's estimate and its checks
-            own = cost.Estimate()
-            own.parts.update(problem.estimate.parts)
-            own.parts.update(cost.checks_estimate(request).parts)
             ledger = Ledger()
-            ledger.charge(own, limits)
+            ledger.charge(problem.estimate.plus(checks or cost.checks_estimate(request)), limits)
         self.ledger = ledger
         self.warnings = list(problem.warnings)
         self.misnamed: list[str] = []  # checks naming nothing the model has (a problem file's error)
@@ -1078,7 +1075,7 @@ def estimate(request: dict, limits: Limits) -> cost.Estimate:
     return budget
 
 
-def grade(request: dict, limits: Limits, problem: Problem | None = None) -> dict:
-    """Run a loaded CheckRequestSchema body (against `problem`, built from its PROBLEM_FIELDS, when given);
-    returns the JSON-ready check response."""
-    return Grader(request, limits, problem=problem).run()
+def grade(request: dict, limits: Limits, problem: Problem | None = None, checks: cost.Estimate | None = None) -> dict:
+    """Run a loaded CheckRequestSchema body (against `problem`, built from its PROBLEM_FIELDS, when given; `checks`:
+    its cost.checks_estimate(), when known); returns the JSON-ready check response."""
+    return Grader(request, limits, problem=problem, checks=checks).run()

@@ -385,6 +385,14 @@ class Estimate:
     def add(self, part: str, nbytes: int | float) -> None:
         self.parts[part] += int(nbytes)
 
+    def plus(self, other: Estimate | None) -> Estimate:
+        """A new estimate of both: their parts added (a problem's and one answer's checks)."""
+        both = Estimate()
+        both.parts.update(self.parts)
+        if other is not None:
+            both.parts.update(other.parts)
+        return both
+
     @property
     def total(self) -> int:
         return sum(self.parts.values())

@@ -57,7 +57,7 @@ def check():
     checks = cost.checks_estimate(spec)
     checks.require(limits)  # checks alone over the budget: a 413 before their problem is built
     with compute_timer(spec["model"]["kind"]):
-        result = grade(spec, limits, problem or problem_for(spec, raw, limits, checks))
+        result = grade(spec, limits, problem or problem_for(spec, raw, limits, checks), checks)
     return check_body(result) if fmt == "json" else RESPONSES[fmt].dump(FORMATTERS[fmt](result))
 
 
