@@ -59,7 +59,8 @@ WALK_NODE_BYTES = 1 * MICROSECOND_BYTES
 # named by (formula.canonical_text: "x**2" is sin(x**2)'s "x ** 2"), charged before it is parsed. Measured in-process
 # (best of 5): 17-30 µs for a 1-3 character key, ~6-7 µs a character up to ~50 characters (a chain of 45 x+x: 0.5 ms,
 # 46 signs: 0.32 ms), 3-5 µs a character above (a 200-character sum of products: 0.93 ms, a 797-character balanced
-# product: 2.4 ms): 16 µs, plus 8 µs a character. A class's keys are parsed once per problem (Problem.spellings).
+# product: 2.4 ms): 16 µs, plus 8 µs a character. A key is parsed once per request (Ledger.spellings: a batch of a
+# class's answers repeats its keys).
 INTERMEDIATE_KEY_BYTES = 16 * MICROSECOND_BYTES
 INTERMEDIATE_KEY_CHAR_BYTES = 8 * MICROSECOND_BYTES
 # One autograd graph node in a response, apart from its numbers: its dict, its JSON (op, label, shape; a formula's
