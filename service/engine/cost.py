@@ -53,7 +53,7 @@ FORMULA_BYTES = 128 * MICROSECOND_BYTES
 # The cost model's own walk over one set of shapes, a node at a time (formula_pass over its formula_plan; a network's
 # model_nodes in network_pass): measured 0.4-0.75 µs a node (a 499-node formula: 0.2 ms at one set, 37 ms over 100
 # sets of different shapes, where walking its tree was 2.8 ms a set; a 64-layer network 72 µs a set): 1 µs. Charged
-# before the walk and kept whether or not the estimate it computes then fits (formula_walk, network_walk).
+# before the walk and kept whether or not the estimate it computes then fits (formula_walk, diagnosis_walk).
 WALK_NODE_BYTES = 1 * MICROSECOND_BYTES
 # A submitted intermediate's key that is not one of the references' names, parsed and unparsed to the text they are
 # named by (formula.canonical_text: "x**2" is sin(x**2)'s "x ** 2"), charged before it is parsed. Measured in-process
