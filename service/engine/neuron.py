@@ -204,7 +204,7 @@ class Neuron:
         # one reduction to Python numbers (exact: float32 and float64 values are doubles); the elementwise count
         # only when the clamp bites or a NaN makes min/max say nothing
         lo, hi = _extremes(p)
-        clamped = 0 if lo >= low and hi <= high else int(((p < self.epsilon) | (p > 1 - self.epsilon)).sum())
+        clamped = 0 if lo >= low and hi <= high else int(self.clamped(p).sum())
         rounds_to_one = high == 1 and (hi == 1 if hi <= 1 else bool((p == 1).any()))  # hi is NaN or > 1: look
         dtype = str(p.dtype).removeprefix("torch.")
         return counts._replace(samples=p.numel(), clamped=clamped, rounds_to_one=rounds_to_one, dtype=dtype)
