@@ -105,13 +105,10 @@ def test_a_whole_chunked_body_still_computes(live_server):
 
 @pytest.fixture(scope="module")
 def short_deadline_server():
-    server = GunicornServer(workers=1, env={"MAX_WALL_SECONDS": str(WALL)})
-    try:
-        server.start()
+    """One worker (the same process must answer after the stalled body), a 2 s deadline; stopped however it ends."""
+    with GunicornServer(workers=1, env={"MAX_WALL_SECONDS": str(WALL)}) as server:
         server.wait_workers(1)
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize(

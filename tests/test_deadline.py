@@ -171,13 +171,9 @@ def test_gunicorn_timeout_must_leave_room_for_the_deadline():
 @pytest.fixture(scope="module")
 def slow_server():
     """One worker (so the same process must survive every body), a 2 s deadline, a huge cost budget."""
-    server = GunicornServer(workers=1, env={"MAX_WALL_SECONDS": str(WALL), "MAX_REQUEST_BYTES": str(2**36)})
-    try:
-        server.start()
+    with GunicornServer(workers=1, env={"MAX_WALL_SECONDS": str(WALL), "MAX_REQUEST_BYTES": str(2**36)}) as server:
         server.wait_workers(1)
         yield server
-    finally:
-        server.stop()
 
 
 def chain(inner: str, depth: int, start: int) -> str:
