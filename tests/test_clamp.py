@@ -89,18 +89,34 @@ def test_a_check_where_the_clamp_bites_says_so_and_its_product_is_autograds(live
     assert [checks_by_name(r)["gradients.w"]["message"] for r in batch["results"]] == [w["message"]] * 2
 
 
+@pytest.mark.parametrize("loss", ["bce", "bce_with_logits"])
 @pytest.mark.parametrize("y", [0.0, 1.0])
-@pytest.mark.parametrize("x", [-40.0, -20.0, -6.7, 0.5, 6.7, 20.0, 40.0])
-def test_the_printed_chain_rule_multiplies_to_autograds_gradient(live_server, x, y):
-    """At every point, clamped or not (at |x| = 40 y_pred rounds to 0 or 1: dL/dy_pred is infinite there), the
-    message's product is the reference the answer is graded against; the clamp's factor only where it bites."""
+@pytest.mark.parametrize("x", [-800.0, -40.0, -20.0, -6.7, 0.5, 6.7, 20.0, 30.0, 40.0, 800.0])
+def test_the_printed_chain_rule_multiplies_to_autograds_gradient(live_server, x, y, loss):
+    """At every point, clamped or not (at |x| = 40 y_pred rounds to 0 or 1; at 800 dL/dy_pred is infinite and
+    dy_pred/dz 0: an audit saw inf * 0 = nan printed for bce_with_logits), the message's product is the reference
+    the answer is graded against; the clamp's factor only where it bites."""
     inputs = {"x": x, "y": y, "w": 1.0, "b": 0.0}
-    body = post(live_server, "/v1/check", {"model": BCE, "inputs": inputs, "submission": {"gradients": {"w": 1e6}}})
+    model = {"kind": "neuron", "loss": loss}
+    body = post(live_server, "/v1/check", {"model": model, "inputs": inputs, "submission": {"gradients": {"w": 1e6}}})
     w = checks_by_name(body.json())["gradients.w"]
     assert math.isclose(printed_product(w["message"]), w["expected"], rel_tol=1e-5, abs_tol=1e-300)
     assert math.copysign(1, printed_product(w["message"])) == math.copysign(1, w["expected"])  # -0 too
-    bites = abs(x) >= 20
+    bites = abs(x) >= 20 and loss == "bce"
     assert (CLAMP_FACTOR in w["chain_rule"]) == bites == ("clamp bit" in w["message"])
+
+
+@pytest.mark.parametrize("z", [6.7, 30.0, 40.0])
+def test_the_chain_rules_factors_are_accurate_where_y_pred_nears_1(live_server, z):
+    """dy_pred/dz is sigmoid(z) * sigmoid(-z): 1 - y_pred lost digits (dL/dy_pred 1.06974e+13 for 1.06865e+13 at
+    z = 30) and was 0 once y_pred rounds to 1. With y = 0, dL/dy_pred = 1 / (1 - y_pred) = 1 + e^z."""
+    inputs = {"x": z, "y": 0.0, "w": 1.0, "b": 0.0}
+    model = {"kind": "neuron", "loss": "bce_with_logits"}
+    body = post(live_server, "/v1/check", {"model": model, "inputs": inputs, "submission": {"gradients": {"w": 0.0}}})
+    factors = checks_by_name(body.json())["gradients.w"]["chain_rule"]
+    assert math.isclose(factors["dL/dy_pred"], 1 + math.exp(z), rel_tol=1e-12)
+    assert math.isclose(factors["dy_pred/dz"], math.exp(-z) / (1 + math.exp(-z)) ** 2, rel_tol=1e-12)
+    assert list(factors) == ["dL/dy_pred", "dy_pred/dz", "dz/dw"]  # y_pred - y, kept for the product, not shown
 
 
 def test_feedback_error_names_the_tutorials_factors_only(live_server):

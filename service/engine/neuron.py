@@ -18,6 +18,9 @@ DEFAULT_EPSILON = 1e-8  # the tutorial's clamp
 # the clamp's own chain-rule factor, d clamp(y_pred) / d y_pred: 0 where it bites, 1 elsewhere (in a neuron's
 # chain_rule() only at a point where it bites, so that every other point's factors stay the tutorial's three)
 CLAMP_FACTOR = "dclamp(y_pred)/dy_pred"
+# dL/dy_pred * dy_pred/dz = y_pred - y: kept beside the factors (never shown) for their product where they are
+# inf and 0 (y_pred rounds to 1 and sigmoid(-z) to 0), as autograd's gradient stays finite there
+DL_DZ = "dL/dz"
 
 
 def _shape(t: torch.Tensor) -> list[int]:
@@ -145,16 +148,24 @@ class Neuron:
         return self.reduce(losses)
 
     def chain_rule(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The tutorial's factors per sample, before reduction: dL/dy_pred, dy_pred/dz, dz/dw, dz/db; where the clamp
-        bites at some sample, also CLAMP_FACTOR (autograd's clamp passes no gradient there: the product is 0)."""
+        """The tutorial's factors per sample, before reduction: dL/dy_pred, dy_pred/dz, dz/dw, dz/db, and DL_DZ (their
+        first two's product, not shown); where the clamp bites at some sample, also CLAMP_FACTOR (autograd's clamp
+        passes no gradient there: the product is 0)."""
         z = self.linear(t["x"], t["w"], t["b"])
         y_pred = torch.sigmoid(z)
-        dy_pred_dz = y_pred * (1 - y_pred)
+        # 1 - y_pred as sigmoid(-z): the difference cancels (dL/dy_pred 1.06974e+13 for 1.06865e+13 at z = 30) and
+        # is 0 once y_pred rounds to 1 (z > ~37), where the factors were inf and 0 and their product nan
+        y, one_minus = t["y"], torch.sigmoid(-z)
+        dy_pred_dz = y_pred * one_minus
+        zero = torch.zeros((), dtype=z.dtype)
+        # -y / y_pred + (1 - y) / (1 - y_pred), a term left out where its y makes it 0 (not 0 / 0 where y_pred is 0)
+        dl_dy_pred = torch.where(y != 0, -y / y_pred, zero) + torch.where(y != 1, (1 - y) / one_minus, zero)
         factors = {
-            "dL/dy_pred": (y_pred - t["y"]) / dy_pred_dz,
+            "dL/dy_pred": dl_dy_pred,
             "dy_pred/dz": dy_pred_dz,
             "dz/dw": t["x"],
             "dz/db": torch.ones_like(z),
+            DL_DZ: y_pred - y,  # the first two's product, finite where they are inf and 0 (|z| > ~745)
         }
         bites = self.clamped(y_pred)
         if bites is not None and bool(bites.any()):
