@@ -287,7 +287,13 @@ class CheckResultSchema(Schema):
     points = fields.Float(required=True)
     max_points = fields.Float(required=True)
     message = fields.String(required=True, metadata={"description": "feedback: what is off, where, and by how much"})
-    worst_point = fields.Integer(allow_none=True, metadata={"description": "index of the point with the largest error"})
+    worst_point = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "the point the message describes: a failed check's first failing point (in the order of"
+            " `points`), a passed check's point with the largest |actual - expected|; null when nothing was compared"
+        },
+    )
     chain_rule = fields.Dict(
         keys=fields.String(),
         values=TensorOut(),
@@ -299,7 +305,12 @@ class CheckResultSchema(Schema):
         },
     )
     visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
-    tolerance = fields.Dict(metadata={"description": "with a profile: its metric, value, threshold, fraction_within"})
+    tolerance = fields.Dict(
+        metadata={
+            "description": "with a profile: its metric, value (the metric at worst_point: a failed check's first"
+            " failing point), threshold, fraction_within (over every point)"
+        }
+    )
     diagnosis = fields.String(metadata={"description": "the classic mistake a wrong gradient matches"})
     feedback = fields.String(
         validate=validate.OneOf(FEEDBACK_MODES[1:]),

@@ -69,6 +69,26 @@ def test_partially_right_neuron_names_the_partial_and_the_chain_rule(client):
     assert by_name(result)["gradients.b"]["passed"] is True
 
 
+def test_worst_point_is_the_point_the_message_describes(client):
+    """An audit read "index of the point with the largest error": a failed check's worst_point is its first failing
+    point (the message and, with a profile, tolerance.value are about it), while abs_error and rel_error are the
+    largest over every point (documented so in the schema, grading.md and networks.md)."""
+    body = {
+        "model": {"kind": "expression", "formula": "x**2"},
+        "points": [{"x": 1.0}, {"x": 3.0}],
+        "submission": {"gradients": {"x": [2.1, 100.0]}},
+    }
+    classic = by_name(check(client, body))["gradients.x"]
+    assert classic["worst_point"] == 0 and "is off at point 0 (x=1)" in classic["message"]
+    assert classic["abs_error"] == pytest.approx(94.0)  # point 1's
+    profiled = by_name(check(client, {**body, "tolerance": {"profile": "rel_error"}}))["gradients.x"]
+    assert profiled["worst_point"] == 0
+    assert profiled["tolerance"]["value"] == pytest.approx(0.1 / 4.1)  # point 0's, below point 1's
+    assert profiled["rel_error"] == pytest.approx(94.0 / 106.0)
+    passed = by_name(check(client, {**body, "submission": {"gradients": {"x": [2.0, 6.0001]}}}))["gradients.x"]
+    assert passed["passed"] and passed["worst_point"] == 1  # a passed check's: the largest error
+
+
 def test_wrong_shape_and_missing_answers_are_failed_checks(client):
     body = {
         **MEAN,
