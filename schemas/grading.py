@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from service.engine.values import last_non_number
 
 from .errors import ProblemSchema
-from .fields import InputMap, OneOfKind, StrictFloat, StrictInteger, Tensor, refuse_long_lists
+from .fields import CappedSchema, InputMap, OneOfKind, StrictFloat, StrictInteger, Tensor
 from .network import ToleranceSchema
 from .requests import MODEL_SCHEMAS, NEURON_INPUT_NAMES, NEURON_MODEL, neuron_input_errors
 from .responses import TensorOut
@@ -70,7 +70,7 @@ class SubmissionSchema(Schema):
     )
 
 
-class CheckOptionsSchema(Schema):
+class CheckOptionsSchema(CappedSchema):
     """Per-check settings: points, tolerances overriding the request's, and Gradescope visibility."""
 
     points = StrictFloat(load_default=1.0, validate=validate.Range(min=0, max=1e6))
@@ -86,7 +86,7 @@ class CheckOptionsSchema(Schema):
     )
 
 
-class CheckRequestSchema(Schema):
+class CheckRequestSchema(CappedSchema):
     """Body of POST /v1/check: a model, where to evaluate it, the submission, and tolerances."""
 
     model = OneOfKind(MODEL_SCHEMAS, required=True)
@@ -133,7 +133,6 @@ class CheckRequestSchema(Schema):
             "description": "the graded checks and their points; absent: every answer in the submission, 1 point each"
         },
     )
-    max_checks = MAX_CHECKS  # a problem file's problem (schemas/problems.py) has its own
     json_schema_rules = {
         "allOf": [
             # where: `points`, or `inputs` and/or `domain`; seed and n_points only with `domain`
@@ -174,12 +173,6 @@ class CheckRequestSchema(Schema):
             },
         ]
     }
-
-    @pre_load
-    def cap_points(self, data, **kwargs):
-        """`points` and `checks` over their caps are the schema's 400 before any item of them loads."""
-        refuse_long_lists(data, {"points": MAX_POINTS, "checks": self.max_checks})
-        return data
 
     @validates_schema
     def where(self, data, **kwargs):

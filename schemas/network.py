@@ -7,7 +7,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from service.engine.network import ACTIVATIONS, INIT_SCHEMES, L2_FORMS, LAYER_TYPES, LAYOUTS, LOSSES, REDUCTIONS
 from service.engine.tolerance import DEFAULTS as PROFILES
 
-from .fields import StrictBoolean, StrictFloat, StrictInteger, Tensor
+from .fields import CappedSchema, StrictBoolean, StrictFloat, StrictInteger, Tensor
 
 # gamma<l>_<k>: the k-th batchnorm layer of block l, k >= 2 (docs/networks.md)
 TENSOR_NAME = r"^(X|y|[Wb][1-9][0-9]{0,2}|(gamma|beta)[0-9]{1,3}(_[1-9][0-9]?)?)$"
@@ -102,7 +102,7 @@ class L2Schema(Schema):
     include_biases = StrictBoolean(load_default=False)
 
 
-class InitSchema(Schema):
+class InitSchema(CappedSchema):
     """How a tensor is made: numpy_legacy (mean + std * RandomState(seed).randn), zeros, ones, constant, linspace."""
 
     scheme = fields.String(required=True, validate=validate.OneOf(INIT_SCHEMES))
@@ -120,7 +120,7 @@ class InitSchema(Schema):
     transpose = StrictBoolean(metadata={"description": "linspace: fill the reversed shape, then transpose"})
 
 
-class NetworkModelSchema(Schema):
+class NetworkModelSchema(CappedSchema):
     """An ordered list of layers on X, a loss against y, L2, in a course's layout (docs/networks.md)."""
 
     kind = fields.String(required=True, validate=validate.Equal("network"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
-from .fields import StrictBoolean, StrictInteger, ValidatedLater, refuse_long_lists
+from .fields import CappedSchema, StrictBoolean, StrictInteger, ValidatedLater
 from .grading import (
     CHECK_NAME_PATTERN,
     FEEDBACK_DESCRIPTION,
@@ -28,6 +28,7 @@ MAX_PROBLEMS = 50
 MAX_PROBLEM_CHECKS = 100
 CHECK_NAME_ERROR = "Check names are loss, gradients.<input>, intermediates.<name> or gradient_formulas.<input>."
 RELEASABLE = tuple(v for v in VISIBILITIES if v.startswith("after_"))
+MAX_RELEASED = 16  # each of RELEASABLE, repeats allowed; it had no cap (1 M items: 876 MiB to list their errors)
 format_errors = fields.String(
     validate=validate.OneOf(FORMAT_ERROR_POLICIES),
     metadata={
@@ -66,14 +67,13 @@ class ProblemSchema(CheckRequestSchema):
         validate=validate.Length(min=1, max=MAX_PROBLEM_CHECKS),
         metadata={"description": "check name (loss, gradients.w, gradient_formulas.x, intermediates.z) -> options"},
     )
-    max_checks = MAX_PROBLEM_CHECKS
     seed_from_variant = StrictBoolean(
         load_default=False, metadata={"description": "with `domain`: PrairieLearn's variant seed draws the points"}
     )
     format_errors = format_errors
 
 
-class ProblemFileSchema(Schema):
+class ProblemFileSchema(CappedSchema):
     """A problem file: one problem at the top level, or `problems: [...]` with file-wide defaults."""
 
     title = fields.String(validate=validate.Length(min=1, max=500))
@@ -91,11 +91,9 @@ class ProblemFileSchema(Schema):
 
     @pre_load
     def single_problem(self, data, **kwargs):
-        """A file without `problems` but with a problem's fields (model, checks, ...) is one problem; a list of
-        problems over MAX_PROBLEMS is refused before any of them loads."""
+        """A file without `problems` but with a problem's fields (model, checks, ...) is one problem."""
         if isinstance(data, dict) and "problems" not in data and {"model", "checks", "key"} & set(data):
             return {"problems": [data]}
-        refuse_long_lists(data, {"problems": MAX_PROBLEMS})
         return data
 
     @validates_schema
@@ -110,7 +108,7 @@ class ProblemFileSchema(Schema):
             raise ValidationError(f"Answer names must be unique; repeated: {', '.join(repeated)}.", "problems")
 
 
-class GradeRequestSchema(Schema):
+class GradeRequestSchema(CappedSchema):
     """Body of POST /v1/grade: the instructor's problem file and the student's answers (any JSON, read per answer)."""
 
     problem = ValidatedLater(
@@ -137,6 +135,7 @@ class GradeRequestSchema(Schema):
     released = fields.List(
         fields.String(validate=validate.OneOf(RELEASABLE)),
         load_default=list,
+        validate=validate.Length(max=MAX_RELEASED),
         metadata={
             "description": "visibilities already released (after the due date, after publishing): shown now "
             "on platforms without their own visibility (all but Gradescope)"

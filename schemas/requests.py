@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from service.engine.neuron import DEFAULT_EPSILON, LOSSES, REDUCTIONS
 from service.engine.neuron import INPUTS as NEURON_INPUTS
 
-from .fields import InputMap, OneOfKind, StrictFloat, Tensor, input_name, refuse_long_lists
+from .fields import CappedSchema, InputMap, OneOfKind, StrictFloat, Tensor, input_name
 from .network import NetworkModelSchema
 
 MODES = ("grad", "inference")
@@ -59,7 +59,7 @@ upstream_gradient = {
 }
 
 
-class GradientRequestSchema(Schema):
+class GradientRequestSchema(CappedSchema):
     """Body of POST /v1/gradients (and of each job in /v1/batch)."""
 
     model = OneOfKind(MODEL_SCHEMAS, required=True)
@@ -80,11 +80,6 @@ class GradientRequestSchema(Schema):
     )
 
     json_schema_rules = {"if": NEURON_MODEL, "then": {"properties": {"inputs": NEURON_INPUT_NAMES}}}
-
-    @pre_load
-    def cap_lists(self, data, **kwargs):
-        refuse_long_lists(data, {"wrt": MAX_WRT, "include": len(INCLUDES)})
-        return data
 
     @validates_schema
     def neuron_inputs(self, data, **kwargs):

@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 import requests
+from marshmallow import Schema
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from bench.course import CHECKS_PER_BATCH, PROBLEM_SET
@@ -687,6 +688,101 @@ def test_lists_the_schema_caps_are_its_400_before_any_item_loads(client, path, b
     response = post(client, path, body)
     assert response.status_code == 400 and response.json["type"] == "/problems/invalid-request"
     assert response.json["errors"] == {field: [f"Longer than maximum length {cap}."]}
+
+
+NETWORK = {
+    "kind": "network",
+    "layout": "mytorch",
+    "layers": [{"type": "linear", "out_features": 3}],
+    "loss": {"type": "none"},
+}
+NETWORK_INPUTS = {"X": [[1.0, 2.0]], "W1": [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], "b1": [[0.0], [0.0], [0.0]]}
+
+
+@pytest.mark.parametrize(
+    "path, body, errors",
+    [
+        (  # 300,000 layers held a worker 7 s (+141 MiB) before the cap of 64 was read (audit)
+            "/v1/gradients",
+            {"model": {**NETWORK, "layers": [{"type": "bogus"}] * 100_000}, "inputs": NETWORK_INPUTS},
+            {"model": {"layers": ["Longer than maximum length 64."]}},
+        ),
+        (
+            "/v1/gradients",
+            {
+                "model": {**NETWORK, "generate": {f"T{i}": {"scheme": "bogus"} for i in range(20_000)}},
+                "inputs": NETWORK_INPUTS,
+            },
+            {"model": {"generate": ["Longer than maximum length 130."]}},
+        ),
+        (
+            "/v1/gradients",
+            {
+                "model": {**NETWORK, "generate": {"X": {"scheme": "zeros", "shape": [-1] * 100_000}}},
+                "inputs": NETWORK_INPUTS,
+            },
+            {"model": {"generate": {"X": {"value": {"shape": ["Longer than maximum length 2."]}}}}},
+        ),
+        (
+            "/v1/grade",
+            {
+                "problem": {
+                    "model": {"kind": "expression", "formula": "x"},
+                    "inputs": {"x": 1.0},
+                    "checks": {"loss": {"tags": [""] * 100_000}},
+                },
+                "answers": {},
+            },
+            {
+                "problem": {
+                    "problems": {"0": {"checks": {"loss": {"value": {"tags": ["Longer than maximum length 20."]}}}}}
+                }
+            },
+        ),
+        (  # no cap at all: 1 M invalid items took 876 MiB to list their errors (audit)
+            "/v1/grade",
+            {
+                "problem": {
+                    "model": {"kind": "expression", "formula": "x"},
+                    "inputs": {"x": 1.0},
+                    "checks": {"loss": {}},
+                },
+                "answers": {},
+                "released": ["x"] * 100_000,
+            },
+            {"released": ["Longer than maximum length 16."]},
+        ),
+    ],
+    ids=["layers", "generate", "generate-shape", "tags", "released"],
+)
+def test_nested_lists_over_their_caps_are_refused_before_their_items_load(client, path, body, errors):
+    """Every list or map with a length cap in a request schema is refused at its cap before marshmallow loads an
+    item (schemas/fields.py CappedSchema): the error is the cap's alone, not one error per invalid item."""
+    response = post(client, path, body)
+    assert response.status_code == 400, response.data[:300]
+    assert response.json["errors"] == errors
+    assert len(response.data) < 2000
+
+
+def test_every_length_capped_request_field_is_capped_before_loading():
+    """A new list or map field with validate.Length(max=...) in a request schema is covered by CappedSchema."""
+    import schemas.grading
+    import schemas.network
+    import schemas.problems
+    import schemas.requests
+    from schemas.fields import CappedSchema, length_caps
+
+    uncovered = []
+    for module in (schemas.grading, schemas.network, schemas.problems, schemas.requests):
+        for name, cls in vars(module).items():
+            if (
+                isinstance(cls, type)
+                and issubclass(cls, Schema)
+                and not name.endswith(("ResponseSchema", "ResultSchema"))
+            ):
+                if length_caps(cls._declared_fields) and not issubclass(cls, CappedSchema):
+                    uncovered.append(name)
+    assert uncovered == []
 
 
 def test_batch_job_count_is_refused_before_the_jobs_load(client):
