@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numbers
 
-from marshmallow import Schema, ValidationError, fields, pre_load, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
 
 from service.engine.values import TensorData, parse_tensor
 
 INPUT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 INPUT_NAME_ERROR = "Input names are identifiers (letters, digits, _)."
+MAX_UNKNOWN_FIELDS = 20  # named in an object's 400; more than this many unknown keys are counted, not listed
 
 
 class StrictFloat(fields.Float):
@@ -63,16 +64,26 @@ class InputMap(fields.Dict):
 
 
 class CappedSchema(Schema):
-    """A request schema whose lists and maps over their validate.Length max get that validator's 400 before
-    marshmallow loads their items (an audit: 300,000 layers held a worker 7 s, 1 M `released` items 876 MiB, to be
-    counted after loading). Every request schema with such a field derives from it (tests/test_hardening.py)."""
+    """A request schema that refuses what would cost more to load than to refuse, before marshmallow loads an item:
+    a list or map over its validate.Length max gets that validator's 400 (an audit: 300,000 layers held a worker
+    7 s, 1 M `released` items 876 MiB, loaded to be counted), and an object with more than MAX_UNKNOWN_FIELDS
+    unknown keys gets the first of them named (1 M unknown keys: 4-7 s, +440 MiB, a 29 MB error). Every request
+    schema derives from it (tests/test_cost.py)."""
 
     @pre_load
-    def _refuse_long_lists(self, data, **kwargs):
+    def _refuse_before_loading(self, data, **kwargs):
         caps = self.__dict__.get("_length_caps")
         if caps is None:
             caps = self._length_caps = length_caps(self.load_fields)
+            self._data_keys = {field.data_key or name for name, field in self.load_fields.items()}
         refuse_long_lists(data, caps)
+        if isinstance(data, dict) and len(data) > len(self._data_keys) + MAX_UNKNOWN_FIELDS and self.unknown == RAISE:
+            unknown = [key for key in data if key not in self._data_keys]
+            if len(unknown) > MAX_UNKNOWN_FIELDS:
+                named = {key: ["Unknown field."] for key in unknown[:MAX_UNKNOWN_FIELDS]}
+                raise ValidationError(
+                    {**named, "_schema": [f"{len(unknown)} unknown fields; the first {MAX_UNKNOWN_FIELDS} are named."]}
+                )
         return data
 
 

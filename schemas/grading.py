@@ -54,7 +54,7 @@ class Answer(Tensor):
 tolerance = {"validate": validate.Range(min=0, max=1e6)}
 
 
-class SubmissionSchema(Schema):
+class SubmissionSchema(CappedSchema):
     """The student's answers: numbers to compare with autograd, and/or derivative formulas to evaluate."""
 
     loss = Answer(metadata={"description": "forward value; with several points, a list with one value per point"})
@@ -212,7 +212,7 @@ class CheckRequestSchema(CappedSchema):
             raise ValidationError("Nothing to grade: give answers in `submission` (or list `checks`).", "submission")
 
 
-class CheckQuerySchema(Schema):
+class CheckQuerySchema(CappedSchema):
     """Query string of POST /v1/check."""
 
     class Meta:
@@ -335,7 +335,7 @@ class CheckResponseSchema(Schema):
     first_wrong = fields.Dict(metadata={"description": "networks: the first wrong intermediate and its layer"})
 
 
-class BatchRequestSchema(Schema):
+class BatchRequestSchema(CappedSchema):
     """Body of POST /v1/batch.
 
     A job that is exactly `{"check": {...}}` is a check; any other job is a gradients request.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from service.engine.network import ACTIVATIONS, INIT_SCHEMES, L2_FORMS, LAYER_TYPES, LAYOUTS, LOSSES, REDUCTIONS
 from service.engine.tolerance import DEFAULTS as PROFILES
@@ -29,7 +29,7 @@ def _of_type(kind: str) -> dict:
     return {"properties": {"type": {"const": kind}}}
 
 
-class LayerSchema(Schema):
+class LayerSchema(CappedSchema):
     """One layer; `type` says which of the other fields apply."""
 
     type = fields.String(required=True, validate=validate.OneOf(LAYER_TYPES))
@@ -82,7 +82,7 @@ class LayerSchema(Schema):
             raise ValidationError("Give exactly one of keep_prob (kept) or p (dropped), or a mask.", "keep_prob")
 
 
-class LossSchema(Schema):
+class LossSchema(CappedSchema):
     type = fields.String(required=True, validate=validate.OneOf(LOSSES))
     reduction = fields.String(
         load_default="mean",
@@ -92,7 +92,7 @@ class LossSchema(Schema):
     margin = StrictFloat(validate=validate.Range(min=0, max=1e6), metadata={"description": "hinge; default 1"})
 
 
-class L2Schema(Schema):
+class L2Schema(CappedSchema):
     reg = StrictFloat(required=True, validate=validate.Range(min=0, max=1e6))
     form = fields.String(
         required=True,
@@ -138,7 +138,7 @@ class NetworkModelSchema(CappedSchema):
     dropout_seed = StrictInteger(**SEED)
 
 
-class ToleranceSchema(Schema):
+class ToleranceSchema(CappedSchema):
     """How a check compares, named after the course that uses the rule."""
 
     profile = fields.String(

@@ -8,7 +8,7 @@ instructor's, never the student's: the service answers `/problems/invalid-proble
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
+from marshmallow import EXCLUDE, ValidationError, fields, pre_load, validate, validates_schema
 
 from .fields import CappedSchema, StrictBoolean, StrictInteger, ValidatedLater
 from .grading import (
@@ -146,7 +146,7 @@ class GradeRequestSchema(CappedSchema):
     )
 
 
-class GradeQuerySchema(Schema):
+class GradeQuerySchema(CappedSchema):
     """Query string of POST /v1/grade."""
 
     class Meta:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from service.engine.neuron import DEFAULT_EPSILON, LOSSES, REDUCTIONS
 from service.engine.neuron import INPUTS as NEURON_INPUTS
@@ -28,7 +28,7 @@ def neuron_input_errors(names) -> dict:
     return errors
 
 
-class NeuronModelSchema(Schema):
+class NeuronModelSchema(CappedSchema):
     """linear -> sigmoid -> binary cross-entropy, as in the tutorial."""
 
     kind = fields.String(required=True, validate=validate.Equal("neuron"))
@@ -39,7 +39,7 @@ class NeuronModelSchema(Schema):
     )
 
 
-class ExpressionModelSchema(Schema):
+class ExpressionModelSchema(CappedSchema):
     """A catalog expression by `name`, or a free-form `formula` in the safe formula language."""
 
     kind = fields.String(required=True, validate=validate.Equal("expression"))

@@ -340,7 +340,8 @@ def test_an_over_budget_batch_stops_loading_at_the_job_that_takes_it_over(client
 
 def test_a_batch_that_fits_reserves_every_jobs_estimate(client, monkeypatch):
     """Charging in job order changes no sum: the ledger reserves each accepted job's estimate (a check's with its
-    checks) and each distinct refused job's estimate work, whatever the order of gradients and check jobs."""
+    checks), each distinct refused job's estimate work and each job that does not load its errors' work, whatever
+    the order of gradients and check jobs."""
     reserved = []
     ledger = batch_view.Ledger
     monkeypatch.setattr(batch_view, "Ledger", lambda amount: reserved.append(amount) or ledger(amount))
@@ -359,6 +360,7 @@ def test_a_batch_that_fits_reserves_every_jobs_estimate(client, monkeypatch):
         + estimate_check(check, limits).parts["response"]
         + 2 * cost.checks_estimate(check).total
         + cost.refused_estimate_bytes(refused["model"], 1, limits)  # once: the second copy shares its estimate
+        + cost.error_messages(results[6]["error"]["errors"]) * cost.LOAD_ERROR_BYTES  # the job that does not load
     )
     assert reserved == [expected]
 

@@ -4,6 +4,7 @@ legitimate work still passes, and the 500s found with hostile input are answers 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -764,25 +765,87 @@ def test_nested_lists_over_their_caps_are_refused_before_their_items_load(client
     assert len(response.data) < 2000
 
 
-def test_every_length_capped_request_field_is_capped_before_loading():
-    """A new list or map field with validate.Length(max=...) in a request schema is covered by CappedSchema."""
+def test_every_request_schema_refuses_before_loading():
+    """A new request schema (or a list or map field with validate.Length(max=...)) is covered by CappedSchema: its
+    caps and its unknown keys are refused before marshmallow loads an item. Only the dump schemas are not."""
     import schemas.grading
     import schemas.network
     import schemas.problems
     import schemas.requests
-    from schemas.fields import CappedSchema, length_caps
+    from schemas.fields import CappedSchema
 
-    uncovered = []
-    for module in (schemas.grading, schemas.network, schemas.problems, schemas.requests):
-        for name, cls in vars(module).items():
-            if (
-                isinstance(cls, type)
-                and issubclass(cls, Schema)
-                and not name.endswith(("ResponseSchema", "ResultSchema"))
-            ):
-                if length_caps(cls._declared_fields) and not issubclass(cls, CappedSchema):
-                    uncovered.append(name)
+    dumped = {"CheckResultSchema", "CheckResponseSchema", "BatchErrorSchema"}
+    uncovered = [
+        name
+        for module in (schemas.grading, schemas.network, schemas.problems, schemas.requests)
+        for name, cls in vars(module).items()
+        if isinstance(cls, type) and issubclass(cls, Schema) and cls.__module__ == module.__name__
+        if name not in dumped and not issubclass(cls, CappedSchema)
+    ]
     assert uncovered == []
+
+
+@pytest.mark.parametrize(
+    "path, body, where",
+    [
+        ("/v1/gradients", {"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 1.0}}, ()),
+        (
+            "/v1/gradients",
+            {"model": {**NETWORK, "layers": [{"type": "linear", "out_features": 3}]}},
+            ("model", "layers", "0"),
+        ),
+        (
+            "/v1/check",
+            {"model": {"kind": "neuron"}, "inputs": TUTORIAL_NEURON["inputs"], "submission": {"loss": 1.0}},
+            ("submission",),
+        ),
+    ],
+    ids=["top", "layer", "submission"],
+)
+def test_a_flood_of_unknown_keys_is_refused_before_loading(client, path, body, where):
+    """100,000 unknown keys were loaded and each named (an audit: 1 M in 13.9 MB took 4-7 s, +440 MiB and a
+    29 MB error); over MAX_UNKNOWN_FIELDS they are counted and the first named."""
+    from schemas.fields import MAX_UNKNOWN_FIELDS
+
+    flooded = json.loads(json.dumps(body))
+    target = flooded
+    for key in where:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    target.update({f"zz{i}": 1 for i in range(100_000)})
+    response = post(client, path, flooded)
+    assert response.status_code in (400, 422), response.data[:300]
+    errors = response.json["errors"]
+    for key in where:
+        errors = errors[key]
+    assert errors["_schema"] == [f"100000 unknown fields; the first {MAX_UNKNOWN_FIELDS} are named."]
+    assert sorted(errors) == sorted([f"zz{i}" for i in range(MAX_UNKNOWN_FIELDS)] + ["_schema"])
+    assert len(response.data) < 4000
+    few = json.loads(json.dumps(body))  # a few unknown keys: each named, as marshmallow names them
+    target = few
+    for key in where:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    target.update({"zz0": 1, "zz1": 1})
+    errors = post(client, path, few).json["errors"]
+    for key in where:
+        errors = errors[key]
+    assert errors == {"zz0": ["Unknown field."], "zz1": ["Unknown field."]}
+
+
+def test_a_batch_of_jobs_that_do_not_load_is_charged_their_errors(client):
+    """Invalid jobs were free: 200 networks of 64 invalid layers and 130 invalid `generate` entries held a worker 9 s
+    for a 20 MB answer (an audit). Each is now charged cost.LOAD_ERROR_BYTES a message."""
+    layer = {"type": "linear", "out_features": 0, "activation": "bad", "p": 2, "eps": -1, "seed": -1, "zz": 1}
+    model = {**NETWORK, "layout": "bad", "layers": [layer] * 64}
+    model["generate"] = {f"T{i}": {"scheme": "bad", "shape": [-1, -1], "zz": 1} for i in range(130)}
+    job = {"model": model, "inputs": NETWORK_INPUTS}
+    one = post(client, "/v1/batch", {"jobs": [job]})
+    assert one.status_code == 200  # one such job: its errors in its place
+    messages = cost.error_messages(one.json["results"][0]["error"]["errors"])
+    assert messages > 1000
+    per_job = messages * cost.LOAD_ERROR_BYTES
+    jobs = LIMITS.max_request_bytes // per_job + 2
+    problem = assert_budget_413(post(client, "/v1/batch", {"jobs": [job] * jobs}))
+    assert f"the first {LIMITS.max_request_bytes // per_job + 1} of the batch's {jobs} jobs" in problem["detail"]
 
 
 def test_batch_job_count_is_refused_before_the_jobs_load(client):

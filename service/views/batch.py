@@ -101,6 +101,7 @@ def run_jobs(jobs: list, limits) -> list[dict]:
         except ValidationError as err:
             messages = {"check": err.messages} if is_check else err.messages
             results[i] = {"error": validation_problem(ValidationError(messages))}
+            budget.failed(i, messages)
             continue
         except EngineError as err:
             results[i] = {"error": engine_problem(err)}
@@ -177,7 +178,8 @@ class _Budget:
     N of the batch's M jobs") once the running total is over it, before the rest load.
 
     A job is charged its estimate (a check's: its problem's plus its checks'); one the cost model refuses gets its
-    problem in place and is charged the estimate's own work (cost.refused_estimate_bytes). Each distinct job
+    problem in place and is charged the estimate's own work (cost.refused_estimate_bytes); one that does not load,
+    its errors' (failed()). Each distinct job
     (gradients: _gradients_key; checks: the problem) is estimated, and charged that work, once."""
 
     def __init__(self, jobs: int, limits) -> None:
@@ -220,6 +222,10 @@ class _Budget:
         self.problems_charged.add(key)
         self._charge(index, shared + checks.total)
         return None
+
+    def failed(self, index: int, messages: dict) -> None:
+        """Charge a job that did not load the work of its errors (cost.LOAD_ERROR_BYTES a message)."""
+        self._charge(index, cost.error_messages(messages) * cost.LOAD_ERROR_BYTES)
 
     def _charge(self, index: int, amount: int) -> None:
         self.charged += amount
