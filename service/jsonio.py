@@ -245,7 +245,7 @@ def all_finite(obj) -> bool:
 
 class Encoded(dict):
     """A body built from engine.encode_tree() output, whose walk already made every float finite (non-finite
-    ones are "NaN"/"Infinity" strings): dumps_bytes() does not walk it a second time."""
+    ones are "NaN"/"Infinity" strings, or JSON text written so): dumps_bytes() does not walk it a second time."""
 
 
 def dumps_bytes(obj) -> bytes:

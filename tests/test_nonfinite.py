@@ -568,3 +568,26 @@ def test_a_large_non_finite_result_takes_no_more_memory_than_its_price(app, tmp_
     assert response.status_code == 200, response.text[:300]
     assert "intermediates.log(w).value: 524288 of 1048576 value(s) not finite" in response.json()["warnings"]
     assert peak - idle <= price / 2**20, f"+{peak - idle:.0f} MiB, priced {price / 2**20:.0f} MiB"
+
+
+def test_batch_gradients_jobs_write_large_non_finite_results_as_the_old_walk_would(app, monkeypatch):
+    """/v1/batch: two neuron jobs run together (engine/batch.py: intermediates of TEXT_FROM samples, the most it
+    stacks) and a formula job (compute(), 2·TEXT_FROM numbers), half non-finite: the old encoder's bytes."""
+    x = ["Infinity", -2.0, 0.5, "-Infinity"] * (T // 4)
+    inputs = {"x": x, "y": [1, 0] * (T // 2), "w": 0.5, "b": 0}
+    neuron = {"model": {"kind": "neuron"}, "inputs": inputs, "include": ["intermediates"]}
+    jobs = [neuron, neuron, log_request(2 * T, "float32")]
+    client = app.test_client()
+    new = client.post("/v1/batch", json={"jobs": jobs})
+    assert new.status_code == 200, new.data[:300]
+    results = new.get_json()["results"]
+    assert all("value(s) not finite" in " ".join(r["warnings"]) for r in results), results[0]["warnings"]
+
+    def old_tree(obj, warnings, where="", known=None, as_text=False):
+        return old_encode_tree(obj, warnings, where)
+
+    monkeypatch.setattr(compute_module, "encode_tree", old_tree)
+    monkeypatch.setattr(importlib.import_module("service.engine.batch"), "encode_tree", old_tree)
+    old = client.post("/v1/batch", json={"jobs": jobs})
+    assert old.status_code == 200
+    assert new.data == old.data
