@@ -65,11 +65,17 @@ def value_counts(raw: bytes) -> tuple[int, int]:
     return raw.count(b",") + 1, raw.count(b"[") + raw.count(b"{")
 
 
+def parse_bytes(raw: bytes, keys: int) -> int:
+    """The body's price: what orjson's objects for it take, by its counts (`keys`: KEY_END matches)."""
+    values, containers = value_counts(raw)
+    return PARSE_BYTES_PER_VALUE * values + PARSE_BYTES_PER_CONTAINER * containers + PARSE_BYTES_PER_KEY * keys
+
+
 def require_parse_budget(raw: bytes, keys: int, budget: int) -> None:
     """A 413 before orjson builds the body when its objects alone would be over the request budget."""
-    values, containers = value_counts(raw)
-    estimate = PARSE_BYTES_PER_VALUE * values + PARSE_BYTES_PER_CONTAINER * containers + PARSE_BYTES_PER_KEY * keys
+    estimate = parse_bytes(raw, keys)
     if estimate > budget:
+        values, containers = value_counts(raw)
         raise LimitExceeded(
             "max_request_bytes",
             budget,
@@ -239,7 +245,7 @@ def all_finite(obj) -> bool:
 
 class Encoded(dict):
     """A body built from engine.encode_tree() output, whose walk already made every float finite (non-finite
-    ones are "NaN"/"Infinity" strings): dumps_bytes() does not walk it a second time."""
+    ones are "NaN"/"Infinity" strings, or JSON text written so): dumps_bytes() does not walk it a second time."""
 
 
 def dumps_bytes(obj) -> bytes:

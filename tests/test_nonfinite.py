@@ -6,8 +6,10 @@ walks below are those item-by-item versions, kept as the reference the fast ones
 
 from __future__ import annotations
 
+import importlib
 import math
 from itertools import chain
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -17,11 +19,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.servers import proc_mib
+from conftest import GunicornServer
+from schemas import GradientRequestSchema
 from service.engine import check as check_module
 from service.engine import encode
+from service.engine.compute import estimate_cost
 from service.engine.encode import MAX_DEPTH, TOO_DEEP, encode_tensor, encode_tree, encoded_tensors
 from service.engine.values import NON_FINITE, TensorData, last_non_number, parse_tensor, tensor_shape
-from service.jsonio import OPTIONS
+from service.jsonio import KEY_END, OPTIONS, parse_bytes
+
+compute_module = importlib.import_module("service.engine.compute")  # the package exports its compute()
 
 # --- the item-by-item walks, as they were -----------------------------------------------------------------------
 
@@ -404,3 +412,182 @@ def test_the_server_answers_non_finite_checks_as_the_item_by_item_walk_would(liv
     old = app.test_client().post("/v1/check", json=body)
     assert old.status_code == 200
     assert response.content == old.data
+
+
+# --- large non-finite results as JSON text (encode_tensor's as_text) ----------------------------------------------
+
+
+def random_values(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Values of every magnitude (subnormals to near-max), with NaN, ±inf and -0.0 sprinkled in."""
+    rng = np.random.default_rng(seed)
+    values = np.asarray(rng.normal(size=shape) * 10.0 ** rng.integers(-320, 308, size=shape))
+    mask = np.asarray(rng.random(shape))
+    values[mask < 0.05] = np.nan
+    values[(mask >= 0.05) & (mask < 0.08)] = np.inf
+    values[(mask >= 0.08) & (mask < 0.1)] = -np.inf
+    values[(mask >= 0.1) & (mask < 0.12)] = -0.0
+    values[(mask >= 0.12) & (mask < 0.14)] = 5e-324
+    return values
+
+
+def assert_text_as_before(tensor: torch.Tensor, text_expected: bool) -> None:
+    """encode_tensor(as_text=True) inside a body: the old list's bytes and warning, as text when expected."""
+    want_warnings: list[str] = []
+    want = dumped({"v": old_encode_tensor(tensor, want_warnings, "t")})
+    warnings: list[str] = []
+    got = encode_tensor(tensor, warnings, "t", as_text=True)
+    assert isinstance(got, orjson.Fragment) is text_expected
+    assert dumped({"v": got}) == want
+    assert warnings == want_warnings
+
+
+C, T = encode.CHUNK, encode.TEXT_FROM
+TEXT_SHAPES = [(T - 1,), (T,), (C,), (C + 1,), (3 * C - 1,), (2, C + 5), (C + 1, 1), (130, 130), (3, 7, T), (5, C, 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", TEXT_SHAPES, ids=str)
+def test_a_large_non_finite_tensor_is_written_as_the_same_text(shape, dtype):
+    """Around TEXT_FROM and CHUNK, rows shorter and longer than a chunk, 1-3 dimensions: the old bytes."""
+    tensor = torch.tensor(random_values(shape, seed=sum(shape)), dtype=dtype)
+    assert_text_as_before(tensor, text_expected=tensor.numel() >= T)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_chunks_that_are_all_finite_are_written_from_numpy_as_the_list_would_be(dtype):
+    """One NaN at the end: every chunk but the last goes through orjson's numpy writer, float32 shortest repr."""
+    values = random_values((2 * C + 3,), seed=11)
+    values[np.isfinite(values) == 0] = 0.1
+    values[-1] = np.nan
+    assert_text_as_before(torch.tensor(values, dtype=dtype), text_expected=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", [(), (0,), (2, 0), (5,), (3, 4)], ids=str)
+def test_small_empty_and_0d_tensors_keep_the_list(shape, dtype):
+    tensor = torch.tensor(random_values(shape, seed=5), dtype=dtype)
+    assert_text_as_before(tensor, text_expected=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=4), st.integers(0, 2**32 - 1), st.data())
+def test_random_shapes_nest_as_the_list_does_with_tiny_chunks(shape, seed, data):
+    """CHUNK and TEXT_FROM made tiny, so small random shapes split rows, blocks of rows and nested rows."""
+    chunk = data.draw(st.integers(min_value=1, max_value=9))
+    dtype = data.draw(st.sampled_from([torch.float64, torch.float32]))
+    values = random_values(tuple(shape), seed)
+    values.flat[data.draw(st.integers(0, values.size - 1))] = np.nan  # at least one: the text path
+    original = encode.CHUNK, encode.TEXT_FROM
+    encode.CHUNK, encode.TEXT_FROM = chunk, 1
+    try:
+        assert_text_as_before(torch.tensor(values, dtype=dtype), text_expected=True)
+    finally:
+        encode.CHUNK, encode.TEXT_FROM = original
+
+
+def test_a_tree_with_large_non_finite_tensors_encodes_as_before():
+    """encode_tree(as_text=True): tensors in dicts and lists, the fast walk's fallback, the old bytes and warnings."""
+    big = torch.tensor(random_values((2, C + 3), seed=3))
+    tree = {"loss": math.nan, "gradients": {"x": big, "y": big.float()}, "points": [{"v": big[0]}, 1.5, "NaN"]}
+    want_warnings: list[str] = []
+    want = dumped(old_encode_tree(tree, want_warnings, "body"))
+    for walk in (encode_tree, encode._encode_tree):
+        warnings: list[str] = []
+        assert dumped(walk(tree, warnings, "body", as_text=True)) == want
+        assert warnings == want_warnings
+
+
+def log_request(n: int, dtype: str, **extra) -> dict:
+    """sum(log(x)) over n values, half of them negative (NaN) and one zero (-inf), intermediates included."""
+    x = [0.5, -1.5, 2.25, -3.0] * (n // 4)
+    x[1] = 0.0
+    return {
+        "model": {"kind": "expression", "formula": "sum(log(x)) + sum(log(y))"},
+        "inputs": {"x": x, "y": [v * 3.7 for v in x]},
+        "dtype": dtype,
+        "include": ["intermediates"],
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_server_writes_large_non_finite_gradients_as_the_old_walk_would(live_server, app, monkeypatch, dtype):
+    """/v1/gradients with non-finite values, intermediates and gradients of 3·CHUNK numbers each: the bytes the
+    old encoder (the list, item by item) gives in-process for the same request."""
+    body = log_request(3 * C, dtype)
+    response = requests.post(f"{live_server.url}/v1/gradients", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["intermediates"]["log(x)"]["value"][1:4:2] == ["-Infinity", "NaN"]
+    assert result["gradients"]["x"][1] == "Infinity"
+    assert f"intermediates.log(x).value: {3 * C // 2} of {3 * C} value(s) not finite" in result["warnings"]
+
+    def old_tree(obj, warnings, where="", known=None, as_text=False):
+        return old_encode_tree(obj, warnings, where)
+
+    monkeypatch.setattr(compute_module, "encode_tree", old_tree)
+    old = app.test_client().post("/v1/gradients", json=body)
+    assert old.status_code == 200
+    assert response.content == old.data
+
+
+def largest_log_request() -> dict:
+    """The largest admitted request of its kind: four 1 M-number inputs (MAX_TOTAL_ELEMENTS), float64,
+    intermediates in inference mode (grad mode with intermediates is over the budget); half the logs are NaN."""
+    x = [0.5, -1.5, 2.25, -3.0] * (2**20 // 4)
+    names = "xyzw"
+    formula = " + ".join(f"sum(log({n}))" for n in names)
+    return {
+        "model": {"kind": "expression", "formula": formula},
+        "inputs": dict.fromkeys(names, x),
+        "dtype": "float64",
+        "mode": "inference",
+        "include": ["intermediates"],
+    }
+
+
+@pytest.mark.slow
+def test_a_large_non_finite_result_takes_no_more_memory_than_its_price(app, tmp_path):
+    """A fresh worker's peak RSS (VmHWM, reset before the request) over its idle RSS stays under the estimate
+    plus the body's price, with 4 M non-finite-laden numbers in the response (as a list of Python floats and
+    strings it took +365 MiB of 352 priced; as JSON text +317)."""
+    body = largest_log_request()
+    raw = orjson.dumps(body)
+    with app.app_context():
+        price = estimate_cost(GradientRequestSchema().load(body), app.config["LIMITS"])
+    price += parse_bytes(raw, len(KEY_END.findall(raw)))
+    with GunicornServer(workers=1, log_path=tmp_path / "server.log") as server:
+        server.wait_workers(1)
+        pid = server.worker_pids()[0]
+        idle = proc_mib(pid, "status", "VmRSS:")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+        response = requests.post(
+            f"{server.url}/v1/gradients", data=raw, headers={"Content-Type": "application/json"}, timeout=120
+        )
+        peak = proc_mib(pid, "status", "VmHWM:")
+    assert response.status_code == 200, response.text[:300]
+    assert "intermediates.log(w).value: 524288 of 1048576 value(s) not finite" in response.json()["warnings"]
+    assert peak - idle <= price / 2**20, f"+{peak - idle:.0f} MiB, priced {price / 2**20:.0f} MiB"
+
+
+def test_batch_gradients_jobs_write_large_non_finite_results_as_the_old_walk_would(app, monkeypatch):
+    """/v1/batch: two neuron jobs run together (engine/batch.py: intermediates of TEXT_FROM samples, the most it
+    stacks) and a formula job (compute(), 2·TEXT_FROM numbers), half non-finite: the old encoder's bytes."""
+    x = ["Infinity", -2.0, 0.5, "-Infinity"] * (T // 4)
+    inputs = {"x": x, "y": [1, 0] * (T // 2), "w": 0.5, "b": 0}
+    neuron = {"model": {"kind": "neuron"}, "inputs": inputs, "include": ["intermediates"]}
+    jobs = [neuron, neuron, log_request(2 * T, "float32")]
+    client = app.test_client()
+    new = client.post("/v1/batch", json={"jobs": jobs})
+    assert new.status_code == 200, new.data[:300]
+    results = new.get_json()["results"]
+    assert all("value(s) not finite" in " ".join(r["warnings"]) for r in results), results[0]["warnings"]
+
+    def old_tree(obj, warnings, where="", known=None, as_text=False):
+        return old_encode_tree(obj, warnings, where)
+
+    monkeypatch.setattr(compute_module, "encode_tree", old_tree)
+    monkeypatch.setattr(importlib.import_module("service.engine.batch"), "encode_tree", old_tree)
+    old = client.post("/v1/batch", json={"jobs": jobs})
+    assert old.status_code == 200
+    assert new.data == old.data

@@ -170,7 +170,7 @@ def vectorized_neuron(jobs: list[dict], limits: Limits) -> list[dict]:
             }
         warnings.extend(neuron.diagnose({"y_pred": y_pred[i].detach()}, targets=y[i]))
         body.update(mode=first["mode"], dtype=first["dtype"])
-        body = encode_tree(body, warnings)
+        body = encode_tree(body, warnings, as_text=True)  # goes straight to orjson
         body["warnings"] = warnings
         bodies.append(body)
     return bodies

@@ -96,7 +96,7 @@ def compute(request: dict, limits: Limits) -> dict:
         if derivatives:
             body.update(_derivatives(raw, base, wrt, request, deadline))
     body.update(mode=request["mode"], dtype=request["dtype"])
-    body = encode_tree(body, warnings)
+    body = encode_tree(body, warnings, as_text=True)  # goes straight to orjson
     body["warnings"] = warnings
     return body
 

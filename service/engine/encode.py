@@ -1,21 +1,32 @@
-"""Turn result tensors into JSON-ready values: numpy arrays (fast to serialize), non-finite values as strings."""
+"""Turn result tensors into JSON-ready values: numpy arrays (fast to serialize), non-finite values as strings
+(or, for a large tensor, as JSON text)."""
 
 from __future__ import annotations
 
+import io
 import math
 from itertools import compress, count, repeat
 from math import isfinite
 from operator import is_, not_
 
 import numpy as np
+import orjson
 import torch
 
+# A non-finite tensor of at least TEXT_FROM elements, when the caller asks for text (a body that goes straight to
+# orjson): its JSON text in place of a Python list of floats and strings (~57 MiB for 1 M float64 numbers; the text
+# is 4-25 bytes a number), written CHUNK elements at a time (orjson reserves ~256 bytes an item while it writes one:
+# 4 MiB a chunk). Below TEXT_FROM the list costs at most ~0.2 MiB more than the text.
+TEXT_FROM = 4096
+CHUNK = 16384
+_TEXT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-def encode_tensor(t: torch.Tensor, warnings: list[str], where: str):
+
+def encode_tensor(t: torch.Tensor, warnings: list[str], where: str, as_text: bool = False):
     """A tensor as a numpy array/scalar.
 
-    If any value is non-finite: a list with "NaN"/"Infinity" strings instead, and a warning.
-    """
+    If any value is non-finite: a list with "NaN"/"Infinity" strings instead, and a warning; with `as_text`, a
+    large one is its JSON text instead (an orjson.Fragment: the same bytes in the response, built in chunks)."""
     arr = t.detach().cpu()
     if not arr.is_floating_point():
         arr = arr.double()
@@ -25,6 +36,14 @@ def encode_tensor(t: torch.Tensor, warnings: list[str], where: str):
         return arr[()] if arr.ndim == 0 else arr
     bad = int(arr.size - finite.sum())
     warnings.append(f"{where}: {bad} of {arr.size} value(s) not finite")
+    if as_text and arr.size >= TEXT_FROM and arr.dtype in _TEXT_DTYPES:
+        del finite
+        return orjson.Fragment(json_text(arr))
+    return _with_strings(arr, finite)
+
+
+def _with_strings(arr: np.ndarray, finite: np.ndarray):
+    """A non-finite array as a list (or a scalar) of numbers and "NaN"/"Infinity"/"-Infinity" strings."""
     out = np.empty(arr.shape, dtype=object)
     out.fill("NaN")  # one string shared (np.full would copy it per element), and a number made for finite values only
     out[arr == np.inf] = "Infinity"
@@ -34,6 +53,37 @@ def encode_tensor(t: torch.Tensor, warnings: list[str], where: str):
     # print as float32 (0.1, not 0.10000000149…)
     out[finite] = values if arr.dtype == np.float64 else list(values)
     return out[()] if arr.ndim == 0 else out.tolist()
+
+
+def json_text(arr: np.ndarray) -> bytes:
+    """The JSON orjson writes for _with_strings(arr), with at most CHUNK elements as Python objects at a time: a
+    finite chunk written from its numpy array, another through _with_strings. Chunks are runs of whole rows along
+    the first axis (a row longer than CHUNK is split the same way), so the brackets nest as the list's would."""
+    out = io.BytesIO()  # getvalue() hands over its buffer: the text is held once
+    _write_text(arr, out)
+    return out.getvalue()
+
+
+def _chunk_text(arr: np.ndarray) -> bytes:
+    finite = np.isfinite(arr)
+    return orjson.dumps(arr if finite.all() else _with_strings(arr, finite), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _write_text(arr: np.ndarray, out: io.BytesIO) -> None:
+    if arr.size <= CHUNK:
+        out.write(_chunk_text(arr))
+        return
+    rows = max(1, CHUNK // (arr.size // len(arr)))
+    out.write(b"[")
+    for start in range(0, len(arr), rows):
+        if start:
+            out.write(b",")
+        block = arr[start : start + rows]
+        if block.size <= CHUNK:
+            out.write(memoryview(_chunk_text(block))[1:-1])  # its rows without the block's own brackets
+        else:  # one row, longer than CHUNK: split the same way
+            _write_text(block[0], out)
+    out.write(b"]")
 
 
 class _SlowPath(Exception):
@@ -101,14 +151,18 @@ def _encode_finite(obj, known: dict[int, object], depth: int = 0):
     return obj
 
 
-def encode_tree(obj, warnings: list[str], where: str = "", known: dict[int, object] | None = None):
+def encode_tree(
+    obj, warnings: list[str], where: str = "", known: dict[int, object] | None = None, as_text: bool = False
+):
     """Walk dicts and lists, encoding every tensor (and non-finite float) in place of its path.
 
-    `known`: encoded_tensors() of tensors that many responses share (a problem's points and references)."""
+    `known`: encoded_tensors() of tensors that many responses share (a problem's points and references).
+    `as_text`: a large non-finite tensor becomes its JSON text (encode_tensor), for a body orjson writes as it is:
+    nothing else may read those values (a platform's table, a schema's dump)."""
     try:
         return _encode_finite(obj, known or {})  # all finite: same values as the full walk, and no warnings to name
     except _SlowPath:
-        return _encode_tree(obj, warnings, where)
+        return _encode_tree(obj, warnings, where, as_text)
 
 
 def encoded_tensors(*objs) -> dict[int, object]:
@@ -130,7 +184,7 @@ def encoded_tensors(*objs) -> dict[int, object]:
     return known
 
 
-def _encode_tree(obj, warnings: list[str], where: str = ""):
+def _encode_tree(obj, warnings: list[str], where: str = "", as_text: bool = False):
     """The full walk: every non-finite value becomes a string and a warning naming its path; a dict or list
     nested MAX_DEPTH deep becomes TOO_DEEP (and a warning). Iterative, in the order a recursive walk would go."""
     root: list = [None]
@@ -138,7 +192,7 @@ def _encode_tree(obj, warnings: list[str], where: str = ""):
     while stack:
         item, parent, key, path, depth = stack.pop()
         if isinstance(item, torch.Tensor):
-            parent[key] = encode_tensor(item, warnings, path)
+            parent[key] = encode_tensor(item, warnings, path, as_text)
         elif isinstance(item, float):
             parent[key] = encode_tensor(torch.tensor(item, dtype=torch.float64), warnings, path)
         elif isinstance(item, (dict, list, tuple)):
