@@ -72,13 +72,18 @@ class CappedSchema(Schema):
 
     @pre_load
     def _refuse_before_loading(self, data, **kwargs):
-        caps = self.__dict__.get("_length_caps")
-        if caps is None:
-            caps = self._length_caps = length_caps(self.load_fields)
-            self._data_keys = {field.data_key or name for name, field in self.load_fields.items()}
-        refuse_long_lists(data, caps)
-        if isinstance(data, dict) and len(data) > len(self._data_keys) + MAX_UNKNOWN_FIELDS and self.unknown == RAISE:
-            unknown = [key for key in data if key not in self._data_keys]
+        try:
+            caps, known = self._before_loading
+        except AttributeError:  # once per instance: its load_fields (`only`, `exclude`) are known by now
+            caps = length_caps(self.load_fields)
+            known = {field.data_key or name for name, field in self.load_fields.items()}
+            self._before_loading = caps, known
+        if type(data) is not dict:
+            return data
+        if any(type(data.get(key)) in (list, dict) and len(data[key]) > cap for key, cap in caps.items()):
+            refuse_long_lists(data, caps)
+        if len(data) > len(known) + MAX_UNKNOWN_FIELDS and self.unknown == RAISE:
+            unknown = [key for key in data if key not in known]
             if len(unknown) > MAX_UNKNOWN_FIELDS:
                 named = {key: ["Unknown field."] for key in unknown[:MAX_UNKNOWN_FIELDS]}
                 raise ValidationError(
