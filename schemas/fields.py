@@ -65,23 +65,30 @@ class InputMap(fields.Dict):
 
 class CappedSchema(Schema):
     """A request schema that refuses what would cost more to load than to refuse, before marshmallow loads an item:
-    a list or map over its validate.Length max gets that validator's 400 (an audit: 300,000 layers held a worker
-    7 s, 1 M `released` items 876 MiB, loaded to be counted), and an object with more than MAX_UNKNOWN_FIELDS
-    unknown keys gets the first of them named (1 M unknown keys: 4-7 s, +440 MiB, a 29 MB error). Every request
-    schema derives from it (tests/test_cost.py)."""
+    a list or map over its validate.Length cap (a map's list values too: `domain`) gets that validator's 400 (an
+    audit: 300,000 layers held a worker 7 s, 1 M `released` items 876 MiB, 1 M items of one `domain` range 10 s,
+    loaded to be counted), and an object with more than MAX_UNKNOWN_FIELDS unknown keys gets the first of them
+    named (1 M unknown keys: 4-7 s, +440 MiB, a 29 MB error). Every request schema derives from it
+    (tests/test_cost.py)."""
 
     @pre_load
     def _refuse_before_loading(self, data, **kwargs):
         try:
-            caps, known = self._before_loading
+            caps, value_caps, known = self._before_loading
         except AttributeError:  # once per instance: its load_fields (`only`, `exclude`) are known by now
-            caps = length_caps(self.load_fields)
+            caps, value_caps = length_caps(self.load_fields)
             known = {field.data_key or name for name, field in self.load_fields.items()}
-            self._before_loading = caps, known
+            self._before_loading = caps, value_caps, known
         if type(data) is not dict:
             return data
-        if any(type(data.get(key)) in (list, dict) and len(data[key]) > cap for key, cap in caps.items()):
-            refuse_long_lists(data, caps)
+        errors = {key: cap.error for key, cap in caps.items() if cap.exceeded(data.get(key))}
+        for key, cap in value_caps.items():
+            values = data.get(key)
+            over = {name: {"value": cap.error} for name, value in _items(values) if cap.exceeded(value)}
+            if over:
+                errors[key] = over
+        if errors:
+            raise ValidationError(errors)
         if len(data) > len(known) + MAX_UNKNOWN_FIELDS and self.unknown == RAISE:
             unknown = [key for key in data if key not in known]
             if len(unknown) > MAX_UNKNOWN_FIELDS:
@@ -92,28 +99,45 @@ class CappedSchema(Schema):
         return data
 
 
-def length_caps(load_fields: dict[str, fields.Field]) -> dict[str, int]:
-    """{data key: validate.Length max} of the lists and maps among these fields."""
-    return {
-        field.data_key or name: validator.max
-        for name, field in load_fields.items()
-        if isinstance(field, (fields.List, fields.Dict))
-        for validator in field.validators
-        if isinstance(validator, validate.Length) and validator.max is not None
-    }
+def _items(values) -> list:
+    return list(values.items()) if type(values) is dict else []
 
 
-def refuse_long_lists(data, caps: dict[str, int]) -> None:
-    """validate.Length's 400 for a list (or an object) over its cap, before marshmallow deserializes every item."""
-    if not isinstance(data, dict):
-        return
-    errors = {
-        key: [f"Longer than maximum length {cap}."]
-        for key, cap in caps.items()
-        if isinstance(data.get(key), (list, dict)) and len(data[key]) > cap
-    }
-    if errors:
-        raise ValidationError(errors)
+class _Cap:
+    """A validate.Length's upper bound and the message it gives a list (or map) over it."""
+
+    def __init__(self, validator: validate.Length) -> None:
+        self.cap = validator.equal if validator.equal is not None else validator.max
+        template = validator.message_equal if validator.equal is not None else validator.message_max
+        self.error = [(validator.error or template).format(equal=validator.equal, max=validator.max, min=validator.min)]
+
+    def exceeded(self, value) -> bool:
+        return type(value) in (list, dict) and len(value) > self.cap
+
+
+def length_caps(load_fields: dict[str, fields.Field]) -> tuple[dict[str, _Cap], dict[str, _Cap]]:
+    """The validate.Length caps of the lists and maps among these fields, and of the list values of their maps, by
+    data key: lists over them are refused before loading (only too long: a short one's items are loaded first, as
+    marshmallow does)."""
+
+    def caps(field: fields.Field) -> list[_Cap]:
+        if not isinstance(field, (fields.List, fields.Dict)):
+            return []
+        return [
+            _Cap(v)
+            for v in field.validators
+            if isinstance(v, validate.Length) and (v.max is not None or v.equal is not None)
+        ]
+
+    direct, values = {}, {}
+    for name, field in load_fields.items():
+        key = field.data_key or name
+        for cap in caps(field):
+            direct[key] = cap
+        if isinstance(field, fields.Dict) and field.value_field is not None:
+            for cap in caps(field.value_field):
+                values[key] = cap
+    return direct, values
 
 
 class Tensor(fields.Field):

@@ -90,11 +90,13 @@ class ProblemFileSchema(CappedSchema):
     )
 
     @pre_load
-    def single_problem(self, data, **kwargs):
-        """A file without `problems` but with a problem's fields (model, checks, ...) is one problem."""
+    def _refuse_before_loading(self, data, **kwargs):
+        """A file without `problems` but with a problem's fields (model, checks, ...) is one problem: wrapped before
+        CappedSchema's checks, which would read its fields as the file's unknown keys (an audit: a problem with 21
+        misspelt keys was told its `model` and `inputs` were unknown)."""
         if isinstance(data, dict) and "problems" not in data and {"model", "checks", "key"} & set(data):
-            return {"problems": [data]}
-        return data
+            data = {"problems": [data]}
+        return super()._refuse_before_loading(data, **kwargs)
 
     @validates_schema
     def unique(self, data, **kwargs):
