@@ -17,7 +17,7 @@ from schemas.grading import Answer
 from schemas.problems import MAX_PROBLEMS, ProblemFileSchema
 
 from .engine import cost, echo
-from .engine.check import SECTIONS, Grader, Ledger, Problem, answer_place, estimate
+from .engine.check import SECTIONS, Grader, Ledger, Problem, Spellings, answer_place, estimate
 from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded, UngradableReference
 from .engine.formula import parse_formula
 from .engine.limits import Limits
@@ -155,16 +155,29 @@ def _grade_problem(
     try:
         built = Problem(request, limits)
         variables = list(built.points[0])
+        taken = {n.partition(".")[2] for n in problem["checks"] if n.startswith("intermediates.")}
+        spellings: dict[int, Spellings] = {}  # id(an intermediates object of the answers) -> its Spellings
+
+        def spelled(given: dict, field: str):
+            """The answer to the intermediate `field` under another spelling of it in `given`, or None."""
+            found = spellings.setdefault(id(given), Spellings(built, ledger, given, taken)).find(field)
+            return None if found is None else given[found]
+
         for name, options in problem["checks"].items():
             if unreadable is not None:
                 format_errors[name] = f"your answers could not be read: {unreadable}"
                 around.add(name)
                 continue
-            value, problem_text = _find_answer(answers, key, name, options, single)
+            value, problem_text = _find_answer(answers, key, name, options, single, spelled)
             if problem_text is not None:
                 around.add(name)
             elif value is None:
                 places[name] = _missing_hint(key, name, options, single)  # the engine says "no answer given"
+                refused = next((s.refused for s in spellings.values() if s.refused), None)
+                if refused is not None:
+                    places[name] = (places[name] or f"add {answer_place(name)} to your answers") + (
+                        f"; other keys not read as its spelling, over the budget: {refused.detail}"
+                    )
                 continue
             else:
                 value, problem_text = _read_answer(name, value, limits, variables)
@@ -199,6 +212,7 @@ def _grade_problem(
     except EngineError as err:
         raise _uncomputable(index, problem, err) from None
     misnamed = {c["name"]: c["message"] for c in result["checks"] if c["name"] in grader.misnamed}
+    misnamed.update(_same_intermediate(problem["checks"], built, ledger, misnamed))
     checks = []
     for check in result["checks"]:
         options = problem["checks"][check["name"]]
@@ -246,6 +260,21 @@ def _grade_problem(
     }
 
 
+def _same_intermediate(checks: dict, built: Problem, ledger: Ledger, misnamed: dict) -> dict[str, str]:
+    """Checks that name one intermediate in two spellings ("x**2", "x ** 2"), by name -> message: an answer keyed as
+    either would be one check's only (the file's error, as a misnamed check). Their keys were read by grading."""
+    first: dict[str, str] = {}
+    found = {}
+    for name in checks:
+        section, _, key = name.partition(".")
+        if section != "intermediates" or name in misnamed:
+            continue
+        same = first.setdefault(built.intermediate_name(key, ledger), name)
+        if same != name:
+            found[name] = f"{name}: names the same intermediate as {same}; keep one of the two checks"
+    return found
+
+
 def _misnamed_checks(problems: list[dict]) -> InvalidProblem | None:
     """One 422 naming every check of the file that names nothing its model has (was: the first only)."""
     found = [(i, p["key"], p.pop("misnamed")) for i, p in enumerate(problems)]
@@ -257,9 +286,10 @@ def _misnamed_checks(problems: list[dict]) -> InvalidProblem | None:
     return InvalidProblem(422, detail, {"problem": {"problems": errors}})
 
 
-def _find_answer(answers: dict, key: str, name: str, options: dict, single: bool):
+def _find_answer(answers: dict, key: str, name: str, options: dict, single: bool, spelled):
     """(the answer or None when there is none, None), or (None, a format error) when what holds it is not an object:
-    the answer by its platform name (flat), else under the problem's key (or at the top level for one problem)."""
+    the answer by its platform name (flat), else under the problem's key (or at the top level for one problem); an
+    intermediate's under its check's own key first, else under another spelling of it (`spelled(given, field)`)."""
     if options.get("answer") and options["answer"] in answers:
         return answers[options["answer"]], None
     nested = answers.get(key)
@@ -278,7 +308,10 @@ def _find_answer(answers: dict, key: str, name: str, options: dict, single: bool
             None,
             f'{where} must be an object with one entry per name ({{"<name>": ...}}), got {_json_type(inner)}',
         )
-    return (inner or {}).get(field), None
+    value = (inner or {}).get(field)
+    if value is None and section == "intermediates" and inner:
+        value = spelled(inner, field)
+    return value, None
 
 
 def _missing_hint(key: str, name: str, options: dict, single: bool) -> str | None:

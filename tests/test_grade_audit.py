@@ -1,0 +1,111 @@
+"""Audit findings on grading (intermediates' spellings, exit codes, platform renderings, answers typed as text)."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+SIN = {"model": {"kind": "expression", "formula": "sin(x**2)"}, "inputs": {"x": 3}}
+
+
+# --- an intermediate's answer in any spelling that parses to it, with checks too ------------------------------------
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(("check", "answer"), [("x**2", "x ** 2"), ("x ** 2", "x**2"), ("(x ** 2)", "((x)**2)")])
+def test_a_problem_files_intermediate_answer_in_another_spelling_is_graded(live_server, check, answer):
+    """Audit F1: a check of `intermediates.x**2` with the answer keyed "x ** 2" (or the reverse) was "no answer
+    given", 0 points: the answer was looked up by the exact key. It is matched by parse now, as without checks."""
+    problem = {**SIN, "checks": {f"intermediates.{check}": {"points": 1, "title": "x squared"}}}
+    body = {"problem": problem, "answers": {"intermediates": {answer: 9}}}
+    response = requests.post(live_server.url + "/v1/grade", json=body, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    [graded] = response.json()["problems"][0]["checks"]
+    assert graded["passed"] and graded["points"] == 1, graded["message"]
+    wrong = {"problem": problem, "answers": {"intermediates": {answer: 8}}}
+    [failed] = requests.post(live_server.url + "/v1/grade", json=wrong, timeout=30).json()["problems"][0]["checks"]
+    assert not failed["passed"] and "no answer given" not in failed["message"]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(("check", "answer"), [("x**2", "x ** 2"), ("x ** 2", "(x**2)")])
+def test_a_checks_intermediate_answer_in_another_spelling_is_graded(live_server, check, answer):
+    """Audit F1 on /v1/check with `checks`: graded, and no "answer not graded" warning about the answer it took."""
+    body = {**SIN, "checks": {f"intermediates.{check}": {"points": 2}}, "submission": {"intermediates": {answer: 9}}}
+    response = requests.post(live_server.url + "/v1/check", json=body, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    result = response.json()
+    assert result["score"] == 2 and result["checks"][0]["passed"], result["checks"][0]["message"]
+    assert result["warnings"] == []
+    other = {**body, "submission": {"intermediates": {answer: 9, "x**3": 1}}}
+    assert requests.post(live_server.url + "/v1/check", json=other, timeout=30).json()["warnings"] == [
+        "intermediates.x**3: answer not graded (not among the request's checks)"
+    ]
+
+
+def test_an_exact_key_is_taken_first_and_no_key_is_parsed_for_it(client, monkeypatch):
+    """The common case costs nothing more: an answer under the check's own key is taken without parsing any key;
+    another check's own key is never read as a spelling of this one."""
+    from service.engine import check as check_module
+
+    parsed = []
+    real = check_module.canonical_text
+    monkeypatch.setattr(check_module, "canonical_text", lambda text, limits: parsed.append(text) or real(text, limits))
+    checks = {"intermediates.x ** 2": {"points": 1}, "loss": {"points": 1}}
+    body = {**SIN, "checks": checks, "submission": {"loss": 0.412118, "intermediates": {"x ** 2": 9, "x*x": 1}}}
+    response = client.post("/v1/check", json=body)
+    assert response.status_code == 200 and response.json["score"] == 2 and parsed == []
+    problem = {**SIN, "checks": checks}
+    answers = {"loss": 0.412118, "intermediates": {"(x)**2": 9, "x ** 2": 9, "x*x": 1}}
+    response = client.post("/v1/grade", json={"problem": problem, "answers": answers})
+    assert response.status_code == 200 and response.json["score"] == 2 and parsed == []
+
+
+def test_a_students_keys_past_the_budget_are_a_failed_check_not_a_413(client, monkeypatch):
+    """Each submitted key read as a spelling is charged (Problem.intermediate_name) and read once; past the budget the
+    check says so and no other key is read: the student's keys never make the instructor's file a 413."""
+    from service.engine import check as check_module
+    from service.engine import cost
+    from service.engine.limits import Limits
+
+    parsed = []
+    real = check_module.canonical_text
+    monkeypatch.setattr(check_module, "canonical_text", lambda text, limits: parsed.append(text) or real(text, limits))
+    keys = {"+".join(f"x*{k + n}" for k in range(30)): 0.0 for n in range(4000)}
+    problem = {"model": {"kind": "expression", "formula": "sin(x) * cos(x)"}, "inputs": {"x": 0.5}}
+    problem["checks"] = {"intermediates.sin(x)": {"points": 1}, "intermediates.(cos(x))": {"points": 1}}
+    response = client.post("/v1/grade", json={"problem": problem, "answers": {"intermediates": keys}})
+    assert response.status_code == 200, response.json
+    checks = response.json["problems"][0]["checks"]
+    assert all("no answer given" in c["message"] and "over the budget" in c["message"] for c in checks)
+    assert 0 < len(parsed) < len(keys) and len(set(parsed)) == len(parsed)
+    price = cost.intermediate_key_estimate(next(iter(keys))).total
+    assert len(parsed) * price <= Limits().max_request_bytes
+
+
+@pytest.mark.live
+def test_two_spellings_of_one_intermediate_are_the_files_error_in_grade_and_lint(live_server, tmp_path):
+    """Two checks of one intermediate ("x**2", "x ** 2") would share one answer: a 422 naming the second, which
+    `gradsvc problem lint` reports as it does a misnamed check; one check in any spelling lints ok."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    twice = {**SIN, "checks": {"intermediates.x**2": {}, "intermediates.x ** 2": {}}}
+    response = requests.post(live_server.url + "/v1/grade", json={"problem": twice, "answers": {}}, timeout=30)
+    assert response.status_code == 422 and "names the same intermediate as intermediates.x**2" in response.text
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def lint(problem: dict) -> subprocess.CompletedProcess:
+        (tmp_path / "p.json").write_text(json.dumps(problem))
+        argv = [sys.executable, "-m", "gradsvc", "problem", "lint", str(tmp_path / "p.json"), "--url", live_server.url]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
+
+    bad = lint(twice)
+    assert bad.returncode == 1 and "names the same intermediate" in bad.stderr, bad.stderr
+    for spelling in ("x**2", "(x ** 2)"):
+        ok = lint({**SIN, "checks": {f"intermediates.{spelling}": {}}})
+        assert ok.returncode == 0 and "ok" in ok.stdout, ok.stderr
