@@ -109,3 +109,37 @@ def test_two_spellings_of_one_intermediate_are_the_files_error_in_grade_and_lint
     for spelling in ("x**2", "(x ** 2)"):
         ok = lint({**SIN, "checks": {f"intermediates.{spelling}": {}}})
         assert ok.returncode == 0 and "ok" in ok.stdout, ok.stderr
+
+
+# --- `gradsvc check` exits on the whole grade, whatever the format -------------------------------------------------
+
+HIDDEN_FAILS = {
+    "model": {"kind": "neuron", "loss": "bce"},
+    "inputs": {"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0},
+    "checks": {"loss": {"points": 1}, "gradients.w": {"points": 2, "visibility": "hidden"}},
+    "submission": {"loss": 6.7012, "gradients": {"w": 0}},
+}
+
+
+@pytest.mark.live
+def test_gradsvc_check_exits_1_on_a_failed_hidden_check_in_every_format(live_server, tmp_path):
+    """Audit F2: `--format prairielearn` exited 0 with a hidden check failed (its document leaves hidden tests out);
+    json and gradescope exited 1. The service's Grade-Passed header is the whole grade's verdict."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for submission, code in ((HIDDEN_FAILS["submission"], 1), ({"loss": 6.7012, "gradients": {"w": 6.6918}}, 0)):
+        (tmp_path / "c.json").write_text(json.dumps({**HIDDEN_FAILS, "submission": submission}))
+        for fmt in ("json", "gradescope", "prairielearn"):
+            argv = [sys.executable, "-m", "gradsvc", "--url", live_server.url, "check", str(tmp_path / "c.json")]
+            proc = subprocess.run(
+                [*argv, "--format", fmt], capture_output=True, text=True, timeout=60, env=env, check=False
+            )
+            assert proc.returncode == code, (fmt, proc.returncode, proc.stderr)
+    response = requests.post(live_server.url + "/v1/check?format=prairielearn", json=HIDDEN_FAILS, timeout=30)
+    assert response.headers["Grade-Passed"] == "false" and len(response.json()["tests"]) == 1
