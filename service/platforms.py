@@ -229,8 +229,7 @@ def to_prairielearn(result: dict) -> dict:
 def to_autolab(result: dict) -> dict:
     """Two stdout lines: the semantic feedback (checks a student may see) and, last, the autoresult."""
     feedback = {"_presentation": "semantic", "stages": []}
-    for problem in result["problems"]:
-        stage = problem["title"] if problem["title"] not in ("_presentation", "stages") else problem["key"]
+    for problem, stage in zip(result["problems"], _stage_names(result["problems"]), strict=True):
         rows = {}
         for check in problem["checks"]:
             if _shown(check, result):
@@ -244,6 +243,27 @@ def to_autolab(result: dict) -> dict:
     scores = {p["key"]: p["score"] for p in result["problems"]}
     autoresult = {"scores": scores, "scoreboard": [result["score"], *scores.values()]}
     return {"feedback": feedback, "autoresult": autoresult}
+
+
+AUTOLAB_RESERVED = ("_presentation", "stages")
+
+
+def _stage_names(problems: list[dict]) -> list[str]:
+    """Each problem's Autolab stage: its title, unique among the stages and the feedback's own keys (a stage is a
+    key of the feedback object: a second problem of the same title overwrote the first's rows). A title two problems
+    share, or a reserved one, is followed by the problem's key, "Part 1 (b)"; then by its number if still taken."""
+    titles = [p["title"] for p in problems]
+    names: list[str] = []
+    taken = set(AUTOLAB_RESERVED)
+    for number, (problem, title) in enumerate(zip(problems, titles, strict=True), 1):
+        name = title if titles.count(title) == 1 and title not in taken else f"{title} ({problem['key']})"
+        if name in taken or name in titles[number:]:
+            name = f"{title} ({problem['key']}, {number})"
+        while name in taken:  # a title spelled like another's disambiguated name: bounded by the problems' count
+            name += "'"
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 # --- Moodle CodeRunner: combinator template grader (classes/jobrunner.php do_combinator_grading,

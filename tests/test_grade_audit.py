@@ -143,3 +143,37 @@ def test_gradsvc_check_exits_1_on_a_failed_hidden_check_in_every_format(live_ser
             assert proc.returncode == code, (fmt, proc.returncode, proc.stderr)
     response = requests.post(live_server.url + "/v1/check?format=prairielearn", json=HIDDEN_FAILS, timeout=30)
     assert response.headers["Grade-Passed"] == "false" and len(response.json()["tests"]) == 1
+
+
+# --- Autolab: one stage per problem, whatever their titles ---------------------------------------------------------
+
+
+@pytest.mark.live
+def test_autolab_keeps_every_problems_feedback_when_titles_repeat(live_server, tmp_path):
+    """Audit F3: two problems titled "Part 1" shared one stage key, the second's rows overwrote the first's and
+    "stages" listed the title twice. Each is "Part 1 (<key>)" now; validate_autolab refuses duplicate stages."""
+    import json
+
+    from platform_specs import validate_autolab
+    from test_grade import grade_files
+
+    def part(key: str, title: str | None, formula: str) -> dict:
+        problem = {"key": key, "model": {"kind": "expression", "formula": formula}, "inputs": {"x": 2}}
+        problem["checks"] = {"gradients.x": {"points": 1, "title": "dx"}}
+        return {**problem, "title": title} if title else problem
+
+    problems = [
+        part("a", "Part 1", "x**2"),
+        part("b", "Part 1", "x**3"),
+        part("c", "stages", "x"),
+        part("d", None, "x"),
+    ]
+    answers = {"a": {"gradients": {"x": 4}}, "b": {"gradients": {"x": 0}}, "c": {"gradients": {"x": 1}}}
+    _, text = grade_files(tmp_path, "autolab", json.dumps(answers), json.dumps({"problems": problems}), live_server.url)
+    feedback, autoresult = validate_autolab(text)
+    assert feedback["stages"] == ["Part 1 (a)", "Part 1 (b)", "stages (c)", "d"]
+    assert feedback["Part 1 (a)"] == {"1.1 dx": {"passed": True}}
+    assert feedback["Part 1 (b)"]["2.1 dx"]["passed"] is False and "no answer given" in feedback["d"]["4.1 dx"]["hint"]
+    assert autoresult["scores"] == {"a": 1, "b": 0, "c": 1, "d": 0}
+    with pytest.raises(AssertionError, match="duplicate stage names"):
+        validate_autolab(json.dumps({"_presentation": "semantic", "stages": ["P", "P"], "P": {}}) + '\n{"scores": {}}')
