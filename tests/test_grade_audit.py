@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import requests
 
@@ -87,7 +89,6 @@ def test_a_students_keys_past_the_budget_are_a_failed_check_not_a_413(client, mo
 def test_two_spellings_of_one_intermediate_are_the_files_error_in_grade_and_lint(live_server, tmp_path):
     """Two checks of one intermediate ("x**2", "x ** 2") would share one answer: a 422 naming the second, which
     `gradsvc problem lint` reports as it does a misnamed check; one check in any spelling lints ok."""
-    import json
     import os
     import subprocess
     import sys
@@ -125,7 +126,6 @@ HIDDEN_FAILS = {
 def test_gradsvc_check_exits_1_on_a_failed_hidden_check_in_every_format(live_server, tmp_path):
     """Audit F2: `--format prairielearn` exited 0 with a hidden check failed (its document leaves hidden tests out);
     json and gradescope exited 1. The service's Grade-Passed header is the whole grade's verdict."""
-    import json
     import os
     import subprocess
     import sys
@@ -152,7 +152,6 @@ def test_gradsvc_check_exits_1_on_a_failed_hidden_check_in_every_format(live_ser
 def test_autolab_keeps_every_problems_feedback_when_titles_repeat(live_server, tmp_path):
     """Audit F3: two problems titled "Part 1" shared one stage key, the second's rows overwrote the first's and
     "stages" listed the title twice. Each is "Part 1 (<key>)" now; validate_autolab refuses duplicate stages."""
-    import json
 
     from platform_specs import validate_autolab
     from test_grade import grade_files
@@ -177,3 +176,55 @@ def test_autolab_keeps_every_problems_feedback_when_titles_repeat(live_server, t
     assert autoresult["scores"] == {"a": 1, "b": 0, "c": 1, "d": 0}
     with pytest.raises(AssertionError, match="duplicate stage names"):
         validate_autolab(json.dumps({"_presentation": "semantic", "stages": ["P", "P"], "P": {}}) + '\n{"scores": {}}')
+
+
+# --- a visible message names no check its reader cannot see ---------------------------------------------------------
+
+TWO_LAYER = {
+    "key": "net",
+    "title": "Two-layer net",
+    "model": {
+        "kind": "network",
+        "layout": "cs231n",
+        "layers": [{"type": "linear", "out_features": 3, "activation": "relu"}, {"type": "linear", "out_features": 2}],
+        "loss": {"type": "softmax_cross_entropy"},
+        "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.5},
+        "generate": {"X": {"scheme": "numpy_legacy", "seed": 1, "shape": [4, 2]}},
+    },
+    "inputs": {"y": [0, 1, 1, 0]},
+}
+WRONG_W2 = [[-0.3169045698203178, 0.3169045698203178], [0.0, 0.0], [-0.31408555164880947, 0.31408555164880947]]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(
+    ("z1", "a1", "named"),
+    [
+        ("hidden", None, False),  # audit F4: "the forward pass first goes wrong at Z1" in the visible dW2
+        ("after_due_date", None, False),  # not released with dW2: not named either
+        ("visible", None, True),
+        ("hidden", "visible", False),  # A1 named first-wrong would say the hidden Z1 before it is right
+    ],
+)
+def test_a_visible_message_names_no_hidden_checks_verdict(live_server, z1, a1, named):
+    """A gradient's message names the first wrong layer only when every intermediate check it speaks of (the first
+    wrong one and those before it, "right") is visible, or released with it; in every format a student reads."""
+    body = {k: v for k, v in TWO_LAYER.items() if k not in ("key", "title")}
+    right = requests.post(
+        live_server.url + "/v1/gradients", json={**body, "include": ["intermediates"]}, timeout=30
+    ).json()
+    z1_value = [[v + 0.5 for v in row] for row in right["intermediates"]["Z1"]["value"]]
+    checks = {"gradients.W2": {"points": 2, "title": "dW2"}, "intermediates.Z1": {"points": 1, "visibility": z1}}
+    answers = {"gradients": {"W2": WRONG_W2}, "intermediates": {"Z1": z1_value}}
+    if a1:
+        checks["intermediates.A1"] = {"points": 1, "visibility": a1}
+        answers["intermediates"]["Z1"] = right["intermediates"]["Z1"]["value"]
+        answers["intermediates"]["A1"] = [[v + 0.5 for v in row] for row in right["intermediates"]["A1"]["value"]]
+    problem = {**TWO_LAYER, "checks": checks}
+    for fmt in ("prairielearn", "gradescope", "coderunner", "autolab"):
+        response = requests.post(
+            f"{live_server.url}/v1/grade?format={fmt}", json={"problem": problem, "answers": answers}, timeout=30
+        )
+        assert response.status_code == 200, response.text[:300]
+        text = json.dumps(response.json())
+        assert ("first goes wrong at" in text) is named, (fmt, text[:2000])

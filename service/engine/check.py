@@ -446,10 +446,12 @@ class Grader:
             if not result["passed"]:
                 self._diagnose(result, result["name"], answer, expected)
         self.undiagnosed = []
-        first_wrong = diagnose_bugs.first_wrong_layer(self, checks)
+        checked = diagnose_bugs.up_to_first_wrong(self, checks)
+        first_wrong = diagnose_bugs.first_wrong_layer(checked)
         for c in checks if first_wrong else ():
             if c["kind"] == "gradient" and not c["passed"] and c.get("feedback") != "verdict":
-                c["message"] += f"; {first_wrong['message']}"
+                if all(_seen_with(c, other) for other in checked):
+                    c["message"] += f"; {first_wrong['message']}"
         for c in checks:
             feedback.redact(c)
         profile = tolerance.resolve({}, self.request, self.request["rtol"], self.request["atol"])
@@ -918,6 +920,14 @@ class Grader:
         if values and CLAMP_FACTOR in factors:
             text += "; " + self._clamp_note("gradients", key, i)
         return text
+
+
+def _seen_with(check: dict, other: dict) -> bool:
+    """Whether whoever reads `check`'s message may read `other` too: `other` is visible, or released with `check`
+    (the same visibility). A message names another check's verdict only then: a visible gradient's message said
+    "the forward pass first goes wrong at Z1" of a hidden Z1, and "the intermediates before it are right" tells
+    the verdicts of every one before it."""
+    return other["visibility"] in ("visible", check["visibility"])
 
 
 def _factor_names(factors: dict, key: str) -> tuple[str, ...]:
