@@ -9,6 +9,7 @@ platform-neutral result that service/platforms.py renders for Gradescope, Prairi
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from marshmallow import ValidationError
@@ -29,6 +30,13 @@ answer_field = Answer()
 # the order tests are numbered and listed in: what a student sees now first, so hidden ones leave no gaps
 VISIBILITY_ORDER = {"visible": 0, "after_published": 1, "after_due_date": 2, "hidden": 3}
 COPIED = ("model", "inputs", "points", "domain", "seed", "n_points", "rtol", "atol", "feedback")
+# a number as a student types one into a text box: JSON's, and .5, 5., +0.5, 007; never Python's float() ("1_0",
+# "infinity", " nan"): read only where JSON cannot read the text, alone or in lists, in texts of at most TYPED_CHARS
+TYPED_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+TYPED_TOKEN = re.compile(rf"\s*(?:([\[\],])|({TYPED_NUMBER}))")
+TYPED_INTEGER = re.compile(r"[+-]?\d+")
+TYPED_CHARS = 100_000
+TYPED_DEPTH = 1024  # lists nested as deep as a request body may nest them (orjson)
 
 
 def check_raw(problem_file, limits: Limits) -> None:
@@ -353,12 +361,51 @@ def _read_answer(name: str, value, limits: Limits, variables: list[str]):
     if isinstance(value, str):  # a number typed into a text box
         try:
             value = json.loads(value, parse_int=_json_int)
+        except RecursionError:  # deeper than Python's parser goes (about 990 levels): not an answer, nor a 500
+            return None, f"{value[:100]!r} is nested too deeply to read: enter a number or a list of numbers"
         except ValueError:
-            return None, f"{value[:100]!r} is not a number or a list of numbers"
+            typed = _typed_numbers(value)
+            if typed is None:
+                return None, f"{value[:100]!r} is not a number or a list of numbers"
+            value = typed
     try:
         return answer_field.deserialize(value), None
     except ValidationError as err:
         return None, " ".join(err.messages) if isinstance(err.messages, list) else str(err.messages)
+
+
+def _typed_numbers(text: str):
+    """A number or lists of numbers as a student types them (TYPED_NUMBER: ".5", "+0.5", "[.5, 1.]"), read without
+    recursion; None when the text is anything else, longer than TYPED_CHARS or nested deeper than TYPED_DEPTH."""
+    if len(text) > TYPED_CHARS:
+        return None
+    root: list = []
+    stack, pos, after_value = [root], 0, False
+    while (match := TYPED_TOKEN.match(text, pos)) is not None:
+        pos = match.end()
+        punctuation, number = match.groups()
+        if number is not None:
+            if after_value:
+                return None
+            stack[-1].append(_json_int(number) if TYPED_INTEGER.fullmatch(number) else float(number))
+            after_value = True
+        elif punctuation == "[":
+            if after_value or len(stack) > TYPED_DEPTH:
+                return None
+            stack[-1].append([])
+            stack.append(stack[-1][-1])
+        elif punctuation == "]":
+            if len(stack) == 1 or (not after_value and stack[-1]):  # nothing open, or "]" after ","
+                return None
+            stack.pop()
+            after_value = True
+        else:
+            if not after_value or len(stack) == 1:
+                return None
+            after_value = False
+    if text[pos:].strip() or len(stack) != 1 or len(root) != 1:
+        return None
+    return root[0]
 
 
 def _json_int(text: str) -> int | float:

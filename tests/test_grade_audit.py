@@ -228,3 +228,70 @@ def test_a_visible_message_names_no_hidden_checks_verdict(live_server, z1, a1, n
         assert response.status_code == 200, response.text[:300]
         text = json.dumps(response.json())
         assert ("first goes wrong at" in text) is named, (fmt, text[:2000])
+
+
+# --- numbers typed as text ------------------------------------------------------------------------------------------
+
+SQUARE = {
+    "key": "q",
+    "model": {"kind": "expression", "formula": "x**2"},
+    "inputs": {"x": 0.25},
+    "checks": {"gradients.x": {"points": 1, "title": "dfdx", "answer": "dfdx"}},
+}
+VECTOR = {
+    "key": "v",
+    "model": {"kind": "expression", "formula": "sum(x*x)"},
+    "inputs": {"x": [0.25, -1.0]},
+    "checks": {"gradients.x": {"points": 1, "title": "dx", "answer": "dx"}},
+}
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(
+    ("problem", "text"),
+    [
+        (SQUARE, ".5"),
+        (SQUARE, "+0.5"),
+        (SQUARE, " 5e-1 "),
+        (SQUARE, "+.5E0"),
+        (VECTOR, "[.5, -2.]"),
+        (VECTOR, "[+0.5,-2]"),
+        (VECTOR, "[0.5, -2]"),
+    ],
+)
+def test_numbers_typed_as_students_type_them_are_read(live_server, problem, text):
+    """Audit F5: ".5" and "+0.5" were "not a number" (json.loads); plain decimals are read now, in lists too."""
+    name = problem["checks"]["gradients.x"]["answer"]
+    body = {"problem": problem, "answers": {name: text}}
+    response = requests.post(live_server.url + "/v1/grade?format=prairielearn", json=body, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    result = response.json()
+    assert result["gradable"] and result["score"] == 1.0, result
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("text", ["1_0", "infinity", "nan", "0x1", "[.5,]", "[.5 1]", "++.5", ". 5", "1e5e5", "[[.5]"])
+def test_text_that_is_no_number_stays_a_format_error(live_server, text):
+    """Python's float() reads "1_0", "infinity", "nan": a student's number is read by a strict pattern instead."""
+    body = {"problem": SQUARE, "answers": {"dfdx": text}}
+    response = requests.post(live_server.url + "/v1/grade?format=prairielearn", json=body, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    result = response.json()
+    assert result["gradable"] is False and "is not a number or a list of numbers" in result["format_errors"][0]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("depth", [500, 1000, 5000])
+@pytest.mark.parametrize("fmt", ["json", "prairielearn"])
+def test_an_answer_text_nested_deeply_is_a_format_error_not_a_500(live_server, depth, fmt):
+    """Audit repro_grade_500: text holding lists nested 1000 deep was json.loads's RecursionError, a 500 with a
+    traceback. Past Python's parser it is a format error; within it, a mis-shaped answer graded wrong, as when sent
+    as JSON."""
+    problem = {**VECTOR, "checks": {"gradients.x": {"answer": "dx"}}}
+    body = {"problem": problem, "answers": {"dx": "[" * depth + "]" * depth}}
+    response = requests.post(f"{live_server.url}/v1/grade?format={fmt}", json=body, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    text = json.dumps(response.json())
+    assert "Traceback" not in text and ("nested too deeply to read" in text or "wrong shape" in text), text[:500]
+    if depth >= 1000:
+        assert "nested too deeply to read" in text
