@@ -2,8 +2,9 @@
 
 Presentation only. Every renderer takes the platform-neutral result of service/problems.py (or a /v1/check result
 wrapped by `from_check`) and honours visibility: a check that is `hidden`, or `after_due_date` / `after_published`
-before it is released, is neither shown nor counted in what the student reads. Gradescope gets every test with its own
-`visibility` (Gradescope hides them itself) but an always-visible summary that counts only `visible` tests.
+before it is released, is not shown in what the student reads, but counts in the score (the grade); a summary of the
+shown checks says that others, not shown, count too (never which, how many or their points). Gradescope gets every
+test with its own `visibility` (Gradescope hides them itself) and an always-visible summary of the `visible` tests.
 Each platform's documented format is cited at its renderer; tests/platform_specs.py validates against them.
 A new platform is one renderer here, one response schema in schemas/platforms.py, one RENDERERS entry.
 """

@@ -295,3 +295,23 @@ def test_an_answer_text_nested_deeply_is_a_format_error_not_a_500(live_server, d
     assert "Traceback" not in text and ("nested too deeply to read" in text or "wrong shape" in text), text[:500]
     if depth >= 1000:
         assert "nested too deeply to read" in text
+
+
+# --- what the docs say of hidden checks is what happens ------------------------------------------------------------
+
+
+def test_hidden_checks_count_in_the_score_as_the_openapi_document_says(client):
+    """Audit F7: /v1/grade's OpenAPI description (and service/platforms.py) said hidden checks are "neither shown nor
+    counted"; they count in the score on every platform. The description says so now, and a failed hidden check
+    lowers the score of a document that does not show it."""
+    import service.platforms
+
+    description = client.get("/openapi.json").json["paths"]["/v1/grade"]["post"]["description"]
+    for text in (description, service.platforms.__doc__):
+        assert "nor counted" not in text and "count" in text.replace("\n", " ")
+    assert "not shown in what the student\nreads" in description and "but count in the score" in description
+    problem = {**SQUARE, "checks": {"loss": {"points": 1}, "gradients.x": {"points": 3, "visibility": "hidden"}}}
+    body = {"problem": problem, "answers": {"loss": 0.0625, "gradients": {"x": 0}}}
+    result = client.post("/v1/grade?format=prairielearn", json=body).json
+    assert result["score"] == 0.25 and [t["name"] for t in result["tests"]] == ["1.1 f = x**2"]
+    assert result["message"].endswith("other checks, not shown here, count in the score too")
