@@ -281,6 +281,7 @@ def to_coderunner(result: dict) -> dict:
     for p, c in pairs:
         expected = "(not shown)" if "feedback" in c else _short(c["expected"], "")
         got = c["formula"] if c["formula"] is not None else c.get("actual_summary") or _short(c["actual"], "")
+        got = got or ("(could not be read)" if c["format_error"] else "")
         rows.append(
             [
                 bool(c["passed"]),

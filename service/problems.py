@@ -27,7 +27,8 @@ from .errors import InvalidProblem
 
 problem_file_schema = ProblemFileSchema()
 answer_field = Answer()
-# the order tests are numbered and listed in: what a student sees now first, so hidden ones leave no gaps
+# the order tests are numbered and listed in: what a student sees now first (visible, then what `released` shows),
+# so the checks not shown leave no gaps in the numbers shown
 VISIBILITY_ORDER = {"visible": 0, "after_published": 1, "after_due_date": 2, "hidden": 3}
 COPIED = ("model", "inputs", "points", "domain", "seed", "n_points", "rtol", "atol", "feedback")
 # a number as a student types one into a text box: JSON's, and .5, 5., +0.5, 007; never Python's float() ("1_0",
@@ -157,6 +158,7 @@ def _grade_problem(
     key = problem["key"]
     single = len(problem_file["problems"]) == 1
     submission, format_errors, places = {}, {}, {}
+    sent: dict = {}  # each answer as sent: a format error's is described (_sent: CodeRunner's Got column)
     # format errors of what holds the answer (the file, the problem's or a section's object), which say what they are
     # about: one line for all the checks they hold
     around: set[str] = set()
@@ -188,6 +190,7 @@ def _grade_problem(
                     )
                 continue
             else:
+                sent[name] = value
                 value, problem_text = _read_answer(name, value, limits, variables)
             if problem_text:
                 format_errors[name] = problem_text
@@ -236,8 +239,11 @@ def _grade_problem(
                 message=f"{check['title']}: {format_errors[check['name']]}",
                 format_error=True,
             )
+            if name in sent:
+                check["actual_summary"] = _sent(sent[name], limits)
         checks.append(check)
-    checks.sort(key=lambda c: VISIBILITY_ORDER[c["visibility"]])
+    shown = ("visible", *released)
+    checks.sort(key=lambda c: (c["visibility"] not in shown, VISIBILITY_ORDER[c["visibility"]]))
     for number, check in enumerate(checks, 1):
         check["number"] = f"{index + 1}.{number}"
     lines = []  # what PrairieLearn lists in format_errors
@@ -320,6 +326,15 @@ def _find_answer(answers: dict, key: str, name: str, options: dict, single: bool
     if value is None and section == "intermediates" and inner:
         value = spelled(inner, field)
     return value, None
+
+
+def _sent(value, limits: Limits) -> str:
+    """An answer as sent, bounded: text clipped (echo.clip), else echo.summary()'s description."""
+    if isinstance(value, str):
+        return repr(echo.clip(value))
+    if isinstance(value, (list, int, float)) and not isinstance(value, bool):
+        return echo.summary(value, limits.max_tensor_dims)
+    return _json_type(value)
 
 
 def _missing_hint(key: str, name: str, options: dict, single: bool) -> str | None:

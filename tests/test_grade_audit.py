@@ -315,3 +315,50 @@ def test_hidden_checks_count_in_the_score_as_the_openapi_document_says(client):
     result = client.post("/v1/grade?format=prairielearn", json=body).json
     assert result["score"] == 0.25 and [t["name"] for t in result["tests"]] == ["1.1 f = x**2"]
     assert result["message"].endswith("other checks, not shown here, count in the score too")
+
+
+# --- numbers and CodeRunner's Got column ----------------------------------------------------------------------------
+
+NEURON = {"model": {"kind": "neuron", "loss": "bce"}, "inputs": {"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0}}
+
+
+@pytest.mark.parametrize(
+    ("released", "names"),
+    [
+        ([], ["1.1 loss L"]),
+        (["after_due_date"], ["1.1 loss L", "1.2 dL/db"]),  # was 1.1, 1.3: the gap told of an unreleased check
+        (["after_published"], ["1.1 loss L", "1.2 dL/dw"]),
+        (["after_published", "after_due_date"], ["1.1 loss L", "1.2 dL/dw", "1.3 dL/db"]),
+    ],
+)
+def test_tests_shown_are_numbered_without_gaps(client, released, names):
+    """Audit F8: with after_due_date released and after_published not, PrairieLearn showed tests 1.1 and 1.3."""
+    checks = {
+        "loss": {"points": 1, "title": "loss L"},
+        "gradients.w": {"points": 2, "title": "dL/dw", "visibility": "after_published"},
+        "gradients.b": {"points": 2, "title": "dL/db", "visibility": "after_due_date"},
+    }
+    body = {
+        "problem": {**NEURON, "checks": checks},
+        "answers": {"loss": 6.7012, "gradients": {"w": 6.6918, "b": 0.9988}},
+    }
+    result = client.post("/v1/grade?format=prairielearn", json={**body, "released": released}).json
+    assert [t["name"] for t in result["tests"]] == names
+
+
+@pytest.mark.parametrize(
+    ("answer", "got"),
+    [("abc", "'abc'"), (".5.5", "'.5.5'"), ([1, "a"], "2 value(s) in shape [2]: [1, a]"), ({"a": 1}, "an object")],
+)
+def test_coderunners_got_column_says_what_could_not_be_read(client, answer, got):
+    """Audit F8: an answer that could not be read left CodeRunner's Got column empty."""
+    from platform_specs import validate_coderunner
+
+    body = {"problem": SQUARE, "answers": {"dfdx": answer}}
+    response = client.post("/v1/grade?format=coderunner", json=body)
+    assert response.status_code == 200, response.json
+    validate_coderunner(json.dumps(response.json))
+    header, row = response.json["testresults"]
+    assert not row[0] and got in row[header.index("Got")], row
+    unreadable = client.post("/v1/grade?format=coderunner", json={"problem": SQUARE, "answers": []}).json
+    assert unreadable["testresults"][1][3] == "(could not be read)"
