@@ -12,6 +12,7 @@ A new platform is one renderer here, one response schema in schemas/platforms.py
 from __future__ import annotations
 
 import html
+import json
 import math
 import re
 
@@ -189,7 +190,67 @@ def to_gradescope(result: dict) -> dict:
 
 
 def to_prairielearn(result: dict) -> dict:
-    """The external grader result: score in [0, 1], tests a student may see; format errors -> not gradable."""
+    """The external grader result: score in [0, 1], tests a student may see; format errors -> not gradable; at most
+    PRAIRIELEARN_BYTES of JSON (_within_prairielearn_limit)."""
+    return _within_prairielearn_limit(_prairielearn(result))
+
+
+# PrairieLearn refuses a results.json of 1 MB or more (externalGraderCommon.ts): the document is kept under this many
+# bytes as json.dumps writes it (ASCII escapes: never fewer bytes than UTF-8), with room for what wraps it
+PRAIRIELEARN_BYTES = 950_000
+PRAIRIELEARN_CUT = (
+    "\nSome texts below were cut (…) to keep these results under PrairieLearn's 1 MB; the score counts every check."
+)
+
+
+def _within_prairielearn_limit(doc: dict) -> dict:
+    """`doc` when it fits PRAIRIELEARN_BYTES; else its texts (each test's name, description, message and output, the
+    format errors and the output) cut to one length, the longest that fits, each cut one ending in "…", and the
+    message saying so. 25 problems of 100 failed checks made 1.65 MB. The schema's bounds (50 problems of 100 checks,
+    titles of 500 characters) leave every text over 20 characters."""
+    if _json_bytes(doc) <= PRAIRIELEARN_BYTES:
+        return doc
+    places = [(test, key) for test in doc["tests"] for key in ("name", "description", "message", "output")]
+    places += [(doc, "output")] + [(doc["format_errors"], i) for i in range(len(doc["format_errors"]))]
+    lengths = [_json_bytes(place[key]) - 2 for place, key in places]
+    emptied = {**doc, "message": doc["message"] + PRAIRIELEARN_CUT, "output": "", "format_errors": []}
+    emptied["tests"] = [{**test, "name": "", "description": "", "message": "", "output": ""} for test in doc["tests"]]
+    room = PRAIRIELEARN_BYTES - _json_bytes(emptied) - 4 * len(doc["format_errors"])  # each line's "" and ", "
+    level = _water_level(lengths, room)
+    doc = {**doc, "message": emptied["message"], "tests": [dict(test) for test in doc["tests"]]}
+    doc["format_errors"] = list(doc["format_errors"])
+    places = [(test, key) for test in doc["tests"] for key in ("name", "description", "message", "output")]
+    places += [(doc, "output")] + [(doc["format_errors"], i) for i in range(len(doc["format_errors"]))]
+    for (place, key), length in zip(places, lengths, strict=True):
+        if length > level:
+            place[key] = _cut(place[key], level)
+    return doc
+
+
+def _json_bytes(value) -> int:
+    return len(json.dumps(value, allow_nan=False))
+
+
+def _water_level(lengths: list[int], room: int) -> int:
+    """The largest length L such that the lengths, each cut to at most L, add up to at most `room`."""
+    used, remaining = 0, len(lengths)
+    for length in sorted(lengths):
+        if used + length * remaining > room:
+            return max(0, (room - used) // remaining)
+        used += length
+        remaining -= 1
+    return max(lengths, default=0)
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text`'s head and "…", at most `limit` bytes inside its JSON quotes."""
+    cut = text[: max(0, limit - 6)]  # "…" is 6 bytes escaped
+    while cut and _json_bytes(cut + "…") - 2 > limit:  # escapes: a character may take up to 12 bytes
+        cut = cut[: len(cut) * 3 // 4]
+    return cut + "…" if limit >= 6 else ""
+
+
+def _prairielearn(result: dict) -> dict:
     if result["not_gradable"]:
         return {
             "gradable": False,

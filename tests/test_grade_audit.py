@@ -362,3 +362,71 @@ def test_coderunners_got_column_says_what_could_not_be_read(client, answer, got)
     assert not row[0] and got in row[header.index("Got")], row
     unreadable = client.post("/v1/grade?format=coderunner", json={"problem": SQUARE, "answers": []}).json
     assert unreadable["testresults"][1][3] == "(could not be read)"
+
+
+# --- PrairieLearn's 1 MB ---------------------------------------------------------------------------------------------
+
+
+def many_failed_checks(
+    problems: int, title: str = "Problem number {p} with a reasonably descriptive title", checks: int = 100
+) -> dict:
+    """Audit F9's file: `problems` problems of 100 checks each (d/da_i of a sum of squares), all answered wrong."""
+    names = [f"a{i}" for i in range(checks)]
+    formula = "+".join(f"({'+'.join(f'{n}*{n}' for n in names[k : k + 10])})" for k in range(0, checks, 10))
+    problem_file = {
+        "title": "Big",
+        "problems": [
+            {
+                "key": f"p{p}",
+                "title": title.format(p=p),
+                "model": {"kind": "expression", "formula": formula},
+                "inputs": {n: 0.5 + i / 100 for i, n in enumerate(names)},
+                "checks": {
+                    f"gradients.{n}": {"points": 1, "title": f"derivative of the sum of squares with respect to {n}"}
+                    for n in names
+                },
+            }
+            for p in range(problems)
+        ],
+    }
+    answers = {f"p{p}": {"gradients": dict.fromkeys(names, 123.456)} for p in range(problems)}
+    return {"problem": problem_file, "answers": answers}
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("problems", [2, 25])
+def test_prairielearn_results_stay_under_1_mb(live_server, problems):
+    """Audit F9: 25 problems of 100 failed checks made a 1.65 MB results.json, which PrairieLearn refuses. Texts
+    are cut to one length that fits now, and the message says so; a document that fits is left as it was."""
+    from platform_specs import validate_prairielearn
+
+    body = many_failed_checks(problems)
+    response = requests.post(live_server.url + "/v1/grade?format=prairielearn", json=body, timeout=60)
+    assert response.status_code == 200, response.text[:300]
+    doc = response.json()
+    validate_prairielearn(doc)
+    assert doc["score"] == 0.0 and len(doc["tests"]) == 100 * problems
+    cut = "to keep these results under PrairieLearn's 1 MB" in doc["message"]
+    assert cut is (problems > 2)
+    messages = [t["message"] for t in doc["tests"]]
+    assert all(m.startswith("derivative of the sum of squares") for m in messages)
+    assert all(m.endswith("…") for m in messages) is cut and len(json.dumps(doc)) < 1_000_000
+
+
+def test_prairielearn_format_errors_stay_under_1_mb(client):
+    """Not gradable: every check's format error is a line of `format_errors` and of `output`; cut alike."""
+    from platform_specs import validate_prairielearn
+
+    body = many_failed_checks(50, title="{p}" + "t" * 400, checks=50)
+    for problem in body["problem"]["problems"]:
+        for options in problem["checks"].values():
+            options["title"] += " " + "long " * 25
+    body["answers"] = {
+        f"p{p}": {"gradients": dict.fromkeys([f"a{i}" for i in range(50)], "x" * 300)} for p in range(50)
+    }
+    response = client.post("/v1/grade?format=prairielearn", json=body)
+    assert response.status_code == 200, response.json
+    doc = response.json
+    validate_prairielearn(doc)
+    assert doc["gradable"] is False and len(doc["format_errors"]) == 2500 and doc["output"].endswith("…")
+    assert doc["message"].endswith("to keep these results under PrairieLearn's 1 MB; the score counts every check.")
