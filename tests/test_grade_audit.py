@@ -430,3 +430,16 @@ def test_prairielearn_format_errors_stay_under_1_mb(client):
     validate_prairielearn(doc)
     assert doc["gradable"] is False and len(doc["format_errors"]) == 2500 and doc["output"].endswith("…")
     assert doc["message"].endswith("to keep these results under PrairieLearn's 1 MB; the score counts every check.")
+
+
+@pytest.mark.live
+def test_gradsvc_grade_writes_prairielearns_big_results_under_1_mb(live_server, tmp_path):
+    """The file on disk too: indented, audit F9's 950,000-byte document was 1.06 MB; past 1 MB it is written compact."""
+    from platform_specs import validate_prairielearn
+    from test_grade import grade_files
+
+    body = many_failed_checks(25)
+    data = json.dumps({"submitted_answers": body["answers"]})
+    _, text = grade_files(tmp_path, "prairielearn", data, json.dumps(body["problem"]), live_server.url, "p.json")
+    assert len(text.encode()) < 1_000_000
+    validate_prairielearn(json.loads(text))
