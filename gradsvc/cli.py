@@ -7,7 +7,7 @@ could not check it (unavailable, or it refused the request: API key, URL), 4 ser
 Numbers that overflow a double (1e400) are read as the service's "Infinity"/"-Infinity", like the Infinity literal.
 
 Exit codes of compute, check and batch:
-  0  success; for `check`/`batch`: every check passed and no job failed
+  0  success; for `check`/`batch`: every check passed (hidden ones too, whatever --format) and no job failed
   1  the service answered, but a check failed (or, for `batch`, a job failed or a check in it failed)
   2  usage or input error: bad arguments, unreadable/invalid JSON file, or the service answered 4xx
   3  service unavailable: connection refused/timed out, a response cut off, or 429/502/503/504, still after every retry
@@ -71,7 +71,12 @@ def read_jobs(path: str) -> list:
     return jobs
 
 
-def check_passed(body: dict, fmt: str) -> bool:
+def check_passed(body: dict, fmt: str, headers=None) -> bool:
+    """Whether the whole grade passed: the service's Grade-Passed header, which counts every check whatever the
+    format (PrairieLearn's body leaves hidden checks out); from the body for a service without it."""
+    header = (headers or {}).get("Grade-Passed")
+    if header in ("true", "false"):
+        return header == "true"
     if fmt == "gradescope":
         return all(t.get("status") == "passed" for t in body.get("tests", []))
     if fmt == "prairielearn":
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             body = client.check(read_json(args.submission), format=args.format)
             emit(body, args.pretty)
-            return OK if check_passed(body, args.format) else CHECKS_FAILED
+            return OK if check_passed(body, args.format, client.last_headers) else CHECKS_FAILED
         jobs = read_jobs(args.jobs)
         status = OK
         size = max(1, args.chunk_size)

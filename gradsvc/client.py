@@ -69,6 +69,7 @@ class Client:
         self.max_backoff = max_backoff
         self.session = session or requests.Session()
         self._sleep = sleep
+        self.last_headers: dict = {}  # the headers of the last response decoded (check(): Grade-Passed)
 
     # the endpoints ----------------------------------------------------------------------------------
 
@@ -121,6 +122,7 @@ class Client:
                 last = f"{type(err).__name__}: {err}"
             else:
                 if response.status_code not in RETRY_STATUSES:
+                    self.last_headers = response.headers
                     return self._decode(response)
                 last = f"HTTP {response.status_code}"
             if attempt < self.retries:

@@ -173,11 +173,17 @@ def keys_in_text(path: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+# PrairieLearn refuses a results.json of 1 MB or more; the service keeps its document's compact JSON under it
+INDENTED_BYTES = 1_000_000
+
+
 def render(platform: str, doc: dict) -> str:
-    """The file's text: Autolab's two stdout lines (feedback, then the autoresult last), else indented JSON."""
+    """The file's text: Autolab's two stdout lines (feedback, then the autoresult last), else indented JSON, or
+    compact JSON when indenting would take it to INDENTED_BYTES (2,500 tests' indents are ~110 KB)."""
     if platform == "autolab":
         return json.dumps(doc["feedback"]) + "\n" + json.dumps(doc["autoresult"]) + "\n"
-    return json.dumps(doc, indent=2) + "\n"
+    text = json.dumps(doc, indent=2) + "\n"
+    return text if len(text.encode()) < INDENTED_BYTES else json.dumps(doc) + "\n"
 
 
 def write_atomic(path: str, text: str) -> None:

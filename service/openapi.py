@@ -128,11 +128,12 @@ def operation(
     description: str | None = None,
     media_type: str = "application/json",
     alternatives: dict | None = None,
+    headers: dict | None = None,
 ):
     """Declare a view's OpenAPI operation: its request body, query and 200 response schemas (marshmallow classes,
     or an OpenAPI schema dict built from them) and its error statuses. `alternatives` maps further media types
-    the 200 can be negotiated to (Accept) to their schemas. build_spec() collects it at start-up; the view
-    itself is unchanged, so declaring costs nothing per request."""
+    the 200 can be negotiated to (Accept) to their schemas; `headers`, the 200's response headers. build_spec()
+    collects it at start-up; the view itself is unchanged, so declaring costs nothing per request."""
     spec: dict = {"summary": summary}
     if description:
         spec["description"] = description
@@ -143,6 +144,8 @@ def operation(
     content = {media_type: {"schema": returns}}
     content.update({other: {"schema": schema} for other, schema in (alternatives or {}).items()})
     spec["responses"] = {200: {"description": ok, "content": content}}
+    if headers:
+        spec["responses"][200]["headers"] = headers
     spec["responses"].update(
         {status: {"$ref": f"#/components/responses/{ERROR_COMPONENTS[status]}"} for status in errors}
     )

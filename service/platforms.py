@@ -2,8 +2,9 @@
 
 Presentation only. Every renderer takes the platform-neutral result of service/problems.py (or a /v1/check result
 wrapped by `from_check`) and honours visibility: a check that is `hidden`, or `after_due_date` / `after_published`
-before it is released, is neither shown nor counted in what the student reads. Gradescope gets every test with its own
-`visibility` (Gradescope hides them itself) but an always-visible summary that counts only `visible` tests.
+before it is released, is not shown in what the student reads, but counts in the score (the grade); a summary of the
+shown checks says that others, not shown, count too (never which, how many or their points). Gradescope gets every
+test with its own `visibility` (Gradescope hides them itself) and an always-visible summary of the `visible` tests.
 Each platform's documented format is cited at its renderer; tests/platform_specs.py validates against them.
 A new platform is one renderer here, one response schema in schemas/platforms.py, one RENDERERS entry.
 """
@@ -11,6 +12,7 @@ A new platform is one renderer here, one response schema in schemas/platforms.py
 from __future__ import annotations
 
 import html
+import json
 import math
 import re
 
@@ -188,7 +190,67 @@ def to_gradescope(result: dict) -> dict:
 
 
 def to_prairielearn(result: dict) -> dict:
-    """The external grader result: score in [0, 1], tests a student may see; format errors -> not gradable."""
+    """The external grader result: score in [0, 1], tests a student may see; format errors -> not gradable; at most
+    PRAIRIELEARN_BYTES of JSON (_within_prairielearn_limit)."""
+    return _within_prairielearn_limit(_prairielearn(result))
+
+
+# PrairieLearn refuses a results.json of 1 MB or more (externalGraderCommon.ts): the document is kept under this many
+# bytes as json.dumps writes it (ASCII escapes: never fewer bytes than UTF-8), with room for what wraps it
+PRAIRIELEARN_BYTES = 950_000
+PRAIRIELEARN_CUT = (
+    "\nSome texts below were cut (…) to keep these results under PrairieLearn's 1 MB; the score counts every check."
+)
+
+
+def _within_prairielearn_limit(doc: dict) -> dict:
+    """`doc` when it fits PRAIRIELEARN_BYTES; else its texts (each test's name, description, message and output, the
+    format errors and the output) cut to one length, the longest that fits, each cut one ending in "…", and the
+    message saying so. 25 problems of 100 failed checks made 1.65 MB. The schema's bounds (50 problems of 100 checks,
+    titles of 500 characters) leave every text over 20 characters."""
+    if _json_bytes(doc) <= PRAIRIELEARN_BYTES:
+        return doc
+    places = [(test, key) for test in doc["tests"] for key in ("name", "description", "message", "output")]
+    places += [(doc, "output")] + [(doc["format_errors"], i) for i in range(len(doc["format_errors"]))]
+    lengths = [_json_bytes(place[key]) - 2 for place, key in places]
+    emptied = {**doc, "message": doc["message"] + PRAIRIELEARN_CUT, "output": "", "format_errors": []}
+    emptied["tests"] = [{**test, "name": "", "description": "", "message": "", "output": ""} for test in doc["tests"]]
+    room = PRAIRIELEARN_BYTES - _json_bytes(emptied) - 4 * len(doc["format_errors"])  # each line's "" and ", "
+    level = _water_level(lengths, room)
+    doc = {**doc, "message": emptied["message"], "tests": [dict(test) for test in doc["tests"]]}
+    doc["format_errors"] = list(doc["format_errors"])
+    places = [(test, key) for test in doc["tests"] for key in ("name", "description", "message", "output")]
+    places += [(doc, "output")] + [(doc["format_errors"], i) for i in range(len(doc["format_errors"]))]
+    for (place, key), length in zip(places, lengths, strict=True):
+        if length > level:
+            place[key] = _cut(place[key], level)
+    return doc
+
+
+def _json_bytes(value) -> int:
+    return len(json.dumps(value, allow_nan=False))
+
+
+def _water_level(lengths: list[int], room: int) -> int:
+    """The largest length L such that the lengths, each cut to at most L, add up to at most `room`."""
+    used, remaining = 0, len(lengths)
+    for length in sorted(lengths):
+        if used + length * remaining > room:
+            return max(0, (room - used) // remaining)
+        used += length
+        remaining -= 1
+    return max(lengths, default=0)
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text`'s head and "…", at most `limit` bytes inside its JSON quotes."""
+    cut = text[: max(0, limit - 6)]  # "…" is 6 bytes escaped
+    while cut and _json_bytes(cut + "…") - 2 > limit:  # escapes: a character may take up to 12 bytes
+        cut = cut[: len(cut) * 3 // 4]
+    return cut + "…" if limit >= 6 else ""
+
+
+def _prairielearn(result: dict) -> dict:
     if result["not_gradable"]:
         return {
             "gradable": False,
@@ -229,8 +291,7 @@ def to_prairielearn(result: dict) -> dict:
 def to_autolab(result: dict) -> dict:
     """Two stdout lines: the semantic feedback (checks a student may see) and, last, the autoresult."""
     feedback = {"_presentation": "semantic", "stages": []}
-    for problem in result["problems"]:
-        stage = problem["title"] if problem["title"] not in ("_presentation", "stages") else problem["key"]
+    for problem, stage in zip(result["problems"], _stage_names(result["problems"]), strict=True):
         rows = {}
         for check in problem["checks"]:
             if _shown(check, result):
@@ -244,6 +305,27 @@ def to_autolab(result: dict) -> dict:
     scores = {p["key"]: p["score"] for p in result["problems"]}
     autoresult = {"scores": scores, "scoreboard": [result["score"], *scores.values()]}
     return {"feedback": feedback, "autoresult": autoresult}
+
+
+AUTOLAB_RESERVED = ("_presentation", "stages")
+
+
+def _stage_names(problems: list[dict]) -> list[str]:
+    """Each problem's Autolab stage: its title, unique among the stages and the feedback's own keys (a stage is a
+    key of the feedback object: a second problem of the same title overwrote the first's rows). A title two problems
+    share, or a reserved one, is followed by the problem's key, "Part 1 (b)"; then by its number if still taken."""
+    titles = [p["title"] for p in problems]
+    names: list[str] = []
+    taken = set(AUTOLAB_RESERVED)
+    for number, (problem, title) in enumerate(zip(problems, titles, strict=True), 1):
+        name = title if titles.count(title) == 1 and title not in taken else f"{title} ({problem['key']})"
+        if name in taken or name in titles[number:]:
+            name = f"{title} ({problem['key']}, {number})"
+        while name in taken:  # a title spelled like another's disambiguated name: bounded by the problems' count
+            name += "'"
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 # --- Moodle CodeRunner: combinator template grader (classes/jobrunner.php do_combinator_grading,
@@ -260,6 +342,7 @@ def to_coderunner(result: dict) -> dict:
     for p, c in pairs:
         expected = "(not shown)" if "feedback" in c else _short(c["expected"], "")
         got = c["formula"] if c["formula"] is not None else c.get("actual_summary") or _short(c["actual"], "")
+        got = got or ("(could not be read)" if c["format_error"] else "")
         rows.append(
             [
                 bool(c["passed"]),

@@ -9,6 +9,7 @@ platform-neutral result that service/platforms.py renders for Gradescope, Prairi
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from marshmallow import ValidationError
@@ -17,7 +18,7 @@ from schemas.grading import Answer
 from schemas.problems import MAX_PROBLEMS, ProblemFileSchema
 
 from .engine import cost, echo
-from .engine.check import SECTIONS, Grader, Ledger, Problem, answer_place, estimate
+from .engine.check import SECTIONS, Grader, Ledger, Problem, Spellings, answer_place, estimate
 from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded, UngradableReference
 from .engine.formula import parse_formula
 from .engine.limits import Limits
@@ -26,9 +27,17 @@ from .errors import InvalidProblem
 
 problem_file_schema = ProblemFileSchema()
 answer_field = Answer()
-# the order tests are numbered and listed in: what a student sees now first, so hidden ones leave no gaps
+# the order tests are numbered and listed in: what a student sees now first (visible, then what `released` shows),
+# so the checks not shown leave no gaps in the numbers shown
 VISIBILITY_ORDER = {"visible": 0, "after_published": 1, "after_due_date": 2, "hidden": 3}
 COPIED = ("model", "inputs", "points", "domain", "seed", "n_points", "rtol", "atol", "feedback")
+# a number as a student types one into a text box: JSON's, and .5, 5., +0.5, 007; never Python's float() ("1_0",
+# "infinity", " nan"): read only where JSON cannot read the text, alone or in lists, in texts of at most TYPED_CHARS
+TYPED_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+TYPED_TOKEN = re.compile(rf"\s*(?:([\[\],])|({TYPED_NUMBER}))")
+TYPED_INTEGER = re.compile(r"[+-]?\d+")
+TYPED_CHARS = 100_000
+TYPED_DEPTH = 1024  # lists nested as deep as a request body may nest them (orjson)
 
 
 def check_raw(problem_file, limits: Limits) -> None:
@@ -149,24 +158,39 @@ def _grade_problem(
     key = problem["key"]
     single = len(problem_file["problems"]) == 1
     submission, format_errors, places = {}, {}, {}
+    sent: dict = {}  # each answer as sent: a format error's is described (_sent: CodeRunner's Got column)
     # format errors of what holds the answer (the file, the problem's or a section's object), which say what they are
     # about: one line for all the checks they hold
     around: set[str] = set()
     try:
         built = Problem(request, limits)
         variables = list(built.points[0])
+        taken = {n.partition(".")[2] for n in problem["checks"] if n.startswith("intermediates.")}
+        spellings: dict[int, Spellings] = {}  # id(an intermediates object of the answers) -> its Spellings
+
+        def spelled(given: dict, field: str):
+            """The answer to the intermediate `field` under another spelling of it in `given`, or None."""
+            found = spellings.setdefault(id(given), Spellings(built, ledger, given, taken)).find(field)
+            return None if found is None else given[found]
+
         for name, options in problem["checks"].items():
             if unreadable is not None:
                 format_errors[name] = f"your answers could not be read: {unreadable}"
                 around.add(name)
                 continue
-            value, problem_text = _find_answer(answers, key, name, options, single)
+            value, problem_text = _find_answer(answers, key, name, options, single, spelled)
             if problem_text is not None:
                 around.add(name)
             elif value is None:
                 places[name] = _missing_hint(key, name, options, single)  # the engine says "no answer given"
+                refused = next((s.refused for s in spellings.values() if s.refused), None)
+                if refused is not None:
+                    places[name] = (places[name] or f"add {answer_place(name)} to your answers") + (
+                        f"; other keys not read as its spelling, over the budget: {refused.detail}"
+                    )
                 continue
             else:
+                sent[name] = value
                 value, problem_text = _read_answer(name, value, limits, variables)
             if problem_text:
                 format_errors[name] = problem_text
@@ -199,6 +223,7 @@ def _grade_problem(
     except EngineError as err:
         raise _uncomputable(index, problem, err) from None
     misnamed = {c["name"]: c["message"] for c in result["checks"] if c["name"] in grader.misnamed}
+    misnamed.update(_same_intermediate(problem["checks"], built, ledger, misnamed))
     checks = []
     for check in result["checks"]:
         options = problem["checks"][check["name"]]
@@ -214,8 +239,11 @@ def _grade_problem(
                 message=f"{check['title']}: {format_errors[check['name']]}",
                 format_error=True,
             )
+            if name in sent:
+                check["actual_summary"] = _sent(sent[name], limits)
         checks.append(check)
-    checks.sort(key=lambda c: VISIBILITY_ORDER[c["visibility"]])
+    shown = ("visible", *released)
+    checks.sort(key=lambda c: (c["visibility"] not in shown, VISIBILITY_ORDER[c["visibility"]]))
     for number, check in enumerate(checks, 1):
         check["number"] = f"{index + 1}.{number}"
     lines = []  # what PrairieLearn lists in format_errors
@@ -246,6 +274,21 @@ def _grade_problem(
     }
 
 
+def _same_intermediate(checks: dict, built: Problem, ledger: Ledger, misnamed: dict) -> dict[str, str]:
+    """Checks that name one intermediate in two spellings ("x**2", "x ** 2"), by name -> message: an answer keyed as
+    either would be one check's only (the file's error, as a misnamed check). Their keys were read by grading."""
+    first: dict[str, str] = {}
+    found = {}
+    for name in checks:
+        section, _, key = name.partition(".")
+        if section != "intermediates" or name in misnamed:
+            continue
+        same = first.setdefault(built.intermediate_name(key, ledger), name)
+        if same != name:
+            found[name] = f"{name}: names the same intermediate as {same}; keep one of the two checks"
+    return found
+
+
 def _misnamed_checks(problems: list[dict]) -> InvalidProblem | None:
     """One 422 naming every check of the file that names nothing its model has (was: the first only)."""
     found = [(i, p["key"], p.pop("misnamed")) for i, p in enumerate(problems)]
@@ -257,9 +300,10 @@ def _misnamed_checks(problems: list[dict]) -> InvalidProblem | None:
     return InvalidProblem(422, detail, {"problem": {"problems": errors}})
 
 
-def _find_answer(answers: dict, key: str, name: str, options: dict, single: bool):
+def _find_answer(answers: dict, key: str, name: str, options: dict, single: bool, spelled):
     """(the answer or None when there is none, None), or (None, a format error) when what holds it is not an object:
-    the answer by its platform name (flat), else under the problem's key (or at the top level for one problem)."""
+    the answer by its platform name (flat), else under the problem's key (or at the top level for one problem); an
+    intermediate's under its check's own key first, else under another spelling of it (`spelled(given, field)`)."""
     if options.get("answer") and options["answer"] in answers:
         return answers[options["answer"]], None
     nested = answers.get(key)
@@ -278,7 +322,19 @@ def _find_answer(answers: dict, key: str, name: str, options: dict, single: bool
             None,
             f'{where} must be an object with one entry per name ({{"<name>": ...}}), got {_json_type(inner)}',
         )
-    return (inner or {}).get(field), None
+    value = (inner or {}).get(field)
+    if value is None and section == "intermediates" and inner:
+        value = spelled(inner, field)
+    return value, None
+
+
+def _sent(value, limits: Limits) -> str:
+    """An answer as sent, bounded: text clipped (echo.clip), else echo.summary()'s description."""
+    if isinstance(value, str):
+        return repr(echo.clip(value))
+    if isinstance(value, (list, int, float)) and not isinstance(value, bool):
+        return echo.summary(value, limits.max_tensor_dims)
+    return _json_type(value)
 
 
 def _missing_hint(key: str, name: str, options: dict, single: bool) -> str | None:
@@ -320,12 +376,51 @@ def _read_answer(name: str, value, limits: Limits, variables: list[str]):
     if isinstance(value, str):  # a number typed into a text box
         try:
             value = json.loads(value, parse_int=_json_int)
+        except RecursionError:  # deeper than Python's parser goes (about 990 levels): not an answer, nor a 500
+            return None, f"{value[:100]!r} is nested too deeply to read: enter a number or a list of numbers"
         except ValueError:
-            return None, f"{value[:100]!r} is not a number or a list of numbers"
+            typed = _typed_numbers(value)
+            if typed is None:
+                return None, f"{value[:100]!r} is not a number or a list of numbers"
+            value = typed
     try:
         return answer_field.deserialize(value), None
     except ValidationError as err:
         return None, " ".join(err.messages) if isinstance(err.messages, list) else str(err.messages)
+
+
+def _typed_numbers(text: str):
+    """A number or lists of numbers as a student types them (TYPED_NUMBER: ".5", "+0.5", "[.5, 1.]"), read without
+    recursion; None when the text is anything else, longer than TYPED_CHARS or nested deeper than TYPED_DEPTH."""
+    if len(text) > TYPED_CHARS:
+        return None
+    root: list = []
+    stack, pos, after_value = [root], 0, False
+    while (match := TYPED_TOKEN.match(text, pos)) is not None:
+        pos = match.end()
+        punctuation, number = match.groups()
+        if number is not None:
+            if after_value:
+                return None
+            stack[-1].append(_json_int(number) if TYPED_INTEGER.fullmatch(number) else float(number))
+            after_value = True
+        elif punctuation == "[":
+            if after_value or len(stack) > TYPED_DEPTH:
+                return None
+            stack[-1].append([])
+            stack.append(stack[-1][-1])
+        elif punctuation == "]":
+            if len(stack) == 1 or (not after_value and stack[-1]):  # nothing open, or "]" after ","
+                return None
+            stack.pop()
+            after_value = True
+        else:
+            if not after_value or len(stack) == 1:
+                return None
+            after_value = False
+    if text[pos:].strip() or len(stack) != 1 or len(root) != 1:
+        return None
+    return root[0]
 
 
 def _json_int(text: str) -> int | float:

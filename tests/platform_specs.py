@@ -131,6 +131,9 @@ def validate_autolab(stdout: str) -> tuple[dict | None, dict]:
         feedback = json.loads(lines[-2])
         assert feedback["_presentation"] == "semantic"
         assert isinstance(feedback.get("stages", []), list)
+        stages = feedback.get("stages", [])
+        assert len(set(stages)) == len(stages), f"duplicate stage names (one overwrites another's rows): {stages}"
+        assert not set(stages) & {"_presentation", "stages"}, stages
         for stage in feedback.get("stages", []):
             assert isinstance(feedback[stage], dict), f"stage {stage!r} has no results"
             for name, row in feedback[stage].items():

@@ -104,7 +104,8 @@ def reference(model, point: dict[str, torch.Tensor], deadline: Deadline) -> dict
 
 
 def plan_checks(request: dict) -> tuple[list[tuple[str, dict]], list[str]]:
-    """(check name, options) in order: the request's `checks`, or every answer in the submission at 1 point each."""
+    """(check name, options) in order: the request's `checks`, or every answer in the submission at 1 point each;
+    and the submitted answers no check names by their own key (an intermediate's may be another spelling of one)."""
     submission, configured = request["submission"], request.get("checks")
     given = []
     for section in SECTIONS:
@@ -114,9 +115,7 @@ def plan_checks(request: dict) -> tuple[list[tuple[str, dict]], list[str]]:
             given += [f"{section}.{key}" for key in submission.get(section, {})]
     if configured is None:
         return [(name, {"points": 1.0, "visibility": "visible"}) for name in given], []
-    ignored = [name for name in given if name not in configured]
-    warnings = [f"{name}: answer not graded (not among the request's checks)" for name in ignored]
-    return list(configured.items()), warnings
+    return list(configured.items()), [name for name in given if name not in configured]
 
 
 def known_names(names: list[str]) -> str:
@@ -278,6 +277,41 @@ class Problem:
         return self._stacks
 
 
+class Spellings:
+    """The key a submission's intermediates (`given`) hold a check's answer under when it is not the check's own:
+    another spelling of the same subexpression ("x**2" for a check of "intermediates.x ** 2"), as the references
+    match a key without checks. Read only when a check finds no answer under its own key, each submitted key at most
+    once, through Problem.intermediate_name (charged to the ledger, memoized per request); a key that is a check's
+    own (`taken`) is that check's answer, never read. Once the budget refuses a key, no other key is read
+    (`refused`)."""
+
+    def __init__(self, problem: Problem, ledger: Ledger, given: dict, taken) -> None:
+        self.problem, self.ledger = problem, ledger
+        self.unread = iter([key for key in given if key not in taken])
+        self.read: dict[str, str] = {}  # intermediate's name -> the first submitted key that spells it
+        self.used: set[str] = set()  # the submitted keys found as a check's answer
+        self.refused: LimitExceeded | None = None
+
+    def find(self, key: str) -> str | None:
+        """The submitted key spelling the intermediate the check's `key` names, or None. LimitExceeded: `key` itself
+        over the budget (the caller's, as when its reference is looked up)."""
+        target = self.problem.intermediate_name(key, self.ledger)
+        found = self.read.get(target)
+        while found is None:
+            other = next(self.unread, None)
+            if other is None:
+                return None
+            try:
+                name = self.problem.intermediate_name(other, self.ledger)
+            except LimitExceeded as err:
+                self.refused, self.unread = err, iter(())
+                return None
+            self.read.setdefault(name, other)
+            found = other if name == target else None
+        self.used.add(found)
+        return found
+
+
 class Ledger:
     """What a request has charged to its one budget: the estimates of all its problems (a /v1/grade problem file's)
     or jobs (a batch's), reserved before any is graded, then what grading the answers adds (submitted formulas,
@@ -368,6 +402,7 @@ class Grader:
         self.refused: LimitExceeded | None = None  # the first intermediate's key the budget left no room to parse
         self.places = places or {}
         self.refuse_clamped = refuse_clamped
+        self.spellings: Spellings | None = None  # made at the first intermediate's check without its own answer
 
     def title(self, name: str) -> str:
         section, _, key = name.partition(".")
@@ -395,8 +430,14 @@ class Grader:
     def grade_checks(self) -> list[dict]:
         """Each planned check's result (its comparison queued, when deferred)."""
         plan, ignored = plan_checks(self.request)
-        self.warnings += ignored
-        return [self.check(name, options) for name, options in plan]
+        checks = [self.check(name, options) for name, options in plan]
+        used = self.spellings.used if self.spellings else set()
+        self.warnings += [
+            f"{name}: answer not graded (not among the request's checks)"
+            for name in ignored
+            if not (name.startswith("intermediates.") and name.partition(".")[2] in used)
+        ]
+        return checks
 
     def finish(self, checks: list[dict]) -> dict:
         """The response body around the checks' results, once every comparison is done: the deferred
@@ -405,10 +446,12 @@ class Grader:
             if not result["passed"]:
                 self._diagnose(result, result["name"], answer, expected)
         self.undiagnosed = []
-        first_wrong = diagnose_bugs.first_wrong_layer(self, checks)
+        checked = diagnose_bugs.up_to_first_wrong(self, checks)
+        first_wrong = diagnose_bugs.first_wrong_layer(checked)
         for c in checks if first_wrong else ():
             if c["kind"] == "gradient" and not c["passed"] and c.get("feedback") != "verdict":
-                c["message"] += f"; {first_wrong['message']}"
+                if all(_seen_with(c, other) for other in checked):
+                    c["message"] += f"; {first_wrong['message']}"
         for c in checks:
             feedback.redact(c)
         profile = tolerance.resolve({}, self.request, self.request["rtol"], self.request["atol"])
@@ -484,9 +527,14 @@ class Grader:
             self._require_unclamped(name, result["title"])
         result["expected"] = expected if self.multi else expected[0]
         answer = _answer(self.request["submission"], name)
+        if answer is None and section == "intermediates":
+            answer = self._spelled(key)
         if answer is None:
             place = self.places.get(name) or f"add {answer_place(name)} to the submission"
             result["message"] = f"{result['title']}: no answer given ({place})"
+            if self.spellings and self.spellings.refused:
+                refused = self.spellings.refused.detail
+                result["message"] += f"; other keys not read as its spelling, over the budget: {refused}"
             return result
         if section == "gradient_formulas":
             result["formula"] = echo.clip(answer)
@@ -518,6 +566,17 @@ class Grader:
         if not result["passed"]:
             self._diagnose(result, name, answer, expected, profile)
         return result
+
+    def _spelled(self, key: str):
+        """The answer to the intermediate `key` under another spelling of it (Spellings), or None."""
+        given = self.request["submission"].get("intermediates") or {}
+        if not given or self.request.get("checks") is None:  # without checks, each answer names its own check
+            return None
+        if self.spellings is None:
+            taken = {name.partition(".")[2] for name in self.request["checks"] if name.startswith("intermediates.")}
+            self.spellings = Spellings(self.problem, self.ledger, given, taken)
+        found = self.spellings.find(key)
+        return None if found is None else given[found]
 
     def _diagnose(
         self, result: dict, name: str, answer, expected: list[torch.Tensor], profile: dict | None = None
@@ -861,6 +920,14 @@ class Grader:
         if values and CLAMP_FACTOR in factors:
             text += "; " + self._clamp_note("gradients", key, i)
         return text
+
+
+def _seen_with(check: dict, other: dict) -> bool:
+    """Whether whoever reads `check`'s message may read `other` too: `other` is visible, or released with `check`
+    (the same visibility). A message names another check's verdict only then: a visible gradient's message said
+    "the forward pass first goes wrong at Z1" of a hidden Z1, and "the intermediates before it are right" tells
+    the verdicts of every one before it."""
+    return other["visibility"] in ("visible", check["visibility"])
 
 
 def _factor_names(factors: dict, key: str) -> tuple[str, ...]:

@@ -165,20 +165,30 @@ def diagnose(grader, name: str, answer, expected: list[torch.Tensor], rule: dict
     return closest[1] if closest else None
 
 
-def first_wrong_layer(grader, checks: list[dict]) -> dict | None:
-    """For networks: the first intermediate (forward values in layer order, then gradients backwards) that is
-    wrong, when the submission graded intermediates."""
+def up_to_first_wrong(grader, checks: list[dict]) -> list[dict]:
+    """For networks: the graded intermediates' checks in the order mistakes propagate (forward values in layer order,
+    then gradients backwards), up to the first wrong one; [] when none is wrong (or not a network)."""
     model = _raw(grader.model)
     if not isinstance(model, Network):
-        return None
+        return []
     graded = {
         c["name"].partition(".")[2]: c for c in checks if c["kind"] == "intermediate" and c["expected"] is not None
     }
     order = model.intermediate_order(list(grader.refs[0]["intermediates"]))
-    wrong = [n for n in order if n in graded and not graded[n]["passed"]]
-    if not wrong:
+    seen = []
+    for name in order:
+        if name in graded:
+            seen.append(graded[name])
+            if not graded[name]["passed"]:
+                return seen
+    return []
+
+
+def first_wrong_layer(checked: list[dict]) -> dict | None:
+    """The first wrong intermediate of up_to_first_wrong(), its layer and a message, or None."""
+    if not checked:
         return None
-    first = wrong[0]
+    first = checked[-1]["name"].partition(".")[2]
     digits = re.search(r"(\d+)", first)
     layer = int(digits.group(1)) if digits else 0
     where = "backward" if first.startswith("d") else "forward"

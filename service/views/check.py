@@ -30,6 +30,14 @@ CHECK_KEYS = tuple(RESPONSES["json"].dump_fields)
 CHECK_FLOATS = ("score", "max_score", "rtol", "atol")
 RESULT_KEYS = tuple(RESPONSES["json"].dump_fields["checks"].inner.schema.dump_fields)
 RESULT_FLOATS = ("rtol", "atol", "points", "max_points", "abs_error", "rel_error")
+# the whole grade's verdict in every format: a platform's body may leave hidden checks out (PrairieLearn's does)
+PASSED_HEADER = {
+    "Grade-Passed": {
+        "description": "`true` when every check passed (hidden ones too) and the score is the maximum, else `false`, "
+        "whatever the format: `gradsvc check` exits on it",
+        "schema": {"type": "string", "enum": ["true", "false"]},
+    }
+}
 
 
 @bp.post("/v1/check")
@@ -40,12 +48,14 @@ RESULT_FLOATS = ("rtol", "atol", "points", "max_points", "abs_error", "rel_error
     body=CheckRequestSchema,
     query=CheckQuerySchema,
     errors=(400, 413, 415, 422, 503),
+    headers=PASSED_HEADER,
     description="""The reference is autograd in float64 at every point. A check passes when
 |actual - expected| <= atol + rtol * |expected| at every element of every point
 (defaults rtol 1e-4, atol 1e-6; per request and per check). A missing or mis-shaped
 answer, or a formula that does not evaluate, is a failed check with a message, not an error.
 `?format=gradescope` answers a Gradescope results.json body, `?format=prairielearn` a
-PrairieLearn external grader result.
+PrairieLearn external grader result. The `Grade-Passed` header says whether the whole grade passed, in
+every format (PrairieLearn's result leaves hidden checks out).
 """,
 )
 def check():
@@ -58,7 +68,8 @@ def check():
     checks.require(limits)  # checks alone over the budget: a 413 before their problem is built
     with compute_timer(spec["model"]["kind"]):
         result = grade(spec, limits, problem or problem_for(spec, raw, limits, checks), checks)
-    return check_body(result) if fmt == "json" else RESPONSES[fmt].dump(FORMATTERS[fmt](result))
+    body = check_body(result) if fmt == "json" else RESPONSES[fmt].dump(FORMATTERS[fmt](result))
+    return body, 200, {"Grade-Passed": "true" if result["passed"] else "false"}
 
 
 def check_body(result: dict) -> Encoded:

@@ -47,8 +47,9 @@ not validate or cannot be computed is a 400/422 `/problems/invalid-problem` prob
 check with a message; an answer that cannot be read as one of the expected form (mistyped, an
 unparsable formula: a format error) is too, except on PrairieLearn, where it is not gradable and
 costs no attempt unless the problem says `format_errors: failed_test`. Checks that
-are `hidden`, or `after_due_date` / `after_published` and not in `released`, are neither shown nor
-counted in what the student reads; Gradescope gets them with their visibility. The problems share
+are `hidden`, or `after_due_date` / `after_published` and not in `released`, are not shown in what the student
+reads (Gradescope gets them with their visibility and hides them itself) but count in the score, which is the
+grade; a summary of the shown checks says that others count too. The problems share
 one cost budget (MAX_REQUEST_BYTES) and one deadline (MAX_WALL_SECONDS).
 """,
 )

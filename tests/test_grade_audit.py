@@ -1,0 +1,445 @@
+"""Audit findings on grading (intermediates' spellings, exit codes, platform renderings, answers typed as text)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+SIN = {"model": {"kind": "expression", "formula": "sin(x**2)"}, "inputs": {"x": 3}}
+
+
+# --- an intermediate's answer in any spelling that parses to it, with checks too ------------------------------------
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(("check", "answer"), [("x**2", "x ** 2"), ("x ** 2", "x**2"), ("(x ** 2)", "((x)**2)")])
+def test_a_problem_files_intermediate_answer_in_another_spelling_is_graded(live_server, check, answer):
+    """Audit F1: a check of `intermediates.x**2` with the answer keyed "x ** 2" (or the reverse) was "no answer
+    given", 0 points: the answer was looked up by the exact key. It is matched by parse now, as without checks."""
+    problem = {**SIN, "checks": {f"intermediates.{check}": {"points": 1, "title": "x squared"}}}
+    body = {"problem": problem, "answers": {"intermediates": {answer: 9}}}
+    response = requests.post(live_server.url + "/v1/grade", json=body, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    [graded] = response.json()["problems"][0]["checks"]
+    assert graded["passed"] and graded["points"] == 1, graded["message"]
+    wrong = {"problem": problem, "answers": {"intermediates": {answer: 8}}}
+    [failed] = requests.post(live_server.url + "/v1/grade", json=wrong, timeout=30).json()["problems"][0]["checks"]
+    assert not failed["passed"] and "no answer given" not in failed["message"]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(("check", "answer"), [("x**2", "x ** 2"), ("x ** 2", "(x**2)")])
+def test_a_checks_intermediate_answer_in_another_spelling_is_graded(live_server, check, answer):
+    """Audit F1 on /v1/check with `checks`: graded, and no "answer not graded" warning about the answer it took."""
+    body = {**SIN, "checks": {f"intermediates.{check}": {"points": 2}}, "submission": {"intermediates": {answer: 9}}}
+    response = requests.post(live_server.url + "/v1/check", json=body, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    result = response.json()
+    assert result["score"] == 2 and result["checks"][0]["passed"], result["checks"][0]["message"]
+    assert result["warnings"] == []
+    other = {**body, "submission": {"intermediates": {answer: 9, "x**3": 1}}}
+    assert requests.post(live_server.url + "/v1/check", json=other, timeout=30).json()["warnings"] == [
+        "intermediates.x**3: answer not graded (not among the request's checks)"
+    ]
+
+
+def test_an_exact_key_is_taken_first_and_no_key_is_parsed_for_it(client, monkeypatch):
+    """The common case costs nothing more: an answer under the check's own key is taken without parsing any key;
+    another check's own key is never read as a spelling of this one."""
+    from service.engine import check as check_module
+
+    parsed = []
+    real = check_module.canonical_text
+    monkeypatch.setattr(check_module, "canonical_text", lambda text, limits: parsed.append(text) or real(text, limits))
+    checks = {"intermediates.x ** 2": {"points": 1}, "loss": {"points": 1}}
+    body = {**SIN, "checks": checks, "submission": {"loss": 0.412118, "intermediates": {"x ** 2": 9, "x*x": 1}}}
+    response = client.post("/v1/check", json=body)
+    assert response.status_code == 200 and response.json["score"] == 2 and parsed == []
+    problem = {**SIN, "checks": checks}
+    answers = {"loss": 0.412118, "intermediates": {"(x)**2": 9, "x ** 2": 9, "x*x": 1}}
+    response = client.post("/v1/grade", json={"problem": problem, "answers": answers})
+    assert response.status_code == 200 and response.json["score"] == 2 and parsed == []
+
+
+def test_a_students_keys_past_the_budget_are_a_failed_check_not_a_413(client, monkeypatch):
+    """Each submitted key read as a spelling is charged (Problem.intermediate_name) and read once; past the budget the
+    check says so and no other key is read: the student's keys never make the instructor's file a 413."""
+    from service.engine import check as check_module
+    from service.engine import cost
+    from service.engine.limits import Limits
+
+    parsed = []
+    real = check_module.canonical_text
+    monkeypatch.setattr(check_module, "canonical_text", lambda text, limits: parsed.append(text) or real(text, limits))
+    keys = {"+".join(f"x*{k + n}" for k in range(30)): 0.0 for n in range(4000)}
+    problem = {"model": {"kind": "expression", "formula": "sin(x) * cos(x)"}, "inputs": {"x": 0.5}}
+    problem["checks"] = {"intermediates.sin(x)": {"points": 1}, "intermediates.(cos(x))": {"points": 1}}
+    response = client.post("/v1/grade", json={"problem": problem, "answers": {"intermediates": keys}})
+    assert response.status_code == 200, response.json
+    checks = response.json["problems"][0]["checks"]
+    assert all("no answer given" in c["message"] and "over the budget" in c["message"] for c in checks)
+    assert 0 < len(parsed) < len(keys) and len(set(parsed)) == len(parsed)
+    price = cost.intermediate_key_estimate(next(iter(keys))).total
+    assert len(parsed) * price <= Limits().max_request_bytes
+
+
+@pytest.mark.live
+def test_two_spellings_of_one_intermediate_are_the_files_error_in_grade_and_lint(live_server, tmp_path):
+    """Two checks of one intermediate ("x**2", "x ** 2") would share one answer: a 422 naming the second, which
+    `gradsvc problem lint` reports as it does a misnamed check; one check in any spelling lints ok."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    twice = {**SIN, "checks": {"intermediates.x**2": {}, "intermediates.x ** 2": {}}}
+    response = requests.post(live_server.url + "/v1/grade", json={"problem": twice, "answers": {}}, timeout=30)
+    assert response.status_code == 422 and "names the same intermediate as intermediates.x**2" in response.text
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def lint(problem: dict) -> subprocess.CompletedProcess:
+        (tmp_path / "p.json").write_text(json.dumps(problem))
+        argv = [sys.executable, "-m", "gradsvc", "problem", "lint", str(tmp_path / "p.json"), "--url", live_server.url]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
+
+    bad = lint(twice)
+    assert bad.returncode == 1 and "names the same intermediate" in bad.stderr, bad.stderr
+    for spelling in ("x**2", "(x ** 2)"):
+        ok = lint({**SIN, "checks": {f"intermediates.{spelling}": {}}})
+        assert ok.returncode == 0 and "ok" in ok.stdout, ok.stderr
+
+
+# --- `gradsvc check` exits on the whole grade, whatever the format -------------------------------------------------
+
+HIDDEN_FAILS = {
+    "model": {"kind": "neuron", "loss": "bce"},
+    "inputs": {"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0},
+    "checks": {"loss": {"points": 1}, "gradients.w": {"points": 2, "visibility": "hidden"}},
+    "submission": {"loss": 6.7012, "gradients": {"w": 0}},
+}
+
+
+@pytest.mark.live
+def test_gradsvc_check_exits_1_on_a_failed_hidden_check_in_every_format(live_server, tmp_path):
+    """Audit F2: `--format prairielearn` exited 0 with a hidden check failed (its document leaves hidden tests out);
+    json and gradescope exited 1. The service's Grade-Passed header is the whole grade's verdict."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for submission, code in ((HIDDEN_FAILS["submission"], 1), ({"loss": 6.7012, "gradients": {"w": 6.6918}}, 0)):
+        (tmp_path / "c.json").write_text(json.dumps({**HIDDEN_FAILS, "submission": submission}))
+        for fmt in ("json", "gradescope", "prairielearn"):
+            argv = [sys.executable, "-m", "gradsvc", "--url", live_server.url, "check", str(tmp_path / "c.json")]
+            proc = subprocess.run(
+                [*argv, "--format", fmt], capture_output=True, text=True, timeout=60, env=env, check=False
+            )
+            assert proc.returncode == code, (fmt, proc.returncode, proc.stderr)
+    response = requests.post(live_server.url + "/v1/check?format=prairielearn", json=HIDDEN_FAILS, timeout=30)
+    assert response.headers["Grade-Passed"] == "false" and len(response.json()["tests"]) == 1
+
+
+# --- Autolab: one stage per problem, whatever their titles ---------------------------------------------------------
+
+
+@pytest.mark.live
+def test_autolab_keeps_every_problems_feedback_when_titles_repeat(live_server, tmp_path):
+    """Audit F3: two problems titled "Part 1" shared one stage key, the second's rows overwrote the first's and
+    "stages" listed the title twice. Each is "Part 1 (<key>)" now; validate_autolab refuses duplicate stages."""
+
+    from platform_specs import validate_autolab
+    from test_grade import grade_files
+
+    def part(key: str, title: str | None, formula: str) -> dict:
+        problem = {"key": key, "model": {"kind": "expression", "formula": formula}, "inputs": {"x": 2}}
+        problem["checks"] = {"gradients.x": {"points": 1, "title": "dx"}}
+        return {**problem, "title": title} if title else problem
+
+    problems = [
+        part("a", "Part 1", "x**2"),
+        part("b", "Part 1", "x**3"),
+        part("c", "stages", "x"),
+        part("d", None, "x"),
+    ]
+    answers = {"a": {"gradients": {"x": 4}}, "b": {"gradients": {"x": 0}}, "c": {"gradients": {"x": 1}}}
+    _, text = grade_files(tmp_path, "autolab", json.dumps(answers), json.dumps({"problems": problems}), live_server.url)
+    feedback, autoresult = validate_autolab(text)
+    assert feedback["stages"] == ["Part 1 (a)", "Part 1 (b)", "stages (c)", "d"]
+    assert feedback["Part 1 (a)"] == {"1.1 dx": {"passed": True}}
+    assert feedback["Part 1 (b)"]["2.1 dx"]["passed"] is False and "no answer given" in feedback["d"]["4.1 dx"]["hint"]
+    assert autoresult["scores"] == {"a": 1, "b": 0, "c": 1, "d": 0}
+    with pytest.raises(AssertionError, match="duplicate stage names"):
+        validate_autolab(json.dumps({"_presentation": "semantic", "stages": ["P", "P"], "P": {}}) + '\n{"scores": {}}')
+
+
+# --- a visible message names no check its reader cannot see ---------------------------------------------------------
+
+TWO_LAYER = {
+    "key": "net",
+    "title": "Two-layer net",
+    "model": {
+        "kind": "network",
+        "layout": "cs231n",
+        "layers": [{"type": "linear", "out_features": 3, "activation": "relu"}, {"type": "linear", "out_features": 2}],
+        "loss": {"type": "softmax_cross_entropy"},
+        "init": {"scheme": "numpy_legacy", "seed": 0, "std": 0.5},
+        "generate": {"X": {"scheme": "numpy_legacy", "seed": 1, "shape": [4, 2]}},
+    },
+    "inputs": {"y": [0, 1, 1, 0]},
+}
+WRONG_W2 = [[-0.3169045698203178, 0.3169045698203178], [0.0, 0.0], [-0.31408555164880947, 0.31408555164880947]]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(
+    ("z1", "a1", "named"),
+    [
+        ("hidden", None, False),  # audit F4: "the forward pass first goes wrong at Z1" in the visible dW2
+        ("after_due_date", None, False),  # not released with dW2: not named either
+        ("visible", None, True),
+        ("hidden", "visible", False),  # A1 named first-wrong would say the hidden Z1 before it is right
+    ],
+)
+def test_a_visible_message_names_no_hidden_checks_verdict(live_server, z1, a1, named):
+    """A gradient's message names the first wrong layer only when every intermediate check it speaks of (the first
+    wrong one and those before it, "right") is visible, or released with it; in every format a student reads."""
+    body = {k: v for k, v in TWO_LAYER.items() if k not in ("key", "title")}
+    right = requests.post(
+        live_server.url + "/v1/gradients", json={**body, "include": ["intermediates"]}, timeout=30
+    ).json()
+    z1_value = [[v + 0.5 for v in row] for row in right["intermediates"]["Z1"]["value"]]
+    checks = {"gradients.W2": {"points": 2, "title": "dW2"}, "intermediates.Z1": {"points": 1, "visibility": z1}}
+    answers = {"gradients": {"W2": WRONG_W2}, "intermediates": {"Z1": z1_value}}
+    if a1:
+        checks["intermediates.A1"] = {"points": 1, "visibility": a1}
+        answers["intermediates"]["Z1"] = right["intermediates"]["Z1"]["value"]
+        answers["intermediates"]["A1"] = [[v + 0.5 for v in row] for row in right["intermediates"]["A1"]["value"]]
+    problem = {**TWO_LAYER, "checks": checks}
+    for fmt in ("prairielearn", "gradescope", "coderunner", "autolab"):
+        response = requests.post(
+            f"{live_server.url}/v1/grade?format={fmt}", json={"problem": problem, "answers": answers}, timeout=30
+        )
+        assert response.status_code == 200, response.text[:300]
+        text = json.dumps(response.json())
+        assert ("first goes wrong at" in text) is named, (fmt, text[:2000])
+
+
+# --- numbers typed as text ------------------------------------------------------------------------------------------
+
+SQUARE = {
+    "key": "q",
+    "model": {"kind": "expression", "formula": "x**2"},
+    "inputs": {"x": 0.25},
+    "checks": {"gradients.x": {"points": 1, "title": "dfdx", "answer": "dfdx"}},
+}
+VECTOR = {
+    "key": "v",
+    "model": {"kind": "expression", "formula": "sum(x*x)"},
+    "inputs": {"x": [0.25, -1.0]},
+    "checks": {"gradients.x": {"points": 1, "title": "dx", "answer": "dx"}},
+}
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(
+    ("problem", "text"),
+    [
+        (SQUARE, ".5"),
+        (SQUARE, "+0.5"),
+        (SQUARE, " 5e-1 "),
+        (SQUARE, "+.5E0"),
+        (VECTOR, "[.5, -2.]"),
+        (VECTOR, "[+0.5,-2]"),
+        (VECTOR, "[0.5, -2]"),
+    ],
+)
+def test_numbers_typed_as_students_type_them_are_read(live_server, problem, text):
+    """Audit F5: ".5" and "+0.5" were "not a number" (json.loads); plain decimals are read now, in lists too."""
+    name = problem["checks"]["gradients.x"]["answer"]
+    body = {"problem": problem, "answers": {name: text}}
+    response = requests.post(live_server.url + "/v1/grade?format=prairielearn", json=body, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    result = response.json()
+    assert result["gradable"] and result["score"] == 1.0, result
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("text", ["1_0", "infinity", "nan", "0x1", "[.5,]", "[.5 1]", "++.5", ". 5", "1e5e5", "[[.5]"])
+def test_text_that_is_no_number_stays_a_format_error(live_server, text):
+    """Python's float() reads "1_0", "infinity", "nan": a student's number is read by a strict pattern instead."""
+    body = {"problem": SQUARE, "answers": {"dfdx": text}}
+    response = requests.post(live_server.url + "/v1/grade?format=prairielearn", json=body, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    result = response.json()
+    assert result["gradable"] is False and "is not a number or a list of numbers" in result["format_errors"][0]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("depth", [500, 1000, 5000])
+@pytest.mark.parametrize("fmt", ["json", "prairielearn"])
+def test_an_answer_text_nested_deeply_is_a_format_error_not_a_500(live_server, depth, fmt):
+    """Audit repro_grade_500: text holding lists nested 1000 deep was json.loads's RecursionError, a 500 with a
+    traceback. Past Python's parser it is a format error; within it, a mis-shaped answer graded wrong, as when sent
+    as JSON."""
+    problem = {**VECTOR, "checks": {"gradients.x": {"answer": "dx"}}}
+    body = {"problem": problem, "answers": {"dx": "[" * depth + "]" * depth}}
+    response = requests.post(f"{live_server.url}/v1/grade?format={fmt}", json=body, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    text = json.dumps(response.json())
+    assert "Traceback" not in text and ("nested too deeply to read" in text or "wrong shape" in text), text[:500]
+    if depth >= 1000:
+        assert "nested too deeply to read" in text
+
+
+# --- what the docs say of hidden checks is what happens ------------------------------------------------------------
+
+
+def test_hidden_checks_count_in_the_score_as_the_openapi_document_says(client):
+    """Audit F7: /v1/grade's OpenAPI description (and service/platforms.py) said hidden checks are "neither shown nor
+    counted"; they count in the score on every platform. The description says so now, and a failed hidden check
+    lowers the score of a document that does not show it."""
+    import service.platforms
+
+    description = client.get("/openapi.json").json["paths"]["/v1/grade"]["post"]["description"]
+    for text in (description, service.platforms.__doc__):
+        assert "nor counted" not in text and "count" in text.replace("\n", " ")
+    assert "not shown in what the student\nreads" in description and "but count in the score" in description
+    problem = {**SQUARE, "checks": {"loss": {"points": 1}, "gradients.x": {"points": 3, "visibility": "hidden"}}}
+    body = {"problem": problem, "answers": {"loss": 0.0625, "gradients": {"x": 0}}}
+    result = client.post("/v1/grade?format=prairielearn", json=body).json
+    assert result["score"] == 0.25 and [t["name"] for t in result["tests"]] == ["1.1 f = x**2"]
+    assert result["message"].endswith("other checks, not shown here, count in the score too")
+
+
+# --- numbers and CodeRunner's Got column ----------------------------------------------------------------------------
+
+NEURON = {"model": {"kind": "neuron", "loss": "bce"}, "inputs": {"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0}}
+
+
+@pytest.mark.parametrize(
+    ("released", "names"),
+    [
+        ([], ["1.1 loss L"]),
+        (["after_due_date"], ["1.1 loss L", "1.2 dL/db"]),  # was 1.1, 1.3: the gap told of an unreleased check
+        (["after_published"], ["1.1 loss L", "1.2 dL/dw"]),
+        (["after_published", "after_due_date"], ["1.1 loss L", "1.2 dL/dw", "1.3 dL/db"]),
+    ],
+)
+def test_tests_shown_are_numbered_without_gaps(client, released, names):
+    """Audit F8: with after_due_date released and after_published not, PrairieLearn showed tests 1.1 and 1.3."""
+    checks = {
+        "loss": {"points": 1, "title": "loss L"},
+        "gradients.w": {"points": 2, "title": "dL/dw", "visibility": "after_published"},
+        "gradients.b": {"points": 2, "title": "dL/db", "visibility": "after_due_date"},
+    }
+    body = {
+        "problem": {**NEURON, "checks": checks},
+        "answers": {"loss": 6.7012, "gradients": {"w": 6.6918, "b": 0.9988}},
+    }
+    result = client.post("/v1/grade?format=prairielearn", json={**body, "released": released}).json
+    assert [t["name"] for t in result["tests"]] == names
+
+
+@pytest.mark.parametrize(
+    ("answer", "got"),
+    [("abc", "'abc'"), (".5.5", "'.5.5'"), ([1, "a"], "2 value(s) in shape [2]: [1, a]"), ({"a": 1}, "an object")],
+)
+def test_coderunners_got_column_says_what_could_not_be_read(client, answer, got):
+    """Audit F8: an answer that could not be read left CodeRunner's Got column empty."""
+    from platform_specs import validate_coderunner
+
+    body = {"problem": SQUARE, "answers": {"dfdx": answer}}
+    response = client.post("/v1/grade?format=coderunner", json=body)
+    assert response.status_code == 200, response.json
+    validate_coderunner(json.dumps(response.json))
+    header, row = response.json["testresults"]
+    assert not row[0] and got in row[header.index("Got")], row
+    unreadable = client.post("/v1/grade?format=coderunner", json={"problem": SQUARE, "answers": []}).json
+    assert unreadable["testresults"][1][3] == "(could not be read)"
+
+
+# --- PrairieLearn's 1 MB ---------------------------------------------------------------------------------------------
+
+
+def many_failed_checks(
+    problems: int, title: str = "Problem number {p} with a reasonably descriptive title", checks: int = 100
+) -> dict:
+    """Audit F9's file: `problems` problems of 100 checks each (d/da_i of a sum of squares), all answered wrong."""
+    names = [f"a{i}" for i in range(checks)]
+    formula = "+".join(f"({'+'.join(f'{n}*{n}' for n in names[k : k + 10])})" for k in range(0, checks, 10))
+    problem_file = {
+        "title": "Big",
+        "problems": [
+            {
+                "key": f"p{p}",
+                "title": title.format(p=p),
+                "model": {"kind": "expression", "formula": formula},
+                "inputs": {n: 0.5 + i / 100 for i, n in enumerate(names)},
+                "checks": {
+                    f"gradients.{n}": {"points": 1, "title": f"derivative of the sum of squares with respect to {n}"}
+                    for n in names
+                },
+            }
+            for p in range(problems)
+        ],
+    }
+    answers = {f"p{p}": {"gradients": dict.fromkeys(names, 123.456)} for p in range(problems)}
+    return {"problem": problem_file, "answers": answers}
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("problems", [2, 25])
+def test_prairielearn_results_stay_under_1_mb(live_server, problems):
+    """Audit F9: 25 problems of 100 failed checks made a 1.65 MB results.json, which PrairieLearn refuses. Texts
+    are cut to one length that fits now, and the message says so; a document that fits is left as it was."""
+    from platform_specs import validate_prairielearn
+
+    body = many_failed_checks(problems)
+    response = requests.post(live_server.url + "/v1/grade?format=prairielearn", json=body, timeout=60)
+    assert response.status_code == 200, response.text[:300]
+    doc = response.json()
+    validate_prairielearn(doc)
+    assert doc["score"] == 0.0 and len(doc["tests"]) == 100 * problems
+    cut = "to keep these results under PrairieLearn's 1 MB" in doc["message"]
+    assert cut is (problems > 2)
+    messages = [t["message"] for t in doc["tests"]]
+    assert all(m.startswith("derivative of the sum of squares") for m in messages)
+    assert all(m.endswith("…") for m in messages) is cut and len(json.dumps(doc)) < 1_000_000
+
+
+def test_prairielearn_format_errors_stay_under_1_mb(client):
+    """Not gradable: every check's format error is a line of `format_errors` and of `output`; cut alike."""
+    from platform_specs import validate_prairielearn
+
+    body = many_failed_checks(50, title="{p}" + "t" * 400, checks=50)
+    for problem in body["problem"]["problems"]:
+        for options in problem["checks"].values():
+            options["title"] += " " + "long " * 25
+    body["answers"] = {
+        f"p{p}": {"gradients": dict.fromkeys([f"a{i}" for i in range(50)], "x" * 300)} for p in range(50)
+    }
+    response = client.post("/v1/grade?format=prairielearn", json=body)
+    assert response.status_code == 200, response.json
+    doc = response.json
+    validate_prairielearn(doc)
+    assert doc["gradable"] is False and len(doc["format_errors"]) == 2500 and doc["output"].endswith("…")
+    assert doc["message"].endswith("to keep these results under PrairieLearn's 1 MB; the score counts every check.")
+
+
+@pytest.mark.live
+def test_gradsvc_grade_writes_prairielearns_big_results_under_1_mb(live_server, tmp_path):
+    """The file on disk too: indented, audit F9's 950,000-byte document was 1.06 MB; past 1 MB it is written compact."""
+    from platform_specs import validate_prairielearn
+    from test_grade import grade_files
+
+    body = many_failed_checks(25)
+    data = json.dumps({"submitted_answers": body["answers"]})
+    _, text = grade_files(tmp_path, "prairielearn", data, json.dumps(body["problem"]), live_server.url, "p.json")
+    assert len(text.encode()) < 1_000_000
+    validate_prairielearn(json.loads(text))
