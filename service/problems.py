@@ -34,8 +34,8 @@ COPIED = ("model", "inputs", "points", "domain", "seed", "n_points", "rtol", "at
 # a number as a student types one into a text box: JSON's, and .5, 5., +0.5, 007; never Python's float() ("1_0",
 # "infinity", " nan"): read only where JSON cannot read the text, alone or in lists, in texts of at most TYPED_CHARS
 TYPED_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
-TYPED_TOKEN = re.compile(rf"\s*(?:([\[\],])|({TYPED_NUMBER}))")
-TYPED_INTEGER = re.compile(r"[+-]?\d+")
+TYPED_TOKEN = re.compile(rf"\s*(?:([\[\],])|({TYPED_NUMBER}))", re.ASCII)  # ASCII digits and spaces only, as documented
+TYPED_INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 TYPED_CHARS = 100_000
 TYPED_DEPTH = 1024  # lists nested as deep as a request body may nest them (orjson)
 
@@ -426,6 +426,8 @@ def _typed_numbers(text: str):
 def _json_int(text: str) -> int | float:
     """An integer as orjson reads one in a request body: exact within 64 bits, a float beyond (inf past float64's
     range), so an answer typed as text cannot carry an integer no float64 tensor and no JSON encoder takes."""
+    if len(text) > 21:  # past 64 bits whatever its sign (and int() refuses over 4,300 digits: it was a 500)
+        return float(text)
     number = int(text)
     return number if -(2**63) <= number < 2**64 else float(text)
 

@@ -270,7 +270,10 @@ def test_numbers_typed_as_students_type_them_are_read(live_server, problem, text
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("text", ["1_0", "infinity", "nan", "0x1", "[.5,]", "[.5 1]", "++.5", ". 5", "1e5e5", "[[.5]"])
+@pytest.mark.parametrize(
+    "text",
+    ["1_0", "infinity", "nan", "0x1", "[.5,]", "[.5 1]", "++.5", ". 5", "1e5e5", "[[.5]", "٠.٥", "０.５", "\x1c.5"],
+)
 def test_text_that_is_no_number_stays_a_format_error(live_server, text):
     """Python's float() reads "1_0", "infinity", "nan": a student's number is read by a strict pattern instead."""
     body = {"problem": SQUARE, "answers": {"dfdx": text}}
@@ -295,6 +298,33 @@ def test_an_answer_text_nested_deeply_is_a_format_error_not_a_500(live_server, d
     assert "Traceback" not in text and ("nested too deeply to read" in text or "wrong shape" in text), text[:500]
     if depth >= 1000:
         assert "nested too deeply to read" in text
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("text", ["1" * 4301, "[" + "9" * 5000 + ", .5]", "-" + "7" * 30, ".5e" + "9" * 5000])
+def test_a_typed_integer_of_any_length_is_read_not_a_500(live_server, text):
+    """A second audit: past 4,300 digits int() raises (Python's limit on integer digits) where the typed-number
+    reader called it after json.loads failed: a 500. Past 64 bits such an integer is a float (inf past its range),
+    as orjson reads one in a body; the answer is graded, wrong."""
+    body = {"problem": SQUARE, "answers": {"dfdx": text}}
+    for fmt in ("json", "prairielearn"):
+        response = requests.post(f"{live_server.url}/v1/grade?format={fmt}", json=body, timeout=30)
+        assert response.status_code == 200, response.text[:300]
+        assert "Traceback" not in response.text
+
+
+@pytest.mark.live
+def test_an_answer_of_objects_nested_deeply_is_described_not_a_500(live_server):
+    """A second audit: the summary of an answer that cannot be echoed printed str() of each previewed item, and an
+    object nested 990 deep overflowed Python's stack (a 500). Items that are no number are named by their kind."""
+    problem = {**VECTOR, "checks": {"gradients.x": {"answer": "dx"}}}
+    nested = '{"a":' * 980 + "{}" + "}" * 980  # written by hand: json.dumps recurses as deep as the object
+    body = json.dumps({"problem": problem, "answers": {"dx": ["NESTED", None, True, "s", 1.5]}})
+    body = body.replace('"NESTED"', nested)
+    headers = {"Content-Type": "application/json"}
+    response = requests.post(f"{live_server.url}/v1/grade", data=body, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    assert "[{…}, null, true, 's', 1.5]" in json.dumps(response.json(), ensure_ascii=False)
 
 
 # --- what the docs say of hidden checks is what happens ------------------------------------------------------------

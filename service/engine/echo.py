@@ -70,8 +70,19 @@ def _walk(value) -> tuple[int, int, tuple[int, ...] | None]:
     return count, depth, None if shape is None else tuple(shape)
 
 
+# a preview's item that is not a number, by its JSON kind: str() of an object nested 990 deep overflowed the stack
+_NOT_NUMBERS = {dict: "{…}", type(None): "null", True: "true", False: "false"}
+
+
 def _number(value) -> str:
-    text = f"{value:.6g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+    elif type(value) is int:
+        text = str(value)  # a request's integers fit 64 bits (orjson; an answer typed as text: problems._json_int)
+    elif isinstance(value, str):
+        text = repr(value[:VALUE_CHARS])
+    else:
+        text = _NOT_NUMBERS.get(value if type(value) is bool else type(value), type(value).__name__)
     return text if len(text) <= VALUE_CHARS else text[: VALUE_CHARS - 1] + "…"
 
 
