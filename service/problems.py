@@ -36,7 +36,10 @@ COPIED = ("model", "inputs", "points", "domain", "seed", "n_points", "rtol", "at
 TYPED_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 TYPED_TOKEN = re.compile(rf"\s*(?:([\[\],])|({TYPED_NUMBER}))", re.ASCII)  # ASCII digits and spaces only, as documented
 TYPED_INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
-TYPED_CHARS = 100_000
+# A text JSON cannot read is re-read by a Python tokenizer, ~0.5 µs a character: at most TYPED_CHARS an answer and
+# TYPED_READ_CHARS a request (~0.1 s); 140 typed lists of 100,000 characters ran to the deadline (a third audit)
+TYPED_CHARS = 10_000
+TYPED_READ_CHARS = 200_000
 TYPED_DEPTH = 1024  # lists nested as deep as a request body may nest them (orjson)
 
 
@@ -183,15 +186,15 @@ def _grade_problem(
                 around.add(name)
             elif value is None:
                 places[name] = _missing_hint(key, name, options, single)  # the engine says "no answer given"
-                refused = next((s.refused for s in spellings.values() if s.refused), None)
-                if refused is not None:
+                refused = any(s.refused for s in spellings.values())
+                if refused and name.startswith("intermediates."):
                     places[name] = (places[name] or f"add {answer_place(name)} to your answers") + (
-                        f"; other keys not read as its spelling, over the budget: {refused.detail}"
+                        "; not every other key was read as a spelling of it: there were too many"
                     )
                 continue
             else:
                 sent[name] = value
-                value, problem_text = _read_answer(name, value, limits, variables)
+                value, problem_text = _read_answer(name, value, limits, variables, ledger)
             if problem_text:
                 format_errors[name] = problem_text
             else:
@@ -347,9 +350,10 @@ def _missing_hint(key: str, name: str, options: dict, single: bool) -> str | Non
     return f"add {answer_place(name)} under {key!r} in your answers"
 
 
-def _read_answer(name: str, value, limits: Limits, variables: list[str]):
+def _read_answer(name: str, value, limits: Limits, variables: list[str], ledger: Ledger):
     """(value, None) when the engine can grade it, or (None, why not) for a format error the student can fix.
-    `variables`: what a formula may use (the problem's inputs)."""
+    `variables`: what a formula may use (the problem's inputs); `ledger`: the request's, which counts the characters
+    of typed answers re-read (TYPED_READ_CHARS)."""
     if name.startswith("gradient_formulas."):
         names = ", ".join(variables)
         if isinstance(value, str) and not value.strip():
@@ -379,6 +383,12 @@ def _read_answer(name: str, value, limits: Limits, variables: list[str]):
         except RecursionError:  # deeper than Python's parser goes (about 990 levels): not an answer, nor a 500
             return None, f"{value[:100]!r} is nested too deeply to read: enter a number or a list of numbers"
         except ValueError:
+            if len(value) > TYPED_CHARS or ledger.typed_chars + len(value) > TYPED_READ_CHARS:
+                return None, (
+                    f"{value[:100]!r}… ({len(value)} characters) is too long to read as typed numbers: type at most "
+                    f"{TYPED_CHARS} characters, or send the numbers as JSON"
+                )
+            ledger.typed_chars += len(value)
             typed = _typed_numbers(value)
             if typed is None:
                 return None, f"{value[:100]!r} is not a number or a list of numbers"
@@ -391,9 +401,7 @@ def _read_answer(name: str, value, limits: Limits, variables: list[str]):
 
 def _typed_numbers(text: str):
     """A number or lists of numbers as a student types them (TYPED_NUMBER: ".5", "+0.5", "[.5, 1.]"), read without
-    recursion; None when the text is anything else, longer than TYPED_CHARS or nested deeper than TYPED_DEPTH."""
-    if len(text) > TYPED_CHARS:
-        return None
+    recursion; None when the text is anything else or nested deeper than TYPED_DEPTH."""
     root: list = []
     stack, pos, after_value = [root], 0, False
     while (match := TYPED_TOKEN.match(text, pos)) is not None:

@@ -63,12 +63,12 @@ def test_an_exact_key_is_taken_first_and_no_key_is_parsed_for_it(client, monkeyp
     assert response.status_code == 200 and response.json["score"] == 2 and parsed == []
 
 
-def test_a_students_keys_past_the_budget_are_a_failed_check_not_a_413(client, monkeypatch):
-    """Each submitted key read as a spelling is charged (Problem.intermediate_name) and read once; past the budget the
-    check says so and no other key is read: the student's keys never make the instructor's file a 413."""
+def test_a_students_keys_past_their_allowance_are_a_failed_check_not_a_413(client, monkeypatch):
+    """Each submitted key read as a spelling is charged to the request's allowance for them (cost.SPELLING_READ_BYTES)
+    and read once; past it the check says so, without budget numbers, and no other key is read: the student's keys
+    never make the instructor's file a 413."""
     from service.engine import check as check_module
     from service.engine import cost
-    from service.engine.limits import Limits
 
     parsed = []
     real = check_module.canonical_text
@@ -79,10 +79,49 @@ def test_a_students_keys_past_the_budget_are_a_failed_check_not_a_413(client, mo
     response = client.post("/v1/grade", json={"problem": problem, "answers": {"intermediates": keys}})
     assert response.status_code == 200, response.json
     checks = response.json["problems"][0]["checks"]
-    assert all("no answer given" in c["message"] and "over the budget" in c["message"] for c in checks)
+    assert all("no answer given" in c["message"] and "there were too many" in c["message"] for c in checks)
+    assert not any("MiB" in c["message"] for c in checks)
     assert 0 < len(parsed) < len(keys) and len(set(parsed)) == len(parsed)
     price = cost.intermediate_key_estimate(next(iter(keys))).total
-    assert len(parsed) * price <= Limits().max_request_bytes
+    assert len(parsed) * price <= cost.SPELLING_READ_BYTES
+
+
+JUNK = {f"q{n:04d}": 0.0 for n in range(30_000)}  # a third audit's drain: short keys, each read as a spelling
+
+
+def test_a_students_junk_keys_take_nothing_from_another_problem(client):
+    """Charged to the budget, 30,000 junk keys in problem p0 used it up and p1's own check keys were refused: the
+    whole file a 413 ("too large to grade"). Now p1 is graded, p0's checks fail with the reason."""
+    spelled = {"intermediates.x ** 2": {"points": 1}}
+    problems = [{**SIN, "key": "p0", "checks": spelled}, {**SIN, "key": "p1", "checks": {"intermediates.x**2": {}}}]
+    answers = {"p0": {"intermediates": JUNK}, "p1": {"intermediates": {"x**2": 9.0}}}
+    response = client.post("/v1/grade", json={"problem": {"problems": problems}, "answers": answers})
+    assert response.status_code == 200, response.json
+    p0, p1 = response.json["problems"]
+    assert p1["score"] == p1["max_score"] == 1
+    assert "no answer given" in p0["checks"][0]["message"]
+
+
+def test_a_students_junk_keys_take_nothing_from_a_later_job(client):
+    """The same drain in a batch: after 25 jobs of junk keys, an honest job's exact answers scored 0 ("there is no
+    intermediate named 'x**2'"). Its check keys are the instructor's, charged to the budget as before."""
+    checks = {"intermediates.x**2": {"points": 1}, "loss": {"points": 1}}
+    junk = {
+        "check": {**SIN, "checks": checks, "submission": {"loss": 0.0, "intermediates": dict(list(JUNK.items())[:128])}}
+    }
+    honest = {"check": {**SIN, "checks": checks, "submission": {"loss": 0.412118, "intermediates": {"x**2": 9.0}}}}
+    response = client.post("/v1/batch", json={"jobs": [junk] * 25 + [honest]})
+    assert response.status_code == 200, response.json
+    assert response.json["results"][-1]["score"] == 2, response.json["results"][-1]
+
+
+def test_one_answer_answers_one_check(client):
+    """A third audit: checks `intermediates.x**2` (1 point) and `intermediates.(x ** 2)` (5 points) and one answer
+    under a third spelling gave 6 points on /v1/check (a problem file refuses the two checks: a 422)."""
+    checks = {"intermediates.x**2": {"points": 1}, "intermediates.(x ** 2)": {"points": 5}}
+    body = {**SIN, "checks": checks, "submission": {"intermediates": {"x ** 2": 9.0}}}
+    result = client.post("/v1/check", json=body).json
+    assert result["score"] in (1, 5) and sum(c["passed"] for c in result["checks"]) == 1
 
 
 @pytest.mark.live
@@ -313,6 +352,25 @@ def test_a_typed_integer_of_any_length_is_read_not_a_500(live_server, text):
         assert "Traceback" not in response.text
 
 
+def test_typed_texts_are_re_read_within_a_bound(client):
+    """A third audit: 140 typed lists of 100,000 characters (14 MB) ran to the deadline in the Python tokenizer. A
+    text is re-read up to 10,000 characters, and 200,000 in all per request; past that a format error says so."""
+    from service.problems import TYPED_CHARS, TYPED_READ_CHARS
+
+    long = "[" + ",".join([".5"] * (TYPED_CHARS // 3)) + "]"  # under 10,000 characters, no JSON
+    assert len(long) <= TYPED_CHARS
+    vector = {"model": {"kind": "expression", "formula": "sum(x**2)"}, "inputs": {"x": [1.0] * (TYPED_CHARS // 3)}}
+    n = TYPED_READ_CHARS // len(long) + 2
+    problems = [{**vector, "key": f"p{i}", "checks": {"gradients.x": {}}} for i in range(n)]
+    answers = {f"p{i}": {"gradients": {"x": long}} for i in range(n)}
+    result = client.post("/v1/grade", json={"problem": {"problems": problems}, "answers": answers}).json
+    messages = [p["checks"][0]["message"] for p in result["problems"]]
+    assert "too long to read as typed numbers" not in messages[0]
+    assert "too long to read as typed numbers" in messages[-1]
+    over = {"problem": {**SQUARE}, "answers": {"dfdx": "." + "5" * TYPED_CHARS}}
+    assert "too long to read as typed numbers" in json.dumps(client.post("/v1/grade", json=over).json)
+
+
 @pytest.mark.live
 def test_an_answer_of_objects_nested_deeply_is_described_not_a_500(live_server):
     """A second audit: the summary of an answer that cannot be echoed printed str() of each previewed item, and an
@@ -324,7 +382,7 @@ def test_an_answer_of_objects_nested_deeply_is_described_not_a_500(live_server):
     headers = {"Content-Type": "application/json"}
     response = requests.post(f"{live_server.url}/v1/grade", data=body, headers=headers, timeout=30)
     assert response.status_code == 200, response.text[:300]
-    assert "[{…}, null, true, 's', 1.5]" in json.dumps(response.json(), ensure_ascii=False)
+    assert "[{…}, null, true, s, 1.5]" in json.dumps(response.json(), ensure_ascii=False)
 
 
 # --- what the docs say of hidden checks is what happens ------------------------------------------------------------

@@ -212,18 +212,23 @@ class Problem:
         self._walks: dict[str, list[cost.Pass] | LimitExceeded] = {}  # formula source -> cost.formula_walk()
         self._diagnosis: cost.Estimate | None = None
 
-    def intermediate_name(self, key: str, ledger: Ledger) -> str:
+    def intermediate_name(self, key: str, ledger: Ledger, spelling: bool = False) -> str:
         """The name the references give the intermediate `key` spells: `key` itself, else its canonical text
         ("x**2" for sin(x**2)'s "x ** 2"); an unparsable key stays as sent (the check says no such intermediate).
         Parsed once per request (a class's answers in a batch repeat their keys: Ledger.spellings), charged to
-        `ledger` first: refused (LimitExceeded), it is not parsed. A key that cannot name one is not parsed: longer
-        than a formula may be (canonical_text would refuse it), or the references have no intermediates."""
+        `ledger` first (`spelling`: a student's key read as another spelling of a check's, to its separate
+        allowance, Ledger.read_spelling): refused (LimitExceeded), it is not parsed. A key that cannot name one is
+        not parsed: longer than a formula may be (canonical_text would refuse it), or the references have no
+        intermediates."""
         names = self.refs[0]["intermediates"]
         if key in names or not names or len(key) > self.limits.max_formula_length:
             return key
         text = ledger.spellings.get(key)
         if text is None:
-            ledger.charge(cost.intermediate_key_estimate(key), self.limits)
+            if spelling:
+                ledger.read_spelling(cost.intermediate_key_estimate(key), self.limits)
+            else:
+                ledger.charge(cost.intermediate_key_estimate(key), self.limits)
             text = ledger.spellings[key] = canonical_text(key, self.limits) or key
         return text
 
@@ -282,8 +287,9 @@ class Spellings:
     another spelling of the same subexpression ("x**2" for a check of "intermediates.x ** 2"), as the references
     match a key without checks. Read only when a check finds no answer under its own key, each submitted key at most
     once, through Problem.intermediate_name (charged to the ledger, memoized per request); a key that is a check's
-    own (`taken`) is that check's answer, never read. Once the budget refuses a key, no other key is read
-    (`refused`)."""
+    own (`taken`) is that check's answer, never read, and a key answers one check at most. The reads are charged to
+    the request's allowance for them (Ledger.read_spelling), never to its budget; once it refuses a key, no other
+    key is read (`refused`)."""
 
     def __init__(self, problem: Problem, ledger: Ledger, given: dict, taken) -> None:
         self.problem, self.ledger = problem, ledger
@@ -302,12 +308,14 @@ class Spellings:
             if other is None:
                 return None
             try:
-                name = self.problem.intermediate_name(other, self.ledger)
+                name = self.problem.intermediate_name(other, self.ledger, spelling=True)
             except LimitExceeded as err:
                 self.refused, self.unread = err, iter(())
                 return None
             self.read.setdefault(name, other)
             found = other if name == target else None
+        if found in self.used:  # one answer answers one check (two checks of one intermediate: 6 points from one)
+            return None
         self.used.add(found)
         return found
 
@@ -323,6 +331,21 @@ class Ledger:
     def __init__(self, total: int = 0) -> None:
         self.total = total
         self.spellings: dict[str, str] = {}  # a submitted intermediate's key -> canonical_text(key), or the key
+        self.spelling_reads = 0  # charged to cost.SPELLING_READ_BYTES, not to the budget
+        self.typed_chars = 0  # answers typed as text, re-read (problems.TYPED_READ_CHARS)
+
+    def read_spelling(self, estimate: cost.Estimate, limits: Limits) -> None:
+        """Charge a student's key read as another spelling of a check's to the request's own allowance for them, not
+        to its budget: however many a student sends, no instructor's key, other job or problem is refused for them
+        (LimitExceeded once the allowance is spent: then they are not read)."""
+        if self.spelling_reads + estimate.total > cost.SPELLING_READ_BYTES:
+            raise LimitExceeded(
+                "max_request_bytes",
+                cost.SPELLING_READ_BYTES,
+                "too many other keys to read as spellings of the checks' intermediates",
+                estimate=self.spelling_reads + estimate.total,
+            )
+        self.spelling_reads += estimate.total
 
     def charge(self, estimate: cost.Estimate, limits: Limits, hint: str | None = None) -> None:
         """Add `estimate`, or raise LimitExceeded when the budget cannot take it (the caller decides what then); its
@@ -532,9 +555,8 @@ class Grader:
         if answer is None:
             place = self.places.get(name) or f"add {answer_place(name)} to the submission"
             result["message"] = f"{result['title']}: no answer given ({place})"
-            if self.spellings and self.spellings.refused:
-                refused = self.spellings.refused.detail
-                result["message"] += f"; other keys not read as its spelling, over the budget: {refused}"
+            if section == "intermediates" and self.spellings and self.spellings.refused:
+                result["message"] += "; not every other key was read as a spelling of it: there were too many"
             return result
         if section == "gradient_formulas":
             result["formula"] = echo.clip(answer)

@@ -80,7 +80,7 @@ def _number(value) -> str:
     elif type(value) is int:
         text = str(value)  # a request's integers fit 64 bits (orjson; an answer typed as text: problems._json_int)
     elif isinstance(value, str):
-        text = repr(value[:VALUE_CHARS])
+        text = value[: VALUE_CHARS + 1]
     else:
         text = _NOT_NUMBERS.get(value if type(value) is bool else type(value), type(value).__name__)
     return text if len(text) <= VALUE_CHARS else text[: VALUE_CHARS - 1] + "…"
