@@ -246,7 +246,7 @@ def all_finite(obj) -> bool:
 
 class Encoded(dict):
     """A body built from engine.encode_tree() output, whose walk already made every float finite (non-finite
-    ones are "NaN"/"Infinity" strings, or JSON text written so): dumps_bytes() does not walk it a second time."""
+    ones are "NaN"/"Infinity" strings, or JSON text written so): the writers below do not walk it a second time."""
 
 
 def text_fragment(value) -> orjson.Fragment:
