@@ -20,6 +20,7 @@ from flask.json.provider import JSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .engine.deadline import DeadlineInterrupt
+from .engine.encode import JsonText
 from .engine.errors import LimitExceeded
 from .errors import BodyTimeout, DuplicateKey, IncompleteBody, MalformedJSON, NonFiniteInJSON, UnsupportedMediaType
 
@@ -245,13 +246,56 @@ def all_finite(obj) -> bool:
 
 class Encoded(dict):
     """A body built from engine.encode_tree() output, whose walk already made every float finite (non-finite
-    ones are "NaN"/"Infinity" strings, or JSON text written so): dumps_bytes() does not walk it a second time."""
+    ones are "NaN"/"Infinity" strings, or JSON text written so): the writers below do not walk it a second time."""
+
+
+def text_fragment(value) -> orjson.Fragment:
+    """orjson's `default`: a JsonText is written as its text; any other type orjson does not know stays an error."""
+    if type(value) is JsonText:
+        return orjson.Fragment(b"".join(value.pieces))
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def _require_finite(obj) -> None:
+    if type(obj) is not Encoded and not all_finite(obj):
+        assert_finite(obj)  # raises, naming the path
 
 
 def dumps_bytes(obj) -> bytes:
-    if type(obj) is not Encoded and not all_finite(obj):
-        assert_finite(obj)  # raises, naming the path
-    return orjson.dumps(obj, option=OPTIONS)
+    _require_finite(obj)
+    return orjson.dumps(obj, default=text_fragment, option=OPTIONS)
+
+
+# In place of each JsonText while the rest of the body is written: a byte orjson never writes (it escapes control
+# characters inside strings, and a JsonText is orjson's own output), so the body splits there and nowhere else.
+PLACEHOLDER = b"\x00"
+
+
+def dumps_pieces(obj) -> list[bytes]:
+    """dumps_bytes(obj) as the pieces that join into it: each JsonText's pieces (the same objects, not copies)
+    between the pieces of the rest. Joined, a body with 160 MiB of text would be held twice (and orjson's buffer
+    grows by reallocation); sent as the WSGI iterable, the text is held once."""
+    _require_finite(obj)
+    texts: list[list[bytes]] = []
+
+    def placeholder(value) -> orjson.Fragment:
+        if type(value) is JsonText:
+            texts.append(value.pieces)  # orjson calls `default` in the order it writes: the placeholders' order
+            return orjson.Fragment(PLACEHOLDER)
+        return text_fragment(value)
+
+    rest = orjson.dumps(obj, default=placeholder, option=OPTIONS)
+    if not texts:
+        return [rest]
+    around = rest.split(PLACEHOLDER)
+    del rest
+    if len(around) != len(texts) + 1:  # not reached: a stray byte would move every text
+        raise RuntimeError(f"{len(around) - 1} placeholders for {len(texts)} JSON texts")
+    pieces = [around[0]]
+    for text, after in zip(texts, around[1:], strict=True):
+        pieces += text
+        pieces.append(after)
+    return [piece for piece in pieces if piece]
 
 
 class StrictJSONProvider(JSONProvider):
@@ -264,5 +308,11 @@ class StrictJSONProvider(JSONProvider):
         return orjson.loads(s)
 
     def response(self, *args, **kwargs):
-        obj = self._prepare_response_obj(args, kwargs)
-        return self._app.response_class(dumps_bytes(obj), mimetype="application/json")
+        """The body as one bytes object, or as its pieces (dumps_pieces) with their Content-Length: werkzeug sends
+        a list as it is, piece by piece, and the access log counts it without joining it."""
+        pieces = dumps_pieces(self._prepare_response_obj(args, kwargs))
+        if len(pieces) == 1:
+            return self._app.response_class(pieces[0], mimetype="application/json")
+        response = self._app.response_class(pieces, mimetype="application/json")
+        response.content_length = sum(map(len, pieces))
+        return response

@@ -125,7 +125,7 @@ def test_a_deadline_while_the_answer_is_encoded_is_an_ordinary_503(client, app, 
     from service import jsonio
 
     monkeypatch.setattr(app.wsgi_app.app, "seconds", 0.3, raising=True)
-    encode = jsonio.dumps_bytes
+    encode = jsonio.dumps_pieces
 
     def slow_answer(obj):
         if type(obj) is jsonio.Encoded:  # the view's answer, not the problem body
@@ -136,7 +136,7 @@ def test_a_deadline_while_the_answer_is_encoded_is_an_ordinary_503(client, app, 
         labels = {"route": "/v1/gradients", "method": "POST", "status": "503"}
         return REGISTRY.get_sample_value("gradsvc_http_requests_total", labels) or 0.0
 
-    monkeypatch.setattr(jsonio, "dumps_bytes", slow_answer)
+    monkeypatch.setattr(jsonio, "dumps_pieces", slow_answer)
     before = count()
     response = client.post("/v1/gradients", json=TUTORIAL_NEURON, headers={"X-Request-ID": "slow-encode"})
     monkeypatch.undo()

@@ -25,9 +25,17 @@ from schemas import GradientRequestSchema
 from service.engine import check as check_module
 from service.engine import encode
 from service.engine.compute import estimate_cost
-from service.engine.encode import MAX_DEPTH, TOO_DEEP, encode_tensor, encode_tree, encoded_tensors
+from service.engine.encode import (
+    MAX_DEPTH,
+    TOO_DEEP,
+    JsonText,
+    encode_tensor,
+    encode_tree,
+    encoded_tensors,
+    json_pieces,
+)
 from service.engine.values import NON_FINITE, TensorData, last_non_number, parse_tensor, tensor_shape
-from service.jsonio import KEY_END, OPTIONS, parse_bytes
+from service.jsonio import KEY_END, OPTIONS, Encoded, dumps_bytes, dumps_pieces, parse_bytes, text_fragment
 
 compute_module = importlib.import_module("service.engine.compute")  # the package exports its compute()
 
@@ -100,7 +108,7 @@ def old_as_numbers(level: list) -> list:
 
 
 def dumped(tree) -> bytes:
-    return orjson.dumps(tree, option=OPTIONS)
+    return orjson.dumps(tree, default=text_fragment, option=OPTIONS)
 
 
 def assert_encodes_alike(obj) -> None:
@@ -436,7 +444,7 @@ def assert_text_as_before(tensor: torch.Tensor, text_expected: bool) -> None:
     want = dumped({"v": old_encode_tensor(tensor, want_warnings, "t")})
     warnings: list[str] = []
     got = encode_tensor(tensor, warnings, "t", as_text=True)
-    assert isinstance(got, orjson.Fragment) is text_expected
+    assert isinstance(got, JsonText) is text_expected
     assert dumped({"v": got}) == want
     assert warnings == want_warnings
 
@@ -529,6 +537,29 @@ def test_the_server_writes_large_non_finite_gradients_as_the_old_walk_would(live
     old = app.test_client().post("/v1/gradients", json=body)
     assert old.status_code == 200
     assert response.content == old.data
+    assert int(response.headers["Content-Length"]) == len(response.content)  # the pieces' sum, as received
+
+
+def test_a_body_with_texts_is_sent_as_pieces_that_join_into_its_bytes(app):
+    """dumps_pieces: each text the same object, between the rest's pieces; joined, dumps_bytes()'s bytes. The
+    response keeps them as a list with their Content-Length, and the access log's count does not join them."""
+    texts = [JsonText(json_pieces(random_values((C + 2 * i + 1,), seed=i))) for i in range(3)]
+    body = Encoded(
+        results=[{"a\x00b": texts[0], "n": np.arange(5.0)}, {"error": None}, {"g": {"x": texts[1], "y": texts[2]}}],
+        warnings=["\x00 escaped, never the placeholder", "NaN"],
+    )
+    pieces = dumps_pieces(body)
+    assert b"".join(pieces) == dumps_bytes(body) == dumped(body)
+    assert [piece for piece in pieces if any(piece is p for t in texts for p in t.pieces)] == [
+        p for t in texts for p in t.pieces
+    ]
+    assert len(pieces) == 4 + 2 * 3 and b"\x00" not in pieces[0] + pieces[3] + pieces[6] + pieces[9]
+    assert dumps_pieces(Encoded(v=[1.5, "NaN"])) == [b'{"v":[1.5,"NaN"]}']
+    with app.test_request_context():
+        response = app.json.response(body)
+        assert response.response == pieces
+        assert response.content_length == response.calculate_content_length() == len(dumps_bytes(body))
+        assert response.response == pieces  # counted, not joined
 
 
 def largest_log_request() -> dict:

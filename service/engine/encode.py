@@ -1,9 +1,8 @@
 """Turn result tensors into JSON-ready values: numpy arrays (fast to serialize), non-finite values as strings
-(or, for a large tensor, as JSON text)."""
+(or, for a large tensor, as JSON text: JsonText)."""
 
 from __future__ import annotations
 
-import io
 import math
 from itertools import compress, count, repeat
 from math import isfinite
@@ -22,11 +21,22 @@ CHUNK = 16384
 _TEXT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+class JsonText:
+    """A large non-finite tensor's JSON text (json_pieces), in pieces of about a chunk each. The response writer
+    (service/jsonio.py) sends the pieces as they are, never joined: the text is held once, and no buffer grows by
+    reallocation while it is written."""
+
+    __slots__ = ("pieces",)
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+
+
 def encode_tensor(t: torch.Tensor, warnings: list[str], where: str, as_text: bool = False):
     """A tensor as a numpy array/scalar.
 
     If any value is non-finite: a list with "NaN"/"Infinity" strings instead, and a warning; with `as_text`, a
-    large one is its JSON text instead (an orjson.Fragment: the same bytes in the response, built in chunks)."""
+    large one is its JSON text instead (a JsonText: the same bytes in the response, built in chunks)."""
     arr = t.detach().cpu()
     if not arr.is_floating_point():
         arr = arr.double()
@@ -38,7 +48,7 @@ def encode_tensor(t: torch.Tensor, warnings: list[str], where: str, as_text: boo
     warnings.append(f"{where}: {bad} of {arr.size} value(s) not finite")
     if as_text and arr.size >= TEXT_FROM and arr.dtype in _TEXT_DTYPES:
         del finite
-        return orjson.Fragment(json_text(arr))
+        return JsonText(json_pieces(arr))
     return _with_strings(arr, finite)
 
 
@@ -55,13 +65,16 @@ def _with_strings(arr: np.ndarray, finite: np.ndarray):
     return out[()] if arr.ndim == 0 else out.tolist()
 
 
-def json_text(arr: np.ndarray) -> bytes:
-    """The JSON orjson writes for _with_strings(arr), with at most CHUNK elements as Python objects at a time: a
-    finite chunk written from its numpy array, another through _with_strings. Chunks are runs of whole rows along
-    the first axis (a row longer than CHUNK is split the same way), so the brackets nest as the list's would."""
-    out = io.BytesIO()  # getvalue() hands over its buffer: the text is held once
-    _write_text(arr, out)
-    return out.getvalue()
+def json_pieces(arr: np.ndarray) -> list[bytes]:
+    """The JSON orjson writes for _with_strings(arr), in pieces, with at most CHUNK elements as Python objects at a
+    time: a finite chunk written from its numpy array, another through _with_strings. Chunks are runs of whole rows
+    along the first axis (a row longer than CHUNK is split the same way), so the brackets nest as the list's would;
+    the brackets and commas between chunks go into the next piece (a chunk is copied anyway, to drop its own)."""
+    pieces: list[bytes] = []
+    closing = _write_pieces(arr, pieces, b"")
+    if closing:
+        pieces[-1] += closing
+    return pieces
 
 
 def _chunk_text(arr: np.ndarray) -> bytes:
@@ -69,21 +82,25 @@ def _chunk_text(arr: np.ndarray) -> bytes:
     return orjson.dumps(arr if finite.all() else _with_strings(arr, finite), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _write_text(arr: np.ndarray, out: io.BytesIO) -> None:
+def _write_pieces(arr: np.ndarray, pieces: list[bytes], pending: bytes) -> bytes:
+    """Append arr's text to `pieces`, `pending` (brackets and commas not written yet) before it; return what is
+    pending after it (its closing brackets)."""
     if arr.size <= CHUNK:
-        out.write(_chunk_text(arr))
-        return
+        chunk = _chunk_text(arr)
+        pieces.append(pending + chunk if pending else chunk)
+        return b""
     rows = max(1, CHUNK // (arr.size // len(arr)))
-    out.write(b"[")
+    pending += b"["
     for start in range(0, len(arr), rows):
         if start:
-            out.write(b",")
+            pending += b","
         block = arr[start : start + rows]
-        if block.size <= CHUNK:
-            out.write(memoryview(_chunk_text(block))[1:-1])  # its rows without the block's own brackets
+        if block.size <= CHUNK:  # its rows without the block's own brackets
+            pieces.append(b"".join((pending, memoryview(_chunk_text(block))[1:-1])))
+            pending = b""
         else:  # one row, longer than CHUNK: split the same way
-            _write_text(block[0], out)
-    out.write(b"]")
+            pending = _write_pieces(block[0], pieces, pending)
+    return pending + b"]"
 
 
 class _SlowPath(Exception):

@@ -67,6 +67,7 @@ def batch():
         )
         _checks_within_budget(body["jobs"], limits)
     jobs = batch_request.load(body)["jobs"]
+    del body  # its lists (8 bytes a number; the numbers are the jobs') are freed before the computation
     with compute_timer("batch"):
         results = run_jobs(jobs, limits)
     # every result is an encoded engine body or a problem (strings and the configured limits): no second walk
@@ -80,7 +81,7 @@ def run_jobs(jobs: list, limits) -> list[dict]:
     413 once the jobs loaded so far take it over: loading costs ~4 µs a key, and 750 jobs of a 64-layer network
     took 6 s to load before the 413 named the first 83. Check jobs with the same problem (PROBLEM_FIELDS: a class's
     answers to one exercise) share one estimate and one Problem (model, points, references); each job's result is
-    what it would be on its own."""
+    what it would be on its own. `jobs` (the raw jobs) is emptied as they load."""
     results: list[dict | None] = [None] * len(jobs)
     gradient_jobs: list[tuple[int, dict]] = []
     check_jobs: list[tuple[int, dict]] = []
@@ -89,6 +90,7 @@ def run_jobs(jobs: list, limits) -> list[dict]:
     kept: dict[bytes, Problem] = {}
     budget = _Budget(len(jobs), limits)
     for i, job in enumerate(jobs):
+        jobs[i] = None  # the raw job's lists (8 bytes a number) go once it is loaded, before any job runs
         is_check = isinstance(job, dict) and set(job) == {"check"}
         try:
             cost.check_raw(job["check"] if is_check else job, limits)
@@ -112,6 +114,7 @@ def run_jobs(jobs: list, limits) -> list[dict]:
             results[i] = {"error": engine_problem(refused)}
         else:
             (check_jobs if is_check else gradient_jobs).append((i, spec))
+    job = None  # the last raw job, too, goes before the computation
     ledger = Ledger(budget.charged)  # the answers' formulas and diagnoses are charged against what the jobs left
     deadline = Deadline(limits.max_wall_seconds)  # the batch as a whole gets one wall-time budget
     outputs = compute_many([spec for _, spec in gradient_jobs], limits, deadline)
