@@ -86,6 +86,7 @@ def grade_file(body: dict, limits: Limits) -> dict:
     misnamed = _misnamed_checks(problems)
     if misnamed:
         raise misnamed
+    _number_problems(problems, ("visible", *released))
     checks = [c for p in problems for c in p["checks"]]
     score, max_score = total(p["score"] for p in problems), total(p["max_score"] for p in problems)
     return {
@@ -142,6 +143,16 @@ def _uncomputable(index: int, problem: dict, err: EngineError) -> InvalidProblem
         f"Problem {problem['key']!r} cannot be computed: {err.detail}.",
         {"problem": {"problems": {index: {"model": [err.detail]}}}},
     )
+
+
+def _number_problems(problems: list[dict], shown: tuple[str, ...]) -> None:
+    """Problems numbered in file order, those with a check shown now first: a problem whose checks are all hidden
+    (or not yet released) took its place's number, and "1.1, 3.1" told of it (a third audit). Each check keeps its
+    number within its problem (_grade_problem: shown ones first)."""
+    seen = sorted(problems, key=lambda p: not any(c["visibility"] in shown for c in p["checks"]))
+    for number, problem in enumerate(seen, 1):
+        for check in problem["checks"]:
+            check["number"] = f"{number}.{check['number'].partition('.')[2]}"
 
 
 def _grade_problem(

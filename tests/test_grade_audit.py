@@ -434,6 +434,22 @@ def test_tests_shown_are_numbered_without_gaps(client, released, names):
     assert [t["name"] for t in result["tests"]] == names
 
 
+def test_a_problem_whose_checks_are_all_hidden_leaves_no_gap(client):
+    """A third audit: a problem with only hidden checks kept its place's number, so students saw "1.1, 3.1"."""
+    visible, hidden = {"loss": {"title": "loss L"}}, {"loss": {"title": "loss L", "visibility": "hidden"}}
+    problems = [
+        {**NEURON, "key": "a", "checks": visible},
+        {**NEURON, "key": "b", "checks": hidden},
+        {**NEURON, "key": "c", "checks": visible},
+    ]
+    answers = {key: {"loss": 6.7012} for key in "abc"}
+    body = {"problem": {"problems": problems}, "answers": answers}
+    result = client.post("/v1/grade?format=prairielearn", json=body).json
+    assert [t["name"].split()[0] for t in result["tests"]] == ["1.1", "2.1"]
+    everything = client.post("/v1/grade", json=body).json  # every check (staff's view): the hidden one last
+    assert [p["checks"][0]["number"] for p in everything["problems"]] == ["1.1", "3.1", "2.1"]
+
+
 @pytest.mark.parametrize(
     ("answer", "got"),
     [("abc", "'abc'"), (".5.5", "'.5.5'"), ([1, "a"], "2 value(s) in shape [2]: [1, a]"), ({"a": 1}, "an object")],
