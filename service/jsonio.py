@@ -261,9 +261,20 @@ def _require_finite(obj) -> None:
         assert_finite(obj)  # raises, naming the path
 
 
+def _dumps(obj, default) -> bytes:
+    """orjson.dumps; a deadline that fires in `default` (Python code orjson runs, where a pending SIGALRM is raised)
+    is the DeadlineInterrupt it was, not orjson's JSONEncodeError wrapping it (that was a 500, not the 503)."""
+    try:
+        return orjson.dumps(obj, default=default, option=OPTIONS)
+    except orjson.JSONEncodeError as err:
+        if isinstance(err.__cause__, DeadlineInterrupt):
+            raise err.__cause__ from None
+        raise
+
+
 def dumps_bytes(obj) -> bytes:
     _require_finite(obj)
-    return orjson.dumps(obj, default=text_fragment, option=OPTIONS)
+    return _dumps(obj, text_fragment)
 
 
 # In place of each JsonText while the rest of the body is written: a byte orjson never writes (it escapes control
@@ -284,7 +295,7 @@ def dumps_pieces(obj) -> list[bytes]:
             return orjson.Fragment(PLACEHOLDER)
         return text_fragment(value)
 
-    rest = orjson.dumps(obj, default=placeholder, option=OPTIONS)
+    rest = _dumps(obj, placeholder)
     if not texts:
         return [rest]
     around = rest.split(PLACEHOLDER)

@@ -69,6 +69,7 @@ def grade_file(body: dict, limits: Limits) -> dict:
         unreadable = f"the answers must be a JSON object keyed by problem, got {_json_type(answers)}"
     requests = [_request(problem, body, problem_file) for problem in problem_file["problems"]]
     ledger = Ledger(_charge(problem_file["problems"], requests, limits))  # every problem's estimate, reserved
+    ledger.share_spellings(len(requests))
     problems = [
         _grade_problem(
             i,
@@ -146,13 +147,19 @@ def _uncomputable(index: int, problem: dict, err: EngineError) -> InvalidProblem
 
 
 def _number_problems(problems: list[dict], shown: tuple[str, ...]) -> None:
-    """Problems numbered in file order, those with a check shown now first: a problem whose checks are all hidden
-    (or not yet released) took its place's number, and "1.1, 3.1" told of it (a third audit). Each check keeps its
-    number within its problem (_grade_problem: shown ones first)."""
-    seen = sorted(problems, key=lambda p: not any(c["visibility"] in shown for c in p["checks"]))
+    """Problems numbered in file order, those with a check shown now first, then by the first visibility that will
+    show one (_show_order): a problem whose checks are all hidden (or not yet released) took its place's number,
+    and "1.1, 3.1" told of it (a third audit). Each check keeps its number within its problem (_grade_problem)."""
+    seen = sorted(problems, key=lambda p: min(_show_order(c["visibility"], shown) for c in p["checks"]))
     for number, problem in enumerate(seen, 1):
         for check in problem["checks"]:
             check["number"] = f"{number}.{check['number'].partition('.')[2]}"
+
+
+def _show_order(visibility: str, shown: tuple[str, ...]) -> tuple[bool, int]:
+    """Where a check of this visibility is numbered: shown now first, then in the order visibilities are released
+    (so Gradescope, which releases them itself, shows no gap after the due date either)."""
+    return visibility not in shown, VISIBILITY_ORDER[visibility]
 
 
 def _grade_problem(
@@ -257,7 +264,7 @@ def _grade_problem(
                 check["actual_summary"] = _sent(sent[name], limits)
         checks.append(check)
     shown = ("visible", *released)
-    checks.sort(key=lambda c: (c["visibility"] not in shown, VISIBILITY_ORDER[c["visibility"]]))
+    checks.sort(key=lambda c: _show_order(c["visibility"], shown))
     for number, check in enumerate(checks, 1):
         check["number"] = f"{index + 1}.{number}"
     lines = []  # what PrairieLearn lists in format_errors
@@ -394,10 +401,15 @@ def _read_answer(name: str, value, limits: Limits, variables: list[str], ledger:
         except RecursionError:  # deeper than Python's parser goes (about 990 levels): not an answer, nor a 500
             return None, f"{value[:100]!r} is nested too deeply to read: enter a number or a list of numbers"
         except ValueError:
-            if len(value) > TYPED_CHARS or ledger.typed_chars + len(value) > TYPED_READ_CHARS:
+            if len(value) > TYPED_CHARS:
                 return None, (
                     f"{value[:100]!r}… ({len(value)} characters) is too long to read as typed numbers: type at most "
                     f"{TYPED_CHARS} characters, or send the numbers as JSON"
+                )
+            if ledger.typed_chars + len(value) > TYPED_READ_CHARS:
+                return None, (
+                    f"{value[:100]!r}… is not read as typed numbers: these answers hold more than {TYPED_READ_CHARS} "
+                    "characters of them in all; send the numbers as JSON"
                 )
             ledger.typed_chars += len(value)
             typed = _typed_numbers(value)

@@ -115,6 +115,20 @@ def test_a_students_junk_keys_take_nothing_from_a_later_job(client):
     assert response.json["results"][-1]["score"] == 2, response.json["results"][-1]
 
 
+def test_a_students_junk_keys_take_nothing_from_a_later_jobs_spelling(client):
+    """A final audit: the spelling allowance was one per request, so 12 jobs of 127 junk keys spent it and a later
+    honest job's answer under another spelling ("x**2" for the check's "x ** 2") scored 0. Each job has its share."""
+    checks = {"intermediates.x ** 2": {"points": 1}}
+    keys = {f"({'x+' * 20}{n})": 0.0 for n in range(127)}
+    junk = {"check": {**SIN, "checks": checks, "submission": {"intermediates": keys}}}
+    honest = {"check": {**SIN, "checks": checks, "submission": {"intermediates": {"x**2": 9.0}}}}
+    response = client.post("/v1/batch", json={"jobs": [junk] * 12 + [honest]})
+    assert response.status_code == 200, response.json
+    results = response.json["results"]
+    assert results[-1]["score"] == 1, results[-1]["checks"][0]["message"]
+    assert "there were too many" in results[0]["checks"][0]["message"]
+
+
 def test_one_answer_answers_one_check(client):
     """A third audit: checks `intermediates.x**2` (1 point) and `intermediates.(x ** 2)` (5 points) and one answer
     under a third spelling gave 6 points on /v1/check (a problem file refuses the two checks: a 422)."""
@@ -365,8 +379,8 @@ def test_typed_texts_are_re_read_within_a_bound(client):
     answers = {f"p{i}": {"gradients": {"x": long}} for i in range(n)}
     result = client.post("/v1/grade", json={"problem": {"problems": problems}, "answers": answers}).json
     messages = [p["checks"][0]["message"] for p in result["problems"]]
-    assert "too long to read as typed numbers" not in messages[0]
-    assert "too long to read as typed numbers" in messages[-1]
+    assert "as typed numbers" not in messages[0]
+    assert "is not read as typed numbers: these answers hold more than 200000 characters" in messages[-1]
     over = {"problem": {**SQUARE}, "answers": {"dfdx": "." + "5" * TYPED_CHARS}}
     assert "too long to read as typed numbers" in json.dumps(client.post("/v1/grade", json=over).json)
 

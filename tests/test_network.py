@@ -1118,3 +1118,20 @@ def test_batchnorm_without_enough_samples_names_its_own_variance(client, varianc
     }
     status, out = post(client, "/v1/gradients", {"model": model, "inputs": {}, "include": []})
     assert status == 422 and needs in out["detail"], out
+
+
+def test_a_network_without_layers_regularizes_nothing(client):
+    """A final audit's fuzz: `layers: []` with `l2` was a 500 (torch.stack of no weights). The L2 term is 0."""
+    model = {
+        "kind": "network",
+        "layout": "cs231n",
+        "layers": [],
+        "loss": {"type": "softmax_cross_entropy"},
+        "l2": {"reg": 0.1, "form": "half_sum_sq"},
+        "generate": {"X": {"scheme": "numpy_legacy", "seed": 1, "shape": [4, 2]}},
+    }
+    with_l2 = client.post("/v1/gradients", json={"model": model, "inputs": {"y": [0, 1, 1, 0]}})
+    plain = {key: value for key, value in model.items() if key != "l2"}
+    without = client.post("/v1/gradients", json={"model": plain, "inputs": {"y": [0, 1, 1, 0]}})
+    assert with_l2.status_code == without.status_code == 200, with_l2.json
+    assert with_l2.json["loss"] == without.json["loss"]

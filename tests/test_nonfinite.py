@@ -622,3 +622,22 @@ def test_batch_gradients_jobs_write_large_non_finite_results_as_the_old_walk_wou
     old = client.post("/v1/batch", json={"jobs": jobs})
     assert old.status_code == 200
     assert new.data == old.data
+
+
+@pytest.mark.parametrize("writer", ["dumps_bytes", "dumps_pieces"])
+def test_a_deadline_while_a_body_is_written_stays_a_deadline(monkeypatch, writer):
+    """A final audit: the request's SIGALRM, pending while orjson writes a body with a JsonText, is raised in orjson's
+    `default` callback (the first Python code that runs), and orjson wrapped it in a JSONEncodeError: a 500 with a
+    traceback instead of the 503. The writers raise the DeadlineInterrupt itself."""
+    from service import jsonio
+    from service.engine.deadline import DeadlineInterrupt
+
+    def interrupted(value):
+        raise DeadlineInterrupt(1.0)
+
+    monkeypatch.setattr(jsonio, "text_fragment", interrupted)
+    with pytest.raises(DeadlineInterrupt):
+        getattr(jsonio, writer)(jsonio.Encoded(value=object()))
+    monkeypatch.undo()
+    with pytest.raises(TypeError):  # anything else orjson cannot write stays its error
+        getattr(jsonio, writer)(jsonio.Encoded(value=object()))

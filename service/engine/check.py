@@ -212,12 +212,12 @@ class Problem:
         self._walks: dict[str, list[cost.Pass] | LimitExceeded] = {}  # formula source -> cost.formula_walk()
         self._diagnosis: cost.Estimate | None = None
 
-    def intermediate_name(self, key: str, ledger: Ledger, spelling: bool = False) -> str:
+    def intermediate_name(self, key: str, ledger: Ledger, spend=None) -> str:
         """The name the references give the intermediate `key` spells: `key` itself, else its canonical text
         ("x**2" for sin(x**2)'s "x ** 2"); an unparsable key stays as sent (the check says no such intermediate).
         Parsed once per request (a class's answers in a batch repeat their keys: Ledger.spellings), charged to
-        `ledger` first (`spelling`: a student's key read as another spelling of a check's, to its separate
-        allowance, Ledger.read_spelling): refused (LimitExceeded), it is not parsed. A key that cannot name one is
+        `ledger` first (or to `spend`: Spellings's own allowance for a student's keys): refused (LimitExceeded), it
+        is not parsed. A key that cannot name one is
         not parsed: longer than a formula may be (canonical_text would refuse it), or the references have no
         intermediates."""
         names = self.refs[0]["intermediates"]
@@ -225,10 +225,10 @@ class Problem:
             return key
         text = ledger.spellings.get(key)
         if text is None:
-            if spelling:
-                ledger.read_spelling(cost.intermediate_key_estimate(key), self.limits)
-            else:
+            if spend is None:
                 ledger.charge(cost.intermediate_key_estimate(key), self.limits)
+            else:
+                spend(cost.intermediate_key_estimate(key))
             text = ledger.spellings[key] = canonical_text(key, self.limits) or key
         return text
 
@@ -288,8 +288,8 @@ class Spellings:
     match a key without checks. Read only when a check finds no answer under its own key, each submitted key at most
     once, through Problem.intermediate_name (charged to the ledger, memoized per request); a key that is a check's
     own (`taken`) is that check's answer, never read, and a key answers one check at most. The reads are charged to
-    the request's allowance for them (Ledger.read_spelling), never to its budget; once it refuses a key, no other
-    key is read (`refused`)."""
+    this job's or problem's share of the request's allowance for them (Ledger.spelling_share), never to its budget
+    nor to another's share; once it refuses a key, no other key is read (`refused`)."""
 
     def __init__(self, problem: Problem, ledger: Ledger, given: dict, taken) -> None:
         self.problem, self.ledger = problem, ledger
@@ -297,6 +297,7 @@ class Spellings:
         self.read: dict[str, str] = {}  # intermediate's name -> the first submitted key that spells it
         self.used: set[str] = set()  # the submitted keys found as a check's answer
         self.refused: LimitExceeded | None = None
+        self.left = ledger.spelling_share
 
     def find(self, key: str) -> str | None:
         """The submitted key spelling the intermediate the check's `key` names, or None. LimitExceeded: `key` itself
@@ -308,7 +309,7 @@ class Spellings:
             if other is None:
                 return None
             try:
-                name = self.problem.intermediate_name(other, self.ledger, spelling=True)
+                name = self.problem.intermediate_name(other, self.ledger, self._spend)
             except LimitExceeded as err:
                 self.refused, self.unread = err, iter(())
                 return None
@@ -318,6 +319,16 @@ class Spellings:
             return None
         self.used.add(found)
         return found
+
+    def _spend(self, estimate: cost.Estimate) -> None:
+        if estimate.total > self.left:
+            raise LimitExceeded(
+                "max_request_bytes",
+                self.ledger.spelling_share,
+                "too many other keys to read as spellings of the checks' intermediates",
+                estimate=self.ledger.spelling_share - self.left + estimate.total,
+            )
+        self.left -= estimate.total
 
 
 class Ledger:
@@ -331,21 +342,14 @@ class Ledger:
     def __init__(self, total: int = 0) -> None:
         self.total = total
         self.spellings: dict[str, str] = {}  # a submitted intermediate's key -> canonical_text(key), or the key
-        self.spelling_reads = 0  # charged to cost.SPELLING_READ_BYTES, not to the budget
+        # each job's or problem's allowance for a student's keys read as spellings (Spellings), apart from the budget
+        self.spelling_share = cost.SPELLING_READ_BYTES
         self.typed_chars = 0  # answers typed as text, re-read (problems.TYPED_READ_CHARS)
 
-    def read_spelling(self, estimate: cost.Estimate, limits: Limits) -> None:
-        """Charge a student's key read as another spelling of a check's to the request's own allowance for them, not
-        to its budget: however many a student sends, no instructor's key, other job or problem is refused for them
-        (LimitExceeded once the allowance is spent: then they are not read)."""
-        if self.spelling_reads + estimate.total > cost.SPELLING_READ_BYTES:
-            raise LimitExceeded(
-                "max_request_bytes",
-                cost.SPELLING_READ_BYTES,
-                "too many other keys to read as spellings of the checks' intermediates",
-                estimate=self.spelling_reads + estimate.total,
-            )
-        self.spelling_reads += estimate.total
+    def share_spellings(self, graders: int) -> None:
+        """Split the spelling reads' allowance among `graders` jobs or problems (at least SPELLING_SHARE_BYTES each):
+        one job's junk keys cannot spend what another job's student needs (a final audit)."""
+        self.spelling_share = max(cost.SPELLING_READ_BYTES // max(graders, 1), cost.SPELLING_SHARE_BYTES)
 
     def charge(self, estimate: cost.Estimate, limits: Limits, hint: str | None = None) -> None:
         """Add `estimate`, or raise LimitExceeded when the budget cannot take it (the caller decides what then); its

@@ -65,9 +65,11 @@ INTERMEDIATE_KEY_BYTES = 16 * MICROSECOND_BYTES
 INTERMEDIATE_KEY_CHAR_BYTES = 8 * MICROSECOND_BYTES
 # A request's allowance for a student's other intermediate keys read as spellings of a check's own (check.Spellings),
 # at the prices above and apart from the request budget: ~64 ms of parsing at those prices (~1,000 short keys; real
-# parses take a tenth of their price). Charged to the budget, a student's junk keys took it from the instructor's
-# check keys, which then refused: a problem file's 413, a batch's later job graded 0 (an audit).
+# parses measured 0.5-0.7x their price). Charged to the budget, a student's junk keys took it from the instructor's
+# check keys, which then refused: a problem file's 413, a batch's later job graded 0 (an audit). Each job or problem
+# gets its share of it, at least SPELLING_SHARE_BYTES (~4 short keys), so that one job's keys cannot spend another's.
 SPELLING_READ_BYTES = 16 * 2**20
+SPELLING_SHARE_BYTES = 64 * 2**10
 # One error message of a batch job that does not load (schema errors): marshmallow's work to find it and the message
 # in the response. Measured in-process: a network job with 64 invalid layers and 130 invalid `generate` entries,
 # 1,894 messages, loads in 23-32 ms warm (129 ms cold), ~54 bytes of JSON a message: 16 µs. A batch of invalid jobs

@@ -480,6 +480,8 @@ class Network:
         biases = self.l2.get("include_biases", False) if self.variant.l2_biases is None else self.variant.l2_biases
         roles = ("weight", "bias") if biases else ("weight",)
         squares = [(t[p.name] ** 2).sum() for p in self.params if p.role in roles]
+        if not squares:  # no layers, no weights: nothing to regularize (torch.stack([]) was a 500)
+            return torch.zeros((), dtype=t["X"].dtype)
         form = self.l2.get("form", "sum_sq")
         if form == "over_2m" and samples == 0:
             raise ShapeError("X holds no samples (m = 0): the L2 term lambda / (2m) is undefined; send at least one")

@@ -116,6 +116,7 @@ def run_jobs(jobs: list, limits) -> list[dict]:
             (check_jobs if is_check else gradient_jobs).append((i, spec))
     job = None  # the last raw job, too, goes before the computation
     ledger = Ledger(budget.charged)  # the answers' formulas and diagnoses are charged against what the jobs left
+    ledger.share_spellings(len(check_jobs))
     deadline = Deadline(limits.max_wall_seconds)  # the batch as a whole gets one wall-time budget
     outputs = compute_many([spec for _, spec in gradient_jobs], limits, deadline)
     for (i, _), out in zip(gradient_jobs, outputs, strict=True):
