@@ -283,6 +283,23 @@ def test_a_visible_message_names_no_hidden_checks_verdict(live_server, z1, a1, n
         assert ("first goes wrong at" in text) is named, (fmt, text[:2000])
 
 
+@pytest.mark.parametrize("z1", [None, "[[1,2,3],"])  # not given; unreadable
+def test_no_first_wrong_layer_is_named_past_an_intermediate_not_answered(client, z1):
+    """A third audit: with Z1 missing (or unreadable) and A1 right, dW2's message said "the forward pass first goes
+    wrong at Z1 ...; the intermediates before it are right". Where it first goes wrong is not known then."""
+    body = {k: v for k, v in TWO_LAYER.items() if k not in ("key", "title")}
+    right = client.post("/v1/gradients", json={**body, "include": ["intermediates"]}).json
+    checks = {"gradients.W2": {"points": 2}, "intermediates.Z1": {"points": 1}, "intermediates.A1": {"points": 1}}
+    answers = {"gradients": {"W2": WRONG_W2}, "intermediates": {"A1": right["intermediates"]["A1"]["value"]}}
+    if z1 is not None:
+        answers["intermediates"]["Z1"] = z1
+    result = client.post("/v1/grade", json={"problem": {**TWO_LAYER, "checks": checks}, "answers": answers}).json
+    assert "first goes wrong" not in json.dumps(result)
+    wrong = {**answers, "intermediates": {**answers["intermediates"], "Z1": [[0.0] * 3] * 4}}
+    named = client.post("/v1/grade", json={"problem": {**TWO_LAYER, "checks": checks}, "answers": wrong}).json
+    assert "the forward pass first goes wrong at Z1" in json.dumps(named)  # a wrong Z1 is still named
+
+
 # --- numbers typed as text ------------------------------------------------------------------------------------------
 
 SQUARE = {

@@ -167,7 +167,8 @@ def diagnose(grader, name: str, answer, expected: list[torch.Tensor], rule: dict
 
 def up_to_first_wrong(grader, checks: list[dict]) -> list[dict]:
     """For networks: the graded intermediates' checks in the order mistakes propagate (forward values in layer order,
-    then gradients backwards), up to the first wrong one; [] when none is wrong (or not a network)."""
+    then gradients backwards), up to the first wrong one; [] when none is wrong, when one before it has no answer
+    ("first goes wrong at Z1" of a Z1 not given), or not a network."""
     model = _raw(grader.model)
     if not isinstance(model, Network):
         return []
@@ -178,8 +179,11 @@ def up_to_first_wrong(grader, checks: list[dict]) -> list[dict]:
     seen = []
     for name in order:
         if name in graded:
-            seen.append(graded[name])
-            if not graded[name]["passed"]:
+            check = graded[name]
+            if check["actual"] is None and "actual_summary" not in check:
+                return []  # not answered (or unreadable): where the pass first goes wrong is not known (an audit)
+            seen.append(check)
+            if not check["passed"]:
                 return seen
     return []
 
