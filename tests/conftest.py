@@ -18,10 +18,24 @@ import pytest
 from bench.servers import ROOT, STARTED_GROUPS, Server, free_port  # noqa: F401 - ROOT, free_port re-exported for tests
 from service import create_app
 from service.config import Config
+from service.engine.values import NON_FINITE
 
 REQUIRE_ALL = os.environ.get("GRADSVC_REQUIRE_ALL") == "1"
 
 TUTORIAL_NEURON = {"model": {"kind": "neuron", "loss": "bce"}, "inputs": {"x": 6.7, "y": 0.0, "w": 1.0, "b": 0.0}}
+
+
+def kind_walked_from_the_end(value) -> type | None:
+    """The non-number a walk from the end meets first, an item at a time: the oracle values.last_non_number (which
+    reads whole levels with C loops) is tested against."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif type(item) not in (int, float) and not (isinstance(item, str) and item in NON_FINITE):
+            return type(item)
+    return None
 
 
 def json_log_lines(text: str) -> list[dict]:

@@ -9,9 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import kind_walked_from_the_end
 from service.engine import Limits, compute
 from service.engine.neuron import Neuron
-from service.engine.values import NON_FINITE, last_non_number, parse_tensor, tensor_shape
+from service.engine.values import last_non_number, parse_tensor, tensor_shape
 
 LIMITS = Limits()
 finite = st.floats(min_value=-3, max_value=3, allow_nan=False)  # |z| <= 12: the clamp stays idle
@@ -144,21 +145,9 @@ answer_leaves = st.sampled_from([0, 1.5, "NaN", "-Infinity", 2]) | st.sampled_fr
 answer_trees = st.recursive(answer_leaves, lambda inner: st.lists(inner, max_size=5), max_leaves=40)
 
 
-def _kind_walked_from_the_end(value) -> type | None:
-    """The non-number a walk from the end meets first, an item at a time (what the Answer field named before)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif type(item) not in (int, float) and not (isinstance(item, str) and item in NON_FINITE):
-            return type(item)
-    return None
-
-
 @settings(max_examples=1000, deadline=None)
 @given(answer_trees)
 def test_last_non_number_is_the_one_a_walk_from_the_end_meets(value):
     """values.last_non_number reads levels with C loops and compares the levels' last non-numbers by their
     ancestors: the kind it finds is the one an item-by-item walk from the end finds, at any depth and mix."""
-    assert last_non_number(value) is _kind_walked_from_the_end(value)
+    assert last_non_number(value) is kind_walked_from_the_end(value)

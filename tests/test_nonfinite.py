@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.servers import proc_mib
-from conftest import GunicornServer
+from conftest import GunicornServer, kind_walked_from_the_end
 from schemas import GradientRequestSchema
 from service.engine import check as check_module
 from service.engine import encode
@@ -371,18 +371,7 @@ def test_answers_parse_as_before(shape, data):
 )
 def test_these_answers_parse_as_before(value):
     assert_parses_alike(value)
-    assert last_non_number(value) is last_non_number_old(value)
-
-
-def last_non_number_old(value) -> type | None:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif type(item) not in (int, float) and not (isinstance(item, str) and item in NON_FINITE):
-            return type(item)
-    return None
+    assert last_non_number(value) is kind_walked_from_the_end(value)
 
 
 # --- a real server ------------------------------------------------------------------------------------------------
