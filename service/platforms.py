@@ -210,21 +210,23 @@ def _within_prairielearn_limit(doc: dict) -> dict:
     titles of 500 characters) leave every text over 20 characters."""
     if _json_bytes(doc) <= PRAIRIELEARN_BYTES:
         return doc
-    places = [(test, key) for test in doc["tests"] for key in ("name", "description", "message", "output")]
-    places += [(doc, "output")] + [(doc["format_errors"], i) for i in range(len(doc["format_errors"]))]
-    lengths = [_json_bytes(place[key]) - 2 for place, key in places]
+    lengths = [_json_bytes(place[key]) - 2 for place, key in _text_places(doc)]
     emptied = {**doc, "message": doc["message"] + PRAIRIELEARN_CUT, "output": "", "format_errors": []}
     emptied["tests"] = [{**test, "name": "", "description": "", "message": "", "output": ""} for test in doc["tests"]]
     room = PRAIRIELEARN_BYTES - _json_bytes(emptied) - 4 * len(doc["format_errors"])  # each line's "" and ", "
     level = _water_level(lengths, room)
     doc = {**doc, "message": emptied["message"], "tests": [dict(test) for test in doc["tests"]]}
     doc["format_errors"] = list(doc["format_errors"])
-    places = [(test, key) for test in doc["tests"] for key in ("name", "description", "message", "output")]
-    places += [(doc, "output")] + [(doc["format_errors"], i) for i in range(len(doc["format_errors"]))]
-    for (place, key), length in zip(places, lengths, strict=True):
+    for (place, key), length in zip(_text_places(doc), lengths, strict=True):
         if length > level:
             place[key] = _cut(place[key], level)
     return doc
+
+
+def _text_places(doc: dict) -> list[tuple[dict | list, str | int]]:
+    """(container, key) of every text of a PrairieLearn document that may be cut, in one order."""
+    places = [(test, key) for test in doc["tests"] for key in ("name", "description", "message", "output")]
+    return places + [(doc, "output")] + [(doc["format_errors"], i) for i in range(len(doc["format_errors"]))]
 
 
 def _json_bytes(value) -> int:
