@@ -147,13 +147,14 @@ def _uncomputable(index: int, problem: dict, err: EngineError) -> InvalidProblem
 
 
 def _number_problems(problems: list[dict], shown: tuple[str, ...]) -> None:
-    """Problems numbered in file order, those with a check shown now first, then by the first visibility that will
-    show one (_show_order): a problem whose checks are all hidden (or not yet released) took its place's number,
-    and "1.1, 3.1" told of it (a third audit). Each check keeps its number within its problem (_grade_problem)."""
+    """Each check's number, "<problem>.<check>": problems in file order, those with a check shown now first, then by
+    the first visibility that will show one (_show_order): a problem whose checks are all hidden (or not yet
+    released) took its place's number, and "1.1, 3.1" told of it (a third audit); checks in their problem's order
+    (_grade_problem sorts them, shown ones first)."""
     seen = sorted(problems, key=lambda p: min(_show_order(c["visibility"], shown) for c in p["checks"]))
     for number, problem in enumerate(seen, 1):
-        for check in problem["checks"]:
-            check["number"] = f"{number}.{check['number'].partition('.')[2]}"
+        for within, check in enumerate(problem["checks"], 1):
+            check["number"] = f"{number}.{within}"
 
 
 def _show_order(visibility: str, shown: tuple[str, ...]) -> tuple[bool, int]:
@@ -264,9 +265,7 @@ def _grade_problem(
                 check["actual_summary"] = _sent(sent[name], limits)
         checks.append(check)
     shown = ("visible", *released)
-    checks.sort(key=lambda c: _show_order(c["visibility"], shown))
-    for number, check in enumerate(checks, 1):
-        check["number"] = f"{index + 1}.{number}"
+    checks.sort(key=lambda c: _show_order(c["visibility"], shown))  # numbered in this order: _number_problems
     lines = []  # what PrairieLearn lists in format_errors
     for check in checks:
         name = check["name"]
