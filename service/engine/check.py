@@ -217,9 +217,8 @@ class Problem:
         ("x**2" for sin(x**2)'s "x ** 2"); an unparsable key stays as sent (the check says no such intermediate).
         Parsed once per request (a class's answers in a batch repeat their keys: Ledger.spellings), charged to
         `ledger` first (or to `spend`: Spellings's own allowance for a student's keys): refused (LimitExceeded), it
-        is not parsed. A key that cannot name one is
-        not parsed: longer than a formula may be (canonical_text would refuse it), or the references have no
-        intermediates."""
+        is not parsed. A key that cannot name one is not parsed: longer than a formula may be (canonical_text would
+        refuse it), or the references have no intermediates."""
         names = self.refs[0]["intermediates"]
         if key in names or not names or len(key) > self.limits.max_formula_length:
             return key
@@ -286,7 +285,7 @@ class Spellings:
     """The key a submission's intermediates (`given`) hold a check's answer under when it is not the check's own:
     another spelling of the same subexpression ("x**2" for a check of "intermediates.x ** 2"), as the references
     match a key without checks. Read only when a check finds no answer under its own key, each submitted key at most
-    once, through Problem.intermediate_name (charged to the ledger, memoized per request); a key that is a check's
+    once, through Problem.intermediate_name (memoized per request); a key that is a check's
     own (`taken`) is that check's answer, never read, and a key answers one check at most. The reads are charged to
     this job's or problem's share of the request's allowance for them (Ledger.spelling_share), never to its budget
     nor to another's share; once it refuses a key, no other key is read (`refused`)."""
