@@ -4,8 +4,9 @@ lists, the model union, and maps keyed by input name."""
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 
-from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, utils, validate
 
 from service.engine.cost import error_messages
 from service.engine.values import TensorData, parse_tensor
@@ -172,12 +173,12 @@ class ErrorBoundedList(fields.List):
     (docs/limits.md "Errors listed at most")."""
 
     def _deserialize(self, value, attr, data, **kwargs) -> list:
-        if type(value) is not list:
+        if not utils.is_collection(value):
             raise self.make_error("invalid")
         result, errors, bound = [], {}, _ErrorBound()
         for index, item in enumerate(value):
             if bound.reached():
-                errors[index] = bound.stop(len(value) - index - 1, "items")
+                errors[index] = bound.stop(len(value) - index - 1, "items")  # a list from JSON: len() is known
                 break
             try:
                 result.append(self.inner.deserialize(item, **kwargs))
@@ -196,7 +197,7 @@ class ErrorBoundedDict(fields.Dict):
     MAX_LISTED_ERRORS messages, as ErrorBoundedList; its keys are loaded first, as marshmallow's Dict does."""
 
     def _deserialize(self, value, attr, data, **kwargs) -> dict:
-        if type(value) is not dict:
+        if not isinstance(value, Mapping):
             raise self.make_error("invalid")
         errors: dict = {}
         keys = {}
