@@ -7,7 +7,16 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 from service.engine.values import last_non_number
 
 from .errors import ProblemSchema
-from .fields import CappedSchema, InputMap, OneOfKind, StrictFloat, StrictInteger, Tensor
+from .fields import (
+    CappedSchema,
+    ErrorBoundedDict,
+    ErrorBoundedList,
+    InputMap,
+    OneOfKind,
+    StrictFloat,
+    StrictInteger,
+    Tensor,
+)
 from .network import ToleranceSchema
 from .requests import MODEL_SCHEMAS, NEURON_INPUT_NAMES, NEURON_MODEL, neuron_input_errors
 from .responses import TensorOut
@@ -94,7 +103,7 @@ class CheckRequestSchema(CappedSchema):
         Tensor(),
         metadata={"description": "one point; with `domain`, the fixed inputs (and shapes) of every drawn point"},
     )
-    points = fields.List(
+    points = ErrorBoundedList(
         InputMap(Tensor()),
         validate=validate.Length(min=1, max=MAX_POINTS),
         metadata={"description": "several points, each an `inputs` object"},
@@ -120,7 +129,7 @@ class CheckRequestSchema(CappedSchema):
         validate=validate.OneOf(FEEDBACK_MODES),
         metadata={"description": f"every check's, unless the check sets its own; {FEEDBACK_DESCRIPTION}"},
     )
-    checks = fields.Dict(
+    checks = ErrorBoundedDict(
         keys=fields.String(
             validate=validate.Regexp(
                 CHECK_NAME_PATTERN,

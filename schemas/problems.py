@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, ValidationError, fields, pre_load, validate, validates_schema
 
-from .fields import CappedSchema, StrictBoolean, StrictInteger, ValidatedLater
+from .fields import CappedSchema, ErrorBoundedDict, ErrorBoundedList, StrictBoolean, StrictInteger, ValidatedLater
 from .grading import (
     CHECK_NAME_PATTERN,
     FEEDBACK_DESCRIPTION,
@@ -60,7 +60,7 @@ class ProblemSchema(CheckRequestSchema):
         metadata={"description": "the answers file's key for this problem; Autolab's problem name"},
     )
     title = fields.String(validate=validate.Length(min=1, max=500))
-    checks = fields.Dict(
+    checks = ErrorBoundedDict(
         keys=fields.String(validate=validate.Regexp(CHECK_NAME_PATTERN, error=CHECK_NAME_ERROR)),
         values=fields.Nested(ProblemCheckSchema),
         required=True,
@@ -82,7 +82,7 @@ class ProblemFileSchema(CappedSchema):
         validate=validate.OneOf(FEEDBACK_MODES),
         metadata={"description": f"every problem's, unless the problem or check sets its own; {FEEDBACK_DESCRIPTION}"},
     )
-    problems = fields.List(
+    problems = ErrorBoundedList(
         fields.Nested(ProblemSchema),
         required=True,
         validate=validate.Length(min=1, max=MAX_PROBLEMS),
