@@ -1,5 +1,5 @@
-"""A batch's jobs priced before their work: answers nested past a tensor's depth, jobs refused as they load, and each
-job's own intermediate keys read on its own share (a previous audit's three leftovers)."""
+"""A batch's jobs priced before their work (a previous audit's three leftovers): answers nested past a tensor's depth
+(in /v1/check too), jobs refused as they load, and each job's own intermediate keys read on its own share."""
 
 from __future__ import annotations
 
@@ -75,6 +75,27 @@ def test_deep_answers_are_charged_a_price_a_level_past_a_tensors(client, monkeyp
     check = results[0]["checks"][0]
     assert check["actual_summary"] == "1 value(s) in lists nested 900 deep: [6]" and not check["passed"]
     assert shallow[0]["checks"][0]["actual_summary"].startswith("1 value(s) in lists nested 9 deep")
+
+
+def test_a_checks_deep_answers_are_priced_before_they_load(client):
+    """/v1/check: 257 answers nested 900 deep (the loss, 128 gradients, 128 intermediates; 460 KB) were a 200 after
+    0.9-1.5 s, charged 257 checks (~33 ms). Their levels are over the budget: a 413 naming them."""
+    names = [f"x{i}" for i in range(128)]
+    formula = names
+    while len(formula) > 1:  # a balanced sum: a flat one nests past max_ast_depth
+        formula = [f"({a}+{b})" for a, b in zip(formula[::2], formula[1::2], strict=False)] + formula[
+            len(formula) // 2 * 2 :
+        ]
+    deep = nested(900, 1.0)
+    check = {"model": {"kind": "expression", "formula": formula[0]}, "inputs": dict.fromkeys(names, 1.0)}
+    check["submission"] = {"loss": deep, "gradients": dict.fromkeys(names, deep), "intermediates": {}}
+    check["submission"]["intermediates"] = {f"k{i}": deep for i in range(128)}
+    response = client.post("/v1/check", data=json.dumps(check), content_type="application/json")
+    assert response.status_code == 413 and response.mimetype == PROBLEM
+    assert set(response.json["limit"]["breakdown"]) == {"deep answers"}
+    assert response.json["hint"] == cost.HINTS["deep answers"]
+    one = client.post("/v1/check", data=json.dumps(deep_answer()["check"]), content_type="application/json")
+    assert one.status_code == 200 and one.json["checks"][0]["actual_summary"].endswith("nested 900 deep: [6]")
 
 
 @pytest.mark.live

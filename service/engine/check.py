@@ -216,7 +216,7 @@ class Problem:
         """The name the references give the intermediate `key` spells: `key` itself, else its canonical text
         ("x**2" for sin(x**2)'s "x ** 2"); an unparsable key stays as sent (the check says no such intermediate).
         Parsed once per request (a class's answers in a batch repeat their keys: Ledger.spellings), charged to
-        `ledger` first (or to `spend`: Spellings's own allowance for a student's keys): refused (LimitExceeded), it
+        `ledger` first (or to `spend`: a job's KeyAllowance for its student's keys): refused (LimitExceeded), it
         is not parsed. A key that cannot name one is not parsed: longer than a formula may be (canonical_text would
         refuse it), or the references have no intermediates."""
         names = self.refs[0]["intermediates"]
@@ -456,7 +456,8 @@ class Grader:
 
     def expected(self, name: str, i: int) -> torch.Tensor | None:
         """The reference the check `name` compares with at point `i`, or None: nothing of that name. LimitExceeded:
-        an intermediate's key the request's budget left no room to read (Problem.intermediate_name)."""
+        an intermediate's key the request's budget (or, the student's own, this job's share: own_keys) left no room
+        to read (Problem.intermediate_name)."""
         section, _, key = name.partition(".")
         ref = self.refs[i]
         if section == "loss":

@@ -469,6 +469,7 @@ HINTS = {
     "diagnosis": "grade fewer points",
     "checks": "list fewer `checks`, or grade at fewer points",
     "intermediate keys": "name intermediates as the references do (a failed check lists them), or send fewer",
+    "deep answers": "send each answer as a number, or as lists only as deep as the value it answers",
 }
 
 
@@ -738,19 +739,25 @@ def error_messages(messages) -> int:
     return count
 
 
-def deep_answers_bytes(check, limits: Limits) -> int:
-    """What a raw check request's answers cost past a tensor's depth: ANSWER_LEVEL_BYTES a level of each answer (the
-    loss, every gradient and intermediate) deeper than max_tensor_dims + 1, counted before it loads. 0 for answers
-    a tensor answer's size (their walks are in CHECK_BYTES) and for what will not load."""
+def deep_answers_estimate(check, limits: Limits) -> Estimate:
+    """What a raw check request's answers cost past a tensor's depth, as `deep answers`: ANSWER_LEVEL_BYTES a level of
+    each answer (the loss, every gradient and intermediate) deeper than max_tensor_dims + 1, counted before it loads.
+    Nothing for answers a tensor answer's depth (their walks are in CHECK_BYTES) and for what will not load."""
+    estimate = Estimate()
     submission = check.get("submission") if isinstance(check, dict) else None
     if not isinstance(submission, dict):
-        return 0
+        return estimate
     answers = [submission.get("loss")]
     for section in ("gradients", "intermediates"):
         if isinstance(submission.get(section), dict):
             answers += submission[section].values()
-    free = limits.max_tensor_dims + 1
-    return sum(max(0, answer_levels(answer) - free) for answer in answers) * ANSWER_LEVEL_BYTES
+    free, levels = limits.max_tensor_dims + 1, 0
+    for answer in answers:
+        levels += max(0, answer_levels(answer) - free)
+        if levels * ANSWER_LEVEL_BYTES > limits.max_request_bytes:
+            break  # over the budget already: the rest need not be counted
+    estimate.add("deep answers", levels * ANSWER_LEVEL_BYTES)
+    return estimate
 
 
 def raw_checks_count(check) -> int:
