@@ -77,9 +77,9 @@ SPELLING_SHARE_BYTES = 64 * 2**10
 # was free: 200 of them held a worker 9 s for a 20 MB answer (an audit).
 LOAD_ERROR_BYTES = 16 * MICROSECOND_BYTES
 # A job of a batch refused by the cost model as it loads (cost.check_raw: too many inputs, elements, dimensions): the
-# raw walk up to the level that refuses it, and its problem in the response. Measured in-process: 1000 jobs of an input
-# of 9 dimensions (or of 129 inputs) in 50-110 ms with the body's parse and the response, ~30 µs a job past its
-# parse; refused too, they were free: 1000 inputs nested 900 deep held a worker 2.4-3 s (a previous audit). 64 µs.
+# raw walk up to the level that refuses it, and its problem in the response. Measured in-process (best of 2): 1000 jobs
+# of an input of 9 dimensions in 32-39 ms, of 129 inputs 52 ms, the body's parse (1-2 ms) included: 30-50 µs a job.
+# They were free: 1000 inputs nested 900 deep held a gunicorn worker 2.6-3.4 s (a previous audit). 64 µs.
 LOAD_REFUSED_BYTES = 64 * MICROSECOND_BYTES
 # One level of a submitted answer's lists past what a tensor answer has (max_tensor_dims, and one more for a list of
 # one answer per point): every walk of it (the answer field's check of its types, its shape, its echo's outline and
