@@ -216,7 +216,7 @@ class Problem:
         """The name the references give the intermediate `key` spells: `key` itself, else its canonical text
         ("x**2" for sin(x**2)'s "x ** 2"); an unparsable key stays as sent (the check says no such intermediate).
         Parsed once per request (a class's answers in a batch repeat their keys: Ledger.spellings), charged to
-        `ledger` first (or to `spend`: Spellings's own allowance for a student's keys): refused (LimitExceeded), it
+        `ledger` first (or to `spend`: a job's KeyAllowance for its student's keys): refused (LimitExceeded), it
         is not parsed. A key that cannot name one is not parsed: longer than a formula may be (canonical_text would
         refuse it), or the references have no intermediates."""
         names = self.refs[0]["intermediates"]
@@ -281,13 +281,29 @@ class Problem:
         return self._stacks
 
 
+class KeyAllowance:
+    """One job's (or problem's) share of the request's allowance for reading a student's intermediate keys as
+    formulas (Ledger.spelling_share), apart from the request budget: what one job's keys spend, another's cannot."""
+
+    def __init__(self, share: int, refusal: str) -> None:
+        self.share, self.left, self.refusal = share, share, refusal
+
+    def spend(self, estimate: cost.Estimate) -> None:
+        """Take `estimate` from what is left, or raise LimitExceeded (`refusal`, no budget numbers) when it cannot."""
+        if estimate.total > self.left:
+            raise LimitExceeded(
+                "max_request_bytes", self.share, self.refusal, estimate=self.share - self.left + estimate.total
+            )
+        self.left -= estimate.total
+
+
 class Spellings:
     """The key a submission's intermediates (`given`) hold a check's answer under when it is not the check's own:
     another spelling of the same subexpression ("x**2" for a check of "intermediates.x ** 2"), as the references
     match a key without checks. Read only when a check finds no answer under its own key, each submitted key at most
     once, through Problem.intermediate_name (memoized per request); a key that is a check's
     own (`taken`) is that check's answer, never read, and a key answers one check at most. The reads are charged to
-    this job's or problem's share of the request's allowance for them (Ledger.spelling_share), never to its budget
+    this job's or problem's share of the request's allowance for them (KeyAllowance), never to its budget
     nor to another's share; once it refuses a key, no other key is read (`refused`)."""
 
     def __init__(self, problem: Problem, ledger: Ledger, given: dict, taken) -> None:
@@ -296,7 +312,9 @@ class Spellings:
         self.read: dict[str, str] = {}  # intermediate's name -> the first submitted key that spells it
         self.used: set[str] = set()  # the submitted keys found as a check's answer
         self.refused: LimitExceeded | None = None
-        self.left = ledger.spelling_share
+        self.allowance = KeyAllowance(
+            ledger.spelling_share, "too many other keys to read as spellings of the checks' intermediates"
+        )
 
     def find(self, key: str) -> str | None:
         """The submitted key spelling the intermediate the check's `key` names, or None. LimitExceeded: `key` itself
@@ -308,7 +326,7 @@ class Spellings:
             if other is None:
                 return None
             try:
-                name = self.problem.intermediate_name(other, self.ledger, self._spend)
+                name = self.problem.intermediate_name(other, self.ledger, self.allowance.spend)
             except LimitExceeded as err:
                 self.refused, self.unread = err, iter(())
                 return None
@@ -318,16 +336,6 @@ class Spellings:
             return None
         self.used.add(found)
         return found
-
-    def _spend(self, estimate: cost.Estimate) -> None:
-        if estimate.total > self.left:
-            raise LimitExceeded(
-                "max_request_bytes",
-                self.ledger.spelling_share,
-                "too many other keys to read as spellings of the checks' intermediates",
-                estimate=self.ledger.spelling_share - self.left + estimate.total,
-            )
-        self.left -= estimate.total
 
 
 class Ledger:
@@ -343,11 +351,13 @@ class Ledger:
         self.spellings: dict[str, str] = {}  # a submitted intermediate's key -> canonical_text(key), or the key
         # each job's or problem's allowance for a student's keys read as spellings (Spellings), apart from the budget
         self.spelling_share = cost.SPELLING_READ_BYTES
+        self.graders = 1  # the jobs or problems that share it: with more than one, each reads its own keys on its share
         self.typed_chars = 0  # answers typed as text, re-read (problems.TYPED_READ_CHARS)
 
     def share_spellings(self, graders: int) -> None:
         """Split the spelling reads' allowance among `graders` jobs or problems (at least SPELLING_SHARE_BYTES each):
         one job's junk keys cannot spend what another job's student needs (a final audit)."""
+        self.graders = graders
         self.spelling_share = max(cost.SPELLING_READ_BYTES // max(graders, 1), cost.SPELLING_SHARE_BYTES)
 
     def charge(self, estimate: cost.Estimate, limits: Limits, hint: str | None = None) -> None:
@@ -429,6 +439,11 @@ class Grader:
         self.places = places or {}
         self.refuse_clamped = refuse_clamped
         self.spellings: Spellings | None = None  # made at the first intermediate's check without its own answer
+        # without `checks` every intermediate's key is the student's: in a request shared by several jobs, read on
+        # this job's share of the allowance (as Spellings reads), so one job's junk keys cannot refuse another's
+        self.own_keys = None
+        if request.get("checks") is None and ledger.graders > 1:
+            self.own_keys = KeyAllowance(ledger.spelling_share, "too many keys to read as formulas for one job")
 
     def title(self, name: str) -> str:
         section, _, key = name.partition(".")
@@ -441,13 +456,15 @@ class Grader:
 
     def expected(self, name: str, i: int) -> torch.Tensor | None:
         """The reference the check `name` compares with at point `i`, or None: nothing of that name. LimitExceeded:
-        an intermediate's key the request's budget left no room to read (Problem.intermediate_name)."""
+        an intermediate's key the request's budget (or, the student's own, this job's share: own_keys) left no room
+        to read (Problem.intermediate_name)."""
         section, _, key = name.partition(".")
         ref = self.refs[i]
         if section == "loss":
             return ref["loss"]
         if section == "intermediates":
-            return ref["intermediates"].get(self.problem.intermediate_name(key, self.ledger))
+            spend = self.own_keys.spend if self.own_keys else None
+            return ref["intermediates"].get(self.problem.intermediate_name(key, self.ledger, spend))
         return ref["gradients"].get(key)
 
     def run(self) -> dict:

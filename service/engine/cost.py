@@ -16,6 +16,7 @@ from itertools import chain
 
 from .errors import LimitExceeded
 from .limits import Limits
+from .values import answer_levels, outline
 
 # Bytes one number costs in the response: its numpy copy and its JSON text (~12 characters), with slack.
 RESPONSE_BYTES = 24
@@ -75,6 +76,18 @@ SPELLING_SHARE_BYTES = 64 * 2**10
 # 1,894 messages, loads in 23-32 ms warm (129 ms cold), ~54 bytes of JSON a message: 16 µs. A batch of invalid jobs
 # was free: 200 of them held a worker 9 s for a 20 MB answer (an audit).
 LOAD_ERROR_BYTES = 16 * MICROSECOND_BYTES
+# A job of a batch refused by the cost model as it loads (cost.check_raw: too many inputs, elements, dimensions): the
+# raw walk up to the level that refuses it, and its problem in the response. Measured in-process (best of 2): 1000 jobs
+# of an input of 9 dimensions in 32-39 ms, of 129 inputs 52 ms, the body's parse (1-2 ms) included: 30-50 µs a job.
+# They were free: 1000 inputs nested 900 deep held a gunicorn worker 2.6-3.4 s (a previous audit). 64 µs.
+LOAD_REFUSED_BYTES = 64 * MICROSECOND_BYTES
+# One level of a submitted answer's lists past what a tensor answer has (max_tensor_dims, and one more for a list of
+# one answer per point): every walk of it (the answer field's check of its types, its shape, its echo's outline and
+# summary) reads a level at a time, ~1-2 µs of Python a level each, whatever its width (its numbers are C loops,
+# priced with the body's parse). Measured in-process (best of 3, 300 check jobs, parse included): 5.1-5.5 µs a level
+# (a job answering 900 deep 5.0 ms, 9 deep 0.42 ms), where a check was charged 128 µs: 1000 such jobs took 5-7 s. 8 µs,
+# counted on the raw JSON (values.answer_levels, ~1 µs a level) before the job loads.
+ANSWER_LEVEL_BYTES = 8 * MICROSECOND_BYTES
 # One autograd graph node in a response, apart from its numbers: its dict, its JSON (op, label, shape; a formula's
 # label is its subexpression's text), its ~2 edges and its DOT line.
 GRAPH_NODE_BYTES = 1024
@@ -178,11 +191,14 @@ def raw_elements(value, limits: Limits, what: str) -> int:
     """A tensor literal's elements, counted on the parsed JSON the way values.parse_tensor will walk it: one level
     at a time, each level's size known (a C-speed sum of lengths) and checked before it is flattened, the numbers
     at the bottom counted and never copied.  So neither this walk nor the schema's holds more than
-    max_tensor_elements items of a level; the nested lists are counted as check_inputs counts them.  Anything
-    not rectangular stops the count where the schema will stop with its 400."""
+    max_tensor_elements items of a level; the nested lists are counted as check_inputs counts them, and its
+    dimensions: a tensor deeper than max_tensor_dims is refused at that level, before the schema reads the rest
+    (1000 jobs of an input nested 900 deep took 2.4 s to load for check_inputs' 413; deeper than 254 levels a
+    check's problem fields were a 500: orjson writes no deeper).  Anything not rectangular stops the count where
+    the schema will stop with its 400."""
     if type(value) is not list:
         return 1
-    level, lists = [value], 0
+    level, lists, dims = [value], 0, 1
     while True:
         size = sum(map(len, level))  # the items one level down
         if not level[0] or type(level[0][0]) is not list:  # numbers (or the schema's 400) at the bottom
@@ -190,6 +206,10 @@ def raw_elements(value, limits: Limits, what: str) -> int:
             return size
         lists += size
         require(limits, "max_tensor_elements", lists, f"{what} has {lists} nested lists")
+        dims += 1
+        if dims > limits.max_tensor_dims:  # no deeper: the schema would walk every level (~2.5 µs each) to refuse it
+            depth = len(outline(value))  # its first items' depth, O(depth): the dimensions if it is rectangular
+            require(limits, "max_tensor_dims", depth, f"{what} has {depth} dimensions")
         level = list(chain.from_iterable(level))
         if set(map(type, level)) != {list}:  # lists mixed with numbers: parse_tensor refuses this level
             return 0
@@ -449,6 +469,7 @@ HINTS = {
     "diagnosis": "grade fewer points",
     "checks": "list fewer `checks`, or grade at fewer points",
     "intermediate keys": "name intermediates as the references do (a failed check lists them), or send fewer",
+    "deep answers": "send each answer as a number, or as lists only as deep as the value it answers",
 }
 
 
@@ -716,6 +737,27 @@ def error_messages(messages) -> int:
         else:
             count += 1
     return count
+
+
+def deep_answers_estimate(check, limits: Limits) -> Estimate:
+    """What a raw check request's answers cost past a tensor's depth, as `deep answers`: ANSWER_LEVEL_BYTES a level of
+    each answer (the loss, every gradient and intermediate) deeper than max_tensor_dims + 1, counted before it loads.
+    Nothing for answers a tensor answer's depth (their walks are in CHECK_BYTES) and for what will not load."""
+    estimate = Estimate()
+    submission = check.get("submission") if isinstance(check, dict) else None
+    if not isinstance(submission, dict):
+        return estimate
+    answers = [submission.get("loss")]
+    for section in ("gradients", "intermediates"):
+        if isinstance(submission.get(section), dict):
+            answers += submission[section].values()
+    free, levels = limits.max_tensor_dims + 1, 0
+    for answer in answers:
+        levels += max(0, answer_levels(answer) - free)
+        if levels * ANSWER_LEVEL_BYTES > limits.max_request_bytes:
+            break  # over the budget already: the rest need not be counted
+    estimate.add("deep answers", levels * ANSWER_LEVEL_BYTES)
+    return estimate
 
 
 def raw_checks_count(check) -> int:

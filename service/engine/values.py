@@ -128,6 +128,17 @@ def sublists(lists: list, types: set[type]) -> list:
     return list(compress(chain.from_iterable(lists), map(is_, kinds, repeat(list))))
 
 
+def answer_levels(value: Any) -> int:
+    """How many levels of lists `value` has (0: not a list), ragged or not: a level's lists picked out at once by C
+    loops (sublists' way), a Python step a level, never one a number."""
+    levels, lists = 0, [value] if type(value) is list else []
+    while lists:
+        levels += 1
+        kinds = map(type, chain.from_iterable(lists))
+        lists = list(compress(chain.from_iterable(lists), map(is_, kinds, repeat(list))))
+    return levels
+
+
 def outline(value: Any) -> tuple[int, ...]:
     """The shape `value` has if it is a rectangular nested list, read down its first items: O(depth). What does not
     fit by its outline does not fit, whatever the rest of it holds."""

@@ -92,6 +92,8 @@ def run_jobs(jobs: list, limits) -> list[dict]:
     for i, job in enumerate(jobs):
         jobs[i] = None  # the raw job's lists (8 bytes a number) go once it is loaded, before any job runs
         is_check = isinstance(job, dict) and set(job) == {"check"}
+        if is_check:
+            budget.deep_answers(i, job["check"])
         try:
             cost.check_raw(job["check"] if is_check else job, limits)
             if is_check:
@@ -107,6 +109,7 @@ def run_jobs(jobs: list, limits) -> list[dict]:
             continue
         except EngineError as err:
             results[i] = {"error": engine_problem(err)}
+            budget.refused_at_load(i)
             continue
         # outside the try: the batch's own 413 is an EngineError too, and is no job's error
         refused = budget.check(i, spec, keys[i]) if is_check else budget.gradients(i, spec)
@@ -181,9 +184,10 @@ class _Budget:
     """The batch's one request budget, charged in job order as each job loads; the whole batch is a 413 ("the first
     N of the batch's M jobs") once the running total is over it, before the rest load.
 
-    A job is charged its estimate (a check's: its problem's plus its checks'); one the cost model refuses gets its
-    problem in place and is charged the estimate's own work (cost.refused_estimate_bytes); one that does not load,
-    its errors' (failed()). Each distinct job
+    A job is charged its estimate (a check's: its problem's plus its checks', and its answers' levels past a
+    tensor's, before it loads: deep_answers()); one the cost model refuses gets its problem in place and is charged
+    the estimate's own work (cost.refused_estimate_bytes), or its walk if refused as it loads (refused_at_load());
+    one that does not load, its errors' (failed()). Each distinct job
     (gradients: _gradients_key; checks: the problem) is estimated, and charged that work, once."""
 
     def __init__(self, jobs: int, limits) -> None:
@@ -226,6 +230,16 @@ class _Budget:
         self.problems_charged.add(key)
         self._charge(index, shared + checks.total)
         return None
+
+    def deep_answers(self, index: int, check) -> None:
+        """Charge a check job's answers nested deeper than a tensor (cost.deep_answers_estimate), before it loads: each
+        of their levels is read by every walk of them, ~5 µs a level (1000 jobs answering 900 deep took 6-8 s)."""
+        self._charge(index, cost.deep_answers_estimate(check, self.limits).total)
+
+    def refused_at_load(self, index: int) -> None:
+        """Charge a job the cost model refused as it loaded (cost.check_raw) its walk and its problem
+        (cost.LOAD_REFUSED_BYTES)."""
+        self._charge(index, cost.LOAD_REFUSED_BYTES)
 
     def failed(self, index: int, messages: dict) -> None:
         """Charge a job that did not load the work of its errors (cost.LOAD_ERROR_BYTES a message)."""

@@ -24,6 +24,7 @@ from schemas.grading import CheckRequestSchema
 
 from ..engine import cost, refcache
 from ..engine.check import PROBLEM_FIELDS, Problem
+from ..engine.errors import LimitExceeded
 from ..engine.limits import Limits
 from ..jsonio import value_counts
 
@@ -51,7 +52,13 @@ def load_check(
     if not isinstance(check, dict):
         return check_request.load(check), b"", None  # not an object: the load raises its ValidationError
     fields = _problem_fields(check)
-    raw = orjson.dumps(fields)
+    try:
+        raw = orjson.dumps(fields)
+    except TypeError:  # nested deeper than orjson writes (254 levels): a tensor is refused before (cost.check_raw)
+        check_request.load(check)  # the schema's 400 for what else is nested there (a 500 before)
+        raise LimitExceeded(
+            "max_tensor_dims", limits.max_tensor_dims, "the problem's fields are nested deeper than 254 levels"
+        ) from None
     kept = refcache.cached_problem((raw, limits))
     problem = None
     if kept is not None:

@@ -1,0 +1,200 @@
+"""A batch's jobs priced before their work (a previous audit's three leftovers): answers nested past a tensor's depth
+(in /v1/check too), jobs refused as they load, and each job's own intermediate keys read on its own share."""
+
+from __future__ import annotations
+
+import json  # not orjson to send the bodies: orjson writes at most 254 levels
+
+import pytest
+import requests
+
+import service.views.batch as batch_view
+from conftest import TUTORIAL_NEURON
+from service.engine import cost
+from service.engine.limits import Limits
+from service.engine.values import answer_levels
+
+LIMITS = Limits()
+PROBLEM = "application/problem+json"
+SQUARE = {"model": {"kind": "expression", "name": "square"}, "inputs": {"x": 3.0}}
+HONEST = {"check": {**SQUARE, "submission": {"gradients": {"x": 6.0}}}}
+
+
+def nested(depth: int, leaf) -> list:
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+def deep_answer(depth: int = 900) -> dict:
+    return {"check": {**SQUARE, "submission": {"gradients": {"x": nested(depth, 6.0)}}}}
+
+
+def post_live(server, path: str, body) -> requests.Response:
+    data = json.dumps(body).encode()
+    return requests.post(server.url + path, data=data, headers={"Content-Type": "application/json"}, timeout=60)
+
+
+def assert_alive(server) -> None:
+    neuron = requests.post(server.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=10)
+    assert neuron.status_code == 200 and round(neuron.json()["gradients"]["w"], 4) == 6.6918
+
+
+def reserved_by(client, monkeypatch, jobs: list) -> tuple[list, int]:
+    """The batch's results and what its jobs reserved in its ledger (batch_view.Ledger's amount)."""
+    reserved = []
+    ledger = batch_view.Ledger
+    monkeypatch.setattr(batch_view, "Ledger", lambda amount: reserved.append(amount) or ledger(amount))
+    response = client.post("/v1/batch", data=json.dumps({"jobs": jobs}), content_type="application/json")
+    assert response.status_code == 200, response.data[:300]
+    return response.json["results"], reserved[0]
+
+
+# --- 1. answers nested deeper than a tensor --------------------------------------------------------------------------
+
+
+def test_answer_levels_counts_every_level_ragged_or_not():
+    assert [answer_levels(v) for v in (6.0, [], [1.0], [[1.0, 2.0]], [1.0, [[2.0]]], nested(900, 1.0))] == [
+        0,
+        1,
+        1,
+        2,
+        3,
+        900,
+    ]
+
+
+def test_deep_answers_are_charged_a_price_a_level_past_a_tensors(client, monkeypatch):
+    """Each level past max_tensor_dims + 1 (a list of per-point tensors) is charged ANSWER_LEVEL_BYTES, counted on the
+    raw JSON before the job loads; an answer as deep as a tensor answer costs what it did. The result is unchanged."""
+    shallow, shallow_reserved = reserved_by(client, monkeypatch, [deep_answer(LIMITS.max_tensor_dims + 1)])
+    results, reserved = reserved_by(client, monkeypatch, [deep_answer(900)])
+    _, plain = reserved_by(client, monkeypatch, [HONEST])
+    assert shallow_reserved == plain  # a tensor's depth is in a check's price already
+    assert reserved - plain == (900 - LIMITS.max_tensor_dims - 1) * cost.ANSWER_LEVEL_BYTES
+    check = results[0]["checks"][0]
+    assert check["actual_summary"] == "1 value(s) in lists nested 900 deep: [6]" and not check["passed"]
+    assert shallow[0]["checks"][0]["actual_summary"].startswith("1 value(s) in lists nested 9 deep")
+
+
+def test_a_checks_deep_answers_are_priced_before_they_load(client):
+    """/v1/check: 257 answers nested 900 deep (the loss, 128 gradients, 128 intermediates; 460 KB) were a 200 after
+    0.9-1.5 s, charged 257 checks (~33 ms). Their levels are over the budget: a 413 naming them."""
+    names = [f"x{i}" for i in range(128)]
+    formula = names
+    while len(formula) > 1:  # a balanced sum: a flat one nests past max_ast_depth
+        formula = [f"({a}+{b})" for a, b in zip(formula[::2], formula[1::2], strict=False)] + formula[
+            len(formula) // 2 * 2 :
+        ]
+    deep = nested(900, 1.0)
+    check = {"model": {"kind": "expression", "formula": formula[0]}, "inputs": dict.fromkeys(names, 1.0)}
+    check["submission"] = {"loss": deep, "gradients": dict.fromkeys(names, deep), "intermediates": {}}
+    check["submission"]["intermediates"] = {f"k{i}": deep for i in range(128)}
+    response = client.post("/v1/check", data=json.dumps(check), content_type="application/json")
+    assert response.status_code == 413 and response.mimetype == PROBLEM
+    assert set(response.json["limit"]["breakdown"]) == {"deep answers"}
+    assert response.json["hint"] == cost.HINTS["deep answers"]
+    one = client.post("/v1/check", data=json.dumps(deep_answer()["check"]), content_type="application/json")
+    assert one.status_code == 200 and one.json["checks"][0]["actual_summary"].endswith("nested 900 deep: [6]")
+
+
+@pytest.mark.live
+def test_live_deep_answers_are_a_413_within_their_price(live_server):
+    """1000 check jobs answering with lists nested 900 deep (1.9 MB, valid, under every body cap) were a 200 after
+    6-8 s (~5-8 ms a job for 128 µs charged) with a 722 KB body. Priced by their levels, they are a 413 naming the
+    first jobs that take the batch over; the worker stays up; a few such jobs and an honest one are graded."""
+    response = post_live(live_server, "/v1/batch", {"jobs": [deep_answer()] * 1000})
+    assert response.status_code == 413 and response.headers["Content-Type"] == PROBLEM
+    assert len(response.content) < 1000
+    problem = response.json()
+    assert problem["limit"]["name"] == "max_request_bytes" and "of the batch's 1000 jobs" in problem["detail"]
+    assert_alive(live_server)
+    response = post_live(live_server, "/v1/batch", {"jobs": [deep_answer()] * 10 + [HONEST]})
+    assert response.status_code == 200, response.text[:300]
+    results = response.json()["results"]
+    assert results[-1]["score"] == 1 and all(r["score"] == 0 for r in results[:-1])
+
+
+# --- 2. jobs refused as they load ------------------------------------------------------------------------------------
+
+
+def test_jobs_refused_as_they_load_are_charged(client, monkeypatch):
+    """A job the cost model refuses as it loads (cost.check_raw: here an input of 900 dimensions) was free, and the
+    schema read its 900 levels before the estimate refused it (1000 such jobs: 2.4-3.4 s). It is refused at the
+    level past max_tensor_dims now, before the schema, and charged LOAD_REFUSED_BYTES."""
+    loads = []
+    load = batch_view.gradient_request.load
+    monkeypatch.setattr(batch_view.gradient_request, "load", lambda job: loads.append(1) or load(job))
+    deep = {"model": {"kind": "expression", "name": "square"}, "inputs": {"x": nested(900, 0.5)}}
+    wide = {"model": {"kind": "expression", "formula": "x"}, "inputs": {f"x{i}": 1.0 for i in range(129)}}
+    results, reserved = reserved_by(client, monkeypatch, [deep, wide, deep])
+    assert reserved == 3 * cost.LOAD_REFUSED_BYTES and loads == []
+    assert [r["error"]["limit"]["name"] for r in results] == ["max_tensor_dims", "max_inputs", "max_tensor_dims"]
+    assert results[0]["error"]["detail"] == "input 'x' has 900 dimensions; the limit is 8"
+
+
+def test_problem_fields_nested_past_what_orjson_writes_are_a_400_not_a_500(client):
+    """A check's problem fields are keyed by their JSON (orjson, at most 254 levels): a model with a key nested 300
+    deep was a 500 in /v1/check and /v1/batch. It is the schema's 400 now."""
+    check = {**SQUARE, "model": {"kind": "expression", "name": "square", "junk": nested(300, 1.0)}}
+    check["submission"] = {"gradients": {"x": 6.0}}
+    single = client.post("/v1/check", data=json.dumps(check), content_type="application/json")
+    assert single.status_code == 400 and single.json["errors"] == {"model": {"junk": ["Unknown field."]}}
+    response = client.post(
+        "/v1/batch", data=json.dumps({"jobs": [{"check": check}, HONEST]}), content_type="application/json"
+    )
+    assert response.status_code == 200
+    assert response.json["results"][0]["error"]["status"] == 400 and response.json["results"][1]["score"] == 1
+
+
+@pytest.mark.live
+def test_live_check_jobs_with_inputs_nested_300_deep_are_refused_in_place(live_server):
+    """999 check jobs whose input was nested 300 deep were a 500 (orjson refused to key their problem); /v1/check
+    too. Each is a 413 in its place now, the batch's body bounded, the honest job after them graded."""
+    deep = {"check": {**SQUARE, "inputs": {"x": nested(300, 0.5)}, "submission": {"gradients": {"x": 1.0}}}}
+    response = post_live(live_server, "/v1/batch", {"jobs": [deep] * 999 + [HONEST]})
+    assert response.status_code == 200, response.text[:300]
+    assert len(response.content) < 1000 * 400
+    results = response.json()["results"]
+    assert all(r["error"]["limit"]["name"] == "max_tensor_dims" for r in results[:-1])
+    assert results[-1]["score"] == 1
+    single = post_live(live_server, "/v1/check", deep["check"])
+    assert single.status_code == 413 and single.headers["Content-Type"] == PROBLEM
+    assert_alive(live_server)
+
+
+# --- 3. a job's own intermediate keys, without checks ----------------------------------------------------------------
+
+
+def junk_keys_job(j: int) -> dict:
+    """128 keys, none an intermediate's name, each read as a formula (~75 µs, charged 72 µs)."""
+    keys = {f"(x+{j * 128 + k})": 0.0 for k in range(128)}
+    return {
+        "check": {
+            "model": {"kind": "expression", "formula": "sin(x)"},
+            "inputs": {"x": 0.5},
+            "submission": {"intermediates": keys},
+        }
+    }
+
+
+@pytest.mark.live
+def test_live_junk_keys_without_checks_take_nothing_from_a_later_jobs_keys(live_server):
+    """Without `checks` a job's keys are its student's, and were charged to the batch's budget: after 45 jobs of
+    128 junk keys, a later honest job's intermediate keyed "(x)**2" (sin(x**2)'s "x ** 2") was refused unread, "over
+    the budget" (score 1 of 2). Each job reads its own keys on its share of the allowance for a student's keys
+    (Ledger.spelling_share), as with `checks`: the honest job scores 2, the junk jobs' checks say why."""
+    honest = {"model": {"kind": "expression", "formula": "sin(x**2)"}, "inputs": {"x": 3}}
+    honest["submission"] = {"loss": 0.412118, "intermediates": {"(x)**2": 9.0}}
+    response = post_live(
+        live_server, "/v1/batch", {"jobs": [junk_keys_job(j) for j in range(45)] + [{"check": honest}]}
+    )
+    assert response.status_code == 200, response.text[:300]
+    results = response.json()["results"]
+    assert results[-1]["score"] == 2, results[-1]["checks"]
+    share = max(cost.SPELLING_READ_BYTES // 46, cost.SPELLING_SHARE_BYTES)
+    cheapest = cost.intermediate_key_estimate("(x+0)").total
+    for result in results[:-1]:
+        read = [c for c in result["checks"] if "too many keys to read as formulas for one job" not in c["message"]]
+        assert 0 < len(read) <= share // cheapest  # each job read what its share buys, and no more
+    assert_alive(live_server)
