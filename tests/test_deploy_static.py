@@ -511,7 +511,7 @@ def test_gunicorn_conf_manages_the_prometheus_dir(tmp_path):
     code = """
 import logging, os, runpy, types
 ns = runpy.run_path("deploy/gunicorn.conf.py")  # loading the config empties the dir
-assert os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]) == []
+assert os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]) == ["master.lock"]  # flock'ed while this process lives
 server = types.SimpleNamespace(WORKERS={}, log=logging.getLogger("gunicorn.error"))  # what the hook uses of it
 ns["child_exit"](server, types.SimpleNamespace(pid=123))
 """
@@ -525,7 +525,7 @@ ns["child_exit"](server, types.SimpleNamespace(pid=123))
         env={**clean, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)},
     )
     assert proc.returncode == 0, proc.stderr
-    assert multiproc.is_dir() and list(multiproc.iterdir()) == []
+    assert multiproc.is_dir() and [p.name for p in multiproc.iterdir()] == ["master.lock"]
 
 
 def _load_gunicorn_conf(env: dict) -> subprocess.CompletedProcess:

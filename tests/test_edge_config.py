@@ -98,6 +98,40 @@ def test_misconfiguration_stops_gunicorn_without_preload_too(tmp_path):
     assert sum("configuration error" in line for line in proc.stderr.splitlines()) == 1
 
 
+@pytest.mark.live
+@pytest.mark.slow
+def test_a_second_master_on_the_same_metrics_dir_is_refused_while_the_first_lives(tmp_path):
+    """Two `make run`s on one PROMETHEUS_MULTIPROC_DIR: the second master emptied the first one's files as it
+    started, and both then wrote one set of counters. Now it stops with one line and exit 3, and the directory is
+    free again as soon as the first master and its workers are gone, however they ended (SIGKILL here)."""
+    prom = tmp_path / "prom"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(prom)}
+    first = GunicornServer(workers=1, env=env).start()
+    try:
+        for _ in range(3):
+            assert requests.post(first.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=30).status_code == 200
+        before = {p.name: p.stat().st_size for p in prom.glob("*.db")}
+        assert before
+        second = start_gunicorn(env, tmp_path)
+        assert second.returncode == 3, second.stderr
+        errors = [line for line in second.stderr.splitlines() if "configuration error" in line]
+        assert len(errors) == 1 and f"in use by another running gunicorn master (pid {first.proc.pid})" in errors[0]
+        assert "Traceback" not in second.stderr
+        assert {p.name: p.stat().st_size for p in prom.glob("*.db")} == before  # nothing of the first's deleted
+        text = requests.get(first.url + "/metrics", timeout=10).text
+        assert 'route="/v1/gradients",status="200"} 3.0' in text
+        os.killpg(first.proc.pid, 9)
+        first.proc.wait(10)
+    finally:
+        first.stop()
+    third = GunicornServer(workers=1, env=env).start()  # the lock died with the first master's processes
+    try:
+        assert requests.get(third.url + "/readyz", timeout=10).status_code == 200
+        assert set(before).isdisjoint(p.name for p in prom.glob("*.db"))  # emptied as it started, as usual
+    finally:
+        third.stop()
+
+
 def test_trusted_proxy_hops_warns_at_start_up(capsys):
     class BehindGateway(TestConfig):
         TRUSTED_PROXY_HOPS = 1
