@@ -109,6 +109,8 @@ preload_app = _bool("GUNICORN_PRELOAD", True)
 if preload_app:
     # The master imports the app (and torch) but must run no torch op: create_app() skips its warm-up
     # pass and every worker runs it after the fork (post_fork below), so /readyz reports per worker.
+    # WARM_UP has no effect here, but junk in it is refused all the same (the app parses it alike).
+    _bool("WARM_UP", True)
     os.environ["WARM_UP"] = "0"
     # The import creates ~1M objects that live as long as the process; the cyclic garbage collector walking
     # them again and again during the import was ~0.2 s of the container's start.  So it is off until the

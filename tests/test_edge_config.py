@@ -72,6 +72,13 @@ MISCONFIGURATIONS = [
     ({"MAX_INPUTS": "0"}, "MAX_INPUTS=0 must be positive"),
     ({"MAX_WORKER_RSS_MB": "0"}, "MAX_WORKER_RSS_MB=0 must be positive"),
     ({"MAX_WORKER_RSS_MB": "inf"}, "MAX_WORKER_RSS_MB='inf' must be a finite"),
+    # torch.set_num_threads(0) raised in every worker's warm-up: gunicorn halted with tracebacks
+    ({"TORCH_THREADS": "0"}, "TORCH_THREADS='0' must be at least 1"),
+    ({"WARM_UP": "maybe"}, "WARM_UP='maybe' is not a boolean"),
+    # gunicorn logged at INFO without a word; refused by deploy/gunicorn.conf.py, with the same line and exit code
+    ({"GUNICORN_LOG_LEVEL": "nope"}, "GUNICORN_LOG_LEVEL='nope' is not one of critical, error, warning, info, debug"),
+    ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY=0 must be at least 1"),
+    ({"GUNICORN_PRELOAD": "maybe"}, "GUNICORN_PRELOAD='maybe' is not a boolean"),
 ]
 
 
@@ -82,7 +89,7 @@ def test_misconfiguration_refuses_to_start_with_one_line(env, message, tmp_path)
     files = {"EMPTY": "# only a comment\n\n", "HASH": "abc#def\n"}
     env = {k: key_file(tmp_path, files[v]) if v in files else v for k, v in env.items()}
     proc = start_gunicorn(env, tmp_path)
-    assert proc.returncode != 0
+    assert proc.returncode == 3, proc.stderr  # docs/edge.md: one line on stderr, exit code 3
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "configuration error" in line]
     assert len(errors) == 1 and message in errors[0], proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
@@ -130,6 +137,15 @@ def test_a_second_master_on_the_same_metrics_dir_is_refused_while_the_first_live
         assert set(before).isdisjoint(p.name for p in prom.glob("*.db"))  # emptied as it started, as usual
     finally:
         third.stop()
+
+
+@pytest.mark.parametrize(("value", "on"), [("0", False), ("false", False), ("Off", False), ("1", True), ("yes", True)])
+def test_warm_up_reads_a_boolean_like_gunicorn_preload(value, on):
+    """WARM_UP=false kept the warm-up on: anything but "0" was on."""
+    code = "from service.config import Config, ENV_ERRORS; print(Config.WARM_UP, ENV_ERRORS)"
+    env = {**os.environ, "WARM_UP": value}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == [str(on), "[]"], out.stderr
 
 
 def test_trusted_proxy_hops_warns_at_start_up(capsys):

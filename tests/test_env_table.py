@@ -11,9 +11,10 @@ from conftest import ROOT
 from service.engine.limits import Limits
 
 # os.environ.get("X"), os.environ["X"], os.getenv("X"), env.get("X") and the config helpers as_int("X", ...),
-# as_float, _int, _bool (service/config.py, deploy/gunicorn.conf.py)
+# as_float, as_bool, as_log_level, _int, _bool (service/config.py, deploy/gunicorn.conf.py)
 PYTHON_READ = re.compile(
-    r"(?:environ\.get|environ\[|getenv|env\.get|as_int|as_float|_int|_bool)\(?\s*[\"']([A-Z][A-Z0-9_]+)[\"']"
+    r"(?:environ\.get|environ\[|getenv|env\.get|as_int|as_float|as_bool|as_log_level|_int|_bool)\(?\s*"
+    r"[\"']([A-Z][A-Z0-9_]+)[\"']"
 )
 SHELL_READ = re.compile(r"\$\{+([A-Z][A-Z0-9_]+)[:}]")  # ${X:-default}, $${X:-default} in a Makefile
 # the interpreter's and the shell's own (the Dockerfile sets them, the examples extend PYTHONPATH)
