@@ -146,7 +146,9 @@ def problem(status: int, title: str, detail: str | None = None, slug: str | None
         "title": title,
         "status": status,
         "detail": detail or title,
-        "instance": request.path if has_request_context() else None,
+        # with the gateway's prefix (X-Forwarded-Prefix, trusted under TRUSTED_PROXY_HOPS: service/proxy.py), as the
+        # gateway's own problems and the OpenAPI `servers` name it: /grad/v1/gradients, not /v1/gradients
+        "instance": request.script_root + request.path if has_request_context() else None,
     }
     body.update({k: v for k, v in {**extra, "request_id": request_id()}.items() if v is not None})
     return body

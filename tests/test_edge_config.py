@@ -175,6 +175,22 @@ def test_forwarded_prefix_must_be_a_path(prefix):
     client = create_app(BehindGateway).test_client()
     assert client.get("/openapi.json", headers={"X-Forwarded-Prefix": prefix}).json["servers"] == [{"url": "/"}]
     assert client.get("/openapi.json", headers={"X-Forwarded-Prefix": "/grad"}).json["servers"] == [{"url": "/grad"}]
+    assert client.get("/nowhere", headers={"X-Forwarded-Prefix": prefix}).json["instance"] == "/nowhere"
+
+
+def test_problem_instance_carries_the_forwarded_prefix_only_when_trusted():
+    """The gateway's own problems name /grad/...: the app's say the same behind it, and ignore the header otherwise."""
+
+    class BehindGateway(TestConfig):
+        TRUSTED_PROXY_HOPS = 1
+
+    prefix = {"X-Forwarded-Prefix": "/grad"}
+    trusting = create_app(BehindGateway).test_client()
+    assert trusting.get("/v1/gradients", headers=prefix).json["instance"] == "/grad/v1/gradients"
+    assert trusting.post("/v1/gradients", json={}, headers=prefix).json["instance"] == "/grad/v1/gradients"
+    assert trusting.get("/v1/gradients").json["instance"] == "/v1/gradients"
+    direct = create_app(TestConfig).test_client()
+    assert direct.get("/v1/gradients", headers=prefix).json["instance"] == "/v1/gradients"
 
 
 # --- bodies ---------------------------------------------------------------------------------------------
