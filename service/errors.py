@@ -8,7 +8,7 @@ from flask import Flask, Response, current_app, has_request_context, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded
+from .engine.errors import LIMIT_HINTS, DeadlineExceeded, EngineError, FormulaError, LimitExceeded
 from .observability import request_id
 
 PROBLEM_JSON = "application/problem+json"
@@ -208,6 +208,7 @@ def register_error_handlers(app: Flask) -> None:
                     f"The request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes.",
                     "limit-exceeded",
                     **extra,
+                    hint=LIMIT_HINTS["max_body_bytes"],
                 ),
                 headers,
             )

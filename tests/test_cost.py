@@ -704,6 +704,27 @@ def test_wrt_and_tangents_may_name_every_input_a_request_may_have(client):
     assert over.status_code == 400 and over.json["errors"] == {"wrt": [f"Longer than maximum length {len(names)}."]}
 
 
+def test_every_413_says_what_to_reduce(client):
+    """docs/api.md: every 413 carries `hint`; the body limit's and max_tensor_elements' (among others) had none."""
+    from service.engine.errors import LIMIT_HINTS  # noqa: PLC0415
+
+    refused_with_413 = {f.name for f in dataclasses.fields(Limits)} - {"max_wall_seconds", "graph_value_max_elements"}
+    assert refused_with_413 | {"max_body_bytes"} <= set(LIMIT_HINTS)
+    formula = {"model": {"kind": "expression", "formula": "sum(x)"}}
+    wide = post(client, "/v1/gradients", {**formula, "inputs": {"x": [0.0] * (LIMITS.max_tensor_elements + 1)}})
+    nested = {"model": {"kind": "expression", "formula": "sin(" * 60 + "x" + ")" * 60}, "inputs": {"x": 1.0}}
+    deep = post(client, "/v1/gradients", nested)
+
+    class SmallBodies(TestConfig):
+        MAX_CONTENT_LENGTH = 100
+
+    small_bodies = create_app(SmallBodies).test_client()
+    large = small_bodies.post("/v1/gradients", data=b"{" + b" " * 200 + b"}", content_type="application/json")
+    for response, limit in ((wide, "max_tensor_elements"), (deep, "max_ast_depth"), (large, "max_body_bytes")):
+        assert response.status_code == 413 and response.json["limit"]["name"] == limit, response.json
+        assert response.json["hint"] == LIMIT_HINTS[limit]
+
+
 NETWORK = {
     "kind": "network",
     "layout": "mytorch",
