@@ -5,8 +5,9 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 GATEWAY_PORT ?= 8080
 GATEWAY_DIR  ?= .run/nginx
-# `make run` sums metrics over its workers (without it each /metrics scrape shows one worker's counters)
-PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/.run/prometheus
+# `make run` sums metrics over its workers (without it each /metrics scrape shows one worker's counters); one
+# directory per port, so several `make run PORT=...` replicas (behind `make gateway`) keep their own counters
+PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/.run/prometheus-$(PORT)
 export HOST PORT
 # The first of these interpreters whose version pyproject.toml's requires-python (">=A.B,<C.D") admits.
 PYTHON_CANDIDATES ?= python3.11 python3.12 python3.13 python3

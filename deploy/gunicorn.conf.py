@@ -4,6 +4,7 @@ Run: ``gunicorn -c deploy/gunicorn.conf.py service.wsgi:app``.  gunicorn binds t
 TORCH_THREADS, LOG_LEVEL, the limits, API keys etc. are read by the app itself.
 """
 
+import fcntl
 import gc
 import json
 import logging
@@ -17,6 +18,13 @@ from gunicorn import glogging, util
 from pythonjsonlogger.json import JsonFormatter
 
 
+def _refuse(message):
+    """Stop with one line on stderr and exit code 3, as the app does for a bad setting (service/wsgi.py).  A
+    SystemExit passes through gunicorn's config loading (it catches only Exception), so its code is the exit code."""
+    print(f"gradsvc: configuration error: {message} (deploy/gunicorn.conf.py)", file=sys.stderr, flush=True)
+    raise SystemExit(3)
+
+
 def _int(name, default):
     """Integer from the environment, with a clear error instead of a traceback deep in gunicorn."""
     raw = os.environ.get(name, "").strip()
@@ -25,7 +33,7 @@ def _int(name, default):
     try:
         return int(raw)
     except ValueError:
-        raise SystemExit(f"gunicorn.conf.py: {name}={raw!r} is not an integer") from None
+        _refuse(f"{name}={raw!r} is not an integer")
 
 
 def _bool(name, default=False):
@@ -36,7 +44,7 @@ def _bool(name, default=False):
         return True
     if raw in ("0", "false", "no", "off"):
         return False
-    raise SystemExit(f"gunicorn.conf.py: {name}={raw!r} is not a boolean (1/0, true/false)")
+    _refuse(f"{name}={raw!r} is not a boolean (1/0, true/false, yes/no, on/off)")
 
 
 # --- socket -----------------------------------------------------------------------------------------
@@ -49,7 +57,7 @@ bind = [f"{os.environ.get('HOST', '127.0.0.1')}:{_int('PORT', 8000)}"]
 # os.cpu_count() is the *host's* count, so the k8s/compose manifests set WEB_CONCURRENCY explicitly.
 workers = _int("WEB_CONCURRENCY", os.cpu_count() or 1)
 if workers < 1:  # gunicorn would listen with no worker to answer: every request would hang
-    raise SystemExit(f"gunicorn.conf.py: WEB_CONCURRENCY={workers} must be at least 1 (one worker per core)")
+    _refuse(f"WEB_CONCURRENCY={workers} must be at least 1 (one worker per core)")
 worker_class = "sync"
 threads = 1
 
@@ -72,8 +80,8 @@ def _wall_seconds(default=10.0):
 _wall = _wall_seconds()
 timeout = _int("GUNICORN_TIMEOUT", max(60, int(3 * _wall)))
 if timeout < _wall + 10:
-    raise SystemExit(
-        f"gunicorn.conf.py: GUNICORN_TIMEOUT={timeout} must be at least MAX_WALL_SECONDS + 10 s "
+    _refuse(
+        f"GUNICORN_TIMEOUT={timeout} must be at least MAX_WALL_SECONDS + 10 s "
         f"({_wall:g} + 10): gunicorn would kill workers before the app answers 503"
     )
 # On SIGTERM give in-flight requests this long; k8s terminationGracePeriodSeconds is larger.
@@ -101,6 +109,8 @@ preload_app = _bool("GUNICORN_PRELOAD", True)
 if preload_app:
     # The master imports the app (and torch) but must run no torch op: create_app() skips its warm-up
     # pass and every worker runs it after the fork (post_fork below), so /readyz reports per worker.
+    # WARM_UP has no effect here, but junk in it is refused all the same (the app parses it alike).
+    _bool("WARM_UP", True)
     os.environ["WARM_UP"] = "0"
     # The import creates ~1M objects that live as long as the process; the cyclic garbage collector walking
     # them again and again during the import was ~0.2 s of the container's start.  So it is off until the
@@ -124,7 +134,12 @@ def pre_fork(server, worker):
 # plain-text line as well (it cost ~6 % of a small request's time).
 accesslog = "-" if os.environ.get("GUNICORN_ACCESSLOG", "off").strip().lower() in ("-", "on", "1", "stdout") else None
 errorlog = "-"
-loglevel = os.environ.get("GUNICORN_LOG_LEVEL", os.environ.get("LOG_LEVEL", "info")).lower()
+_level = os.environ.get("GUNICORN_LOG_LEVEL", "").strip()
+_level_name = "GUNICORN_LOG_LEVEL" if _level else "LOG_LEVEL"
+_level = _level or os.environ.get("LOG_LEVEL", "").strip() or "info"
+loglevel = _level.lower()
+if loglevel not in glogging.Logger.LOG_LEVELS:  # gunicorn would log at INFO without a word
+    _refuse(f"{_level_name}={_level!r} is not one of {', '.join(glogging.Logger.LOG_LEVELS)}")
 # Request id from the gateway (X-Request-ID) next to the usual combined-log fields.
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" rid=%({x-request-id}i)s %(M)sms'
 
@@ -189,6 +204,8 @@ control_socket_disable = True
 
 # --- Prometheus multiprocess mode -------------------------------------------------------------------
 EMPTIED_BY = "GRADSVC_METRICS_EMPTIED_BY"  # the pid of the master that emptied the directory
+MASTER_LOCK = "master.lock"  # flock'ed by the master using the directory, for its whole life
+LOCK_FD = "GRADSVC_METRICS_LOCK_FD"  # the master's descriptor of it (kept across SIGHUP, handed on at USR2)
 
 
 def _empty_multiproc_dir() -> None:
@@ -198,22 +215,67 @@ def _empty_multiproc_dir() -> None:
     gunicorn loads this file again on every SIGHUP, while the master and the workers still write their files,
     and emptying then dropped every counter to zero (the marker in the environment says this master did it).
     Only the service's own files go (prometheus_client's *.db, the compaction's lock and *.db.new): a directory
-    holding anything else is refused, not emptied (pointed at /tmp or a home directory, it deleted everything)."""
+    holding anything else is refused, not emptied (pointed at /tmp or a home directory, it deleted everything).
+    A directory another live master uses is refused too (_lock_multiproc_dir): emptying it deleted that master's
+    files, and both then wrote one set of counters."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path or os.environ.get(EMPTIED_BY) == str(os.getpid()):
         return
     os.makedirs(path, exist_ok=True)
-    entries = list(os.scandir(path))
+    entries = [e for e in os.scandir(path) if e.name != MASTER_LOCK]
     foreign = sorted(e.name for e in entries if not (e.is_file(follow_symlinks=False) and _metrics_file(e.name)))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise SystemExit(
-            f"gunicorn.conf.py: PROMETHEUS_MULTIPROC_DIR={path!r} holds files the service did not write ({shown}); "
+        _refuse(
+            f"PROMETHEUS_MULTIPROC_DIR={path!r} holds files the service did not write ({shown}); "
             "it is emptied at every start: give the metrics a directory of their own"
         )
+    _lock_multiproc_dir(path)
     os.environ[EMPTIED_BY] = str(os.getpid())
     for entry in entries:
         os.unlink(entry.path)
+
+
+def _lock_multiproc_dir(path: str) -> None:
+    """An exclusive flock on MASTER_LOCK, never released: the kernel drops it when the master's descriptor (and
+    the copies its forked workers inherit, which never touch it) are closed, i.e. when they have exited, however
+    they ended.  The descriptor is a bare fd, not a file object a reloaded config could garbage-collect.  A master
+    started by USR2 inherits its parent's descriptor (pre_exec below): the same open file, so its flock succeeds."""
+    lock_path = os.path.join(path, MASTER_LOCK)
+    fd = _inherited_lock(lock_path)
+    if fd is None:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        _refuse(
+            f"PROMETHEUS_MULTIPROC_DIR={path!r} is in use by another running gunicorn master (pid {holder}), which "
+            "this start would have emptied: give each server a directory of its own"
+        )
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.environ[LOCK_FD] = str(fd)
+
+
+def _inherited_lock(lock_path: str):
+    """The lock's descriptor handed on by a USR2 parent, if LOCK_FD names one open on that very file."""
+    try:
+        fd = int(os.environ.get(LOCK_FD, ""))
+        same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+    except (ValueError, OSError):
+        return None
+    return fd if same else None
+
+
+def pre_exec(server):
+    """USR2: gunicorn forks and execs a new master, which loads this file with the old one still running; it gets
+    the lock's descriptor (the environment it execs with is gunicorn's copy from before this file ran)."""
+    fd = os.environ.get(LOCK_FD)
+    if fd:
+        os.set_inheritable(int(fd), True)
+        server.cfg.env_orig[LOCK_FD] = fd
 
 
 def _metrics_file(name: str) -> bool:

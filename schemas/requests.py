@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
+from service.engine.limits import Limits
 from service.engine.neuron import DEFAULT_EPSILON, LOSSES, REDUCTIONS
 from service.engine.neuron import INPUTS as NEURON_INPUTS
 
@@ -13,7 +14,9 @@ from .network import NetworkModelSchema
 MODES = ("grad", "inference")
 DTYPES = ("float32", "float64")
 INCLUDES = ("graph", "dot", "intermediates", "manual", "numeric", "hessian", "jacobian")
-MAX_WRT = 64
+# `wrt` and `tangents` name inputs: as many as a request may have (MAX_INPUTS' default). At 64, a formula of 100
+# inputs worked with the default `wrt` (every input) and was a 400 when `wrt` named the same 100.
+MAX_WRT = Limits.max_inputs
 
 
 # JSON Schema (OpenAPI 3.1) for what the @validates_schema methods check, in each schema's `json_schema_rules`
@@ -75,7 +78,7 @@ class GradientRequestSchema(CappedSchema):
     dout = Tensor(**upstream_gradient)
     tangents = InputMap(
         Tensor(),
-        validate=validate.Length(min=1, max=64),
+        validate=validate.Length(min=1, max=MAX_WRT),
         metadata={"description": "input name -> direction: `jvp` is J·v, how the output moves along it"},
     )
 

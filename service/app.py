@@ -61,8 +61,9 @@ class App(Flask):
             return super().ensure_sync(func)
 
     def make_default_options_response(self):
-        """OPTIONS on any path: 204 No Content with `Allow` (its methods sorted, as on a 405), no body and so no
-        Content-Type (Flask's is a 200 with an empty text/html body, the one non-JSON type the API would send)."""
+        """OPTIONS on any route (an unknown path stays a 404): 204 No Content with `Allow` (its methods sorted, as on a
+        405), no body and so no Content-Type (Flask's is a 200 with an empty text/html body, the one non-JSON type
+        the API would send)."""
         response = super().make_default_options_response()
         response.status_code = 204
         response.headers["Allow"] = sorted_allow(response.headers["Allow"])

@@ -22,8 +22,8 @@ class ConfigError(ValueError):
     """A setting that would make the server run differently from what the operator asked for."""
 
 
-def as_int(name: str, default: int) -> int:
-    """A non-negative integer; anything else is recorded in ENV_ERRORS and the default kept meanwhile."""
+def as_int(name: str, default: int, minimum: int = 0) -> int:
+    """An integer of at least `minimum`; anything else is recorded in ENV_ERRORS and the default kept meanwhile."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -32,8 +32,10 @@ def as_int(name: str, default: int) -> int:
     except ValueError:
         ENV_ERRORS.append(f"{name}={raw!r} is not an integer")
         return default
-    if value < 0:
-        ENV_ERRORS.append(f"{name}={raw!r} must not be negative")
+    if value < minimum:
+        ENV_ERRORS.append(
+            f"{name}={raw!r} " + ("must not be negative" if minimum == 0 else f"must be at least {minimum}")
+        )
         return default
     return value
 
@@ -52,6 +54,19 @@ def as_float(name: str, default: float) -> float:
         ENV_ERRORS.append(f"{name}={raw!r} must be a finite, non-negative number")
         return default
     return value
+
+
+def as_bool(name: str, default: bool) -> bool:
+    """1/true/yes/on or 0/false/no/off, as deploy/gunicorn.conf.py reads GUNICORN_PRELOAD; anything else is refused."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    ENV_ERRORS.append(f"{name}={raw!r} is not a boolean (1/0, true/false, yes/no, on/off)")
+    return default
 
 
 def as_log_level(name: str, default: str) -> str:
@@ -110,8 +125,8 @@ class Config:
     REFERENCE_CACHE_BYTES = as_int("REFERENCE_CACHE_BYTES", 32 * 1024 * 1024)
 
     # process
-    TORCH_THREADS = as_int("TORCH_THREADS", 1)
-    WARM_UP = os.environ.get("WARM_UP", "1") != "0"
+    TORCH_THREADS = as_int("TORCH_THREADS", 1, minimum=1)  # torch.set_num_threads refuses 0: every worker died
+    WARM_UP = as_bool("WARM_UP", True)
     LOG_LEVEL = as_log_level("LOG_LEVEL", "INFO")
     # a worker still over this RSS after a request (and after giving memory back) exits and gunicorn starts a
     # fresh one. 768 MiB suits a host without a memory limit; the image and the manifests set 512 so that 2 workers,

@@ -53,7 +53,7 @@ class DeadlineMiddleware:
             "title": err.title,
             "status": 503,
             "detail": err.detail,
-            "instance": environ.get("PATH_INFO"),
+            "instance": environ.get("SCRIPT_NAME", "") + environ["PATH_INFO"] if "PATH_INFO" in environ else None,
             "limit": {"name": err.limit, "value": err.value},
         }
         if VALID_REQUEST_ID.match(rid):

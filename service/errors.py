@@ -8,7 +8,7 @@ from flask import Flask, Response, current_app, has_request_context, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded
+from .engine.errors import LIMIT_HINTS, DeadlineExceeded, EngineError, FormulaError, LimitExceeded
 from .observability import request_id
 
 PROBLEM_JSON = "application/problem+json"
@@ -146,7 +146,9 @@ def problem(status: int, title: str, detail: str | None = None, slug: str | None
         "title": title,
         "status": status,
         "detail": detail or title,
-        "instance": request.path if has_request_context() else None,
+        # with the gateway's prefix (X-Forwarded-Prefix, trusted under TRUSTED_PROXY_HOPS: service/proxy.py), as the
+        # gateway's own problems and the OpenAPI `servers` name it: /grad/v1/gradients, not /v1/gradients
+        "instance": request.script_root + request.path if has_request_context() else None,
     }
     body.update({k: v for k, v in {**extra, "request_id": request_id()}.items() if v is not None})
     return body
@@ -206,6 +208,7 @@ def register_error_handlers(app: Flask) -> None:
                     f"The request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes.",
                     "limit-exceeded",
                     **extra,
+                    hint=LIMIT_HINTS["max_body_bytes"],
                 ),
                 headers,
             )

@@ -2,6 +2,7 @@
 
 werkzeug's ProxyFix copies X-Forwarded-Prefix into SCRIPT_NAME unchecked, and /openapi.json names it as the
 server URL: `X-Forwarded-Prefix: https://evil.example` would point a client's generated code elsewhere.
+The prefix (SCRIPT_NAME) also begins every problem's `instance` (service/errors.py), as in the gateway's own.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from bench.course import CHECKS_PER_BATCH, PROBLEM_SET
 from bench.workloads import student_checks
-from conftest import TUTORIAL_NEURON, TestConfig, openapi_validator
+from conftest import TUTORIAL_NEURON, TestConfig, balanced_sum, openapi_validator
 from service import create_app
 from service.engine import check as check_module
 from service.engine import cost
@@ -665,7 +665,7 @@ def test_counts_are_refused_before_the_schema_walks_them(client):
             "/v1/gradients",
             {"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 1}, "wrt": ["x"] * 10**6},
             "wrt",
-            64,
+            128,  # MAX_INPUTS' default: a wrt naming every input a request may have
         ),
         (
             "/v1/gradients",
@@ -689,6 +689,40 @@ def test_lists_the_schema_caps_are_its_400_before_any_item_loads(client, path, b
     response = post(client, path, body)
     assert response.status_code == 400 and response.json["type"] == "/problems/invalid-request"
     assert response.json["errors"] == {field: [f"Longer than maximum length {cap}."]}
+
+
+def test_wrt_and_tangents_may_name_every_input_a_request_may_have(client):
+    """A 100-input formula worked with the default `wrt` (every input), but naming the same 100 was a 400 (cap 64)."""
+    names = [f"x{i}" for i in range(LIMITS.max_inputs)]
+    body = {"model": {"kind": "expression", "formula": balanced_sum(names)}, "inputs": dict.fromkeys(names, 1.0)}
+    default = post(client, "/v1/gradients", body)
+    named = post(client, "/v1/gradients", {**body, "wrt": names, "tangents": dict.fromkeys(names, 1.0)})
+    assert default.status_code == named.status_code == 200, named.json
+    assert named.json["gradients"] == default.json["gradients"] == dict.fromkeys(names, 1.0)
+    assert named.json["jvp"] == LIMITS.max_inputs
+    over = post(client, "/v1/gradients", {**body, "wrt": [*names, "extra"]})
+    assert over.status_code == 400 and over.json["errors"] == {"wrt": [f"Longer than maximum length {len(names)}."]}
+
+
+def test_every_413_says_what_to_reduce(client):
+    """docs/api.md: every 413 carries `hint`; the body limit's and max_tensor_elements' (among others) had none."""
+    from service.engine.errors import LIMIT_HINTS  # noqa: PLC0415
+
+    refused_with_413 = {f.name for f in dataclasses.fields(Limits)} - {"max_wall_seconds", "graph_value_max_elements"}
+    assert refused_with_413 | {"max_body_bytes"} <= set(LIMIT_HINTS)
+    formula = {"model": {"kind": "expression", "formula": "sum(x)"}}
+    wide = post(client, "/v1/gradients", {**formula, "inputs": {"x": [0.0] * (LIMITS.max_tensor_elements + 1)}})
+    nested = {"model": {"kind": "expression", "formula": "sin(" * 60 + "x" + ")" * 60}, "inputs": {"x": 1.0}}
+    deep = post(client, "/v1/gradients", nested)
+
+    class SmallBodies(TestConfig):
+        MAX_CONTENT_LENGTH = 100
+
+    small_bodies = create_app(SmallBodies).test_client()
+    large = small_bodies.post("/v1/gradients", data=b"{" + b" " * 200 + b"}", content_type="application/json")
+    for response, limit in ((wide, "max_tensor_elements"), (deep, "max_ast_depth"), (large, "max_body_bytes")):
+        assert response.status_code == 413 and response.json["limit"]["name"] == limit, response.json
+        assert response.json["hint"] == LIMIT_HINTS[limit]
 
 
 NETWORK = {

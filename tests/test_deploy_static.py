@@ -408,6 +408,46 @@ def test_render_cli_uses_environment(tmp_path):
     assert nginx_t(tmp_path / "nginx.conf", tmp_path).returncode == 0
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        # rendered with exit 0 before, and nginx -t failed on the result (or a 0 body limit meant none)
+        ({"GATEWAY_BURST": "-1"}, "GATEWAY_BURST / --burst: '-1' is not a whole number of at least 1"),
+        ({"GATEWAY_BURST": "0"}, "GATEWAY_BURST / --burst: '0' is not a whole number of at least 1"),
+        ({"GATEWAY_MAX_BODY_BYTES": "-5"}, "GATEWAY_MAX_BODY_BYTES / --max-body-bytes: '-5' is not a whole number"),
+        ({"GATEWAY_RATE": "0r/s"}, "invalid rate (e.g. 20r/s): '0r/s'"),
+        # a bare int() ValueError that named no variable
+        ({"GATEWAY_LARGE_BODIES": "x"}, "GATEWAY_LARGE_BODIES / --large-bodies: 'x' is not a whole number"),
+        ({"GATEWAY_WORKER_CONNECTIONS": "10"}, "GATEWAY_WORKER_CONNECTIONS / --worker-connections: '10' is not"),
+        # silently rendered the default upstream
+        ({"GATEWAY_UPSTREAMS": ""}, "GATEWAY_UPSTREAMS='' names no host:port"),
+        ({"GATEWAY_UPSTREAMS": " , "}, "GATEWAY_UPSTREAMS=' , ' names no host:port"),
+    ],
+)
+def test_render_cli_refuses_bad_values_naming_the_variable(tmp_path, env, message):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    proc = subprocess.run(
+        [sys.executable, str(DEPLOY / "nginx" / "render.py"), "--prefix-dir", str(tmp_path)],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("render.py: ") and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "nginx.conf").exists()
+
+
+def test_render_cli_refuses_a_negative_option(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(DEPLOY / "nginx" / "render.py"), "--burst", "-1", "-o", "-"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and "GATEWAY_BURST / --burst: -1 is not a whole number of at least 1" in proc.stderr
+
+
 # --- gunicorn -----------------------------------------------------------------------------------------
 
 PROBE = """
@@ -511,7 +551,7 @@ def test_gunicorn_conf_manages_the_prometheus_dir(tmp_path):
     code = """
 import logging, os, runpy, types
 ns = runpy.run_path("deploy/gunicorn.conf.py")  # loading the config empties the dir
-assert os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]) == []
+assert os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]) == ["master.lock"]  # flock'ed while this process lives
 server = types.SimpleNamespace(WORKERS={}, log=logging.getLogger("gunicorn.error"))  # what the hook uses of it
 ns["child_exit"](server, types.SimpleNamespace(pid=123))
 """
@@ -525,7 +565,7 @@ ns["child_exit"](server, types.SimpleNamespace(pid=123))
         env={**clean, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)},
     )
     assert proc.returncode == 0, proc.stderr
-    assert multiproc.is_dir() and list(multiproc.iterdir()) == []
+    assert multiproc.is_dir() and [p.name for p in multiproc.iterdir()] == ["master.lock"]
 
 
 def _load_gunicorn_conf(env: dict) -> subprocess.CompletedProcess:

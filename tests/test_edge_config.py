@@ -72,6 +72,13 @@ MISCONFIGURATIONS = [
     ({"MAX_INPUTS": "0"}, "MAX_INPUTS=0 must be positive"),
     ({"MAX_WORKER_RSS_MB": "0"}, "MAX_WORKER_RSS_MB=0 must be positive"),
     ({"MAX_WORKER_RSS_MB": "inf"}, "MAX_WORKER_RSS_MB='inf' must be a finite"),
+    # torch.set_num_threads(0) raised in every worker's warm-up: gunicorn halted with tracebacks
+    ({"TORCH_THREADS": "0"}, "TORCH_THREADS='0' must be at least 1"),
+    ({"WARM_UP": "maybe"}, "WARM_UP='maybe' is not a boolean"),
+    # gunicorn logged at INFO without a word; refused by deploy/gunicorn.conf.py, with the same line and exit code
+    ({"GUNICORN_LOG_LEVEL": "nope"}, "GUNICORN_LOG_LEVEL='nope' is not one of critical, error, warning, info, debug"),
+    ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY=0 must be at least 1"),
+    ({"GUNICORN_PRELOAD": "maybe"}, "GUNICORN_PRELOAD='maybe' is not a boolean"),
 ]
 
 
@@ -82,7 +89,7 @@ def test_misconfiguration_refuses_to_start_with_one_line(env, message, tmp_path)
     files = {"EMPTY": "# only a comment\n\n", "HASH": "abc#def\n"}
     env = {k: key_file(tmp_path, files[v]) if v in files else v for k, v in env.items()}
     proc = start_gunicorn(env, tmp_path)
-    assert proc.returncode != 0
+    assert proc.returncode == 3, proc.stderr  # docs/edge.md: one line on stderr, exit code 3
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "configuration error" in line]
     assert len(errors) == 1 and message in errors[0], proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
@@ -96,6 +103,49 @@ def test_misconfiguration_stops_gunicorn_without_preload_too(tmp_path):
     proc = start_gunicorn({"API_KEYS": " , "}, tmp_path, preload="0")
     assert proc.returncode == 3
     assert sum("configuration error" in line for line in proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.live
+@pytest.mark.slow
+def test_a_second_master_on_the_same_metrics_dir_is_refused_while_the_first_lives(tmp_path):
+    """Two `make run`s on one PROMETHEUS_MULTIPROC_DIR: the second master emptied the first one's files as it
+    started, and both then wrote one set of counters. Now it stops with one line and exit 3, and the directory is
+    free again as soon as the first master and its workers are gone, however they ended (SIGKILL here)."""
+    prom = tmp_path / "prom"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(prom)}
+    first = GunicornServer(workers=1, env=env).start()
+    try:
+        for _ in range(3):
+            assert requests.post(first.url + "/v1/gradients", json=TUTORIAL_NEURON, timeout=30).status_code == 200
+        before = {p.name: p.stat().st_size for p in prom.glob("*.db")}
+        assert before
+        second = start_gunicorn(env, tmp_path)
+        assert second.returncode == 3, second.stderr
+        errors = [line for line in second.stderr.splitlines() if "configuration error" in line]
+        assert len(errors) == 1 and f"in use by another running gunicorn master (pid {first.proc.pid})" in errors[0]
+        assert "Traceback" not in second.stderr
+        assert {p.name: p.stat().st_size for p in prom.glob("*.db")} == before  # nothing of the first's deleted
+        text = requests.get(first.url + "/metrics", timeout=10).text
+        assert 'route="/v1/gradients",status="200"} 3.0' in text
+        os.killpg(first.proc.pid, 9)
+        first.proc.wait(10)
+    finally:
+        first.stop()
+    third = GunicornServer(workers=1, env=env).start()  # the lock died with the first master's processes
+    try:
+        assert requests.get(third.url + "/readyz", timeout=10).status_code == 200
+        assert set(before).isdisjoint(p.name for p in prom.glob("*.db"))  # emptied as it started, as usual
+    finally:
+        third.stop()
+
+
+@pytest.mark.parametrize(("value", "on"), [("0", False), ("false", False), ("Off", False), ("1", True), ("yes", True)])
+def test_warm_up_reads_a_boolean_like_gunicorn_preload(value, on):
+    """WARM_UP=false kept the warm-up on: anything but "0" was on."""
+    code = "from service.config import Config, ENV_ERRORS; print(Config.WARM_UP, ENV_ERRORS)"
+    env = {**os.environ, "WARM_UP": value}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == [str(on), "[]"], out.stderr
 
 
 def test_trusted_proxy_hops_warns_at_start_up(capsys):
@@ -125,6 +175,22 @@ def test_forwarded_prefix_must_be_a_path(prefix):
     client = create_app(BehindGateway).test_client()
     assert client.get("/openapi.json", headers={"X-Forwarded-Prefix": prefix}).json["servers"] == [{"url": "/"}]
     assert client.get("/openapi.json", headers={"X-Forwarded-Prefix": "/grad"}).json["servers"] == [{"url": "/grad"}]
+    assert client.get("/nowhere", headers={"X-Forwarded-Prefix": prefix}).json["instance"] == "/nowhere"
+
+
+def test_problem_instance_carries_the_forwarded_prefix_only_when_trusted():
+    """The gateway's own problems name /grad/...: the app's say the same behind it, and ignore the header otherwise."""
+
+    class BehindGateway(TestConfig):
+        TRUSTED_PROXY_HOPS = 1
+
+    prefix = {"X-Forwarded-Prefix": "/grad"}
+    trusting = create_app(BehindGateway).test_client()
+    assert trusting.get("/v1/gradients", headers=prefix).json["instance"] == "/grad/v1/gradients"
+    assert trusting.post("/v1/gradients", json={}, headers=prefix).json["instance"] == "/grad/v1/gradients"
+    assert trusting.get("/v1/gradients").json["instance"] == "/v1/gradients"
+    direct = create_app(TestConfig).test_client()
+    assert direct.get("/v1/gradients", headers=prefix).json["instance"] == "/v1/gradients"
 
 
 # --- bodies ---------------------------------------------------------------------------------------------

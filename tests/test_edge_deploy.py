@@ -199,7 +199,11 @@ def test_kustomize_build_passes_strict_validation(tmp_path):
     """The whole rendered kustomization (generated ConfigMap, hash-suffixed names) -- needs kubectl."""
     kubectl = shutil.which("kubectl")
     if not kubectl:
-        pytest.skip("kubectl not installed (Debian package kubernetes-client); the per-file checks still run")
+        # A plain skip, not conftest.require_binary (whose skip GRADSVC_REQUIRE_ALL=1 turns into a CI failure): CI
+        # cannot install a kubectl that builds this kustomization. Debian's kubernetes-client is 1.20, whose embedded
+        # kustomize (v2.0.3) predates the `labels` field used here, and PyPI has no kubectl. The per-file strict
+        # checks above run everywhere; this one where a current kubectl is installed (by hand).
+        pytest.skip("kubectl not installed (a current one: Debian's kubernetes-client 1.20 is too old for `labels`)")
     proc = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     rendered = tmp_path / "all.yaml"

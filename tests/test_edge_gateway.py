@@ -346,3 +346,14 @@ def test_a_post_is_retried_when_the_connection_is_refused(app_server, tmp_path):
         assert statuses == [200] * 4
     finally:
         gw.stop()
+
+
+def test_the_app_and_the_gateway_name_the_same_instance(gateway):
+    """With TRUSTED_PROXY_HOPS=1 the app's problems said /v1/gradients while the gateway's own said
+    /grad/v1/gradients: the app now adds the forwarded prefix, as it does to the OpenAPI `servers`."""
+    from_gateway = requests.request("AB", gateway.url + "/v1/gradients?q=1", timeout=10)  # a method nginx refuses
+    from_app = requests.get(gateway.url + "/v1/gradients?q=1", timeout=10)  # one the app refuses on this route
+    assert from_gateway.status_code == from_app.status_code == 405
+    assert from_gateway.json()["detail"] == "The gateway does not accept this method."
+    assert from_app.json()["detail"] != from_gateway.json()["detail"]
+    assert from_app.json()["instance"] == from_gateway.json()["instance"] == "/grad/v1/gradients"

@@ -11,15 +11,16 @@ from conftest import ROOT
 from service.engine.limits import Limits
 
 # os.environ.get("X"), os.environ["X"], os.getenv("X"), env.get("X") and the config helpers as_int("X", ...),
-# as_float, _int, _bool (service/config.py, deploy/gunicorn.conf.py)
+# as_float, as_bool, as_log_level, _int, _bool (service/config.py, deploy/gunicorn.conf.py)
 PYTHON_READ = re.compile(
-    r"(?:environ\.get|environ\[|getenv|env\.get|as_int|as_float|_int|_bool)\(?\s*[\"']([A-Z][A-Z0-9_]+)[\"']"
+    r"(?:environ\.get|environ\[|getenv|env\.get|as_int|as_float|as_bool|as_log_level|_int|_bool)\(?\s*"
+    r"[\"']([A-Z][A-Z0-9_]+)[\"']"
 )
 SHELL_READ = re.compile(r"\$\{+([A-Z][A-Z0-9_]+)[:}]")  # ${X:-default}, $${X:-default} in a Makefile
 # the interpreter's and the shell's own (the Dockerfile sets them, the examples extend PYTHONPATH)
 STANDARD = {"PATH", "LANG", "PYTHONPATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
 # what a WSGI environ carries, not the process environment
-WSGI = {"CONTENT_LENGTH", "PATH_INFO", "REQUEST_METHOD"}
+WSGI = {"CONTENT_LENGTH", "PATH_INFO", "REQUEST_METHOD", "SCRIPT_NAME"}
 
 
 def table_names() -> set[str]:

@@ -139,6 +139,7 @@ def test_gateway_413_is_problem_json(strict_gateway):
     )
     assert r.status_code == 413 and r.headers["Content-Type"] == PROBLEM
     assert r.json()["limit"] == {"name": "max_body_bytes", "value": 65536}
+    assert r.json()["hint"].startswith("send a smaller body")  # as the app's own 413s: every 413 says what to do
 
 
 def test_gateway_429_is_problem_json(strict_gateway):

@@ -63,7 +63,7 @@ def test_bounds_are_written_as_the_schema_checks_them(client):
     at_the_bound = {**TUTORIAL_NEURON, "model": {"kind": "neuron", "epsilon": 0}}
     assert client.post("/v1/gradients", json=at_the_bound).status_code == 400
     tangents = schemas["GradientRequest"]["properties"]["tangents"]
-    assert (tangents["minProperties"], tangents["maxProperties"]) == (1, 64)
+    assert (tangents["minProperties"], tangents["maxProperties"]) == (1, 128)
     assert "minLength" not in tangents and "maxLength" not in tangents
 
 

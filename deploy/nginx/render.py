@@ -59,7 +59,7 @@ READ_TIMEOUT_MARGIN_SECONDS = 10
 MIN_READ_TIMEOUT_SECONDS = 30
 
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
-_RATE = re.compile(r"^\d+r/[sm]$")
+_RATE = re.compile(r"^[1-9]\d*r/[sm]$")  # nginx -t refuses 0r/s
 _PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 _TIMEOUT = re.compile(r"^\d+(ms|s|m)?$")
 _LOG = re.compile(r"^(stderr|/dev/stdout|/dev/stderr|[A-Za-z0-9._/-]+)$")
@@ -69,6 +69,25 @@ def _check(value: str, pattern: re.Pattern, what: str) -> str:
     if not pattern.match(value):
         raise ValueError(f"invalid {what}: {value!r}")
     return value
+
+
+# The whole-number settings and their least value (nginx -t refuses burst=0; a client_max_body_size of 0 is no
+# limit at all), each refused naming its variable and option: nginx -t failed later, or int() said nothing more.
+COUNTS = {"burst": 1, "max_body_bytes": 1, "worker_connections": 64, "conn_per_client": 1, "large_bodies": 1}
+
+
+def _count(key: str, value) -> int:
+    """The setting `key` (an int from an option, or a string from the environment) as a whole number."""
+    least = COUNTS[key]
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = None
+    if number is None or number < least:
+        raise ValueError(
+            f"GATEWAY_{key.upper()} / --{key.replace('_', '-')}: {value!r} is not a whole number of at least {least}"
+        )
+    return number
 
 
 def timeout_seconds(value: str) -> float:
@@ -111,9 +130,17 @@ def render(
             f"unset for max(30s, MAX_WALL_SECONDS + 10s) = {default_read_timeout(max_wall_seconds)}"
         )
     if not upstreams:
-        raise ValueError("at least one upstream is needed")
-    if int(worker_connections) < 64 or int(conn_per_client) < 1 or int(large_bodies) < 1:
-        raise ValueError("worker_connections must be >= 64, conn_per_client and large_bodies >= 1")
+        raise ValueError("at least one upstream is needed (GATEWAY_UPSTREAMS / --upstream)")
+    burst, max_body_bytes, worker_connections, conn_per_client, large_bodies = (
+        _count(key, value)
+        for key, value in [
+            ("burst", burst),
+            ("max_body_bytes", max_body_bytes),
+            ("worker_connections", worker_connections),
+            ("conn_per_client", conn_per_client),
+            ("large_bodies", large_bodies),
+        ]
+    )
     real_ip = "".join(f"    set_real_ip_from {ipaddress.ip_network(cidr.strip())};\n" for cidr in real_ip_from)
     if real_ip:  # behind a trusted proxy (the Ingress controller): limits apply to the real client address
         real_ip += "    real_ip_header X-Forwarded-For;\n    real_ip_recursive on;\n"
@@ -124,16 +151,16 @@ def render(
         "LISTEN": _check(listen, _HOSTPORT, "listen host:port"),
         "UPSTREAMS": servers,
         "RATE": _check(rate, _RATE, "rate (e.g. 20r/s)"),
-        "BURST": str(int(burst)),
-        "MAX_BODY_BYTES": str(int(max_body_bytes)),
+        "BURST": str(burst),
+        "MAX_BODY_BYTES": str(max_body_bytes),
         "PREFIX": _check(prefix, _PREFIX, "path prefix (e.g. /grad)"),
         "READ_TIMEOUT": _check(read_timeout, _TIMEOUT, "timeout (e.g. 30s)"),
         "ERROR_LOG": _check(error_log, _LOG, "error log"),
         "ACCESS_LOG": _check(access_log, _LOG, "access log"),
-        "WORKER_CONNECTIONS": str(int(worker_connections)),
-        "RLIMIT_NOFILE": str(2 * int(worker_connections)),
-        "CONN_PER_CLIENT": str(int(conn_per_client)),
-        "LARGE_BODIES": str(int(large_bodies)),
+        "WORKER_CONNECTIONS": str(worker_connections),
+        "RLIMIT_NOFILE": str(2 * worker_connections),
+        "CONN_PER_CLIENT": str(conn_per_client),
+        "LARGE_BODIES": str(large_bodies),
         "REAL_IP": real_ip,
     }
     text = TEMPLATE.read_text().replace(
@@ -190,8 +217,12 @@ def _env_settings(listen: str = "127.0.0.1:8080") -> dict:
     if "GATEWAY_HOST" in env or "GATEWAY_PORT" in env:
         host, port = listen.rsplit(":", 1)
         settings["listen"] = f"{env.get('GATEWAY_HOST', host)}:{env.get('GATEWAY_PORT', port)}"
-    if env.get("GATEWAY_UPSTREAMS"):
+    if "GATEWAY_UPSTREAMS" in env:  # set but empty is a mistake (an unset variable in a script), not the default
         settings["upstreams"] = [u.strip() for u in env["GATEWAY_UPSTREAMS"].split(",") if u.strip()]
+        if not settings["upstreams"]:
+            raise ValueError(
+                f"GATEWAY_UPSTREAMS={env['GATEWAY_UPSTREAMS']!r} names no host:port (unset it for 127.0.0.1:8000)"
+            )
     for key in (
         "rate",
         "burst",

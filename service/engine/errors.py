@@ -75,8 +75,28 @@ class ClampedReference(UngradableReference):
     title = "Reference clamped"
 
 
+# What to reduce, for a limit refused without a hint of its own (every 413 says what to do: docs/api.md).
+LIMIT_HINTS = {
+    "max_body_bytes": "send a smaller body: split the work into several requests (a batch into smaller batches)",
+    "max_tensor_elements": "use smaller tensors, or inputs whose shapes broadcast to fewer elements",
+    "max_total_elements": "send fewer or smaller inputs",
+    "max_tensor_dims": "use tensors of fewer dimensions",
+    "max_formula_length": "shorten the formula",
+    "max_ast_nodes": "use a smaller formula",
+    "max_ast_depth": "nest the formula less deeply (a long sum as a balanced tree of parentheses)",
+    "max_numeric_elements": 'drop "numeric" from `include`, or take fewer `wrt` elements',
+    "max_hessian_elements": 'drop "hessian" from `include`, or take fewer `wrt` elements',
+    "max_jacobian_elements": "send `dout` for the vector-Jacobian product instead of the whole Jacobian",
+    "max_graph_nodes": 'drop "graph" and "dot" from `include`, or use a smaller model',
+    "max_svg_layout_nodes": "ask for JSON instead of a picture, or use a smaller model",
+    "max_request_bytes": "use smaller inputs or a smaller formula",
+    "max_inputs": "send only the inputs the model uses",
+    "max_batch_jobs": "split the batch into several requests",
+}
+
+
 class LimitExceeded(EngineError):
-    """A configured size limit was hit; carries the limit's name and value."""
+    """A configured size limit was hit; carries the limit's name and value, and a hint (LIMIT_HINTS by default)."""
 
     slug = "limit-exceeded"
     title = "Limit exceeded"
@@ -96,7 +116,7 @@ class LimitExceeded(EngineError):
         self.value = value
         self.estimate = estimate  # the cost model's figure, for the request budget
         self.breakdown = breakdown  # that figure by part (forward, backward, numeric, ...)
-        self.hint = hint  # what to reduce
+        self.hint = hint or LIMIT_HINTS.get(name)  # what to reduce
 
 
 class DeadlineExceeded(EngineError):
