@@ -347,7 +347,7 @@ class CheckResponseSchema(Schema):
 class BatchRequestSchema(CappedSchema):
     """Body of POST /v1/batch.
 
-    A job that is exactly `{"check": {...}}` is a check; any other job is a gradients request.
+    A job with a `check` key is a check (`{"check": {...}}`, nothing beside it); any other job is a gradients request.
     """
 
     jobs = fields.List(
@@ -360,6 +360,13 @@ class BatchRequestSchema(CappedSchema):
     )
 
 
+class CheckJobSchema(CappedSchema):
+    """A /v1/batch job with a `check` key: a check request, in `check`, with no other key beside it (an extra key is
+    named as an unknown field, not read as a gradients request's)."""
+
+    check = fields.Raw(required=True, allow_none=True)
+
+
 class BatchErrorSchema(Schema):
     """A failed job's place in `results`."""
 
@@ -369,6 +376,7 @@ class BatchErrorSchema(Schema):
 __all__ = [
     "BatchErrorSchema",
     "BatchRequestSchema",
+    "CheckJobSchema",
     "CheckQuerySchema",
     "CheckRequestSchema",
     "CheckResponseSchema",

@@ -3,20 +3,23 @@
 From the first byte of the body read to the encoded answer, a request gets MAX_WALL_SECONDS
 (engine/deadline.py interrupts it there).  Inside a view, or while its answer is encoded, the interrupt becomes
 DeadlineExceeded, so the usual error handler, access log and metrics answer it; anywhere else (a hook, the error
-handler itself) the middleware answers the 503 on its own.  gunicorn's worker timeout (deploy/gunicorn.conf.py)
-is set well above MAX_WALL_SECONDS, so it never is what ends a request.
+handler itself) the middleware answers the 503 on its own, under the request's id and with its access line
+(observability's finish_outside_app).  gunicorn's worker timeout (deploy/gunicorn.conf.py) is set well above
+MAX_WALL_SECONDS, so it never is what ends a request.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from flask import Flask
 
 from .engine.deadline import DeadlineInterrupt, request_deadline
 from .engine.errors import DeadlineExceeded
 from .jsonio import dumps_bytes
-from .observability import REQUEST_ID_HEADER, VALID_REQUEST_ID
+from .observability import REQUEST_ID_HEADER, environ_request_id
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -25,12 +28,14 @@ PROBLEM_JSON = "application/problem+json"
 class DeadlineMiddleware:
     """WSGI middleware: the request's deadline is armed before the app reads anything and disarmed after it."""
 
-    def __init__(self, app, seconds: float) -> None:
+    def __init__(self, app, seconds: float, finish: Callable[[dict, int, int, float], None]) -> None:
         self.app = app
         self.seconds = seconds
+        self.finish = finish  # counts the middleware's own answer and writes its access line
 
     def __call__(self, environ, start_response):
         started = []
+        began = time.perf_counter()
 
         def start(status, headers, exc_info=None):
             started.append(status)
@@ -40,14 +45,10 @@ class DeadlineMiddleware:
             with request_deadline(self.seconds):
                 return self.app(environ, start)
         except DeadlineInterrupt as stop:
-            log.warning(
-                "wall-time limit hit outside a view on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
-            )
-            return self._deadline_response(environ, start_response, stop, replace=bool(started))
+            return self._deadline_response(environ, start_response, stop, replace=bool(started), began=began)
 
-    def _deadline_response(self, environ, start_response, stop: DeadlineInterrupt, replace: bool):
+    def _deadline_response(self, environ, start_response, stop: DeadlineInterrupt, replace: bool, began: float):
         err = DeadlineExceeded(stop.seconds)
-        rid = environ.get("HTTP_X_REQUEST_ID", "")
         body = {
             "type": "/problems/" + err.slug,
             "title": err.title,
@@ -55,13 +56,22 @@ class DeadlineMiddleware:
             "detail": err.detail,
             "instance": environ.get("SCRIPT_NAME", "") + environ["PATH_INFO"] if "PATH_INFO" in environ else None,
             "limit": {"name": err.limit, "value": err.value},
+            "request_id": environ_request_id(environ),
         }
-        if VALID_REQUEST_ID.match(rid):
-            body["request_id"] = rid
         payload = dumps_bytes(body)
-        headers = [("Content-Type", PROBLEM_JSON), ("Content-Length", str(len(payload))), ("Retry-After", "1")]
-        if "request_id" in body:
-            headers.append((REQUEST_ID_HEADER, rid))
+        self.finish(environ, 503, len(payload), time.perf_counter() - began)
+        log.warning(
+            "wall-time limit hit outside a view on %s %s",
+            environ.get("REQUEST_METHOD"),
+            environ.get("PATH_INFO"),
+            extra={"request_id": body["request_id"]},
+        )
+        headers = [
+            ("Content-Type", PROBLEM_JSON),
+            ("Content-Length", str(len(payload))),
+            ("Retry-After", "1"),
+            (REQUEST_ID_HEADER, body["request_id"]),
+        ]
         # The app may already have called start_response: PEP 3333 allows a second call with exc_info
         # as long as nothing was sent (the app returns before the server writes anything).
         if replace:
@@ -95,4 +105,4 @@ def init_deadline(app: Flask) -> None:
             return make_response(app.handle_user_exception(DeadlineExceeded(stop.seconds)))
 
     app.make_response = make_response_within_deadline
-    app.wsgi_app = DeadlineMiddleware(app.wsgi_app, seconds)
+    app.wsgi_app = DeadlineMiddleware(app.wsgi_app, seconds, app.extensions["finish_outside_app"])

@@ -30,11 +30,12 @@ OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS  # marshmallow ke
 
 
 def read_json():
-    """The request body parsed strictly: identity encoding, UTF-8, RFC 8259 JSON (no NaN literals, nesting at
-    most 1024 deep), no duplicate keys, at most MAX_BODY_BYTES (chunked bodies included)."""
+    """The request body parsed strictly: identity encoding (no transfer coding but chunked), UTF-8, RFC 8259 JSON
+    (no NaN literals, nesting at most 1024 deep), no duplicate keys, at most MAX_BODY_BYTES (chunked included)."""
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding != "identity":
         raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed.")
+    require_plain_transfer()
     if not request.is_json:
         raise UnsupportedMediaType(f"Send the body as application/json, not {request.mimetype or 'no Content-Type'}.")
     charset = request.mimetype_params.get("charset", "utf-8").strip().lower()
@@ -50,6 +51,23 @@ def read_json():
     if keys > kept_keys(body):
         reject_duplicate_keys(raw, body)
     return body
+
+
+# Transfer codings that leave the body's bytes as sent: gunicorn de-chunks, and takes `identity` as a no-op
+PLAIN_TRANSFER_CODINGS = ("chunked", "identity")
+
+
+def require_plain_transfer() -> None:
+    """A 415 for a body sent with a transfer coding such as gzip (`Transfer-Encoding: gzip, chunked`): gunicorn
+    removes the chunking only and hands the compressed bytes on, which would be parsed as text. Like a
+    Content-Encoding, it is refused before the body is read (docs/edge.md says why 415 and not 501)."""
+    sent = request.headers.get("Transfer-Encoding", "")
+    codings = [coding.strip().lower() for coding in sent.split(",") if coding.strip()]
+    if any(coding not in PLAIN_TRANSFER_CODINGS for coding in codings):
+        raise UnsupportedMediaType(
+            f"Transfer-Encoding {sent.strip()[:100]!r} is not supported; send the body uncompressed, with "
+            "Transfer-Encoding: chunked alone or a Content-Length."
+        )
 
 
 # Bytes the parsed body takes per JSON value, per list or object and per key (orjson's objects, measured with

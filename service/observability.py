@@ -21,6 +21,7 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.exposition import choose_encoder
+from werkzeug.exceptions import HTTPException
 
 from . import metrics_compact
 from .metric_labels import method_label, route_label
@@ -58,6 +59,7 @@ REFCACHE_BYTES = Gauge(
 
 
 ENVIRON_REQUEST_ID = "gradsvc.request_id"
+ENVIRON_LOGGED = "gradsvc.logged"  # the request's access line is written
 
 
 class RequestIdFilter(logging.Filter):
@@ -118,6 +120,16 @@ class RequestMetrics:
             self._children[route, method, status] = children
         children[0].inc()
         children[1].observe(seconds)
+
+
+def environ_request_id(environ: dict) -> str:
+    """The id of a request whose context may be gone: the one start_request gave it, else (it never ran) the
+    client's valid X-Request-ID or a new one, kept in the environ from then on."""
+    rid = environ.get(ENVIRON_REQUEST_ID)
+    if rid is None:
+        incoming = environ.get("HTTP_X_REQUEST_ID", "")
+        rid = environ[ENVIRON_REQUEST_ID] = incoming if VALID_REQUEST_ID.match(incoming) else os.urandom(16).hex()
+    return rid
 
 
 def request_id() -> str | None:
@@ -195,9 +207,12 @@ def init_observability(app: Flask) -> None:
     # Each `request.` or `g.` is a context-variable lookup through a proxy (~1 µs): the hooks bind both once.
     @app.before_request
     def start_request():
-        ctx = g._get_current_object()
-        incoming = request.environ.get("HTTP_X_REQUEST_ID", "")  # the X-Request-ID header
-        ctx.request_id = incoming if VALID_REQUEST_ID.match(incoming) else os.urandom(16).hex()
+        ctx, environ = g._get_current_object(), request.environ
+        incoming = environ.get("HTTP_X_REQUEST_ID", "")  # the X-Request-ID header
+        # in the environ too: for what answers after the request context is gone (the deadline's middleware)
+        ctx.request_id = environ[ENVIRON_REQUEST_ID] = (
+            incoming if VALID_REQUEST_ID.match(incoming) else os.urandom(16).hex()
+        )
         ctx.started = time.perf_counter()
         IN_FLIGHT.inc()
         ctx.in_flight = True
@@ -207,7 +222,8 @@ def init_observability(app: Flask) -> None:
         req, ctx = request._get_current_object(), g._get_current_object()
         rid = ctx.get("request_id") or os.urandom(16).hex()  # a request rejected before before_request ran
         response.headers[REQUEST_ID_HEADER] = rid
-        req.environ[ENVIRON_REQUEST_ID] = rid  # for what runs after the request context is gone (the memory guard)
+        environ = req.environ
+        environ[ENVIRON_REQUEST_ID] = rid  # for what runs after the request context is gone (the memory guard)
         now = time.perf_counter()
         elapsed = now - ctx.get("started", now)
         route = route_label(req)
@@ -226,8 +242,35 @@ def init_observability(app: Flask) -> None:
                 "remote_addr": req.remote_addr,
             },
         )
+        environ[ENVIRON_LOGGED] = True  # after the line: a deadline between the two logs it twice, never not at all
         update_process_memory()
         return response
+
+    def finish_outside_app(environ: dict, status: int, size: int, seconds: float) -> None:
+        """Count and log a response the app did not finish (the deadline fired in a hook or an error handler, and
+        the deadline's middleware answers, under environ_request_id): its access line, unless the app wrote one
+        already (then that line has the status the app meant to send, and the middleware's warning the 503)."""
+        rid = environ_request_id(environ)
+        method, path = environ.get("REQUEST_METHOD", "-"), environ.get("PATH_INFO", "")
+        try:
+            route = app.url_map.bind_to_environ(environ).match(return_rule=True)[0].rule
+        except HTTPException:
+            route = "unmatched"
+        request_metrics.observe(route, method_label(method), status, seconds)
+        if not environ.get(ENVIRON_LOGGED):
+            environ[ENVIRON_LOGGED] = True
+            fields = {
+                "method": method,
+                "path": path,
+                "route": route,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "bytes": size,
+                "remote_addr": environ.get("REMOTE_ADDR"),
+            }
+            access.write(rid, fields)
+
+    app.extensions["finish_outside_app"] = finish_outside_app
 
     @app.teardown_request
     def end_request(exc):

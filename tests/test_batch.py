@@ -382,3 +382,16 @@ def test_live_over_budget_batch_is_a_413_naming_the_first_jobs_in_job_order(live
         "jobs": problem["limit"]["estimate"]
     }
     assert problem["detail"].startswith("the first 88 of the batch's 120 jobs would allocate about 25")
+
+
+def test_a_check_job_with_another_key_names_that_key(live_server):
+    """A job with a `check` key is a check job: a key beside it is its unknown field (it was read as a gradients
+    job: "model, inputs: Missing data", "check: Unknown field"). The batch's other jobs still run."""
+    jobs = [{"check": CHECK, "weight": 2}, {"check": CHECK}, {"check": CHECK, "note": "a", "points": 1}]
+    response = requests.post(live_server.url + "/v1/batch", json={"jobs": jobs}, timeout=60)
+    assert response.status_code == 200, response.text
+    first, second, third = response.json()["results"]
+    assert first["error"]["status"] == 400 and first["error"]["type"] == "/problems/invalid-request"
+    assert first["error"]["errors"] == {"weight": ["Unknown field."]}
+    assert second["score"] == second["max_score"] == 1.0
+    assert third["error"]["errors"] == {"note": ["Unknown field."], "points": ["Unknown field."]}

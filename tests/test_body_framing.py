@@ -8,6 +8,7 @@ stalls holds the worker until the request's deadline, which is the client's dela
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import time
@@ -99,6 +100,27 @@ def test_a_whole_chunked_body_still_computes(live_server):
     status, _, payload = exchange(
         live_server.url, chunked("/v1/gradients"), chunk(BODY[:20]) + chunk(BODY[20:]) + b"0\r\n\r\n"
     )
+    assert status == 200, payload
+    assert round(json.loads(payload)["loss"], 4) == 6.7012
+
+
+@pytest.mark.parametrize("path", ["/v1/gradients", "/v1/check", "/v1/batch", "/v1/grade"])
+@pytest.mark.parametrize("coding", ["gzip, chunked", "deflate, chunked", "GZip,chunked"])
+def test_a_transfer_coding_other_than_chunked_is_a_415_before_the_body_is_read(live_server, path, coding):
+    """gunicorn removes the chunking and hands the gzip bytes on: they were parsed as text (a 400 about
+    surrogates). Refused as a Content-Encoding is, naming the header, with the request id."""
+    head = f"POST {path} HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: {coding}\r\n"
+    status, headers, payload = exchange(live_server.url, head, chunk(gzip.compress(BODY)) + b"0\r\n\r\n")
+    assert status == 415, payload
+    assert PROBLEM in headers and b"x-request-id:" in headers.lower()
+    problem = json.loads(payload)
+    assert problem["type"] == "/problems/unsupported-media-type"
+    assert problem["detail"].startswith(f"Transfer-Encoding {coding!r} is not supported"), problem["detail"]
+
+
+def test_identity_before_chunked_changes_nothing(live_server):
+    head = "POST /v1/gradients HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: identity, chunked\r\n"
+    status, _, payload = exchange(live_server.url, head, chunk(BODY) + b"0\r\n\r\n")
     assert status == 200, payload
     assert round(json.loads(payload)["loss"], 4) == 6.7012
 

@@ -184,3 +184,89 @@ def test_every_published_gradient_map_posts_back_to_check_for_full_marks(live_se
         computed = requests.post(live_server.url + "/v1/gradients", json=body, timeout=60).json()
         assert computed["manual"]["max_abs_diff"] < 1e-12, entry["name"]
         assert set(computed["manual"]["gradients"]) == set(entry["variables"])
+
+
+def _gradients(live_server, body: dict) -> dict:
+    response = requests.post(live_server.url + "/v1/gradients", json={**body, "dtype": "float64"}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _assert_manual_is_autograd(result: dict, label) -> None:
+    manual = result["manual"]
+    assert manual is not None, (label, result["warnings"])
+    assert set(manual["gradients"]) == set(result["gradients"]), label
+    for name, expected in result["gradients"].items():
+        actual = torch.tensor(manual["gradients"][name], dtype=F64)
+        torch.testing.assert_close(actual, torch.tensor(expected, dtype=F64), rtol=1e-9, atol=1e-12, msg=str(label))
+    assert manual["max_abs_diff"] < 1e-9, label
+
+
+def _one_input_as_a_vector(entry: CatalogEntry) -> dict:
+    """The example with its first input made a 3-vector (the others stay scalars, broadcast over it)."""
+    first = entry.variables[0]
+    value = entry.example[first]
+    return {**entry.example, first: [value, value * 0.5 + 0.25, value * 1.5 - 0.5]}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_manual_is_the_vector_jacobian_product_with_dout(live_server, name: str) -> None:
+    """With `dout`, autograd's gradients are dout·J; `manual` is the hand formula contracted with the same dout:
+    a scalar dout at the example, and, where the output is elementwise, a vector dout over a vector input (the
+    scalar inputs broadcast over it get their contributions, each scaled by its dout, summed back)."""
+    entry = CATALOG[name]
+    model = {"kind": "expression", "name": name}
+    scalar = _gradients(live_server, {"model": model, "inputs": entry.example, "dout": 2.5, "include": ["manual"]})
+    _assert_manual_is_autograd(scalar, (name, "scalar dout"))
+    plain = _gradients(live_server, {"model": model, "inputs": entry.example})
+    for input_name, value in plain["gradients"].items():  # a dout of 2.5 really scales the gradient
+        scaled = torch.tensor(scalar["gradients"][input_name], dtype=F64)
+        torch.testing.assert_close(scaled, torch.tensor(value, dtype=F64) * 2.5, rtol=1e-9, atol=1e-12)
+    if any(isinstance(value, list) for value in entry.example.values()):
+        return  # a reduction: the output is a scalar at every shape, and so is dout
+    inputs = _one_input_as_a_vector(entry)
+    result = _gradients(
+        live_server, {"model": model, "inputs": inputs, "dout": [1.0, -2.0, 0.5], "include": ["manual", "numeric"]}
+    )
+    _assert_manual_is_autograd(result, (name, "vector dout"))
+    assert result["numeric"]["max_abs_error"] < 1e-6
+
+
+NEURON_DOUT_CASES = [
+    ({"reduction": "mean"}, {"x": [1.0, -2.0, 0.5], "y": [0.0, 1.0, 1.0], "w": 0.7, "b": 0.1}, 2.5),
+    ({"reduction": "sum"}, {"x": [1.0, -2.0, 0.5], "y": [0.0, 1.0, 1.0], "w": 0.7, "b": 0.1}, -1.5),
+    ({"reduction": "none"}, {"x": [1.0, 2.0], "y": [0.0, 1.0], "w": 1.0, "b": 0.0}, [1.0, 2.0]),
+    ({"reduction": "none"}, {"x": 0.5, "y": 1.0, "w": 2.0, "b": -0.5}, 3.0),
+    (
+        {"reduction": "none", "loss": "bce_with_logits"},
+        {"x": [[1.0, 2.0], [0.5, -1.0], [3.0, 0.0]], "y": [0.0, 1.0, 0.5], "w": [0.3, -0.2], "b": 0.1},
+        [1.0, -2.0, 0.5],
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "inputs", "dout"), NEURON_DOUT_CASES)
+def test_neuron_manual_is_the_vector_jacobian_product_with_dout(live_server, spec, inputs, dout) -> None:
+    """The tutorial's chain rule scales each sample's dL/dz by its dout, as autograd's dout·J does."""
+    body = {"model": {"kind": "neuron", **spec}, "inputs": inputs, "dout": dout, "wrt": ["w", "b", "x", "y"]}
+    _assert_manual_is_autograd(_gradients(live_server, {**body, "include": ["manual"]}), (spec, dout))
+
+
+def test_manual_sums_a_broadcast_input_over_every_element_it_was_spread_to(live_server) -> None:
+    """quadratic_form with a scalar a, a row b and a column x: the hand formulas are derivatives at each of the
+    2x2 elements, summed back to each input's shape (it was a 422 shape mismatch, and a's sum missed b's axis)."""
+    body = {"model": {"kind": "expression", "name": "quadratic_form"}, "inputs": {"a": 2, "b": [1, 2], "x": [[1], [2]]}}
+    result = _gradients(live_server, {**body, "include": ["manual"]})
+    assert result["gradients"] == {"a": 10.0, "b": [3.0, 3.0], "x": [[11.0], [19.0]]}
+    _assert_manual_is_autograd(result, "quadratic_form")
+
+
+def test_manual_is_null_with_a_warning_where_its_formula_does_not_apply(live_server) -> None:
+    """squared_error's w and b formulas are already summed over the samples (w, b scalars): for a vector w the
+    hand formula does not apply, so `manual` is null and a warning says why; the gradients are still a 200."""
+    inputs = {"w": [1.0, 2.0], "b": 0.0, "x": [1.0, 2.0], "y": [0.0, 0.0]}
+    body = {"model": {"kind": "expression", "name": "squared_error"}, "inputs": inputs}
+    result = _gradients(live_server, {**body, "include": ["manual"]})
+    assert result["gradients"]["w"] == [1.0, 8.0]
+    assert result["manual"] is None
+    assert any(w.startswith("manual: ") and "'w'" in w and "[2]" in w for w in result["warnings"]), result["warnings"]

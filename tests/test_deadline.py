@@ -18,7 +18,7 @@ import pytest
 import requests
 import torch
 
-from conftest import ROOT, TUTORIAL_NEURON, GunicornServer
+from conftest import ROOT, TUTORIAL_NEURON, GunicornServer, json_log_lines
 from service.engine.deadline import DeadlineInterrupt, request_deadline
 from service.engine.limits import Deadline
 
@@ -295,3 +295,49 @@ def test_slow_body_upload_ends_as_a_408_problem(slow_server):
     assert b"content-type: application/problem+json" in headers.lower()
     assert b"/problems/body-timeout" in payload
     assert_same_worker_serves(slow_server, pids)
+
+
+# --- live: the deadline firing outside a view ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stalling_hooks_server(tmp_path_factory):
+    """The service plus hooks that stall on request (tests/stalling_hooks_app.py), a 1 s deadline, access lines on."""
+    server = GunicornServer(
+        workers=1,
+        env={"MAX_WALL_SECONDS": "1", "LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT / "tests")},
+        log_path=tmp_path_factory.mktemp("stalling") / "server.log",
+    )
+    server.target = "stalling_hooks_app:app"
+    with server:
+        server.wait_workers(1)
+        yield server
+
+
+@pytest.mark.parametrize("given_id", [True, False])
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_deadline_outside_a_view_keeps_the_request_id_and_its_access_line(stalling_hooks_server, where, given_id):
+    """A hook that runs past the deadline is answered by the middleware: the 503 carried no request id unless the
+    client sent one, and had no access line (an audit: one /v1/check in ~1000 at MAX_WALL_SECONDS=0.05). Now
+    it carries the id the request was given, in the header and the body, and one access line says so."""
+    server = stalling_hooks_server
+    given_id = f"stall-{where}" if given_id else None
+    headers = {"X-Stall": where, **({"X-Request-ID": given_id} if given_id else {})}
+    start = time.monotonic()
+    response = requests.post(server.url + "/v1/gradients", json=TUTORIAL_NEURON, headers=headers, timeout=60)
+    elapsed = time.monotonic() - start
+    assert elapsed < 1 + SLACK, f"took {elapsed:.2f} s"
+    assert response.status_code == 503 and response.headers["Content-Type"] == PROBLEM
+    problem = response.json()
+    assert problem["type"] == "/problems/deadline-exceeded"
+    rid = response.headers["X-Request-ID"]
+    assert problem["request_id"] == rid and (rid == given_id if given_id else len(rid) == 32)
+    lines = [line for line in json_log_lines(server.log_path.read_text()) if line.get("request_id") == rid]
+    access = [line for line in lines if line["logger"] == "gradsvc.access"]
+    assert len(access) == 1, lines
+    # before the view: the middleware's line, the 503; after the access line: that line stays (the status the
+    # app meant to send), and the middleware's warning, under the same id, says the 503 replaced it
+    assert access[0]["status"] == (503 if where == "before" else 200)
+    assert access[0]["route"] == "/v1/gradients" and access[0]["path"] == "/v1/gradients"
+    assert any("outside a view" in line["message"] for line in lines), lines
+    assert_same_worker_serves(server, server.worker_pids())

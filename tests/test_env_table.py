@@ -20,7 +20,7 @@ SHELL_READ = re.compile(r"\$\{+([A-Z][A-Z0-9_]+)[:}]")  # ${X:-default}, $${X:-d
 # the interpreter's and the shell's own (the Dockerfile sets them, the examples extend PYTHONPATH)
 STANDARD = {"PATH", "LANG", "PYTHONPATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
 # what a WSGI environ carries, not the process environment
-WSGI = {"CONTENT_LENGTH", "PATH_INFO", "REQUEST_METHOD", "SCRIPT_NAME"}
+WSGI = {"CONTENT_LENGTH", "PATH_INFO", "REMOTE_ADDR", "REQUEST_METHOD", "SCRIPT_NAME"}
 
 
 def table_names() -> set[str]:

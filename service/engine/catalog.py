@@ -23,6 +23,9 @@ class CatalogEntry:
     gradient: dict[str, str]
     description: str
     example: dict[str, float | list] = field(default_factory=dict)
+    # Inputs whose gradient formula is already summed over the elements the input was broadcast to (not a
+    # derivative at each element): it holds for an input of one element only. Not published by GET /v1/models.
+    summed: tuple[str, ...] = ()
 
 
 _ENTRIES = (
@@ -121,6 +124,7 @@ _ENTRIES = (
         },
         description="mean squared error of a line w*x + b against targets y (w, b scalars; x, y vectors)",
         example={"w": 0.5, "b": -1.0, "x": [1.0, 2.0, 3.0], "y": [0.0, 1.0, 1.0]},
+        summed=("w", "b"),
     ),
     CatalogEntry(
         name="log_sum_exp",
@@ -149,32 +153,62 @@ def parsed(source: str, limits: Limits) -> Formula:
     return parse_formula(source, limits)
 
 
-def _to_shape(grad: torch.Tensor, shape: torch.Size, name: str) -> torch.Tensor:
-    """Fit a gradient to its input's shape: broadcast a smaller result, sum a broadcast one back (as autograd does)."""
-    if grad.shape == shape:
-        return grad.clone()
-    # the cost model's broadcast, not torch.broadcast_shapes: that imports sympy (~0.8 s and ~32 MiB in a worker)
-    target = broadcast(tuple(grad.shape), tuple(shape))
-    target = None if target is None else torch.Size(target)
-    if target is None or (target != grad.shape and target != shape):
+def _vjp(
+    grad: torch.Tensor, span: tuple[int, ...], dout: torch.Tensor | None, shape: torch.Size, name: str
+) -> torch.Tensor:
+    """The input's gradient from a derivative at each element of `span` (the shape the formula works over): times
+    the upstream gradient `dout` (of the output's shape: `span`, or a scalar after a reduction), then summed back
+    over the elements the input was broadcast to, as autograd does."""
+    if broadcast(tuple(grad.shape), span) != span:
         raise ShapeError(
-            f"gradient for {name!r} has shape {list(grad.shape)}, which does not fit the input's {list(shape)}"
+            f"gradient for {name!r} has shape {list(grad.shape)}, which does not fit the shape {list(span)} "
+            "the formula works over"
         )
-    if target != shape:
-        # The input was broadcast in the forward pass: add up the contributions of its copies.
-        grad = grad.sum_to_size(shape)
-    return grad.expand(shape).clone(memory_format=torch.contiguous_format)
+    grad = grad.expand(span)
+    if dout is not None:
+        grad = grad * dout.to(grad.dtype)
+    return grad.sum_to_size(shape).clone(memory_format=torch.contiguous_format)
+
+
+def _summed(grad: torch.Tensor, dout: torch.Tensor | None, shape: torch.Size, name: str) -> torch.Tensor:
+    """An input's gradient from a formula already summed over its copies (`summed`): right for one element only."""
+    if grad.numel() != 1 or shape.numel() != 1:
+        raise ShapeError(
+            f"the gradient formula for {name!r} is summed over the elements {name!r} is broadcast to, so it holds "
+            f"for a {name!r} of one element; {name!r} has shape {list(shape)}"
+        )
+    if dout is not None:
+        grad = grad * dout.to(grad.dtype)
+    return grad.reshape(shape).clone()
 
 
 def manual_gradients(
-    entry: CatalogEntry, env: dict[str, torch.Tensor], *, dtype: torch.dtype, limits: Limits
+    entry: CatalogEntry,
+    env: dict[str, torch.Tensor],
+    *,
+    dtype: torch.dtype,
+    limits: Limits,
+    dout: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Evaluate the entry's hand-derived gradient formulas, each shaped like its input, as an independent check."""
+    """Evaluate the entry's hand-derived gradient formulas, each shaped like its input, as an independent check;
+    with `dout` (the output's upstream gradient), the vector-Jacobian product dout·J, as autograd computes it.
+
+    Raises ShapeError where a formula does not apply to the inputs' shapes."""
+    missing = [name for name in entry.variables if name not in env]
+    if missing:
+        raise UnknownVariable(f"unknown variable {missing[0]!r}; inputs are: {', '.join(env) or '(none)'}")
+    # the cost model's broadcast, not torch.broadcast_shapes: that imports sympy (~0.8 s and ~32 MiB in a worker)
+    span = broadcast(*(tuple(env[name].shape) for name in entry.variables))
+    if span is None:
+        raise ShapeError(f"the inputs {', '.join(entry.variables)} do not broadcast together")
+    if dout is not None and broadcast(tuple(dout.shape), span) != span:
+        raise ShapeError(f"dout has shape {list(dout.shape)}, which does not fit the shape {list(span)}")
     grads: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, source in entry.gradient.items():
-            if name not in env:
-                raise UnknownVariable(f"unknown variable {name!r}; inputs are: {', '.join(env) or '(none)'}")
             value = parsed(source, limits).evaluate(env, dtype=dtype).detach()
-            grads[name] = _to_shape(value, env[name].shape, name)
+            if name in entry.summed:
+                grads[name] = _summed(value, dout, env[name].shape, name)
+            else:
+                grads[name] = _vjp(value, span, dout, env[name].shape, name)
     return grads

@@ -211,7 +211,7 @@ def _manual(model, leaves: dict, wrt: tuple, gradients: dict, warnings: list[str
     with torch.no_grad():
         manual = model.manual({k: v.detach() for k, v in leaves.items()}, wrt)
     if manual is None:
-        warnings.append(f"manual: {getattr(model, 'no_manual', 'a free-form formula has no hand-derived gradient')}")
+        warnings.append(f"manual: {model.no_manual}")
         return None
     return {"gradients": manual, "max_abs_diff": _max_abs(manual, {n: gradients[n] for n in manual})}
 

@@ -675,11 +675,13 @@ def diagnosis_estimate(request: dict, groups: list[tuple[dict[str, Shape], int]]
 
 
 def _manual_elements(model, shapes: dict[str, Shape], limits: Limits) -> int:
-    """The catalog's hand-derived gradient formulas, evaluated once each (the neuron's chain rule: ~6 tensors)."""
+    """The catalog's hand-derived gradient formulas, evaluated once each, each spread over the shape the inputs
+    broadcast to (times `dout`) and summed back to its input's (the neuron's chain rule: ~6 tensors)."""
     formulas = getattr(model, "manual_formulas", None)
     if formulas is None:
         return 6 * numel(shapes.get("x", ())) + 6
-    return sum(formula_pass(f, shapes, limits).elements + numel(shapes.get(name, ())) for name, f in formulas())
+    span = numel(broadcast(*shapes.values()) or ()) if shapes else 1
+    return sum(formula_pass(f, shapes, limits).elements + span + numel(shapes.get(name, ())) for name, f in formulas())
 
 
 def check_estimate(request: dict, model, points: list[dict[str, Shape]], limits: Limits) -> Estimate:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .catalog import CATALOG, manual_gradients, parsed
-from .errors import UnknownExpression, UnknownVariable
+from .errors import ShapeError, UnknownExpression, UnknownVariable
 from .formula import Formula, parse_formula
 from .graph import Trace
 from .limits import NO_DEADLINE, Deadline, Limits
@@ -57,11 +57,20 @@ class Expression:
         """`trace` is not needed: every subexpression is one torch op, already in `record` by its source text."""
         return self.formula.evaluate(t, dtype=self.dtype, record=record, deadline=self.deadline)
 
-    def manual(self, t: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
-        """The catalog's hand-derived gradient; None for free-form formulas (there is none)."""
+    no_manual = "a free-form formula has no hand-derived gradient"
+
+    def manual(
+        self, t: dict[str, torch.Tensor], wrt: tuple[str, ...], dout: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor] | None:
+        """The catalog's hand-derived gradient (its product with `dout` when given); None for free-form formulas
+        (there is none) and where the hand formula does not apply to these shapes (`no_manual` says why)."""
         if self.catalog_entry is None:
             return None
-        grads = manual_gradients(self.catalog_entry, t, dtype=self.dtype, limits=self.limits)
+        try:
+            grads = manual_gradients(self.catalog_entry, t, dtype=self.dtype, limits=self.limits, dout=dout)
+        except ShapeError as error:
+            self.no_manual = f"the hand-derived gradient does not apply to these shapes: {error.detail}"
+            return None
         return {name: grads[name] for name in wrt if name in grads}
 
     def manual_formulas(self) -> list[tuple[str, Formula]]:

@@ -27,7 +27,7 @@ class WithUpstream:
     def __init__(self, inner, dout: torch.Tensor) -> None:
         self.inner, self.dout = inner, dout
 
-    def __getattr__(self, name):  # everything else (default_wrt, manual, diagnose, ...) is the model's own
+    def __getattr__(self, name):  # everything else (default_wrt, no_manual, diagnose, ...) is the model's own
         return getattr(self.inner, name)
 
     def forward(
@@ -42,6 +42,10 @@ class WithUpstream:
         if trace is not None:
             trace.add(("output * dout", weighted))
         return weighted.sum()
+
+    def manual(self, t: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+        """The model's hand-derived gradient, contracted with the same `dout` as autograd's."""
+        return self.inner.manual(t, wrt, self.dout)
 
 
 def upstream(model, request: dict, dtype: torch.dtype):

@@ -48,8 +48,12 @@ class Model(Protocol):
         """The output backward() starts from; named intermediates go into `record` when it is given, and every
         other intermediate on the way to the output into `trace` (for the graph's values) when it is given."""
 
-    def manual(self, tensors: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
-        """A hand-derived gradient to set beside autograd's, or None when the model has none."""
+    def manual(
+        self, tensors: dict[str, torch.Tensor], wrt: tuple[str, ...], dout: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor] | None:
+        """A hand-derived gradient to set beside autograd's (with `dout`, the output's upstream gradient, the
+        vector-Jacobian product dout·J, as autograd computes it), or None when the model has none for these
+        inputs; then its `no_manual` says why."""
 
     def diagnose(self, record: dict[str, torch.Tensor]) -> list[str]:
         """Warnings about the forward pass (e.g. where a clamp bites)."""

@@ -489,7 +489,7 @@ class Network:
 
     # --- what the engine and the grader ask of a model ------------------------------------------------
 
-    def manual(self, t: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> None:
+    def manual(self, t: dict[str, torch.Tensor], wrt: tuple[str, ...], dout: torch.Tensor | None = None) -> None:
         return None
 
     def diagnose(self, record: dict[str, torch.Tensor]) -> list[str]:

@@ -179,13 +179,19 @@ class Neuron:
             return None
         return (y_pred < self.epsilon) | (y_pred > 1 - self.epsilon)
 
-    def manual(self, t: dict[str, torch.Tensor], wrt: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """Closed-form gradients by the chain rule on prepared tensors (unclamped: differs where the clamp bites)."""
+    def manual(
+        self, t: dict[str, torch.Tensor], wrt: tuple[str, ...], dout: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Closed-form gradients by the chain rule on prepared tensors (unclamped: differs where the clamp bites);
+        with `dout` (the loss's upstream gradient: one per sample for reduction "none"), each sample's dL/dz
+        is scaled by its own, as autograd's vector-Jacobian product is."""
         x, y, w = t["x"], t["y"], t["w"]
         z = self.linear(x, w, t["b"])
         # dL/dy_pred * dy_pred/dz simplifies to y_pred - y, which stays finite where y_pred is 0 or 1
         # the mean over no samples: autograd's gradient is an empty sum, 0; so is this one (and no 1 / 0)
         scale = 1.0 / max(z.numel(), 1) if (self.reduction == "mean" and not self.per_sample and z.dim() > 0) else 1.0
+        if dout is not None:
+            scale = dout.to(z.dtype) * scale
         dl_dz = (torch.sigmoid(z) - y) * scale
         dl_dz_f = dl_dz.unsqueeze(-1) if self.vector_w else dl_dz
         each_w = dl_dz_f * x  # per sample: dL_i/dw = dL_i/dz_i * x_i

@@ -9,7 +9,14 @@ from flask import Blueprint, current_app
 from marshmallow import ValidationError
 
 from schemas import GradientRequestSchema, GradientResponseSchema
-from schemas.grading import MAX_CHECKS, MAX_POINTS, BatchErrorSchema, BatchRequestSchema, CheckResponseSchema
+from schemas.grading import (
+    MAX_CHECKS,
+    MAX_POINTS,
+    BatchErrorSchema,
+    BatchRequestSchema,
+    CheckJobSchema,
+    CheckResponseSchema,
+)
 
 from ..engine import cost
 from ..engine.batch import compute_many
@@ -30,6 +37,7 @@ bp = Blueprint("batch", __name__)
 log = logging.getLogger(__name__)
 batch_request = BatchRequestSchema()
 gradient_request = GradientRequestSchema()
+check_job = CheckJobSchema()
 
 
 BATCH_RESPONSE = {
@@ -51,9 +59,9 @@ BATCH_RESPONSE = {
     ok="One result per job, in job order",
     body=BatchRequestSchema,
     errors=(400, 413, 415, 503),
-    description="""A job that is an object with the single key `check` is a check request; any other job is a
-gradients request. A job that fails gives `{"error": <problem>}` in its place; the others still
-run. More than MAX_BATCH_JOBS jobs is a 413. Neuron gradients jobs with the same settings and
+    description="""A job that is an object with a `check` key is a check request (another key beside `check` is
+an unknown field); any other job is a gradients request. A job that fails gives `{"error": <problem>}` in its
+place; the others still run. More than MAX_BATCH_JOBS jobs is a 413. Neuron gradients jobs with the same settings and
 shapes (include at most `intermediates`, loss `bce`) run as one vectorized torch pass with results
 identical to running them one by one.
 """,
@@ -91,7 +99,12 @@ def run_jobs(jobs: list, limits) -> list[dict]:
     budget = _Budget(len(jobs), limits)
     for i, job in enumerate(jobs):
         jobs[i] = None  # the raw job's lists (8 bytes a number) go once it is loaded, before any job runs
-        is_check = isinstance(job, dict) and set(job) == {"check"}
+        is_check = is_check_job(job)
+        envelope = check_job.validate(job) if is_check else None
+        if envelope:  # a key beside `check`: named, not read as a gradients request's
+            results[i] = {"error": validation_problem(ValidationError(envelope))}
+            budget.failed(i, envelope)
+            continue
         if is_check:
             budget.deep_answers(i, job["check"])
         try:
@@ -141,6 +154,11 @@ def run_jobs(jobs: list, limits) -> list[dict]:
     return results
 
 
+def is_check_job(job) -> bool:
+    """A job with a `check` key is a check request; any other job is a gradients request."""
+    return isinstance(job, dict) and "check" in job
+
+
 def _checks_within_budget(jobs: list, limits) -> None:
     """Every check job's results and their comparisons at every point (cost.checks_bytes), counted on the raw JSON
     before any job loads: a batch of 1000 jobs of 400 checks is a 413 at once rather than after loading 400,000
@@ -148,7 +166,7 @@ def _checks_within_budget(jobs: list, limits) -> None:
     checks = [
         (min(cost.raw_checks_count(job["check"]), MAX_CHECKS), min(cost.raw_points_count(job["check"]), MAX_POINTS))
         for job in jobs
-        if isinstance(job, dict) and set(job) == {"check"}
+        if is_check_job(job)
     ]
     count = sum(n for n, _ in checks)
     total = sum(cost.checks_bytes(n, points) for n, points in checks)
