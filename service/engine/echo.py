@@ -11,9 +11,9 @@ are cut at ECHO_CHARS characters with their true length. Every walk here is iter
 
 from __future__ import annotations
 
-import math
 from itertools import chain, islice
 
+from .cost import slots
 from .values import outline, sublists, tensor_shape
 
 ECHO_VALUES = 100  # an answer of at most this many numbers is echoed as it was sent
@@ -102,11 +102,12 @@ def summary(value, max_dims: int) -> str:
 
 def echoable(value, per_point: bool, max_dims: int) -> bool:
     """Whether an answer (with `per_point`, a list of one answer per point) may be echoed as it was sent when its
-    shape is not the checked one: a tensor literal per point with at most ECHO_VALUES numbers in all."""
+    shape is not the checked one: a tensor literal per point with at most ECHO_VALUES numbers in all (cost.slots():
+    `[[]] * 1000000` holds no number but a million empty lists)."""
     values = value if per_point and isinstance(value, list) else [value]
     count = 0
     for item in values:
-        count += math.prod(outline(item))  # its size if it has a shape at all: too many is known without a walk
+        count += slots(outline(item))  # its size if it has a shape at all (an empty row counts): known without a walk
         if count > ECHO_VALUES or shape_of(item, max_dims) is None:
             return False
     return True
