@@ -19,6 +19,9 @@ from .values import outline, sublists, tensor_shape
 ECHO_VALUES = 100  # an answer of at most this many numbers is echoed as it was sent
 ECHO_CHARS = 200  # a formula, a summary, at most about this many characters
 PREVIEW_VALUES = 10  # numbers shown at the head of a summary
+# Items (lists too) a summary's preview looks at, at most: a million empty lists hold no number to show, and a
+# Python step each took 3.6 s (`[[[]]] * 1000000` as an answer, an audit); 4,096 steps are ~1 ms.
+PREVIEW_STEPS = 4096
 VALUE_CHARS = 24  # one number's text in a summary (a 4000-digit integer typed into a text box)
 
 
@@ -39,10 +42,13 @@ def shape_of(value, max_dims: int) -> tuple[int, ...] | None:
     return shape if len(shape) <= max_dims else None
 
 
-def _leaves(value):
-    """The non-list items of a nested list in row-major order, lazily (a stack of iterators, no recursion)."""
+def _leaves(value, steps: int = PREVIEW_STEPS):
+    """The non-list items of a nested list in row-major order, lazily (a stack of iterators, no recursion), among
+    its first `steps` items (lists included): what is further on is not looked for."""
     stack = [iter([value])]
-    while stack:
+    for _ in range(steps):
+        if not stack:
+            return
         item = next(stack[-1], stack)
         if item is stack:
             stack.pop()
@@ -90,7 +96,7 @@ def summary(value, max_dims: int) -> str:
     """A bounded description of an answer that is not echoed: its first numbers, how many, its shape or depth."""
     count, depth, shape = _walk(value)
     head = [_number(v) for v in islice(_leaves(value), PREVIEW_VALUES)]
-    preview = "[" + ", ".join(head) + (", …" if count > len(head) else "") + "]"
+    preview = "[" + ", ".join(head + ["…"] if count > len(head) else head) + "]"
     if shape is not None and len(shape) <= max_dims:
         what = f"shape {list(shape)}"
     elif depth > max_dims:
