@@ -13,8 +13,8 @@ from __future__ import annotations
 import gc
 import math
 import re
-from itertools import chain, compress, repeat
-from operator import is_, itemgetter
+from itertools import chain, compress
+from operator import itemgetter
 
 import numpy as np
 import orjson
