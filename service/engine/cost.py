@@ -117,8 +117,21 @@ def require(
 # --- shapes --------------------------------------------------------------------------------------
 
 
-def numel(shape: Iterable[int]) -> int:
-    return math.prod(shape)
+def slots(shape: Iterable[int]) -> int:
+    """A tensor's size for every limit and price: the slots its JSON text writes, the product of its dimensions
+    with each 0 counted as 1. A [1000000, 0] tensor has no number but its text writes a million `[]` (and so does
+    every echo of it: points, graph nodes, intermediates, answers): it costs what [1000000, 1] costs, never 0."""
+    return math.prod(n or 1 for n in shape)
+
+
+def size_text(shape: Iterable[int], size: int | None = None) -> str:
+    """`size` (slots(shape) unless given) said as a number of elements; a shape with an empty dimension says how
+    it was counted."""
+    shape = tuple(shape)
+    size = slots(shape) if size is None else size
+    if 0 not in shape:
+        return f"{size} elements"
+    return f"{size} elements (shape {list(shape)}: an empty dimension counts as 1, as its JSON writes every row)"
 
 
 def broadcast(*shapes: Shape) -> Shape | None:
@@ -135,7 +148,7 @@ def broadcast(*shapes: Shape) -> Shape | None:
 
 def list_count(shape: Shape) -> int:
     """How many JSON lists a tensor literal of this shape has: 3,000,000 empty lists are not free."""
-    return sum(numel(shape[:depth]) for depth in range(1, len(shape)))
+    return sum(math.prod(shape[:depth]) for depth in range(1, len(shape)))
 
 
 # --- inputs, before and after the schema ------------------------------------------------------------
@@ -188,20 +201,21 @@ def _check_raw_inputs(inputs, limits: Limits, where: str, what: str) -> int:
 
 
 def raw_elements(value, limits: Limits, what: str) -> int:
-    """A tensor literal's elements, counted on the parsed JSON the way values.parse_tensor will walk it: one level
-    at a time, each level's size known (a C-speed sum of lengths) and checked before it is flattened, the numbers
-    at the bottom counted and never copied.  So neither this walk nor the schema's holds more than
-    max_tensor_elements items of a level; the nested lists are counted as check_inputs counts them, and its
-    dimensions: a tensor deeper than max_tensor_dims is refused at that level, before the schema reads the rest
-    (1000 jobs of an input nested 900 deep took 2.4 s to load for check_inputs' 413; deeper than 254 levels a
-    check's problem fields were a 500: orjson writes no deeper).  Anything not rectangular stops the count where
-    the schema will stop with its 400."""
+    """A tensor literal's elements (its slots(): the empty lists at the bottom of an empty dimension count one
+    each), counted on the parsed JSON the way values.parse_tensor will walk it: one level at a time, each level's
+    size known (a C-speed sum of lengths) and checked before it is flattened, the numbers at the bottom counted and
+    never copied.  So neither this walk nor the schema's holds more than max_tensor_elements items of a level; the
+    nested lists are counted as check_inputs counts them, and its dimensions: a tensor deeper than max_tensor_dims
+    is refused at that level, before the schema reads the rest (1000 jobs of an input nested 900 deep took 2.4 s to
+    load for check_inputs' 413; deeper than 254 levels a check's problem fields were a 500: orjson writes no
+    deeper).  Anything not rectangular stops the count where the schema will stop with its 400."""
     if type(value) is not list:
         return 1
     level, lists, dims = [value], 0, 1
     while True:
         size = sum(map(len, level))  # the items one level down
-        if not level[0] or type(level[0][0]) is not list:  # numbers (or the schema's 400) at the bottom
+        if not level[0] or type(level[0][0]) is not list:  # numbers, empty lists (or the schema's 400) at the bottom
+            size = max(size, len(level))  # [[]] * n writes n slots, though no number
             require(limits, "max_tensor_elements", size, f"{what} has {size} elements")
             return size
         lists += size
@@ -223,10 +237,11 @@ def check_inputs(inputs: dict, limits: Limits, what: str = "the inputs") -> None
     total = 0
     for name, data in inputs.items():
         require(limits, "max_tensor_dims", len(data.shape), f"input {name!r} has {len(data.shape)} dimensions")
-        require(limits, "max_tensor_elements", len(data.values), f"input {name!r} has {len(data.values)} elements")
+        size = slots(data.shape)
+        require(limits, "max_tensor_elements", size, f"input {name!r} has {size_text(data.shape, size)}")
         lists = list_count(data.shape)
         require(limits, "max_tensor_elements", lists, f"input {name!r} has {lists} nested lists")
-        total += len(data.values)
+        total += size
     require(limits, "max_total_elements", total, f"{what} have {total} elements in total")
 
 
@@ -273,19 +288,19 @@ def formula_pass(formula, shapes: dict[str, Shape], limits: Limits) -> Pass:
             shape = _broadcast2(out[children[0]], out[children[1]]) if len(children) == 2 else None
             if shape is None:
                 shape = broadcast(*(out[c] for c in children)) or ()
-            size = numel(shape)
+            size = slots(shape)
             if size > limits.max_tensor_elements:
                 require(
                     limits,
                     "max_tensor_elements",
                     size,
-                    f"{_symbol(node)} would broadcast to {size} elements",
+                    f"{_symbol(node)} would broadcast to {size_text(shape, size)}",
                     "use inputs of smaller or matching shapes",
                 )
         else:
             shape = ()
         out.append(shape)
-        size = numel(shape)
+        size = slots(shape)
         result.elements += size
         result.ops += 1
         if kind != _SCALAR or arg:  # every node but a constant
@@ -397,12 +412,12 @@ def neuron_pass(spec: dict, shapes: dict[str, Shape]) -> Pass:
     """The tutorial's neuron: x * w, then ~12 per-sample tensors (z, sigmoid, clamp, two logs, the BCE terms)."""
     x, w = shapes.get("x", ()), shapes.get("w", ())
     samples, per_sample = _neuron_samples(spec, shapes)
-    n = numel(samples)
-    elements = numel(x) + 12 * n + 1
+    n = slots(samples)
+    elements = slots(x) + 12 * n + 1
     if per_sample:  # one copy of w and b per sample
-        elements += n * numel(w) + n
+        elements += n * slots(w) + n
     out = tuple(samples) if per_sample else ()
-    largest = max(numel(x), n * max(numel(w), 1) if per_sample else n, numel(w))
+    largest = max(slots(x), n * max(slots(w), 1) if per_sample else n, slots(w))
     return Pass(elements, 16, out, 2 * n, nodes=16, largest=largest)
 
 
@@ -485,26 +500,26 @@ def network_pass(spec: dict, shapes: dict[str, Shape], limits: Limits) -> Pass:
     samples_axis = 1 if spec["layout"] == "dlai" else 0
     samples, features = x[samples_axis], x[1 - samples_axis]
     # graph nodes: a layer is up to ~14 ops (batchnorm), a parameter 3 more (its reshape, L2's square and sum)
-    largest = max(numel(s) for s in shapes.values())
-    result = Pass(sum(numel(s) for s in shapes.values()), 0, (), 0, 16 + 16 * len(spec["layers"]) + 3 * len(shapes))
+    largest = max(slots(s) for s in shapes.values())
+    result = Pass(sum(slots(s) for s in shapes.values()), 0, (), 0, 16 + 16 * len(spec["layers"]) + 3 * len(shapes))
     for name, shape in shapes.items():  # parameters and generated tensors have no input check of their own
-        if numel(shape) > limits.max_tensor_elements:  # the message only then: this walk is charged by the node
+        if slots(shape) > limits.max_tensor_elements:  # the message only then: this walk is charged by the node
             require(
                 limits,
                 "max_tensor_elements",
-                numel(shape),
-                f"{name} has shape {list(shape)}, {numel(shape)} elements",
+                slots(shape),
+                f"{name} has shape {list(shape)}, {size_text(shape)}",
                 "use fewer features per layer, or fewer samples",
             )
     for layer in spec["layers"]:
         features = layer.get("out_features", features)
-        size = samples * features
+        size = slots((samples, features))
         if size > limits.max_tensor_elements:
             require(
                 limits,
                 "max_tensor_elements",
                 size,
-                f"a {layer['type']} layer's output has {size} elements",
+                f"a {layer['type']} layer's output has {size_text((samples, features), size)}",
                 "use fewer features per layer, or fewer samples",
             )
         result.elements += 4 * size
@@ -516,7 +531,7 @@ def network_pass(spec: dict, shapes: dict[str, Shape], limits: Limits) -> Pass:
     if spec["loss"]["type"] == "none":
         result.out = out
     else:
-        result.elements += 4 * numel(out)
+        result.elements += 4 * slots(out)
         result.ops += 8
     return result
 
@@ -539,11 +554,11 @@ def gradients_estimate(
     estimate = Estimate()
     estimate.add("forward", one.elements * size + one.ops * OP_BYTES)
     leaves = leaf_shapes(request["model"], shapes)
-    wrt_elements = sum(numel(leaves[n]) for n in wrt if n in leaves)
-    response = numel(one.out)
+    wrt_elements = sum(slots(leaves[n]) for n in wrt if n in leaves)
+    response = slots(one.out)
     if request.get("dout") is not None:
-        dout = len(request["dout"].values)
-        require(limits, "max_tensor_elements", dout, f"`dout` has {dout} elements")
+        dout = slots(request["dout"].shape)
+        require(limits, "max_tensor_elements", dout, f"`dout` has {size_text(request['dout'].shape, dout)}")
         estimate.add("forward", 2 * dout * size)  # the tensor, and the product contracted with the output
     if request["mode"] == "inference":
         response += one.recorded if "intermediates" in include else 0
@@ -606,7 +621,7 @@ def _derivatives_estimate(
     double-backward pass), over the output before any `dout`; returns the numbers they add to the response."""
     response = 0
     pass_bytes = one.elements * size + one.ops * OP_BYTES
-    out = numel(one.out)
+    out = slots(one.out)
     if "jacobian" in request["include"]:
         require(
             limits,
@@ -624,7 +639,7 @@ def _derivatives_estimate(
     tangents = request.get("tangents")
     if tangents:
         check_inputs(tangents, limits, "the tangents")
-        vectors = sum(len(t.values) for t in tangents.values())
+        vectors = sum(slots(t.shape) for t in tangents.values())
         estimate.add("jvp", 2 * DOUBLE_BACKWARD_FACTOR * pass_bytes + vectors * size)
         response += out
     return response
@@ -679,9 +694,9 @@ def _manual_elements(model, shapes: dict[str, Shape], limits: Limits) -> int:
     broadcast to (times `dout`) and summed back to its input's (the neuron's chain rule: ~6 tensors)."""
     formulas = getattr(model, "manual_formulas", None)
     if formulas is None:
-        return 6 * numel(shapes.get("x", ())) + 6
-    span = numel(broadcast(*shapes.values()) or ()) if shapes else 1
-    return sum(formula_pass(f, shapes, limits).elements + span + numel(shapes.get(name, ())) for name, f in formulas())
+        return 6 * slots(shapes.get("x", ())) + 6
+    span = slots(broadcast(*shapes.values()) or ()) if shapes else 1
+    return sum(formula_pass(f, shapes, limits).elements + span + slots(shapes.get(name, ())) for name, f in formulas())
 
 
 def check_estimate(request: dict, model, points: list[dict[str, Shape]], limits: Limits) -> Estimate:
@@ -690,15 +705,15 @@ def check_estimate(request: dict, model, points: list[dict[str, Shape]], limits:
     Submitted gradient formulas are charged as they are graded (Grader), against what is left."""
     estimate = Estimate()
     if request.get("dout") is not None:
-        dout = len(request["dout"].values)
-        require(limits, "max_tensor_elements", dout, f"`dout` has {dout} elements")
+        dout = slots(request["dout"].shape)
+        require(limits, "max_tensor_elements", dout, f"`dout` has {size_text(request['dout'].shape, dout)}")
     for shapes, count in distinct_shapes(points):
         one = model_pass(model, request["model"], shapes, limits)
-        inputs = sum(numel(s) for s in shapes.values())
+        inputs = sum(slots(s) for s in shapes.values())
         points_bytes = (1 + BACKWARD_FACTOR) * (one.elements * 8 + one.ops * OP_BYTES) + 3 * inputs * 8
         estimate.add("points", count * points_bytes)
         # each check's expected and actual at this point: at most the loss, every gradient and intermediate
-        estimate.add("response", count * (inputs + 2 * (numel(one.out) + inputs + one.recorded)) * RESPONSE_BYTES)
+        estimate.add("response", count * (inputs + 2 * (slots(one.out) + inputs + one.recorded)) * RESPONSE_BYTES)
     return estimate
 
 
@@ -813,7 +828,7 @@ def domain_points(request: dict, limits: Limits) -> list[dict[str, Shape]]:
     if "points" in request:
         for point in request["points"]:
             check_inputs(point, limits, "a point's inputs")
-        total = sum(len(data.values) for point in request["points"] for data in point.values())
+        total = sum(slots(data.shape) for point in request["points"] for data in point.values())
         require(limits, "max_total_elements", total, f"the points have {total} elements in total", HINTS["points"])
         return [{name: data.shape for name, data in point.items()} for point in request["points"]]
     base = request.get("inputs", {})
@@ -824,7 +839,7 @@ def domain_points(request: dict, limits: Limits) -> list[dict[str, Shape]]:
         return [shapes]
     shapes.update({name: shapes.get(name, ()) for name in domain})
     n = request.get("n_points", 5)
-    total = n * sum(numel(s) for s in shapes.values())
+    total = n * sum(slots(s) for s in shapes.values())
     require(limits, "max_total_elements", total, f"the points have {total} elements in total", HINTS["points"])
     return [shapes] * n
 
@@ -866,7 +881,7 @@ def formula_estimate(
         passes = formula_walk(formula, groups, limits)
     for (_, count), one in zip(groups, passes, strict=True):
         ops = one.ops * OP_BYTES * (1 if stacked else count)
-        estimate.add("formula", ops + count * (one.elements * 8 + numel(target) * (8 + 2 * RESPONSE_BYTES)))
+        estimate.add("formula", ops + count * (one.elements * 8 + slots(target) * (8 + 2 * RESPONSE_BYTES)))
     return estimate
 
 

@@ -11,14 +11,17 @@ are cut at ECHO_CHARS characters with their true length. Every walk here is iter
 
 from __future__ import annotations
 
-import math
 from itertools import chain, islice
 
+from .cost import slots
 from .values import outline, sublists, tensor_shape
 
 ECHO_VALUES = 100  # an answer of at most this many numbers is echoed as it was sent
 ECHO_CHARS = 200  # a formula, a summary, at most about this many characters
 PREVIEW_VALUES = 10  # numbers shown at the head of a summary
+# Items (lists too) a summary's preview looks at, at most: a million empty lists hold no number to show, and a
+# Python step each took 3.6 s (`[[[]]] * 1000000` as an answer, an audit); 4,096 steps are ~1 ms.
+PREVIEW_STEPS = 4096
 VALUE_CHARS = 24  # one number's text in a summary (a 4000-digit integer typed into a text box)
 
 
@@ -39,10 +42,13 @@ def shape_of(value, max_dims: int) -> tuple[int, ...] | None:
     return shape if len(shape) <= max_dims else None
 
 
-def _leaves(value):
-    """The non-list items of a nested list in row-major order, lazily (a stack of iterators, no recursion)."""
+def _leaves(value, steps: int = PREVIEW_STEPS):
+    """The non-list items of a nested list in row-major order, lazily (a stack of iterators, no recursion), among
+    its first `steps` items (lists included): what is further on is not looked for."""
     stack = [iter([value])]
-    while stack:
+    for _ in range(steps):
+        if not stack:
+            return
         item = next(stack[-1], stack)
         if item is stack:
             stack.pop()
@@ -90,7 +96,7 @@ def summary(value, max_dims: int) -> str:
     """A bounded description of an answer that is not echoed: its first numbers, how many, its shape or depth."""
     count, depth, shape = _walk(value)
     head = [_number(v) for v in islice(_leaves(value), PREVIEW_VALUES)]
-    preview = "[" + ", ".join(head) + (", …" if count > len(head) else "") + "]"
+    preview = "[" + ", ".join(head + ["…"] if count > len(head) else head) + "]"
     if shape is not None and len(shape) <= max_dims:
         what = f"shape {list(shape)}"
     elif depth > max_dims:
@@ -102,11 +108,12 @@ def summary(value, max_dims: int) -> str:
 
 def echoable(value, per_point: bool, max_dims: int) -> bool:
     """Whether an answer (with `per_point`, a list of one answer per point) may be echoed as it was sent when its
-    shape is not the checked one: a tensor literal per point with at most ECHO_VALUES numbers in all."""
+    shape is not the checked one: a tensor literal per point with at most ECHO_VALUES numbers in all (cost.slots():
+    `[[]] * 1000000` holds no number but a million empty lists)."""
     values = value if per_point and isinstance(value, list) else [value]
     count = 0
     for item in values:
-        count += math.prod(outline(item))  # its size if it has a shape at all: too many is known without a walk
+        count += slots(outline(item))  # its size if it has a shape at all (an empty row counts): known without a walk
         if count > ECHO_VALUES or shape_of(item, max_dims) is None:
             return False
     return True

@@ -503,12 +503,14 @@ class _Evaluator:
         """Run one torch op; its RuntimeError (almost always a broadcasting failure) becomes a ShapeError."""
         try:
             if len(operands) > 1:  # broadcasting [n] with [n, 1] makes n*n elements: refuse before allocating
-                numel = math.prod(broadcast_shape(*(t.shape for t in operands))[self.stacked :])
-                if numel > self.formula.max_elements:
+                shape = broadcast_shape(*(t.shape for t in operands))[self.stacked :]
+                size = cost.slots(shape)  # an empty dimension counts as 1: its JSON writes every row
+                if size > self.formula.max_elements:
                     raise LimitExceeded(
                         "max_tensor_elements",
                         self.formula.max_elements,
-                        f"{name} would broadcast to {numel} elements; the limit is {self.formula.max_elements}",
+                        f"{name} would broadcast to {cost.size_text(shape, size)}; "
+                        f"the limit is {self.formula.max_elements}",
                     )
             return compute()
         except RuntimeError as exc:

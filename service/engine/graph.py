@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from .cost import slots
 from .errors import LimitExceeded
 from .limits import Limits
 
@@ -42,7 +43,7 @@ class Trace:
             known = self.tensors.get(fn)
             if known is None:
                 self.tensors[fn] = (label, tensor)
-                if tensor.numel() <= self.max_elements:
+                if slots(tensor.shape) <= self.max_elements:
                     self._small_fns.append(fn)
                     self._small.append(tensor)
             elif label is not None and known[0] is None:
@@ -209,8 +210,9 @@ def _leaf_node(
 
 
 def _small(tensor: torch.Tensor, limits: Limits) -> bool:
-    """Values are only worth shipping (and drawing) for small tensors."""
-    return tensor.numel() <= limits.graph_value_max_elements
+    """Values are only worth shipping (and drawing) for small tensors: small in the JSON they write (cost.slots: a
+    [1000000, 0] tensor has no number, but a million empty lists)."""
+    return slots(tensor.shape) <= limits.graph_value_max_elements
 
 
 def _grad(tensor: torch.Tensor) -> torch.Tensor | None:
