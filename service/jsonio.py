@@ -78,10 +78,13 @@ def require_plain_transfer() -> None:
 # ~91, an object with one key ~290 in all.  Counted on the raw bytes (each value but a container's first follows
 # a comma; commas inside strings only overcount), so a 12 MB body of `[],` or `{"a":0},` cannot take a worker's
 # gigabyte before any limit looks at it.  A body of max_total_elements numbers (4 Mi) stays under the budget.
-# A list is priced by its time rather than its ~96 bytes: the walks every list goes through (parse, kept_keys, the
-# schema's and the grader's level-by-level reads, an answer's summary) measured ~0.6 µs a list in all (a 6 MB answer
-# of `[[[]]] * 1000000`: 1.2 s in-process), 154 bytes at cost.MICROSECOND_BYTES: 160.
-PARSE_BYTES_PER_VALUE, PARSE_BYTES_PER_CONTAINER, PARSE_BYTES_PER_KEY = 56, 160, 160
+PARSE_BYTES_PER_VALUE, PARSE_BYTES_PER_CONTAINER, PARSE_BYTES_PER_KEY = 56, 96, 160
+# Lists and objects beyond one a value (`[[[]]]`, `[[[[[[0]]]]]]`) are priced by their time as well: the walks of
+# an answer made of them (parse, kept_keys, the schema's and the grader's level-by-level reads, its summary) take
+# 0.6-1.4 µs a list in all (2.2 s of CPU in-process for 400,000 `[[[[[[0]]]]]]`): 256 bytes (1 µs) more each. A
+# tensor's rows hold a value each or more ([n, 1], [n, 2]: no extra), so an honest body pays 96 a list as before;
+# every list priced at 160 refused 1 M-row [n, 1] inputs that answer in under a second (a second audit).
+PARSE_BYTES_PER_EXTRA_CONTAINER = 256
 
 
 def loads_untracked(raw: bytes):
@@ -106,7 +109,13 @@ def value_counts(raw: bytes) -> tuple[int, int]:
 def parse_bytes(raw: bytes, keys: int) -> int:
     """The body's price: what orjson's objects for it take, by its counts (`keys`: KEY_END matches)."""
     values, containers = value_counts(raw)
-    return PARSE_BYTES_PER_VALUE * values + PARSE_BYTES_PER_CONTAINER * containers + PARSE_BYTES_PER_KEY * keys
+    extra = max(0, containers - values)  # lists and objects beyond one a value
+    return (
+        PARSE_BYTES_PER_VALUE * values
+        + PARSE_BYTES_PER_CONTAINER * containers
+        + PARSE_BYTES_PER_EXTRA_CONTAINER * extra
+        + PARSE_BYTES_PER_KEY * keys
+    )
 
 
 def require_parse_budget(raw: bytes, keys: int, budget: int) -> None:
@@ -162,9 +171,11 @@ def kept_keys(node, exact: bool = False) -> int:
     are long lists of numbers): an undercount only sends the body to the exact check, it never hides one.
     With `exact`, such a list is walked too when it holds any list or object (one C-speed pass over its types).
 
-    A walked list of lists is walked a level at a time (_walk_items): its walked lists are joined into one tuple
-    with C loops, so a million short lists (`[[[]]] * 1000000`) cost a few passes, not a Python step each (1.6 s
-    in a profile, an audit). The stack's tuples are those levels (orjson makes no tuple)."""
+    A long walked list of lists is walked a level at a time (_walk_items): its walked lists are joined into one
+    tuple with C loops, so a million short lists (`[[[]]] * 1000000`) cost a few passes, not a Python step each
+    (1.6 s in a profile, an audit). The stack's tuples are those levels (orjson makes no tuple). A short list is
+    pushed item by item: the joining's set, filters and tuple cost ~2 µs a list, 4-7x the push, and a million
+    objects each holding `[[1]]` paid it a million times (a second audit)."""
     count = 0
     stack = [node]
     while stack:
@@ -173,9 +184,15 @@ def kept_keys(node, exact: bool = False) -> int:
         if kind is dict:
             count += len(item)
             stack.extend(item.values())
+        elif kind is list and 0 < len(item) < JOINED_FROM:
+            if type(item[0]) in CONTAINERS or (exact and not CONTAINERS.isdisjoint(set(map(type, item)))):
+                stack.extend(item)
         elif kind is tuple or (kind is list and item and (exact or type(item[0]) in CONTAINERS)):
             _walk_items(item, stack, exact)
     return count
+
+
+JOINED_FROM = 16  # items from which kept_keys walks a list's lists a level at a time (measured: docs/limits.md)
 
 
 def _walk_items(items, stack: list, exact: bool) -> None:

@@ -310,11 +310,14 @@ def test_raw_key_checks_agree_with_the_stdlib_parser():
     def text() -> str:
         return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4)))
 
-    def value(depth: int = 0) -> str:
-        r = rng.random()
+    def value(depth: int = 0, kind: float | None = None) -> str:
+        r = rng.random() if kind is None else kind
         if depth > 3 or r < 0.3:
             return json.dumps(rng.choice([1, 2.5, text(), None, True]))
         if r < 0.6:
+            if depth >= 1 and rng.random() < 0.3:  # long enough for kept_keys to walk a level at a time: its items
+                kind = rng.choice([None, 0.5, 0.9])  # mixed, all lists or all objects (each a branch of the walk)
+                return "[" + ",".join(value(depth + 1, kind) for _ in range(rng.randint(16, 20))) + "]"
             return "[" + ",".join(value(depth + 1) for _ in range(rng.randint(0, 3))) + "]"
         keys = [text() if rng.random() < 0.5 else rng.choice(["a", "b"]) for _ in range(rng.randint(0, 3))]
         keys = [rng.choice([json.dumps(k), json.dumps(k, ensure_ascii=False)]) for k in keys]
@@ -335,11 +338,42 @@ def test_raw_key_checks_agree_with_the_stdlib_parser():
     for _ in range(3000):
         raw = value().encode()
         expected = stdlib_duplicates(raw)
-        assert (raw_key_count(raw) > kept_keys(orjson.loads(raw), exact=True)) == bool(expected), raw
+        body = orjson.loads(raw)
+        assert (raw_key_count(raw) > kept_keys(body, exact=True)) == bool(expected), raw
+        assert kept_keys(body) <= kept_keys(body, exact=True)  # the cheap count only undercounts
         found = duplicate_key(raw)
         assert (found in expected) if expected else found is None, raw
         with_duplicates += bool(expected)
     assert 300 < with_duplicates < 2700  # both kinds were tried
+
+
+def test_kept_keys_counts_every_key_of_every_object_however_its_lists_are_walked():
+    """kept_keys(exact=True) is every object's keys: long lists (walked a level at a time, joined) and short ones
+    (pushed item by item) of objects, of lists, of both and of numbers, nested; the cheap count never exceeds it."""
+    from service.jsonio import JOINED_FROM, kept_keys
+
+    rng = random.Random(11)
+
+    def every_key(node) -> int:
+        if isinstance(node, dict):
+            return len(node) + sum(every_key(v) for v in node.values())
+        return sum(every_key(v) for v in node) if isinstance(node, list) else 0
+
+    def make(depth: int, kind: str | None = None):
+        kind = kind or rng.choice(["number", "list", "object", "long"] if depth < 4 else ["number"])
+        if kind == "number":
+            return rng.random()
+        if kind == "object":
+            return {f"k{i}": make(depth + 1) for i in range(rng.randint(0, 3))}
+        if kind == "list":
+            return [make(depth + 1) for _ in range(rng.randint(0, 3))]
+        inner = rng.choice([None, "object", "list", "number"])  # mixed, or all of one kind
+        return [make(depth + 1, inner) for _ in range(rng.randint(JOINED_FROM, JOINED_FROM + 4))]
+
+    for _ in range(800):
+        body = make(0, "long")
+        assert kept_keys(body, exact=True) == every_key(body)
+        assert kept_keys(body) <= every_key(body)
 
 
 # --- metrics --------------------------------------------------------------------------------------------

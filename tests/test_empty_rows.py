@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from conftest import balanced_sum
+from service import jsonio
 from service.engine import cost
 from service.engine.formula import parse_formula
 from service.engine.limits import Limits
@@ -139,13 +140,30 @@ def test_a_wrong_shape_answer_of_empty_rows_is_summarized(live_server, answer):
 
 def test_an_answer_of_millions_of_short_lists_is_refused_before_it_is_parsed(live_server):
     """F2: a 6 MB answer of `[[[]]] * 1000000` (2 M lists) took 6.6 s and +253 MiB; its lists are priced by their
-    time (160 bytes each), so the body is a 413 before orjson builds it, whether or not the answer is graded."""
+    time (256 bytes more for each list beyond one a value), so the body is a 413 before orjson builds it, whether
+    or not the answer is graded."""
     body = check("x**2", {"gradients": {"x": [[[]]] * 1_000_000}}, x=3.0)
     for checks in (None, {"loss": {"points": 1}}):
         sent = body if checks is None else {**body, "checks": checks}
         problem = refused(send(live_server, "/v1/check?format=prairielearn", sent), "max_request_bytes")
         assert set(problem["limit"]["breakdown"]) == {"body"}
         assert "lists and objects" in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"x": [[0.5]] * 1_000_000, "y": [1.0] * 1_000_000, "w": [0.1], "b": 0.0},  # a neuron's 1 M rows of one feature
+        {"x": [[0.5, 1.0]] * 500_000, "y": [1.0] * 500_000, "w": [0.1, 0.2], "b": 0.0},
+    ],
+)
+def test_rows_of_numbers_pay_no_list_price_beyond_their_parse(inputs):
+    """A tensor's rows hold a number each or more: only lists beyond one a value pay for their walks' time. Priced at
+    160 bytes every list, these honest 10 MB bodies (answered in under a second) were refused (a second audit)."""
+    raw = orjson.dumps({"model": {"kind": "neuron"}, "inputs": inputs})
+    assert jsonio.parse_bytes(raw, len(jsonio.KEY_END.findall(raw))) <= Limits().max_request_bytes
+    hostile = orjson.dumps(check("x**2", {"gradients": {"x": [[[[[[0]]]]]] * 400_000}}, x=3.0))  # 4.8 MB, 2.2 s of CPU
+    assert jsonio.parse_bytes(hostile, len(jsonio.KEY_END.findall(hostile))) > Limits().max_request_bytes
 
 
 def test_legitimately_empty_tensors_still_work_byte_for_byte(live_server):
