@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import Request, current_app
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import Map
 
 KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 
@@ -19,12 +20,20 @@ def method_label(method: str) -> str:
 def route_label(request: Request) -> str:
     if request.url_rule is not None:
         return request.url_rule.rule
-    exc = request.routing_exception
-    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-        try:
-            adapter = current_app.url_map.bind_to_environ(request.environ)
-            rule, _ = adapter.match(method=next(iter(exc.valid_methods)), return_rule=True)
-            return rule.rule
-        except HTTPException:
-            pass
+    return environ_route(current_app.url_map, request.environ)
+
+
+def environ_route(url_map: Map, environ: dict) -> str:
+    """The route label of a request's environ, also outside a request context (the deadline's middleware)."""
+    adapter = url_map.bind_to_environ(environ)
+    try:
+        return adapter.match(return_rule=True)[0].rule
+    except MethodNotAllowed as exc:
+        if exc.valid_methods:
+            try:
+                return adapter.match(method=next(iter(exc.valid_methods)), return_rule=True)[0].rule
+            except HTTPException:
+                pass
+    except HTTPException:
+        pass
     return "unmatched"

@@ -21,10 +21,9 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.exposition import choose_encoder
-from werkzeug.exceptions import HTTPException
 
 from . import metrics_compact
-from .metric_labels import method_label, route_label
+from .metric_labels import environ_route, method_label, route_label
 from .process_metrics import update_process_memory
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -248,27 +247,25 @@ def init_observability(app: Flask) -> None:
 
     def finish_outside_app(environ: dict, status: int, size: int, seconds: float) -> None:
         """Count and log a response the app did not finish (the deadline fired in a hook or an error handler, and
-        the deadline's middleware answers, under environ_request_id): its access line, unless the app wrote one
-        already (then that line has the status the app meant to send, and the middleware's warning the 503)."""
-        rid = environ_request_id(environ)
-        method, path = environ.get("REQUEST_METHOD", "-"), environ.get("PATH_INFO", "")
-        try:
-            route = app.url_map.bind_to_environ(environ).match(return_rule=True)[0].rule
-        except HTTPException:
-            route = "unmatched"
+        the deadline's middleware answers, under environ_request_id): its metrics and access line, unless the app
+        wrote them already (then they have the status the app meant to send, and the middleware's warning the 503:
+        counted again, one request was two in /metrics, a second audit)."""
+        if environ.get(ENVIRON_LOGGED):
+            return
+        environ[ENVIRON_LOGGED] = True
+        method = environ.get("REQUEST_METHOD", "-")
+        route = environ_route(app.url_map, environ)  # a 405's route too, as route_label labels it
         request_metrics.observe(route, method_label(method), status, seconds)
-        if not environ.get(ENVIRON_LOGGED):
-            environ[ENVIRON_LOGGED] = True
-            fields = {
-                "method": method,
-                "path": path,
-                "route": route,
-                "status": status,
-                "duration_ms": round(seconds * 1000, 3),
-                "bytes": size,
-                "remote_addr": environ.get("REMOTE_ADDR"),
-            }
-            access.write(rid, fields)
+        fields = {
+            "method": method,
+            "path": environ.get("PATH_INFO", ""),
+            "route": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "bytes": size,
+            "remote_addr": environ.get("REMOTE_ADDR"),
+        }
+        access.write(environ_request_id(environ), fields)
 
     app.extensions["finish_outside_app"] = finish_outside_app
 

@@ -17,6 +17,7 @@ import time
 import pytest
 import requests
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, TUTORIAL_NEURON, GunicornServer, json_log_lines
 from service.engine.deadline import DeadlineInterrupt, request_deadline
@@ -314,17 +315,33 @@ def stalling_hooks_server(tmp_path_factory):
         yield server
 
 
+def requests_counted(server) -> dict[tuple[str, str, str], float]:
+    """gradsvc_http_requests_total by (route, method, status), read from the server's /metrics."""
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    return {
+        (sample.labels["route"], sample.labels["method"], sample.labels["status"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "gradsvc_http_requests_total"
+    }
+
+
 @pytest.mark.parametrize("given_id", [True, False])
-@pytest.mark.parametrize("where", ["before", "after"])
-def test_a_deadline_outside_a_view_keeps_the_request_id_and_its_access_line(stalling_hooks_server, where, given_id):
+@pytest.mark.parametrize(("where", "method"), [("before", "POST"), ("after", "POST"), ("before", "DELETE")])
+def test_a_deadline_outside_a_view_keeps_the_request_id_and_its_access_line(
+    stalling_hooks_server, where, method, given_id
+):
     """A hook that runs past the deadline is answered by the middleware: the 503 carried no request id unless the
     client sent one, and had no access line (an audit: one /v1/check in ~1000 at MAX_WALL_SECONDS=0.05). Now
-    it carries the id the request was given, in the header and the body, and one access line says so."""
+    it carries the id the request was given, in the header and the body, and one access line says so; /metrics
+    counts it once (a second audit: past the access line it was counted as a 200 and a 503), under its route
+    (a wrong method's too, as a 405 is labelled)."""
     server = stalling_hooks_server
-    given_id = f"stall-{where}" if given_id else None
+    given_id = f"stall-{where}-{method}" if given_id else None
     headers = {"X-Stall": where, **({"X-Request-ID": given_id} if given_id else {})}
+    counted = requests_counted(server)
     start = time.monotonic()
-    response = requests.post(server.url + "/v1/gradients", json=TUTORIAL_NEURON, headers=headers, timeout=60)
+    response = requests.request(method, server.url + "/v1/gradients", json=TUTORIAL_NEURON, headers=headers, timeout=60)
     elapsed = time.monotonic() - start
     assert elapsed < 1 + SLACK, f"took {elapsed:.2f} s"
     assert response.status_code == 503 and response.headers["Content-Type"] == PROBLEM
@@ -339,5 +356,9 @@ def test_a_deadline_outside_a_view_keeps_the_request_id_and_its_access_line(stal
     # app meant to send), and the middleware's warning, under the same id, says the 503 replaced it
     assert access[0]["status"] == (503 if where == "before" else 200)
     assert access[0]["route"] == "/v1/gradients" and access[0]["path"] == "/v1/gradients"
+    after = requests_counted(server)
+    grown = {key: after[key] - counted.get(key, 0.0) for key in after if after[key] != counted.get(key, 0.0)}
+    grown.pop(("/metrics", "GET", "200"), None)  # the first read of /metrics
+    assert grown == {("/v1/gradients", method, str(access[0]["status"])): 1.0}
     assert any("outside a view" in line["message"] for line in lines), lines
     assert_same_worker_serves(server, server.worker_pids())
