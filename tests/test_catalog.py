@@ -270,3 +270,15 @@ def test_manual_is_null_with_a_warning_where_its_formula_does_not_apply(live_ser
     assert result["gradients"]["w"] == [1.0, 8.0]
     assert result["manual"] is None
     assert any(w.startswith("manual: ") and "'w'" in w and "[2]" in w for w in result["warnings"]), result["warnings"]
+
+
+def test_manual_of_the_inputs_asked_for_holds_beside_a_formula_that_does_not(live_server) -> None:
+    """Only `wrt`'s hand formulas are evaluated: squared_error's summed formula for a vector w made `manual` null
+    for x too, whose formula applies (a second audit)."""
+    inputs = {"w": [0.5, 1.0], "b": -1.0, "x": [1.0, 2.0], "y": [0.0, 1.0]}
+    body = {"model": {"kind": "expression", "name": "squared_error"}, "inputs": inputs, "wrt": ["x"]}
+    result = _gradients(live_server, {**body, "include": ["manual"]})
+    assert set(result["manual"]["gradients"]) == {"x"}
+    assert result["manual"]["gradients"]["x"] == pytest.approx(result["gradients"]["x"])
+    assert result["manual"]["max_abs_diff"] == pytest.approx(0.0, abs=1e-6)
+    assert not [w for w in result["warnings"] if w.startswith("manual: ")]

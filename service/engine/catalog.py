@@ -189,9 +189,11 @@ def manual_gradients(
     dtype: torch.dtype,
     limits: Limits,
     dout: torch.Tensor | None = None,
+    wrt: tuple[str, ...] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Evaluate the entry's hand-derived gradient formulas, each shaped like its input, as an independent check;
-    with `dout` (the output's upstream gradient), the vector-Jacobian product dout·J, as autograd computes it.
+    """Evaluate the entry's hand-derived gradient formulas (those of `wrt`'s inputs when given), each shaped like its
+    input, as an independent check; with `dout` (the output's upstream gradient), the vector-Jacobian product dout·J,
+    as autograd computes it.
 
     Raises ShapeError where a formula does not apply to the inputs' shapes."""
     missing = [name for name in entry.variables if name not in env]
@@ -206,6 +208,8 @@ def manual_gradients(
     grads: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, source in entry.gradient.items():
+            if wrt is not None and name not in wrt:
+                continue  # not asked for: a formula that does not fit other inputs' shapes cannot void this one
             value = parsed(source, limits).evaluate(env, dtype=dtype).detach()
             if name in entry.summed:
                 grads[name] = _summed(value, dout, env[name].shape, name)

@@ -67,7 +67,7 @@ class Expression:
         if self.catalog_entry is None:
             return None
         try:
-            grads = manual_gradients(self.catalog_entry, t, dtype=self.dtype, limits=self.limits, dout=dout)
+            grads = manual_gradients(self.catalog_entry, t, dtype=self.dtype, limits=self.limits, dout=dout, wrt=wrt)
         except ShapeError as error:
             self.no_manual = f"the hand-derived gradient does not apply to these shapes: {error.detail}"
             return None
