@@ -13,8 +13,8 @@ from __future__ import annotations
 import gc
 import math
 import re
-from itertools import chain, compress
-from operator import itemgetter
+from itertools import chain, compress, repeat
+from operator import is_, itemgetter
 
 import numpy as np
 import orjson
@@ -162,9 +162,10 @@ def kept_keys(node, exact: bool = False) -> int:
     are long lists of numbers): an undercount only sends the body to the exact check, it never hides one.
     With `exact`, such a list is walked too when it holds any list or object (one C-speed pass over its types).
 
-    A walked list of lists is walked a level at a time (_walk_items): its walked lists are joined into one tuple
-    with C loops, so a million short lists (`[[[]]] * 1000000`) cost a few passes, not a Python step each (1.6 s
-    in a profile, an audit). The stack's tuples are those levels (orjson makes no tuple)."""
+    Walked lists are walked a level at a time (_walk_items): an object's values, and a walked list's lists, are joined
+    into one tuple with C loops, so a million short lists (`[[[]]] * 1000000`) cost a few passes, not a Python step
+    each (1.6 s in a profile, an audit), nor do an object's 41 lists nested 600 deep (a step a level of each: 2.7 s
+    for 50 such objects, a fifth audit). The stack's tuples are those levels (orjson makes no tuple)."""
     count = 0
     stack = [node]
     while stack:
@@ -172,26 +173,30 @@ def kept_keys(node, exact: bool = False) -> int:
         kind = type(item)
         if kind is dict:
             count += len(item)
-            stack.extend(item.values())
+            stack.append(tuple(item.values()))
         elif kind is tuple or (kind is list and item and (exact or type(item[0]) in CONTAINERS)):
             _walk_items(item, stack, exact)
     return count
 
 
 def _walk_items(items, stack: list, exact: bool) -> None:
-    """Push what kept_keys walks of a walked list's `items`: its objects and lists, or when all are lists the items
-    of those it walks, joined (every one with `exact`, else those whose first item is a list or an object)."""
+    """Push what kept_keys walks of `items` (a walked list's, or an object's values): its objects, and the items of
+    the lists it walks joined into one tuple (every one with `exact`, else those whose first item is a list or an
+    object)."""
     kinds = set(map(type, items))
-    if kinds == {list}:
-        lists = items
-        if not exact:
-            lists = list(filter(None, items))
-            lists = compress(lists, map(CONTAINERS.__contains__, map(type, map(itemgetter(0), lists))))
-        stack.append(tuple(chain.from_iterable(lists)))
-    elif kinds == {dict}:
-        stack.extend(items)
-    elif not CONTAINERS.isdisjoint(kinds):
-        stack.extend(compress(items, map(CONTAINERS.__contains__, map(type, items))))
+    if CONTAINERS.isdisjoint(kinds):
+        return
+    lists = items
+    if kinds != {list}:
+        types = list(map(type, items))
+        stack.extend(compress(items, map(is_, types, repeat(dict))))
+        lists = compress(items, map(is_, types, repeat(list)))
+    if not exact:
+        lists = list(filter(None, lists))
+        lists = compress(lists, map(CONTAINERS.__contains__, map(type, map(itemgetter(0), lists))))
+    joined = tuple(chain.from_iterable(lists))
+    if joined:
+        stack.append(joined)
 
 
 CONTAINERS = frozenset((dict, list))
