@@ -51,6 +51,17 @@ def _bool(name, default=False):
 # Loopback by default (behind the gateway); the container image sets HOST=0.0.0.0.
 bind = [f"{os.environ.get('HOST', '127.0.0.1')}:{_int('PORT', 8000)}"]
 
+# --- forwarded headers ------------------------------------------------------------------------------
+# The app trusts a gateway's X-Forwarded-* itself, and only when told to (TRUSTED_PROXY_HOPS: ProxyFix and the
+# prefix guard, service/proxy.py). gunicorn's own trust (forwarded_allow_ips, default 127.0.0.1) let any local
+# client set SCRIPT_NAME with a header of that name (forwarder_headers): `SCRIPT_NAME: /evil` made every request a
+# 500 ("does not start with SCRIPT_NAME"), `SCRIPT_NAME: /v1` made /v1/gradients a 404; and its secure_scheme_headers
+# set wsgi.url_scheme from X-Forwarded-Proto (a 400 beside a disagreeing X-Forwarded-Ssl). gunicorn trusts none of
+# them now; both lists are emptied too, as a unix socket's peer is trusted whatever the addresses say.
+forwarded_allow_ips = ""
+forwarder_headers = ""
+secure_scheme_headers = {}
+
 # --- workers ----------------------------------------------------------------------------------------
 # One sync worker per core: every request is CPU-bound torch work, so threads or async buy nothing and
 # torch's own intra-op threads are pinned by the app (TORCH_THREADS, default 1).  In a container

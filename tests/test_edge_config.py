@@ -139,6 +139,28 @@ def test_a_second_master_on_the_same_metrics_dir_is_refused_while_the_first_live
         third.stop()
 
 
+@pytest.mark.live
+def test_gunicorn_takes_no_forwarding_header_from_a_client():
+    """gunicorn took a `SCRIPT_NAME:` header from 127.0.0.1 (forwarded_allow_ips' default) as the WSGI SCRIPT_NAME:
+    `/evil` made any request a 500 with `instance: null`, `/v1` made /v1/gradients a 404; and a scheme header beside
+    a disagreeing one was its 400. They are ignored: the prefix comes from X-Forwarded-Prefix, through the app's
+    TRUSTED_PROXY_HOPS (as behind the gateway) alone."""
+    server = GunicornServer(workers=1, env={"TRUSTED_PROXY_HOPS": "1"}).start()
+    try:
+        url = server.url + "/v1/gradients"
+        for value in ("/evil", "/v1", "/v1/gradients"):
+            right = requests.post(url, json=TUTORIAL_NEURON, headers={"SCRIPT_NAME": value}, timeout=30)
+            assert right.status_code == 200 and round(right.json()["gradients"]["w"], 4) == 6.6918, right.text[:300]
+            wrong = requests.post(url, json={}, headers={"SCRIPT_NAME": value}, timeout=30)
+            assert wrong.status_code == 400 and wrong.json()["instance"] == "/v1/gradients", wrong.text[:300]
+        both = {"SCRIPT_NAME": "/evil", "X-Forwarded-Prefix": "/grad"}
+        assert requests.post(url, json={}, headers=both, timeout=30).json()["instance"] == "/grad/v1/gradients"
+        schemes = {"X-Forwarded-Proto": "https", "X-Forwarded-Ssl": "off"}
+        assert requests.post(url, json=TUTORIAL_NEURON, headers=schemes, timeout=30).status_code == 200
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize(("value", "on"), [("0", False), ("false", False), ("Off", False), ("1", True), ("yes", True)])
 def test_warm_up_reads_a_boolean_like_gunicorn_preload(value, on):
     """WARM_UP=false kept the warm-up on: anything but "0" was on."""
