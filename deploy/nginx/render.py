@@ -96,8 +96,7 @@ def _count(key: str, value) -> int:
         number = None
     if number is None or not least <= number <= most:
         raise ValueError(
-            f"GATEWAY_{key.upper()} / --{key.replace('_', '-')}: {value!r} is not a whole number from {least} "
-            f"to {most}"
+            f"GATEWAY_{key.upper()} / --{key.replace('_', '-')}: {value!r} is not a whole number from {least} to {most}"
         )
     return number
 
