@@ -51,6 +51,17 @@ def _bool(name, default=False):
 # Loopback by default (behind the gateway); the container image sets HOST=0.0.0.0.
 bind = [f"{os.environ.get('HOST', '127.0.0.1')}:{_int('PORT', 8000)}"]
 
+# --- forwarded headers ------------------------------------------------------------------------------
+# The app trusts a gateway's X-Forwarded-* itself, and only when told to (TRUSTED_PROXY_HOPS: ProxyFix and the
+# prefix guard, service/proxy.py). gunicorn's own trust (forwarded_allow_ips, default 127.0.0.1) let any local
+# client set SCRIPT_NAME with a header of that name (forwarder_headers): `SCRIPT_NAME: /evil` made every request a
+# 500 ("does not start with SCRIPT_NAME"), `SCRIPT_NAME: /v1` made /v1/gradients a 404; and its secure_scheme_headers
+# set wsgi.url_scheme from X-Forwarded-Proto (a 400 beside a disagreeing X-Forwarded-Ssl). gunicorn trusts none of
+# them now; both lists are emptied too, as a unix socket's peer is trusted whatever the addresses say.
+forwarded_allow_ips = ""
+forwarder_headers = ""
+secure_scheme_headers = {}
+
 # --- workers ----------------------------------------------------------------------------------------
 # One sync worker per core: every request is CPU-bound torch work, so threads or async buy nothing and
 # torch's own intra-op threads are pinned by the app (TORCH_THREADS, default 1).  In a container
@@ -237,9 +248,9 @@ def _empty_multiproc_dir() -> None:
 
 
 def _lock_multiproc_dir(path: str) -> None:
-    """An exclusive flock on MASTER_LOCK, never released: the kernel drops it when the master's descriptor (and
-    the copies its forked workers inherit, which never touch it) are closed, i.e. when they have exited, however
-    they ended.  The descriptor is a bare fd, not a file object a reloaded config could garbage-collect.  A master
+    """An exclusive flock on MASTER_LOCK, never released: the kernel drops it when the master's descriptor is
+    closed, i.e. when it has exited, however it ended (its workers close their copies: post_fork).  The
+    descriptor is a bare fd, not a file object a reloaded config could garbage-collect.  A master
     started by USR2 inherits its parent's descriptor (pre_exec below): the same open file, so its flock succeeds."""
     lock_path = os.path.join(path, MASTER_LOCK)
     fd = _inherited_lock(lock_path)
@@ -337,8 +348,20 @@ def post_worker_init(worker):
         memory.watch_worker(worker)
 
 
+def _close_lock_in_worker() -> None:
+    """Only the master holds MASTER_LOCK: a worker closes its inherited copy of the descriptor (the flock lives on
+    in the master's). Workers orphaned by a SIGKILLed master held the lock until they noticed, up to 30 s, and a
+    restart on the directory was refused, naming the dead master."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    fd = _inherited_lock(os.path.join(path, MASTER_LOCK)) if path else None
+    if fd is not None:
+        os.close(fd)
+
+
 def post_fork(server, worker):
-    """With preload_app, warm torch up in each worker, never in the master (gunicorn#2478)."""
+    """The lock's descriptor closed in the worker; with preload_app, torch warmed up in each worker, never in the
+    master (gunicorn#2478)."""
+    _close_lock_in_worker()
     warmup = sys.modules.get("service.warmup")  # only our app (the bench's baselines use this file too)
     if preload_app and warmup is not None:
         # gunicorn installs the worker's signal handlers after this hook; until then the master's copies would

@@ -37,9 +37,10 @@ TYPED_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 TYPED_TOKEN = re.compile(rf"\s*(?:([\[\],])|({TYPED_NUMBER}))", re.ASCII)  # ASCII digits and spaces only, as documented
 TYPED_INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 # A text answer is read by json.loads (~0.15 µs a character of integers: parse_int is Python) and, when JSON cannot
-# read it, by a Python tokenizer (~0.5 µs a character): at most TYPED_CHARS an answer and TYPED_READ_CHARS a request
-# (~0.1 s) either way. 140 typed lists of 100,000 characters ran to the deadline (a third audit); 8 MB of integers in
-# one JSON-readable text took 1.2 s, where the same numbers sent as a JSON list take 0.45 s (a fourth)
+# read it, by a Python tokenizer (~0.5 µs a character): TYPED_READ_CHARS a request whoever reads them (~30 ms of
+# json.loads; 8 MB of integers in one JSON-readable text took 1.2 s, a fourth audit), and TYPED_CHARS a text for the
+# tokenizer (140 typed lists of 100,000 characters ran to the deadline, a third). A JSON text is not held to
+# TYPED_CHARS: a 600-number gradient typed as JSON is 12,000 characters
 TYPED_CHARS = 10_000
 TYPED_READ_CHARS = 200_000
 TYPED_DEPTH = 1024  # lists nested as deep as a request body may nest them (orjson)
@@ -71,21 +72,18 @@ def grade_file(body: dict, limits: Limits) -> dict:
         unreadable = f"the answers must be a JSON object keyed by problem, got {_json_type(answers)}"
     requests = [_request(problem, body, problem_file) for problem in problem_file["problems"]]
     ledger = Ledger(_charge(problem_file["problems"], requests, limits))  # every problem's estimate, reserved
+    if unreadable is None:  # answers nested past a tensor: priced before any is read (a 413 before their walks)
+        ledger.charge(_deep_answers(problem_file["problems"], answers, limits), limits)
     ledger.share_spellings(len(requests))
-    problems = [
-        _grade_problem(
-            i,
-            problem,
-            request,
-            answers if unreadable is None else {},
-            unreadable,
-            problem_file,
-            limits,
-            ledger,
-            released,
+    problems = []
+    for i, (problem, request) in enumerate(zip(problem_file["problems"], requests, strict=True)):
+        # once a check names nothing the file is a 422 (_misnamed_checks): later problems' answers are not read
+        read = unreadable is None and not any(p["misnamed"] for p in problems)
+        problems.append(
+            _grade_problem(
+                i, problem, request, answers if read else {}, unreadable, problem_file, limits, ledger, released
+            )
         )
-        for i, (problem, request) in enumerate(zip(problem_file["problems"], requests, strict=True))
-    ]
     misnamed = _misnamed_checks(problems)
     if misnamed:
         raise misnamed
@@ -107,6 +105,35 @@ def grade_file(body: dict, limits: Limits) -> dict:
         "problems": problems,
         "warnings": [w for p in problems for w in p["warnings"]],
     }
+
+
+def _deep_answers(problems: list[dict], answers: dict, limits: Limits) -> cost.Estimate:
+    """cost.deep_answers_estimate of the answers the problems read, as /v1/check and /v1/batch price theirs: each
+    problem's loss, gradients and intermediates (as a check's submission holds them) and its checks' answers by
+    platform name, counted on the raw JSON before any is read. 50 problems of 41 answers nested 1000 deep held a
+    worker to the 10 s deadline."""
+    single = len(problems) == 1
+    read = []
+    for problem in problems:
+        read += [answers[a] for o in problem["checks"].values() if (a := o.get("answer")) and a in answers]
+        nested = _problem_answers(answers, problem["key"], single)
+        if isinstance(nested, dict):
+            read.append(nested.get("loss"))
+            for section in ("gradients", "intermediates"):
+                if isinstance(nested.get(section), dict):
+                    read += nested[section].values()
+    return cost.deep_answers_estimate({"submission": {"gradients": dict(enumerate(read))}}, limits)
+
+
+def _problem_answers(answers: dict, key: str, single: bool):
+    """What holds a problem's answers: the object under its key, else the answers themselves for one problem (or
+    what is under its key when that is not an object: a format error, _find_answer's)."""
+    nested = answers.get(key)
+    if nested is not None and not isinstance(nested, dict) and not (single and key in SECTIONS):
+        return nested
+    if not isinstance(nested, dict):
+        nested = answers if single and key not in answers else {}
+    return nested
 
 
 def _request(problem: dict, body: dict, problem_file: dict) -> dict:
@@ -188,6 +215,9 @@ def _grade_problem(
     around: set[str] = set()
     try:
         built = Problem(request, limits)
+        grader = Grader(
+            {**request, "submission": submission}, limits, problem=built, ledger=ledger, refuse_clamped=True
+        )  # its submission filled below: its references say first which checks name nothing (their answers unread)
         variables = list(built.points[0])
         taken = {n.partition(".")[2] for n in problem["checks"] if n.startswith("intermediates.")}
         spellings: dict[int, Spellings] = {}  # id(an intermediates object of the answers) -> its Spellings
@@ -198,6 +228,8 @@ def _grade_problem(
             return None if found is None else given[found]
 
         for name, options in problem["checks"].items():
+            if _names_nothing(grader, name):
+                continue  # the file's error (a 422): its answer is neither graded nor read
             if unreadable is not None:
                 format_errors[name] = f"your answers could not be read: {unreadable}"
                 around.add(name)
@@ -224,14 +256,7 @@ def _grade_problem(
                     submission["loss"] = value
                 else:
                     submission.setdefault(section, {})[field] = value
-        grader = Grader(
-            {**request, "submission": submission},
-            limits,
-            problem=built,
-            ledger=ledger,
-            places=places,
-            refuse_clamped=True,
-        )
+        grader.places = places
         result = grader.run()
         if grader.refused is not None:  # an author's intermediate key the budget left no room to read: the 413
             raise grader.refused
@@ -322,18 +347,25 @@ def _misnamed_checks(problems: list[dict]) -> InvalidProblem | None:
     return InvalidProblem(422, detail, {"problem": {"problems": errors}})
 
 
+def _names_nothing(grader: Grader, name: str) -> bool:
+    """Whether the check `name` names nothing the problem's references have (the grader's misnamed check); not when
+    its intermediate's key is over the budget to read (the grader says so)."""
+    try:
+        return grader.expected(name, 0) is None
+    except LimitExceeded:
+        return False
+
+
 def _find_answer(answers: dict, key: str, name: str, options: dict, single: bool, spelled):
     """(the answer or None when there is none, None), or (None, a format error) when what holds it is not an object:
     the answer by its platform name (flat), else under the problem's key (or at the top level for one problem); an
     intermediate's under its check's own key first, else under another spelling of it (`spelled(given, field)`)."""
     if options.get("answer") and options["answer"] in answers:
         return answers[options["answer"]], None
-    nested = answers.get(key)
-    if nested is not None and not isinstance(nested, dict) and not (single and key in SECTIONS):
+    nested = _problem_answers(answers, key, single)
+    if not isinstance(nested, dict):
         example = '{"loss": ..., "gradients": {...}}'
         return None, f"the answers to {key!r} must be an object such as {example}, got {_json_type(nested)}"
-    if not isinstance(nested, dict):
-        nested = answers if single and key not in answers else {}
     section, _, field = name.partition(".")
     if section == "loss":
         return nested.get("loss"), None
@@ -396,12 +428,7 @@ def _read_answer(name: str, value, limits: Limits, variables: list[str], ledger:
         return value, None
     if isinstance(value, str) and not value.strip():
         return None, "the answer is empty: enter a number or a list of numbers"
-    if isinstance(value, str):  # a number typed into a text box: within the typed texts' bounds, whoever reads it
-        if len(value) > TYPED_CHARS:
-            return None, (
-                f"{value[:100]!r}… ({len(value)} characters) is too long to read as typed numbers: type at most "
-                f"{TYPED_CHARS} characters, or send the numbers as JSON"
-            )
+    if isinstance(value, str):  # a number typed into a text box: within the request's total, whoever reads it
         if ledger.typed_chars + len(value) > TYPED_READ_CHARS:
             return None, (
                 f"{value[:100]!r}… is not read as typed numbers: these answers hold more than {TYPED_READ_CHARS} "
@@ -413,10 +440,17 @@ def _read_answer(name: str, value, limits: Limits, variables: list[str], ledger:
         except RecursionError:  # deeper than Python's parser goes (about 990 levels): not an answer, nor a 500
             return None, f"{value[:100]!r} is nested too deeply to read: enter a number or a list of numbers"
         except ValueError:
+            if len(value) > TYPED_CHARS:  # the tokenizer's own cap: JSON text is read whole (a 600-number gradient)
+                return None, (
+                    f"{value[:100]!r}… ({len(value)} characters) is too long to read as typed numbers: type at most "
+                    f"{TYPED_CHARS} characters, or send the numbers as JSON"
+                )
             typed = _typed_numbers(value)
             if typed is None:
                 return None, f"{value[:100]!r} is not a number or a list of numbers"
             value = typed
+        # lists nested past a tensor in a text (json.loads reads ~990 levels): priced before the field walks them
+        ledger.charge(cost.deep_answers_estimate({"submission": {"loss": value}}, limits), limits)
     try:
         return answer_field.deserialize(value), None
     except ValidationError as err:

@@ -412,16 +412,39 @@ def test_render_cli_uses_environment(tmp_path):
     ("env", "message"),
     [
         # rendered with exit 0 before, and nginx -t failed on the result (or a 0 body limit meant none)
-        ({"GATEWAY_BURST": "-1"}, "GATEWAY_BURST / --burst: '-1' is not a whole number of at least 1"),
-        ({"GATEWAY_BURST": "0"}, "GATEWAY_BURST / --burst: '0' is not a whole number of at least 1"),
+        ({"GATEWAY_BURST": "-1"}, "GATEWAY_BURST / --burst: '-1' is not a whole number from 1 to 1000000"),
+        ({"GATEWAY_BURST": "0"}, "GATEWAY_BURST / --burst: '0' is not a whole number from 1 to 1000000"),
         ({"GATEWAY_MAX_BODY_BYTES": "-5"}, "GATEWAY_MAX_BODY_BYTES / --max-body-bytes: '-5' is not a whole number"),
-        ({"GATEWAY_RATE": "0r/s"}, "invalid rate (e.g. 20r/s): '0r/s'"),
+        ({"GATEWAY_RATE": "0r/s"}, "GATEWAY_RATE / --rate: '0r/s' is not a rate of 1 to 1000000 requests"),
         # a bare int() ValueError that named no variable
         ({"GATEWAY_LARGE_BODIES": "x"}, "GATEWAY_LARGE_BODIES / --large-bodies: 'x' is not a whole number"),
         ({"GATEWAY_WORKER_CONNECTIONS": "10"}, "GATEWAY_WORKER_CONNECTIONS / --worker-connections: '10' is not"),
+        # no upper bound: rendered with exit 0, then nginx -t failed (or took a limit no gateway means)
+        (
+            {"GATEWAY_MAX_BODY_BYTES": "99999999999999999999"},
+            "GATEWAY_MAX_BODY_BYTES / --max-body-bytes: '99999999999999999999' is not a whole number from 1 to "
+            "9223372036854775807",
+        ),
+        (
+            {"GATEWAY_CONN_PER_CLIENT": "99999999999"},
+            "GATEWAY_CONN_PER_CLIENT / --conn-per-client: '99999999999' is not a whole number from 1 to 65535",
+        ),
+        ({"GATEWAY_LARGE_BODIES": "65536"}, "GATEWAY_LARGE_BODIES / --large-bodies: '65536' is not a whole number"),
+        ({"GATEWAY_WORKER_CONNECTIONS": "524289"}, "GATEWAY_WORKER_CONNECTIONS / --worker-connections: '524289'"),
+        ({"GATEWAY_BURST": "1000001"}, "GATEWAY_BURST / --burst: '1000001' is not a whole number from 1 to 1000000"),
+        ({"GATEWAY_RATE": "1000001r/m"}, "GATEWAY_RATE / --rate: '1000001r/m' is not a rate of 1 to 1000000"),
         # silently rendered the default upstream
         ({"GATEWAY_UPSTREAMS": ""}, "GATEWAY_UPSTREAMS='' names no host:port"),
         ({"GATEWAY_UPSTREAMS": " , "}, "GATEWAY_UPSTREAMS=' , ' names no host:port"),
+        # set but empty: silently the default (as GATEWAY_UPSTREAMS was), or an error naming no variable
+        ({"GATEWAY_RATE": ""}, "GATEWAY_RATE='' is empty: unset it for the default"),
+        ({"GATEWAY_REAL_IP_FROM": ""}, "GATEWAY_REAL_IP_FROM='' is empty: unset it for the default"),
+        ({"GATEWAY_REAL_IP_FROM": " , "}, "GATEWAY_REAL_IP_FROM=' , ' is empty: unset it for the default"),
+        ({"GATEWAY_BURST": " "}, "GATEWAY_BURST=' ' is empty: unset it for the default"),
+        ({"GATEWAY_PREFIX": ""}, "GATEWAY_PREFIX='' is empty: unset it for the default"),
+        ({"GATEWAY_READ_TIMEOUT": ""}, "GATEWAY_READ_TIMEOUT='' is empty: unset it for the default"),
+        ({"GATEWAY_HOST": ""}, "GATEWAY_HOST='' is empty: unset it for the default"),
+        ({"GATEWAY_PORT": ""}, "GATEWAY_PORT='' is empty: unset it for the default"),
     ],
 )
 def test_render_cli_refuses_bad_values_naming_the_variable(tmp_path, env, message):
@@ -445,7 +468,17 @@ def test_render_cli_refuses_a_negative_option(tmp_path):
         text=True,
         timeout=30,
     )
-    assert proc.returncode == 2 and "GATEWAY_BURST / --burst: -1 is not a whole number of at least 1" in proc.stderr
+    assert proc.returncode == 2 and "GATEWAY_BURST / --burst: -1 is not a whole number from 1 to" in proc.stderr
+
+
+def test_the_greatest_values_render_refuses_none_of_pass_nginx_t(nginx_prefix):
+    """Each setting's upper bound is one nginx -t accepts: 65535 for a limit_conn, 2**63 - 1 for a body."""
+    render = load_render()
+    most = {key: bound for key, (_, bound) in render.COUNTS.items()}
+    text = render.render(rate=f"{render.MOST_RATE}r/s", **most)
+    assert "limit_conn grad_conn_per_ip 65535;" in text and f"client_max_body_size {2**63 - 1};" in text
+    proc = nginx_t(render.write_prefix(nginx_prefix, text), nginx_prefix)
+    assert proc.returncode == 0, proc.stderr
 
 
 # --- gunicorn -----------------------------------------------------------------------------------------

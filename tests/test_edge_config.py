@@ -7,9 +7,11 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -137,6 +139,71 @@ def test_a_second_master_on_the_same_metrics_dir_is_refused_while_the_first_live
         assert set(before).isdisjoint(p.name for p in prom.glob("*.db"))  # emptied as it started, as usual
     finally:
         third.stop()
+
+
+def lock_holders(pids: list[int], lock) -> list[int]:
+    """The processes among `pids` with a descriptor open on the file `lock`."""
+    holders = []
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        if any(os.readlink(fd) == str(lock) for fd in fds if fd.is_symlink()):
+            holders.append(pid)
+    return holders
+
+
+@pytest.mark.live
+@pytest.mark.slow
+def test_a_master_killed_alone_frees_the_metrics_dir_at_once(tmp_path):
+    """Workers kept the master's lock descriptor: after a SIGKILL of the master alone, its orphans held the lock
+    until they noticed, up to 30 s, and a restart on the directory was refused naming the dead master. Only the
+    master holds it now, and a new master starts at once (the orphans are then killed by their pids)."""
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    first = GunicornServer(workers=2, env=env).start()
+    second = None
+    orphans: list[int] = []
+    try:
+        orphans = first.worker_pids()
+        lock = tmp_path / "prom" / "master.lock"
+        assert len(orphans) == 2 and lock_holders([first.proc.pid, *orphans], lock) == [first.proc.pid]
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(10)
+        second = GunicornServer(workers=1, env=env).start()
+        assert requests.get(second.url + "/readyz", timeout=10).status_code == 200
+        assert f"{second.proc.pid}" == lock.read_text().strip()
+    finally:
+        for pid in orphans:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+@pytest.mark.live
+def test_gunicorn_takes_no_forwarding_header_from_a_client():
+    """gunicorn took a `SCRIPT_NAME:` header from 127.0.0.1 (forwarded_allow_ips' default) as the WSGI SCRIPT_NAME:
+    `/evil` made any request a 500 with `instance: null`, `/v1` made /v1/gradients a 404; and a scheme header beside
+    a disagreeing one was its 400. They are ignored: the prefix comes from X-Forwarded-Prefix, through the app's
+    TRUSTED_PROXY_HOPS (as behind the gateway) alone."""
+    server = GunicornServer(workers=1, env={"TRUSTED_PROXY_HOPS": "1"}).start()
+    try:
+        url = server.url + "/v1/gradients"
+        for value in ("/evil", "/v1", "/v1/gradients"):
+            right = requests.post(url, json=TUTORIAL_NEURON, headers={"SCRIPT_NAME": value}, timeout=30)
+            assert right.status_code == 200 and round(right.json()["gradients"]["w"], 4) == 6.6918, right.text[:300]
+            wrong = requests.post(url, json={}, headers={"SCRIPT_NAME": value}, timeout=30)
+            assert wrong.status_code == 400 and wrong.json()["instance"] == "/v1/gradients", wrong.text[:300]
+        both = {"SCRIPT_NAME": "/evil", "X-Forwarded-Prefix": "/grad"}
+        assert requests.post(url, json={}, headers=both, timeout=30).json()["instance"] == "/grad/v1/gradients"
+        schemes = {"X-Forwarded-Proto": "https", "X-Forwarded-Ssl": "off"}
+        assert requests.post(url, json=TUTORIAL_NEURON, headers=schemes, timeout=30).status_code == 200
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize(("value", "on"), [("0", False), ("false", False), ("Off", False), ("1", True), ("yes", True)])

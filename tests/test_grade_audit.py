@@ -402,10 +402,12 @@ def test_typed_texts_are_re_read_within_a_bound(client):
     assert "too long to read as typed numbers" in json.dumps(client.post("/v1/grade", json=over).json)
 
 
-def test_json_readable_texts_are_read_within_the_same_bounds(client):
-    """A fourth audit: a text JSON reads skipped those bounds (json.loads first, the bounds only for the tokenizer
-    after it): 8 MB of integers in one text took 1.2 s, the same numbers as a JSON list 0.45 s. Every text answer
-    is counted now, whichever reader reads it."""
+def test_json_readable_texts_are_read_within_the_request_total(client):
+    """A fourth audit: a text JSON reads skipped the typed-text bounds (json.loads first, the bounds only for the
+    tokenizer after it): 8 MB of integers in one text took 1.2 s, the same numbers as a JSON list 0.45 s. Every text
+    answer counts against the request's total, whichever reader reads it; the 10,000 characters a text bound only
+    the tokenizer: a 600-number gradient typed as JSON text (12,317 characters) is read and graded (a fifth audit:
+    holding JSON texts to it made that right answer a format error)."""
     from service.problems import TYPED_CHARS, TYPED_READ_CHARS
 
     long = json.dumps([1] * (TYPED_CHARS // 3))  # "[1, 1, ...]": JSON, under 10,000 characters
@@ -418,11 +420,18 @@ def test_json_readable_texts_are_read_within_the_same_bounds(client):
     messages = [p["checks"][0]["message"] for p in result["problems"]]
     assert "as typed numbers" not in messages[0] and not result["problems"][0]["checks"][0]["format_error"]
     assert "is not read as typed numbers: these answers hold more than 200000 characters" in messages[-1]
-    over = {"problem": {**SQUARE}, "answers": {"dfdx": json.dumps([1] * (TYPED_CHARS // 2))}}
-    result = client.post("/v1/grade", json=over).json
+    x = [(-1) ** i * (i + 0.123456789) / 601 for i in range(600)]
+    text = json.dumps([2 * v for v in x])
+    assert TYPED_CHARS < len(text) < TYPED_READ_CHARS
+    problem = {"key": "g", "model": {"kind": "expression", "formula": "sum(x**2)"}, "inputs": {"x": x}}
+    right = {"problem": {**problem, "checks": {"gradients.x": {"points": 1}}}, "answers": {"gradients": {"x": text}}}
+    result = client.post("/v1/grade", json=right).json
+    assert (result["score"], result["max_score"], result["format_errors"]) == (1.0, 1.0, [])
+    typed = "[" + ",".join([".5"] * 600) + "," + " " * TYPED_CHARS + ".5]"  # no JSON: the tokenizer's cap applies
+    result = client.post("/v1/grade", json={**right, "answers": {"gradients": {"x": typed}}}).json
     assert "too long to read as typed numbers" in result["problems"][0]["checks"][0]["message"]
-    right = {"problem": {**SQUARE}, "answers": {"dfdx": "0.5"}}  # short texts JSON reads are read as before
-    assert client.post("/v1/grade", json=right).json["score"] == 1.0
+    short = {"problem": {**SQUARE}, "answers": {"dfdx": "0.5"}}  # short texts JSON reads are read as before
+    assert client.post("/v1/grade", json=short).json["score"] == 1.0
 
 
 @pytest.mark.live

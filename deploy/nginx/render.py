@@ -59,7 +59,8 @@ READ_TIMEOUT_MARGIN_SECONDS = 10
 MIN_READ_TIMEOUT_SECONDS = 30
 
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
-_RATE = re.compile(r"^[1-9]\d*r/[sm]$")  # nginx -t refuses 0r/s
+_RATE = re.compile(r"^([1-9]\d*)r/[sm]$")  # nginx -t refuses 0r/s
+MOST_RATE = 1_000_000  # requests a second (or minute) per client: past any gateway's use; nginx -t took 10^20
 _PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 _TIMEOUT = re.compile(r"^\d+(ms|s|m)?$")
 _LOG = re.compile(r"^(stderr|/dev/stdout|/dev/stderr|[A-Za-z0-9._/-]+)$")
@@ -71,23 +72,44 @@ def _check(value: str, pattern: re.Pattern, what: str) -> str:
     return value
 
 
-# The whole-number settings and their least value (nginx -t refuses burst=0; a client_max_body_size of 0 is no
-# limit at all), each refused naming its variable and option: nginx -t failed later, or int() said nothing more.
-COUNTS = {"burst": 1, "max_body_bytes": 1, "worker_connections": 64, "conn_per_client": 1, "large_bodies": 1}
+# The whole-number settings and their least and greatest values, each refused naming its variable and option:
+# nginx -t failed later (burst=0; a limit_conn over 65535; a client_max_body_size past its 64-bit off_t), or int()
+# said nothing more, or nginx took a value no gateway means (a client_max_body_size of 0 is no limit at all). The
+# file-descriptor limit is twice worker_connections: at most the Linux default fs.nr_open (1,048,576), which
+# nginx -t does not check (setrlimit fails as the workers start). A burst of a million queued requests a client is
+# past any use (nginx -t took 10^20).
+COUNTS = {
+    "burst": (1, 1_000_000),
+    "max_body_bytes": (1, 2**63 - 1),
+    "worker_connections": (64, 524_288),
+    "conn_per_client": (1, 65_535),
+    "large_bodies": (1, 65_535),
+}
 
 
 def _count(key: str, value) -> int:
     """The setting `key` (an int from an option, or a string from the environment) as a whole number."""
-    least = COUNTS[key]
+    least, most = COUNTS[key]
     try:
         number = int(str(value).strip())
     except ValueError:
         number = None
-    if number is None or number < least:
+    if number is None or not least <= number <= most:
         raise ValueError(
-            f"GATEWAY_{key.upper()} / --{key.replace('_', '-')}: {value!r} is not a whole number of at least {least}"
+            f"GATEWAY_{key.upper()} / --{key.replace('_', '-')}: {value!r} is not a whole number from {least} to {most}"
         )
     return number
+
+
+def _rate(value: str) -> str:
+    """A limit_req rate (`20r/s`, `600r/m`) of 1 to MOST_RATE requests."""
+    match = _RATE.match(value)
+    if not match or int(match.group(1)) > MOST_RATE:
+        raise ValueError(
+            f"GATEWAY_RATE / --rate: {value!r} is not a rate of 1 to {MOST_RATE} requests a second or minute "
+            "(e.g. 20r/s)"
+        )
+    return value
 
 
 def timeout_seconds(value: str) -> float:
@@ -150,7 +172,7 @@ def render(
     values = {
         "LISTEN": _check(listen, _HOSTPORT, "listen host:port"),
         "UPSTREAMS": servers,
-        "RATE": _check(rate, _RATE, "rate (e.g. 20r/s)"),
+        "RATE": _rate(rate),
         "BURST": str(burst),
         "MAX_BODY_BYTES": str(max_body_bytes),
         "PREFIX": _check(prefix, _PREFIX, "path prefix (e.g. /grad)"),
@@ -210,9 +232,29 @@ def k8s_app_settings(configmap: Path = K8S_APP_CONFIG) -> dict:
     return _app_settings(found, f"{configmap.name}: ")
 
 
+ENV_NAMES = (  # besides GATEWAY_UPSTREAMS, refused below with its own words
+    "HOST",
+    "PORT",
+    "RATE",
+    "BURST",
+    "MAX_BODY_BYTES",
+    "PREFIX",
+    "READ_TIMEOUT",
+    "WORKER_CONNECTIONS",
+    "CONN_PER_CLIENT",
+    "LARGE_BODIES",
+    "REAL_IP_FROM",
+)
+
+
 def _env_settings(listen: str = "127.0.0.1:8080") -> dict:
-    """The GATEWAY_* variables that are set; GATEWAY_HOST or GATEWAY_PORT alone keeps the other half of `listen`."""
+    """The GATEWAY_* variables that are set; GATEWAY_HOST or GATEWAY_PORT alone keeps the other half of `listen`.
+    Set but empty is a mistake (an unset variable in a script), never the default: refused, as each names none."""
     env = os.environ
+    for name in ENV_NAMES:
+        value = env.get(f"GATEWAY_{name}")
+        if value is not None and not value.replace(",", "").strip():
+            raise ValueError(f"GATEWAY_{name}={value!r} is empty: unset it for the default")
     settings = {}
     if "GATEWAY_HOST" in env or "GATEWAY_PORT" in env:
         host, port = listen.rsplit(":", 1)
@@ -233,9 +275,9 @@ def _env_settings(listen: str = "127.0.0.1:8080") -> dict:
         "conn_per_client",
         "large_bodies",
     ):
-        if env.get(f"GATEWAY_{key.upper()}"):
+        if f"GATEWAY_{key.upper()}" in env:
             settings[key] = env[f"GATEWAY_{key.upper()}"]
-    if env.get("GATEWAY_REAL_IP_FROM"):
+    if "GATEWAY_REAL_IP_FROM" in env:
         settings["real_ip_from"] = [c for c in env["GATEWAY_REAL_IP_FROM"].split(",") if c.strip()]
     return settings
 
