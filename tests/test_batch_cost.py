@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json  # not orjson to send the bodies: orjson writes at most 254 levels
+import math
 
 import pytest
 import requests
@@ -11,6 +12,7 @@ import requests
 import service.views.batch as batch_view
 from conftest import TUTORIAL_NEURON
 from service.engine import cost
+from service.engine.formula import canonical_text
 from service.engine.limits import Limits
 from service.engine.values import answer_levels
 
@@ -192,9 +194,52 @@ def test_live_junk_keys_without_checks_take_nothing_from_a_later_jobs_keys(live_
     assert response.status_code == 200, response.text[:300]
     results = response.json()["results"]
     assert results[-1]["score"] == 2, results[-1]["checks"]
-    share = max(cost.SPELLING_READ_BYTES // 46, cost.SPELLING_SHARE_BYTES)
-    cheapest = cost.intermediate_key_estimate("(x+0)").total
-    for result in results[:-1]:
-        read = [c for c in result["checks"] if "too many keys to read as formulas for one job" not in c["message"]]
-        assert 0 < len(read) <= share // cheapest  # each job read what its share buys, and no more
+    share, pool = max(cost.SPELLING_READ_BYTES // 46, cost.SPELLING_SHARE_BYTES), cost.SPELLING_POOL_BYTES
+    price = cost.intermediate_key_estimate("(x+0)").total
+    read = [
+        sum("too many keys to read as formulas for one job" not in c["message"] for c in result["checks"])
+        for result in results[:-1]
+    ]
+    assert all(read) and read[0] > share // price  # the first jobs drew on the pool past their share
+    last = cost.intermediate_key_estimate(f"(x+{44 * 128})").total  # the last junk job's keys, 8 characters
+    assert read[-1] == share // last  # the pool spent, the last junk job read what its own share buys
+    assert sum(read) * price <= 45 * share + pool
     assert_alive(live_server)
+
+
+# --- 4. a class's honest keys: read once, past the first job's share -------------------------------------------------
+
+SMALL = "sin(x**2)*exp(y)"
+LARGE = "sin(x**2) + exp(-y) * cos(x*y) + log(1 + x**2) * tanh(y)"
+
+
+def spelt_without_spaces(formula: str) -> dict[str, float]:
+    """Every intermediate of `formula` at x=1.5, y=0.5, keyed as a student types it ("x**2"; references: "x ** 2")."""
+    x, y = 1.5, 0.5
+    env = {"x": x, "y": y, "sin": math.sin, "cos": math.cos, "exp": math.exp, "log": math.log, "tanh": math.tanh}
+    keys = ["x**2", "sin(x**2)", "sin(x**2)*exp(y)"]
+    if formula == LARGE:
+        keys = ["x**2", "sin(x**2)", "-y", "exp(-y)", "x*y", "cos(x*y)", "exp(-y)*cos(x*y)"]
+        keys += ["sin(x**2)+exp(-y)*cos(x*y)", "1+x**2", "log(1+x**2)", "tanh(y)", "log(1+x**2)*tanh(y)"]
+    return {key: eval(key, env) for key in keys}  # noqa: S307 - the test's own fixed expressions
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("checks", [False, True], ids=["own keys", "checks"])
+@pytest.mark.parametrize(("formula", "jobs"), [(SMALL, 1000), (LARGE, 500)], ids=["3 keys", "12 keys"])
+def test_live_an_honest_class_scores_full_in_every_job(live_server, formula, jobs, checks):
+    """An audit: 1000 identical honest jobs answering sin(x**2)*exp(y)'s 3 intermediates as "x**2"...: job 0 scored 2
+    of 3 ("too many keys to read as formulas for one job"), the rest 3 of 3. The keys are parsed once for the request,
+    charged to the job that reads them first, and 3 short keys cost more than a 1000-job batch's 64 KiB share (with
+    12 keys, from ~80 jobs up; with `checks`, 9 of 12). Past its share a job draws on the request's pool: every job
+    scores full. (500 jobs of 12 checks: 1000 are over the batch's budget for checks.)"""
+    answers = spelt_without_spaces(formula)
+    job = {"model": {"kind": "expression", "formula": formula}, "inputs": {"x": 1.5, "y": 0.5}}
+    job["submission"] = {"intermediates": answers}
+    if checks:  # named as the references name them: each answer found under another spelling (check.Spellings)
+        job["checks"] = {f"intermediates.{canonical_text(key, LIMITS)}": {"points": 1} for key in answers}
+    response = post_live(live_server, "/v1/batch", {"jobs": [{"check": job}] * jobs})
+    assert response.status_code == 200, response.text[:300]
+    results = response.json()["results"]
+    below = [(i, r["score"]) for i, r in enumerate(results) if r["score"] < len(answers)]
+    assert len(results) == jobs and below == [], [c["message"] for c in results[below[0][0]]["checks"]]
