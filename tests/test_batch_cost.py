@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json  # not orjson to send the bodies: orjson writes at most 254 levels
 import math
+import random
+import sys
 
 import pytest
 import requests
@@ -14,7 +16,7 @@ from conftest import TUTORIAL_NEURON
 from service.engine import cost
 from service.engine.formula import canonical_text
 from service.engine.limits import Limits
-from service.engine.values import answer_levels
+from service.engine.values import levels_past
 
 LIMITS = Limits()
 PROBLEM = "application/problem+json"
@@ -55,15 +57,75 @@ def reserved_by(client, monkeypatch, jobs: list) -> tuple[list, int]:
 # --- 1. answers nested deeper than a tensor --------------------------------------------------------------------------
 
 
-def test_answer_levels_counts_every_level_ragged_or_not():
-    assert [answer_levels(v) for v in (6.0, [], [1.0], [[1.0, 2.0]], [1.0, [[2.0]]], nested(900, 1.0))] == [
-        0,
-        1,
-        1,
-        2,
-        3,
-        900,
-    ]
+def answer_levels(value) -> int:
+    """How many levels of lists `value` has, ragged or not: the per-answer walk levels_past replaced (a reference)."""
+    levels, lists = 0, [value] if type(value) is list else []
+    while lists:
+        levels += 1
+        lists = [item for items in lists for item in items if type(item) is list]
+    return levels
+
+
+def test_levels_past_counts_every_level_ragged_or_not():
+    values = (6.0, [], [1.0], [[1.0, 2.0]], [1.0, [[2.0]]], nested(900, 1.0))
+    assert [levels_past([v], 0) for v in values] == [0, 1, 1, 2, 3, 900]
+    assert [levels_past([v], 2) for v in values] == [0, 0, 0, 0, 1, 898]
+
+
+def random_answer(rng: random.Random, depth: int):
+    """A number, or a list of 0-3 items (numbers and lists, ragged), at most `depth` levels."""
+    if depth == 0 or rng.random() < 0.25:
+        return rng.choice([1.0, 2, "NaN"])
+    return [random_answer(rng, depth - 1) for _ in range(rng.randrange(4))]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_levels_past_is_each_answers_levels_past_the_free_ones(seed):
+    """The answers walked together count what walking each on its own counts: depth hidden in a non-first item (a
+    ragged answer: every later walk reads it) too, whatever the order of the answers."""
+    rng = random.Random(seed)
+    answers = [random_answer(rng, rng.randrange(14)) for _ in range(rng.randrange(1, 12))]
+    answers.append([1.0, [2.0, nested(11, 3.0)]])  # 13 deep, by its second item's second item
+    for free in (0, 3, 9):
+        assert levels_past(answers, free) == sum(max(0, answer_levels(a) - free) for a in answers)
+
+
+def python_steps(call) -> int:
+    """Lines, calls and returns of Python code run by `call()` (sys.settrace)."""
+    steps = 0
+
+    def trace(frame, event, arg):
+        nonlocal steps
+        steps += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return steps
+
+
+def test_counting_answers_levels_takes_python_steps_by_the_level_not_by_the_answer():
+    """An audit: 1000 jobs of 256 answers 8 deep (free: a tensor's depth) took ~2 s in deep_answers_estimate alone,
+    charged 0: each answer's every level was walked on its own, a few Python steps each. The answers of a job are
+    walked together now: 256 answers take the Python steps of one, and those past the free levels their own."""
+    free = LIMITS.max_tensor_dims + 1
+
+    def job(answers: int, depth: int) -> dict:
+        return {"submission": {"loss": 1.0, "gradients": {f"g{i}": nested(depth, 1.0) for i in range(answers)}}}
+
+    one, many = job(1, free - 1), job(256, free - 1)
+    assert cost.deep_answers_estimate(many, LIMITS).total == 0
+    assert python_steps(lambda: cost.deep_answers_estimate(many, LIMITS)) <= python_steps(
+        lambda: cost.deep_answers_estimate(one, LIMITS)
+    )
+    deep = job(256, free + 3)  # each 3 levels past the free ones: counted, and charged
+    assert cost.deep_answers_estimate(deep, LIMITS).total == 256 * 3 * cost.ANSWER_LEVEL_BYTES
+    assert python_steps(lambda: cost.deep_answers_estimate(deep, LIMITS)) < 2 * python_steps(
+        lambda: cost.deep_answers_estimate(job(1, free + 3), LIMITS)
+    )
 
 
 def test_deep_answers_are_charged_a_price_a_level_past_a_tensors(client, monkeypatch):
