@@ -117,14 +117,14 @@ def test_counting_answers_levels_takes_python_steps_by_the_level_not_by_the_answ
         return {"submission": {"loss": 1.0, "gradients": {f"g{i}": nested(depth, 1.0) for i in range(answers)}}}
 
     one, many = job(1, free - 1), job(256, free - 1)
-    assert cost.deep_answers_estimate(many, LIMITS).total == 0
-    assert python_steps(lambda: cost.deep_answers_estimate(many, LIMITS)) <= python_steps(
-        lambda: cost.deep_answers_estimate(one, LIMITS)
+    assert cost.answers_estimate(many, LIMITS).total == 0
+    assert python_steps(lambda: cost.answers_estimate(many, LIMITS)) <= python_steps(
+        lambda: cost.answers_estimate(one, LIMITS)
     )
     deep = job(256, free + 3)  # each 3 levels past the free ones: counted, and charged
-    assert cost.deep_answers_estimate(deep, LIMITS).total == 256 * 3 * cost.ANSWER_LEVEL_BYTES
-    assert python_steps(lambda: cost.deep_answers_estimate(deep, LIMITS)) < 2 * python_steps(
-        lambda: cost.deep_answers_estimate(job(1, free + 3), LIMITS)
+    assert cost.answers_estimate(deep, LIMITS).total == 256 * 3 * cost.ANSWER_LEVEL_BYTES
+    assert python_steps(lambda: cost.answers_estimate(deep, LIMITS)) < 2 * python_steps(
+        lambda: cost.answers_estimate(job(1, free + 3), LIMITS)
     )
 
 
@@ -305,3 +305,68 @@ def test_live_an_honest_class_scores_full_in_every_job(live_server, formula, job
     results = response.json()["results"]
     below = [(i, r["score"]) for i, r in enumerate(results) if r["score"] < len(answers)]
     assert len(results) == jobs and below == [], [c["message"] for c in results[below[0][0]]["checks"]]
+
+
+# --- 5. answers no check names ---------------------------------------------------------------------------------------
+
+
+def wide_job(j: int, depth: int, answers: int = 256, formulas: int = 0) -> dict:
+    """An audit's job: `checks` name only the loss; `answers` gradients and intermediates nested `depth` deep (as deep
+    as a tensor answer may be: free of `deep answers`), and `formulas` gradient formulas, none of them graded."""
+    value = nested(depth, 1.0)
+    submission = {"loss": 0.7 + j * 1e-9, "gradients": {f"g{i}": value for i in range(answers // 2)}}
+    submission["intermediates"] = {f"k{i}": value for i in range(answers - answers // 2)}
+    if formulas:
+        submission["gradient_formulas"] = {f"f{i}": "x" for i in range(formulas)}
+    check = {"model": {"kind": "expression", "formula": "sin(x**2)"}, "inputs": {"x": 1.5}, "submission": submission}
+    return {"check": {**check, "checks": {"loss": {"points": 1}}}}
+
+
+def test_ungraded_answers_are_priced_by_their_count_and_levels():
+    """Loaded and warned about, never graded: UNGRADED_ANSWER_BYTES each and UNGRADED_LEVEL_BYTES a level, counted on
+    the raw JSON. Without `checks` every answer is a check of its own (priced as checks), so none is ungraded."""
+    job = wide_job(0, 3, answers=10, formulas=4)["check"]
+    assert cost.answers_estimate(job, LIMITS).parts == {
+        "deep answers": 0,
+        "ungraded answers": 14 * cost.UNGRADED_ANSWER_BYTES + 10 * 3 * cost.UNGRADED_LEVEL_BYTES,
+    }
+    named = {**job, "checks": {"loss": {}, **{f"gradients.g{i}": {} for i in range(5)}}}
+    assert cost.answers_estimate(named, LIMITS).parts["ungraded answers"] == 9 * cost.UNGRADED_ANSWER_BYTES + 5 * 3 * (
+        cost.UNGRADED_LEVEL_BYTES
+    )
+    unchecked = {key: value for key, value in job.items() if key != "checks"}
+    assert cost.ungraded_answers(unchecked) == [] and cost.ungraded_answers({"checks": {}, "submission": 1}) == []
+
+
+def test_ungraded_answers_are_named_up_to_a_bound_then_counted(client):
+    """256 ungraded answers wrote 256 warnings, ~15 KB a job: the first check.UNGRADED_NAMED by name now, the rest in
+    one warning with their count. Fewer warn as they did, word for word."""
+    response = client.post("/v1/check", data=json.dumps(wide_job(0, 1)["check"]), content_type="application/json")
+    assert response.status_code == 200, response.json
+    warnings = [w for w in response.json["warnings"] if "not graded" in w]
+    assert warnings == [f"gradients.g{i}: answer not graded (not among the request's checks)" for i in range(8)] + [
+        "248 more answers: answer not graded (not among the request's checks)"
+    ]
+    few = client.post("/v1/check", data=json.dumps(wide_job(0, 1, answers=8)["check"]), content_type="application/json")
+    assert [w for w in few.json["warnings"] if "not graded" in w] == [
+        *(f"gradients.g{i}: answer not graded (not among the request's checks)" for i in range(4)),
+        *(f"intermediates.k{i}: answer not graded (not among the request's checks)" for i in range(4)),
+    ]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("formulas", [0, 128], ids=["answers", "and formulas"])
+def test_live_a_batch_of_ungraded_answers_is_a_413_within_their_price(live_server, formulas):
+    """The audit's batch_wide files, scaled to a body the parse budget admits: 300 jobs (1000 in the audit) of 256
+    ungraded answers 8 deep (free of `deep answers`), checks naming only the loss, were a 200 in 2.5-3.9 s with 5.6 MB
+    of warnings (18.7 MB; 128 gradient formulas more: 28.5 MB). Priced ~10 ms a job, the batch is a 413 naming them,
+    charged as each job loads; 20 such jobs fit, each with 9 warnings about them."""
+    response = post_live(live_server, "/v1/batch", {"jobs": [wide_job(j, 8, formulas=formulas) for j in range(300)]})
+    assert response.status_code == 413 and response.headers["Content-Type"] == PROBLEM, response.text[:300]
+    assert "of the batch's 300 jobs" in response.json()["detail"], response.json()
+    response = post_live(live_server, "/v1/batch", {"jobs": [wide_job(j, 8, formulas=formulas) for j in range(20)]})
+    assert response.status_code == 200, response.text[:300]
+    for result in response.json()["results"]:
+        assert result["score"] == 0 and sum("not graded" in w for w in result["warnings"]) == 9
+    assert len(response.content) < 20 * 12_000  # 256 answers' warnings were ~15 KB a job
+    assert_alive(live_server)

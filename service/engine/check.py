@@ -39,6 +39,10 @@ KNOWN_NAMES = 20
 KNOWN_CHARS = 1000
 # A message shows at most this many of a point's inputs, then how many there are.
 POINT_INPUTS = 8
+# An answer no check names gets a warning; the first UNGRADED_NAMED by name, the rest in one with their count: 256 such
+# answers a job wrote ~15 KB of warnings each, 18.7 MB for a batch of 1000 jobs (an audit).
+UNGRADED = "answer not graded (not among the request's checks)"
+UNGRADED_NAMED = 8
 # encode_tree's path of a check's `actual`: the student's values, never warned about
 STUDENT_VALUE = re.compile(r"checks\[\d+\]\.actual\b")
 # the chain-rule factors the tutorial multiplies for each neuron parameter
@@ -486,11 +490,12 @@ class Grader:
         plan, ignored = plan_checks(self.request)
         checks = [self.check(name, options) for name, options in plan]
         used = self.spellings.used if self.spellings else set()
-        self.warnings += [
-            f"{name}: answer not graded (not among the request's checks)"
-            for name in ignored
-            if not (name.startswith("intermediates.") and name.partition(".")[2] in used)
+        ungraded = [
+            name for name in ignored if not (name.startswith("intermediates.") and name.partition(".")[2] in used)
         ]
+        self.warnings += [f"{name}: {UNGRADED}" for name in ungraded[:UNGRADED_NAMED]]
+        if len(ungraded) > UNGRADED_NAMED:
+            self.warnings.append(f"{len(ungraded) - UNGRADED_NAMED} more answers: {UNGRADED}")
         return checks
 
     def finish(self, checks: list[dict]) -> dict:
