@@ -136,12 +136,11 @@ def levels_past(values: list, free: int, most: int | None = None) -> int:
     walked on its own, cost ~2 ms a job). Only when some list is left past `free` levels, the walk is done again
     with each list's owner, to count the values still that deep at each level. `most`: stop once past it."""
     lists = [values]
-    for _ in range(free + 1):  # down to the lists past `free` levels
-        items = list(chain.from_iterable(lists))
-        types = set(map(type, items))
+    for _ in range(free + 1):  # down to the lists past `free` levels; the numbers are never copied
+        types = set(map(type, chain.from_iterable(lists)))
         if list not in types:
             return 0
-        lists = items if types == {list} else list(compress(items, map(is_, map(type, items), repeat(list))))
+        lists = sublists(lists, types)
     is_list = list(map(is_, map(type, values), repeat(list)))
     owners, lists = list(compress(count(), is_list)), list(compress(values, is_list))
     depth = levels = 0
@@ -149,10 +148,10 @@ def levels_past(values: list, free: int, most: int | None = None) -> int:
         depth += 1
         if depth > free:
             levels += len(set(owners))  # the values with lists at this depth
-        items = list(chain.from_iterable(lists))
-        keep = list(map(is_, map(type, items), repeat(list)))
-        owners = list(compress(chain.from_iterable(map(repeat, owners, map(len, lists))), keep))
-        lists = list(compress(items, keep))
+        # the level's items walked twice, lazily (C loops), for their owners and their lists: never copied
+        owned = chain.from_iterable(map(repeat, owners, map(len, lists)))
+        owners = list(compress(owned, map(is_, map(type, chain.from_iterable(lists)), repeat(list))))
+        lists = sublists(lists, set(map(type, chain.from_iterable(lists))))
     return levels
 
 
