@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json  # not orjson to send the bodies: orjson writes at most 254 levels
+import math
+import random
+import sys
 
 import pytest
 import requests
@@ -11,8 +14,9 @@ import requests
 import service.views.batch as batch_view
 from conftest import TUTORIAL_NEURON
 from service.engine import cost
+from service.engine.formula import canonical_text
 from service.engine.limits import Limits
-from service.engine.values import answer_levels
+from service.engine.values import levels_past
 
 LIMITS = Limits()
 PROBLEM = "application/problem+json"
@@ -53,15 +57,75 @@ def reserved_by(client, monkeypatch, jobs: list) -> tuple[list, int]:
 # --- 1. answers nested deeper than a tensor --------------------------------------------------------------------------
 
 
-def test_answer_levels_counts_every_level_ragged_or_not():
-    assert [answer_levels(v) for v in (6.0, [], [1.0], [[1.0, 2.0]], [1.0, [[2.0]]], nested(900, 1.0))] == [
-        0,
-        1,
-        1,
-        2,
-        3,
-        900,
-    ]
+def answer_levels(value) -> int:
+    """How many levels of lists `value` has, ragged or not: the per-answer walk levels_past replaced (a reference)."""
+    levels, lists = 0, [value] if type(value) is list else []
+    while lists:
+        levels += 1
+        lists = [item for items in lists for item in items if type(item) is list]
+    return levels
+
+
+def test_levels_past_counts_every_level_ragged_or_not():
+    values = (6.0, [], [1.0], [[1.0, 2.0]], [1.0, [[2.0]]], nested(900, 1.0))
+    assert [levels_past([v], 0) for v in values] == [0, 1, 1, 2, 3, 900]
+    assert [levels_past([v], 2) for v in values] == [0, 0, 0, 0, 1, 898]
+
+
+def random_answer(rng: random.Random, depth: int):
+    """A number, or a list of 0-3 items (numbers and lists, ragged), at most `depth` levels."""
+    if depth == 0 or rng.random() < 0.25:
+        return rng.choice([1.0, 2, "NaN"])
+    return [random_answer(rng, depth - 1) for _ in range(rng.randrange(4))]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_levels_past_is_each_answers_levels_past_the_free_ones(seed):
+    """The answers walked together count what walking each on its own counts: depth hidden in a non-first item (a
+    ragged answer: every later walk reads it) too, whatever the order of the answers."""
+    rng = random.Random(seed)
+    answers = [random_answer(rng, rng.randrange(14)) for _ in range(rng.randrange(1, 12))]
+    answers.append([1.0, [2.0, nested(11, 3.0)]])  # 13 deep, by its second item's second item
+    for free in (0, 3, 9):
+        assert levels_past(answers, free) == sum(max(0, answer_levels(a) - free) for a in answers)
+
+
+def python_steps(call) -> int:
+    """Lines, calls and returns of Python code run by `call()` (sys.settrace)."""
+    steps = 0
+
+    def trace(frame, event, arg):
+        nonlocal steps
+        steps += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return steps
+
+
+def test_counting_answers_levels_takes_python_steps_by_the_level_not_by_the_answer():
+    """An audit: 1000 jobs of 256 answers 8 deep (free: a tensor's depth) took ~2 s in deep_answers_estimate alone,
+    charged 0: each answer's every level was walked on its own, a few Python steps each. The answers of a job are
+    walked together now: 256 answers take the Python steps of one, and those past the free levels their own."""
+    free = LIMITS.max_tensor_dims + 1
+
+    def job(answers: int, depth: int) -> dict:
+        return {"submission": {"loss": 1.0, "gradients": {f"g{i}": nested(depth, 1.0) for i in range(answers)}}}
+
+    one, many = job(1, free - 1), job(256, free - 1)
+    assert cost.answers_estimate(many, LIMITS).total == 0
+    assert python_steps(lambda: cost.answers_estimate(many, LIMITS)) <= python_steps(
+        lambda: cost.answers_estimate(one, LIMITS)
+    )
+    deep = job(256, free + 3)  # each 3 levels past the free ones: counted, and charged
+    assert cost.answers_estimate(deep, LIMITS).total == 256 * 3 * cost.ANSWER_LEVEL_BYTES
+    assert python_steps(lambda: cost.answers_estimate(deep, LIMITS)) < 2 * python_steps(
+        lambda: cost.answers_estimate(job(1, free + 3), LIMITS)
+    )
 
 
 def test_deep_answers_are_charged_a_price_a_level_past_a_tensors(client, monkeypatch):
@@ -103,11 +167,12 @@ def test_live_deep_answers_are_a_413_within_their_price(live_server):
     """1000 check jobs answering with lists nested 900 deep (1.9 MB, valid, under every body cap) were a 200 after
     6-8 s (~5-8 ms a job for 128 µs charged) with a 722 KB body. Priced by their levels, they are a 413 naming the
     first jobs that take the batch over; the worker stays up; a few such jobs and an honest one are graded."""
-    response = post_live(live_server, "/v1/batch", {"jobs": [deep_answer()] * 1000})
+    # 600 jobs: 1000 are refused before the parse now (their 906,000 lists beyond one a value, jsonio.parse_bytes)
+    response = post_live(live_server, "/v1/batch", {"jobs": [deep_answer()] * 600})
     assert response.status_code == 413 and response.headers["Content-Type"] == PROBLEM
     assert len(response.content) < 1000
     problem = response.json()
-    assert problem["limit"]["name"] == "max_request_bytes" and "of the batch's 1000 jobs" in problem["detail"]
+    assert problem["limit"]["name"] == "max_request_bytes" and "of the batch's 600 jobs" in problem["detail"]
     assert_alive(live_server)
     response = post_live(live_server, "/v1/batch", {"jobs": [deep_answer()] * 10 + [HONEST]})
     assert response.status_code == 200, response.text[:300]
@@ -192,9 +257,117 @@ def test_live_junk_keys_without_checks_take_nothing_from_a_later_jobs_keys(live_
     assert response.status_code == 200, response.text[:300]
     results = response.json()["results"]
     assert results[-1]["score"] == 2, results[-1]["checks"]
-    share = max(cost.SPELLING_READ_BYTES // 46, cost.SPELLING_SHARE_BYTES)
-    cheapest = cost.intermediate_key_estimate("(x+0)").total
-    for result in results[:-1]:
-        read = [c for c in result["checks"] if "too many keys to read as formulas for one job" not in c["message"]]
-        assert 0 < len(read) <= share // cheapest  # each job read what its share buys, and no more
+    share, pool = max(cost.SPELLING_READ_BYTES // 46, cost.SPELLING_SHARE_BYTES), cost.SPELLING_POOL_BYTES
+    price = cost.intermediate_key_estimate("(x+0)").total
+    read = [
+        sum("too many keys to read as formulas for one job" not in c["message"] for c in result["checks"])
+        for result in results[:-1]
+    ]
+    assert all(read) and read[0] > share // price  # the first jobs drew on the pool past their share
+    last = cost.intermediate_key_estimate(f"(x+{44 * 128})").total  # the last junk job's keys, 8 characters
+    assert read[-1] == share // last  # the pool spent, the last junk job read what its own share buys
+    assert sum(read) * price <= 45 * share + pool
+    assert_alive(live_server)
+
+
+# --- 4. a class's honest keys: read once, past the first job's share -------------------------------------------------
+
+SMALL = "sin(x**2)*exp(y)"
+LARGE = "sin(x**2) + exp(-y) * cos(x*y) + log(1 + x**2) * tanh(y)"
+
+
+def spelt_without_spaces(formula: str) -> dict[str, float]:
+    """Every intermediate of `formula` at x=1.5, y=0.5, keyed as a student types it ("x**2"; references: "x ** 2")."""
+    x, y = 1.5, 0.5
+    env = {"x": x, "y": y, "sin": math.sin, "cos": math.cos, "exp": math.exp, "log": math.log, "tanh": math.tanh}
+    keys = ["x**2", "sin(x**2)", "sin(x**2)*exp(y)"]
+    if formula == LARGE:
+        keys = ["x**2", "sin(x**2)", "-y", "exp(-y)", "x*y", "cos(x*y)", "exp(-y)*cos(x*y)"]
+        keys += ["sin(x**2)+exp(-y)*cos(x*y)", "1+x**2", "log(1+x**2)", "tanh(y)", "log(1+x**2)*tanh(y)"]
+    return {key: eval(key, env) for key in keys}  # noqa: S307 - the test's own fixed expressions
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("checks", [False, True], ids=["own keys", "checks"])
+@pytest.mark.parametrize(("formula", "jobs"), [(SMALL, 1000), (LARGE, 500)], ids=["3 keys", "12 keys"])
+def test_live_an_honest_class_scores_full_in_every_job(live_server, formula, jobs, checks):
+    """An audit: 1000 identical honest jobs answering sin(x**2)*exp(y)'s 3 intermediates as "x**2"...: job 0 scored 2
+    of 3 ("too many keys to read as formulas for one job"), the rest 3 of 3. The keys are parsed once for the request,
+    charged to the job that reads them first, and 3 short keys cost more than a 1000-job batch's 64 KiB share (with
+    12 keys, from ~80 jobs up; with `checks`, 9 of 12). Past its share a job draws on the request's pool: every job
+    scores full. (500 jobs of 12 checks: 1000 are over the batch's budget for checks.)"""
+    answers = spelt_without_spaces(formula)
+    job = {"model": {"kind": "expression", "formula": formula}, "inputs": {"x": 1.5, "y": 0.5}}
+    job["submission"] = {"intermediates": answers}
+    if checks:  # named as the references name them: each answer found under another spelling (check.Spellings)
+        job["checks"] = {f"intermediates.{canonical_text(key, LIMITS)}": {"points": 1} for key in answers}
+    response = post_live(live_server, "/v1/batch", {"jobs": [{"check": job}] * jobs})
+    assert response.status_code == 200, response.text[:300]
+    results = response.json()["results"]
+    below = [(i, r["score"]) for i, r in enumerate(results) if r["score"] < len(answers)]
+    assert len(results) == jobs and below == [], [c["message"] for c in results[below[0][0]]["checks"]]
+
+
+# --- 5. answers no check names ---------------------------------------------------------------------------------------
+
+
+def wide_job(j: int, depth: int, answers: int = 256, formulas: int = 0) -> dict:
+    """An audit's job: `checks` name only the loss; `answers` gradients and intermediates nested `depth` deep (as deep
+    as a tensor answer may be: free of `deep answers`), and `formulas` gradient formulas, none of them graded."""
+    value = nested(depth, 1.0)
+    submission = {"loss": 0.7 + j * 1e-9, "gradients": {f"g{i}": value for i in range(answers // 2)}}
+    submission["intermediates"] = {f"k{i}": value for i in range(answers - answers // 2)}
+    if formulas:
+        submission["gradient_formulas"] = {f"f{i}": "x" for i in range(formulas)}
+    check = {"model": {"kind": "expression", "formula": "sin(x**2)"}, "inputs": {"x": 1.5}, "submission": submission}
+    return {"check": {**check, "checks": {"loss": {"points": 1}}}}
+
+
+def test_ungraded_answers_are_priced_by_their_count_and_levels():
+    """Loaded and warned about, never graded: UNGRADED_ANSWER_BYTES each and UNGRADED_LEVEL_BYTES a level, counted on
+    the raw JSON. Without `checks` every answer is a check of its own (priced as checks), so none is ungraded."""
+    job = wide_job(0, 3, answers=10, formulas=4)["check"]
+    assert cost.answers_estimate(job, LIMITS).parts == {
+        "deep answers": 0,
+        "ungraded answers": 14 * cost.UNGRADED_ANSWER_BYTES + 10 * 3 * cost.UNGRADED_LEVEL_BYTES,
+    }
+    named = {**job, "checks": {"loss": {}, **{f"gradients.g{i}": {} for i in range(5)}}}
+    assert cost.answers_estimate(named, LIMITS).parts["ungraded answers"] == 9 * cost.UNGRADED_ANSWER_BYTES + 5 * 3 * (
+        cost.UNGRADED_LEVEL_BYTES
+    )
+    unchecked = {key: value for key, value in job.items() if key != "checks"}
+    assert cost.ungraded_answers(unchecked) == [] and cost.ungraded_answers({"checks": {}, "submission": 1}) == []
+
+
+def test_ungraded_answers_are_named_up_to_a_bound_then_counted(client):
+    """256 ungraded answers wrote 256 warnings, ~15 KB a job: the first check.UNGRADED_NAMED by name now, the rest in
+    one warning with their count. Fewer warn as they did, word for word."""
+    response = client.post("/v1/check", data=json.dumps(wide_job(0, 1)["check"]), content_type="application/json")
+    assert response.status_code == 200, response.json
+    warnings = [w for w in response.json["warnings"] if "not graded" in w]
+    assert warnings == [f"gradients.g{i}: answer not graded (not among the request's checks)" for i in range(8)] + [
+        "248 more answers: answer not graded (not among the request's checks)"
+    ]
+    few = client.post("/v1/check", data=json.dumps(wide_job(0, 1, answers=8)["check"]), content_type="application/json")
+    assert [w for w in few.json["warnings"] if "not graded" in w] == [
+        *(f"gradients.g{i}: answer not graded (not among the request's checks)" for i in range(4)),
+        *(f"intermediates.k{i}: answer not graded (not among the request's checks)" for i in range(4)),
+    ]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("formulas", [0, 128], ids=["answers", "and formulas"])
+def test_live_a_batch_of_ungraded_answers_is_a_413_within_their_price(live_server, formulas):
+    """The audit's batch_wide files, scaled to a body the parse budget admits: 300 jobs (1000 in the audit) of 256
+    ungraded answers 8 deep (free of `deep answers`), checks naming only the loss, were a 200 in 2.5-3.9 s with 5.6 MB
+    of warnings (18.7 MB; 128 gradient formulas more: 28.5 MB). Priced ~10 ms a job, the batch is a 413 naming them,
+    charged as each job loads; 20 such jobs fit, each with 9 warnings about them."""
+    response = post_live(live_server, "/v1/batch", {"jobs": [wide_job(j, 8, formulas=formulas) for j in range(300)]})
+    assert response.status_code == 413 and response.headers["Content-Type"] == PROBLEM, response.text[:300]
+    assert "of the batch's 300 jobs" in response.json()["detail"], response.json()
+    response = post_live(live_server, "/v1/batch", {"jobs": [wide_job(j, 8, formulas=formulas) for j in range(20)]})
+    assert response.status_code == 200, response.text[:300]
+    for result in response.json()["results"]:
+        assert result["score"] == 0 and sum("not graded" in w for w in result["warnings"]) == 9
+    assert len(response.content) < 20 * 12_000  # 256 answers' warnings were ~15 KB a job
     assert_alive(live_server)

@@ -56,7 +56,7 @@ def test_deep_answers_are_priced_before_any_is_read(client, monkeypatch, flat):
     response = post(client, grade_body(4, 900, flat))
     assert response.status_code == 413 and response.mimetype == PROBLEM, response.data[:300]
     breakdown = response.json["limit"]["breakdown"]
-    assert breakdown["deep answers"] > 0 and breakdown["deep answers"] % LEVEL_PRICE == 0
+    assert breakdown["deep answers"] >= LEVEL_PRICE  # counted until over the budget (levels_past stops there)
     assert read == []
 
 

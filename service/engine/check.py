@@ -39,6 +39,10 @@ KNOWN_NAMES = 20
 KNOWN_CHARS = 1000
 # A message shows at most this many of a point's inputs, then how many there are.
 POINT_INPUTS = 8
+# An answer no check names gets a warning; the first UNGRADED_NAMED by name, the rest in one with their count: 256 such
+# answers a job wrote ~15 KB of warnings each, 18.7 MB for a batch of 1000 jobs (an audit).
+UNGRADED = "answer not graded (not among the request's checks)"
+UNGRADED_NAMED = 8
 # encode_tree's path of a check's `actual`: the student's values, never warned about
 STUDENT_VALUE = re.compile(r"checks\[\d+\]\.actual\b")
 # the chain-rule factors the tutorial multiplies for each neuron parameter
@@ -282,19 +286,29 @@ class Problem:
 
 
 class KeyAllowance:
-    """One job's (or problem's) share of the request's allowance for reading a student's intermediate keys as
-    formulas (Ledger.spelling_share), apart from the request budget: what one job's keys spend, another's cannot."""
+    """One job's (or problem's) allowance for reading its student's intermediate keys as formulas, apart from the
+    request budget: its guaranteed share (Ledger.spelling_share), then, past it, what is left of the request's common
+    pool (Ledger.spelling_pool). What one job's keys spend of its share, another's cannot: a job's junk keys drain its
+    own share and the pool, never a later job's share; an honest class's keys, read once for the request (the first
+    job) and free for every later job, fit where the first job's share alone would not."""
 
-    def __init__(self, share: int, refusal: str) -> None:
-        self.share, self.left, self.refusal = share, share, refusal
+    def __init__(self, ledger: Ledger, refusal: str) -> None:
+        self.ledger, self.refusal = ledger, refusal
+        self.share = self.left = ledger.spelling_share
+        self.drawn = 0  # what this job took from the pool
 
     def spend(self, estimate: cost.Estimate) -> None:
-        """Take `estimate` from what is left, or raise LimitExceeded (`refusal`, no budget numbers) when it cannot."""
-        if estimate.total > self.left:
-            raise LimitExceeded(
-                "max_request_bytes", self.share, self.refusal, estimate=self.share - self.left + estimate.total
-            )
-        self.left -= estimate.total
+        """Take `estimate` from the share, the rest from the pool, or raise LimitExceeded (`refusal`, no budget
+        numbers) when the two cannot."""
+        own = min(estimate.total, self.left)
+        pooled = estimate.total - own
+        if pooled > self.ledger.spelling_pool:
+            allowed = self.share + self.drawn + self.ledger.spelling_pool
+            spent = self.share - self.left + self.drawn
+            raise LimitExceeded("max_request_bytes", allowed, self.refusal, estimate=spent + estimate.total)
+        self.left -= own
+        self.drawn += pooled
+        self.ledger.spelling_pool -= pooled
 
 
 class Spellings:
@@ -303,8 +317,8 @@ class Spellings:
     match a key without checks. Read only when a check finds no answer under its own key, each submitted key at most
     once, through Problem.intermediate_name (memoized per request); a key that is a check's
     own (`taken`) is that check's answer, never read, and a key answers one check at most. The reads are charged to
-    this job's or problem's share of the request's allowance for them (KeyAllowance), never to its budget
-    nor to another's share; once it refuses a key, no other key is read (`refused`)."""
+    this job's or problem's allowance for them (KeyAllowance: its share, then the request's pool), never to its
+    budget nor to another's share; once it refuses a key, no other key is read (`refused`)."""
 
     def __init__(self, problem: Problem, ledger: Ledger, given: dict, taken) -> None:
         self.problem, self.ledger = problem, ledger
@@ -312,9 +326,7 @@ class Spellings:
         self.read: dict[str, str] = {}  # intermediate's name -> the first submitted key that spells it
         self.used: set[str] = set()  # the submitted keys found as a check's answer
         self.refused: LimitExceeded | None = None
-        self.allowance = KeyAllowance(
-            ledger.spelling_share, "too many other keys to read as spellings of the checks' intermediates"
-        )
+        self.allowance = KeyAllowance(ledger, "too many other keys to read as spellings of the checks' intermediates")
 
     def find(self, key: str) -> str | None:
         """The submitted key spelling the intermediate the check's `key` names, or None. LimitExceeded: `key` itself
@@ -349,16 +361,19 @@ class Ledger:
     def __init__(self, total: int = 0) -> None:
         self.total = total
         self.spellings: dict[str, str] = {}  # a submitted intermediate's key -> canonical_text(key), or the key
-        # each job's or problem's allowance for a student's keys read as spellings (Spellings), apart from the budget
-        self.spelling_share = cost.SPELLING_READ_BYTES
         self.graders = 1  # the jobs or problems that share it: with more than one, each reads its own keys on its share
+        self.share_spellings(1)
         self.typed_chars = 0  # answers typed as text, re-read (problems.TYPED_READ_CHARS)
 
     def share_spellings(self, graders: int) -> None:
-        """Split the spelling reads' allowance among `graders` jobs or problems (at least SPELLING_SHARE_BYTES each):
-        one job's junk keys cannot spend what another job's student needs (a final audit)."""
+        """Split the allowance for reading a student's keys as spellings (KeyAllowance) among `graders` jobs or
+        problems: cost.SPELLING_READ_BYTES in guaranteed shares (at least SPELLING_SHARE_BYTES each: one job's junk
+        keys cannot spend what another job's student needs, a final audit), and, with several, a pool of
+        cost.SPELLING_POOL_BYTES any of them draws on past its share (a class's keys, read once by the first job and
+        free for the rest, were refused on its share alone: an audit). One alone has the whole allowance as share."""
         self.graders = graders
         self.spelling_share = max(cost.SPELLING_READ_BYTES // max(graders, 1), cost.SPELLING_SHARE_BYTES)
+        self.spelling_pool = cost.SPELLING_POOL_BYTES if graders > 1 else 0
 
     def charge(self, estimate: cost.Estimate, limits: Limits, hint: str | None = None) -> None:
         """Add `estimate`, or raise LimitExceeded when the budget cannot take it (the caller decides what then); its
@@ -443,7 +458,7 @@ class Grader:
         # this job's share of the allowance (as Spellings reads), so one job's junk keys cannot refuse another's
         self.own_keys = None
         if request.get("checks") is None and ledger.graders > 1:
-            self.own_keys = KeyAllowance(ledger.spelling_share, "too many keys to read as formulas for one job")
+            self.own_keys = KeyAllowance(ledger, "too many keys to read as formulas for one job")
 
     def title(self, name: str) -> str:
         section, _, key = name.partition(".")
@@ -475,11 +490,12 @@ class Grader:
         plan, ignored = plan_checks(self.request)
         checks = [self.check(name, options) for name, options in plan]
         used = self.spellings.used if self.spellings else set()
-        self.warnings += [
-            f"{name}: answer not graded (not among the request's checks)"
-            for name in ignored
-            if not (name.startswith("intermediates.") and name.partition(".")[2] in used)
+        ungraded = [
+            name for name in ignored if not (name.startswith("intermediates.") and name.partition(".")[2] in used)
         ]
+        self.warnings += [f"{name}: {UNGRADED}" for name in ungraded[:UNGRADED_NAMED]]
+        if len(ungraded) > UNGRADED_NAMED:
+            self.warnings.append(f"{len(ungraded) - UNGRADED_NAMED} more answers: {UNGRADED}")
         return checks
 
     def finish(self, checks: list[dict]) -> dict:

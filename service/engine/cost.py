@@ -16,7 +16,7 @@ from itertools import chain
 
 from .errors import LimitExceeded
 from .limits import Limits
-from .values import answer_levels, outline
+from .values import levels_past, outline
 
 # Bytes one number costs in the response: its numpy copy and its JSON text (~12 characters), with slack.
 RESPONSE_BYTES = 24
@@ -69,7 +69,13 @@ INTERMEDIATE_KEY_CHAR_BYTES = 8 * MICROSECOND_BYTES
 # parses measured 0.5-0.7x their price). Charged to the budget, a student's junk keys took it from the instructor's
 # check keys, which then refused: a problem file's 413, a batch's later job graded 0 (an audit). Each job or problem
 # gets its share of it, at least SPELLING_SHARE_BYTES (~4 short keys), so that one job's keys cannot spend another's.
+# Past its share, a job of several draws on the request's pool, SPELLING_POOL_BYTES (check.KeyAllowance): a class's
+# keys are parsed once for the request, by the first job that has them (free for the rest), and 3 short keys cost more
+# than a 1000-job batch's 64 KiB share (an audit: job 0 of 1000 honest jobs scored 2 of 3). Junk keys drain their own
+# share and the pool, never another job's share. A request reads at most max(SPELLING_READ_BYTES, jobs *
+# SPELLING_SHARE_BYTES) + SPELLING_POOL_BYTES: 16 MiB for one job, 32 MiB for 2-256, 78.5 MiB for 1000 (~0.3 s priced).
 SPELLING_READ_BYTES = 16 * 2**20
+SPELLING_POOL_BYTES = 16 * 2**20
 SPELLING_SHARE_BYTES = 64 * 2**10
 # One error message of a batch job that does not load (schema errors): marshmallow's work to find it and the message
 # in the response. Measured in-process: a network job with 64 invalid layers and 130 invalid `generate` entries,
@@ -86,8 +92,17 @@ LOAD_REFUSED_BYTES = 64 * MICROSECOND_BYTES
 # summary) reads a level at a time, ~1-2 µs of Python a level each, whatever its width (its numbers are C loops,
 # priced with the body's parse). Measured in-process (best of 3, 300 check jobs, parse included): 5.1-5.5 µs a level
 # (a job answering 900 deep 5.0 ms, 9 deep 0.42 ms), where a check was charged 128 µs: 1000 such jobs took 5-7 s. 8 µs,
-# counted on the raw JSON (values.answer_levels, ~1 µs a level) before the job loads.
+# counted on the raw JSON before the job loads (values.levels_past: a job's answers walked together, C loops over each
+# level's items; walked one by one, 1000 jobs of 256 answers 8 deep took ~2 s to count 0 levels, now ~0.4 s).
 ANSWER_LEVEL_BYTES = 8 * MICROSECOND_BYTES
+# An answer the request's `checks` do not name (cost.ungraded_answers) is not graded, but it is loaded (its key, the
+# answer field's walk of each level: values.last_non_number) and warned about (check.UNGRADED_NAMED by name, the rest
+# counted). It was free: 1000 jobs of 256 such answers 8 deep, checks naming only `loss`, took 4.7-7.0 s for an 18.7 MB
+# response (an audit). Measured in-process (200 such jobs, best of 3, against the same jobs without those answers,
+# warnings bounded, body parse included): 5.6 µs an answer of numbers, +2.7 µs a level (depth 1 6.7, 4 15.5, 8 27.2
+# µs), a formula 4.9 µs. 8 µs, plus 4 µs a level (every level, counted as deep answers' are: values.levels_past).
+UNGRADED_ANSWER_BYTES = 8 * MICROSECOND_BYTES
+UNGRADED_LEVEL_BYTES = 4 * MICROSECOND_BYTES
 # One autograd graph node in a response, apart from its numbers: its dict, its JSON (op, label, shape; a formula's
 # label is its subexpression's text), its ~2 edges and its DOT line.
 GRAPH_NODE_BYTES = 1024
@@ -485,6 +500,7 @@ HINTS = {
     "checks": "list fewer `checks`, or grade at fewer points",
     "intermediate keys": "name intermediates as the references do (a failed check lists them), or send fewer",
     "deep answers": "send each answer as a number, or as lists only as deep as the value it answers",
+    "ungraded answers": "send only the answers the request's `checks` name (or leave out `checks`)",
 }
 
 
@@ -756,10 +772,12 @@ def error_messages(messages) -> int:
     return count
 
 
-def deep_answers_estimate(check, limits: Limits) -> Estimate:
-    """What a raw check request's answers cost past a tensor's depth, as `deep answers`: ANSWER_LEVEL_BYTES a level of
-    each answer (the loss, every gradient and intermediate) deeper than max_tensor_dims + 1, counted before it loads.
-    Nothing for answers a tensor answer's depth (their walks are in CHECK_BYTES) and for what will not load."""
+def answers_estimate(check, limits: Limits) -> Estimate:
+    """What a raw check request's answers cost apart from its checks, counted before they load (nothing for what will
+    not load): `deep answers`, ANSWER_LEVEL_BYTES a level of each answer (the loss, every gradient and intermediate)
+    deeper than max_tensor_dims + 1 (a tensor answer's walks are in CHECK_BYTES); `ungraded answers`, the answers no
+    check names (ungraded_answers: loaded and warned about, not graded), UNGRADED_ANSWER_BYTES each and
+    UNGRADED_LEVEL_BYTES a level of their lists."""
     estimate = Estimate()
     submission = check.get("submission") if isinstance(check, dict) else None
     if not isinstance(submission, dict):
@@ -768,13 +786,28 @@ def deep_answers_estimate(check, limits: Limits) -> Estimate:
     for section in ("gradients", "intermediates"):
         if isinstance(submission.get(section), dict):
             answers += submission[section].values()
-    free, levels = limits.max_tensor_dims + 1, 0
-    for answer in answers:
-        levels += max(0, answer_levels(answer) - free)
-        if levels * ANSWER_LEVEL_BYTES > limits.max_request_bytes:
-            break  # over the budget already: the rest need not be counted
+    most = limits.max_request_bytes // ANSWER_LEVEL_BYTES  # past it, over the budget already: no need to count on
+    levels = levels_past(answers, limits.max_tensor_dims + 1, most)
     estimate.add("deep answers", levels * ANSWER_LEVEL_BYTES)
+    ungraded = ungraded_answers(check)
+    if ungraded:
+        levels = levels_past(ungraded, 0, limits.max_request_bytes // UNGRADED_LEVEL_BYTES)
+        estimate.add("ungraded answers", len(ungraded) * UNGRADED_ANSWER_BYTES + levels * UNGRADED_LEVEL_BYTES)
     return estimate
+
+
+def ungraded_answers(request) -> list:
+    """The submitted answers no check of the request's `checks` names (none without `checks`: each answer is then a
+    check of its own), on the raw JSON too: loaded, walked and warned about, never graded."""
+    configured, submission = request.get("checks"), request.get("submission")
+    if not isinstance(configured, dict) or not isinstance(submission, dict):
+        return []
+    ungraded = [submission["loss"]] if "loss" in submission and "loss" not in configured else []
+    for section in ("gradients", "intermediates", "gradient_formulas"):
+        answers = submission.get(section)
+        if isinstance(answers, dict):
+            ungraded += [answer for key, answer in answers.items() if f"{section}.{key}" not in configured]
+    return ungraded
 
 
 def raw_checks_count(check) -> int:

@@ -128,14 +128,30 @@ def sublists(lists: list, types: set[type]) -> list:
     return list(compress(chain.from_iterable(lists), map(is_, kinds, repeat(list))))
 
 
-def answer_levels(value: Any) -> int:
-    """How many levels of lists `value` has (0: not a list), ragged or not: a level's lists picked out at once by C
-    loops (sublists' way), a Python step a level, never one a number."""
-    levels, lists = 0, [value] if type(value) is list else []
-    while lists:
-        levels += 1
-        kinds = map(type, chain.from_iterable(lists))
-        lists = list(compress(chain.from_iterable(lists), map(is_, kinds, repeat(list))))
+def levels_past(values: list, free: int, most: int | None = None) -> int:
+    """sum(max(0, levels - free)) over `values`, where a value's levels are how many levels of lists it has (0: not a
+    list), ragged or not: every list at every level is read, as every later walk of an answer reads it (depth hidden
+    in a non-first item counts). The values are walked together, a level of all of them at once (C loops over the
+    level's items, sublists' way): a Python step a level, never one a value or a number (256 answers 8 deep, each
+    walked on its own, cost ~2 ms a job). Only when some list is left past `free` levels, the walk is done again
+    with each list's owner, to count the values still that deep at each level. `most`: stop once past it."""
+    lists = [values]
+    for _ in range(free + 1):  # down to the lists past `free` levels; the numbers are never copied
+        types = set(map(type, chain.from_iterable(lists)))
+        if list not in types:
+            return 0
+        lists = sublists(lists, types)
+    is_list = list(map(is_, map(type, values), repeat(list)))
+    owners, lists = list(compress(count(), is_list)), list(compress(values, is_list))
+    depth = levels = 0
+    while lists and (most is None or levels <= most):
+        depth += 1
+        if depth > free:
+            levels += len(set(owners))  # the values with lists at this depth
+        # the level's items walked twice, lazily (C loops), for their owners and their lists: never copied
+        owned = chain.from_iterable(map(repeat, owners, map(len, lists)))
+        owners = list(compress(owned, map(is_, map(type, chain.from_iterable(lists)), repeat(list))))
+        lists = sublists(lists, set(map(type, chain.from_iterable(lists))))
     return levels
 
 

@@ -107,7 +107,7 @@ def run_jobs(jobs: list, limits) -> list[dict]:
             budget.failed(i, envelope)
             continue
         if is_check:
-            budget.deep_answers(i, job["check"])
+            budget.answers(i, job["check"])
         try:
             cost.check_raw(job["check"] if is_check else job, limits)
             if is_check:
@@ -203,10 +203,10 @@ class _Budget:
     """The batch's one request budget, charged in job order as each job loads; the whole batch is a 413 ("the first
     N of the batch's M jobs") once the running total is over it, before the rest load.
 
-    A job is charged its estimate (a check's: its problem's plus its checks', and its answers' levels past a
-    tensor's, before it loads: deep_answers()); one the cost model refuses gets its problem in place and is charged
-    the estimate's own work (cost.refused_estimate_bytes), or its walk if refused as it loads (refused_at_load());
-    one that does not load, its errors' (failed()). Each distinct job
+    A job is charged its estimate (a check's: its problem's plus its checks', and, before it loads, its answers'
+    levels past a tensor's and the answers no check names: answers()); one the cost model refuses gets its problem in
+    place and is charged the estimate's own work (cost.refused_estimate_bytes), or its walk if refused as it loads
+    (refused_at_load()); one that does not load, its errors' (failed()). Each distinct job
     (gradients: _gradients_key; checks: the problem) is estimated, and charged that work, once."""
 
     def __init__(self, jobs: int, limits) -> None:
@@ -250,10 +250,11 @@ class _Budget:
         self._charge(index, shared + checks.total)
         return None
 
-    def deep_answers(self, index: int, check) -> None:
-        """Charge a check job's answers nested deeper than a tensor (cost.deep_answers_estimate), before it loads: each
-        of their levels is read by every walk of them, ~5 µs a level (1000 jobs answering 900 deep took 6-8 s)."""
-        self._charge(index, cost.deep_answers_estimate(check, self.limits).total)
+    def answers(self, index: int, check) -> None:
+        """Charge a check job's answers nested deeper than a tensor, and those no check names (cost.answers_estimate),
+        before they load: each level of a deep one is read by every walk of it, ~5 µs a level (1000 jobs answering
+        900 deep took 6-8 s); an ungraded one is loaded and warned about (1000 jobs of 256: 4.7-7.0 s, 18.7 MB)."""
+        self._charge(index, cost.answers_estimate(check, self.limits).total)
 
     def refused_at_load(self, index: int) -> None:
         """Charge a job the cost model refused as it loaded (cost.check_raw) its walk and its problem

@@ -63,10 +63,10 @@ def check():
     fmt = load_query(check_query)["format"]
     body, limits = read_json(), current_app.config["LIMITS"]
     cost.check_raw(body, limits)
-    deep = cost.deep_answers_estimate(body, limits)  # answers nested past a tensor: priced before they load
-    deep.require(limits)
+    answers = cost.answers_estimate(body, limits)  # nested past a tensor, or ungraded: priced before they load
+    answers.require(limits)
     spec, raw, problem = load_check(body, limits)
-    checks = cost.checks_estimate(spec).plus(deep)
+    checks = cost.checks_estimate(spec).plus(answers)
     checks.require(limits)  # checks alone over the budget: a 413 before their problem is built
     with compute_timer(spec["model"]["kind"]):
         result = grade(spec, limits, problem or problem_for(spec, raw, limits, checks), checks)
