@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import chain
 
 from .errors import LimitExceeded
@@ -132,11 +132,11 @@ def require(
 # --- shapes --------------------------------------------------------------------------------------
 
 
-def slots(shape: Iterable[int]) -> int:
+def slots(shape: Sequence[int]) -> int:
     """A tensor's size for every limit and price: the slots its JSON text writes, the product of its dimensions
     with each 0 counted as 1. A [1000000, 0] tensor has no number but its text writes a million `[]` (and so does
     every echo of it: points, graph nodes, intermediates, answers): it costs what [1000000, 1] costs, never 0."""
-    return math.prod(n or 1 for n in shape)
+    return math.prod(shape) or math.prod(n or 1 for n in shape)  # the generator only for an empty dimension
 
 
 def size_text(shape: Iterable[int], size: int | None = None) -> str:
