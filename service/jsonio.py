@@ -123,11 +123,13 @@ def require_parse_budget(raw: bytes, keys: int, budget: int) -> None:
     estimate = parse_bytes(raw, keys)
     if estimate > budget:
         values, containers = value_counts(raw)
+        extra = max(0, containers - values)
+        lists = f"{containers} lists and objects" + (f", {extra} of them beyond one a value" if extra else "")
         raise LimitExceeded(
             "max_request_bytes",
             budget,
-            f"parsing this body would take about {estimate / 2**20:.1f} MiB ({values} values, {containers} lists "
-            f"and objects, {keys} keys) before any computation; the budget is {budget / 2**20:.1f} MiB",
+            f"parsing this body would take about {estimate / 2**20:.1f} MiB ({values} values, {lists}, {keys} keys) "
+            f"before any computation; the budget is {budget / 2**20:.1f} MiB",
             estimate=estimate,
             breakdown={"body": estimate},
             hint="send fewer numbers, lists or objects: split the work into several requests",

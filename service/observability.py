@@ -59,6 +59,7 @@ REFCACHE_BYTES = Gauge(
 
 ENVIRON_REQUEST_ID = "gradsvc.request_id"
 ENVIRON_LOGGED = "gradsvc.logged"  # the request's access line is written
+ENVIRON_COUNTED = "gradsvc.counted"  # the request is counted in /metrics
 
 
 class RequestIdFilter(logging.Filter):
@@ -229,6 +230,7 @@ def init_observability(app: Flask) -> None:
         status = response.status_code
         method = req.method
         request_metrics.observe(route, method_label(method), status, elapsed)
+        environ[ENVIRON_COUNTED] = True
         access.write(
             rid,
             {
@@ -255,7 +257,8 @@ def init_observability(app: Flask) -> None:
         environ[ENVIRON_LOGGED] = True
         method = environ.get("REQUEST_METHOD", "-")
         route = environ_route(app.url_map, environ)  # a 405's route too, as route_label labels it
-        request_metrics.observe(route, method_label(method), status, seconds)
+        if not environ.get(ENVIRON_COUNTED):  # the deadline fired while finish_request wrote the line: counted once
+            request_metrics.observe(route, method_label(method), status, seconds)
         fields = {
             "method": method,
             "path": environ.get("PATH_INFO", ""),

@@ -371,3 +371,27 @@ def test_live_a_batch_of_ungraded_answers_is_a_413_within_their_price(live_serve
         assert result["score"] == 0 and sum("not graded" in w for w in result["warnings"]) == 9
     assert len(response.content) < 20 * 12_000  # 256 answers' warnings were ~15 KB a job
     assert_alive(live_server)
+
+
+@pytest.mark.parametrize("checks", [False, True], ids=["own keys", "checks"])
+def test_one_junk_job_cannot_cost_the_next_honest_job_a_point(client, checks):
+    """A second look: one junk job of 128 keys of ~195 characters emptied the request's pool, and the next honest
+    job, whose 3 short keys (~70 KiB at the prices) did not fit a 64 KiB share, scored 2 of 3. An honest job's
+    usual keys fit its own share now (SPELLING_SHARE_BYTES): every honest job scores full."""
+    formula = SMALL
+    answers = spelt_without_spaces(formula)
+    graded = {f"intermediates.{canonical_text(key, LIMITS)}": {"points": 1} for key in answers}
+
+    def job(intermediates: dict) -> dict:
+        body = {"model": {"kind": "expression", "formula": formula}, "inputs": {"x": 1.5, "y": 0.5}}
+        body["submission"] = {"intermediates": intermediates}
+        return {"check": {**body, "checks": graded} if checks else body}
+
+    long_sum = "(" + "+".join(["x"] * 95) + ")"
+    junk = job({f"{long_sum}+{k}": 0.0 for k in range(128)})
+    assert cost.intermediate_key_estimate(f"{long_sum}+1").total * 128 > cost.SPELLING_POOL_BYTES  # it empties it
+    response = client.post("/v1/batch", json={"jobs": [junk] + [job(answers)] * 999})
+    assert response.status_code == 200, response.data[:300]
+    results = response.json["results"]
+    assert results[0]["score"] == 0
+    assert all(r["score"] == r["max_score"] == 3 for r in results[1:]), results[1]

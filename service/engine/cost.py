@@ -68,15 +68,18 @@ INTERMEDIATE_KEY_CHAR_BYTES = 8 * MICROSECOND_BYTES
 # at the prices above and apart from the request budget: ~64 ms of parsing at those prices (~1,000 short keys; real
 # parses measured 0.5-0.7x their price). Charged to the budget, a student's junk keys took it from the instructor's
 # check keys, which then refused: a problem file's 413, a batch's later job graded 0 (an audit). Each job or problem
-# gets its share of it, at least SPELLING_SHARE_BYTES (~4 short keys), so that one job's keys cannot spend another's.
+# gets its share of it, at least SPELLING_SHARE_BYTES (~10 short keys), so that one job's keys cannot spend another's.
 # Past its share, a job of several draws on the request's pool, SPELLING_POOL_BYTES (check.KeyAllowance): a class's
 # keys are parsed once for the request, by the first job that has them (free for the rest), and 3 short keys cost more
 # than a 1000-job batch's 64 KiB share (an audit: job 0 of 1000 honest jobs scored 2 of 3). Junk keys drain their own
-# share and the pool, never another job's share. A request reads at most max(SPELLING_READ_BYTES, jobs *
-# SPELLING_SHARE_BYTES) + SPELLING_POOL_BYTES: 16 MiB for one job, 32 MiB for 2-256, 78.5 MiB for 1000 (~0.3 s priced).
+# share and the pool, never another job's share. But one junk job could empty the pool before an honest job whose
+# 3 short keys (~70 KiB) did not fit a 64 KiB share, which then lost a point (a second look): the share is at least
+# 256 KiB (~10 short keys), so an honest job's usual keys fit its own share whatever junk came before. A request reads
+# at most max(SPELLING_READ_BYTES, jobs * SPELLING_SHARE_BYTES) + SPELLING_POOL_BYTES: 16 MiB for one job, 32 MiB for
+# 2-64, 266 MiB for 1000 (~1 s at the prices; real parses 0.5-0.7x).
 SPELLING_READ_BYTES = 16 * 2**20
 SPELLING_POOL_BYTES = 16 * 2**20
-SPELLING_SHARE_BYTES = 64 * 2**10
+SPELLING_SHARE_BYTES = 256 * 2**10
 # One error message of a batch job that does not load (schema errors): marshmallow's work to find it and the message
 # in the response. Measured in-process: a network job with 64 invalid layers and 130 invalid `generate` entries,
 # 1,894 messages, loads in 23-32 ms warm (129 ms cold), ~54 bytes of JSON a message: 16 µs. A batch of invalid jobs
