@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,21 @@ def pytest_sessionfinish(session):
         except ProcessLookupError:
             pass
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def python_steps(call) -> int:
+    """Lines, calls and returns of Python code run by `call()` (sys.settrace): a count that grows with a value's
+    items only when something walks them one Python step each."""
+    steps = 0
+
+    def trace(frame, event, arg):
+        nonlocal steps
+        steps += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return steps

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json  # not orjson to send the bodies: orjson writes at most 254 levels
 import math
 import random
-import sys
 
 import pytest
 import requests
 
 import service.views.batch as batch_view
-from conftest import TUTORIAL_NEURON
+from conftest import TUTORIAL_NEURON, python_steps
 from service.engine import cost
 from service.engine.formula import canonical_text
 from service.engine.limits import Limits
@@ -88,23 +87,6 @@ def test_levels_past_is_each_answers_levels_past_the_free_ones(seed):
     answers.append([1.0, [2.0, nested(11, 3.0)]])  # 13 deep, by its second item's second item
     for free in (0, 3, 9):
         assert levels_past(answers, free) == sum(max(0, answer_levels(a) - free) for a in answers)
-
-
-def python_steps(call) -> int:
-    """Lines, calls and returns of Python code run by `call()` (sys.settrace)."""
-    steps = 0
-
-    def trace(frame, event, arg):
-        nonlocal steps
-        steps += 1
-        return trace
-
-    sys.settrace(trace)
-    try:
-        call()
-    finally:
-        sys.settrace(None)
-    return steps
 
 
 def test_counting_answers_levels_takes_python_steps_by_the_level_not_by_the_answer():

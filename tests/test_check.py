@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 
 import pytest
 import requests
 from marshmallow import ValidationError
 from platform_specs import validate_gradescope, validate_prairielearn
 
+from conftest import python_steps
 from schemas.grading import NOT_AN_ANSWER, Answer
 from service.engine.limits import Limits
 from service.engine.values import NON_FINITE
@@ -572,24 +572,6 @@ def test_an_answer_that_is_not_numbers_is_a_400_naming_what_is_in_it(client, ans
     ]
 
 
-def _python_steps(call) -> int:
-    """Lines, calls and returns of Python code run by `call()` (sys.settrace): a count that grows with the numbers
-    of an answer only when something walks them one Python step each."""
-    steps = 0
-
-    def trace(frame, event, arg):
-        nonlocal steps
-        steps += 1
-        return trace
-
-    sys.settrace(trace)
-    try:
-        call()
-    finally:
-        sys.settrace(None)
-    return steps
-
-
 def _hostile_answers(n: int = 100_000) -> dict[str, list]:
     """An answer of n numbers with something else in it: at its start, middle or end, in a matrix, after a ragged
     row, nested deep, a bad string among valid non-finite ones, and a bad item on every level of a comb."""
@@ -643,7 +625,7 @@ def test_a_non_number_among_many_is_named_without_walking_the_numbers(case, answ
     depth, level = 0, [answer]  # the answer's nesting depth: the steps may grow with it (~50 a level)
     while level:
         depth, level = depth + 1, [item for item in itertools.chain.from_iterable(level) if isinstance(item, list)]
-    assert _python_steps(lambda: pytest.raises(ValidationError, field.deserialize, answer)) < 500 + 60 * depth
+    assert python_steps(lambda: pytest.raises(ValidationError, field.deserialize, answer)) < 500 + 60 * depth
 
 
 def test_a_refused_answer_is_read_once_with_the_whole_bodys_errors(client, monkeypatch):

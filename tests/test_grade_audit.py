@@ -384,18 +384,26 @@ def test_a_typed_integer_of_any_length_is_read_not_a_500(live_server, text):
         assert "Traceback" not in response.text
 
 
+def grade_texts_past_the_request_total(client, text: str) -> dict:
+    """/v1/grade of enough problems, each answered by `text` (a typed vector of TYPED_CHARS // 3 numbers, at most
+    TYPED_CHARS characters), to take the request past TYPED_READ_CHARS of typed text in all."""
+    from service.problems import TYPED_CHARS, TYPED_READ_CHARS
+
+    assert len(text) <= TYPED_CHARS
+    vector = {"model": {"kind": "expression", "formula": "sum(x**2)"}, "inputs": {"x": [1.0] * (TYPED_CHARS // 3)}}
+    n = TYPED_READ_CHARS // len(text) + 2
+    problems = [{**vector, "key": f"p{i}", "checks": {"gradients.x": {}}} for i in range(n)]
+    answers = {f"p{i}": {"gradients": {"x": text}} for i in range(n)}
+    return client.post("/v1/grade", json={"problem": {"problems": problems}, "answers": answers}).json
+
+
 def test_typed_texts_are_re_read_within_a_bound(client):
     """A third audit: 140 typed lists of 100,000 characters (14 MB) ran to the deadline in the Python tokenizer. A
     text is re-read up to 10,000 characters, and 200,000 in all per request; past that a format error says so."""
-    from service.problems import TYPED_CHARS, TYPED_READ_CHARS
+    from service.problems import TYPED_CHARS
 
     long = "[" + ",".join([".5"] * (TYPED_CHARS // 3)) + "]"  # under 10,000 characters, no JSON
-    assert len(long) <= TYPED_CHARS
-    vector = {"model": {"kind": "expression", "formula": "sum(x**2)"}, "inputs": {"x": [1.0] * (TYPED_CHARS // 3)}}
-    n = TYPED_READ_CHARS // len(long) + 2
-    problems = [{**vector, "key": f"p{i}", "checks": {"gradients.x": {}}} for i in range(n)]
-    answers = {f"p{i}": {"gradients": {"x": long}} for i in range(n)}
-    result = client.post("/v1/grade", json={"problem": {"problems": problems}, "answers": answers}).json
+    result = grade_texts_past_the_request_total(client, long)
     messages = [p["checks"][0]["message"] for p in result["problems"]]
     assert "as typed numbers" not in messages[0]
     assert "is not read as typed numbers: these answers hold more than 200000 characters" in messages[-1]
@@ -412,12 +420,7 @@ def test_json_readable_texts_are_read_within_the_request_total(client):
     from service.problems import TYPED_CHARS, TYPED_READ_CHARS
 
     long = json.dumps([1] * (TYPED_CHARS // 3))  # "[1, 1, ...]": JSON, under 10,000 characters
-    assert len(long) <= TYPED_CHARS
-    vector = {"model": {"kind": "expression", "formula": "sum(x**2)"}, "inputs": {"x": [1.0] * (TYPED_CHARS // 3)}}
-    n = TYPED_READ_CHARS // len(long) + 2
-    problems = [{**vector, "key": f"p{i}", "checks": {"gradients.x": {}}} for i in range(n)]
-    answers = {f"p{i}": {"gradients": {"x": long}} for i in range(n)}
-    result = client.post("/v1/grade", json={"problem": {"problems": problems}, "answers": answers}).json
+    result = grade_texts_past_the_request_total(client, long)
     messages = [p["checks"][0]["message"] for p in result["problems"]]
     assert "as typed numbers" not in messages[0] and not result["problems"][0]["checks"][0]["format_error"]
     assert "is not read as typed numbers: these answers hold more than 200000 characters" in messages[-1]
