@@ -207,12 +207,9 @@ def init_observability(app: Flask) -> None:
     # Each `request.` or `g.` is a context-variable lookup through a proxy (~1 µs): the hooks bind both once.
     @app.before_request
     def start_request():
-        ctx, environ = g._get_current_object(), request.environ
-        incoming = environ.get("HTTP_X_REQUEST_ID", "")  # the X-Request-ID header
-        # in the environ too: for what answers after the request context is gone (the deadline's middleware)
-        ctx.request_id = environ[ENVIRON_REQUEST_ID] = (
-            incoming if VALID_REQUEST_ID.match(incoming) else os.urandom(16).hex()
-        )
+        ctx = g._get_current_object()
+        # kept in the environ too: for what answers after the request context is gone (the deadline's middleware)
+        ctx.request_id = environ_request_id(request.environ)
         ctx.started = time.perf_counter()
         IN_FLIGHT.inc()
         ctx.in_flight = True
