@@ -108,22 +108,29 @@ def value_counts(raw: bytes) -> tuple[int, int]:
 
 def parse_bytes(raw: bytes, keys: int) -> int:
     """The body's price: what orjson's objects for it take, by its counts (`keys`: KEY_END matches)."""
-    values, containers = value_counts(raw)
-    extra = max(0, containers - values)  # lists and objects beyond one a value
+    return _parse_price(*value_counts(raw), keys)
+
+
+def _parse_price(values: int, containers: int, keys: int) -> int:
     return (
         PARSE_BYTES_PER_VALUE * values
         + PARSE_BYTES_PER_CONTAINER * containers
-        + PARSE_BYTES_PER_EXTRA_CONTAINER * extra
+        + PARSE_BYTES_PER_EXTRA_CONTAINER * _extra_containers(values, containers)
         + PARSE_BYTES_PER_KEY * keys
     )
 
 
+def _extra_containers(values: int, containers: int) -> int:
+    """The lists and objects beyond one a value (PARSE_BYTES_PER_EXTRA_CONTAINER)."""
+    return max(0, containers - values)
+
+
 def require_parse_budget(raw: bytes, keys: int, budget: int) -> None:
     """A 413 before orjson builds the body when its objects alone would be over the request budget."""
-    estimate = parse_bytes(raw, keys)
+    values, containers = value_counts(raw)
+    estimate = _parse_price(values, containers, keys)
     if estimate > budget:
-        values, containers = value_counts(raw)
-        extra = max(0, containers - values)
+        extra = _extra_containers(values, containers)
         lists = f"{containers} lists and objects" + (f", {extra} of them beyond one a value" if extra else "")
         raise LimitExceeded(
             "max_request_bytes",
