@@ -108,7 +108,7 @@ def grade_file(body: dict, limits: Limits) -> dict:
 
 
 def _deep_answers(problems: list[dict], answers: dict, limits: Limits) -> cost.Estimate:
-    """cost.answers_estimate of the answers the problems read, as /v1/check and /v1/batch price theirs: each
+    """cost.deep_answers_estimate of the answers the problems read, as /v1/check and /v1/batch price theirs: each
     problem's loss, gradients and intermediates (as a check's submission holds them) and its checks' answers by
     platform name, counted on the raw JSON before any is read. 50 problems of 41 answers nested 1000 deep held a
     worker to the 10 s deadline."""
@@ -122,7 +122,7 @@ def _deep_answers(problems: list[dict], answers: dict, limits: Limits) -> cost.E
             for section in ("gradients", "intermediates"):
                 if isinstance(nested.get(section), dict):
                     read += nested[section].values()
-    return cost.answers_estimate({"submission": {"gradients": dict(enumerate(read))}}, limits)
+    return cost.deep_answers_estimate(read, limits)
 
 
 def _problem_answers(answers: dict, key: str, single: bool):
@@ -450,7 +450,7 @@ def _read_answer(name: str, value, limits: Limits, variables: list[str], ledger:
                 return None, f"{value[:100]!r} is not a number or a list of numbers"
             value = typed
         # lists nested past a tensor in a text (json.loads reads ~990 levels): priced before the field walks them
-        ledger.charge(cost.answers_estimate({"submission": {"loss": value}}, limits), limits)
+        ledger.charge(cost.deep_answers_estimate([value], limits), limits)
     try:
         return answer_field.deserialize(value), None
     except ValidationError as err:

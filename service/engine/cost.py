@@ -781,21 +781,27 @@ def answers_estimate(check, limits: Limits) -> Estimate:
     deeper than max_tensor_dims + 1 (a tensor answer's walks are in CHECK_BYTES); `ungraded answers`, the answers no
     check names (ungraded_answers: loaded and warned about, not graded), UNGRADED_ANSWER_BYTES each and
     UNGRADED_LEVEL_BYTES a level of their lists."""
-    estimate = Estimate()
     submission = check.get("submission") if isinstance(check, dict) else None
     if not isinstance(submission, dict):
-        return estimate
+        return Estimate()
     answers = [submission.get("loss")]
     for section in ("gradients", "intermediates"):
         if isinstance(submission.get(section), dict):
             answers += submission[section].values()
-    most = limits.max_request_bytes // ANSWER_LEVEL_BYTES  # past it, over the budget already: no need to count on
-    levels = levels_past(answers, limits.max_tensor_dims + 1, most)
-    estimate.add("deep answers", levels * ANSWER_LEVEL_BYTES)
+    estimate = deep_answers_estimate(answers, limits)
     ungraded = ungraded_answers(check)
     if ungraded:
         levels = levels_past(ungraded, 0, limits.max_request_bytes // UNGRADED_LEVEL_BYTES)
         estimate.add("ungraded answers", len(ungraded) * UNGRADED_ANSWER_BYTES + levels * UNGRADED_LEVEL_BYTES)
+    return estimate
+
+
+def deep_answers_estimate(answers: list, limits: Limits) -> Estimate:
+    """`deep answers`: ANSWER_LEVEL_BYTES a level of each of these raw answers deeper than max_tensor_dims + 1, counted
+    before they load (a check's, a problem file's)."""
+    most = limits.max_request_bytes // ANSWER_LEVEL_BYTES  # past it, over the budget already: no need to count on
+    estimate = Estimate()
+    estimate.add("deep answers", levels_past(answers, limits.max_tensor_dims + 1, most) * ANSWER_LEVEL_BYTES)
     return estimate
 
 
