@@ -18,7 +18,17 @@ from schemas.grading import Answer
 from schemas.problems import MAX_PROBLEMS, ProblemFileSchema
 
 from .engine import cost, echo
-from .engine.check import SECTIONS, Grader, Ledger, Problem, Spellings, answer_place, estimate
+from .engine.check import (
+    SECTIONS,
+    SPELLINGS_REFUSED,
+    Grader,
+    Ledger,
+    Problem,
+    Spellings,
+    answer_place,
+    checked_keys,
+    estimate,
+)
 from .engine.errors import DeadlineExceeded, EngineError, FormulaError, LimitExceeded, UngradableReference
 from .engine.formula import parse_formula
 from .engine.limits import Limits
@@ -219,7 +229,7 @@ def _grade_problem(
             {**request, "submission": submission}, limits, problem=built, ledger=ledger, refuse_clamped=True
         )  # its submission filled below: its references say first which checks name nothing (their answers unread)
         variables = list(built.points[0])
-        taken = {n.partition(".")[2] for n in problem["checks"] if n.startswith("intermediates.")}
+        taken = checked_keys(problem["checks"])
         spellings: dict[int, Spellings] = {}  # id(an intermediates object of the answers) -> its Spellings
 
         def spelled(given: dict, field: str):
@@ -242,7 +252,7 @@ def _grade_problem(
                 refused = any(s.refused for s in spellings.values())
                 if refused and name.startswith("intermediates."):
                     places[name] = (places[name] or f"add {answer_place(name)} to your answers") + (
-                        "; not every other key was read as a spelling of it: there were too many"
+                        "; " + SPELLINGS_REFUSED
                     )
                 continue
             else:

@@ -285,6 +285,16 @@ class Problem:
         return self._stacks
 
 
+# what a check without an answer says once Spellings stopped reading other keys (its allowance was spent)
+SPELLINGS_REFUSED = "not every other key was read as a spelling of it: there were too many"
+
+
+def checked_keys(checks) -> set[str]:
+    """The intermediates' keys the checks name (`intermediates.<key>`): each the answer of its own check, never read
+    as another's spelling (Spellings' `taken`)."""
+    return {name.partition(".")[2] for name in checks if name.startswith("intermediates.")}
+
+
 class KeyAllowance:
     """One job's (or problem's) allowance for reading its student's intermediate keys as formulas, apart from the
     request budget: its guaranteed share (Ledger.spelling_share), then, past it, what is left of the request's common
@@ -592,7 +602,7 @@ class Grader:
             place = self.places.get(name) or f"add {answer_place(name)} to the submission"
             result["message"] = f"{result['title']}: no answer given ({place})"
             if section == "intermediates" and self.spellings and self.spellings.refused:
-                result["message"] += "; not every other key was read as a spelling of it: there were too many"
+                result["message"] += "; " + SPELLINGS_REFUSED
             return result
         if section == "gradient_formulas":
             result["formula"] = echo.clip(answer)
@@ -631,8 +641,7 @@ class Grader:
         if not given or self.request.get("checks") is None:  # without checks, each answer names its own check
             return None
         if self.spellings is None:
-            taken = {name.partition(".")[2] for name in self.request["checks"] if name.startswith("intermediates.")}
-            self.spellings = Spellings(self.problem, self.ledger, given, taken)
+            self.spellings = Spellings(self.problem, self.ledger, given, checked_keys(self.request["checks"]))
         found = self.spellings.find(key)
         return None if found is None else given[found]
 
