@@ -123,7 +123,10 @@ class CheckRequestSchema(CappedSchema):
     submission = fields.Nested(SubmissionSchema, required=True)
     rtol = StrictFloat(load_default=DEFAULT_RTOL, **tolerance)
     atol = StrictFloat(load_default=DEFAULT_ATOL, **tolerance)
-    tolerance = fields.Nested(ToleranceSchema, metadata={"description": "a named rule instead of rtol/atol"})
+    tolerance = fields.Nested(
+        ToleranceSchema,
+        metadata={"description": "a named rule instead of rtol/atol; a check's own profile or rtol/atol win"},
+    )
     dout = Tensor(metadata={"description": "upstream gradient of a non-scalar output: gradients are dout·J"})
     feedback = fields.String(
         validate=validate.OneOf(FEEDBACK_MODES),

@@ -14,8 +14,8 @@ import time
 
 from marshmallow import ValidationError
 
-from schemas.grading import Answer
-from schemas.problems import MAX_PROBLEMS, ProblemFileSchema
+from schemas.grading import Answer, CheckRequestSchema
+from schemas.problems import MAX_PROBLEMS, ProblemFileSchema, ProblemSchema
 
 from .engine import cost, echo
 from .engine.check import (
@@ -40,7 +40,10 @@ answer_field = Answer()
 # the order tests are numbered and listed in: what a student sees now first (visible, then what `released` shows),
 # so the checks not shown leave no gaps in the numbers shown
 VISIBILITY_ORDER = {"visible": 0, "after_published": 1, "after_due_date": 2, "hidden": 3}
-COPIED = ("model", "inputs", "points", "domain", "seed", "n_points", "rtol", "atol", "feedback")
+# what a problem passes on to its /v1/check request: every check body field a problem carries, read off the two schemas
+# so that one added to CheckRequestSchema is graded from a problem file too (a hand list lacked `tolerance` and `dout`,
+# which the file accepted and grading dropped: a ninth audit); `checks` lose their file-only options (_request)
+COPIED = tuple(name for name in CheckRequestSchema().fields if name in ProblemSchema().fields and name != "checks")
 # a number as a student types one into a text box: JSON's, and .5, 5., +0.5, 007; never Python's float() ("1_0",
 # "infinity", " nan"): read only where JSON cannot read the text, alone or in lists, in texts of at most TYPED_CHARS
 TYPED_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
@@ -99,7 +102,9 @@ def grade_file(body: dict, limits: Limits) -> dict:
         raise misnamed
     _number_problems(problems, ("visible", *released))
     checks = [c for p in problems for c in p["checks"]]
-    score, max_score = total(p["score"] for p in problems), total(p["max_score"] for p in problems)
+    # every check's points added up once: the problems' totals, each rounded, added up to 23.366666666666664 where
+    # the points (and Gradescope's tests) make 23.366666666666667 (a ninth audit)
+    score, max_score = total(c["points"] for c in checks), total(c["max_points"] for c in checks)
     return {
         "graded": True,
         "title": problem_file.get("title") or (problems[0]["title"] if len(problems) == 1 else ""),

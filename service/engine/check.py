@@ -554,6 +554,9 @@ class Grader:
         section, _, key = name.partition(".")
         rtol = options.get("rtol", self.request["rtol"])
         atol = options.get("atol", self.request["atol"])
+        profile = tolerance.resolve(options, self.request, rtol, atol)
+        if profile is not None and profile["profile"] == "allclose":  # the tolerances echoed are those applied
+            rtol, atol = profile["rtol"], profile["atol"]
         result = {
             "name": name,
             "title": options.get("title") or self.title(name),
@@ -608,7 +611,7 @@ class Grader:
             result["formula"] = echo.clip(answer)
             actual, problem = self._formula_values(answer, expected)
         else:
-            if self._is_one_number(answer, expected, options, rtol, atol):
+            if profile is None and self._is_one_number(answer, expected):
                 result["actual"] = answer
                 self._compare_number(result, expected[0].item(), float(answer), rtol, atol, section, key)
                 if not result["passed"]:
@@ -616,7 +619,6 @@ class Grader:
                 return result
             actual, problem = self._numbers(answer, expected)
             self._echo(result, answer, shaped=problem is None)
-        profile = tolerance.resolve(options, self.request, rtol, atol)
         if problem:
             result["message"] = f"{result['title']}: {problem}"
             self._diagnose(result, name, answer, expected, profile)
@@ -858,17 +860,12 @@ class Grader:
     def _at(self, i: int) -> str:
         return f" at point {i} ({self.problem.describe(i)})" if self.multi else ""
 
-    def _is_one_number(self, answer, expected: list[torch.Tensor], options: dict, rtol: float, atol: float) -> bool:
-        """Whether this check is the common case _compare_number() grades without tensors: one point, a scalar
-        expected, a JSON number that is exactly a double, the classic rtol/atol rule (in a batch too: this is
-        cheaper than queueing it for _compare_together())."""
+    def _is_one_number(self, answer, expected: list[torch.Tensor]) -> bool:
+        """Whether a check by the classic rtol/atol rule is the common case _compare_number() grades without tensors:
+        one point, a scalar expected, a JSON number that is exactly a double (in a batch too: this is cheaper than
+        queueing it for _compare_together())."""
         kind = type(answer)
-        return (
-            (kind is float or (kind is int and abs(answer) <= 2**53))
-            and not self.multi
-            and expected[0].dim() == 0
-            and tolerance.resolve(options, self.request, rtol, atol) is None
-        )
+        return (kind is float or (kind is int and abs(answer) <= 2**53)) and not self.multi and expected[0].dim() == 0
 
     def _compare_number(
         self, result: dict, expected: float, actual: float, rtol: float, atol: float, section: str, key: str
@@ -936,13 +933,15 @@ class Grader:
         e, a, close = expected[failed_at], actual[failed_at], closeness[failed_at]
         index, want, got = _worst_element(e, a, close)
         element = f"[{', '.join(map(str, _unravel(index, e.shape)))}]" if e.ndim else ""
-        what = f"your formula gives {got:.6g}" if section == "gradient_formulas" else f"you gave {got:.6g}"
         if mode == "error":
+            what = f"your formula gives {got:.6g}" if section == "gradient_formulas" else f"you gave {got:.6g}"
             message = f"{result['title']}{element} is off{self._at(failed_at)}: {what}"
             if math.isfinite(got) and math.isfinite(want):
                 message += f", off by {feedback.band(got, want)} of the right value"
             return message + self._spread(e, close, closeness) + self._chain_names(result, key, failed_at)
-        message = f"{result['title']}{element} is off{self._at(failed_at)}: {what}, autograd gives {want:.6g}"
+        shown, reference = echo.apart(got, want)
+        what = f"your formula gives {shown}" if section == "gradient_formulas" else f"you gave {shown}"
+        message = f"{result['title']}{element} is off{self._at(failed_at)}: {what}, autograd gives {reference}"
         if math.isfinite(got) and math.isfinite(want):
             rtol, atol = result["rtol"], result["atol"]
             relative = f", {abs(got - want) / abs(want):.3g} relative" if want else ""

@@ -32,6 +32,17 @@ def clip(text: str, limit: int = ECHO_CHARS) -> str:
     return f"{text[:limit]}… ({len(text)} characters)"
 
 
+def apart(got: float, want: float) -> tuple[str, str]:
+    """An answer and its reference as a failed check's message prints them: to 6 significant digits, or as many more
+    as it takes to tell them apart (rtol 1e-7: "you gave 0.123457, autograd gives 0.123457", a ninth audit); 17
+    digits tell any two doubles apart."""
+    for digits in range(6, 18):
+        shown = f"{got:.{digits}g}", f"{want:.{digits}g}"
+        if shown[0] != shown[1] or got == want:
+            break
+    return shown
+
+
 def shape_of(value, max_dims: int) -> tuple[int, ...] | None:
     """The shape of a rectangular nested list of an answer's numbers (a number: ()), or None when it is ragged,
     mixed or nested deeper than max_dims: values.tensor_shape, which copies only the lists, never the numbers."""
