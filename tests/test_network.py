@@ -125,10 +125,8 @@ def reference_loss(params: dict, x, y, layers, loss: dict, l2: dict):
         return h
     if kind == "softmax_cross_entropy":
         per = -torch.log_softmax(h, 1)[torch.arange(n), y.long()]
-    elif kind == "hinge":
-        correct = h[torch.arange(n), y.long()].reshape(-1, 1)
-        margins = torch.clamp(h - correct + 1.0, min=0)
-        per = margins.sum(1) - 1.0  # the correct class contributes exactly the margin 1
+    elif kind == "hinge":  # torch's own multiclass SVM kernel, which divides each sample's sum by the classes
+        per = F.multi_margin_loss(h, y.long(), margin=loss.get("margin", 1.0), reduction="none") * h.shape[1]
     else:
         per = ((h - y) ** 2).sum(1)
     data = per.mean() if loss.get("reduction", "mean") == "mean" else per.sum()
@@ -149,29 +147,41 @@ def to_layout(layout: str, name: str, t: torch.Tensor) -> torch.Tensor:
 def random_networks(draw):
     n, d = draw(st.integers(2, 4)), draw(st.integers(1, 4))
     widths = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
-    acts = [draw(st.sampled_from([None, "relu", "tanh", "sigmoid", "leaky_relu"])) for _ in widths[:-1]] + [None]
+    # whole numbers, as the toy data an instructor writes by hand: ties at the kinks (a hinge margin or a ReLU
+    # input of exactly 0), where autograd must take the courses' side (`margins > 0`, `x > 0`). Only linear layers
+    # and ReLU keep every value whole, so both sides compute a tie exactly, whatever their order of summation.
+    whole = draw(st.booleans())
+    kinds = [None, "relu"] if whole else [None, "relu", "tanh", "sigmoid", "leaky_relu"]
+    acts = [draw(st.sampled_from(kinds)) for _ in widths[:-1]] + [None]
     kind = draw(st.sampled_from(["softmax_cross_entropy", "hinge", "mse"]))
     if kind != "mse":
         widths[-1] = max(widths[-1], 2)
     loss = {"type": kind, "reduction": draw(st.sampled_from(["mean", "sum"]))}
+    if kind == "hinge":
+        loss["margin"] = draw(st.sampled_from([1.0, 0.0, 0.5]))
     l2 = {"reg": draw(st.sampled_from([0.0, 0.3])), "form": draw(st.sampled_from(sorted(network.L2_FORMS)))}
     seed = draw(st.integers(0, 2**16))
     layout = draw(st.sampled_from(sorted(network.LAYOUTS)))
-    return n, d, widths, acts, loss, l2, seed, layout
+    return n, d, widths, acts, loss, l2, seed, layout, whole
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(random_networks())
 def test_gradients_equal_torch_func_in_every_layout(client, net):
-    n, d, widths, acts, loss, l2, seed, layout = net
+    n, d, widths, acts, loss, l2, seed, layout, whole = net
     gen = torch.Generator().manual_seed(seed)
     layers = [{"type": "linear", "out_features": w, "activation": a} for w, a in zip(widths, acts, strict=True)]
+
+    def draw(*shape):
+        values = torch.randn(*shape, generator=gen, dtype=torch.float64)
+        return values.mul(1.5).round() if whole else values
+
     params, fan_in = {}, d
     for i, w in enumerate(widths, 1):
-        params[f"W{i}"] = torch.randn(fan_in, w, generator=gen, dtype=torch.float64)
-        params[f"b{i}"] = torch.randn(w, generator=gen, dtype=torch.float64)
+        params[f"W{i}"] = draw(fan_in, w)
+        params[f"b{i}"] = draw(w)
         fan_in = w
-    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    x = draw(n, d)
     if loss["type"] == "mse":
         y = torch.randn(n, widths[-1], generator=gen, dtype=torch.float64)
         y_sent = to_layout(layout, "X", y)
@@ -194,7 +204,8 @@ def test_gradients_equal_torch_func_in_every_layout(client, net):
         got = torch.tensor(out["gradients"][name], dtype=torch.float64)
         assert got.shape == value.shape, name
         assert torch.allclose(got, value, rtol=1e-10, atol=1e-12), name
-    assert out["numeric"]["max_abs_error"] < 1e-6 * max(1.0, max(v.abs().max().item() for v in expected.values()))
+    if not whole:  # at a kink, central differences average the two sides: no reference there
+        assert out["numeric"]["max_abs_error"] < 1e-6 * max(1.0, max(v.abs().max().item() for v in expected.values()))
 
 
 def test_batchnorm_and_dropout_equal_torch(client):
@@ -1140,3 +1151,155 @@ def test_a_network_without_layers_regularizes_nothing(client):
     without = client.post("/v1/gradients", json={"model": plain, "inputs": {"y": [0, 1, 1, 0]}})
     assert with_l2.status_code == without.status_code == 200, with_l2.json
     assert with_l2.json["loss"] == without.json["loss"]
+
+
+# --- the ninth audits: ties at a kink, advice for a non-scalar output, bce at 0 and 1, `output` ------------------
+
+
+def svm_loss_naive(w: np.ndarray, x: np.ndarray, y: np.ndarray, margin: float, reduction: str):
+    """CS231n's svm_loss_naive (assignment 1, linear_svm.py) written out: a class counts only where its margin is
+    > 0. Returns (loss, dW, how many margins are exactly 0)."""
+    dw, loss, ties = np.zeros_like(w), 0.0, 0
+    for i in range(x.shape[0]):
+        scores = x[i] @ w
+        for j in range(w.shape[1]):
+            if j == y[i]:
+                continue
+            m = scores[j] - scores[y[i]] + margin
+            ties += m == 0
+            if m > 0:
+                loss += m
+                dw[:, j] += x[i]
+                dw[:, y[i]] -= x[i]
+    if reduction == "mean":
+        loss, dw = loss / x.shape[0], dw / x.shape[0]
+    return loss, dw, ties
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("margin", [1.0, 0.0])
+def test_hinge_margin_of_exactly_0_is_not_a_violation(client, margin, reduction):
+    """Found by an audit: torch.clamp(min=0) passes the gradient at 0, so a tie counted as violated; CS231n's SVM
+    (`margins > 0`) and torch's multi_margin_loss do not count it. Whole numbers make ties, as in a toy by hand."""
+    rng = np.random.RandomState(4)
+    x, w, y = rng.randint(-1, 3, (6, 3)).astype(float), rng.randint(-1, 2, (3, 4)).astype(float), rng.randint(0, 4, 6)
+    loss, dw, ties = svm_loss_naive(w, x, y, margin, reduction)
+    assert ties > 0  # the case this test is about
+    model = {
+        "kind": "network",
+        "layout": "cs231n",
+        "layers": [{"type": "linear", "out_features": 4, "bias": False}],
+        "loss": {"type": "hinge", "margin": margin, "reduction": reduction},
+    }
+    body = {"model": model, "inputs": {"X": x.tolist(), "W1": w.tolist(), "y": y.tolist()}, "dtype": "float64"}
+    status, out = post(client, "/v1/gradients", {**body, "include": []})
+    assert status == 200, out
+    assert out["loss"] == pytest.approx(loss, abs=1e-12)
+    np.testing.assert_allclose(out["gradients"]["W1"], dw, atol=1e-12)
+    xt = torch.tensor(x, requires_grad=True)
+    per = F.multi_margin_loss(xt @ torch.tensor(w), torch.tensor(y), margin=margin, reduction="none") * 4
+    (per.mean() if reduction == "mean" else per.sum()).backward()
+    np.testing.assert_allclose(out["gradients"]["X"], xt.grad.numpy(), atol=1e-12)
+
+
+def test_hinge_ties_from_the_audit(client):
+    """The audit's two repros: a loss of 0 with a gradient, and the CS231n answer (zeros) graded wrong."""
+    model = {"kind": "network", "layout": "cs231n", "layers": [], "loss": {"type": "hinge"}}
+    body = {"model": model, "inputs": {"X": [[1, 0, 0], [2, 0, 3]], "y": [0, 2]}, "dtype": "float64", "include": []}
+    status, out = post(client, "/v1/gradients", body)
+    assert status == 200, out
+    assert out["loss"] == 0.0 and out["gradients"]["X"] == [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    model["layers"] = [{"type": "linear", "out_features": 3, "bias": False}]
+    body = {
+        "model": model,
+        "inputs": {"X": [[1, 0], [0, 1]], "W1": [[1, 0, 0], [0, 1, 0]], "y": [0, 1]},
+        "checks": {"loss": {"points": 1}, "gradients.W1": {"points": 1}},
+        "submission": {"loss": 0.0, "gradients": {"W1": [[0, 0, 0], [0, 0, 0]]}},
+    }
+    status, out = post(client, "/v1/check", body)
+    assert status == 200, out
+    assert out["score"] == out["max_score"] == 2.0, out
+
+
+def test_relu_at_exactly_0_passes_no_gradient(client):
+    """The same kink in ReLU: CS231n's relu_backward is dout * (x > 0), so a Z of exactly 0 gets no gradient."""
+    model = {"kind": "network", "layout": "torch", "layers": [{"type": "relu"}], "loss": {"type": "none"}}
+    body = {"model": model, "inputs": {"X": [[-1.0, 0.0, 2.0]]}, "dout": [[5.0, 5.0, 5.0]], "dtype": "float64"}
+    status, out = post(client, "/v1/gradients", {**body, "include": []})
+    assert status == 200, out
+    assert out["gradients"]["X"] == [[0.0, 0.0, 5.0]]
+
+
+def test_a_network_output_without_dout_says_what_a_network_can_send(client):
+    """Found by an audit: the 422 said "reduce it (sum(...) or mean(...))", formula advice a network cannot follow.
+    It names `dout`, a loss, and (in /v1/gradients) the Jacobian; a formula's advice stays its own."""
+    model = {
+        "kind": "network",
+        "layout": "torch",
+        "layers": [{"type": "linear", "out_features": 2}],
+        "loss": {"type": "none"},
+        "init": {"scheme": "ones"},
+    }
+    body = {"model": model, "inputs": {"X": [[1, 2, 3]]}}
+    for path, extra in (("/v1/gradients", {"include": []}), ("/v1/check", {"submission": {"gradients": {}}})):
+        status, out = post(client, path, {**body, **extra})
+        assert status == 422 and out["type"] == "/problems/non-scalar-output", out
+        assert "shape [1, 2]" in out["detail"] and "`dout`" in out["detail"] and "`loss`" in out["detail"], out
+        assert "jacobian" in out["detail"] and "sum(...)" not in out["detail"], out
+    for extra in ({"dout": [[1.0, 1.0]]}, {"include": ["jacobian"]}):  # what the message advises, answered
+        status, out = post(client, "/v1/gradients", {**body, **extra})
+        assert status == 200, out
+    formula = {"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": [1, 2]}}
+    status, out = post(client, "/v1/gradients", formula)
+    assert status == 422 and "sum(...) or mean(...)" in out["detail"], out
+
+
+def dlai_compute_cost(al: np.ndarray, y: np.ndarray) -> float:
+    """deeplearning.ai's compute_cost, unclamped: -1/m * sum(Y log AL + (1 - Y) log(1 - AL))."""
+    with np.errstate(all="ignore"):
+        return float(-np.sum(y * np.log(al) + (1 - y) * np.log(1 - al)) / y.shape[1])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "layers", "x", "advice"),
+    [
+        ("float32", [{"type": "linear", "out_features": 1, "activation": "sigmoid"}], [[20.0, -1.0]], "float64"),
+        ("float64", [], [[1.0, 0.25]], "bce_with_logits"),  # a prediction of exactly y: NaN in any dtype
+        ("float64", [], [[0.0, 0.25]], "bce_with_logits"),  # y = 1 with p = 0: infinite
+    ],
+    ids=["float32-sigmoid-rounds-to-1", "p-equals-y", "p-0-for-y-1"],
+)
+def test_bce_on_a_prediction_of_exactly_0_or_1_says_why_it_is_not_finite(client, dtype, layers, x, advice):
+    """Found by an audit: a network's bce turned NaN or Infinity with only the generic "not finite" warnings, where
+    the neuron explains it. The numbers stay deeplearning.ai's (unclamped); a warning says why, and what to do."""
+    model = {"kind": "network", "layout": "dlai", "layers": layers, "loss": {"type": "bce"}}
+    inputs = {"X": x, "y": [[1, 0]], **({"W1": [[1.0]], "b1": [[0.0]]} if layers else {})}
+    status, out = post(client, "/v1/gradients", {"model": model, "inputs": inputs, "dtype": dtype, "include": []})
+    assert status == 200, out
+    assert out["loss"] in ("NaN", "Infinity"), out
+    said = [w for w in out["warnings"] if "exactly 0 or 1" in w]
+    assert len(said) == 1 and "bce_with_logits" in said[0] and advice in said[0], out["warnings"]
+    assert "1 of 2" in said[0] and ('dtype "float64"' in said[0]) == (dtype == "float32"), said
+    if not layers:  # /v1/check grades in float64: its 422 for the NaN reference says why too
+        status, out = post(client, "/v1/check", {"model": model, "inputs": inputs, "submission": {"loss": 0.5}})
+        assert status == 422 and out["type"] == "/problems/non-finite-reference", out
+        assert "exactly 0 or 1" in out["detail"] and "bce_with_logits" in out["detail"], out
+    if layers:  # in float64 the sigmoid stays below 1: deeplearning.ai's number, and nothing to explain
+        status, out = post(client, "/v1/gradients", {"model": model, "inputs": inputs, "dtype": "float64"})
+        assert out["loss"] == pytest.approx(dlai_compute_cost(1 / (1 + np.exp(-np.array(x))), np.array([[1, 0]])))
+        assert out["loss"] == pytest.approx(0.156630844789688, abs=1e-15)
+        assert not [w for w in out["warnings"] if "exactly 0 or 1" in w], out["warnings"]
+
+
+def test_the_output_intermediate_is_the_output_with_dout_as_its_gradient(client):
+    """Found by an audit: with `dout`, `intermediates` holds `output` when no layer's intermediate is the output (no
+    layers: X itself), as a formula's and a per-sample neuron's do; its gradient is dout (it was null for X)."""
+    model = {"kind": "network", "layout": "torch", "layers": [], "loss": {"type": "none"}}
+    body = {"model": model, "inputs": {"X": [[1.5, -2.0]]}, "dout": [[-2.0, 3.0]], "dtype": "float64"}
+    status, out = post(client, "/v1/gradients", {**body, "include": ["intermediates"]})
+    assert status == 200, out
+    assert out["intermediates"] == {"output": {"value": [[1.5, -2.0]], "grad": [[-2.0, 3.0]]}}
+    assert out["gradients"]["X"] == [[-2.0, 3.0]]
+    expression = {"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": [1.0, 2.0]}, "dout": [1.0, 3.0]}
+    status, out = post(client, "/v1/gradients", {**expression, "dtype": "float64", "include": ["intermediates"]})
+    assert status == 200 and out["intermediates"] == {"output": {"value": [1.0, 2.0], "grad": [1.0, 3.0]}}, out

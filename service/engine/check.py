@@ -681,10 +681,12 @@ class Grader:
             element = f"[{', '.join(map(str, _unravel(index, tuple(e.shape))))}]" if e.dim() else ""
             value = e.reshape(-1)[index].item()
             at = f" at point {i} ({self.problem.describe(i)})" if self.multi else f" at {self.problem.describe(i)}"
+            said = self.problem.refs[i]["warnings"]  # the model's word on why (a network's bce at 0 or 1)
             raise NonFiniteReference(
                 f"the reference (autograd) of check {name!r} ({title}) is {value}{element}{at}, "
                 f"at {int((~finite).sum())} of {e.numel()} element(s): no answer can be graded against it; "
-                "choose points (inputs, points or domain) where the model and its derivatives are finite",
+                "choose points (inputs, points or domain) where the model and its derivatives are finite"
+                + "".join(f"; {w}" for w in said),
                 name,
             )
 

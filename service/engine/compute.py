@@ -139,8 +139,7 @@ def forward_backward(
         out = model.forward(leaves, record, trace)
         if out.dim() != 0 and not model.per_sample:
             raise NonScalarOutput(
-                f"the output has shape {list(out.shape)}; backward() needs a scalar, "
-                "so reduce it (sum(...) or mean(...))"
+                f"the output has shape {list(out.shape)}; backward() needs a scalar, so {model.scalar_advice}"
             )
         for t in record.values():
             if t.grad_fn is not None:
@@ -174,9 +173,9 @@ def _grad(model, base: dict, wrt: tuple, include: set, limits: Limits, deadline:
         graph = build_graph(out, leaves={n: leaves[n] for n in wrt}, known=known, limits=limits, trace=trace)
         body["graph"] = graph if "graph" in include else None
         body["dot"] = to_dot(graph) if "dot" in include else None
-    if "intermediates" in include:
+    if "intermediates" in include:  # a leaf among them (`output` is X itself) has its own gradient, not a retained one
         body["intermediates"] = {
-            k: {"value": t.detach(), "grad": t.grad if t.retains_grad else None} for k, t in record.items()
+            k: {"value": t.detach(), "grad": t.grad if t.retains_grad or t.is_leaf else None} for k, t in record.items()
         }
     if "manual" in include:
         body["manual"] = _manual(model, leaves, wrt, gradients, warnings)

@@ -43,7 +43,8 @@ class ShapeError(EngineError):
 
 
 class NonScalarOutput(EngineError):
-    """backward() needs a scalar output: the formula needs a reduction such as sum() or mean()."""
+    """backward() needs a scalar output: a formula needs a reduction such as sum() or mean(), a network `dout`
+    or a loss (the model's `scalar_advice` says which)."""
 
     slug = "non-scalar-output"
     title = "Non-scalar output"

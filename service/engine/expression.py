@@ -17,6 +17,7 @@ class Expression:
     inputs = None  # the formula's variables
     default_wrt = None  # every input
     per_sample = False
+    scalar_advice = "reduce it (sum(...) or mean(...))"
 
     def __init__(self, spec: dict, limits: Limits, deadline: Deadline = NO_DEADLINE) -> None:
         if "name" in spec:

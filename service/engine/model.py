@@ -23,6 +23,8 @@ class Model(Protocol):
     default_wrt: tuple[str, ...] | None
     # set by prepare(): the output holds one loss per sample and backward runs from their sum
     per_sample: bool
+    # what the 422 for a non-scalar output without `dout` tells the client to do, in this kind's own terms
+    scalar_advice: str
 
     def __init__(self, spec: dict, limits: Limits, deadline: Deadline) -> None:
         """Check the spec beyond what the schema can (e.g. parse a formula within the limits)."""

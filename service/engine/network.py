@@ -168,6 +168,11 @@ class Network:
 
     catalog_entry = None
     per_sample = False
+    # a network spec has no sum(...): an upstream gradient (a layer check), a loss, or the Jacobian
+    scalar_advice = (
+        "send `dout`, the upstream gradient (gradients are then dout·J, as in a layer check), give the network a "
+        '`loss`, or, in /v1/gradients, ask for `"include": ["jacobian"]` or `tangents`'
+    )
     no_manual = "a network's gradients come from autograd only; compare them with `numeric`"
 
     inputs = None  # X, y and the parameters the layers imply
@@ -192,6 +197,7 @@ class Network:
         # RandomState(dropout_seed) in layer order, so a draw depends only on the shapes drawn before it in the pass
         # (DropoutStream keeps them in a tree of those shapes).
         self._stream_masks = DropoutStream.root()
+        self.predictions: torch.Tensor | None = None  # bce's input in the last recorded pass, for diagnose()
 
     # --- shapes and tensors -----------------------------------------------------------------------
 
@@ -357,6 +363,8 @@ class Network:
         out = self.outputs(t, record)
         if self.loss["type"] == "none":
             return out
+        if record is not None and self.loss["type"] == "bce":
+            self.predictions = out.detach()
         data, l2 = self.data_loss(out, t["y"]), self.l2_term(t, t["X"].shape[self.layout.samples_axis])
         if trace is not None:
             trace.add(("data loss", data), ("L2 penalty", l2))
@@ -454,7 +462,9 @@ class Network:
                 per = -(self.layout.samples_first(y) * logp).sum(1)
         elif kind == "hinge":
             idx = y.reshape(-1, 1).long()
-            margins = torch.clamp(scores - scores.gather(1, idx) + self.loss.get("margin", 1.0), min=0)
+            # relu, not clamp(min=0): a margin of exactly 0 is no violation and passes no gradient, as CS231n's SVM
+            # (`margins > 0`) and torch's multi_margin_loss have it; clamp's backward passes it at the bound
+            margins = torch.relu(scores - scores.gather(1, idx) + self.loss.get("margin", 1.0))
             correct = torch.arange(scores.shape[1]).reshape(1, -1) == idx  # one_hot, which refuses 0 classes
             per = margins.masked_fill(correct, 0).sum(1)
         else:
@@ -493,7 +503,22 @@ class Network:
         return None
 
     def diagnose(self, record: dict[str, torch.Tensor]) -> list[str]:
-        return []
+        """bce's NaN or infinity explained, as the neuron's are: the loss is deeplearning.ai's, unclamped, so a
+        prediction of exactly 0 or 1 puts a log(0) in it (0 * log 0 = NaN where it equals y, else infinite)."""
+        p = self.predictions
+        if p is None or p.numel() == 0:
+            return []
+        edge = int(((p == 0) | (p == 1)).sum())
+        if not edge:
+            return []
+        float32 = p.dtype != torch.float64
+        return [
+            f"bce: the prediction is exactly 0 or 1 at {edge} of {p.numel()} element(s) (a "
+            f"{'float32' if float32 else 'float64'} sigmoid is 1.0 from z ≈ {16.6 if float32 else 36.7} on), where "
+            "log(0) makes the loss and its gradients NaN or infinite, as deeplearning.ai's unclamped compute_cost "
+            'does; use loss "bce_with_logits" on the logits (without the last sigmoid)'
+            + (' or dtype "float64"' if float32 else "")
+        ]
 
     def intermediate_gradients(self, record: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """dZ1, dA1, ... (dL/d(intermediate)) from the retained gradients, for checks on a student's backward pass."""

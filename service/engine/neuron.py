@@ -32,6 +32,7 @@ class Neuron:
 
     inputs = INPUTS
     default_wrt = ("w", "b")
+    scalar_advice = 'use reduction "mean" or "sum"'  # reduction "none" answers per-sample losses instead
 
     def __init__(self, spec: dict, limits=None, deadline=None) -> None:
         self.loss = spec.get("loss", LOSSES[0])
