@@ -154,7 +154,15 @@ class GradeQuerySchema(CappedSchema):
     class Meta:
         unknown = EXCLUDE
 
-    format = fields.String(load_default="json", validate=validate.OneOf(PLATFORMS))
+    format = fields.String(
+        load_default="json",
+        validate=validate.OneOf(PLATFORMS),
+        metadata={
+            "description": "json (default), gradescope (a results.json body), prairielearn (an external grader "
+            "result), autolab (its feedback and autoresult lines) or coderunner (a combinator template's result "
+            "table)"
+        },
+    )
 
 
 __all__ = ["GradeQuerySchema", "GradeRequestSchema", "ProblemCheckSchema", "ProblemFileSchema", "ProblemSchema"]

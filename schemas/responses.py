@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import fields as dataclass_fields
 
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
 from service.engine.limits import Limits
+
+from .requests import DTYPES, MODES
 
 
 class TensorOut(fields.Raw):
@@ -58,21 +60,27 @@ class ManualSchema(Schema):
 
 
 class GradientResponseSchema(Schema):
-    """Body of a 200 from POST /v1/gradients."""
+    """Body of a 200 from POST /v1/gradients: every key but the last three is always there (docs/api.md), null
+    when not asked for or not computable, so each is `required` (and nullable) in the OpenAPI document."""
 
     loss = TensorOut(required=True, metadata={"description": "value of the tensor backward() starts from"})
-    gradients = fields.Dict(keys=fields.String(), values=TensorOut(), allow_none=True)
-    graph = fields.Nested(GraphSchema, allow_none=True)
+    gradients = fields.Dict(keys=fields.String(), values=TensorOut(), required=True, allow_none=True)
+    graph = fields.Nested(GraphSchema, required=True, allow_none=True)
     requires_grad = fields.Boolean(required=True)
-    mode = fields.String(required=True)
-    dtype = fields.String(required=True)
-    intermediates = fields.Dict(keys=fields.String(), values=fields.Nested(IntermediateSchema), allow_none=True)
-    numeric = fields.Nested(NumericSchema, allow_none=True)
-    manual = fields.Nested(ManualSchema, allow_none=True)
-    hessian = fields.Dict(
-        keys=fields.String(), values=fields.Dict(keys=fields.String(), values=TensorOut()), allow_none=True
+    mode = fields.String(required=True, validate=validate.OneOf(MODES))
+    dtype = fields.String(required=True, validate=validate.OneOf(DTYPES))
+    intermediates = fields.Dict(
+        keys=fields.String(), values=fields.Nested(IntermediateSchema), required=True, allow_none=True
     )
-    dot = fields.String(allow_none=True)
+    numeric = fields.Nested(NumericSchema, required=True, allow_none=True)
+    manual = fields.Nested(ManualSchema, required=True, allow_none=True)
+    hessian = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(keys=fields.String(), values=TensorOut()),
+        required=True,
+        allow_none=True,
+    )
+    dot = fields.String(required=True, allow_none=True)
     warnings = fields.List(fields.String(), required=True)
     # only in answers that asked for them (docs/networks.md), so the other answers keep their exact shape
     jacobian = fields.Dict(

@@ -76,6 +76,9 @@ def create_app(config: type[Config] | None = None) -> Flask:
     config = config or Config
     configure_logging(config.LOG_LEVEL)
     app = App(__name__, static_folder=None)  # the playground blueprint serves its own assets
+    # `/v1//gradients` is an unknown path (the 404 problem), not werkzeug's 308 to `/v1/gradients` with an HTML
+    # body: Flask returns routing redirects as they are, past the error handlers. Set before any route is added.
+    app.url_map.merge_slashes = False
     app.config.from_object(config)
     app.json = StrictJSONProvider(app)
     check_config(config)

@@ -60,6 +60,16 @@ class BodyTimeout(ServiceError):
     title = "Request Timeout"
 
 
+class InvalidQuery(ServiceError):
+    """The query string does not match its schema (the body may be fine, and is not read)."""
+
+    slug = "invalid-request"
+    title = "Invalid request"
+
+    def __init__(self, messages: dict) -> None:
+        super().__init__("The query string does not match the schema; see `errors.query`.", errors={"query": messages})
+
+
 class DuplicateKey(MalformedJSON):
     """The same key twice in one object: which value was meant is a guess, so the request is refused."""
 

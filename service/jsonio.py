@@ -40,7 +40,8 @@ def read_json():
         raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed.")
     require_plain_transfer()
     if not request.is_json:
-        raise UnsupportedMediaType(f"Send the body as application/json, not {request.mimetype or 'no Content-Type'}.")
+        sent = f", not {request.mimetype}" if request.mimetype else ": the request has no Content-Type"
+        raise UnsupportedMediaType(f"Send the body as application/json{sent}.")
     charset = request.mimetype_params.get("charset", "utf-8").strip().lower()
     if charset not in UTF8:
         raise UnsupportedMediaType(f"charset {charset!r} is not supported; JSON is read as UTF-8 (RFC 8259).")

@@ -15,6 +15,7 @@ from schemas.fields import OneOfKind, Tensor, ValidatedLater
 from schemas.problems import ProblemSchema as ProblemDefinitionSchema
 from schemas.responses import TensorOut
 from service import __version__ as VERSION
+from service.observability import REQUEST_ID_HEADER, VALID_REQUEST_ID
 
 SCALAR = {"oneOf": [{"type": "number"}, {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}]}
 # tensors nest as deep as max_tensor_dims; the document spells out a bounded, non-recursive shape
@@ -48,6 +49,33 @@ ALLOW_HEADER = {
         "required": True,
         "schema": {"type": "string"},
     }
+}
+# headers/components: X-Request-ID is on every response, the others on one response each
+HEADERS = {
+    REQUEST_ID_HEADER: {
+        "description": "The request's id, also the problem's `request_id` and in every log line: the client's "
+        f"X-Request-ID when it matches `{VALID_REQUEST_ID.pattern}`, else one the service made (32 hex digits)",
+        "required": True,
+        "schema": {"type": "string", "pattern": VALID_REQUEST_ID.pattern},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before retrying: sent with `/problems/deadline-exceeded` (a worker not yet "
+        "warmed up, `/problems/not-ready`, sends none)",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "WWW-Authenticate": {
+        "description": 'The scheme API keys take: `Bearer realm="gradsvc"`',
+        "required": True,
+        "schema": {"type": "string"},
+    },
+}
+ERROR_HEADERS = {"Unavailable": "Retry-After", "Unauthorized": "WWW-Authenticate"}
+REQUEST_ID_PARAMETER = {
+    "description": f"An id to find this request by: kept when it matches `{VALID_REQUEST_ID.pattern}`; any other "
+    "value (a space, a 129th character) is replaced by one the service makes, not refused. Echoed in the "
+    "X-Request-ID response header and the problem's `request_id`",
+    "required": False,
+    "schema": {"type": "string"},
 }
 DESCRIPTION = """PyTorch forward and backward passes over HTTP: losses, gradients, autograd graphs.
 
@@ -172,10 +200,16 @@ def build_spec(app: Flask) -> dict:
     spec.components.schema("TensorValue", TENSOR_VALUE)
     spec.components.schema("Problem", schema=ProblemSchema)
     spec.components.schema("ProblemDefinition", schema=ProblemDefinitionSchema)  # a problem file's; "Problem" is taken
+    for name, header in HEADERS.items():
+        spec.components.header(name, header)
+    spec.components.parameter(REQUEST_ID_HEADER, "header", REQUEST_ID_PARAMETER)
     for name, description in ERROR_RESPONSES.items():
         response = {"description": description, "content": {"application/problem+json": {"schema": "Problem"}}}
+        response["headers"] = {REQUEST_ID_HEADER: REQUEST_ID_HEADER}
         if name == "MethodNotAllowed":
-            response["headers"] = ALLOW_HEADER
+            response["headers"].update(ALLOW_HEADER)
+        if name in ERROR_HEADERS:
+            response["headers"][ERROR_HEADERS[name]] = ERROR_HEADERS[name]
         spec.components.response(name, response)
     keys = app.extensions.get("api_keys_required", False)
     if keys:
@@ -187,6 +221,11 @@ def build_spec(app: Flask) -> dict:
             operations = {method.lower(): copy.deepcopy(declared) for method in methods}
             # any path answers 405 to a method it lacks; 404 goes on no operation (no path takes a parameter)
             for op in operations.values():
+                op.setdefault("parameters", []).append(REQUEST_ID_HEADER)
+                op["responses"][200]["headers"] = {
+                    REQUEST_ID_HEADER: REQUEST_ID_HEADER,
+                    **op["responses"][200].get("headers", {}),
+                }
                 op["responses"][405] = {"$ref": "#/components/responses/MethodNotAllowed"}
                 if "requestBody" in op:  # jsonio.read_body: a body that stalls until the deadline
                     op["responses"][408] = {"$ref": "#/components/responses/RequestTimeout"}

@@ -74,6 +74,81 @@ def test_inference_allows_non_scalar_output(client):
     assert body["loss"] == [1.0, 4.0]
 
 
+@pytest.mark.parametrize(
+    ("request_body", "loss"),
+    [
+        ({**TUTORIAL_NEURON, "dout": 3.0}, 6.701176),
+        ({**expression(formula="x**2", x=[1, 2]), "dout": [10.0, 0.0]}, [1.0, 4.0]),
+        ({**expression(formula="x**2", x=[1, 2]), "dout": [10.0, 0.0, 5.0]}, [1.0, 4.0]),  # its shape: never read
+    ],
+)
+def test_inference_loss_is_the_forward_value_whatever_dout_says(client, request_body, loss):
+    """Grad mode's `loss` with `dout` is sum(dout * output), the scalar backward() starts from; inference runs no
+    backward: its `loss` is the model's output, and the ignored `dout` is said to be."""
+    body = post(client, {**request_body, "mode": "inference", "include": []}).json
+    assert body["loss"] == loss
+    assert body["warnings"] == [
+        "dout is ignored in inference mode: `loss` is the model's output, not its sum weighted by dout"
+    ]
+
+
+def test_inference_warns_of_jacobian_and_tangents_it_does_not_compute(client):
+    request_body = {**expression(formula="x**2", x=[1, 2]), "mode": "inference", "tangents": {"x": [1.0, 0.0]}}
+    body = post(client, {**request_body, "include": ["jacobian", "hessian"]}).json
+    assert "jacobian" not in body and "jvp" not in body and body["loss"] == [1.0, 4.0]
+    assert body["warnings"] == [
+        "hessian needs gradients: not computed in inference mode",
+        "jacobian needs gradients: not computed in inference mode",
+        "jvp (`tangents`) needs gradients: not computed in inference mode",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "answered"),
+    [
+        ({"include": ["jacobian", "graph", "dot", "intermediates", "manual", "numeric", "hessian"]}, "jacobian"),
+        ({"tangents": {"x": [1.0, 0.0]}}, "jvp"),
+    ],  # default include: graph
+    ids=["jacobian", "tangents"],
+)
+def test_a_non_scalar_output_warns_of_each_extra_it_could_not_compute(client, extra, answered):
+    """Without `dout`, a non-scalar output answers `jacobian`/`jvp` and its intermediates' values; every other extra
+    asked for is null, and a warning says why for each."""
+    body = post(client, {**expression(formula="x**2*y", x=[1.0, 2.0], y=3.0), **extra}).json
+    assert body[answered] and body["gradients"] is None
+    asked = extra.get("include", ["graph"])
+    missing = [name for name in ("graph", "dot", "manual", "numeric", "hessian") if name in asked]
+    assert all(body[name] is None for name in missing)
+    assert body["warnings"] == [
+        "gradients need a scalar output: send `dout` for the vector-Jacobian product",
+        *(f"{name} needs a scalar output: not computed (send `dout`)" for name in missing),
+    ]
+    if "intermediates" in asked:
+        assert body["intermediates"]["x ** 2 * y"]["value"] == [3.0, 12.0]
+
+
+@pytest.mark.parametrize(
+    ("x", "beyond"),
+    [
+        (1e39, 1),
+        ([1e39, -1e39, 1.0, "Infinity", "NaN"], 2),  # an infinity sent as such is the client's, not a cast's
+        (["NaN", 3.4028235677973366e38, 3.4028235e38], 1),  # the first that rounds to infinity; below it, FLT_MAX
+        ([1.0] * 5000 + [-3.5e38], 1),  # a long tensor: screened by torch, not Python
+    ],
+)
+def test_a_finite_input_beyond_float32_is_named_in_a_warning(client, x, beyond):
+    """1e39 is a finite JSON number, but infinite in float32: the warning names the input and the cure."""
+    request_body = {**expression(formula="sum(x*0)", x=x), "include": []}
+    body = post(client, request_body).json
+    count = len(x) if isinstance(x, list) else 1
+    warning = (
+        f"inputs.x: {beyond} of {count} value(s) beyond float32's range (|v| > 3.4e38) became infinite; "
+        'send "dtype": "float64"'
+    )
+    assert body["warnings"][0] == warning and body["loss"] == "NaN"
+    assert not any(w.startswith("inputs.") for w in post(client, {**request_body, "dtype": "float64"}).json["warnings"])
+
+
 # --- neuron shapes and reductions ---------------------------------------------------------------
 
 BATCH = {"x": [[1.0, 2.0], [3.0, 4.0], [-5.0, 6.0]], "y": [0.0, 1.0, 1.0], "w": [0.1, -0.2], "b": 0.3}
@@ -448,6 +523,18 @@ def test_body_errors(client, raw, content_type, status, kind):
     headers = {"Content-Type": content_type} if content_type else {}
     r = client.post("/v1/gradients", data=raw, headers=headers)
     assert (r.status_code, r.mimetype, r.json["type"]) == (status, PROBLEM, f"/problems/{kind}")
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        ({}, "Send the body as application/json: the request has no Content-Type."),
+        ({"Content-Type": "text/plain"}, "Send the body as application/json, not text/plain."),
+    ],
+)
+def test_unsupported_media_type_says_what_was_sent(client, headers, detail):
+    r = client.post("/v1/gradients", data=json.dumps(TUTORIAL_NEURON), headers=headers)
+    assert (r.status_code, r.json["detail"]) == (415, detail)
 
 
 def test_nested_tensor_within_limits_is_fine(client):

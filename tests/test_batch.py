@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import orjson
@@ -16,6 +17,7 @@ from service.engine import cost, refcache
 from service.engine.check import estimate as estimate_check
 from service.engine.compute import estimate_cost
 from service.engine.limits import Limits
+from service.engine.values import outline
 from service.views.check_loading import check_request, problem_json
 
 CHECK = {
@@ -139,6 +141,60 @@ def test_vectorized_equals_one_by_one(client, count_vectorized, case):
     assert count_vectorized == [24]  # one pass for the whole group
     one_by_one = b",".join(client.post("/v1/gradients", json=job).get_data() for job in jobs)
     assert vectorized == b'{"results":[' + one_by_one + b"]}"  # byte for byte
+
+
+def _filled(shape, value):
+    return value if not shape else [_filled(shape[1:], value) for _ in range(shape[0])]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize(
+    ("x", "w"),
+    [([[6.7, -3.0]], [-3.0, 1e30]), ([-3.0], 1e30), ([[-3.0]], 1e30), ([[[6.7, -3.0]]], [-3.0, 1e30])],
+    ids=["1x2", "1", "1x1", "1x1x2"],
+)
+def test_a_clamped_one_sample_job_keeps_the_sign_of_its_zeros(client, count_vectorized, x, w, reduction):
+    """z = -3e30: the clamp bites and w's gradient is exactly zero, 0 * x, so -0.0 where x < 0. Alone, w (and b)
+    broadcast over the job's one sample and their gradients are summed over it: 0.0. Stacked, the same bytes."""
+    vector_w = isinstance(w, list)
+    y_shape = outline(x)[:-1] if vector_w else outline(x)
+    job = {
+        "model": {"kind": "neuron", "reduction": reduction},
+        "inputs": {"x": x, "y": _filled(y_shape, 0.3), "w": w, "b": -3.0},
+        "include": ["intermediates"],
+        "wrt": ["x", "y", "w", "b"],
+    }
+    single = client.post("/v1/gradients", json=job)
+    assert single.status_code == 200 and json.loads(single.get_data())["gradients"]["w"] in (0.0, [0.0, 0.0])
+    assert client.post("/v1/batch", json={"jobs": [job, job]}).get_data() == b'{"results":[%s,%s]}' % (
+        single.get_data(),
+        single.get_data(),
+    )
+    assert count_vectorized == [2]
+
+
+@pytest.mark.parametrize("extra", [{"dout": 3.0}, {"tangents": {"w": 1.0}}])
+def test_a_neuron_job_with_dout_or_tangents_is_not_stacked_without_them(client, count_vectorized, extra):
+    """The stacked pass computes neither dout·J nor J·v: such jobs run one by one, answered as alone."""
+    job = {**TUTORIAL_NEURON, "include": [], **extra}
+    single = client.post("/v1/gradients", json=job).get_data()
+    assert client.post("/v1/batch", json={"jobs": [job, job]}).get_data() == b'{"results":[%s,%s]}' % (single, single)
+    assert count_vectorized == []
+
+
+def test_vectorized_jobs_warn_of_inputs_beyond_float32(client, count_vectorized):
+    """A finite 1e39 is infinite in float32: each stacked job warns of its own, as alone (and as alone, an
+    "Infinity" sent as such is no such warning)."""
+    jobs = [
+        {"model": {"kind": "neuron"}, "inputs": {"x": x, "y": 0.0, "w": 1.0, "b": 0.0}, "include": []}
+        for x in (1.0, 1e39, "Infinity", -1e39)
+    ]
+    vectorized = client.post("/v1/batch", json={"jobs": jobs})
+    assert count_vectorized == [4]
+    one_by_one = b",".join(client.post("/v1/gradients", json=job).get_data() for job in jobs)
+    assert vectorized.get_data() == b'{"results":[' + one_by_one + b"]}"
+    beyond = [[w for w in r["warnings"] if w.startswith("inputs.x: ")] for r in vectorized.json["results"]]
+    assert [len(w) for w in beyond] == [0, 1, 0, 1]
 
 
 def test_vectorized_jobs_warn_of_their_own_targets_outside_0_1(client, count_vectorized):

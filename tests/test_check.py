@@ -657,9 +657,22 @@ def test_a_refused_answer_is_read_once_with_the_whole_bodys_errors(client, monke
         assert response.status_code == 400 and response.json["errors"] == whole.value.messages
 
 
-def test_unknown_format_is_400(client):
-    response = client.post("/v1/check?format=moodle", json={**NEURON, "submission": {"loss": 1}})
-    assert response.status_code == 400 and "format" in response.json["errors"]
+@pytest.mark.parametrize("path", ["/v1/check", "/v1/grade"])
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("format=GRADESCOPE", "Must be one of: json, gradescope, prairielearn"),
+        ("format=json&format=gradescope", "Given more than once."),
+    ],
+)
+def test_a_bad_query_string_is_reported_as_the_query_not_the_body(client, path, query, message):
+    """The body is fine (or not even read): `detail` blames the query string, `errors` keys it under `query`."""
+    response = client.post(f"{path}?{query}", json={**NEURON, "submission": {"loss": 1}})
+    problem = response.json
+    assert (response.status_code, problem["type"]) == (400, "/problems/invalid-request")
+    assert problem["detail"] == "The query string does not match the schema; see `errors.query`."
+    assert list(problem["errors"]) == ["query"] and list(problem["errors"]["query"]) == ["format"]
+    assert problem["errors"]["query"]["format"][0].startswith(message)
 
 
 def test_no_query_string_answers_as_format_json(client):

@@ -374,6 +374,34 @@ def test_gateway_problem_bodies_are_valid_json():
     assert {404, 413, 429, 502, 503, 504} <= codes
 
 
+def _subclasses(cls: type) -> list[type]:
+    return [cls] + [sub for direct in cls.__subclasses__() for sub in _subclasses(direct)]
+
+
+def test_gateway_problem_types_mean_what_the_apps_mean():
+    """A client dispatching on `type` reads the same problem from the gateway as from the app (RFC 9457: a type
+    keeps its title): a type the app uses has the app's status and title (limit-exceeded is the 413 with a `limit`
+    member, body-timeout the 408); other statuses (414, 431) are `about:blank`, as the app's and gunicorn's HTTP
+    errors are; every type and every about:blank status keeps one title."""
+    from service.errors import ServiceError
+
+    app_types = {f"/problems/{c.slug}": (c.status, c.title) for c in _subclasses(ServiceError)}
+    text = load_render().render()
+    bodies = [line.split("'")[1].replace("\\n", "") for line in text.splitlines() if "location = /_problem/" in line]
+    problems = [json.loads(b.replace("$problem_instance", "null").replace("$req_id", "abc")) for b in bodies]
+    titles: dict[tuple, set[str]] = {}
+    for problem in problems:
+        key = (problem["type"], problem["status"]) if problem["type"] == "about:blank" else (problem["type"],)
+        titles.setdefault(key, set()).add(problem["title"])
+        if problem["type"] in app_types:
+            assert (problem["status"], problem["title"]) == app_types[problem["type"]], problem
+        if problem["type"] == "/problems/limit-exceeded":
+            assert problem["limit"]["name"] and problem["hint"], problem
+    assert all(len(t) == 1 for t in titles.values()), titles
+    by_status = {p["status"]: p["type"] for p in problems}
+    assert (by_status[408], by_status[414], by_status[431]) == ("/problems/body-timeout", "about:blank", "about:blank")
+
+
 def test_render_rejects_injection():
     render = load_render()
     for bad in (

@@ -142,6 +142,51 @@ def test_gateway_413_is_problem_json(strict_gateway):
     assert r.json()["hint"].startswith("send a smaller body")  # as the app's own 413s: every 413 says what to do
 
 
+@pytest.mark.parametrize(
+    ("headers", "path", "status", "title"),
+    [
+        ({}, "/v1/models?q=" + "a" * 9000, 414, "URI Too Long"),
+        ({"X-Big": "a" * 9000}, "/v1/models", 431, "Request Header Fields Too Large"),
+    ],
+)
+def test_gateway_414_and_431_are_plain_http_problems(gateway, headers, path, status, title):
+    """Not /problems/limit-exceeded, which is the app's 413 with a `limit` member: an HTTP status of its own, as
+    gunicorn's own 414 and 431 (deploy/gunicorn.conf.py) and the app's 404 and 405 are: `about:blank`."""
+    r = requests.get(gateway.url + path, headers={**headers, "X-Request-ID": "long-1"}, timeout=10)
+    assert (r.status_code, r.headers["Content-Type"]) == (status, PROBLEM)
+    problem = r.json()
+    assert (problem["type"], problem["title"], problem["status"]) == ("about:blank", title, status)
+    assert "limit" not in problem and problem["request_id"] == r.headers["X-Request-ID"]
+
+
+def test_a_stalled_body_is_cut_off_by_the_gateway_without_an_answer(replicas, tmp_path, monkeypatch):
+    """nginx ends a request whose body stalls for client_body_timeout (1 s here, not 30) by resetting the
+    connection (reset_timedout_connection), never with a page: on a timeout it sends no 408 at all, so its
+    /_problem/408 (the app's body-timeout type, test_deploy_static.py) is there only for an nginx that would."""
+    render = bench_gateway.nginx_render.render
+    assert "client_body_timeout 30s;" in render()
+
+    def quick(**settings):
+        return render(**settings).replace("client_body_timeout 30s;", "client_body_timeout 1s;")
+
+    monkeypatch.setattr(bench_gateway.nginx_render, "render", quick)
+    head = (
+        b"POST /grad/v1/gradients HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\nX-Request-ID: stalled-1\r\n\r\n{"
+    )
+    with Gateway(tmp_path / "nginx", [upstream(s) for s in replicas]) as gw:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(head)  # and nothing more
+            start, answer = time.monotonic(), b""
+            try:
+                while time.monotonic() - start < 10 and (chunk := sock.recv(65536)):
+                    answer += chunk
+            except ConnectionResetError:
+                pass
+            waited = time.monotonic() - start
+    assert answer == b"" and waited < 9  # closed after about a second, without a byte (and never the app's 408)
+
+
 def test_gateway_429_is_problem_json(strict_gateway):
     time.sleep(1.5)  # let the bucket refill after other tests
     statuses, bodies = [], []

@@ -83,6 +83,18 @@ def test_non_finite_result_is_valid_json(live_server):
     assert r.json()["loss"] == "Infinity"
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1//gradients"), ("OPTIONS", "/v1//gradients"), ("GET", "/v1//models"), ("POST", "/v1///check")],
+)
+def test_a_doubled_slash_is_the_404_problem_not_a_redirect(live_server, method, path):
+    """werkzeug would merge the slashes with a 308 and an HTML page: here an unknown path, like any other."""
+    body = TUTORIAL_NEURON if method == "POST" else None
+    r = requests.request(method, live_server.url + path, json=body, allow_redirects=False, timeout=10)
+    assert (r.status_code, r.headers["Content-Type"]) == (404, "application/problem+json")
+    assert "Location" not in r.headers and r.json()["instance"] == path
+
+
 def test_concurrent_identical_requests_agree(live_server):
     """Fresh tensors per request: the same body gives the same bytes from either worker, however often."""
     with requests.Session() as session:

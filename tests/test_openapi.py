@@ -15,6 +15,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from conftest import ROOT, TUTORIAL_NEURON, GunicornServer, TestConfig
 from service import create_app
+from service.observability import VALID_REQUEST_ID
 
 app = create_app(TestConfig)
 schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
@@ -79,11 +80,15 @@ def documented(doc: dict, response: dict) -> dict:
 
 
 def check_against(doc: dict, response: dict, answer: requests.Response) -> None:
-    """The live answer has the documented media type, required headers and body schema ($refs resolved in doc)."""
+    """The live answer has the documented media type, headers (each required one, each value valid against its
+    schema) and body schema ($refs resolved in doc)."""
     media_type = answer.headers["Content-Type"].split(";")[0]
-    assert list(response["content"]) == [media_type]
+    assert media_type in response["content"]
     for name, header in response.get("headers", {}).items():
+        header = doc["components"]["headers"][header["$ref"].rpartition("/")[2]] if "$ref" in header else header
         assert not header.get("required") or name in answer.headers, name
+        if name in answer.headers:
+            OAS31Validator(header["schema"]).validate(answer.headers[name])
     body_schema = {**response["content"][media_type]["schema"], "components": doc["components"]}
     OAS31Validator(body_schema).validate(answer.json())
 
@@ -118,6 +123,94 @@ def test_live_404_and_405_match_the_documented_responses(live_server):
     assert answer.status_code == 404 and "/v1/no-such-path" not in doc["paths"]
     check_against(doc, documented(doc, {"$ref": "#/components/responses/NotFound"}), answer)
     assert answer.json()["instance"] == "/v1/no-such-path"
+
+
+def test_gradient_response_requires_every_key_api_md_says_is_always_there(client):
+    """docs/api.md: every key of the response table is always present (null when not asked for or not computable);
+    only `jacobian`, `jvp` and `independent` appear when they apply. The document's `required` says the same."""
+    schema = client.get("/openapi.json").json["components"]["schemas"]["GradientResponse"]
+    optional = {"jacobian", "jvp", "independent"}
+    assert set(schema["required"]) == set(schema["properties"]) - optional
+    expression = {"model": {"kind": "expression", "formula": "x**2"}, "inputs": {"x": [1.0, 2.0]}}
+    for body in (
+        {**TUTORIAL_NEURON, "include": []},
+        {**TUTORIAL_NEURON, "mode": "inference"},
+        {**expression, "include": ["jacobian"]},
+    ):
+        answer = client.post("/v1/gradients", json=body).json
+        assert set(answer) - optional == set(schema["required"]), body
+    assert schema["properties"]["mode"]["enum"] == ["grad", "inference"]
+    assert schema["properties"]["dtype"]["enum"] == ["float32", "float64"]
+
+
+def test_every_format_parameter_is_described(client):
+    paths = client.get("/openapi.json").json["paths"]
+    for path in ("/v1/check", "/v1/grade"):
+        (fmt,) = [p for p in paths[path]["post"]["parameters"] if p.get("name") == "format"]
+        assert all(name in fmt["description"] for name in fmt["schema"]["enum"]), path
+
+
+def test_request_id_is_declared_on_every_operation_and_response(client):
+    """X-Request-ID: a parameter of every operation (any value taken; one outside the pattern is replaced, so the
+    pattern is said, not enforced) and a required header of every response, with the pattern it always matches."""
+    doc = client.get("/openapi.json").json
+    reference = {"$ref": "#/components/headers/X-Request-ID"}
+    header = doc["components"]["headers"]["X-Request-ID"]
+    assert header["required"] is True and header["schema"]["pattern"] == VALID_REQUEST_ID.pattern
+    parameter = doc["components"]["parameters"]["X-Request-ID"]
+    assert (parameter["in"], parameter["required"], parameter["schema"]) == ("header", False, {"type": "string"})
+    assert VALID_REQUEST_ID.pattern in parameter["description"]
+    for path, item in doc["paths"].items():
+        for op in item.values():
+            assert {"$ref": "#/components/parameters/X-Request-ID"} in op["parameters"], path
+            assert op["responses"]["200"]["headers"]["X-Request-ID"] == reference, path
+    for name, response in doc["components"]["responses"].items():
+        assert response["headers"]["X-Request-ID"] == reference, name
+    assert doc["components"]["responses"]["Unavailable"]["headers"]["Retry-After"]
+    assert doc["components"]["responses"]["Unauthorized"]["headers"]["WWW-Authenticate"]
+
+
+@pytest.mark.live
+def test_live_answers_carry_the_documented_headers(live_server):
+    """Each answer against its documented response: media type, body, and every header (X-Request-ID on all of
+    them, a client's id kept when it matches the pattern and replaced when it does not)."""
+    doc = requests.get(live_server.url + "/openapi.json", timeout=10).json()
+    url = live_server.url
+    cases = [
+        ("post", "/v1/gradients", {"json": TUTORIAL_NEURON, "headers": {"X-Request-ID": "grader-1"}}, 200),
+        ("post", "/v1/gradients", {"json": TUTORIAL_NEURON, "headers": {"X-Request-ID": "job 42"}}, 200),
+        ("post", "/v1/gradients", {"json": TUTORIAL_NEURON, "headers": {"X-Request-ID": "x" * 129}}, 200),
+        ("post", "/v1/gradients", {"json": {**TUTORIAL_NEURON, "mode": "backward"}}, 400),
+        ("post", "/v1/gradients", {"data": b"{}", "headers": {"Content-Type": "text/plain"}}, 415),
+        ("post", "/v1/check?format=GRADESCOPE", {"json": {}}, 400),
+        ("post", "/v1/grade", {"json": {"problem": ONE_PROBLEM, "answers": {"problem": ANSWERS}}}, 200),
+        ("get", "/v1/models", {}, 200),
+        ("get", "/readyz", {}, 200),
+        ("get", "/v1/gradients", {}, 405),
+    ]
+    for method, path, kwargs, status in cases:
+        answer = requests.request(method, url + path, timeout=30, **kwargs)
+        assert answer.status_code == status, (path, answer.text[:300])
+        item = doc["paths"][path.partition("?")[0]]
+        operation = item.get(method) or next(iter(item.values()))  # a 405: documented on the path's operation
+        check_against(doc, documented(doc, operation["responses"][str(status)]), answer)
+        sent = kwargs.get("headers", {}).get("X-Request-ID")
+        kept = sent is not None and VALID_REQUEST_ID.match(sent)
+        assert (answer.headers["X-Request-ID"] == sent) == bool(kept), (sent, answer.headers["X-Request-ID"])
+
+
+def test_unauthorized_carries_the_documented_www_authenticate():
+    class Keyed(TestConfig):
+        API_KEYS = "alpha"
+
+    client = create_app(Keyed).test_client()
+    doc = client.get("/openapi.json").json
+    answer = client.post("/v1/gradients", json=TUTORIAL_NEURON)
+    assert answer.status_code == 401
+    headers = doc["components"]["responses"]["Unauthorized"]["headers"]
+    assert set(headers) == {"X-Request-ID", "WWW-Authenticate"}
+    assert answer.headers["WWW-Authenticate"].startswith("Bearer ")
+    assert VALID_REQUEST_ID.match(answer.headers["X-Request-ID"])
 
 
 # --- the document says what the service accepts: a body it allows is never the schema's 400 ---------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import cost
-from .compute import DTYPES, compute, empty_body, wrt_of
+from .compute import DTYPES, beyond_float32, compute, empty_body, wrt_of
 from .encode import encode_tree
 from .limits import Deadline, Limits
 from .neuron import Neuron
@@ -18,6 +18,8 @@ def vector_key(job: dict):
     """Jobs with equal keys run in one vectorized pass; None: run this job on its own."""
     model = job["model"]
     if model["kind"] != "neuron" or model["loss"] != "bce" or not set(job["include"]) <= VECTOR_INCLUDES:
+        return None
+    if job.get("dout") is not None or job.get("tangents"):  # the stacked pass computes neither
         return None
     shapes = tuple((name, job["inputs"][name].shape) for name in ("x", "y", "w", "b"))
     if any(len(job["inputs"][name].values) > MAX_VECTOR_ELEMENTS for name in ("x", "y", "w", "b")):
@@ -157,9 +159,18 @@ def vectorized_neuron(jobs: list[dict], limits: Limits) -> list[dict]:
             y_pred.retain_grad()
             loss.sum().backward()  # not backward(gradient=...): that imports sympy (compute.py)
         deadline.check()
+    if grad_mode and zdims and x.shape[1 : 1 + zdims].numel() == 1:
+        # one sample a job: alone, w and b broadcast over its sample axes and their gradients are summed over them,
+        # a sum of one element, which is the element plus 0.0 (-0.0 becomes 0.0); stacked, nothing broadcasts, so
+        # nothing sums, and + 0.0 is that sum's whole effect (bit for bit: tests/test_batch.py)
+        for name in ("w", "b"):
+            if name in wrt:
+                leaves[name].grad.add_(0.0)
+    infinite = dtype is torch.float32 and any(torch.isinf(t).any() for t in stacked.values())
     bodies = []
     for i in range(k):
-        warnings: list[str] = []
+        # infinite inputs (sent, or beyond float32's range: then warned of, as alone)
+        warnings = beyond_float32(jobs[i]["inputs"], {n: t[i] for n, t in stacked.items()}) if infinite else []
         body = empty_body()
         gradients = {n: leaves[n].grad[i] for n in wrt} if grad_mode else None
         body.update(loss=loss[i].detach(), gradients=gradients, requires_grad=bool(grad_mode and loss.requires_grad))

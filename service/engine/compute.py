@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -18,6 +20,9 @@ from .neuron import Neuron
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 GRAD_ONLY_EXTRAS = ("dot", "manual", "numeric", "hessian")
+SCALAR_ONLY_EXTRAS = ("graph", "dot", "manual", "numeric", "hessian")  # each needs backward() from a scalar
+FLOAT32_OVERFLOW = 2.0**128 - 2.0**103  # |v| from here rounds to infinity in float32 (3.4028235677973366e38)
+SCANNED_IN_PYTHON = 64  # elements: min() and max() of the list below this, one torch.isinf over the tensor above
 
 
 NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
@@ -37,6 +42,27 @@ def _tensor(values: list, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
 def make_tensors(inputs: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Fresh tensors for every request, so nothing is shared or accumulated between requests."""
     return {name: _tensor(data.values, data.shape, dtype) for name, data in inputs.items()}
+
+
+def beyond_float32(inputs: dict, tensors: dict[str, torch.Tensor]) -> list[str]:
+    """A warning per input whose JSON numbers are finite but beyond float32's range (|v| > 3.4e38): the cast made
+    them infinite, so what is computed is not what was sent. Screened in C loops (min/max of a short list, isinf
+    over a long tensor); counted value by value only when something is out of range or infinite."""
+    warnings = []
+    for name, data in inputs.items():
+        values = data.values
+        if len(values) <= SCANNED_IN_PYTHON:
+            if not values or (-FLOAT32_OVERFLOW < min(values) and max(values) < FLOAT32_OVERFLOW):  # NaN first: counted
+                continue
+        elif not torch.isinf(tensors[name]).any():
+            continue
+        beyond = sum(FLOAT32_OVERFLOW <= abs(v) < math.inf for v in values)
+        if beyond:
+            warnings.append(
+                f"inputs.{name}: {beyond} of {len(values)} value(s) beyond float32's range (|v| > 3.4e38) became "
+                'infinite; send "dtype": "float64"'
+            )
+    return warnings
 
 
 MODEL_KINDS: dict[str, type[Model]] = {"neuron": Neuron, "expression": Expression, "network": Network}
@@ -75,24 +101,31 @@ def compute(request: dict, limits: Limits) -> dict:
     deadline = Deadline(limits.max_wall_seconds)
     raw, wrt, _ = estimate(request, limits, deadline)
     dtype = DTYPES[request["dtype"]]
-    base = raw.complete(make_tensors(request["inputs"], dtype), dtype)
-    model = upstream(raw, request, dtype)  # with `dout`: gradients are dout·J
+    tensors = make_tensors(request["inputs"], dtype)
+    warnings = beyond_float32(request["inputs"], tensors) if dtype is torch.float32 else []
+    base = raw.complete(tensors, dtype)
     unknown = [name for name in wrt if name not in base]
     if unknown:
         raise UnknownVariable(f"wrt names {', '.join(map(repr, unknown))}, which are not inputs")
     include = set(request["include"])
-    warnings: list[str] = []
-    derivatives = "jacobian" in include or request.get("tangents")
-    if request["mode"] == "inference":
-        body = _inference(model, base, include, warnings)
+    if request["mode"] == "inference":  # the model's forward value, whatever `dout` says
+        warnings.extend(skipped_in_inference(request, include))
+        body = _inference(raw, base, include, warnings)
     else:
+        model = upstream(raw, request, dtype)  # with `dout`: gradients are dout·J
+        derivatives = "jacobian" in include or request.get("tangents")
         try:
             body = _grad(model, base, wrt, include, limits, deadline, warnings)
         except NonScalarOutput:
             if not derivatives or model is not raw:
                 raise
-            body = _inference(model, base, include - set(GRAD_ONLY_EXTRAS), warnings, wrt)
+            body = _inference(model, base, include, warnings, wrt)
             warnings.append("gradients need a scalar output: send `dout` for the vector-Jacobian product")
+            warnings.extend(
+                f"{extra} needs a scalar output: not computed (send `dout`)"
+                for extra in SCALAR_ONLY_EXTRAS
+                if extra in include
+            )
         if derivatives:
             body.update(_derivatives(raw, base, wrt, request, deadline))
     body.update(mode=request["mode"], dtype=request["dtype"])
@@ -106,6 +139,21 @@ def empty_body() -> dict:
     return dict.fromkeys(("graph", "dot", "intermediates", "manual", "numeric", "hessian"))
 
 
+def skipped_in_inference(request: dict, include: set) -> list[str]:
+    """A warning for each grad-only option the request sent: inference runs the forward pass alone, so each is
+    left out (`graph` too, which api.md documents as null there)."""
+    skipped = [
+        f"{extra} needs gradients: not computed in inference mode"
+        for extra in (*GRAD_ONLY_EXTRAS, "jacobian")
+        if extra in include
+    ]
+    if request.get("tangents"):
+        skipped.append("jvp (`tangents`) needs gradients: not computed in inference mode")
+    if request.get("dout") is not None:
+        skipped.append("dout is ignored in inference mode: `loss` is the model's output, not its sum weighted by dout")
+    return skipped
+
+
 def _inference(model, base: dict, include: set, warnings: list[str], wrt: tuple = ()) -> dict:
     """Forward only, with gradient tracking off as in the tutorial's torch.no_grad() block; or, given `wrt` (grad
     mode, a non-scalar output without `dout`), on with those leaves, so `requires_grad` says what autograd saw."""
@@ -117,9 +165,6 @@ def _inference(model, base: dict, include: set, warnings: list[str], wrt: tuple 
     body.update(loss=out, gradients=None, requires_grad=out.requires_grad)
     if "intermediates" in include:
         body["intermediates"] = {k: {"value": v, "grad": None} for k, v in record.items()}
-    warnings.extend(
-        f"{extra} needs gradients: not computed in inference mode" for extra in GRAD_ONLY_EXTRAS if extra in include
-    )
     warnings.extend(model.diagnose(record))
     return body
 

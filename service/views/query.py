@@ -6,7 +6,9 @@ from __future__ import annotations
 from functools import cache
 
 from flask import request
-from marshmallow import Schema
+from marshmallow import Schema, ValidationError
+
+from ..errors import InvalidQuery
 
 
 @cache
@@ -16,5 +18,19 @@ def _defaults(schema: Schema) -> dict:
 
 def load_query(schema: Schema) -> dict:
     """schema.load(request.args); without a query string, the schema's defaults loaded once (a shared dict:
-    read it, do not change it)."""
-    return schema.load(request.args) if request.query_string else _defaults(schema)
+    read it, do not change it). A parameter given twice (`?format=json&format=gradescope`) is refused, not read as
+    its first; an error is the query's (InvalidQuery), not the body's."""
+    if not request.query_string:
+        return _defaults(schema)
+    repeated = {
+        name: ["Given more than once."]
+        for name, values in request.args.lists()
+        if len(values) > 1 and name in schema.fields
+    }
+    try:
+        loaded = schema.load(request.args)
+    except ValidationError as err:
+        raise InvalidQuery({**repeated, **err.messages}) from None
+    if repeated:
+        raise InvalidQuery(repeated)
+    return loaded
