@@ -622,7 +622,7 @@ def gradients_estimate(
     estimate = Estimate()
     estimate.add("forward", one.elements * size + one.ops * OP_BYTES)
     _add_if(estimate, "formula nodes", formula_nodes_bytes(model))
-    _add_if(estimate, "inputs", unused_inputs(model, request["inputs"]) * INPUT_BYTES)
+    _add_if(estimate, "inputs", unused_inputs(model, shapes) * INPUT_BYTES)  # an expression's shapes are its inputs'
     leaves = leaf_shapes(request["model"], shapes)
     wrt_elements = sum(slots(leaves[n]) for n in wrt if n in leaves)
     response = slots(one.out)
