@@ -6,15 +6,19 @@ from __future__ import annotations
 import json  # not orjson to send the bodies: orjson writes at most 254 levels
 import math
 import random
+import string
 
 import pytest
 import requests
 
 import service.views.batch as batch_view
-from conftest import TUTORIAL_NEURON, python_steps
+from conftest import TUTORIAL_NEURON, balanced_sum, python_steps
+from schemas import GradientRequestSchema
+from schemas.grading import CheckRequestSchema
 from service.engine import cost
+from service.engine.compute import build_model, estimate, estimate_cost
 from service.engine.formula import canonical_text
-from service.engine.limits import Limits
+from service.engine.limits import Deadline, Limits
 from service.engine.values import levels_past
 
 LIMITS = Limits()
@@ -377,3 +381,131 @@ def test_one_junk_job_cannot_cost_the_next_honest_job_a_point(client, checks):
     results = response.json["results"]
     assert results[0]["score"] == 0
     assert all(r["score"] == r["max_score"] == 3 for r in results[1:]), results[1]
+
+
+# --- 6. a formula's nodes, inputs no formula names, a job's floor (a ninth audit) ------------------------------------
+
+
+def same(n: int, leaf: str = "a") -> str:
+    """A balanced product of n copies of one letter: many nodes, few distinct subexpressions (ops)."""
+    return leaf if n == 1 else f"({same(n // 2, leaf)}*{same(n - n // 2, leaf)})"
+
+
+SPINE = "-" * 40 + same(220)  # the audit's formula: 917 characters, 479 nodes, 52 distinct ops
+SPINE_JOB = {"model": {"kind": "expression", "formula": SPINE}, "inputs": {"a": 0.5}, "mode": "inference"}
+SPINE_JOB["include"] = []
+X_JOB = {"model": {"kind": "expression", "formula": "x"}, "inputs": {"x": 1.0}}
+WIDE_INPUTS = {f"v{i}": 1.0 for i in range(128)}
+
+
+def spine_check(i: int) -> dict:
+    """The audit's check job i of 300: the spine's length and the letter vary, so every job is a problem of its own."""
+    letter = string.ascii_letters[i % 52]
+    source = "-" * (40 - (i // 52) % 10) + same(220, letter)
+    model = {"kind": "expression", "formula": source}
+    return {"check": {"model": model, "inputs": {letter: 0.5}, "submission": {"loss": 1.0}}}
+
+
+def gradient_parts(body: dict) -> dict[str, int]:
+    """A gradients request's estimate, by part."""
+    request = GradientRequestSchema().load(body)
+    model, wrt, total = estimate(request, LIMITS, Deadline(LIMITS.max_wall_seconds))
+    shapes = model.shapes({name: data.shape for name, data in request["inputs"].items()})
+    parts = cost.gradients_estimate(request, model, shapes, wrt, LIMITS).parts
+    assert sum(parts.values()) == total
+    return dict(parts)
+
+
+def test_a_formulas_nodes_are_charged_each_parse():
+    """Parsing, checking and planning a formula and naming its subexpressions cost a few Python steps a node, equal
+    subtrees each time; only its distinct ops were charged: the audit's one_inf.json (479 nodes, 52 ops) took 5 ms (55
+    ms while a name was an ast.unparse of its subtree) on 0.2 MiB (~0.8 ms). Every node is charged FORMULA_NODE_BYTES
+    now, once per parse (a gradients job's, a check problem's); a model without a formula has no such part."""
+    parts = gradient_parts(SPINE_JOB)
+    assert parts["formula nodes"] == 479 * cost.FORMULA_NODE_BYTES
+    assert sum(parts.values()) > 4 * sum(n for part, n in parts.items() if part != "formula nodes")
+    assert not {"formula nodes", "inputs"} & set(gradient_parts(TUTORIAL_NEURON))
+    check = CheckRequestSchema().load(spine_check(0)["check"])
+    model = build_model(check["model"], LIMITS, Deadline(LIMITS.max_wall_seconds))
+    points = [{"a": ()}] * 7  # charged once, whatever the points
+    assert cost.check_estimate(check, model, points, LIMITS).parts["formula nodes"] == 479 * cost.FORMULA_NODE_BYTES
+
+
+def test_a_batch_of_many_nodes_is_a_413_not_the_deadline(client):
+    """The audit's batch1000.json (1 MB): 1000 copies of the job were charged 203 MiB and held a worker to the 10 s
+    deadline (a 503; ~54 s of work uncut). Its 300 check jobs of distinct such formulas (batch_checks300.json) too.
+    Both are 413s as their jobs load now, naming the first jobs over the budget."""
+    response = client.post("/v1/batch", data=json.dumps({"jobs": [SPINE_JOB] * 1000}), content_type="application/json")
+    assert response.status_code == 413 and response.mimetype == PROBLEM, response.data[:300]
+    assert "of the batch's 1000 jobs" in response.json["detail"]
+    response = client.post(
+        "/v1/batch", data=json.dumps({"jobs": [spine_check(i) for i in range(300)]}), content_type="application/json"
+    )
+    assert response.status_code == 413 and response.mimetype == PROBLEM, response.data[:300]
+    assert "of the batch's 300 jobs" in response.json["detail"]
+
+
+@pytest.mark.live
+def test_live_a_batch_of_many_nodes_is_a_413_not_the_deadline(live_server):
+    """The audit's live rows: batch1000.json and batch_checks300.json were 503s at 10.0 s, each holding a worker."""
+    for jobs in ([SPINE_JOB] * 1000, [spine_check(i) for i in range(300)]):
+        response = post_live(live_server, "/v1/batch", {"jobs": jobs})
+        assert response.status_code == 413 and response.headers["Content-Type"] == PROBLEM, response.text[:300]
+        assert response.json()["limit"]["name"] == "max_request_bytes"
+        assert response.elapsed.total_seconds() < LIMITS.max_wall_seconds / 2  # refused as the jobs load, not cut
+    assert_alive(live_server)
+
+
+def test_inputs_the_formula_never_names_are_priced_each():
+    """An input costs its load, its check, its tensor and leaf (and in grad mode its zero gradient) whatever its
+    size: ~16 µs, charged its parse only (~0.8 µs). The inputs a formula never names are charged INPUT_BYTES each now;
+    those it names are priced by the ops that read them, and a neuron or a network takes no other input."""
+    job = {"model": {"kind": "expression", "formula": "v0"}, "inputs": WIDE_INPUTS, "include": []}
+    assert gradient_parts(job)["inputs"] == 127 * cost.INPUT_BYTES
+    assert gradient_parts({**job, "mode": "inference"})["inputs"] == 127 * cost.INPUT_BYTES
+    every = {**job, "model": {"kind": "expression", "formula": balanced_sum(list(WIDE_INPUTS))}}
+    assert "inputs" not in gradient_parts(every)
+
+
+def test_a_batch_of_inputs_no_formula_names_is_a_413(client):
+    """The audit's t11: 1000 jobs of 128 scalar inputs, the formula naming one (1.65 MB), took 2.0 s in inference
+    and 2.8 s in grad mode on ~0.02-3 MiB (and its parse price, ~28 MiB): a 413 as its jobs load now."""
+    for mode in ("inference", "grad"):
+        job = {"model": {"kind": "expression", "formula": "v0"}, "inputs": WIDE_INPUTS, "include": [], "mode": mode}
+        response = client.post("/v1/batch", data=json.dumps({"jobs": [job] * 1000}), content_type="application/json")
+        assert response.status_code == 413 and response.mimetype == PROBLEM, response.data[:300]
+        assert "of the batch's 1000 jobs" in response.json["detail"]
+
+
+def test_a_batch_job_is_charged_at_least_its_floor(client, monkeypatch):
+    """1000 jobs of the formula `x` took 0.2-0.3 s and were charged ~50 bytes each (60x under): every gradients job
+    is charged at least JOB_BYTES. A job whose estimate is more (the tutorial neuron's) is charged its estimate."""
+    results, reserved = reserved_by(client, monkeypatch, [X_JOB] * 1000)
+    assert reserved == 1000 * cost.JOB_BYTES and all(r["gradients"]["x"] == 1.0 for r in results)
+    neuron = estimate_cost(GradientRequestSchema().load(TUTORIAL_NEURON), LIMITS)
+    assert neuron > cost.JOB_BYTES
+    _, reserved = reserved_by(client, monkeypatch, [TUTORIAL_NEURON] * 100)
+    assert reserved == 100 * neuron
+
+
+def domain_check(seed: int) -> dict:
+    """A check of the formula `v0` at 100 points drawn over 128 inputs."""
+    domain = {name: [0, 1] for name in WIDE_INPUTS}
+    model = {"kind": "expression", "formula": "v0"}
+    return {"model": model, "domain": domain, "n_points": 100, "seed": seed, "submission": {"loss": 1.0}}
+
+
+def test_a_checks_inputs_no_formula_names_are_priced_at_every_point(client):
+    """A check of `v0` drawn over 128 inputs at 100 points (2 KB) took 0.3 s, charged 2 MiB (~8 ms): 12,700 tensors
+    and leaves the formula never reads. Each is charged INPUT_BYTES at every point now: one such check is graded
+    (~52 MiB), 10 of them in a batch (3.2 s, 20 MiB) are a 413 as they load."""
+    check = CheckRequestSchema().load(domain_check(0))
+    model = build_model(check["model"], LIMITS, Deadline(LIMITS.max_wall_seconds))
+    points = cost.domain_points(check, LIMITS)
+    assert cost.check_estimate(check, model, points, LIMITS).parts["inputs"] == 127 * 100 * cost.INPUT_BYTES
+    one = client.post("/v1/check", data=json.dumps(domain_check(0)), content_type="application/json")
+    assert one.status_code == 200 and one.json["n_points"] == 100, one.data[:300]
+    jobs = [{"check": domain_check(seed)} for seed in range(10)]
+    response = client.post("/v1/batch", data=json.dumps({"jobs": jobs}), content_type="application/json")
+    assert response.status_code == 413 and response.mimetype == PROBLEM, response.data[:300]
+    assert "of the batch's 10 jobs" in response.json["detail"]

@@ -56,6 +56,26 @@ FORMULA_BYTES = 128 * MICROSECOND_BYTES
 # sets of different shapes, where walking its tree was 2.8 ms a set; a 64-layer network 72 µs a set): 1 µs. Charged
 # before the walk and kept whether or not the estimate it computes then fits (formula_walk, diagnosis_walk).
 WALK_NODE_BYTES = 1 * MICROSECOND_BYTES
+# A model's formula apart from its ops (OP_BYTES a distinct subexpression): parsing and checking it, the cost model's
+# plan of it (formula_plan), the evaluator's keys and its intermediates' names (Formula.key, Formula.text), a few Python
+# steps a node, equal subtrees each time. Measured in-process (best of 30): 5.8-6.5 µs a node past its ops' price (a
+# 479-node formula of 52 distinct ops: 3.6 ms, its parse 3.1 µs and its plan 2.5 µs a node). It was free: that
+# formula, charged ~0.8 ms, took 5 ms (55 ms while each name was an ast.unparse of its subtree), and 1000 jobs of it
+# held a worker to the deadline (an audit). 8 µs, once per parse: a gradients job's, a check problem's.
+FORMULA_NODE_BYTES = 8 * MICROSECOND_BYTES
+# Each input a request loads that its formula never names, whatever its size (its numbers are priced by the body's parse
+# and as elements): the schema's tensor field, the limits' check, torch.tensor and reshape, its leaf, and in grad mode
+# its gradient of zeros. Measured in-process (1000 batch jobs of 128 scalar inputs, the formula naming one): 15.5 µs an
+# input in inference, 16.3 µs in grad mode, 23 µs with every input in `wrt`; a check's input drawn or loaded at each
+# point 17-25 µs. They were charged their parse only (~0.8 µs): 1000 such jobs took 2-3 s on ~28 MiB, and a check of
+# 127 such inputs drawn at 100 points 0.3 s on 2 MiB (audits). 16 µs, at every point of a check. An input the model
+# reads is priced by the ops that read it (a check of 127 read inputs at 100 points: 0.64 s on 150 MiB).
+INPUT_BYTES = 16 * MICROSECOND_BYTES
+# The least a batch's gradients job is charged, whatever its estimate: its load, model, tensors, passes and JSON.
+# Measured in-process (1000 jobs of the formula `x`): 195 µs a job in inference, 310 µs in grad mode; it was charged
+# ~50 bytes and its parse (~1 µs): 60x (an audit). 256 µs. A job whose estimate is more (the tutorial neuron's ~200 KiB)
+# is charged its estimate alone.
+JOB_BYTES = 256 * MICROSECOND_BYTES
 # A submitted intermediate's key that is not one of the references' names, parsed and unparsed to the text they are
 # named by (formula.canonical_text: "x**2" is sin(x**2)'s "x ** 2"), charged before it is parsed. Measured in-process
 # (best of 5): 17-30 µs for a 1-3 character key, ~6-7 µs a character up to ~50 characters (a chain of 45 x+x: 0.5 ms,
@@ -248,19 +268,46 @@ def raw_elements(value, limits: Limits, what: str) -> int:
 
 
 def check_inputs(inputs: dict, limits: Limits, what: str = "the inputs") -> None:
-    """Dimensions, elements (and nested lists) per tensor, and elements in total: before any tensor is built."""
+    """Dimensions, elements (and nested lists) per tensor, and elements in total: before any tensor is built. A
+    message is written only for the input it refuses (they were written for every input: ~3 µs each)."""
     require(
         limits, "max_inputs", len(inputs), f"{what} have {len(inputs)} names", "send only the inputs the model uses"
     )
     total = 0
     for name, data in inputs.items():
-        require(limits, "max_tensor_dims", len(data.shape), f"input {name!r} has {len(data.shape)} dimensions")
-        size = slots(data.shape)
-        require(limits, "max_tensor_elements", size, f"input {name!r} has {size_text(data.shape, size)}")
-        lists = list_count(data.shape)
-        require(limits, "max_tensor_elements", lists, f"input {name!r} has {lists} nested lists")
+        shape = data.shape
+        if len(shape) > limits.max_tensor_dims:
+            require(limits, "max_tensor_dims", len(shape), f"input {name!r} has {len(shape)} dimensions")
+        size = slots(shape)
+        if size > limits.max_tensor_elements:
+            require(limits, "max_tensor_elements", size, f"input {name!r} has {size_text(shape, size)}")
+        if len(shape) > 1:  # a scalar or a vector has no nested list
+            lists = list_count(shape)
+            require(limits, "max_tensor_elements", lists, f"input {name!r} has {lists} nested lists")
         total += size
     require(limits, "max_total_elements", total, f"{what} have {total} elements in total")
+
+
+def unused_inputs(model, names: Iterable[str]) -> int:
+    """How many of the inputs `names` the model never reads (INPUT_BYTES each): those a formula does not name. An input
+    a model reads is priced by the ops that read it; a neuron or a network refuses any other input (a 400)."""
+    formula = getattr(model, "formula", None)
+    if formula is None:
+        return 0
+    read = set(formula.variables)
+    return sum(name not in read for name in names)
+
+
+def formula_nodes_bytes(model) -> int:
+    """A model's formula apart from its ops (FORMULA_NODE_BYTES a node): nothing for a model without one."""
+    formula = getattr(model, "formula", None)
+    return 0 if formula is None else formula.node_count * FORMULA_NODE_BYTES
+
+
+def _add_if(estimate: Estimate, part: str, nbytes: int) -> None:
+    """A part only when it costs something: a neuron's estimate has no `formula nodes`, nor `inputs` (breakdown)."""
+    if nbytes:
+        estimate.add(part, nbytes)
 
 
 # --- one pass of a model -------------------------------------------------------------------------
@@ -502,6 +549,8 @@ HINTS = {
     "diagnosis": "grade fewer points",
     "checks": "list fewer `checks`, or grade at fewer points",
     "intermediate keys": "name intermediates as the references do (a failed check lists them), or send fewer",
+    "formula nodes": "use a smaller formula: each of its nodes is parsed and named, however often it repeats",
+    "inputs": "send only the inputs the formula uses: every other one is loaded and built too (at every point)",
     "deep answers": "send each answer as a number, or as lists only as deep as the value it answers",
     "ungraded answers": "send only the answers the request's `checks` name (or leave out `checks`)",
 }
@@ -572,6 +621,8 @@ def gradients_estimate(
     one = model_pass(model, request["model"], shapes, limits)
     estimate = Estimate()
     estimate.add("forward", one.elements * size + one.ops * OP_BYTES)
+    _add_if(estimate, "formula nodes", formula_nodes_bytes(model))
+    _add_if(estimate, "inputs", unused_inputs(model, shapes) * INPUT_BYTES)  # an expression's shapes are its inputs'
     leaves = leaf_shapes(request["model"], shapes)
     wrt_elements = sum(slots(leaves[n]) for n in wrt if n in leaves)
     response = slots(one.out)
@@ -726,8 +777,10 @@ def check_estimate(request: dict, model, points: list[dict[str, Shape]], limits:
     if request.get("dout") is not None:
         dout = slots(request["dout"].shape)
         require(limits, "max_tensor_elements", dout, f"`dout` has {size_text(request['dout'].shape, dout)}")
+    _add_if(estimate, "formula nodes", formula_nodes_bytes(model))  # parsed once, whatever the points
     for shapes, count in distinct_shapes(points):
         one = model_pass(model, request["model"], shapes, limits)
+        _add_if(estimate, "inputs", count * unused_inputs(model, shapes) * INPUT_BYTES)  # built at every point
         inputs = sum(slots(s) for s in shapes.values())
         points_bytes = (1 + BACKWARD_FACTOR) * (one.elements * 8 + one.ops * OP_BYTES) + 3 * inputs * 8
         estimate.add("points", count * points_bytes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -309,12 +310,43 @@ def parse_formula(source: str, limits: Limits) -> Formula:
 
 
 def canonical_text(source: str, limits: Limits) -> str | None:
-    """The text a formula's subexpression is named by in `record` (Formula.text: ast.unparse), for any spelling of
-    it that parses to the same expression ("x**2", "(x ** 2)": "x ** 2"); None when `source` is not a formula."""
+    """The text a formula's subexpression is named by in `record` (Formula.text, as ast.unparse writes it), for any
+    spelling of it that parses to the same expression ("x**2", "(x ** 2)": "x ** 2"); None when `source` is not a
+    formula (or is too deep to name, past a MAX_AST_DEPTH raised beyond Python's recursion limit)."""
     try:
-        return ast.unparse(parse_formula(source, limits).body)
-    except (FormulaError, LimitExceeded):
+        formula = parse_formula(source, limits)
+        return formula.text(formula.body)
+    except (FormulaError, LimitExceeded, RecursionError):
         return None
+
+
+# ast.unparse's precedences (Lib/ast.py, _Precedence) of what a formula holds, in their order: a child is written in
+# parentheses when its parent requires more than the child's own (the parent's, one more on the side its operator
+# does not associate to: `a - (b - c)`, `(a ** b) ** c`; a unary operator's operand FACTOR: `-x ** 2`, `-(a * b)`).
+_ARITH, _TERM, _FACTOR, _POWER, _ATOM = 0, 1, 2, 3, 5  # 4, one past POWER: AWAIT, what a `**`'s left side requires
+_BINARY_PRECEDENCE: dict[type[ast.operator], int] = {
+    ast.Add: _ARITH,
+    ast.Sub: _ARITH,
+    ast.Mult: _TERM,
+    ast.Div: _TERM,
+    ast.Pow: _POWER,
+}
+# ast.unparse writes a float infinity (what an int literal beyond any float becomes, _Checker._constant) as the
+# literal that overflows to it
+_INFINITY_TEXT = "1e" + repr(sys.float_info.max_10_exp + 1)
+
+
+def _precedence(node: ast.expr) -> int:
+    if isinstance(node, ast.BinOp):
+        return _BINARY_PRECEDENCE[type(node.op)]
+    return _FACTOR if isinstance(node, ast.UnaryOp) else _ATOM
+
+
+def _constant_text(value: int | float) -> str:
+    """A number as ast.unparse writes it: its repr, an infinity as 1e309 (and a NaN as 1e309-1e309, never parsed)."""
+    if type(value) is float:
+        return repr(value).replace("inf", _INFINITY_TEXT).replace("nan", f"({_INFINITY_TEXT}-{_INFINITY_TEXT})")
+    return repr(value)
 
 
 class Formula:
@@ -334,7 +366,7 @@ class Formula:
         self.max_elements = limits.max_tensor_elements
         self._keys: dict[int, int] = {}  # id(node) -> number of its subtree's structure
         self._structures: dict[tuple, int] = {}  # structure -> number; equal subtrees get the same one
-        self._texts: dict[int, str] = {}
+        self._texts: dict[int, str] = {}  # key() -> text()
 
     def __repr__(self) -> str:
         return f"Formula({self.source!r})"
@@ -379,11 +411,35 @@ class Formula:
         return cached
 
     def text(self, node: ast.expr) -> str:
-        """The node's source text, the name of its intermediate in `record`; cached per node."""
-        cached = self._texts.get(id(node))
+        """The node's text as ast.unparse writes it, the name of its intermediate in `record` (and of its graph node,
+        its check): built from its children's texts, once per distinct subexpression (key()). ast.unparse per node
+        walked each node's whole subtree again, nodes x depth: 55 ms for a 900-character formula (an audit)."""
+        key = self.key(node)
+        cached = self._texts.get(key)
         if cached is None:
-            cached = self._texts[id(node)] = ast.unparse(node)
+            cached = self._texts[key] = self._unparse(node)
         return cached
+
+    def _unparse(self, node: ast.expr) -> str:
+        if isinstance(node, ast.Name):
+            return node.id
+        if isinstance(node, ast.Constant):
+            return _constant_text(node.value)
+        if isinstance(node, ast.BinOp):
+            own = _BINARY_PRECEDENCE[type(node.op)]
+            left, right = (own + 1, own) if isinstance(node.op, ast.Pow) else (own, own + 1)  # ** is right-associative
+            symbol = _BINARY_OPERATORS[type(node.op)][0]
+            return f"{self._operand(node.left, left)} {symbol} {self._operand(node.right, right)}"
+        if isinstance(node, ast.UnaryOp):
+            return _UNARY_OPERATORS[type(node.op)][0] + self._operand(node.operand, _FACTOR)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            return f"{node.func.id}({', '.join(self.text(arg) for arg in node.args)})"
+        return ast.unparse(node)  # nothing else passes the checker
+
+    def _operand(self, node: ast.expr, required: int) -> str:
+        """A child's text where its parent requires `required`: in parentheses when its own precedence is lower."""
+        text = self.text(node)
+        return f"({text})" if _precedence(node) < required else text
 
     def evaluate(
         self,

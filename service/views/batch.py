@@ -203,11 +203,11 @@ class _Budget:
     """The batch's one request budget, charged in job order as each job loads; the whole batch is a 413 ("the first
     N of the batch's M jobs") once the running total is over it, before the rest load.
 
-    A job is charged its estimate (a check's: its problem's plus its checks', and, before it loads, its answers'
-    levels past a tensor's and the answers no check names: answers()); one the cost model refuses gets its problem in
-    place and is charged the estimate's own work (cost.refused_estimate_bytes), or its walk if refused as it loads
-    (refused_at_load()); one that does not load, its errors' (failed()). Each distinct job
-    (gradients: _gradients_key; checks: the problem) is estimated, and charged that work, once."""
+    A job is charged its estimate (a gradients job's at least cost.JOB_BYTES; a check's: its problem's plus its checks',
+    and, before it loads, its answers' levels past a tensor's and the answers no check names: answers()); one the cost
+    model refuses gets its problem in place and is charged the estimate's own work (cost.refused_estimate_bytes), or
+    its walk if refused as it loads (refused_at_load()); one that does not load, its errors' (failed()). Each distinct
+    job (gradients: _gradients_key; checks: the problem) is estimated, and charged that work, once."""
 
     def __init__(self, jobs: int, limits) -> None:
         self.jobs, self.limits, self.charged = jobs, limits, 0
@@ -225,7 +225,7 @@ class _Budget:
         if isinstance(estimate, EngineError):
             self._charge(index, cost.refused_estimate_bytes(spec["model"], 1, self.limits) if fresh else 0)
             return estimate
-        self._charge(index, estimate)
+        self._charge(index, max(estimate, cost.JOB_BYTES))  # a job costs its load and its JSON whatever it computes
         return None
 
     def check(self, index: int, spec: dict, key: bytes) -> EngineError | None:
