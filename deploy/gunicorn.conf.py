@@ -11,7 +11,9 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
+import tempfile
 import uuid
 
 from gunicorn import glogging, util
@@ -25,15 +27,20 @@ def _refuse(message):
     raise SystemExit(3)
 
 
-def _int(name, default):
-    """Integer from the environment, with a clear error instead of a traceback deep in gunicorn."""
+def _int(name, default, minimum=None, maximum=None, why=""):
+    """Integer from the environment, with a clear error instead of a traceback deep in gunicorn (or its own "Value
+    must be positive" and exit 1) for one that is not an integer or out of bounds (`why` says what they protect)."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         _refuse(f"{name}={raw!r} is not an integer")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        _refuse(f"{name}={value} must be {bounds}{why}")
+    return value
 
 
 def _bool(name, default=False):
@@ -48,8 +55,30 @@ def _bool(name, default=False):
 
 
 # --- socket -----------------------------------------------------------------------------------------
-# Loopback by default (behind the gateway); the container image sets HOST=0.0.0.0.
-bind = [f"{os.environ.get('HOST', '127.0.0.1')}:{_int('PORT', 8000)}"]
+# Loopback by default (behind the gateway); the container image sets HOST=0.0.0.0.  gunicorn took PORT=99999 to a
+# traceback after preloading the app, PORT=0 to a random port, and an empty HOST to every interface (0.0.0.0), which
+# must never be chosen by accident: the app port faces the gateway only (docs/operate.md).
+def _bind(port):
+    """HOST:PORT for gunicorn; an IPv6 address gets its brackets, and a name that resolves to nothing is refused here
+    rather than after five failed binds."""
+    raw = os.environ.get("HOST")
+    if raw is None:
+        return f"127.0.0.1:{port}"
+    host = raw.strip()
+    if not host:
+        _refuse(
+            "HOST is set but empty: unset it for the default 127.0.0.1 (loopback, behind the gateway), or name the "
+            "address to bind (the container's 0.0.0.0 for every interface)"
+        )
+    address = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as err:
+        _refuse(f"HOST={raw!r} is not an address to bind ({err})")
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+bind = [_bind(_int("PORT", 8000, minimum=1, maximum=65535, why=" (a TCP port; 0 would bind a random one)"))]
 
 # --- forwarded headers ------------------------------------------------------------------------------
 # The app trusts a gateway's X-Forwarded-* itself, and only when told to (TRUSTED_PROXY_HOPS: ProxyFix and the
@@ -66,11 +95,29 @@ secure_scheme_headers = {}
 # One sync worker per core: every request is CPU-bound torch work, so threads or async buy nothing and
 # torch's own intra-op threads are pinned by the app (TORCH_THREADS, default 1).  In a container
 # os.cpu_count() is the *host's* count, so the k8s/compose manifests set WEB_CONCURRENCY explicitly.
-workers = _int("WEB_CONCURRENCY", os.cpu_count() or 1)
-if workers < 1:  # gunicorn would listen with no worker to answer: every request would hang
-    _refuse(f"WEB_CONCURRENCY={workers} must be at least 1 (one worker per core)")
+# With 0 gunicorn would listen with no worker to answer: every request would hang.  (A negative value never gets here:
+# gunicorn reads WEB_CONCURRENCY itself before this file and stops with "Value must be positive" and exit 1.)
+workers = _int("WEB_CONCURRENCY", os.cpu_count() or 1, minimum=1, why=" (one worker per core)")
 worker_class = "sync"
 threads = 1
+
+
+def _require_temporary_directory():
+    """gunicorn keeps each worker's heartbeat in a file of the temporary directory (tempfile's choice: TMPDIR, /tmp,
+    /var/tmp, /usr/tmp, the working directory).  With none writable -- a read-only root filesystem without its tmpfs
+    or emptyDir on /tmp -- the master died at its first fork ("Unhandled exception in main loop", exit 255)."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="gradsvc-check-")
+    except OSError as err:
+        _refuse(
+            f"no writable temporary directory ({err}): gunicorn keeps each worker's heartbeat file there; mount a "
+            "tmpfs (Kubernetes: an emptyDir) on /tmp, or set TMPDIR to a writable directory"
+        )
+    os.close(fd)
+    os.unlink(path)
+
+
+_require_temporary_directory()
 
 
 # A hard kill for a stuck worker, never the way a request ends: the app interrupts every request at
@@ -95,18 +142,27 @@ if timeout < _wall + 10:
         f"GUNICORN_TIMEOUT={timeout} must be at least MAX_WALL_SECONDS + 10 s "
         f"({_wall:g} + 10): gunicorn would kill workers before the app answers 503"
     )
-# On SIGTERM give in-flight requests this long; k8s terminationGracePeriodSeconds is larger.
-graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
+# On a stop signal (SIGTERM, SIGINT, SIGQUIT: post_worker_init) give in-flight requests this long; then the master
+# kills the workers.  A request may take MAX_WALL_SECONDS and then write its answer, so, as for the timeout above,
+# less than MAX_WALL_SECONDS + 10 s is refused (at 0 a SIGTERM cut off a request under way: an empty reply), and the
+# default grows with MAX_WALL_SECONDS.  k8s terminationGracePeriodSeconds and compose's stop_grace_period are larger.
+graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", max(30, math.ceil(_wall + 10)))
+if graceful_timeout < _wall + 10:
+    _refuse(
+        f"GUNICORN_GRACEFUL_TIMEOUT={graceful_timeout} must be at least MAX_WALL_SECONDS + 10 s "
+        f"({_wall:g} + 10): a stop signal would kill workers before their requests end"
+    )
 # Only used by gthread/async workers: the sync worker closes every connection after one response
 # (which is fine behind nginx, which buffers and keeps its own client connections alive).
-keepalive = _int("GUNICORN_KEEPALIVE", 5)
+keepalive = _int("GUNICORN_KEEPALIVE", 5, minimum=0)
 
 # Recycle workers now and then so slow leaks (allocator fragmentation in torch) cannot grow forever;
 # the jitter keeps all workers from restarting at once.  Not too often: at 1000 +- 100 both workers
 # restarted every ~2 s under load and throughput fell by a third (docs/performance.md); the 60 s soak at
 # 32 connections (13,000 requests, tests/test_soak.py) shows no leak that would need more.
-max_requests = _int("GUNICORN_MAX_REQUESTS", 20000)
-max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 2000)
+# 0 turns recycling off (gunicorn's meaning); a negative value is refused (gunicorn stopped with exit 1).
+max_requests = _int("GUNICORN_MAX_REQUESTS", 20000, minimum=0)
+max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 2000, minimum=0)
 
 # Preloading imports the app (and torch) once in the master and shares the pages with the workers.
 # Measured here (2 workers, after 200 requests, PSS from /proc/PID/smaps_rollup, two rounds each):
@@ -342,7 +398,15 @@ if _bool("GUNICORN_FAST_EXIT", True):
 
 
 def post_worker_init(worker):
-    """The app is loaded in this worker: let its memory guard recycle the worker (service/memory.py)."""
+    """The app is loaded in this worker: let its memory guard recycle the worker (service/memory.py).
+
+    SIGINT and SIGQUIT stop the worker as SIGTERM does, after the request under way.  gunicorn's own handler for them
+    exits at once (sys.exit inside the request): the client got a 500 whose request id was not its own, and a
+    SystemExit traceback was logged.  The master sends SIGQUIT to its workers on SIGINT or SIGQUIT (`docker run`
+    forwards Ctrl-C as SIGINT), so every stop signal now lets requests finish, within graceful_timeout."""
+    for stop in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(stop, worker.handle_exit)
+        signal.siginterrupt(stop, False)  # as gunicorn does for SIGTERM: no system call of a request is interrupted
     memory = sys.modules.get("service.memory")  # only our app
     if memory is not None:
         memory.watch_worker(worker)

@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import fields
 
-from .engine.limits import Limits
+from .engine.limits import MAX_AST_DEPTH_CEILING, MIN_WALL_SECONDS, Limits
 
 ENV_ERRORS: list[str] = []
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
@@ -22,8 +22,9 @@ class ConfigError(ValueError):
     """A setting that would make the server run differently from what the operator asked for."""
 
 
-def as_int(name: str, default: int, minimum: int = 0) -> int:
-    """An integer of at least `minimum`; anything else is recorded in ENV_ERRORS and the default kept meanwhile."""
+def as_int(name: str, default: int, minimum: int = 0, maximum: int | None = None, why: str = "") -> int:
+    """An integer from `minimum` to `maximum`; anything else is recorded in ENV_ERRORS (with `why` a bound holds)
+    and the default kept meanwhile."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -37,11 +38,14 @@ def as_int(name: str, default: int, minimum: int = 0) -> int:
             f"{name}={raw!r} " + ("must not be negative" if minimum == 0 else f"must be at least {minimum}")
         )
         return default
+    if maximum is not None and value > maximum:
+        ENV_ERRORS.append(f"{name}={raw!r} must be at most {maximum}{why}")
+        return default
     return value
 
 
-def as_float(name: str, default: float) -> float:
-    """A finite, non-negative number; anything else is recorded in ENV_ERRORS."""
+def as_float(name: str, default: float, minimum: float = 0.0, why: str = "") -> float:
+    """A finite number of at least `minimum`; anything else is recorded in ENV_ERRORS (with `why` the bound holds)."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -52,6 +56,9 @@ def as_float(name: str, default: float) -> float:
         return default
     if not math.isfinite(value) or value < 0:
         ENV_ERRORS.append(f"{name}={raw!r} must be a finite, non-negative number")
+        return default
+    if value < minimum:
+        ENV_ERRORS.append(f"{name}={raw!r} must be at least {minimum:g}{why}")
         return default
     return value
 
@@ -77,10 +84,23 @@ def as_log_level(name: str, default: str) -> str:
     return raw
 
 
+# The bounds of engine/limits.py, with why they hold, for the one-line refusal
+LIMIT_BOUNDS = {
+    "max_wall_seconds": {
+        "minimum": MIN_WALL_SECONDS,
+        "why": " (seconds): a request's fixed work would run into the deadline (docs/operate.md)",
+    },
+    "max_ast_depth": {
+        "maximum": MAX_AST_DEPTH_CEILING,
+        "why": ": Python's parser refuses formulas nested deeper (200 parentheses; docs/operate.md)",
+    },
+}
+
+
 def limits_from_env() -> Limits:
     """Every Limits field can be overridden by its upper-case name, e.g. MAX_TENSOR_ELEMENTS=10000."""
     cast = {int: as_int, float: as_float, "int": as_int, "float": as_float}
-    values = {f.name: cast[f.type](f.name.upper(), f.default) for f in fields(Limits)}
+    values = {f.name: cast[f.type](f.name.upper(), f.default, **LIMIT_BOUNDS.get(f.name, {})) for f in fields(Limits)}
     return Limits(**values)
 
 

@@ -2,10 +2,17 @@
 
 From the first byte of the body read to the encoded answer, a request gets MAX_WALL_SECONDS
 (engine/deadline.py interrupts it there).  Inside a view, or while its answer is encoded, the interrupt becomes
-DeadlineExceeded, so the usual error handler, access log and metrics answer it; anywhere else (a hook, the error
-handler itself) the middleware answers the 503 on its own, under the request's id and with its access line
-(observability's finish_outside_app).  gunicorn's worker timeout (deploy/gunicorn.conf.py) is set well above
-MAX_WALL_SECONDS, so it never is what ends a request.
+DeadlineExceeded, so the usual error handler, access log and metrics answer it; anywhere else in the dispatch (a
+hook, the error handler itself) the middleware answers the 503 on its own, under the request's id and with its
+access line (observability's finish_outside_app).  gunicorn's worker timeout (deploy/gunicorn.conf.py) is set well
+above MAX_WALL_SECONDS, so it never is what ends a request.
+
+The timer interrupts Flask's dispatch only (full_dispatch_request: hooks, view, encoding, error handlers).  Flask's
+context push before it and, after it, start_response and the context's pop are fixed work of well under a
+millisecond that an exception would leave half done: an interrupt in the push answered a 500 (LookupError, the app
+context left pushed), and one after start_response made the middleware's 503 follow the 200's headers, which
+gunicorn sent as one response with two Content-Lengths.  So an alarm during the push ends the request as its
+dispatch begins, and one after the dispatch is ignored: the answer is built, and it is sent.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from .engine.deadline import DeadlineInterrupt, request_deadline
+from .engine.deadline import DeadlineInterrupt, interruptible, request_deadline
 from .engine.errors import DeadlineExceeded
 from .jsonio import dumps_bytes
 from .observability import REQUEST_ID_HEADER, environ_request_id
@@ -34,20 +41,14 @@ class DeadlineMiddleware:
         self.finish = finish  # counts the middleware's own answer and writes its access line
 
     def __call__(self, environ, start_response):
-        started = []
         began = time.perf_counter()
-
-        def start(status, headers, exc_info=None):
-            started.append(status)
-            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
-
         try:
-            with request_deadline(self.seconds):
-                return self.app(environ, start)
-        except DeadlineInterrupt as stop:
-            return self._deadline_response(environ, start_response, stop, replace=bool(started), began=began)
+            with request_deadline(self.seconds, anywhere=False):  # init_deadline opens it for the dispatch
+                return self.app(environ, start_response)
+        except DeadlineInterrupt as stop:  # raised in the dispatch, before the app called start_response
+            return self._deadline_response(environ, start_response, stop, began)
 
-    def _deadline_response(self, environ, start_response, stop: DeadlineInterrupt, replace: bool, began: float):
+    def _deadline_response(self, environ, start_response, stop: DeadlineInterrupt, began: float):
         err = DeadlineExceeded(stop.seconds)
         body = {
             "type": "/problems/" + err.slug,
@@ -72,18 +73,21 @@ class DeadlineMiddleware:
             ("Retry-After", "1"),
             (REQUEST_ID_HEADER, body["request_id"]),
         ]
-        # The app may already have called start_response: PEP 3333 allows a second call with exc_info
-        # as long as nothing was sent (the app returns before the server writes anything).
-        if replace:
-            start_response("503 Service Unavailable", headers, (type(stop), stop, stop.__traceback__))
-        else:
-            start_response("503 Service Unavailable", headers)
+        start_response("503 Service Unavailable", headers)
         return [payload]
 
 
 def init_deadline(app: Flask) -> None:
     """Arm MAX_WALL_SECONDS around every request; call last in create_app so the middleware is outermost."""
     seconds = app.config["LIMITS"].max_wall_seconds
+    full_dispatch = app.full_dispatch_request
+
+    def full_dispatch_request():
+        """The stretch the deadline may interrupt: from the first hook to the finished response."""
+        with interruptible():
+            return full_dispatch()
+
+    app.full_dispatch_request = full_dispatch_request
     dispatch_view = app.dispatch_request
 
     def dispatch_request():

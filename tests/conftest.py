@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -42,6 +43,18 @@ def kind_walked_from_the_end(value) -> type | None:
 def json_log_lines(text: str) -> list[dict]:
     """The JSON lines of a server log (gunicorn's and the app's), skipping anything else written there."""
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def accepted(server_port: int, client: socket.socket) -> bool:
+    """Whether a worker has accept()ed this connection: until then the kernel lists its server side in
+    /proc/net/tcp with inode 0 (a socket in the listen queue has no file yet)."""
+    client_port = client.getsockname()[1]
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+            return inode != "0"
+    return False
 
 
 class TestConfig(Config):

@@ -6,6 +6,7 @@ bodies below really run into the deadline instead of being refused up front (tes
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
@@ -20,7 +21,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, TUTORIAL_NEURON, GunicornServer, json_log_lines
-from service.engine.deadline import DeadlineInterrupt, request_deadline
+from service.engine.deadline import DeadlineInterrupt, check_request, interruptible, request_deadline
 from service.engine.limits import Deadline
 
 WALL = 2.0
@@ -98,6 +99,26 @@ def test_an_alarm_between_requests_is_ignored():
     with request_deadline(5):
         pass
     assert signal.getsignal(signal.SIGALRM) is handler  # not set and restored around each request
+
+
+def test_an_alarm_before_the_interruptible_stretch_is_raised_as_it_opens():
+    """The HTTP layer's deadline: the timer is held off Flask's context push and raised as the dispatch begins."""
+    entered = False
+    with pytest.raises(DeadlineInterrupt):
+        with request_deadline(0.05, anywhere=False):
+            time.sleep(0.1)  # the alarm fires here, and nothing is raised
+            with interruptible():
+                entered = True
+    assert not entered
+
+
+def test_an_alarm_after_the_interruptible_stretch_is_ignored():
+    """After the dispatch the answer is built: neither the timer nor the cooperative check ends the request."""
+    with request_deadline(0.05, anywhere=False):
+        with interruptible():
+            pass
+        time.sleep(0.1)  # the alarm fires here
+        check_request()
 
 
 def test_in_process_client_answers_the_deadline_as_a_problem(client, app, monkeypatch):
@@ -362,3 +383,126 @@ def test_a_deadline_outside_a_view_keeps_the_request_id_and_its_access_line(
     assert grown == {("/v1/gradients", method, str(access[0]["status"])): 1.0}
     assert any("outside a view" in line["message"] for line in lines), lines
     assert_same_worker_serves(server, server.worker_pids())
+
+
+# --- live: what goes on the wire when the deadline fires near the end of a request ------------------------------
+
+TUTORIAL_BODY = json.dumps(TUTORIAL_NEURON).encode()
+
+
+def raw_post(server, headers: dict[str, str], timeout: float = 30) -> tuple[int, list[tuple[str, str]], bytes]:
+    """POST the tutorial neuron over a bare socket and read until the server closes: (status, headers, body) as
+    they came on the wire, so a second set of headers cannot hide behind a client library."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    request = (
+        f"POST /v1/gradients HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n{head}"
+        f"Content-Length: {len(TUTORIAL_BODY)}\r\n\r\n"
+    ).encode()
+    data = b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        sock.sendall(request + TUTORIAL_BODY)
+        stop_at = time.monotonic() + timeout
+        while time.monotonic() < stop_at:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head_bytes, _, payload = data.partition(b"\r\n\r\n")
+    status_line, *lines = head_bytes.decode("latin1").split("\r\n")
+    fields = [(name.strip().lower(), value.strip()) for name, _, value in (line.partition(":") for line in lines)]
+    return int(status_line.split()[1]), fields, payload
+
+
+def assert_one_response(status: int, fields: list[tuple[str, str]], payload: bytes) -> dict:
+    """One well-formed HTTP response: each header once (a second start_response appended a second Content-Length
+    and Content-Type, and clients read a truncated body), the body as long as its Content-Length, JSON."""
+    names = [name for name, _ in fields]
+    assert len(names) == len(set(names)), fields
+    headers = dict(fields)
+    assert len(payload) == int(headers["content-length"]), (status, fields)
+    body = json.loads(payload)
+    if status == 200:
+        assert headers["content-type"] == "application/json" and round(body["loss"], 4) == 6.7012
+    else:
+        assert status == 503 and headers["content-type"] == PROBLEM, (status, fields, payload[:300])
+        assert body["type"] == "/problems/deadline-exceeded" and body["request_id"] == headers["x-request-id"]
+    return headers
+
+
+def log_of(server, rid: str) -> list[dict]:
+    return [line for line in json_log_lines(server.log_path.read_text()) if line.get("request_id") == rid]
+
+
+def test_a_deadline_after_start_response_leaves_the_answer_whole(stalling_hooks_server):
+    """The app had called start_response when the deadline fired (here in a teardown function; in an audit while
+    Flask sent the answer or popped its context): the middleware's 503 went out under the 200's headers, two
+    Content-Lengths, and the client read a truncated body while the access line and the metrics said 200. Past
+    the point where the answer is built, nothing interrupts the request: the 200 goes out whole."""
+    server = stalling_hooks_server
+    counted = requests_counted(server)
+    rid = "stall-teardown"
+    status, fields, payload = raw_post(server, {"X-Stall": "teardown", "X-Stall-Seconds": "1.3", "X-Request-ID": rid})
+    assert status == 200
+    assert assert_one_response(status, fields, payload)["x-request-id"] == rid
+    lines = log_of(server, rid)
+    assert [line["status"] for line in lines if line["logger"] == "gradsvc.access"] == [200]
+    assert not any("outside a view" in line["message"] for line in lines), lines
+    after = requests_counted(server)
+    assert after[("/v1/gradients", "POST", "200")] == counted.get(("/v1/gradients", "POST", "200"), 0.0) + 1
+
+
+def test_a_deadline_while_flask_pushes_the_context_is_a_503_not_a_500(stalling_hooks_server):
+    """The deadline fired inside Flask's context push (an audit, at MAX_WALL_SECONDS=0.0001): popping the half-pushed
+    context raised LookupError, gunicorn answered a 500 with a traceback, and the app context stayed pushed. The
+    alarm waits until the request's dispatch begins, which it then ends: the usual 503, id and access line."""
+    server = stalling_hooks_server
+    rid = "stall-push"
+    status, fields, payload = raw_post(server, {"X-Stall": "push", "X-Stall-Seconds": "1.3", "X-Request-ID": rid})
+    assert status == 503
+    assert assert_one_response(status, fields, payload)["x-request-id"] == rid
+    lines = log_of(server, rid)
+    assert [line["status"] for line in lines if line["logger"] == "gradsvc.access"] == [503]
+    text = server.log_path.read_text()
+    assert "Error handling request" not in text and "Traceback" not in text
+    assert_same_worker_serves(server, server.worker_pids())
+
+
+@pytest.fixture(scope="module")
+def floor_deadline_server(tmp_path_factory):
+    """The stalling app at the lowest deadline the service accepts, for requests that end right at it."""
+    server = GunicornServer(
+        workers=1,
+        env={"MAX_WALL_SECONDS": "0.1", "LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT / "tests")},
+        log_path=tmp_path_factory.mktemp("floor") / "server.log",
+    )
+    server.target = "stalling_hooks_app:app"
+    with server:
+        server.wait_workers(1)
+        yield server
+
+
+def test_requests_ending_around_the_deadline_are_each_one_whole_response(floor_deadline_server):
+    """A stall of 70-130 ms at each place a request can be when a 0.1 s deadline fires (context push, before the
+    view, after the access line, teardown after start_response): whichever side of the deadline it ends on, the
+    client gets one well-formed 200 or 503 (an audit saw 2 corrupt answers in 75 requests straddling 10 ms), each
+    request has one access line, and nothing is answered by gunicorn's 500."""
+    server = floor_deadline_server
+    stop_at = time.monotonic() + 60
+    seen: dict[str, int] = {}
+    for i, (where, ms) in enumerate(
+        (w, ms) for ms in range(70, 131, 6) for w in ("push", "before", "after", "teardown")
+    ):
+        if time.monotonic() > stop_at:
+            break
+        rid = f"near-{where}-{ms}-{i}"
+        status, fields, payload = raw_post(
+            server, {"X-Stall": where, "X-Stall-Seconds": str(ms / 1000), "X-Request-ID": rid}
+        )
+        assert assert_one_response(status, fields, payload)["x-request-id"] == rid
+        seen[f"{where} {status}"] = seen.get(f"{where} {status}", 0) + 1
+    text = server.log_path.read_text()
+    assert "Error handling request" not in text and "Traceback" not in text
+    access = [line["request_id"] for line in json_log_lines(text) if line["logger"] == "gradsvc.access"]
+    near = [rid for rid in access if rid.startswith("near-")]
+    assert len(near) == len(set(near)) == sum(seen.values()) >= 20, seen
+    assert seen.get("teardown 200") and seen.get("before 503"), seen  # both sides of the deadline were reached

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, TUTORIAL_NEURON, GunicornServer, TestConfig, free_port
+from conftest import REQUIRE_ALL, ROOT, TUTORIAL_NEURON, GunicornServer, TestConfig, free_port, require_binary
 from service import create_app
+from service.engine.limits import MAX_AST_DEPTH_CEILING, Limits
 from service.logformat import JSON_FORMATTER
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -68,6 +69,10 @@ MISCONFIGURATIONS = [
     ({"MAX_BODY_BYTES": "10MB"}, "MAX_BODY_BYTES='10MB' is not an integer"),
     ({"TRUSTED_PROXY_HOPS": "one"}, "TRUSTED_PROXY_HOPS='one' is not an integer"),
     ({"MAX_WALL_SECONDS": "nan"}, "MAX_WALL_SECONDS='nan' must be a finite"),
+    # at 0.0001 s the deadline fired inside Flask's context push: 500s, and /readyz never answered 200
+    ({"MAX_WALL_SECONDS": "0.0001"}, "MAX_WALL_SECONDS='0.0001' must be at least 0.1 (seconds)"),
+    # Python's parser stops at 200 nested parentheses: the 413s quoted a limit of 100000 levels
+    ({"MAX_AST_DEPTH": "201"}, "MAX_AST_DEPTH='201' must be at most 200: Python's parser refuses"),
     ({"MAX_TENSOR_ELEMENTS": "-5"}, "must not be negative"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD' is not one of"),
     ({"MAX_REQUEST_BYTES": "256MiB"}, "MAX_REQUEST_BYTES='256MiB' is not an integer"),
@@ -80,6 +85,23 @@ MISCONFIGURATIONS = [
     # gunicorn logged at INFO without a word; refused by deploy/gunicorn.conf.py, with the same line and exit code
     ({"GUNICORN_LOG_LEVEL": "nope"}, "GUNICORN_LOG_LEVEL='nope' is not one of critical, error, warning, info, debug"),
     ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY=0 must be at least 1"),
+    # gunicorn bound port 99999 to an OverflowError traceback, 0 to a random port, an empty HOST to 0.0.0.0
+    ({"PORT": "99999"}, "PORT=99999 must be between 1 and 65535"),
+    ({"PORT": "-1"}, "PORT=-1 must be between 1 and 65535"),
+    ({"PORT": "0"}, "PORT=0 must be between 1 and 65535 (a TCP port; 0 would bind a random one)"),
+    ({"HOST": ""}, "HOST is set but empty: unset it for the default 127.0.0.1"),
+    ({"HOST": "bogus.invalid"}, "HOST='bogus.invalid' is not an address to bind"),
+    # gunicorn's own "Value must be positive" and exit 1
+    ({"GUNICORN_MAX_REQUESTS": "-1"}, "GUNICORN_MAX_REQUESTS=-1 must be at least 0"),
+    ({"GUNICORN_MAX_REQUESTS_JITTER": "-1"}, "GUNICORN_MAX_REQUESTS_JITTER=-1 must be at least 0"),
+    ({"GUNICORN_KEEPALIVE": "-1"}, "GUNICORN_KEEPALIVE=-1 must be at least 0"),
+    ({"GUNICORN_GRACEFUL_TIMEOUT": "-5"}, "GUNICORN_GRACEFUL_TIMEOUT=-5 must be at least MAX_WALL_SECONDS + 10 s"),
+    # accepted, and a SIGTERM then cut off a request under way
+    ({"GUNICORN_GRACEFUL_TIMEOUT": "0"}, "GUNICORN_GRACEFUL_TIMEOUT=0 must be at least MAX_WALL_SECONDS + 10 s"),
+    (
+        {"GUNICORN_GRACEFUL_TIMEOUT": "30", "MAX_WALL_SECONDS": "25"},
+        "GUNICORN_GRACEFUL_TIMEOUT=30 must be at least MAX_WALL_SECONDS + 10 s (25 + 10)",
+    ),
     ({"GUNICORN_PRELOAD": "maybe"}, "GUNICORN_PRELOAD='maybe' is not a boolean"),
 ]
 
@@ -105,6 +127,76 @@ def test_misconfiguration_stops_gunicorn_without_preload_too(tmp_path):
     proc = start_gunicorn({"API_KEYS": " , "}, tmp_path, preload="0")
     assert proc.returncode == 3
     assert sum("configuration error" in line for line in proc.stderr.splitlines()) == 1
+
+
+def test_every_formula_shape_reaches_the_deepest_ast_depth_accepted():
+    """MAX_AST_DEPTH's ceiling (engine/limits.py) is reachable: a formula nested that deep answers, whatever its shape
+    (nested calls need 199 parentheses, Python's parser takes 200), and one level more is refused under that limit."""
+    depth = MAX_AST_DEPTH_CEILING
+
+    class Deepest(TestConfig):
+        LIMITS = Limits(max_ast_depth=depth, max_ast_nodes=10_000, max_formula_length=10_000)
+
+    shapes = {
+        "calls": lambda n: "sin(" * (n - 1) + "x" + ")" * (n - 1),
+        "unary minus": lambda n: "-" * (n - 1) + "x",
+        "powers": lambda n: "**".join(["x"] * n),
+        "sums": lambda n: "+".join(["x"] * n),
+        "parenthesised products": lambda n: "x*(" * (n - 1) + "x" + ")" * (n - 1),
+    }
+    client = create_app(Deepest).test_client()
+    for name, shape in shapes.items():
+        for n, expected in ((depth, 200), (depth + 1, 413)):
+            body = {"model": {"kind": "expression", "formula": shape(n)}, "inputs": {"x": 0.5}}
+            response = client.post("/v1/gradients", json={**body, "include": ["graph", "intermediates", "hessian"]})
+            assert response.status_code == expected, (name, n, response.json)
+            if expected == 413:
+                assert response.json["limit"] == {"name": "max_ast_depth", "value": depth}, (name, response.json)
+
+
+@pytest.mark.live
+def test_a_negative_web_concurrency_is_refused_by_gunicorn_itself(tmp_path):
+    """gunicorn reads WEB_CONCURRENCY before deploy/gunicorn.conf.py, so its own message and exit code stand for a
+    negative value (docs/operate.md says so); the config file's one line covers 0."""
+    proc = start_gunicorn({"WEB_CONCURRENCY": "-1"}, tmp_path)
+    assert proc.returncode == 1 and "Value must be positive: -1" in proc.stderr
+
+
+@pytest.mark.live
+def test_no_writable_temporary_directory_refuses_to_start_with_one_line(tmp_path):
+    """A read-only root filesystem without its tmpfs on /tmp (a Kubernetes pod without the emptyDir): gunicorn's
+    master died at its first fork, "Unhandled exception in main loop" (No usable temporary directory), exit 255. Run
+    here in a user and mount namespace where /tmp, /var/tmp and the working directory are read-only."""
+    unshare = require_binary("unshare", package="util-linux")
+    if subprocess.run([unshare, "-rm", "true"], capture_output=True, timeout=30).returncode != 0:
+        reason = "user namespaces are not available here (unshare -rm failed)"
+        if REQUIRE_ALL:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    script = (
+        'mount -t tmpfs -o ro tmpfs /tmp && mount -t tmpfs -o ro tmpfs /var/tmp && mount --bind "$0" "$0" && '
+        'mount -o remount,bind,ro "$0" && cd "$0" && exec "$1" -m gunicorn -c deploy/gunicorn.conf.py service.wsgi:app'
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "TEMP", "TMP", "PROMETHEUS_MULTIPROC_DIR")}
+    env = {**clean, "HOST": "127.0.0.1", "PORT": str(free_port()), "WEB_CONCURRENCY": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [unshare, "-rm", "sh", "-c", script, str(ROOT), sys.executable],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        pytest.fail("gunicorn kept running without a writable temporary directory")
+    assert proc.returncode == 3, out + err
+    errors = [line for line in err.splitlines() if "configuration error" in line]
+    assert len(errors) == 1 and "no writable temporary directory" in errors[0] and "/tmp" in errors[0], err
+    assert "Traceback" not in err
 
 
 @pytest.mark.live

@@ -10,7 +10,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import threading
 import time
 from contextlib import ExitStack
@@ -20,7 +19,7 @@ import pytest
 import requests
 
 from bench import gateway as bench_gateway
-from conftest import TUTORIAL_NEURON, GunicornServer, json_log_lines, require_binary
+from conftest import TUTORIAL_NEURON, GunicornServer, accepted, json_log_lines, require_binary
 
 pytestmark = [pytest.mark.gateway, pytest.mark.live]
 PROBLEM = "application/problem+json"
@@ -279,18 +278,6 @@ def test_kill_9_of_a_worker_cuts_off_at_most_the_response_being_written(tmp_path
 
 
 IN_FLIGHT_ID = "in-flight-at-sigterm"
-
-
-def accepted(server_port: int, client: socket.socket) -> bool:
-    """Whether a worker has accept()ed this connection: until then the kernel lists its server side in
-    /proc/net/tcp with inode 0 (a socket in the listen queue has no file yet)."""
-    client_port = client.getsockname()[1]
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote, inode = fields[1], fields[2], fields[9]
-        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
-            return inode != "0"
-    return False
 
 
 def test_sigterm_to_a_master_completes_in_flight_requests(tmp_path):

@@ -7,6 +7,8 @@ fork, so every worker inherits it: it writes exit-<pid> when, and only when, the
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +17,7 @@ import time
 import pytest
 import requests
 
-from conftest import TUTORIAL_NEURON, GunicornServer, json_log_lines
+from conftest import TUTORIAL_NEURON, GunicornServer, accepted, json_log_lines
 
 pytestmark = [pytest.mark.live]
 MAX_REQUESTS = 20
@@ -103,3 +105,51 @@ def test_sigterm_while_workers_warm_up_stops_the_server_at_once(tmp_path):
     booted = {line["pid"] for line in lines if line["message"].startswith("Booting worker")}
     exited = {line["pid"] for line in lines if line["message"].startswith("Worker exiting")}
     assert code == 0 and len(booted) == 2 and exited == booted  # each left on its own, none killed
+
+
+@pytest.mark.parametrize(
+    ("signum", "to_group"),
+    [(signal.SIGINT, False), (signal.SIGQUIT, False), (signal.SIGINT, True)],
+    ids=["SIGINT to the master", "SIGQUIT to the master", "Ctrl-C: SIGINT to every process"],
+)
+def test_every_stop_signal_lets_the_request_under_way_finish(tmp_path, signum, to_group):
+    """SIGINT and SIGQUIT ended the worker at once, inside the request (gunicorn's handler calls sys.exit): the
+    client got a 500 under a request id not its own, with a SystemExit traceback and no access line; only SIGTERM
+    waited. `docker run` forwards Ctrl-C as SIGINT to the master, a terminal sends it to every process of
+    `make run`. Now each lets the request finish (a 200 with its own id and access line) and the server exit 0."""
+    log = tmp_path / "server.log"
+    env = {"GUNICORN_LOG_LEVEL": "info", "LOG_LEVEL": "INFO"}
+    body = json.dumps(TUTORIAL_NEURON).encode()
+    rid = f"in-flight-at-{signum.name}"
+    with GunicornServer(workers=1, env=env, log_path=log) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            conn.putrequest("POST", "/v1/gradients")  # half a body: the worker is inside the request, reading
+            conn.putheader("Content-Type", "application/json")
+            conn.putheader("Content-Length", str(len(body)))
+            conn.putheader("X-Request-ID", rid)
+            conn.endheaders(body[: len(body) // 2])
+            deadline = time.monotonic() + 20
+            while not accepted(server.port, conn.sock) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            if to_group:
+                os.killpg(server.proc.pid, signum)
+            else:
+                server.proc.send_signal(signum)
+            handled = f"Handling signal: {signum.name.removeprefix('SIG').lower()}"
+            while handled not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(0.3)  # the master has signalled its worker by now
+            conn.send(body[len(body) // 2 :])
+            response = conn.getresponse()
+            status, headers, answer = response.status, response.headers, response.read()
+        finally:
+            conn.close()
+        code = server.proc.wait(40)  # within graceful_timeout
+    assert status == 200, answer[:300]
+    assert headers["X-Request-ID"] == rid and round(json.loads(answer)["loss"], 4) == 6.7012
+    assert code == 0
+    text = log.read_text()
+    assert handled in text and "Traceback" not in text and "Error handling request" not in text
+    access = [line for line in json_log_lines(text) if line.get("path") == "/v1/gradients"]
+    assert [(line["request_id"], line["status"]) for line in access] == [(rid, 200)]

@@ -35,6 +35,18 @@ class Limits:
         return asdict(self)
 
 
+# Bounds on two limits themselves, enforced where they are read from the environment (service/config.py).
+# MAX_WALL_SECONDS: a request's fixed work outside its computation -- routing, hooks, the access line, encoding the
+# answer -- took 0.15 ms at the median for a probe and 1.5 ms for the tutorial neuron, and up to 8 ms and 21 ms on a
+# 2-core machine at load 5 (docs/operate.md, "Signals and deadlines"). Under 0.1 s the probes themselves would be
+# 503s whenever the scheduler delays a worker (at 0.0001 s /readyz never answered 200).
+MIN_WALL_SECONDS = 0.1
+# MAX_AST_DEPTH: Python 3.11's parser refuses more than 200 nested parentheses, so nested calls (`sin(sin(...))`)
+# stop at 201 levels whatever the limit says, and the evaluator's recursion at ~320 levels (measured: nested
+# unary minus, powers and sums all stop there). 200 is the deepest limit every formula shape can reach.
+MAX_AST_DEPTH_CEILING = 200
+
+
 class Deadline:
     """Wall-clock budget for one piece of work; long loops call check() between steps.
 
