@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from contextlib import ExitStack
