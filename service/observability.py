@@ -128,10 +128,7 @@ class LostMetrics:
         self.logged_at: float | None = None
 
     def __call__(self, exc: OSError) -> None:
-        try:
-            METRICS_WRITE_ERRORS.inc()
-        except OSError:  # never in a worker that started (its value is in place); the line below still says it
-            pass
+        METRICS_WRITE_ERRORS.inc()
         now = time.monotonic()
         if self.logged_at is None or now - self.logged_at >= self.LOG_EVERY_SECONDS:
             self.logged_at = now
