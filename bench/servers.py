@@ -58,6 +58,7 @@ class Server:
             **(env or {}),
         }
         self.log_path = (log_dir / f"{name}-{self.port}.log") if log_dir else None
+        self.command_prefix: list[str] = []  # e.g. a wrapper that runs gunicorn in its own namespaces (tests)
         self.proc: subprocess.Popen | None = None
         self.started_at = 0.0
 
@@ -73,7 +74,7 @@ class Server:
                 else ["-w", self.env["WEB_CONCURRENCY"], "-b", f"127.0.0.1:{self.port}", "--no-control-socket"]
             )
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", *config, self.target],
+                [*self.command_prefix, sys.executable, "-m", "gunicorn", *config, self.target],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,

@@ -4,6 +4,7 @@ Run: ``gunicorn -c deploy/gunicorn.conf.py service.wsgi:app``.  gunicorn binds t
 TORCH_THREADS, LOG_LEVEL, the limits, API keys etc. are read by the app itself.
 """
 
+import errno
 import fcntl
 import gc
 import json
@@ -273,6 +274,12 @@ control_socket_disable = True
 EMPTIED_BY = "GRADSVC_METRICS_EMPTIED_BY"  # the pid of the master that emptied the directory
 MASTER_LOCK = "master.lock"  # flock'ed by the master using the directory, for its whole life
 LOCK_FD = "GRADSVC_METRICS_LOCK_FD"  # the master's descriptor of it (kept across SIGHUP, handed on at USR2)
+# A process's metric files, one per kind as prometheus_client names them (<kind>_<pid>.db), each 64 KiB at first:
+# a worker's are allocated as it starts (post_fork), so that a full volume stops it there with one line, not with a
+# SIGBUS later (service/metrics_files.py). tests/test_metrics_volume.py checks a worker writes no other file.
+METRIC_FILES = ("counter", "gauge_livesum", "gauge_liveall", "gauge_max", "histogram")
+METRIC_FILE_BYTES = 64 * 1024
+PROCESS_METRIC_BYTES = len(METRIC_FILES) * METRIC_FILE_BYTES  # 320 KiB
 
 
 def _empty_multiproc_dir() -> None:
@@ -284,23 +291,50 @@ def _empty_multiproc_dir() -> None:
     Only the service's own files go (prometheus_client's *.db, the compaction's lock and *.db.new): a directory
     holding anything else is refused, not emptied (pointed at /tmp or a home directory, it deleted everything).
     A directory another live master uses is refused too (_lock_multiproc_dir): emptying it deleted that master's
-    files, and both then wrote one set of counters."""
+    files, and both then wrote one set of counters. So is one that cannot be written (a read-only filesystem: it
+    was a traceback and exit 1) or has no room for the master's and the workers' files (a small tmpfs: the workers
+    died of SIGBUS, one after the other, without end)."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path or os.environ.get(EMPTIED_BY) == str(os.getpid()):
         return
-    os.makedirs(path, exist_ok=True)
-    entries = [e for e in os.scandir(path) if e.name != MASTER_LOCK]
-    foreign = sorted(e.name for e in entries if not (e.is_file(follow_symlinks=False) and _metrics_file(e.name)))
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        _refuse(
-            f"PROMETHEUS_MULTIPROC_DIR={path!r} holds files the service did not write ({shown}); "
-            "it is emptied at every start: give the metrics a directory of their own"
+    try:
+        os.makedirs(path, exist_ok=True)
+        entries = [e for e in os.scandir(path) if e.name != MASTER_LOCK]
+        foreign = sorted(e.name for e in entries if not (e.is_file(follow_symlinks=False) and _metrics_file(e.name)))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            _refuse(
+                f"PROMETHEUS_MULTIPROC_DIR={path!r} holds files the service did not write ({shown}); "
+                "it is emptied at every start: give the metrics a directory of their own"
+            )
+        _lock_multiproc_dir(path)
+        os.environ[EMPTIED_BY] = str(os.getpid())
+        for entry in entries:
+            os.unlink(entry.path)
+    except OSError as exc:
+        _refuse(_metrics_dir_trouble(path, exc, 0))
+    needed = (workers + 1) * PROCESS_METRIC_BYTES
+    if _free_bytes(path) < needed:
+        _refuse(_metrics_dir_trouble(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), needed))
+
+
+def _free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _metrics_dir_trouble(path: str, exc: OSError, needed: int) -> str:
+    """One line saying what is wrong with the metrics directory and what to do."""
+    where = f"PROMETHEUS_MULTIPROC_DIR={path!r}"
+    if exc.errno == errno.ENOENT:
+        return f"{where} is gone ({exc.strerror}): was it deleted while the server ran? Restart the server"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"{where} has no room for the metric files: {needed // 1024} KiB needed, {_free_bytes(path) // 1024} KiB "
+            f"free (each gunicorn process allocates {PROCESS_METRIC_BYTES // 1024} KiB there as it starts); give the "
+            'metrics a volume of their own (docs/operate.md, "Metrics volume")'
         )
-    _lock_multiproc_dir(path)
-    os.environ[EMPTIED_BY] = str(os.getpid())
-    for entry in entries:
-        os.unlink(entry.path)
+    return f"{where} is not a writable directory ({exc.strerror}: {exc.filename!r}): mount a writable volume there"
 
 
 def _lock_multiproc_dir(path: str) -> None:
@@ -375,6 +409,8 @@ def child_exit(server, worker):
         others = ("reexec_pid", "master_pid", "dirty_arbiter_pid")  # a USR2 child or parent, gunicorn 27's arbiter
         keep = {os.getpid(), *server.WORKERS, *(getattr(server, name, 0) for name in others)}
         metrics_compact.compact(path, keep, server.log)
+    except OSError as exc:  # a full or vanished volume: one line, not a traceback at every worker exit
+        server.log.warning("metrics compaction failed (%s); the files stay until the next worker exit", exc)
     except Exception:  # never take the master down (an exception here ends its main loop): the files just stay
         server.log.exception("metrics compaction failed; the files stay until the next worker exit")
 
@@ -422,10 +458,31 @@ def _close_lock_in_worker() -> None:
         os.close(fd)
 
 
+def _reserve_metric_files(worker) -> None:
+    """This worker's metric files created with their space allocated, before anything writes a metric (with
+    preload_app, the warm-up; without it, the app's import). A worker that finds no room (or no directory) logs one
+    line and exits 3, gunicorn's "worker failed to boot": the master stops, where workers died of SIGBUS and were
+    forked again without end (a full tmpfs), or answered 500s (a deleted directory)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return
+    try:
+        for kind in METRIC_FILES:
+            fd = os.open(os.path.join(path, f"{kind}_{worker.pid}.db"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                os.posix_fallocate(fd, 0, METRIC_FILE_BYTES)
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        worker.log.error("worker failed to boot: %s", _metrics_dir_trouble(path, exc, PROCESS_METRIC_BYTES))
+        sys.exit(3)
+
+
 def post_fork(server, worker):
-    """The lock's descriptor closed in the worker; with preload_app, torch warmed up in each worker, never in the
-    master (gunicorn#2478)."""
+    """The lock's descriptor closed in the worker and its metric files allocated; with preload_app, torch warmed up
+    in each worker, never in the master (gunicorn#2478)."""
     _close_lock_in_worker()
+    _reserve_metric_files(worker)
     warmup = sys.modules.get("service.warmup")  # only our app (the bench's baselines use this file too)
     if preload_app and warmup is not None:
         # gunicorn installs the worker's signal handlers after this hook; until then the master's copies would

@@ -106,6 +106,14 @@ class NotReady(ServiceError):
     title = "Service Unavailable"
 
 
+class MetricsUnavailable(ServiceError):
+    """PROMETHEUS_MULTIPROC_DIR is gone: no count can be read (the requests are still answered)."""
+
+    status = 503
+    slug = "metrics-unavailable"
+    title = "Service Unavailable"
+
+
 class InvalidProblem(ServiceError):
     """The instructor's problem file is wrong: never the student's fault, never a student's score."""
 

@@ -20,7 +20,7 @@ from functools import partial
 
 from werkzeug.wsgi import ClosingIterator
 
-from .observability import ENVIRON_REQUEST_ID, WORKER_RECYCLES
+from .observability import ENVIRON_REQUEST_ID, WORKER_RECYCLES, metric_lost
 from .process_metrics import resident_bytes, update_process_memory
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,10 @@ class MemoryGuard:
                     "request_id": (environ or {}).get(ENVIRON_REQUEST_ID, "-"),  # the request that left it so big
                 },
             )
-            WORKER_RECYCLES.labels("rss").inc()
+            try:
+                WORKER_RECYCLES.labels("rss").inc()
+            except OSError as exc:  # its first recycle, on a full metrics volume
+                metric_lost(exc)
             self.worker.alive = False  # the sync worker finishes this response, then leaves its loop
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -22,13 +23,16 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from . import metrics_compact
+from . import metrics_compact, metrics_files
 from .metric_labels import environ_route, method_label, route_label
 from .process_metrics import update_process_memory
 
 REQUEST_ID_HEADER = "X-Request-ID"
 VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 access_log = logging.getLogger("gradsvc.access")
+log = logging.getLogger(__name__)
+
+metrics_files.install()  # before the first metric: its files' space allocated, never sparse
 
 REQUESTS = Counter("gradsvc_http_requests_total", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram(
@@ -54,6 +58,10 @@ REFCACHE_EVICTIONS = Counter("gradsvc_reference_cache_evictions_total", "Grading
 REFCACHE_ENTRIES = Gauge("gradsvc_reference_cache_entries", "Grading references cached", multiprocess_mode="livesum")
 REFCACHE_BYTES = Gauge(
     "gradsvc_reference_cache_bytes", "Estimated bytes held by cached references", multiprocess_mode="livesum"
+)
+METRICS_WRITE_ERRORS = Counter(
+    "gradsvc_metrics_write_errors_total",
+    "Metric updates lost because PROMETHEUS_MULTIPROC_DIR had no room for them; their requests were answered",
 )
 
 
@@ -106,6 +114,34 @@ class AccessLog:
             pass
 
 
+class LostMetrics:
+    """A metric update the files could not take costs that update, never the request it belongs to.
+
+    Only a new label combination can fail once a worker runs (its files are allocated when it starts: the values it
+    has are written in place), when its file must grow on a full volume (service/metrics_files.py). That failure
+    is counted in gradsvc_metrics_write_errors_total (its own value sits in the allocated space) and logged at most
+    once a minute per worker: a full volume fails every new combination, and a line each would flood the log."""
+
+    LOG_EVERY_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self.logged_at: float | None = None
+
+    def __call__(self, exc: OSError) -> None:
+        METRICS_WRITE_ERRORS.inc()
+        now = time.monotonic()
+        if self.logged_at is None or now - self.logged_at >= self.LOG_EVERY_SECONDS:
+            self.logged_at = now
+            log.warning(
+                "a metric update was lost, its request answered all the same (the next such line in a minute at the "
+                "earliest; gradsvc_metrics_write_errors_total counts them): %s",
+                exc,
+            )
+
+
+metric_lost = LostMetrics()
+
+
 class RequestMetrics:
     """Counter and histogram children per (route, method, status), resolved once instead of per request; the
     labels are bounded (service/metric_labels.py), so this dict is too."""
@@ -116,7 +152,11 @@ class RequestMetrics:
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         children = self._children.get((route, method, status))
         if children is None:  # a few dozen combinations at most: routes are the app's rules
-            children = REQUESTS.labels(route, method, str(status)), LATENCY.labels(route, str(status))
+            try:
+                children = REQUESTS.labels(route, method, str(status)), LATENCY.labels(route, str(status))
+            except OSError as exc:  # no room for the new combination: tried again next time
+                metric_lost(exc)
+                return
             self._children[route, method, status] = children
         children[0].inc()
         children[1].observe(seconds)
@@ -143,7 +183,26 @@ def compute_timer(kind: str):
     try:
         yield
     finally:
-        COMPUTE.labels(kind).observe(time.perf_counter() - start)
+        try:
+            COMPUTE.labels(kind).observe(time.perf_counter() - start)
+        except OSError as exc:  # a kind's first request, on a full metrics volume
+            metric_lost(exc)
+
+
+_count_lookups = True
+
+
+@contextmanager
+def lookups_uncounted():
+    """The warm-up's reference cache lookups (service/warmup.py) are not the service's: like its engine calls, which
+    compute_timer never sees, they stay out of gradsvc_reference_cache_lookups_total (each worker's start counted
+    5 hits and 5 misses). The size gauges still follow what the cache keeps."""
+    global _count_lookups
+    _count_lookups = False
+    try:
+        yield
+    finally:
+        _count_lookups = True
 
 
 def watch_reference_cache(cache) -> None:
@@ -152,9 +211,11 @@ def watch_reference_cache(cache) -> None:
 
     def on_event(event: str, cache) -> None:
         if event == "hit":
-            hit.inc()
+            if _count_lookups:
+                hit.inc()
         elif event == "miss":
-            miss.inc()
+            if _count_lookups:
+                miss.inc()
         else:  # store, evict, clear
             if event == "evict":
                 REFCACHE_EVICTIONS.inc()
@@ -186,11 +247,14 @@ class MultiProcessCollector(multiprocess.MultiProcessCollector):
 
 def metrics_response() -> Response:
     """Prometheus text format; in multiprocess mode the workers' files are summed on every scrape, under the shared
-    lock that keeps the master's compaction from swapping files mid-scrape (service/metrics_compact.py)."""
+    lock that keeps the master's compaction from swapping files mid-scrape (service/metrics_compact.py).
+    FileNotFoundError if the directory is gone (deleted while the server runs)."""
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path:
         return Response(encoder(REGISTRY), content_type=content_type)
+    if not os.path.isdir(path):  # the library's collector would say ValueError
+        raise FileNotFoundError(errno.ENOENT, "the metrics directory is gone", path)
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path)
     with metrics_compact.shared_lock(path):

@@ -37,7 +37,8 @@ ERROR_RESPONSES = {
     "UnsupportedMediaType": "The body is not application/json",
     "NotComputable": "Well-formed but not computable: shape mismatch, non-scalar output, unknown variable",
     "NotImplemented": "The asked-for representation needs a program this server lacks (image/svg+xml: Graphviz)",
-    "Unavailable": "Not warmed up yet, or the wall-time limit cut the computation off",
+    "Unavailable": "Not warmed up yet, the wall-time limit cut the computation off, or (/metrics) the metrics "
+    "directory is gone",
     "Unauthorized": "Missing or wrong API key",
     "RequestTimeout": "The body did not arrive within the wall-time limit (a client that stalls)",
     "NotFound": "No such path: every path the service answers is listed in this document",

@@ -14,6 +14,9 @@ from importlib import metadata
 
 from prometheus_client import Gauge
 
+from . import metrics_files
+
+metrics_files.install()  # before the first metric: its files' space allocated, never sparse
 RSS = Gauge(
     "gradsvc_process_resident_memory_bytes", "Resident memory of this gunicorn worker", multiprocess_mode="liveall"
 )

@@ -313,6 +313,34 @@ def test_gateway_temp_space_holds_the_large_bodies_it_admits():
     assert "ephemeral-storage" in resources["requests"]
 
 
+# Measured (docs/operate.md, "Metrics volume"): a worker that saw every route and status holds 384 KiB of metric files,
+# the master 256 KiB, the archives ~140 KiB; a dead worker's files wait there until they are merged.
+METRICS_PER_PROCESS = 384 * 2**10
+
+
+def test_the_metrics_have_a_volume_of_their_own():
+    """In compose the metrics shared the 64m /tmp with every temporary file: a full /tmp made the workers die of
+    SIGBUS. Each app's metrics directory is a volume of its own (a tmpfs, an emptyDir) with room for the master, the
+    workers, the archives and as many dead workers' files again, 4 times over."""
+    yaml = require_module("yaml")
+    app = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["app1"]
+    env = app["environment"]
+    tmpfs = {t.split(":")[0]: size_bytes(re.search(r"size=(\w+)", t).group(1)) for t in app["tmpfs"]}
+    needed = 4 * (2 * int(env["WEB_CONCURRENCY"]) + 2) * METRICS_PER_PROCESS
+    assert tmpfs[env["PROMETHEUS_MULTIPROC_DIR"]] >= needed, (tmpfs, needed)
+
+    (deployment,) = [d for d in yaml.safe_load_all((K8S / "deployment.yaml").read_text()) if d]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    path = {e["name"]: e.get("value") for e in container["env"]}["PROMETHEUS_MULTIPROC_DIR"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == path]
+    assert [m["name"] for m in container["volumeMounts"]].count(mount["name"]) == 1  # shared with no other mount
+    volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    config = [d for d in yaml.safe_load_all((K8S / "configmap.yaml").read_text()) if d][0]["data"]
+    needed = 4 * (2 * int(config["WEB_CONCURRENCY"]) + 2) * METRICS_PER_PROCESS
+    assert size_bytes(volume["emptyDir"]["sizeLimit"]) >= needed
+
+
 # --- nginx --------------------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, request
 from schemas import ModelsResponseSchema, StatusSchema
 
 from ..engine.describe import models_document
-from ..errors import NotReady
+from ..errors import MetricsUnavailable, NotReady
 from ..observability import metrics_response
 from ..openapi import document_for, operation
 from ..warmup import is_ready
@@ -51,10 +51,17 @@ def readyz():
     {"type": "string"},
     ok="Metrics in Prometheus text exposition format",
     media_type="text/plain",
+    errors=(503,),
 )
 def metrics():
     """Prometheus metrics: requests, latency, compute time, in-flight."""
-    return metrics_response()
+    try:
+        return metrics_response()
+    except FileNotFoundError as exc:
+        raise MetricsUnavailable(
+            "The metrics directory (PROMETHEUS_MULTIPROC_DIR) is gone: it was deleted while the server ran. Requests "
+            "are still answered, but no count can be read or kept; restart the server to count again."
+        ) from exc
 
 
 @bp.get("/openapi.json")
