@@ -173,9 +173,10 @@ def test_no_writable_temporary_directory_refuses_to_start_with_one_line(tmp_path
         if REQUIRE_ALL:
             pytest.fail(reason)
         pytest.skip(reason)
+    # each made read-only where it is (a bind mount onto itself): a tmpfs over /tmp would hide a checkout under it
     script = (
-        'mount -t tmpfs -o ro tmpfs /tmp && mount -t tmpfs -o ro tmpfs /var/tmp && mount --bind "$0" "$0" && '
-        'mount -o remount,bind,ro "$0" && cd "$0" && exec "$1" -m gunicorn -c deploy/gunicorn.conf.py service.wsgi:app'
+        'for d in /tmp /var/tmp "$0"; do mount --bind "$d" "$d" && mount -o remount,bind,ro "$d" || exit 97; done; '
+        'cd "$0" && exec "$1" -m gunicorn -c deploy/gunicorn.conf.py service.wsgi:app'
     )
     clean = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "TEMP", "TMP", "PROMETHEUS_MULTIPROC_DIR")}
     env = {**clean, "HOST": "127.0.0.1", "PORT": str(free_port()), "WEB_CONCURRENCY": "1", "PYTHONPATH": str(ROOT)}
