@@ -139,7 +139,10 @@ class CheckRequestSchema(CappedSchema):
     atol = StrictFloat(load_default=DEFAULT_ATOL, **tolerance)
     tolerance = fields.Nested(
         ToleranceSchema,
-        metadata={"description": "a named rule instead of rtol/atol; a check's own profile or rtol/atol win"},
+        metadata={
+            "description": "a named rule instead of rtol/atol; a check's own profile wins. A check's own rtol/atol"
+            " replace allclose's; under another profile they are refused (ambiguous): give the check a profile"
+        },
     )
     dout = Tensor(metadata={"description": "upstream gradient of a non-scalar output: gradients are dout·J"})
     feedback = fields.String(
