@@ -277,6 +277,33 @@ def test_shared_problem_validation_is_byte_identical_to_per_job_loads(client, mo
         {"check": []},
         {"check": None},
     ]
+    # a check's own rtol/atol under the answer's profile: refused unless allclose or the check's own profile (the
+    # validator reads `tolerance` and `checks`, both answer fields), with a valid and an invalid problem
+    ambiguous = {
+        "tolerance": {"profile": "rel_error", "partial_credit": True},
+        "checks": {"gradients.w": {"rtol": 0.1}},
+    }
+    jobs += [
+        {"check": {**neuron, "submission": right, **ambiguous, "tolerance": {"profile": "allclose"}}},
+        {
+            "check": {
+                **neuron,
+                "submission": right,
+                **ambiguous,
+                "checks": {"gradients.w": {"tolerance": {"profile": "allclose"}, "atol": 0.1}},
+            }
+        },
+        {"check": {**neuron, "submission": right, **ambiguous}},
+        {
+            "check": {
+                **neuron,
+                "submission": right,
+                "tolerance": {"profile": "exact"},
+                "checks": {"loss": {"atol": 0.0}},
+            }
+        },
+        {"check": {"model": {"kind": "neuron"}, "inputs": {"x": 1.0}, "submission": right, **ambiguous}},
+    ]
     same_id = {"X-Request-ID": "shared-problem-test"}  # else each problem's request_id differs
     fast = client.post("/v1/batch", json={"jobs": jobs}, headers=same_id)
     again = client.post("/v1/batch", json={"jobs": jobs}, headers=same_id)  # the problems kept by the first
@@ -292,6 +319,8 @@ def test_shared_problem_validation_is_byte_identical_to_per_job_loads(client, mo
     results = fast.json["results"]
     assert [("error" in r) for r in results[:11]] == [False] * 4 + [True] * 7
     assert results[11:16] == results[:5]
+    assert [("error" in r) for r in results[-5:]] == [False, False, True, True, True]
+    assert "rtol" in results[-3]["error"]["errors"]["check"]["checks"]["gradients.w"]["value"]
 
 
 def test_shared_problem_is_loaded_and_built_once_then_kept_across_requests(client, monkeypatch):

@@ -1399,3 +1399,16 @@ def test_live_batch_of_unknown_intermediate_keys_ends_within_its_price(live_serv
     assert len(messages) == 50 * 128 and len(messages) - len(refused) <= allowance // price
     neuron = requests.post(url + "/v1/gradients", data=orjson.dumps(TUTORIAL_NEURON), headers=headers, timeout=10)
     assert round(neuron.json()["gradients"]["w"], 4) == 6.6918
+
+
+def test_an_input_named_after_a_constant_the_formula_reads_is_not_priced_as_unused():
+    """An input named `e` or `pi` shadows the constant, so a formula naming it reads it: it was charged INPUT_BYTES
+    as never read (Formula.variables leaves the constants' names out; a second ninth audit)."""
+    from service.engine.expression import Expression  # noqa: PLC0415
+
+    limits = Limits()
+    reads_both = Expression({"kind": "expression", "formula": "e*x + pi"}, limits)
+    assert cost.unused_inputs(reads_both, ["e", "x", "pi"]) == 0
+    assert cost.unused_inputs(reads_both, ["e", "x", "pi", "y"]) == 1
+    reads_neither = Expression({"kind": "expression", "formula": "x**2"}, limits)
+    assert cost.unused_inputs(reads_neither, ["e", "x", "pi"]) == 2

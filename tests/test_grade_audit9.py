@@ -1,6 +1,6 @@
 """A ninth audit of grading correctness: a problem file grades as its /v1/check body does (tolerance, dout), a
-check's own rtol/atol win over the request's profile, norm_ratio's partial credit and magnitudes, /v1/grade's total
-rounded once, and a failed check's numbers printed apart."""
+check's own rtol/atol under the request's profile (allclose takes them, another refuses them), norm_ratio's partial
+credit and magnitudes, /v1/grade's total rounded once, and a failed check's numbers printed apart."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from decimal import Decimal, localcontext
 
 import pytest
 import requests
+from marshmallow import ValidationError
 
 from gradsvc import Client
 from gradsvc.cli import lint_problem
@@ -165,39 +166,112 @@ def test_problem_lint_accepts_a_layer_problem_with_dout(live_server, tmp_path, c
     assert lint_problem(argparse.Namespace(file=str(path), offline=False), Client(live_server.url, retries=0)) == 1
 
 
-# --- a check's own rtol/atol win over the request's (or problem's) profile -----------------------------------------
+# --- a check's own rtol/atol under an inherited profile: allclose takes them, any other refuses them --------------
 
 
 VECTOR = {**SUM_PRODUCT, "inputs": {"x": [1.0, 1.0], "y": [2.0, 3.0]}}
+CUBE = {"model": {"kind": "expression", "formula": "x**3"}, "inputs": {"x": 2.0}}
+SQUARES = {"model": {"kind": "expression", "formula": "sum(x**2)"}, "inputs": {"x": [1, 2, 3]}}
+# the second-look audit's repros: under `exact` a lone atol was graded by the classic rule at the default rtol 1e-4
+# (12.001 for 12 passed); under rel_error with partial credit a check's rtol took the partial credit away (2 -> 0)
+STRICT_PROFILE_LONE_ATOL = {
+    **CUBE,
+    "tolerance": {"profile": "exact"},
+    "submission": {"gradients": {"x": 12.001}},
+    "checks": {"gradients.x": {"points": 1, "atol": 1e-12}},
+}
+PARTIAL_CREDIT_CHECK_RTOL = {
+    **SQUARES,
+    "tolerance": {"profile": "rel_error", "partial_credit": True},
+    "submission": {"gradients": {"x": [2, 4, 7]}},
+    "checks": {"gradients.x": {"points": 3, "rtol": 1e-3}},
+}
+
+
+def refused(errors: dict, name: str) -> dict:
+    """The messages of check `name`'s own options in a 400's `errors`."""
+    return errors["checks"][name]["value"]
+
+
+@pytest.mark.parametrize(
+    "profile", [{"profile": p} for p in ("rel_error", "norm_ratio", "round_atol", "exact")], ids=lambda p: p["profile"]
+)
+@pytest.mark.parametrize("own", [{"rtol": 1e-3}, {"atol": 1e-12}, {"rtol": 0.01, "atol": 0.01}], ids=str)
+def test_a_checks_own_rtol_atol_under_another_inherited_profile_is_refused(profile, own):
+    """Ambiguous, so refused: the classic rule at them filled the one unset with the default (1e-4: looser than
+    `exact`) and dropped the profile's partial credit. The message names the fix: the check's own profile."""
+    body = {**VECTOR, "tolerance": profile, "submission": {}, "checks": {"gradients.x": own, "gradients.y": {}}}
+    with pytest.raises(ValidationError) as err:
+        CheckRequestSchema().load(body)
+    messages = refused(err.value.messages, "gradients.x")
+    assert set(messages) == set(own) and set(err.value.messages["checks"]) == {"gradients.x"}
+    message = messages[next(iter(own))][0]
+    assert f'profile "{profile["profile"]}"' in message and "its own `tolerance` profile" in message
+    suggested = json.loads(message[message.index("{") : message.rindex("}") + 1])
+    assert suggested == {"profile": "allclose", "rtol": own.get("rtol", 0.0), "atol": own.get("atol", 0.0)}
+
+
+def test_what_a_checks_own_rtol_atol_may_be_given_with():
+    """No inherited profile (the classic rule), an inherited allclose (it takes them), or the check's own profile:
+    each loads, the check's rtol kept."""
+    own = {"rtol": 1e-3}
+    bodies = [
+        {**VECTOR, "submission": {}, "checks": {"gradients.x": own}},
+        {**VECTOR, "submission": {}, "tolerance": {"profile": "allclose"}, "checks": {"gradients.x": own}},
+        {
+            **VECTOR,
+            "submission": {},
+            "tolerance": {"profile": "exact"},
+            "checks": {"gradients.x": {**own, "tolerance": {"profile": "allclose"}}},
+        },
+    ]
+    for body in bodies:
+        assert CheckRequestSchema().load(body)["checks"]["gradients.x"]["rtol"] == 1e-3
 
 
 @pytest.mark.live
-def test_a_checks_own_rtol_atol_win_over_the_requests_profile(live_server):
-    """Audit finding 3: under a request's rel_error a check's rtol/atol 0.01 were echoed and ignored (failed at
-    1e-7). The more specific setting wins: the check is graded by the classic rule at its own tolerances, and what
-    it echoes is what it was held to; a check that sets nothing keeps the request's profile."""
-    body = {
-        **VECTOR,
-        "tolerance": {"profile": "rel_error"},
-        "checks": {"gradients.x": {"points": 2, "rtol": 0.01, "atol": 0.01}, "gradients.y": {"points": 1}},
-        "submission": {"gradients": {"x": [2.001, 3.0], "y": [1.0, 1.00001]}},
+def test_the_audits_ambiguous_checks_are_400s_in_check_batch_and_grade(live_server):
+    """Both repros: a 400 naming the check's own option, in /v1/check, as a /v1/batch job (the same errors) and as a
+    problem file in /v1/grade (the instructor's invalid-problem). Before: 12.001 for 12 passed under `exact`, and
+    partial credit 2 of 3 became 0 of 3."""
+    for body, key in ((STRICT_PROFILE_LONE_ATOL, "atol"), (PARTIAL_CREDIT_CHECK_RTOL, "rtol")):
+        single = requests.post(live_server.url + "/v1/check", json=body, timeout=60)
+        assert single.status_code == 400 and single.json()["type"] == "/problems/invalid-request", single.text[:300]
+        assert set(refused(single.json()["errors"], "gradients.x")) == {key}
+        [job] = post(live_server, "/v1/batch", {"jobs": [{"check": body}]})["results"]
+        assert job["error"]["status"] == 400 and job["error"]["errors"] == {"check": single.json()["errors"]}
+        problem = {key: value for key, value in body.items() if key != "submission"}
+        graded = requests.post(
+            live_server.url + "/v1/grade", json={"problem": problem, "answers": {"problem": body["submission"]}}
+        )
+        assert graded.status_code == 400 and graded.json()["type"] == "/problems/invalid-problem", graded.text[:300]
+        assert set(refused(graded.json()["errors"]["problem"]["problems"]["0"], "gradients.x")) == {key}
+    # what the instructor writes instead: the check's own profile keeps the partial credit and is as strict as asked
+    fixed = dict(PARTIAL_CREDIT_CHECK_RTOL)
+    fixed["checks"] = {
+        "gradients.x": {
+            "points": 3,
+            "tolerance": {"profile": "allclose", "rtol": 1e-3, "atol": 0.0, "partial_credit": True},
+        }
     }
-    own, by_profile = check(live_server, body)["checks"]
-    assert own["passed"] and own["points"] == 2 and (own["rtol"], own["atol"]) == (0.01, 0.01), own["message"]
-    assert "tolerance" not in own and "abs error" in own["message"]
-    assert not by_profile["passed"] and by_profile["tolerance"]["profile"] == "rel_error"
-    only_rtol = {**body, "checks": {"gradients.x": {"points": 2, "rtol": 1e-5}}}  # atol: the request's 1e-6
-    [failed] = check(live_server, only_rtol)["checks"]
-    assert not failed["passed"] and (failed["rtol"], failed["atol"]) == (1e-5, 1e-6)
-    assert "atol 1e-06 + rtol 1e-05" in failed["message"]
-    gradescope = check(live_server, body, "gradescope")
-    assert (
-        gradescope["tests"][0]["status"] == "passed"
-        and "Tolerance: atol 0.01, rtol 0.01" in gradescope["tests"][0]["output"]
-    )
-    # one answer through /v1/batch is what /v1/check gives, byte for byte
-    [batched] = post(live_server, "/v1/batch", {"jobs": [{"check": body}]})["results"]
-    assert json.dumps(batched) == json.dumps(check(live_server, body))
+    [result] = check(live_server, fixed)["checks"]
+    assert result["points"] == 2.0 and not result["passed"]
+    strict = dict(STRICT_PROFILE_LONE_ATOL)
+    strict["checks"] = {"gradients.x": {"tolerance": {"profile": "allclose", "rtol": 0.0, "atol": 1e-12}}}
+    [result] = check(live_server, strict)["checks"]
+    assert not result["passed"] and (result["rtol"], result["atol"]) == (0.0, 1e-12)
+    # a check that sets neither keeps the request's profile
+    [result] = check(live_server, {**PARTIAL_CREDIT_CHECK_RTOL, "checks": {"gradients.x": {"points": 3}}})["checks"]
+    assert result["points"] == 2.0 and result["tolerance"]["profile"] == "rel_error"
+
+
+def test_problem_lint_refuses_a_checks_own_rtol_under_the_problems_profile(tmp_path, capsys):
+    """`gradsvc problem lint` fails the file (the schema check, before the service is asked)."""
+    problem = {key: value for key, value in PARTIAL_CREDIT_CHECK_RTOL.items() if key != "submission"}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"key": "p", **problem}))
+    assert lint_problem(argparse.Namespace(file=str(path), offline=True), Client("http://127.0.0.1:9", retries=0)) == 1
+    assert "Ambiguous" in capsys.readouterr().err
 
 
 @pytest.mark.live
@@ -220,19 +294,20 @@ def test_allclose_is_held_to_the_tolerances_it_echoes(live_server):
 
 
 @pytest.mark.live
-def test_a_problems_profile_yields_to_a_checks_own_tolerances_in_grade(live_server):
-    """The same precedence in a problem file: the problem's profile, the check's own rtol/atol above it."""
+def test_a_problems_allclose_takes_a_checks_own_tolerances_in_grade(live_server):
+    """The same precedence in a problem file: the problem's allclose, the check's own rtol/atol above its own, its
+    partial credit kept."""
     problem = {
         "key": "p",
         **VECTOR,
-        "tolerance": {"profile": "rel_error"},
-        "checks": {"gradients.x": {"points": 2, "rtol": 0.01, "atol": 0.01}},
+        "tolerance": {"profile": "allclose", "rtol": 1e-6, "atol": 0.0, "partial_credit": True},
+        "checks": {"gradients.x": {"points": 2, "rtol": 0.01, "atol": 0.01}, "gradients.y": {"points": 2}},
     }
-    graded = post(
-        live_server, "/v1/grade?format=json", {"problem": problem, "answers": {"gradients": {"x": [2.001, 3.0]}}}
-    )
-    [result] = graded["problems"][0]["checks"]
-    assert result["passed"] and graded["score"] == 2 and (result["rtol"], result["atol"]) == (0.01, 0.01)
+    answers = {"gradients": {"x": [2.001, 3.0], "y": [1.0, 1.001]}}
+    graded = post(live_server, "/v1/grade?format=json", {"problem": problem, "answers": answers})
+    own, strict = graded["problems"][0]["checks"]
+    assert own["passed"] and (own["rtol"], own["atol"]) == (0.01, 0.01) and graded["score"] == 3
+    assert strict["points"] == 1.0 and strict["tolerance"]["partial_credit"]
 
 
 # --- norm_ratio: partial credit of a failed check, and extreme magnitudes ------------------------------------------

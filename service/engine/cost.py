@@ -294,7 +294,7 @@ def unused_inputs(model, names: Iterable[str]) -> int:
     formula = getattr(model, "formula", None)
     if formula is None:
         return 0
-    read = set(formula.variables)
+    read = {*formula.variables, *formula.constants}  # an input named `e` or `pi` shadows the constant: it is read
     return sum(name not in read for name in names)
 
 

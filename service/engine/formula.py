@@ -170,6 +170,7 @@ class _Checker:
         self.node_count = 0
         self.depth = 0
         self.variables: list[str] = []
+        self.constants: set[str] = set()  # the CONSTANTS it names: an input of that name shadows one
         # Each handler validates one node and returns the child expressions to visit next.
         self.nodes: dict[type[ast.AST], Callable[[ast.AST], list[ast.expr]]] = {
             ast.Constant: self._constant,
@@ -223,7 +224,9 @@ class _Checker:
         return []
 
     def _name(self, node: ast.Name) -> list[ast.expr]:
-        if node.id not in CONSTANTS and node.id not in self.variables:
+        if node.id in CONSTANTS:
+            self.constants.add(node.id)
+        elif node.id not in self.variables:
             self.variables.append(node.id)
         return []
 
@@ -306,7 +309,8 @@ def parse_formula(source: str, limits: Limits) -> Formula:
 
     checker = _Checker(limits, shift)
     checker.run(tree.body)
-    return Formula(source, tree.body, tuple(checker.variables), checker.node_count, checker.depth, limits)
+    variables, constants = tuple(checker.variables), frozenset(checker.constants)
+    return Formula(source, tree.body, variables, constants, checker.node_count, checker.depth, limits)
 
 
 def canonical_text(source: str, limits: Limits) -> str | None:
@@ -353,12 +357,20 @@ class Formula:
     """A validated formula; evaluate() may be called many times with different inputs."""
 
     def __init__(
-        self, source: str, body: ast.expr, variables: tuple[str, ...], node_count: int, depth: int, limits: Limits
+        self,
+        source: str,
+        body: ast.expr,
+        variables: tuple[str, ...],
+        constants: frozenset[str],
+        node_count: int,
+        depth: int,
+        limits: Limits,
     ) -> None:
         self.source = source
         # Names that are not CONSTANTS, in order of first appearance. At evaluate time inputs are looked up
         # before constants, so an input named `e` or `pi` also works (it shadows the constant).
         self.variables = variables
+        self.constants = constants  # the CONSTANTS names it reads: an input so named is read (cost.unused_inputs)
         self.node_count = node_count
         self.depth = depth
         self.body = body

@@ -40,9 +40,10 @@ METRICS = {
 
 def resolve(options: dict, request: dict, rtol: float, atol: float) -> dict | None:
     """The check's profile with defaults filled in; None: the classic rtol/atol rule at `rtol`/`atol` (the check's
-    own, else the request's). The more specific setting wins: the check's own profile, else its own rtol/atol (the
-    classic rule at them; a request's `allclose` is that rule and takes them as its own), else the request's
-    profile. A check's rtol/atol under a request's rel_error were echoed but not applied (a ninth audit)."""
+    own, else the request's). The more specific setting wins: the check's own profile, else the request's (an
+    `allclose` takes the check's own rtol/atol over its own), else the classic rule. The schema refuses a check's
+    own rtol/atol under a request's other profile (schemas/grading.py, own_tolerances_under_a_profile): neither
+    reading of them was safe (a second ninth audit)."""
     profile = options.get("tolerance")
     if profile is None:
         profile = request.get("tolerance")
@@ -50,8 +51,6 @@ def resolve(options: dict, request: dict, rtol: float, atol: float) -> dict | No
             return None
         if profile["profile"] == "allclose":  # the request's rtol/atol unless it names them, the check's above all
             return {"rtol": rtol, "atol": atol, **profile, **{k: options[k] for k in ("rtol", "atol") if k in options}}
-        if "rtol" in options or "atol" in options:
-            return None
     if profile["profile"] == "allclose":  # the check's own rtol/atol unless the profile names them
         return {"rtol": rtol, "atol": atol, **profile}
     return {**DEFAULTS[profile["profile"]], **profile}
