@@ -156,7 +156,9 @@ if timeout < _wall + 10:
 # kills the workers.  A request may take MAX_WALL_SECONDS and then write its answer, so, as for the timeout above,
 # less than MAX_WALL_SECONDS + 10 s is refused (at 0 a SIGTERM cut off a request under way: an empty reply), and the
 # default grows with MAX_WALL_SECONDS.  k8s terminationGracePeriodSeconds and compose's stop_grace_period are larger.
-graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", max(30, math.ceil(_wall + 10)), maximum=MAX_TIMEOUT, why=_TIMEOUT_WHY)
+graceful_timeout = _int(
+    "GUNICORN_GRACEFUL_TIMEOUT", max(30, math.ceil(_wall + 10)), maximum=MAX_TIMEOUT, why=_TIMEOUT_WHY
+)
 if graceful_timeout < _wall + 10:
     _refuse(
         f"GUNICORN_GRACEFUL_TIMEOUT={graceful_timeout} must be at least MAX_WALL_SECONDS + 10 s "

@@ -93,7 +93,8 @@ LIMIT_BOUNDS = {
     "max_wall_seconds": {
         "minimum": MIN_WALL_SECONDS,
         "maximum": MAX_WALL_SECONDS_CEILING,
-        "why": " (seconds): below, a request's fixed work runs into the deadline; above, it bounds nothing (docs/operate.md)",
+        "why": " (seconds): below, a request's fixed work runs into the deadline; above, it bounds nothing "
+        "(docs/operate.md)",
     },
     "max_ast_depth": {
         "maximum": MAX_AST_DEPTH_CEILING,

@@ -51,7 +51,7 @@ K8S_SETTINGS = {
 
 K8S_APP_CONFIG = K8S_CONF.parents[1] / "configmap.yaml"  # the app's settings in Kubernetes
 K8S_APP_DEPLOYMENT = K8S_CONF.parents[1] / "deployment.yaml"
-K8S_GATEWAY_DEPLOYMENT = K8S_CONF.parents[1] / "gateway.yaml"
+K8S_EDGE_DEPLOYMENT = K8S_CONF.parents[1] / "gateway.yaml"
 # gunicorn's timeouts must leave a request MAX_WALL_SECONDS and 10 s to answer (deploy/gunicorn.conf.py refuses
 # less, and a pod then crash-loops); graceful_timeout's default, max(30 s, MAX_WALL_SECONDS + 10 s), follows it.
 GUNICORN_MARGIN_SECONDS = 10
@@ -264,13 +264,14 @@ def check_k8s_timeouts(wall: float, read_timeout: str, configmap: Path = K8S_APP
     pre_stop = _seconds(app, r'command:\s*\["sleep",\s*"(\d+)"\]', K8S_APP_DEPLOYMENT)
     if grace <= pre_stop + graceful:
         raise ValueError(
-            f"{K8S_APP_DEPLOYMENT.name}: terminationGracePeriodSeconds {grace} must exceed the preStop sleep ({pre_stop} "
-            f"s) + gunicorn's graceful_timeout ({graceful} s, from MAX_WALL_SECONDS={wall:g}): raise it"
+            f"{K8S_APP_DEPLOYMENT.name}: terminationGracePeriodSeconds {grace} must exceed the preStop sleep "
+            f"({pre_stop} s) + gunicorn's graceful_timeout ({graceful} s, from MAX_WALL_SECONDS={wall:g}): raise it"
         )
-    grace = _seconds(K8S_GATEWAY_DEPLOYMENT.read_text(), r"terminationGracePeriodSeconds:\s*(\d+)", K8S_GATEWAY_DEPLOYMENT)
+    gateway = K8S_EDGE_DEPLOYMENT.read_text()
+    grace = _seconds(gateway, r"terminationGracePeriodSeconds:\s*(\d+)", K8S_EDGE_DEPLOYMENT)
     if grace <= timeout_seconds(read_timeout):
         raise ValueError(
-            f"{K8S_GATEWAY_DEPLOYMENT.name}: terminationGracePeriodSeconds {grace} must exceed the read timeout "
+            f"{K8S_EDGE_DEPLOYMENT.name}: terminationGracePeriodSeconds {grace} must exceed the read timeout "
             f"({read_timeout}): raise it"
         )
 
