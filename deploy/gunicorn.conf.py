@@ -39,7 +39,10 @@ def _int(name, default, minimum=None, maximum=None, why=""):
     except ValueError:
         _refuse(f"{name}={raw!r} is not an integer")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        if minimum is not None and maximum is not None:
+            bounds = f"between {minimum} and {maximum}"
+        else:
+            bounds = f"at least {minimum}" if maximum is None else f"at most {maximum}"
         _refuse(f"{name}={value} must be {bounds}{why}")
     return value
 
@@ -125,19 +128,25 @@ _require_temporary_directory()
 # MAX_WALL_SECONDS (default 10 s, service/deadline.py) and answers a 503 problem.  The sync worker's
 # heartbeat stops while it serves a request, so the timeout must cover MAX_WALL_SECONDS plus writing the
 # answer: the default is max(60, 3 x MAX_WALL_SECONDS), and a GUNICORN_TIMEOUT that leaves less than
-# MAX_WALL_SECONDS + 10 s is refused.
+# MAX_WALL_SECONDS + 10 s is refused. Both timeouts are at most a day: MAX_WALL_SECONDS is at most an hour, and at
+# ~2e10 s gunicorn's workers crashed in their select() ("timestamp out of range"), forked again without end.
+MAX_WALL_SECONDS_CEILING = 3600  # service/engine/limits.py's
+MAX_TIMEOUT = 86400
+_TIMEOUT_WHY = " (seconds; MAX_WALL_SECONDS is at most an hour)"
+
+
 def _wall_seconds(default=10.0):
-    """MAX_WALL_SECONDS as the app reads it; a malformed value falls back here and the app, loading next,
-    refuses to start with its own one-line error (service/config.py)."""
+    """MAX_WALL_SECONDS as the app reads it; a malformed or out-of-bounds value falls back here and the app, loading
+    next, refuses to start with its own one-line error (service/config.py)."""
     try:
         value = float(os.environ.get("MAX_WALL_SECONDS", "").strip() or default)
     except ValueError:
         return default
-    return value if math.isfinite(value) and value >= 0 else default
+    return value if math.isfinite(value) and 0 <= value <= MAX_WALL_SECONDS_CEILING else default
 
 
 _wall = _wall_seconds()
-timeout = _int("GUNICORN_TIMEOUT", max(60, int(3 * _wall)))
+timeout = _int("GUNICORN_TIMEOUT", max(60, int(3 * _wall)), maximum=MAX_TIMEOUT, why=_TIMEOUT_WHY)
 if timeout < _wall + 10:
     _refuse(
         f"GUNICORN_TIMEOUT={timeout} must be at least MAX_WALL_SECONDS + 10 s "
@@ -147,7 +156,9 @@ if timeout < _wall + 10:
 # kills the workers.  A request may take MAX_WALL_SECONDS and then write its answer, so, as for the timeout above,
 # less than MAX_WALL_SECONDS + 10 s is refused (at 0 a SIGTERM cut off a request under way: an empty reply), and the
 # default grows with MAX_WALL_SECONDS.  k8s terminationGracePeriodSeconds and compose's stop_grace_period are larger.
-graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", max(30, math.ceil(_wall + 10)))
+graceful_timeout = _int(
+    "GUNICORN_GRACEFUL_TIMEOUT", max(30, math.ceil(_wall + 10)), maximum=MAX_TIMEOUT, why=_TIMEOUT_WHY
+)
 if graceful_timeout < _wall + 10:
     _refuse(
         f"GUNICORN_GRACEFUL_TIMEOUT={graceful_timeout} must be at least MAX_WALL_SECONDS + 10 s "
@@ -280,6 +291,20 @@ LOCK_FD = "GRADSVC_METRICS_LOCK_FD"  # the master's descriptor of it (kept acros
 METRIC_FILES = ("counter", "gauge_livesum", "gauge_liveall", "gauge_max", "histogram")
 METRIC_FILE_BYTES = 64 * 1024
 PROCESS_METRIC_BYTES = len(METRIC_FILES) * METRIC_FILE_BYTES  # 320 KiB
+# What the directory holds in a steady state, measured (docs/operate.md, "Metrics volume"; bench/metrics_dir.py) with
+# workers that saw every route with every method and error status. The check at start requires it all: it admitted
+# (workers + 1) x 320 KiB, and a server on such a volume stopped at its first worker recycle (an audit).
+MASTER_METRIC_BYTES = PROCESS_METRIC_BYTES  # measured 256 KiB: four files that never grow (the master serves nothing)
+WORKER_GROWN_BYTES = 512 * 1024  # measured 384 KiB (the histogram grown to 128 KiB); room for it to double once more
+ARCHIVE_BYTES = 384 * 1024  # the merged counter, max gauge and histogram: at most a grown worker's three (~110 KiB)
+
+
+def metrics_space_needed(workers: int) -> int:
+    """Bytes the metrics directory needs free at start: the master's files, every worker's at their grown size, the
+    archives and the new ones compaction builds beside them (sized by the bytes in use, service/metrics_compact.py),
+    and one recycle's headroom: a dead worker's files until they are merged, or a replacement's when a scrape made
+    the master skip the merge. A volume with this much never stops the server at a recycle."""
+    return MASTER_METRIC_BYTES + workers * WORKER_GROWN_BYTES + 2 * ARCHIVE_BYTES + WORKER_GROWN_BYTES
 
 
 def _empty_multiproc_dir() -> None:
@@ -313,7 +338,7 @@ def _empty_multiproc_dir() -> None:
             os.unlink(entry.path)
     except OSError as exc:
         _refuse(_metrics_dir_trouble(path, exc, 0))
-    needed = (workers + 1) * PROCESS_METRIC_BYTES
+    needed = metrics_space_needed(workers)
     if _free_bytes(path) < needed:
         _refuse(_metrics_dir_trouble(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), needed))
 
@@ -331,8 +356,9 @@ def _metrics_dir_trouble(path: str, exc: OSError, needed: int) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return (
             f"{where} has no room for the metric files: {needed // 1024} KiB needed, {_free_bytes(path) // 1024} KiB "
-            f"free (each gunicorn process allocates {PROCESS_METRIC_BYTES // 1024} KiB there as it starts); give the "
-            'metrics a volume of their own (docs/operate.md, "Metrics volume")'
+            f"free (each gunicorn process allocates {PROCESS_METRIC_BYTES // 1024} KiB there as it starts, a worker's "
+            f"grow to {WORKER_GROWN_BYTES // 1024} KiB, and recycled workers' are merged into archives beside them); "
+            'give the metrics a volume of their own (docs/operate.md, "Metrics volume")'
         )
     return f"{where} is not a writable directory ({exc.strerror}: {exc.filename!r}): mount a writable volume there"
 

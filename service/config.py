@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import fields
 
-from .engine.limits import MAX_AST_DEPTH_CEILING, MIN_WALL_SECONDS, Limits
+from .engine.limits import MAX_AST_DEPTH_CEILING, MAX_WALL_SECONDS_CEILING, MIN_WALL_SECONDS, Limits
 
 ENV_ERRORS: list[str] = []
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
@@ -44,8 +44,9 @@ def as_int(name: str, default: int, minimum: int = 0, maximum: int | None = None
     return value
 
 
-def as_float(name: str, default: float, minimum: float = 0.0, why: str = "") -> float:
-    """A finite number of at least `minimum`; anything else is recorded in ENV_ERRORS (with `why` the bound holds)."""
+def as_float(name: str, default: float, minimum: float = 0.0, maximum: float | None = None, why: str = "") -> float:
+    """A finite number from `minimum` to `maximum`; anything else is recorded in ENV_ERRORS (with `why` the bounds
+    hold)."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -59,6 +60,9 @@ def as_float(name: str, default: float, minimum: float = 0.0, why: str = "") -> 
         return default
     if value < minimum:
         ENV_ERRORS.append(f"{name}={raw!r} must be at least {minimum:g}{why}")
+        return default
+    if maximum is not None and value > maximum:
+        ENV_ERRORS.append(f"{name}={raw!r} must be at most {maximum:g}{why}")
         return default
     return value
 
@@ -88,7 +92,9 @@ def as_log_level(name: str, default: str) -> str:
 LIMIT_BOUNDS = {
     "max_wall_seconds": {
         "minimum": MIN_WALL_SECONDS,
-        "why": " (seconds): a request's fixed work would run into the deadline (docs/operate.md)",
+        "maximum": MAX_WALL_SECONDS_CEILING,
+        "why": " (seconds): below, a request's fixed work runs into the deadline; above, it bounds nothing "
+        "(docs/operate.md)",
     },
     "max_ast_depth": {
         "maximum": MAX_AST_DEPTH_CEILING,

@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service import metrics_files
+
 LOCK_NAME = "compact.lock"
 ARCHIVE = "archive"
 # The kinds whose dead files are merged: counters, summaries and histograms add up, min/max/sum gauges keep their
@@ -75,28 +77,28 @@ def write_merged(files: list[str], target: str) -> None:
     """One file with the values of `files` combined as a scrape combines them (sums; min/max for such gauges;
     histogram buckets per bucket, not cumulated). Counts are whole numbers and add up exactly; float sums (a
     histogram's _sum) are added in another order than a scrape would, which can move their last bit. The target
-    is pre-allocated, so writing through the mmap cannot fault (SIGBUS, which would kill the master) on a full
-    tmpfs: a full volume raises OSError here instead."""
-    merged = [
-        (metric, sample) for metric in MultiProcessCollector.merge(files, accumulate=False) for sample in metric.samples
-    ]
-    # An upper bound for the merged file: it holds at most the keys of its sources, at the same size each.
-    bound = max(8 + sum(os.stat(f).st_size for f in files), 4096)
-    fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.posix_fallocate(fd, 0, bound)
-    finally:
-        os.close(fd)
-    out = MmapedDict(target)  # sized by the file: it never grows past the bound
-    try:
-        for metric, sample in merged:
+    is allocated first, exactly the bytes it will hold (the library's 8-byte header and its entries), so writing
+    through the mmap cannot fault (SIGBUS, which would kill the master) on a full tmpfs: a full volume raises
+    OSError here instead. Sized from the sources' allocated files (64-256 KiB each for a few KiB in use), it needed
+    more room than the volume had left, and a server stopped at its first worker recycle (an audit)."""
+    entries = {}
+    for metric in MultiProcessCollector.merge(files, accumulate=False):
+        for sample in metric.samples:
             labels = sample.labels  # no pid: the merge drops it for min/max/sum gauges, the others never have one
             key = mmap_key(metric.name, sample.name, list(labels), list(labels.values()), metric.documentation)
-            out.write_value(key, sample.value, 0.0)
-        used = out._used  # noqa: SLF001 - the bytes in use; the rest of the bound is given back below
+            entries[key] = sample.value
+    size = 8 + sum(metrics_files.entry_bytes(key) for key in entries)
+    fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+    out = MmapedDict(target)  # sized by the file, which holds every entry: it never grows
+    try:
+        for key, value in entries.items():
+            out.write_value(key, value, 0.0)
     finally:
         out.close()
-    os.truncate(target, used)
 
 
 def compact(path: str, keep: Iterable[int], log, attempts: int = 5, pause: float = 0.01) -> int | None:

@@ -39,6 +39,12 @@ def allocate(path: str, size: int) -> None:
         os.close(fd)
 
 
+def entry_bytes(key: str) -> int:
+    """Bytes the library's MmapedDict takes for one key: its length, the key padded to 8 bytes, value, timestamp."""
+    encoded = len(key.encode("utf-8"))
+    return 4 + encoded + (8 - (encoded + 4) % 8) + 16
+
+
 def failed(path: str, needed: int, exc: OSError) -> MetricFileError:
     """The error for a file that could not get `needed` more bytes."""
     return MetricFileError(
@@ -61,9 +67,8 @@ class AllocatedMmapedDict(MmapedDict):
 
     def _init_value(self, key: str) -> None:
         """A new key: the library doubles the file (truncate) until the entry fits and maps the new part; allocate
-        that part first. The entry's size is the library's: length, key padded to 8 bytes, value and timestamp."""
-        encoded = len(key.encode("utf-8"))
-        entry = 4 + encoded + (8 - (encoded + 4) % 8) + 16
+        that part first."""
+        entry = entry_bytes(key)
         capacity = self._capacity
         while self._used + entry > capacity:
             capacity *= 2

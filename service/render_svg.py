@@ -7,6 +7,8 @@ whether the timer signal interrupts the wait or the remaining budget runs out, s
 
 from __future__ import annotations
 
+import math
+import resource
 import shutil
 import signal
 import subprocess
@@ -175,13 +177,24 @@ def run_dot(binary: str, dot_text: bytes, seconds: float) -> tuple[int, bytes]:
     while the child is spawned, so the interrupt cannot land between fork and `process` being known (dot
     starts with SIGALRM blocked too, a signal it never uses); from then on, whatever ends the wait (the
     interrupt, the timeout, any error) kills and reaps the child.
+
+    `dot` runs in a process group of its own: Ctrl-C in the terminal of `make run` sends SIGINT to the whole
+    foreground group, and killed `dot` in the middle of a request the worker was finishing (a 500 graphviz-failed
+    where a stop is graceful). A worker that dies itself (SIGKILL) cannot kill it; its CPU time is capped instead,
+    to the request's budget (the kernel sends SIGXCPU, then SIGKILL): it uses no more than that, however it ends.
     """
     process = None
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
     try:
         process = subprocess.Popen(
-            [binary, "-Tsvg"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            [binary, "-Tsvg"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            process_group=0,
         )
+        cpu = math.ceil(seconds) + 1
+        resource.prlimit(process.pid, resource.RLIMIT_CPU, (cpu, cpu + 1))
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending deadline fires here, inside the try
         svg, _ = process.communicate(dot_text, timeout=seconds)
         return process.returncode, svg

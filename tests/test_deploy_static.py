@@ -261,6 +261,54 @@ def test_compose_and_k8s_gateways_match_and_outlast_the_read_timeout():
         assert grace > read_timeout, (conf.name, grace, read_timeout)
 
 
+PINNED_TIMEOUT = re.compile(r"(GUNICORN_(?:GRACEFUL_)?TIMEOUT|MAX_WALL_SECONDS)[=:]\s*\"?(\d+(?:\.\d+)?)")
+
+
+def test_no_shipped_file_pins_a_gunicorn_timeout_raising_max_wall_seconds_would_refuse():
+    """The ConfigMap pinned GUNICORN_GRACEFUL_TIMEOUT "30": raising MAX_WALL_SECONDS past 20 there, as docs/edge.md
+    says to, made gunicorn refuse to start and every pod crash-loop. No shipped file pins either timeout now (their
+    defaults follow MAX_WALL_SECONDS); one that does must keep MAX_WALL_SECONDS + 10 s. And a stop outlasts them."""
+    files = [K8S / "configmap.yaml", K8S / "deployment.yaml", DEPLOY / "compose.yaml", ROOT / "Dockerfile"]
+    files += [ROOT / "Makefile", ROOT / "scripts" / "image-test.sh"]
+    for path in files:
+        lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+        found = dict(PINNED_TIMEOUT.findall("\n".join(lines)))
+        assert not {"GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT"} & set(found), (path.name, found)
+    yaml = require_module("yaml")
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    for name in ("app1", "app2"):
+        wall = float(compose[name]["environment"].get("MAX_WALL_SECONDS", 10))
+        assert grace_seconds(compose[name]["stop_grace_period"]) > max(30, wall + 10)
+
+
+def test_render_k8s_checks_the_timeouts_raising_max_wall_seconds_asks_for(tmp_path):
+    """render.py --k8s is the step docs/edge.md gives after raising MAX_WALL_SECONDS in the ConfigMap: it refuses a
+    pinned gunicorn timeout below MAX_WALL_SECONDS + 10 s, and grace periods shorter than the stop they must hold."""
+    render = load_render()
+    configmap = (K8S / "configmap.yaml").read_text()
+    wall = float(render.k8s_app_settings()["max_wall_seconds"])
+    render.check_k8s_timeouts(wall, render.default_read_timeout(wall))  # the committed files agree
+    pinned = tmp_path / "configmap.yaml"
+    pinned.write_text(
+        configmap.replace('MAX_WALL_SECONDS: "10"', 'MAX_WALL_SECONDS: "21"\n  GUNICORN_GRACEFUL_TIMEOUT: "30"')
+    )
+    with pytest.raises(ValueError, match=r"GUNICORN_GRACEFUL_TIMEOUT='30' must be at least MAX_WALL_SECONDS \+ 10 s"):
+        render.check_k8s_timeouts(21, render.default_read_timeout(21), pinned)
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "MAX_"))}
+    proc = subprocess.run(
+        [sys.executable, str(DEPLOY / "nginx" / "render.py"), "--k8s", "-o", str(tmp_path / "out.conf")],
+        env={**clean, "MAX_WALL_SECONDS": "60"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "deployment.yaml: terminationGracePeriodSeconds 45 must exceed the preStop sleep (5 s)" in proc.stderr
+    assert "graceful_timeout (70 s, from MAX_WALL_SECONDS=60)" in proc.stderr
+    assert not (tmp_path / "out.conf").exists()
+
+
 def test_committed_compose_nginx_conf_is_rendered_from_the_template():
     render = load_render()
     expected = render.render(**render.COMPOSE_SETTINGS)
@@ -313,20 +361,25 @@ def test_gateway_temp_space_holds_the_large_bodies_it_admits():
     assert "ephemeral-storage" in resources["requests"]
 
 
-# Measured (docs/operate.md, "Metrics volume"): a worker that saw every route and status holds 384 KiB of metric files,
-# the master 256 KiB, the archives ~140 KiB; a dead worker's files wait there until they are merged.
-METRICS_PER_PROCESS = 384 * 2**10
+def metrics_space_needed(workers: int) -> int:
+    """What deploy/gunicorn.conf.py's start-up check requires of the metrics directory (its steady state, measured:
+    docs/operate.md, "Metrics volume")."""
+    code = f"import runpy; print(runpy.run_path('deploy/gunicorn.conf.py')['metrics_space_needed']({workers}))"
+    clean = {k: v for k, v in os.environ.items() if k not in GUNICORN_ENV}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.splitlines()[-1])
 
 
 def test_the_metrics_have_a_volume_of_their_own():
     """In compose the metrics shared the 64m /tmp with every temporary file: a full /tmp made the workers die of
-    SIGBUS. Each app's metrics directory is a volume of its own (a tmpfs, an emptyDir) with room for the master, the
-    workers, the archives and as many dead workers' files again, 4 times over."""
+    SIGBUS. Each app's metrics directory is a volume of its own (a tmpfs, an emptyDir) with room for what the
+    start-up check requires (the master, the workers grown, the archives, a recycle), 3 times over."""
     yaml = require_module("yaml")
     app = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["app1"]
     env = app["environment"]
     tmpfs = {t.split(":")[0]: size_bytes(re.search(r"size=(\w+)", t).group(1)) for t in app["tmpfs"]}
-    needed = 4 * (2 * int(env["WEB_CONCURRENCY"]) + 2) * METRICS_PER_PROCESS
+    needed = 3 * metrics_space_needed(int(env["WEB_CONCURRENCY"]))
     assert tmpfs[env["PROMETHEUS_MULTIPROC_DIR"]] >= needed, (tmpfs, needed)
 
     (deployment,) = [d for d in yaml.safe_load_all((K8S / "deployment.yaml").read_text()) if d]
@@ -337,7 +390,7 @@ def test_the_metrics_have_a_volume_of_their_own():
     assert [m["name"] for m in container["volumeMounts"]].count(mount["name"]) == 1  # shared with no other mount
     volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
     config = [d for d in yaml.safe_load_all((K8S / "configmap.yaml").read_text()) if d][0]["data"]
-    needed = 4 * (2 * int(config["WEB_CONCURRENCY"]) + 2) * METRICS_PER_PROCESS
+    needed = 3 * metrics_space_needed(int(config["WEB_CONCURRENCY"]))
     assert size_bytes(volume["emptyDir"]["sizeLimit"]) >= needed
 
 

@@ -18,7 +18,7 @@ import requests
 
 from conftest import REQUIRE_ALL, ROOT, TUTORIAL_NEURON, GunicornServer, TestConfig, free_port, require_binary
 from service import create_app
-from service.engine.limits import MAX_AST_DEPTH_CEILING, Limits
+from service.engine.limits import MAX_AST_DEPTH_CEILING, MAX_WALL_SECONDS_CEILING, Limits
 from service.logformat import JSON_FORMATTER
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -72,6 +72,11 @@ MISCONFIGURATIONS = [
     # at 0.0001 s the deadline fired inside Flask's context push: 500s, and /readyz never answered 200
     ({"MAX_WALL_SECONDS": "0.0001"}, "MAX_WALL_SECONDS='0.0001' must be at least 0.1 (seconds)"),
     # Python's parser stops at 200 nested parentheses: the 413s quoted a limit of 100000 levels
+    # from ~6e9 s setitimer overflowed: every request a 500, and the workers crashed in a loop
+    ({"MAX_WALL_SECONDS": "1e10"}, "MAX_WALL_SECONDS='1e10' must be at most 3600 (seconds)"),
+    ({"MAX_WALL_SECONDS": "3601"}, "MAX_WALL_SECONDS='3601' must be at most 3600 (seconds)"),
+    ({"GUNICORN_TIMEOUT": "20000000000"}, "GUNICORN_TIMEOUT=20000000000 must be at most 86400 (seconds"),
+    ({"GUNICORN_GRACEFUL_TIMEOUT": "86401"}, "GUNICORN_GRACEFUL_TIMEOUT=86401 must be at most 86400 (seconds"),
     ({"MAX_AST_DEPTH": "201"}, "MAX_AST_DEPTH='201' must be at most 200: Python's parser refuses"),
     ({"MAX_TENSOR_ELEMENTS": "-5"}, "must not be negative"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD' is not one of"),
@@ -118,6 +123,34 @@ def test_misconfiguration_refuses_to_start_with_one_line(env, message, tmp_path)
     assert len(errors) == 1 and message in errors[0], proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert "abc" not in errors[0] or "API_KEYS=" in errors[0] or "API_KEYS_FILE=" in errors[0]  # keys never echoed
+
+
+def test_the_longest_deadline_accepted_gets_timeouts_gunicorn_accepts_too():
+    """MAX_WALL_SECONDS at its ceiling (service/engine/limits.py, kept in deploy/gunicorn.conf.py too) is accepted
+    with the derived timeouts, which stay under their own ceiling; one second more falls back there, for the app to
+    refuse with its own line."""
+    code = (
+        "import json, runpy; ns = runpy.run_path('deploy/gunicorn.conf.py'); "
+        "print(json.dumps([ns[k] for k in ('MAX_WALL_SECONDS_CEILING', 'MAX_TIMEOUT', 'timeout', 'graceful_timeout')]))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GUNICORN_", "PROMETHEUS_", "MAX_"))}
+
+    def load(wall):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env={**env, "MAX_WALL_SECONDS": wall},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.splitlines()[-1])
+
+    ceiling, most, timeout, graceful = load(str(MAX_WALL_SECONDS_CEILING))
+    assert ceiling == MAX_WALL_SECONDS_CEILING
+    assert (timeout, graceful) == (3 * ceiling, ceiling + 10) and timeout <= most
+    assert load(str(MAX_WALL_SECONDS_CEILING + 1))[2:] == [60, 30]  # the defaults: the app refuses it
 
 
 @pytest.mark.live

@@ -114,6 +114,57 @@ def test_merge_keeps_every_value_of_real_metric_files(tmp_path, log):
     assert log.messages == []
 
 
+COMPACT_IN_TMPFS = """
+import logging, os, shutil, sys
+from service import metrics_compact
+source, volume = sys.argv[1:3]
+for name in os.listdir(source):  # copied: every byte written, so each file takes its whole size on the tmpfs
+    shutil.copy(os.path.join(source, name), volume)
+print(os.statvfs(volume).f_bavail * os.statvfs(volume).f_frsize, flush=True)
+print(metrics_compact.compact(volume, keep=(), log=logging.getLogger()))
+"""
+
+
+def test_the_merged_files_take_the_bytes_in_use_not_their_sources_size(tmp_path, log):
+    """Each source is an allocated 64 KiB file holding a few KiB; the compaction allocated the merged file at the sum
+    of its sources' sizes before writing it, and failed on a volume with room for the few KiB (an audit: the next
+    worker then found no room and the server stopped). On a real tmpfs with 64 KiB free beside two dead processes'
+    files, it now merges them, and the archives hold their entries and nothing more."""
+    from test_metrics_volume import in_own_tmpfs
+
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    for n in (5, 17):
+        write_metrics(dead, n)
+    expected = scrape(dead)
+    files = list(dead.iterdir())
+    sizes = sum(p.stat().st_size for p in files)
+    assert sizes == len(files) * 64 * 1024  # the library's files, 64 KiB each
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    prefix = in_own_tmpfs(volume, f"size={sizes // 1024 + 64}k")
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-c", COMPACT_IN_TMPFS, str(dead), str(volume)],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    free, removed = proc.stdout.split()
+    assert int(free) == 64 * 1024 and removed == "12", proc.stderr  # all but the two live gauges' files
+    assert "No space left" not in proc.stderr
+
+    # the same merge here: its archives are their entries' size, and read back the same
+    for name in os.listdir(dead):
+        shutil.copy(dead / name, tmp_path / name)
+    assert metrics_compact.compact(str(tmp_path), keep=(), log=log) == 12
+    for archive in tmp_path.glob("*_archive.db"):
+        used = int.from_bytes(archive.read_bytes()[:4], "little")
+        assert archive.stat().st_size == used < 16 * 1024, archive.name
+    assert scrape(tmp_path) == expected
+
+
 def test_kept_and_running_pids_and_a_held_lock_leave_the_files(tmp_path, log):
     """The master and the live workers (kept), a pid some process runs, and a scrape holding the lock: nothing is
     merged, no temporary file stays, and the skip is logged; the next compaction catches up."""

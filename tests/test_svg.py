@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -317,6 +318,68 @@ def test_the_deadline_kills_dot_mid_render(end):
     assert time.monotonic() - started < 0.5 + 1.0  # the deadline plus generous slack, not dot's seconds of layout
     assert seen, "dot never ran: the graph must be slow enough to be cut off mid-render"
     assert not seen & dot_children(), "a dot child outlived the request's deadline"
+
+
+def process_status(pid: int) -> dict[str, str]:
+    """/proc/<pid>/stat's fields by name (only those used here), {} once it has gone."""
+    try:
+        head, _, tail = Path(f"/proc/{pid}/stat").read_text().rpartition(")")
+    except OSError:
+        return {}
+    fields = tail.split()
+    return {"name": head.partition("(")[2], "state": fields[0], "ppid": fields[1], "pgid": fields[2]}
+
+
+def children_named(parent: int, name: str) -> list[int]:
+    """The children of a single-threaded `parent` named `name` (the kernel's list of them: no scan of /proc)."""
+    try:
+        pids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(pid) for pid in pids if process_status(int(pid)).get("name") == name]
+
+
+@pytest.mark.live
+@pytest.mark.usefixtures("needs_dot")
+def test_ctrl_c_lets_a_picture_being_drawn_finish(tmp_path):
+    """Ctrl-C in the terminal of `make run` sends SIGINT to every process of its group: it killed the `dot` of a
+    request the worker was finishing, and the client got a 500 graphviz-failed. `dot` now runs in a group of its own,
+    the picture is answered and the server stops (exit 0); its CPU time is capped by the request's budget, so a
+    worker that dies cannot leave it running."""
+    from conftest import GunicornServer
+
+    result: list = []
+    with GunicornServer(workers=1, log_path=tmp_path / "server.log") as server:
+        (worker,) = server.worker_pids()
+
+        def draw():
+            try:
+                result.append(picture(server.url, BATCHNORM_BLOCK))
+            except requests.RequestException as err:
+                result.append(err)
+
+        client = threading.Thread(target=draw)
+        client.start()
+        try:
+            deadline, drawing = time.monotonic() + 20, []
+            while not drawing and time.monotonic() < deadline and client.is_alive():
+                drawing = children_named(worker, "dot")
+                time.sleep(0.002)
+            assert drawing, "dot was never seen running: the picture must take long enough to be interrupted"
+            (dot,) = drawing
+            status = process_status(dot)
+            assert status["pgid"] != str(server.proc.pid)  # not in the group a terminal signals
+            cpu = [line for line in Path(f"/proc/{dot}/limits").read_text().splitlines() if "cpu time" in line]
+            assert cpu and "unlimited" not in cpu[0], cpu  # bounded, whoever is left to kill it
+            os.killpg(server.proc.pid, signal.SIGINT)  # what the terminal does
+        finally:
+            client.join(40)
+        code = server.proc.wait(40)
+    (response,) = result
+    assert isinstance(response, requests.Response), response
+    assert (response.status_code, response.headers["Content-Type"].split(";")[0]) == (200, SVG), response.text[:300]
+    assert code == 0
+    assert not process_status(dot) or process_status(dot)["state"] == "Z", "dot outlived its request"
 
 
 def test_openapi_documents_the_picture(client):

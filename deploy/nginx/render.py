@@ -50,6 +50,12 @@ K8S_SETTINGS = {
 }
 
 K8S_APP_CONFIG = K8S_CONF.parents[1] / "configmap.yaml"  # the app's settings in Kubernetes
+K8S_APP_DEPLOYMENT = K8S_CONF.parents[1] / "deployment.yaml"
+K8S_EDGE_DEPLOYMENT = K8S_CONF.parents[1] / "gateway.yaml"
+# gunicorn's timeouts must leave a request MAX_WALL_SECONDS and 10 s to answer (deploy/gunicorn.conf.py refuses
+# less, and a pod then crash-loops); graceful_timeout's default, max(30 s, MAX_WALL_SECONDS + 10 s), follows it.
+GUNICORN_MARGIN_SECONDS = 10
+MIN_GRACEFUL_TIMEOUT_SECONDS = 30
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # the app's MAX_BODY_BYTES default
 DEFAULT_MAX_WALL_SECONDS = 10.0  # the app's MAX_WALL_SECONDS default
@@ -232,6 +238,44 @@ def k8s_app_settings(configmap: Path = K8S_APP_CONFIG) -> dict:
     return _app_settings(found, f"{configmap.name}: ")
 
 
+def _seconds(text: str, pattern: str, where: Path) -> int:
+    found = re.search(pattern, text)
+    if not found:
+        raise ValueError(f"{where.name}: no {pattern.split(':')[0].strip('^')} found")
+    return int(found.group(1))
+
+
+def check_k8s_timeouts(wall: float, read_timeout: str, configmap: Path = K8S_APP_CONFIG) -> None:
+    """What raising MAX_WALL_SECONDS in the ConfigMap asks of the other Kubernetes timeouts: a GUNICORN_TIMEOUT or
+    GUNICORN_GRACEFUL_TIMEOUT pinned there below MAX_WALL_SECONDS + 10 s is refused by gunicorn (every pod
+    crash-loops); the app's terminationGracePeriodSeconds must outlast its preStop sleep and graceful_timeout, and
+    the gateway's its read timeout, or a stop kills the requests it should let finish."""
+    text = configmap.read_text()
+    pinned = dict(re.findall(r'^\s+(GUNICORN_TIMEOUT|GUNICORN_GRACEFUL_TIMEOUT):\s*"?([^"\s#]*)"?', text, re.M))
+    for name, raw in sorted(pinned.items()):
+        if not raw.isdigit() or int(raw) < wall + GUNICORN_MARGIN_SECONDS:
+            raise ValueError(
+                f"{configmap.name}: {name}={raw!r} must be at least MAX_WALL_SECONDS + 10 s ({wall:g} + 10), or "
+                "gunicorn refuses to start; remove it for its default, which follows MAX_WALL_SECONDS"
+            )
+    graceful = int(pinned.get("GUNICORN_GRACEFUL_TIMEOUT") or max(MIN_GRACEFUL_TIMEOUT_SECONDS, math.ceil(wall) + 10))
+    app = K8S_APP_DEPLOYMENT.read_text()
+    grace = _seconds(app, r"terminationGracePeriodSeconds:\s*(\d+)", K8S_APP_DEPLOYMENT)
+    pre_stop = _seconds(app, r'command:\s*\["sleep",\s*"(\d+)"\]', K8S_APP_DEPLOYMENT)
+    if grace <= pre_stop + graceful:
+        raise ValueError(
+            f"{K8S_APP_DEPLOYMENT.name}: terminationGracePeriodSeconds {grace} must exceed the preStop sleep "
+            f"({pre_stop} s) + gunicorn's graceful_timeout ({graceful} s, from MAX_WALL_SECONDS={wall:g}): raise it"
+        )
+    gateway = K8S_EDGE_DEPLOYMENT.read_text()
+    grace = _seconds(gateway, r"terminationGracePeriodSeconds:\s*(\d+)", K8S_EDGE_DEPLOYMENT)
+    if grace <= timeout_seconds(read_timeout):
+        raise ValueError(
+            f"{K8S_EDGE_DEPLOYMENT.name}: terminationGracePeriodSeconds {grace} must exceed the read timeout "
+            f"({read_timeout}): raise it"
+        )
+
+
 ENV_NAMES = (  # besides GATEWAY_UPSTREAMS, refused below with its own words
     "HOST",
     "PORT",
@@ -327,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     settings.update({k: v for k, v in cli.items() if v is not None})
     try:
+        if args.k8s:
+            wall = settings["max_wall_seconds"]
+            check_k8s_timeouts(wall, settings.get("read_timeout") or default_read_timeout(wall))
         text = render(**settings)
     except (ValueError, TypeError) as err:
         print(f"render.py: {err}", file=sys.stderr)

@@ -41,6 +41,10 @@ class Limits:
 # 2-core machine at load 5 (docs/operate.md, "Signals and deadlines"). Under 0.1 s the probes themselves would be
 # 503s whenever the scheduler delays a worker (at 0.0001 s /readyz never answered 200).
 MIN_WALL_SECONDS = 0.1
+# An hour at most: a request allowed longer no longer has a deadline worth the name, and from ~6e9 s the timer
+# itself overflowed (setitimer: "timestamp out of range"), every request was a 500 and the workers crashed in a
+# loop (an audit). deploy/gunicorn.conf.py keeps the same number (its timeouts must exceed it by 10 s).
+MAX_WALL_SECONDS_CEILING = 3600
 # MAX_AST_DEPTH: Python 3.11's parser refuses more than 200 nested parentheses, so nested calls (`sin(sin(...))`)
 # stop at 201 levels whatever the limit says, and the evaluator's recursion at ~320 levels (measured: nested
 # unary minus, powers and sums all stop there). 200 is the deepest limit every formula shape can reach.
