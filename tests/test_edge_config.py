@@ -35,21 +35,21 @@ def start_gunicorn(env: dict, tmp_path, preload: str = "1") -> subprocess.Comple
         "GUNICORN_PRELOAD": preload,
         **env,
     }
+    command = [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "service.wsgi:app"]
+    return run_to_exit(command, full, f"gunicorn kept running with {env}")
+
+
+def run_to_exit(command: list[str], env: dict, why: str) -> subprocess.CompletedProcess:
+    """Run `command` in its own process group from the repo; one still running after 60 s is killed and fails."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "service.wsgi:app"],
-        cwd=ROOT,
-        env=full,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         proc.communicate()
-        pytest.fail(f"gunicorn kept running with {env}")
+        pytest.fail(why)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
@@ -213,20 +213,12 @@ def test_no_writable_temporary_directory_refuses_to_start_with_one_line(tmp_path
     )
     clean = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "TEMP", "TMP", "PROMETHEUS_MULTIPROC_DIR")}
     env = {**clean, "HOST": "127.0.0.1", "PORT": str(free_port()), "WEB_CONCURRENCY": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
+    proc = run_to_exit(
         [unshare, "-rm", "sh", "-c", script, str(ROOT), sys.executable],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        env,
+        "gunicorn kept running without a writable temporary directory",
     )
-    try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.communicate()
-        pytest.fail("gunicorn kept running without a writable temporary directory")
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 3, out + err
     errors = [line for line in err.splitlines() if "configuration error" in line]
     assert len(errors) == 1 and "no writable temporary directory" in errors[0] and "/tmp" in errors[0], err
