@@ -97,15 +97,19 @@ class CheckOptionsSchema(CappedSchema):
     )
 
 
-def ambiguous_tolerance(profile: dict, own: dict) -> str:
-    """Why a check's own rtol/atol are refused under the inherited `profile`, and the check's own profile to give."""
-    suggested = {"profile": "allclose", "rtol": own.get("rtol", 0.0), "atol": own.get("atol", 0.0)}
-    if profile.get("partial_credit"):
-        suggested["partial_credit"] = True
+def ambiguous_tolerance(profile: dict, own: dict, whose: str) -> str:
+    """Why a check's own rtol/atol are refused beside `profile` (the check's own or the inherited one: `whose`), and
+    the profile to give the check instead, with the values inside it."""
+    if profile["profile"] == "round_atol" and "rtol" not in own:  # round_atol reads an atol inside the profile
+        suggested = {k: v for k, v in profile.items() if k != "partial_credit" or v} | {"atol": own["atol"]}
+    else:
+        suggested = {"profile": "allclose", "rtol": own.get("rtol", 0.0), "atol": own.get("atol", 0.0)}
+        if profile.get("partial_credit"):
+            suggested["partial_credit"] = True
     return (
-        f"Ambiguous: the check sets {' and '.join(f'`{key}`' for key in own)} under the inherited tolerance profile"
-        f' "{profile["profile"]}", which does not use rtol/atol. Give the check its own `tolerance` profile, e.g.'
-        f" {json.dumps(suggested)}, or drop rtol/atol."
+        f"Ambiguous: the check sets {' and '.join(f'`{key}`' for key in own)} beside {whose} tolerance profile"
+        f' "{profile["profile"]}", which does not read a check\'s rtol/atol. Give the check its own `tolerance`'
+        f" profile with the values inside it, e.g. {json.dumps(suggested)}, or drop rtol/atol."
     )
 
 
@@ -239,19 +243,20 @@ class CheckRequestSchema(CappedSchema):
 
     @validates_schema
     def own_tolerances_under_a_profile(self, data, **kwargs):
-        """A check's own rtol/atol under an inherited profile other than allclose are refused: rel_error, norm_ratio,
-        round_atol and exact do not read rtol/atol, and no reading of both is safe. Applied as the classic rule, the
-        one a check did not set was the schema's default (`atol: 1e-12` under `exact` passed 12.001 for 12 at rtol
-        1e-4) and the profile's partial credit was lost (a second ninth audit). Reads only `tolerance` and
-        `checks`, both fields of a batch's answer part (service/views/check_loading.py)."""
-        profile = data.get("tolerance")
-        if profile is None or profile["profile"] == "allclose":
-            return
+        """A check's own rtol/atol beside a profile other than allclose (inherited, or the check's own: echoed and
+        not applied, a third look) are refused: rel_error, norm_ratio, round_atol and exact do not read a check's
+        rtol/atol (round_atol takes its atol inside the profile), and no reading of both is safe. Applied as the
+        classic rule, the one a check did not set was the schema's default (`atol: 1e-12` under `exact` passed 12.001
+        for 12 at rtol 1e-4) and the profile's partial credit was lost (a second ninth audit). Reads only
+        `tolerance` and `checks`, both fields of a batch's answer part (service/views/check_loading.py)."""
+        inherited = data.get("tolerance")
         errors = {}
         for name, options in data.get("checks", {}).items():
             own = {key: options[key] for key in ("rtol", "atol") if key in options}
-            if own and "tolerance" not in options:
-                errors[name] = {"value": {key: [ambiguous_tolerance(profile, own)] for key in own}}
+            own_profile = options.get("tolerance")
+            profile, whose = (own_profile, "its own") if own_profile is not None else (inherited, "the inherited")
+            if own and profile is not None and profile["profile"] != "allclose":
+                errors[name] = {"value": {key: [ambiguous_tolerance(profile, own, whose)] for key in own}}
         if errors:
             raise ValidationError(errors, "checks")
 

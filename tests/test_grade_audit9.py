@@ -206,9 +206,24 @@ def test_a_checks_own_rtol_atol_under_another_inherited_profile_is_refused(profi
     messages = refused(err.value.messages, "gradients.x")
     assert set(messages) == set(own) and set(err.value.messages["checks"]) == {"gradients.x"}
     message = messages[next(iter(own))][0]
-    assert f'profile "{profile["profile"]}"' in message and "its own `tolerance` profile" in message
+    assert f'the inherited tolerance profile "{profile["profile"]}"' in message and "its own `tolerance`" in message
     suggested = json.loads(message[message.index("{") : message.rindex("}") + 1])
-    assert suggested == {"profile": "allclose", "rtol": own.get("rtol", 0.0), "atol": own.get("atol", 0.0)}
+    if profile["profile"] == "round_atol" and "rtol" not in own:  # round_atol reads an atol inside the profile
+        assert suggested == {"profile": "round_atol", "atol": own["atol"]}
+    else:
+        assert suggested == {"profile": "allclose", "rtol": own.get("rtol", 0.0), "atol": own.get("atol", 0.0)}
+
+
+@pytest.mark.parametrize("profile", ["rel_error", "norm_ratio", "round_atol", "exact"])
+def test_a_checks_own_rtol_atol_beside_its_own_other_profile_are_refused(profile):
+    """A third look: beside the check's own `exact` (or another profile that does not read them) a check's rtol/atol
+    loaded, were echoed in the result and not applied; they are refused as beside an inherited one."""
+    checks = {"gradients.x": {"tolerance": {"profile": profile}, "rtol": 0.1}, "gradients.y": {}}
+    body = {**VECTOR, "tolerance": {"profile": "allclose"}, "submission": {}, "checks": checks}
+    with pytest.raises(ValidationError) as err:
+        CheckRequestSchema().load(body)
+    message = refused(err.value.messages, "gradients.x")["rtol"][0]
+    assert f'its own tolerance profile "{profile}"' in message and set(err.value.messages["checks"]) == {"gradients.x"}
 
 
 def test_what_a_checks_own_rtol_atol_may_be_given_with():
