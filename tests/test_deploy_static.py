@@ -309,6 +309,33 @@ def test_render_k8s_checks_the_timeouts_raising_max_wall_seconds_asks_for(tmp_pa
     assert not (tmp_path / "out.conf").exists()
 
 
+def test_render_k8s_counts_the_gateways_pre_stop_sleep_in_its_grace_period(tmp_path, monkeypatch):
+    """A third look: the gateway's check compared its grace period with the read timeout alone, so the grace
+    docs/edge.md gave for MAX_WALL_SECONDS 60 (71 s) passed, though a request taken during the 5 s preStop sleep may
+    wait the 70 s timeout (75 s). The sleep counts now, as the app's does."""
+    render = load_render()
+    gateway = tmp_path / "gateway.yaml"
+    text = (K8S / "gateway.yaml").read_text()
+    assert '["sleep", "5"]' in text
+    monkeypatch.setattr(render, "K8S_EDGE_DEPLOYMENT", gateway)
+    app = tmp_path / "deployment.yaml"
+    app.write_text(
+        (K8S / "deployment.yaml")
+        .read_text()
+        .replace("terminationGracePeriodSeconds: 45", "terminationGracePeriodSeconds: 76")
+    )
+    monkeypatch.setattr(render, "K8S_APP_DEPLOYMENT", app)
+    for grace, refused in ((71, True), (75, True), (76, False)):
+        gateway.write_text(
+            re.sub(r"terminationGracePeriodSeconds: \d+", f"terminationGracePeriodSeconds: {grace}", text)
+        )
+        if refused:
+            with pytest.raises(ValueError, match=r"preStop sleep \(5 s\) \+ the read timeout \(70s\)"):
+                render.check_k8s_timeouts(60, render.default_read_timeout(60))
+        else:
+            render.check_k8s_timeouts(60, render.default_read_timeout(60))
+
+
 def test_committed_compose_nginx_conf_is_rendered_from_the_template():
     render = load_render()
     expected = render.render(**render.COMPOSE_SETTINGS)

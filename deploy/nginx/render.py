@@ -249,7 +249,7 @@ def check_k8s_timeouts(wall: float, read_timeout: str, configmap: Path = K8S_APP
     """What raising MAX_WALL_SECONDS in the ConfigMap asks of the other Kubernetes timeouts: a GUNICORN_TIMEOUT or
     GUNICORN_GRACEFUL_TIMEOUT pinned there below MAX_WALL_SECONDS + 10 s is refused by gunicorn (every pod
     crash-loops); the app's terminationGracePeriodSeconds must outlast its preStop sleep and graceful_timeout, and
-    the gateway's its read timeout, or a stop kills the requests it should let finish."""
+    the gateway's its preStop sleep and read timeout, or a stop kills the requests it should let finish."""
     text = configmap.read_text()
     pinned = dict(re.findall(r'^\s+(GUNICORN_TIMEOUT|GUNICORN_GRACEFUL_TIMEOUT):\s*"?([^"\s#]*)"?', text, re.M))
     for name, raw in sorted(pinned.items()):
@@ -269,10 +269,11 @@ def check_k8s_timeouts(wall: float, read_timeout: str, configmap: Path = K8S_APP
         )
     gateway = K8S_EDGE_DEPLOYMENT.read_text()
     grace = _seconds(gateway, r"terminationGracePeriodSeconds:\s*(\d+)", K8S_EDGE_DEPLOYMENT)
-    if grace <= timeout_seconds(read_timeout):
+    pre_stop = _seconds(gateway, r'command:\s*\["sleep",\s*"(\d+)"\]', K8S_EDGE_DEPLOYMENT)
+    if grace <= pre_stop + timeout_seconds(read_timeout):  # a request taken during the sleep may wait the timeout
         raise ValueError(
-            f"{K8S_EDGE_DEPLOYMENT.name}: terminationGracePeriodSeconds {grace} must exceed the read timeout "
-            f"({read_timeout}): raise it"
+            f"{K8S_EDGE_DEPLOYMENT.name}: terminationGracePeriodSeconds {grace} must exceed the preStop sleep "
+            f"({pre_stop} s) + the read timeout ({read_timeout}): raise it"
         )
 
 
