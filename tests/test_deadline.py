@@ -322,18 +322,23 @@ def test_slow_body_upload_ends_as_a_408_problem(slow_server):
 # --- live: the deadline firing outside a view ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def stalling_hooks_server(tmp_path_factory):
-    """The service plus hooks that stall on request (tests/stalling_hooks_app.py), a 1 s deadline, access lines on."""
+def stalling_server(tmp_path_factory, wall_seconds: str, name: str):
+    """The service plus hooks that stall on request (tests/stalling_hooks_app.py), one worker, access lines on."""
     server = GunicornServer(
         workers=1,
-        env={"MAX_WALL_SECONDS": "1", "LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT / "tests")},
-        log_path=tmp_path_factory.mktemp("stalling") / "server.log",
+        env={"MAX_WALL_SECONDS": wall_seconds, "LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT / "tests")},
+        log_path=tmp_path_factory.mktemp(name) / "server.log",
     )
     server.target = "stalling_hooks_app:app"
     with server:
         server.wait_workers(1)
         yield server
+
+
+@pytest.fixture(scope="module")
+def stalling_hooks_server(tmp_path_factory):
+    """The stalling app with a 1 s deadline."""
+    yield from stalling_server(tmp_path_factory, "1", "stalling")
 
 
 def requests_counted(server) -> dict[tuple[str, str, str], float]:
@@ -470,15 +475,7 @@ def test_a_deadline_while_flask_pushes_the_context_is_a_503_not_a_500(stalling_h
 @pytest.fixture(scope="module")
 def floor_deadline_server(tmp_path_factory):
     """The stalling app at the lowest deadline the service accepts, for requests that end right at it."""
-    server = GunicornServer(
-        workers=1,
-        env={"MAX_WALL_SECONDS": "0.1", "LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT / "tests")},
-        log_path=tmp_path_factory.mktemp("floor") / "server.log",
-    )
-    server.target = "stalling_hooks_app:app"
-    with server:
-        server.wait_workers(1)
-        yield server
+    yield from stalling_server(tmp_path_factory, "0.1", "floor")
 
 
 def test_requests_ending_around_the_deadline_are_each_one_whole_response(floor_deadline_server):
