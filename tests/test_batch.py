@@ -133,14 +133,19 @@ def count_vectorized(monkeypatch):
     return calls
 
 
+def batch_and_singles(client, jobs: list[dict]):
+    """The /v1/batch response of `jobs`, and the body their single /v1/gradients answers make together."""
+    one_by_one = b",".join(client.post("/v1/gradients", json=job).get_data() for job in jobs)
+    return client.post("/v1/batch", json={"jobs": jobs}), b'{"results":[' + one_by_one + b"]}"
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}-{c[2]}-{c[3]}-{c[5]}")
 def test_vectorized_equals_one_by_one(client, count_vectorized, case):
     rnd = random.Random(str(case))
     jobs = [neuron_job(rnd, *case) for _ in range(24)]
-    vectorized = client.post("/v1/batch", json={"jobs": jobs}).get_data()
+    vectorized, singles = batch_and_singles(client, jobs)
     assert count_vectorized == [24]  # one pass for the whole group
-    one_by_one = b",".join(client.post("/v1/gradients", json=job).get_data() for job in jobs)
-    assert vectorized == b'{"results":[' + one_by_one + b"]}"  # byte for byte
+    assert vectorized.get_data() == singles  # byte for byte
 
 
 def _filled(shape, value):
@@ -189,10 +194,9 @@ def test_vectorized_jobs_warn_of_inputs_beyond_float32(client, count_vectorized)
         {"model": {"kind": "neuron"}, "inputs": {"x": x, "y": 0.0, "w": 1.0, "b": 0.0}, "include": []}
         for x in (1.0, 1e39, "Infinity", -1e39)
     ]
-    vectorized = client.post("/v1/batch", json={"jobs": jobs})
+    vectorized, singles = batch_and_singles(client, jobs)
     assert count_vectorized == [4]
-    one_by_one = b",".join(client.post("/v1/gradients", json=job).get_data() for job in jobs)
-    assert vectorized.get_data() == b'{"results":[' + one_by_one + b"]}"
+    assert vectorized.get_data() == singles
     beyond = [[w for w in r["warnings"] if w.startswith("inputs.x: ")] for r in vectorized.json["results"]]
     assert [len(w) for w in beyond] == [0, 1, 0, 1]
 
@@ -202,10 +206,9 @@ def test_vectorized_jobs_warn_of_their_own_targets_outside_0_1(client, count_vec
         {"model": {"kind": "neuron"}, "inputs": {"x": [1.0, 2.0], "y": y, "w": 0.5, "b": 0.0}, "include": []}
         for y in ([0.0, 1.0], [2.0, 1.0], [0.5, "NaN"], [-1.0, 3.0])
     ]
-    vectorized = client.post("/v1/batch", json={"jobs": jobs})
+    vectorized, singles = batch_and_singles(client, jobs)
     assert count_vectorized == [4]
-    one_by_one = b",".join(client.post("/v1/gradients", json=job).get_data() for job in jobs)
-    assert vectorized.get_data() == b'{"results":[' + one_by_one + b"]}"
+    assert vectorized.get_data() == singles
     outside = [[w for w in r["warnings"] if w.startswith("y outside [0, 1]")] for r in vectorized.json["results"]]
     assert [len(w) for w in outside] == [0, 1, 1, 1]
     assert [w[0].split(" sample")[0] for w in outside[1:]] == [f"y outside [0, 1] for {n} of 2" for n in (1, 1, 2)]
