@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,18 @@ def accepted(server_port: int, client: socket.socket) -> bool:
         if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
             return inode != "0"
     return False
+
+
+def send_half_a_request(conn, server_port: int, body: bytes, request_id: str, deadline: float) -> None:
+    """POST half of `body` to /v1/gradients on `conn` and wait (until `deadline`) for a worker to accept it: from
+    then on a request is surely in flight, its worker inside it, reading."""
+    conn.putrequest("POST", "/v1/gradients")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(len(body)))
+    conn.putheader("X-Request-ID", request_id)
+    conn.endheaders(body[: len(body) // 2])
+    while not accepted(server_port, conn.sock) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 class TestConfig(Config):

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from bench import gateway as bench_gateway
-from conftest import TUTORIAL_NEURON, GunicornServer, accepted, json_log_lines, require_binary
+from conftest import TUTORIAL_NEURON, GunicornServer, json_log_lines, require_binary, send_half_a_request
 
 pytestmark = [pytest.mark.gateway, pytest.mark.live]
 PROBLEM = "application/problem+json"
@@ -291,14 +291,8 @@ def test_sigterm_to_a_master_completes_in_flight_requests(tmp_path):
         def term_during_a_request():
             """SIGTERM while a request is surely in flight on `a` (the gateway's load alone may leave a moment
             with none there): one whose body is half sent, once a worker has accepted it."""
-            conn.putrequest("POST", "/v1/gradients")
-            conn.putheader("Content-Type", "application/json")
-            conn.putheader("Content-Length", str(len(body)))
-            conn.putheader("X-Request-ID", IN_FLIGHT_ID)
-            conn.endheaders(body[: len(body) // 2])
             deadline = time.monotonic() + 20
-            while not accepted(a.port, conn.sock) and time.monotonic() < deadline:
-                time.sleep(0.005)
+            send_half_a_request(conn, a.port, body, IN_FLIGHT_ID, deadline)
             a.proc.send_signal(signal.SIGTERM)
             # the rest once the master has acted on the signal (it logs it, then signals its workers)
             log = tmp_path / "a.log"

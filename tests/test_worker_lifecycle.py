@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from conftest import TUTORIAL_NEURON, GunicornServer, accepted, json_log_lines
+from conftest import TUTORIAL_NEURON, GunicornServer, json_log_lines, send_half_a_request
 
 pytestmark = [pytest.mark.live]
 MAX_REQUESTS = 20
@@ -124,14 +124,8 @@ def test_every_stop_signal_lets_the_request_under_way_finish(tmp_path, signum, t
     with GunicornServer(workers=1, env=env, log_path=log) as server:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         try:
-            conn.putrequest("POST", "/v1/gradients")  # half a body: the worker is inside the request, reading
-            conn.putheader("Content-Type", "application/json")
-            conn.putheader("Content-Length", str(len(body)))
-            conn.putheader("X-Request-ID", rid)
-            conn.endheaders(body[: len(body) // 2])
             deadline = time.monotonic() + 20
-            while not accepted(server.port, conn.sock) and time.monotonic() < deadline:
-                time.sleep(0.005)
+            send_half_a_request(conn, server.port, body, rid, deadline)
             if to_group:
                 os.killpg(server.proc.pid, signum)
             else:
