@@ -10,6 +10,7 @@ import pytest
 import requests
 
 import service.engine.batch as batch_engine
+import service.engine.check as check_engine
 import service.views.batch as batch_view
 import service.views.check_loading as check_loading
 from conftest import TUTORIAL_NEURON, balanced_sum
@@ -311,7 +312,7 @@ def test_shared_problem_validation_is_byte_identical_to_per_job_loads(client, mo
     fast = client.post("/v1/batch", json={"jobs": jobs}, headers=same_id)
     again = client.post("/v1/batch", json={"jobs": jobs}, headers=same_id)  # the problems kept by the first
 
-    def load_whole(check, limits, loaded):
+    def load_whole(check, limits, loaded, answers):
         return check_request.load(check), problem_json(check), None
 
     monkeypatch.setattr(batch_view, "load_check", load_whole)
@@ -339,6 +340,67 @@ def test_shared_problem_is_loaded_and_built_once_then_kept_across_requests(clien
     assert batch(client, jobs) == results  # the next request (another student group): nothing loaded or built
     assert client.post("/v1/check", json=jobs[2]["check"]).json == results[2]
     assert len(loads) == len(builds) == 1
+
+
+def _class_answers(rnd: random.Random, n: int) -> list[dict]:
+    """n answers to the tutorial neuron as a class gives them: the same right and wrong numbers many times over,
+    and what tells equal numbers apart in an echo (1 and 1.0, 0.0 and -0.0), with request options of their own."""
+    numbers = [6.701176, 6.7012, 6.691762, 0.998770, 0.999, 1, 1.0, 0.0, -0.0, 2**53 + 1, 5.0, 3.3459, -6.691762]
+    options = [
+        {},
+        {"rtol": 0.01},
+        {"rtol": 0.0},
+        {"rtol": -0.0},
+        {"atol": 1e-6},
+        {"checks": {"gradients.w": {"points": 2, "title": "dL/dw"}, "loss": {}}},
+        {"checks": {"gradients.w": {"points": 2.0, "visibility": "hidden"}}},
+        {"feedback": "error"},
+        {"feedback": "verdict"},
+    ]
+    answers = []
+    for _ in range(n):
+        submission = {"loss": rnd.choice(numbers), "gradients": {"w": rnd.choice(numbers), "b": rnd.choice(numbers)}}
+        if rnd.random() < 0.2:
+            del submission["gradients"][rnd.choice(["w", "b"])]
+        if rnd.random() < 0.1:
+            submission["gradients"] = dict(reversed(list(submission["gradients"].items())))
+        if rnd.random() < 0.05:
+            submission["gradients"]["b"] = rnd.choice(["NaN", [0.999], True, "b"])
+        answers.append({**TUTORIAL_NEURON, "submission": submission, **rnd.choice(options)})
+    return answers
+
+
+def test_a_class_s_answers_in_a_batch_are_byte_for_byte_what_each_gets_alone(client, monkeypatch):
+    """A batch loads each answer skeleton once (check_loading.load_answer) and grades each distinct one-number
+    answer to a check once (Grader._one_number); every result is still the bytes /v1/check gives that answer."""
+    loads, compared = [], []
+    load = check_loading.answer_part.load
+    monkeypatch.setattr(check_loading.answer_part, "load", lambda data: loads.append(1) or load(data))
+    jobs = [{"check": answer} for answer in _class_answers(random.Random(7), 300)]
+    response = client.post("/v1/batch", json={"jobs": jobs})
+    assert response.status_code == 200
+    batch_loads = len(loads)
+    compare = check_engine.Grader._compare_number
+    monkeypatch.setattr(
+        check_engine.Grader, "_compare_number", lambda self, *args: compared.append(1) or compare(self, *args)
+    )
+    singles = [client.post("/v1/check", json=job["check"]) for job in jobs]
+    alone = b'{"results":[' + b",".join(r.get_data() if r.status_code == 200 else b"" for r in singles) + b"]}"
+    errors = [i for i, r in enumerate(singles) if r.status_code != 200]
+    assert errors and len(errors) < 30  # a few invalid answers (true, a string), each its own 400
+    results = response.json["results"]
+    assert all("error" in results[i] for i in errors)
+    for i in errors:  # an invalid answer's problem is /v1/check's, its place in the batch aside
+        assert results[i]["error"]["errors"] == {"check": singles[i].json["errors"]}
+    kept = [orjson.dumps(r) for i, r in enumerate(orjson.loads(response.get_data())["results"]) if i not in errors]
+    assert b",".join(kept) == b",".join(r.get_data() for r in singles if r.status_code == 200)
+    assert alone.count(b'"actual":-0.0') and alone.count(b'"actual":1,') and alone.count(b'"actual":1.0,')
+    # memoized: far fewer loads than answers, and far fewer one-number comparisons than alone
+    assert batch_loads < len(jobs) // 2
+    in_batch = len(compared)
+    compared.clear()
+    client.post("/v1/batch", json={"jobs": jobs})
+    assert len(compared) < in_batch // 3
 
 
 def test_students_formulas_in_a_batch_share_its_one_budget(client, monkeypatch):

@@ -435,6 +435,7 @@ class Grader:
         places: dict[str, str | None] | None = None,
         refuse_clamped: bool = False,
         checks: cost.Estimate | None = None,
+        verdicts: dict | None = None,
     ) -> None:
         """`ledger`: the request's, with this answer's problem estimate already in it (a problem file or a batch
         reserves every one first); without it the answer is the request and its estimate is charged here.
@@ -442,7 +443,8 @@ class Grader:
         file's answers: a PrairieLearn input box, the problem's key); else where it goes in the submission.
         `refuse_clamped`: a loss or gradient reference where the tutorial's clamp bites is the problem's error
         (ClampedReference: a problem file's); else it is graded, and a failed check's message says the clamp bit.
-        `checks`: cost.checks_estimate(request), when the caller has it already (a /v1/check's view)."""
+        `checks`: cost.checks_estimate(request), when the caller has it already (a /v1/check's view).
+        `verdicts`: a memo of one-number results shared by the graders of one problem's answers (_one_number())."""
         self.request, self.limits = request, limits
         self.deadline = Deadline(limits.max_wall_seconds)
         problem = problem or Problem(request, limits)
@@ -453,6 +455,7 @@ class Grader:
         # a list: classic rtol/atol comparisons are queued there for _compare_together(), not done here (only where
         # diagnosing afterwards changes nothing); their diagnosis waits in self.undiagnosed until finish()
         self.deferred = deferred if problem.free_diagnosis else None
+        self.verdicts = verdicts if problem.free_diagnosis else None  # a network's diagnosis is charged per answer
         self.undiagnosed: list[tuple[dict, object, list[torch.Tensor]]] = []
         if ledger is None:  # this answer is the request: its problem's estimate and its checks
             ledger = Ledger()
@@ -612,11 +615,7 @@ class Grader:
             actual, problem = self._formula_values(answer, expected)
         else:
             if profile is None and self._is_one_number(answer, expected):
-                result["actual"] = answer
-                self._compare_number(result, expected[0].item(), float(answer), rtol, atol, section, key)
-                if not result["passed"]:
-                    self._diagnose(result, name, answer, expected)
-                return result
+                return self._one_number(result, answer, expected[0], rtol, atol, section, key)
             actual, problem = self._numbers(answer, expected)
             self._echo(result, answer, shaped=problem is None)
         if problem:
@@ -635,6 +634,29 @@ class Grader:
             tolerance.apply(result, expected, actual, profile, self._at)
         if not result["passed"]:
             self._diagnose(result, name, answer, expected, profile)
+        return result
+
+    def _one_number(
+        self, result: dict, answer, expected: torch.Tensor, rtol: float, atol: float, section: str, key: str
+    ) -> dict:
+        """A one-number answer's result by the classic rule (_is_one_number), made once per request for equal
+        answers to one check (`verdicts`): a class gives the same right numbers, and the same wrong ones, many
+        times over. Its result is a function of what the key holds (the problem is the batch's one), diagnosis
+        included where it is free; the memo keeps a copy, as finish() edits the results it returns."""
+        memo = None
+        if self.verdicts is not None:
+            # repr: 1 and 1.0, 0.0 and -0.0 are equal keys but different answers to echo
+            memo = (repr(answer), repr(rtol), repr(atol), result["name"], result["title"], repr(result["max_points"]))
+            memo += (result["visibility"], result.get("feedback"))
+            seen = self.verdicts.get(memo)
+            if seen is not None:
+                return _copied(seen)
+        result["actual"] = answer
+        self._compare_number(result, expected.item(), float(answer), rtol, atol, section, key)
+        if not result["passed"]:
+            self._diagnose(result, result["name"], answer, [expected])
+        if memo is not None:
+            self.verdicts[memo] = _copied(result)
         return result
 
     def _spelled(self, key: str):
@@ -990,6 +1012,15 @@ class Grader:
         return text
 
 
+def _copied(result: dict) -> dict:
+    """A check's result with its own chain_rule dict: the only value in it that is edited in place (none is now;
+    a memo's copy must not depend on that)."""
+    copy = dict(result)
+    if copy["chain_rule"] is not None:
+        copy["chain_rule"] = dict(copy["chain_rule"])
+    return copy
+
+
 def _seen_with(check: dict, other: dict) -> bool:
     """Whether whoever reads `check`'s message may read `other` too: `other` is visible, or released with `check`
     (the same visibility). A message names another check's verdict only then: a visible gradient's message said
@@ -1135,13 +1166,13 @@ def grade_many(
     A job that raises gets its exception in its place; `before_each()` (the batch's deadline) runs per job.
     `ledger`: the batch's, with every job's estimate reserved in it (else each answer is charged on its own)."""
     results: list[dict | Exception | None] = [None] * len(requests)
-    graded, by_name = [], {}
+    graded, by_name, verdicts = [], {}, {}
     for i, request in enumerate(requests):
         deferred: list = []
         try:
             if before_each is not None:
                 before_each()
-            grader = Grader(request, limits, problem=problem, deferred=deferred, ledger=ledger)
+            grader = Grader(request, limits, problem=problem, deferred=deferred, ledger=ledger, verdicts=verdicts)
             graded.append((i, grader, grader.grade_checks()))
         except Exception as err:  # noqa: BLE001 - one job's failure must not take the others down
             results[i] = err

@@ -95,6 +95,7 @@ def run_jobs(jobs: list, limits) -> list[dict]:
     check_jobs: list[tuple[int, dict]] = []
     keys: dict[int, bytes] = {}
     loaded_problems: dict[bytes, dict | None] = {}
+    loaded_answers: dict[tuple, dict | None] = {}
     kept: dict[bytes, Problem] = {}
     budget = _Budget(len(jobs), limits)
     for i, job in enumerate(jobs):
@@ -111,7 +112,7 @@ def run_jobs(jobs: list, limits) -> list[dict]:
         try:
             cost.check_raw(job["check"] if is_check else job, limits)
             if is_check:
-                spec, keys[i], problem = load_check(job["check"], limits, loaded_problems)
+                spec, keys[i], problem = load_check(job["check"], limits, loaded_problems, loaded_answers)
                 if problem is not None:
                     kept[keys[i]] = problem
             else:
