@@ -397,10 +397,10 @@ def test_a_class_s_answers_in_a_batch_are_byte_for_byte_what_each_gets_alone(cli
     assert alone.count(b'"actual":-0.0') and alone.count(b'"actual":1,') and alone.count(b'"actual":1.0,')
     # memoized: far fewer loads than answers, and far fewer one-number comparisons than alone
     assert batch_loads < len(jobs) // 2
-    in_batch = len(compared)
+    one_by_one = len(compared)
     compared.clear()
     client.post("/v1/batch", json={"jobs": jobs})
-    assert len(compared) < in_batch // 3
+    assert len(compared) < one_by_one // 3
 
 
 def test_students_formulas_in_a_batch_share_its_one_budget(client, monkeypatch):

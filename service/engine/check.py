@@ -8,6 +8,7 @@ import re
 from itertools import islice
 
 import numpy as np
+import orjson
 import torch
 
 from . import cost, diagnose_bugs, echo, feedback, refcache, tolerance
@@ -456,6 +457,7 @@ class Grader:
         # diagnosing afterwards changes nothing); their diagnosis waits in self.undiagnosed until finish()
         self.deferred = deferred if problem.free_diagnosis else None
         self.verdicts = verdicts if problem.free_diagnosis else None  # a network's diagnosis is charged per answer
+        self.settings: tuple | None = None  # the request's part of _memo_key(), once
         self.undiagnosed: list[tuple[dict, object, list[torch.Tensor]]] = []
         if ledger is None:  # this answer is the request: its problem's estimate and its checks
             ledger = Ledger()
@@ -554,6 +556,11 @@ class Grader:
     # one check ------------------------------------------------------------------------------------
 
     def check(self, name: str, options: dict) -> dict:
+        memo = self._memo_key(name, options)
+        if memo is not None:
+            seen = self.verdicts.get(memo)
+            if seen is not None:
+                return _copied(seen)
         section, _, key = name.partition(".")
         rtol = options.get("rtol", self.request["rtol"])
         atol = options.get("atol", self.request["atol"])
@@ -615,7 +622,7 @@ class Grader:
             actual, problem = self._formula_values(answer, expected)
         else:
             if profile is None and self._is_one_number(answer, expected):
-                return self._one_number(result, answer, expected[0], rtol, atol, section, key)
+                return self._one_number(result, answer, expected[0], rtol, atol, section, key, memo)
             actual, problem = self._numbers(answer, expected)
             self._echo(result, answer, shaped=problem is None)
         if problem:
@@ -636,21 +643,27 @@ class Grader:
             self._diagnose(result, name, answer, expected, profile)
         return result
 
+    def _memo_key(self, name: str, options: dict) -> tuple | None:
+        """What the result of check `name` is a function of, when its answer is one number (_one_number()): the
+        answer (repr: 1 and 1.0, 0.0 and -0.0 are equal keys but different answers to echo), the check's options
+        and the request's settings; the problem is the batch's one. None: no memo, or another kind of answer."""
+        if self.verdicts is None:
+            return None
+        answer = _answer(self.request["submission"], name)
+        if type(answer) is not float and type(answer) is not int:
+            return None
+        if self.settings is None:
+            request = self.request
+            self.settings = repr(request["rtol"]), repr(request["atol"]), orjson.dumps(request.get("tolerance"))
+            self.settings += (request.get("feedback"),)
+        return name, repr(answer), orjson.dumps(options), self.settings
+
     def _one_number(
-        self, result: dict, answer, expected: torch.Tensor, rtol: float, atol: float, section: str, key: str
+        self, result: dict, answer, expected: torch.Tensor, rtol: float, atol: float, section: str, key: str, memo
     ) -> dict:
         """A one-number answer's result by the classic rule (_is_one_number), made once per request for equal
-        answers to one check (`verdicts`): a class gives the same right numbers, and the same wrong ones, many
-        times over. Its result is a function of what the key holds (the problem is the batch's one), diagnosis
-        included where it is free; the memo keeps a copy, as finish() edits the results it returns."""
-        memo = None
-        if self.verdicts is not None:
-            # repr: 1 and 1.0, 0.0 and -0.0 are equal keys but different answers to echo
-            memo = (repr(answer), repr(rtol), repr(atol), result["name"], result["title"], repr(result["max_points"]))
-            memo += (result["visibility"], result.get("feedback"))
-            seen = self.verdicts.get(memo)
-            if seen is not None:
-                return _copied(seen)
+        answers to one check (`verdicts`, under _memo_key()): a class gives the same right numbers, and the same
+        wrong ones, many times over. The memo keeps a copy, as finish() edits the results it returns."""
         result["actual"] = answer
         self._compare_number(result, expected.item(), float(answer), rtol, atol, section, key)
         if not result["passed"]:
