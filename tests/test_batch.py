@@ -312,7 +312,7 @@ def test_shared_problem_validation_is_byte_identical_to_per_job_loads(client, mo
     fast = client.post("/v1/batch", json={"jobs": jobs}, headers=same_id)
     again = client.post("/v1/batch", json={"jobs": jobs}, headers=same_id)  # the problems kept by the first
 
-    def load_whole(check, limits, loaded, answers):
+    def load_whole(check, limits, loaded, answers, shape):
         return check_request.load(check), problem_json(check), None
 
     monkeypatch.setattr(batch_view, "load_check", load_whole)
@@ -371,15 +371,17 @@ def _class_answers(rnd: random.Random, n: int) -> list[dict]:
 
 
 def test_a_class_s_answers_in_a_batch_are_byte_for_byte_what_each_gets_alone(client, monkeypatch):
-    """A batch loads each answer skeleton once (check_loading.load_answer) and grades each distinct one-number
-    answer to a check once (Grader._one_number); every result is still the bytes /v1/check gives that answer."""
-    loads, compared = [], []
-    load = check_loading.answer_part.load
+    """A batch loads and walks (cost.check_raw) each job shape once (check_loading.check_shape) and grades each
+    distinct one-number answer to a check once (Grader._one_number), its result encoded once; every result is
+    still the bytes /v1/check gives that answer."""
+    loads, compared, walks = [], [], []
+    load, check_raw = check_loading.answer_part.load, cost.check_raw
     monkeypatch.setattr(check_loading.answer_part, "load", lambda data: loads.append(1) or load(data))
+    monkeypatch.setattr(cost, "check_raw", lambda *args: walks.append(1) or check_raw(*args))
     jobs = [{"check": answer} for answer in _class_answers(random.Random(7), 300)]
     response = client.post("/v1/batch", json={"jobs": jobs})
     assert response.status_code == 200
-    batch_loads = len(loads)
+    batch_loads, batch_walks = len(loads), len(walks)
     compare = check_engine.Grader._compare_number
     monkeypatch.setattr(
         check_engine.Grader, "_compare_number", lambda self, *args: compared.append(1) or compare(self, *args)
@@ -395,8 +397,8 @@ def test_a_class_s_answers_in_a_batch_are_byte_for_byte_what_each_gets_alone(cli
     kept = [orjson.dumps(r) for i, r in enumerate(orjson.loads(response.get_data())["results"]) if i not in errors]
     assert b",".join(kept) == b",".join(r.get_data() for r in singles if r.status_code == 200)
     assert alone.count(b'"actual":-0.0') and alone.count(b'"actual":1,') and alone.count(b'"actual":1.0,')
-    # memoized: far fewer loads than answers, and far fewer one-number comparisons than alone
-    assert batch_loads < len(jobs) // 2
+    # memoized: far fewer loads and raw walks than answers, and far fewer one-number comparisons than alone
+    assert batch_loads < len(jobs) // 2 and batch_walks < len(jobs) // 2
     one_by_one = len(compared)
     compared.clear()
     client.post("/v1/batch", json={"jobs": jobs})

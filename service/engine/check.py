@@ -14,7 +14,7 @@ import torch
 from . import cost, diagnose_bugs, echo, feedback, refcache, tolerance
 from .closeness import isclose, isclose_number
 from .compute import build_model, forward_backward
-from .encode import encode_tree, encoded_tensors
+from .encode import Encoded, encode_tree, encoded_finite, encoded_tensors
 from .errors import ClampedReference, DeadlineExceeded, EngineError, LimitExceeded, NonFiniteReference
 from .formula import canonical_text, parse_formula
 from .jacobian import upstream
@@ -203,6 +203,7 @@ class Problem:
         # diagnosing after a deferred comparison charges the same as diagnosing in check order
         self.free_diagnosis = request["model"]["kind"] != "network"
         self.encoded = encoded_tensors(self.points, self.refs)  # what every answer's response shows of them
+        self.encoded_points = encoded_finite(self.points, self.encoded, 1) or self.points  # the body's `points`
         self.warnings: list[str] = []
         if self.is_neuron:  # its warnings count samples: those of every point, not one point's
             self.warnings = sample_warnings([ref["sample_counts"] for ref in self.refs])
@@ -458,6 +459,7 @@ class Grader:
         self.deferred = deferred if problem.free_diagnosis else None
         self.verdicts = verdicts if problem.free_diagnosis else None  # a network's diagnosis is charged per answer
         self.settings: tuple | None = None  # the request's part of _memo_key(), once
+        self.hits: dict[int, Encoded] = {}  # id(a result copied from `verdicts`) -> its encoding
         self.undiagnosed: list[tuple[dict, object, list[torch.Tensor]]] = []
         if ledger is None:  # this answer is the request: its problem's estimate and its checks
             ledger = Ledger()
@@ -540,8 +542,8 @@ class Grader:
             "atol": self.request["atol"],
             "tolerance_rule": tolerance.rule(profile) if profile else TOLERANCE_RULE,
             "n_points": len(self.points),
-            "points": self.points,
-            "checks": checks,
+            "points": self.problem.encoded_points,
+            "checks": [self.hits.get(id(c), c) if "feedback" not in c else c for c in checks],
             "summary": f"{passed} of {len(checks)} checks passed; score {score:g} of {max_score:g}",
         }
         if first_wrong:
@@ -560,7 +562,10 @@ class Grader:
         if memo is not None:
             seen = self.verdicts.get(memo)
             if seen is not None:
-                return _copied(seen)
+                result = _copied(seen[0])
+                if seen[1] is not None:  # what finish() encodes for it, unless finish() edits it (feedback.redact)
+                    self.hits[id(result)] = seen[1]
+                return result
         section, _, key = name.partition(".")
         rtol = options.get("rtol", self.request["rtol"])
         atol = options.get("atol", self.request["atol"])
@@ -668,8 +673,8 @@ class Grader:
         self._compare_number(result, expected.item(), float(answer), rtol, atol, section, key)
         if not result["passed"]:
             self._diagnose(result, result["name"], answer, [expected])
-        if memo is not None:
-            self.verdicts[memo] = _copied(result)
+        if memo is not None:  # with its encoding in a response's `checks` (depth 2), encoded once for its copies
+            self.verdicts[memo] = _copied(result), encoded_finite(result, self.encoded, 2)
         return result
 
     def _spelled(self, key: str):

@@ -30,7 +30,7 @@ from ..jsonio import Encoded, read_json
 from ..observability import compute_timer
 from ..openapi import operation
 from .check import check_body
-from .check_loading import load_check, problem_for
+from .check_loading import check_shape, load_check, problem_for
 from .gradients import gradient_body
 
 bp = Blueprint("batch", __name__)
@@ -96,6 +96,9 @@ def run_jobs(jobs: list, limits) -> list[dict]:
     keys: dict[int, bytes] = {}
     loaded_problems: dict[bytes, dict | None] = {}
     loaded_answers: dict[tuple, dict | None] = {}
+    # a check job's shape (check_shape) -> what the cost model charged its answers, and its checks' estimate: walks of
+    # its JSON's sizes, keys and nesting, the same for every job of that shape (a class's answers to one exercise)
+    walked: dict[tuple, tuple[int, cost.Estimate]] = {}
     kept: dict[bytes, Problem] = {}
     budget = _Budget(len(jobs), limits)
     for i, job in enumerate(jobs):
@@ -107,12 +110,15 @@ def run_jobs(jobs: list, limits) -> list[dict]:
             results[i] = {"error": validation_problem(ValidationError(envelope))}
             budget.failed(i, envelope)
             continue
+        shape = check_shape(job["check"]) if is_check else None
+        seen = walked.get(shape) if shape is not None else None
         if is_check:
-            budget.answers(i, job["check"])
+            answers = budget.answers(i, job["check"], seen[0] if seen else None)
         try:
-            cost.check_raw(job["check"] if is_check else job, limits)
+            if seen is None:
+                cost.check_raw(job["check"] if is_check else job, limits)
             if is_check:
-                spec, keys[i], problem = load_check(job["check"], limits, loaded_problems, loaded_answers)
+                spec, keys[i], problem = load_check(job["check"], limits, loaded_problems, loaded_answers, shape)
                 if problem is not None:
                     kept[keys[i]] = problem
             else:
@@ -127,7 +133,13 @@ def run_jobs(jobs: list, limits) -> list[dict]:
             budget.refused_at_load(i)
             continue
         # outside the try: the batch's own 413 is an EngineError too, and is no job's error
-        refused = budget.check(i, spec, keys[i]) if is_check else budget.gradients(i, spec)
+        if is_check:
+            checks = seen[1] if seen else cost.checks_estimate(spec)  # this job's checks, on its problem's estimate
+            if shape is not None and seen is None:
+                walked[shape] = answers, checks
+            refused = budget.check(i, spec, keys[i], checks)
+        else:
+            refused = budget.gradients(i, spec)
         if refused is not None:
             results[i] = {"error": engine_problem(refused)}
         else:
@@ -229,14 +241,14 @@ class _Budget:
         self._charge(index, max(estimate, cost.JOB_BYTES))  # a job costs its load and its JSON whatever it computes
         return None
 
-    def check(self, index: int, spec: dict, key: bytes) -> EngineError | None:
-        """Charge the loaded check job at `index` (its problem: `key`); its refusal, if the cost model refuses it."""
+    def check(self, index: int, spec: dict, key: bytes, checks: cost.Estimate) -> EngineError | None:
+        """Charge the loaded check job at `index` (its problem: `key`; its checks: cost.checks_estimate(spec)); its
+        refusal, if the cost model refuses it."""
         fresh = key not in self.check_estimates
         if fresh:
             self.check_estimates[key] = _estimate(estimate_check, spec, self.limits)
         estimate = self.check_estimates[key]
         if not isinstance(estimate, EngineError):
-            checks = cost.checks_estimate(spec)  # this job's checks, on top of its problem's estimate
             try:
                 checks.require(self.limits, estimate.total)
             except EngineError as err:
@@ -251,11 +263,14 @@ class _Budget:
         self._charge(index, shared + checks.total)
         return None
 
-    def answers(self, index: int, check) -> None:
+    def answers(self, index: int, check, known: int | None = None) -> int:
         """Charge a check job's answers nested deeper than a tensor, and those no check names (cost.answers_estimate),
         before they load: each level of a deep one is read by every walk of it, ~5 µs a level (1000 jobs answering
-        900 deep took 6-8 s); an ungraded one is loaded and warned about (1000 jobs of 256: 4.7-7.0 s, 18.7 MB)."""
-        self._charge(index, cost.answers_estimate(check, self.limits).total)
+        900 deep took 6-8 s); an ungraded one is loaded and warned about (1000 jobs of 256: 4.7-7.0 s, 18.7 MB).
+        `known`: that charge, for a job of a shape charged before (check_shape); returns the charge."""
+        amount = cost.answers_estimate(check, self.limits).total if known is None else known
+        self._charge(index, amount)
+        return amount
 
     def refused_at_load(self, index: int) -> None:
         """Charge a job the cost model refused as it loaded (cost.check_raw) its walk and its problem

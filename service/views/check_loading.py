@@ -47,17 +47,19 @@ def load_check(
     limits: Limits,
     loaded: dict[bytes, dict | None] | None = None,
     answers: dict[tuple, dict | None] | None = None,
+    shape: tuple[bytes, tuple] | None = None,
 ) -> tuple[dict, bytes, Problem | None]:
     """check_request.load(check), its problem_json(), and the Problem when one is kept for it (else None: build it
     with problem_for()).
 
     `loaded`: a request's own memo of problem parts already loaded (a batch's jobs), by problem_json(). `answers`:
-    its memo of answer parts loaded, by answer_skeleton() (load_answer())."""
+    its memo of answer parts loaded, by answer_skeleton() (load_answer()). `shape`: check_shape(check), when the
+    caller has it."""
     if not isinstance(check, dict):
         return check_request.load(check), b"", None  # not an object: the load raises its ValidationError
     fields = _problem_fields(check)
     try:
-        raw = orjson.dumps(fields)
+        raw = shape[0] if shape is not None else orjson.dumps(fields)
     except TypeError:  # nested deeper than orjson writes (254 levels): a tensor is refused before (cost.check_raw)
         check_request.load(check)  # the schema's 400 for what else is nested there (a 500 before)
         raise LimitExceeded(
@@ -79,20 +81,39 @@ def load_check(
     if shared is None:
         return check_request.load(check), raw, None  # raises the problem part's errors, with the answer's
     # a failing answer part raises its own errors: what the whole body raises when its problem part loads
-    answer = load_answer({name: value for name, value in check.items() if name not in PROBLEM_FIELDS}, answers)
+    skeleton = shape[1] if shape is not None else None
+    answer = load_answer(
+        {name: value for name, value in check.items() if name not in PROBLEM_FIELDS}, answers, skeleton
+    )
     body = {**shared, **answer}
     return {name: body[name] for name in check_request.fields if name in body}, raw, problem
 
 
-def load_answer(fields: dict, memo: dict[tuple, dict | None] | None) -> dict:
+def check_shape(check) -> tuple[bytes, tuple] | None:
+    """A check job's problem_json() and answer_skeleton(): jobs of one shape load alike but for their answers'
+    numbers, and the cost model's walks of them (cost.check_raw, cost.answers_estimate, cost.checks_estimate: the
+    sizes, keys and nesting of the JSON, never a number's value) give the same results. None: not an object, nested
+    past what orjson writes, or an answer with more than numbers in it."""
+    if not isinstance(check, dict):
+        return None
+    try:
+        raw = orjson.dumps(_problem_fields(check))
+    except TypeError:
+        return None
+    skeleton = answer_skeleton({name: value for name, value in check.items() if name not in PROBLEM_FIELDS})
+    return None if skeleton is None else (raw, skeleton)
+
+
+def load_answer(fields: dict, memo: dict[tuple, dict | None] | None, skeleton: tuple | None = None) -> dict:
     """answer_part.load(fields), validated once per answer skeleton in a request (`memo`; None: no memo).
 
     A class's answers to one problem differ in their numbers only. The schema reads a submitted number by its type
     (schemas.grading.Answer: any int or float passes, as it is), so answers whose fields are equal but for those
     numbers (answer_skeleton()) load to the same dict with their own numbers in it: marshmallow loads the first,
     and the others are its copy with their numbers put in (~100 µs an answer, a third of a batch's check job)."""
-    skeleton = answer_skeleton(fields) if memo is not None else None
-    if skeleton is None:
+    if memo is not None and skeleton is None:
+        skeleton = answer_skeleton(fields)
+    if memo is None or skeleton is None:
         return answer_part.load(fields)
     if skeleton not in memo:
         loaded = answer_part.load(fields)  # invalid: raises, and the next answer of this skeleton loads for itself
