@@ -562,6 +562,8 @@ class Grader:
         if memo is not None:
             seen = self.verdicts.get(memo)
             if seen is not None:
+                if len(seen) == 1:  # repeated: its encoding in a response's `checks` (depth 2), once for its copies
+                    seen.append(encoded_finite(seen[0], self.encoded, 2))
                 result = _copied(seen[0])
                 if seen[1] is not None:  # what finish() encodes for it, unless finish() edits it (feedback.redact)
                     self.hits[id(result)] = seen[1]
@@ -673,8 +675,8 @@ class Grader:
         self._compare_number(result, expected.item(), float(answer), rtol, atol, section, key)
         if not result["passed"]:
             self._diagnose(result, result["name"], answer, [expected])
-        if memo is not None:  # with its encoding in a response's `checks` (depth 2), encoded once for its copies
-            self.verdicts[memo] = _copied(result), encoded_finite(result, self.encoded, 2)
+        if memo is not None:
+            self.verdicts[memo] = [_copied(result)]
         return result
 
     def _spelled(self, key: str):
