@@ -69,27 +69,30 @@ identical to running them one by one.
 def batch():
     """Run many gradients and check jobs; each job's result or problem in its place."""
     body, limits = read_json(), current_app.config["LIMITS"]
+    shapes = None
     if isinstance(body, dict) and isinstance(body.get("jobs"), list):
         cost.require(
             limits, "max_batch_jobs", len(body["jobs"]), f"the batch has {len(body['jobs'])} jobs", cost.HINTS["jobs"]
         )
-        _checks_within_budget(body["jobs"], limits)
-    jobs = batch_request.load(body)["jobs"]
+        shapes = [check_shape(job["check"]) if is_check_job(job) else None for job in body["jobs"]]
+        _checks_within_budget(body["jobs"], shapes, limits)
+    jobs = batch_request.load(body)["jobs"]  # the same job objects, in the same order
     del body  # its lists (8 bytes a number; the numbers are the jobs') are freed before the computation
     with compute_timer("batch"):
-        results = run_jobs(jobs, limits)
+        results = run_jobs(jobs, limits, shapes)
     # every result is an encoded engine body or a problem (strings and the configured limits): no second walk
     return Encoded(results=results)
 
 
-def run_jobs(jobs: list, limits) -> list[dict]:
+def run_jobs(jobs: list, limits, shapes: list | None = None) -> list[dict]:
     """Load and charge each job in job order, then run the gradients jobs (vectorized where possible) and the checks.
 
     Each job is charged against the batch's budget as soon as it loads (_Budget), so a batch over the budget is a
     413 once the jobs loaded so far take it over: loading costs ~4 µs a key, and 750 jobs of a 64-layer network
     took 6 s to load before the 413 named the first 83. Check jobs with the same problem (PROBLEM_FIELDS: a class's
     answers to one exercise) share one estimate and one Problem (model, points, references); each job's result is
-    what it would be on its own. `jobs` (the raw jobs) is emptied as they load."""
+    what it would be on its own. `jobs` (the raw jobs) is emptied as they load; `shapes`: each job's check_shape()
+    (None for a gradients job), when the caller has them."""
     results: list[dict | None] = [None] * len(jobs)
     gradient_jobs: list[tuple[int, dict]] = []
     check_jobs: list[tuple[int, dict]] = []
@@ -110,7 +113,7 @@ def run_jobs(jobs: list, limits) -> list[dict]:
             results[i] = {"error": validation_problem(ValidationError(envelope))}
             budget.failed(i, envelope)
             continue
-        shape = check_shape(job["check"]) if is_check else None
+        shape = None if not is_check else shapes[i] if shapes is not None else check_shape(job["check"])
         seen = walked.get(shape) if shape is not None else None
         if is_check:
             answers = budget.answers(i, job["check"], seen[0] if seen else None)
@@ -173,15 +176,23 @@ def is_check_job(job) -> bool:
     return isinstance(job, dict) and "check" in job
 
 
-def _checks_within_budget(jobs: list, limits) -> None:
+def _checks_within_budget(jobs: list, shapes: list, limits) -> None:
     """Every check job's results and their comparisons at every point (cost.checks_bytes), counted on the raw JSON
     before any job loads: a batch of 1000 jobs of 400 checks is a 413 at once rather than after loading 400,000
-    checks (~6 s). A job over MAX_CHECKS or MAX_POINTS is a 400 in its place, and counts the caps."""
-    checks = [
-        (min(cost.raw_checks_count(job["check"]), MAX_CHECKS), min(cost.raw_points_count(job["check"]), MAX_POINTS))
-        for job in jobs
-        if is_check_job(job)
-    ]
+    checks (~6 s). A job over MAX_CHECKS or MAX_POINTS is a 400 in its place, and counts the caps. Counted once per
+    job shape (`shapes`: check_shape(), its keys and its problem's JSON, which are all the counts read)."""
+    counted: dict[tuple, tuple[int, int]] = {}
+    checks = []
+    for job, shape in zip(jobs, shapes, strict=True):
+        if not is_check_job(job):
+            continue
+        count = counted.get(shape) if shape is not None else None
+        if count is None:
+            check = job["check"]
+            count = min(cost.raw_checks_count(check), MAX_CHECKS), min(cost.raw_points_count(check), MAX_POINTS)
+            if shape is not None:
+                counted[shape] = count
+        checks.append(count)
     count = sum(n for n, _ in checks)
     total = sum(cost.checks_bytes(n, points) for n, points in checks)
     cost.batch_require(limits, total, count, "checks", hint=cost.HINTS["jobs"])
