@@ -217,6 +217,18 @@ class Problem:
         # the cost model's shape-only estimates of its answers, computed once (kept: bounded, the problem may be)
         self._walks: dict[str, list[cost.Pass] | LimitExceeded] = {}  # formula source -> cost.formula_walk()
         self._diagnosis: cost.Estimate | None = None
+        self._chains: dict[tuple[int, str], Encoded | dict] = {}  # (point, gradient) -> chain_rule()
+
+    def chain_rule(self, i: int, key: str):
+        """A neuron gradient check's `chain_rule` at point i: the factors of dL/d`key`, encoded once for every
+        answer to this problem (encode.Encoded); a dict of the tensors where one is not finite (encode_tree's full
+        walk names it in each response)."""
+        chain = self._chains.get((i, key))
+        if chain is None:
+            factors = self.refs[i]["chain_rule"]
+            plain = {name: factors[name] for name in _factor_names(factors, key)}
+            chain = self._chains[(i, key)] = encoded_finite(plain, self.encoded, 3) or plain  # body.checks[].chain_rule
+        return chain
 
     def intermediate_name(self, key: str, ledger: Ledger, spend=None) -> str:
         """The name the references give the intermediate `key` spells: `key` itself, else its canonical text
@@ -635,8 +647,11 @@ class Grader:
             actual, problem = self._formula_values(answer, expected)
         else:
             if profile is None and self._is_one_number(answer, expected):
-                if memo is not None:  # everything above is a function of the check's options and the settings
-                    self.verdicts.setdefault(memo[0], (dict(result), expected[0], rtol, atol))
+                if memo is not None and memo[0] not in self.verdicts:  # all above: the options' and settings'
+                    template = dict(result)
+                    if id(expected[0]) in self.encoded:  # the reference, encoded once for the other answers
+                        template["expected"] = Encoded(self.encoded[id(expected[0])])
+                    self.verdicts[memo[0]] = template, expected[0], rtol, atol
                 return self._one_number(result, answer, expected[0], rtol, atol, section, key, memo)
             actual, problem = self._numbers(answer, expected)
             self._echo(result, answer, shaped=problem is None)
@@ -927,8 +942,10 @@ class Grader:
         closeness, per_point, result["abs_error"], result["rel_error"] = _compare_scalars(
             [expected], [actual], rtol, atol
         )
-        failed_at = None if closeness[0] else 0
-        self._verdict(result, [np.array(expected)], [np.array(actual)], closeness, failed_at, per_point, section, key)
+        if closeness[0]:  # passed: the verdict reads how many points there are, not their values
+            self._verdict(result, [expected], [actual], closeness, None, per_point, section, key)
+        else:
+            self._verdict(result, [np.array(expected)], [np.array(actual)], closeness, 0, per_point, section, key)
 
     def _compare(self, result: dict, expected, actual, rtol: float, atol: float, section: str, key: str) -> None:
         """Fill in the errors, the verdict and the message of a check whose answers have the right shapes."""
@@ -963,8 +980,7 @@ class Grader:
             worst = failed_at
         result["worst_point"] = worst
         if self.is_neuron and key in CHAIN_FACTORS and section in ("gradients", "gradient_formulas"):
-            factors = self.refs[worst if worst is not None else 0]["chain_rule"]
-            result["chain_rule"] = {name: factors[name] for name in _factor_names(factors, key)}
+            result["chain_rule"] = self.problem.chain_rule(worst if worst is not None else 0, key)
         if failed_at is None:
             where = f" at all {len(expected)} points (max abs error" if self.multi else " (abs error"
             result.update(
@@ -1042,10 +1058,10 @@ class Grader:
 
 
 def _copied(result: dict) -> dict:
-    """A check's result with its own chain_rule dict: the only value in it that is edited in place (none is now;
-    a memo's copy must not depend on that)."""
+    """A check's result with its own chain_rule dict, unless encoded (Problem.chain_rule): the only value in it
+    that could be edited in place (none is now; a memo's copy must not depend on that)."""
     copy = dict(result)
-    if copy["chain_rule"] is not None:
+    if type(copy["chain_rule"]) is dict:
         copy["chain_rule"] = dict(copy["chain_rule"])
     return copy
 
