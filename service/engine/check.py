@@ -108,6 +108,10 @@ def reference(model, point: dict[str, torch.Tensor], deadline: Deadline) -> dict
 # --- checks -------------------------------------------------------------------------------------
 
 
+DEFAULT_OPTIONS = {"points": 1.0, "visibility": "visible"}  # every answer's check without `checks`; read only
+_DEFAULT_OPTIONS_JSON = orjson.dumps(DEFAULT_OPTIONS)
+
+
 def plan_checks(request: dict) -> tuple[list[tuple[str, dict]], list[str]]:
     """(check name, options) in order: the request's `checks`, or every answer in the submission at 1 point each;
     and the submitted answers no check names by their own key (an intermediate's may be another spelling of one)."""
@@ -119,7 +123,7 @@ def plan_checks(request: dict) -> tuple[list[tuple[str, dict]], list[str]]:
         else:
             given += [f"{section}.{key}" for key in submission.get(section, {})]
     if configured is None:
-        return [(name, {"points": 1.0, "visibility": "visible"}) for name in given], []
+        return [(name, DEFAULT_OPTIONS) for name in given], []
     return list(configured.items()), [name for name in given if name not in configured]
 
 
@@ -534,14 +538,15 @@ class Grader:
             if not result["passed"]:
                 self._diagnose(result, result["name"], answer, expected)
         self.undiagnosed = []
-        checked = diagnose_bugs.up_to_first_wrong(self, checks)
+        checked = [] if self.problem.free_diagnosis else diagnose_bugs.up_to_first_wrong(self, checks)  # networks'
         first_wrong = diagnose_bugs.first_wrong_layer(checked)
         for c in checks if first_wrong else ():
             if c["kind"] == "gradient" and not c["passed"] and c.get("feedback") != "verdict":
                 if all(_seen_with(c, other) for other in checked):
                     c["message"] += f"; {first_wrong['message']}"
         for c in checks:
-            feedback.redact(c)
+            if "feedback" in c:  # set only for a mode other than the default, which redact() leaves as it is
+                feedback.redact(c)
         profile = tolerance.resolve({}, self.request, self.request["rtol"], self.request["atol"])
         score = total(c["points"] for c in checks)
         max_score = total(c["max_points"] for c in checks)
@@ -687,7 +692,8 @@ class Grader:
             request = self.request
             self.settings = repr(request["rtol"]), repr(request["atol"]), orjson.dumps(request.get("tolerance"))
             self.settings += (request.get("feedback"),)
-        return (name, orjson.dumps(options), self.settings), repr(answer)
+        written = _DEFAULT_OPTIONS_JSON if options is DEFAULT_OPTIONS else orjson.dumps(options)
+        return (name, written, self.settings), repr(answer)
 
     def _one_number(
         self, result: dict, answer, expected: torch.Tensor, rtol: float, atol: float, section: str, key: str, memo
