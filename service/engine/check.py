@@ -14,7 +14,7 @@ import torch
 from . import cost, diagnose_bugs, echo, feedback, refcache, tolerance
 from .closeness import isclose, isclose_number
 from .compute import build_model, forward_backward
-from .encode import Encoded, encode_tree, encoded_finite, encoded_tensors
+from .encode import EncodedPart, encode_tree, encoded_finite, encoded_tensors
 from .errors import ClampedReference, DeadlineExceeded, EngineError, LimitExceeded, NonFiniteReference
 from .formula import canonical_text, parse_formula
 from .jacobian import upstream
@@ -221,11 +221,11 @@ class Problem:
         # the cost model's shape-only estimates of its answers, computed once (kept: bounded, the problem may be)
         self._walks: dict[str, list[cost.Pass] | LimitExceeded] = {}  # formula source -> cost.formula_walk()
         self._diagnosis: cost.Estimate | None = None
-        self._chains: dict[tuple[int, str], Encoded | dict] = {}  # (point, gradient) -> chain_rule()
+        self._chains: dict[tuple[int, str], EncodedPart | dict] = {}  # (point, gradient) -> chain_rule()
 
     def chain_rule(self, i: int, key: str):
         """A neuron gradient check's `chain_rule` at point i: the factors of dL/d`key`, encoded once for every
-        answer to this problem (encode.Encoded); a dict of the tensors where one is not finite (encode_tree's full
+        answer to this problem (encode.EncodedPart); a dict of the tensors where one is not finite (encode_tree's full
         walk names it in each response)."""
         chain = self._chains.get((i, key))
         if chain is None:
@@ -475,7 +475,7 @@ class Grader:
         self.deferred = deferred if problem.free_diagnosis else None
         self.verdicts = verdicts if problem.free_diagnosis else None  # a network's diagnosis is charged per answer
         self.settings: tuple | None = None  # the request's part of _memo_key(), once
-        self.hits: dict[int, Encoded] = {}  # id(a result copied from `verdicts`) -> its encoding
+        self.hits: dict[int, EncodedPart] = {}  # id(a result copied from `verdicts`) -> its encoding
         self.undiagnosed: list[tuple[dict, object, list[torch.Tensor]]] = []
         if ledger is None:  # this answer is the request: its problem's estimate and its checks
             ledger = Ledger()
@@ -655,7 +655,7 @@ class Grader:
                 if memo is not None and memo[0] not in self.verdicts:  # all above: the options' and settings'
                     template = dict(result)
                     if id(expected[0]) in self.encoded:  # the reference, encoded once for the other answers
-                        template["expected"] = Encoded(self.encoded[id(expected[0])])
+                        template["expected"] = EncodedPart(self.encoded[id(expected[0])])
                     self.verdicts[memo[0]] = template, expected[0], rtol, atol
                 return self._one_number(result, answer, expected[0], rtol, atol, section, key, memo)
             actual, problem = self._numbers(answer, expected)

@@ -123,7 +123,7 @@ MAX_DEPTH = 64
 TOO_DEEP = f"(nested deeper than {MAX_DEPTH} levels: not shown)"
 
 
-class Encoded:
+class EncodedPart:
     """A part of a tree encoded already (encoded_finite()): encode_tree() puts its value in place as it is. What
     many responses share (a problem's points, a class's equal checks) is then encoded once, not walked each time."""
 
@@ -133,11 +133,11 @@ class Encoded:
         self.value = value
 
 
-def encoded_finite(obj, known: dict[int, object], depth: int = 0) -> Encoded | None:
+def encoded_finite(obj, known: dict[int, object], depth: int = 0) -> EncodedPart | None:
     """`obj` encoded as encode_tree() encodes it at `depth` in a tree, when everything in it is finite; else None
     (encode_tree()'s full walk names each non-finite value's path in its place)."""
     try:
-        return Encoded(_encode_finite(obj, known, depth))
+        return EncodedPart(_encode_finite(obj, known, depth))
     except _SlowPath:
         return None
 
@@ -147,7 +147,7 @@ def _encode_finite(obj, known: dict[int, object], depth: int = 0):
     kind = type(obj)
     if kind in _PLAIN:
         return obj
-    if kind is Encoded:
+    if kind is EncodedPart:
         return obj.value
     if kind is dict:  # plain leaves and finite floats inline: most of a response's values, a call each most of the walk
         if depth >= MAX_DEPTH:
@@ -229,7 +229,7 @@ def _encode_tree(obj, warnings: list[str], where: str = "", as_text: bool = Fals
     stack: list = [(obj, root, 0, where, 0)]
     while stack:
         item, parent, key, path, depth = stack.pop()
-        if type(item) is Encoded:
+        if type(item) is EncodedPart:
             parent[key] = item.value
         elif isinstance(item, torch.Tensor):
             parent[key] = encode_tensor(item, warnings, path, as_text)
