@@ -65,7 +65,9 @@ def old_encode_tree(obj, warnings: list[str], where: str = ""):
     stack: list = [(obj, root, 0, where, 0)]
     while stack:
         item, parent, key, path, depth = stack.pop()
-        if isinstance(item, torch.Tensor):
+        if type(item) is encode.EncodedPart:  # a part encoded already (a problem's points, its chain-rule factors)
+            parent[key] = item.value
+        elif isinstance(item, torch.Tensor):
             parent[key] = old_encode_tensor(item, warnings, path)
         elif isinstance(item, float):
             parent[key] = old_encode_tensor(torch.tensor(item, dtype=torch.float64), warnings, path)
