@@ -434,6 +434,14 @@ def assert_one_response(status: int, fields: list[tuple[str, str]], payload: byt
     return headers
 
 
+def post_stalled(server, where: str, seconds: float, rid: str) -> int:
+    """POST a request the app stalls at `where` for `seconds` (tests/stalling_hooks_app.py), carrying `rid`: one
+    whole response, with that id; its status."""
+    status, fields, payload = raw_post(server, {"X-Stall": where, "X-Stall-Seconds": str(seconds), "X-Request-ID": rid})
+    assert assert_one_response(status, fields, payload)["x-request-id"] == rid
+    return status
+
+
 def log_of(server, rid: str) -> list[dict]:
     return [line for line in json_log_lines(server.log_path.read_text()) if line.get("request_id") == rid]
 
@@ -446,9 +454,7 @@ def test_a_deadline_after_start_response_leaves_the_answer_whole(stalling_hooks_
     server = stalling_hooks_server
     counted = requests_counted(server)
     rid = "stall-teardown"
-    status, fields, payload = raw_post(server, {"X-Stall": "teardown", "X-Stall-Seconds": "1.3", "X-Request-ID": rid})
-    assert status == 200
-    assert assert_one_response(status, fields, payload)["x-request-id"] == rid
+    assert post_stalled(server, "teardown", 1.3, rid) == 200
     lines = log_of(server, rid)
     assert [line["status"] for line in lines if line["logger"] == "gradsvc.access"] == [200]
     assert not any("outside a view" in line["message"] for line in lines), lines
@@ -462,9 +468,7 @@ def test_a_deadline_while_flask_pushes_the_context_is_a_503_not_a_500(stalling_h
     alarm waits until the request's dispatch begins, which it then ends: the usual 503, id and access line."""
     server = stalling_hooks_server
     rid = "stall-push"
-    status, fields, payload = raw_post(server, {"X-Stall": "push", "X-Stall-Seconds": "1.3", "X-Request-ID": rid})
-    assert status == 503
-    assert assert_one_response(status, fields, payload)["x-request-id"] == rid
+    assert post_stalled(server, "push", 1.3, rid) == 503
     lines = log_of(server, rid)
     assert [line["status"] for line in lines if line["logger"] == "gradsvc.access"] == [503]
     text = server.log_path.read_text()
@@ -492,10 +496,7 @@ def test_requests_ending_around_the_deadline_are_each_one_whole_response(floor_d
         if time.monotonic() > stop_at:
             break
         rid = f"near-{where}-{ms}-{i}"
-        status, fields, payload = raw_post(
-            server, {"X-Stall": where, "X-Stall-Seconds": str(ms / 1000), "X-Request-ID": rid}
-        )
-        assert assert_one_response(status, fields, payload)["x-request-id"] == rid
+        status = post_stalled(server, where, ms / 1000, rid)
         seen[f"{where} {status}"] = seen.get(f"{where} {status}", 0) + 1
     text = server.log_path.read_text()
     assert "Error handling request" not in text and "Traceback" not in text
