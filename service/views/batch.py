@@ -69,7 +69,7 @@ identical to running them one by one.
 def batch():
     """Run many gradients and check jobs; each job's result or problem in its place."""
     body, limits = read_json(), current_app.config["LIMITS"]
-    shapes = None
+    shapes = None  # set wherever the load below succeeds: `jobs` is a list then
     if isinstance(body, dict) and isinstance(body.get("jobs"), list):
         cost.require(
             limits, "max_batch_jobs", len(body["jobs"]), f"the batch has {len(body['jobs'])} jobs", cost.HINTS["jobs"]
@@ -84,7 +84,7 @@ def batch():
     return Encoded(results=results)
 
 
-def run_jobs(jobs: list, limits, shapes: list | None = None) -> list[dict]:
+def run_jobs(jobs: list, limits, shapes: list) -> list[dict]:
     """Load and charge each job in job order, then run the gradients jobs (vectorized where possible) and the checks.
 
     Each job is charged against the batch's budget as soon as it loads (_Budget), so a batch over the budget is a
@@ -92,7 +92,7 @@ def run_jobs(jobs: list, limits, shapes: list | None = None) -> list[dict]:
     took 6 s to load before the 413 named the first 83. Check jobs with the same problem (PROBLEM_FIELDS: a class's
     answers to one exercise) share one estimate and one Problem (model, points, references); each job's result is
     what it would be on its own. `jobs` (the raw jobs) is emptied as they load; `shapes`: each job's check_shape()
-    (None for a gradients job), when the caller has them."""
+    (None for a gradients job)."""
     results: list[dict | None] = [None] * len(jobs)
     gradient_jobs: list[tuple[int, dict]] = []
     check_jobs: list[tuple[int, dict]] = []
@@ -113,7 +113,7 @@ def run_jobs(jobs: list, limits, shapes: list | None = None) -> list[dict]:
             results[i] = {"error": validation_problem(ValidationError(envelope))}
             budget.failed(i, envelope)
             continue
-        shape = None if not is_check else shapes[i] if shapes is not None else check_shape(job["check"])
+        shape = shapes[i]
         seen = walked.get(shape) if shape is not None else None
         if is_check:
             answers = budget.answers(i, job["check"], seen[0] if seen else None)
